@@ -1,0 +1,35 @@
+# protssl — `make demo` and `make test` set everything up from a clean checkout.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench proto clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch pinned first: the CPU build; an open range would pull several GB of CUDA packages.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev,postgres,bench]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m protssl.demo
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy protssl
+
+bench: $(STAMP)
+	$(PY) bench/embed_throughput.py --preset esm2-8m
+	$(PY) bench/embed_throughput.py --preset esm2-35m
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

@@ -1,0 +1,134 @@
+"""Sequences → token-budget batches: long sequences split into overlapping windows, batches sorted by length.
+
+A batch costs its padded size (rows x longest row), so sorting by length keeps padding small and the
+token budget bounds memory. Windows keep every residue: none is cut silently.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from protssl.alphabet import ALPHABET, tokenize
+from protssl.errors import InvalidInputError, SequenceTooLongError
+
+__all__ = [
+    "TokenBatch",
+    "Window",
+    "WindowPolicy",
+    "plan_windows",
+    "token_batches",
+]
+
+
+@dataclass(frozen=True)
+class WindowPolicy:
+    """How sequences longer than the model's window are handled."""
+
+    mode: Literal["window", "refuse"] = "window"
+    """`window`: split into overlapping windows and stitch; `refuse`: raise SequenceTooLongError."""
+    overlap: int = 256
+    """Residues shared by neighbouring windows (at least; windows are spread evenly)."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("window", "refuse"):
+            raise InvalidInputError(f"window policy must be window or refuse, not {self.mode!r}")
+        if self.overlap < 0:
+            raise InvalidInputError(f"window overlap must be >= 0, got {self.overlap}")
+
+    def describe(self, window_residues: int) -> str:
+        """A short stable string for provenance and cache keys."""
+        return f"{self.mode}:{window_residues}:{self.overlap}"
+
+
+@dataclass(frozen=True)
+class Window:
+    """Residues [start, end) of item `item` (an index into the caller's sequence list)."""
+
+    item: int
+    start: int
+    end: int
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+
+@dataclass(frozen=True)
+class TokenBatch:
+    """Token ids (B, T) with BOS, residues, EOS and padding, and the window each row holds."""
+
+    tokens: torch.Tensor
+    windows: tuple[Window, ...]
+
+    @property
+    def residues(self) -> int:
+        return sum(w.length for w in self.windows)
+
+
+def plan_windows(length: int, window_residues: int, overlap: int) -> list[tuple[int, int]]:
+    """Cover [0, length) with the fewest windows of `window_residues` overlapping by >= `overlap`."""
+    if length <= window_residues:
+        return [(0, length)]
+    if overlap >= window_residues:
+        raise InvalidInputError(
+            f"overlap {overlap} must be smaller than the window {window_residues}"
+        )
+    count = math.ceil((length - overlap) / (window_residues - overlap))
+    last_start = length - window_residues
+    starts = [round(i * last_start / (count - 1)) for i in range(count)]
+    return [(s, s + window_residues) for s in starts]
+
+
+def token_batches(
+    sequences: Sequence[str],
+    *,
+    max_tokens: int,
+    window_residues: int,
+    policy: WindowPolicy,
+    ids: Sequence[str] | None = None,
+) -> Iterator[TokenBatch]:
+    """Windows of all sequences, longest first, packed so rows x padded length <= max_tokens."""
+    windows: list[Window] = []
+    for item, sequence in enumerate(sequences):
+        if len(sequence) > window_residues and policy.mode == "refuse":
+            name = ids[item] if ids is not None else f"#{item + 1}"
+            raise SequenceTooLongError(
+                f"sequence {name} has {len(sequence)} residues, more than the model's window of "
+                f"{window_residues}; use the window policy to embed it in overlapping windows"
+            )
+        windows.extend(
+            Window(item, s, e)
+            for s, e in plan_windows(len(sequence), window_residues, policy.overlap)
+        )
+    if max_tokens < window_residues + 2:
+        raise InvalidInputError(
+            f"max_tokens {max_tokens} is below one full window ({window_residues + 2})"
+        )
+    windows.sort(key=lambda w: w.length, reverse=True)
+    batch: list[Window] = []
+    for window in windows:
+        width = (batch[0].length if batch else window.length) + 2
+        if batch and (len(batch) + 1) * width > max_tokens:
+            yield _encode(batch, sequences)
+            batch = []
+        batch.append(window)
+    if batch:
+        yield _encode(batch, sequences)
+
+
+def _encode(batch: list[Window], sequences: Sequence[str]) -> TokenBatch:
+    width = batch[0].length + 2
+    tokens = np.full((len(batch), width), ALPHABET.padding_idx, dtype=np.int64)
+    tokens[:, 0] = ALPHABET.cls_idx
+    for row, window in enumerate(batch):
+        tokens[row, 1 : window.length + 1] = tokenize(
+            sequences[window.item][window.start : window.end]
+        )
+        tokens[row, window.length + 1] = ALPHABET.eos_idx
+    return TokenBatch(tokens=torch.from_numpy(tokens), windows=tuple(batch))

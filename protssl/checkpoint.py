@@ -1,0 +1,346 @@
+"""Model files: safetensors weights + a JSON model card; fair-esm `.pt` import behind a trust check.
+
+A protssl model is a folder holding `model.safetensors` and `model.json`. The card describes
+everything needed to rebuild the encoder (architecture, alphabet) and where it came from (sha256 of
+the weights, provenance, training recipe). Loading reads the card; nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from protssl.alphabet import ALPHABET
+from protssl.errors import (
+    CheckpointError,
+    InvalidInputError,
+    ModelNotFoundError,
+    UntrustedCheckpointError,
+)
+from protssl.model import (
+    PRESETS,
+    DTypeName,
+    ModelConfig,
+    ProteinEncoder,
+    init_weights,
+    resolve_dtype,
+)
+
+__all__ = [
+    "CARD_NAME",
+    "DEFAULT_MODEL_DIR",
+    "WEIGHTS_NAME",
+    "LoadedModel",
+    "ModelCard",
+    "export_fair_esm",
+    "file_sha256",
+    "import_fair_esm",
+    "load_model",
+    "save_model",
+]
+
+log = logging.getLogger(__name__)
+
+CARD_NAME = "model.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT = "protssl.model"
+FORMAT_VERSION = 1
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "protssl-default"
+"""The shipped default model, used when no model is named."""
+
+# sha256 of fair-esm checkpoints that may be unpickled without --trust-pickle. Empty on purpose:
+# only hashes checked against Meta's own downloads belong here; users extend it per call.
+KNOWN_FAIR_ESM_SHA256: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a model is and where it came from; stored as `model.json` beside the weights."""
+
+    name: str
+    architecture: ModelConfig
+    sha256: str
+    """sha256 of the safetensors weights file."""
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+    training: Mapping[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "name": self.name,
+            "architecture": self.architecture.to_dict(),
+            "alphabet": list(ALPHABET.all_toks),
+            "weights": {"file": WEIGHTS_NAME, "sha256": self.sha256},
+            "provenance": dict(self.provenance),
+            "training": dict(self.training) if self.training is not None else None,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], *, source: str) -> ModelCard:
+        if data.get("format") != FORMAT:
+            raise CheckpointError(
+                f"{source}: not a protssl model card (format={data.get('format')!r})"
+            )
+        if data.get("format_version") != FORMAT_VERSION:
+            raise CheckpointError(
+                f"{source}: unsupported card version {data.get('format_version')!r}"
+            )
+        if list(data.get("alphabet", [])) != list(ALPHABET.all_toks):
+            raise CheckpointError(f"{source}: the card's alphabet differs from ESM-1b's")
+        try:
+            return cls(
+                name=str(data["name"]),
+                architecture=ModelConfig.from_dict(data["architecture"]),
+                sha256=str(data["weights"]["sha256"]),
+                provenance=data.get("provenance") or {},
+                training=data.get("training"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{source}: malformed model card ({exc})") from None
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """An encoder in eval mode on its device, with the card it came from and the dtype it runs in."""
+
+    encoder: ProteinEncoder
+    card: ModelCard
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    @property
+    def sha256(self) -> str:
+        return self.card.sha256
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _weights_only(encoder: ProteinEncoder) -> dict[str, torch.Tensor]:
+    """State dict without the tied LM-head alias (safetensors refuses shared storage)."""
+    return {
+        k: v.detach().to("cpu").contiguous()
+        for k, v in encoder.state_dict().items()
+        if not k.startswith("lm_head.embedding.")
+    }
+
+
+def save_model(
+    encoder: ProteinEncoder,
+    directory: str | Path,
+    *,
+    name: str,
+    provenance: Mapping[str, Any] | None = None,
+    training: Mapping[str, Any] | None = None,
+) -> ModelCard:
+    """Write `model.safetensors` + `model.json` into `directory` atomically; returns the card."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = directory / WEIGHTS_NAME
+    tmp_weights = weights.with_suffix(".safetensors.tmp")
+    save_file(_weights_only(encoder), str(tmp_weights), metadata={"format": FORMAT})
+    sha = file_sha256(tmp_weights)
+    prov = {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    prov.update(provenance or {})
+    card = ModelCard(
+        name=name, architecture=encoder.config, sha256=sha, provenance=prov, training=training
+    )
+    os.replace(tmp_weights, weights)
+    _write_json_atomic(directory / CARD_NAME, card.to_json())
+    return card
+
+
+def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=2, sort_keys=False)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+def _read_protssl_model(directory: Path) -> tuple[ProteinEncoder, ModelCard]:
+    card_path = directory / CARD_NAME
+    weights = directory / WEIGHTS_NAME
+    if not card_path.is_file() or not weights.is_file():
+        raise ModelNotFoundError(f"{directory}: expected {CARD_NAME} and {WEIGHTS_NAME} there")
+    try:
+        card = ModelCard.from_json(json.loads(card_path.read_text()), source=str(card_path))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{card_path}: not valid JSON ({exc})") from None
+    actual = file_sha256(weights)
+    if actual != card.sha256:
+        raise CheckpointError(
+            f"{weights}: sha256 {actual[:12]}… does not match the card's {card.sha256[:12]}…"
+        )
+    encoder = ProteinEncoder(card.architecture)
+    state = load_file(str(weights))
+    state["lm_head.embedding.weight"] = state["embed_tokens.weight"]
+    try:
+        encoder.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"{weights}: weights do not fit the card's architecture ({exc})"
+        ) from None
+    return encoder, card
+
+
+def import_fair_esm(
+    path: str | Path,
+    *,
+    trust_pickle: bool = False,
+    allowed_sha256: Collection[str] = (),
+) -> tuple[ProteinEncoder, ModelCard]:
+    """Read a fair-esm ESM-2 `.pt` (a pickle) after the trust check; returns encoder and a card."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelNotFoundError(f"{path}: no such file")
+    sha = file_sha256(path)
+    if not (trust_pickle or sha in KNOWN_FAIR_ESM_SHA256 or sha in set(allowed_sha256)):
+        raise UntrustedCheckpointError(
+            f"{path} is a pickle (sha256 {sha}); unpickling can run code. "
+            "Pass --trust-pickle, or --allow-sha256 with this hash if you know the file."
+        )
+    data = _unpickle_fair_esm(path)
+    try:
+        model_cfg = data["cfg"]["model"]
+        config = ModelConfig(
+            num_layers=int(model_cfg.encoder_layers),
+            embed_dim=int(model_cfg.encoder_embed_dim),
+            attention_heads=int(model_cfg.encoder_attention_heads),
+            ffn_dim=4 * int(model_cfg.encoder_embed_dim),
+            token_dropout=bool(getattr(model_cfg, "token_dropout", True)),
+        )
+        state = {
+            k.removeprefix("encoder.sentence_encoder.").removeprefix("encoder."): v
+            for k, v in data["model"].items()
+        }
+    except (KeyError, AttributeError, TypeError) as exc:
+        raise CheckpointError(f"{path}: not an ESM-2 checkpoint ({exc!r})") from None
+    encoder = ProteinEncoder.from_fair_esm_state_dict(state, config)
+    card = ModelCard(
+        name=path.stem,
+        architecture=config,
+        sha256="",
+        provenance={"source": "fair-esm checkpoint", "file": path.name, "file_sha256": sha},
+    )
+    return encoder, card
+
+
+def _unpickle_fair_esm(path: Path) -> dict[str, Any]:
+    """Load with weights_only first (Namespace allow-listed); fall back to a full unpickle (trusted)."""
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError or RuntimeError here
+        log.info("weights_only load of %s failed (%s); unpickling fully (trusted)", path, exc)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot be read as a torch checkpoint ({exc})") from None
+
+
+def export_fair_esm(encoder: ProteinEncoder, path: str | Path) -> None:
+    """Write a `.pt` that `esm.pretrained.load_model_and_alphabet_core` accepts."""
+    config = encoder.config
+    if config.ffn_dim != 4 * config.embed_dim:
+        raise CheckpointError("fair-esm's ESM2 fixes ffn_dim = 4 x embed_dim; this model differs")
+    namespace = argparse.Namespace(
+        encoder_layers=config.num_layers,
+        encoder_embed_dim=config.embed_dim,
+        encoder_attention_heads=config.attention_heads,
+        token_dropout=config.token_dropout,
+    )
+    state = {f"encoder.{k}": v for k, v in encoder.to_fair_esm_state_dict().items()}
+    torch.save({"model": state, "cfg": {"model": namespace}}, Path(path))
+
+
+def load_model(
+    spec: str | Path | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: DTypeName = "auto",
+    trust_pickle: bool = False,
+    allowed_sha256: Collection[str] = (),
+) -> LoadedModel:
+    """Load a model by path (folder, `model.json`, fair-esm `.pt`), preset name, or the shipped default.
+
+    Presets (`esm2-8m`, `esm2-35m`, `esm2-150m`, `esm2-650m`) give random weights: for benchmarks
+    and tests, not for science.
+    """
+    device = torch.device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    if spec is None:
+        if not (DEFAULT_MODEL_DIR / CARD_NAME).is_file():
+            raise ModelNotFoundError(f"the default model is missing from {DEFAULT_MODEL_DIR}")
+        encoder, card = _read_protssl_model(DEFAULT_MODEL_DIR)
+    elif str(spec) in PRESETS:
+        encoder = ProteinEncoder(PRESETS[str(spec)])
+        init_weights(encoder)
+        card = ModelCard(
+            name=f"{spec}-random",
+            architecture=encoder.config,
+            sha256=_state_sha256(encoder),
+            provenance={"source": f"preset {spec}, random weights (seed 0)"},
+        )
+        log.warning("model %s has random weights; its embeddings carry no biology", spec)
+    else:
+        path = Path(spec)
+        if path.suffix == ".pt":
+            encoder, card = import_fair_esm(
+                path, trust_pickle=trust_pickle, allowed_sha256=allowed_sha256
+            )
+            card = ModelCard(card.name, card.architecture, _state_sha256(encoder), card.provenance)
+        elif path.is_dir():
+            encoder, card = _read_protssl_model(path)
+        elif path.name in (CARD_NAME, WEIGHTS_NAME) and path.exists():
+            encoder, card = _read_protssl_model(path.parent)
+        else:
+            raise ModelNotFoundError(
+                f"no model at {spec!r}: give a model folder, a fair-esm .pt, or one of {sorted(PRESETS)}"
+            )
+    encoder = encoder.to(device=device, dtype=torch_dtype).eval()
+    encoder.requires_grad_(False)
+    return LoadedModel(encoder=encoder, card=card, device=device, dtype=torch_dtype)
+
+
+def _state_sha256(encoder: ProteinEncoder) -> str:
+    """sha256 over the weights in a fixed order, for models that have no safetensors file yet."""
+    digest = hashlib.sha256()
+    for key, value in sorted(_weights_only(encoder).items()):
+        digest.update(key.encode())
+        digest.update(value.to(torch.float32).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def check_dtype_name(name: str) -> DTypeName:
+    """Validate a user-given dtype name."""
+    if name not in ("auto", "float32", "bfloat16"):
+        raise InvalidInputError(f"dtype must be auto, float32 or bfloat16, not {name!r}")
+    return name  # type: ignore[return-value]

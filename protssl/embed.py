@@ -1,0 +1,240 @@
+"""Records → vectors: batched encoder forward, pooling by the padding mask, windows stitched back.
+
+`embed_records` streams: it reads a bounded number of residues ahead, sorts them into token-budget
+batches, and yields an `Embedding` per record as soon as all of its windows are done. Every vector
+carries its provenance. A vector does not depend on which other sequences shared its batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+
+from protssl.alphabet import ALPHABET
+from protssl.batching import TokenBatch, WindowPolicy, plan_windows, token_batches
+from protssl.checkpoint import LoadedModel
+from protssl.errors import InvalidInputError
+from protssl.fasta import ProteinRecord
+
+__all__ = [
+    "POOLINGS",
+    "EmbedConfig",
+    "Embedding",
+    "Provenance",
+    "embed_records",
+]
+
+Pooling = Literal["mean", "bos", "per-residue"]
+POOLINGS: tuple[str, ...] = ("mean", "bos", "per-residue")
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """How records become vectors."""
+
+    pooling: Pooling = "mean"
+    """`mean` over residues (BOS/EOS/padding excluded), `bos` token, or `per-residue` (L x D)."""
+    layer: int = -1
+    """Which layer's hidden states: 0 = embeddings, n = last (layer-normed); negative counts back."""
+    max_tokens: int = 4096
+    """Token budget per forward batch: rows x padded length."""
+    window: WindowPolicy = field(default_factory=WindowPolicy)
+    """What to do with sequences longer than the model's window."""
+    read_ahead_residues: int = 500_000
+    """Residues read and length-sorted together; bounds memory on whole proteomes."""
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise InvalidInputError(
+                f"pooling must be one of {', '.join(POOLINGS)}, not {self.pooling!r}"
+            )
+        if self.max_tokens < 8:
+            raise InvalidInputError(f"max_tokens must be at least 8, got {self.max_tokens}")
+        if self.read_ahead_residues < 1:
+            raise InvalidInputError("read_ahead_residues must be positive")
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a vector came from: enough to recompute it or to refuse to mix it with another."""
+
+    model_name: str
+    model_sha256: str
+    layer: int
+    pooling: str
+    dtype: str
+    window_policy: str
+    windowed: bool
+    windows: int
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """One record's vector: (D,) for mean/bos pooling, (L, D) per residue; always float32."""
+
+    id: str
+    length: int
+    vector: np.ndarray
+    provenance: Provenance
+    labels: tuple[str, ...] = ()
+
+
+@dataclass
+class _Stitch:
+    """Per-residue sums and counts over the windows of one long sequence."""
+
+    total: np.ndarray
+    count: np.ndarray
+    bos: np.ndarray
+    windows: int
+    windows_left: int
+
+
+def embed_records(
+    records: Iterable[ProteinRecord],
+    model: LoadedModel,
+    config: EmbedConfig | None = None,
+    *,
+    on_batch: Callable[[int], None] | None = None,
+) -> Iterator[Embedding]:
+    """Embed records in token-budget batches; yields in completion order, not input order.
+
+    `on_batch(residues)` is called after each forward, for progress bars.
+    """
+    config = config or EmbedConfig()
+    group: list[ProteinRecord] = []
+    residues = 0
+    for record in records:
+        group.append(record)
+        residues += len(record.sequence)
+        if residues >= config.read_ahead_residues:
+            yield from _embed_group(group, model, config, on_batch)
+            group, residues = [], 0
+    if group:
+        yield from _embed_group(group, model, config, on_batch)
+
+
+def _embed_group(
+    records: Sequence[ProteinRecord],
+    model: LoadedModel,
+    config: EmbedConfig,
+    on_batch: Callable[[int], None] | None,
+) -> Iterator[Embedding]:
+    encoder = model.encoder
+    layer = encoder.resolve_layer(config.layer)
+    window_residues = encoder.config.max_residues
+    policy_name = config.window.describe(window_residues)
+    sequences = [r.sequence for r in records]
+    stitches: dict[int, _Stitch] = {}
+    for batch in token_batches(
+        sequences,
+        max_tokens=config.max_tokens,
+        window_residues=window_residues,
+        policy=config.window,
+        ids=[r.id for r in records],
+    ):
+        hidden = _forward(model, batch, layer)  # (B, T, C) float32
+        pooled = (
+            _pool_rows(hidden, batch.tokens, config.pooling)
+            if config.pooling != "per-residue"
+            else None
+        )
+        for row, window in enumerate(batch.windows):
+            record = records[window.item]
+            length = len(record.sequence)
+            if window.length == length:
+                if pooled is not None:
+                    vector = pooled[row]
+                else:
+                    vector = hidden[row, 1 : length + 1].numpy().copy()
+                yield _embedding(record, vector, model, config, layer, policy_name, windows=1)
+                continue
+            stitch = stitches.get(window.item)
+            if stitch is None:
+                count = len(plan_windows(length, window_residues, config.window.overlap))
+                width = hidden.shape[-1]
+                stitch = _Stitch(
+                    total=np.zeros((length, width), dtype=np.float64),
+                    count=np.zeros(length, dtype=np.int32),
+                    bos=np.zeros(width, dtype=np.float64),
+                    windows=count,
+                    windows_left=count,
+                )
+                stitches[window.item] = stitch
+            stitch.total[window.start : window.end] += hidden[row, 1 : window.length + 1].numpy()
+            stitch.count[window.start : window.end] += 1
+            stitch.bos += hidden[row, 0].numpy()
+            stitch.windows_left -= 1
+            if stitch.windows_left == 0:
+                del stitches[window.item]
+                vector = _finish_stitch(stitch, config.pooling)
+                yield _embedding(
+                    record, vector, model, config, layer, policy_name, windows=stitch.windows
+                )
+        if on_batch is not None:
+            on_batch(batch.residues)
+
+
+def _forward(model: LoadedModel, batch: TokenBatch, layer: int) -> torch.Tensor:
+    with torch.inference_mode():
+        tokens = batch.tokens.to(model.device, non_blocking=True)
+        out = model.encoder(tokens, (layer,), return_logits=False)
+        return out.representations[layer].float().cpu()
+
+
+def _pool_rows(hidden: torch.Tensor, tokens: torch.Tensor, pooling: str) -> np.ndarray:
+    """Mean over residue positions (by mask, never by slicing) or the BOS row, for every row."""
+    if pooling == "bos":
+        return hidden[:, 0].numpy().copy()
+    is_residue = (
+        tokens.ne(ALPHABET.padding_idx) & tokens.ne(ALPHABET.cls_idx) & tokens.ne(ALPHABET.eos_idx)
+    )  # (B, T)
+    weights = is_residue.to(hidden.dtype)
+    sums = torch.einsum("bt,btc->bc", weights, hidden)
+    return (sums / weights.sum(1, keepdim=True)).numpy()
+
+
+def _finish_stitch(stitch: _Stitch, pooling: str) -> np.ndarray:
+    """Average overlapping windows per residue, then pool; BOS is the mean of the windows' BOS."""
+    per_residue = stitch.total / stitch.count[:, None]
+    if pooling == "per-residue":
+        return per_residue.astype(np.float32)
+    if pooling == "bos":
+        return (stitch.bos / stitch.windows).astype(np.float32)
+    return per_residue.mean(0).astype(np.float32)
+
+
+def _embedding(
+    record: ProteinRecord,
+    vector: np.ndarray,
+    model: LoadedModel,
+    config: EmbedConfig,
+    layer: int,
+    policy_name: str,
+    *,
+    windows: int,
+) -> Embedding:
+    provenance = Provenance(
+        model_name=model.name,
+        model_sha256=model.sha256,
+        layer=layer,
+        pooling=config.pooling,
+        dtype=model.dtype_name,
+        window_policy=policy_name,
+        windowed=windows > 1,
+        windows=windows,
+    )
+    return Embedding(
+        id=record.id,
+        length=len(record.sequence),
+        vector=np.ascontiguousarray(vector, dtype=np.float32),
+        provenance=provenance,
+        labels=record.labels,
+    )

@@ -1,0 +1,90 @@
+"""One error hierarchy for protssl; faces map it to exit codes and gRPC statuses.
+
+ProtsslError
+├── InvalidInputError            bad user input (CLI exit 2, gRPC INVALID_ARGUMENT)
+│   ├── FastaFormatError         a record that breaks the FASTA policy (names file, id, position)
+│   └── SequenceTooLongError     a sequence past a limit under the `refuse` window policy
+├── NotFoundError                something named does not exist (gRPC NOT_FOUND)
+│   └── ModelNotFoundError
+├── CheckpointError              a model file that is corrupt, mismatched or unsupported
+│   └── UntrustedCheckpointError a pickle checkpoint loaded without trust
+├── OverloadedError              bounded capacity is full (gRPC RESOURCE_EXHAUSTED)
+└── StoreError                   the SQL store failed or holds inconsistent data
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CheckpointError",
+    "FastaFormatError",
+    "InvalidInputError",
+    "ModelNotFoundError",
+    "NotFoundError",
+    "OverloadedError",
+    "ProtsslError",
+    "SequenceTooLongError",
+    "StoreError",
+    "UntrustedCheckpointError",
+]
+
+
+class ProtsslError(Exception):
+    """Root of every error protssl raises on purpose."""
+
+
+class InvalidInputError(ProtsslError):
+    """The caller's input breaks a documented rule; the message says which and where."""
+
+
+class FastaFormatError(InvalidInputError):
+    """A FASTA record breaks the input policy; carries the file, record id and 1-based position."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str,
+        record_id: str | None = None,
+        position: int | None = None,
+        record_index: int | None = None,
+    ) -> None:
+        where = source
+        if record_id is not None:
+            where += f": record {record_id!r}"
+        if record_index is not None:
+            where += f" (#{record_index + 1})"
+        if position is not None:
+            where += f" at position {position}"
+        super().__init__(f"{where}: {message}")
+        self.source = source
+        self.record_id = record_id
+        self.position = position
+        self.record_index = record_index
+
+
+class SequenceTooLongError(InvalidInputError):
+    """A sequence is longer than a limit and the policy says refuse rather than window."""
+
+
+class NotFoundError(ProtsslError):
+    """A named model, classifier or record does not exist."""
+
+
+class ModelNotFoundError(NotFoundError):
+    """No model at the given path or under the given name."""
+
+
+class CheckpointError(ProtsslError):
+    """A model file is corrupt, does not match its card, or has an unsupported layout."""
+
+
+class UntrustedCheckpointError(CheckpointError):
+    """A pickle checkpoint was offered without --trust-pickle and its sha256 is not allow-listed."""
+
+
+class OverloadedError(ProtsslError):
+    """A bounded queue or limit is full; retry later."""
+
+
+class StoreError(ProtsslError):
+    """The SQL store failed or returned inconsistent data."""

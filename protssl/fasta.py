@@ -1,0 +1,285 @@
+"""FASTA → `ProteinRecord`: a streaming reader on Biopython `SeqIO` with an explicit residue policy.
+
+Policy (the same for the CLI, the SDK and the service):
+
+- letters are uppercased (masked lowercase stretches become ordinary residues);
+- one terminal `*` (a translated stop codon) is stripped;
+- the 20 standard residues and U, O, B, Z, X are kept (the ESM alphabet has them); J becomes X;
+- anything else — gaps `-` `.`, an internal `*`, digits, other symbols — is invalid:
+  `fail` (default) raises `FastaFormatError` naming the file, record and 1-based position,
+  `skip` drops the record and counts it, `replace` turns each invalid character into X;
+- an empty record and a repeated id are errors naming them, or skipped and counted.
+
+Headers of the form `>ID label=A;B other=...` give `ProteinRecord.labels == ("A", "B")`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import re
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Literal
+
+from Bio.SeqIO.FastaIO import SimpleFastaParser
+
+from protssl.alphabet import RESIDUES
+from protssl.errors import FastaFormatError, InvalidInputError
+
+__all__ = [
+    "FastaPolicy",
+    "ProteinRecord",
+    "ReadStats",
+    "normalize_sequence",
+    "parse_labels",
+    "read_fasta",
+    "records_from_sequences",
+]
+
+OnInvalid = Literal["fail", "skip", "replace"]
+OnProblem = Literal["fail", "skip"]
+
+_INVALID = re.compile(f"[^{RESIDUES}]")
+_LABEL = re.compile(r"(?:^|\s)label=(\S+)")
+_MEANING = {
+    "*": "an internal stop codon",
+    "-": "an alignment gap",
+    ".": "an alignment gap",
+}
+
+
+@dataclass(frozen=True)
+class ProteinRecord:
+    """One protein: its id, normalised residues, and labels from `label=` in the header."""
+
+    id: str
+    sequence: str
+    labels: tuple[str, ...] = ()
+    description: str = ""
+
+    def __len__(self) -> int:
+        return len(self.sequence)
+
+
+@dataclass(frozen=True)
+class FastaPolicy:
+    """What to do with records that break the residue policy."""
+
+    on_invalid: OnInvalid = "fail"
+    """Invalid characters: raise, skip the record, or replace each with X."""
+    on_empty: OnProblem = "fail"
+    """A header with no residues: raise or skip."""
+    on_duplicate: OnProblem = "fail"
+    """An id seen before in the same input: raise or skip the later record."""
+
+    def __post_init__(self) -> None:
+        if self.on_invalid not in ("fail", "skip", "replace"):
+            raise InvalidInputError(
+                f"on_invalid must be fail, skip or replace, not {self.on_invalid!r}"
+            )
+        for name in ("on_empty", "on_duplicate"):
+            if getattr(self, name) not in ("fail", "skip"):
+                raise InvalidInputError(f"{name} must be fail or skip, not {getattr(self, name)!r}")
+
+
+@dataclass
+class ReadStats:
+    """Counts a reader fills in as it goes, for the job summary."""
+
+    records: int = 0
+    residues: int = 0
+    skipped_invalid: int = 0
+    skipped_empty: int = 0
+    skipped_duplicate: int = 0
+    replaced_residues: int = 0
+    skipped_ids: list[str] = field(default_factory=list)
+
+    @property
+    def skipped(self) -> int:
+        return self.skipped_invalid + self.skipped_empty + self.skipped_duplicate
+
+
+def parse_labels(description: str) -> tuple[str, ...]:
+    """Labels from a `label=A;B` token in a FASTA header, in order, without empties."""
+    match = _LABEL.search(description)
+    if not match:
+        return ()
+    return tuple(label for label in match.group(1).split(";") if label)
+
+
+def normalize_sequence(
+    raw: str,
+    *,
+    on_invalid: OnInvalid = "fail",
+    source: str = "<sequence>",
+    record_id: str | None = None,
+    record_index: int | None = None,
+) -> tuple[str | None, int]:
+    """Apply the residue policy to one sequence.
+
+    Returns the normalised sequence (None when `skip` drops it) and how many characters were replaced.
+    """
+    sequence = "".join(raw.split()).upper()
+    if sequence.endswith("*"):
+        sequence = sequence[:-1]
+    sequence = sequence.replace("J", "X")
+    bad = _INVALID.search(sequence)
+    if bad is None:
+        return sequence, 0
+    if on_invalid == "skip":
+        return None, 0
+    if on_invalid == "replace":
+        replaced, count = _INVALID.subn("X", sequence)
+        return replaced, count
+    char = bad.group()
+    meaning = _MEANING.get(char, "not an amino-acid letter" if not char.isdigit() else "a digit")
+    raise FastaFormatError(
+        f"invalid residue {char!r} ({meaning}); use --on-invalid skip or replace",
+        source=source,
+        record_id=record_id,
+        position=bad.start() + 1,
+        record_index=record_index,
+    )
+
+
+def _open_text(path: str | Path) -> tuple[IO[str], bool]:
+    if str(path) == "-":
+        return sys.stdin, False
+    path = Path(path)
+    if not path.exists():
+        raise InvalidInputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InvalidInputError(f"{path}: is a directory, not a FASTA file")
+    with path.open("rb") as probe:
+        gzipped = probe.read(2) == b"\x1f\x8b"
+    if gzipped:
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace"), True
+    return path.open("r", encoding="utf-8", errors="replace"), True
+
+
+def read_fasta(
+    path: str | Path,
+    *,
+    policy: FastaPolicy | None = None,
+    stats: ReadStats | None = None,
+) -> Iterator[ProteinRecord]:
+    """Stream records from a FASTA file (plain or gzip, by content) or stdin (`-`), applying `policy`."""
+    policy = policy or FastaPolicy()
+    stats = stats if stats is not None else ReadStats()
+    source = "<stdin>" if str(path) == "-" else str(path)
+    handle, owned = _open_text(path)
+    try:
+        first = _peek_first_line(handle)
+        if first is not None and not first.startswith(">"):
+            raise FastaFormatError(
+                "this is not FASTA: the first non-blank line does not start with '>'",
+                source=source,
+            )
+        parsed = ((title, raw, None) for title, raw in SimpleFastaParser(_prepend(first, handle)))
+        yield from _records(parsed, source, policy, stats)
+    except UnicodeDecodeError as exc:
+        raise FastaFormatError(f"cannot decode text ({exc.reason})", source=source) from None
+    except (OSError, EOFError) as exc:
+        if (
+            isinstance(exc, gzip.BadGzipFile)
+            or "gzip" in str(exc).lower()
+            or isinstance(exc, EOFError)
+        ):
+            raise FastaFormatError(
+                f"corrupt or truncated gzip stream ({exc})", source=source
+            ) from None
+        raise
+    finally:
+        if owned:
+            handle.close()
+
+
+def records_from_sequences(
+    sequences: Iterable[str | ProteinRecord],
+    *,
+    ids: Iterable[str] | None = None,
+    policy: FastaPolicy | None = None,
+    source: str = "<input>",
+) -> list[ProteinRecord]:
+    """Records from in-memory sequences (or records), with the same policy as files; ids default to seq{n}."""
+    items = list(sequences)
+    id_list = list(ids) if ids is not None else None
+    if id_list is not None and len(id_list) != len(items):
+        raise InvalidInputError(f"{len(id_list)} ids given for {len(items)} sequences")
+    entries: list[tuple[str, str, tuple[str, ...] | None]] = []
+    for index, item in enumerate(items):
+        record_id = id_list[index] if id_list is not None else None
+        if isinstance(item, ProteinRecord):
+            entries.append((record_id or item.id, item.sequence, item.labels))
+        else:
+            entries.append((record_id or f"seq{index}", item, None))
+    return list(_records(iter(entries), source, policy or FastaPolicy(), ReadStats()))
+
+
+def _records(
+    entries: Iterator[tuple[str, str, tuple[str, ...] | None]],
+    source: str,
+    policy: FastaPolicy,
+    stats: ReadStats,
+) -> Iterator[ProteinRecord]:
+    """Apply the policy to (title, raw residues, labels or None to parse them from the title)."""
+    seen: set[str] = set()
+    for index, (title, raw, given_labels) in enumerate(entries):
+        record_id, _, description = title.strip().partition(" ")
+        if not record_id:
+            raise FastaFormatError("header has no id", source=source, record_index=index)
+        if record_id in seen:
+            if policy.on_duplicate == "skip":
+                stats.skipped_duplicate += 1
+                stats.skipped_ids.append(record_id)
+                continue
+            raise FastaFormatError(
+                "duplicate id (seen earlier in this input); use --on-duplicate skip",
+                source=source,
+                record_id=record_id,
+                record_index=index,
+            )
+        seen.add(record_id)
+        sequence, replaced = normalize_sequence(
+            raw,
+            on_invalid=policy.on_invalid,
+            source=source,
+            record_id=record_id,
+            record_index=index,
+        )
+        if sequence is None:
+            stats.skipped_invalid += 1
+            stats.skipped_ids.append(record_id)
+            continue
+        if not sequence:
+            if policy.on_empty == "skip":
+                stats.skipped_empty += 1
+                stats.skipped_ids.append(record_id)
+                continue
+            raise FastaFormatError(
+                "empty record (no residues); use --on-empty skip",
+                source=source,
+                record_id=record_id,
+                record_index=index,
+            )
+        stats.records += 1
+        stats.residues += len(sequence)
+        stats.replaced_residues += replaced
+        labels = parse_labels(description) if given_labels is None else given_labels
+        yield ProteinRecord(record_id, sequence, labels, description)
+
+
+def _peek_first_line(handle: IO[str]) -> str | None:
+    for line in handle:
+        if line.strip():
+            return line
+    return None
+
+
+def _prepend(first: str | None, handle: IO[str]) -> Iterator[str]:
+    if first is not None:
+        yield first
+    yield from handle

@@ -1,0 +1,371 @@
+"""The ESM-2 encoder: pre-LN transformer with rotary positions, tied LM head, token-dropout rescaling.
+
+Written on `scaled_dot_product_attention` with a fused QKV projection. It loads fair-esm ESM-2 state
+dicts (`from_fair_esm_state_dict`) and gives the same per-residue representations as
+`esm.model.esm2.ESM2`, and exports back (`to_fair_esm_state_dict`). It knows nothing of FASTA or SQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from protssl.alphabet import ALPHABET
+from protssl.errors import CheckpointError, InvalidInputError
+
+__all__ = [
+    "PRESETS",
+    "EncoderOutput",
+    "ModelConfig",
+    "ProteinEncoder",
+    "cpu_has_bf16",
+    "init_weights",
+    "resolve_dtype",
+]
+
+# Fraction of tokens ESM-2 masks in training (15% selected x 80% <mask>); the token-dropout rescale
+# divides by the observed fraction so inference sees the same activation scale as training.
+_TRAIN_MASK_RATIO = 0.15 * 0.8
+
+DTypeName = Literal["auto", "float32", "bfloat16"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of an ESM-2-style encoder."""
+
+    num_layers: int = 6
+    """Transformer blocks."""
+    embed_dim: int = 320
+    """Width of the residual stream."""
+    attention_heads: int = 20
+    """Heads per attention layer; embed_dim must divide by it."""
+    ffn_dim: int = 1280
+    """Hidden width of each block's MLP (ESM-2 uses 4 x embed_dim)."""
+    token_dropout: bool = True
+    """ESM-2's rescaling of embeddings by the fraction of <mask> tokens."""
+    max_positions: int = 1024
+    """Tokens per window the model was trained on (BOS + residues + EOS); longer inputs are windowed."""
+    layer_norm_eps: float = 1e-5
+    """Epsilon of every LayerNorm (torch's default, as in fair-esm)."""
+
+    def __post_init__(self) -> None:
+        if self.num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
+        if self.embed_dim < 1 or self.attention_heads < 1:
+            raise ValueError("embed_dim and attention_heads must be positive")
+        if self.embed_dim % self.attention_heads:
+            raise ValueError(
+                f"embed_dim {self.embed_dim} is not divisible by attention_heads {self.attention_heads}"
+            )
+        if (self.embed_dim // self.attention_heads) % 2:
+            raise ValueError("head dimension must be even for rotary embeddings")
+        if self.ffn_dim < 1:
+            raise ValueError(f"ffn_dim must be positive, got {self.ffn_dim}")
+        if self.max_positions < 3:
+            raise ValueError("max_positions must leave room for BOS, EOS and one residue")
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.attention_heads
+
+    @property
+    def max_residues(self) -> int:
+        """Residues that fit in one window next to BOS and EOS."""
+        return self.max_positions - 2
+
+    def num_parameters(self) -> int:
+        """Parameters of the encoder and LM head (tied embedding counted once)."""
+        d, f, v = self.embed_dim, self.ffn_dim, len(ALPHABET.all_toks)
+        per_layer = 4 * d * d + 4 * d + 2 * d * f + f + d + 4 * d
+        return v * d + self.num_layers * per_layer + 2 * d + (d * d + d + 2 * d + v)
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Forward matmul FLOPs per token at a given padded length (attention included, no LM head)."""
+        d, f = self.embed_dim, self.ffn_dim
+        dense = 2 * (4 * d * d + 2 * d * f)
+        attention = 2 * 2 * seq_len * d
+        return float(self.num_layers * (dense + attention))
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> ModelConfig:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(data) - known
+        if unknown:
+            raise CheckpointError(f"unknown architecture fields in model card: {sorted(unknown)}")
+        return cls(**data)  # type: ignore[arg-type]
+
+
+PRESETS: dict[str, ModelConfig] = {
+    "esm2-8m": ModelConfig(num_layers=6, embed_dim=320, attention_heads=20, ffn_dim=1280),
+    "esm2-35m": ModelConfig(num_layers=12, embed_dim=480, attention_heads=20, ffn_dim=1920),
+    "esm2-150m": ModelConfig(num_layers=30, embed_dim=640, attention_heads=20, ffn_dim=2560),
+    "esm2-650m": ModelConfig(num_layers=33, embed_dim=1280, attention_heads=20, ffn_dim=5120),
+}
+"""ESM-2 shapes by name (random weights unless loaded from a checkpoint)."""
+
+
+def cpu_has_bf16() -> bool:
+    """True when this CPU has native bf16 matmul (AVX512-BF16 or AMX), read from /proc/cpuinfo."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def resolve_dtype(name: DTypeName, device: torch.device) -> torch.dtype:
+    """`auto` is bf16 on CUDA or on CPUs with native bf16, fp32 elsewhere."""
+    if name == "float32":
+        return torch.float32
+    if name == "bfloat16":
+        return torch.bfloat16
+    if name == "auto":
+        if device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16()):
+            return torch.bfloat16
+        return torch.float32
+    raise InvalidInputError(f"unknown dtype {name!r}; choose auto, float32 or bfloat16")
+
+
+class EncoderOutput(NamedTuple):
+    """Hidden states by layer (0 = embeddings, num_layers = final, layer-normed) and optional logits."""
+
+    representations: dict[int, torch.Tensor]
+    logits: torch.Tensor | None
+
+
+class Rotary:
+    """Rotary position tables in ESM's half-split layout, computed in fp32 whatever the model's dtype."""
+
+    def __init__(self, head_dim: int) -> None:
+        self.head_dim = head_dim
+
+    @property
+    def inv_freq(self) -> torch.Tensor:
+        exponents = torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim
+        return 1.0 / (10000**exponents)
+
+    def tables(
+        self, seq_len: int, dtype: torch.dtype, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        positions = torch.arange(seq_len, device=device, dtype=torch.float32)
+        freqs = torch.outer(positions, self.inv_freq.to(device))  # (T, hd/2)
+        angles = torch.cat((freqs, freqs), dim=-1)  # (T, hd)
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, H, T, hd) queries or keys by position."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.num_heads = config.attention_heads
+        self.head_dim = config.head_dim
+        self.qkv_proj = nn.Linear(config.embed_dim, 3 * config.embed_dim)
+        self.out_proj = nn.Linear(config.embed_dim, config.embed_dim)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rotary: tuple[torch.Tensor, torch.Tensor],
+        attn_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        batch, seq_len, width = x.shape
+        qkv = self.qkv_proj(x).view(batch, seq_len, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, T, hd)
+        cos, sin = rotary
+        q = apply_rotary(q, cos, sin)
+        k = apply_rotary(k, cos, sin)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, T, hd)
+        y = y.transpose(1, 2).reshape(batch, seq_len, width)  # (B, T, C)
+        return self.out_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(config.embed_dim, config.ffn_dim)
+        self.fc2 = nn.Linear(config.ffn_dim, config.embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.self_attn_layer_norm = nn.LayerNorm(config.embed_dim, eps=config.layer_norm_eps)
+        self.self_attn = SelfAttention(config)
+        self.final_layer_norm = nn.LayerNorm(config.embed_dim, eps=config.layer_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rotary: tuple[torch.Tensor, torch.Tensor],
+        attn_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        x = x + self.self_attn(self.self_attn_layer_norm(x), rotary, attn_mask)
+        return x + self.mlp(self.final_layer_norm(x))
+
+
+class LMHead(nn.Module):
+    """RoBERTa-style head whose output projection is the token embedding (tied)."""
+
+    def __init__(self, config: ModelConfig, embedding: nn.Embedding) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.embed_dim, config.embed_dim)
+        self.layer_norm = nn.LayerNorm(config.embed_dim, eps=config.layer_norm_eps)
+        self.embedding = embedding
+        self.bias = nn.Parameter(torch.zeros(embedding.num_embeddings))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer_norm(F.gelu(self.dense(x)))
+        return F.linear(x, self.embedding.weight) + self.bias
+
+
+class ProteinEncoder(nn.Module):
+    """ESM-2 encoder over token ids laid out as in fair-esm's `Alphabet` (BOS ... EOS, then pads)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        vocab = len(ALPHABET.all_toks)
+        self.padding_idx = ALPHABET.padding_idx
+        self.mask_idx = ALPHABET.mask_idx
+        self.embed_tokens = nn.Embedding(vocab, config.embed_dim, padding_idx=self.padding_idx)
+        self.rotary = Rotary(config.head_dim)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.num_layers))
+        self.emb_layer_norm_after = nn.LayerNorm(config.embed_dim, eps=config.layer_norm_eps)
+        self.lm_head = LMHead(config, self.embed_tokens)
+
+    def resolve_layer(self, layer: int) -> int:
+        """Turn a possibly negative layer index into 0..num_layers (-1 = last)."""
+        n = self.config.num_layers
+        resolved = layer + n + 1 if layer < 0 else layer
+        if not 0 <= resolved <= n:
+            raise InvalidInputError(f"layer {layer} is out of range for a {n}-layer model")
+        return resolved
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        repr_layers: Iterable[int] = (),
+        *,
+        return_logits: bool = True,
+    ) -> EncoderOutput:
+        """Run the encoder on (B, T) token ids; stops early when logits are not wanted."""
+        wanted = {self.resolve_layer(layer) for layer in repr_layers}
+        last_needed = self.config.num_layers if return_logits else max(wanted, default=0)
+        padding = tokens.eq(self.padding_idx)  # (B, T)
+        x = self.embed_tokens(tokens)  # (B, T, C)
+        if self.config.token_dropout:
+            is_mask = tokens.eq(self.mask_idx)
+            x = x.masked_fill(is_mask.unsqueeze(-1), 0.0)
+            observed = is_mask.sum(-1).to(x.dtype) / (~padding).sum(-1).to(x.dtype)  # (B,)
+            x = x * ((1 - _TRAIN_MASK_RATIO) / (1 - observed))[:, None, None]
+        x = x * (~padding).unsqueeze(-1).to(x.dtype)
+        representations: dict[int, torch.Tensor] = {}
+        if 0 in wanted:
+            representations[0] = x
+        attn_mask = (~padding)[:, None, None, :] if padding.any() else None  # (B, 1, 1, T)
+        rotary = self.rotary.tables(tokens.shape[1], x.dtype, tokens.device)
+        for index, block in enumerate(self.layers[:last_needed], start=1):
+            x = block(x, rotary, attn_mask)
+            if index == self.config.num_layers:
+                x = self.emb_layer_norm_after(x)
+            if index in wanted:
+                representations[index] = x
+        logits = self.lm_head(x) if return_logits else None
+        return EncoderOutput(representations=representations, logits=logits)
+
+    # --- fair-esm interchange -------------------------------------------------------------
+
+    @classmethod
+    def from_fair_esm_state_dict(
+        cls, state_dict: Mapping[str, torch.Tensor], config: ModelConfig
+    ) -> ProteinEncoder:
+        """Build an encoder from an `esm.model.esm2.ESM2` state dict (contact head dropped)."""
+        model = cls(config)
+        model.load_state_dict(_from_fair_esm_keys(state_dict, config.num_layers))
+        return model
+
+    def to_fair_esm_state_dict(self) -> dict[str, torch.Tensor]:
+        """State dict in `esm.model.esm2.ESM2` layout (no contact head, no rotary buffers)."""
+        ours = self.state_dict()
+        out: dict[str, torch.Tensor] = {}
+        for key, value in ours.items():
+            if key.startswith("lm_head.embedding."):
+                continue
+            if ".self_attn.qkv_proj." in key:
+                prefix, kind = key.split(".qkv_proj.")
+                for name, part in zip(
+                    ("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0), strict=True
+                ):
+                    out[f"{prefix}.{name}.{kind}"] = part.clone()
+            elif ".mlp." in key:
+                out[key.replace(".mlp.", ".")] = value.clone()
+            else:
+                out[key] = value.clone()
+        out["lm_head.weight"] = ours["embed_tokens.weight"].clone()
+        for index in range(self.config.num_layers):
+            out[f"layers.{index}.self_attn.rot_emb.inv_freq"] = self.rotary.inv_freq.clone()
+        return out
+
+
+def _from_fair_esm_keys(
+    state_dict: Mapping[str, torch.Tensor], num_layers: int
+) -> dict[str, torch.Tensor]:
+    """Map fair-esm ESM2 parameter names onto ProteinEncoder's (fusing q/k/v)."""
+    source = {
+        k: v
+        for k, v in state_dict.items()
+        if not k.startswith("contact_head.") and not k.endswith("rot_emb.inv_freq")
+    }
+    out: dict[str, torch.Tensor] = {}
+    for index in range(num_layers):
+        prefix = f"layers.{index}"
+        for kind in ("weight", "bias"):
+            try:
+                parts = [
+                    source.pop(f"{prefix}.self_attn.{n}.{kind}")
+                    for n in ("q_proj", "k_proj", "v_proj")
+                ]
+            except KeyError as exc:
+                raise CheckpointError(f"fair-esm state dict lacks {exc.args[0]}") from None
+            out[f"{prefix}.self_attn.qkv_proj.{kind}"] = torch.cat(parts, dim=0)
+            for name in ("fc1", "fc2"):
+                out[f"{prefix}.mlp.{name}.{kind}"] = source.pop(f"{prefix}.{name}.{kind}")
+    lm_weight = source.pop("lm_head.weight", None)
+    out.update(source)
+    out["lm_head.embedding.weight"] = out["embed_tokens.weight"]
+    if lm_weight is not None and not torch.equal(lm_weight, out["embed_tokens.weight"]):
+        raise CheckpointError("fair-esm lm_head.weight is not tied to embed_tokens.weight")
+    return out
+
+
+def init_weights(model: ProteinEncoder, *, seed: int = 0) -> None:
+    """Initialise like fair-esm/BERT: normal(0, 0.02) linears and embeddings, zero biases."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            with torch.no_grad():
+                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * 0.02)
+                module.bias.zero_()
+        elif isinstance(module, nn.Embedding):
+            with torch.no_grad():
+                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * 0.02)
+                module.weight[module.padding_idx].zero_()

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pytest
+
+from protssl.errors import InvalidInputError
+from protssl.fasta import FastaPolicy, ReadStats, normalize_sequence, read_fasta
+
+
+def test_reads_real_corpus_sample(sample_fasta: Path) -> None:
+    stats = ReadStats()
+    records = list(read_fasta(sample_fasta, stats=stats))
+    assert len(records) == 2000
+    assert stats.records == 2000
+    assert stats.residues == sum(len(r) for r in records)
+    assert all(r.sequence.isupper() for r in records)
+
+
+def test_gzip_gives_same_records(sample_fasta: Path, tmp_path: Path) -> None:
+    gz = tmp_path / "sample.fa.gz"
+    gz.write_bytes(gzip.compress(sample_fasta.read_bytes()))
+    assert list(read_fasta(gz)) == list(read_fasta(sample_fasta))
+
+
+def test_labels_from_header(tmp_path: Path) -> None:
+    path = tmp_path / "l.fasta"
+    path.write_text(">P1 some protein label=1.1.1.1;2.7.11.1\nmkv*\n")
+    (record,) = read_fasta(path)
+    assert record.labels == ("1.1.1.1", "2.7.11.1")
+    assert record.sequence == "MKV"
+
+
+def test_policy_rules() -> None:
+    assert normalize_sequence("acdJ*") == ("ACDX", 0)
+    assert normalize_sequence("UOBZX") == ("UOBZX", 0)
+    with pytest.raises(InvalidInputError, match=r"position 3"):
+        normalize_sequence("MK-V", record_id="r1")
+    assert normalize_sequence("MK-V", on_invalid="replace") == ("MKXV", 1)
+
+
+def test_internal_stop_names_record_and_position(edge_cases: Path) -> None:
+    path = edge_cases / "prokka_IS_internal_stops.fasta"
+    with pytest.raises(InvalidInputError) as info:
+        list(read_fasta(path))
+    message = str(info.value)
+    assert path.name in message and "position" in message
+    stats = ReadStats()
+    kept = list(read_fasta(path, policy=FastaPolicy(on_invalid="skip"), stats=stats))
+    assert stats.skipped_invalid > 0 and len(kept) == stats.records
+
+
+def test_every_edge_case_gives_records_or_one_line_error(edge_cases: Path) -> None:
+    for path in sorted(edge_cases.iterdir()):
+        try:
+            records = list(read_fasta(path))
+        except InvalidInputError as exc:
+            assert "\n" not in str(exc) and path.name in str(exc)
+        else:
+            assert records, path
