@@ -40,7 +40,7 @@ class StoreConfig:
     vector_dtype: VectorDType = "float32"
     """How embedding vectors are stored: float32, or float16 to halve the space."""
     busy_timeout_s: float = 30.0
-    """How long a writer waits for a lock (SQLite busy timeout, PostgreSQL lock_timeout)."""
+    """How long a SQLite writer waits for the database lock before failing (busy timeout)."""
     migrate: bool = True
     """Upgrade the schema to the newest migration when the store opens."""
 
@@ -67,8 +67,12 @@ class StoreConfig:
 
     @classmethod
     def from_environ(
-        cls, environ: Mapping[str, str], *, url: str | None = None, **options: object
+        cls,
+        environ: Mapping[str, str],
+        *,
+        url: str | None = None,
+        vector_dtype: VectorDType = "float32",
     ) -> StoreConfig:
         """Config for an entry point: `url` if given, else PROTSSL_DATABASE_URL, else the default."""
         chosen = url or environ.get(URL_ENV) or default_url()
-        return cls(url=chosen, **options)  # type: ignore[arg-type]
+        return cls(url=chosen, vector_dtype=vector_dtype)
