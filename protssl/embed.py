@@ -28,6 +28,7 @@ __all__ = [
     "Embedding",
     "Provenance",
     "embed_records",
+    "expected_provenance",
 ]
 
 Pooling = Literal["mean", "bos", "per-residue"]
@@ -107,6 +108,21 @@ class _Stitch:
     windows_left: int
 
 
+def expected_provenance(model: LoadedModel, config: EmbedConfig, *, windows: int = 1) -> Provenance:
+    """The provenance a vector made with this model and config carries."""
+    encoder = model.encoder
+    return Provenance(
+        model_name=model.name,
+        model_sha256=model.sha256,
+        layer=encoder.resolve_layer(config.layer),
+        pooling=config.pooling,
+        dtype=model.dtype_name,
+        window_policy=config.window.describe(encoder.config.max_residues),
+        windowed=windows > 1,
+        windows=windows,
+    )
+
+
 def embed_records(
     records: Iterable[ProteinRecord],
     model: LoadedModel,
@@ -150,17 +166,15 @@ def _embed_group_cached(
             stats.computed += 1
             yield embedding
         return
-    layer = model.encoder.resolve_layer(config.layer)
-    window_residues = model.encoder.config.max_residues
-    policy_name = config.window.describe(window_residues)
+    provenance = expected_provenance(model, config)
     keys = [
         EmbeddingKey(
-            model_sha256=model.sha256,
+            model_sha256=provenance.model_sha256,
             sequence_sha256=sequence_sha256(record.sequence),
-            pooling=config.pooling,
-            layer=layer,
-            window_policy=policy_name,
-            dtype=model.dtype_name,
+            pooling=provenance.pooling,
+            layer=provenance.layer,
+            window_policy=provenance.window_policy,
+            dtype=provenance.dtype,
         )
         for record in records
     ]
@@ -173,9 +187,10 @@ def _embed_group_cached(
             misses.append(record)
             keys_by_id.setdefault(record.id, set()).add(key)
             continue
+        window_residues = model.encoder.config.max_residues
         windows = len(plan_windows(len(record.sequence), window_residues, config.window.overlap))
         stats.cached += 1
-        yield _embedding(record, vector, model, config, layer, policy_name, windows=windows)
+        yield _embedding(record, vector, model, config, windows=windows)
     if not misses:
         return
     sequences = {record.id: record.sequence for record in misses}
@@ -210,7 +225,6 @@ def _embed_group(
     encoder = model.encoder
     layer = encoder.resolve_layer(config.layer)
     window_residues = encoder.config.max_residues
-    policy_name = config.window.describe(window_residues)
     sequences = [r.sequence for r in records]
     stitches: dict[int, _Stitch] = {}
     for batch in token_batches(
@@ -234,7 +248,7 @@ def _embed_group(
                     vector = pooled[row]
                 else:
                     vector = hidden[row, 1 : length + 1].numpy().copy()
-                yield _embedding(record, vector, model, config, layer, policy_name, windows=1)
+                yield _embedding(record, vector, model, config, windows=1)
                 continue
             stitch = stitches.get(window.item)
             if stitch is None:
@@ -255,9 +269,7 @@ def _embed_group(
             if stitch.windows_left == 0:
                 del stitches[window.item]
                 vector = _finish_stitch(stitch, config.pooling)
-                yield _embedding(
-                    record, vector, model, config, layer, policy_name, windows=stitch.windows
-                )
+                yield _embedding(record, vector, model, config, windows=stitch.windows)
         if on_batch is not None:
             on_batch(batch.residues)
 
@@ -296,25 +308,13 @@ def _embedding(
     vector: np.ndarray,
     model: LoadedModel,
     config: EmbedConfig,
-    layer: int,
-    policy_name: str,
     *,
     windows: int,
 ) -> Embedding:
-    provenance = Provenance(
-        model_name=model.name,
-        model_sha256=model.sha256,
-        layer=layer,
-        pooling=config.pooling,
-        dtype=model.dtype_name,
-        window_policy=policy_name,
-        windowed=windows > 1,
-        windows=windows,
-    )
     return Embedding(
         id=record.id,
         length=len(record.sequence),
         vector=np.ascontiguousarray(vector, dtype=np.float32),
-        provenance=provenance,
+        provenance=expected_provenance(model, config, windows=windows),
         labels=record.labels,
     )

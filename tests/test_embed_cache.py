@@ -10,31 +10,23 @@ import numpy as np
 import pytest
 
 from protssl.batching import WindowPolicy
-from protssl.checkpoint import LoadedModel, load_model, save_model
+from protssl.checkpoint import LoadedModel, load_model
 from protssl.embed import CacheStats, EmbedConfig, Embedding, embed_records
 from protssl.fasta import ProteinRecord, read_fasta
-from protssl.model import ModelConfig, ProteinEncoder, init_weights
 from protssl.store import Store, StoreConfig
 
-WINDOW = WindowPolicy(overlap=64)
+WINDOW = WindowPolicy(overlap=16)
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
-    """A small random-weight encoder saved and loaded as a real model folder; 256-residue windows."""
-    config = ModelConfig(
-        num_layers=2, embed_dim=64, attention_heads=4, ffn_dim=128, max_positions=258
-    )
-    encoder = ProteinEncoder(config)
-    init_weights(encoder)
-    folder = tmp_path_factory.mktemp("model")
-    save_model(encoder, folder, name="tiny-random")
-    return load_model(folder, dtype="float32")
+def model(tiny_model_dir: Path) -> LoadedModel:
+    """A small random-weight encoder loaded from a real model folder; 62-residue windows."""
+    return load_model(tiny_model_dir, dtype="float32")
 
 
 @pytest.fixture(scope="module")
 def records(sample_fasta: Path) -> list[ProteinRecord]:
-    """40 real proteins; those over 256 residues are embedded in windows."""
+    """40 real proteins; those over 62 residues are embedded in windows."""
     return list(itertools.islice(read_fasta(sample_fasta), 40))
 
 
