@@ -59,6 +59,8 @@ __all__ = [
     "load_checkpoint",
     "load_corpus",
     "mask_tokens",
+    "masked_lm_loss",
+    "mlm_loss_sum",
     "plot_run",
     "pretrain",
     "save_checkpoint",
@@ -364,7 +366,7 @@ def mask_tokens(
     return inputs, targets
 
 
-def _mlm_loss_sum(
+def mlm_loss_sum(
     encoder: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor
 ) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy over selected positions; the LM head runs on those positions only."""
@@ -456,7 +458,7 @@ def _validation_batches(corpus: TrainingCorpus, config: PretrainConfig) -> list[
 def _validate(
     encoder: torch.nn.Module,
     batches: Sequence[torch.Tensor],
-    config: PretrainConfig,
+    config: PretrainConfig | _EvalSettings,
     device: torch.device,
     dtype: torch.dtype,
 ) -> float:
@@ -468,11 +470,45 @@ def _validate(
     for tokens in batches:
         inputs, targets = mask_tokens(tokens, mask_prob=config.mask_prob, generator=generator)
         with _autocast(device, dtype):
-            loss, n = _mlm_loss_sum(encoder, inputs.to(device), targets.to(device))
+            loss, n = mlm_loss_sum(encoder, inputs.to(device), targets.to(device))
         total += float(loss)
         count += n
     encoder.train(was_training)
     return total / max(count, 1)
+
+
+def masked_lm_loss(
+    encoder: ProteinEncoder,
+    sequences: Sequence[str],
+    *,
+    window_residues: int,
+    max_tokens: int = 4096,
+    mask_prob: float = 0.15,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> float:
+    """Mean masked cross-entropy over every residue of `sequences` (cut into abutting windows).
+
+    The perplexity of a held-out set is exp of this; masks come from `seed`, so it is repeatable.
+    """
+    device = next(encoder.parameters()).device
+    batches = [
+        b.tokens
+        for b in token_batches(
+            sequences,
+            max_tokens=max_tokens,
+            window_residues=window_residues,
+            policy=WindowPolicy(overlap=0),
+        )
+    ]
+    config_like = _EvalSettings(mask_prob=mask_prob, seed=seed)
+    return _validate(encoder, batches, config_like, device, dtype)
+
+
+@dataclass(frozen=True)
+class _EvalSettings:
+    mask_prob: float
+    seed: int
 
 
 def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
@@ -678,7 +714,7 @@ def pretrain(
                 )
                 with sync:
                     with _autocast(device, dtype):
-                        loss_sum, n = _mlm_loss_sum(model, inputs.to(device), targets.to(device))
+                        loss_sum, n = mlm_loss_sum(model, inputs.to(device), targets.to(device))
                     loss = loss_sum / max(n, 1) / accum
                     loss.backward()
                 step_loss += float(loss.detach())

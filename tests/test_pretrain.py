@@ -24,6 +24,7 @@ from protssl.checkpoint import load_model
 from protssl.cli_pretrain import main
 from protssl.errors import InvalidInputError
 from protssl.fasta import read_fasta
+from protssl.model import PRESETS, ProteinEncoder, init_weights
 from protssl.pretrain import (
     CHECKPOINT_NAME,
     LOG_NAME,
@@ -35,6 +36,7 @@ from protssl.pretrain import (
     load_checkpoint,
     load_corpus,
     mask_tokens,
+    masked_lm_loss,
     pretrain,
     save_checkpoint,
     unigram_perplexity,
@@ -204,6 +206,11 @@ def test_fifty_steps_lower_validation_loss_through_the_cli(
     assert card["val_perplexity"] == pytest.approx(math.exp(val[-1]), rel=1e-3)
     assert card["unigram_val_perplexity"] > 10
     assert "pretrain" in card["command"] and card["recipe"]["preset"] == "protssl-tiny"
+    held_out = list(load_corpus(sample_fasta, val_fraction=0.02).val)
+    untrained = ProteinEncoder(PRESETS["protssl-tiny"])
+    init_weights(untrained)
+    trained_loss = masked_lm_loss(loaded.encoder, held_out, window_residues=126)
+    assert trained_loss < masked_lm_loss(untrained, held_out, window_residues=126) - 0.1
     assert main(["--resume", "--run-dir", str(tmp_path / "missing")]) == 2
 
 
