@@ -131,6 +131,9 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, default=SHARED / "pretrain/pretrain_corpus.fasta")
     parser.add_argument("--val-fraction", type=float, default=0.02)
     parser.add_argument("--window", type=int, default=None, help="default: the card's crop")
+    parser.add_argument("--val-max-records", type=int, default=None, help="default: all")
+    parser.add_argument("--ec-per-class", type=int, default=5)
+    parser.add_argument("--is-per-family", type=int, default=40)
     parser.add_argument("--skip-perplexity", action="store_true")
     parser.add_argument("--update-card", action="store_true", help="write figures into the card")
     args = parser.parse_args()
@@ -143,21 +146,23 @@ def main() -> None:
     result: dict[str, object] = {"model": str(args.model), "sha256": model.sha256[:16]}
     if not args.skip_perplexity:
         corpus = load_corpus(args.corpus, val_fraction=args.val_fraction)
+        held_out = list(corpus.val[: args.val_max_records])
         loss = masked_lm_loss(
-            encoder, list(corpus.val), window_residues=window, dtype=dtype, max_tokens=8192
+            encoder, held_out, window_residues=window, dtype=dtype, max_tokens=8192
         )
         result.update(
-            val_records=len(corpus.val),
-            val_residues=sum(map(len, corpus.val)),
+            val_records=len(held_out),
+            val_residues=sum(map(len, held_out)),
             val_perplexity=round(math.exp(loss), 3),
-            unigram_val_perplexity=round(unigram_perplexity(corpus.train, corpus.val), 3),
+            unigram_val_perplexity=round(unigram_perplexity(corpus.train, held_out), 3),
         )
     policy = FastaPolicy(on_invalid="replace", on_duplicate="skip")
-    ec = balanced(list(read_fasta(SHARED / "ec/clean_split10.fasta", policy=policy)), 5, 5)
+    ec_records = list(read_fasta(SHARED / "ec/clean_split10.fasta", policy=policy))
+    ec = balanced(ec_records, args.ec_per_class, 5)
     result["ec_split10"] = task("EC split10", ec, encoder, dtype)
     families = balanced(
         list(read_fasta(SHARED / "families/prokka_IS_transposase_families.fasta", policy=policy)),
-        40,
+        args.is_per_family,
         2,
     )
     result["is_families"] = task("IS families", families, encoder, dtype)

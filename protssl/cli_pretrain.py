@@ -12,6 +12,7 @@ import os
 import shlex
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,8 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in --run-dir from its checkpoint (the recipe is read from it)",
+        help="continue the run in --run-dir from its checkpoint (the recipe is read from it; "
+        "--steps may change the schedule's length from here on)",
     )
     p.add_argument(
         "--nproc", type=int, default=1, help="launch this many processes with torchrun (DDP)"
@@ -116,11 +118,16 @@ def _config(args: argparse.Namespace) -> PretrainConfig:
         if getattr(args, dest) is not None
     }
     if args.resume:
+        steps = given.pop("steps", None)
         if args.corpus is not None or given:
             raise InvalidInputError(
-                "--resume reads the recipe from the checkpoint; give only --run-dir"
+                "--resume reads the recipe from the checkpoint; give only --run-dir (and --steps)"
             )
-        return config_from_checkpoint(args.run_dir)
+        config = config_from_checkpoint(args.run_dir)
+        if steps is not None and steps != config.steps:
+            log.warning("schedule now spans %d steps instead of %d", steps, config.steps)
+            config = replace(config, steps=steps)
+        return config
     if args.corpus is None:
         raise InvalidInputError("pretrain needs a training FASTA (or --resume)")
     return PretrainConfig(

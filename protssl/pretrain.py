@@ -615,6 +615,7 @@ def pretrain(
     step, tokens_seen, elapsed = 0, 0, 0.0
     position = DataPosition()
     val_loss: float | None = None
+    resumes: list[str | None] = []
     if resume:
         if not checkpoint_path.is_file():
             raise InvalidInputError(f"--resume: no checkpoint at {checkpoint_path}")
@@ -629,6 +630,8 @@ def pretrain(
         position = DataPosition(*state["position"])
         val_loss = state["val_loss"]
         torch.set_rng_state(state["torch_rng"])
+        resumes = [*state.get("resume_commands", []), command]
+        command = state.get("command") or command
         log.info("resumed from %s at step %d (%d tokens)", checkpoint_path, step, tokens_seen)
     model: torch.nn.Module = encoder
     if world > 1:
@@ -673,6 +676,7 @@ def pretrain(
             "torch_rng": torch.get_rng_state(),
             "config": config.to_dict(),
             "command": command,
+            "resume_commands": resumes,
             "hardware": _hardware(device, world),
             "dtype": _dtype_name(dtype),
         }
@@ -781,7 +785,11 @@ def pretrain(
             summary=_summary(
                 config, step, tokens_seen, val_loss, unigram, len(val_batches), elapsed, command
             )
-            | {"hardware": _hardware(device, world), "dtype": _dtype_name(dtype)},
+            | {
+                "hardware": _hardware(device, world),
+                "dtype": _dtype_name(dtype),
+                "resume_commands": resumes,
+            },
         )
     return PretrainResult(
         encoder=encoder,
@@ -868,7 +876,11 @@ def export_checkpoint(
         state["elapsed_s"],
         state.get("command"),
     )
-    summary |= {"hardware": state.get("hardware"), "dtype": state.get("dtype")}
+    summary |= {
+        "hardware": state.get("hardware"),
+        "dtype": state.get("dtype"),
+        "resume_commands": state.get("resume_commands", []),
+    }
     summary |= dict(extra or {})
     _export(encoder, directory, config=config, summary=summary)
     return directory
