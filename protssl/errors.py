@@ -5,7 +5,8 @@ ProtsslError
 │   ├── FastaFormatError         a record that breaks the FASTA policy (names file, id, position)
 │   └── SequenceTooLongError     a sequence past a limit under the `refuse` window policy
 ├── NotFoundError                something named does not exist (gRPC NOT_FOUND)
-│   └── ModelNotFoundError
+│   ├── ModelNotFoundError
+│   └── ClassifierNotFoundError
 ├── CheckpointError              a model file that is corrupt, mismatched or unsupported
 │   └── UntrustedCheckpointError a pickle checkpoint loaded without trust
 ├── OverloadedError              bounded capacity is full (gRPC RESOURCE_EXHAUSTED)
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 __all__ = [
     "CheckpointError",
+    "ClassifierNotFoundError",
     "FastaFormatError",
     "InvalidInputError",
     "ModelNotFoundError",
@@ -72,6 +74,10 @@ class NotFoundError(ProtsslError):
 
 class ModelNotFoundError(NotFoundError):
     """No model at the given path or under the given name."""
+
+
+class ClassifierNotFoundError(NotFoundError):
+    """No stored classifier with the given name (or version)."""
 
 
 class CheckpointError(ProtsslError):
