@@ -82,6 +82,12 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument(
         "--nproc", type=int, default=1, help="launch this many processes with torchrun (DDP)"
     )
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        help="end this call after N more steps as if interrupted (checkpoint, no export)",
+    )
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     recipe = p.add_argument_group("recipe")
@@ -141,8 +147,14 @@ def _pretrain(args: argparse.Namespace) -> int:
     if args.nproc < 1:
         raise InvalidInputError(f"--nproc must be >= 1, got {args.nproc}")
     config = _config(args)
+    if args.stop_after is not None and args.stop_after < 1:
+        raise InvalidInputError(f"--stop-after must be >= 1, got {args.stop_after}")
     result = pretrain(
-        config, resume=args.resume, command=_command_line(), progress=not args.no_progress
+        config,
+        resume=args.resume,
+        command=_command_line(),
+        stop_after=args.stop_after,
+        progress=not args.no_progress,
     )
     if result.model_dir is not None:
         log.info("model written to %s", result.model_dir)

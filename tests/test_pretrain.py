@@ -212,6 +212,8 @@ def test_fifty_steps_lower_validation_loss_through_the_cli(
     trained_loss = masked_lm_loss(loaded.encoder, held_out, window_residues=126)
     assert trained_loss < masked_lm_loss(untrained, held_out, window_residues=126) - 0.1
     assert main(["--resume", "--run-dir", str(tmp_path / "missing")]) == 2
+    assert main(["--resume", "--run-dir", str(run), "--lr", "0.1"]) == 2
+    assert main([*argv, "--stop-after", "0"]) == 2
 
 
 def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(
