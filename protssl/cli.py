@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from protssl import __version__, cli_store
+from protssl import __version__, cli_pretrain, cli_store
 
 if TYPE_CHECKING:
     from protssl.checkpoint import LoadedModel
@@ -122,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_embed_parser(subparsers)
     _add_import_parser(subparsers)
     cli_store.add_commands(subparsers)
+    cli_pretrain.add_commands(subparsers)
     return parser
 
 

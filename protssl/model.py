@@ -110,8 +110,12 @@ PRESETS: dict[str, ModelConfig] = {
     "esm2-35m": ModelConfig(num_layers=12, embed_dim=480, attention_heads=20, ffn_dim=1920),
     "esm2-150m": ModelConfig(num_layers=30, embed_dim=640, attention_heads=20, ffn_dim=2560),
     "esm2-650m": ModelConfig(num_layers=33, embed_dim=1280, attention_heads=20, ffn_dim=5120),
+    # ESM-2 8M with 5 heads of dim 64 instead of 20 of 16: about 2x the bf16 training tokens/s on CPU.
+    "protssl-8m-h5": ModelConfig(num_layers=6, embed_dim=320, attention_heads=5, ffn_dim=1280),
+    # A toy shape for tests and smoke runs (seconds on a laptop); carries no biology.
+    "protssl-tiny": ModelConfig(num_layers=2, embed_dim=64, attention_heads=2, ffn_dim=256),
 }
-"""ESM-2 shapes by name (random weights unless loaded from a checkpoint)."""
+"""Shapes by name (random weights unless loaded from a checkpoint): ESM-2's, and protssl's own."""
 
 
 def cpu_has_bf16() -> bool:
