@@ -8,7 +8,7 @@ carries its provenance. A vector does not depend on which other sequences shared
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -26,6 +26,7 @@ __all__ = [
     "Embedding",
     "Provenance",
     "embed_records",
+    "embed_records_layers",
 ]
 
 Pooling = Literal["mean", "bos", "per-residue"]
@@ -109,26 +110,68 @@ def embed_records(
     `on_batch(residues)` is called after each forward, for progress bars.
     """
     config = config or EmbedConfig()
+    layers = (model.encoder.resolve_layer(config.layer),)
+    yield from _embed_stream(records, model, config, layers, on_batch)
+
+
+def embed_records_layers(
+    records: Iterable[ProteinRecord],
+    model: LoadedModel,
+    layers: Sequence[int],
+    config: EmbedConfig | None = None,
+    *,
+    on_batch: Callable[[int], None] | None = None,
+) -> Iterator[dict[int, Embedding]]:
+    """Like `embed_records` with one forward for several layers: yields {layer: Embedding} per record.
+
+    `config.layer` is ignored; `layers` are resolved (negative counts back) and deduplicated.
+    """
+    config = config or EmbedConfig()
+    resolved = tuple(sorted({model.encoder.resolve_layer(layer) for layer in layers}))
+    if not resolved:
+        raise InvalidInputError("embed_records_layers needs at least one layer")
+    for stacked in _embed_stream(records, model, config, resolved, on_batch):
+        parts = np.split(stacked.vector, len(resolved), axis=-1)
+        yield {
+            layer: replace(
+                stacked,
+                vector=np.ascontiguousarray(part),
+                provenance=replace(stacked.provenance, layer=layer),
+            )
+            for layer, part in zip(resolved, parts, strict=True)
+        }
+
+
+def _embed_stream(
+    records: Iterable[ProteinRecord],
+    model: LoadedModel,
+    config: EmbedConfig,
+    layers: tuple[int, ...],
+    on_batch: Callable[[int], None] | None,
+) -> Iterator[Embedding]:
     group: list[ProteinRecord] = []
     residues = 0
     for record in records:
         group.append(record)
         residues += len(record.sequence)
         if residues >= config.read_ahead_residues:
-            yield from _embed_group(group, model, config, on_batch)
+            yield from _embed_group(group, model, config, layers, on_batch)
             group, residues = [], 0
     if group:
-        yield from _embed_group(group, model, config, on_batch)
+        yield from _embed_group(group, model, config, layers, on_batch)
 
 
 def _embed_group(
     records: Sequence[ProteinRecord],
     model: LoadedModel,
     config: EmbedConfig,
+    layers: tuple[int, ...],
     on_batch: Callable[[int], None] | None,
 ) -> Iterator[Embedding]:
+    """Several layers run in one forward, concatenated along channels: pooling and window
+    stitching act per channel, so each layer's slice of the vector is that layer's vector."""
     encoder = model.encoder
-    layer = encoder.resolve_layer(config.layer)
+    layer = layers[0]
     window_residues = encoder.config.max_residues
     policy_name = config.window.describe(window_residues)
     sequences = [r.sequence for r in records]
@@ -140,7 +183,7 @@ def _embed_group(
         policy=config.window,
         ids=[r.id for r in records],
     ):
-        hidden = _forward(model, batch, layer)  # (B, T, C) float32
+        hidden = _forward(model, batch, layers)  # (B, T, len(layers) * C) float32
         pooled = (
             _pool_rows(hidden, batch.tokens, config.pooling)
             if config.pooling != "per-residue"
@@ -182,11 +225,12 @@ def _embed_group(
             on_batch(batch.residues)
 
 
-def _forward(model: LoadedModel, batch: TokenBatch, layer: int) -> torch.Tensor:
+def _forward(model: LoadedModel, batch: TokenBatch, layers: tuple[int, ...]) -> torch.Tensor:
     with torch.inference_mode():
         tokens = batch.tokens.to(model.device, non_blocking=True)
-        out = model.encoder(tokens, (layer,), return_logits=False)
-        return out.representations[layer].float().cpu()
+        out = model.encoder(tokens, layers, return_logits=False)
+        hidden = [out.representations[layer].float() for layer in layers]
+        return (hidden[0] if len(layers) == 1 else torch.cat(hidden, dim=-1)).cpu()
 
 
 def _pool_rows(hidden: torch.Tensor, tokens: torch.Tensor, pooling: str) -> np.ndarray:
