@@ -110,8 +110,16 @@ def embed_records(
     `on_batch(residues)` is called after each forward, for progress bars.
     """
     config = config or EmbedConfig()
-    layers = (model.encoder.resolve_layer(config.layer),)
-    yield from _embed_stream(records, model, config, layers, on_batch)
+    group: list[ProteinRecord] = []
+    residues = 0
+    for record in records:
+        group.append(record)
+        residues += len(record.sequence)
+        if residues >= config.read_ahead_residues:
+            yield from _embed_group(group, model, config, on_batch)
+            group, residues = [], 0
+    if group:
+        yield from _embed_group(group, model, config, on_batch)
 
 
 def embed_records_layers(
@@ -130,47 +138,47 @@ def embed_records_layers(
     resolved = tuple(sorted({model.encoder.resolve_layer(layer) for layer in layers}))
     if not resolved:
         raise InvalidInputError("embed_records_layers needs at least one layer")
-    for stacked in _embed_stream(records, model, config, resolved, on_batch):
-        parts = np.split(stacked.vector, len(resolved), axis=-1)
-        yield {
-            layer: replace(
-                stacked,
-                vector=np.ascontiguousarray(part),
-                provenance=replace(stacked.provenance, layer=layer),
-            )
-            for layer, part in zip(resolved, parts, strict=True)
-        }
-
-
-def _embed_stream(
-    records: Iterable[ProteinRecord],
-    model: LoadedModel,
-    config: EmbedConfig,
-    layers: tuple[int, ...],
-    on_batch: Callable[[int], None] | None,
-) -> Iterator[Embedding]:
     group: list[ProteinRecord] = []
     residues = 0
     for record in records:
         group.append(record)
         residues += len(record.sequence)
         if residues >= config.read_ahead_residues:
-            yield from _embed_group(group, model, config, layers, on_batch)
+            yield from _split_layers(
+                _embed_group(group, model, config, on_batch, resolved), resolved
+            )
             group, residues = [], 0
     if group:
-        yield from _embed_group(group, model, config, layers, on_batch)
+        yield from _split_layers(_embed_group(group, model, config, on_batch, resolved), resolved)
+
+
+def _split_layers(
+    stacked: Iterable[Embedding], layers: tuple[int, ...]
+) -> Iterator[dict[int, Embedding]]:
+    for embedding in stacked:
+        parts = np.split(embedding.vector, len(layers), axis=-1)
+        yield {
+            layer: replace(
+                embedding,
+                vector=np.ascontiguousarray(part),
+                provenance=replace(embedding.provenance, layer=layer),
+            )
+            for layer, part in zip(layers, parts, strict=True)
+        }
 
 
 def _embed_group(
     records: Sequence[ProteinRecord],
     model: LoadedModel,
     config: EmbedConfig,
-    layers: tuple[int, ...],
     on_batch: Callable[[int], None] | None,
+    layers: tuple[int, ...] = (),
 ) -> Iterator[Embedding]:
-    """Several layers run in one forward, concatenated along channels: pooling and window
-    stitching act per channel, so each layer's slice of the vector is that layer's vector."""
+    """Embed one read-ahead group at `config.layer`, or at several `layers` in one forward,
+    concatenated along channels (pooling and stitching act per channel, so each layer's slice
+    of the vector is that layer's vector; provenance names the first)."""
     encoder = model.encoder
+    layers = layers or (encoder.resolve_layer(config.layer),)
     layer = layers[0]
     window_residues = encoder.config.max_residues
     policy_name = config.window.describe(window_residues)

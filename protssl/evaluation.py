@@ -20,11 +20,14 @@ from typing import Any
 import numpy as np
 
 from protssl.errors import InvalidInputError
-from protssl.fewshot import UNKNOWN, Prediction
+from protssl.fewshot import UNKNOWN, FewShotClassifier, FewShotConfig, Prediction
 
 __all__ = [
     "Episode",
+    "EvalResult",
     "composition_features",
+    "evaluate_episodes",
+    "evaluate_split",
     "label_metrics",
     "per_class_metrics",
     "reliability",
@@ -196,15 +199,7 @@ def _pca_2d(x: np.ndarray) -> np.ndarray:
 
 
 def write_report(
-    directory: str | Path,
-    *,
-    support_vectors: np.ndarray,
-    support_labels: Sequence[Sequence[str]],
-    query_vectors: np.ndarray,
-    query_labels: Sequence[Sequence[str]],
-    predictions: Sequence[Prediction],
-    metrics: Mapping[str, Any],
-    title: str = "Few-shot evaluation",
+    directory: str | Path, result: EvalResult, *, title: str = "Few-shot evaluation"
 ) -> Path:
     """Write `embedding_pca.png`, `reliability.png`, `report.md` and `index.html`; returns the HTML path."""
     # imported here: only reports need matplotlib; Figure draws without pyplot's global state
@@ -213,6 +208,9 @@ def write_report(
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    support_vectors, query_vectors = result.support_vectors, result.query_vectors
+    support_labels, query_labels = result.support_labels, result.query_vector_labels
+    predictions, metrics = result.predictions, result.metrics
     both = np.concatenate([support_vectors, query_vectors]).astype(np.float64)
     points = _pca_2d(both) if len(both) >= 2 else np.zeros((len(both), 2))
     first = [ls[0] if ls else UNKNOWN for ls in itertools.chain(support_labels, query_labels)]
@@ -237,7 +235,7 @@ def write_report(
 
     confidence = np.array([p.top_probability for p in predictions])
     correct = np.array(
-        [p.top_label in set(t) for p, t in zip(predictions, query_labels, strict=True)]
+        [p.top_label in set(t) for p, t in zip(predictions, result.truth, strict=True)]
     )
     table, ece = reliability(confidence, correct)
     figure = Figure(figsize=(5, 5))
@@ -262,7 +260,7 @@ def write_report(
     axes.legend(fontsize=8, loc="upper left")
     figure.savefig(directory / "reliability.png", dpi=110, bbox_inches="tight")
 
-    classes = per_class_metrics(query_labels, predictions)
+    classes = per_class_metrics(result.truth, predictions)
     metric_rows = [(k, f"{v:.3f}" if isinstance(v, float) else str(v)) for k, v in metrics.items()]
     md = [f"# {title}", "", "| metric | value |", "|---|---|"]
     md += [f"| {k} | {v} |" for k, v in metric_rows]
@@ -297,3 +295,97 @@ def write_report(
     path = directory / "index.html"
     path.write_text("\n".join(page) + "\n")
     return path
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Predictions for labelled queries, their metrics, and the vectors a report draws."""
+
+    metrics: dict[str, Any]
+    truth: list[tuple[str, ...]]
+    predictions: list[Prediction]
+    support_vectors: np.ndarray
+    support_labels: list[tuple[str, ...]]
+    query_vectors: np.ndarray
+    query_vector_labels: list[tuple[str, ...]]
+    layers: list[int]
+    """The layer each fitted classifier chose (one per episode, or one)."""
+
+
+def evaluate_split(
+    support: Mapping[int, np.ndarray],
+    support_labels: Sequence[Sequence[str]],
+    query: Mapping[int, np.ndarray],
+    query_labels: Sequence[Sequence[str]],
+    config: FewShotConfig,
+    *,
+    query_ids: Sequence[str] | None = None,
+) -> EvalResult:
+    """Fit on the support vectors (per layer), predict the queries, and score them."""
+    classifier = FewShotClassifier.fit(support, support_labels, config)
+    predictions = classifier.predict(query, query_ids)
+    truth = [tuple(t) for t in query_labels]
+    metrics: dict[str, Any] = dict(label_metrics(truth, predictions))
+    metrics["layer"] = classifier.layer
+    return EvalResult(
+        metrics=metrics,
+        truth=truth,
+        predictions=predictions,
+        support_vectors=support[classifier.layer],
+        support_labels=[tuple(s) for s in support_labels],
+        query_vectors=query[classifier.layer],
+        query_vector_labels=truth,
+        layers=[classifier.layer],
+    )
+
+
+def evaluate_episodes(
+    features: Mapping[int, np.ndarray],
+    labels: Sequence[Sequence[str]],
+    episodes: Sequence[Episode],
+    config: FewShotConfig,
+) -> EvalResult:
+    """Run each episode (fit on its support rows, predict its query rows); pool the predictions.
+
+    Metrics are micro over all episodes' queries, plus the mean and 95% interval of per-episode
+    top-1 accuracy. The report vectors are those of the layer chosen most often.
+    """
+    truth: list[tuple[str, ...]] = []
+    predictions: list[Prediction] = []
+    layers: list[int] = []
+    per_episode: list[float] = []
+    for episode in episodes:
+        support_rows, query_rows = list(episode.support), list(episode.query)
+        result = evaluate_split(
+            {k: v[support_rows] for k, v in features.items()},
+            [labels[i] for i in support_rows],
+            {k: v[query_rows] for k, v in features.items()},
+            [labels[i] for i in query_rows],
+            config,
+        )
+        truth += result.truth
+        predictions += result.predictions
+        layers += result.layers
+        per_episode.append(result.metrics["top1_accuracy"])
+    metrics: dict[str, Any] = dict(label_metrics(truth, predictions))
+    accuracies = np.array(per_episode)
+    metrics["episodes"] = len(episodes)
+    metrics["episode_top1_mean"] = float(accuracies.mean())
+    metrics["episode_top1_ci95"] = (
+        float(1.96 * accuracies.std(ddof=1) / np.sqrt(len(accuracies)))
+        if len(accuracies) > 1
+        else 0.0
+    )
+    layer = max(set(layers), key=layers.count)
+    metrics["layer"] = layer
+    last = episodes[-1]
+    return EvalResult(
+        metrics=metrics,
+        truth=truth,
+        predictions=predictions,
+        support_vectors=features[layer][list(last.support)],
+        support_labels=[tuple(labels[i]) for i in last.support],
+        query_vectors=features[layer][list(last.query)],
+        query_vector_labels=[tuple(labels[i]) for i in last.query],
+        layers=layers,
+    )

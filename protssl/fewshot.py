@@ -28,7 +28,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -46,10 +46,13 @@ __all__ = [
     "FewShotClassifier",
     "FewShotConfig",
     "Prediction",
+    "add_examples",
     "candidate_layers",
     "classify_records",
     "embed_for_fewshot",
     "fit_records",
+    "load_classifier",
+    "save_classifier",
 ]
 
 log = logging.getLogger(__name__)
@@ -872,3 +875,105 @@ def classify_records(
         records, model, (classifier.layer,), embed_config, on_batch=on_batch
     )
     return classifier.predict(features, [r.id for r in records])
+
+
+# --- the store: named, versioned classifiers --------------------------------------------------
+
+
+class _StoredClassifier(Protocol):
+    name: str
+    version: int
+    model_sha256: str
+    params: dict[str, Any]
+    blob: bytes
+    examples: Sequence[tuple[str, str, tuple[str, ...]]]
+
+
+class _ClassifierRepository(Protocol):
+    def save(
+        self,
+        name: str,
+        *,
+        model_sha256: str,
+        method: str,
+        params: dict[str, Any],
+        blob: bytes,
+        examples: Sequence[tuple[str, str, tuple[str, ...]]],
+        metrics: dict[str, Any],
+    ) -> Any: ...
+
+    def get(self, name: str, version: int | None = None) -> Any: ...
+
+
+class _Store(Protocol):
+    """What this module needs of `protssl.store.Store` (kept structural: the core needs no SQL)."""
+
+    @property
+    def classifiers(self) -> _ClassifierRepository: ...
+
+
+def save_classifier(
+    store: _Store,
+    name: str,
+    classifier: FewShotClassifier,
+    examples: Sequence[ProteinRecord],
+) -> Any:
+    """Save a fitted classifier and its support records as the next version of `name`.
+
+    Returns the store's `StoredClassifier` (version 1 for a new name).
+    """
+    params, blob = classifier.to_state()
+    metrics: dict[str, Any] = dict(classifier.support_metrics)
+    metrics["layer_scores"] = {str(k): v for k, v in classifier.layer_scores.items()}
+    metrics["layer"] = classifier.layer
+    return store.classifiers.save(
+        name,
+        model_sha256=str(classifier.info.get("model_sha256", "")),
+        method=classifier.config.method,
+        params=params,
+        blob=blob,
+        examples=[(r.id, r.sequence, tuple(r.labels)) for r in examples],
+        metrics=metrics,
+    )
+
+
+def load_classifier(
+    store: _Store, name: str, version: int | None = None
+) -> tuple[FewShotClassifier, list[ProteinRecord]]:
+    """A stored classifier (latest version unless given) and the support records it was fitted on."""
+    stored = store.classifiers.get(name, version)
+    classifier = FewShotClassifier.from_state(stored.params, stored.blob)
+    classifier.info.update({"name": stored.name, "version": stored.version})
+    examples = [ProteinRecord(i, s, tuple(labels)) for i, s, labels in stored.examples]
+    return classifier, examples
+
+
+def add_examples(
+    store: _Store,
+    name: str,
+    records: Sequence[ProteinRecord],
+    model: LoadedModel,
+    *,
+    on_batch: Callable[[int], None] | None = None,
+) -> Any:
+    """Refit `name` on its latest examples plus `records` (same config) and save the next version.
+
+    A record whose id is already among the examples replaces it.
+    """
+    latest, examples = load_classifier(store, name)
+    expected = latest.info.get("model_sha256")
+    if expected and expected != model.sha256:
+        raise InvalidInputError(
+            f"classifier {name!r} was fitted on model {expected[:12]}…, not {model.sha256[:12]}…; "
+            "load the same model to add examples"
+        )
+    new_ids = {r.id for r in records}
+    merged = [r for r in examples if r.id not in new_ids] + list(records)
+    classifier = fit_records(
+        merged,
+        model,
+        latest.config,
+        embed_config=EmbedConfig(pooling=latest.info.get("pooling", "mean")),
+        on_batch=on_batch,
+    )
+    return save_classifier(store, name, classifier, merged)

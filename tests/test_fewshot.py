@@ -6,6 +6,7 @@ signal and cost nothing to compute); the model path is tested with a tiny random
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections import defaultdict
 from dataclasses import replace
@@ -14,11 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from protssl.checkpoint import load_model, save_model
+from protssl.checkpoint import LoadedModel, load_model, save_model
+from protssl.cli_fewshot import add_commands
 from protssl.embed import EmbedConfig, embed_records, embed_records_layers
 from protssl.errors import InvalidInputError
 from protssl.evaluation import (
     composition_features,
+    evaluate_episodes,
+    evaluate_split,
     label_metrics,
     per_class_metrics,
     reliability,
@@ -309,48 +313,64 @@ def test_episodes_sample_disjoint_support_and_query(phosphatases: list[ProteinRe
         sample_episodes(labels, episodes=1, ways=5, shots=4)
 
 
-def test_report_writes_png_markdown_and_html(
-    tmp_path: Path,
-    fitted: dict[str, FewShotClassifier],
-    is_split: tuple[list[ProteinRecord], list[ProteinRecord]],
+def test_split_evaluation_and_report_write_png_markdown_and_html(
+    tmp_path: Path, is_split: tuple[list[ProteinRecord], list[ProteinRecord]]
 ) -> None:
     support, query = is_split
-    classifier = fitted["prototype"]
-    predictions = classifier.predict(_features(query))
-    metrics = label_metrics([r.labels for r in query], predictions)
-    page = write_report(
-        tmp_path / "report",
-        support_vectors=_features(support)[classifier.layer],
-        support_labels=[r.labels for r in support],
-        query_vectors=_features(query)[classifier.layer],
-        query_labels=[r.labels for r in query],
-        predictions=predictions,
-        metrics=metrics,
+    result = evaluate_split(
+        _features(support),
+        [r.labels for r in support],
+        _features(query),
+        [r.labels for r in query],
+        FewShotConfig(method="prototype"),
     )
+    assert result.metrics["n"] == len(query)
+    assert result.metrics["layer"] == result.layers[0]
+    page = write_report(tmp_path / "report", result)
     for name in ("embedding_pca.png", "reliability.png"):
         assert (tmp_path / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert f"| {query[0].labels[0]} |" in markdown
-    assert "micro" not in markdown or "f1" in markdown
+    assert f"| top1_accuracy | {result.metrics['top1_accuracy']:.3f} |" in markdown
     assert "reliability.png" in page.read_text()
+
+
+def test_episodic_evaluation_pools_episodes(phosphatases: list[ProteinRecord]) -> None:
+    labels = [r.labels for r in phosphatases]
+    episodes = sample_episodes(labels, episodes=4, ways=3, shots=3, queries=2, seed=0)
+    result = evaluate_episodes(_features(phosphatases), labels, episodes, FewShotConfig())
+    assert result.metrics["n"] == 4 * 3 * 2 == len(result.predictions)
+    assert result.metrics["episodes"] == 4 and len(result.layers) == 4
+    assert 0.0 <= result.metrics["episode_top1_mean"] <= 1.0
+    assert result.metrics["top1_accuracy"] == pytest.approx(result.metrics["episode_top1_mean"])
 
 
 # --- the model path -------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    encoder = ProteinEncoder(ModelConfig(num_layers=3, embed_dim=32, attention_heads=4, ffn_dim=64))
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3-layer, 32-wide encoder with random weights and a 384-token window (so transposases
+    are windowed), saved as a protssl model folder."""
+    config = ModelConfig(
+        num_layers=3, embed_dim=32, attention_heads=4, ffn_dim=64, max_positions=384
+    )
+    encoder = ProteinEncoder(config)
     init_weights(encoder, seed=1)
     directory = tmp_path_factory.mktemp("tiny-model")
     save_model(encoder, directory, name="tiny")
-    return load_model(directory, dtype="float32")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_model_dir: Path) -> LoadedModel:
+    return load_model(tiny_model_dir, dtype="float32")
 
 
 def test_embedding_several_layers_matches_one_layer_at_a_time(
-    tiny_model, is_split: tuple[list[ProteinRecord], list[ProteinRecord]]
-) -> None:  # type: ignore[no-untyped-def]
-    records = is_split[1][:6]
+    tiny_model: LoadedModel, is_split: tuple[list[ProteinRecord], list[ProteinRecord]]
+) -> None:
+    records = sorted(is_split[1], key=len)[-3:] + is_split[1][:3]  # the longest are windowed
     config = EmbedConfig(max_tokens=2048)
     together = {e[1].id: e for e in embed_records_layers(records, tiny_model, (1, -1), config)}
     for layer in (1, 3):
@@ -358,11 +378,13 @@ def test_embedding_several_layers_matches_one_layer_at_a_time(
             stacked = together[single.id][layer]
             np.testing.assert_allclose(stacked.vector, single.vector, rtol=1e-5, atol=1e-6)
             assert stacked.provenance.layer == layer
+            assert stacked.provenance.windowed == single.provenance.windowed
+    assert any(e[3].provenance.windowed for e in together.values())
 
 
 def test_fit_and_classify_records_with_a_model(
-    tiny_model, is_split: tuple[list[ProteinRecord], list[ProteinRecord]]
-) -> None:  # type: ignore[no-untyped-def]
+    tiny_model: LoadedModel, is_split: tuple[list[ProteinRecord], list[ProteinRecord]]
+) -> None:
     support, query = is_split[0][:24], is_split[1][:6]
     classifier = fit_records(support, tiny_model, FewShotConfig(method="knn"))
     assert set(classifier.layer_scores) == {1, 2, 3}
@@ -372,3 +394,86 @@ def test_fit_and_classify_records_with_a_model(
     other = replace(tiny_model, card=replace(tiny_model.card, sha256="0" * 64))
     with pytest.raises(InvalidInputError, match="fitted on model"):
         classify_records(classifier, query, other)
+
+
+# --- the CLI face ---------------------------------------------------------------------------
+
+
+def _write_fasta(path: Path, records: list[ProteinRecord]) -> Path:
+    path.write_text("".join(f">{r.id} label={';'.join(r.labels)}\n{r.sequence}\n" for r in records))
+    return path
+
+
+def _run_cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="protssl")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+def test_fewshot_eval_cli_split_episodes_and_report(
+    tmp_path: Path,
+    tiny_model: LoadedModel,
+    tiny_model_dir: Path,
+    is_split: tuple[list[ProteinRecord], list[ProteinRecord]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    support = _write_fasta(tmp_path / "support.fasta", is_split[0][:32])
+    query = _write_fasta(tmp_path / "query.fasta", is_split[1][:24])
+    model_dir = str(tiny_model_dir)
+    code = _run_cli(
+        [
+            "fewshot-eval",
+            "--support",
+            str(support),
+            "--query",
+            str(query),
+            "--model",
+            model_dir,
+            "--method",
+            "knn",
+            "--dtype",
+            "float32",
+            "--report",
+            str(tmp_path / "report"),
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    metrics = json.loads(out[-1])
+    assert metrics["n"] == 24 and metrics["method"] == "knn"
+    assert metrics["model_sha256"] == tiny_model.sha256
+    for key in (
+        "precision",
+        "recall",
+        "f1",
+        "top1_accuracy",
+        "abstention_rate",
+        "accuracy_on_answered",
+    ):
+        assert 0.0 <= metrics[key] <= 1.0
+        assert any(line.split() and line.split()[0] == key for line in out[:-1])
+    assert (tmp_path / "report" / "index.html").is_file()
+
+    code = _run_cli(
+        [
+            "fewshot-eval",
+            "--support",
+            str(support),
+            "--episodes",
+            "3",
+            "--ways",
+            "3",
+            "--shots",
+            "2",
+            "--model",
+            model_dir,
+            "--dtype",
+            "float32",
+        ]
+    )
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0 and metrics["episodes"] == 3 and metrics["n"] == 3 * 3 * 2
+
+    with pytest.raises(InvalidInputError, match="either --query"):
+        _run_cli(["fewshot-eval", "--support", str(support), "--model", model_dir])
