@@ -786,11 +786,10 @@ class FewShotClassifier:
 
 
 def candidate_layers(num_layers: int) -> tuple[int, ...]:
-    """Layers worth trying: every layer of a small model, else 5 spread over its upper two thirds."""
-    if num_layers <= 8:
-        return tuple(range(1, num_layers + 1))
+    """Layers worth trying: up to 5 spread over the model's upper two thirds, the last included."""
     start = max(1, num_layers // 3)
-    return tuple(sorted({round(v) for v in np.linspace(start, num_layers, 5)}))
+    count = min(5, num_layers - start + 1)
+    return tuple(sorted({round(float(v)) for v in np.linspace(start, num_layers, count)}))
 
 
 def embed_for_fewshot(
