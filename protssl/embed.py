@@ -27,6 +27,7 @@ __all__ = [
     "Provenance",
     "embed_records",
     "embed_records_layers",
+    "expected_provenance",
 ]
 
 Pooling = Literal["mean", "bos", "per-residue"]
@@ -96,6 +97,21 @@ class _Stitch:
     bos: np.ndarray
     windows: int
     windows_left: int
+
+
+def expected_provenance(model: LoadedModel, config: EmbedConfig, *, windows: int = 1) -> Provenance:
+    """The provenance a vector made with this model and config carries."""
+    encoder = model.encoder
+    return Provenance(
+        model_name=model.name,
+        model_sha256=model.sha256,
+        layer=encoder.resolve_layer(config.layer),
+        pooling=config.pooling,
+        dtype=model.dtype_name,
+        window_policy=config.window.describe(encoder.config.max_residues),
+        windowed=windows > 1,
+        windows=windows,
+    )
 
 
 def embed_records(
@@ -176,12 +192,10 @@ def _embed_group(
 ) -> Iterator[Embedding]:
     """Embed one read-ahead group at `config.layer`, or at several `layers` in one forward,
     concatenated along channels (pooling and stitching act per channel, so each layer's slice
-    of the vector is that layer's vector; provenance names the first)."""
+    of the vector is that layer's vector; the caller sets each slice's provenance layer)."""
     encoder = model.encoder
     layers = layers or (encoder.resolve_layer(config.layer),)
-    layer = layers[0]
     window_residues = encoder.config.max_residues
-    policy_name = config.window.describe(window_residues)
     sequences = [r.sequence for r in records]
     stitches: dict[int, _Stitch] = {}
     for batch in token_batches(
@@ -205,7 +219,7 @@ def _embed_group(
                     vector = pooled[row]
                 else:
                     vector = hidden[row, 1 : length + 1].numpy().copy()
-                yield _embedding(record, vector, model, config, layer, policy_name, windows=1)
+                yield _embedding(record, vector, model, config, windows=1)
                 continue
             stitch = stitches.get(window.item)
             if stitch is None:
@@ -226,9 +240,7 @@ def _embed_group(
             if stitch.windows_left == 0:
                 del stitches[window.item]
                 vector = _finish_stitch(stitch, config.pooling)
-                yield _embedding(
-                    record, vector, model, config, layer, policy_name, windows=stitch.windows
-                )
+                yield _embedding(record, vector, model, config, windows=stitch.windows)
         if on_batch is not None:
             on_batch(batch.residues)
 
@@ -268,25 +280,13 @@ def _embedding(
     vector: np.ndarray,
     model: LoadedModel,
     config: EmbedConfig,
-    layer: int,
-    policy_name: str,
     *,
     windows: int,
 ) -> Embedding:
-    provenance = Provenance(
-        model_name=model.name,
-        model_sha256=model.sha256,
-        layer=layer,
-        pooling=config.pooling,
-        dtype=model.dtype_name,
-        window_policy=policy_name,
-        windowed=windows > 1,
-        windows=windows,
-    )
     return Embedding(
         id=record.id,
         length=len(record.sequence),
         vector=np.ascontiguousarray(vector, dtype=np.float32),
-        provenance=provenance,
+        provenance=expected_provenance(model, config, windows=windows),
         labels=record.labels,
     )

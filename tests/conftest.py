@@ -27,3 +27,18 @@ def edge_cases(shared_data: Path) -> Path:
 @pytest.fixture(scope="session")
 def sample_fasta(shared_data: Path) -> Path:
     return shared_data / "pretrain" / "pretrain_corpus_sample2k.fasta"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small random-weight protssl model folder (safetensors + card), windows of 62 residues."""
+    from protssl.checkpoint import save_model
+    from protssl.model import ModelConfig, ProteinEncoder, init_weights
+
+    encoder = ProteinEncoder(
+        ModelConfig(num_layers=2, embed_dim=64, attention_heads=4, ffn_dim=256, max_positions=64)
+    )
+    init_weights(encoder, seed=1)
+    directory = tmp_path_factory.mktemp("models") / "tiny"
+    save_model(encoder, directory, name="tiny-test")
+    return directory
