@@ -226,7 +226,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto", help="auto, float32 or bfloat16")
     parser.add_argument("--ec-classes", type=int, default=60)
     parser.add_argument("--episode-classes", type=int, default=40)
-    parser.add_argument("--episodes", type=int, default=20)
+    parser.add_argument("--episodes", type=int, default=12)
     parser.add_argument("--ways", type=int, default=5)
     parser.add_argument("--shots", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)

@@ -10,7 +10,7 @@ scores, so that `predict` says `unknown` instead of a confident wrong label:
 - a query whose nearest support vector is less similar than almost every support vector's nearest
   other support vector is out of distribution → `unknown`;
 - a query whose calibrated top probability is under the threshold that gave `target_precision` on
-  held-out support is `unknown`, or, for dotted hierarchical labels (EC 1.1.1.1), the deepest
+  held-out support (or, when none does, the best held-out micro-F1) is `unknown`, or, for dotted hierarchical labels (EC 1.1.1.1), the deepest
   parent (1.1.1.-) whose summed probability clears that level's own threshold;
 - multi-label support (`label=A;B`): the extra labels whose probability is within a ratio of the
   top one are predicted too; the ratio is the one with the best held-out micro-F1.
@@ -85,7 +85,7 @@ class FewShotConfig:
     """Back off dotted labels (1.1.1.1 → 1.1.1.-); auto = when every label is dotted."""
     folds: int = 5
     """Cross-validation folds for the trained heads' layer choice and calibration."""
-    steps: int = 150
+    steps: int = 100
     """Full-batch optimiser steps for the linear and contrastive heads."""
     projection_dim: int = 64
     """Output width of the contrastive projection head."""
@@ -303,9 +303,9 @@ class _Linear(_Head):
     def fit(self, x: np.ndarray, y: np.ndarray, config: FewShotConfig) -> None:
         with torch.random.fork_rng():
             torch.manual_seed(config.seed)
-            layer = nn.Linear(x.shape[1], y.shape[1], dtype=torch.float64)
-        inputs = torch.from_numpy(x * self.scale)
-        targets = torch.from_numpy(y / y.sum(1, keepdims=True))
+            layer = nn.Linear(x.shape[1], y.shape[1])
+        inputs = torch.from_numpy((x * self.scale).astype(np.float32))
+        targets = torch.from_numpy((y / y.sum(1, keepdims=True)).astype(np.float32))
         present = torch.from_numpy(y.sum(0) > 0)
 
         def loss() -> torch.Tensor:
@@ -313,8 +313,10 @@ class _Linear(_Head):
             return -(targets * F.log_softmax(logits, dim=1)).sum(1).mean()
 
         _train(layer, loss, config)
-        self.weight = layer.weight.detach().numpy().copy()
-        self.bias = np.where(present.numpy(), layer.bias.detach().numpy(), _MASKED)
+        self.weight = layer.weight.detach().numpy().astype(np.float64)
+        self.bias = np.where(
+            present.numpy(), layer.bias.detach().numpy().astype(np.float64), _MASKED
+        )
 
     def scores(self, x: np.ndarray) -> np.ndarray:
         return (x * self.scale) @ self.weight.T + self.bias
@@ -329,8 +331,8 @@ class _Linear(_Head):
 class _Projection(nn.Module):
     def __init__(self, width: int, out: int) -> None:
         super().__init__()
-        self.hidden = nn.Linear(width, 2 * out, dtype=torch.float64)
-        self.out = nn.Linear(2 * out, out, dtype=torch.float64)
+        self.hidden = nn.Linear(width, 2 * out)
+        self.out = nn.Linear(2 * out, out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.out(F.gelu(self.hidden(x))), dim=-1)
@@ -360,7 +362,7 @@ class _Contrastive(_Head):
         with torch.random.fork_rng():
             torch.manual_seed(config.seed)
             projection = _Projection(x.shape[1], config.projection_dim)
-        inputs = torch.from_numpy(x)
+        inputs = torch.from_numpy(x.astype(np.float32))
         targets = torch.from_numpy(y)
         positives = (targets @ targets.T) > 0
 
@@ -368,7 +370,9 @@ class _Contrastive(_Head):
             return _supcon_loss(projection(inputs), positives, config.contrastive_temperature)
 
         _train(projection, loss, config)
-        self.params = {k: v.detach().numpy().copy() for k, v in projection.state_dict().items()}
+        self.params = {
+            k: v.detach().numpy().astype(np.float64) for k, v in projection.state_dict().items()
+        }
         self.prototype = _Prototype()
         self.prototype.fit(self._project(x), y, config)
 
@@ -419,17 +423,23 @@ def _calibrate(scores: np.ndarray, y: np.ndarray) -> float:
 
 
 def _threshold(confidence: np.ndarray, correct: np.ndarray, target: float) -> float:
-    """Lowest confidence cut whose answered set reaches `target` precision; else the most precise."""
+    """Lowest confidence cut whose answered held-out set reaches `target` precision.
+
+    When no cut reaches it, the cut with the best held-out micro-F1 (abstaining costs recall).
+    """
     order = np.argsort(-confidence, kind="stable")
     conf, hits = confidence[order], correct[order].astype(np.float64)
-    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    answered = np.arange(1, len(hits) + 1)
+    right = np.cumsum(hits)
+    precision = right / answered
     # only cut between distinct confidence values
     last_of_value = np.append(conf[1:] < conf[:-1], True)
     ok = np.flatnonzero(last_of_value & (precision >= target))
     if len(ok):
         return float(conf[ok[-1]])
     candidates = np.flatnonzero(last_of_value)
-    return float(conf[candidates[np.argmax(precision[candidates])]])
+    f1 = 2 * right[candidates] / (answered[candidates] + len(hits))
+    return float(conf[candidates[np.argmax(f1)]])
 
 
 _RATIOS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)

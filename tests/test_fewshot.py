@@ -477,3 +477,13 @@ def test_fewshot_eval_cli_split_episodes_and_report(
 
     with pytest.raises(InvalidInputError, match="either --query"):
         _run_cli(["fewshot-eval", "--support", str(support), "--model", model_dir])
+
+
+def test_abstention_threshold_reaches_the_target_or_maximises_f1() -> None:
+    from protssl.fewshot import _threshold
+
+    confidence = np.array([0.9, 0.8, 0.7, 0.6])
+    # answering the top two is 100% precise; the third would drop precision to 2/3
+    assert _threshold(confidence, np.array([1, 1, 0, 1]), 0.9) == 0.8
+    # no cut reaches 0.9: answered-F1 = 2·right/(answered + 4) is best when answering all four
+    assert _threshold(confidence, np.array([0, 1, 0, 1]), 0.9) == 0.6
