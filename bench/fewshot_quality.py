@@ -211,6 +211,26 @@ def load(spec: str | None) -> LoadedModel:
         return load_model("esm2-8m")
 
 
+def cached_vectors(
+    path: str | None, model: LoadedModel, records: Sequence[ProteinRecord], layers: Sequence[int]
+) -> dict[int, np.ndarray] | None:
+    """Vectors from an earlier run of this bench with the same model, records and layers."""
+    if not path or not Path(path).is_file():
+        return None
+    with np.load(path, allow_pickle=False) as data:
+        same = (
+            str(data["sha"]) == model.sha256
+            and data["ids"].tolist() == [r.id for r in records]
+            and all(f"layer{k}" in data.files for k in layers)
+        )
+        if not same:
+            print(
+                f"NOTE: {path} is for other records or another model; re-embedding", file=sys.stderr
+            )
+            return None
+        return {k: data[f"layer{k}"] for k in layers}
+
+
 def _row(metrics: dict[str, Any], seconds: float, layer: Any = None) -> dict[str, Any]:
     keys = ("f1", "top1_accuracy", "abstention_rate", "accuracy_on_answered", "n")
     row = {k: round(float(metrics[k]), 4) if k != "n" else int(metrics[k]) for k in keys}
@@ -230,6 +250,11 @@ def main() -> None:
     parser.add_argument("--ways", type=int, default=5)
     parser.add_argument("--shots", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--vectors-cache",
+        metavar="NPZ",
+        help="reuse (or write) the embedded vectors here; keyed by the model's sha256",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -240,10 +265,21 @@ def main() -> None:
     every = {r.id: r for records in tasks.values() for r in records[0]}
     every.update({r.id: r for name, (_, q) in tasks.items() if name != "ec_episodes" for r in q})
     records = list(every.values())
-    with tqdm(total=sum(len(r) for r in records), unit="res", unit_scale=True, desc="embed") as bar:
-        t0 = time.perf_counter()
-        vectors = embed_for_fewshot(records, model, layers, on_batch=bar.update)
-        embed_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    vectors = cached_vectors(args.vectors_cache, model, records, layers)
+    if vectors is None:
+        with tqdm(
+            total=sum(len(r) for r in records), unit="res", unit_scale=True, desc="embed"
+        ) as bar:
+            vectors = embed_for_fewshot(records, model, layers, on_batch=bar.update)
+        if args.vectors_cache:
+            np.savez(
+                args.vectors_cache,
+                ids=np.array([r.id for r in records]),
+                sha=np.array(model.sha256),
+                **{f"layer{k}": v for k, v in vectors.items()},
+            )
+    embed_seconds = time.perf_counter() - t0
     row_of = {r.id: i for i, r in enumerate(records)}
 
     def features(subset: Sequence[ProteinRecord]) -> dict[int, np.ndarray]:
@@ -255,6 +291,7 @@ def main() -> None:
         print("NOTE: mmseqs not found on PATH; skipping the MMseqs2 row", file=sys.stderr)
     results: dict[str, dict[str, Any]] = {}
     ood: dict[str, float] = {}
+    progress = tqdm(total=len(tasks) * len(METHODS), desc="fit+predict", unit="head")
     work = Path(tempfile.mkdtemp(prefix="fewshot_quality_"))
     try:
         for name, (support, query) in tasks.items():
@@ -272,6 +309,7 @@ def main() -> None:
                     results[name][method] = _row(
                         result.metrics, time.perf_counter() - t0, result.metrics["layer"]
                     )
+                    progress.update()
                 t0 = time.perf_counter()
                 truth, preds = [], []
                 for e in episodes:
@@ -316,6 +354,7 @@ def main() -> None:
                         ood[method] = round(
                             float(np.mean([p.status == "unknown" for p in answers])), 4
                         )
+                    progress.update()
                 t0 = time.perf_counter()
                 results[name]["composition_1nn"] = _row(
                     label_metrics(truth, composition_1nn(support, query)),
@@ -331,6 +370,7 @@ def main() -> None:
                     )
             results[name]["_sizes"] = sizes
     finally:
+        progress.close()
         shutil.rmtree(work, ignore_errors=True)
 
     print(f"\nmodel {model.name} ({model.sha256[:12]}), layers tried {list(layers)}")
