@@ -224,8 +224,11 @@ def write_report(
         mask = np.array([f == name for f in first])
         colour = palette(colours[name] % 20)
         label = name if len(names) <= 20 else None
-        axes.scatter(*points[mask & is_support].T, marker="o", s=28, color=colour, label=label)
-        axes.scatter(*points[mask & ~is_support].T, marker="x", s=28, color=colour)
+        support_xy, query_xy = points[mask & is_support], points[mask & ~is_support]
+        axes.scatter(
+            support_xy[:, 0], support_xy[:, 1], marker="o", s=28, color=colour, label=label
+        )
+        axes.scatter(query_xy[:, 0], query_xy[:, 1], marker="x", s=28, color=colour)
     axes.set_title(f"{title}: PCA of embeddings (o support, x query)")
     axes.set_xlabel("PC 1")
     axes.set_ylabel("PC 2")

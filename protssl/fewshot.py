@@ -58,6 +58,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Method = Literal["prototype", "knn", "linear", "contrastive"]
+Status = Literal["answered", "backed_off", "unknown"]
 METHODS: tuple[str, ...] = ("prototype", "knn", "linear", "contrastive")
 UNKNOWN = "unknown"
 STATE_FORMAT = "protssl.fewshot"
@@ -128,7 +129,7 @@ class Prediction:
     """Predicted labels; (`unknown`,) when the classifier abstains; a parent like 1.1.1.- on back-off."""
     probability: float
     """Calibrated probability of the first label (summed over children for a parent label)."""
-    status: Literal["answered", "backed_off", "unknown"]
+    status: Status
     top_label: str
     """The most probable leaf label, whatever the decision (for forced-choice accuracy)."""
     top_probability: float
@@ -527,7 +528,7 @@ class FewShotClassifier:
     levels: list[_Level] = field(default_factory=list)
     layer_scores: dict[int, float] = field(default_factory=dict)
     """Held-out support accuracy of each candidate layer (the best one was chosen)."""
-    support_metrics: dict[str, float] = field(default_factory=dict)
+    support_metrics: dict[str, Any] = field(default_factory=dict)
     """Held-out metrics on the support set at the chosen layer and thresholds."""
     info: dict[str, Any] = field(default_factory=dict)
     """Where the vectors came from (model sha256, pooling); checked before classifying."""
@@ -683,46 +684,39 @@ class FewShotClassifier:
             raise InvalidInputError(f"{len(ids)} ids for {len(probs)} query vectors")
         out = []
         for row, query_id in enumerate(ids):
-            p = probs[row]
-            top = int(p.argmax())
-            top_label, top_p = self.classes[top], float(p[top])
-            common = {
-                "id": query_id,
-                "top_label": top_label,
-                "top_probability": top_p,
-                "nearest_similarity": float(nearest[row]),
-            }
-            if nearest[row] < self.ood_threshold:
-                out.append(
-                    Prediction(labels=(UNKNOWN,), probability=0.0, status="unknown", **common)
-                )
-                continue
-            if top_p >= self.threshold:
-                labels = [top_label]
-                if self.multi_label_ratio is not None:
-                    extra = np.flatnonzero(p >= self.multi_label_ratio * top_p)
-                    labels += [self.classes[i] for i in extra if i != top]
-                out.append(
-                    Prediction(labels=tuple(labels), probability=top_p, status="answered", **common)
-                )
-                continue
-            backed = None
-            for level in self.levels:
-                parent_p = p @ level.member
-                best = int(parent_p.argmax())
-                if parent_p[best] >= level.threshold:
-                    backed = Prediction(
-                        labels=(level.parents[best],),
-                        probability=float(parent_p[best]),
-                        status="backed_off",
-                        **common,
-                    )
-                    break
+            top = int(probs[row].argmax())
+            labels, probability, status = self._decide(probs[row], float(nearest[row]))
             out.append(
-                backed
-                or Prediction(labels=(UNKNOWN,), probability=top_p, status="unknown", **common)
+                Prediction(
+                    id=query_id,
+                    labels=labels,
+                    probability=probability,
+                    status=status,
+                    top_label=self.classes[top],
+                    top_probability=float(probs[row, top]),
+                    nearest_similarity=float(nearest[row]),
+                )
             )
         return out
+
+    def _decide(self, p: np.ndarray, nearest: float) -> tuple[tuple[str, ...], float, Status]:
+        """Labels, probability and status for one query's calibrated probabilities."""
+        top = int(p.argmax())
+        top_p = float(p[top])
+        if nearest < self.ood_threshold:
+            return (UNKNOWN,), 0.0, "unknown"
+        if top_p >= self.threshold:
+            labels = [self.classes[top]]
+            if self.multi_label_ratio is not None:
+                extra = np.flatnonzero(p >= self.multi_label_ratio * top_p)
+                labels += [self.classes[i] for i in extra if i != top]
+            return tuple(labels), top_p, "answered"
+        for level in self.levels:
+            parent_p = p @ level.member
+            best = int(parent_p.argmax())
+            if parent_p[best] >= level.threshold:
+                return (level.parents[best],), float(parent_p[best]), "backed_off"
+        return (UNKNOWN,), top_p, "unknown"
 
     # --- state -----------------------------------------------------------------------------
 
@@ -752,7 +746,7 @@ class FewShotClassifier:
         for index, level in enumerate(self.levels):
             arrays[f"level{index}.member"] = level.member
         buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
+        np.savez(buffer, **arrays)  # type: ignore[arg-type]
         return params, buffer.getvalue()
 
     @classmethod
