@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from protssl import __version__, cli_pretrain, cli_store
+from protssl import __version__, cli_fewshot, cli_pretrain, cli_store
 
 if TYPE_CHECKING:
     from protssl.checkpoint import LoadedModel
@@ -123,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_import_parser(subparsers)
     cli_store.add_commands(subparsers)
     cli_pretrain.add_commands(subparsers)
+    cli_fewshot.add_commands(subparsers)
     return parser
 
 
