@@ -9,6 +9,7 @@ import collections
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import CancelledError, TimeoutError
+from typing import Any
 
 import grpc
 import numpy as np
@@ -30,7 +31,7 @@ POOLING_NAMES = {
     pb.POOLING_BOS: "bos",
     pb.POOLING_PER_RESIDUE: "per-residue",
 }
-WIRE_DTYPES = {
+WIRE_DTYPES: dict[Any, tuple[Any, np.dtype[Any]]] = {
     pb.VECTOR_DTYPE_UNSPECIFIED: (pb.VECTOR_DTYPE_FLOAT32, np.dtype("<f4")),
     pb.VECTOR_DTYPE_FLOAT32: (pb.VECTOR_DTYPE_FLOAT32, np.dtype("<f4")),
     pb.VECTOR_DTYPE_FLOAT16: (pb.VECTOR_DTYPE_FLOAT16, np.dtype("<f2")),
