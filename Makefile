@@ -27,6 +27,9 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy protssl
 
+proto: $(STAMP)
+	$(PY) proto/generate.py
+
 bench: $(STAMP)
 	$(PY) bench/embed_throughput.py --preset esm2-8m
 	$(PY) bench/embed_throughput.py --preset esm2-35m

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from protssl import __version__, cli_fewshot, cli_pretrain, cli_store
+from protssl import __version__, cli_fewshot, cli_pretrain, cli_serve, cli_store
 
 if TYPE_CHECKING:
     from protssl.checkpoint import LoadedModel
@@ -124,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_store.add_commands(subparsers)
     cli_pretrain.add_commands(subparsers)
     cli_fewshot.add_commands(subparsers)
+    cli_serve.add_commands(subparsers)
     return parser
 
 
