@@ -16,8 +16,8 @@ Anchors, computed here on the same splits: amino-acid + dipeptide composition 1-
 hit = no answer; the row is skipped with a message when `mmseqs` is not installed).
 
 Metrics per task and method: micro F1 over labels with abstention (CLEAN's convention; abstaining
-costs recall), top-1 accuracy (forced choice), abstention rate and accuracy on answered. The last
-line printed is one JSON object.
+and backing off to a parent EC number cost recall), top-1 accuracy (forced choice), abstention
+rate, back-off rate (EC tasks) and accuracy on answered. The last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -232,7 +232,7 @@ def cached_vectors(
 
 
 def _row(metrics: dict[str, Any], seconds: float, layer: Any = None) -> dict[str, Any]:
-    keys = ("f1", "top1_accuracy", "abstention_rate", "accuracy_on_answered", "n")
+    keys = ("f1", "top1_accuracy", "abstention_rate", "backoff_rate", "accuracy_on_answered", "n")
     row = {k: round(float(metrics[k]), 4) if k != "n" else int(metrics[k]) for k in keys}
     row["seconds"] = round(seconds, 2)
     if layer is not None:
@@ -375,7 +375,10 @@ def main() -> None:
 
     print(f"\nmodel {model.name} ({model.sha256[:12]}), layers tried {list(layers)}")
     print(f"embedded {len(records)} sequences in {embed_seconds:.1f} s\n")
-    header = f"{'task':<12} {'method':<18} {'F1':>6} {'top1':>6} {'abst':>6} {'acc@ans':>8} {'layer':>5} {'s':>6}"
+    header = (
+        f"{'task':<12} {'method':<18} {'F1':>6} {'top1':>6} {'abst':>6} {'backoff':>7} "
+        f"{'acc@ans':>8} {'layer':>5} {'s':>6}"
+    )
     print(header)
     for name, rows in results.items():
         print(f"{name:<12} ({rows['_sizes']})")
@@ -384,7 +387,8 @@ def main() -> None:
                 continue
             print(
                 f"{'':<12} {method:<18} {row['f1']:>6.3f} {row['top1_accuracy']:>6.3f} "
-                f"{row['abstention_rate']:>6.3f} {row['accuracy_on_answered']:>8.3f} "
+                f"{row['abstention_rate']:>6.3f} {row['backoff_rate']:>7.3f} "
+                f"{row['accuracy_on_answered']:>8.3f} "
                 f"{row.get('layer', ''):>5} {row['seconds']:>6.1f}"
             )
     print(f"\nOOD: fraction of Pfam domains the IS-family classifiers call unknown: {ood}")

@@ -1,4 +1,10 @@
-"""CLI face of the few-shot classifiers: `fewshot-eval` (split or N-way K-shot episodes, --report).
+"""CLI face of the few-shot classifiers: `classifier create|add|show`, `classify`, `fewshot-eval`.
+
+Classifiers live in the store (`--db`, else PROTSSL_DATABASE_URL, else the default SQLite file):
+`classifier create NAME --fasta LABELLED.fasta` saves version 1 (or the next version of an existing
+name), `classifier add NAME --fasta MORE.fasta` refits on the old examples plus the new ones as the
+next version, and `classify NAME INPUT.fasta` writes TSV or JSON. `fewshot-eval` fits on one
+labelled file and scores another (or N-way K-shot episodes from one), optionally writing a report.
 
 Each handler parses its arguments, calls the library (`protssl.fewshot`, `protssl.evaluation`) and
 prints; user errors are raised as protssl errors for `cli.main()` to turn into exit code 2.
@@ -7,10 +13,13 @@ prints; user errors are raised as protssl errors for `cli.main()` to turn into e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
 
 from tqdm import tqdm
 
@@ -25,13 +34,71 @@ from protssl.evaluation import (
     write_report,
 )
 from protssl.fasta import FastaPolicy, ProteinRecord, read_fasta
-from protssl.fewshot import METHODS, FewShotConfig, candidate_layers, embed_for_fewshot
+from protssl.fewshot import (
+    METHODS,
+    FewShotClassifier,
+    FewShotConfig,
+    Prediction,
+    add_examples,
+    candidate_layers,
+    classify_records,
+    embed_for_fewshot,
+    fit_records,
+    load_classifier,
+    save_classifier,
+)
+from protssl.store import Store, StoreConfig
 
 __all__ = ["add_commands"]
 
 
 def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `fewshot-eval` to the CLI."""
+    """Add `classifier create|add|show`, `classify` and `fewshot-eval` to the CLI."""
+    classifier = subparsers.add_parser(
+        "classifier", help="create, extend or show few-shot classifiers kept in the store"
+    )
+    actions = classifier.add_subparsers(dest="classifier_command", required=True, metavar="ACTION")
+    create = actions.add_parser(
+        "create",
+        help="fit a classifier on labelled FASTA (>ID label=A or label=A;B) and save it",
+        description="Fit on labelled FASTA and save as NAME (version 1, or the next version).",
+    )
+    create.add_argument("name", help="classifier name")
+    create.add_argument("--fasta", required=True, metavar="FASTA", help="labelled FASTA")
+    _add_fit_args(create)
+    _add_model_args(create)
+    _add_db_arg(create)
+    create.set_defaults(func=_classifier_create)
+    add = actions.add_parser(
+        "add",
+        help="add labelled examples: refit on old + new and save the next version",
+        description="Refit NAME's latest version on its examples plus these; old versions stay.",
+    )
+    add.add_argument("name", help="classifier name")
+    add.add_argument("--fasta", required=True, metavar="FASTA", help="labelled FASTA")
+    _add_model_args(add)
+    _add_db_arg(add)
+    add.set_defaults(func=_classifier_add)
+    show = actions.add_parser("show", help="print a stored classifier's summary as JSON")
+    show.add_argument("name", help="classifier name")
+    show.add_argument("--version", type=int, default=None, help="default: the latest")
+    _add_db_arg(show)
+    show.set_defaults(func=_classifier_show)
+
+    classify = subparsers.add_parser(
+        "classify",
+        help="label the records of a FASTA file with a stored classifier",
+        description="Predict labels (or unknown, or a parent such as 1.1.1.-) for every record.",
+    )
+    classify.add_argument("name", help="classifier name")
+    classify.add_argument("input", help="FASTA file (.gz or - for stdin)")
+    classify.add_argument("--version", type=int, default=None, help="default: the latest")
+    classify.add_argument("--format", choices=("tsv", "json"), default="tsv", help="default: tsv")
+    classify.add_argument("-o", "--output", metavar="FILE", help="default: stdout")
+    _add_model_args(classify)
+    _add_db_arg(classify)
+    classify.set_defaults(func=_classify)
+
     evaluate = subparsers.add_parser(
         "fewshot-eval",
         help="evaluate a few-shot classifier on labelled FASTA (split or N-way K-shot episodes)",
@@ -70,9 +137,26 @@ def _add_fit_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_db_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--db",
+        metavar="URL",
+        default=None,
+        help="store URL (sqlite:///file or postgresql+psycopg://user@host/db); "
+        "default $PROTSSL_DATABASE_URL, else a SQLite file in the user data folder",
+    )
+
+
+def _open_store(args: argparse.Namespace) -> Store:
+    return Store(StoreConfig.from_environ(os.environ, url=args.db))
+
+
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model", default=None, help="model folder or preset (default: the shipped model)"
+        "--model",
+        default=os.environ.get("PROTSSL_MODEL"),
+        help="model folder or preset (default: $PROTSSL_MODEL or the shipped model); "
+        "classifying needs the model the classifier was fitted with",
     )
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
     parser.add_argument("--dtype", default="auto", help="auto, float32 or bfloat16")
@@ -112,13 +196,112 @@ def _read(path: str, args: argparse.Namespace, *, labelled: bool) -> list[Protei
     return records
 
 
+def _load(args: argparse.Namespace) -> LoadedModel:
+    return load_model(args.model, device=args.device, dtype=check_dtype_name(args.dtype))
+
+
+def _bar(records: Sequence[ProteinRecord]) -> tqdm[Any]:
+    return tqdm(total=sum(len(r) for r in records), unit="res", unit_scale=True, desc="embedding")
+
+
 def _embed(
     records: Sequence[ProteinRecord], model: LoadedModel, layers: tuple[int, ...]
 ) -> dict[int, Any]:
-    with tqdm(
-        total=sum(len(r) for r in records), unit="res", unit_scale=True, desc="embedding"
-    ) as bar:
+    with _bar(records) as bar:
         return embed_for_fewshot(records, model, layers, on_batch=bar.update)
+
+
+def _summary(stored: Any, classifier: FewShotClassifier) -> dict[str, Any]:
+    return {
+        "name": stored.name,
+        "version": stored.version,
+        "method": stored.method,
+        "model_sha256": stored.model_sha256,
+        "classes": list(classifier.classes),
+        "examples": len(stored.examples),
+        "layer": classifier.layer,
+        "layer_scores": {str(k): v for k, v in classifier.layer_scores.items()},
+        "threshold": classifier.threshold,
+        "ood_threshold": classifier.ood_threshold,
+        "support_metrics": classifier.support_metrics,
+        "created_at": stored.created_at.isoformat(),
+    }
+
+
+def _print_saved(stored: Any, classifier: FewShotClassifier) -> None:
+    held_out = classifier.support_metrics
+    print(
+        f"classifier {stored.name!r} version {stored.version}: {len(classifier.classes)} classes, "
+        f"{len(stored.examples)} examples, layer {classifier.layer}; held-out "
+        f"({held_out['held_out']}) top-1 accuracy {held_out['top1_accuracy']:.3f}, "
+        f"answers {held_out['answered_rate']:.0%} at accuracy {held_out['accuracy_on_answered']:.3f}"
+    )
+    print(json.dumps(_summary(stored, classifier), sort_keys=True))
+
+
+def _classifier_create(args: argparse.Namespace) -> int:
+    config = _fit_config(args)
+    records = _read(args.fasta, args, labelled=True)
+    model = _load(args)
+    with _bar(records) as bar:
+        classifier = fit_records(
+            records, model, config, layers=_layers(args, model), on_batch=bar.update
+        )
+    with _open_store(args) as store:
+        stored = save_classifier(store, args.name, classifier, records)
+    _print_saved(stored, classifier)
+    return 0
+
+
+def _classifier_add(args: argparse.Namespace) -> int:
+    records = _read(args.fasta, args, labelled=True)
+    model = _load(args)
+    with _open_store(args) as store, _bar(records) as bar:
+        stored = add_examples(store, args.name, records, model, on_batch=bar.update)
+    _print_saved(stored, FewShotClassifier.from_state(stored.params, stored.blob))
+    return 0
+
+
+def _classifier_show(args: argparse.Namespace) -> int:
+    with _open_store(args) as store:
+        stored = store.classifiers.get(args.name, args.version)
+    print(json.dumps(_summary(stored, FewShotClassifier.from_state(stored.params, stored.blob))))
+    return 0
+
+
+@contextlib.contextmanager
+def _output(path: str | None) -> Iterator[TextIO]:
+    if path is None:
+        yield sys.stdout
+        return
+    with Path(path).open("w") as handle:
+        yield handle
+
+
+def _classify(args: argparse.Namespace) -> int:
+    records = _read(args.input, args, labelled=False)
+    with _open_store(args) as store:
+        classifier, _ = load_classifier(store, args.name, args.version)
+    model = _load(args)
+    with _bar(records) as bar:
+        predictions = classify_records(classifier, records, model, on_batch=bar.update)
+    with _output(args.output) as out:
+        _write_predictions(out, predictions, args.format)
+    return 0
+
+
+def _write_predictions(out: TextIO, predictions: Sequence[Prediction], fmt: str) -> None:
+    if fmt == "json":
+        json.dump([p.as_dict() for p in predictions], out, indent=1)
+        out.write("\n")
+        return
+    columns = ("id", "label", "probability", "status", "top_label", "top_probability")
+    out.write("\t".join(columns) + "\tnearest_similarity\n")
+    for p in predictions:
+        out.write(
+            f"{p.id}\t{p.label}\t{p.probability:.4f}\t{p.status}\t{p.top_label}\t"
+            f"{p.top_probability:.4f}\t{p.nearest_similarity:.4f}\n"
+        )
 
 
 def _print_metrics(metrics: dict[str, Any]) -> None:
@@ -131,7 +314,7 @@ def _fewshot_eval(args: argparse.Namespace) -> int:
     if (args.query is None) == (args.episodes is None):
         raise InvalidInputError("give either --query FASTA or --episodes N (not both)")
     config = _fit_config(args)
-    model = load_model(args.model, device=args.device, dtype=check_dtype_name(args.dtype))
+    model = _load(args)
     layers = _layers(args, model)
     support = _read(args.support, args, labelled=True)
     result: EvalResult

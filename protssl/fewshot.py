@@ -286,12 +286,19 @@ class _KNN(_Head):
 
 
 def _train(module: nn.Module, loss_fn: Callable[[], torch.Tensor], config: FewShotConfig) -> None:
-    optimiser = torch.optim.Adam(module.parameters(), lr=0.01, weight_decay=config.weight_decay)
-    for _ in range(config.steps):
-        optimiser.zero_grad()
-        loss = loss_fn()
-        loss.backward()
-        optimiser.step()
+    """Full-batch Adam. The heads are tiny: one intra-op thread avoids thread hand-off costs that
+    dominate (and explode on shared cores); the caller's setting is restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        optimiser = torch.optim.Adam(module.parameters(), lr=0.01, weight_decay=config.weight_decay)
+        for _ in range(config.steps):
+            optimiser.zero_grad()
+            loss = loss_fn()
+            loss.backward()
+            optimiser.step()
+    finally:
+        torch.set_num_threads(threads)
     module.eval()
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
@@ -38,8 +40,11 @@ from protssl.fewshot import (
     Prediction,
     classify_records,
     fit_records,
+    load_classifier,
+    save_classifier,
 )
 from protssl.model import ModelConfig, ProteinEncoder, init_weights
+from protssl.store import Store, StoreConfig
 
 FAMILIES = 8
 
@@ -349,7 +354,7 @@ def test_episodic_evaluation_pools_episodes(phosphatases: list[ProteinRecord]) -
 
 
 @pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def windowed_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 3-layer, 32-wide encoder with random weights and a 384-token window (so transposases
     are windowed), saved as a protssl model folder."""
     config = ModelConfig(
@@ -363,18 +368,20 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tiny_model_dir: Path) -> LoadedModel:
-    return load_model(tiny_model_dir, dtype="float32")
+def windowed_model(windowed_model_dir: Path) -> LoadedModel:
+    return load_model(windowed_model_dir, dtype="float32")
 
 
 def test_embedding_several_layers_matches_one_layer_at_a_time(
-    tiny_model: LoadedModel, is_split: tuple[list[ProteinRecord], list[ProteinRecord]]
+    windowed_model: LoadedModel, is_split: tuple[list[ProteinRecord], list[ProteinRecord]]
 ) -> None:
     records = sorted(is_split[1], key=len)[-3:] + is_split[1][:3]  # the longest are windowed
     config = EmbedConfig(max_tokens=2048)
-    together = {e[1].id: e for e in embed_records_layers(records, tiny_model, (1, -1), config)}
+    together = {e[1].id: e for e in embed_records_layers(records, windowed_model, (1, -1), config)}
     for layer in (1, 3):
-        for single in embed_records(records, tiny_model, EmbedConfig(layer=layer, max_tokens=2048)):
+        for single in embed_records(
+            records, windowed_model, EmbedConfig(layer=layer, max_tokens=2048)
+        ):
             stacked = together[single.id][layer]
             np.testing.assert_allclose(stacked.vector, single.vector, rtol=1e-5, atol=1e-6)
             assert stacked.provenance.layer == layer
@@ -383,15 +390,15 @@ def test_embedding_several_layers_matches_one_layer_at_a_time(
 
 
 def test_fit_and_classify_records_with_a_model(
-    tiny_model: LoadedModel, is_split: tuple[list[ProteinRecord], list[ProteinRecord]]
+    windowed_model: LoadedModel, is_split: tuple[list[ProteinRecord], list[ProteinRecord]]
 ) -> None:
     support, query = is_split[0][:24], is_split[1][:6]
-    classifier = fit_records(support, tiny_model, FewShotConfig(method="knn"))
+    classifier = fit_records(support, windowed_model, FewShotConfig(method="knn"))
     assert set(classifier.layer_scores) == {1, 2, 3}
-    assert classifier.info["model_sha256"] == tiny_model.sha256
-    predictions = classify_records(classifier, query, tiny_model)
+    assert classifier.info["model_sha256"] == windowed_model.sha256
+    predictions = classify_records(classifier, query, windowed_model)
     assert [p.id for p in predictions] == [r.id for r in query]
-    other = replace(tiny_model, card=replace(tiny_model.card, sha256="0" * 64))
+    other = replace(windowed_model, card=replace(windowed_model.card, sha256="0" * 64))
     with pytest.raises(InvalidInputError, match="fitted on model"):
         classify_records(classifier, query, other)
 
@@ -413,14 +420,14 @@ def _run_cli(argv: list[str]) -> int:
 
 def test_fewshot_eval_cli_split_episodes_and_report(
     tmp_path: Path,
-    tiny_model: LoadedModel,
-    tiny_model_dir: Path,
+    windowed_model: LoadedModel,
+    windowed_model_dir: Path,
     is_split: tuple[list[ProteinRecord], list[ProteinRecord]],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     support = _write_fasta(tmp_path / "support.fasta", is_split[0][:32])
     query = _write_fasta(tmp_path / "query.fasta", is_split[1][:24])
-    model_dir = str(tiny_model_dir)
+    model_dir = str(windowed_model_dir)
     code = _run_cli(
         [
             "fewshot-eval",
@@ -442,7 +449,7 @@ def test_fewshot_eval_cli_split_episodes_and_report(
     out = capsys.readouterr().out.strip().splitlines()
     metrics = json.loads(out[-1])
     assert metrics["n"] == 24 and metrics["method"] == "knn"
-    assert metrics["model_sha256"] == tiny_model.sha256
+    assert metrics["model_sha256"] == windowed_model.sha256
     for key in (
         "precision",
         "recall",
@@ -487,3 +494,81 @@ def test_abstention_threshold_reaches_the_target_or_maximises_f1() -> None:
     assert _threshold(confidence, np.array([1, 1, 0, 1]), 0.9) == 0.8
     # no cut reaches 0.9: answered-F1 = 2·right/(answered + 4) is best when answering all four
     assert _threshold(confidence, np.array([0, 1, 0, 1]), 0.9) == 0.6
+
+
+# --- the store: named, versioned classifiers ---------------------------------------------------
+
+_CLI = (
+    "import argparse, sys\n"
+    "from protssl.cli_fewshot import add_commands\n"
+    "parser = argparse.ArgumentParser()\n"
+    "add_commands(parser.add_subparsers(dest='command', required=True))\n"
+    "args = parser.parse_args(sys.argv[1:])\n"
+    "sys.exit(args.func(args))\n"
+)
+
+
+@pytest.mark.slow
+def test_classifier_saved_in_the_store_predicts_the_same_in_a_new_process(
+    tmp_path: Path,
+    store_url: str,
+    windowed_model_dir: Path,
+    is_split: tuple[list[ProteinRecord], list[ProteinRecord]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    support, query = is_split[0][:24], is_split[1][:12]
+    support_file = _write_fasta(tmp_path / "support.fasta", support)
+    query_file = _write_fasta(tmp_path / "query.fasta", query)
+    common = ["--db", store_url, "--model", str(windowed_model_dir), "--dtype", "float32"]
+    assert _run_cli(["classifier", "create", "tfam", "--fasta", str(support_file), "--method",
+                     "linear", *common]) == 0  # fmt: skip
+    created = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert created["version"] == 1 and created["examples"] == 24
+    assert _run_cli(["classify", "tfam", str(query_file), "--format", "json", *common]) == 0
+    here = json.loads(capsys.readouterr().out)
+
+    done = subprocess.run(
+        [sys.executable, "-c", _CLI, "classify", "tfam", str(query_file), "--format", "json",
+         *common],
+        capture_output=True, text=True, check=True, timeout=300,
+    )  # fmt: skip
+    there = json.loads(done.stdout)
+    assert there == here
+    assert [p["id"] for p in there] == [r.id for r in query]
+
+    # adding examples makes version 2; version 1 still loads and predicts as before
+    more = _write_fasta(tmp_path / "more.fasta", is_split[0][24:40])
+    assert _run_cli(["classifier", "add", "tfam", "--fasta", str(more), *common]) == 0
+    added = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert added["version"] == 2 and added["examples"] == 40 and added["method"] == "linear"
+    assert _run_cli(["classify", "tfam", str(query_file), "--version", "1", "--format", "json",
+                     *common]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out) == here
+    assert _run_cli(["classifier", "show", "tfam", "--db", store_url]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["version"] == 2 and shown["layer"] in (1, 2, 3)
+
+    out = tmp_path / "predictions.tsv"
+    assert _run_cli(["classify", "tfam", str(query_file), "-o", str(out), *common]) == 0
+    rows = out.read_text().splitlines()
+    assert rows[0].split("\t")[:4] == ["id", "label", "probability", "status"]
+    assert len(rows) == 1 + len(query)
+
+
+def test_library_save_and_load_keep_examples_and_versions(
+    sqlite_url: str, fitted: dict[str, FewShotClassifier],
+    is_split: tuple[list[ProteinRecord], list[ProteinRecord]],
+) -> None:  # fmt: skip
+    support, query = is_split
+    with Store(StoreConfig(url=sqlite_url)) as store:
+        first = save_classifier(store, "is", fitted["prototype"], support)
+        second = save_classifier(store, "is", fitted["knn"], support[:10])
+        assert (first.version, second.version) == (1, 2)
+        old, examples = load_classifier(store, "is", 1)
+        new, _ = load_classifier(store, "is")
+    assert [r.id for r in examples] == [r.id for r in support]
+    assert examples[0].labels == support[0].labels
+    assert old.config.method == "prototype" and new.config.method == "knn"
+    assert new.info["version"] == 2
+    features = _features(query)
+    assert old.predict(features) == fitted["prototype"].predict(features)
