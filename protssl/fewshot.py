@@ -871,9 +871,10 @@ def classify_records(
     """Embed records at the classifier's layer with the model it was fitted on, and predict."""
     expected = classifier.info.get("model_sha256")
     if expected and expected != model.sha256:
+        wanted = classifier.info.get("model_name", "?")
         raise InvalidInputError(
-            f"this classifier was fitted on model {expected[:12]}…, not {model.sha256[:12]}… "
-            f"({model.name}); load the same model"
+            f"this classifier was fitted on model {wanted} ({expected[:12]}…), not "
+            f"{model.name} ({model.sha256[:12]}…); pass that model with --model"
         )
     pooling = classifier.info.get("pooling", "mean")
     embed_config = embed_config or EmbedConfig(pooling=pooling)
