@@ -38,6 +38,8 @@ OPTIONS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     ("db_url", str, "SQLAlchemy URL of the store (default: the default SQLite file)"),
     ("store", _boolean, "cache-through to the store: true or false (default true)"),
     ("max_batch_tokens", int, "token budget of one batched forward (default 8192)"),
+    ("max_group_tokens", int, "tokens taken off the queue at once (default 65536)"),
+    ("min_batch_fill", float, "least share of real tokens in a forward (default 0.85)"),
     ("max_queue_delay_ms", float, "wait for more requests before a batch runs (default 5)"),
     ("max_queue", int, "requests waiting before RESOURCE_EXHAUSTED (default 256)"),
     ("max_sequences", int, "sequences per request (default 1000)"),

@@ -91,6 +91,8 @@ def create_server(
     batcher = EmbeddingBatcher(
         model,
         max_batch_tokens=config.max_batch_tokens,
+        max_group_tokens=config.max_group_tokens,
+        min_batch_fill=config.min_batch_fill,
         max_queue_delay_s=config.max_queue_delay_ms / 1000,
         max_queue=config.max_queue,
         metrics=metrics,
