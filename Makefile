@@ -33,6 +33,7 @@ proto: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/embed_throughput.py --preset esm2-8m
 	$(PY) bench/embed_throughput.py --preset esm2-35m
+	$(PY) bench/store_throughput.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -1,4 +1,15 @@
-"""protssl: protein embeddings from a masked-residue transformer (ESM-2 architecture)."""
+"""protssl: protein embeddings from a masked-residue transformer (ESM-2 architecture).
+
+The in-process API::
+
+    import protssl
+
+    model = protssl.load_model()                 # the shipped default model
+    records = list(protssl.read_fasta("proteins.fasta"))
+    result = protssl.embed(records, model=model)  # result.ids, result.vectors (N, D) float32
+"""
+
+from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
@@ -7,7 +18,76 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
-__all__ = ["Client", "__version__"]
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from protssl.batching import WindowPolicy
+from protssl.checkpoint import LoadedModel, load_model
+from protssl.embed import EmbedConfig, Embedding, Provenance, embed_records
+from protssl.errors import ProtsslError
+from protssl.fasta import FastaPolicy, ProteinRecord, read_fasta, records_from_sequences
+
+__all__ = [
+    "Client",
+    "EmbedConfig",
+    "EmbedResult",
+    "Embedding",
+    "FastaPolicy",
+    "LoadedModel",
+    "ProteinRecord",
+    "ProtsslError",
+    "Provenance",
+    "WindowPolicy",
+    "__version__",
+    "embed",
+    "load_model",
+    "read_fasta",
+]
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    """Vectors in input order: `vectors` is (N, D) for mean/bos pooling, a list of (L, D) per residue."""
+
+    ids: list[str]
+    vectors: np.ndarray | list[np.ndarray]
+    provenance: list[Provenance]
+
+
+def embed(
+    records_or_sequences: Iterable[ProteinRecord | str],
+    *,
+    model: LoadedModel | str | Path | None = None,
+    ids: Sequence[str] | None = None,
+    pooling: str = "mean",
+    layer: int = -1,
+    max_tokens: int = 4096,
+    window: WindowPolicy | None = None,
+    policy: FastaPolicy | None = None,
+) -> EmbedResult:
+    """Embed records or plain sequences; returns ids and float32 vectors in input order.
+
+    `model` is a loaded model, a path or preset name, or None for the shipped default. Plain
+    strings get ids `seq0`, `seq1`, ... unless `ids` is given; they follow the FASTA policy.
+    """
+    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    records = records_from_sequences(records_or_sequences, ids=ids, policy=policy)
+    config = EmbedConfig(
+        pooling=pooling,  # type: ignore[arg-type]
+        layer=layer,
+        max_tokens=max_tokens,
+        window=window or WindowPolicy(),
+    )
+    by_id = {e.id: e for e in embed_records(records, loaded, config)}
+    order = [r.id for r in records]
+    vectors = [by_id[i].vector for i in order]
+    stacked: np.ndarray | list[np.ndarray] = (
+        vectors if pooling == "per-residue" else np.stack(vectors) if vectors else np.zeros((0, 0))
+    )
+    return EmbedResult(ids=order, vectors=stacked, provenance=[by_id[i].provenance for i in order])
 
 
 def __getattr__(name: str) -> Any:

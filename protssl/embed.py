@@ -8,7 +8,7 @@ carries its provenance. A vector does not depend on which other sequences shared
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -19,13 +19,17 @@ from protssl.batching import TokenBatch, WindowPolicy, plan_windows, token_batch
 from protssl.checkpoint import LoadedModel
 from protssl.errors import InvalidInputError
 from protssl.fasta import ProteinRecord
+from protssl.store import EmbeddingCache, EmbeddingItem, EmbeddingKey, sequence_sha256
 
 __all__ = [
     "POOLINGS",
+    "CacheStats",
     "EmbedConfig",
     "Embedding",
     "Provenance",
     "embed_records",
+    "embed_records_layers",
+    "expected_provenance",
 ]
 
 Pooling = Literal["mean", "bos", "per-residue"]
@@ -87,6 +91,14 @@ class Embedding:
 
 
 @dataclass
+class CacheStats:
+    """What an `embed_records` call did: vectors computed by the model and vectors read from the cache."""
+
+    computed: int = 0
+    cached: int = 0
+
+
+@dataclass
 class _Stitch:
     """Per-residue sums and counts over the windows of one long sequence."""
 
@@ -97,28 +109,157 @@ class _Stitch:
     windows_left: int
 
 
+def expected_provenance(model: LoadedModel, config: EmbedConfig, *, windows: int = 1) -> Provenance:
+    """The provenance a vector made with this model and config carries."""
+    encoder = model.encoder
+    return Provenance(
+        model_name=model.name,
+        model_sha256=model.sha256,
+        layer=encoder.resolve_layer(config.layer),
+        pooling=config.pooling,
+        dtype=model.dtype_name,
+        window_policy=config.window.describe(encoder.config.max_residues),
+        windowed=windows > 1,
+        windows=windows,
+    )
+
+
 def embed_records(
     records: Iterable[ProteinRecord],
     model: LoadedModel,
     config: EmbedConfig | None = None,
     *,
     on_batch: Callable[[int], None] | None = None,
+    cache: EmbeddingCache | None = None,
+    stats: CacheStats | None = None,
 ) -> Iterator[Embedding]:
     """Embed records in token-budget batches; yields in completion order, not input order.
 
-    `on_batch(residues)` is called after each forward, for progress bars.
+    `on_batch(residues)` is called after each forward, for progress bars. With `cache` (a store's
+    embedding cache), records already cached skip the model and computed vectors are written back
+    after each forward batch. `stats`, if given, counts computed and cached vectors.
     """
     config = config or EmbedConfig()
+    stats = stats if stats is not None else CacheStats()
     group: list[ProteinRecord] = []
     residues = 0
     for record in records:
         group.append(record)
         residues += len(record.sequence)
         if residues >= config.read_ahead_residues:
-            yield from _embed_group(group, model, config, on_batch)
+            yield from _embed_group_cached(group, model, config, on_batch, cache, stats)
             group, residues = [], 0
     if group:
-        yield from _embed_group(group, model, config, on_batch)
+        yield from _embed_group_cached(group, model, config, on_batch, cache, stats)
+
+
+def _embed_group_cached(
+    records: Sequence[ProteinRecord],
+    model: LoadedModel,
+    config: EmbedConfig,
+    on_batch: Callable[[int], None] | None,
+    cache: EmbeddingCache | None,
+    stats: CacheStats,
+) -> Iterator[Embedding]:
+    """`_embed_group` behind the cache: one lookup for the group, one write per forward batch."""
+    if cache is None:
+        for embedding in _embed_group(records, model, config, on_batch):
+            stats.computed += 1
+            yield embedding
+        return
+    provenance = expected_provenance(model, config)
+    keys = [
+        EmbeddingKey(
+            model_sha256=provenance.model_sha256,
+            sequence_sha256=sequence_sha256(record.sequence),
+            pooling=provenance.pooling,
+            layer=provenance.layer,
+            window_policy=provenance.window_policy,
+            dtype=provenance.dtype,
+        )
+        for record in records
+    ]
+    found = cache.get_many(keys)
+    misses: list[ProteinRecord] = []
+    keys_by_id: dict[str, set[EmbeddingKey]] = {}
+    for record, key in zip(records, keys, strict=True):
+        vector = found.get(key)
+        if vector is None:
+            misses.append(record)
+            keys_by_id.setdefault(record.id, set()).add(key)
+            continue
+        window_residues = model.encoder.config.max_residues
+        windows = len(plan_windows(len(record.sequence), window_residues, config.window.overlap))
+        stats.cached += 1
+        yield _embedding(record, vector, model, config, windows=windows)
+    if not misses:
+        return
+    sequences = {record.id: record.sequence for record in misses}
+    pending: list[EmbeddingItem] = []
+
+    def write_back(residues: int) -> None:
+        if pending:
+            cache.put_many(pending)
+            pending.clear()
+        if on_batch is not None:
+            on_batch(residues)
+
+    for embedding in _embed_group(misses, model, config, write_back):
+        stats.computed += 1
+        # stored as float16 when asked: yield what a cache hit would give, bit for bit
+        vector = np.asarray(embedding.vector, dtype=cache.vector_dtype)
+        candidates = keys_by_id[embedding.id]
+        if len(candidates) == 1:  # a repeated id with different sequences can't be attributed
+            (key,) = candidates
+            pending.append(EmbeddingItem(key, sequences[embedding.id], vector))
+        yield replace(embedding, vector=vector.astype(np.float32))
+    if pending:
+        cache.put_many(pending)
+
+
+def embed_records_layers(
+    records: Iterable[ProteinRecord],
+    model: LoadedModel,
+    layers: Sequence[int],
+    config: EmbedConfig | None = None,
+    *,
+    on_batch: Callable[[int], None] | None = None,
+) -> Iterator[dict[int, Embedding]]:
+    """Like `embed_records` with one forward for several layers: yields {layer: Embedding} per record.
+
+    `config.layer` is ignored; `layers` are resolved (negative counts back) and deduplicated.
+    """
+    config = config or EmbedConfig()
+    resolved = tuple(sorted({model.encoder.resolve_layer(layer) for layer in layers}))
+    if not resolved:
+        raise InvalidInputError("embed_records_layers needs at least one layer")
+    group: list[ProteinRecord] = []
+    residues = 0
+    for record in records:
+        group.append(record)
+        residues += len(record.sequence)
+        if residues >= config.read_ahead_residues:
+            yield from _split_layers(
+                _embed_group(group, model, config, on_batch, resolved), resolved
+            )
+            group, residues = [], 0
+    if group:
+        yield from _split_layers(_embed_group(group, model, config, on_batch, resolved), resolved)
+
+
+def _split_layers(
+    stacked: Iterable[Embedding], layers: tuple[int, ...]
+) -> Iterator[dict[int, Embedding]]:
+    for embedding in stacked:
+        parts = np.split(embedding.vector, len(layers), axis=-1)
+        yield {
+            layer: replace(
+                embedding,
+                vector=np.ascontiguousarray(part),
+                provenance=replace(embedding.provenance, layer=layer),
+            )
+            for layer, part in zip(layers, parts, strict=True)
+        }
 
 
 def _embed_group(
@@ -126,11 +267,14 @@ def _embed_group(
     model: LoadedModel,
     config: EmbedConfig,
     on_batch: Callable[[int], None] | None,
+    layers: tuple[int, ...] = (),
 ) -> Iterator[Embedding]:
+    """Embed one read-ahead group at `config.layer`, or at several `layers` in one forward,
+    concatenated along channels (pooling and stitching act per channel, so each layer's slice
+    of the vector is that layer's vector; the caller sets each slice's provenance layer)."""
     encoder = model.encoder
-    layer = encoder.resolve_layer(config.layer)
+    layers = layers or (encoder.resolve_layer(config.layer),)
     window_residues = encoder.config.max_residues
-    policy_name = config.window.describe(window_residues)
     sequences = [r.sequence for r in records]
     stitches: dict[int, _Stitch] = {}
     for batch in token_batches(
@@ -140,7 +284,7 @@ def _embed_group(
         policy=config.window,
         ids=[r.id for r in records],
     ):
-        hidden = _forward(model, batch, layer)  # (B, T, C) float32
+        hidden = _forward(model, batch, layers)  # (B, T, len(layers) * C) float32
         pooled = (
             _pool_rows(hidden, batch.tokens, config.pooling)
             if config.pooling != "per-residue"
@@ -154,7 +298,7 @@ def _embed_group(
                     vector = pooled[row]
                 else:
                     vector = hidden[row, 1 : length + 1].numpy().copy()
-                yield _embedding(record, vector, model, config, layer, policy_name, windows=1)
+                yield _embedding(record, vector, model, config, windows=1)
                 continue
             stitch = stitches.get(window.item)
             if stitch is None:
@@ -175,18 +319,17 @@ def _embed_group(
             if stitch.windows_left == 0:
                 del stitches[window.item]
                 vector = _finish_stitch(stitch, config.pooling)
-                yield _embedding(
-                    record, vector, model, config, layer, policy_name, windows=stitch.windows
-                )
+                yield _embedding(record, vector, model, config, windows=stitch.windows)
         if on_batch is not None:
             on_batch(batch.residues)
 
 
-def _forward(model: LoadedModel, batch: TokenBatch, layer: int) -> torch.Tensor:
+def _forward(model: LoadedModel, batch: TokenBatch, layers: tuple[int, ...]) -> torch.Tensor:
     with torch.inference_mode():
         tokens = batch.tokens.to(model.device, non_blocking=True)
-        out = model.encoder(tokens, (layer,), return_logits=False)
-        return out.representations[layer].float().cpu()
+        out = model.encoder(tokens, layers, return_logits=False)
+        hidden = [out.representations[layer].float() for layer in layers]
+        return (hidden[0] if len(layers) == 1 else torch.cat(hidden, dim=-1)).cpu()
 
 
 def _pool_rows(hidden: torch.Tensor, tokens: torch.Tensor, pooling: str) -> np.ndarray:
@@ -216,25 +359,13 @@ def _embedding(
     vector: np.ndarray,
     model: LoadedModel,
     config: EmbedConfig,
-    layer: int,
-    policy_name: str,
     *,
     windows: int,
 ) -> Embedding:
-    provenance = Provenance(
-        model_name=model.name,
-        model_sha256=model.sha256,
-        layer=layer,
-        pooling=config.pooling,
-        dtype=model.dtype_name,
-        window_policy=policy_name,
-        windowed=windows > 1,
-        windows=windows,
-    )
     return Embedding(
         id=record.id,
         length=len(record.sequence),
         vector=np.ascontiguousarray(vector, dtype=np.float32),
-        provenance=provenance,
+        provenance=expected_provenance(model, config, windows=windows),
         labels=record.labels,
     )

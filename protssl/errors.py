@@ -5,7 +5,8 @@ ProtsslError
 │   ├── FastaFormatError         a record that breaks the FASTA policy (names file, id, position)
 │   └── SequenceTooLongError     a sequence past a limit under the `refuse` window policy
 ├── NotFoundError                something named does not exist (gRPC NOT_FOUND)
-│   └── ModelNotFoundError
+│   ├── ModelNotFoundError
+│   └── ClassifierNotFoundError
 ├── CheckpointError              a model file that is corrupt, mismatched or unsupported
 │   └── UntrustedCheckpointError a pickle checkpoint loaded without trust
 ├── OverloadedError              bounded capacity is full (gRPC RESOURCE_EXHAUSTED)
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 __all__ = [
     "CheckpointError",
+    "ClassifierNotFoundError",
     "DeadlineExceededError",
     "FastaFormatError",
     "InvalidInputError",
@@ -78,6 +80,10 @@ class NotFoundError(ProtsslError):
 
 class ModelNotFoundError(NotFoundError):
     """No model at the given path or under the given name."""
+
+
+class ClassifierNotFoundError(NotFoundError):
+    """No stored classifier with the given name (or version)."""
 
 
 class CheckpointError(ProtsslError):

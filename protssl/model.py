@@ -110,8 +110,12 @@ PRESETS: dict[str, ModelConfig] = {
     "esm2-35m": ModelConfig(num_layers=12, embed_dim=480, attention_heads=20, ffn_dim=1920),
     "esm2-150m": ModelConfig(num_layers=30, embed_dim=640, attention_heads=20, ffn_dim=2560),
     "esm2-650m": ModelConfig(num_layers=33, embed_dim=1280, attention_heads=20, ffn_dim=5120),
+    # ESM-2 8M with 5 heads of dim 64 instead of 20 of 16: about 2x the bf16 training tokens/s on CPU.
+    "protssl-8m-h5": ModelConfig(num_layers=6, embed_dim=320, attention_heads=5, ffn_dim=1280),
+    # A toy shape for tests and smoke runs (seconds on a laptop); carries no biology.
+    "protssl-tiny": ModelConfig(num_layers=2, embed_dim=64, attention_heads=2, ffn_dim=256),
 }
-"""ESM-2 shapes by name (random weights unless loaded from a checkpoint)."""
+"""Shapes by name (random weights unless loaded from a checkpoint): ESM-2's, and protssl's own."""
 
 
 def cpu_has_bf16() -> bool:
@@ -158,15 +162,19 @@ class Rotary:
         self, seq_len: int, dtype: torch.dtype, device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor]:
         positions = torch.arange(seq_len, device=device, dtype=torch.float32)
-        freqs = torch.outer(positions, self.inv_freq.to(device))  # (T, hd/2)
-        angles = torch.cat((freqs, freqs), dim=-1)  # (T, hd)
+        angles = torch.outer(positions, self.inv_freq.to(device))  # (T, hd/2)
         return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate (B, H, T, hd) queries or keys by position."""
+    """Rotate (B, T, ..., hd) queries and/or keys by position; cos/sin are (T, hd/2).
+
+    ESM's half-split layout: with x = [x1, x2], the result is [x1 c - x2 s, x2 c + x1 s].
+    """
+    shape = (x.shape[1],) + (1,) * (x.dim() - 3) + (cos.shape[-1],)
+    cos, sin = cos.view(shape), sin.view(shape)  # (T, 1.., hd/2): broadcast over B and heads
     x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
 class SelfAttention(nn.Module):
@@ -185,10 +193,9 @@ class SelfAttention(nn.Module):
     ) -> torch.Tensor:
         batch, seq_len, width = x.shape
         qkv = self.qkv_proj(x).view(batch, seq_len, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, T, hd)
-        cos, sin = rotary
-        q = apply_rotary(q, cos, sin)
-        k = apply_rotary(k, cos, sin)
+        qk = apply_rotary(qkv[:, :, :2], *rotary)  # (B, T, 2, H, hd): q and k in one pass
+        q, k = qk.permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, H, T, hd)
+        v = qkv[:, :, 2].transpose(1, 2)  # (B, H, T, hd)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, T, hd)
         y = y.transpose(1, 2).reshape(batch, seq_len, width)  # (B, T, C)
         return self.out_proj(y)

@@ -1,0 +1,182 @@
+"""Quality of a pretrained model: held-out perplexity vs unigram, few-shot 1-NN vs composition 1-NN.
+
+- Perplexity: masked-LM loss over every residue of the corpus's held-out split (records whose id
+  hashes into the validation fraction, as in training), cut into abutting windows of the training
+  crop; against the unigram baseline (residue frequencies of the training split) on the same records.
+- Function: leave-one-out 1-NN (cosine) over mean-pooled embeddings of every layer, on a
+  class-balanced subset of the EC split (classes by first EC number with at least 5 members, up
+  to 5 each) and of the IS transposase families (up to 40 per family). A hit is a neighbour that
+  shares a label. The floor is the same 1-NN over amino-acid + dipeptide composition vectors.
+
+The last line printed is one JSON object. `--update-card` merges the figures into the model card's
+`training` section (and rewrites nothing else).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from protssl.alphabet import ALPHABET
+from protssl.batching import WindowPolicy, token_batches
+from protssl.checkpoint import CARD_NAME, DEFAULT_MODEL_DIR, load_model
+from protssl.fasta import FastaPolicy, ProteinRecord, read_fasta
+from protssl.model import ProteinEncoder
+from protssl.pretrain import load_corpus, masked_lm_loss, unigram_perplexity
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+STANDARD = "ACDEFGHIKLMNPQRSTVWY"
+
+
+def balanced(records: list[ProteinRecord], per_class: int, min_class: int) -> list[ProteinRecord]:
+    """Up to `per_class` records of each first label with at least `min_class` members (seeded)."""
+    groups: dict[str, list[ProteinRecord]] = defaultdict(list)
+    for record in records:
+        if record.labels:
+            groups[record.labels[0]].append(record)
+    rng = np.random.default_rng(0)
+    chosen: list[ProteinRecord] = []
+    for label in sorted(groups):
+        members = groups[label]
+        if len(members) >= min_class:
+            picks = rng.choice(len(members), size=min(per_class, len(members)), replace=False)
+            chosen.extend(members[i] for i in sorted(picks))
+    return chosen
+
+
+def composition(sequence: str) -> np.ndarray:
+    """20 amino-acid frequencies + 400 dipeptide frequencies."""
+    index = {a: i for i, a in enumerate(STANDARD)}
+    ids = np.array([index[a] for a in sequence if a in index], dtype=np.int64)
+    mono = np.bincount(ids, minlength=20) / max(len(ids), 1)
+    di = np.bincount(ids[:-1] * 20 + ids[1:], minlength=400) / max(len(ids) - 1, 1)
+    return np.concatenate([mono, di])
+
+
+@torch.no_grad()
+def layer_embeddings(
+    encoder: ProteinEncoder, sequences: list[str], dtype: torch.dtype, desc: str
+) -> np.ndarray:
+    """(layers + 1, N, D) mean-pooled embeddings of every layer (0 = token embeddings)."""
+    n_layers = encoder.config.num_layers
+    out = np.zeros((n_layers + 1, len(sequences), encoder.config.embed_dim), dtype=np.float32)
+    cropped = [s[: encoder.config.max_residues] for s in sequences]
+    batches = list(
+        token_batches(
+            cropped,
+            max_tokens=8192,
+            window_residues=encoder.config.max_residues,
+            policy=WindowPolicy(),
+        )
+    )
+    for batch in tqdm(batches, desc=desc, leave=False):
+        tokens = batch.tokens
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            result = encoder(tokens, repr_layers=range(n_layers + 1), return_logits=False)
+        residue = tokens.ne(ALPHABET.padding_idx) & tokens.ne(ALPHABET.cls_idx)
+        residue &= tokens.ne(ALPHABET.eos_idx)
+        weights = residue.float().unsqueeze(-1)
+        for layer, hidden in result.representations.items():
+            pooled = (hidden.float() * weights).sum(1) / weights.sum(1).clamp(min=1)
+            for row, window in enumerate(batch.windows):
+                out[layer, window.item] = pooled[row].numpy()
+    return out
+
+
+def nn_accuracy(vectors: np.ndarray, labels: list[set[str]]) -> float:
+    """Leave-one-out 1-NN by cosine; a hit when the neighbour shares any label."""
+    x = vectors - vectors.mean(0)
+    x = x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)
+    sims = x @ x.T
+    np.fill_diagonal(sims, -np.inf)
+    nearest = sims.argmax(1)
+    return float(np.mean([bool(labels[i] & labels[j]) for i, j in enumerate(nearest)]))
+
+
+def task(
+    name: str, records: list[ProteinRecord], encoder: ProteinEncoder, dtype: torch.dtype
+) -> dict[str, object]:
+    labels = [set(r.labels) for r in records]
+    sequences = [r.sequence for r in records]
+    embeddings = layer_embeddings(encoder, sequences, dtype, name)
+    per_layer = {
+        str(k): round(nn_accuracy(embeddings[k], labels), 4) for k in range(len(embeddings))
+    }
+    comp = nn_accuracy(np.stack([composition(s) for s in sequences]), labels)
+    best = max(per_layer, key=lambda k: per_layer[k])
+    return {
+        "records": len(records),
+        "classes": len({r.labels[0] for r in records}),
+        "nn1_by_layer": per_layer,
+        "best_layer": int(best),
+        "nn1_best_layer": per_layer[best],
+        "nn1_last_layer": per_layer[str(len(embeddings) - 1)],
+        "nn1_composition": round(comp, 4),
+    }
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="model folder")
+    parser.add_argument("--corpus", type=Path, default=SHARED / "pretrain/pretrain_corpus.fasta")
+    parser.add_argument("--val-fraction", type=float, default=0.02)
+    parser.add_argument("--window", type=int, default=None, help="default: the card's crop")
+    parser.add_argument("--val-max-records", type=int, default=None, help="default: all")
+    parser.add_argument("--ec-per-class", type=int, default=5)
+    parser.add_argument("--is-per-family", type=int, default=40)
+    parser.add_argument("--skip-perplexity", action="store_true")
+    parser.add_argument("--update-card", action="store_true", help="write figures into the card")
+    args = parser.parse_args()
+
+    started = time.perf_counter()
+    model = load_model(args.model)
+    encoder, dtype = model.encoder, model.dtype
+    training = dict(model.card.training or {})
+    window = args.window or int(training.get("recipe", {}).get("crop_residues", 1022))
+    result: dict[str, object] = {"model": str(args.model), "sha256": model.sha256[:16]}
+    if not args.skip_perplexity:
+        corpus = load_corpus(args.corpus, val_fraction=args.val_fraction)
+        held_out = list(corpus.val[: args.val_max_records])
+        loss = masked_lm_loss(
+            encoder, held_out, window_residues=window, dtype=dtype, max_tokens=8192
+        )
+        result.update(
+            val_records=len(held_out),
+            val_residues=sum(map(len, held_out)),
+            val_perplexity=round(math.exp(loss), 3),
+            unigram_val_perplexity=round(unigram_perplexity(corpus.train, held_out), 3),
+        )
+    policy = FastaPolicy(on_invalid="replace", on_duplicate="skip")
+    ec_records = list(read_fasta(SHARED / "ec/clean_split10.fasta", policy=policy))
+    ec = balanced(ec_records, args.ec_per_class, 5)
+    result["ec_split10"] = task("EC split10", ec, encoder, dtype)
+    families = balanced(
+        list(read_fasta(SHARED / "families/prokka_IS_transposase_families.fasta", policy=policy)),
+        args.is_per_family,
+        2,
+    )
+    result["is_families"] = task("IS families", families, encoder, dtype)
+    votes = [result["ec_split10"]["nn1_by_layer"], result["is_families"]["nn1_by_layer"]]  # type: ignore[index]
+    mean_by_layer = {k: (votes[0][k] + votes[1][k]) / 2 for k in votes[0]}
+    result["recommended_layer"] = int(max(mean_by_layer, key=lambda k: mean_by_layer[k]))
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    if args.update_card:
+        card_path = args.model / CARD_NAME
+        card = json.loads(card_path.read_text())
+        card["training"] = {**(card.get("training") or {}), "quality": result}
+        card_path.write_text(json.dumps(card, indent=2) + "\n")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

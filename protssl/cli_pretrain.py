@@ -1,0 +1,230 @@
+"""CLI face of pretraining: `protssl pretrain`, `protssl pretrain-export`, `protssl plot-run`.
+
+Also the entry point of `python -m protssl.pretrain` (what `torchrun` launches): it joins the
+process group that torchrun describes in the environment, then runs the same handler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from protssl.errors import InvalidInputError, ProtsslError
+from protssl.model import PRESETS
+from protssl.pretrain import (
+    PretrainConfig,
+    config_from_checkpoint,
+    export_checkpoint,
+    plot_run,
+    pretrain,
+)
+
+__all__ = ["add_commands", "main"]
+
+log = logging.getLogger(__name__)
+
+_DEFAULTS = PretrainConfig(corpus=Path("-"), run_dir=Path("-"))
+
+# flag -> PretrainConfig field, for the recipe options.
+_RECIPE_FLAGS: dict[str, tuple[str, type, str]] = {
+    "--preset": ("preset", str, "model shape: " + ", ".join(sorted(PRESETS))),
+    "--steps": ("steps", int, "optimizer steps of the whole run"),
+    "--crop": ("crop_residues", int, "crop longer sequences to this many residues (random offset)"),
+    "--max-tokens": ("max_tokens", int, "token budget of one micro-batch (rows x padded length)"),
+    "--tokens-per-step": ("tokens_per_step", int, "target tokens per optimizer step (all ranks)"),
+    "--lr": ("lr", float, "peak learning rate"),
+    "--warmup": ("warmup_steps", int, "warmup steps"),
+    "--schedule": ("schedule", str, "decay after warmup: cosine or linear"),
+    "--min-lr-ratio": ("min_lr_ratio", float, "final lr as a fraction of the peak"),
+    "--weight-decay": ("weight_decay", float, "AdamW weight decay"),
+    "--grad-clip": ("grad_clip", float, "clip the gradient norm (0: off)"),
+    "--mask-prob": ("mask_prob", float, "fraction of residues selected for the loss"),
+    "--dtype": ("dtype", str, "autocast dtype: auto, float32, bfloat16"),
+    "--device": ("device", str, "auto, cpu or cuda"),
+    "--val-fraction": ("val_fraction", float, "held-out share of records (by id hash)"),
+    "--val-max-records": ("val_max_records", int, "held-out records used per validation"),
+    "--val-every": ("val_every", int, "validate every N steps"),
+    "--log-every": ("log_every", int, "CSV row every N steps"),
+    "--checkpoint-every": ("checkpoint_every", int, "checkpoint every N steps"),
+    "--pool-sequences": ("pool_sequences", int, "sequences cropped and length-sorted together"),
+    "--cluster-tsv": ("cluster_tsv", Path, "representative<TAB>member TSV: sample clusters"),
+    "--seed": ("seed", int, "seed of weights, data order, crops and masks"),
+    "--name": ("name", str, "model name written in the card"),
+}
+
+
+def add_commands(subparsers: Any) -> None:
+    """Add `pretrain`, `pretrain-export` and `plot-run` to the protssl CLI's subparsers."""
+    p = subparsers.add_parser(
+        "pretrain",
+        help="masked-residue pretraining on a FASTA corpus (resumable; torchrun for DDP)",
+        description="Train an encoder with ESM-2's MLM recipe. Files go to --run-dir: "
+        "checkpoint.pt, log.csv, loss_curve.png, and model/ at the end.",
+    )
+    p.add_argument("corpus", nargs="?", type=Path, help="training FASTA (not with --resume)")
+    p.add_argument("--run-dir", type=Path, required=True, help="folder of the run")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --run-dir from its checkpoint (the recipe is read from it; "
+        "--steps may change the schedule's length from here on)",
+    )
+    p.add_argument(
+        "--nproc", type=int, default=1, help="launch this many processes with torchrun (DDP)"
+    )
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        help="end this call after N more steps as if interrupted (checkpoint, no export)",
+    )
+    p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    recipe = p.add_argument_group("recipe")
+    for flag, (dest, kind, text) in _RECIPE_FLAGS.items():
+        default = getattr(_DEFAULTS, dest)
+        recipe.add_argument(
+            flag, dest=dest, type=kind, default=None, help=f"{text} (default {default})"
+        )
+    p.set_defaults(func=_pretrain)
+
+    e = subparsers.add_parser(
+        "pretrain-export",
+        help="export a run's last checkpoint (e.g. after SIGTERM) as a model folder",
+    )
+    e.add_argument("run_dir", type=Path, help="folder of the run")
+    e.add_argument("out_dir", type=Path, help="model folder to write")
+    e.set_defaults(func=_export)
+
+    plot = subparsers.add_parser("plot-run", help="draw a run's loss curve into loss_curve.png")
+    plot.add_argument("run_dir", type=Path, help="folder of the run")
+    plot.set_defaults(func=_plot)
+
+
+def _command_line() -> str:
+    program = Path(sys.argv[0]).name
+    head = ["python", "-m", "protssl.pretrain"] if program == "pretrain.py" else [program]
+    return shlex.join([*head, *sys.argv[1:]])
+
+
+def _config(args: argparse.Namespace) -> PretrainConfig:
+    given = {
+        dest: getattr(args, dest)
+        for dest, _, _ in _RECIPE_FLAGS.values()
+        if getattr(args, dest) is not None
+    }
+    if args.resume:
+        steps = given.pop("steps", None)
+        if args.corpus is not None or given:
+            raise InvalidInputError(
+                "--resume reads the recipe from the checkpoint; give only --run-dir (and --steps)"
+            )
+        config = config_from_checkpoint(args.run_dir)
+        if steps is not None and steps != config.steps:
+            log.warning("schedule now spans %d steps instead of %d", steps, config.steps)
+            config = replace(config, steps=steps)
+        return config
+    if args.corpus is None:
+        raise InvalidInputError("pretrain needs a training FASTA (or --resume)")
+    return PretrainConfig(
+        corpus=args.corpus, run_dir=args.run_dir, tensorboard=args.tensorboard, **given
+    )
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    if args.nproc > 1:
+        return _launch_torchrun(args.nproc)
+    if args.nproc < 1:
+        raise InvalidInputError(f"--nproc must be >= 1, got {args.nproc}")
+    config = _config(args)
+    if args.stop_after is not None and args.stop_after < 1:
+        raise InvalidInputError(f"--stop-after must be >= 1, got {args.stop_after}")
+    result = pretrain(
+        config,
+        resume=args.resume,
+        command=_command_line(),
+        stop_after=args.stop_after,
+        progress=not args.no_progress,
+    )
+    if result.model_dir is not None:
+        log.info("model written to %s", result.model_dir)
+    elif result.interrupted:
+        log.info(
+            "stopped at step %d; continue with --resume --run-dir %s", result.step, config.run_dir
+        )
+    return 0
+
+
+def _launch_torchrun(nproc: int) -> int:
+    """Re-run this command under torchrun with --nproc removed."""
+    argv = sys.argv[1:]
+    if argv and argv[0] == "pretrain":
+        argv = argv[1:]
+    cleaned: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == "--nproc":
+            skip = True
+            continue
+        if arg.startswith("--nproc="):
+            continue
+        cleaned.append(arg)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "protssl.pretrain",
+        *cleaned,
+    ]
+    log.info("launching %s", shlex.join(command))
+    return subprocess.run(command, check=False).returncode
+
+
+def _export(args: argparse.Namespace) -> int:
+    out = export_checkpoint(args.run_dir, args.out_dir)
+    log.info("model written to %s", out)
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    log.info("wrote %s", plot_run(args.run_dir))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m protssl.pretrain ...`: the `pretrain` command, joining torchrun's process group."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    parser = argparse.ArgumentParser(prog="python -m protssl.pretrain")
+    sub = parser.add_subparsers(dest="command")
+    add_commands(sub)
+    args = parser.parse_args(["pretrain", *(sys.argv[1:] if argv is None else argv)])
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        backend = "nccl" if torch.cuda.is_available() and args.device != "cpu" else "gloo"
+        dist.init_process_group(backend=backend)
+    try:
+        return int(args.func(args))
+    except ProtsslError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if distributed:
+            dist.destroy_process_group()

@@ -1,0 +1,157 @@
+"""A batch embedding job: FASTA file → vectors file, resumable, with progress and a summary.
+
+The chain, top to bottom: `read_fasta` → `embed_records` → `VectorWriter`. A FASTA error stops
+reading, but the records read before it are still embedded and written, so nothing computed is
+lost; the error is raised after the output is flushed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from protssl.checkpoint import LoadedModel
+from protssl.embed import CacheStats, EmbedConfig, embed_records, expected_provenance
+from protssl.errors import ProtsslError
+from protssl.fasta import FastaPolicy, ProteinRecord, ReadStats, read_fasta
+from protssl.output import open_writer
+from protssl.store import EmbeddingCache
+
+__all__ = ["JobSummary", "count_residues", "embed_fasta_file"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobSummary:
+    """What a job did; printed as the CLI's last JSON line."""
+
+    records: int = 0
+    """Records embedded and written by this run."""
+    residues: int = 0
+    """Residues in those records."""
+    seconds: float = 0.0
+    skipped: int = 0
+    """Records dropped by the FASTA policy (`skip`)."""
+    resumed: int = 0
+    """Records already in the output (with `--resume`), not recomputed."""
+    windowed: int = 0
+    """Records longer than the model window, embedded through stitched windows."""
+    computed: int = 0
+    """Vectors the model computed in this run."""
+    cached: int = 0
+    """Vectors read from the store's cache instead (no forward)."""
+    errors: int = 0
+    error: str | None = None
+    output: str = ""
+    skipped_ids: list[str] = field(default_factory=list)
+
+    @property
+    def residues_per_second(self) -> float:
+        return self.residues / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        data = asdict(self)
+        data["res_per_s"] = round(self.residues_per_second, 1)
+        data["seconds"] = round(self.seconds, 3)
+        data["skipped_ids"] = self.skipped_ids[:20]
+        return data
+
+
+def count_residues(path: str | Path) -> int | None:
+    """Cheap upper bound on residues for a progress bar (raw sequence characters); None for stdin."""
+    if str(path) == "-":
+        return None
+    path = Path(path)
+    with path.open("rb") as raw:
+        gzipped = raw.read(2) == b"\x1f\x8b"
+    opener = gzip.open if gzipped else open
+    total = 0
+    with opener(path, "rb") as handle:
+        for line in handle:
+            if not line.startswith(b">"):
+                total += len(line.strip())
+    return total
+
+
+def _until_error(
+    records: Iterable[ProteinRecord], failure: list[ProtsslError]
+) -> Iterator[ProteinRecord]:
+    """Pass records through; on a reader error, remember it and end the stream cleanly."""
+    try:
+        yield from records
+    except ProtsslError as exc:
+        failure.append(exc)
+
+
+def embed_fasta_file(
+    source: str | Path,
+    output: str | Path,
+    model: LoadedModel,
+    *,
+    config: EmbedConfig | None = None,
+    policy: FastaPolicy | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    summary: JobSummary | None = None,
+    cache: EmbeddingCache | None = None,
+) -> JobSummary:
+    """Embed every record of a FASTA file into OUTPUT (`.h5` or `.npz`).
+
+    With `resume`, ids already in OUTPUT are skipped; with `cache`, vectors already in the store
+    are read instead of computed, and computed ones are written back. Raises the first FASTA error after
+    writing everything read before it; pass `summary` to keep the counts when it does.
+    """
+    config = config or EmbedConfig()
+    summary = summary if summary is not None else JobSummary()
+    summary.output = str(output)
+    stats = ReadStats()
+    start = time.perf_counter()
+    failure: list[ProtsslError] = []
+    with open_writer(output, resume=resume, overwrite=overwrite) as writer:
+        done = writer.existing_ids() if resume else set()
+        writer.check_provenance(expected_provenance(model, config))
+
+        def pending() -> Iterator[ProteinRecord]:
+            for record in read_fasta(source, policy=policy, stats=stats):
+                if record.id in done:
+                    summary.resumed += 1
+                    continue
+                yield record
+
+        bar = tqdm(
+            total=count_residues(source),
+            unit="res",
+            unit_scale=True,
+            desc="embed",
+            disable=not progress,
+            smoothing=0.1,
+        )
+        with bar:
+            cache_stats = CacheStats()
+            records = _until_error(pending(), failure)
+            for embedding in embed_records(records, model, config, cache=cache, stats=cache_stats):
+                writer.write(embedding)
+                bar.update(embedding.length)
+                summary.computed, summary.cached = cache_stats.computed, cache_stats.cached
+                summary.records += 1
+                summary.residues += embedding.length
+                summary.windowed += int(embedding.provenance.windowed)
+                if summary.records % 64 == 0:
+                    writer.flush()
+        writer.flush()
+    summary.seconds = time.perf_counter() - start
+    summary.skipped = stats.skipped
+    summary.skipped_ids = list(stats.skipped_ids)
+    if failure:
+        summary.errors = 1
+        summary.error = str(failure[0])
+        raise failure[0]
+    return summary

@@ -1,0 +1,142 @@
+"""Engines and migrations: SQLite in WAL mode with a busy timeout, PostgreSQL through psycopg 3.
+
+SQLite transactions are begun by us (the driver's implicit BEGIN is switched off), so a writer
+can take the lock up front (`BEGIN IMMEDIATE`) and wait out the busy timeout instead of failing
+half-way. Schema upgrades run under a lock on both dialects: an advisory lock on PostgreSQL, the
+write lock on SQLite; a second process opening the same fresh database waits, then finds it done.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from protssl.errors import InvalidInputError, StoreError
+from protssl.store.config import StoreConfig
+
+__all__ = [
+    "MIGRATIONS_DIR",
+    "alembic_config",
+    "create_store_engine",
+    "current_revision",
+    "downgrade",
+    "head_revision",
+    "upgrade",
+    "write_transaction",
+]
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+"""Alembic's script folder, beside the package (an editable install or a source checkout)."""
+
+_MIGRATION_LOCK_KEY = 0x70726F7473736C  # "protssl": the PostgreSQL advisory lock for upgrades
+_BEGIN_OPTION = "protssl_sqlite_begin"
+
+
+def create_store_engine(config: StoreConfig) -> Engine:
+    """An engine for `config.url`; creates a SQLite file's folder. Does not migrate."""
+    url = make_url(config.url)
+    if config.dialect == "sqlite":
+        database = url.database or ""
+        if database and database != ":memory:" and not database.startswith("file:"):
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url)
+        _configure_sqlite(engine, busy_timeout_ms=round(config.busy_timeout_s * 1000))
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _configure_sqlite(engine: Engine, *, busy_timeout_ms: int) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves (see _on_begin)
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        mode = connection.get_execution_options().get(_BEGIN_OPTION, "DEFERRED")
+        connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A transaction that will write: on SQLite it takes the write lock first (BEGIN IMMEDIATE)."""
+    with engine.connect() as connection:
+        connection.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
+        with connection.begin():
+            yield connection
+
+
+def alembic_config(url: str | None = None) -> Config:
+    """Alembic's config pointing at the migrations beside the package, whatever the cwd."""
+    if not (MIGRATIONS_DIR / "env.py").is_file():
+        raise StoreError(f"the migrations folder is missing from {MIGRATIONS_DIR}")
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if url is not None:
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def head_revision() -> str:
+    """The newest migration's revision id."""
+    return ScriptDirectory.from_config(alembic_config()).get_current_head() or ""
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the database is at, or None for an empty database."""
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    except SQLAlchemyError as exc:
+        raise StoreError(f"reading the schema revision of {engine.url!r} failed: {exc}") from exc
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Run migrations up to `revision` under the migration lock; a no-op when already there."""
+    target = head_revision() if revision == "head" else revision
+    if current_revision(engine) == target:
+        return
+    _run_locked(engine, lambda config: command.upgrade(config, revision))
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    """Run migrations down to `revision` (`base` empties the database) under the migration lock."""
+    _run_locked(engine, lambda config: command.downgrade(config, revision))
+
+
+def _run_locked(engine: Engine, action: Any) -> None:
+    try:
+        with write_transaction(engine) as connection:
+            if engine.dialect.name == "postgresql":
+                connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
+                )
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            before = MigrationContext.configure(connection).get_current_revision()
+            action(config)
+            after = MigrationContext.configure(connection).get_current_revision()
+            if before != after:
+                log.info("store schema migrated from %s to %s", before or "empty", after or "empty")
+    except CommandError as exc:
+        raise InvalidInputError(f"cannot migrate the store at {engine.url!r}: {exc}") from None
+    except SQLAlchemyError as exc:
+        raise StoreError(f"migrating the store at {engine.url!r} failed: {exc}") from exc

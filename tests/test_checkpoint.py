@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from protssl.checkpoint import (
+    export_fair_esm,
+    file_sha256,
+    import_fair_esm,
+    load_model,
+    save_model,
+)
+from protssl.errors import CheckpointError, ModelNotFoundError, UntrustedCheckpointError
+
+
+def test_saved_model_loads_without_pickle_and_matches(tiny_model_dir: Path) -> None:
+    card = json.loads((tiny_model_dir / "model.json").read_text())
+    assert card["weights"]["sha256"] == file_sha256(tiny_model_dir / "model.safetensors")
+    assert card["architecture"]["num_layers"] == 2
+    loaded = load_model(tiny_model_dir, dtype="float32")
+    again = load_model(tiny_model_dir / "model.json", dtype="float32")
+    assert loaded.sha256 == card["weights"]["sha256"] == again.sha256
+    for a, b in zip(
+        loaded.encoder.state_dict().values(), again.encoder.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b)
+
+
+def test_tampered_weights_are_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "model.json").write_text((tiny_model_dir / "model.json").read_text())
+    data = bytearray((tiny_model_dir / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (copy / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="sha256"):
+        load_model(copy)
+
+
+def test_fair_esm_pickle_needs_trust_or_allowed_hash(tiny_model_dir: Path, tmp_path: Path) -> None:
+    encoder = load_model(tiny_model_dir, dtype="float32").encoder
+    pt = tmp_path / "esm2_t2_tiny.pt"
+    export_fair_esm(encoder, pt)
+    with pytest.raises(UntrustedCheckpointError, match="--trust-pickle"):
+        import_fair_esm(pt)
+    imported, card = import_fair_esm(pt, allowed_sha256={file_sha256(pt)})
+    assert card.provenance["file_sha256"] == file_sha256(pt)
+    trusted = load_model(pt, trust_pickle=True, dtype="float32")
+    x = torch.tensor([[0, 5, 6, 7, 2]])
+    assert torch.allclose(
+        trusted.encoder(x, (2,)).representations[2],
+        encoder(x, (2,)).representations[2],
+        atol=1e-6,
+    )
+    assert imported.config.num_layers == 2
+
+
+def test_unknown_model_names_the_choices(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFoundError, match="esm2-8m"):
+        load_model(tmp_path / "nowhere")
+
+
+def test_save_is_atomic_and_leaves_no_temp_files(tiny_model_dir: Path, tmp_path: Path) -> None:
+    encoder = load_model(tiny_model_dir, dtype="float32").encoder
+    card = save_model(encoder, tmp_path / "m", name="m", training={"steps": 3})
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model.json", "model.safetensors"]
+    assert card.training == {"steps": 3}

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from protssl.batching import WindowPolicy
+from protssl.checkpoint import load_model
+from protssl.embed import EmbedConfig, embed_records
+from protssl.errors import SequenceTooLongError
+from protssl.fasta import ProteinRecord, read_fasta
+
+
+def _records(sample_fasta: Path, n: int, max_len: int = 62) -> list[ProteinRecord]:
+    return [r for r in read_fasta(sample_fasta) if len(r) <= max_len][:n]
+
+
+def _by_id(records, model, config) -> dict[str, np.ndarray]:
+    return {e.id: e.vector for e in embed_records(records, model, config)}
+
+
+@pytest.mark.parametrize("dtype,tolerance", [("float32", 1e-5), ("bfloat16", 3e-2)])
+def test_vector_does_not_depend_on_batch_composition(
+    tiny_model_dir: Path, sample_fasta: Path, dtype: str, tolerance: float
+) -> None:
+    model = load_model(tiny_model_dir, dtype=dtype)
+    records = _records(sample_fasta, 24)
+    together = _by_id(records, model, EmbedConfig(max_tokens=2048))
+    for record in records[::5]:
+        alone = _by_id([record], model, EmbedConfig(max_tokens=64))[record.id]
+        assert np.abs(alone - together[record.id]).max() <= tolerance
+        other = together[record.id]
+        cosine = alone @ other / np.linalg.norm(alone) / np.linalg.norm(other)
+        assert cosine == pytest.approx(1.0, abs=1e-3)
+
+
+def test_poolings_agree_with_each_other(tiny_model_dir: Path, sample_fasta: Path) -> None:
+    model = load_model(tiny_model_dir, dtype="float32")
+    records = _records(sample_fasta, 8)
+    mean = _by_id(records, model, EmbedConfig(pooling="mean"))
+    per_residue = _by_id(records, model, EmbedConfig(pooling="per-residue"))
+    bos = _by_id(records, model, EmbedConfig(pooling="bos"))
+    for record in records:
+        assert per_residue[record.id].shape == (len(record), 64)
+        np.testing.assert_allclose(per_residue[record.id].mean(0), mean[record.id], atol=1e-5)
+        assert not np.allclose(bos[record.id], mean[record.id])
+    last = _by_id(records, model, EmbedConfig(layer=-1))
+    two = _by_id(records, model, EmbedConfig(layer=2))
+    first = _by_id(records, model, EmbedConfig(layer=1))
+    rid = records[0].id
+    np.testing.assert_array_equal(last[rid], two[rid])
+    assert not np.allclose(first[rid], two[rid])
+
+
+def test_long_sequence_is_windowed_and_stitched(tiny_model_dir: Path, sample_fasta: Path) -> None:
+    model = load_model(tiny_model_dir, dtype="float32")
+    long = next(r for r in read_fasta(sample_fasta) if 200 <= len(r) <= 400)
+    config = EmbedConfig(pooling="per-residue", window=WindowPolicy(overlap=16))
+    (embedding,) = embed_records([long], model, config)
+    assert embedding.vector.shape == (len(long), 64)
+    assert embedding.provenance.windowed and embedding.provenance.windows > 1
+    head = ProteinRecord("head", long.sequence[:62])
+    (first_window,) = embed_records([head], model, config)
+    # residues covered by the first window only equal that window embedded alone
+    np.testing.assert_allclose(embedding.vector[:40], first_window.vector[:40], atol=1e-5)
+    with pytest.raises(SequenceTooLongError, match=long.id):
+        list(embed_records([long], model, EmbedConfig(window=WindowPolicy(mode="refuse"))))
+
+
+@pytest.mark.slow
+def test_longest_real_protein_embeds_through_windows(edge_cases: Path) -> None:
+    longest = max(read_fasta(edge_cases / "long_proteins_gt5000aa.fasta"), key=len)
+    assert len(longest) == 31921
+    model = load_model("esm2-8m")
+    (embedding,) = embed_records([longest], model, EmbedConfig(pooling="per-residue"))
+    assert embedding.vector.shape == (31921, 320)
+    assert np.isfinite(embedding.vector).all()
+    assert embedding.provenance.windows >= 32

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import esm
+import pytest
+import torch
+
+from protssl.alphabet import ALPHABET
+from protssl.model import PRESETS, ModelConfig, ProteinEncoder, init_weights, resolve_dtype
+
+
+def _fair_esm_pair(config: ModelConfig) -> tuple[esm.model.esm2.ESM2, ProteinEncoder]:
+    torch.manual_seed(0)
+    reference = esm.model.esm2.ESM2(
+        num_layers=config.num_layers,
+        embed_dim=config.embed_dim,
+        attention_heads=config.attention_heads,
+        alphabet=ALPHABET,
+        token_dropout=config.token_dropout,
+    ).eval()
+    for p in reference.parameters():  # fair-esm initialises biases to zero; make them count
+        p.data.add_(0.02 * torch.randn_like(p))
+    ours = ProteinEncoder.from_fair_esm_state_dict(reference.state_dict(), config).eval()
+    return reference, ours
+
+
+def _mixed_batch(sample_fasta) -> torch.Tensor:
+    from protssl.fasta import read_fasta
+
+    records = [r for r in read_fasta(sample_fasta) if len(r) < 300][:6]
+    converter = ALPHABET.get_batch_converter()
+    _, _, tokens = converter([(r.id, r.sequence) for r in records])
+    return tokens
+
+
+def test_parity_with_fair_esm_fp32_mixed_lengths(sample_fasta) -> None:
+    config = PRESETS["esm2-8m"]
+    reference, ours = _fair_esm_pair(config)
+    tokens = _mixed_batch(sample_fasta)
+    tokens[0, 5] = ALPHABET.mask_idx  # token-dropout rescaling takes part
+    layers = list(range(config.num_layers + 1))
+    with torch.no_grad():
+        expected = reference(tokens, repr_layers=layers)
+        got = ours(tokens, layers)
+    for layer in layers:
+        pad = tokens.eq(ALPHABET.padding_idx)
+        diff = (expected["representations"][layer] - got.representations[layer])[~pad]
+        assert diff.abs().max().item() <= 1e-4, layer
+    assert (expected["logits"] - got.logits).abs().max().item() <= 1e-3
+
+
+@pytest.mark.filterwarnings("ignore:Regression weights not found")
+def test_export_round_trip_loads_in_fair_esm(tmp_path, sample_fasta) -> None:
+    from protssl.checkpoint import export_fair_esm
+
+    config = ModelConfig(num_layers=2, embed_dim=64, attention_heads=4, ffn_dim=256)
+    ours = ProteinEncoder(config)
+    init_weights(ours, seed=3)
+    path = tmp_path / "esm2_t2_test.pt"
+    export_fair_esm(ours, path)
+    data = torch.load(path, map_location="cpu", weights_only=False)
+    reference, _ = esm.pretrained.load_model_and_alphabet_core("esm2_t2_test", data, None)
+    tokens = _mixed_batch(sample_fasta)
+    with torch.no_grad():
+        expected = reference.eval()(tokens, repr_layers=[2])["representations"][2]
+        got = ours.eval()(tokens, (2,)).representations[2]
+    keep = ~tokens.eq(ALPHABET.padding_idx)
+    assert (expected - got)[keep].abs().max().item() <= 1e-4
+
+
+def test_forward_stops_early_without_logits() -> None:
+    model = ProteinEncoder(ModelConfig(num_layers=3, embed_dim=32, attention_heads=2, ffn_dim=64))
+    tokens = torch.tensor([[0, 5, 6, 7, 2]])
+    out = model(tokens, (1,), return_logits=False)
+    assert out.logits is None and set(out.representations) == {1}
+    assert model.resolve_layer(-1) == 3 and model.resolve_layer(0) == 0
+    with pytest.raises(Exception, match="layer"):
+        model.resolve_layer(4)
+
+
+def test_config_checks_and_dtype_resolution() -> None:
+    with pytest.raises(ValueError, match="divisible"):
+        ModelConfig(embed_dim=30, attention_heads=4)
+    assert resolve_dtype("float32", torch.device("cpu")) is torch.float32
+    assert resolve_dtype("auto", torch.device("cuda")) is torch.bfloat16
+    assert ModelConfig.from_dict(PRESETS["esm2-35m"].to_dict()) == PRESETS["esm2-35m"]
