@@ -61,7 +61,7 @@ def start_server(
     if args.model:
         command += ["--model", args.model]
     if args.store:
-        command += ["--db-url", f"sqlite:///{db_path}"]
+        command += ["--database-url", f"sqlite:///{db_path}"]
     else:
         command += ["--store", "false"]
     env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))

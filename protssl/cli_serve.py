@@ -35,7 +35,7 @@ OPTIONS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     ("model", str, "model folder, fair-esm .pt or preset (default: the shipped model)"),
     ("device", str, "torch device of the model worker (default cpu)"),
     ("dtype", str, "compute dtype: auto, float32 or bfloat16 (default auto)"),
-    ("db_url", str, "SQLAlchemy URL of the store (default: the default SQLite file)"),
+    ("database_url", str, "SQLAlchemy URL of the store (default: the default SQLite file)"),
     ("store", _boolean, "cache-through to the store: true or false (default true)"),
     ("max_batch_tokens", int, "token budget of one batched forward (default 8192)"),
     ("max_group_tokens", int, "tokens taken off the queue at once (default 65536)"),

@@ -19,15 +19,17 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from protssl.batching import plan_windows
 from protssl.checkpoint import LoadedModel
-from protssl.embed import EmbedConfig, Embedding, embed_records
+from protssl.embed import CacheStats, EmbedConfig, Embedding, cached_embeddings, embed_records
 from protssl.errors import DeadlineExceededError, InvalidInputError, OverloadedError
 from protssl.fasta import ProteinRecord
+from protssl.store import EmbeddingCache
 from service.metrics import ServiceMetrics
 
 __all__ = ["EmbedResult", "EmbeddingBatcher", "Job"]
@@ -56,12 +58,15 @@ class Job:
     enqueued: float = field(default_factory=time.monotonic)
     cancelled: bool = False
     results: list[EmbedResult | None] = field(default_factory=list)
+    """Filled as records finish; cache hits found at submit time are there from the start."""
     left: int = 0
 
     def __post_init__(self) -> None:
-        self.tokens = sum(len(r.sequence) + 2 for r in self.records)
-        self.results = [None] * len(self.records)
-        self.left = len(self.records)
+        if not self.results:
+            self.results = [None] * len(self.records)
+        missing = [r for r, done in zip(self.records, self.results, strict=True) if done is None]
+        self.tokens = sum(len(r.sequence) + 2 for r in missing)
+        self.left = len(missing)
 
     def cancel(self) -> None:
         """Mark the job dropped (its call ended); the worker skips what has not run yet."""
@@ -69,6 +74,15 @@ class Job:
 
     def expired(self, now: float) -> bool:
         return self.deadline is not None and now >= self.deadline
+
+
+@dataclass(eq=False)
+class _Task:
+    """A callable to run on the model worker between forwards (fitting a classifier)."""
+
+    fn: Callable[[], Any]
+    deadline: float | None
+    future: Future[Any] = field(default_factory=Future)
 
 
 @dataclass(frozen=True)
@@ -94,6 +108,7 @@ class EmbeddingBatcher:
         max_queue_delay_s: float,
         max_queue: int,
         metrics: ServiceMetrics,
+        cache: EmbeddingCache | None = None,
     ) -> None:
         window = model.encoder.config.max_positions
         if max_batch_tokens < window:
@@ -107,7 +122,9 @@ class EmbeddingBatcher:
         self.max_queue_delay_s = max_queue_delay_s
         self.max_queue = max_queue
         self.metrics = metrics
+        self.cache = cache
         self._queue: collections.deque[Job] = collections.deque()
+        self._tasks: collections.deque[_Task] = collections.deque()
         self._pool: list[_Row] = []
         self._pool_config: EmbedConfig | None = None
         self._cond = threading.Condition()
@@ -126,15 +143,35 @@ class EmbeddingBatcher:
         deadline: float | None = None,
         wait: bool = False,
     ) -> Job:
-        """Queue records for the worker; `wait` blocks for room (streams), else a full queue raises."""
+        """Results for `records`: cache hits now, the rest from the worker's queue.
+
+        `wait` blocks for queue room (streams); without it a full queue raises OverloadedError.
+        """
         self.model.encoder.resolve_layer(layer)  # a bad layer fails this call, not a shared forward
         config = EmbedConfig(pooling=pooling, layer=layer, max_tokens=self.max_batch_tokens)  # type: ignore[arg-type]
-        job = Job(records=records, config=config, deadline=deadline)
-        if not records:
-            job.future.set_result([])
+        results: list[EmbedResult | None] = [None] * len(records)
+        if self.cache is not None and records:
+            hits = cached_embeddings(records, self.model, config, self.cache)
+            results = [None if e is None else EmbedResult(e, cached=True) for e in hits]
+        job = Job(records=records, config=config, deadline=deadline, results=results)
+        if job.left == 0:
+            self.metrics.record_vectors(computed=0, cached=len(records))
+            job.future.set_result([r for r in job.results if r is not None])
             return job
+        self._enqueue(job, self._queue, wait=wait, deadline=deadline)
+        return job
+
+    def run_task(self, fn: Callable[[], Any], *, deadline: float | None = None) -> Future[Any]:
+        """Run `fn` on the model worker between forwards (it may use the model); a future of its result."""
+        task = _Task(fn=fn, deadline=deadline)
+        self._enqueue(task, self._tasks, wait=False, deadline=deadline)
+        return task.future
+
+    def _enqueue(
+        self, item: Any, target: collections.deque[Any], *, wait: bool, deadline: float | None
+    ) -> None:
         with self._cond:
-            while len(self._queue) >= self.max_queue and not self._closed:
+            while len(self._queue) + len(self._tasks) >= self.max_queue and not self._closed:
                 if not wait:
                     raise OverloadedError(
                         f"the embedding queue is full ({self.max_queue} requests waiting); retry later"
@@ -145,19 +182,22 @@ class EmbeddingBatcher:
                 self._cond.wait(timeout)
             if self._closed:
                 raise OverloadedError("the server is shutting down")
-            self._queue.append(job)
-            self.metrics.queue_depth.set(len(self._queue))
+            target.append(item)
+            self.metrics.queue_depth.set(len(self._queue) + len(self._tasks))
             self._cond.notify_all()
-        return job
 
     def close(self, timeout: float | None = None) -> None:
         """Stop taking work, fail what is still waiting, and join the worker."""
         with self._cond:
             self._closed = True
-            for job in {*self._queue, *(row.job for row in self._pool)}:
-                if not job.future.done():
-                    job.future.set_exception(OverloadedError("the server is shutting down"))
+            futures: list[Future[Any]] = [job.future for job in self._queue]
+            futures += [task.future for task in self._tasks]
+            futures += [row.job.future for row in self._pool]
+            for future in futures:
+                if not future.done():
+                    future.set_exception(OverloadedError("the server is shutting down"))
             self._queue.clear()
+            self._tasks.clear()
             self._pool.clear()
             self.metrics.queue_depth.set(0)
             self._cond.notify_all()
@@ -170,6 +210,9 @@ class EmbeddingBatcher:
             rows = self._next_forward()
             if rows is None:
                 return
+            if isinstance(rows, _Task):
+                self._run_task(rows)
+                continue
             try:
                 self._process(rows)
             except Exception as exc:  # an unexpected failure fails these jobs, not the worker
@@ -180,13 +223,28 @@ class EmbeddingBatcher:
                         if not job.future.done():
                             job.future.set_exception(exc)
 
-    def _next_forward(self) -> list[_Row] | None:
-        """Fill the pool from the queue, then pick the rows of the next forward (None: closed)."""
+    def _run_task(self, task: _Task) -> None:
+        if task.deadline is not None and time.monotonic() >= task.deadline:
+            self.metrics.dropped.labels(reason="deadline").inc()
+            task.future.set_exception(DeadlineExceededError("the deadline passed before it ran"))
+            return
+        try:
+            task.future.set_result(task.fn())
+        except BaseException as exc:  # the caller's thread re-raises it
+            task.future.set_exception(exc)
+
+    def _next_forward(self) -> list[_Row] | _Task | None:
+        """A waiting task, or the rows of the next forward from the refilled pool (None: closed)."""
         with self._cond:
             while True:
                 self._drop_dead()
                 if self._closed:
                     return None
+                if self._tasks:
+                    task = self._tasks.popleft()
+                    self.metrics.queue_depth.set(len(self._queue) + len(self._tasks))
+                    self._cond.notify_all()
+                    return task
                 if self._pool:
                     break
                 if not self._queue:
@@ -200,7 +258,7 @@ class EmbeddingBatcher:
                     break
                 self._cond.wait(remaining)
             self._fill_pool()
-            self.metrics.queue_depth.set(len(self._queue))
+            self.metrics.queue_depth.set(len(self._queue) + len(self._tasks))
             self._cond.notify_all()
             return self._pick()
 
@@ -214,6 +272,8 @@ class EmbeddingBatcher:
                 break
             self._queue.remove(job)
             for index, record in enumerate(job.records):
+                if job.results[index] is not None:
+                    continue  # a cache hit found at submit time
                 row = self._row(job, index, record)
                 self._pool.append(row)
                 tokens += row.width * row.windows
@@ -271,7 +331,7 @@ class EmbeddingBatcher:
                             "the deadline passed before the model worker got to it"
                         )
                     )
-        self.metrics.queue_depth.set(len(self._queue))
+        self.metrics.queue_depth.set(len(self._queue) + len(self._tasks))
 
     def _process(self, rows: list[_Row]) -> None:
         """Run one forward's rows; finish each job as soon as all of its records are done."""
@@ -282,16 +342,26 @@ class EmbeddingBatcher:
             ProteinRecord(str(n), row.job.records[row.index].sequence) for n, row in enumerate(rows)
         ]
         config = rows[0].job.config
+        stats = CacheStats()
         for embedding in embed_records(
-            merged, self.model, config, on_batch=self.metrics.forward_tokens.observe
+            merged,
+            self.model,
+            config,
+            on_batch=self.metrics.forward_tokens.observe,
+            cache=self.cache,
+            stats=stats,
         ):
+            cached = stats.cached > 0  # hits come first: computed by another call since submit
+            stats.cached = 0
             row = rows[int(embedding.id)]
             job = row.job
             record = job.records[row.index]
             job.results[row.index] = EmbedResult(
-                replace(embedding, id=record.id, labels=record.labels), cached=False
+                replace(embedding, id=record.id, labels=record.labels), cached=cached
             )
             job.left -= 1
             if job.left == 0 and not job.future.done():
-                self.metrics.record_vectors(computed=len(job.records), cached=0)
-                job.future.set_result([r for r in job.results if r is not None])
+                results = [r for r in job.results if r is not None]
+                hits = sum(r.cached for r in results)
+                self.metrics.record_vectors(computed=len(results) - hits, cached=hits)
+                job.future.set_result(results)

@@ -24,8 +24,8 @@ class ServiceConfig:
     """Torch device of the model worker (cpu, cuda, cuda:1)."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Compute dtype of the model: auto = bfloat16 where the hardware has it."""
-    db_url: str | None = None
-    """SQLAlchemy URL of the embedding cache and classifier store; None = the default SQLite file."""
+    database_url: str | None = None
+    """SQLAlchemy URL of the embedding cache and classifiers; None = the default SQLite file."""
     store: bool = True
     """Cache-through to the store; False computes every vector and disables the classifier RPCs."""
     max_batch_tokens: int = 8192
