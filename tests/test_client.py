@@ -219,3 +219,16 @@ def test_classifiers_through_the_sdk(model, shared_data, tmp_path):
         client.delete_classifier("two")
         with pytest.raises(NotFoundError, match="'two'"):
             client.classify("two", ["MKV"])
+
+
+@pytest.mark.slow
+def test_service_demo_runs_end_to_end(tmp_path, capsys):
+    from protssl import demo_service
+
+    model_dir = save_tiny_model(tmp_path / "model")
+    assert demo_service.main(["--model", str(model_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "embedded 300 proteins" in out
+    assert "the first 8 again: 8/8 from the cache" in out and "bit-identical: True" in out
+    assert "classifier is-families v1: 6 families from 72 examples" in out
+    assert "classified 48 held-out transposases" in out and "server stopped" in out
