@@ -160,6 +160,7 @@ def test_overloaded_is_a_typed_error(model):
     assert errors and "queue is full" in str(errors[0])
 
 
+@pytest.mark.slow
 def test_import_protssl_does_not_load_grpc():
     code = (
         "import sys, protssl, protssl.cli_serve, protssl.embed, protssl.fasta\n"
