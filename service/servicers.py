@@ -49,10 +49,17 @@ STREAM_IN_FLIGHT = 4
 """Stream chunks queued ahead of the one whose results are being sent back."""
 
 
+def _lookup(table: dict[Any, T], value: int, what: str) -> T:
+    """An enum value's meaning; a value this server does not know is the caller's error."""
+    if value not in table:
+        raise InvalidInputError(f"unknown {what} {value}")
+    return table[value]
+
+
 def embedding_to_proto(result: EmbedResult, wire: int) -> pb.Embedding:
     """One domain embedding as a packed little-endian protobuf message."""
     embedding = result.embedding
-    enum, dtype = WIRE_DTYPES[wire]
+    enum, dtype = _lookup(WIRE_DTYPES, wire, "vector dtype")
     p = embedding.provenance
     return pb.Embedding(
         id=embedding.id,
@@ -167,9 +174,10 @@ class EmbeddingServicer(_Face, pb_grpc.EmbeddingServiceServicer):
         *,
         wait: bool,
     ) -> Job:
+        _lookup(WIRE_DTYPES, options.dtype, "vector dtype")  # before any work, not after it
         job = self.batcher.submit(
             records,
-            pooling=POOLING_NAMES[options.pooling],
+            pooling=_lookup(POOLING_NAMES, options.pooling, "pooling"),
             layer=options.layer if options.HasField("layer") else -1,
             deadline=_deadline(context),
             wait=wait,
@@ -269,7 +277,8 @@ class ClassifierServicer(_Face, pb_grpc.ClassifierServiceServicer):
     ) -> pb.ClassifierInfo:
         self._check_model(request.model)
         records = self._records(request.examples, 0)
-        settings = fewshot.FewShotConfig(method=_METHODS[request.method])  # type: ignore[arg-type]
+        method = _lookup(_METHODS, request.method, "classifier method")
+        settings = fewshot.FewShotConfig(method=method)  # type: ignore[arg-type]
         fitted = _result(
             self.batcher.run_task(
                 lambda: fewshot.fit_records(records, self.model, settings),

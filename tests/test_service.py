@@ -222,6 +222,15 @@ def test_cache_hits_and_misses_mix_in_one_request(server, stub, model, sample_fa
     assert 0 < registry.get_sample_value("protssl_cache_hit_ratio") < 1
 
 
+def test_unknown_enum_values_are_invalid_argument(stub, records):
+    error = rpc_error(stub.Embed, request_for(records[:1], pooling=9), timeout=10)
+    assert (
+        error.code() == grpc.StatusCode.INVALID_ARGUMENT and "unknown pooling 9" in error.details()
+    )
+    error = rpc_error(stub.Embed, request_for(records[:1], dtype=7), timeout=10)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "vector dtype 7" in error.details()
+
+
 def test_unknown_model_and_layer(stub, records):
     error = rpc_error(stub.Embed, request_for(records[:1], model="esm2-650m"), timeout=10)
     assert error.code() == grpc.StatusCode.NOT_FOUND and "tiny-test" in error.details()
