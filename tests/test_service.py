@@ -222,6 +222,18 @@ def test_cache_hits_and_misses_mix_in_one_request(server, stub, model, sample_fa
     assert 0 < registry.get_sample_value("protssl_cache_hit_ratio") < 1
 
 
+def test_cache_through_on_sqlite_and_postgresql(model, records, store_url):
+    with (
+        running_server(model, store=True, database_url=store_url) as (_, address, _registry),
+        grpc.insecure_channel(address) as ch,
+    ):
+        stub = pb_grpc.EmbeddingServiceStub(ch)
+        first = stub.Embed(request_for(records[:4]), timeout=60)
+        again = stub.Embed(request_for(records[:4]), timeout=60)
+    assert not any(e.cached for e in first.embeddings) and all(e.cached for e in again.embeddings)
+    assert [e.vector for e in again.embeddings] == [e.vector for e in first.embeddings]
+
+
 def test_unknown_enum_values_are_invalid_argument(stub, records):
     error = rpc_error(stub.Embed, request_for(records[:1], pooling=9), timeout=10)
     assert (
