@@ -28,7 +28,7 @@ from protssl.fasta import ProteinRecord, records_from_sequences
 from protssl.store import Store, StoredClassifier
 from service.batcher import EmbeddingBatcher, EmbedResult, Job
 from service.config import ServiceConfig
-from service.limits import check_request
+from service.limits import check_request, check_response_size
 
 __all__ = ["ClassifierServicer", "EmbeddingServicer", "embedding_to_proto", "model_info"]
 
@@ -188,6 +188,14 @@ class EmbeddingServicer(_Face, pb_grpc.EmbeddingServiceServicer):
     def Embed(self, request: pb.EmbedRequest, context: grpc.ServicerContext) -> pb.EmbedResponse:
         self._check_model(request.options.model)
         records = self._records(request.sequences, 0)
+        per_residue = request.options.pooling == pb.POOLING_PER_RESIDUE
+        check_response_size(
+            sum(len(r) for r in records) if per_residue else 0,
+            len(records),
+            self.model.encoder.config.embed_dim,
+            _lookup(WIRE_DTYPES, request.options.dtype, "vector dtype")[1].itemsize,
+            self.config,
+        )
         job = self._submit(records, request.options, context, wait=False)
         results = _wait(job, job.deadline)
         return pb.EmbedResponse(

@@ -234,6 +234,19 @@ def test_cache_through_on_sqlite_and_postgresql(model, records, store_url):
     assert [e.vector for e in again.embeddings] == [e.vector for e in first.embeddings]
 
 
+def test_per_residue_past_the_message_size_is_refused_up_front(model):
+    with (
+        running_server(model, max_message_mb=1) as (_, address, registry),
+        grpc.insecure_channel(address) as ch,
+    ):
+        request = big_request(8, 1000)  # 8,000 x 64 float32 = 2 MiB of per-residue vectors
+        request.options.pooling = pb.POOLING_PER_RESIDUE
+        error = rpc_error(pb_grpc.EmbeddingServiceStub(ch).Embed, request, timeout=30)
+        assert registry.get_sample_value("protssl_forward_tokens_count") == 0  # nothing ran
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "max_message_mb" in error.details() and "EmbedStream" in error.details()
+
+
 def test_unknown_enum_values_are_invalid_argument(stub, records):
     error = rpc_error(stub.Embed, request_for(records[:1], pooling=9), timeout=10)
     assert (
