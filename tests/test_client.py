@@ -224,10 +224,10 @@ def test_classifiers_through_the_sdk(model, shared_data, tmp_path):
 
 @pytest.mark.slow
 def test_service_demo_runs_end_to_end(tmp_path, capsys):
-    from protssl import demo_service
+    from protssl import demo
 
     model_dir = save_tiny_model(tmp_path / "model")
-    assert demo_service.main(["--model", str(model_dir)]) == 0
+    assert demo.main(["--model", str(model_dir)]) == 0
     out = capsys.readouterr().out
     assert "embedded 300 proteins" in out
     assert "the first 8 again: 8/8 from the cache" in out and "bit-identical: True" in out
