@@ -31,6 +31,7 @@ from protssl.pretrain import (
     PLOT_NAME,
     PretrainConfig,
     crop_sequence,
+    export_checkpoint,
     is_validation_id,
     learning_rate,
     load_checkpoint,
@@ -222,6 +223,10 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(
     whole = pretrain(tiny_config(sample_fasta, tmp_path / "whole"), progress=False)
     first = pretrain(tiny_config(sample_fasta, tmp_path / "split"), stop_after=5, progress=False)
     assert first.interrupted and first.step == 5 and first.model_dir is None
+    exported = export_checkpoint(tmp_path / "split", tmp_path / "at5", extra={"note": "x"})
+    card = load_model(exported).card.training or {}
+    assert card["steps"] == 5 and card["scheduled_steps"] == 12 and card["note"] == "x"
+    assert card["tokens_seen"] == first.tokens_seen and card["val_perplexity"] > 1
     second = pretrain(tiny_config(sample_fasta, tmp_path / "split"), resume=True, progress=False)
     assert not second.interrupted and second.step == 12
     assert first.losses + second.losses == whole.losses
