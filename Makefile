@@ -27,9 +27,13 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy protssl
 
+proto: $(STAMP)
+	$(PY) proto/generate.py
+
 bench: $(STAMP)
 	$(PY) bench/embed_throughput.py --preset esm2-8m
 	$(PY) bench/embed_throughput.py --preset esm2-35m
+	$(PY) bench/store_throughput.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -189,6 +189,12 @@ def main(argv: list[str] | None = None) -> int:
         "--model", default=None, help="weights to load instead of the preset's random ones"
     )
     parser.add_argument("--skip-hf", action="store_true", help="leave out the transformers anchor")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="interleaved runs of protssl and transformers; best of each",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
@@ -216,16 +222,20 @@ def main(argv: list[str] | None = None) -> int:
     del reference
 
     list(embed_records(records[:8], ours_model))  # warm-up
-    start = time.perf_counter()
-    ours = {e.id: e.vector for e in embed_records(records, ours_model, EmbedConfig())}
-    ours_seconds = time.perf_counter() - start
+    if not args.skip_hf:
+        run_hf(config, fair_state, records[:8], ours_model.dtype)  # warm-up
     ours_residues = sum(len(r) for r in records)
+    ours_seconds = hf_seconds = float("inf")
+    for _ in range(args.repeats):  # interleaved, best of each: fair on a shared machine
+        start = time.perf_counter()
+        ours = {e.id: e.vector for e in embed_records(records, ours_model, EmbedConfig())}
+        ours_seconds = min(ours_seconds, time.perf_counter() - start)
+        if not args.skip_hf:
+            hf_vectors, seconds, hf_residues = run_hf(config, fair_state, records, ours_model.dtype)
+            hf_seconds = min(hf_seconds, seconds)
 
     hf_res_per_s = None
     if not args.skip_hf:
-        hf_dtype = ours_model.dtype
-        run_hf(config, fair_state, records[:8], hf_dtype)  # warm-up
-        hf_vectors, hf_seconds, hf_residues = run_hf(config, fair_state, records, hf_dtype)
         hf_res_per_s = hf_residues / hf_seconds
         hf_cos = cosines(hf_vectors, ref_vectors, [r.id for r in records if len(r) <= 1022])
         print(f"transformers vs fair-esm: min cosine {hf_cos.min():.5f}", file=sys.stderr)
@@ -239,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         "preset": args.preset,
         "model": ours_model.name,
         "records": len(records),
+        "repeats": args.repeats,
         "compared_records": len(whole),
         "dtype": ours_model.dtype_name,
         "ours_res_per_s": round(ours_residues / ours_seconds, 1),

@@ -11,6 +11,11 @@ The in-process API::
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from protssl.client import Client
+
 __version__ = "0.1.0"
 
 from collections.abc import Iterable, Sequence
@@ -26,6 +31,7 @@ from protssl.errors import ProtsslError
 from protssl.fasta import FastaPolicy, ProteinRecord, read_fasta, records_from_sequences
 
 __all__ = [
+    "Client",
     "EmbedConfig",
     "EmbedResult",
     "Embedding",
@@ -82,3 +88,12 @@ def embed(
         vectors if pooling == "per-residue" else np.stack(vectors) if vectors else np.zeros((0, 0))
     )
     return EmbedResult(ids=order, vectors=stacked, provenance=[by_id[i].provenance for i in order])
+
+
+def __getattr__(name: str) -> Any:
+    """`protssl.Client` loads the SDK (and grpc) on first use, so `import protssl` stays light."""
+    if name == "Client":
+        from protssl.client import Client
+
+        return Client
+    raise AttributeError(f"module 'protssl' has no attribute {name!r}")

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from protssl import __version__
+from protssl import __version__, cli_fewshot, cli_pretrain, cli_serve, cli_store
 
 if TYPE_CHECKING:
     from protssl.checkpoint import LoadedModel
@@ -95,6 +95,7 @@ def _add_embed_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cli_store.add_store_args(parser)
     parser.set_defaults(func=_cmd_embed)
 
 
@@ -120,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_embed_parser(subparsers)
     _add_import_parser(subparsers)
+    cli_store.add_commands(subparsers)
+    cli_pretrain.add_commands(subparsers)
+    cli_fewshot.add_commands(subparsers)
+    cli_serve.add_commands(subparsers)
     return parser
 
 
@@ -155,6 +160,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"{args.input}: no such file")
     model = _load(args)
     summary = JobSummary()
+    store = cli_store.open_store(args)
     try:
         embed_fasta_file(
             args.input,
@@ -166,12 +172,15 @@ def _cmd_embed(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             progress=not args.no_progress,
             summary=summary,
+            cache=store.embeddings if store is not None else None,
         )
     except ProtsslError as exc:
         summary.errors = max(summary.errors, 1)
         summary.error = summary.error or str(exc)
         raise
     finally:
+        if store is not None:
+            store.close()
         print(json.dumps(summary.as_dict()), flush=True)
     return 0
 

@@ -2,15 +2,17 @@
 
 The database URL comes from `--db`, else PROTSSL_DATABASE_URL, else a SQLite file in the user's
 data directory; this module (a face) is the only place that reads the environment for it.
+SQLAlchemy and Alembic are imported when a command runs, so building the parser stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+from typing import TYPE_CHECKING
 
-from protssl.store import Store, StoreConfig
-from protssl.store import engine as engines
+if TYPE_CHECKING:
+    from protssl.store import Store, StoreConfig
 
 __all__ = ["add_commands", "add_store_args", "open_store", "store_config"]
 
@@ -37,6 +39,8 @@ def _add_db_arg(parser: argparse.ArgumentParser) -> None:
 
 def store_config(args: argparse.Namespace) -> StoreConfig:
     """The store config for parsed args: `--db`, else PROTSSL_DATABASE_URL, else the default."""
+    from protssl.store import StoreConfig
+
     return StoreConfig.from_environ(os.environ, url=args.db)
 
 
@@ -44,6 +48,8 @@ def open_store(args: argparse.Namespace) -> Store | None:
     """The store (migrated, ready) for commands given `add_store_args`, or None with --no-cache."""
     if args.no_cache:
         return None
+    from protssl.store import Store
+
     return Store(store_config(args))
 
 
@@ -65,6 +71,8 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _upgrade(args: argparse.Namespace) -> int:
+    from protssl.store import engine as engines
+
     engine = engines.create_store_engine(store_config(args))
     try:
         engines.upgrade(engine, args.revision)
@@ -75,6 +83,8 @@ def _upgrade(args: argparse.Namespace) -> int:
 
 
 def _downgrade(args: argparse.Namespace) -> int:
+    from protssl.store import engine as engines
+
     engine = engines.create_store_engine(store_config(args))
     try:
         engines.downgrade(engine, args.revision)
@@ -85,6 +95,8 @@ def _downgrade(args: argparse.Namespace) -> int:
 
 
 def _current(args: argparse.Namespace) -> int:
+    from protssl.store import engine as engines
+
     engine = engines.create_store_engine(store_config(args))
     try:
         revision = engines.current_revision(engine)

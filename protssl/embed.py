@@ -28,6 +28,7 @@ __all__ = [
     "Embedding",
     "Provenance",
     "embed_records",
+    "embed_records_layers",
     "expected_provenance",
 ]
 
@@ -216,14 +217,63 @@ def _embed_group_cached(
         cache.put_many(pending)
 
 
+def embed_records_layers(
+    records: Iterable[ProteinRecord],
+    model: LoadedModel,
+    layers: Sequence[int],
+    config: EmbedConfig | None = None,
+    *,
+    on_batch: Callable[[int], None] | None = None,
+) -> Iterator[dict[int, Embedding]]:
+    """Like `embed_records` with one forward for several layers: yields {layer: Embedding} per record.
+
+    `config.layer` is ignored; `layers` are resolved (negative counts back) and deduplicated.
+    """
+    config = config or EmbedConfig()
+    resolved = tuple(sorted({model.encoder.resolve_layer(layer) for layer in layers}))
+    if not resolved:
+        raise InvalidInputError("embed_records_layers needs at least one layer")
+    group: list[ProteinRecord] = []
+    residues = 0
+    for record in records:
+        group.append(record)
+        residues += len(record.sequence)
+        if residues >= config.read_ahead_residues:
+            yield from _split_layers(
+                _embed_group(group, model, config, on_batch, resolved), resolved
+            )
+            group, residues = [], 0
+    if group:
+        yield from _split_layers(_embed_group(group, model, config, on_batch, resolved), resolved)
+
+
+def _split_layers(
+    stacked: Iterable[Embedding], layers: tuple[int, ...]
+) -> Iterator[dict[int, Embedding]]:
+    for embedding in stacked:
+        parts = np.split(embedding.vector, len(layers), axis=-1)
+        yield {
+            layer: replace(
+                embedding,
+                vector=np.ascontiguousarray(part),
+                provenance=replace(embedding.provenance, layer=layer),
+            )
+            for layer, part in zip(layers, parts, strict=True)
+        }
+
+
 def _embed_group(
     records: Sequence[ProteinRecord],
     model: LoadedModel,
     config: EmbedConfig,
     on_batch: Callable[[int], None] | None,
+    layers: tuple[int, ...] = (),
 ) -> Iterator[Embedding]:
+    """Embed one read-ahead group at `config.layer`, or at several `layers` in one forward,
+    concatenated along channels (pooling and stitching act per channel, so each layer's slice
+    of the vector is that layer's vector; the caller sets each slice's provenance layer)."""
     encoder = model.encoder
-    layer = encoder.resolve_layer(config.layer)
+    layers = layers or (encoder.resolve_layer(config.layer),)
     window_residues = encoder.config.max_residues
     sequences = [r.sequence for r in records]
     stitches: dict[int, _Stitch] = {}
@@ -234,7 +284,7 @@ def _embed_group(
         policy=config.window,
         ids=[r.id for r in records],
     ):
-        hidden = _forward(model, batch, layer)  # (B, T, C) float32
+        hidden = _forward(model, batch, layers)  # (B, T, len(layers) * C) float32
         pooled = (
             _pool_rows(hidden, batch.tokens, config.pooling)
             if config.pooling != "per-residue"
@@ -274,11 +324,12 @@ def _embed_group(
             on_batch(batch.residues)
 
 
-def _forward(model: LoadedModel, batch: TokenBatch, layer: int) -> torch.Tensor:
+def _forward(model: LoadedModel, batch: TokenBatch, layers: tuple[int, ...]) -> torch.Tensor:
     with torch.inference_mode():
         tokens = batch.tokens.to(model.device, non_blocking=True)
-        out = model.encoder(tokens, (layer,), return_logits=False)
-        return out.representations[layer].float().cpu()
+        out = model.encoder(tokens, layers, return_logits=False)
+        hidden = [out.representations[layer].float() for layer in layers]
+        return (hidden[0] if len(layers) == 1 else torch.cat(hidden, dim=-1)).cpu()
 
 
 def _pool_rows(hidden: torch.Tensor, tokens: torch.Tensor, pooling: str) -> np.ndarray:

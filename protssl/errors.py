@@ -10,7 +10,10 @@ ProtsslError
 ├── CheckpointError              a model file that is corrupt, mismatched or unsupported
 │   └── UntrustedCheckpointError a pickle checkpoint loaded without trust
 ├── OverloadedError              bounded capacity is full (gRPC RESOURCE_EXHAUSTED)
-└── StoreError                   the SQL store failed or holds inconsistent data
+├── StoreError                   the SQL store failed or holds inconsistent data
+└── ServiceError                 a gRPC call failed for a reason other than the caller's input
+    ├── UnavailableError         the server could not be reached, even after retries (UNAVAILABLE)
+    └── DeadlineExceededError    the call's deadline passed before its work was done
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 __all__ = [
     "CheckpointError",
     "ClassifierNotFoundError",
+    "DeadlineExceededError",
     "FastaFormatError",
     "InvalidInputError",
     "ModelNotFoundError",
@@ -25,7 +29,9 @@ __all__ = [
     "OverloadedError",
     "ProtsslError",
     "SequenceTooLongError",
+    "ServiceError",
     "StoreError",
+    "UnavailableError",
     "UntrustedCheckpointError",
 ]
 
@@ -94,3 +100,25 @@ class OverloadedError(ProtsslError):
 
 class StoreError(ProtsslError):
     """The SQL store failed or returned inconsistent data."""
+
+
+class ServiceError(ProtsslError):
+    """A remote call failed for a reason other than the caller's input; `code` names the gRPC status."""
+
+    def __init__(self, message: str, *, code: str = "INTERNAL") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class UnavailableError(ServiceError):
+    """The server could not be reached (still UNAVAILABLE after the client's retries)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="UNAVAILABLE")
+
+
+class DeadlineExceededError(ServiceError):
+    """The call's deadline passed before its work was done; the server drops the unfinished work."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="DEADLINE_EXCEEDED")

@@ -17,10 +17,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from protssl.checkpoint import LoadedModel
-from protssl.embed import EmbedConfig, embed_records, expected_provenance
+from protssl.embed import CacheStats, EmbedConfig, embed_records, expected_provenance
 from protssl.errors import ProtsslError
 from protssl.fasta import FastaPolicy, ProteinRecord, ReadStats, read_fasta
 from protssl.output import open_writer
+from protssl.store import EmbeddingCache
 
 __all__ = ["JobSummary", "count_residues", "embed_fasta_file"]
 
@@ -42,6 +43,10 @@ class JobSummary:
     """Records already in the output (with `--resume`), not recomputed."""
     windowed: int = 0
     """Records longer than the model window, embedded through stitched windows."""
+    computed: int = 0
+    """Vectors the model computed in this run."""
+    cached: int = 0
+    """Vectors read from the store's cache instead (no forward)."""
     errors: int = 0
     error: str | None = None
     output: str = ""
@@ -96,10 +101,12 @@ def embed_fasta_file(
     overwrite: bool = False,
     progress: bool = True,
     summary: JobSummary | None = None,
+    cache: EmbeddingCache | None = None,
 ) -> JobSummary:
     """Embed every record of a FASTA file into OUTPUT (`.h5` or `.npz`).
 
-    With `resume`, ids already in OUTPUT are skipped. Raises the first FASTA error after
+    With `resume`, ids already in OUTPUT are skipped; with `cache`, vectors already in the store
+    are read instead of computed, and computed ones are written back. Raises the first FASTA error after
     writing everything read before it; pass `summary` to keep the counts when it does.
     """
     config = config or EmbedConfig()
@@ -128,9 +135,12 @@ def embed_fasta_file(
             smoothing=0.1,
         )
         with bar:
-            for embedding in embed_records(_until_error(pending(), failure), model, config):
+            cache_stats = CacheStats()
+            records = _until_error(pending(), failure)
+            for embedding in embed_records(records, model, config, cache=cache, stats=cache_stats):
                 writer.write(embedding)
                 bar.update(embedding.length)
+                summary.computed, summary.cached = cache_stats.computed, cache_stats.cached
                 summary.records += 1
                 summary.residues += embedding.length
                 summary.windowed += int(embedding.provenance.windowed)

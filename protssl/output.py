@@ -151,7 +151,8 @@ class VectorWriter:
             return
         meta = json.dumps({"shared": self._shared, "records": self._npz_rows})
         tmp = self.path.with_name(self.path.name + ".tmp.npz")
-        np.savez(tmp, **self._npz, **{_NPZ_META: np.array(meta)})
+        arrays: dict[str, Any] = {**self._npz, _NPZ_META: np.array(meta)}
+        np.savez(tmp, **arrays)
         os.replace(tmp, self.path)
 
     def __enter__(self) -> VectorWriter:

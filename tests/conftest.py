@@ -14,6 +14,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("PROTSSL_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
+@pytest.fixture(autouse=True)
+def _private_default_store(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Commands that open the default store use a throwaway SQLite file, never the user's."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('store') / 'default.sqlite3'}"
+    monkeypatch.setenv("PROTSSL_DATABASE_URL", url)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The staged real protein data; CI always has it beside the clone."""

@@ -125,3 +125,20 @@ def test_console_script_user_errors_are_one_line(tmp_path: Path, edge_cases: Pat
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("protssl embed: error:"), proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def test_second_embed_reads_everything_from_the_store(
+    tiny_model_dir: Path, sample_fasta: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fasta = _first_records(sample_fasta, 12, tmp_path / "twelve.fasta")
+    base = ["--model", str(tiny_model_dir), "--no-progress", "--overlap", "16"]
+    base += ["--db", f"sqlite:///{tmp_path / 'cache.sqlite3'}"]
+    assert main(["embed", str(fasta), "-o", str(tmp_path / "a.h5"), *base]) == 0
+    first = _summary(capsys)
+    assert main(["embed", str(fasta), "-o", str(tmp_path / "b.h5"), *base]) == 0
+    second = _summary(capsys)
+    assert (first["computed"], first["cached"]) == (12, 0)
+    assert (second["computed"], second["cached"]) == (0, 12)
+    a = {i: v for i, v, _ in read_vectors(tmp_path / "a.h5")}
+    b = {i: v for i, v, _ in read_vectors(tmp_path / "b.h5")}
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)

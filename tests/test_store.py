@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -186,12 +187,23 @@ def test_classifier_versions(store: Store, sequences: list[str]) -> None:
         params={"c": 1.0},
         blob=b"\x00v2",
         examples=examples[::-1],
-        metrics={"accuracy": 0.75},
+        metrics={"accuracy": np.float32(0.75), "per_class": np.array([0.5, 1.0])},
     )
     store.classifiers.save(
         "amr", model_sha256=MODEL, method="prototype", params={}, blob=b"", examples=[], metrics={}
     )
     assert (first.version, second.version) == (1, 2)
+    assert second.metrics == {"accuracy": 0.75, "per_class": [0.5, 1.0]}
+    with pytest.raises(InvalidInputError, match="params must be JSON"):
+        store.classifiers.save(
+            "ec",
+            model_sha256=MODEL,
+            method="knn",
+            params={"f": len},
+            blob=b"",
+            examples=[],
+            metrics={},
+        )
     latest = store.classifiers.get("ec")
     assert latest == second
     old = store.classifiers.get("ec", 1)
@@ -210,6 +222,23 @@ def test_classifier_versions(store: Store, sequences: list[str]) -> None:
         store.classifiers.delete("ec")
     assert store.predictions.get_many(second.id, [sequences[2]]) == {}  # cascaded
     assert [c.name for c in store.classifiers.list()] == ["amr"]
+
+
+def test_concurrent_saves_of_one_name_get_distinct_versions(store: Store) -> None:
+    """Two threads racing on one name: each version number is taken once (PostgreSQL retries)."""
+
+    def save_four(tag: str) -> list[int]:
+        return [
+            store.classifiers.save(
+                "race", model_sha256=MODEL, method=tag, params={}, blob=b"", examples=[], metrics={}
+            ).version
+            for _ in range(4)
+        ]
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        versions = [v for result in pool.map(save_four, ["a", "b"]) for v in result]
+    assert sorted(versions) == list(range(1, 9))
+    assert store.classifiers.get("race").version == 8
 
 
 def test_predictions_put_and_get(store: Store, sequences: list[str]) -> None:

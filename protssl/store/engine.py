@@ -52,7 +52,7 @@ def create_store_engine(config: StoreConfig) -> Engine:
         database = url.database or ""
         if database and database != ":memory:" and not database.startswith("file:"):
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": config.busy_timeout_s})
+        engine = create_engine(url)
         _configure_sqlite(engine, busy_timeout_ms=round(config.busy_timeout_s * 1000))
         return engine
     return create_engine(url, pool_pre_ping=True)

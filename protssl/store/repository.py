@@ -61,7 +61,12 @@ _FINISHED = ("succeeded", "failed", "cancelled")
 
 def sequence_sha256(sequence: str) -> str:
     """The content address of a normalised sequence: hex sha256 of its ASCII residues."""
-    return hashlib.sha256(sequence.encode("ascii")).hexdigest()
+    try:
+        return hashlib.sha256(sequence.encode("ascii")).hexdigest()
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(
+            f"sequence has a non-ASCII character at position {exc.start + 1}; normalise it first"
+        ) from None
 
 
 def _now() -> dt.datetime:
@@ -74,11 +79,19 @@ def _utc(value: dt.datetime) -> dt.datetime:
 
 
 def _json_object(value: Mapping[str, Any], what: str) -> dict[str, Any]:
-    """A plain JSON-serialisable dict copy of `value`, or InvalidInputError naming `what`."""
+    """A plain JSON copy of `value` (numpy scalars and arrays become numbers and lists)."""
     try:
-        return dict(json.loads(json.dumps(dict(value))))
+        return dict(json.loads(json.dumps(dict(value), default=_numpy_to_json)))
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"{what} must be JSON-serialisable: {exc}") from None
+
+
+def _numpy_to_json(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
 
 
 def _insert(connection: Connection, table: Table) -> Any:

@@ -1,0 +1,416 @@
+"""Few-shot quality: protssl's four heads on protssl embeddings against two anchors, in one run.
+
+Tasks (all from ../shared/data, seeded, held-out whole sequences unless said):
+
+- `ec_seq`: EC-4 classes of the CLEAN split10 file with >= 4 single-label sequences; a random
+  `--ec-classes` of them, <= 5 sequences each, 2 held out per class as queries.
+- `ec_episodes`: N-way K-shot episodes over other, disjoint EC-4 classes (whole classes held out
+  from `ec_seq`), `--episodes` x `--ways`-way `--shots`-shot with 2 queries per class.
+- `is_families`: the 30 IS transposase families; <= 5 support and <= 5 query sequences each.
+- `pfam`: the 9 Pfam seed families (domains); half of each family (<= 5) support, the rest
+  (<= 10) queries.
+- `ood`: the `is_families` classifiers asked about every Pfam domain; the rate of `unknown`.
+
+Anchors, computed here on the same splits: amino-acid + dipeptide composition 1-nearest-neighbour
+(cosine; always answers) and MMseqs2 best-hit transfer (`mmseqs easy-search`, e-value 1e-3; no
+hit = no answer; the row is skipped with a message when `mmseqs` is not installed).
+
+Metrics per task and method: micro F1 over labels with abstention (CLEAN's convention; abstaining
+costs recall), top-1 accuracy (forced choice), abstention rate and accuracy on answered. The last
+line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from protssl.checkpoint import DEFAULT_MODEL_DIR, LoadedModel, load_model
+from protssl.errors import ModelNotFoundError
+from protssl.evaluation import (
+    Episode,
+    composition_features,
+    evaluate_episodes,
+    evaluate_split,
+    label_metrics,
+    sample_episodes,
+)
+from protssl.fasta import FastaPolicy, ProteinRecord, read_fasta
+from protssl.fewshot import (
+    METHODS,
+    FewShotClassifier,
+    FewShotConfig,
+    Prediction,
+    candidate_layers,
+    embed_for_fewshot,
+)
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+ANCHORS = ("composition_1nn", "mmseqs2_best_hit")
+log = logging.getLogger("fewshot_quality")
+
+
+# --- tasks ------------------------------------------------------------------------------------
+
+
+def _by_label(records: Sequence[ProteinRecord]) -> dict[str, list[ProteinRecord]]:
+    out: dict[str, list[ProteinRecord]] = defaultdict(list)
+    for record in records:
+        if len(record.labels) == 1:
+            out[record.labels[0]].append(record)
+    return out
+
+
+def _split(
+    groups: dict[str, list[ProteinRecord]],
+    rng: np.random.Generator,
+    *,
+    support: int,
+    query: int,
+    half: bool = False,
+) -> tuple[list[ProteinRecord], list[ProteinRecord]]:
+    sup, qry = [], []
+    for label in sorted(groups):
+        rows = [groups[label][i] for i in rng.permutation(len(groups[label]))]
+        n_support = min(support, len(rows) // 2) if half else min(support, len(rows) - 1)
+        sup += rows[:n_support]
+        qry += rows[n_support : n_support + query]
+    return sup, qry
+
+
+def make_tasks(args: argparse.Namespace) -> dict[str, Any]:
+    rng = np.random.default_rng(args.seed)
+    ec = _by_label(read_fasta(DATA / "ec" / "clean_split10.fasta"))
+    eligible = sorted(label for label, rows in ec.items() if len(rows) >= 4)
+    order = [eligible[i] for i in rng.permutation(len(eligible))]
+    seq_classes = order[: args.ec_classes]
+    episode_classes = order[args.ec_classes : args.ec_classes + args.episode_classes]
+    ec_support, ec_query = _split({c: ec[c][:5] for c in seq_classes}, rng, support=3, query=2)
+    pool = [r for c in episode_classes for r in ec[c][: args.shots + 2]]
+    episodes = sample_episodes(
+        [r.labels for r in pool],
+        episodes=args.episodes,
+        ways=args.ways,
+        shots=args.shots,
+        queries=2,
+        seed=args.seed,
+    )
+    is_groups = _by_label(
+        read_fasta(
+            DATA / "families" / "prokka_IS_transposase_families.fasta",
+            policy=FastaPolicy(on_invalid="skip"),
+        )
+    )
+    is_support, is_query = _split(is_groups, rng, support=5, query=5)
+    pfam_groups = _by_label(read_fasta(DATA / "families" / "pfam_seed_small.fasta"))
+    pfam_support, pfam_query = _split(pfam_groups, rng, support=5, query=10, half=True)
+    return {
+        "ec_seq": (ec_support, ec_query),
+        "ec_episodes": (pool, episodes),
+        "is_families": (is_support, is_query),
+        "pfam": (pfam_support, pfam_query),
+    }
+
+
+# --- anchors ----------------------------------------------------------------------------------
+
+
+def _answer(query_id: str, labels: tuple[str, ...] | None, score: float) -> Prediction:
+    if labels is None:
+        return Prediction(query_id, ("unknown",), 0.0, "unknown", "", 0.0, 0.0)
+    return Prediction(query_id, labels, 1.0, "answered", labels[0], 1.0, score)
+
+
+def composition_1nn(
+    support: Sequence[ProteinRecord], query: Sequence[ProteinRecord]
+) -> list[Prediction]:
+    xs = composition_features([r.sequence for r in support])
+    xq = composition_features([r.sequence for r in query])
+    xs = xs / np.maximum(np.linalg.norm(xs, axis=1, keepdims=True), 1e-12)
+    xq = xq / np.maximum(np.linalg.norm(xq, axis=1, keepdims=True), 1e-12)
+    sims = xq @ xs.T
+    best = sims.argmax(1)
+    return [
+        _answer(r.id, support[j].labels, float(sims[i, j]))
+        for i, (r, j) in enumerate(zip(query, best, strict=True))
+    ]
+
+
+def _write(path: Path, records: Sequence[ProteinRecord]) -> None:
+    path.write_text("".join(f">{i}\n{r.sequence}\n" for i, r in enumerate(records)))
+
+
+def mmseqs_hits(
+    queries: Sequence[ProteinRecord], targets: Sequence[ProteinRecord], workdir: Path
+) -> dict[int, list[tuple[int, float]]]:
+    """Hits of each query index: (target index, bit score), best first (e-value <= 1e-3)."""
+    _write(workdir / "q.fasta", queries)
+    _write(workdir / "t.fasta", targets)
+    out = workdir / "hits.m8"
+    subprocess.run(
+        [
+            "mmseqs", "easy-search", str(workdir / "q.fasta"), str(workdir / "t.fasta"),
+            str(out), str(workdir / "tmp"), "-e", "1e-3", "--max-seqs", "1000",
+            "--threads", "2", "-v", "1",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    hits: dict[int, list[tuple[int, float]]] = defaultdict(list)
+    for line in out.read_text().splitlines():
+        fields = line.split("\t")
+        hits[int(fields[0])].append((int(fields[1]), float(fields[11])))
+    for rows in hits.values():
+        rows.sort(key=lambda h: -h[1])
+    return hits
+
+
+def mmseqs_transfer(
+    hits: dict[int, list[tuple[int, float]]],
+    query: Sequence[ProteinRecord],
+    targets: Sequence[ProteinRecord],
+    query_rows: Sequence[int],
+    allowed: set[int] | None = None,
+) -> list[Prediction]:
+    """Labels of each query's best-scoring allowed target; no allowed hit = unknown."""
+    out = []
+    for record, row in zip(query, query_rows, strict=True):
+        best = next((t for t, _ in hits.get(row, []) if allowed is None or t in allowed), None)
+        labels = targets[best].labels if best is not None else None
+        out.append(_answer(record.id, labels, 1.0))
+    return out
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+def load(spec: str | None) -> LoadedModel:
+    try:
+        return load_model(spec)
+    except ModelNotFoundError as exc:
+        if spec is not None:
+            raise
+        print(
+            f"NOTE: {exc}. Falling back to the random-weight esm2-8m preset: its figures carry "
+            "no biology. Pass --model DIR once a trained model exists.",
+            file=sys.stderr,
+        )
+        return load_model("esm2-8m")
+
+
+def cached_vectors(
+    path: str | None, model: LoadedModel, records: Sequence[ProteinRecord], layers: Sequence[int]
+) -> dict[int, np.ndarray] | None:
+    """Vectors from an earlier run of this bench with the same model, records and layers."""
+    if not path or not Path(path).is_file():
+        return None
+    with np.load(path, allow_pickle=False) as data:
+        same = (
+            str(data["sha"]) == model.sha256
+            and data["ids"].tolist() == [r.id for r in records]
+            and all(f"layer{k}" in data.files for k in layers)
+        )
+        if not same:
+            print(
+                f"NOTE: {path} is for other records or another model; re-embedding", file=sys.stderr
+            )
+            return None
+        return {k: data[f"layer{k}"] for k in layers}
+
+
+def _row(metrics: dict[str, Any], seconds: float, layer: Any = None) -> dict[str, Any]:
+    keys = ("f1", "top1_accuracy", "abstention_rate", "accuracy_on_answered", "n")
+    row = {k: round(float(metrics[k]), 4) if k != "n" else int(metrics[k]) for k in keys}
+    row["seconds"] = round(seconds, 2)
+    if layer is not None:
+        row["layer"] = layer
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help=f"model folder (default {DEFAULT_MODEL_DIR})")
+    parser.add_argument("--dtype", default="auto", help="auto, float32 or bfloat16")
+    parser.add_argument("--ec-classes", type=int, default=60)
+    parser.add_argument("--episode-classes", type=int, default=40)
+    parser.add_argument("--episodes", type=int, default=12)
+    parser.add_argument("--ways", type=int, default=5)
+    parser.add_argument("--shots", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--vectors-cache",
+        metavar="NPZ",
+        help="reuse (or write) the embedded vectors here; keyed by the model's sha256",
+    )
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    start = time.perf_counter()
+    model = load(args.model)
+    tasks = make_tasks(args)
+    layers = candidate_layers(model.encoder.config.num_layers)
+    every = {r.id: r for records in tasks.values() for r in records[0]}
+    every.update({r.id: r for name, (_, q) in tasks.items() if name != "ec_episodes" for r in q})
+    records = list(every.values())
+    t0 = time.perf_counter()
+    vectors = cached_vectors(args.vectors_cache, model, records, layers)
+    if vectors is None:
+        with tqdm(
+            total=sum(len(r) for r in records), unit="res", unit_scale=True, desc="embed"
+        ) as bar:
+            vectors = embed_for_fewshot(records, model, layers, on_batch=bar.update)
+        if args.vectors_cache:
+            np.savez(
+                args.vectors_cache,
+                ids=np.array([r.id for r in records]),
+                sha=np.array(model.sha256),
+                **{f"layer{k}": v for k, v in vectors.items()},
+            )
+    embed_seconds = time.perf_counter() - t0
+    row_of = {r.id: i for i, r in enumerate(records)}
+
+    def features(subset: Sequence[ProteinRecord]) -> dict[int, np.ndarray]:
+        rows = [row_of[r.id] for r in subset]
+        return {k: v[rows] for k, v in vectors.items()}
+
+    have_mmseqs = shutil.which("mmseqs") is not None
+    if not have_mmseqs:
+        print("NOTE: mmseqs not found on PATH; skipping the MMseqs2 row", file=sys.stderr)
+    results: dict[str, dict[str, Any]] = {}
+    ood: dict[str, float] = {}
+    progress = tqdm(total=len(tasks) * len(METHODS), desc="fit+predict", unit="head")
+    work = Path(tempfile.mkdtemp(prefix="fewshot_quality_"))
+    try:
+        for name, (support, query) in tasks.items():
+            results[name] = {}
+            sizes = f"{len(support)} support"
+            if name == "ec_episodes":
+                episodes: list[Episode] = query
+                labels = [r.labels for r in support]
+                sizes = f"{len(episodes)} episodes of {args.ways}-way {args.shots}-shot"
+                for method in METHODS:
+                    t0 = time.perf_counter()
+                    result = evaluate_episodes(
+                        features(support), labels, episodes, FewShotConfig(method=method)
+                    )
+                    results[name][method] = _row(
+                        result.metrics, time.perf_counter() - t0, result.metrics["layer"]
+                    )
+                    progress.update()
+                t0 = time.perf_counter()
+                truth, preds = [], []
+                for e in episodes:
+                    s = [support[i] for i in e.support]
+                    q = [support[i] for i in e.query]
+                    truth += [r.labels for r in q]
+                    preds += composition_1nn(s, q)
+                results[name]["composition_1nn"] = _row(
+                    label_metrics(truth, preds), time.perf_counter() - t0
+                )
+                if have_mmseqs:
+                    t0 = time.perf_counter()
+                    (work / name).mkdir(parents=True, exist_ok=True)
+                    hits = mmseqs_hits(support, support, work / name)  # the pool, all against all
+                    preds = []
+                    for e in episodes:
+                        q = [support[i] for i in e.query]
+                        preds += mmseqs_transfer(hits, q, support, e.query, set(e.support))
+                    # allowed = the episode's support, which never holds the query itself
+                    results[name]["mmseqs2_best_hit"] = _row(
+                        label_metrics(truth, preds), time.perf_counter() - t0
+                    )
+            else:
+                sizes += f", {len(query)} queries"
+                truth = [r.labels for r in query]
+                for method in METHODS:
+                    t0 = time.perf_counter()
+                    config = FewShotConfig(method=method)
+                    result = evaluate_split(
+                        features(support), [r.labels for r in support],
+                        features(query), truth, config,
+                    )  # fmt: skip
+                    results[name][method] = _row(
+                        result.metrics, time.perf_counter() - t0, result.metrics["layer"]
+                    )
+                    if name == "is_families":
+                        classifier = FewShotClassifier.fit(
+                            features(support), [r.labels for r in support], config
+                        )
+                        pfam = tasks["pfam"][0] + tasks["pfam"][1]
+                        answers = classifier.predict(features(pfam))
+                        ood[method] = round(
+                            float(np.mean([p.status == "unknown" for p in answers])), 4
+                        )
+                    progress.update()
+                t0 = time.perf_counter()
+                results[name]["composition_1nn"] = _row(
+                    label_metrics(truth, composition_1nn(support, query)),
+                    time.perf_counter() - t0,
+                )
+                if have_mmseqs:
+                    t0 = time.perf_counter()
+                    (work / name).mkdir(parents=True, exist_ok=True)
+                    hits = mmseqs_hits(query, support, work / name)
+                    preds = mmseqs_transfer(hits, query, support, range(len(query)))
+                    results[name]["mmseqs2_best_hit"] = _row(
+                        label_metrics(truth, preds), time.perf_counter() - t0
+                    )
+            results[name]["_sizes"] = sizes
+    finally:
+        progress.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(f"\nmodel {model.name} ({model.sha256[:12]}), layers tried {list(layers)}")
+    print(f"embedded {len(records)} sequences in {embed_seconds:.1f} s\n")
+    header = f"{'task':<12} {'method':<18} {'F1':>6} {'top1':>6} {'abst':>6} {'acc@ans':>8} {'layer':>5} {'s':>6}"
+    print(header)
+    for name, rows in results.items():
+        print(f"{name:<12} ({rows['_sizes']})")
+        for method, row in rows.items():
+            if method.startswith("_"):
+                continue
+            print(
+                f"{'':<12} {method:<18} {row['f1']:>6.3f} {row['top1_accuracy']:>6.3f} "
+                f"{row['abstention_rate']:>6.3f} {row['accuracy_on_answered']:>8.3f} "
+                f"{row.get('layer', ''):>5} {row['seconds']:>6.1f}"
+            )
+    print(f"\nOOD: fraction of Pfam domains the IS-family classifiers call unknown: {ood}")
+    best_vs_anchor = {}
+    for name, rows in results.items():
+        best = max(rows[m]["top1_accuracy"] for m in METHODS)
+        best_vs_anchor[name] = {
+            "best_protssl_top1": best,
+            "composition_top1": rows["composition_1nn"]["top1_accuracy"],
+            "beats_composition": best > rows["composition_1nn"]["top1_accuracy"],
+            "mmseqs_top1": rows.get("mmseqs2_best_hit", {}).get("top1_accuracy"),
+        }
+    summary = {
+        "bench": "fewshot_quality",
+        "model": model.name,
+        "model_sha256": model.sha256,
+        "layers_tried": list(layers),
+        "embed_seconds": round(embed_seconds, 1),
+        "total_seconds": round(time.perf_counter() - start, 1),
+        "mmseqs": have_mmseqs,
+        "results": results,
+        "ood_unknown_rate": ood,
+        "summary": best_vs_anchor,
+    }
+    print(json.dumps(summary, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,307 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Pooling(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    POOLING_UNSPECIFIED: _ClassVar[Pooling]
+    POOLING_MEAN: _ClassVar[Pooling]
+    POOLING_BOS: _ClassVar[Pooling]
+    POOLING_PER_RESIDUE: _ClassVar[Pooling]
+
+class VectorDType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    VECTOR_DTYPE_UNSPECIFIED: _ClassVar[VectorDType]
+    VECTOR_DTYPE_FLOAT32: _ClassVar[VectorDType]
+    VECTOR_DTYPE_FLOAT16: _ClassVar[VectorDType]
+
+class ClassifierMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CLASSIFIER_METHOD_UNSPECIFIED: _ClassVar[ClassifierMethod]
+    CLASSIFIER_METHOD_PROTOTYPE: _ClassVar[ClassifierMethod]
+    CLASSIFIER_METHOD_KNN: _ClassVar[ClassifierMethod]
+    CLASSIFIER_METHOD_LOGISTIC: _ClassVar[ClassifierMethod]
+POOLING_UNSPECIFIED: Pooling
+POOLING_MEAN: Pooling
+POOLING_BOS: Pooling
+POOLING_PER_RESIDUE: Pooling
+VECTOR_DTYPE_UNSPECIFIED: VectorDType
+VECTOR_DTYPE_FLOAT32: VectorDType
+VECTOR_DTYPE_FLOAT16: VectorDType
+CLASSIFIER_METHOD_UNSPECIFIED: ClassifierMethod
+CLASSIFIER_METHOD_PROTOTYPE: ClassifierMethod
+CLASSIFIER_METHOD_KNN: ClassifierMethod
+CLASSIFIER_METHOD_LOGISTIC: ClassifierMethod
+
+class Sequence(_message.Message):
+    __slots__ = ("id", "sequence")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    sequence: str
+    def __init__(self, id: _Optional[str] = ..., sequence: _Optional[str] = ...) -> None: ...
+
+class EmbedOptions(_message.Message):
+    __slots__ = ("model", "pooling", "layer", "dtype")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    POOLING_FIELD_NUMBER: _ClassVar[int]
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    pooling: Pooling
+    layer: int
+    dtype: VectorDType
+    def __init__(self, model: _Optional[str] = ..., pooling: _Optional[_Union[Pooling, str]] = ..., layer: _Optional[int] = ..., dtype: _Optional[_Union[VectorDType, str]] = ...) -> None: ...
+
+class Provenance(_message.Message):
+    __slots__ = ("model_name", "model_sha256", "layer", "pooling", "compute_dtype", "window_policy", "windowed", "windows")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    POOLING_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_POLICY_FIELD_NUMBER: _ClassVar[int]
+    WINDOWED_FIELD_NUMBER: _ClassVar[int]
+    WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    model_sha256: str
+    layer: int
+    pooling: str
+    compute_dtype: str
+    window_policy: str
+    windowed: bool
+    windows: int
+    def __init__(self, model_name: _Optional[str] = ..., model_sha256: _Optional[str] = ..., layer: _Optional[int] = ..., pooling: _Optional[str] = ..., compute_dtype: _Optional[str] = ..., window_policy: _Optional[str] = ..., windowed: _Optional[bool] = ..., windows: _Optional[int] = ...) -> None: ...
+
+class Embedding(_message.Message):
+    __slots__ = ("id", "length", "dim", "dtype", "vector", "cached", "provenance")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    CACHED_FIELD_NUMBER: _ClassVar[int]
+    PROVENANCE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    length: int
+    dim: int
+    dtype: VectorDType
+    vector: bytes
+    cached: bool
+    provenance: Provenance
+    def __init__(self, id: _Optional[str] = ..., length: _Optional[int] = ..., dim: _Optional[int] = ..., dtype: _Optional[_Union[VectorDType, str]] = ..., vector: _Optional[bytes] = ..., cached: _Optional[bool] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ...) -> None: ...
+
+class EmbedRequest(_message.Message):
+    __slots__ = ("sequences", "options")
+    SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    sequences: _containers.RepeatedCompositeFieldContainer[Sequence]
+    options: EmbedOptions
+    def __init__(self, sequences: _Optional[_Iterable[_Union[Sequence, _Mapping]]] = ..., options: _Optional[_Union[EmbedOptions, _Mapping]] = ...) -> None: ...
+
+class EmbedResponse(_message.Message):
+    __slots__ = ("embeddings",)
+    EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    embeddings: _containers.RepeatedCompositeFieldContainer[Embedding]
+    def __init__(self, embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ...) -> None: ...
+
+class EmbedStreamRequest(_message.Message):
+    __slots__ = ("sequences", "options")
+    SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    sequences: _containers.RepeatedCompositeFieldContainer[Sequence]
+    options: EmbedOptions
+    def __init__(self, sequences: _Optional[_Iterable[_Union[Sequence, _Mapping]]] = ..., options: _Optional[_Union[EmbedOptions, _Mapping]] = ...) -> None: ...
+
+class EmbedProgress(_message.Message):
+    __slots__ = ("records_received", "records_done", "residues_done", "records_cached")
+    RECORDS_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_DONE_FIELD_NUMBER: _ClassVar[int]
+    RESIDUES_DONE_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_CACHED_FIELD_NUMBER: _ClassVar[int]
+    records_received: int
+    records_done: int
+    residues_done: int
+    records_cached: int
+    def __init__(self, records_received: _Optional[int] = ..., records_done: _Optional[int] = ..., residues_done: _Optional[int] = ..., records_cached: _Optional[int] = ...) -> None: ...
+
+class EmbedStreamResponse(_message.Message):
+    __slots__ = ("embedding", "progress")
+    EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    embedding: Embedding
+    progress: EmbedProgress
+    def __init__(self, embedding: _Optional[_Union[Embedding, _Mapping]] = ..., progress: _Optional[_Union[EmbedProgress, _Mapping]] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ModelInfo(_message.Message):
+    __slots__ = ("name", "sha256", "num_layers", "embed_dim", "max_residues", "compute_dtype", "parameters", "is_default")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    EMBED_DIM_FIELD_NUMBER: _ClassVar[int]
+    MAX_RESIDUES_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    sha256: str
+    num_layers: int
+    embed_dim: int
+    max_residues: int
+    compute_dtype: str
+    parameters: int
+    is_default: bool
+    def __init__(self, name: _Optional[str] = ..., sha256: _Optional[str] = ..., num_layers: _Optional[int] = ..., embed_dim: _Optional[int] = ..., max_residues: _Optional[int] = ..., compute_dtype: _Optional[str] = ..., parameters: _Optional[int] = ..., is_default: _Optional[bool] = ...) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
+
+class LabelledSequence(_message.Message):
+    __slots__ = ("id", "sequence", "labels")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    sequence: str
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., sequence: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ClassifierMetrics(_message.Message):
+    __slots__ = ("accuracy", "macro_f1", "abstain_rate", "examples")
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    MACRO_F1_FIELD_NUMBER: _ClassVar[int]
+    ABSTAIN_RATE_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    accuracy: float
+    macro_f1: float
+    abstain_rate: float
+    examples: int
+    def __init__(self, accuracy: _Optional[float] = ..., macro_f1: _Optional[float] = ..., abstain_rate: _Optional[float] = ..., examples: _Optional[int] = ...) -> None: ...
+
+class ClassifierInfo(_message.Message):
+    __slots__ = ("id", "name", "version", "method", "model_name", "model_sha256", "labels", "examples", "metrics", "created_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    version: int
+    method: ClassifierMethod
+    model_name: str
+    model_sha256: str
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    examples: int
+    metrics: ClassifierMetrics
+    created_at: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[int] = ..., method: _Optional[_Union[ClassifierMethod, str]] = ..., model_name: _Optional[str] = ..., model_sha256: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., examples: _Optional[int] = ..., metrics: _Optional[_Union[ClassifierMetrics, _Mapping]] = ..., created_at: _Optional[str] = ...) -> None: ...
+
+class CreateClassifierRequest(_message.Message):
+    __slots__ = ("name", "method", "model", "examples")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    method: ClassifierMethod
+    model: str
+    examples: _containers.RepeatedCompositeFieldContainer[LabelledSequence]
+    def __init__(self, name: _Optional[str] = ..., method: _Optional[_Union[ClassifierMethod, str]] = ..., model: _Optional[str] = ..., examples: _Optional[_Iterable[_Union[LabelledSequence, _Mapping]]] = ...) -> None: ...
+
+class AddExamplesRequest(_message.Message):
+    __slots__ = ("name", "examples")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    examples: _containers.RepeatedCompositeFieldContainer[LabelledSequence]
+    def __init__(self, name: _Optional[str] = ..., examples: _Optional[_Iterable[_Union[LabelledSequence, _Mapping]]] = ...) -> None: ...
+
+class GetClassifierRequest(_message.Message):
+    __slots__ = ("name", "version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class ListClassifiersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListClassifiersResponse(_message.Message):
+    __slots__ = ("classifiers",)
+    CLASSIFIERS_FIELD_NUMBER: _ClassVar[int]
+    classifiers: _containers.RepeatedCompositeFieldContainer[ClassifierInfo]
+    def __init__(self, classifiers: _Optional[_Iterable[_Union[ClassifierInfo, _Mapping]]] = ...) -> None: ...
+
+class DeleteClassifierRequest(_message.Message):
+    __slots__ = ("name", "version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class DeleteClassifierResponse(_message.Message):
+    __slots__ = ("deleted",)
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    deleted: int
+    def __init__(self, deleted: _Optional[int] = ...) -> None: ...
+
+class ClassifyRequest(_message.Message):
+    __slots__ = ("name", "version", "sequences", "top_k")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: int
+    sequences: _containers.RepeatedCompositeFieldContainer[Sequence]
+    top_k: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., sequences: _Optional[_Iterable[_Union[Sequence, _Mapping]]] = ..., top_k: _Optional[int] = ...) -> None: ...
+
+class LabelScore(_message.Message):
+    __slots__ = ("label", "probability")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    probability: float
+    def __init__(self, label: _Optional[str] = ..., probability: _Optional[float] = ...) -> None: ...
+
+class Prediction(_message.Message):
+    __slots__ = ("id", "top", "abstained", "label")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TOP_FIELD_NUMBER: _ClassVar[int]
+    ABSTAINED_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    top: _containers.RepeatedCompositeFieldContainer[LabelScore]
+    abstained: bool
+    label: str
+    def __init__(self, id: _Optional[str] = ..., top: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., abstained: _Optional[bool] = ..., label: _Optional[str] = ...) -> None: ...
+
+class ClassifyResponse(_message.Message):
+    __slots__ = ("predictions", "classifier")
+    PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
+    CLASSIFIER_FIELD_NUMBER: _ClassVar[int]
+    predictions: _containers.RepeatedCompositeFieldContainer[Prediction]
+    classifier: ClassifierInfo
+    def __init__(self, predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., classifier: _Optional[_Union[ClassifierInfo, _Mapping]] = ...) -> None: ...

@@ -1,0 +1,102 @@
+"""`protssl serve`: run the gRPC server. Flags override PROTSSL_* variables, which override defaults.
+
+The service package (and grpc) is imported only when the command runs, so the core stays free of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from protssl.errors import InvalidInputError
+
+__all__ = ["OPTIONS", "add_commands", "add_serve_arguments", "config_kwargs", "run_serve"]
+
+
+def _optional_port(text: str) -> int | None:
+    return None if text.lower() in ("", "none", "off") else int(text)
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+OPTIONS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
+    ("host", str, "address to bind (default 127.0.0.1)"),
+    ("port", int, "gRPC port; 0 = any free port (default 50051)"),
+    ("model", str, "model folder, fair-esm .pt or preset (default: the shipped model)"),
+    ("device", str, "torch device of the model worker (default cpu)"),
+    ("dtype", str, "compute dtype: auto, float32 or bfloat16 (default auto)"),
+    ("db_url", str, "SQLAlchemy URL of the store (default: the default SQLite file)"),
+    ("store", _boolean, "cache-through to the store: true or false (default true)"),
+    ("max_batch_tokens", int, "token budget of one batched forward (default 8192)"),
+    ("max_queue_delay_ms", float, "wait for more requests before a batch runs (default 5)"),
+    ("max_queue", int, "requests waiting before RESOURCE_EXHAUSTED (default 256)"),
+    ("max_sequences", int, "sequences per request (default 1000)"),
+    ("max_residues", int, "residues per request (default 1000000)"),
+    ("max_sequence_length", int, "residues per sequence (default 40000)"),
+    ("max_message_mb", int, "largest gRPC message in MiB (default 64)"),
+    ("workers", int, "gRPC handler threads (default 64)"),
+    ("grace_s", float, "seconds in-flight calls get on SIGTERM (default 10)"),
+    ("metrics_port", _optional_port, "Prometheus port; 0 = any, off = none (default 9464)"),
+)
+"""(ServiceConfig field, parser, help): flag --field-name, environment variable PROTSSL_FIELD_NAME."""
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """The server's flags (every one also read from PROTSSL_<NAME>)."""
+    for name, kind, text in OPTIONS:
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            type=kind,
+            default=argparse.SUPPRESS,
+            help=f"{text} [env PROTSSL_{name.upper()}]",
+        )
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+
+
+def config_kwargs(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, Any]:
+    """ServiceConfig keyword arguments: a flag if given, else PROTSSL_<NAME> if set, else omitted."""
+    kwargs: dict[str, Any] = {}
+    for name, kind, _ in OPTIONS:
+        env_name = f"PROTSSL_{name.upper()}"
+        if hasattr(args, name):
+            kwargs[name] = getattr(args, name)
+        elif env_name in environ:
+            try:
+                kwargs[name] = kind(environ[env_name])
+            except ValueError as exc:
+                raise InvalidInputError(f"{env_name}={environ[env_name]!r}: {exc}") from None
+    return kwargs
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Handler of `protssl serve` and `python -m service`."""
+    from service.config import ServiceConfig
+    from service.server import serve
+
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    return serve(ServiceConfig(**config_kwargs(args, os.environ)))
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register `serve` on the protssl CLI."""
+    parser = subparsers.add_parser(
+        "serve",
+        help="run the gRPC server (embeddings and few-shot classifiers)",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+    )
+    add_serve_arguments(parser)
+    parser.set_defaults(func=run_serve)

@@ -1,0 +1,302 @@
+"""The Python SDK: `protssl.Client("host:port")` over the gRPC service.
+
+    with protssl.Client("127.0.0.1:50051") as client:
+        result = client.embed(["MKTAYIAKQR", "MSEQNNTEMT"])
+        result.ids, result.vectors          # ['seq0', 'seq1'], float32 array (2, dim)
+
+Calls time out (`timeout` seconds), retry with exponential backoff while the server is UNAVAILABLE,
+and raise the protssl error for the status (InvalidInputError, NotFoundError, OverloadedError,
+DeadlineExceededError, UnavailableError, ServiceError) with the server's message. This module is the
+only part of `protssl` that imports grpc; `import protssl` loads it on first use of `protssl.Client`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+from tqdm import tqdm
+
+from protssl._proto import protssl_pb2 as pb
+from protssl._proto import protssl_pb2_grpc as pb_grpc
+from protssl.embed import Embedding, Provenance
+from protssl.errors import (
+    DeadlineExceededError,
+    InvalidInputError,
+    NotFoundError,
+    OverloadedError,
+    ProtsslError,
+    ServiceError,
+    UnavailableError,
+)
+from protssl.fasta import FastaPolicy, ProteinRecord, read_fasta
+
+__all__ = ["Client", "ClientEmbeddings", "ModelInfo"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_POOLINGS = {
+    "mean": pb.POOLING_MEAN,
+    "bos": pb.POOLING_BOS,
+    "per-residue": pb.POOLING_PER_RESIDUE,
+}
+_WIRE = {"float32": (pb.VECTOR_DTYPE_FLOAT32, "<f4"), "float16": (pb.VECTOR_DTYPE_FLOAT16, "<f2")}
+_WIRE_BY_ENUM = {enum: dtype for enum, dtype in _WIRE.values()}
+_WIRE_BY_ENUM[pb.VECTOR_DTYPE_UNSPECIFIED] = "<f4"
+_ERRORS: dict[grpc.StatusCode, Callable[[str], ProtsslError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidInputError,
+    grpc.StatusCode.OUT_OF_RANGE: InvalidInputError,
+    grpc.StatusCode.NOT_FOUND: NotFoundError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: OverloadedError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+    grpc.StatusCode.UNAVAILABLE: UnavailableError,
+}
+"""gRPC status → the protssl error the SDK raises; other codes raise ServiceError(code=...)."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model the server serves."""
+
+    name: str
+    sha256: str
+    num_layers: int
+    embed_dim: int
+    max_residues: int
+    compute_dtype: str
+    parameters: int
+    is_default: bool
+
+
+@dataclass(frozen=True)
+class ClientEmbeddings:
+    """Embeddings in request order; `vectors` stacks pooled vectors into one (N, dim) array."""
+
+    embeddings: tuple[Embedding, ...]
+    cached: tuple[bool, ...]
+
+    @property
+    def ids(self) -> list[str]:
+        return [e.id for e in self.embeddings]
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """(N, dim) float32; per-residue results differ in length, so use `.embeddings` for those."""
+        if any(e.vector.ndim != 1 for e in self.embeddings):
+            raise InvalidInputError("per-residue vectors differ in length; use .embeddings")
+        if not self.embeddings:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.stack([e.vector for e in self.embeddings])
+
+    def __len__(self) -> int:
+        return len(self.embeddings)
+
+
+def _error(exc: grpc.RpcError) -> ProtsslError:
+    code = exc.code()  # type: ignore[attr-defined]
+    message = exc.details() or code.name  # type: ignore[attr-defined]
+    make = _ERRORS.get(code)
+    return make(message) if make is not None else ServiceError(message, code=code.name)
+
+
+def _embedding(message: pb.Embedding) -> tuple[Embedding, bool]:
+    vector = np.frombuffer(message.vector, dtype=_WIRE_BY_ENUM[message.dtype]).astype(np.float32)
+    if message.provenance.pooling == "per-residue":
+        vector = vector.reshape(message.length, message.dim)
+    p = message.provenance
+    provenance = Provenance(
+        model_name=p.model_name,
+        model_sha256=p.model_sha256,
+        layer=p.layer,
+        pooling=p.pooling,
+        dtype=p.compute_dtype,
+        window_policy=p.window_policy,
+        windowed=p.windowed,
+        windows=p.windows,
+    )
+    return Embedding(message.id, message.length, vector, provenance), message.cached
+
+
+def _sequences(
+    items: Iterable[str | ProteinRecord] | Mapping[str, str], ids: Sequence[str] | None
+) -> list[pb.Sequence]:
+    if isinstance(items, Mapping):
+        return [pb.Sequence(id=k, sequence=v) for k, v in items.items()]
+    out = []
+    for index, item in enumerate(items):
+        given = ids[index] if ids is not None else ""
+        if isinstance(item, ProteinRecord):
+            out.append(pb.Sequence(id=given or item.id, sequence=item.sequence))
+        else:
+            out.append(pb.Sequence(id=given, sequence=item))
+    if ids is not None and len(ids) != len(out):
+        raise InvalidInputError(f"{len(ids)} ids given for {len(out)} sequences")
+    return out
+
+
+class Client:
+    """A connection to a protssl server; use as a context manager or call `close()`."""
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        *,
+        timeout: float | None = 300.0,
+        retries: int = 5,
+        backoff: float = 0.1,
+        max_backoff: float = 5.0,
+        max_message_mb: int = 64,
+    ) -> None:
+        if retries < 0 or backoff <= 0:
+            raise InvalidInputError("retries must be >= 0 and backoff > 0")
+        self.target = target
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        size = max_message_mb * 1024 * 1024
+        self._channel = grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_send_message_length", size),
+                ("grpc.max_receive_message_length", size),
+                ("grpc.initial_reconnect_backoff_ms", int(backoff * 1000)),
+                ("grpc.min_reconnect_backoff_ms", int(backoff * 1000)),
+                ("grpc.max_reconnect_backoff_ms", int(max_backoff * 1000)),
+            ],
+        )
+        self._embeddings = pb_grpc.EmbeddingServiceStub(self._channel)
+        self._classifiers = pb_grpc.ClassifierServiceStub(self._channel)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, method: Callable[..., T], request: Any, timeout: float | None) -> T:
+        """One unary call with retries on UNAVAILABLE (exponential backoff), errors made typed."""
+        timeout = self.timeout if timeout is None else timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = self.backoff
+        for attempt in range(self.retries + 1):
+            remaining = None if deadline is None else deadline - time.monotonic()
+            try:
+                return method(request, timeout=remaining)
+            except grpc.RpcError as exc:
+                retry = exc.code() == grpc.StatusCode.UNAVAILABLE and attempt < self.retries  # type: ignore[attr-defined]
+                if retry and (deadline is None or time.monotonic() + delay < deadline):
+                    log.info("%s unavailable; retry %d in %.2f s", self.target, attempt + 1, delay)
+                    time.sleep(delay)
+                    delay = min(delay * 2, self.max_backoff)
+                    continue
+                raise _error(exc) from None
+        raise AssertionError("unreachable")
+
+    # --- embeddings ---------------------------------------------------------------------------
+
+    def embed(
+        self,
+        sequences: Iterable[str | ProteinRecord] | Mapping[str, str],
+        *,
+        ids: Sequence[str] | None = None,
+        model: str = "",
+        pooling: str = "mean",
+        layer: int | None = None,
+        dtype: str = "float32",
+        timeout: float | None = None,
+    ) -> ClientEmbeddings:
+        """Embed sequences (strings, records, or an id → sequence mapping) in one request."""
+        request = pb.EmbedRequest(
+            sequences=_sequences(sequences, ids),
+            options=self._options(model, pooling, layer, dtype),
+        )
+        response = self._call(self._embeddings.Embed, request, timeout)
+        pairs = [_embedding(m) for m in response.embeddings]
+        return ClientEmbeddings(tuple(e for e, _ in pairs), tuple(c for _, c in pairs))
+
+    def embed_fasta(
+        self,
+        path: str | Path,
+        *,
+        model: str = "",
+        pooling: str = "mean",
+        layer: int | None = None,
+        dtype: str = "float32",
+        chunk: int = 64,
+        progress: bool = True,
+        policy: FastaPolicy | None = None,
+        timeout: float | None = None,
+    ) -> ClientEmbeddings:
+        """Embed a whole FASTA file over one EmbedStream call, with a progress bar; input order kept."""
+        embeddings: dict[str, tuple[Embedding, bool]] = {}
+        order: list[str] = []
+        options = self._options(model, pooling, layer, dtype)
+
+        def requests() -> Iterator[pb.EmbedStreamRequest]:
+            batch: list[pb.Sequence] = []
+            first = True
+            for record in read_fasta(path, policy=policy):
+                order.append(record.id)
+                batch.append(pb.Sequence(id=record.id, sequence=record.sequence))
+                if len(batch) == chunk:
+                    yield pb.EmbedStreamRequest(sequences=batch, options=options if first else None)
+                    batch, first = [], False
+            if batch or first:
+                yield pb.EmbedStreamRequest(sequences=batch, options=options if first else None)
+
+        timeout = self.timeout if timeout is None else timeout
+        bar = tqdm(
+            desc=f"embed {Path(path).name}", unit="res", unit_scale=True, disable=not progress
+        )
+        try:
+            for message in self._embeddings.EmbedStream(requests(), timeout=timeout):
+                if message.HasField("embedding"):
+                    embeddings[message.embedding.id] = _embedding(message.embedding)
+                    bar.update(message.embedding.length)
+        except grpc.RpcError as exc:
+            raise _error(exc) from None
+        finally:
+            bar.close()
+        pairs = [embeddings[i] for i in order]
+        return ClientEmbeddings(tuple(e for e, _ in pairs), tuple(c for _, c in pairs))
+
+    @staticmethod
+    def _options(model: str, pooling: str, layer: int | None, dtype: str) -> pb.EmbedOptions:
+        if pooling not in _POOLINGS:
+            raise InvalidInputError(
+                f"pooling must be one of {', '.join(_POOLINGS)}, not {pooling!r}"
+            )
+        if dtype not in _WIRE:
+            raise InvalidInputError(f"dtype must be float32 or float16, not {dtype!r}")
+        return pb.EmbedOptions(
+            model=model, pooling=_POOLINGS[pooling], layer=layer, dtype=_WIRE[dtype][0]
+        )
+
+    def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
+        """The models the server serves (the default one flagged)."""
+        response = self._call(self._embeddings.ListModels, pb.ListModelsRequest(), timeout)
+        return [
+            ModelInfo(
+                name=m.name,
+                sha256=m.sha256,
+                num_layers=m.num_layers,
+                embed_dim=m.embed_dim,
+                max_residues=m.max_residues,
+                compute_dtype=m.compute_dtype,
+                parameters=m.parameters,
+                is_default=m.is_default,
+            )
+            for m in response.models
+        ]

@@ -1,0 +1,79 @@
+"""Service configuration: one frozen dataclass; the entry points build it from flags and PROTSSL_* variables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Literal
+
+from protssl.errors import InvalidInputError
+
+__all__ = ["ServiceConfig"]
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Everything the server needs; defaults serve the shipped model and the default store on loopback."""
+
+    host: str = "127.0.0.1"
+    """Address to bind; 0.0.0.0 exposes the server beyond this machine."""
+    port: int = 50051
+    """gRPC port; 0 picks a free one (create_server returns it)."""
+    model: str | None = None
+    """Model folder, fair-esm .pt or preset name; None = the shipped default model."""
+    device: str = "cpu"
+    """Torch device of the model worker (cpu, cuda, cuda:1)."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Compute dtype of the model: auto = bfloat16 where the hardware has it."""
+    db_url: str | None = None
+    """SQLAlchemy URL of the embedding cache and classifier store; None = the default SQLite file."""
+    store: bool = True
+    """Cache-through to the store; False computes every vector and disables the classifier RPCs."""
+    max_batch_tokens: int = 8192
+    """Token budget (rows x padded length) of one batched forward on the model worker."""
+    max_queue_delay_ms: float = 5.0
+    """How long the worker waits for more requests to fill a batch before it runs."""
+    max_queue: int = 256
+    """Requests (or stream chunks) waiting for the worker; past it calls get RESOURCE_EXHAUSTED."""
+    max_sequences: int = 1000
+    """Sequences per request (or per stream message)."""
+    max_residues: int = 1_000_000
+    """Residues per request (or per stream message)."""
+    max_sequence_length: int = 40_000
+    """Residues in one sequence; longer ones are refused (shorter long ones are windowed)."""
+    max_message_mb: int = 64
+    """Largest gRPC message sent or received, in MiB."""
+    workers: int = 64
+    """gRPC handler threads: the most calls served at once (waiting calls hold one each)."""
+    grace_s: float = 10.0
+    """On SIGTERM: seconds in-flight calls get to finish after the server stops accepting."""
+    metrics_port: int | None = 9464
+    """Prometheus /metrics side port on `host`; 0 = a free port, None = no metrics server."""
+
+    def __post_init__(self) -> None:
+        if not self.host:
+            raise InvalidInputError("host must not be empty")
+        for name in ("port", "metrics_port"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 65535:
+                raise InvalidInputError(f"{name} must be in 0..65535, got {value}")
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise InvalidInputError(f"dtype must be auto, float32 or bfloat16, not {self.dtype!r}")
+        positive = (
+            "max_batch_tokens",
+            "max_queue",
+            "max_sequences",
+            "max_residues",
+            "max_sequence_length",
+            "max_message_mb",
+            "workers",
+        )
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise InvalidInputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_queue_delay_ms < 0 or self.grace_s < 0:
+            raise InvalidInputError("max_queue_delay_ms and grace_s must not be negative")
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """The configurable names, in declaration order (flags are --name-with-dashes, env PROTSSL_NAME)."""
+        return tuple(f.name for f in fields(cls))

@@ -1,0 +1,165 @@
+"""Build the gRPC server (`create_server`, for tests and embedding) and run it (`serve`, for the CLI).
+
+The server hosts EmbeddingService, ClassifierService, grpc.health.v1 and server reflection, with
+one model worker (the dynamic batcher) behind them and Prometheus metrics on a side port.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
+
+from protssl._proto import protssl_pb2 as pb
+from protssl._proto import protssl_pb2_grpc as pb_grpc
+from protssl.checkpoint import LoadedModel, load_model
+from protssl.errors import InvalidInputError
+from service.batcher import EmbeddingBatcher
+from service.config import ServiceConfig
+from service.interceptors import CallInterceptor
+from service.metrics import ServiceMetrics
+from service.servicers import EmbeddingServicer
+
+__all__ = ["SERVICE_NAMES", "ProtsslServer", "create_server", "serve"]
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES: tuple[str, ...] = tuple(
+    pb.DESCRIPTOR.services_by_name[name].full_name
+    for name in ("EmbeddingService", "ClassifierService")
+)
+
+
+class ProtsslServer:
+    """A created server: the gRPC server plus its model worker, health state and metrics."""
+
+    def __init__(
+        self,
+        server: grpc.Server,
+        *,
+        batcher: EmbeddingBatcher,
+        health_servicer: health.HealthServicer,
+        metrics: ServiceMetrics,
+        metrics_port: int | None,
+    ) -> None:
+        self.grpc_server = server
+        self.batcher = batcher
+        self.health = health_servicer
+        self.metrics = metrics
+        self.metrics_port = metrics_port
+        self._stopped = threading.Event()
+
+    def start(self) -> None:
+        self.grpc_server.start()
+        for name in ("", *SERVICE_NAMES):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop accepting calls, let in-flight ones finish within `grace` seconds, then release all."""
+        if self._stopped.is_set():
+            return
+        self.health.enter_graceful_shutdown()
+        self.grpc_server.stop(grace).wait()
+        self.batcher.close(timeout=grace)
+        self.metrics.close()
+        self._stopped.set()
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return self.grpc_server.wait_for_termination(timeout)
+
+
+def create_server(
+    config: ServiceConfig,
+    *,
+    model: LoadedModel | None = None,
+    registry: CollectorRegistry | None = None,
+) -> tuple[ProtsslServer, int]:
+    """Build (not start) a server for `config`; returns it and the bound gRPC port.
+
+    `model` skips loading `config.model` (tests hand in one they built); `registry` receives the
+    Prometheus metrics (a fresh one per server by default).
+    """
+    if model is None:
+        model = load_model(config.model, device=config.device, dtype=config.dtype)
+    metrics = ServiceMetrics(registry)
+    batcher = EmbeddingBatcher(
+        model,
+        max_batch_tokens=config.max_batch_tokens,
+        max_queue_delay_s=config.max_queue_delay_ms / 1000,
+        max_queue=config.max_queue,
+        metrics=metrics,
+    )
+    message_bytes = config.max_message_mb * 1024 * 1024
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="protssl-rpc"),
+        interceptors=[CallInterceptor(metrics)],
+        options=[
+            ("grpc.max_send_message_length", message_bytes),
+            ("grpc.max_receive_message_length", message_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    pb_grpc.add_EmbeddingServiceServicer_to_server(
+        EmbeddingServicer(model, batcher, config), server
+    )
+    pb_grpc.add_ClassifierServiceServicer_to_server(pb_grpc.ClassifierServiceServicer(), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (
+            *SERVICE_NAMES,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    address = f"{config.host}:{config.port}"
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        batcher.close()
+        raise InvalidInputError(f"cannot bind {address} ({exc})") from None
+    metrics_port = None
+    if config.metrics_port is not None:
+        try:
+            metrics_port = metrics.serve(config.host, config.metrics_port)
+        except OSError as exc:
+            batcher.close()
+            raise InvalidInputError(
+                f"cannot bind the metrics port {config.host}:{config.metrics_port} ({exc})"
+            ) from None
+    log.info("model %s (%s, sha256 %s…)", model.name, model.dtype_name, model.sha256[:12])
+    return (
+        ProtsslServer(
+            server,
+            batcher=batcher,
+            health_servicer=health_servicer,
+            metrics=metrics,
+            metrics_port=metrics_port,
+        ),
+        port,
+    )
+
+
+def serve(config: ServiceConfig) -> int:
+    """Run until SIGTERM or SIGINT, then shut down gracefully; returns the exit code."""
+    server, port = create_server(config)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda number, frame: stop.set())
+    server.start()
+    log.info(
+        "serving protssl.v1 on %s:%d (metrics port %s)", config.host, port, server.metrics_port
+    )
+    while not stop.wait(1.0):
+        pass
+    log.info("shutting down: finishing in-flight calls (grace %.1f s)", config.grace_s)
+    server.stop(config.grace_s)
+    log.info("stopped")
+    return 0

@@ -1,0 +1,52 @@
+"""Helpers for the service and client tests: a small random-weight model and a real server."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from protssl.checkpoint import LoadedModel, load_model, save_model
+from protssl.fasta import ProteinRecord, read_fasta
+from protssl.model import ModelConfig, ProteinEncoder, init_weights
+from service.config import ServiceConfig
+from service.server import ProtsslServer, create_server
+
+TINY = ModelConfig(num_layers=2, embed_dim=64, attention_heads=4, ffn_dim=128)
+
+
+def save_tiny_model(directory: Path) -> Path:
+    """A 2-layer random-weight encoder written with save_model (the real on-disk format)."""
+    encoder = ProteinEncoder(TINY)
+    init_weights(encoder, seed=1)
+    save_model(encoder, directory, name="tiny-test")
+    return directory
+
+
+def load_tiny(directory: Path) -> LoadedModel:
+    return load_model(directory, dtype="float32")
+
+
+def real_records(fasta: Path, n: int, *, max_length: int | None = None) -> list[ProteinRecord]:
+    """The first `n` records of a real FASTA file (optionally only those up to `max_length`)."""
+    records = (r for r in read_fasta(fasta) if max_length is None or len(r) <= max_length)
+    return list(itertools.islice(records, n))
+
+
+@contextmanager
+def running_server(
+    model: LoadedModel, **overrides: object
+) -> Iterator[tuple[ProtsslServer, str, CollectorRegistry]]:
+    """A started server on an ephemeral loopback port; stopped on exit."""
+    registry = CollectorRegistry()
+    settings: dict[str, object] = {"port": 0, "metrics_port": None}
+    settings.update(overrides)
+    server, port = create_server(ServiceConfig(**settings), model=model, registry=registry)  # type: ignore[arg-type]
+    server.start()
+    try:
+        yield server, f"127.0.0.1:{port}", registry
+    finally:
+        server.stop(grace=1.0)

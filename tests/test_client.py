@@ -1,0 +1,193 @@
+"""The SDK against a real server: results, retries on UNAVAILABLE, typed errors with the server's message."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from service_support import load_tiny, real_records, running_server, save_tiny_model
+
+import protssl
+from protssl.checkpoint import LoadedModel
+from protssl.embed import embed_records
+from protssl.errors import (
+    DeadlineExceededError,
+    InvalidInputError,
+    NotFoundError,
+    OverloadedError,
+    UnavailableError,
+)
+from protssl.fasta import ProteinRecord
+
+pytestmark = pytest.mark.service
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+    return load_tiny(save_tiny_model(tmp_path_factory.mktemp("model")))
+
+
+@pytest.fixture(scope="module")
+def address(model: LoadedModel) -> Iterator[str]:
+    with running_server(model, max_sequences=8) as (_, addr, _registry):
+        yield addr
+
+
+@pytest.fixture(scope="module")
+def records(sample_fasta: Path) -> list[ProteinRecord]:
+    return real_records(sample_fasta, 6, max_length=500)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_embed_returns_ids_and_vectors_equal_to_in_process(address, model, records):
+    with protssl.Client(address) as client:
+        result = client.embed(records)
+    expected = {e.id: e.vector for e in embed_records(records, model)}
+    assert result.ids == [r.id for r in records]
+    assert result.vectors.shape == (len(records), 64) and result.vectors.dtype == np.float32
+    np.testing.assert_allclose(
+        result.vectors, np.stack([expected[i] for i in result.ids]), atol=1e-5
+    )
+    assert result.embeddings[0].provenance.model_sha256 == model.sha256
+    assert result.cached == (False,) * len(records)
+
+
+def test_embed_strings_mapping_and_per_residue(address, records):
+    with protssl.Client(address) as client:
+        plain = client.embed([records[0].sequence, records[1].sequence.lower()])
+        mapped = client.embed({"a": records[0].sequence})
+        residues = client.embed(records[:2], pooling="per-residue", dtype="float16")
+    assert plain.ids == ["seq0", "seq1"] and mapped.ids == ["a"]
+    np.testing.assert_allclose(plain.vectors[0], mapped.vectors[0], atol=1e-6)
+    assert residues.embeddings[1].vector.shape == (len(records[1]), 64)
+    with pytest.raises(InvalidInputError, match="per-residue"):
+        residues.vectors  # noqa: B018
+
+
+def test_embed_fasta_streams_in_input_order(address, sample_fasta, tmp_path):
+    fasta = tmp_path / "few.fasta"
+    chosen = real_records(sample_fasta, 20, max_length=400)
+    fasta.write_text("".join(f">{r.id}\n{r.sequence}\n" for r in chosen))
+    with protssl.Client(address) as client:
+        streamed = client.embed_fasta(fasta, chunk=6, progress=False)
+        unary = client.embed(chosen[:8])
+    assert streamed.ids == [r.id for r in chosen]
+    np.testing.assert_allclose(streamed.vectors[:8], unary.vectors, atol=1e-5)
+
+
+def test_list_models(address, model):
+    with protssl.Client(address) as client:
+        (info,) = client.list_models()
+    assert info.sha256 == model.sha256 and info.is_default
+
+
+def test_typed_errors_carry_the_server_message(address, records):
+    with protssl.Client(address) as client:
+        with pytest.raises(InvalidInputError, match=r"record 'x' \(#1\) at position 2"):
+            client.embed({"x": "M1KV"})
+        with pytest.raises(InvalidInputError, match="limit is 8"):
+            client.embed(["MKV"] * 9)
+        with pytest.raises(NotFoundError, match="not served here"):
+            client.embed(records[:1], model="esm2-650m")
+        with pytest.raises(DeadlineExceededError):
+            client.embed(["MKV" * 300] * 8, timeout=0.001)
+
+
+def test_retries_until_a_late_server_is_up(model, records):
+    port = free_port()
+    started, done = threading.Event(), threading.Event()
+
+    def start_late() -> None:
+        time.sleep(0.6)
+        with running_server(model, port=port):
+            started.set()
+            done.wait(30)
+
+    thread = threading.Thread(target=start_late, daemon=True)
+    thread.start()
+    begin = time.monotonic()
+    with protssl.Client(f"127.0.0.1:{port}", retries=8, backoff=0.1, max_backoff=0.5) as client:
+        result = client.embed(records[:1])
+    assert started.is_set() and time.monotonic() - begin >= 0.5
+    done.set()
+    thread.join()
+    assert result.ids == [records[0].id]
+
+
+def test_unavailable_after_retries():
+    client = protssl.Client(f"127.0.0.1:{free_port()}", retries=2, backoff=0.05)
+    with client, pytest.raises(UnavailableError):
+        client.list_models()
+
+
+def test_overloaded_is_a_typed_error(model):
+    with running_server(model, max_queue=1, max_queue_delay_ms=0) as (_, addr, registry):
+        client = protssl.Client(addr)
+        errors: list[Exception] = []
+        rng = np.random.default_rng(1)
+        big = ["".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), 1000)) for _ in range(48)]
+
+        def call(sequences: list[str]) -> None:
+            try:
+                client.embed(sequences)
+            except OverloadedError as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=call, args=(big,))]
+        threads[0].start()
+        deadline = time.monotonic() + 30
+        while not registry.get_sample_value("protssl_batch_requests_count"):
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        threads += [threading.Thread(target=call, args=(["MKV" * 10],)) for _ in range(4)]
+        for t in threads[1:]:
+            t.start()
+        for t in threads:
+            t.join()
+        client.close()
+    assert errors and "queue is full" in str(errors[0])
+
+
+def test_import_protssl_does_not_load_grpc():
+    code = (
+        "import sys, protssl, protssl.cli_serve, protssl.embed, protssl.fasta\n"
+        "assert 'grpc' not in sys.modules and 'service' not in sys.modules, 'grpc imported'\n"
+        "client = protssl.Client\n"
+        "assert 'grpc' in sys.modules and client.__module__ == 'protssl.client'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_serve_flags_override_environment_over_defaults():
+    import argparse
+
+    from protssl.cli_serve import OPTIONS, add_serve_arguments, config_kwargs
+    from service.config import ServiceConfig
+
+    assert tuple(name for name, _, _ in OPTIONS) == ServiceConfig.field_names()
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    args = parser.parse_args(["--port", "6000", "--metrics-port", "off"])
+    env = {"PROTSSL_PORT": "7000", "PROTSSL_MAX_QUEUE": "9", "PROTSSL_STORE": "false"}
+    config = ServiceConfig(**config_kwargs(args, env))
+    assert (config.port, config.max_queue, config.metrics_port, config.store) == (
+        6000,
+        9,
+        None,
+        False,
+    )
+    assert config.host == "127.0.0.1" and config.max_batch_tokens == 8192
+    with pytest.raises(InvalidInputError, match="PROTSSL_MAX_QUEUE"):
+        config_kwargs(parser.parse_args([]), {"PROTSSL_MAX_QUEUE": "many"})

@@ -1,0 +1,361 @@
+"""The gRPC server end to end on a loopback port: embeddings, streams, health, reflection, errors."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+from service_support import load_tiny, real_records, running_server, save_tiny_model
+
+from protssl._proto import protssl_pb2 as pb
+from protssl._proto import protssl_pb2_grpc as pb_grpc
+from protssl.checkpoint import LoadedModel
+from protssl.embed import EmbedConfig, embed_records
+from protssl.fasta import ProteinRecord
+from service.config import ServiceConfig
+from service.server import SERVICE_NAMES
+
+pytestmark = pytest.mark.service
+
+LIMITS = {"max_sequences": 16, "max_residues": 20_000, "max_sequence_length": 5_000}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="module")
+def model(model_dir: Path) -> LoadedModel:
+    return load_tiny(model_dir)
+
+
+@pytest.fixture(scope="module")
+def server(model: LoadedModel) -> Iterator[tuple[object, str, object]]:
+    with running_server(model, metrics_port=0, **LIMITS) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def channel(server: tuple[object, str, object]) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(server[1]) as ch:
+        yield ch
+
+
+@pytest.fixture(scope="module")
+def stub(channel: grpc.Channel) -> pb_grpc.EmbeddingServiceStub:
+    return pb_grpc.EmbeddingServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+def records(sample_fasta: Path) -> list[ProteinRecord]:
+    """Real proteins, one past the model's 1,022-residue window (so it is windowed)."""
+    short = real_records(sample_fasta, 7, max_length=600)
+    long = next(r for r in real_records(sample_fasta, 200) if 1100 < len(r) < 2500)
+    return [*short, long]
+
+
+def request_for(records: list[ProteinRecord], **options: object) -> pb.EmbedRequest:
+    return pb.EmbedRequest(
+        sequences=[pb.Sequence(id=r.id, sequence=r.sequence) for r in records],
+        options=pb.EmbedOptions(**options),  # type: ignore[arg-type]
+    )
+
+
+def vectors(response: pb.EmbedResponse, dtype: str = "<f4") -> dict[str, np.ndarray]:
+    out = {}
+    for e in response.embeddings:
+        v = np.frombuffer(e.vector, dtype=dtype).astype(np.float32)
+        out[e.id] = v.reshape(e.length, e.dim) if e.provenance.pooling == "per-residue" else v
+    return out
+
+
+def rpc_error(call: object, *args: object, **kwargs: object) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        call(*args, **kwargs)  # type: ignore[operator]
+    return info.value
+
+
+@pytest.mark.parametrize("pooling", ["mean", "bos", "per-residue"])
+def test_embed_equals_in_process_embed_records(stub, model, records, pooling):
+    enum = {"mean": pb.POOLING_MEAN, "bos": pb.POOLING_BOS, "per-residue": pb.POOLING_PER_RESIDUE}
+    response = stub.Embed(request_for(records, pooling=enum[pooling]), timeout=60)
+    got = vectors(response)
+    expected = {e.id: e for e in embed_records(records, model, EmbedConfig(pooling=pooling))}
+    assert [e.id for e in response.embeddings] == [r.id for r in records]
+    for message in response.embeddings:
+        want = expected[message.id]
+        np.testing.assert_allclose(got[message.id], want.vector, rtol=1e-4, atol=1e-5)
+        assert message.length == want.length and message.dim == model.encoder.config.embed_dim
+        assert not message.cached
+        assert message.provenance.model_sha256 == model.sha256
+        assert message.provenance.pooling == pooling
+        assert message.provenance.windowed == want.provenance.windowed
+    assert response.embeddings[-1].provenance.windowed  # the long record was windowed, not cut
+
+
+def test_float16_wire_and_layer(stub, model, records):
+    response = stub.Embed(
+        request_for(records[:3], dtype=pb.VECTOR_DTYPE_FLOAT16, layer=1), timeout=60
+    )
+    expected = {e.id: e.vector for e in embed_records(records[:3], model, EmbedConfig(layer=1))}
+    assert all(
+        e.dtype == pb.VECTOR_DTYPE_FLOAT16 and e.provenance.layer == 1 for e in response.embeddings
+    )
+    for key, value in vectors(response, "<f2").items():
+        np.testing.assert_allclose(value, expected[key], rtol=2e-3, atol=2e-3)
+
+
+def test_stream_sends_embeddings_and_progress(stub, records):
+    chunks = [records[:3], records[3:6], records[6:]]
+    messages = [
+        pb.EmbedStreamRequest(
+            sequences=[pb.Sequence(id=r.id, sequence=r.sequence) for r in chunk],
+            options=pb.EmbedOptions(pooling=pb.POOLING_MEAN) if i == 0 else None,
+        )
+        for i, chunk in enumerate(chunks)
+    ]
+    replies = list(stub.EmbedStream(iter(messages), timeout=60))
+    streamed = {m.embedding.id: m.embedding for m in replies if m.HasField("embedding")}
+    progress = [m.progress for m in replies if m.HasField("progress")]
+    assert set(streamed) == {r.id for r in records}
+    assert len(progress) == 3
+    assert progress[-1].records_done == len(records) == progress[-1].records_received
+    assert progress[-1].residues_done == sum(len(r) for r in records)
+    unary = vectors(stub.Embed(request_for(records), timeout=60))
+    for key, message in streamed.items():
+        np.testing.assert_allclose(np.frombuffer(message.vector, "<f4"), unary[key], atol=1e-5)
+
+
+def test_stream_rejects_an_id_repeated_across_messages(stub, records):
+    message = pb.EmbedStreamRequest(sequences=[pb.Sequence(id="x", sequence=records[0].sequence)])
+    error = rpc_error(lambda: list(stub.EmbedStream(iter([message, message]), timeout=30)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'x'" in error.details() and "duplicate" in error.details()
+
+
+def test_list_models(stub, model):
+    (info,) = stub.ListModels(pb.ListModelsRequest(), timeout=10).models
+    assert (info.name, info.sha256, info.embed_dim) == (model.name, model.sha256, 64)
+    assert info.is_default and info.max_residues == 1022
+
+
+def test_health_reports_serving(channel):
+    health = health_pb2_grpc.HealthStub(channel)
+    for name in ("", *SERVICE_NAMES):
+        reply = health.Check(health_pb2.HealthCheckRequest(service=name), timeout=10)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_reflection_lists_both_services(channel):
+    services = ProtoReflectionDescriptorDatabase(channel).get_services()
+    assert {"protssl.v1.EmbeddingService", "protssl.v1.ClassifierService"} <= set(services)
+    assert "grpc.health.v1.Health" in services
+
+
+def test_invalid_residue_names_index_id_and_position(stub, records):
+    request = request_for(records[:1])
+    request.sequences.add(id="bad", sequence="MKT-AYIAK")
+    error = rpc_error(stub.Embed, request, timeout=10)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'bad'" in error.details() and "#2" in error.details()
+    assert "position 4" in error.details() and "'-'" in error.details()
+    trailers = dict(error.trailing_metadata())
+    assert trailers["protssl-record-id"] == "bad" and trailers["protssl-position"] == "4"
+
+
+@pytest.mark.parametrize(
+    ("sequences", "needle"),
+    [
+        (["MKV"] * 17, "limit is 16 (max_sequences)"),
+        (["M" * 4000] * 6, "limit is 20000 (max_residues)"),
+        (["MKV", "M" * 5001], "'seq1' (#2) has 5001 residues; the limit is 5000"),
+    ],
+)
+def test_limits_are_invalid_argument_naming_the_limit(stub, sequences, needle):
+    request = pb.EmbedRequest(sequences=[pb.Sequence(sequence=s) for s in sequences])
+    error = rpc_error(stub.Embed, request, timeout=10)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert needle in error.details()
+
+
+def test_unknown_model_and_layer(stub, records):
+    error = rpc_error(stub.Embed, request_for(records[:1], model="esm2-650m"), timeout=10)
+    assert error.code() == grpc.StatusCode.NOT_FOUND and "tiny-test" in error.details()
+    error = rpc_error(stub.Embed, request_for(records[:1], layer=9), timeout=10)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "layer 9" in error.details()
+
+
+def test_every_call_logs_one_structured_line(stub, records, caplog):
+    with caplog.at_level(logging.INFO, logger="service.calls"):
+        stub.Embed(request_for(records[:1]), timeout=10)
+        rpc_error(stub.Embed, request_for(records[:1], model="nope"), timeout=10)
+    lines = [r.getMessage() for r in caplog.records if r.name == "service.calls"]
+    assert re.match(
+        r"rpc method=/protssl.v1.EmbeddingService/Embed code=OK latency_ms=[\d.]+ ", lines[0]
+    )
+    assert "code=NOT_FOUND" in lines[1] and "message=" in lines[1]
+
+
+def test_metrics_side_port(server, stub, records):
+    stub.Embed(request_for(records[:2]), timeout=30)
+    port = server[0].metrics_port
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    for name in (
+        "protssl_requests_total",
+        "protssl_request_latency_seconds_bucket",
+        "protssl_batch_sequences_bucket",
+        "protssl_queue_depth",
+        "protssl_cache_hit_ratio",
+    ):
+        assert name in text
+    assert 'code="OK",method="/protssl.v1.EmbeddingService/Embed"' in text
+
+
+def test_sixteen_concurrent_clients_share_few_forwards(model, sample_fasta):
+    singles = real_records(sample_fasta, 16, max_length=400)
+    with running_server(model, max_queue_delay_ms=200) as (_, address, registry):
+        channels = [grpc.insecure_channel(address) for _ in singles]
+        stubs = [pb_grpc.EmbeddingServiceStub(c) for c in channels]
+        for s in stubs:  # connect first so the timed calls arrive together
+            s.ListModels(pb.ListModelsRequest(), timeout=10)
+        barrier = threading.Barrier(len(singles))
+
+        def one(i: int) -> pb.EmbedResponse:
+            barrier.wait()
+            return stubs[i].Embed(request_for([singles[i]]), timeout=60)
+
+        with ThreadPoolExecutor(len(singles)) as pool:
+            replies = list(pool.map(one, range(len(singles))))
+        for c in channels:
+            c.close()
+        forwards = registry.get_sample_value("protssl_forward_tokens_count")
+        batches = registry.get_sample_value("protssl_batch_requests_count")
+    assert [r.embeddings[0].id for r in replies] == [r.id for r in singles]
+    assert forwards <= 3, f"16 single-sequence calls took {forwards} forwards"
+    assert batches <= 3
+    alone = {e.id: e.vector for e in embed_records(singles, model)}
+    for reply in replies:
+        e = reply.embeddings[0]
+        np.testing.assert_allclose(np.frombuffer(e.vector, "<f4"), alone[e.id], atol=1e-5)
+
+
+def big_request(n: int = 16, length: int = 1000) -> pb.EmbedRequest:
+    rng = np.random.default_rng(0)
+    letters = np.array(list("ACDEFGHIKLMNPQRSTVWY"))
+    return pb.EmbedRequest(
+        sequences=[pb.Sequence(sequence="".join(rng.choice(letters, length))) for _ in range(n)]
+    )
+
+
+def wait_for(predicate, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.005)
+
+
+def test_full_queue_is_resource_exhausted(model):
+    with (
+        running_server(model, max_queue=1, max_queue_delay_ms=0) as (_, address, registry),
+        grpc.insecure_channel(address) as ch,
+    ):
+        stub = pb_grpc.EmbeddingServiceStub(ch)
+        busy = stub.Embed.future(big_request(48), timeout=120)
+        wait_for(lambda: registry.get_sample_value("protssl_batch_requests_count") == 1)
+        waiting = [stub.Embed.future(big_request(1, 50), timeout=120) for _ in range(4)]
+        codes = [f.exception().code() if f.exception() else grpc.StatusCode.OK for f in waiting]
+        assert busy.result().embeddings
+    assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes, codes
+    assert grpc.StatusCode.OK in codes, codes
+    assert all(c in (grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED) for c in codes)
+
+
+def test_deadline_exceeded_and_expired_work_is_dropped(model):
+    with (
+        running_server(model, max_queue_delay_ms=0) as (_, address, registry),
+        grpc.insecure_channel(address) as ch,
+    ):
+        stub = pb_grpc.EmbeddingServiceStub(ch)
+        busy = stub.Embed.future(big_request(48), timeout=120)
+        wait_for(lambda: registry.get_sample_value("protssl_batch_requests_count") == 1)
+        error = rpc_error(stub.Embed, big_request(2, 100), timeout=0.05)
+        assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        busy.result()
+        wait_for(
+            lambda: (
+                registry.get_sample_value("protssl_dropped_jobs_total", {"reason": "deadline"})
+                or registry.get_sample_value("protssl_dropped_jobs_total", {"reason": "cancelled"})
+            )
+        )
+        batches = registry.get_sample_value("protssl_batch_requests_count")
+    assert batches == 1, "the expired request must not have reached the model"
+
+
+def test_service_config_is_checked():
+    with pytest.raises(Exception, match="max_queue must be at least 1"):
+        ServiceConfig(max_queue=0)
+    with pytest.raises(Exception, match="port must be in"):
+        ServiceConfig(port=70000)
+
+
+@pytest.mark.slow
+def test_python_m_service_stops_gracefully_on_sigterm(model_dir, records, tmp_path):
+    env = dict(
+        os.environ, PROTSSL_MODEL=str(model_dir), PROTSSL_DTYPE="float32", OMP_WAIT_POLICY="PASSIVE"
+    )
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "service",
+            "--port",
+            "0",
+            "--metrics-port",
+            "off",
+            "--grace-s",
+            "20",
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        port = None
+        lines = []
+        for line in process.stderr:  # type: ignore[union-attr]
+            lines.append(line)
+            match = re.search(r"serving protssl.v1 on 127.0.0.1:(\d+)", line)
+            if match:
+                port = int(match.group(1))
+                break
+        assert port, "".join(lines)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = pb_grpc.EmbeddingServiceStub(ch)
+            stub.ListModels(pb.ListModelsRequest(), timeout=30)
+            in_flight = stub.Embed.future(big_request(32), timeout=120)
+            time.sleep(0.2)
+            process.send_signal(signal.SIGTERM)
+            assert len(in_flight.result().embeddings) == 32  # finished within the grace period
+        _, rest = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 0, rest
+    assert "shutting down" in rest and "stopped" in rest
