@@ -7,6 +7,7 @@ import itertools
 import json
 import math
 import os
+import shlex
 import signal
 import socket
 import threading
@@ -206,7 +207,8 @@ def test_fifty_steps_lower_validation_loss_through_the_cli(
     assert card["steps"] == 50 and card["tokens_seen"] > 50 * 1500
     assert card["val_perplexity"] == pytest.approx(math.exp(val[-1]), rel=1e-3)
     assert card["unigram_val_perplexity"] > 10
-    assert "pretrain" in card["command"] and card["recipe"]["preset"] == "protssl-tiny"
+    assert card["command"] == shlex.join(["python", "-m", "protssl.pretrain", *argv])
+    assert card["recipe"]["preset"] == "protssl-tiny"
     held_out = list(load_corpus(sample_fasta, val_fraction=0.02).val)
     untrained = ProteinEncoder(PRESETS["protssl-tiny"])
     init_weights(untrained)
