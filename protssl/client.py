@@ -37,7 +37,7 @@ from protssl.errors import (
 )
 from protssl.fasta import FastaPolicy, ProteinRecord, read_fasta
 
-__all__ = ["Client", "ClientEmbeddings", "ModelInfo"]
+__all__ = ["ClassifierInfo", "Client", "ClientEmbeddings", "ClientPrediction", "ModelInfo"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,36 @@ class ModelInfo:
     compute_dtype: str
     parameters: int
     is_default: bool
+
+
+@dataclass(frozen=True)
+class ClassifierInfo:
+    """One version of a named classifier on the server, with its held-out support metrics."""
+
+    name: str
+    version: int
+    method: str
+    model_sha256: str
+    labels: tuple[str, ...]
+    examples: int
+    metrics: dict[str, Any]
+    created_at: str
+
+
+@dataclass(frozen=True)
+class ClientPrediction:
+    """A classified sequence: the decision (or abstention) and the top-k labels."""
+
+    id: str
+    label: str
+    """Labels joined by ';', a parent like 1.1.1.- when backed off; empty when abstained."""
+    probability: float
+    status: str
+    """answered, backed_off or unknown."""
+    abstained: bool
+    top: tuple[tuple[str, float], ...]
+    """(label, calibrated probability), best first."""
+    nearest_similarity: float
 
 
 @dataclass(frozen=True)
@@ -123,6 +153,52 @@ def _embedding(message: pb.Embedding) -> tuple[Embedding, bool]:
         windows=p.windows,
     )
     return Embedding(message.id, message.length, vector, provenance), message.cached
+
+
+_METHOD_ENUMS = {
+    "prototype": pb.CLASSIFIER_METHOD_PROTOTYPE,
+    "knn": pb.CLASSIFIER_METHOD_KNN,
+    "linear": pb.CLASSIFIER_METHOD_LINEAR,
+    "contrastive": pb.CLASSIFIER_METHOD_CONTRASTIVE,
+}
+_METHOD_NAMES = {enum: name for name, enum in _METHOD_ENUMS.items()}
+
+
+def _classifier(message: pb.ClassifierInfo) -> ClassifierInfo:
+    m = message.metrics
+    return ClassifierInfo(
+        name=message.name,
+        version=message.version,
+        method=_METHOD_NAMES.get(message.method, "unspecified"),
+        model_sha256=message.model_sha256,
+        labels=tuple(message.labels),
+        examples=message.examples,
+        metrics={
+            "held_out": m.held_out,
+            "top1_accuracy": m.top1_accuracy,
+            "answered_rate": m.answered_rate,
+            "accuracy_on_answered": m.accuracy_on_answered,
+            "examples": m.examples,
+            "classes": m.classes,
+            "layer": m.layer,
+        },
+        created_at=message.created_at,
+    )
+
+
+def _examples(
+    items: Iterable[ProteinRecord | tuple[str, str | Sequence[str]]],
+) -> list[pb.LabelledSequence]:
+    """Labelled records, or (sequence, label or labels) pairs, as protobuf examples."""
+    out = []
+    for index, item in enumerate(items):
+        if isinstance(item, ProteinRecord):
+            out.append(pb.LabelledSequence(id=item.id, sequence=item.sequence, labels=item.labels))
+            continue
+        sequence, given = item
+        labels = [given] if isinstance(given, str) else list(given)
+        out.append(pb.LabelledSequence(id=f"seq{index}", sequence=sequence, labels=labels))
+    return out
 
 
 def _sequences(
@@ -299,4 +375,85 @@ class Client:
                 is_default=m.is_default,
             )
             for m in response.models
+        ]
+
+    # --- few-shot classifiers -----------------------------------------------------------------
+
+    def create_classifier(
+        self,
+        name: str,
+        examples: Iterable[ProteinRecord | tuple[str, str | Sequence[str]]],
+        *,
+        method: str = "prototype",
+        model: str = "",
+        timeout: float | None = None,
+    ) -> ClassifierInfo:
+        """Fit a classifier on labelled records (or (sequence, label) pairs) and store it as `name`.
+
+        A name that exists gets a new version. Methods: prototype, knn, linear, contrastive.
+        """
+        if method not in _METHOD_ENUMS:
+            raise InvalidInputError(
+                f"method must be one of {', '.join(_METHOD_ENUMS)}, not {method!r}"
+            )
+        request = pb.CreateClassifierRequest(
+            name=name, method=_METHOD_ENUMS[method], model=model, examples=_examples(examples)
+        )
+        return _classifier(self._call(self._classifiers.CreateClassifier, request, timeout))
+
+    def add_examples(
+        self,
+        name: str,
+        examples: Iterable[ProteinRecord | tuple[str, str | Sequence[str]]],
+        *,
+        timeout: float | None = None,
+    ) -> ClassifierInfo:
+        """Refit `name` with these examples added (same id replaces); returns the new version."""
+        request = pb.AddExamplesRequest(name=name, examples=_examples(examples))
+        return _classifier(self._call(self._classifiers.AddExamples, request, timeout))
+
+    def get_classifier(
+        self, name: str, *, version: int | None = None, timeout: float | None = None
+    ) -> ClassifierInfo:
+        request = pb.GetClassifierRequest(name=name, version=version or 0)
+        return _classifier(self._call(self._classifiers.GetClassifier, request, timeout))
+
+    def list_classifiers(self, *, timeout: float | None = None) -> list[ClassifierInfo]:
+        """The latest version of every classifier on the server."""
+        response = self._call(
+            self._classifiers.ListClassifiers, pb.ListClassifiersRequest(), timeout
+        )
+        return [_classifier(c) for c in response.classifiers]
+
+    def delete_classifier(self, name: str, *, timeout: float | None = None) -> None:
+        """Delete every version of `name`."""
+        request = pb.DeleteClassifierRequest(name=name)
+        self._call(self._classifiers.DeleteClassifier, request, timeout)
+
+    def classify(
+        self,
+        name: str,
+        sequences: Iterable[str | ProteinRecord] | Mapping[str, str],
+        *,
+        ids: Sequence[str] | None = None,
+        version: int | None = None,
+        top_k: int = 3,
+        timeout: float | None = None,
+    ) -> list[ClientPrediction]:
+        """Labels (or abstentions) for sequences, in input order, with the top-k probabilities."""
+        request = pb.ClassifyRequest(
+            name=name, version=version or 0, sequences=_sequences(sequences, ids), top_k=top_k
+        )
+        response = self._call(self._classifiers.Classify, request, timeout)
+        return [
+            ClientPrediction(
+                id=p.id,
+                label=p.label,
+                probability=p.probability,
+                status=p.status,
+                abstained=p.abstained,
+                top=tuple((t.label, t.probability) for t in p.top),
+                nearest_similarity=p.nearest_similarity,
+            )
+            for p in response.predictions
         ]

@@ -27,6 +27,7 @@ __all__ = [
     "EmbedConfig",
     "Embedding",
     "Provenance",
+    "cached_embeddings",
     "embed_records",
     "embed_records_layers",
     "expected_provenance",
@@ -167,18 +168,7 @@ def _embed_group_cached(
             stats.computed += 1
             yield embedding
         return
-    provenance = expected_provenance(model, config)
-    keys = [
-        EmbeddingKey(
-            model_sha256=provenance.model_sha256,
-            sequence_sha256=sequence_sha256(record.sequence),
-            pooling=provenance.pooling,
-            layer=provenance.layer,
-            window_policy=provenance.window_policy,
-            dtype=provenance.dtype,
-        )
-        for record in records
-    ]
+    keys = _cache_keys(records, model, config)
     found = cache.get_many(keys)
     misses: list[ProteinRecord] = []
     keys_by_id: dict[str, set[EmbeddingKey]] = {}
@@ -188,10 +178,8 @@ def _embed_group_cached(
             misses.append(record)
             keys_by_id.setdefault(record.id, set()).add(key)
             continue
-        window_residues = model.encoder.config.max_residues
-        windows = len(plan_windows(len(record.sequence), window_residues, config.window.overlap))
         stats.cached += 1
-        yield _embedding(record, vector, model, config, windows=windows)
+        yield _cached_embedding(record, vector, model, config)
     if not misses:
         return
     sequences = {record.id: record.sequence for record in misses}
@@ -215,6 +203,48 @@ def _embed_group_cached(
         yield replace(embedding, vector=vector.astype(np.float32))
     if pending:
         cache.put_many(pending)
+
+
+def cached_embeddings(
+    records: Sequence[ProteinRecord],
+    model: LoadedModel,
+    config: EmbedConfig,
+    cache: EmbeddingCache,
+) -> list[Embedding | None]:
+    """One cache lookup, no model run: each record's cached embedding (input order), None on a miss."""
+    keys = _cache_keys(records, model, config)
+    found = cache.get_many(keys)
+    return [
+        None
+        if (vector := found.get(key)) is None
+        else _cached_embedding(record, vector, model, config)
+        for record, key in zip(records, keys, strict=True)
+    ]
+
+
+def _cache_keys(
+    records: Sequence[ProteinRecord], model: LoadedModel, config: EmbedConfig
+) -> list[EmbeddingKey]:
+    provenance = expected_provenance(model, config)
+    return [
+        EmbeddingKey(
+            model_sha256=provenance.model_sha256,
+            sequence_sha256=sequence_sha256(record.sequence),
+            pooling=provenance.pooling,
+            layer=provenance.layer,
+            window_policy=provenance.window_policy,
+            dtype=provenance.dtype,
+        )
+        for record in records
+    ]
+
+
+def _cached_embedding(
+    record: ProteinRecord, vector: np.ndarray, model: LoadedModel, config: EmbedConfig
+) -> Embedding:
+    window_residues = model.encoder.config.max_residues
+    windows = len(plan_windows(len(record.sequence), window_residues, config.window.overlap))
+    return _embedding(record, vector, model, config, windows=windows)
 
 
 def embed_records_layers(

@@ -1,11 +1,16 @@
-"""Dynamic batcher: concurrent requests merged into token-budget batches on ONE model worker thread.
+"""Dynamic batcher: concurrent requests merged into token-budget forwards on ONE model worker thread.
 
-Each call submits a `Job` (its records and embedding options). The worker waits for the first job,
-then up to `max_queue_delay` for more jobs with the same options, takes them in arrival order up to
-`max_batch_tokens`, and runs them through `protssl.embed.embed_records` as one group, so sixteen
-clients sending one sequence each cost about one batched forward. A job completes as soon as its
-own records are done. The queue is bounded (OverloadedError when full); jobs whose call was
-cancelled or whose deadline passed are dropped before they run.
+Each call submits a `Job` (its records and embedding options) to a bounded queue (OverloadedError
+when full). The worker keeps a pool of waiting records with the same options, filled from the queue
+up to `max_group_tokens`. For each forward it takes the oldest job's next record and the pooled
+records nearest to it in length, up to `max_batch_tokens` (rows x padded length) and as long as
+real tokens stay at least `min_batch_fill` of the padded ones, and runs them through
+`protssl.embed.embed_records`. So sixteen clients sending one sequence each cost about one batched
+forward; padding stays small (on a CPU a padded token costs as much as a real one, while a small
+batch costs little more per token than a big one); and the oldest work always goes next, so
+nothing starves. When the pool is empty the worker waits up to `max_queue_delay` for a forward's
+worth of work. A job completes as soon as its own records are done. Jobs whose call was cancelled
+or whose deadline passed are dropped before their records run.
 """
 
 from __future__ import annotations
@@ -14,14 +19,17 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
+from typing import Any
 
+from protssl.batching import plan_windows
 from protssl.checkpoint import LoadedModel
-from protssl.embed import EmbedConfig, Embedding, embed_records
+from protssl.embed import CacheStats, EmbedConfig, Embedding, cached_embeddings, embed_records
 from protssl.errors import DeadlineExceededError, InvalidInputError, OverloadedError
 from protssl.fasta import ProteinRecord
+from protssl.store import EmbeddingCache
 from service.metrics import ServiceMetrics
 
 __all__ = ["EmbedResult", "EmbeddingBatcher", "Job"]
@@ -50,32 +58,57 @@ class Job:
     enqueued: float = field(default_factory=time.monotonic)
     cancelled: bool = False
     results: list[EmbedResult | None] = field(default_factory=list)
+    """Filled as records finish; cache hits found at submit time are there from the start."""
     left: int = 0
 
     def __post_init__(self) -> None:
-        self.tokens = sum(len(r.sequence) + 2 for r in self.records)
-        self.results = [None] * len(self.records)
-        self.left = len(self.records)
+        if not self.results:
+            self.results = [None] * len(self.records)
+        missing = [r for r, done in zip(self.records, self.results, strict=True) if done is None]
+        self.tokens = sum(len(r.sequence) + 2 for r in missing)
+        self.left = len(missing)
 
     def cancel(self) -> None:
-        """Mark the job dropped (its call ended); the worker skips it if it has not run yet."""
+        """Mark the job dropped (its call ended); the worker skips what has not run yet."""
         self.cancelled = True
 
     def expired(self, now: float) -> bool:
         return self.deadline is not None and now >= self.deadline
 
 
+@dataclass(eq=False)
+class _Task:
+    """A callable to run on the model worker between forwards (fitting a classifier)."""
+
+    fn: Callable[[], Any]
+    deadline: float | None
+    future: Future[Any] = field(default_factory=Future)
+
+
+@dataclass(frozen=True)
+class _Row:
+    """One pooled record: its job, index there, padded width and windows (rows of a forward)."""
+
+    job: Job
+    index: int
+    width: int
+    windows: int
+
+
 class EmbeddingBatcher:
-    """Owns the model worker thread and its bounded queue."""
+    """Owns the model worker thread, its bounded queue and its pool of records."""
 
     def __init__(
         self,
         model: LoadedModel,
         *,
         max_batch_tokens: int,
+        max_group_tokens: int,
+        min_batch_fill: float,
         max_queue_delay_s: float,
         max_queue: int,
         metrics: ServiceMetrics,
+        cache: EmbeddingCache | None = None,
     ) -> None:
         window = model.encoder.config.max_positions
         if max_batch_tokens < window:
@@ -84,10 +117,16 @@ class EmbeddingBatcher:
             )
         self.model = model
         self.max_batch_tokens = max_batch_tokens
+        self.max_group_tokens = max(max_group_tokens, max_batch_tokens)
+        self.min_batch_fill = min_batch_fill
         self.max_queue_delay_s = max_queue_delay_s
         self.max_queue = max_queue
         self.metrics = metrics
+        self.cache = cache
         self._queue: collections.deque[Job] = collections.deque()
+        self._tasks: collections.deque[_Task] = collections.deque()
+        self._pool: list[_Row] = []
+        self._pool_config: EmbedConfig | None = None
         self._cond = threading.Condition()
         self._closed = False
         self._worker = threading.Thread(target=self._run, name="protssl-model-worker", daemon=True)
@@ -104,15 +143,35 @@ class EmbeddingBatcher:
         deadline: float | None = None,
         wait: bool = False,
     ) -> Job:
-        """Queue records for the worker; `wait` blocks for room (streams), else a full queue raises."""
-        self.model.encoder.resolve_layer(layer)  # a bad layer fails this call, not the merged batch
+        """Results for `records`: cache hits now, the rest from the worker's queue.
+
+        `wait` blocks for queue room (streams); without it a full queue raises OverloadedError.
+        """
+        self.model.encoder.resolve_layer(layer)  # a bad layer fails this call, not a shared forward
         config = EmbedConfig(pooling=pooling, layer=layer, max_tokens=self.max_batch_tokens)  # type: ignore[arg-type]
-        job = Job(records=records, config=config, deadline=deadline)
-        if not records:
-            job.future.set_result([])
+        results: list[EmbedResult | None] = [None] * len(records)
+        if self.cache is not None and records:
+            hits = cached_embeddings(records, self.model, config, self.cache)
+            results = [None if e is None else EmbedResult(e, cached=True) for e in hits]
+        job = Job(records=records, config=config, deadline=deadline, results=results)
+        if job.left == 0:
+            self.metrics.record_vectors(computed=0, cached=len(records))
+            job.future.set_result([r for r in job.results if r is not None])
             return job
+        self._enqueue(job, self._queue, wait=wait, deadline=deadline)
+        return job
+
+    def run_task(self, fn: Callable[[], Any], *, deadline: float | None = None) -> Future[Any]:
+        """Run `fn` on the model worker between forwards (it may use the model); a future of its result."""
+        task = _Task(fn=fn, deadline=deadline)
+        self._enqueue(task, self._tasks, wait=False, deadline=deadline)
+        return task.future
+
+    def _enqueue(
+        self, item: Any, target: collections.deque[Any], *, wait: bool, deadline: float | None
+    ) -> None:
         with self._cond:
-            while len(self._queue) >= self.max_queue and not self._closed:
+            while len(self._queue) + len(self._tasks) >= self.max_queue and not self._closed:
                 if not wait:
                     raise OverloadedError(
                         f"the embedding queue is full ({self.max_queue} requests waiting); retry later"
@@ -123,19 +182,23 @@ class EmbeddingBatcher:
                 self._cond.wait(timeout)
             if self._closed:
                 raise OverloadedError("the server is shutting down")
-            self._queue.append(job)
-            self.metrics.queue_depth.set(len(self._queue))
+            target.append(item)
+            self.metrics.queue_depth.set(len(self._queue) + len(self._tasks))
             self._cond.notify_all()
-        return job
 
     def close(self, timeout: float | None = None) -> None:
-        """Stop taking work, fail what is still queued, and join the worker."""
+        """Stop taking work, fail what is still waiting, and join the worker."""
         with self._cond:
             self._closed = True
-            while self._queue:
-                job = self._queue.popleft()
-                if not job.future.done():
-                    job.future.set_exception(OverloadedError("the server is shutting down"))
+            futures: list[Future[Any]] = [job.future for job in self._queue]
+            futures += [task.future for task in self._tasks]
+            futures += [row.job.future for row in self._pool]
+            for future in futures:
+                if not future.done():
+                    future.set_exception(OverloadedError("the server is shutting down"))
+            self._queue.clear()
+            self._tasks.clear()
+            self._pool.clear()
             self.metrics.queue_depth.set(0)
             self._cond.notify_all()
         self._worker.join(timeout)
@@ -144,24 +207,46 @@ class EmbeddingBatcher:
 
     def _run(self) -> None:
         while True:
-            jobs = self._collect()
-            if jobs is None:
+            rows = self._next_forward()
+            if rows is None:
                 return
+            if isinstance(rows, _Task):
+                self._run_task(rows)
+                continue
             try:
-                self._process(jobs)
-            except Exception as exc:  # an unexpected failure fails this batch, not the worker
-                log.exception("model worker batch failed")
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(exc)
+                self._process(rows)
+            except Exception as exc:  # an unexpected failure fails these jobs, not the worker
+                log.exception("model worker forward failed")
+                with self._cond:
+                    for job in {row.job for row in rows}:
+                        self._pool = [r for r in self._pool if r.job is not job]
+                        if not job.future.done():
+                            job.future.set_exception(exc)
 
-    def _collect(self) -> list[Job] | None:
-        """Wait for work, then up to the queue delay for a full batch; take it off the queue."""
+    def _run_task(self, task: _Task) -> None:
+        if task.deadline is not None and time.monotonic() >= task.deadline:
+            self.metrics.dropped.labels(reason="deadline").inc()
+            task.future.set_exception(DeadlineExceededError("the deadline passed before it ran"))
+            return
+        try:
+            task.future.set_result(task.fn())
+        except BaseException as exc:  # the caller's thread re-raises it
+            task.future.set_exception(exc)
+
+    def _next_forward(self) -> list[_Row] | _Task | None:
+        """A waiting task, or the rows of the next forward from the refilled pool (None: closed)."""
         with self._cond:
             while True:
                 self._drop_dead()
                 if self._closed:
                     return None
+                if self._tasks:
+                    task = self._tasks.popleft()
+                    self.metrics.queue_depth.set(len(self._queue) + len(self._tasks))
+                    self._cond.notify_all()
+                    return task
+                if self._pool:
+                    break
                 if not self._queue:
                     self._cond.wait()
                     continue
@@ -169,56 +254,114 @@ class EmbeddingBatcher:
                 ready = sum(j.tokens for j in self._queue if j.config == first.config)
                 remaining = first.enqueued + self.max_queue_delay_s - time.monotonic()
                 if ready >= self.max_batch_tokens or remaining <= 0:
+                    self._pool_config = first.config
                     break
                 self._cond.wait(remaining)
-            taken: list[Job] = []
-            tokens = 0
-            for job in list(self._queue):
-                if job.config != first.config:
-                    continue
-                if taken and tokens + job.tokens > self.max_batch_tokens:
-                    break
-                taken.append(job)
-                tokens += job.tokens
-                self._queue.remove(job)
-            self.metrics.queue_depth.set(len(self._queue))
+            self._fill_pool()
+            self.metrics.queue_depth.set(len(self._queue) + len(self._tasks))
             self._cond.notify_all()
-        self.metrics.batch_requests.observe(len(taken))
-        self.metrics.batch_sequences.observe(sum(len(j.records) for j in taken))
-        return taken
+            return self._pick()
+
+    def _fill_pool(self) -> None:
+        """Move queued jobs with the pool's options into the pool, oldest first, up to the group budget."""
+        tokens = sum(row.width * row.windows for row in self._pool)
+        for job in list(self._queue):
+            if job.config != self._pool_config:
+                continue
+            if self._pool and tokens + job.tokens > self.max_group_tokens:
+                break
+            self._queue.remove(job)
+            for index, record in enumerate(job.records):
+                if job.results[index] is not None:
+                    continue  # a cache hit found at submit time
+                row = self._row(job, index, record)
+                self._pool.append(row)
+                tokens += row.width * row.windows
+
+    def _row(self, job: Job, index: int, record: ProteinRecord) -> _Row:
+        window = self.model.encoder.config.max_residues
+        length = len(record.sequence)
+        windows = len(plan_windows(length, window, job.config.window.overlap))
+        return _Row(job=job, index=index, width=min(length, window) + 2, windows=windows)
+
+    def _pick(self) -> list[_Row]:
+        """The oldest job's next row plus pooled rows nearest it in width, within budget and fill."""
+        anchor = min(self._pool, key=lambda row: row.job.enqueued)
+        chosen = [anchor]
+        rows, width, real = anchor.windows, anchor.width, anchor.windows * anchor.width
+        others = sorted(
+            (row for row in self._pool if row is not anchor),
+            key=lambda row: abs(row.width - anchor.width),
+        )
+        for row in others:
+            wider = max(width, row.width)
+            padded = (rows + row.windows) * wider
+            if padded > self.max_batch_tokens:
+                continue  # a narrower or shorter row further along may still fit
+            if real + row.windows * row.width < self.min_batch_fill * padded:
+                continue
+            chosen.append(row)
+            rows, width, real = rows + row.windows, wider, real + row.windows * row.width
+        chosen_ids = {id(row) for row in chosen}
+        self._pool = [row for row in self._pool if id(row) not in chosen_ids]
+        if not self._pool:
+            self._pool_config = None
+        return chosen
 
     def _drop_dead(self) -> None:
-        """Remove cancelled and expired jobs from the queue (the lock is held)."""
+        """Remove jobs whose call was cancelled or whose deadline passed (the lock is held)."""
         now = time.monotonic()
-        for job in [j for j in self._queue if j.cancelled or j.expired(now)]:
-            self._queue.remove(job)
+        dead = {j for j in self._queue if j.cancelled or j.expired(now)}
+        dead |= {row.job for row in self._pool if row.job.cancelled or row.job.expired(now)}
+        if not dead:
+            return
+        self._queue = collections.deque(j for j in self._queue if j not in dead)
+        self._pool = [row for row in self._pool if row.job not in dead]
+        if not self._pool:
+            self._pool_config = None
+        for job in dead:
             if job.cancelled:
                 self.metrics.dropped.labels(reason="cancelled").inc()
                 job.future.cancel()
             else:
                 self.metrics.dropped.labels(reason="deadline").inc()
-                job.future.set_exception(
-                    DeadlineExceededError("the deadline passed before the model worker reached it")
-                )
-        self.metrics.queue_depth.set(len(self._queue))
+                if not job.future.done():
+                    job.future.set_exception(
+                        DeadlineExceededError(
+                            "the deadline passed before the model worker got to it"
+                        )
+                    )
+        self.metrics.queue_depth.set(len(self._queue) + len(self._tasks))
 
-    def _process(self, jobs: list[Job]) -> None:
-        """Run the jobs' records as one group; finish each job as soon as its records are done."""
-        merged: list[ProteinRecord] = []
-        owners: list[tuple[Job, int]] = []
-        for job in jobs:
-            for index, record in enumerate(job.records):
-                merged.append(ProteinRecord(str(len(merged)), record.sequence))
-                owners.append((job, index))
+    def _process(self, rows: list[_Row]) -> None:
+        """Run one forward's rows; finish each job as soon as all of its records are done."""
+        jobs = {row.job for row in rows}
+        self.metrics.batch_requests.observe(len(jobs))
+        self.metrics.batch_sequences.observe(len(rows))
+        merged = [
+            ProteinRecord(str(n), row.job.records[row.index].sequence) for n, row in enumerate(rows)
+        ]
+        config = rows[0].job.config
+        stats = CacheStats()
         for embedding in embed_records(
-            merged, self.model, jobs[0].config, on_batch=self.metrics.forward_tokens.observe
+            merged,
+            self.model,
+            config,
+            on_batch=self.metrics.forward_tokens.observe,
+            cache=self.cache,
+            stats=stats,
         ):
-            job, index = owners[int(embedding.id)]
-            record = job.records[index]
-            job.results[index] = EmbedResult(
-                replace(embedding, id=record.id, labels=record.labels), cached=False
+            cached = stats.cached > 0  # hits come first: computed by another call since submit
+            stats.cached = 0
+            row = rows[int(embedding.id)]
+            job = row.job
+            record = job.records[row.index]
+            job.results[row.index] = EmbedResult(
+                replace(embedding, id=record.id, labels=record.labels), cached=cached
             )
             job.left -= 1
             if job.left == 0 and not job.future.done():
-                self.metrics.record_vectors(computed=len(job.records), cached=0)
-                job.future.set_result([r for r in job.results if r is not None])
+                results = [r for r in job.results if r is not None]
+                hits = sum(r.cached for r in results)
+                self.metrics.record_vectors(computed=len(results) - hits, cached=hits)
+                job.future.set_result(results)

@@ -24,12 +24,16 @@ class ServiceConfig:
     """Torch device of the model worker (cpu, cuda, cuda:1)."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Compute dtype of the model: auto = bfloat16 where the hardware has it."""
-    db_url: str | None = None
-    """SQLAlchemy URL of the embedding cache and classifier store; None = the default SQLite file."""
+    database_url: str | None = None
+    """SQLAlchemy URL of the embedding cache and classifiers; None = the default SQLite file."""
     store: bool = True
     """Cache-through to the store; False computes every vector and disables the classifier RPCs."""
     max_batch_tokens: int = 8192
     """Token budget (rows x padded length) of one batched forward on the model worker."""
+    max_group_tokens: int = 65536
+    """Tokens the worker takes off the queue at once, sorted by length into forwards (pads less)."""
+    min_batch_fill: float = 0.85
+    """Rows join a forward only while real tokens are at least this share of padded ones (GPU: lower)."""
     max_queue_delay_ms: float = 5.0
     """How long the worker waits for more requests to fill a batch before it runs."""
     max_queue: int = 256
@@ -60,6 +64,7 @@ class ServiceConfig:
             raise InvalidInputError(f"dtype must be auto, float32 or bfloat16, not {self.dtype!r}")
         positive = (
             "max_batch_tokens",
+            "max_group_tokens",
             "max_queue",
             "max_sequences",
             "max_residues",
@@ -70,6 +75,13 @@ class ServiceConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise InvalidInputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_group_tokens < self.max_batch_tokens:
+            raise InvalidInputError(
+                f"max_group_tokens {self.max_group_tokens} is below max_batch_tokens "
+                f"{self.max_batch_tokens}"
+            )
+        if not 0.0 <= self.min_batch_fill <= 1.0:
+            raise InvalidInputError(f"min_batch_fill must be in [0, 1], got {self.min_batch_fill}")
         if self.max_queue_delay_ms < 0 or self.grace_s < 0:
             raise InvalidInputError("max_queue_delay_ms and grace_s must not be negative")
 

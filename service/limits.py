@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from protssl.errors import InvalidInputError, SequenceTooLongError
 from service.config import ServiceConfig
 
-__all__ = ["check_request"]
+__all__ = ["check_request", "check_response_size"]
 
 
 def check_request(ids: Sequence[str], sequences: Sequence[str], config: ServiceConfig) -> None:
@@ -29,4 +29,18 @@ def check_request(ids: Sequence[str], sequences: Sequence[str], config: ServiceC
         raise InvalidInputError(
             f"{total} residues in one request; the limit is {config.max_residues} "
             "(max_residues): split the request or use EmbedStream"
+        )
+
+
+def check_response_size(
+    residues: int, rows: int, dim: int, itemsize: int, config: ServiceConfig
+) -> None:
+    """Refuse a unary call whose vectors would not fit in one gRPC message (per-residue, mostly)."""
+    size = max(residues, rows) * dim * itemsize + 200 * rows
+    limit = config.max_message_mb * 1024 * 1024
+    if size > limit:
+        raise InvalidInputError(
+            f"the vectors would take {size / 2**20:.0f} MiB, more than one message may "
+            f"({config.max_message_mb} MiB, max_message_mb): use EmbedStream, float16 or fewer "
+            "sequences per request"
         )

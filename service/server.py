@@ -20,11 +20,12 @@ from protssl._proto import protssl_pb2 as pb
 from protssl._proto import protssl_pb2_grpc as pb_grpc
 from protssl.checkpoint import LoadedModel, load_model
 from protssl.errors import InvalidInputError
+from protssl.store import Store, StoreConfig
 from service.batcher import EmbeddingBatcher
 from service.config import ServiceConfig
 from service.interceptors import CallInterceptor
 from service.metrics import ServiceMetrics
-from service.servicers import EmbeddingServicer
+from service.servicers import ClassifierServicer, EmbeddingServicer
 
 __all__ = ["SERVICE_NAMES", "ProtsslServer", "create_server", "serve"]
 
@@ -47,8 +48,10 @@ class ProtsslServer:
         health_servicer: health.HealthServicer,
         metrics: ServiceMetrics,
         metrics_port: int | None,
+        owned_store: Store | None,
     ) -> None:
         self.grpc_server = server
+        self.owned_store = owned_store
         self.batcher = batcher
         self.health = health_servicer
         self.metrics = metrics
@@ -68,6 +71,8 @@ class ProtsslServer:
         self.grpc_server.stop(grace).wait()
         self.batcher.close(timeout=grace)
         self.metrics.close()
+        if self.owned_store is not None:
+            self.owned_store.close()
         self._stopped.set()
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
@@ -78,22 +83,34 @@ def create_server(
     config: ServiceConfig,
     *,
     model: LoadedModel | None = None,
+    store: Store | None = None,
     registry: CollectorRegistry | None = None,
 ) -> tuple[ProtsslServer, int]:
     """Build (not start) a server for `config`; returns it and the bound gRPC port.
 
-    `model` skips loading `config.model` (tests hand in one they built); `registry` receives the
-    Prometheus metrics (a fresh one per server by default).
+    `model` skips loading `config.model` (tests hand in one they built); `store` skips opening
+    `config.database_url` (the caller keeps owning it); `registry` receives the Prometheus metrics
+    (a fresh one per server by default). With `config.store` false there is no cache and the
+    classifier RPCs answer UNIMPLEMENTED.
     """
     if model is None:
         model = load_model(config.model, device=config.device, dtype=config.dtype)
+    owned_store = None
+    if store is None and config.store:
+        url = config.database_url
+        store = owned_store = Store(StoreConfig(url=url) if url else StoreConfig())
+    if not config.store:
+        store = None
     metrics = ServiceMetrics(registry)
     batcher = EmbeddingBatcher(
         model,
         max_batch_tokens=config.max_batch_tokens,
+        max_group_tokens=config.max_group_tokens,
+        min_batch_fill=config.min_batch_fill,
         max_queue_delay_s=config.max_queue_delay_ms / 1000,
         max_queue=config.max_queue,
         metrics=metrics,
+        cache=store.embeddings if store is not None else None,
     )
     message_bytes = config.max_message_mb * 1024 * 1024
     server = grpc.server(
@@ -108,7 +125,12 @@ def create_server(
     pb_grpc.add_EmbeddingServiceServicer_to_server(
         EmbeddingServicer(model, batcher, config), server
     )
-    pb_grpc.add_ClassifierServiceServicer_to_server(pb_grpc.ClassifierServiceServicer(), server)
+    pb_grpc.add_ClassifierServiceServicer_to_server(
+        ClassifierServicer(model, batcher, config, store)
+        if store is not None
+        else pb_grpc.ClassifierServiceServicer(),  # UNIMPLEMENTED without a store
+        server,
+    )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -124,6 +146,8 @@ def create_server(
         port = server.add_insecure_port(address)
     except RuntimeError as exc:
         batcher.close()
+        if owned_store is not None:
+            owned_store.close()
         raise InvalidInputError(f"cannot bind {address} ({exc})") from None
     metrics_port = None
     if config.metrics_port is not None:
@@ -131,6 +155,8 @@ def create_server(
             metrics_port = metrics.serve(config.host, config.metrics_port)
         except OSError as exc:
             batcher.close()
+            if owned_store is not None:
+                owned_store.close()
             raise InvalidInputError(
                 f"cannot bind the metrics port {config.host}:{config.metrics_port} ({exc})"
             ) from None
@@ -142,6 +168,7 @@ def create_server(
             health_servicer=health_servicer,
             metrics=metrics,
             metrics_port=metrics_port,
+            owned_store=owned_store,
         ),
         port,
     )

@@ -8,22 +8,29 @@ from __future__ import annotations
 import collections
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import CancelledError, TimeoutError
-from typing import Any
+from concurrent.futures import CancelledError, Future, TimeoutError
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
 
+from protssl import fewshot
 from protssl._proto import protssl_pb2 as pb
 from protssl._proto import protssl_pb2_grpc as pb_grpc
 from protssl.checkpoint import LoadedModel
-from protssl.errors import DeadlineExceededError, FastaFormatError, ModelNotFoundError
+from protssl.errors import (
+    DeadlineExceededError,
+    FastaFormatError,
+    InvalidInputError,
+    ModelNotFoundError,
+)
 from protssl.fasta import ProteinRecord, records_from_sequences
+from protssl.store import Store, StoredClassifier
 from service.batcher import EmbeddingBatcher, EmbedResult, Job
 from service.config import ServiceConfig
-from service.limits import check_request
+from service.limits import check_request, check_response_size
 
-__all__ = ["EmbeddingServicer", "embedding_to_proto", "model_info"]
+__all__ = ["ClassifierServicer", "EmbeddingServicer", "embedding_to_proto", "model_info"]
 
 POOLING_NAMES = {
     pb.POOLING_UNSPECIFIED: "mean",
@@ -36,14 +43,23 @@ WIRE_DTYPES: dict[Any, tuple[Any, np.dtype[Any]]] = {
     pb.VECTOR_DTYPE_FLOAT32: (pb.VECTOR_DTYPE_FLOAT32, np.dtype("<f4")),
     pb.VECTOR_DTYPE_FLOAT16: (pb.VECTOR_DTYPE_FLOAT16, np.dtype("<f2")),
 }
+T = TypeVar("T")
+
 STREAM_IN_FLIGHT = 4
 """Stream chunks queued ahead of the one whose results are being sent back."""
+
+
+def _lookup(table: dict[Any, T], value: int, what: str) -> T:
+    """An enum value's meaning; a value this server does not know is the caller's error."""
+    if value not in table:
+        raise InvalidInputError(f"unknown {what} {value}")
+    return table[value]
 
 
 def embedding_to_proto(result: EmbedResult, wire: int) -> pb.Embedding:
     """One domain embedding as a packed little-endian protobuf message."""
     embedding = result.embedding
-    enum, dtype = WIRE_DTYPES[wire]
+    enum, dtype = _lookup(WIRE_DTYPES, wire, "vector dtype")
     p = embedding.provenance
     return pb.Embedding(
         id=embedding.id,
@@ -89,18 +105,24 @@ def _deadline(context: grpc.ServicerContext) -> float | None:
 
 def _wait(job: Job, deadline: float | None) -> list[EmbedResult]:
     """The job's results, or DeadlineExceededError (the job is dropped if it has not run)."""
+    try:
+        return _result(job.future, deadline)
+    finally:
+        if not job.future.done():
+            job.cancel()
+
+
+def _result(future: Future[T], deadline: float | None) -> T:
+    """A future's result by the call's deadline, else DeadlineExceededError."""
     timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
     try:
-        return job.future.result(timeout=timeout)
+        return future.result(timeout=timeout)
     except (TimeoutError, CancelledError):
-        job.cancel()
-        raise DeadlineExceededError(
-            "the deadline passed before the embeddings were ready"
-        ) from None
+        raise DeadlineExceededError("the deadline passed before the work was done") from None
 
 
-class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
-    """Embed, EmbedStream and ListModels over one loaded model and its batcher."""
+class _Face:
+    """What both servicers share: the model check and request → records with the limits."""
 
     def __init__(self, model: LoadedModel, batcher: EmbeddingBatcher, config: ServiceConfig):
         self.model = model
@@ -115,12 +137,19 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
             )
 
     def _records(
-        self, sequences: Sequence[pb.Sequence], offset: int, seen: set[str] | None = None
+        self,
+        sequences: Sequence[Any],
+        offset: int,
+        seen: set[str] | None = None,
     ) -> list[ProteinRecord]:
         ids = [s.id or f"seq{offset + i}" for i, s in enumerate(sequences)]
         raw = [s.sequence for s in sequences]
         check_request(ids, raw, self.config)
-        records = records_from_sequences(raw, ids=ids, source="request")
+        labelled = [
+            ProteinRecord(i, s.sequence, tuple(getattr(s, "labels", ())))
+            for i, s in zip(ids, sequences, strict=True)
+        ]
+        records = records_from_sequences(labelled, source="request")
         if seen is not None:
             for index, record in enumerate(records):
                 if record.id in seen:
@@ -133,6 +162,10 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
                 seen.add(record.id)
         return records
 
+
+class EmbeddingServicer(_Face, pb_grpc.EmbeddingServiceServicer):
+    """Embed, EmbedStream and ListModels over one loaded model and its batcher."""
+
     def _submit(
         self,
         records: list[ProteinRecord],
@@ -141,9 +174,10 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         *,
         wait: bool,
     ) -> Job:
+        _lookup(WIRE_DTYPES, options.dtype, "vector dtype")  # before any work, not after it
         job = self.batcher.submit(
             records,
-            pooling=POOLING_NAMES[options.pooling],
+            pooling=_lookup(POOLING_NAMES, options.pooling, "pooling"),
             layer=options.layer if options.HasField("layer") else -1,
             deadline=_deadline(context),
             wait=wait,
@@ -154,6 +188,14 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
     def Embed(self, request: pb.EmbedRequest, context: grpc.ServicerContext) -> pb.EmbedResponse:
         self._check_model(request.options.model)
         records = self._records(request.sequences, 0)
+        per_residue = request.options.pooling == pb.POOLING_PER_RESIDUE
+        check_response_size(
+            sum(len(r) for r in records) if per_residue else 0,
+            len(records),
+            self.model.encoder.config.embed_dim,
+            _lookup(WIRE_DTYPES, request.options.dtype, "vector dtype")[1].itemsize,
+            self.config,
+        )
         job = self._submit(records, request.options, context, wait=False)
         results = _wait(job, job.deadline)
         return pb.EmbedResponse(
@@ -193,3 +235,142 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         self, request: pb.ListModelsRequest, context: grpc.ServicerContext
     ) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(models=[model_info(self.model, is_default=True)])
+
+
+_METHODS = {
+    pb.CLASSIFIER_METHOD_UNSPECIFIED: "prototype",
+    pb.CLASSIFIER_METHOD_PROTOTYPE: "prototype",
+    pb.CLASSIFIER_METHOD_KNN: "knn",
+    pb.CLASSIFIER_METHOD_LINEAR: "linear",
+    pb.CLASSIFIER_METHOD_CONTRASTIVE: "contrastive",
+}
+_METHOD_ENUMS = {name: enum for enum, name in _METHODS.items() if enum}
+
+
+def classifier_info(stored: StoredClassifier) -> pb.ClassifierInfo:
+    """A stored classifier version as its protobuf summary."""
+    metrics = stored.metrics
+    return pb.ClassifierInfo(
+        id=str(stored.id),
+        name=stored.name,
+        version=stored.version,
+        method=_METHOD_ENUMS.get(stored.method, pb.CLASSIFIER_METHOD_UNSPECIFIED),
+        model_sha256=stored.model_sha256,
+        labels=list(stored.params.get("classes", [])),
+        examples=len(stored.examples),
+        metrics=pb.ClassifierMetrics(
+            held_out=str(metrics.get("held_out", "")),
+            top1_accuracy=float(metrics.get("top1_accuracy", 0.0)),
+            answered_rate=float(metrics.get("answered_rate", 0.0)),
+            accuracy_on_answered=float(metrics.get("accuracy_on_answered", 0.0)),
+            examples=int(metrics.get("examples", len(stored.examples))),
+            classes=int(metrics.get("classes", 0)),
+            layer=int(metrics.get("layer", 0)),
+        ),
+        created_at=stored.created_at.isoformat(),
+    )
+
+
+class ClassifierServicer(_Face, pb_grpc.ClassifierServiceServicer):
+    """Few-shot classifiers in the store; fitting runs on the model worker, queries through the batcher."""
+
+    def __init__(
+        self, model: LoadedModel, batcher: EmbeddingBatcher, config: ServiceConfig, store: Store
+    ):
+        super().__init__(model, batcher, config)
+        self.store = store
+
+    def CreateClassifier(
+        self, request: pb.CreateClassifierRequest, context: grpc.ServicerContext
+    ) -> pb.ClassifierInfo:
+        self._check_model(request.model)
+        records = self._records(request.examples, 0)
+        method = _lookup(_METHODS, request.method, "classifier method")
+        settings = fewshot.FewShotConfig(method=method)  # type: ignore[arg-type]
+        fitted = _result(
+            self.batcher.run_task(
+                lambda: fewshot.fit_records(records, self.model, settings),
+                deadline=_deadline(context),
+            ),
+            _deadline(context),
+        )
+        return classifier_info(fewshot.save_classifier(self.store, request.name, fitted, records))
+
+    def AddExamples(
+        self, request: pb.AddExamplesRequest, context: grpc.ServicerContext
+    ) -> pb.ClassifierInfo:
+        self.store.classifiers.get(request.name)  # NOT_FOUND before any work is queued
+        records = self._records(request.examples, 0)
+        stored = _result(
+            self.batcher.run_task(
+                lambda: fewshot.add_examples(self.store, request.name, records, self.model),
+                deadline=_deadline(context),
+            ),
+            _deadline(context),
+        )
+        return classifier_info(stored)
+
+    def GetClassifier(
+        self, request: pb.GetClassifierRequest, context: grpc.ServicerContext
+    ) -> pb.ClassifierInfo:
+        return classifier_info(self.store.classifiers.get(request.name, request.version or None))
+
+    def ListClassifiers(
+        self, request: pb.ListClassifiersRequest, context: grpc.ServicerContext
+    ) -> pb.ListClassifiersResponse:
+        return pb.ListClassifiersResponse(
+            classifiers=[classifier_info(c) for c in self.store.classifiers.list()]
+        )
+
+    def DeleteClassifier(
+        self, request: pb.DeleteClassifierRequest, context: grpc.ServicerContext
+    ) -> pb.DeleteClassifierResponse:
+        self.store.classifiers.delete(request.name)
+        return pb.DeleteClassifierResponse()
+
+    def Classify(
+        self, request: pb.ClassifyRequest, context: grpc.ServicerContext
+    ) -> pb.ClassifyResponse:
+        stored = self.store.classifiers.get(request.name, request.version or None)
+        classifier = fewshot.FewShotClassifier.from_state(stored.params, stored.blob)
+        if stored.model_sha256 and stored.model_sha256 != self.model.sha256:
+            raise InvalidInputError(
+                f"classifier {stored.name!r} v{stored.version} was fitted on model "
+                f"{stored.model_sha256[:12]}…, not on the served {self.model.name!r}"
+            )
+        records = self._records(request.sequences, 0)
+        job = self.batcher.submit(
+            records,
+            pooling=str(classifier.info.get("pooling", "mean")),
+            layer=classifier.layer,
+            deadline=_deadline(context),
+        )
+        context.add_callback(job.cancel)
+        results = _wait(job, job.deadline)
+        top_k = request.top_k or 3
+        predictions: list[pb.Prediction] = []
+        if results:
+            vectors = np.stack([r.embedding.vector for r in results])
+            probabilities = classifier.predict_proba(vectors)
+            decided = classifier.predict(vectors, [r.id for r in records])
+            for row, decision in enumerate(decided):
+                order = np.argsort(-probabilities[row])[:top_k]
+                abstained = decision.status == "unknown"
+                predictions.append(
+                    pb.Prediction(
+                        id=decision.id,
+                        top=[
+                            pb.LabelScore(
+                                label=classifier.classes[i],
+                                probability=float(probabilities[row, i]),
+                            )
+                            for i in order
+                        ],
+                        abstained=abstained,
+                        label="" if abstained else decision.label,
+                        probability=decision.probability,
+                        status=decision.status,
+                        nearest_similarity=decision.nearest_similarity,
+                    )
+                )
+        return pb.ClassifyResponse(predictions=predictions, classifier=classifier_info(stored))

@@ -40,9 +40,12 @@ def real_records(fasta: Path, n: int, *, max_length: int | None = None) -> list[
 def running_server(
     model: LoadedModel, **overrides: object
 ) -> Iterator[tuple[ProtsslServer, str, CollectorRegistry]]:
-    """A started server on an ephemeral loopback port; stopped on exit."""
+    """A started server on an ephemeral loopback port; stopped on exit.
+
+    No store unless `database_url` (and `store=True`) is given: the cache is tested on purpose.
+    """
     registry = CollectorRegistry()
-    settings: dict[str, object] = {"port": 0, "metrics_port": None}
+    settings: dict[str, object] = {"port": 0, "metrics_port": None, "store": False}
     settings.update(overrides)
     server, port = create_server(ServiceConfig(**settings), model=model, registry=registry)  # type: ignore[arg-type]
     server.start()

@@ -24,7 +24,7 @@ from protssl.errors import (
     OverloadedError,
     UnavailableError,
 )
-from protssl.fasta import ProteinRecord
+from protssl.fasta import ProteinRecord, read_fasta
 
 pytestmark = pytest.mark.service
 
@@ -160,6 +160,7 @@ def test_overloaded_is_a_typed_error(model):
     assert errors and "queue is full" in str(errors[0])
 
 
+@pytest.mark.slow
 def test_import_protssl_does_not_load_grpc():
     code = (
         "import sys, protssl, protssl.cli_serve, protssl.embed, protssl.fasta\n"
@@ -191,3 +192,44 @@ def test_serve_flags_override_environment_over_defaults():
     assert config.host == "127.0.0.1" and config.max_batch_tokens == 8192
     with pytest.raises(InvalidInputError, match="PROTSSL_MAX_QUEUE"):
         config_kwargs(parser.parse_args([]), {"PROTSSL_MAX_QUEUE": "many"})
+
+
+def test_classifiers_through_the_sdk(model, shared_data, tmp_path):
+    pfam = list(read_fasta(shared_data / "families" / "pfam_seed_small.fasta"))
+    by_family: dict[str, list[ProteinRecord]] = {}
+    for record in pfam:
+        by_family.setdefault(record.labels[0], []).append(record)
+    support = [r for f in ("fn3", "RRM_1") for r in by_family[f][:4]]
+    url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    with (
+        running_server(model, store=True, database_url=url) as (_, addr, _registry),
+        protssl.Client(addr) as client,
+    ):
+        info = client.create_classifier("two", support, method="knn")
+        assert (info.name, info.version, info.method, info.examples) == ("two", 1, "knn", 8)
+        pairs = [(r.sequence, r.labels[0]) for r in by_family["fn3"][4:6]]
+        assert client.add_examples("two", pairs).version == 2
+        assert [c.name for c in client.list_classifiers()] == ["two"]
+        assert client.get_classifier("two", version=1).examples == 8
+        predictions = client.classify("two", {r.id: r.sequence for r in by_family["RRM_1"][4:7]})
+        assert [p.id for p in predictions] == [r.id for r in by_family["RRM_1"][4:7]]
+        for p in predictions:
+            assert p.status in ("answered", "backed_off", "unknown")
+            assert {label for label, _ in p.top} == {"fn3", "RRM_1"}
+            assert p.abstained == (p.label == "")
+        client.delete_classifier("two")
+        with pytest.raises(NotFoundError, match="'two'"):
+            client.classify("two", ["MKV"])
+
+
+@pytest.mark.slow
+def test_service_demo_runs_end_to_end(tmp_path, capsys):
+    from protssl import demo
+
+    model_dir = save_tiny_model(tmp_path / "model")
+    assert demo.main(["--model", str(model_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "embedded 300 proteins" in out
+    assert "the first 8 again: 8/8 from the cache" in out and "bit-identical: True" in out
+    assert "classifier is-families v1: 6 families from 72 examples" in out
+    assert "classified 48 held-out transposases" in out and "server stopped" in out

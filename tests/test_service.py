@@ -24,11 +24,13 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 from service_support import load_tiny, real_records, running_server, save_tiny_model
 
+from protssl import fewshot
 from protssl._proto import protssl_pb2 as pb
 from protssl._proto import protssl_pb2_grpc as pb_grpc
 from protssl.checkpoint import LoadedModel
 from protssl.embed import EmbedConfig, embed_records
-from protssl.fasta import ProteinRecord
+from protssl.fasta import ProteinRecord, read_fasta
+from protssl.store import Store, StoreConfig
 from service.config import ServiceConfig
 from service.server import SERVICE_NAMES
 
@@ -48,8 +50,16 @@ def model(model_dir: Path) -> LoadedModel:
 
 
 @pytest.fixture(scope="module")
-def server(model: LoadedModel) -> Iterator[tuple[object, str, object]]:
-    with running_server(model, metrics_port=0, **LIMITS) as running:
+def service_db_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('store') / 'service.sqlite3'}"
+
+
+@pytest.fixture(scope="module")
+def server(model: LoadedModel, service_db_url: str) -> Iterator[tuple[object, str, object]]:
+    """A server with a real SQLite store (cache + classifiers) and a metrics port."""
+    with running_server(
+        model, metrics_port=0, store=True, database_url=service_db_url, **LIMITS
+    ) as running:
         yield running
 
 
@@ -94,9 +104,10 @@ def rpc_error(call: object, *args: object, **kwargs: object) -> grpc.RpcError:
 
 
 @pytest.mark.parametrize("pooling", ["mean", "bos", "per-residue"])
-def test_embed_equals_in_process_embed_records(stub, model, records, pooling):
+def test_embed_equals_in_process_embed_records_then_hits_the_cache(stub, model, records, pooling):
     enum = {"mean": pb.POOLING_MEAN, "bos": pb.POOLING_BOS, "per-residue": pb.POOLING_PER_RESIDUE}
-    response = stub.Embed(request_for(records, pooling=enum[pooling]), timeout=60)
+    request = request_for(records, pooling=enum[pooling])
+    response = stub.Embed(request, timeout=60)
     got = vectors(response)
     expected = {e.id: e for e in embed_records(records, model, EmbedConfig(pooling=pooling))}
     assert [e.id for e in response.embeddings] == [r.id for r in records]
@@ -109,6 +120,10 @@ def test_embed_equals_in_process_embed_records(stub, model, records, pooling):
         assert message.provenance.pooling == pooling
         assert message.provenance.windowed == want.provenance.windowed
     assert response.embeddings[-1].provenance.windowed  # the long record was windowed, not cut
+    again = stub.Embed(request, timeout=60)
+    assert all(e.cached for e in again.embeddings)
+    assert [e.vector for e in again.embeddings] == [e.vector for e in response.embeddings]
+    assert [e.provenance for e in again.embeddings] == [e.provenance for e in response.embeddings]
 
 
 def test_float16_wire_and_layer(stub, model, records):
@@ -196,6 +211,51 @@ def test_limits_are_invalid_argument_naming_the_limit(stub, sequences, needle):
     assert needle in error.details()
 
 
+def test_cache_hits_and_misses_mix_in_one_request(server, stub, model, sample_fasta):
+    fresh = real_records(sample_fasta, 60, max_length=300)[-4:]
+    first = stub.Embed(request_for(fresh[:2]), timeout=30)
+    mixed = stub.Embed(request_for(fresh), timeout=30)
+    assert [e.cached for e in mixed.embeddings] == [True, True, False, False]
+    assert mixed.embeddings[0].vector == first.embeddings[0].vector
+    registry = server[2]
+    assert registry.get_sample_value("protssl_embeddings_total", {"source": "cached"}) >= 2
+    assert 0 < registry.get_sample_value("protssl_cache_hit_ratio") < 1
+
+
+def test_cache_through_on_sqlite_and_postgresql(model, records, store_url):
+    with (
+        running_server(model, store=True, database_url=store_url) as (_, address, _registry),
+        grpc.insecure_channel(address) as ch,
+    ):
+        stub = pb_grpc.EmbeddingServiceStub(ch)
+        first = stub.Embed(request_for(records[:4]), timeout=60)
+        again = stub.Embed(request_for(records[:4]), timeout=60)
+    assert not any(e.cached for e in first.embeddings) and all(e.cached for e in again.embeddings)
+    assert [e.vector for e in again.embeddings] == [e.vector for e in first.embeddings]
+
+
+def test_per_residue_past_the_message_size_is_refused_up_front(model):
+    with (
+        running_server(model, max_message_mb=1) as (_, address, registry),
+        grpc.insecure_channel(address) as ch,
+    ):
+        request = big_request(8, 1000)  # 8,000 x 64 float32 = 2 MiB of per-residue vectors
+        request.options.pooling = pb.POOLING_PER_RESIDUE
+        error = rpc_error(pb_grpc.EmbeddingServiceStub(ch).Embed, request, timeout=30)
+        assert registry.get_sample_value("protssl_forward_tokens_count") == 0  # nothing ran
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "max_message_mb" in error.details() and "EmbedStream" in error.details()
+
+
+def test_unknown_enum_values_are_invalid_argument(stub, records):
+    error = rpc_error(stub.Embed, request_for(records[:1], pooling=9), timeout=10)
+    assert (
+        error.code() == grpc.StatusCode.INVALID_ARGUMENT and "unknown pooling 9" in error.details()
+    )
+    error = rpc_error(stub.Embed, request_for(records[:1], dtype=7), timeout=10)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "vector dtype 7" in error.details()
+
+
 def test_unknown_model_and_layer(stub, records):
     error = rpc_error(stub.Embed, request_for(records[:1], model="esm2-650m"), timeout=10)
     assert error.code() == grpc.StatusCode.NOT_FOUND and "tiny-test" in error.details()
@@ -230,7 +290,8 @@ def test_metrics_side_port(server, stub, records):
 
 
 def test_sixteen_concurrent_clients_share_few_forwards(model, sample_fasta):
-    singles = real_records(sample_fasta, 16, max_length=400)
+    # similar lengths (padding stays under min_batch_fill's 15%), as a real mix of clients would pool
+    singles = [r for r in real_records(sample_fasta, 400, max_length=400) if len(r) >= 340][:16]
     with running_server(model, max_queue_delay_ms=200) as (_, address, registry):
         channels = [grpc.insecure_channel(address) for _ in singles]
         stubs = [pb_grpc.EmbeddingServiceStub(c) for c in channels]
@@ -305,8 +366,103 @@ def test_deadline_exceeded_and_expired_work_is_dropped(model):
                 or registry.get_sample_value("protssl_dropped_jobs_total", {"reason": "cancelled"})
             )
         )
-        batches = registry.get_sample_value("protssl_batch_requests_count")
-    assert batches == 1, "the expired request must not have reached the model"
+        embedded = registry.get_sample_value("protssl_batch_sequences_sum")
+    assert embedded == 48, "the expired request must not have reached the model"
+
+
+@pytest.fixture(scope="module")
+def pfam(shared_data: Path) -> dict[str, list[ProteinRecord]]:
+    """Real Pfam seed domains by family (label=...)."""
+    by_family: dict[str, list[ProteinRecord]] = {}
+    for record in read_fasta(shared_data / "families" / "pfam_seed_small.fasta"):
+        by_family.setdefault(record.labels[0], []).append(record)
+    return by_family
+
+
+def test_classifier_lifecycle_and_classify_equals_in_process(channel, model, pfam, service_db_url):
+    classifiers = pb_grpc.ClassifierServiceStub(channel)
+    families = ["fn3", "RRM_1", "Pkinase"]
+    support = [r for f in families for r in pfam[f][:4]]
+    queries = [r for f in families for r in pfam[f][4:6]]
+
+    def examples(records: list[ProteinRecord]) -> list[pb.LabelledSequence]:
+        return [pb.LabelledSequence(id=r.id, sequence=r.sequence, labels=r.labels) for r in records]
+
+    created = classifiers.CreateClassifier(
+        pb.CreateClassifierRequest(name="families", examples=examples(support[:9])), timeout=120
+    )
+    assert (created.name, created.version, created.examples) == ("families", 1, 9)
+    assert sorted(created.labels) == sorted(families)
+    assert created.model_sha256 == model.sha256
+    assert created.metrics.held_out == "leave-one-out" and created.metrics.examples == 9
+    added = classifiers.AddExamples(
+        pb.AddExamplesRequest(name="families", examples=examples(support[9:])), timeout=120
+    )
+    assert (added.version, added.examples) == (2, 12)
+    assert (
+        classifiers.GetClassifier(pb.GetClassifierRequest(name="families", version=1)).version == 1
+    )
+    listed = classifiers.ListClassifiers(pb.ListClassifiersRequest(), timeout=10).classifiers
+    assert [(c.name, c.version) for c in listed] == [("families", 2)]
+
+    reply = classifiers.Classify(
+        pb.ClassifyRequest(
+            name="families",
+            sequences=[pb.Sequence(id=r.id, sequence=r.sequence) for r in queries],
+            top_k=2,
+        ),
+        timeout=60,
+    )
+    assert reply.classifier.version == 2
+    with Store(StoreConfig(url=service_db_url)) as store:
+        classifier, _ = fewshot.load_classifier(store, "families")
+    expected = fewshot.classify_records(classifier, queries, model)
+    assert [p.id for p in reply.predictions] == [r.id for r in queries]
+    for got, want in zip(reply.predictions, expected, strict=True):
+        assert got.status == want.status
+        assert got.abstained == (want.status == "unknown")
+        assert got.label == ("" if got.abstained else want.label)
+        assert got.top[0].label == want.top_label
+        assert got.top[0].probability == pytest.approx(want.top_probability, abs=1e-4)
+        assert len(got.top) == 2 and got.top[0].probability >= got.top[1].probability
+
+    classifiers.DeleteClassifier(pb.DeleteClassifierRequest(name="families"), timeout=10)
+    for call, request in (
+        (classifiers.GetClassifier, pb.GetClassifierRequest(name="families")),
+        (
+            classifiers.Classify,
+            pb.ClassifyRequest(name="families", sequences=[pb.Sequence(sequence="MKV")]),
+        ),
+        (
+            classifiers.AddExamples,
+            pb.AddExamplesRequest(name="families", examples=examples(support[:1])),
+        ),
+    ):
+        error = rpc_error(call, request, timeout=10)
+        assert error.code() == grpc.StatusCode.NOT_FOUND and "'families'" in error.details()
+
+
+def test_classifier_errors_are_invalid_argument(channel, pfam):
+    classifiers = pb_grpc.ClassifierServiceStub(channel)
+    one_class = [
+        pb.LabelledSequence(id=r.id, sequence=r.sequence, labels=r.labels) for r in pfam["fn3"][:4]
+    ]
+    error = rpc_error(
+        classifiers.CreateClassifier,
+        pb.CreateClassifierRequest(name="bad", examples=one_class),
+        timeout=60,
+    )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "2 classes" in error.details()
+
+
+def test_classifier_rpcs_are_unimplemented_without_a_store(model):
+    with running_server(model) as (_, address, _registry), grpc.insecure_channel(address) as ch:
+        error = rpc_error(
+            pb_grpc.ClassifierServiceStub(ch).ListClassifiers,
+            pb.ListClassifiersRequest(),
+            timeout=10,
+        )
+    assert error.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 def test_service_config_is_checked():

@@ -24,19 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18protssl/v1/protssl.proto\x12\nprotssl.v1\"(\n\x08Sequence\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\t\"\x89\x01\n\x0c\x45mbedOptions\x12\r\n\x05model\x18\x01 \x01(\t\x12$\n\x07pooling\x18\x02 \x01(\x0e\x32\x13.protssl.v1.Pooling\x12\x12\n\x05layer\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12&\n\x05\x64type\x18\x04 \x01(\x0e\x32\x17.protssl.v1.VectorDTypeB\x08\n\x06_layer\"\xa7\x01\n\nProvenance\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x14\n\x0cmodel_sha256\x18\x02 \x01(\t\x12\r\n\x05layer\x18\x03 \x01(\x05\x12\x0f\n\x07pooling\x18\x04 \x01(\t\x12\x15\n\rcompute_dtype\x18\x05 \x01(\t\x12\x15\n\rwindow_policy\x18\x06 \x01(\t\x12\x10\n\x08windowed\x18\x07 \x01(\x08\x12\x0f\n\x07windows\x18\x08 \x01(\x05\"\xa8\x01\n\tEmbedding\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06length\x18\x02 \x01(\x05\x12\x0b\n\x03\x64im\x18\x03 \x01(\x05\x12&\n\x05\x64type\x18\x04 \x01(\x0e\x32\x17.protssl.v1.VectorDType\x12\x0e\n\x06vector\x18\x05 \x01(\x0c\x12\x0e\n\x06\x63\x61\x63hed\x18\x06 \x01(\x08\x12*\n\nprovenance\x18\x07 \x01(\x0b\x32\x16.protssl.v1.Provenance\"b\n\x0c\x45mbedRequest\x12\'\n\tsequences\x18\x01 \x03(\x0b\x32\x14.protssl.v1.Sequence\x12)\n\x07options\x18\x02 \x01(\x0b\x32\x18.protssl.v1.EmbedOptions\":\n\rEmbedResponse\x12)\n\nembeddings\x18\x01 \x03(\x0b\x32\x15.protssl.v1.Embedding\"h\n\x12\x45mbedStreamRequest\x12\'\n\tsequences\x18\x01 \x03(\x0b\x32\x14.protssl.v1.Sequence\x12)\n\x07options\x18\x02 \x01(\x0b\x32\x18.protssl.v1.EmbedOptions\"n\n\rEmbedProgress\x12\x18\n\x10records_received\x18\x01 \x01(\x03\x12\x14\n\x0crecords_done\x18\x02 \x01(\x03\x12\x15\n\rresidues_done\x18\x03 \x01(\x03\x12\x16\n\x0erecords_cached\x18\x04 \x01(\x03\"x\n\x13\x45mbedStreamResponse\x12*\n\tembedding\x18\x01 \x01(\x0b\x32\x15.protssl.v1.EmbeddingH\x00\x12-\n\x08progress\x18\x02 \x01(\x0b\x32\x19.protssl.v1.EmbedProgressH\x00\x42\x06\n\x04item\"\x13\n\x11ListModelsRequest\"\xa5\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x12\n\nnum_layers\x18\x03 \x01(\x05\x12\x11\n\tembed_dim\x18\x04 \x01(\x05\x12\x14\n\x0cmax_residues\x18\x05 \x01(\x05\x12\x15\n\rcompute_dtype\x18\x06 \x01(\t\x12\x12\n\nparameters\x18\x07 \x01(\x03\x12\x12\n\nis_default\x18\x08 \x01(\x08\";\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.protssl.v1.ModelInfo\"@\n\x10LabelledSequence\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\t\x12\x0e\n\x06labels\x18\x03 \x03(\t\"_\n\x11\x43lassifierMetrics\x12\x10\n\x08\x61\x63\x63uracy\x18\x01 \x01(\x01\x12\x10\n\x08macro_f1\x18\x02 \x01(\x01\x12\x14\n\x0c\x61\x62stain_rate\x18\x03 \x01(\x01\x12\x10\n\x08\x65xamples\x18\x04 \x01(\x05\"\xf9\x01\n\x0e\x43lassifierInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12,\n\x06method\x18\x04 \x01(\x0e\x32\x1c.protssl.v1.ClassifierMethod\x12\x12\n\nmodel_name\x18\x05 \x01(\t\x12\x14\n\x0cmodel_sha256\x18\x06 \x01(\t\x12\x0e\n\x06labels\x18\x07 \x03(\t\x12\x10\n\x08\x65xamples\x18\x08 \x01(\x05\x12.\n\x07metrics\x18\t \x01(\x0b\x32\x1d.protssl.v1.ClassifierMetrics\x12\x12\n\ncreated_at\x18\n \x01(\t\"\x94\x01\n\x17\x43reateClassifierRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x06method\x18\x02 \x01(\x0e\x32\x1c.protssl.v1.ClassifierMethod\x12\r\n\x05model\x18\x03 \x01(\t\x12.\n\x08\x65xamples\x18\x04 \x03(\x0b\x32\x1c.protssl.v1.LabelledSequence\"R\n\x12\x41\x64\x64\x45xamplesRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\x08\x65xamples\x18\x02 \x03(\x0b\x32\x1c.protssl.v1.LabelledSequence\"5\n\x14GetClassifierRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"\x18\n\x16ListClassifiersRequest\"J\n\x17ListClassifiersResponse\x12/\n\x0b\x63lassifiers\x18\x01 \x03(\x0b\x32\x1a.protssl.v1.ClassifierInfo\"8\n\x17\x44\x65leteClassifierRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"+\n\x18\x44\x65leteClassifierResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x05\"h\n\x0f\x43lassifyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\'\n\tsequences\x18\x03 \x03(\x0b\x32\x14.protssl.v1.Sequence\x12\r\n\x05top_k\x18\x04 \x01(\x05\"0\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x01\"_\n\nPrediction\x12\n\n\x02id\x18\x01 \x01(\t\x12#\n\x03top\x18\x02 \x03(\x0b\x32\x16.protssl.v1.LabelScore\x12\x11\n\tabstained\x18\x03 \x01(\x08\x12\r\n\x05label\x18\x04 \x01(\t\"o\n\x10\x43lassifyResponse\x12+\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x16.protssl.v1.Prediction\x12.\n\nclassifier\x18\x02 \x01(\x0b\x32\x1a.protssl.v1.ClassifierInfo*^\n\x07Pooling\x12\x17\n\x13POOLING_UNSPECIFIED\x10\x00\x12\x10\n\x0cPOOLING_MEAN\x10\x01\x12\x0f\n\x0bPOOLING_BOS\x10\x02\x12\x17\n\x13POOLING_PER_RESIDUE\x10\x03*_\n\x0bVectorDType\x12\x1c\n\x18VECTOR_DTYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14VECTOR_DTYPE_FLOAT32\x10\x01\x12\x18\n\x14VECTOR_DTYPE_FLOAT16\x10\x02*\x91\x01\n\x10\x43lassifierMethod\x12!\n\x1d\x43LASSIFIER_METHOD_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x43LASSIFIER_METHOD_PROTOTYPE\x10\x01\x12\x19\n\x15\x43LASSIFIER_METHOD_KNN\x10\x02\x12\x1e\n\x1a\x43LASSIFIER_METHOD_LOGISTIC\x10\x03\x32\xf1\x01\n\x10\x45mbeddingService\x12<\n\x05\x45mbed\x12\x18.protssl.v1.EmbedRequest\x1a\x19.protssl.v1.EmbedResponse\x12R\n\x0b\x45mbedStream\x12\x1e.protssl.v1.EmbedStreamRequest\x1a\x1f.protssl.v1.EmbedStreamResponse(\x01\x30\x01\x12K\n\nListModels\x12\x1d.protssl.v1.ListModelsRequest\x1a\x1e.protssl.v1.ListModelsResponse2\x84\x04\n\x11\x43lassifierService\x12S\n\x10\x43reateClassifier\x12#.protssl.v1.CreateClassifierRequest\x1a\x1a.protssl.v1.ClassifierInfo\x12I\n\x0b\x41\x64\x64\x45xamples\x12\x1e.protssl.v1.AddExamplesRequest\x1a\x1a.protssl.v1.ClassifierInfo\x12M\n\rGetClassifier\x12 .protssl.v1.GetClassifierRequest\x1a\x1a.protssl.v1.ClassifierInfo\x12Z\n\x0fListClassifiers\x12\".protssl.v1.ListClassifiersRequest\x1a#.protssl.v1.ListClassifiersResponse\x12]\n\x10\x44\x65leteClassifier\x12#.protssl.v1.DeleteClassifierRequest\x1a$.protssl.v1.DeleteClassifierResponse\x12\x45\n\x08\x43lassify\x12\x1b.protssl.v1.ClassifyRequest\x1a\x1c.protssl.v1.ClassifyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18protssl/v1/protssl.proto\x12\nprotssl.v1\"(\n\x08Sequence\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\t\"\x89\x01\n\x0c\x45mbedOptions\x12\r\n\x05model\x18\x01 \x01(\t\x12$\n\x07pooling\x18\x02 \x01(\x0e\x32\x13.protssl.v1.Pooling\x12\x12\n\x05layer\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12&\n\x05\x64type\x18\x04 \x01(\x0e\x32\x17.protssl.v1.VectorDTypeB\x08\n\x06_layer\"\xa7\x01\n\nProvenance\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x14\n\x0cmodel_sha256\x18\x02 \x01(\t\x12\r\n\x05layer\x18\x03 \x01(\x05\x12\x0f\n\x07pooling\x18\x04 \x01(\t\x12\x15\n\rcompute_dtype\x18\x05 \x01(\t\x12\x15\n\rwindow_policy\x18\x06 \x01(\t\x12\x10\n\x08windowed\x18\x07 \x01(\x08\x12\x0f\n\x07windows\x18\x08 \x01(\x05\"\xa8\x01\n\tEmbedding\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06length\x18\x02 \x01(\x05\x12\x0b\n\x03\x64im\x18\x03 \x01(\x05\x12&\n\x05\x64type\x18\x04 \x01(\x0e\x32\x17.protssl.v1.VectorDType\x12\x0e\n\x06vector\x18\x05 \x01(\x0c\x12\x0e\n\x06\x63\x61\x63hed\x18\x06 \x01(\x08\x12*\n\nprovenance\x18\x07 \x01(\x0b\x32\x16.protssl.v1.Provenance\"b\n\x0c\x45mbedRequest\x12\'\n\tsequences\x18\x01 \x03(\x0b\x32\x14.protssl.v1.Sequence\x12)\n\x07options\x18\x02 \x01(\x0b\x32\x18.protssl.v1.EmbedOptions\":\n\rEmbedResponse\x12)\n\nembeddings\x18\x01 \x03(\x0b\x32\x15.protssl.v1.Embedding\"h\n\x12\x45mbedStreamRequest\x12\'\n\tsequences\x18\x01 \x03(\x0b\x32\x14.protssl.v1.Sequence\x12)\n\x07options\x18\x02 \x01(\x0b\x32\x18.protssl.v1.EmbedOptions\"n\n\rEmbedProgress\x12\x18\n\x10records_received\x18\x01 \x01(\x03\x12\x14\n\x0crecords_done\x18\x02 \x01(\x03\x12\x15\n\rresidues_done\x18\x03 \x01(\x03\x12\x16\n\x0erecords_cached\x18\x04 \x01(\x03\"x\n\x13\x45mbedStreamResponse\x12*\n\tembedding\x18\x01 \x01(\x0b\x32\x15.protssl.v1.EmbeddingH\x00\x12-\n\x08progress\x18\x02 \x01(\x0b\x32\x19.protssl.v1.EmbedProgressH\x00\x42\x06\n\x04item\"\x13\n\x11ListModelsRequest\"\xa5\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x12\n\nnum_layers\x18\x03 \x01(\x05\x12\x11\n\tembed_dim\x18\x04 \x01(\x05\x12\x14\n\x0cmax_residues\x18\x05 \x01(\x05\x12\x15\n\rcompute_dtype\x18\x06 \x01(\t\x12\x12\n\nparameters\x18\x07 \x01(\x03\x12\x12\n\nis_default\x18\x08 \x01(\x08\";\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.protssl.v1.ModelInfo\"@\n\x10LabelledSequence\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\t\x12\x0e\n\x06labels\x18\x03 \x03(\t\"\xa3\x01\n\x11\x43lassifierMetrics\x12\x10\n\x08held_out\x18\x01 \x01(\t\x12\x15\n\rtop1_accuracy\x18\x02 \x01(\x01\x12\x15\n\ranswered_rate\x18\x03 \x01(\x01\x12\x1c\n\x14\x61\x63\x63uracy_on_answered\x18\x04 \x01(\x01\x12\x10\n\x08\x65xamples\x18\x05 \x01(\x05\x12\x0f\n\x07\x63lasses\x18\x06 \x01(\x05\x12\r\n\x05layer\x18\x07 \x01(\x05\"\xe5\x01\n\x0e\x43lassifierInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12,\n\x06method\x18\x04 \x01(\x0e\x32\x1c.protssl.v1.ClassifierMethod\x12\x14\n\x0cmodel_sha256\x18\x05 \x01(\t\x12\x0e\n\x06labels\x18\x06 \x03(\t\x12\x10\n\x08\x65xamples\x18\x07 \x01(\x05\x12.\n\x07metrics\x18\x08 \x01(\x0b\x32\x1d.protssl.v1.ClassifierMetrics\x12\x12\n\ncreated_at\x18\t \x01(\t\"\x94\x01\n\x17\x43reateClassifierRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x06method\x18\x02 \x01(\x0e\x32\x1c.protssl.v1.ClassifierMethod\x12\r\n\x05model\x18\x03 \x01(\t\x12.\n\x08\x65xamples\x18\x04 \x03(\x0b\x32\x1c.protssl.v1.LabelledSequence\"R\n\x12\x41\x64\x64\x45xamplesRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\x08\x65xamples\x18\x02 \x03(\x0b\x32\x1c.protssl.v1.LabelledSequence\"5\n\x14GetClassifierRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"\x18\n\x16ListClassifiersRequest\"J\n\x17ListClassifiersResponse\x12/\n\x0b\x63lassifiers\x18\x01 \x03(\x0b\x32\x1a.protssl.v1.ClassifierInfo\"\'\n\x17\x44\x65leteClassifierRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1a\n\x18\x44\x65leteClassifierResponse\"h\n\x0f\x43lassifyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\'\n\tsequences\x18\x03 \x03(\x0b\x32\x14.protssl.v1.Sequence\x12\r\n\x05top_k\x18\x04 \x01(\x05\"0\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x01\"\xa0\x01\n\nPrediction\x12\n\n\x02id\x18\x01 \x01(\t\x12#\n\x03top\x18\x02 \x03(\x0b\x32\x16.protssl.v1.LabelScore\x12\x11\n\tabstained\x18\x03 \x01(\x08\x12\r\n\x05label\x18\x04 \x01(\t\x12\x13\n\x0bprobability\x18\x05 \x01(\x01\x12\x0e\n\x06status\x18\x06 \x01(\t\x12\x1a\n\x12nearest_similarity\x18\x07 \x01(\x01\"o\n\x10\x43lassifyResponse\x12+\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x16.protssl.v1.Prediction\x12.\n\nclassifier\x18\x02 \x01(\x0b\x32\x1a.protssl.v1.ClassifierInfo*^\n\x07Pooling\x12\x17\n\x13POOLING_UNSPECIFIED\x10\x00\x12\x10\n\x0cPOOLING_MEAN\x10\x01\x12\x0f\n\x0bPOOLING_BOS\x10\x02\x12\x17\n\x13POOLING_PER_RESIDUE\x10\x03*_\n\x0bVectorDType\x12\x1c\n\x18VECTOR_DTYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14VECTOR_DTYPE_FLOAT32\x10\x01\x12\x18\n\x14VECTOR_DTYPE_FLOAT16\x10\x02*\xb2\x01\n\x10\x43lassifierMethod\x12!\n\x1d\x43LASSIFIER_METHOD_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x43LASSIFIER_METHOD_PROTOTYPE\x10\x01\x12\x19\n\x15\x43LASSIFIER_METHOD_KNN\x10\x02\x12\x1c\n\x18\x43LASSIFIER_METHOD_LINEAR\x10\x03\x12!\n\x1d\x43LASSIFIER_METHOD_CONTRASTIVE\x10\x04\x32\xf1\x01\n\x10\x45mbeddingService\x12<\n\x05\x45mbed\x12\x18.protssl.v1.EmbedRequest\x1a\x19.protssl.v1.EmbedResponse\x12R\n\x0b\x45mbedStream\x12\x1e.protssl.v1.EmbedStreamRequest\x1a\x1f.protssl.v1.EmbedStreamResponse(\x01\x30\x01\x12K\n\nListModels\x12\x1d.protssl.v1.ListModelsRequest\x1a\x1e.protssl.v1.ListModelsResponse2\x84\x04\n\x11\x43lassifierService\x12S\n\x10\x43reateClassifier\x12#.protssl.v1.CreateClassifierRequest\x1a\x1a.protssl.v1.ClassifierInfo\x12I\n\x0b\x41\x64\x64\x45xamples\x12\x1e.protssl.v1.AddExamplesRequest\x1a\x1a.protssl.v1.ClassifierInfo\x12M\n\rGetClassifier\x12 .protssl.v1.GetClassifierRequest\x1a\x1a.protssl.v1.ClassifierInfo\x12Z\n\x0fListClassifiers\x12\".protssl.v1.ListClassifiersRequest\x1a#.protssl.v1.ListClassifiersResponse\x12]\n\x10\x44\x65leteClassifier\x12#.protssl.v1.DeleteClassifierRequest\x1a$.protssl.v1.DeleteClassifierResponse\x12\x45\n\x08\x43lassify\x12\x1b.protssl.v1.ClassifyRequest\x1a\x1c.protssl.v1.ClassifyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protssl.v1.protssl_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_POOLING']._serialized_start=2589
-  _globals['_POOLING']._serialized_end=2683
-  _globals['_VECTORDTYPE']._serialized_start=2685
-  _globals['_VECTORDTYPE']._serialized_end=2780
-  _globals['_CLASSIFIERMETHOD']._serialized_start=2783
-  _globals['_CLASSIFIERMETHOD']._serialized_end=2928
+  _globals['_POOLING']._serialized_start=2670
+  _globals['_POOLING']._serialized_end=2764
+  _globals['_VECTORDTYPE']._serialized_start=2766
+  _globals['_VECTORDTYPE']._serialized_end=2861
+  _globals['_CLASSIFIERMETHOD']._serialized_start=2864
+  _globals['_CLASSIFIERMETHOD']._serialized_end=3042
   _globals['_SEQUENCE']._serialized_start=40
   _globals['_SEQUENCE']._serialized_end=80
   _globals['_EMBEDOPTIONS']._serialized_start=83
@@ -63,34 +63,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTMODELSRESPONSE']._serialized_end=1311
   _globals['_LABELLEDSEQUENCE']._serialized_start=1313
   _globals['_LABELLEDSEQUENCE']._serialized_end=1377
-  _globals['_CLASSIFIERMETRICS']._serialized_start=1379
-  _globals['_CLASSIFIERMETRICS']._serialized_end=1474
-  _globals['_CLASSIFIERINFO']._serialized_start=1477
-  _globals['_CLASSIFIERINFO']._serialized_end=1726
-  _globals['_CREATECLASSIFIERREQUEST']._serialized_start=1729
-  _globals['_CREATECLASSIFIERREQUEST']._serialized_end=1877
-  _globals['_ADDEXAMPLESREQUEST']._serialized_start=1879
-  _globals['_ADDEXAMPLESREQUEST']._serialized_end=1961
-  _globals['_GETCLASSIFIERREQUEST']._serialized_start=1963
-  _globals['_GETCLASSIFIERREQUEST']._serialized_end=2016
-  _globals['_LISTCLASSIFIERSREQUEST']._serialized_start=2018
-  _globals['_LISTCLASSIFIERSREQUEST']._serialized_end=2042
-  _globals['_LISTCLASSIFIERSRESPONSE']._serialized_start=2044
-  _globals['_LISTCLASSIFIERSRESPONSE']._serialized_end=2118
-  _globals['_DELETECLASSIFIERREQUEST']._serialized_start=2120
-  _globals['_DELETECLASSIFIERREQUEST']._serialized_end=2176
-  _globals['_DELETECLASSIFIERRESPONSE']._serialized_start=2178
-  _globals['_DELETECLASSIFIERRESPONSE']._serialized_end=2221
-  _globals['_CLASSIFYREQUEST']._serialized_start=2223
-  _globals['_CLASSIFYREQUEST']._serialized_end=2327
-  _globals['_LABELSCORE']._serialized_start=2329
-  _globals['_LABELSCORE']._serialized_end=2377
-  _globals['_PREDICTION']._serialized_start=2379
-  _globals['_PREDICTION']._serialized_end=2474
-  _globals['_CLASSIFYRESPONSE']._serialized_start=2476
-  _globals['_CLASSIFYRESPONSE']._serialized_end=2587
-  _globals['_EMBEDDINGSERVICE']._serialized_start=2931
-  _globals['_EMBEDDINGSERVICE']._serialized_end=3172
-  _globals['_CLASSIFIERSERVICE']._serialized_start=3175
-  _globals['_CLASSIFIERSERVICE']._serialized_end=3691
+  _globals['_CLASSIFIERMETRICS']._serialized_start=1380
+  _globals['_CLASSIFIERMETRICS']._serialized_end=1543
+  _globals['_CLASSIFIERINFO']._serialized_start=1546
+  _globals['_CLASSIFIERINFO']._serialized_end=1775
+  _globals['_CREATECLASSIFIERREQUEST']._serialized_start=1778
+  _globals['_CREATECLASSIFIERREQUEST']._serialized_end=1926
+  _globals['_ADDEXAMPLESREQUEST']._serialized_start=1928
+  _globals['_ADDEXAMPLESREQUEST']._serialized_end=2010
+  _globals['_GETCLASSIFIERREQUEST']._serialized_start=2012
+  _globals['_GETCLASSIFIERREQUEST']._serialized_end=2065
+  _globals['_LISTCLASSIFIERSREQUEST']._serialized_start=2067
+  _globals['_LISTCLASSIFIERSREQUEST']._serialized_end=2091
+  _globals['_LISTCLASSIFIERSRESPONSE']._serialized_start=2093
+  _globals['_LISTCLASSIFIERSRESPONSE']._serialized_end=2167
+  _globals['_DELETECLASSIFIERREQUEST']._serialized_start=2169
+  _globals['_DELETECLASSIFIERREQUEST']._serialized_end=2208
+  _globals['_DELETECLASSIFIERRESPONSE']._serialized_start=2210
+  _globals['_DELETECLASSIFIERRESPONSE']._serialized_end=2236
+  _globals['_CLASSIFYREQUEST']._serialized_start=2238
+  _globals['_CLASSIFYREQUEST']._serialized_end=2342
+  _globals['_LABELSCORE']._serialized_start=2344
+  _globals['_LABELSCORE']._serialized_end=2392
+  _globals['_PREDICTION']._serialized_start=2395
+  _globals['_PREDICTION']._serialized_end=2555
+  _globals['_CLASSIFYRESPONSE']._serialized_start=2557
+  _globals['_CLASSIFYRESPONSE']._serialized_end=2668
+  _globals['_EMBEDDINGSERVICE']._serialized_start=3045
+  _globals['_EMBEDDINGSERVICE']._serialized_end=3286
+  _globals['_CLASSIFIERSERVICE']._serialized_start=3289
+  _globals['_CLASSIFIERSERVICE']._serialized_end=3805
 # @@protoc_insertion_point(module_scope)

@@ -25,7 +25,8 @@ class ClassifierMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CLASSIFIER_METHOD_UNSPECIFIED: _ClassVar[ClassifierMethod]
     CLASSIFIER_METHOD_PROTOTYPE: _ClassVar[ClassifierMethod]
     CLASSIFIER_METHOD_KNN: _ClassVar[ClassifierMethod]
-    CLASSIFIER_METHOD_LOGISTIC: _ClassVar[ClassifierMethod]
+    CLASSIFIER_METHOD_LINEAR: _ClassVar[ClassifierMethod]
+    CLASSIFIER_METHOD_CONTRASTIVE: _ClassVar[ClassifierMethod]
 POOLING_UNSPECIFIED: Pooling
 POOLING_MEAN: Pooling
 POOLING_BOS: Pooling
@@ -36,7 +37,8 @@ VECTOR_DTYPE_FLOAT16: VectorDType
 CLASSIFIER_METHOD_UNSPECIFIED: ClassifierMethod
 CLASSIFIER_METHOD_PROTOTYPE: ClassifierMethod
 CLASSIFIER_METHOD_KNN: ClassifierMethod
-CLASSIFIER_METHOD_LOGISTIC: ClassifierMethod
+CLASSIFIER_METHOD_LINEAR: ClassifierMethod
+CLASSIFIER_METHOD_CONTRASTIVE: ClassifierMethod
 
 class Sequence(_message.Message):
     __slots__ = ("id", "sequence")
@@ -179,24 +181,29 @@ class LabelledSequence(_message.Message):
     def __init__(self, id: _Optional[str] = ..., sequence: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ClassifierMetrics(_message.Message):
-    __slots__ = ("accuracy", "macro_f1", "abstain_rate", "examples")
-    ACCURACY_FIELD_NUMBER: _ClassVar[int]
-    MACRO_F1_FIELD_NUMBER: _ClassVar[int]
-    ABSTAIN_RATE_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("held_out", "top1_accuracy", "answered_rate", "accuracy_on_answered", "examples", "classes", "layer")
+    HELD_OUT_FIELD_NUMBER: _ClassVar[int]
+    TOP1_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_RATE_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_ON_ANSWERED_FIELD_NUMBER: _ClassVar[int]
     EXAMPLES_FIELD_NUMBER: _ClassVar[int]
-    accuracy: float
-    macro_f1: float
-    abstain_rate: float
+    CLASSES_FIELD_NUMBER: _ClassVar[int]
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    held_out: str
+    top1_accuracy: float
+    answered_rate: float
+    accuracy_on_answered: float
     examples: int
-    def __init__(self, accuracy: _Optional[float] = ..., macro_f1: _Optional[float] = ..., abstain_rate: _Optional[float] = ..., examples: _Optional[int] = ...) -> None: ...
+    classes: int
+    layer: int
+    def __init__(self, held_out: _Optional[str] = ..., top1_accuracy: _Optional[float] = ..., answered_rate: _Optional[float] = ..., accuracy_on_answered: _Optional[float] = ..., examples: _Optional[int] = ..., classes: _Optional[int] = ..., layer: _Optional[int] = ...) -> None: ...
 
 class ClassifierInfo(_message.Message):
-    __slots__ = ("id", "name", "version", "method", "model_name", "model_sha256", "labels", "examples", "metrics", "created_at")
+    __slots__ = ("id", "name", "version", "method", "model_sha256", "labels", "examples", "metrics", "created_at")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
-    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     EXAMPLES_FIELD_NUMBER: _ClassVar[int]
@@ -206,13 +213,12 @@ class ClassifierInfo(_message.Message):
     name: str
     version: int
     method: ClassifierMethod
-    model_name: str
     model_sha256: str
     labels: _containers.RepeatedScalarFieldContainer[str]
     examples: int
     metrics: ClassifierMetrics
     created_at: str
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[int] = ..., method: _Optional[_Union[ClassifierMethod, str]] = ..., model_name: _Optional[str] = ..., model_sha256: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., examples: _Optional[int] = ..., metrics: _Optional[_Union[ClassifierMetrics, _Mapping]] = ..., created_at: _Optional[str] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[int] = ..., method: _Optional[_Union[ClassifierMethod, str]] = ..., model_sha256: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., examples: _Optional[int] = ..., metrics: _Optional[_Union[ClassifierMetrics, _Mapping]] = ..., created_at: _Optional[str] = ...) -> None: ...
 
 class CreateClassifierRequest(_message.Message):
     __slots__ = ("name", "method", "model", "examples")
@@ -253,18 +259,14 @@ class ListClassifiersResponse(_message.Message):
     def __init__(self, classifiers: _Optional[_Iterable[_Union[ClassifierInfo, _Mapping]]] = ...) -> None: ...
 
 class DeleteClassifierRequest(_message.Message):
-    __slots__ = ("name", "version")
+    __slots__ = ("name",)
     NAME_FIELD_NUMBER: _ClassVar[int]
-    VERSION_FIELD_NUMBER: _ClassVar[int]
     name: str
-    version: int
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class DeleteClassifierResponse(_message.Message):
-    __slots__ = ("deleted",)
-    DELETED_FIELD_NUMBER: _ClassVar[int]
-    deleted: int
-    def __init__(self, deleted: _Optional[int] = ...) -> None: ...
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class ClassifyRequest(_message.Message):
     __slots__ = ("name", "version", "sequences", "top_k")
@@ -287,16 +289,22 @@ class LabelScore(_message.Message):
     def __init__(self, label: _Optional[str] = ..., probability: _Optional[float] = ...) -> None: ...
 
 class Prediction(_message.Message):
-    __slots__ = ("id", "top", "abstained", "label")
+    __slots__ = ("id", "top", "abstained", "label", "probability", "status", "nearest_similarity")
     ID_FIELD_NUMBER: _ClassVar[int]
     TOP_FIELD_NUMBER: _ClassVar[int]
     ABSTAINED_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    NEAREST_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
     id: str
     top: _containers.RepeatedCompositeFieldContainer[LabelScore]
     abstained: bool
     label: str
-    def __init__(self, id: _Optional[str] = ..., top: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., abstained: _Optional[bool] = ..., label: _Optional[str] = ...) -> None: ...
+    probability: float
+    status: str
+    nearest_similarity: float
+    def __init__(self, id: _Optional[str] = ..., top: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., abstained: _Optional[bool] = ..., label: _Optional[str] = ..., probability: _Optional[float] = ..., status: _Optional[str] = ..., nearest_similarity: _Optional[float] = ...) -> None: ...
 
 class ClassifyResponse(_message.Message):
     __slots__ = ("predictions", "classifier")

@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class EmbeddingServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Protein embeddings from the served model, batched across concurrent calls, cached in the store.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -52,7 +53,8 @@ class EmbeddingServiceStub:
 
 
 class EmbeddingServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Protein embeddings from the served model, batched across concurrent calls, cached in the store.
+    """
 
     def Embed(self, request, context):
         """Embed up to the server's per-request limits of sequences and residues.
@@ -101,7 +103,8 @@ def add_EmbeddingServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class EmbeddingService:
-    """Missing associated documentation comment in .proto file."""
+    """Protein embeddings from the served model, batched across concurrent calls, cached in the store.
+    """
 
     @staticmethod
     def Embed(request,
@@ -186,7 +189,8 @@ class EmbeddingService:
 
 
 class ClassifierServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Few-shot function classifiers: named, versioned, kept in the store, fitted on the served model.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -227,7 +231,8 @@ class ClassifierServiceStub:
 
 
 class ClassifierServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Few-shot function classifiers: named, versioned, kept in the store, fitted on the served model.
+    """
 
     def CreateClassifier(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -308,7 +313,8 @@ def add_ClassifierServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ClassifierService:
-    """Missing associated documentation comment in .proto file."""
+    """Few-shot function classifiers: named, versioned, kept in the store, fitted on the served model.
+    """
 
     @staticmethod
     def CreateClassifier(request,

@@ -1,0 +1,248 @@
+"""Service load: C concurrent SDK clients against `python -m service`, beside in-process embedding.
+
+One run, same records, same model: `embed_records` in this process (what `protssl embed` does;
+timed before and after the service run, the mean is the anchor, since this machine is shared), the server in a subprocess and C client threads (each its own channel) sending
+1-sequence and 8-sequence `Embed` requests drawn from the FASTA, closed loop, until every request
+is answered (cache misses); then the same requests again (cache hits, when the server has a store),
+by the C clients and then by one client alone (the hit path without queueing for the CPU).
+The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import queue
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+import protssl
+from protssl.checkpoint import DEFAULT_MODEL_DIR, LoadedModel, load_model
+from protssl.embed import EmbedConfig, embed_records
+from protssl.fasta import ProteinRecord, read_fasta
+
+DEFAULT_FASTA = (
+    Path(__file__).resolve().parents[2] / "shared/data/pretrain/pretrain_corpus_sample2k.fasta"
+)
+
+
+def start_server(
+    args: argparse.Namespace, log_path: Path, db_path: Path
+) -> tuple[subprocess.Popen, int]:
+    """`python -m service` on a free port; returns the process and its port once it serves."""
+    command = [
+        sys.executable,
+        "-m",
+        "service",
+        "--port",
+        "0",
+        "--metrics-port",
+        "off",
+        "--max-batch-tokens",
+        str(args.max_batch_tokens),
+        "--max-group-tokens",
+        str(args.max_group_tokens),
+        "--min-batch-fill",
+        str(args.min_batch_fill),
+        "--max-queue-delay-ms",
+        str(args.max_queue_delay_ms),
+        "--log-level",
+        "INFO",
+    ]
+    if args.model:
+        command += ["--model", args.model]
+    if args.store:
+        command += ["--database-url", f"sqlite:///{db_path}"]
+    else:
+        command += ["--store", "false"]
+    env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+    process = subprocess.Popen(command, stderr=log_path.open("w"), env=env)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        match = re.search(r"serving protssl.v1 on [^:]+:(\d+)", log_path.read_text())
+        if match:
+            return process, int(match.group(1))
+        if process.poll() is not None:
+            raise SystemExit(f"server exited early:\n{log_path.read_text()}")
+        time.sleep(0.1)
+    process.kill()
+    raise SystemExit("server did not start within 300 s")
+
+
+def run_clients(
+    address: str, requests: list[list[ProteinRecord]], clients: int, desc: str
+) -> tuple[float, list[float], dict[str, np.ndarray], int]:
+    """Closed loop: each client sends its next request when the last one returns.
+
+    Returns wall seconds, per-request latencies (s), vectors by id, and how many were cached.
+    """
+    work: queue.Queue[list[ProteinRecord]] = queue.Queue()
+    for request in requests:
+        work.put(request)
+    latencies: list[float] = []
+    vectors: dict[str, np.ndarray] = {}
+    cached = 0
+    lock = threading.Lock()
+    bar = tqdm(
+        total=sum(len(r) for req in requests for r in req), desc=desc, unit="res", unit_scale=True
+    )
+    sdk = [protssl.Client(address, timeout=600) for _ in range(clients)]
+    for client in sdk:
+        client.list_models()  # connect before the clock starts
+
+    def loop(client: protssl.Client) -> None:
+        nonlocal cached
+        while True:
+            try:
+                request = work.get_nowait()
+            except queue.Empty:
+                return
+            start = time.perf_counter()
+            result = client.embed(request)
+            seconds = time.perf_counter() - start
+            with lock:
+                latencies.append(seconds)
+                vectors.update(zip(result.ids, result.vectors, strict=True))
+                cached += sum(result.cached)
+                bar.update(sum(len(r) for r in request))
+
+    threads = [threading.Thread(target=loop, args=(c,)) for c in sdk]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    bar.close()
+    for client in sdk:
+        client.close()
+    return wall, latencies, vectors, cached
+
+
+def embed_in_process(
+    records: list[ProteinRecord], model: LoadedModel
+) -> tuple[dict[str, np.ndarray], float]:
+    """What `protssl embed` does with these records: vectors by id and the seconds it took."""
+    start = time.perf_counter()
+    vectors = {e.id: e.vector for e in embed_records(records, model, EmbedConfig())}
+    return vectors, time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fasta", type=Path, default=DEFAULT_FASTA)
+    parser.add_argument("--records", type=int, default=384, help="records drawn from the FASTA")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument(
+        "--model",
+        default=None if (DEFAULT_MODEL_DIR / "model.json").is_file() else "esm2-8m",
+        help="model spec for both sides (default: the shipped model, else the esm2-8m preset)",
+    )
+    parser.add_argument("--max-batch-tokens", type=int, default=8192)
+    parser.add_argument("--max-group-tokens", type=int, default=65536)
+    parser.add_argument("--min-batch-fill", type=float, default=0.85)
+    parser.add_argument("--max-queue-delay-ms", type=float, default=5.0)
+    parser.add_argument(
+        "--no-store", dest="store", action="store_false", help="no cache (no hit phase)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+
+    rng = np.random.default_rng(args.seed)
+    pool = list(read_fasta(args.fasta))
+    records = [pool[i] for i in sorted(rng.choice(len(pool), args.records, replace=False))]
+    half = len(records) // 2
+    requests = [[r] for r in records[:half]]
+    requests += [records[i : i + 8] for i in range(half, len(records), 8)]
+    order = rng.permutation(len(requests))
+    requests = [requests[i] for i in order]
+    residues = sum(len(r) for r in records)
+    print(
+        f"{len(records)} records, {residues} residues, {len(requests)} requests "
+        f"({half} of 1 sequence, the rest of 8); {args.clients} clients",
+        file=sys.stderr,
+    )
+
+    model = load_model(args.model)
+    list(embed_records(records[:8], model))  # warm-up
+    inproc, before = embed_in_process(records, model)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        log_path = Path(tmp) / "server.log"
+        process, port = start_server(args, log_path, Path(tmp) / "cache.db")
+        address = f"127.0.0.1:{port}"
+        try:
+            with protssl.Client(address) as client:  # warm-up: the server's first forwards
+                client.embed([r.sequence for r in pool[-8:]])
+            miss_wall, miss_lat, served, miss_cached = run_clients(
+                address, requests, args.clients, "misses"
+            )
+            hit_lat: list[float] = []
+            single_lat: list[float] = []
+            hit_cached = 0
+            if args.store:
+                _, hit_lat, hit_vectors, hit_cached = run_clients(
+                    address, requests, args.clients, "hits"
+                )
+                _, single_lat, _, _ = run_clients(address, requests, 1, "hits, one client")
+                identical = all(np.array_equal(hit_vectors[k], served[k]) for k in served)
+                print(f"cached vectors bit-identical to computed: {identical}", file=sys.stderr)
+        finally:
+            process.terminate()
+            process.wait(60)
+    _, after = embed_in_process(records, model)
+    inproc_res_per_s = residues / ((before + after) / 2)
+    print(
+        f"in-process: {residues / before:.0f} res/s before the service run, "
+        f"{residues / after:.0f} after ({model.dtype_name}); the mean is the anchor",
+        file=sys.stderr,
+    )
+    cos = [
+        float(
+            np.dot(served[k], inproc[k]) / (np.linalg.norm(served[k]) * np.linalg.norm(inproc[k]))
+        )
+        for k in inproc
+    ]
+    service_res_per_s = residues / miss_wall
+    miss_ms = np.array(miss_lat) * 1000
+    result = {
+        "model": model.name,
+        "dtype": model.dtype_name,
+        "records": len(records),
+        "residues": residues,
+        "requests": len(requests),
+        "clients": args.clients,
+        "service_res_per_s": round(service_res_per_s, 1),
+        "inproc_res_per_s": round(inproc_res_per_s, 1),
+        "ratio": round(service_res_per_s / inproc_res_per_s, 3),
+        "p50_ms": round(float(np.percentile(miss_ms, 50)), 1),
+        "p99_ms": round(float(np.percentile(miss_ms, 99)), 1),
+        "miss_cached": miss_cached,
+        "hit_p50_ms": round(float(np.percentile(hit_lat, 50)) * 1000, 2) if hit_lat else None,
+        "hit_p99_ms": round(float(np.percentile(hit_lat, 99)) * 1000, 2) if hit_lat else None,
+        "hit_cached": hit_cached if hit_lat else None,
+        "hit_1client_p50_ms": round(float(np.percentile(single_lat, 50)) * 1000, 2)
+        if single_lat
+        else None,
+        "hit_1client_p99_ms": round(float(np.percentile(single_lat, 99)) * 1000, 2)
+        if single_lat
+        else None,
+        "min_cosine_vs_inproc": round(min(cos), 6),
+    }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
