@@ -9,7 +9,8 @@
   shares a label. The floor is the same 1-NN over amino-acid + dipeptide composition vectors.
 
 The last line printed is one JSON object. `--update-card` merges the figures into the model card's
-`training` section (and rewrites nothing else).
+`training` section as `quality`, with `recommended_layer` (the layer whose mean-pooled vectors did
+best on both tasks together), and rewrites nothing else.
 """
 
 from __future__ import annotations
@@ -173,7 +174,11 @@ def main() -> None:
     if args.update_card:
         card_path = args.model / CARD_NAME
         card = json.loads(card_path.read_text())
-        card["training"] = {**(card.get("training") or {}), "quality": result}
+        card["training"] = {
+            **(card.get("training") or {}),
+            "quality": result,
+            "recommended_layer": result["recommended_layer"],
+        }
         card_path.write_text(json.dumps(card, indent=2) + "\n")
     print(json.dumps(result))
 

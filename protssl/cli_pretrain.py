@@ -96,7 +96,7 @@ def add_commands(subparsers: Any) -> None:
         recipe.add_argument(
             flag, dest=dest, type=kind, default=None, help=f"{text} (default {default})"
         )
-    p.set_defaults(func=_pretrain)
+    p.set_defaults(func=_pretrain, command_line=None)
 
     e = subparsers.add_parser(
         "pretrain-export",
@@ -112,9 +112,8 @@ def add_commands(subparsers: Any) -> None:
 
 
 def _command_line() -> str:
-    program = Path(sys.argv[0]).name
-    head = ["python", "-m", "protssl.pretrain"] if program == "pretrain.py" else [program]
-    return shlex.join([*head, *sys.argv[1:]])
+    """The command as typed (`protssl pretrain ...`), for the model card."""
+    return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
 
 
 def _config(args: argparse.Namespace) -> PretrainConfig:
@@ -152,7 +151,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     result = pretrain(
         config,
         resume=args.resume,
-        command=_command_line(),
+        command=args.command_line or _command_line(),
         stop_after=args.stop_after,
         progress=not args.no_progress,
     )
@@ -215,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m protssl.pretrain")
     sub = parser.add_subparsers(dest="command")
     add_commands(sub)
-    args = parser.parse_args(["pretrain", *(sys.argv[1:] if argv is None else argv)])
+    given = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(["pretrain", *given])
+    args.command_line = shlex.join(["python", "-m", "protssl.pretrain", *given])
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
         backend = "nccl" if torch.cuda.is_available() and args.device != "cpu" else "gloo"

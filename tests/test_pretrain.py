@@ -7,6 +7,7 @@ import itertools
 import json
 import math
 import os
+import shlex
 import signal
 import socket
 import threading
@@ -31,6 +32,7 @@ from protssl.pretrain import (
     PLOT_NAME,
     PretrainConfig,
     crop_sequence,
+    export_checkpoint,
     is_validation_id,
     learning_rate,
     load_checkpoint,
@@ -205,7 +207,8 @@ def test_fifty_steps_lower_validation_loss_through_the_cli(
     assert card["steps"] == 50 and card["tokens_seen"] > 50 * 1500
     assert card["val_perplexity"] == pytest.approx(math.exp(val[-1]), rel=1e-3)
     assert card["unigram_val_perplexity"] > 10
-    assert "pretrain" in card["command"] and card["recipe"]["preset"] == "protssl-tiny"
+    assert card["command"] == shlex.join(["python", "-m", "protssl.pretrain", *argv])
+    assert card["recipe"]["preset"] == "protssl-tiny"
     held_out = list(load_corpus(sample_fasta, val_fraction=0.02).val)
     untrained = ProteinEncoder(PRESETS["protssl-tiny"])
     init_weights(untrained)
@@ -222,6 +225,10 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(
     whole = pretrain(tiny_config(sample_fasta, tmp_path / "whole"), progress=False)
     first = pretrain(tiny_config(sample_fasta, tmp_path / "split"), stop_after=5, progress=False)
     assert first.interrupted and first.step == 5 and first.model_dir is None
+    exported = export_checkpoint(tmp_path / "split", tmp_path / "at5", extra={"note": "x"})
+    card = load_model(exported).card.training or {}
+    assert card["steps"] == 5 and card["scheduled_steps"] == 12 and card["note"] == "x"
+    assert card["tokens_seen"] == first.tokens_seen and card["val_perplexity"] > 1
     second = pretrain(tiny_config(sample_fasta, tmp_path / "split"), resume=True, progress=False)
     assert not second.interrupted and second.step == 12
     assert first.losses + second.losses == whole.losses
