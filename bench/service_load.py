@@ -30,6 +30,7 @@ import protssl
 from protssl.checkpoint import DEFAULT_MODEL_DIR, LoadedModel, load_model
 from protssl.embed import EmbedConfig, embed_records
 from protssl.fasta import ProteinRecord, read_fasta
+from service.config import ServiceConfig
 
 DEFAULT_FASTA = (
     Path(__file__).resolve().parents[2] / "shared/data/pretrain/pretrain_corpus_sample2k.fasta"
@@ -148,10 +149,11 @@ def main(argv: list[str] | None = None) -> int:
         default=None if (DEFAULT_MODEL_DIR / "model.json").is_file() else "esm2-8m",
         help="model spec for both sides (default: the shipped model, else the esm2-8m preset)",
     )
-    parser.add_argument("--max-batch-tokens", type=int, default=8192)
-    parser.add_argument("--max-group-tokens", type=int, default=65536)
-    parser.add_argument("--min-batch-fill", type=float, default=0.85)
-    parser.add_argument("--max-queue-delay-ms", type=float, default=5.0)
+    defaults = ServiceConfig()
+    parser.add_argument("--max-batch-tokens", type=int, default=defaults.max_batch_tokens)
+    parser.add_argument("--max-group-tokens", type=int, default=defaults.max_group_tokens)
+    parser.add_argument("--min-batch-fill", type=float, default=defaults.min_batch_fill)
+    parser.add_argument("--max-queue-delay-ms", type=float, default=defaults.max_queue_delay_ms)
     parser.add_argument(
         "--no-store", dest="store", action="store_false", help="no cache (no hit phase)"
     )

@@ -28,7 +28,9 @@ class ServiceConfig:
     """SQLAlchemy URL of the embedding cache and classifiers; None = the default SQLite file."""
     store: bool = True
     """Cache-through to the store; False computes every vector and disables the classifier RPCs."""
-    max_batch_tokens: int = 8192
+    memory_cache_mb: int = 256
+    """Recently read or written vectors kept in memory in front of the store (MiB; 0 = off)."""
+    max_batch_tokens: int = 4096
     """Token budget (rows x padded length) of one batched forward on the model worker."""
     max_group_tokens: int = 65536
     """Tokens the worker takes off the queue at once, sorted by length into forwards (pads less)."""
@@ -82,8 +84,10 @@ class ServiceConfig:
             )
         if not 0.0 <= self.min_batch_fill <= 1.0:
             raise InvalidInputError(f"min_batch_fill must be in [0, 1], got {self.min_batch_fill}")
-        if self.max_queue_delay_ms < 0 or self.grace_s < 0:
-            raise InvalidInputError("max_queue_delay_ms and grace_s must not be negative")
+        if self.max_queue_delay_ms < 0 or self.grace_s < 0 or self.memory_cache_mb < 0:
+            raise InvalidInputError(
+                "max_queue_delay_ms, grace_s and memory_cache_mb must not be negative"
+            )
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:

@@ -98,7 +98,10 @@ def create_server(
     owned_store = None
     if store is None and config.store:
         url = config.database_url
-        store = owned_store = Store(StoreConfig(url=url) if url else StoreConfig())
+        memory = {"memory_cache_mb": config.memory_cache_mb}
+        store = owned_store = Store(
+            StoreConfig(url=url, **memory) if url else StoreConfig(**memory)
+        )
     if not config.store:
         store = None
     metrics = ServiceMetrics(registry)

@@ -189,7 +189,7 @@ def test_serve_flags_override_environment_over_defaults():
         None,
         False,
     )
-    assert config.host == "127.0.0.1" and config.max_batch_tokens == 8192
+    assert config.host == "127.0.0.1" and config.max_batch_tokens == 4096
     with pytest.raises(InvalidInputError, match="PROTSSL_MAX_QUEUE"):
         config_kwargs(parser.parse_args([]), {"PROTSSL_MAX_QUEUE": "many"})
 

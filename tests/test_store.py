@@ -131,6 +131,61 @@ def test_put_is_idempotent_and_keeps_the_first_vector(store: Store, sequences: l
     assert all(np.array_equal(got[item.key], item.vector) for item in first)
 
 
+def test_memory_layer_answers_recent_vectors_without_sql(
+    store_url: str, sequences: list[str]
+) -> None:
+    items = _items(sequences[:50])
+    with Store(StoreConfig(url=store_url, memory_cache_mb=1)) as store:
+        store.embeddings.put_many(items[:25])  # written: held in memory
+        store.embeddings.get_many(item.key for item in items[25:])  # misses: nothing held
+        statements = _count_statements(store)
+        got = store.embeddings.get_many(item.key for item in items[:25])
+        assert statements == []
+        assert all(got[i.key].tobytes() == i.vector.tobytes() for i in items[:25])
+        got[items[0].key][:] = 0  # a caller's edit does not reach the next caller
+        again = store.embeddings.get_many([items[0].key])[items[0].key]
+        assert again.tobytes() == items[0].vector.tobytes()
+        with Store(StoreConfig(url=store_url)) as other:  # another process fills the rest
+            other.embeddings.put_many(items[25:])
+        got = store.embeddings.get_many(item.key for item in items)  # read through, then held
+        assert len(got) == 50 and len([s for s in statements if "SELECT" in s.upper()]) == 1
+        statements.clear()
+        assert len(store.embeddings.get_many(item.key for item in items)) == 50
+        assert statements == []
+
+
+def test_memory_layer_is_bounded_and_drops_the_least_recent(
+    store_url: str, sequences: list[str]
+) -> None:
+    rng = np.random.default_rng(2)
+    long = [s for s in sequences if len(s) >= 400][:3]
+    items = [  # 400 x 320 float32 = 512,000 bytes each: two fit in 1 MiB, three do not
+        EmbeddingItem(
+            _key(s, pooling="per-residue"), s, rng.standard_normal((400, 320)).astype(np.float32)
+        )
+        for s in long
+    ]
+    with Store(StoreConfig(url=store_url, memory_cache_mb=1)) as store:
+        for item in items:
+            store.embeddings.put_many([item])
+        statements = _count_statements(store)
+        got = store.embeddings.get_many(item.key for item in items)
+        assert len(got) == 3
+        selected = [s for s in statements if "SELECT" in s.upper()]
+        assert len(selected) == 1  # the first (least recent) was dropped and read back from SQL
+
+
+def test_memory_layer_holds_the_winning_writers_bits(store_url: str, sequences: list[str]) -> None:
+    first = _items(sequences[:10], seed=0)
+    second = _items(sequences[:10], seed=1)  # same keys, other bits (another machine's compute)
+    with Store(StoreConfig(url=store_url)) as other:
+        other.embeddings.put_many(first)
+    with Store(StoreConfig(url=store_url, memory_cache_mb=1)) as store:
+        store.embeddings.put_many(second)  # loses: the rows exist
+        got = store.embeddings.get_many(item.key for item in second)
+    assert all(got[i.key].tobytes() == i.vector.tobytes() for i in first)
+
+
 def test_put_refuses_a_key_that_is_not_the_sequences(store: Store, sequences: list[str]) -> None:
     item = _items(sequences[:2])[0]
     with pytest.raises(InvalidInputError, match="not the sequence"):
@@ -298,6 +353,8 @@ def test_config_checks_and_defaults(tmp_path: Path) -> None:
         StoreConfig(url="postgresql://x/db")
     with pytest.raises(InvalidInputError, match="float16"):
         StoreConfig(url="sqlite://", vector_dtype="int8")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="memory_cache_mb"):
+        StoreConfig(url="sqlite://", memory_cache_mb=-1)
     url = f"sqlite:///{tmp_path}/env.sqlite3"
     assert StoreConfig.from_environ({"PROTSSL_DATABASE_URL": url}).url == url
     assert StoreConfig.from_environ({"PROTSSL_DATABASE_URL": url}, url="sqlite:///a").url == (

@@ -43,6 +43,8 @@ class StoreConfig:
     """How long a SQLite writer waits for the database lock before failing (busy timeout)."""
     migrate: bool = True
     """Upgrade the schema to the newest migration when the store opens."""
+    memory_cache_mb: int = 0
+    """Recently read or written vectors kept in memory (MiB, least recently used dropped); 0 = off."""
 
     def __post_init__(self) -> None:
         if self.dialect not in _DIALECTS:
@@ -59,6 +61,8 @@ class StoreConfig:
             )
         if self.busy_timeout_s <= 0:
             raise InvalidInputError(f"busy_timeout_s must be positive, got {self.busy_timeout_s}")
+        if self.memory_cache_mb < 0:
+            raise InvalidInputError(f"memory_cache_mb must be >= 0, got {self.memory_cache_mb}")
 
     @property
     def dialect(self) -> str:

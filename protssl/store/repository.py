@@ -12,8 +12,9 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import threading
 import uuid
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Iterable, Mapping
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
@@ -151,10 +152,63 @@ class EmbeddingItem:
     vector: np.ndarray
 
 
+_KEY_COLUMNS = ("model_sha256", "sequence_sha256", "pooling", "layer", "window_policy", "dtype")
+
+
+def _key_of(row: Any) -> EmbeddingKey:
+    """The cache key of a result row that has the key columns."""
+    return EmbeddingKey(*(getattr(row, name) for name in _KEY_COLUMNS))
+
+
+class _VectorLRU:
+    """Recently used vectors in memory, bounded in bytes, least recently used dropped first.
+
+    Vectors are content-addressed and never change once stored, so nothing here goes stale. Callers
+    get copies: a caller editing its vector in place cannot change what the next caller reads.
+    """
+
+    _ENTRY_OVERHEAD = 256
+    """Bytes counted per entry beside the vector (key, dict slot, array header)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[EmbeddingKey, np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get_many(self, keys: Seq[EmbeddingKey]) -> dict[EmbeddingKey, np.ndarray]:
+        if not self.max_bytes:
+            return {}
+        found: dict[EmbeddingKey, np.ndarray] = {}
+        with self._lock:
+            for key in keys:
+                vector = self._entries.get(key)
+                if vector is not None:
+                    self._entries.move_to_end(key)
+                    found[key] = vector
+        return {key: vector.copy() for key, vector in found.items()}
+
+    def put_many(self, vectors: Mapping[EmbeddingKey, np.ndarray]) -> None:
+        if not self.max_bytes:
+            return
+        with self._lock:
+            for key, vector in vectors.items():
+                size = vector.nbytes + self._ENTRY_OVERHEAD
+                if key in self._entries or size > self.max_bytes:
+                    continue
+                self._entries[key] = vector.copy()
+                self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, dropped = self._entries.popitem(last=False)
+                self._bytes -= dropped.nbytes + self._ENTRY_OVERHEAD
+
+
 class EmbeddingCache:
     """Content-addressed vectors: `get_many` is one SELECT per batch, `put_many` one INSERT per table."""
 
-    def __init__(self, engine: Engine, *, vector_dtype: str = "float32") -> None:
+    def __init__(
+        self, engine: Engine, *, vector_dtype: str = "float32", memory_bytes: int = 0
+    ) -> None:
         if vector_dtype not in VECTOR_DTYPES:
             raise InvalidInputError(
                 f"vector_dtype must be float32 or float16, not {vector_dtype!r}"
@@ -163,29 +217,29 @@ class EmbeddingCache:
         self.vector_dtype = vector_dtype
         """How vectors are stored and returned: `float32` or `float16`."""
         self._known_models: set[str] = set()
+        self._memory = _VectorLRU(memory_bytes)
 
     def get_many(self, keys: Iterable[EmbeddingKey]) -> dict[EmbeddingKey, np.ndarray]:
-        """The cached vectors among `keys` (misses are absent), in `vector_dtype`, bit-exact."""
+        """The cached vectors among `keys` (misses are absent), in `vector_dtype`, bit-exact.
+
+        Keys held in memory (recently read or written, when `memory_bytes` > 0) skip the database.
+        """
         unique = list(dict.fromkeys(keys))
-        found: dict[EmbeddingKey, np.ndarray] = {}
+        found = self._memory.get_many(unique)
+        unique = [key for key in unique if key not in found]
         if not unique:
             return found
+        read: dict[EmbeddingKey, np.ndarray] = {}
         try:
             with self._engine.connect() as connection:
                 for start in range(0, len(unique), MAX_KEYS_PER_QUERY):
                     chunk = unique[start : start + MAX_KEYS_PER_QUERY]
                     for row in connection.execute(self._select(chunk)):
-                        key = EmbeddingKey(
-                            row.model_sha256,
-                            row.sequence_sha256,
-                            row.pooling,
-                            row.layer,
-                            row.window_policy,
-                            row.dtype,
-                        )
-                        found[key] = self._decode(row.vector, row.dim, row.rows)
+                        read[_key_of(row)] = self._decode(row.vector, row.dim, row.rows)
         except SQLAlchemyError as exc:
             raise StoreError(f"reading the embedding cache failed: {exc}") from exc
+        self._memory.put_many(read)
+        found.update(read)
         return found
 
     def _select(self, keys: Seq[EmbeddingKey]) -> Any:
@@ -235,6 +289,7 @@ class EmbeddingCache:
         """Store vectors, (D,) or per residue (L, D); keys already present are left as they are."""
         rows: dict[EmbeddingKey, dict[str, Any]] = {}
         sequences: dict[str, str] = {}
+        decoded: dict[EmbeddingKey, np.ndarray] = {}
         now = _now()
         for item in items:
             vector = np.asarray(item.vector)
@@ -248,6 +303,7 @@ class EmbeddingCache:
                 )
             sequences[item.key.sequence_sha256] = item.sequence
             data = np.ascontiguousarray(vector, dtype=_LITTLE_ENDIAN[self.vector_dtype])
+            decoded[item.key] = data.astype(self.vector_dtype)  # what a read returns
             rows[item.key] = {
                 "model_sha256": item.key.model_sha256,
                 "sequence_sha256": item.key.sequence_sha256,
@@ -269,12 +325,17 @@ class EmbeddingCache:
             with engines.write_transaction(self._engine) as connection:
                 _ensure_models(connection, models)
                 _ensure_sequences(connection, sequences.values())
-                connection.execute(
-                    _insert(connection, _EMBEDDINGS).on_conflict_do_nothing(), ordered
-                )
+                inserted = connection.execute(
+                    _insert(connection, _EMBEDDINGS)
+                    .on_conflict_do_nothing()
+                    .returning(*(_EMBEDDINGS.c[name] for name in _KEY_COLUMNS)),
+                    ordered,
+                ).all()
         except SQLAlchemyError as exc:
             raise StoreError(f"writing {len(rows)} vectors to the cache failed: {exc}") from exc
         self._known_models |= models
+        # only rows this call inserted: where another writer won, its bits are the cached ones
+        self._memory.put_many({key: decoded[key] for key in map(_key_of, inserted)})
 
     def count(self) -> int:
         """How many vectors are cached (all dtypes)."""
@@ -786,7 +847,11 @@ class Store:
         except BaseException:
             self.engine.dispose()
             raise
-        self.embeddings = EmbeddingCache(self.engine, vector_dtype=self.config.vector_dtype)
+        self.embeddings = EmbeddingCache(
+            self.engine,
+            vector_dtype=self.config.vector_dtype,
+            memory_bytes=self.config.memory_cache_mb * 1024 * 1024,
+        )
         self.models = ModelRepository(self.engine)
         self.classifiers = ClassifierRepository(self.engine)
         self.predictions = PredictionRepository(self.engine)
