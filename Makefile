@@ -25,7 +25,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy protssl
+	$(VENV)/bin/mypy protssl service
 
 proto: $(STAMP)
 	$(PY) proto/generate.py

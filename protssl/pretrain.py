@@ -370,7 +370,12 @@ def mlm_loss_sum(
     encoder: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor
 ) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy over selected positions; the LM head runs on those positions only."""
-    module = encoder.module if hasattr(encoder, "module") else encoder
+    module = (
+        encoder.module
+        if isinstance(encoder, torch.nn.parallel.DistributedDataParallel)
+        else encoder
+    )
+    assert isinstance(module, ProteinEncoder)
     out = encoder(inputs, repr_layers=(-1,), return_logits=False)
     hidden = out.representations[module.config.num_layers]  # (B, T, C)
     selected = targets.ne(-100)
@@ -714,7 +719,10 @@ def pretrain(
                 )
                 inputs, targets = mask_tokens(mine, mask_prob=config.mask_prob, generator=generator)
                 sync = (
-                    model.no_sync() if world > 1 and micro < accum - 1 else contextlib.nullcontext()
+                    model.no_sync()
+                    if isinstance(model, torch.nn.parallel.DistributedDataParallel)
+                    and micro < accum - 1
+                    else contextlib.nullcontext()
                 )
                 with sync:
                     with _autocast(device, dtype):

@@ -10,6 +10,7 @@ import logging
 import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -98,10 +99,10 @@ def create_server(
     owned_store = None
     if store is None and config.store:
         url = config.database_url
-        memory = {"memory_cache_mb": config.memory_cache_mb}
-        store = owned_store = Store(
-            StoreConfig(url=url, **memory) if url else StoreConfig(**memory)
+        store_config = replace(
+            StoreConfig(url=url) if url else StoreConfig(), memory_cache_mb=config.memory_cache_mb
         )
+        store = owned_store = Store(store_config)
     if not config.store:
         store = None
     metrics = ServiceMetrics(registry)
