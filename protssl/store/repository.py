@@ -289,7 +289,6 @@ class EmbeddingCache:
         """Store vectors, (D,) or per residue (L, D); keys already present are left as they are."""
         rows: dict[EmbeddingKey, dict[str, Any]] = {}
         sequences: dict[str, str] = {}
-        decoded: dict[EmbeddingKey, np.ndarray] = {}
         now = _now()
         for item in items:
             vector = np.asarray(item.vector)
@@ -303,7 +302,6 @@ class EmbeddingCache:
                 )
             sequences[item.key.sequence_sha256] = item.sequence
             data = np.ascontiguousarray(vector, dtype=_LITTLE_ENDIAN[self.vector_dtype])
-            decoded[item.key] = data.astype(self.vector_dtype)  # what a read returns
             rows[item.key] = {
                 "model_sha256": item.key.model_sha256,
                 "sequence_sha256": item.key.sequence_sha256,
@@ -334,8 +332,13 @@ class EmbeddingCache:
         except SQLAlchemyError as exc:
             raise StoreError(f"writing {len(rows)} vectors to the cache failed: {exc}") from exc
         self._known_models |= models
-        # only rows this call inserted: where another writer won, its bits are the cached ones
-        self._memory.put_many({key: decoded[key] for key in map(_key_of, inserted)})
+        if self._memory.max_bytes:
+            # only rows this call inserted (where another writer won, its bits are the cached
+            # ones), decoded as a read decodes them
+            won = {key: rows[key] for key in map(_key_of, inserted)}
+            self._memory.put_many(
+                {key: self._decode(r["vector"], r["dim"], r["rows"]) for key, r in won.items()}
+            )
 
     def count(self) -> int:
         """How many vectors are cached (all dtypes)."""
