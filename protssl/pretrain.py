@@ -369,19 +369,26 @@ def mask_tokens(
 def mlm_loss_sum(
     encoder: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor
 ) -> tuple[torch.Tensor, int]:
-    """Summed cross-entropy over selected positions; the LM head runs on those positions only."""
+    """Summed cross-entropy over selected positions; the LM head runs on those positions only.
+
+    Pass `inputs` and `targets` on the CPU: the selected positions are found there and the tensors
+    moved here, so a GPU's queue never waits for the host to learn how many there are.
+    """
     module = (
         encoder.module
         if isinstance(encoder, torch.nn.parallel.DistributedDataParallel)
         else encoder
     )
     assert isinstance(module, ProteinEncoder)
-    out = encoder(inputs, repr_layers=(-1,), return_logits=False)
-    hidden = out.representations[module.config.num_layers]  # (B, T, C)
-    selected = targets.ne(-100)
-    logits = module.lm_head(hidden[selected])  # (N, V)
-    loss = F.cross_entropy(logits.float(), targets[selected], reduction="sum")
-    return loss, int(selected.sum())
+    device = module.embed_tokens.weight.device
+    flat_targets = targets.reshape(-1)
+    positions = flat_targets.ne(-100).nonzero().squeeze(1)
+    out = encoder(inputs.to(device, non_blocking=True), repr_layers=(-1,), return_logits=False)
+    hidden = out.representations[module.config.num_layers].flatten(0, 1)  # (B*T, C)
+    logits = module.lm_head(hidden.index_select(0, positions.to(device, non_blocking=True)))
+    selected = flat_targets[positions].to(device, non_blocking=True)
+    loss = F.cross_entropy(logits.float(), selected, reduction="sum")
+    return loss, len(positions)
 
 
 def learning_rate(config: PretrainConfig, step: int) -> float:
@@ -475,7 +482,7 @@ def _validate(
     for tokens in batches:
         inputs, targets = mask_tokens(tokens, mask_prob=config.mask_prob, generator=generator)
         with _autocast(device, dtype):
-            loss, n = mlm_loss_sum(encoder, inputs.to(device), targets.to(device))
+            loss, n = mlm_loss_sum(encoder, inputs, targets)
         total += float(loss)
         count += n
     encoder.train(was_training)
@@ -707,7 +714,7 @@ def pretrain(
             lr = learning_rate(config, step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            step_loss, step_tokens = 0.0, 0
+            step_loss_sum, step_tokens = torch.zeros((), device=device), 0
             for micro in range(accum):
                 # Each rank takes every world-th micro-batch of the shared stream.
                 for shard in range(world):
@@ -726,16 +733,17 @@ def pretrain(
                 )
                 with sync:
                     with _autocast(device, dtype):
-                        loss_sum, n = mlm_loss_sum(model, inputs.to(device), targets.to(device))
+                        loss_sum, n = mlm_loss_sum(model, inputs, targets)
                     loss = loss_sum / max(n, 1) / accum
                     loss.backward()
-                step_loss += float(loss.detach())
+                step_loss_sum += loss.detach()
                 step_tokens += int(mine.ne(ALPHABET.padding_idx).sum())
             if config.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(encoder.parameters(), config.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            step_loss = float(step_loss_sum)  # the step's only wait on the device
             if world > 1:
                 counted = torch.tensor([step_tokens], dtype=torch.int64, device=device)
                 dist.all_reduce(counted)
