@@ -59,6 +59,7 @@ _RECIPE_FLAGS: dict[str, tuple[str, type, str]] = {
     "--pool-sequences": ("pool_sequences", int, "sequences cropped and length-sorted together"),
     "--cluster-tsv": ("cluster_tsv", Path, "representative<TAB>member TSV: sample clusters"),
     "--seed": ("seed", int, "seed of weights, data order, crops and masks"),
+    "--init-from": ("init_from", Path, "start from a protssl model folder's weights"),
     "--name": ("name", str, "model name written in the card"),
 }
 

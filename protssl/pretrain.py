@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from protssl.alphabet import ALPHABET, tokenize
 from protssl.batching import WindowPolicy, token_batches
-from protssl.checkpoint import save_model
+from protssl.checkpoint import load_model, save_model
 from protssl.errors import CheckpointError, InvalidInputError
 from protssl.fasta import FastaPolicy, read_fasta
 from protssl.model import PRESETS, ModelConfig, ProteinEncoder, init_weights, resolve_dtype
@@ -54,6 +54,7 @@ __all__ = [
     "config_from_checkpoint",
     "crop_sequence",
     "export_checkpoint",
+    "initial_encoder",
     "is_validation_id",
     "learning_rate",
     "load_checkpoint",
@@ -133,6 +134,10 @@ class PretrainConfig:
     """Optional two-column TSV (representative, member): draw a cluster uniformly, then a member."""
     seed: int = 0
     """Seed of weights, data order, crops and masks."""
+    init_from: Path | None = None
+    """Start from this protssl model folder's weights (same shape as `preset`) instead of random
+    ones; the optimizer and schedule start afresh. Continues training on a machine that cannot
+    carry the last run's checkpoint, only its exported model."""
     tensorboard: bool = False
     """Also write TensorBoard event files under run_dir/tb (needs the tensorboard package)."""
     name: str = "protssl-pretrained"
@@ -143,6 +148,8 @@ class PretrainConfig:
         object.__setattr__(self, "run_dir", Path(self.run_dir))
         if self.cluster_tsv is not None:
             object.__setattr__(self, "cluster_tsv", Path(self.cluster_tsv))
+        if self.init_from is not None:
+            object.__setattr__(self, "init_from", Path(self.init_from))
         object.__setattr__(self, "betas", tuple(self.betas))
         if self.preset not in PRESETS:
             raise InvalidInputError(
@@ -196,7 +203,7 @@ class PretrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly recipe (paths as strings)."""
         out = asdict(self)
-        for key in ("corpus", "run_dir", "cluster_tsv"):
+        for key in ("corpus", "run_dir", "cluster_tsv", "init_from"):
             out[key] = None if out[key] is None else str(out[key])
         out["betas"] = list(self.betas)
         return out
@@ -615,8 +622,7 @@ def pretrain(
     micro_tokens = config.max_tokens * world
     accum = max(1, round(config.tokens_per_step / micro_tokens))
 
-    encoder = ProteinEncoder(config.model_config)
-    init_weights(encoder, seed=config.seed)
+    encoder, parent = initial_encoder(config)
     encoder.to(device)
     optimizer = torch.optim.AdamW(
         _param_groups(encoder, config.weight_decay),
@@ -641,6 +647,7 @@ def pretrain(
         step, tokens_seen, elapsed = state["step"], state["tokens_seen"], state["elapsed_s"]
         position = DataPosition(*state["position"])
         val_loss = state["val_loss"]
+        parent = state.get("init_from")
         torch.set_rng_state(state["torch_rng"])
         resumes = [*state.get("resume_commands", []), command]
         command = state.get("command") or command
@@ -691,6 +698,7 @@ def pretrain(
             "resume_commands": resumes,
             "hardware": _hardware(device, world),
             "dtype": _dtype_name(dtype),
+            "init_from": parent,
         }
 
     stream = _micro_batches(corpus, config, position)
@@ -805,6 +813,7 @@ def pretrain(
                 "hardware": _hardware(device, world),
                 "dtype": _dtype_name(dtype),
                 "resume_commands": resumes,
+                "init_from": parent,
             },
         )
     return PretrainResult(
@@ -816,6 +825,31 @@ def pretrain(
         model_dir=model_dir,
         losses=tuple(losses),
     )
+
+
+def initial_encoder(config: PretrainConfig) -> tuple[ProteinEncoder, dict[str, Any] | None]:
+    """The encoder a run starts from: seeded random weights, or `config.init_from`'s.
+
+    With `init_from`, also returns what the card records of that model (name, sha256, tokens).
+    """
+    encoder = ProteinEncoder(config.model_config)
+    init_weights(encoder, seed=config.seed)
+    if config.init_from is None:
+        return encoder, None
+    parent = load_model(config.init_from, dtype="float32")
+    if parent.card.architecture != config.model_config:
+        raise InvalidInputError(
+            f"--init-from {config.init_from}: its shape {parent.card.architecture} differs from "
+            f"preset {config.preset} {config.model_config}"
+        )
+    encoder.load_state_dict(parent.encoder.state_dict())
+    training = parent.card.training or {}
+    return encoder, {
+        "path": str(config.init_from),
+        "name": parent.name,
+        "sha256": parent.sha256,
+        "tokens_seen": training.get("tokens_seen"),
+    }
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -896,6 +930,7 @@ def export_checkpoint(
         "hardware": state.get("hardware"),
         "dtype": state.get("dtype"),
         "resume_commands": state.get("resume_commands", []),
+        "init_from": state.get("init_from"),
     }
     summary |= dict(extra or {})
     _export(encoder, directory, config=config, summary=summary)

@@ -33,6 +33,7 @@ from protssl.pretrain import (
     PretrainConfig,
     crop_sequence,
     export_checkpoint,
+    initial_encoder,
     is_validation_id,
     learning_rate,
     load_checkpoint,
@@ -239,6 +240,27 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(
     assert [r["loss"] for r in _rows(tmp_path / "whole")] == [
         r["loss"] for r in _rows(tmp_path / "split")
     ]
+
+
+def test_init_from_continues_from_an_exported_model(tmp_path: Path, sample_fasta: Path) -> None:
+    first = pretrain(tiny_config(sample_fasta, tmp_path / "first", steps=4), progress=False)
+    assert first.model_dir is not None
+    parent = load_model(first.model_dir, dtype="float32")
+    config = tiny_config(sample_fasta, tmp_path / "second", steps=3, init_from=first.model_dir)
+    encoder, recorded = initial_encoder(config)
+    for key, value in parent.encoder.state_dict().items():
+        assert torch.equal(encoder.state_dict()[key], value), key
+    assert recorded is not None
+    assert recorded["sha256"] == parent.sha256 and recorded["tokens_seen"] == first.tokens_seen
+    second = pretrain(config, stop_after=2, progress=False)
+    resumed = pretrain(config, resume=True, progress=False)
+    assert second.losses[0] < first.losses[0]  # it starts trained, not from random weights
+    assert resumed.model_dir is not None and resumed.step == 3
+    card = load_model(resumed.model_dir).card.training or {}
+    assert card["init_from"]["sha256"] == parent.sha256
+    assert card["recipe"]["init_from"] == str(first.model_dir)
+    with pytest.raises(InvalidInputError, match="differs from preset"):
+        initial_encoder(replace(config, preset="protssl-8m-h5"))
 
 
 def test_sigterm_checkpoints_and_stops(tmp_path: Path, sample_fasta: Path) -> None:
