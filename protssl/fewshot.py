@@ -8,7 +8,10 @@ scores, so that `predict` says `unknown` instead of a confident wrong label:
 - held-out scores are exact leave-one-out for `prototype` and `knn` (closed form), and k-fold
   cross-validation for the trained heads (`linear`, `contrastive`), which would need N refits;
 - a query whose nearest support vector is less similar than almost every support vector's nearest
-  other support vector is out of distribution → `unknown`;
+  other support vector is out of distribution → `unknown`. This gate uses plain cosine, before
+  centring: centring on the support mean removes the direction all support vectors share, which
+  is what sets them apart from unrelated proteins (IS-family classifiers on the shipped model:
+  AUROC 0.93 against Pfam domains, against 0.79 centred);
 - a query whose calibrated top probability is under the threshold that gave `target_precision` on
   held-out support (or, when none does, the best held-out micro-F1) is `unknown`, or, for dotted hierarchical labels (EC 1.1.1.1), the deepest
   parent (1.1.1.-) whose summed probability clears that level's own threshold;
@@ -134,7 +137,7 @@ class Prediction:
     """The most probable leaf label, whatever the decision (for forced-choice accuracy)."""
     top_probability: float
     nearest_similarity: float
-    """Cosine to the nearest support vector in the chosen layer (centred space)."""
+    """Cosine to the nearest support vector in the chosen layer (uncentred: the OOD gate's space)."""
 
     @property
     def label(self) -> str:
@@ -540,7 +543,10 @@ class FewShotClassifier:
     info: dict[str, Any] = field(default_factory=dict)
     """Where the vectors came from (model sha256, pooling); checked before classifying."""
     support_nn: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
-    """The normalised support vectors of the chosen layer (for the out-of-distribution gate)."""
+    """The L2-normalised support vectors of the chosen layer (for the out-of-distribution gate)."""
+    ood_centred: bool = False
+    """Whether the gate works in the centred space (classifiers saved before it moved to plain
+    cosine keep their gate)."""
 
     @classmethod
     def fit(
@@ -613,7 +619,8 @@ class FewShotClassifier:
                 parent_true[np.arange(len(y)), parent_top],
                 config.target_precision,
             )
-        sims = x @ x.T
+        support_nn = _normalise(features[layer], np.zeros_like(mean))
+        sims = support_nn @ support_nn.T
         np.fill_diagonal(sims, -np.inf)
         nearest = sims.max(1)
         ood_threshold = float(np.quantile(nearest, config.ood_quantile)) if len(x) > 1 else -1.0
@@ -645,7 +652,7 @@ class FewShotClassifier:
             layer_scores=layer_scores,
             support_metrics=support_metrics,
             info=dict(info or {}),
-            support_nn=x,
+            support_nn=support_nn,
         )
         log.info(
             "fitted %s classifier: %d classes, %d examples, layer %d (held-out accuracy %.3f), "
@@ -675,8 +682,12 @@ class FewShotClassifier:
         return _softmax(self.head.scores(self._vectors(features)), self.temperature)
 
     def nearest_similarity(self, features: np.ndarray | Mapping[int, np.ndarray]) -> np.ndarray:
-        """Cosine of each query to its nearest support vector (centred space)."""
-        return (self._vectors(features) @ self.support_nn.T).max(1)
+        """Cosine of each query to its nearest support vector (uncentred, unless an old state)."""
+        x = self._vectors(features)
+        if not self.ood_centred:
+            raw = features[self.layer] if isinstance(features, Mapping) else features
+            x = _normalise(raw, np.zeros_like(self.mean))
+        return (x @ self.support_nn.T).max(1)
 
     def predict(
         self,
@@ -738,6 +749,7 @@ class FewShotClassifier:
             "temperature": self.temperature,
             "threshold": self.threshold,
             "ood_threshold": self.ood_threshold,
+            "ood_centred": self.ood_centred,
             "multi_label_ratio": self.multi_label_ratio,
             "levels": [
                 {"depth": lv.depth, "parents": lv.parents, "threshold": lv.threshold}
@@ -790,6 +802,7 @@ class FewShotClassifier:
             support_metrics=dict(params["support_metrics"]),
             info=dict(params["info"]),
             support_nn=arrays["support_nn"],
+            ood_centred=bool(params.get("ood_centred", True)),
         )
 
 

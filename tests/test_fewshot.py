@@ -142,7 +142,7 @@ def test_state_is_refused_when_it_is_not_a_classifier(fitted: dict[str, FewShotC
         FewShotClassifier.from_state({**params, "format_version": 99}, blob)
 
 
-@pytest.mark.parametrize("method", ["prototype", "linear"])
+@pytest.mark.parametrize("method", METHODS)
 def test_out_of_distribution_sequences_are_unknown(
     method: str,
     fitted: dict[str, FewShotClassifier],
@@ -162,6 +162,42 @@ def test_out_of_distribution_sequences_are_unknown(
     gate = classifier.ood_threshold
     assert np.mean([p.nearest_similarity < gate for p in ood]) > np.mean(
         [p.nearest_similarity < gate for p in in_dist]
+    )
+
+
+def test_the_ood_gate_uses_plain_cosine_and_old_states_keep_the_centred_one(
+    fitted: dict[str, FewShotClassifier],
+    is_split: tuple[list[ProteinRecord], list[ProteinRecord]],
+    pfam_records: list[ProteinRecord],
+) -> None:
+    """Centring removes what transposases share; plain cosine keeps it and gates Pfam better."""
+    support, query = is_split
+    classifier = fitted["knn"]
+    layer = classifier.layer
+    vectors = _features(support)[layer]
+    plain = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    np.testing.assert_allclose(classifier.support_nn, plain, rtol=1e-6)
+
+    def gated(c: FewShotClassifier, records: list[ProteinRecord]) -> float:
+        return float(np.mean(c.nearest_similarity(_features(records)) < c.ood_threshold))
+
+    params, blob = classifier.to_state()
+    old = {k: v for k, v in params.items() if k != "ood_centred"}
+    centred = FewShotClassifier.fit(
+        _features(support), [r.labels for r in support], FewShotConfig(method="knn")
+    )
+    centred.ood_centred = True
+    centred.support_nn = centred._vectors(_features(support))
+    sims = centred.support_nn @ centred.support_nn.T
+    np.fill_diagonal(sims, -np.inf)
+    centred.ood_threshold = float(np.quantile(sims.max(1), 0.02))
+    assert gated(classifier, pfam_records) > gated(centred, pfam_records) + 0.2
+    assert gated(classifier, query) <= 0.1
+    restored = FewShotClassifier.from_state(old, blob)  # a state written before the change
+    assert restored.ood_centred
+    centred_sims = restored._vectors(_features(query)) @ restored.support_nn.T
+    np.testing.assert_array_equal(
+        restored.nearest_similarity(_features(query)), centred_sims.max(1)
     )
 
 
