@@ -7,7 +7,8 @@ written, in fp32, with logits for every position. protssl runs as `protssl pretr
 default: bf16 autocast where the CPU/GPU has it, SDPA attention, the LM head on the selected
 positions only. Steps alternate in rounds so both see the same machine load; tokens/s is from the
 median step time. MFU is protssl's model FLOPs (6 x forward matmul FLOPs per token) over this
-CPU's bf16 (or fp32) matmul peak measured in the same run. The last line printed is one JSON object.
+device's bf16 (or fp32) matmul peak measured in the same run. `--device cuda` runs both on the
+GPU (use a bigger `--rows` there). The last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -34,16 +35,25 @@ DEFAULT_FASTA = (
 )
 
 
-def matmul_peak(dtype: torch.dtype, size: int = 2048, seconds: float = 2.0) -> float:
-    """Best FLOP/s of a square matmul in `dtype` over a short loop."""
-    a = torch.randn(size, size, dtype=dtype)
-    b = torch.randn(size, size, dtype=dtype)
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so wall-clock timings hold it (nothing to wait for on a CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, seconds: float = 2.0) -> float:
+    """Best FLOP/s of a square matmul in `dtype` on `device` over a short loop."""
+    size = 8192 if device.type == "cuda" else 2048
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
     torch.matmul(a, b)
+    synchronize(device)
     best = 0.0
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline:
         start = time.perf_counter()
         torch.matmul(a, b)
+        synchronize(device)
         best = max(best, 2 * size**3 / (time.perf_counter() - start))
     return best
 
@@ -71,12 +81,14 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=510, help="residues per row")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--steps-per-round", type=int, default=3)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = parser.parse_args()
 
     config = PRESETS[args.preset]
     tokens = real_batch(args.fasta, args.rows, args.length)
     n_tokens = tokens.numel()
-    dtype = resolve_dtype("auto", torch.device("cpu"))
+    device = torch.device(args.device)
+    dtype = resolve_dtype("auto", device)
 
     ours = ProteinEncoder(config)
     init_weights(ours)
@@ -89,12 +101,14 @@ def main() -> None:
     )
     missing, _ = ref.load_state_dict(ours.to_fair_esm_state_dict(), strict=False)
     assert all(k.startswith("contact_head.") for k in missing), missing
+    ours.to(device)
+    ref.to(device)
     ours_opt, ref_opt = adamw(ours), adamw(ref)
     generator = torch.Generator().manual_seed(0)
 
     def ours_step() -> None:
         inputs, targets = mask_tokens(tokens, mask_prob=0.15, generator=generator)
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             loss_sum, n = mlm_loss_sum(ours, inputs, targets)
         (loss_sum / n).backward()
         torch.nn.utils.clip_grad_norm_(ours.parameters(), 1.0)
@@ -103,8 +117,10 @@ def main() -> None:
 
     def ref_step() -> None:
         inputs, targets = mask_tokens(tokens, mask_prob=0.15, generator=generator)
-        logits = ref(inputs)["logits"]
-        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+        logits = ref(inputs.to(device))["logits"]
+        loss = F.cross_entropy(
+            logits.flatten(0, 1), targets.to(device).flatten(), ignore_index=-100
+        )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
         ref_opt.step()
@@ -114,18 +130,21 @@ def main() -> None:
     times: dict[str, list[float]] = {"ours": [], "ref": []}
     for step in steps.values():  # warm-up
         step()
+        synchronize(device)
     for _ in tqdm(range(args.rounds), desc="rounds"):
         for name, step in steps.items():
             for _ in range(args.steps_per_round):
                 start = time.perf_counter()
                 step()
+                synchronize(device)
                 times[name].append(time.perf_counter() - start)
     ours_tps = n_tokens / statistics.median(times["ours"])
     ref_tps = n_tokens / statistics.median(times["ref"])
-    peak = matmul_peak(dtype)
+    peak = matmul_peak(dtype, device)
     train_flops_per_token = 3 * config.flops_per_token(tokens.shape[1])
     result = {
         "preset": args.preset,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "batch": list(tokens.shape),
         "ours_dtype": str(dtype).removeprefix("torch."),
         "ref_dtype": "float32",
