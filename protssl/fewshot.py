@@ -669,13 +669,15 @@ class FewShotClassifier:
 
     # --- inference -----------------------------------------------------------------------
 
-    def _vectors(self, features: np.ndarray | Mapping[int, np.ndarray]) -> np.ndarray:
+    def _vectors(
+        self, features: np.ndarray | Mapping[int, np.ndarray], *, centred: bool = True
+    ) -> np.ndarray:
         x = features[self.layer] if isinstance(features, Mapping) else features
         if x.ndim != 2 or x.shape[1] != self.mean.shape[0]:
             raise InvalidInputError(
                 f"expected (M, {self.mean.shape[0]}) vectors from layer {self.layer}, got {x.shape}"
             )
-        return _normalise(x, self.mean)
+        return _normalise(x, self.mean if centred else np.zeros_like(self.mean))
 
     def predict_proba(self, features: np.ndarray | Mapping[int, np.ndarray]) -> np.ndarray:
         """Calibrated (M, C) probabilities over `classes`."""
@@ -683,10 +685,7 @@ class FewShotClassifier:
 
     def nearest_similarity(self, features: np.ndarray | Mapping[int, np.ndarray]) -> np.ndarray:
         """Cosine of each query to its nearest support vector (uncentred, unless an old state)."""
-        x = self._vectors(features)
-        if not self.ood_centred:
-            raw = features[self.layer] if isinstance(features, Mapping) else features
-            x = _normalise(raw, np.zeros_like(self.mean))
+        x = self._vectors(features, centred=self.ood_centred)
         return (x @ self.support_nn.T).max(1)
 
     def predict(
