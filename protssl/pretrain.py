@@ -622,7 +622,10 @@ def pretrain(
     micro_tokens = config.max_tokens * world
     accum = max(1, round(config.tokens_per_step / micro_tokens))
 
-    encoder, parent = initial_encoder(config)
+    if resume:  # weights and the parent's record come from the checkpoint below
+        encoder, parent = ProteinEncoder(config.model_config), None
+    else:
+        encoder, parent = initial_encoder(config)
     encoder.to(device)
     optimizer = torch.optim.AdamW(
         _param_groups(encoder, config.weight_decay),
@@ -833,8 +836,8 @@ def initial_encoder(config: PretrainConfig) -> tuple[ProteinEncoder, dict[str, A
     With `init_from`, also returns what the card records of that model (name, sha256, tokens).
     """
     encoder = ProteinEncoder(config.model_config)
-    init_weights(encoder, seed=config.seed)
     if config.init_from is None:
+        init_weights(encoder, seed=config.seed)
         return encoder, None
     parent = load_model(config.init_from, dtype="float32")
     if parent.card.architecture != config.model_config:
