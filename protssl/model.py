@@ -148,10 +148,16 @@ class EncoderOutput(NamedTuple):
 
 
 class Rotary:
-    """Rotary position tables in ESM's half-split layout, computed in fp32 whatever the model's dtype."""
+    """Rotary position tables in ESM's half-split layout, tiled to the width of q and k side by side.
 
-    def __init__(self, head_dim: int) -> None:
+    With x = [x1, x2] per head and its half-swapped copy [x2, x1], the rotation is
+    x * cos + swapped * sin = [x1 c - x2 s, x2 c + x1 s]: `cos` is [c, c] and `sin` is [-s, s] per head.
+    Tables are computed in fp32 whatever the model's dtype, then cast.
+    """
+
+    def __init__(self, head_dim: int, num_heads: int) -> None:
         self.head_dim = head_dim
+        self.num_heads = num_heads
 
     @property
     def inv_freq(self) -> torch.Tensor:
@@ -161,20 +167,52 @@ class Rotary:
     def tables(
         self, seq_len: int, dtype: torch.dtype, device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T, 2 x heads x head_dim) cos and signed sin tables for q and k of one sequence."""
         positions = torch.arange(seq_len, device=device, dtype=torch.float32)
         angles = torch.outer(positions, self.inv_freq.to(device))  # (T, hd/2)
-        return angles.cos().to(dtype), angles.sin().to(dtype)
+        cos, sin = angles.cos(), angles.sin()
+        heads = 2 * self.num_heads  # q's heads, then k's
+        cos = torch.cat((cos, cos), dim=-1).repeat(1, heads)
+        sin = torch.cat((-sin, sin), dim=-1).repeat(1, heads)
+        return cos.to(dtype), sin.to(dtype)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate (B, T, ..., hd) queries and/or keys by position; cos/sin are (T, hd/2).
+def half_swapped_rows(num_heads: int, head_dim: int) -> torch.Tensor:
+    """Row order of a q-and-k projection (2 x heads x head_dim rows) with each head's halves swapped."""
+    rows = torch.arange(2 * num_heads * head_dim).view(2 * num_heads, 2, head_dim // 2)
+    return rows.flip(1).reshape(-1)
 
-    ESM's half-split layout: with x = [x1, x2], the result is [x1 c - x2 s, x2 c + x1 s].
+
+def linear(x: torch.Tensor, layer: nn.Linear, *, gelu: bool = False) -> torch.Tensor:
+    """`layer(x)`, then GELU if asked; one oneDNN call on CPU when no gradient is recorded (no autocast).
+
+    Eager `F.linear` copies the bias into the output before the matmul and GELU is another pass over
+    it; oneDNN adds both in the matmul's epilogue (erf GELU, as fair-esm), the way torch.compile's
+    CPU backend does.
     """
-    shape = (x.shape[1],) + (1,) * (x.dim() - 3) + (cos.shape[-1],)
-    cos, sin = cos.view(shape), sin.view(shape)  # (T, 1.., hd/2): broadcast over B and heads
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    return _linear(x, layer.weight, layer.bias, gelu=gelu)
+
+
+def _linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *, gelu: bool = False
+) -> torch.Tensor:
+    if (
+        _ONEDNN_LINEAR
+        and x.device.type == "cpu"
+        and x.dtype == weight.dtype
+        and not torch.is_grad_enabled()
+        and not torch.is_autocast_enabled("cpu")
+    ):
+        return torch.ops.mkldnn._linear_pointwise(
+            x, weight, bias, "gelu" if gelu else "none", [], "none" if gelu else ""
+        )
+    y = F.linear(x, weight, bias)
+    return F.gelu(y) if gelu else y
+
+
+_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(
+    torch.ops.mkldnn, "_linear_pointwise"
+)
 
 
 class SelfAttention(nn.Module):
@@ -184,6 +222,10 @@ class SelfAttention(nn.Module):
         self.head_dim = config.head_dim
         self.qkv_proj = nn.Linear(config.embed_dim, 3 * config.embed_dim)
         self.out_proj = nn.Linear(config.embed_dim, config.embed_dim)
+        self.swapped_rows: torch.Tensor
+        self.register_buffer(
+            "swapped_rows", half_swapped_rows(self.num_heads, self.head_dim), persistent=False
+        )
 
     def forward(
         self,
@@ -192,13 +234,19 @@ class SelfAttention(nn.Module):
         attn_mask: torch.Tensor | None,
     ) -> torch.Tensor:
         batch, seq_len, width = x.shape
-        qkv = self.qkv_proj(x).view(batch, seq_len, 3, self.num_heads, self.head_dim)
-        qk = apply_rotary(qkv[:, :, :2], *rotary)  # (B, T, 2, H, hd): q and k in one pass
-        q, k = qk.permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, H, T, hd)
-        v = qkv[:, :, 2].transpose(1, 2)  # (B, H, T, hd)
+        # Rotary needs each head's halves swapped; projecting them directly (one matmul with the q and
+        # k rows reordered) keeps every elementwise op on whole contiguous rows instead of 8-wide halves.
+        weight, bias = self.qkv_proj.weight, self.qkv_proj.bias
+        rows = self.swapped_rows
+        projected = _linear(x, torch.cat((weight, weight[rows])), torch.cat((bias, bias[rows])))
+        qk, v, swapped = projected.split((2 * width, width, 2 * width), dim=-1)
+        cos, sin = rotary
+        qk = torch.addcmul(qk * cos, swapped, sin)  # (B, T, 2C): q and k rotated in one pass
+        q, k = qk.view(batch, seq_len, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        v = v.view(batch, seq_len, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, T, hd)
         y = y.transpose(1, 2).reshape(batch, seq_len, width)  # (B, T, C)
-        return self.out_proj(y)
+        return linear(y, self.out_proj)
 
 
 class MLP(nn.Module):
@@ -208,7 +256,7 @@ class MLP(nn.Module):
         self.fc2 = nn.Linear(config.ffn_dim, config.embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+        return linear(linear(x, self.fc1, gelu=True), self.fc2)
 
 
 class Block(nn.Module):
@@ -254,7 +302,7 @@ class ProteinEncoder(nn.Module):
         self.padding_idx = ALPHABET.padding_idx
         self.mask_idx = ALPHABET.mask_idx
         self.embed_tokens = nn.Embedding(vocab, config.embed_dim, padding_idx=self.padding_idx)
-        self.rotary = Rotary(config.head_dim)
+        self.rotary = Rotary(config.head_dim, config.attention_heads)
         self.layers = nn.ModuleList(Block(config) for _ in range(config.num_layers))
         self.emb_layer_norm_after = nn.LayerNorm(config.embed_dim, eps=config.layer_norm_eps)
         self.lm_head = LMHead(config, self.embed_tokens)

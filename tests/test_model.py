@@ -48,6 +48,23 @@ def test_parity_with_fair_esm_fp32_mixed_lengths(sample_fasta) -> None:
     assert (expected["logits"] - got.logits).abs().max().item() <= 1e-3
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_inference_path_matches_the_training_path(sample_fasta, dtype) -> None:
+    """Without autograd the linears run as fused oneDNN calls; with it, as F.linear + F.gelu."""
+    _, ours = _fair_esm_pair(PRESETS["esm2-8m"])
+    ours = ours.to(dtype)
+    tokens = _mixed_batch(sample_fasta)
+    with torch.no_grad():
+        fused = ours(tokens, (6,)).representations[6]
+    eager = ours(tokens, (6,)).representations[6].detach()
+    keep = ~tokens.eq(ALPHABET.padding_idx)
+    diff = (fused - eager)[keep].float().abs()
+    scale = eager[keep].float().abs().max().item()
+    assert diff.max().item() <= (1e-4 if dtype == torch.float32 else 0.02 * scale)
+    cos = torch.nn.functional.cosine_similarity(fused[keep].float(), eager[keep].float(), dim=-1)
+    assert cos.min().item() >= (0.99999 if dtype == torch.float32 else 0.999)
+
+
 @pytest.mark.filterwarnings("ignore:Regression weights not found")
 def test_export_round_trip_loads_in_fair_esm(tmp_path, sample_fasta) -> None:
     from protssl.checkpoint import export_fair_esm
