@@ -100,3 +100,14 @@ def test_config_checks_and_dtype_resolution() -> None:
     assert resolve_dtype("float32", torch.device("cpu")) is torch.float32
     assert resolve_dtype("auto", torch.device("cuda")) is torch.bfloat16
     assert ModelConfig.from_dict(PRESETS["esm2-35m"].to_dict()) == PRESETS["esm2-35m"]
+
+
+def test_matmul_rows_keep_few_shapes_and_little_padding() -> None:
+    from protssl.model import matmul_rows
+
+    cpu = torch.device("cpu")
+    grid = [matmul_rows(n, cpu) for n in range(1, 8193)]
+    assert all(g >= n for n, g in zip(range(1, 8193), grid, strict=True))
+    assert all(g <= max(n * 1.125, n + 7) for n, g in zip(range(1, 8193), grid, strict=True))
+    assert len(set(grid[:4096])) <= 64  # batches of up to 4096 tokens: a few dozen matmul shapes
+    assert matmul_rows(3850, torch.device("meta")) == 3850  # only the CPU pads
