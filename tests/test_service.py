@@ -264,14 +264,24 @@ def test_unknown_model_and_layer(stub, records):
 
 
 def test_every_call_logs_one_structured_line(stub, records, caplog):
+    with caplog.at_level(logging.DEBUG, logger="service.calls"):
+        stub.Embed(request_for(records[:1]), timeout=10)
+        rpc_error(stub.Embed, request_for(records[:1], model="nope"), timeout=10)
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "service.calls"]
+    assert lines[0][0] == logging.DEBUG and re.match(
+        r"rpc method=/protssl.v1.EmbeddingService/Embed code=OK latency_ms=[\d.]+ peer=",
+        lines[0][1],
+    )
+    assert lines[1][0] == logging.INFO
+    assert "code=NOT_FOUND" in lines[1][1] and "message=" in lines[1][1]
+
+
+def test_at_info_only_failed_calls_log(stub, records, caplog):
     with caplog.at_level(logging.INFO, logger="service.calls"):
         stub.Embed(request_for(records[:1]), timeout=10)
         rpc_error(stub.Embed, request_for(records[:1], model="nope"), timeout=10)
     lines = [r.getMessage() for r in caplog.records if r.name == "service.calls"]
-    assert re.match(
-        r"rpc method=/protssl.v1.EmbeddingService/Embed code=OK latency_ms=[\d.]+ ", lines[0]
-    )
-    assert "code=NOT_FOUND" in lines[1] and "message=" in lines[1]
+    assert len(lines) == 1 and "code=NOT_FOUND" in lines[0]
 
 
 def test_metrics_side_port(server, stub, records):
