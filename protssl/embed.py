@@ -168,7 +168,8 @@ def _embed_group_cached(
             stats.computed += 1
             yield embedding
         return
-    keys = _cache_keys(records, model, config)
+    provenance = expected_provenance(model, config)
+    keys = _cache_keys(records, provenance)
     found = cache.get_many(keys)
     misses: list[ProteinRecord] = []
     keys_by_id: dict[str, set[EmbeddingKey]] = {}
@@ -179,7 +180,7 @@ def _embed_group_cached(
             keys_by_id.setdefault(record.id, set()).add(key)
             continue
         stats.cached += 1
-        yield _cached_embedding(record, vector, model, config)
+        yield _cached_embedding(record, vector, model, config, provenance)
     if not misses:
         return
     sequences = {record.id: record.sequence for record in misses}
@@ -212,20 +213,18 @@ def cached_embeddings(
     cache: EmbeddingCache,
 ) -> list[Embedding | None]:
     """One cache lookup, no model run: each record's cached embedding (input order), None on a miss."""
-    keys = _cache_keys(records, model, config)
+    provenance = expected_provenance(model, config)
+    keys = _cache_keys(records, provenance)
     found = cache.get_many(keys)
     return [
         None
         if (vector := found.get(key)) is None
-        else _cached_embedding(record, vector, model, config)
+        else _cached_embedding(record, vector, model, config, provenance)
         for record, key in zip(records, keys, strict=True)
     ]
 
 
-def _cache_keys(
-    records: Sequence[ProteinRecord], model: LoadedModel, config: EmbedConfig
-) -> list[EmbeddingKey]:
-    provenance = expected_provenance(model, config)
+def _cache_keys(records: Sequence[ProteinRecord], provenance: Provenance) -> list[EmbeddingKey]:
     return [
         EmbeddingKey(
             model_sha256=provenance.model_sha256,
@@ -240,11 +239,15 @@ def _cache_keys(
 
 
 def _cached_embedding(
-    record: ProteinRecord, vector: np.ndarray, model: LoadedModel, config: EmbedConfig
+    record: ProteinRecord,
+    vector: np.ndarray,
+    model: LoadedModel,
+    config: EmbedConfig,
+    provenance: Provenance,
 ) -> Embedding:
     window_residues = model.encoder.config.max_residues
     windows = len(plan_windows(len(record.sequence), window_residues, config.window.overlap))
-    return _embedding(record, vector, model, config, windows=windows)
+    return _embedding(record, vector, provenance, windows=windows)
 
 
 def embed_records_layers(
@@ -305,6 +308,7 @@ def _embed_group(
     encoder = model.encoder
     layers = layers or (encoder.resolve_layer(config.layer),)
     window_residues = encoder.config.max_residues
+    provenance = expected_provenance(model, config)
     sequences = [r.sequence for r in records]
     stitches: dict[int, _Stitch] = {}
     for batch in token_batches(
@@ -328,7 +332,7 @@ def _embed_group(
                     vector = pooled[row]
                 else:
                     vector = hidden[row, 1 : length + 1].numpy().copy()
-                yield _embedding(record, vector, model, config, windows=1)
+                yield _embedding(record, vector, provenance, windows=1)
                 continue
             stitch = stitches.get(window.item)
             if stitch is None:
@@ -349,7 +353,7 @@ def _embed_group(
             if stitch.windows_left == 0:
                 del stitches[window.item]
                 vector = _finish_stitch(stitch, config.pooling)
-                yield _embedding(record, vector, model, config, windows=stitch.windows)
+                yield _embedding(record, vector, provenance, windows=stitch.windows)
         if on_batch is not None:
             on_batch(batch.residues)
 
@@ -385,17 +389,15 @@ def _finish_stitch(stitch: _Stitch, pooling: str) -> np.ndarray:
 
 
 def _embedding(
-    record: ProteinRecord,
-    vector: np.ndarray,
-    model: LoadedModel,
-    config: EmbedConfig,
-    *,
-    windows: int,
+    record: ProteinRecord, vector: np.ndarray, provenance: Provenance, *, windows: int
 ) -> Embedding:
+    """`provenance`: the group's, from `expected_provenance` (one window); windows set here."""
+    if windows != provenance.windows:
+        provenance = replace(provenance, windowed=windows > 1, windows=windows)
     return Embedding(
         id=record.id,
         length=len(record.sequence),
         vector=np.ascontiguousarray(vector, dtype=np.float32),
-        provenance=expected_provenance(model, config, windows=windows),
+        provenance=provenance,
         labels=record.labels,
     )
