@@ -7,6 +7,7 @@ dicts (`from_fair_esm_state_dict`) and gives the same per-residue representation
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -216,11 +217,11 @@ def _linear(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *, gelu: bool = False
 ) -> torch.Tensor:
     if (
-        _ONEDNN_LINEAR
-        and x.device.type == "cpu"
+        x.device.type == "cpu"
         and x.dtype == weight.dtype
         and not torch.is_grad_enabled()
         and not torch.is_autocast_enabled("cpu")
+        and onednn_linear_works()
     ):
         return torch.ops.mkldnn._linear_pointwise(
             x, weight, bias, "gelu" if gelu else "none", [], "none" if gelu else ""
@@ -229,9 +230,28 @@ def _linear(
     return F.gelu(y) if gelu else y
 
 
-_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(
-    torch.ops.mkldnn, "_linear_pointwise"
-)
+@functools.cache
+def onednn_linear_works() -> bool:
+    """Whether this torch build's fused oneDNN linear exists and agrees with F.linear + F.gelu.
+
+    It is an internal op (the one torch.compile emits on CPU), so it is checked once per process on
+    a tiny input; any failure or mismatch keeps every linear on the eager path.
+    """
+    if not torch.backends.mkldnn.is_available():
+        return False
+    generator = torch.Generator().manual_seed(0)
+    x, w, b = (torch.randn(shape, generator=generator) for shape in ((5, 8), (4, 8), (4,)))
+    try:
+        with torch.no_grad():
+            fused = torch.ops.mkldnn._linear_pointwise(x, w, b, "gelu", [], "none")
+            plain = torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+    except (AttributeError, RuntimeError, TypeError):
+        return False
+    expected = F.linear(x, w, b)
+    return bool(
+        torch.allclose(plain, expected, atol=1e-5)
+        and torch.allclose(fused, F.gelu(expected), atol=1e-5)
+    )
 
 
 class SelfAttention(nn.Module):
