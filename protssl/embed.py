@@ -110,8 +110,8 @@ class _Stitch:
     windows_left: int
 
 
-def expected_provenance(model: LoadedModel, config: EmbedConfig, *, windows: int = 1) -> Provenance:
-    """The provenance a vector made with this model and config carries."""
+def expected_provenance(model: LoadedModel, config: EmbedConfig) -> Provenance:
+    """The provenance a vector made with this model and config carries (one window; see `_embedding`)."""
     encoder = model.encoder
     return Provenance(
         model_name=model.name,
@@ -120,8 +120,8 @@ def expected_provenance(model: LoadedModel, config: EmbedConfig, *, windows: int
         pooling=config.pooling,
         dtype=model.dtype_name,
         window_policy=config.window.describe(encoder.config.max_residues),
-        windowed=windows > 1,
-        windows=windows,
+        windowed=False,
+        windows=1,
     )
 
 
