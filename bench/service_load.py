@@ -177,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     model = load_model(args.model)
+    model.encoder.warm_up(EmbedConfig().max_tokens)  # as the server does before it serves
     list(embed_records(records[:8], model))  # warm-up
     inproc, before = embed_in_process(records, model)
 

@@ -399,6 +399,25 @@ class ProteinEncoder(nn.Module):
         logits = self.lm_head(x[:tokens_in].view(batch, seq_len, width)) if return_logits else None
         return EncoderOutput(representations=representations, logits=logits)
 
+    def warm_up(self, max_tokens: int) -> int:
+        """Run one small forward per CPU matmul shape a batch of up to `max_tokens` tokens can bring.
+
+        oneDNN builds each shape's kernels on first use (see `matmul_rows`); a server calls this
+        before it takes traffic so no request pays for it. Returns the number of shapes (0 off CPU).
+        """
+        device = self.embed_tokens.weight.device
+        if device.type != "cpu":
+            return 0
+        grid = sorted({matmul_rows(n, device) for n in range(8, max_tokens + 1, 8)})
+        with torch.inference_mode():
+            for (
+                rows
+            ) in grid:  # every grid value is a multiple of 8: (rows / 8) sequences of 6 residues
+                tokens = torch.full((rows // 8, 8), self.mask_idx, dtype=torch.long, device=device)
+                tokens[:, 0], tokens[:, -1] = ALPHABET.cls_idx, ALPHABET.eos_idx
+                self(tokens, (1,), return_logits=False)  # every block has the same shapes
+        return len(grid)
+
     # --- fair-esm interchange -------------------------------------------------------------
 
     @classmethod

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
@@ -179,8 +180,14 @@ def create_server(
 
 
 def serve(config: ServiceConfig) -> int:
-    """Run until SIGTERM or SIGINT, then shut down gracefully; returns the exit code."""
+    """Warm the model's kernels, serve until SIGTERM or SIGINT, then shut down gracefully (exit code)."""
     server, port = create_server(config)
+    started = time.perf_counter()
+    shapes = server.batcher.model.encoder.warm_up(config.max_batch_tokens)
+    if shapes:
+        log.info(
+            "built kernels for %d matmul shapes in %.1f s", shapes, time.perf_counter() - started
+        )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda number, frame: stop.set())

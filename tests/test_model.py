@@ -114,3 +114,13 @@ def test_matmul_rows_keep_few_shapes_and_little_padding() -> None:
     assert all(g <= max(n * 1.125, n + 7) for n, g in zip(range(1, 8193), grid, strict=True))
     assert len(set(grid[:4096])) <= 64  # batches of up to 4096 tokens: a few dozen matmul shapes
     assert matmul_rows(3850, torch.device("meta")) == 3850  # only the CPU pads
+
+
+def test_warm_up_runs_one_forward_per_matmul_shape() -> None:
+    from protssl.model import matmul_rows
+
+    model = ProteinEncoder(PRESETS["protssl-tiny"]).eval()
+    cpu = torch.device("cpu")
+    expected = len({matmul_rows(n, cpu) for n in range(8, 2049, 8)})
+    assert model.warm_up(2048) == expected
+    assert model.warm_up(8) == 1
