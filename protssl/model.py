@@ -265,6 +265,24 @@ class SelfAttention(nn.Module):
         self.register_buffer(
             "swapped_rows", half_swapped_rows(self.num_heads, self.head_dim), persistent=False
         )
+        self._extended: tuple[tuple[int, ...], torch.Tensor, torch.Tensor] | None = None
+
+    def extended_projection(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """qkv_proj's weight and bias with the q and k rows appended again, halves swapped.
+
+        Without autograd the result is kept until the parameters change (in-place updates bump
+        their version, moves change their storage), so inference does not copy them every forward.
+        Parameters made under inference_mode have no version counter: those are not kept.
+        """
+        weight, bias = self.qkv_proj.weight, self.qkv_proj.bias
+        if torch.is_grad_enabled() or weight.is_inference() or bias.is_inference():
+            rows = self.swapped_rows
+            return torch.cat((weight, weight[rows])), torch.cat((bias, bias[rows]))
+        key = (weight._version, bias._version, weight.data_ptr(), bias.data_ptr())
+        if self._extended is None or self._extended[0] != key:
+            rows = self.swapped_rows
+            self._extended = (key, torch.cat((weight, weight[rows])), torch.cat((bias, bias[rows])))
+        return self._extended[1], self._extended[2]
 
     def forward(
         self,
@@ -278,9 +296,7 @@ class SelfAttention(nn.Module):
         tokens, width = batch * seq_len, x.shape[1]
         # Rotary needs each head's halves swapped; projecting them directly (one matmul with the q and
         # k rows reordered) keeps every elementwise op on whole contiguous rows instead of 8-wide halves.
-        weight, bias = self.qkv_proj.weight, self.qkv_proj.bias
-        rows = self.swapped_rows
-        projected = _linear(x, torch.cat((weight, weight[rows])), torch.cat((bias, bias[rows])))
+        projected = _linear(x, *self.extended_projection())
         projected = projected[:tokens].view(batch, seq_len, 5 * width)
         qk, v, swapped = projected.split((2 * width, width, 2 * width), dim=-1)
         cos, sin = rotary
@@ -410,9 +426,8 @@ class ProteinEncoder(nn.Module):
             return 0
         grid = sorted({matmul_rows(n, device) for n in range(8, max_tokens + 1, 8)})
         with torch.inference_mode():
-            for (
-                rows
-            ) in grid:  # every grid value is a multiple of 8: (rows / 8) sequences of 6 residues
+            # every grid value is a multiple of 8: (rows / 8) sequences of 6 residues
+            for rows in grid:
                 tokens = torch.full((rows // 8, 8), self.mask_idx, dtype=torch.long, device=device)
                 tokens[:, 0], tokens[:, -1] = ALPHABET.cls_idx, ALPHABET.eos_idx
                 self(tokens, (1,), return_logits=False)  # every block has the same shapes

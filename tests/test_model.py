@@ -124,3 +124,25 @@ def test_warm_up_runs_one_forward_per_matmul_shape() -> None:
     expected = len({matmul_rows(n, cpu) for n in range(8, 2049, 8)})
     assert model.warm_up(2048) == expected
     assert model.warm_up(8) == 1
+
+
+def test_inference_projection_follows_weight_updates(sample_fasta) -> None:
+    """The swapped-row projection kept between no-grad forwards is rebuilt when weights change."""
+    _, ours = _fair_esm_pair(PRESETS["esm2-8m"])
+    tokens = _mixed_batch(sample_fasta)
+    keep = ~tokens.eq(ALPHABET.padding_idx)
+    with torch.no_grad():
+        before = ours(tokens, (6,)).representations[6]
+        for layer in ours.layers:
+            layer.self_attn.qkv_proj.weight.mul_(1.5)  # in place, as an optimizer step
+        after = ours(tokens, (6,)).representations[6]
+    eager = ours(tokens, (6,)).representations[6].detach()  # autograd on: nothing kept
+    assert (after - before)[keep].abs().max().item() > 1e-2
+    assert (after - eager)[keep].abs().max().item() <= 1e-4
+
+
+def test_a_model_built_under_inference_mode_runs() -> None:
+    with torch.inference_mode():
+        model = ProteinEncoder(PRESETS["protssl-tiny"]).eval()
+        out = model(torch.tensor([[0, 5, 6, 7, 2]]), (2,), return_logits=False)
+    assert out.representations[2].shape == (1, 5, 64)
