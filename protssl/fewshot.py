@@ -152,8 +152,11 @@ class Prediction:
 # --- vector preparation ---------------------------------------------------------------------
 
 
-def _normalise(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
-    centred = x.astype(np.float64) - mean
+def _normalise(x: np.ndarray, mean: np.ndarray | None = None) -> np.ndarray:
+    """Rows L2-normalised in float64, after subtracting `mean` when one is given."""
+    centred = x.astype(np.float64)
+    if mean is not None:
+        centred = centred - mean
     norms = np.linalg.norm(centred, axis=1, keepdims=True)
     return centred / np.maximum(norms, 1e-12)
 
@@ -619,7 +622,7 @@ class FewShotClassifier:
                 parent_true[np.arange(len(y)), parent_top],
                 config.target_precision,
             )
-        support_nn = _normalise(features[layer], np.zeros_like(mean))
+        support_nn = _normalise(features[layer])
         sims = support_nn @ support_nn.T
         np.fill_diagonal(sims, -np.inf)
         nearest = sims.max(1)
@@ -677,7 +680,7 @@ class FewShotClassifier:
             raise InvalidInputError(
                 f"expected (M, {self.mean.shape[0]}) vectors from layer {self.layer}, got {x.shape}"
             )
-        return _normalise(x, self.mean if centred else np.zeros_like(self.mean))
+        return _normalise(x, self.mean if centred else None)
 
     def predict_proba(self, features: np.ndarray | Mapping[int, np.ndarray]) -> np.ndarray:
         """Calibrated (M, C) probabilities over `classes`."""
