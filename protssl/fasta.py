@@ -43,6 +43,7 @@ OnInvalid = Literal["fail", "skip", "replace"]
 OnProblem = Literal["fail", "skip"]
 
 _INVALID = re.compile(f"[^{RESIDUES}]")
+_RESIDUE_BYTES = RESIDUES.encode("ascii")
 _LABEL = re.compile(r"(?:^|\s)label=(\S+)")
 _MEANING = {
     "*": "an internal stop codon",
@@ -126,9 +127,10 @@ def normalize_sequence(
     if sequence.endswith("*"):
         sequence = sequence[:-1]
     sequence = sequence.replace("J", "X")
+    if sequence.isascii() and not sequence.encode("ascii").translate(None, _RESIDUE_BYTES):
+        return sequence, 0  # one C pass over the bytes; the regex is for finding what and where
     bad = _INVALID.search(sequence)
-    if bad is None:
-        return sequence, 0
+    assert bad is not None  # the check above saw a character outside RESIDUES
     if on_invalid == "skip":
         return None, 0
     if on_invalid == "replace":

@@ -45,8 +45,7 @@ class _Call:
         if code is None:
             code = grpc.StatusCode.CANCELLED if cancelled else grpc.StatusCode.OK
         name = code.name if isinstance(code, grpc.StatusCode) else str(code)
-        self.metrics.requests.labels(method=self.method, code=name).inc()
-        self.metrics.latency.labels(method=self.method).observe(seconds)
+        self.metrics.record_call(self.method, name, seconds)
         level = logging.DEBUG if name == "OK" else logging.INFO
         if not log.isEnabledFor(level):
             return

@@ -72,6 +72,9 @@ class ServiceMetrics:
             ["reason"],
             registry=r,
         )
+        self._computed_vectors = self.embeddings.labels(source="computed")
+        self._cached_vectors = self.embeddings.labels(source="cached")
+        self._calls: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
         self._lock = threading.Lock()
         self._computed = 0
         self._cached = 0
@@ -84,12 +87,30 @@ class ServiceMetrics:
         value = self.registry.get_sample_value("protssl_forward_tokens_count")
         return int(value or 0)
 
+    def record_call(self, method: str, code: str, seconds: float) -> None:
+        """Count one finished RPC and observe its latency.
+
+        The labelled children are looked up once per (method, code): `labels()` costs about as
+        much as the rest of a cache hit's bookkeeping.
+        """
+        children = self._calls.get((method, code))
+        if children is None:
+            children = self._calls.setdefault(
+                (method, code),
+                (
+                    self.requests.labels(method=method, code=code),
+                    self.latency.labels(method=method),
+                ),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
+
     def record_vectors(self, *, computed: int, cached: int) -> None:
         """Count returned vectors by source and refresh the hit ratio."""
         if computed:
-            self.embeddings.labels(source="computed").inc(computed)
+            self._computed_vectors.inc(computed)
         if cached:
-            self.embeddings.labels(source="cached").inc(cached)
+            self._cached_vectors.inc(cached)
         with self._lock:
             self._computed += computed
             self._cached += cached

@@ -6,6 +6,7 @@ Errors are raised as protssl errors; `service.interceptors.CallInterceptor` maps
 from __future__ import annotations
 
 import collections
+import functools
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import CancelledError, Future, TimeoutError
@@ -18,6 +19,7 @@ from protssl import fewshot
 from protssl._proto import protssl_pb2 as pb
 from protssl._proto import protssl_pb2_grpc as pb_grpc
 from protssl.checkpoint import LoadedModel
+from protssl.embed import Provenance
 from protssl.errors import (
     DeadlineExceededError,
     FastaFormatError,
@@ -60,7 +62,6 @@ def embedding_to_proto(result: EmbedResult, wire: int) -> pb.Embedding:
     """One domain embedding as a packed little-endian protobuf message."""
     embedding = result.embedding
     enum, dtype = _lookup(WIRE_DTYPES, wire, "vector dtype")
-    p = embedding.provenance
     return pb.Embedding(
         id=embedding.id,
         length=embedding.length,
@@ -68,16 +69,25 @@ def embedding_to_proto(result: EmbedResult, wire: int) -> pb.Embedding:
         dtype=enum,
         vector=embedding.vector.astype(dtype, copy=False).tobytes(),
         cached=result.cached,
-        provenance=pb.Provenance(
-            model_name=p.model_name,
-            model_sha256=p.model_sha256,
-            layer=p.layer,
-            pooling=p.pooling,
-            compute_dtype=p.dtype,
-            window_policy=p.window_policy,
-            windowed=p.windowed,
-            windows=p.windows,
-        ),
+        provenance=_provenance_proto(embedding.provenance),
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _provenance_proto(p: Provenance) -> pb.Provenance:
+    """A provenance as protobuf, built once: a server's vectors share a handful of provenances.
+
+    The message is shared: `pb.Embedding(provenance=...)` copies it, and nothing may edit it.
+    """
+    return pb.Provenance(
+        model_name=p.model_name,
+        model_sha256=p.model_sha256,
+        layer=p.layer,
+        pooling=p.pooling,
+        compute_dtype=p.dtype,
+        window_policy=p.window_policy,
+        windowed=p.windowed,
+        windows=p.windows,
     )
 
 
@@ -145,11 +155,13 @@ class _Face:
         ids = [s.id or f"seq{offset + i}" for i, s in enumerate(sequences)]
         raw = [s.sequence for s in sequences]
         check_request(ids, raw, self.config)
-        labelled = [
-            ProteinRecord(i, s.sequence, tuple(getattr(s, "labels", ())))
-            for i, s in zip(ids, sequences, strict=True)
-        ]
-        records = records_from_sequences(labelled, source="request")
+        items: Sequence[str | ProteinRecord] = raw
+        if sequences and hasattr(sequences[0], "labels"):  # LabelledSequence: keep the labels
+            items = [
+                ProteinRecord(i, r, tuple(s.labels))
+                for i, r, s in zip(ids, raw, sequences, strict=True)
+            ]
+        records = records_from_sequences(items, ids=ids, source="request")
         if seen is not None:
             for index, record in enumerate(records):
                 if record.id in seen:

@@ -40,6 +40,26 @@ def test_policy_rules() -> None:
     assert normalize_sequence("MK-V", on_invalid="replace") == ("MKXV", 1)
 
 
+@pytest.mark.parametrize(
+    ("raw", "position"),
+    [
+        ("MKÄL", 3),
+        ("MKV1", 4),
+        ("\u00b5K", 1),
+        ("MK V?", 4),
+        ("ACDEFGHIKLMNPQRSTVWY" * 40 + "#", 801),
+    ],
+)
+def test_invalid_characters_are_found_and_placed(raw: str, position: int) -> None:
+    """Non-ASCII letters, digits and symbols anywhere fail with their position (after whitespace
+    is dropped), are dropped by skip, and become X with replace."""
+    with pytest.raises(InvalidInputError, match=rf"position {position}\b"):
+        normalize_sequence(raw, record_id="r1")
+    assert normalize_sequence(raw, on_invalid="skip") == (None, 0)
+    replaced, count = normalize_sequence(raw, on_invalid="replace")
+    assert count == 1 and replaced is not None and replaced[position - 1] == "X"
+
+
 def test_internal_stop_names_record_and_position(edge_cases: Path) -> None:
     path = edge_cases / "prokka_IS_internal_stops.fasta"
     with pytest.raises(InvalidInputError) as info:

@@ -181,12 +181,13 @@ class _VectorLRU:
             return {}
         found: dict[EmbeddingKey, np.ndarray] = {}
         with self._lock:
+            entries = self._entries
             for key in keys:
-                vector = self._entries.get(key)
+                vector = entries.get(key)
                 if vector is not None:
-                    self._entries.move_to_end(key)
-                    found[key] = vector
-        return {key: vector.copy() for key, vector in found.items()}
+                    entries.move_to_end(key)
+                    found[key] = vector.copy()
+        return found
 
     def put_many(self, vectors: Mapping[EmbeddingKey, np.ndarray]) -> None:
         if not self.max_bytes:
