@@ -57,6 +57,8 @@ def start_server(
         str(args.min_batch_fill),
         "--max-queue-delay-ms",
         str(args.max_queue_delay_ms),
+        "--processes",
+        str(args.processes),
         "--log-level",
         "INFO",
     ]
@@ -155,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-batch-fill", type=float, default=defaults.min_batch_fill)
     parser.add_argument("--max-queue-delay-ms", type=float, default=defaults.max_queue_delay_ms)
     parser.add_argument(
+        "--processes", type=int, default=defaults.processes, help="server processes on the port"
+    )
+    parser.add_argument(
         "--no-store", dest="store", action="store_false", help="no cache (no hit phase)"
     )
     parser.add_argument("--seed", type=int, default=0)
@@ -226,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         "residues": residues,
         "requests": len(requests),
         "clients": args.clients,
+        "processes": args.processes,
         "service_res_per_s": round(service_res_per_s, 1),
         "inproc_res_per_s": round(inproc_res_per_s, 1),
         "ratio": round(service_res_per_s / inproc_res_per_s, 3),

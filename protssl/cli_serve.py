@@ -50,6 +50,7 @@ OPTIONS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     ("workers", int, "gRPC handler threads (default 64)"),
     ("grace_s", float, "seconds in-flight calls get on SIGTERM (default 10)"),
     ("metrics_port", _optional_port, "Prometheus port; 0 = any, off = none (default 9464)"),
+    ("processes", int, "server processes sharing the port, one GIL and model each (default 1)"),
 )
 """(ServiceConfig field, parser, help): flag --field-name, environment variable PROTSSL_FIELD_NAME."""
 

@@ -247,6 +247,9 @@ class Client:
                 ("grpc.initial_reconnect_backoff_ms", int(backoff * 1000)),
                 ("grpc.min_reconnect_backoff_ms", int(backoff * 1000)),
                 ("grpc.max_reconnect_backoff_ms", int(max_backoff * 1000)),
+                # a connection of its own (grpcio shares one per target by default), so clients
+                # spread over the processes of a multi-process server (`--processes`)
+                ("grpc.use_local_subchannel_pool", 1),
             ],
         )
         self._embeddings = pb_grpc.EmbeddingServiceStub(self._channel)

@@ -53,7 +53,12 @@ class ServiceConfig:
     grace_s: float = 10.0
     """On SIGTERM: seconds in-flight calls get to finish after the server stops accepting."""
     metrics_port: int | None = 9464
-    """Prometheus /metrics side port on `host`; 0 = a free port, None = no metrics server."""
+    """Prometheus /metrics side port on `host`; 0 = a free port, None = no metrics server.
+
+    With several processes, process i serves its own metrics on `metrics_port + i`."""
+    processes: int = 1
+    """Server processes sharing the port (SO_REUSEPORT), each with its own GIL, model worker and
+    batcher; the kernel spreads client connections across them. More than 1 pays on many cores."""
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -73,10 +78,16 @@ class ServiceConfig:
             "max_sequence_length",
             "max_message_mb",
             "workers",
+            "processes",
         )
         for name in positive:
             if getattr(self, name) < 1:
                 raise InvalidInputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.metrics_port and self.metrics_port + self.processes - 1 > 65535:
+            raise InvalidInputError(
+                f"metrics ports {self.metrics_port}..{self.metrics_port + self.processes - 1} "
+                "(one per process) run past 65535"
+            )
         if self.max_group_tokens < self.max_batch_tokens:
             raise InvalidInputError(
                 f"max_group_tokens {self.max_group_tokens} is below max_batch_tokens "

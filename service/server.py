@@ -10,6 +10,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
@@ -29,7 +30,14 @@ from service.interceptors import CallInterceptor
 from service.metrics import ServiceMetrics
 from service.servicers import ClassifierServicer, EmbeddingServicer
 
-__all__ = ["SERVICE_NAMES", "ProtsslServer", "create_server", "serve"]
+__all__ = [
+    "SERVICE_NAMES",
+    "ProtsslServer",
+    "create_server",
+    "serve",
+    "serve_process",
+    "store_config",
+]
 
 log = logging.getLogger(__name__)
 
@@ -81,29 +89,34 @@ class ProtsslServer:
         return self.grpc_server.wait_for_termination(timeout)
 
 
+def store_config(config: ServiceConfig) -> StoreConfig:
+    """The store a server with `config` opens: its database URL (or the default) and memory cache."""
+    url = config.database_url
+    base = StoreConfig(url=url) if url else StoreConfig()
+    return replace(base, memory_cache_mb=config.memory_cache_mb)
+
+
 def create_server(
     config: ServiceConfig,
     *,
     model: LoadedModel | None = None,
     store: Store | None = None,
     registry: CollectorRegistry | None = None,
+    reuse_port: bool = False,
 ) -> tuple[ProtsslServer, int]:
     """Build (not start) a server for `config`; returns it and the bound gRPC port.
 
     `model` skips loading `config.model` (tests hand in one they built); `store` skips opening
     `config.database_url` (the caller keeps owning it); `registry` receives the Prometheus metrics
     (a fresh one per server by default). With `config.store` false there is no cache and the
-    classifier RPCs answer UNIMPLEMENTED.
+    classifier RPCs answer UNIMPLEMENTED. `reuse_port` lets sibling processes bind the same port
+    (`service.supervisor`); otherwise a port in use is an error.
     """
     if model is None:
         model = load_model(config.model, device=config.device, dtype=config.dtype)
     owned_store = None
     if store is None and config.store:
-        url = config.database_url
-        store_config = replace(
-            StoreConfig(url=url) if url else StoreConfig(), memory_cache_mb=config.memory_cache_mb
-        )
-        store = owned_store = Store(store_config)
+        store = owned_store = Store(store_config(config))
     if not config.store:
         store = None
     metrics = ServiceMetrics(registry)
@@ -124,7 +137,7 @@ def create_server(
         options=[
             ("grpc.max_send_message_length", message_bytes),
             ("grpc.max_receive_message_length", message_bytes),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", int(reuse_port)),
         ],
     )
     pb_grpc.add_EmbeddingServiceServicer_to_server(
@@ -180,8 +193,29 @@ def create_server(
 
 
 def serve(config: ServiceConfig) -> int:
-    """Warm the model's kernels, serve until SIGTERM or SIGINT, then shut down gracefully (exit code)."""
-    server, port = create_server(config)
+    """Serve until SIGTERM or SIGINT, then shut down gracefully; returns the exit code.
+
+    With `config.processes` > 1, that many server processes share the port (`service.supervisor`).
+    """
+    if config.processes > 1:
+        from service.supervisor import supervise
+
+        return supervise(config)
+    return serve_process(config)
+
+
+def serve_process(
+    config: ServiceConfig,
+    *,
+    reuse_port: bool = False,
+    on_ready: Callable[[int, int | None], None] | None = None,
+) -> int:
+    """One server process: warm the model's kernels, serve until SIGTERM or SIGINT, shut down.
+
+    `on_ready(port, metrics_port)` replaces the "serving" log line (a supervised child reports to
+    its parent, which announces the whole group).
+    """
+    server, port = create_server(config, reuse_port=reuse_port)
     started = time.perf_counter()
     shapes = server.batcher.model.encoder.warm_up(config.max_batch_tokens)
     if shapes:
@@ -192,9 +226,12 @@ def serve(config: ServiceConfig) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda number, frame: stop.set())
     server.start()
-    log.info(
-        "serving protssl.v1 on %s:%d (metrics port %s)", config.host, port, server.metrics_port
-    )
+    if on_ready is not None:
+        on_ready(port, server.metrics_port)
+    else:
+        log.info(
+            "serving protssl.v1 on %s:%d (metrics port %s)", config.host, port, server.metrics_port
+        )
     while not stop.wait(1.0):
         pass
     log.info("shutting down: finishing in-flight calls (grace %.1f s)", config.grace_s)

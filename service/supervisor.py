@@ -1,0 +1,181 @@
+"""Several server processes on one port: each with its own GIL, model worker and batcher.
+
+One Python process serves gRPC calls under one GIL (about one core of call handling) and runs one
+model worker; on a machine with many cores, N processes bound to the same port (SO_REUSEPORT, the
+kernel spreads client connections across them) scale both. The parent holds the port, migrates the
+store once, starts the children (spawned, so no grpc or torch state is forked), announces the group
+when every child serves, forwards SIGTERM/SIGINT and exits when they have stopped. A child that dies
+stops the group: a half-served port is worse than a clear exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import queue
+import signal
+import socket
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+
+from protssl.errors import InvalidInputError, ProtsslError
+from protssl.store import Store
+from service.config import ServiceConfig
+
+__all__ = ["supervise"]
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 600.0
+"""How long the children get to load the model, warm up and bind."""
+
+
+@contextlib.contextmanager
+def reserved_port(host: str, port: int) -> Iterator[int]:
+    """Bind `host:port` (0 = a free port) with SO_REUSEPORT and hold it while the children bind it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise InvalidInputError(f"cannot bind {host}:{port} ({exc})") from None
+    try:
+        yield int(sock.getsockname()[1])
+    finally:
+        sock.close()
+
+
+def child_config(config: ServiceConfig, index: int, port: int) -> ServiceConfig:
+    """Process `index`'s settings: the shared port, its own metrics port (`metrics_port + index`)."""
+    metrics = config.metrics_port
+    return replace(
+        config,
+        port=port,
+        processes=1,
+        metrics_port=metrics + index if metrics else metrics,
+    )
+
+
+def _child(
+    config: ServiceConfig,
+    index: int,
+    threads: int,
+    level: int,
+    ready: multiprocessing.Queue,  # type: ignore[type-arg]
+) -> None:
+    """A spawned server process (logging and torch threads are set up here, nothing is inherited)."""
+    import torch
+
+    from service.server import serve_process
+
+    logging.basicConfig(
+        level=level, format=f"%(asctime)s %(levelname)s [server {index}] %(name)s %(message)s"
+    )
+    torch.set_num_threads(threads)
+    try:
+        code = serve_process(
+            config,
+            reuse_port=True,
+            on_ready=lambda port, metrics_port: ready.put((index, metrics_port)),
+        )
+    except ProtsslError as exc:  # a bad model path, an unreachable store: one line, not a traceback
+        log.error("%s", exc)
+        code = 2
+    raise SystemExit(code)
+
+
+def supervise(config: ServiceConfig) -> int:
+    """Run `config.processes` server processes on one port until SIGTERM or SIGINT; the exit code."""
+    n = config.processes
+    threads = max(1, (os.cpu_count() or 1) // n)
+    with reserved_port(config.host, config.port) as port:
+        if config.store:
+            from service.server import store_config
+
+            Store(store_config(config)).close()  # migrate once, before n processes open it
+        context = multiprocessing.get_context("spawn")
+        ready: multiprocessing.Queue = context.Queue()  # type: ignore[type-arg]
+        level = logging.getLogger().getEffectiveLevel()
+        children = [
+            context.Process(
+                target=_child,
+                args=(child_config(config, i, port), i, threads, level, ready),
+                name=f"protssl-server-{i}",
+            )
+            for i in range(n)
+        ]
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda number, frame: stop.set())
+        for child in children:
+            child.start()
+        try:
+            metrics_ports = _wait_ready(children, ready, stop)
+            if metrics_ports is not None:
+                log.info(
+                    "serving protssl.v1 on %s:%d (%d processes, %d torch threads each; "
+                    "metrics ports %s)",
+                    config.host,
+                    port,
+                    n,
+                    threads,
+                    metrics_ports,
+                )
+                while not stop.wait(0.5):
+                    dead = [c for c in children if not c.is_alive()]
+                    if dead:
+                        log.error(
+                            "%s exited (code %s); stopping the others",
+                            dead[0].name,
+                            dead[0].exitcode,
+                        )
+                        break
+        finally:
+            log.info("shutting down %d processes (grace %.1f s)", n, config.grace_s)
+            for child in children:
+                if child.is_alive():
+                    child.terminate()  # SIGTERM: each finishes its in-flight calls
+            for child in children:
+                child.join(config.grace_s + 60)
+                if child.is_alive():
+                    log.error("%s did not stop; killing it", child.name)
+                    child.kill()
+                    child.join()
+    codes = [child.exitcode for child in children]
+    log.info("stopped (exit codes %s)", codes)
+    failed = [code for code in codes if code]
+    if not failed:
+        return 0
+    return 2 if 2 in failed else 1  # 2: a child's user error (as `python -m service` exits)
+
+
+def _wait_ready(
+    children: Sequence[multiprocessing.process.BaseProcess],
+    ready: multiprocessing.Queue,  # type: ignore[type-arg]
+    stop: threading.Event,
+) -> list[int | None] | None:
+    """Every child's metrics port once all serve; None when one died or a stop came first."""
+    ports: dict[int, int | None] = {}
+    waited = 0.0
+    while len(ports) < len(children):
+        if stop.is_set():
+            return None
+        dead = [c for c in children if not c.is_alive()]
+        if dead:
+            log.error("%s exited (code %s) before serving", dead[0].name, dead[0].exitcode)
+            return None
+        if waited > START_TIMEOUT_S:
+            log.error("the server processes did not all start within %.0f s", START_TIMEOUT_S)
+            return None
+        try:
+            index, metrics_port = ready.get(timeout=0.5)
+        except queue.Empty:
+            waited += 0.5
+            continue
+        ports[index] = metrics_port
+    return [ports[i] for i in range(len(children))]
