@@ -24,6 +24,7 @@ from protssl.errors import InvalidInputError
 from service.config import ServiceConfig
 from service.supervisor import child_config, reserved_port
 
+TWO_PROCESSES = (sys.executable, "-m", "service", "--processes", "2", "--port", "0")
 EMBED_CALLS = re.compile(
     r'protssl_requests_total\{code="OK",method="/protssl.v1.EmbeddingService/Embed"\} (\S+)'
 )
@@ -74,13 +75,7 @@ def group(
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
     process = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "service",
-            "--processes",
-            "2",
-            "--port",
-            "0",
+            *TWO_PROCESSES,
             "--metrics-port",
             "0",
             "--model",
@@ -159,13 +154,7 @@ def test_two_processes_share_the_port_the_store_and_the_work(sample_fasta, tmp_p
 def test_a_child_that_cannot_start_stops_the_group_with_one_line(tmp_path):
     process = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "service",
-            "--processes",
-            "2",
-            "--port",
-            "0",
+            *TWO_PROCESSES,
             "--metrics-port",
             "off",
             "--store",
