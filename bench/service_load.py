@@ -82,17 +82,32 @@ def start_server(
     raise SystemExit("server did not start within 300 s")
 
 
+class Latencies(list[tuple[int, float]]):
+    """(request size in sequences, seconds) per request."""
+
+    def ms(self, size: int | None = None) -> np.ndarray:
+        """Latencies in ms, of requests of `size` sequences only when given."""
+        return np.array([s for n, s in self if size is None or n == size]) * 1000
+
+    def p99_by_size(self) -> dict[str, float]:
+        """p99 (ms) per request size: which requests make the tail."""
+        return {
+            str(n): round(float(np.percentile(self.ms(n), 99)), 2)
+            for n in sorted({n for n, _ in self})
+        }
+
+
 def run_clients(
     address: str, requests: list[list[ProteinRecord]], clients: int, desc: str
-) -> tuple[float, list[float], dict[str, np.ndarray], int]:
+) -> tuple[float, Latencies, dict[str, np.ndarray], int]:
     """Closed loop: each client sends its next request when the last one returns.
 
-    Returns wall seconds, per-request latencies (s), vectors by id, and how many were cached.
+    Returns wall seconds, per-request latencies, vectors by id, and how many were cached.
     """
     work: queue.Queue[list[ProteinRecord]] = queue.Queue()
     for request in requests:
         work.put(request)
-    latencies: list[float] = []
+    latencies = Latencies()
     vectors: dict[str, np.ndarray] = {}
     cached = 0
     lock = threading.Lock()
@@ -114,7 +129,7 @@ def run_clients(
             result = client.embed(request)
             seconds = time.perf_counter() - start
             with lock:
-                latencies.append(seconds)
+                latencies.append((len(request), seconds))
                 vectors.update(zip(result.ids, result.vectors, strict=True))
                 cached += sum(result.cached)
                 bar.update(sum(len(r) for r in request))
@@ -196,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
             miss_wall, miss_lat, served, miss_cached = run_clients(
                 address, requests, args.clients, "misses"
             )
-            hit_lat: list[float] = []
-            single_lat: list[float] = []
+            hit_lat = Latencies()
+            single_lat = Latencies()
             hit_cached = 0
             if args.store:
                 _, hit_lat, hit_vectors, hit_cached = run_clients(
@@ -223,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         for k in inproc
     ]
     service_res_per_s = residues / miss_wall
-    miss_ms = np.array(miss_lat) * 1000
+    miss_ms, hit_ms, single_ms = miss_lat.ms(), hit_lat.ms(), single_lat.ms()
     result = {
         "model": model.name,
         "dtype": model.dtype_name,
@@ -238,15 +253,12 @@ def main(argv: list[str] | None = None) -> int:
         "p50_ms": round(float(np.percentile(miss_ms, 50)), 1),
         "p99_ms": round(float(np.percentile(miss_ms, 99)), 1),
         "miss_cached": miss_cached,
-        "hit_p50_ms": round(float(np.percentile(hit_lat, 50)) * 1000, 2) if hit_lat else None,
-        "hit_p99_ms": round(float(np.percentile(hit_lat, 99)) * 1000, 2) if hit_lat else None,
+        "hit_p50_ms": round(float(np.percentile(hit_ms, 50)), 2) if hit_lat else None,
+        "hit_p99_ms": round(float(np.percentile(hit_ms, 99)), 2) if hit_lat else None,
+        "hit_p99_ms_by_size": hit_lat.p99_by_size() if hit_lat else None,
         "hit_cached": hit_cached if hit_lat else None,
-        "hit_1client_p50_ms": round(float(np.percentile(single_lat, 50)) * 1000, 2)
-        if single_lat
-        else None,
-        "hit_1client_p99_ms": round(float(np.percentile(single_lat, 99)) * 1000, 2)
-        if single_lat
-        else None,
+        "hit_1client_p50_ms": round(float(np.percentile(single_ms, 50)), 2) if single_lat else None,
+        "hit_1client_p99_ms": round(float(np.percentile(single_ms, 99)), 2) if single_lat else None,
         "min_cosine_vs_inproc": round(min(cos), 6),
     }
     print(json.dumps(result))
