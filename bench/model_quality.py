@@ -6,8 +6,9 @@
 - Function: leave-one-out 1-NN (cosine) over mean-pooled embeddings of every layer, on a
   class-balanced subset of the EC split (classes by first EC number with at least 5 members, up
   to 5 each) and of the IS transposase families (up to 40 per family). A hit is a neighbour that
-  shares a label. The floor is the same 1-NN over amino-acid + dipeptide composition vectors; the
-  model-minus-floor difference gets a paired 95% bootstrap interval (same records, 2,000 draws).
+  shares a label (features centred, or z-scored with `--normalise zscore`). The floor is the same
+  1-NN over amino-acid + dipeptide composition vectors; the model-minus-floor difference gets a
+  paired 95% bootstrap interval (same records, 2,000 draws).
 
 The last line printed is one JSON object. `--update-card` merges the figures into the model card's
 `training` section as `quality`, with `recommended_layer` (the layer whose mean-pooled vectors did
@@ -94,9 +95,15 @@ def layer_embeddings(
     return out
 
 
-def nn_hits(vectors: np.ndarray, labels: list[set[str]]) -> np.ndarray:
-    """Leave-one-out 1-NN by (centred) cosine, per record: True when the neighbour shares a label."""
+def nn_hits(vectors: np.ndarray, labels: list[set[str]], normalise: str = "centre") -> np.ndarray:
+    """Leave-one-out 1-NN by cosine, per record: True when the neighbour shares a label.
+
+    Features are centred first; `zscore` also scales each to unit variance (rare dipeptides and
+    quiet embedding dimensions then count as much as common ones).
+    """
     x = vectors - vectors.mean(0)
+    if normalise == "zscore":
+        x = x / vectors.std(0).clip(min=1e-6)
     x = x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)
     sims = x @ x.T
     np.fill_diagonal(sims, -np.inf)
@@ -113,14 +120,18 @@ def paired_ci(model: np.ndarray, floor: np.ndarray, draws: int = 2000) -> list[f
 
 
 def task(
-    name: str, records: list[ProteinRecord], encoder: ProteinEncoder, dtype: torch.dtype
+    name: str,
+    records: list[ProteinRecord],
+    encoder: ProteinEncoder,
+    dtype: torch.dtype,
+    normalise: str,
 ) -> dict[str, object]:
     labels = [set(r.labels) for r in records]
     sequences = [r.sequence for r in records]
     embeddings = layer_embeddings(encoder, sequences, dtype, name)
-    hits = [nn_hits(layer, labels) for layer in embeddings]
+    hits = [nn_hits(layer, labels, normalise) for layer in embeddings]
     per_layer = {str(k): round(float(h.mean()), 4) for k, h in enumerate(hits)}
-    comp = nn_hits(np.stack([composition(s) for s in sequences]), labels)
+    comp = nn_hits(np.stack([composition(s) for s in sequences]), labels, normalise)
     best = max(per_layer, key=lambda k: per_layer[k])
     return {
         "records": len(records),
@@ -145,6 +156,12 @@ def main() -> None:
     parser.add_argument("--val-max-records", type=int, default=None, help="default: all")
     parser.add_argument("--ec-per-class", type=int, default=5)
     parser.add_argument("--is-per-family", type=int, default=40)
+    parser.add_argument(
+        "--normalise",
+        choices=("centre", "zscore"),
+        default="centre",
+        help="features before the cosine, for model and composition alike (the card: centre)",
+    )
     parser.add_argument("--skip-perplexity", action="store_true")
     parser.add_argument("--update-card", action="store_true", help="write figures into the card")
     args = parser.parse_args()
@@ -154,7 +171,11 @@ def main() -> None:
     encoder, dtype = model.encoder, model.dtype
     training = dict(model.card.training or {})
     window = args.window or int(training.get("recipe", {}).get("crop_residues", 1022))
-    result: dict[str, object] = {"model": str(args.model), "sha256": model.sha256[:16]}
+    result: dict[str, object] = {
+        "model": str(args.model),
+        "sha256": model.sha256[:16],
+        "normalise": args.normalise,
+    }
     if not args.skip_perplexity:
         corpus = load_corpus(args.corpus, val_fraction=args.val_fraction)
         held_out = list(corpus.val[: args.val_max_records])
@@ -170,13 +191,13 @@ def main() -> None:
     policy = FastaPolicy(on_invalid="replace", on_duplicate="skip")
     ec_records = list(read_fasta(SHARED / "ec/clean_split10.fasta", policy=policy))
     ec = balanced(ec_records, args.ec_per_class, 5)
-    result["ec_split10"] = task("EC split10", ec, encoder, dtype)
+    result["ec_split10"] = task("EC split10", ec, encoder, dtype, args.normalise)
     families = balanced(
         list(read_fasta(SHARED / "families/prokka_IS_transposase_families.fasta", policy=policy)),
         args.is_per_family,
         2,
     )
-    result["is_families"] = task("IS families", families, encoder, dtype)
+    result["is_families"] = task("IS families", families, encoder, dtype, args.normalise)
     votes = [result["ec_split10"]["nn1_by_layer"], result["is_families"]["nn1_by_layer"]]  # type: ignore[index]
     mean_by_layer = {k: (votes[0][k] + votes[1][k]) / 2 for k in votes[0]}
     result["recommended_layer"] = int(max(mean_by_layer, key=lambda k: mean_by_layer[k]))
