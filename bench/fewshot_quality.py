@@ -12,8 +12,9 @@ Tasks (all from ../shared/data, seeded, held-out whole sequences unless said):
 - `ood`: the `is_families` classifiers asked about every Pfam domain; the rate of `unknown`.
 
 Anchors, computed here on the same splits: amino-acid + dipeptide composition 1-nearest-neighbour
-(cosine; always answers) and MMseqs2 best-hit transfer (`mmseqs easy-search`, e-value 1e-3; no
-hit = no answer; the row is skipped with a message when `mmseqs` is not installed).
+(cosine; always answers), the same on features z-scored with the support set's statistics
+(`composition_z_1nn`), and MMseqs2 best-hit transfer (`mmseqs easy-search`, e-value 1e-3; no hit =
+no answer; the row is skipped with a message when `mmseqs` is not installed).
 
 Metrics per task and method: micro F1 over labels with abstention (CLEAN's convention; abstaining
 and backing off to a parent EC number cost recall), top-1 accuracy (forced choice), abstention
@@ -59,7 +60,7 @@ from protssl.fewshot import (
 )
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-ANCHORS = ("composition_1nn", "mmseqs2_best_hit")
+ANCHORS = ("composition_1nn", "composition_z_1nn", "mmseqs2_best_hit")
 log = logging.getLogger("fewshot_quality")
 
 
@@ -135,10 +136,15 @@ def _answer(query_id: str, labels: tuple[str, ...] | None, score: float) -> Pred
 
 
 def composition_1nn(
-    support: Sequence[ProteinRecord], query: Sequence[ProteinRecord]
+    support: Sequence[ProteinRecord], query: Sequence[ProteinRecord], *, standardise: bool = False
 ) -> list[Prediction]:
+    """Cosine 1-NN on composition vectors; `standardise` z-scores every feature first with the
+    support set's mean and standard deviation (rare dipeptides then count as much as common ones)."""
     xs = composition_features([r.sequence for r in support])
     xq = composition_features([r.sequence for r in query])
+    if standardise:
+        mean, std = xs.mean(0), np.maximum(xs.std(0), 1e-6)
+        xs, xq = (xs - mean) / std, (xq - mean) / std
     xs = xs / np.maximum(np.linalg.norm(xs, axis=1, keepdims=True), 1e-12)
     xq = xq / np.maximum(np.linalg.norm(xq, axis=1, keepdims=True), 1e-12)
     sims = xq @ xs.T
@@ -311,15 +317,17 @@ def main() -> None:
                     )
                     progress.update()
                 t0 = time.perf_counter()
-                truth, preds = [], []
+                truth, preds, z_preds = [], [], []
                 for e in episodes:
                     s = [support[i] for i in e.support]
                     q = [support[i] for i in e.query]
                     truth += [r.labels for r in q]
                     preds += composition_1nn(s, q)
+                    z_preds += composition_1nn(s, q, standardise=True)
                 results[name]["composition_1nn"] = _row(
                     label_metrics(truth, preds), time.perf_counter() - t0
                 )
+                results[name]["composition_z_1nn"] = _row(label_metrics(truth, z_preds), 0.0)
                 if have_mmseqs:
                     t0 = time.perf_counter()
                     (work / name).mkdir(parents=True, exist_ok=True)
@@ -358,6 +366,11 @@ def main() -> None:
                 t0 = time.perf_counter()
                 results[name]["composition_1nn"] = _row(
                     label_metrics(truth, composition_1nn(support, query)),
+                    time.perf_counter() - t0,
+                )
+                t0 = time.perf_counter()
+                results[name]["composition_z_1nn"] = _row(
+                    label_metrics(truth, composition_1nn(support, query, standardise=True)),
                     time.perf_counter() - t0,
                 )
                 if have_mmseqs:
@@ -399,6 +412,8 @@ def main() -> None:
             "best_protssl_top1": best,
             "composition_top1": rows["composition_1nn"]["top1_accuracy"],
             "beats_composition": best > rows["composition_1nn"]["top1_accuracy"],
+            "composition_z_top1": rows["composition_z_1nn"]["top1_accuracy"],
+            "beats_composition_z": best > rows["composition_z_1nn"]["top1_accuracy"],
             "mmseqs_top1": rows.get("mmseqs2_best_hit", {}).get("top1_accuracy"),
         }
     summary = {
