@@ -88,9 +88,10 @@ def run_serve(args: argparse.Namespace) -> int:
     from service.config import ServiceConfig
     from service.server import serve
 
-    logging.basicConfig(
+    logging.basicConfig(  # force: `protssl`'s own main has set WARNING already
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        force=True,
     )
     return serve(ServiceConfig(**config_kwargs(args, os.environ)))
 

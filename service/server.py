@@ -192,6 +192,23 @@ def create_server(
     )
 
 
+SIGNAL_POLL_S = 0.2
+"""How often a serving process looks for SIGTERM/SIGINT."""
+
+
+def stop_on_signals() -> Callable[[], bool]:
+    """Catch SIGTERM and SIGINT from now on; returns `stopped()`, true once either arrived.
+
+    The handler only appends to a list: a handler that sets a threading.Event takes a lock, and a
+    second signal landing while the first handler holds it deadlocks the process (seen with
+    `timeout` forwarding a SIGTERM that `kill` had already sent).
+    """
+    received: list[int] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda number, frame: received.append(number))
+    return lambda: bool(received)
+
+
 def serve(config: ServiceConfig) -> int:
     """Serve until SIGTERM or SIGINT, then shut down gracefully; returns the exit code.
 
@@ -222,9 +239,7 @@ def serve_process(
         log.info(
             "built kernels for %d matmul shapes in %.1f s", shapes, time.perf_counter() - started
         )
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda number, frame: stop.set())
+    stopped = stop_on_signals()
     server.start()
     if on_ready is not None:
         on_ready(port, server.metrics_port)
@@ -232,8 +247,8 @@ def serve_process(
         log.info(
             "serving protssl.v1 on %s:%d (metrics port %s)", config.host, port, server.metrics_port
         )
-    while not stop.wait(1.0):
-        pass
+    while not stopped():
+        time.sleep(SIGNAL_POLL_S)
     log.info("shutting down: finishing in-flight calls (grace %.1f s)", config.grace_s)
     server.stop(config.grace_s)
     log.info("stopped")

@@ -15,15 +15,17 @@ import logging
 import multiprocessing
 import os
 import queue
-import signal
 import socket
-import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
+
+import torch
 
 from protssl.errors import InvalidInputError, ProtsslError
 from protssl.store import Store
 from service.config import ServiceConfig
+from service.server import SIGNAL_POLL_S, serve_process, stop_on_signals, store_config
 
 __all__ = ["supervise"]
 
@@ -69,10 +71,6 @@ def _child(
     ready: multiprocessing.Queue,  # type: ignore[type-arg]
 ) -> None:
     """A spawned server process (logging and torch threads are set up here, nothing is inherited)."""
-    import torch
-
-    from service.server import serve_process
-
     logging.basicConfig(
         level=level, format=f"%(asctime)s %(levelname)s [server {index}] %(name)s %(message)s"
     )
@@ -95,8 +93,6 @@ def supervise(config: ServiceConfig) -> int:
     threads = max(1, (os.cpu_count() or 1) // n)
     with reserved_port(config.host, config.port) as port:
         if config.store:
-            from service.server import store_config
-
             Store(store_config(config)).close()  # migrate once, before n processes open it
         context = multiprocessing.get_context("spawn")
         ready: multiprocessing.Queue = context.Queue()  # type: ignore[type-arg]
@@ -109,13 +105,11 @@ def supervise(config: ServiceConfig) -> int:
             )
             for i in range(n)
         ]
-        stop = threading.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda number, frame: stop.set())
+        stopped = stop_on_signals()
         for child in children:
             child.start()
         try:
-            metrics_ports = _wait_ready(children, ready, stop)
+            metrics_ports = _wait_ready(children, ready, stopped)
             if metrics_ports is not None:
                 log.info(
                     "serving protssl.v1 on %s:%d (%d processes, %d torch threads each; "
@@ -126,7 +120,8 @@ def supervise(config: ServiceConfig) -> int:
                     threads,
                     metrics_ports,
                 )
-                while not stop.wait(0.5):
+                while not stopped():
+                    time.sleep(SIGNAL_POLL_S)
                     dead = [c for c in children if not c.is_alive()]
                     if dead:
                         log.error(
@@ -157,13 +152,13 @@ def supervise(config: ServiceConfig) -> int:
 def _wait_ready(
     children: Sequence[multiprocessing.process.BaseProcess],
     ready: multiprocessing.Queue,  # type: ignore[type-arg]
-    stop: threading.Event,
+    stopped: Callable[[], bool],
 ) -> list[int | None] | None:
     """Every child's metrics port once all serve; None when one died or a stop came first."""
     ports: dict[int, int | None] = {}
     waited = 0.0
     while len(ports) < len(children):
-        if stop.is_set():
+        if stopped():
             return None
         dead = [c for c in children if not c.is_alive()]
         if dead:

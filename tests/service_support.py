@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import os
+import re
+import selectors
+import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,3 +58,34 @@ def running_server(
         yield server, f"127.0.0.1:{port}", registry
     finally:
         server.stop(grace=1.0)
+
+
+def wait_for_line(
+    process: subprocess.Popen[str], pattern: str, timeout: float = 300.0
+) -> tuple[re.Match[str], list[str]]:
+    """Read the process's stderr until a line matches `pattern`; fail (not hang) past `timeout`.
+
+    Reads the pipe's file descriptor directly (no buffered text layer that select cannot see), so
+    a later `communicate()` gets everything after the chunk that held the match. Returns the match
+    and the lines read so far.
+    """
+    assert process.stderr is not None
+    fd = process.stderr.fileno()
+    lines: list[str] = []
+    pending = b""
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as selector:
+        selector.register(fd, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if not selector.select(timeout=max(0.0, deadline - time.monotonic())):
+                break
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break  # the process closed stderr (exited)
+            *complete, pending = (pending + chunk).split(b"\n")
+            for raw in complete:
+                lines.append(raw.decode(errors="replace") + "\n")
+                match = re.search(pattern, lines[-1])
+                if match:
+                    return match, lines
+    raise AssertionError(f"no line matching {pattern!r} within {timeout:.0f} s:\n{''.join(lines)}")

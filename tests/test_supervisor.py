@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from service_support import load_tiny, real_records, save_tiny_model
+from service_support import load_tiny, real_records, save_tiny_model, wait_for_line
 
 import protssl
 from protssl.embed import embed_records
@@ -90,17 +90,10 @@ def group(
         stderr=subprocess.PIPE,
         text=True,
     )
-    lines: list[str] = []
     try:
-        match = None
-        for line in process.stderr:  # type: ignore[union-attr]
-            lines.append(line)
-            match = re.search(
-                r"serving protssl.v1 on 127.0.0.1:(\d+) .*metrics ports \[(.*)\]", line
-            )
-            if match:
-                break
-        assert match, "".join(lines)
+        match, lines = wait_for_line(
+            process, r"serving protssl.v1 on 127.0.0.1:(\d+) .*metrics ports \[(.*)\]"
+        )
         ports = [int(p) for p in match.group(2).split(", ")]
         yield int(match.group(1)), ports, lines
         process.send_signal(signal.SIGTERM)
