@@ -15,7 +15,9 @@ import logging
 import multiprocessing
 import os
 import queue
+import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
@@ -75,6 +77,8 @@ def _child(
         level=level, format=f"%(asctime)s %(levelname)s [server {index}] %(name)s %(message)s"
     )
     torch.set_num_threads(threads)
+    parent = os.getppid()
+    threading.Thread(target=_stop_when_orphaned, args=(parent,), daemon=True).start()
     try:
         code = serve_process(
             config,
@@ -85,6 +89,15 @@ def _child(
         log.error("%s", exc)
         code = 2
     raise SystemExit(code)
+
+
+def _stop_when_orphaned(parent: int) -> None:
+    """SIGTERM this process (the graceful path) once its parent is gone, e.g. killed with -9:
+    no server keeps the port unsupervised."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    log.error("the supervising process %d is gone; stopping", parent)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def supervise(config: ServiceConfig) -> int:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -163,3 +165,56 @@ def test_a_child_that_cannot_start_stops_the_group_with_one_line(tmp_path):
     assert process.returncode == 2, process.stderr
     assert "no-such-model" in process.stderr and "before serving" in process.stderr
     assert "Traceback" not in process.stderr
+
+
+def _children(pid: int) -> list[int]:
+    """Live (not zombie) processes whose parent is `pid`, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+def test_children_stop_when_the_parent_is_killed(sample_fasta, tmp_path):
+    model_dir = save_tiny_model(tmp_path / "tiny")
+    process = subprocess.Popen(
+        [*TWO_PROCESSES, "--metrics-port", "off", "--store", "false", "--model", str(model_dir)],
+        env=dict(os.environ, OMP_WAIT_POLICY="PASSIVE"),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    servers: list[int] = []
+    try:
+        wait_for_line(process, r"serving protssl.v1 on 127.0.0.1:\d+")
+        servers = _children(process.pid)
+        assert len(servers) >= 2  # the two servers (and multiprocessing's resource tracker)
+        process.kill()  # SIGKILL: no chance to stop its children
+        process.wait()
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in servers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(pid) for pid in servers)
+        _, rest = process.communicate(timeout=30)
+    finally:
+        process.kill()
+        for pid in servers:  # whatever a failure left running holds the port and the pipe
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        process.communicate(timeout=30)
+    assert rest.count("is gone; stopping") == 2 and rest.count("stopped") >= 2, rest
