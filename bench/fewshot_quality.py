@@ -60,7 +60,9 @@ from protssl.fewshot import (
 )
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-ANCHORS = ("composition_1nn", "composition_z_1nn", "mmseqs2_best_hit")
+COMPOSITION_ANCHORS = (("composition_1nn", False), ("composition_z_1nn", True))
+"""(anchor name, z-score the features with the support set's statistics)."""
+ANCHORS = (*(name for name, _ in COMPOSITION_ANCHORS), "mmseqs2_best_hit")
 log = logging.getLogger("fewshot_quality")
 
 
@@ -316,18 +318,17 @@ def main() -> None:
                         result.metrics, time.perf_counter() - t0, result.metrics["layer"]
                     )
                     progress.update()
-                t0 = time.perf_counter()
-                truth, preds, z_preds = [], [], []
-                for e in episodes:
-                    s = [support[i] for i in e.support]
-                    q = [support[i] for i in e.query]
-                    truth += [r.labels for r in q]
-                    preds += composition_1nn(s, q)
-                    z_preds += composition_1nn(s, q, standardise=True)
-                results[name]["composition_1nn"] = _row(
-                    label_metrics(truth, preds), time.perf_counter() - t0
-                )
-                results[name]["composition_z_1nn"] = _row(label_metrics(truth, z_preds), 0.0)
+                truth = [support[i].labels for e in episodes for i in e.query]
+                for anchor, standardise in COMPOSITION_ANCHORS:
+                    t0 = time.perf_counter()
+                    preds = []
+                    for e in episodes:
+                        s = [support[i] for i in e.support]
+                        q = [support[i] for i in e.query]
+                        preds += composition_1nn(s, q, standardise=standardise)
+                    results[name][anchor] = _row(
+                        label_metrics(truth, preds), time.perf_counter() - t0
+                    )
                 if have_mmseqs:
                     t0 = time.perf_counter()
                     (work / name).mkdir(parents=True, exist_ok=True)
@@ -363,16 +364,12 @@ def main() -> None:
                             float(np.mean([p.status == "unknown" for p in answers])), 4
                         )
                     progress.update()
-                t0 = time.perf_counter()
-                results[name]["composition_1nn"] = _row(
-                    label_metrics(truth, composition_1nn(support, query)),
-                    time.perf_counter() - t0,
-                )
-                t0 = time.perf_counter()
-                results[name]["composition_z_1nn"] = _row(
-                    label_metrics(truth, composition_1nn(support, query, standardise=True)),
-                    time.perf_counter() - t0,
-                )
+                for anchor, standardise in COMPOSITION_ANCHORS:
+                    t0 = time.perf_counter()
+                    preds = composition_1nn(support, query, standardise=standardise)
+                    results[name][anchor] = _row(
+                        label_metrics(truth, preds), time.perf_counter() - t0
+                    )
                 if have_mmseqs:
                     t0 = time.perf_counter()
                     (work / name).mkdir(parents=True, exist_ok=True)

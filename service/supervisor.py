@@ -135,13 +135,7 @@ def supervise(config: ServiceConfig) -> int:
                 )
                 while not stopped():
                     time.sleep(SIGNAL_POLL_S)
-                    dead = [c for c in children if not c.is_alive()]
-                    if dead:
-                        log.error(
-                            "%s exited (code %s); stopping the others",
-                            dead[0].name,
-                            dead[0].exitcode,
-                        )
+                    if _report_dead(children, "while serving; stopping the others"):
                         break
         finally:
             log.info("shutting down %d processes (grace %.1f s)", n, config.grace_s)
@@ -169,21 +163,24 @@ def _wait_ready(
 ) -> list[int | None] | None:
     """Every child's metrics port once all serve; None when one died or a stop came first."""
     ports: dict[int, int | None] = {}
-    waited = 0.0
+    deadline = time.monotonic() + START_TIMEOUT_S
     while len(ports) < len(children):
-        if stopped():
+        if stopped() or _report_dead(children, "before serving"):
             return None
-        dead = [c for c in children if not c.is_alive()]
-        if dead:
-            log.error("%s exited (code %s) before serving", dead[0].name, dead[0].exitcode)
-            return None
-        if waited > START_TIMEOUT_S:
+        if time.monotonic() > deadline:
             log.error("the server processes did not all start within %.0f s", START_TIMEOUT_S)
             return None
         try:
             index, metrics_port = ready.get(timeout=0.5)
         except queue.Empty:
-            waited += 0.5
             continue
         ports[index] = metrics_port
     return [ports[i] for i in range(len(children))]
+
+
+def _report_dead(children: Sequence[multiprocessing.process.BaseProcess], what: str) -> bool:
+    """Log the first child that has exited (`what`: when, and what follows); whether one had."""
+    dead = [c for c in children if not c.is_alive()]
+    if dead:
+        log.error("%s exited (code %s) %s", dead[0].name, dead[0].exitcode, what)
+    return bool(dead)

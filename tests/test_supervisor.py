@@ -167,27 +167,27 @@ def test_a_child_that_cannot_start_stops_the_group_with_one_line(tmp_path):
     assert "Traceback" not in process.stderr
 
 
+def _stat(entry: Path) -> list[str] | None:
+    """/proc/PID/stat fields after the command name (state, ppid, ...); None when it is gone."""
+    try:
+        return (entry / "stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def _children(pid: int) -> list[int]:
     """Live (not zombie) processes whose parent is `pid`, from /proc."""
     found = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
+        fields = _stat(entry) if entry.name.isdigit() else None
+        if fields is not None and int(fields[1]) == pid and fields[0] != "Z":
             found.append(int(entry.name))
     return found
 
 
 def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    fields = _stat(Path(f"/proc/{pid}"))
+    return fields is not None and fields[0] != "Z"
 
 
 @pytest.mark.slow
