@@ -214,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             hit_lat = Latencies()
             single_lat = Latencies()
             hit_cached = 0
+            identical = None
             if args.store:
                 _, hit_lat, hit_vectors, hit_cached = run_clients(
                     address, requests, args.clients, "hits"
@@ -257,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         "hit_p99_ms": round(float(np.percentile(hit_ms, 99)), 2) if hit_lat else None,
         "hit_p99_ms_by_size": hit_lat.p99_by_size() if hit_lat else None,
         "hit_cached": hit_cached if hit_lat else None,
+        "hits_bit_identical": identical,
         "hit_1client_p50_ms": round(float(np.percentile(single_ms, 50)), 2) if single_lat else None,
         "hit_1client_p99_ms": round(float(np.percentile(single_ms, 99)), 2) if single_lat else None,
         "min_cosine_vs_inproc": round(min(cos), 6),
