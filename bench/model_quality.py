@@ -32,12 +32,19 @@ from tqdm import tqdm
 from protssl.alphabet import ALPHABET
 from protssl.batching import WindowPolicy, token_batches
 from protssl.checkpoint import CARD_NAME, DEFAULT_MODEL_DIR, load_model
+from protssl.evaluation import composition_features
 from protssl.fasta import FastaPolicy, ProteinRecord, read_fasta
 from protssl.model import ProteinEncoder
 from protssl.pretrain import load_corpus, masked_lm_loss, unigram_perplexity
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-STANDARD = "ACDEFGHIKLMNPQRSTVWY"
+
+
+def _shown(path: Path) -> str:
+    """A model folder as the card records it: relative to the repository when inside it."""
+    root = Path(__file__).resolve().parents[1]
+    resolved = path.resolve()
+    return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(path)
 
 
 def balanced(records: list[ProteinRecord], per_class: int, min_class: int) -> list[ProteinRecord]:
@@ -54,15 +61,6 @@ def balanced(records: list[ProteinRecord], per_class: int, min_class: int) -> li
             picks = rng.choice(len(members), size=min(per_class, len(members)), replace=False)
             chosen.extend(members[i] for i in sorted(picks))
     return chosen
-
-
-def composition(sequence: str) -> np.ndarray:
-    """20 amino-acid frequencies + 400 dipeptide frequencies."""
-    index = {a: i for i, a in enumerate(STANDARD)}
-    ids = np.array([index[a] for a in sequence if a in index], dtype=np.int64)
-    mono = np.bincount(ids, minlength=20) / max(len(ids), 1)
-    di = np.bincount(ids[:-1] * 20 + ids[1:], minlength=400) / max(len(ids) - 1, 1)
-    return np.concatenate([mono, di])
 
 
 @torch.no_grad()
@@ -131,7 +129,7 @@ def task(
     embeddings = layer_embeddings(encoder, sequences, dtype, name)
     hits = [nn_hits(layer, labels, normalise) for layer in embeddings]
     per_layer = {str(k): round(float(h.mean()), 4) for k, h in enumerate(hits)}
-    comp = nn_hits(np.stack([composition(s) for s in sequences]), labels, normalise)
+    comp = nn_hits(composition_features(sequences), labels, normalise)
     best = max(per_layer, key=lambda k: per_layer[k])
     return {
         "records": len(records),
@@ -172,7 +170,7 @@ def main() -> None:
     training = dict(model.card.training or {})
     window = args.window or int(training.get("recipe", {}).get("crop_residues", 1022))
     result: dict[str, object] = {
-        "model": str(args.model),
+        "model": _shown(args.model),
         "sha256": model.sha256[:16],
         "normalise": args.normalise,
     }
