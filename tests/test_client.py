@@ -64,6 +64,18 @@ def test_embed_returns_ids_and_vectors_equal_to_in_process(address, model, recor
     assert result.cached == (False,) * len(records)
 
 
+def test_each_embedding_keeps_its_own_provenance(address, model, records, sample_fasta):
+    """One response mixes whole and windowed sequences: the SDK shares a provenance between
+    consecutive equal ones only, so every vector still carries its own."""
+    long = next(r for r in read_fasta(sample_fasta) if len(r) > 1100)
+    chosen = [records[0], long, records[1], records[2]]
+    with protssl.Client(address) as client:
+        result = client.embed(chosen)
+    expected = {e.id: e.provenance for e in embed_records(chosen, model)}
+    assert [e.provenance for e in result.embeddings] == [expected[r.id] for r in chosen]
+    assert [e.provenance.windowed for e in result.embeddings] == [False, True, False, False]
+
+
 def test_embed_strings_mapping_and_per_residue(address, records):
     with protssl.Client(address) as client:
         plain = client.embed([records[0].sequence, records[1].sequence.lower()])
