@@ -89,12 +89,14 @@ class Latencies(list[tuple[int, float]]):
         """Latencies in ms, of requests of `size` sequences only when given."""
         return np.array([s for n, s in self if size is None or n == size]) * 1000
 
-    def p99_by_size(self) -> dict[str, float]:
+    def percentile(self, q: float, size: int | None = None, digits: int = 2) -> float | None:
+        """The q-th percentile in ms, rounded (of `size`-sequence requests when given); None if none."""
+        ms = self.ms(size)
+        return round(float(np.percentile(ms, q)), digits) if len(ms) else None
+
+    def p99_by_size(self) -> dict[str, float | None]:
         """p99 (ms) per request size: which requests make the tail."""
-        return {
-            str(n): round(float(np.percentile(self.ms(n), 99)), 2)
-            for n in sorted({n for n, _ in self})
-        }
+        return {str(n): self.percentile(99, n) for n in sorted({n for n, _ in self})}
 
 
 def run_clients(
@@ -239,7 +241,6 @@ def main(argv: list[str] | None = None) -> int:
         for k in inproc
     ]
     service_res_per_s = residues / miss_wall
-    miss_ms, hit_ms, single_ms = miss_lat.ms(), hit_lat.ms(), single_lat.ms()
     result = {
         "model": model.name,
         "dtype": model.dtype_name,
@@ -251,16 +252,16 @@ def main(argv: list[str] | None = None) -> int:
         "service_res_per_s": round(service_res_per_s, 1),
         "inproc_res_per_s": round(inproc_res_per_s, 1),
         "ratio": round(service_res_per_s / inproc_res_per_s, 3),
-        "p50_ms": round(float(np.percentile(miss_ms, 50)), 1),
-        "p99_ms": round(float(np.percentile(miss_ms, 99)), 1),
+        "p50_ms": miss_lat.percentile(50, digits=1),
+        "p99_ms": miss_lat.percentile(99, digits=1),
         "miss_cached": miss_cached,
-        "hit_p50_ms": round(float(np.percentile(hit_ms, 50)), 2) if hit_lat else None,
-        "hit_p99_ms": round(float(np.percentile(hit_ms, 99)), 2) if hit_lat else None,
+        "hit_p50_ms": hit_lat.percentile(50),
+        "hit_p99_ms": hit_lat.percentile(99),
         "hit_p99_ms_by_size": hit_lat.p99_by_size() if hit_lat else None,
         "hit_cached": hit_cached if hit_lat else None,
         "hits_bit_identical": identical,
-        "hit_1client_p50_ms": round(float(np.percentile(single_ms, 50)), 2) if single_lat else None,
-        "hit_1client_p99_ms": round(float(np.percentile(single_ms, 99)), 2) if single_lat else None,
+        "hit_1client_p50_ms": single_lat.percentile(50),
+        "hit_1client_p99_ms": single_lat.percentile(99),
         "min_cosine_vs_inproc": round(min(cos), 6),
     }
     print(json.dumps(result))
