@@ -24,6 +24,7 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from protssl.checkpoint import LoadedModel, check_dtype_name, load_model
+from protssl.cli_store import add_db_arg, store_config
 from protssl.errors import InvalidInputError
 from protssl.evaluation import (
     Episode,
@@ -47,7 +48,7 @@ from protssl.fewshot import (
     load_classifier,
     save_classifier,
 )
-from protssl.store import Store, StoreConfig
+from protssl.store import Store
 
 __all__ = ["add_commands"]
 
@@ -67,7 +68,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     create.add_argument("--fasta", required=True, metavar="FASTA", help="labelled FASTA")
     _add_fit_args(create)
     _add_model_args(create)
-    _add_db_arg(create)
+    add_db_arg(create)
     create.set_defaults(func=_classifier_create)
     add = actions.add_parser(
         "add",
@@ -77,12 +78,12 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     add.add_argument("name", help="classifier name")
     add.add_argument("--fasta", required=True, metavar="FASTA", help="labelled FASTA")
     _add_model_args(add)
-    _add_db_arg(add)
+    add_db_arg(add)
     add.set_defaults(func=_classifier_add)
     show = actions.add_parser("show", help="print a stored classifier's summary as JSON")
     show.add_argument("name", help="classifier name")
     show.add_argument("--version", type=int, default=None, help="default: the latest")
-    _add_db_arg(show)
+    add_db_arg(show)
     show.set_defaults(func=_classifier_show)
 
     classify = subparsers.add_parser(
@@ -96,7 +97,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     classify.add_argument("--format", choices=("tsv", "json"), default="tsv", help="default: tsv")
     classify.add_argument("-o", "--output", metavar="FILE", help="default: stdout")
     _add_model_args(classify)
-    _add_db_arg(classify)
+    add_db_arg(classify)
     classify.set_defaults(func=_classify)
 
     evaluate = subparsers.add_parser(
@@ -135,20 +136,6 @@ def _add_fit_args(parser: argparse.ArgumentParser) -> None:
         metavar="L,L,...",
         help="candidate layers for the held-out layer choice (default: the model's upper layers)",
     )
-
-
-def _add_db_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--db",
-        metavar="URL",
-        default=None,
-        help="store URL (sqlite:///file or postgresql+psycopg://user@host/db); "
-        "default $PROTSSL_DATABASE_URL, else a SQLite file in the user data folder",
-    )
-
-
-def _open_store(args: argparse.Namespace) -> Store:
-    return Store(StoreConfig.from_environ(os.environ, url=args.db))
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -247,7 +234,7 @@ def _classifier_create(args: argparse.Namespace) -> int:
         classifier = fit_records(
             records, model, config, layers=_layers(args, model), on_batch=bar.update
         )
-    with _open_store(args) as store:
+    with Store(store_config(args)) as store:
         stored = save_classifier(store, args.name, classifier, records)
     _print_saved(stored, classifier)
     return 0
@@ -256,14 +243,14 @@ def _classifier_create(args: argparse.Namespace) -> int:
 def _classifier_add(args: argparse.Namespace) -> int:
     records = _read(args.fasta, args, labelled=True)
     model = _load(args)
-    with _open_store(args) as store, _bar(records) as bar:
+    with Store(store_config(args)) as store, _bar(records) as bar:
         stored = add_examples(store, args.name, records, model, on_batch=bar.update)
     _print_saved(stored, FewShotClassifier.from_state(stored.params, stored.blob))
     return 0
 
 
 def _classifier_show(args: argparse.Namespace) -> int:
-    with _open_store(args) as store:
+    with Store(store_config(args)) as store:
         stored = store.classifiers.get(args.name, args.version)
     print(json.dumps(_summary(stored, FewShotClassifier.from_state(stored.params, stored.blob))))
     return 0
@@ -280,7 +267,7 @@ def _output(path: str | None) -> Iterator[TextIO]:
 
 def _classify(args: argparse.Namespace) -> int:
     records = _read(args.input, args, labelled=False)
-    with _open_store(args) as store:
+    with Store(store_config(args)) as store:
         classifier, _ = load_classifier(store, args.name, args.version)
     model = _load(args)
     with _bar(records) as bar:
