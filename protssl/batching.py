@@ -7,7 +7,7 @@ token budget bounds memory. Windows keep every residue: none is cut silently.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -16,12 +16,14 @@ import torch
 
 from protssl.alphabet import ALPHABET, tokenize
 from protssl.errors import InvalidInputError, SequenceTooLongError
+from protssl.fasta import ProteinRecord
 
 __all__ = [
     "TokenBatch",
     "Window",
     "WindowPolicy",
     "plan_windows",
+    "read_ahead",
     "token_batches",
 ]
 
@@ -69,6 +71,23 @@ class TokenBatch:
     @property
     def residues(self) -> int:
         return sum(w.length for w in self.windows)
+
+
+def read_ahead(records: Iterable[ProteinRecord], residues: int) -> Iterator[list[ProteinRecord]]:
+    """Consecutive groups of at least `residues` residues (the last may hold fewer).
+
+    Batches are sorted by length within a group: the group bounds how far a stream is read ahead.
+    """
+    group: list[ProteinRecord] = []
+    held = 0
+    for record in records:
+        group.append(record)
+        held += len(record.sequence)
+        if held >= residues:
+            yield group
+            group, held = [], 0
+    if group:
+        yield group
 
 
 def plan_windows(length: int, window_residues: int, overlap: int) -> list[tuple[int, int]]:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from protssl.alphabet import ALPHABET
-from protssl.batching import TokenBatch, WindowPolicy, plan_windows, token_batches
+from protssl.batching import TokenBatch, WindowPolicy, plan_windows, read_ahead, token_batches
 from protssl.checkpoint import LoadedModel
 from protssl.errors import InvalidInputError
 from protssl.fasta import ProteinRecord
@@ -142,15 +142,7 @@ def embed_records(
     """
     config = config or EmbedConfig()
     stats = stats if stats is not None else CacheStats()
-    group: list[ProteinRecord] = []
-    residues = 0
-    for record in records:
-        group.append(record)
-        residues += len(record.sequence)
-        if residues >= config.read_ahead_residues:
-            yield from _embed_group_cached(group, model, config, on_batch, cache, stats)
-            group, residues = [], 0
-    if group:
+    for group in read_ahead(records, config.read_ahead_residues):
         yield from _embed_group_cached(group, model, config, on_batch, cache, stats)
 
 
@@ -266,17 +258,7 @@ def embed_records_layers(
     resolved = tuple(sorted({model.encoder.resolve_layer(layer) for layer in layers}))
     if not resolved:
         raise InvalidInputError("embed_records_layers needs at least one layer")
-    group: list[ProteinRecord] = []
-    residues = 0
-    for record in records:
-        group.append(record)
-        residues += len(record.sequence)
-        if residues >= config.read_ahead_residues:
-            yield from _split_layers(
-                _embed_group(group, model, config, on_batch, resolved), resolved
-            )
-            group, residues = [], 0
-    if group:
+    for group in read_ahead(records, config.read_ahead_residues):
         yield from _split_layers(_embed_group(group, model, config, on_batch, resolved), resolved)
 
 

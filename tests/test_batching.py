@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from protssl.alphabet import ALPHABET
-from protssl.batching import WindowPolicy, plan_windows, token_batches
+from protssl.batching import WindowPolicy, plan_windows, read_ahead, token_batches
 from protssl.errors import InvalidInputError, SequenceTooLongError
 from protssl.fasta import read_fasta
 
@@ -54,3 +54,17 @@ def test_refuse_policy_names_the_record() -> None:
         )
     with pytest.raises(InvalidInputError):
         WindowPolicy(mode="truncate")  # type: ignore[arg-type]
+
+
+def test_read_ahead_groups_keep_order_and_close_at_the_residue_budget(
+    sample_fasta: Path,
+) -> None:
+    records = list(read_fasta(sample_fasta))[:200]
+    budget = 20_000
+    groups = list(read_ahead(iter(records), budget))
+    assert [r.id for g in groups for r in g] == [r.id for r in records]
+    for group in groups[:-1]:
+        held = sum(len(r.sequence) for r in group)
+        assert held >= budget and held - len(group[-1].sequence) < budget
+    assert len(groups) > 2
+    assert list(read_ahead([], budget)) == []
