@@ -65,7 +65,8 @@ def start_server(
     if args.model:
         command += ["--model", args.model]
     if args.store:
-        command += ["--database-url", f"sqlite:///{db_path}"]
+        command += ["--database-url", args.database_url or f"sqlite:///{db_path}"]
+        command += ["--memory-cache-mb", str(args.memory_cache_mb)]
     else:
         command += ["--store", "false"]
     env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
@@ -179,6 +180,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-store", dest="store", action="store_false", help="no cache (no hit phase)"
     )
+    parser.add_argument(
+        "--database-url",
+        help="the server's store (default: a fresh SQLite file); a PostgreSQL one must start empty",
+    )
+    parser.add_argument(
+        "--memory-cache-mb",
+        type=int,
+        default=defaults.memory_cache_mb,
+        help="the server's memory layer; 0 sends every hit to SQL",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -249,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
         "requests": len(requests),
         "clients": args.clients,
         "processes": args.processes,
+        "store": (args.database_url or "sqlite").split(":")[0].split("+")[0]
+        if args.store
+        else None,
+        "memory_cache_mb": args.memory_cache_mb if args.store else None,
         "service_res_per_s": round(service_res_per_s, 1),
         "inproc_res_per_s": round(inproc_res_per_s, 1),
         "ratio": round(service_res_per_s / inproc_res_per_s, 3),

@@ -3,7 +3,8 @@
 One run, real records (pretrain_corpus_sample2k.fasta by default):
 1. compute the mean embeddings with the model (the shipped default, else random-weight esm2-8m);
 2. for each backend (a fresh SQLite file; a fresh schema in PostgreSQL when a URL is given):
-   `put_many` in batches, then `get_many` in batches (vectors/s each, bit-identical check);
+   `put_many` in batches, then `get_many` in batches (vectors/s each, bit-identical check), then
+   one vector per `get_many` (latency p50/p99: a service hit that misses the memory layer);
 3. `embed_records` over the same records through that cache: no forward runs (computed = 0), and
    its time divided by the compute time of step 1 is the cache-hit ratio.
 The last line printed is one JSON object.
@@ -38,6 +39,7 @@ DEFAULT_FASTA = (
     Path(__file__).resolve().parents[2] / "shared/data/pretrain/pretrain_corpus_sample2k.fasta"
 )
 log = logging.getLogger("bench.store_throughput")
+ONE_KEY_LOOKUPS = 1000
 
 
 def pick_model(spec: str | None) -> LoadedModel:
@@ -115,6 +117,11 @@ def measure_backend(
             got.update(store.embeddings.get_many(i.key for i in items[begin : begin + batch]))
         get_s = time.perf_counter() - start
         identical = all(got[i.key].tobytes() == i.vector.tobytes() for i in items)
+        one_ms = []  # one vector per lookup: the service's hit path when its memory layer misses
+        for item in items[:ONE_KEY_LOOKUPS]:
+            start = time.perf_counter()
+            store.embeddings.get_many([item.key])
+            one_ms.append((time.perf_counter() - start) * 1000)
         stats = CacheStats()
         start = time.perf_counter()
         hits = list(
@@ -128,6 +135,8 @@ def measure_backend(
         "get_vectors_per_s": round(len(items) / get_s, 1),
         "put_s": round(put_s, 3),
         "get_s": round(get_s, 3),
+        "get_one_p50_ms": round(float(np.percentile(one_ms, 50)), 3),
+        "get_one_p99_ms": round(float(np.percentile(one_ms, 99)), 3),
         "cache_hit_embed_s": round(hit_s, 3),
         "hit_to_compute_ratio": round(hit_s / compute_s, 4),
         "computed_on_hit_run": stats.computed,
@@ -183,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         if result[name]:
             print(
                 f"{name}: put {result[name]['put_vectors_per_s']:.0f} vec/s, "
-                f"get {result[name]['get_vectors_per_s']:.0f} vec/s, cache-hit embed "
+                f"get {result[name]['get_vectors_per_s']:.0f} vec/s, one-vector lookup p50 "
+                f"{result[name]['get_one_p50_ms']:.3f} ms, cache-hit embed "
                 f"{result[name]['cache_hit_embed_s']:.2f}s = "
                 f"{100 * result[name]['hit_to_compute_ratio']:.2f}% of compute {compute_s:.1f}s",
                 file=sys.stderr,

@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, Engine, Table, and_, func, or_, select
+from sqlalchemy import Connection, Engine, Table, and_, bindparam, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
@@ -160,6 +160,19 @@ def _key_of(row: Any) -> EmbeddingKey:
     return EmbeddingKey(*(getattr(row, name) for name in _KEY_COLUMNS))
 
 
+_SELECT_VECTORS = select(
+    _EMBEDDINGS.c.sequence_sha256, _EMBEDDINGS.c.dim, _EMBEDDINGS.c.rows, _EMBEDDINGS.c.vector
+).where(
+    _EMBEDDINGS.c.vector_dtype == bindparam("vector_dtype"),
+    *(_EMBEDDINGS.c[name] == bindparam(name) for name in _KEY_COLUMNS if name != "sequence_sha256"),
+    _EMBEDDINGS.c.sequence_sha256.in_(bindparam("sequence_sha256", expanding=True)),
+)
+"""Vectors of one (model, pooling, layer, window policy, dtype) for a list of sequences.
+
+Built once: constructing the expression on every lookup cost more than running it on SQLite.
+"""
+
+
 class _VectorLRU:
     """Recently used vectors in memory, bounded in bytes, least recently used dropped first.
 
@@ -205,7 +218,11 @@ class _VectorLRU:
 
 
 class EmbeddingCache:
-    """Content-addressed vectors: `get_many` is one SELECT per batch, `put_many` one INSERT per table."""
+    """Content-addressed vectors, read and written in batches.
+
+    `get_many` runs one SELECT per provenance (model, pooling, layer, …) among its keys, `put_many`
+    one INSERT per table.
+    """
 
     def __init__(
         self, engine: Engine, *, vector_dtype: str = "float32", memory_bytes: int = 0
@@ -230,53 +247,35 @@ class EmbeddingCache:
         unique = [key for key in unique if key not in found]
         if not unique:
             return found
+        groups: dict[tuple[str, str, int, str, str], list[str]] = defaultdict(list)
+        for key in unique:
+            groups[(key.model_sha256, key.pooling, key.layer, key.window_policy, key.dtype)].append(
+                key.sequence_sha256
+            )
         read: dict[EmbeddingKey, np.ndarray] = {}
         try:
             with self._engine.connect() as connection:
-                for start in range(0, len(unique), MAX_KEYS_PER_QUERY):
-                    chunk = unique[start : start + MAX_KEYS_PER_QUERY]
-                    for row in connection.execute(self._select(chunk)):
-                        read[_key_of(row)] = self._decode(row.vector, row.dim, row.rows)
+                for (model, pooling, layer, policy, dtype), shas in groups.items():
+                    for start in range(0, len(shas), MAX_KEYS_PER_QUERY):
+                        params = {
+                            "vector_dtype": self.vector_dtype,
+                            "model_sha256": model,
+                            "pooling": pooling,
+                            "layer": layer,
+                            "window_policy": policy,
+                            "dtype": dtype,
+                            "sequence_sha256": shas[start : start + MAX_KEYS_PER_QUERY],
+                        }
+                        for row in connection.execute(_SELECT_VECTORS, params):
+                            key = EmbeddingKey(
+                                model, row.sequence_sha256, pooling, layer, policy, dtype
+                            )
+                            read[key] = self._decode(row.vector, row.dim, row.rows)
         except SQLAlchemyError as exc:
             raise StoreError(f"reading the embedding cache failed: {exc}") from exc
         self._memory.put_many(read)
         found.update(read)
         return found
-
-    def _select(self, keys: Seq[EmbeddingKey]) -> Any:
-        """One SELECT for keys that differ only in sequence within each (model, pooling, …) group."""
-        groups: dict[tuple[str, str, int, str, str], list[str]] = defaultdict(list)
-        for key in keys:
-            groups[(key.model_sha256, key.pooling, key.layer, key.window_policy, key.dtype)].append(
-                key.sequence_sha256
-            )
-        table = _EMBEDDINGS
-        conditions = [
-            and_(
-                table.c.model_sha256 == model,
-                table.c.pooling == pooling,
-                table.c.layer == layer,
-                table.c.window_policy == policy,
-                table.c.dtype == dtype,
-                table.c.sequence_sha256.in_(shas),
-            )
-            for (model, pooling, layer, policy, dtype), shas in groups.items()
-        ]
-        return (
-            select(
-                table.c.model_sha256,
-                table.c.sequence_sha256,
-                table.c.pooling,
-                table.c.layer,
-                table.c.window_policy,
-                table.c.dtype,
-                table.c.dim,
-                table.c.rows,
-                table.c.vector,
-            )
-            .where(table.c.vector_dtype == self.vector_dtype)
-            .where(or_(*conditions))
-        )
 
     def _decode(self, data: bytes, dim: int, rows: int | None) -> np.ndarray:
         flat = np.frombuffer(data, dtype=_LITTLE_ENDIAN[self.vector_dtype])
