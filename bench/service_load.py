@@ -4,7 +4,8 @@ One run, same records, same model: `embed_records` in this process (what `protss
 timed before and after the service run, the mean is the anchor, since this machine is shared), the server in a subprocess and C client threads (each its own channel) sending
 1-sequence and 8-sequence `Embed` requests drawn from the FASTA, closed loop, until every request
 is answered (cache misses); then the same requests again (cache hits, when the server has a store),
-by the C clients and then by one client alone (the hit path without queueing for the CPU).
+by the C clients (`--hit-passes` times; the p99 is over all passes) and then by one client alone
+(the hit path without queueing for the CPU).
 The last line printed is one JSON object.
 """
 
@@ -30,6 +31,7 @@ import protssl
 from protssl.checkpoint import DEFAULT_MODEL_DIR, LoadedModel, load_model
 from protssl.embed import EmbedConfig, embed_records
 from protssl.fasta import ProteinRecord, read_fasta
+from service.batcher import release_freed_memory
 from service.config import ServiceConfig
 
 DEFAULT_FASTA = (
@@ -190,6 +192,12 @@ def main(argv: list[str] | None = None) -> int:
         default=defaults.memory_cache_mb,
         help="the server's memory layer; 0 sends every hit to SQL",
     )
+    parser.add_argument(
+        "--hit-passes",
+        type=int,
+        default=1,
+        help="times the C clients send every request again as hits (p99 over all of them)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -213,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     model.encoder.warm_up(EmbedConfig().max_tokens)  # as the server does before it serves
     list(embed_records(records[:8], model))  # warm-up
     inproc, before = embed_in_process(records, model)
+    # The clients stand in for pipelines that run no model: hand the anchor's freed tensors back,
+    # or protobuf's periodic malloc_trim in this process walks them mid-pass (~9 ms, all clients).
+    release_freed_memory()
 
     with tempfile.TemporaryDirectory() as tmp:
         log_path = Path(tmp) / "server.log"
@@ -225,13 +236,17 @@ def main(argv: list[str] | None = None) -> int:
                 address, requests, args.clients, "misses"
             )
             hit_lat = Latencies()
+            pass_p99: list[float | None] = []
             single_lat = Latencies()
             hit_cached = 0
             identical = None
             if args.store:
-                _, hit_lat, hit_vectors, hit_cached = run_clients(
-                    address, requests, args.clients, "hits"
-                )
+                for hit_pass in range(args.hit_passes):
+                    _, lat, hit_vectors, hit_cached = run_clients(
+                        address, requests, args.clients, f"hits, pass {hit_pass + 1}"
+                    )
+                    hit_lat += lat
+                    pass_p99.append(lat.percentile(99))
                 _, single_lat, _, _ = run_clients(address, requests, 1, "hits, one client")
                 identical = all(np.array_equal(hit_vectors[k], served[k]) for k in served)
                 print(f"cached vectors bit-identical to computed: {identical}", file=sys.stderr)
@@ -273,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         "hit_p50_ms": hit_lat.percentile(50),
         "hit_p99_ms": hit_lat.percentile(99),
         "hit_p99_ms_by_size": hit_lat.p99_by_size() if hit_lat else None,
+        "hit_p99_ms_by_pass": pass_p99 or None,
         "hit_cached": hit_cached if hit_lat else None,
         "hits_bit_identical": identical,
         "hit_1client_p50_ms": single_lat.percentile(50),

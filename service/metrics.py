@@ -72,6 +72,11 @@ class ServiceMetrics:
             ["reason"],
             registry=r,
         )
+        self.memory_releases = Counter(
+            "protssl_memory_releases",
+            "Times the idle model worker handed memory its forwards freed back to the kernel",
+            registry=r,
+        )
         self._computed_vectors = self.embeddings.labels(source="computed")
         self._cached_vectors = self.embeddings.labels(source="cached")
         self._calls: dict[tuple[str, str], tuple[Counter, Histogram]] = {}

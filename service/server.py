@@ -24,7 +24,7 @@ from protssl._proto import protssl_pb2_grpc as pb_grpc
 from protssl.checkpoint import LoadedModel, load_model
 from protssl.errors import InvalidInputError
 from protssl.store import Store, StoreConfig
-from service.batcher import EmbeddingBatcher
+from service.batcher import EmbeddingBatcher, release_freed_memory
 from service.config import ServiceConfig
 from service.interceptors import CallInterceptor
 from service.metrics import ServiceMetrics
@@ -239,6 +239,7 @@ def serve_process(
         log.info(
             "built kernels for %d matmul shapes in %.1f s", shapes, time.perf_counter() - started
         )
+    release_freed_memory()  # the warm-up's, before calls arrive (see the function)
     stopped = stop_on_signals()
     server.start()
     if on_ready is not None:

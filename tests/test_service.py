@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 import re
 import signal
 import subprocess
@@ -22,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
+from prometheus_client import CollectorRegistry
 from service_support import (
     load_tiny,
     real_records,
@@ -37,7 +39,9 @@ from protssl.checkpoint import LoadedModel
 from protssl.embed import EmbedConfig, embed_records
 from protssl.fasta import ProteinRecord, read_fasta
 from protssl.store import Store, StoreConfig
+from service.batcher import EmbeddingBatcher
 from service.config import ServiceConfig
+from service.metrics import ServiceMetrics
 from service.server import SERVICE_NAMES
 
 pytestmark = pytest.mark.service
@@ -535,3 +539,64 @@ def test_the_server_stops_gracefully_on_sigterm(model_dir, records, tmp_path, en
         process.kill()
     assert process.returncode == 0, rest
     assert "shutting down" in rest and "stopped" in rest
+
+
+def test_the_idle_model_worker_hands_freed_memory_back_once_per_pause(model, records):
+    """Once after the load, once after work and a pause; not again while nothing ran since."""
+    metrics = ServiceMetrics(CollectorRegistry())
+    batcher = EmbeddingBatcher(
+        model,
+        max_batch_tokens=4096,
+        max_group_tokens=4096,
+        min_batch_fill=0.7,
+        max_queue_delay_s=0.001,
+        max_queue=8,
+        metrics=metrics,
+        release_memory_after_s=0.05,
+    )
+
+    def releases_after(seconds: float) -> float:
+        time.sleep(seconds)
+        return metrics.registry.get_sample_value("protssl_memory_releases_total") or 0.0
+
+    try:
+        assert releases_after(0.5) == 1
+        assert releases_after(0.3) == 1
+        assert len(batcher.submit(records[:4]).future.result(timeout=60)) == 4
+        assert releases_after(0.5) == 2
+        assert releases_after(0.3) == 2
+    finally:
+        batcher.close()
+
+
+HEAP_HOLES_PROBE = """
+import ctypes, os
+from service.batcher import release_freed_memory
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+def rss_mib():
+    pages = int(open("/proc/self/statm").read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+blocks = [libc.malloc(64 * 1024) for _ in range(2048)]
+for block in blocks:
+    ctypes.memset(block, 1, 64 * 1024)
+start = rss_mib()
+for block in blocks[::2]:  # 64 MiB of holes between live blocks: glibc keeps them
+    libc.free(block)
+freed = rss_mib()
+assert release_freed_memory()
+print(start - freed, freed - rss_mib())
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc_trim")
+def test_release_freed_memory_returns_heap_holes_to_the_kernel():
+    """64 MiB freed between live blocks stays resident until `release_freed_memory` hands it back
+    (protobuf's own periodic malloc_trim would otherwise do it while holding the GIL)."""
+    probe = subprocess.run(
+        [sys.executable, "-c", HEAP_HOLES_PROBE], capture_output=True, text=True, check=True
+    )
+    kept_by_free, released = map(float, probe.stdout.split())
+    assert kept_by_free < 8
+    assert released >= 48
