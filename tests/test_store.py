@@ -22,6 +22,7 @@ from protssl.store import (
     Store,
     StoreConfig,
     default_url,
+    repository,
     sequence_sha256,
 )
 
@@ -119,6 +120,19 @@ def test_get_many_is_one_query_per_provenance_and_put_many_one_statement_per_tab
     found = store.embeddings.get_many(layer_keys + [i.key for i in items])
     assert set(found) == {item.key for item in items[:200]}
     assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 4  # layers
+
+
+def test_get_many_splits_long_key_lists_into_chunks(
+    store: Store, sequences: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    items = _items(sequences[:50])
+    store.embeddings.put_many(items[:40])
+    monkeypatch.setattr(repository, "MAX_KEYS_PER_QUERY", 7)
+    statements = _count_statements(store)
+    found = store.embeddings.get_many(item.key for item in items)
+    assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 8  # 50 / 7
+    assert set(found) == {item.key for item in items[:40]}
+    assert all(found[i.key].tobytes() == i.vector.tobytes() for i in items[:40])
 
 
 def test_put_is_idempotent_and_keeps_the_first_vector(store: Store, sequences: list[str]) -> None:
