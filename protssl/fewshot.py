@@ -26,9 +26,11 @@ and `save_classifier` / `load_classifier` to the store. State is JSON parameters
 
 from __future__ import annotations
 
+import collections
 import io
 import logging
 import math
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
@@ -46,6 +48,7 @@ from protssl.fasta import ProteinRecord
 __all__ = [
     "METHODS",
     "UNKNOWN",
+    "ClassifierCache",
     "FewShotClassifier",
     "FewShotConfig",
     "Prediction",
@@ -930,6 +933,8 @@ class _ClassifierRepository(Protocol):
 
     def get(self, name: str, version: int | None = None) -> Any: ...
 
+    def identity(self, name: str, version: int | None = None) -> tuple[Any, ...]: ...
+
 
 class _Store(Protocol):
     """What this module needs of `protssl.store.Store` (kept structural: the core needs no SQL)."""
@@ -968,10 +973,47 @@ def load_classifier(
 ) -> tuple[FewShotClassifier, list[ProteinRecord]]:
     """A stored classifier (latest version unless given) and the support records it was fitted on."""
     stored = store.classifiers.get(name, version)
+    examples = [ProteinRecord(i, s, tuple(labels)) for i, s, labels in stored.examples]
+    return _from_stored(stored), examples
+
+
+def _from_stored(stored: _StoredClassifier) -> FewShotClassifier:
+    """The classifier a store row holds, its info naming the row's name and version."""
     classifier = FewShotClassifier.from_state(stored.params, stored.blob)
     classifier.info.update({"name": stored.name, "version": stored.version})
-    examples = [ProteinRecord(i, s, tuple(labels)) for i, s, labels in stored.examples]
-    return classifier, examples
+    return classifier
+
+
+class ClassifierCache:
+    """Loaded classifiers by stored identity, for callers that classify again and again.
+
+    A lookup costs one small query (id, version, created_at) instead of the blob, the examples and
+    deserialising: a saved version never changes, so a new version, a deletion or a name reused
+    after one shows up as another identity. Thread-safe; the least recently used goes first.
+    """
+
+    def __init__(self, store: _Store, max_entries: int = 32) -> None:
+        self.store = store
+        self.max_entries = max_entries
+        self._entries: collections.OrderedDict[tuple[Any, ...], tuple[Any, FewShotClassifier]]
+        self._entries = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, name: str, version: int | None = None) -> tuple[Any, FewShotClassifier]:
+        """The store's `StoredClassifier` for `name` (latest version unless given) and the model."""
+        key = self.store.classifiers.identity(name, version)
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is not None:
+                self._entries.move_to_end(key)
+                return hit
+        stored = self.store.classifiers.get(name, key[1])
+        entry = (stored, _from_stored(stored))
+        with self._lock:  # under the identity of the row read, should it differ from `key`
+            self._entries[(stored.id, stored.version, stored.created_at)] = entry
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        return entry
 
 
 def add_examples(

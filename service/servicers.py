@@ -291,6 +291,7 @@ class ClassifierServicer(_Face, pb_grpc.ClassifierServiceServicer):
     ):
         super().__init__(model, batcher, config)
         self.store = store
+        self.classifiers = fewshot.ClassifierCache(store)
 
     def CreateClassifier(
         self, request: pb.CreateClassifierRequest, context: grpc.ServicerContext
@@ -343,8 +344,7 @@ class ClassifierServicer(_Face, pb_grpc.ClassifierServiceServicer):
     def Classify(
         self, request: pb.ClassifyRequest, context: grpc.ServicerContext
     ) -> pb.ClassifyResponse:
-        stored = self.store.classifiers.get(request.name, request.version or None)
-        classifier = fewshot.FewShotClassifier.from_state(stored.params, stored.blob)
+        stored, classifier = self.classifiers.get(request.name, request.version or None)
         if stored.model_sha256 and stored.model_sha256 != self.model.sha256:
             raise InvalidInputError(
                 f"classifier {stored.name!r} v{stored.version} was fitted on model "

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import event
 
 from protssl.checkpoint import LoadedModel, load_model, save_model
 from protssl.cli_fewshot import add_commands
 from protssl.embed import EmbedConfig, embed_records, embed_records_layers
-from protssl.errors import InvalidInputError
+from protssl.errors import ClassifierNotFoundError, InvalidInputError
 from protssl.evaluation import (
     composition_features,
     evaluate_episodes,
@@ -35,6 +36,7 @@ from protssl.fasta import FastaPolicy, ProteinRecord, read_fasta
 from protssl.fewshot import (
     METHODS,
     UNKNOWN,
+    ClassifierCache,
     FewShotClassifier,
     FewShotConfig,
     Prediction,
@@ -608,3 +610,37 @@ def test_library_save_and_load_keep_examples_and_versions(
     assert new.info["version"] == 2
     features = _features(query)
     assert old.predict(features) == fitted["prototype"].predict(features)
+
+
+def test_classifier_cache_loads_a_version_once_and_sees_new_versions_and_reused_names(
+    store_url: str, fitted: dict[str, FewShotClassifier],
+    is_split: tuple[list[ProteinRecord], list[ProteinRecord]],
+) -> None:  # fmt: skip
+    support, query = is_split
+    features = _features(query)
+    with Store(StoreConfig(url=store_url)) as store:
+        save_classifier(store, "is", fitted["prototype"], support)
+        cache = ClassifierCache(store)
+        statements: list[str] = []
+        event.listen(store.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+        stored, first = cache.get("is")
+        assert any("classifier_examples" in s for s in statements)  # the first get loads it all
+        statements.clear()
+        again_stored, again = cache.get("is")
+        assert again is first and again_stored is stored
+        assert statements and not [s for s in statements if "blob" in s or "examples" in s]
+        assert again.predict(features) == fitted["prototype"].predict(features)
+
+        save_classifier(store, "is", fitted["knn"], support)
+        newer_stored, newer = cache.get("is")
+        assert newer_stored.version == 2 and newer.config.method == "knn"
+        assert cache.get("is", 1)[1] is first
+
+        store.classifiers.delete("is")
+        with pytest.raises(ClassifierNotFoundError):
+            cache.get("is")
+        save_classifier(store, "is", fitted["linear"], support)  # version 1 of the name again
+        reused_stored, reused = cache.get("is", 1)
+        assert reused.config.method == "linear" and reused is not first
+        assert reused_stored.version == 1 and reused_stored.created_at > stored.created_at
+        assert reused.predict(features) == fitted["linear"].predict(features)

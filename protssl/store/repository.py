@@ -454,6 +454,11 @@ class StoredClassifier:
     created_at: dt.datetime
 
 
+def _not_found(name: str, version: int | None) -> str:
+    which = f"version {version} of " if version is not None else ""
+    return f"no classifier {which}{name!r} in the store"
+
+
 class ClassifierRepository:
     """Named, versioned classifiers: saving a name again adds a version; old versions stay."""
 
@@ -563,10 +568,27 @@ class ClassifierRepository:
         with self._engine.connect() as connection:
             row = connection.execute(statement).first()
             if row is None:
-                which = f"version {version} of " if version is not None else ""
-                raise ClassifierNotFoundError(f"no classifier {which}{name!r} in the store")
+                raise ClassifierNotFoundError(_not_found(name, version))
             examples = self._examples(connection, [row.id])
         return self._from_row(row, examples.get(row.id, ()))
+
+    def identity(self, name: str, version: int | None = None) -> tuple[int, int, dt.datetime]:
+        """(id, version, created_at) of `get(name, version)` without its blob or examples.
+
+        A saved version never changes, so this triple names its content: what memos key on.
+        """
+        statement = select(
+            _CLASSIFIERS.c.id, _CLASSIFIERS.c.version, _CLASSIFIERS.c.created_at
+        ).where(_CLASSIFIERS.c.name == name)
+        if version is None:
+            statement = statement.order_by(_CLASSIFIERS.c.version.desc()).limit(1)
+        else:
+            statement = statement.where(_CLASSIFIERS.c.version == version)
+        with self._engine.connect() as connection:
+            row = connection.execute(statement).first()
+        if row is None:
+            raise ClassifierNotFoundError(_not_found(name, version))
+        return row.id, row.version, _utc(row.created_at)
 
     def list(self) -> list[StoredClassifier]:
         """The latest version of every classifier, by name."""
