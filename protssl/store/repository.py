@@ -454,6 +454,14 @@ class StoredClassifier:
     created_at: dt.datetime
 
 
+def _one_version(name: str, version: int | None, *columns: Any) -> Any:
+    """SELECT `columns` of version `version` of classifier `name` (the latest if None)."""
+    statement = select(*columns).where(_CLASSIFIERS.c.name == name)
+    if version is None:
+        return statement.order_by(_CLASSIFIERS.c.version.desc()).limit(1)
+    return statement.where(_CLASSIFIERS.c.version == version)
+
+
 def _not_found(name: str, version: int | None) -> str:
     which = f"version {version} of " if version is not None else ""
     return f"no classifier {which}{name!r} in the store"
@@ -560,13 +568,8 @@ class ClassifierRepository:
 
     def get(self, name: str, version: int | None = None) -> StoredClassifier:
         """Version `version` of `name` (the latest if None), or ClassifierNotFoundError."""
-        statement = select(_CLASSIFIERS).where(_CLASSIFIERS.c.name == name)
-        if version is None:
-            statement = statement.order_by(_CLASSIFIERS.c.version.desc()).limit(1)
-        else:
-            statement = statement.where(_CLASSIFIERS.c.version == version)
         with self._engine.connect() as connection:
-            row = connection.execute(statement).first()
+            row = connection.execute(_one_version(name, version, _CLASSIFIERS)).first()
             if row is None:
                 raise ClassifierNotFoundError(_not_found(name, version))
             examples = self._examples(connection, [row.id])
@@ -577,15 +580,9 @@ class ClassifierRepository:
 
         A saved version never changes, so this triple names its content: what memos key on.
         """
-        statement = select(
-            _CLASSIFIERS.c.id, _CLASSIFIERS.c.version, _CLASSIFIERS.c.created_at
-        ).where(_CLASSIFIERS.c.name == name)
-        if version is None:
-            statement = statement.order_by(_CLASSIFIERS.c.version.desc()).limit(1)
-        else:
-            statement = statement.where(_CLASSIFIERS.c.version == version)
+        columns = (_CLASSIFIERS.c.id, _CLASSIFIERS.c.version, _CLASSIFIERS.c.created_at)
         with self._engine.connect() as connection:
-            row = connection.execute(statement).first()
+            row = connection.execute(_one_version(name, version, *columns)).first()
         if row is None:
             raise ClassifierNotFoundError(_not_found(name, version))
         return row.id, row.version, _utc(row.created_at)
