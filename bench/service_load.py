@@ -31,6 +31,7 @@ import protssl
 from protssl.checkpoint import DEFAULT_MODEL_DIR, LoadedModel, load_model
 from protssl.embed import EmbedConfig, embed_records
 from protssl.fasta import ProteinRecord, read_fasta
+from protssl.store import StoreConfig
 from service.batcher import release_freed_memory
 from service.config import ServiceConfig
 
@@ -275,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         "requests": len(requests),
         "clients": args.clients,
         "processes": args.processes,
-        "store": (args.database_url or "sqlite").split(":")[0].split("+")[0]
+        "store": (StoreConfig(url=args.database_url).dialect if args.database_url else "sqlite")
         if args.store
         else None,
         "memory_cache_mb": args.memory_cache_mb if args.store else None,
