@@ -141,6 +141,8 @@ class Prediction:
     top_probability: float
     nearest_similarity: float
     """Cosine to the nearest support vector in the chosen layer (uncentred: the OOD gate's space)."""
+    top: tuple[tuple[str, float], ...] = ()
+    """The most probable leaf labels with their calibrated probabilities, best first."""
 
     @property
     def label(self) -> str:
@@ -698,16 +700,24 @@ class FewShotClassifier:
         self,
         features: np.ndarray | Mapping[int, np.ndarray],
         ids: Sequence[str] | None = None,
+        *,
+        top_k: int = 3,
     ) -> list[Prediction]:
-        """Labels with abstention and back-off for M query vectors (from the chosen layer)."""
+        """Labels with abstention and back-off for M query vectors (from the chosen layer).
+
+        Each prediction also lists its `top_k` most probable leaf labels, whatever the decision.
+        """
+        if top_k < 1:
+            raise InvalidInputError(f"top_k must be at least 1, got {top_k}")
         probs = self.predict_proba(features)
         nearest = self.nearest_similarity(features)
         ids = list(ids) if ids is not None else [f"query{i}" for i in range(len(probs))]
         if len(ids) != len(probs):
             raise InvalidInputError(f"{len(ids)} ids for {len(probs)} query vectors")
         out = []
+        ranked = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
         for row, query_id in enumerate(ids):
-            top = int(probs[row].argmax())
+            top = int(ranked[row, 0])
             labels, probability, status = self._decide(probs[row], float(nearest[row]))
             out.append(
                 Prediction(
@@ -718,6 +728,7 @@ class FewShotClassifier:
                     top_label=self.classes[top],
                     top_probability=float(probs[row, top]),
                     nearest_similarity=float(nearest[row]),
+                    top=tuple((self.classes[i], float(probs[row, i])) for i in ranked[row]),
                 )
             )
         return out

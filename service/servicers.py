@@ -359,24 +359,18 @@ class ClassifierServicer(_Face, pb_grpc.ClassifierServiceServicer):
         )
         context.add_callback(job.cancel)
         results = _wait(job, job.deadline)
-        top_k = request.top_k or 3
         predictions: list[pb.Prediction] = []
         if results:
             vectors = np.stack([r.embedding.vector for r in results])
-            probabilities = classifier.predict_proba(vectors)
-            decided = classifier.predict(vectors, [r.id for r in records])
-            for row, decision in enumerate(decided):
-                order = np.argsort(-probabilities[row])[:top_k]
+            decided = classifier.predict(vectors, [r.id for r in records], top_k=request.top_k or 3)
+            for decision in decided:
                 abstained = decision.status == "unknown"
                 predictions.append(
                     pb.Prediction(
                         id=decision.id,
                         top=[
-                            pb.LabelScore(
-                                label=classifier.classes[i],
-                                probability=float(probabilities[row, i]),
-                            )
-                            for i in order
+                            pb.LabelScore(label=label, probability=probability)
+                            for label, probability in decision.top
                         ],
                         abstained=abstained,
                         label="" if abstained else decision.label,

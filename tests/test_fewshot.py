@@ -120,6 +120,26 @@ def test_methods_beat_chance_on_held_out_transposases(
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-9)
 
 
+def test_predictions_rank_their_top_labels_by_probability(
+    fitted: dict[str, FewShotClassifier],
+    is_split: tuple[list[ProteinRecord], list[ProteinRecord]],
+) -> None:
+    _, query = is_split
+    classifier = fitted["linear"]
+    features = _features(query)
+    probs = classifier.predict_proba(features)
+    predictions = classifier.predict(features, top_k=4)
+    for row, prediction in enumerate(predictions):
+        want = sorted(range(len(classifier.classes)), key=lambda i: -probs[row, i])[:4]
+        assert [label for label, _ in prediction.top] == [classifier.classes[i] for i in want]
+        assert [p for _, p in prediction.top] == pytest.approx([probs[row, i] for i in want])
+        assert prediction.top[0] == (prediction.top_label, prediction.top_probability)
+    first = {layer: vectors[:1] for layer, vectors in features.items()}
+    assert len(classifier.predict(first, top_k=1)[0].top) == 1
+    with pytest.raises(InvalidInputError, match="top_k"):
+        classifier.predict(first, top_k=0)
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_state_round_trip_gives_identical_predictions(
     method: str,

@@ -444,7 +444,16 @@ def test_classifier_lifecycle_and_classify_equals_in_process(channel, model, pfa
         assert got.label == ("" if got.abstained else want.label)
         assert got.top[0].label == want.top_label
         assert got.top[0].probability == pytest.approx(want.top_probability, abs=1e-4)
-        assert len(got.top) == 2 and got.top[0].probability >= got.top[1].probability
+        assert [t.label for t in got.top] == [label for label, _ in want.top[:2]]
+        assert [t.probability for t in got.top] == pytest.approx(
+            [p for _, p in want.top[:2]], abs=1e-4
+        )
+    error = rpc_error(
+        classifiers.Classify,
+        pb.ClassifyRequest(name="families", sequences=[pb.Sequence(sequence="MKV")], top_k=-1),
+        timeout=60,
+    )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "top_k" in error.details()
 
     classifiers.DeleteClassifier(pb.DeleteClassifierRequest(name="families"), timeout=10)
     for call, request in (
