@@ -254,6 +254,28 @@ def onednn_linear_works() -> bool:
     )
 
 
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None
+) -> torch.Tensor:
+    """SDPA over (B, H, T, hd); in CPU autocast with a gradient to record, it runs in float32.
+
+    torch's CPU flash-attention backward is slower in bf16 than in float32 (per block it converts
+    the probabilities and their gradients to bf16 for small GEMMs); its forward is faster in bf16, so inference
+    keeps bf16. Figures in the README's Pretraining section.
+    """
+    if (
+        q.device.type == "cpu"
+        and q.requires_grad
+        and torch.is_grad_enabled()
+        and torch.is_autocast_enabled("cpu")
+    ):
+        with torch.autocast("cpu", enabled=False):
+            return F.scaled_dot_product_attention(
+                q.float(), k.float(), v.float(), attn_mask=attn_mask
+            )
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+
+
 class SelfAttention(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -303,7 +325,7 @@ class SelfAttention(nn.Module):
         qk = torch.addcmul(qk * cos, swapped, sin)  # (B, T, 2C): q and k rotated in one pass
         q, k = qk.view(batch, seq_len, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         v = v.view(batch, seq_len, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, T, hd)
+        y = attention(q, k, v, attn_mask)  # (B, H, T, hd)
         y = y.transpose(1, 2).reshape(tokens, width)
         return linear(pad_rows(y, x.shape[0]), self.out_proj)
 

@@ -68,6 +68,26 @@ def test_inference_path_matches_the_training_path(sample_fasta, dtype) -> None:
     assert cos.min().item() >= (0.99999 if dtype == torch.float32 else 0.999)
 
 
+def test_training_attention_runs_in_float32_under_cpu_autocast() -> None:
+    """Training keeps bf16 matmuls but runs SDPA (and its slow bf16 backward) in float32."""
+    from protssl.model import attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 33, 16, requires_grad=True) for _ in range(3))
+    mask = torch.ones(2, 1, 1, 33, dtype=torch.bool)
+    mask[1, ..., 30:] = False
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        trained = attention(q, k, v, mask)
+        with torch.no_grad():
+            inferred = attention(q, k, v, mask)
+    assert trained.dtype == torch.float32 and torch.equal(trained, want)
+    assert inferred.dtype == torch.bfloat16
+    torch.testing.assert_close(inferred.float(), want.detach(), atol=0.05, rtol=0.05)
+    trained.sum().backward()
+    assert q.grad is not None and q.grad.dtype == torch.float32
+
+
 @pytest.mark.filterwarnings("ignore:Regression weights not found")
 def test_export_round_trip_loads_in_fair_esm(tmp_path, sample_fasta) -> None:
     from protssl.checkpoint import export_fair_esm
