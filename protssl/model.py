@@ -260,8 +260,8 @@ def attention(
     """SDPA over (B, H, T, hd); in CPU autocast with a gradient to record, it runs in float32.
 
     torch's CPU flash-attention backward is slower in bf16 than in float32 (per block it converts
-    the probabilities and their gradients to bf16 for small GEMMs); its forward is faster in bf16, so inference
-    keeps bf16. Figures in the README's Pretraining section.
+    the probabilities and their gradients to bf16 for small GEMMs); its forward is faster in bf16,
+    so inference keeps bf16. Figures in the README's Pretraining section.
     """
     if (
         q.device.type == "cpu"
