@@ -27,15 +27,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from protssl.alphabet import ALPHABET
-from protssl.batching import WindowPolicy, token_batches
 from protssl.checkpoint import CARD_NAME, DEFAULT_MODEL_DIR, load_model
-from protssl.evaluation import composition_features
+from protssl.evaluation import composition_features, nn1_hits
 from protssl.fasta import FastaPolicy, ProteinRecord, read_fasta
 from protssl.model import ProteinEncoder
-from protssl.pretrain import load_corpus, masked_lm_loss, unigram_perplexity
+from protssl.pretrain import layer_embeddings, load_corpus, masked_lm_loss, unigram_perplexity
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -63,52 +60,6 @@ def balanced(records: list[ProteinRecord], per_class: int, min_class: int) -> li
     return chosen
 
 
-@torch.no_grad()
-def layer_embeddings(
-    encoder: ProteinEncoder, sequences: list[str], dtype: torch.dtype, desc: str
-) -> np.ndarray:
-    """(layers + 1, N, D) mean-pooled embeddings of every layer (0 = token embeddings)."""
-    n_layers = encoder.config.num_layers
-    out = np.zeros((n_layers + 1, len(sequences), encoder.config.embed_dim), dtype=np.float32)
-    cropped = [s[: encoder.config.max_residues] for s in sequences]
-    batches = list(
-        token_batches(
-            cropped,
-            max_tokens=8192,
-            window_residues=encoder.config.max_residues,
-            policy=WindowPolicy(),
-        )
-    )
-    for batch in tqdm(batches, desc=desc, leave=False):
-        tokens = batch.tokens
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
-            result = encoder(tokens, repr_layers=range(n_layers + 1), return_logits=False)
-        residue = tokens.ne(ALPHABET.padding_idx) & tokens.ne(ALPHABET.cls_idx)
-        residue &= tokens.ne(ALPHABET.eos_idx)
-        weights = residue.float().unsqueeze(-1)
-        for layer, hidden in result.representations.items():
-            pooled = (hidden.float() * weights).sum(1) / weights.sum(1).clamp(min=1)
-            for row, window in enumerate(batch.windows):
-                out[layer, window.item] = pooled[row].numpy()
-    return out
-
-
-def nn_hits(vectors: np.ndarray, labels: list[set[str]], normalise: str = "centre") -> np.ndarray:
-    """Leave-one-out 1-NN by cosine, per record: True when the neighbour shares a label.
-
-    Features are centred first; `zscore` also scales each to unit variance (rare dipeptides and
-    quiet embedding dimensions then count as much as common ones).
-    """
-    x = vectors - vectors.mean(0)
-    if normalise == "zscore":
-        x = x / vectors.std(0).clip(min=1e-6)
-    x = x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)
-    sims = x @ x.T
-    np.fill_diagonal(sims, -np.inf)
-    nearest = sims.argmax(1)
-    return np.array([bool(labels[i] & labels[j]) for i, j in enumerate(nearest)])
-
-
 def paired_ci(model: np.ndarray, floor: np.ndarray, draws: int = 2000) -> list[float]:
     """95% bootstrap interval of mean(model hit - floor hit) over the same records (seeded)."""
     diff = model.astype(np.float64) - floor
@@ -126,10 +77,10 @@ def task(
 ) -> dict[str, object]:
     labels = [set(r.labels) for r in records]
     sequences = [r.sequence for r in records]
-    embeddings = layer_embeddings(encoder, sequences, dtype, name)
-    hits = [nn_hits(layer, labels, normalise) for layer in embeddings]
+    embeddings = layer_embeddings(encoder, sequences, dtype=dtype, desc=name)
+    hits = [nn1_hits(layer, labels, normalise) for layer in embeddings]
     per_layer = {str(k): round(float(h.mean()), 4) for k, h in enumerate(hits)}
-    comp = nn_hits(composition_features(sequences), labels, normalise)
+    comp = nn1_hits(composition_features(sequences), labels, normalise)
     best = max(per_layer, key=lambda k: per_layer[k])
     return {
         "records": len(records),

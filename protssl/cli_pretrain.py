@@ -60,6 +60,11 @@ _RECIPE_FLAGS: dict[str, tuple[str, type, str]] = {
     "--cluster-tsv": ("cluster_tsv", Path, "representative<TAB>member TSV: sample clusters"),
     "--seed": ("seed", int, "seed of weights, data order, crops and masks"),
     "--init-from": ("init_from", Path, "start from a protssl model folder's weights"),
+    "--probe-fasta": (
+        "probe_fasta",
+        Path,
+        "labelled FASTA scored at every validation: 1-NN accuracy in the log, composition floor",
+    ),
     "--name": ("name", str, "model name written in the card"),
 }
 

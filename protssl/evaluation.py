@@ -13,6 +13,7 @@ import html
 import itertools
 import json
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ __all__ = [
     "evaluate_episodes",
     "evaluate_split",
     "label_metrics",
+    "nn1_hits",
     "per_class_metrics",
     "reliability",
     "sample_episodes",
@@ -55,6 +57,24 @@ def composition_features(sequences: Sequence[str]) -> np.ndarray:
         if len(pairs):
             out[row, 20:] = np.bincount(pairs, minlength=400) / len(pairs)
     return out
+
+
+def nn1_hits(
+    vectors: np.ndarray, labels: Sequence[AbstractSet[str]], normalise: str = "centre"
+) -> np.ndarray:
+    """Leave-one-out 1-NN by cosine, per record: True when the neighbour shares a label.
+
+    Features are centred first; `zscore` also scales each to unit variance (rare dipeptides and
+    quiet embedding dimensions then count as much as common ones).
+    """
+    x = vectors - vectors.mean(0)
+    if normalise == "zscore":
+        x = x / vectors.std(0).clip(min=1e-6)
+    x = x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)
+    sims = x @ x.T
+    np.fill_diagonal(sims, -np.inf)
+    nearest = sims.argmax(1)
+    return np.array([bool(labels[i] & labels[j]) for i, j in enumerate(nearest)])
 
 
 def _parent_matches(parent: str, truth: Sequence[str]) -> bool:

@@ -40,6 +40,7 @@ from protssl.alphabet import ALPHABET, tokenize
 from protssl.batching import WindowPolicy, token_batches
 from protssl.checkpoint import load_model, save_model
 from protssl.errors import CheckpointError, InvalidInputError
+from protssl.evaluation import composition_features, nn1_hits
 from protssl.fasta import FastaPolicy, read_fasta
 from protssl.model import PRESETS, ModelConfig, ProteinEncoder, init_weights, resolve_dtype
 
@@ -74,7 +75,17 @@ CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "log.csv"
 PLOT_NAME = "loss_curve.png"
 MODEL_SUBDIR = "model"
-LOG_FIELDS = ("step", "tokens", "loss", "val_loss", "val_ppl", "lr", "tok_per_s")
+LOG_FIELDS = (
+    "step",
+    "tokens",
+    "loss",
+    "val_loss",
+    "val_ppl",
+    "probe_nn1",
+    "probe_nn1_best",
+    "lr",
+    "tok_per_s",
+)
 
 # Token ids a random replacement may take: the 20 standard residues (as ESM-2 does).
 _STANDARD = torch.tensor([ALPHABET.get_idx(a) for a in "ACDEFGHIKLMNPQRSTVWY"])
@@ -138,6 +149,10 @@ class PretrainConfig:
     """Start from this protssl model folder's weights (same shape as `preset`) instead of random
     ones; the optimizer and schedule start afresh. Continues training on a machine that cannot
     carry the last run's checkpoint, only its exported model."""
+    probe_fasta: Path | None = None
+    """Optional labelled FASTA (`>ID label=A`) scored at every validation: leave-one-out 1-NN
+    accuracy of mean-pooled vectors (`probe_nn1` for the last layer, `probe_nn1_best` for the best
+    one in the CSV log), beside the same 1-NN over composition (the floor, in the card)."""
     tensorboard: bool = False
     """Also write TensorBoard event files under run_dir/tb (needs the tensorboard package)."""
     name: str = "protssl-pretrained"
@@ -150,6 +165,8 @@ class PretrainConfig:
             object.__setattr__(self, "cluster_tsv", Path(self.cluster_tsv))
         if self.init_from is not None:
             object.__setattr__(self, "init_from", Path(self.init_from))
+        if self.probe_fasta is not None:
+            object.__setattr__(self, "probe_fasta", Path(self.probe_fasta))
         object.__setattr__(self, "betas", tuple(self.betas))
         if self.preset not in PRESETS:
             raise InvalidInputError(
@@ -203,7 +220,7 @@ class PretrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly recipe (paths as strings)."""
         out = asdict(self)
-        for key in ("corpus", "run_dir", "cluster_tsv", "init_from"):
+        for key in ("corpus", "run_dir", "cluster_tsv", "init_from", "probe_fasta"):
             out[key] = None if out[key] is None else str(out[key])
         out["betas"] = list(self.betas)
         return out
@@ -524,6 +541,95 @@ def masked_lm_loss(
     return _validate(encoder, batches, config_like, device, dtype)
 
 
+@torch.no_grad()
+def layer_embeddings(
+    encoder: ProteinEncoder,
+    sequences: Sequence[str],
+    *,
+    dtype: torch.dtype = torch.float32,
+    max_tokens: int = 8192,
+    desc: str | None = None,
+) -> np.ndarray:
+    """(layers + 1, N, D) mean-pooled vectors of every layer (0 = token embeddings).
+
+    Sequences longer than the model's window are cut to it: this scores a bare encoder while it
+    trains or right after, not a user's proteins (that is `protssl.embed`, which windows them).
+    """
+    device = next(encoder.parameters()).device
+    n_layers = encoder.config.num_layers
+    out = np.zeros((n_layers + 1, len(sequences), encoder.config.embed_dim), dtype=np.float32)
+    cropped = [s[: encoder.config.max_residues] for s in sequences]
+    batches = list(
+        token_batches(
+            cropped,
+            max_tokens=max_tokens,
+            window_residues=encoder.config.max_residues,
+            policy=WindowPolicy(),
+        )
+    )
+    was_training = encoder.training
+    encoder.eval()
+    for batch in tqdm(batches, desc=desc, leave=False, disable=desc is None):
+        tokens = batch.tokens
+        with _autocast(device, dtype):
+            result = encoder(
+                tokens.to(device), repr_layers=range(n_layers + 1), return_logits=False
+            )
+        residue = tokens.ne(ALPHABET.padding_idx) & tokens.ne(ALPHABET.cls_idx)
+        weights = (residue & tokens.ne(ALPHABET.eos_idx)).to(device).float().unsqueeze(-1)
+        for layer, hidden in result.representations.items():
+            pooled = (hidden.float() * weights).sum(1) / weights.sum(1).clamp(min=1)
+            for row, window in enumerate(batch.windows):
+                out[layer, window.item] = pooled[row].cpu().numpy()
+    encoder.train(was_training)
+    return out
+
+
+@dataclass(frozen=True)
+class FunctionProbe:
+    """Labelled records scored while a model trains: leave-one-out 1-NN over mean-pooled vectors."""
+
+    sequences: tuple[str, ...]
+    labels: tuple[frozenset[str], ...]
+    composition_nn1: float
+    """The floor: the same 1-NN over amino-acid + dipeptide composition vectors."""
+
+    @classmethod
+    def from_fasta(cls, path: Path) -> FunctionProbe:
+        """Records with `label=` from `path`; at least two labels, each on two or more records."""
+        records = list(read_fasta(path, policy=FastaPolicy(on_invalid="replace")))
+        unlabelled = [r.id for r in records if not r.labels]
+        if unlabelled:
+            raise InvalidInputError(
+                f"{path}: record {unlabelled[0]!r} has no label= (the function probe needs labels)"
+            )
+        counts: dict[str, int] = {}
+        for record in records:
+            for label in record.labels:
+                counts[label] = counts.get(label, 0) + 1
+        if sum(1 for n in counts.values() if n >= 2) < 2:
+            raise InvalidInputError(
+                f"{path}: the function probe needs two labels with two or more records each"
+            )
+        sequences = tuple(r.sequence for r in records)
+        labels = tuple(frozenset(r.labels) for r in records)
+        floor = nn1_hits(composition_features(sequences), labels).mean()
+        return cls(sequences, labels, round(float(floor), 4))
+
+    def score(self, encoder: ProteinEncoder, dtype: torch.dtype) -> dict[str, Any]:
+        """1-NN accuracy of the last layer and of the best layer, with that layer."""
+        by_layer = [
+            float(nn1_hits(vectors, self.labels).mean())
+            for vectors in layer_embeddings(encoder, self.sequences, dtype=dtype)
+        ]
+        best = int(np.argmax(by_layer))
+        return {
+            "nn1_last_layer": round(by_layer[-1], 4),
+            "nn1_best_layer": round(by_layer[best], 4),
+            "best_layer": best,
+        }
+
+
 @dataclass(frozen=True)
 class _EvalSettings:
     mask_prob: float
@@ -665,6 +771,12 @@ def pretrain(
     csv_log = _CsvLog(run_dir / LOG_NAME, step if resume else None) if leader else None
     writer = _tensorboard(run_dir) if (leader and config.tensorboard) else None
     unigram = unigram_perplexity(corpus.train, corpus.val) if leader else float("nan")
+    probe = (
+        FunctionProbe.from_fasta(config.probe_fasta)
+        if leader and config.probe_fasta is not None
+        else None
+    )
+    probe_scores: dict[str, Any] | None = None
     if leader:
         log.info(
             "%d train / %d val records; %s on %s (%s); %d micro-batch(es) of %d tokens per step "
@@ -769,6 +881,14 @@ def pretrain(
                 row.update(val_loss=f"{val_loss:.4f}", val_ppl=f"{math.exp(val_loss):.3f}")
                 if writer is not None:
                     writer.add_scalar("val/ppl", math.exp(val_loss), step)
+                if probe is not None:
+                    probe_scores = probe.score(encoder, dtype)
+                    row.update(
+                        probe_nn1=probe_scores["nn1_last_layer"],
+                        probe_nn1_best=probe_scores["nn1_best_layer"],
+                    )
+                    if writer is not None:
+                        writer.add_scalar("probe/nn1", probe_scores["nn1_last_layer"], step)
             if step % config.log_every == 0 or row:
                 now = time.perf_counter()
                 rate = window_tokens / max(now - window_start, 1e-9)
@@ -804,6 +924,8 @@ def pretrain(
     if leader and not interrupted:
         if val_loss is None:
             val_loss = _validate(encoder, val_batches, config, device, dtype)
+        if probe is not None and probe_scores is None:
+            probe_scores = probe.score(encoder, dtype)
         model_dir = run_dir / MODEL_SUBDIR
         _export(
             encoder,
@@ -817,7 +939,8 @@ def pretrain(
                 "dtype": _dtype_name(dtype),
                 "resume_commands": resumes,
                 "init_from": parent,
-            },
+            }
+            | _probe_summary(probe, probe_scores),
         )
     return PretrainResult(
         encoder=encoder,
@@ -886,6 +1009,20 @@ def _summary(
     }
 
 
+def _probe_summary(probe: FunctionProbe | None, scores: dict[str, Any] | None) -> dict[str, Any]:
+    """The card's `function_probe` entry (nothing without a probe)."""
+    if probe is None or scores is None:
+        return {}
+    return {
+        "function_probe": {
+            "records": len(probe.sequences),
+            "labels": len(set().union(*probe.labels)),
+            **scores,
+            "nn1_composition": probe.composition_nn1,
+        }
+    }
+
+
 def _export(
     encoder: ProteinEncoder, directory: Path, *, config: PretrainConfig, summary: dict[str, Any]
 ) -> None:
@@ -951,7 +1088,8 @@ def _tensorboard(run_dir: Path) -> Any:
 
 
 def plot_run(run_dir: str | Path) -> Path:
-    """Draw training loss and validation perplexity against tokens seen into run_dir/loss_curve.png."""
+    """Draw training loss, validation perplexity and any probe 1-NN against tokens seen into
+    run_dir/loss_curve.png."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -974,7 +1112,18 @@ def plot_run(run_dir: str | Path) -> Path:
     ax.set_ylabel("perplexity")
     ax.set_yscale("log")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    handles, labels = ax.get_legend_handles_labels()
+    probe = [(int(r["tokens"]) / 1e6, float(r["probe_nn1"])) for r in rows if r.get("probe_nn1")]
+    if probe:
+        right = ax.twinx()
+        right.plot(
+            *zip(*probe, strict=True), "s-", color="C2", ms=3, label="probe 1-NN (last layer)"
+        )
+        right.set_ylabel("probe 1-NN accuracy")
+        right.set_ylim(0, 1)
+        extra_handles, extra_labels = right.get_legend_handles_labels()
+        handles, labels = handles + extra_handles, labels + extra_labels
+    ax.legend(handles, labels)
     ax.set_title(run_dir.name)
     fig.tight_layout()
     out = run_dir / PLOT_NAME

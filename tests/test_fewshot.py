@@ -27,6 +27,7 @@ from protssl.evaluation import (
     evaluate_episodes,
     evaluate_split,
     label_metrics,
+    nn1_hits,
     per_class_metrics,
     reliability,
     sample_episodes,
@@ -351,6 +352,16 @@ def test_reliability_bins_and_calibration_error() -> None:
     assert [row["count"] for row in table] == [2, 2]
     assert table[1]["accuracy"] == 0.5
     assert ece == pytest.approx(0.5 * 0.15 + 0.5 * 0.45)
+
+
+def test_nn1_hits_use_the_nearest_other_record_by_centred_cosine() -> None:
+    vectors = np.array([[1.0, 0.1], [0.9, 0.0], [-1.0, 0.2], [0.0, 1.0]])
+    labels = [{"a"}, {"a"}, {"b"}, {"b", "c"}]
+    # centred on the mean (0.225, 0.325): 0 and 1 point one way, 2 another, 3 nearest to 2
+    np.testing.assert_array_equal(nn1_hits(vectors, labels), [True, True, True, True])
+    np.testing.assert_array_equal(
+        nn1_hits(vectors, [{"a"}, {"b"}, {"b"}, {"c"}]), [False, False, False, False]
+    )
 
 
 def test_composition_features_count_residues_and_pairs() -> None:

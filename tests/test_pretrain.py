@@ -30,6 +30,7 @@ from protssl.pretrain import (
     CHECKPOINT_NAME,
     LOG_NAME,
     PLOT_NAME,
+    FunctionProbe,
     PretrainConfig,
     crop_sequence,
     export_checkpoint,
@@ -167,6 +168,37 @@ def test_checkpoint_writes_are_atomic(tmp_path: Path) -> None:
 
 
 # --- whole runs ------------------------------------------------------------------------------------
+
+
+def test_function_probe_is_scored_at_each_validation_and_recorded_in_the_card(
+    tmp_path: Path, sample_fasta: Path
+) -> None:
+    labelled = Path(__file__).resolve().parents[1] / "examples" / "labelled.fasta"
+    run = tmp_path / "run"
+    result = pretrain(tiny_config(sample_fasta, run, probe_fasta=labelled), progress=False)
+    rows = _rows(run)
+    scored = [r for r in rows if r["probe_nn1"]]
+    assert [r["step"] for r in scored] == [r["step"] for r in rows if r["val_loss"]] == ["6", "12"]
+    for row in scored:
+        assert 0 <= float(row["probe_nn1"]) <= float(row["probe_nn1_best"]) <= 1
+    assert (run / PLOT_NAME).stat().st_size > 1000  # the probe on a second axis
+    probe = json.loads((run / "model" / "model.json").read_text())["training"]["function_probe"]
+    assert (probe["records"], probe["labels"]) == (72, 6)
+    assert probe["nn1_last_layer"] == float(scored[-1]["probe_nn1"])
+    assert probe["nn1_composition"] > 1 / 6  # composition carries family signal: well above chance
+    exported = load_model(result.model_dir)
+    again = FunctionProbe.from_fasta(labelled).score(exported.encoder, torch.float32)
+    assert again["nn1_last_layer"] == pytest.approx(probe["nn1_last_layer"], abs=0.03)
+
+
+def test_function_probe_needs_labels(tmp_path: Path) -> None:
+    fasta = tmp_path / "probe.fasta"
+    fasta.write_text(">a label=X\nMKVL\n>b label=X\nMKVI\n>c\nMKVA\n")
+    with pytest.raises(InvalidInputError, match="record 'c' has no label="):
+        FunctionProbe.from_fasta(fasta)
+    fasta.write_text(">a label=X\nMKVL\n>b label=X\nMKVI\n>c label=Y\nMKVA\n")
+    with pytest.raises(InvalidInputError, match="two labels with two or more records"):
+        FunctionProbe.from_fasta(fasta)
 
 
 def test_fifty_steps_lower_validation_loss_through_the_cli(
