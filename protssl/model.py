@@ -25,6 +25,7 @@ __all__ = [
     "EncoderOutput",
     "ModelConfig",
     "ProteinEncoder",
+    "attention",
     "cpu_has_bf16",
     "init_weights",
     "resolve_dtype",
