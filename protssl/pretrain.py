@@ -597,7 +597,7 @@ class FunctionProbe:
     """The floor: the same 1-NN over amino-acid + dipeptide composition vectors."""
 
     @classmethod
-    def from_fasta(cls, path: Path) -> FunctionProbe:
+    def from_fasta(cls, path: str | Path) -> FunctionProbe:
         """Records with `label=` from `path`; at least two labels, each on two or more records."""
         records = list(read_fasta(path, policy=FastaPolicy(on_invalid="replace")))
         unlabelled = [r.id for r in records if not r.labels]
