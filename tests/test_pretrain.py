@@ -191,6 +191,25 @@ def test_function_probe_is_scored_at_each_validation_and_recorded_in_the_card(
     assert again["nn1_last_layer"] == pytest.approx(probe["nn1_last_layer"], abs=0.03)
 
 
+def test_denormals_are_flushed_while_training_and_only_then(
+    tmp_path: Path, sample_fasta: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import protssl.pretrain as module
+
+    tiny = torch.tensor([1e-39])  # a float32 denormal
+    seen: list[float] = []
+
+    def run(config: PretrainConfig, **_: object) -> None:
+        seen.append(float(tiny * 1.0))
+        raise KeyboardInterrupt  # the flag must be restored on any way out
+
+    monkeypatch.setattr(module, "_pretrain", run)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(tiny_config(sample_fasta, tmp_path / "run"))
+    assert seen == [0.0]
+    assert float(tiny * 1.0) > 0
+
+
 def test_function_probe_needs_labels(tmp_path: Path) -> None:
     fasta = tmp_path / "probe.fasta"
     fasta.write_text(">a label=X\nMKVL\n>b label=X\nMKVI\n>c\nMKVA\n")
