@@ -31,6 +31,7 @@ __all__ = [
     "embed_records",
     "embed_records_layers",
     "expected_provenance",
+    "pool_rows",
 ]
 
 Pooling = Literal["mean", "bos", "per-residue"]
@@ -302,7 +303,7 @@ def _embed_group(
     ):
         hidden = _forward(model, batch, layers)  # (B, T, len(layers) * C) float32
         pooled = (
-            _pool_rows(hidden, batch.tokens, config.pooling)
+            pool_rows(hidden, batch.tokens, config.pooling)
             if config.pooling != "per-residue"
             else None
         )
@@ -348,7 +349,7 @@ def _forward(model: LoadedModel, batch: TokenBatch, layers: tuple[int, ...]) -> 
         return (hidden[0] if len(layers) == 1 else torch.cat(hidden, dim=-1)).cpu()
 
 
-def _pool_rows(hidden: torch.Tensor, tokens: torch.Tensor, pooling: str) -> np.ndarray:
+def pool_rows(hidden: torch.Tensor, tokens: torch.Tensor, pooling: str) -> np.ndarray:
     """Mean over residue positions (by mask, never by slicing) or the BOS row, for every row."""
     if pooling == "bos":
         return hidden[:, 0].numpy().copy()

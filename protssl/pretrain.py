@@ -39,6 +39,7 @@ from tqdm import tqdm
 from protssl.alphabet import ALPHABET, tokenize
 from protssl.batching import WindowPolicy, token_batches
 from protssl.checkpoint import load_model, save_model
+from protssl.embed import pool_rows
 from protssl.errors import CheckpointError, InvalidInputError
 from protssl.evaluation import composition_features, nn1_hits
 from protssl.fasta import FastaPolicy, read_fasta
@@ -577,12 +578,10 @@ def layer_embeddings(
             result = encoder(
                 tokens.to(device), repr_layers=range(n_layers + 1), return_logits=False
             )
-        residue = tokens.ne(ALPHABET.padding_idx) & tokens.ne(ALPHABET.cls_idx)
-        weights = (residue & tokens.ne(ALPHABET.eos_idx)).to(device).float().unsqueeze(-1)
         for layer, hidden in result.representations.items():
-            pooled = (hidden.float() * weights).sum(1) / weights.sum(1).clamp(min=1)
+            pooled = pool_rows(hidden.float().cpu(), tokens, "mean")
             for row, window in enumerate(batch.windows):
-                out[layer, window.item] = pooled[row].cpu().numpy()
+                out[layer, window.item] = pooled[row]
     encoder.train(was_training)
     return out
 
