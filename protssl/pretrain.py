@@ -14,6 +14,7 @@ each rank takes a disjoint share of the micro-batches and only rank 0 writes fil
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import csv
 import hashlib
@@ -604,10 +605,7 @@ class FunctionProbe:
             raise InvalidInputError(
                 f"{path}: record {unlabelled[0]!r} has no label= (the function probe needs labels)"
             )
-        counts: dict[str, int] = {}
-        for record in records:
-            for label in record.labels:
-                counts[label] = counts.get(label, 0) + 1
+        counts = collections.Counter(label for r in records for label in r.labels)
         if sum(1 for n in counts.values() if n >= 2) < 2:
             raise InvalidInputError(
                 f"{path}: the function probe needs two labels with two or more records each"
