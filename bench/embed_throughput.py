@@ -197,6 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--skip-hf", action="store_true", help="leave out the transformers anchor")
     parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "float32", "bfloat16"),
+        help="protssl's (and transformers') dtype; float32 measures a CPU without bf16 here",
+    )
+    parser.add_argument(
         "--repeats",
         type=int,
         default=2,
@@ -209,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit:
         records = records[: args.limit]
     ids = [r.id for r in records]
-    ours_model = load_model(args.model or args.preset)
+    ours_model = load_model(args.model or args.preset, dtype=args.dtype)
     config = ours_model.encoder.config
     fair_state = load_model(
         args.model or args.preset, dtype="float32"

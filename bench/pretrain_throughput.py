@@ -82,13 +82,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--steps-per-round", type=int, default=3)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "float32", "bfloat16"),
+        help="protssl's autocast dtype; float32 measures a CPU without bf16 here",
+    )
     args = parser.parse_args()
 
     config = PRESETS[args.preset]
     tokens = real_batch(args.fasta, args.rows, args.length)
     n_tokens = tokens.numel()
     device = torch.device(args.device)
-    dtype = resolve_dtype("auto", device)
+    dtype = resolve_dtype(args.dtype, device)
 
     ours = ProteinEncoder(config)
     init_weights(ours)
