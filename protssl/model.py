@@ -179,12 +179,6 @@ class Rotary:
         return cos.to(dtype), sin.to(dtype)
 
 
-def half_swapped_rows(num_heads: int, head_dim: int) -> torch.Tensor:
-    """Row order of a q-and-k projection (2 x heads x head_dim rows) with each head's halves swapped."""
-    rows = torch.arange(2 * num_heads * head_dim).view(2 * num_heads, 2, head_dim // 2)
-    return rows.flip(1).reshape(-1)
-
-
 def matmul_rows(rows: int, device: torch.device) -> int:
     """Rows to pad a matmul's input to: on CPU, `rows` rounded up onto a grid of 8 steps per power of 2.
 
@@ -284,28 +278,6 @@ class SelfAttention(nn.Module):
         self.head_dim = config.head_dim
         self.qkv_proj = nn.Linear(config.embed_dim, 3 * config.embed_dim)
         self.out_proj = nn.Linear(config.embed_dim, config.embed_dim)
-        self.swapped_rows: torch.Tensor
-        self.register_buffer(
-            "swapped_rows", half_swapped_rows(self.num_heads, self.head_dim), persistent=False
-        )
-        self._extended: tuple[tuple[int, ...], torch.Tensor, torch.Tensor] | None = None
-
-    def extended_projection(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """qkv_proj's weight and bias with the q and k rows appended again, halves swapped.
-
-        Without autograd the result is kept until the parameters change (in-place updates bump
-        their version, moves change their storage), so inference does not copy them every forward.
-        Parameters made under inference_mode have no version counter: those are not kept.
-        """
-        weight, bias = self.qkv_proj.weight, self.qkv_proj.bias
-        if torch.is_grad_enabled() or weight.is_inference() or bias.is_inference():
-            rows = self.swapped_rows
-            return torch.cat((weight, weight[rows])), torch.cat((bias, bias[rows]))
-        key = (weight._version, bias._version, weight.data_ptr(), bias.data_ptr())
-        if self._extended is None or self._extended[0] != key:
-            rows = self.swapped_rows
-            self._extended = (key, torch.cat((weight, weight[rows])), torch.cat((bias, bias[rows])))
-        return self._extended[1], self._extended[2]
 
     def forward(
         self,
@@ -317,13 +289,12 @@ class SelfAttention(nn.Module):
         """x: (rows, C), the B x T tokens first, then any padding rows (see `matmul_rows`)."""
         batch, seq_len = shape
         tokens, width = batch * seq_len, x.shape[1]
-        # Rotary needs each head's halves swapped; projecting them directly (one matmul with the q and
-        # k rows reordered) keeps every elementwise op on whole contiguous rows instead of 8-wide halves.
-        projected = _linear(x, *self.extended_projection())
-        projected = projected[:tokens].view(batch, seq_len, 5 * width)
-        qk, v, swapped = projected.split((2 * width, width, 2 * width), dim=-1)
+        projected = linear(x, self.qkv_proj)[:tokens].view(batch, seq_len, 3 * width)
+        qk, v = projected.split((2 * width, width), dim=-1)
+        # each head's halves swapped, [x2, x1]: one copy of q and k, no extra matmul rows
+        swapped = qk.unflatten(-1, (2 * self.num_heads, 2, self.head_dim // 2)).flip(-2)
         cos, sin = rotary
-        qk = torch.addcmul(qk * cos, swapped, sin)  # (B, T, 2C): q and k rotated in one pass
+        qk = torch.addcmul(qk * cos, swapped.flatten(-3), sin)  # (B, T, 2C): q and k rotated
         q, k = qk.view(batch, seq_len, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         v = v.view(batch, seq_len, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         y = attention(q, k, v, attn_mask)  # (B, H, T, hd)

@@ -147,7 +147,7 @@ def test_warm_up_runs_one_forward_per_matmul_shape() -> None:
 
 
 def test_inference_projection_follows_weight_updates(sample_fasta) -> None:
-    """The swapped-row projection kept between no-grad forwards is rebuilt when weights change."""
+    """No-grad forwards follow in-place weight updates (as an optimizer's): nothing stale is kept."""
     _, ours = _fair_esm_pair(PRESETS["esm2-8m"])
     tokens = _mixed_batch(sample_fasta)
     keep = ~tokens.eq(ALPHABET.padding_idx)
