@@ -32,6 +32,7 @@ from protssl.batching import plan_windows
 from protssl.checkpoint import load_model
 from protssl.embed import EmbedConfig, embed_records
 from protssl.fasta import read_fasta
+from protssl.hardware import describe
 from protssl.model import PRESETS, ModelConfig
 
 DEFAULT_FASTA = (
@@ -291,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         "ours_gflops": round(ours_flops / 1e9, 1),
         "mfu": round(ours_flops / peak, 4),
     }
+    result["machine"] = describe()
     print(json.dumps(result))
     return 0
 

@@ -58,6 +58,7 @@ from protssl.fewshot import (
     candidate_layers,
     embed_for_fewshot,
 )
+from protssl.hardware import describe
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 COMPOSITION_ANCHORS = (("composition_1nn", False), ("composition_z_1nn", True))
@@ -425,6 +426,7 @@ def main() -> None:
         "ood_unknown_rate": ood,
         "summary": best_vs_anchor,
     }
+    summary["machine"] = describe()
     print(json.dumps(summary, sort_keys=True))
 
 

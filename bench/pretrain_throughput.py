@@ -27,7 +27,8 @@ from tqdm import tqdm
 
 from protssl.alphabet import ALPHABET, tokenize
 from protssl.fasta import read_fasta
-from protssl.model import PRESETS, ProteinEncoder, cpu_has_bf16, init_weights, resolve_dtype
+from protssl.hardware import describe
+from protssl.model import PRESETS, ProteinEncoder, init_weights, resolve_dtype
 from protssl.pretrain import mask_tokens, mlm_loss_sum
 
 DEFAULT_FASTA = (
@@ -154,7 +155,6 @@ def main() -> None:
         "batch": list(tokens.shape),
         "ours_dtype": str(dtype).removeprefix("torch."),
         "ref_dtype": "float32",
-        "cpu_bf16": cpu_has_bf16(),
         "threads": torch.get_num_threads(),
         "ours_tok_per_s": round(ours_tps),
         "ref_tok_per_s": round(ref_tps),
@@ -162,6 +162,7 @@ def main() -> None:
         "matmul_peak_gflops": round(peak / 1e9, 1),
         "mfu": round(ours_tps * train_flops_per_token / peak, 3),
     }
+    result["machine"] = describe()
     print(json.dumps(result))
 
 

@@ -31,6 +31,7 @@ import protssl
 from protssl.checkpoint import DEFAULT_MODEL_DIR, LoadedModel, load_model
 from protssl.embed import EmbedConfig, embed_records
 from protssl.fasta import ProteinRecord, read_fasta
+from protssl.hardware import describe
 from protssl.store import StoreConfig
 from service.batcher import release_freed_memory
 from service.config import ServiceConfig
@@ -296,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         "hit_1client_p99_ms": single_lat.percentile(99),
         "min_cosine_vs_inproc": round(min(cos), 6),
     }
+    result["machine"] = describe()
     print(json.dumps(result))
     return 0
 

@@ -33,6 +33,7 @@ from protssl.checkpoint import LoadedModel, load_model
 from protssl.embed import CacheStats, EmbedConfig, Embedding, embed_records
 from protssl.errors import ModelNotFoundError
 from protssl.fasta import ProteinRecord, read_fasta
+from protssl.hardware import describe
 from protssl.store import EmbeddingItem, EmbeddingKey, Store, StoreConfig, sequence_sha256
 
 DEFAULT_FASTA = (
@@ -198,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{100 * result[name]['hit_to_compute_ratio']:.2f}% of compute {compute_s:.1f}s",
                 file=sys.stderr,
             )
+    result["machine"] = describe()
     print(json.dumps(result))
     return 0
 

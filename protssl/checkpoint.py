@@ -29,6 +29,7 @@ from protssl.errors import (
     ModelNotFoundError,
     UntrustedCheckpointError,
 )
+from protssl.hardware import cpu_has_bf16
 from protssl.model import (
     PRESETS,
     DTypeName,
@@ -296,6 +297,11 @@ def load_model(
     """
     device = torch.device(device)
     torch_dtype = resolve_dtype(dtype, device)
+    if device.type == "cpu" and torch_dtype == torch.bfloat16 and not cpu_has_bf16():
+        log.warning(
+            "bfloat16 on a CPU without native bf16 (AVX512-BF16 or AMX) runs on torch's generic "
+            "kernels: correct, but about 4x slower than float32, which --dtype auto picks here"
+        )
     if spec is None:
         if not (DEFAULT_MODEL_DIR / CARD_NAME).is_file():
             raise ModelNotFoundError(f"the default model is missing from {DEFAULT_MODEL_DIR}")

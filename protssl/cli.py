@@ -111,6 +111,22 @@ def _add_import_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_cmd_import)
 
 
+def _add_info_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "info",
+        help="versions, CPU instruction sets, dtypes and fast paths, default model and store",
+        description="What a bug report needs when figures differ between machines.",
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    parser.add_argument(
+        "--model",
+        default=os.environ.get("PROTSSL_MODEL"),
+        help="model folder to describe (default: $PROTSSL_MODEL or the shipped model)",
+    )
+    cli_store.add_db_arg(parser)
+    parser.set_defaults(func=_cmd_info)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -121,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_embed_parser(subparsers)
     _add_import_parser(subparsers)
+    _add_info_parser(subparsers)
     cli_store.add_commands(subparsers)
     cli_pretrain.add_commands(subparsers)
     cli_fewshot.add_commands(subparsers)
@@ -194,6 +211,65 @@ def _cmd_import(args: argparse.Namespace) -> int:
     saved = save_model(encoder, args.output, name=card.name, provenance=card.provenance)
     print(json.dumps({"model": args.output, "name": saved.name, "sha256": saved.sha256}))
     return 0
+
+
+def _model_summary(spec: str | None) -> dict[str, object]:
+    """The model a command would load by default, from its card alone (no weights read)."""
+    from protssl.checkpoint import CARD_NAME, DEFAULT_MODEL_DIR, ModelCard
+    from protssl.errors import CheckpointError
+
+    directory = Path(spec) if spec else DEFAULT_MODEL_DIR
+    card_path = directory / CARD_NAME if directory.is_dir() else directory
+    summary: dict[str, object] = {"path": str(directory)}
+    try:
+        card = ModelCard.from_json(json.loads(card_path.read_text()), source=str(card_path))
+    except (OSError, ValueError, CheckpointError) as exc:
+        summary["error"] = str(exc)
+        return summary
+    summary.update(name=card.name, sha256=card.sha256, layers=card.architecture.num_layers)
+    return summary
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from protssl.hardware import describe
+
+    info = describe()
+    info["default_model"] = _model_summary(args.model)
+    info["default_store"] = cli_store.store_config(args).redacted_url()
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    paths = info["fast_paths"]
+    assert isinstance(paths, dict)
+    model = info["default_model"]
+    assert isinstance(model, dict)
+    lines = [
+        f"protssl {info['protssl']}, torch {info['torch']}, Python {info['python']}",
+        f"cpu: {info['cpu']} ({info['cores']} cores, torch threads {info['threads']})",
+        f"isa: {info['isa']}",
+        f"kernels: torch {info['torch_capability']}, oneDNN bf16 {_yes(info['onednn_bf16'])}, "
+        f"native bf16 {_yes(info['native_bf16'])}",
+        f"auto dtype: {info['auto_dtype']} on cpu"
+        + (f", bfloat16 on {info['cuda']}" if info["cuda"] else ""),
+        *(
+            f"fast paths ({dtype}): "
+            + (", ".join(name for name, on in flags.items() if on) or "none")
+            for dtype, flags in paths.items()
+        ),
+        "default model: "
+        + (
+            f"{model['name']} (sha256 {str(model['sha256'])[:12]}) at {model['path']}"
+            if "name" in model
+            else f"{model['path']}: {model['error']}"
+        ),
+        f"default store: {info['default_store']}",
+    ]
+    print("\n".join(lines))
+    return 0
+
+
+def _yes(flag: object) -> str:
+    return "yes" if flag else "no"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,18 +7,18 @@ dicts (`from_fair_esm_state_dict`) and gives the same per-residue representation
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from protssl import hardware
 from protssl.alphabet import ALPHABET
 from protssl.errors import CheckpointError, InvalidInputError
+from protssl.hardware import cpu_has_bf16
 
 __all__ = [
     "PRESETS",
@@ -120,15 +120,6 @@ PRESETS: dict[str, ModelConfig] = {
 """Shapes by name (random weights unless loaded from a checkpoint): ESM-2's, and protssl's own."""
 
 
-def cpu_has_bf16() -> bool:
-    """True when this CPU has native bf16 matmul (AVX512-BF16 or AMX), read from /proc/cpuinfo."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
-
-
 def resolve_dtype(name: DTypeName, device: torch.device) -> torch.dtype:
     """`auto` is bf16 on CUDA or on CPUs with native bf16, fp32 elsewhere."""
     if name == "float32":
@@ -216,37 +207,11 @@ def _linear(
         and x.dtype == weight.dtype
         and not torch.is_grad_enabled()
         and not torch.is_autocast_enabled("cpu")
-        and onednn_linear_works()
+        and hardware.fused_linear_works(x.dtype)
     ):
-        return torch.ops.mkldnn._linear_pointwise(
-            x, weight, bias, "gelu" if gelu else "none", [], "none" if gelu else ""
-        )
+        return hardware.fused_linear_op(x, weight, bias, gelu=gelu)
     y = F.linear(x, weight, bias)
     return F.gelu(y) if gelu else y
-
-
-@functools.cache
-def onednn_linear_works() -> bool:
-    """Whether this torch build's fused oneDNN linear exists and agrees with F.linear + F.gelu.
-
-    It is an internal op (the one torch.compile emits on CPU), so it is checked once per process on
-    a tiny input; any failure or mismatch keeps every linear on the eager path.
-    """
-    if not torch.backends.mkldnn.is_available():
-        return False
-    generator = torch.Generator().manual_seed(0)
-    x, w, b = (torch.randn(shape, generator=generator) for shape in ((5, 8), (4, 8), (4,)))
-    try:
-        with torch.no_grad():
-            fused = torch.ops.mkldnn._linear_pointwise(x, w, b, "gelu", [], "none")
-            plain = torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
-    except (AttributeError, RuntimeError, TypeError):
-        return False
-    expected = F.linear(x, w, b)
-    return bool(
-        torch.allclose(plain, expected, atol=1e-5)
-        and torch.allclose(fused, F.gelu(expected), atol=1e-5)
-    )
 
 
 def attention(

@@ -14,6 +14,18 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("PROTSSL_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `bf16_cpu` ask the CPU probe; the fallback tests run everywhere."""
+    from protssl.hardware import cpu_has_bf16
+
+    if cpu_has_bf16():
+        return
+    skip = pytest.mark.skip(reason="this CPU has no native bf16 (protssl info: native bf16 no)")
+    for item in items:
+        if "bf16_cpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _private_default_store(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch

@@ -50,10 +50,10 @@ def test_parity_with_fair_esm_fp32_mixed_lengths(sample_fasta) -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_inference_path_matches_the_training_path(sample_fasta, dtype) -> None:
-    """Without autograd the linears run as fused oneDNN calls; with it, as F.linear + F.gelu."""
-    from protssl.model import onednn_linear_works
+    """Without autograd the linears run fused where the dtype's probe passed; with it, as F.linear.
 
-    assert onednn_linear_works()  # x86 torch builds have it; without it this test compares nothing
+    On a CPU without bf16 the bf16 probe fails and both paths are torch's (tests/test_hardware.py).
+    """
     _, ours = _fair_esm_pair(PRESETS["esm2-8m"])
     ours = ours.to(dtype)
     tokens = _mixed_batch(sample_fasta)

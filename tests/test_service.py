@@ -609,3 +609,38 @@ def test_release_freed_memory_returns_heap_holes_to_the_kernel():
     kept_by_free, released = map(float, probe.stdout.split())
     assert kept_by_free < 8
     assert released >= 48
+
+
+@pytest.mark.slow
+def test_a_bf16_server_on_a_cpu_without_bf16_serves_correct_vectors(model_dir, model, records):
+    """`ONEDNN_MAX_CPU_ISA=AVX2` makes oneDNN refuse bf16 as on AVX2-only CPUs, where every forward
+    of a bf16 server once failed: it starts, warms up and answers with the float32 vectors."""
+    env = dict(
+        os.environ,
+        PROTSSL_MODEL=str(model_dir),
+        PROTSSL_DTYPE="bfloat16",
+        ONEDNN_MAX_CPU_ISA="AVX2",
+        ATEN_CPU_CAPABILITY="avx2",
+        OMP_WAIT_POLICY="PASSIVE",
+    )
+    process = subprocess.Popen(
+        [*SERVE_COMMANDS["python -m service"], "--port", "0", "--metrics-port", "off"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        match, lines = wait_for_line(process, r"serving protssl.v1 on 127.0.0.1:(\d+)")
+        with grpc.insecure_channel(f"127.0.0.1:{match.group(1)}") as ch:
+            response = pb_grpc.EmbeddingServiceStub(ch).Embed(request_for(records), timeout=120)
+        process.send_signal(signal.SIGTERM)
+        _, rest = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 0, rest
+    assert "without native bf16" in "".join(lines) and "Traceback" not in "".join(lines) + rest
+    assert {e.provenance.compute_dtype for e in response.embeddings} == {"bfloat16"}
+    want = {e.id: e.vector for e in embed_records(records, model, EmbedConfig())}
+    for name, got in vectors(response).items():
+        cosine = got @ want[name] / np.linalg.norm(got) / np.linalg.norm(want[name])
+        assert cosine >= 0.999, name

@@ -69,6 +69,12 @@ class StoreConfig:
         """`sqlite` or `postgresql` (the URL scheme before any `+driver`)."""
         return self.url.split(":", 1)[0].split("+", 1)[0]
 
+    def redacted_url(self) -> str:
+        """The URL with any password masked, for logs and `protssl info`."""
+        from sqlalchemy import make_url
+
+        return make_url(self.url).render_as_string(hide_password=True)
+
     @classmethod
     def from_environ(
         cls,

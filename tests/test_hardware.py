@@ -1,0 +1,165 @@
+"""CPU detection and the fast paths' probes: every fast path falls back when its probe fails.
+
+`ONEDNN_MAX_CPU_ISA=AVX2` (with `ATEN_CPU_CAPABILITY=avx2`) makes torch on any x86 CPU behave as
+on one without bf16: oneDNN refuses bf16 primitives there, as on the AVX2-only machines that
+crashed in `_linear_pointwise`. The subprocess tests run the product under it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from protssl import hardware
+from protssl.alphabet import ALPHABET
+from protssl.model import PRESETS, ProteinEncoder, init_weights, resolve_dtype
+from protssl.output import read_vectors
+
+AVX2_ONLY = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+CLI = (sys.executable, "-c", "from protssl.cli import main; raise SystemExit(main())")
+
+
+@pytest.fixture
+def fresh_probes() -> Iterator[None]:
+    """Probes re-run inside the test and again after it, so a patched op is never remembered."""
+    hardware.fused_linear_works.cache_clear()
+    yield
+    hardware.fused_linear_works.cache_clear()
+
+
+def _tokens() -> torch.Tensor:
+    converter = ALPHABET.get_batch_converter()
+    _, _, tokens = converter([("a", "MKTAYIAKQRQISFVKSHFSRQ"), ("b", "GSHMLEDPVDAFQ")])
+    return tokens
+
+
+def _encoder(dtype: torch.dtype) -> ProteinEncoder:
+    encoder = ProteinEncoder(PRESETS["protssl-tiny"])
+    init_weights(encoder, seed=3)
+    return encoder.to(dtype).eval()
+
+
+def _inference_and_training_paths(encoder: ProteinEncoder) -> tuple[torch.Tensor, torch.Tensor]:
+    tokens = _tokens()
+    with torch.no_grad():
+        inference = encoder(tokens, (-1,)).representations[2]
+    training = encoder(tokens, (-1,)).representations[2].detach()
+    keep = ~tokens.eq(ALPHABET.padding_idx)
+    return inference[keep].float(), training[keep].float()
+
+
+def test_a_fused_op_that_fails_for_bf16_only_keeps_float32_fast(monkeypatch, fresh_probes) -> None:
+    """The probe is per dtype: the op failing in bf16 (as on AVX2-only CPUs) leaves float32 fused."""
+    real = hardware.fused_linear_op
+    calls: list[torch.dtype] = []
+
+    def like_avx2(x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(x.dtype)
+        if x.dtype == torch.bfloat16:
+            raise RuntimeError("could not create a primitive descriptor for the inner product")
+        return real(x, *args, **kwargs)
+
+    monkeypatch.setattr(hardware, "fused_linear_op", like_avx2)
+    assert hardware.fused_linear_works(torch.float32)  # x86 torch builds have the op
+    assert not hardware.fused_linear_works(torch.bfloat16)
+    assert hardware.fast_paths(torch.bfloat16)["fused_linear"] is False
+    calls.clear()
+    inference, training = _inference_and_training_paths(_encoder(torch.bfloat16))
+    assert calls == []  # bf16 forwards never reach the op once its probe failed
+    cos = torch.nn.functional.cosine_similarity(inference, training, dim=-1)
+    assert cos.min().item() >= 0.999
+    _inference_and_training_paths(_encoder(torch.float32))
+    assert set(calls) == {torch.float32}  # float32 still takes the fused path
+
+
+def test_a_fused_op_that_fails_everywhere_leaves_the_public_path(monkeypatch, fresh_probes) -> None:
+    def broken(*args: object, **kwargs: object) -> torch.Tensor:
+        raise RuntimeError("no such kernel on this CPU")
+
+    monkeypatch.setattr(hardware, "fused_linear_op", broken)
+    for dtype in (torch.float32, torch.bfloat16):
+        assert not hardware.fused_linear_works(dtype)
+        inference, training = _inference_and_training_paths(_encoder(dtype))
+        tolerance = 1e-6 if dtype == torch.float32 else 0.0
+        assert (inference - training).abs().max().item() <= tolerance  # same kernels both ways
+
+
+def test_a_fused_op_that_disagrees_is_not_used(monkeypatch, fresh_probes) -> None:
+    real = hardware.fused_linear_op
+    monkeypatch.setattr(hardware, "fused_linear_op", lambda *a, **k: real(*a, **k) * 1.01)
+    assert not hardware.fused_linear_works(torch.float32)
+
+
+@pytest.mark.bf16_cpu
+def test_a_cpu_with_native_bf16_runs_bf16_fused_and_picks_it() -> None:
+    assert hardware.cpu_info().native_bf16
+    assert hardware.fused_linear_works(torch.bfloat16)
+    assert resolve_dtype("auto", torch.device("cpu")) is torch.bfloat16
+
+
+def test_describe_agrees_with_itself() -> None:
+    info = hardware.describe()
+    cpu = hardware.cpu_info()
+    assert info["torch"] == torch.__version__ and info["cpu"] == cpu.model
+    assert set(str(info["isa"]).split()) <= {"avx2", "fma", "avx512", "avx512-bf16", "amx", "none"}
+    assert info["native_bf16"] is cpu.native_bf16
+    assert info["auto_dtype"] == ("bfloat16" if cpu.native_bf16 else "float32")
+    paths = info["fast_paths"]
+    assert isinstance(paths, dict)
+    assert paths["float32"] == {"fused_linear": hardware.fused_linear_works(torch.float32)}
+    assert paths["bfloat16"]["native_bf16"] is cpu.native_bf16
+    assert int(info["threads"]) >= 1 and int(info["cores"]) >= 1
+
+
+def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args], env={**os.environ, **env}, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.slow
+def test_info_on_a_cpu_without_bf16() -> None:
+    result = _run(["info", "--json"], AVX2_ONLY)
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["torch_capability"] == "AVX2" and info["onednn_bf16"] is False
+    assert info["native_bf16"] is False and info["auto_dtype"] == "float32"
+    assert info["fast_paths"]["bfloat16"] == {"fused_linear": False, "native_bf16": False}
+    assert info["fast_paths"]["float32"]["fused_linear"] is True
+
+
+@pytest.mark.slow
+def test_bf16_embed_on_a_cpu_without_bf16_is_correct(
+    tiny_model_dir: Path, sample_fasta: Path, tmp_path: Path
+) -> None:
+    """Exit 0, one warning line, no traceback, and the float32 vectors to bf16 precision."""
+    fasta = tmp_path / "small.fasta"
+    fasta.write_text("".join(">" + c for c in sample_fasta.read_text().split(">")[1:13]))
+    outputs = {}
+    for dtype in ("bfloat16", "float32"):
+        out = tmp_path / f"{dtype}.h5"
+        result = _run(
+            ["embed", str(fasta), "-o", str(out), "--model", str(tiny_model_dir), "--dtype",
+             dtype, "--no-cache", "--no-progress", "--overlap", "16"],
+            AVX2_ONLY,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "Traceback" not in result.stderr
+        outputs[dtype] = {name: vector for name, vector, _ in read_vectors(out)}
+        if dtype == "bfloat16":
+            warnings = [line for line in result.stderr.splitlines() if line.strip()]
+            assert len(warnings) == 1 and "without native bf16" in warnings[0], result.stderr
+        else:
+            assert result.stderr.strip() == ""
+    assert outputs["bfloat16"].keys() == outputs["float32"].keys() and len(outputs["float32"]) == 12
+    for name, want in outputs["float32"].items():
+        got = outputs["bfloat16"][name]
+        assert got @ want / np.linalg.norm(got) / np.linalg.norm(want) >= 0.999, name
