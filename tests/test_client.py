@@ -206,8 +206,8 @@ def test_serve_flags_override_environment_over_defaults():
         config_kwargs(parser.parse_args([]), {"PROTSSL_MAX_QUEUE": "many"})
 
 
-def test_classifiers_through_the_sdk(model, shared_data, tmp_path):
-    pfam = list(read_fasta(shared_data / "families" / "pfam_seed_small.fasta"))
+def test_classifiers_through_the_sdk(model, shared_file, tmp_path):
+    pfam = list(read_fasta(shared_file("families/pfam_seed_small.fasta")))
     by_family: dict[str, list[ProteinRecord]] = {}
     for record in pfam:
         by_family.setdefault(record.labels[0], []).append(record)

@@ -9,11 +9,11 @@ from protssl.errors import InvalidInputError
 from protssl.fasta import FastaPolicy, ReadStats, normalize_sequence, read_fasta
 
 
-def test_reads_real_corpus_sample(sample_fasta: Path) -> None:
+def test_reads_real_corpus_sample(sample_fasta: Path, sample_size: int) -> None:
     stats = ReadStats()
     records = list(read_fasta(sample_fasta, stats=stats))
-    assert len(records) == 2000
-    assert stats.records == 2000
+    assert len(records) == sample_size
+    assert stats.records == sample_size
     assert stats.residues == sum(len(r) for r in records)
     assert all(r.sequence.isupper() for r in records)
 
