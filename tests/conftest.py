@@ -64,7 +64,7 @@ def shared_file() -> Callable[..., Path]:
 
 @pytest.fixture(scope="session")
 def edge_cases() -> Path:
-    """The shared edge_cases/ folder, else examples/edge_cases/: real subsets of three of its files."""
+    """The shared edge_cases/ folder, else examples/edge_cases/: copies or prefixes of three files."""
     shared = SHARED_DATA / "edge_cases"
     return shared if shared.is_dir() else EXAMPLES / "edge_cases"
 
