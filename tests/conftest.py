@@ -1,10 +1,15 @@
-"""Shared fixtures: paths to the real data in ../shared/data, small real FASTA files."""
+"""Shared fixtures: paths to real protein data, a tiny model, SQLite and PostgreSQL stores.
+
+Real data comes from ../shared/data (or `PROTSSL_SHARED_DATA`), which CI always has beside the
+clone. A clone without it tests on the real records shipped in examples/ (examples/README.md says
+where they come from); only the tests that need files examples/ does not ship skip, naming them.
+"""
 
 from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +17,15 @@ from sqlalchemy import create_engine, make_url, text
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("PROTSSL_SHARED_DATA", ROOT.parent / "shared" / "data"))
+EXAMPLES = ROOT / "examples"
+CORPUS_SAMPLE = SHARED_DATA / "pretrain" / "pretrain_corpus_sample2k.fasta"
+
+
+def pytest_report_header() -> str:
+    """Says which real data this run tests on."""
+    if SHARED_DATA.is_dir():
+        return f"real data: {SHARED_DATA}"
+    return f"real data: {EXAMPLES} (no shared data at {SHARED_DATA}: tests needing it skip)"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -36,21 +50,45 @@ def _private_default_store(
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """The staged real protein data; CI always has it beside the clone."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data not found at {SHARED_DATA}")
-    return SHARED_DATA
+def shared_file() -> Callable[..., Path]:
+    """Finds a path under the shared data; the test skips, naming it and why, when it is absent."""
+
+    def find(relative: str, why: str = "examples/ has no copy") -> Path:
+        path = SHARED_DATA / relative
+        if not path.exists():
+            pytest.skip(f"needs {relative} of the shared data, not at {SHARED_DATA} ({why})")
+        return path
+
+    return find
 
 
 @pytest.fixture(scope="session")
-def edge_cases(shared_data: Path) -> Path:
-    return shared_data / "edge_cases"
+def edge_cases() -> Path:
+    """The shared edge_cases/ folder, else examples/edge_cases/: copies or prefixes of three files."""
+    shared = SHARED_DATA / "edge_cases"
+    return shared if shared.is_dir() else EXAMPLES / "edge_cases"
 
 
 @pytest.fixture(scope="session")
-def sample_fasta(shared_data: Path) -> Path:
-    return shared_data / "pretrain" / "pretrain_corpus_sample2k.fasta"
+def sample_fasta() -> Path:
+    """The 2,000-record corpus sample, else examples/proteins.fasta: its first 300 records."""
+    return CORPUS_SAMPLE if CORPUS_SAMPLE.is_file() else EXAMPLES / "proteins.fasta"
+
+
+@pytest.fixture(scope="session")
+def sample_size(sample_fasta: Path) -> int:
+    """How many records `sample_fasta` holds (tests that count them must know which file it is)."""
+    return 2000 if sample_fasta == CORPUS_SAMPLE else 300
+
+
+@pytest.fixture(scope="session")
+def transposase_fastas() -> list[Path]:
+    """IS transposases labelled by family: the shared set (30 families, 11-652 records each),
+    else examples/labelled*.fasta (6 families, 20 records each, from the same source)."""
+    shared = SHARED_DATA / "families" / "prokka_IS_transposase_families.fasta"
+    if shared.is_file():
+        return [shared]
+    return [EXAMPLES / "labelled.fasta", EXAMPLES / "labelled_query.fasta"]
 
 
 @pytest.fixture(scope="session")

@@ -22,14 +22,20 @@ def test_importing_protssl_pulls_in_no_rpc_stack() -> None:
 def test_embed_keeps_input_order_and_matches_records(
     tiny_model_dir: Path, sample_fasta: Path
 ) -> None:
+    """Vectors come back in input order (embed sorts by length inside), each the one its record
+    gets embedded alone; plain strings get seqN ids; per-residue rows average to the mean."""
     model = protssl.load_model(tiny_model_dir, dtype="float32")
     records = [r for r in protssl.read_fasta(sample_fasta) if len(r) < 60][:7]
     result = protssl.embed(records, model=model)
     assert result.ids == [r.id for r in records]
-    assert isinstance(result.vectors, np.ndarray) and result.vectors.shape == (7, 64)
+    alone = np.stack([protssl.embed([r], model=model).vectors[0] for r in records])
+    np.testing.assert_allclose(result.vectors, alone, atol=1e-5)
+    assert result.vectors.dtype == np.float32
     plain = protssl.embed([r.sequence.lower() for r in records], model=model)
-    assert plain.ids[0] == "seq0"
+    assert plain.ids == [f"seq{i}" for i in range(len(records))]
     np.testing.assert_allclose(plain.vectors, result.vectors, atol=1e-6)
     per_residue = protssl.embed(records[:2], model=model, pooling="per-residue")
-    assert [v.shape[0] for v in per_residue.vectors] == [len(r) for r in records[:2]]
+    for rows, record, mean in zip(per_residue.vectors, records, result.vectors, strict=False):
+        assert rows.shape == (len(record), 64)
+        np.testing.assert_allclose(rows.mean(0), mean, atol=1e-5)
     assert result.provenance[0].model_sha256 == model.sha256

@@ -206,8 +206,8 @@ def test_serve_flags_override_environment_over_defaults():
         config_kwargs(parser.parse_args([]), {"PROTSSL_MAX_QUEUE": "many"})
 
 
-def test_classifiers_through_the_sdk(model, shared_data, tmp_path):
-    pfam = list(read_fasta(shared_data / "families" / "pfam_seed_small.fasta"))
+def test_classifiers_through_the_sdk(model, shared_file, tmp_path):
+    pfam = list(read_fasta(shared_file("families/pfam_seed_small.fasta")))
     by_family: dict[str, list[ProteinRecord]] = {}
     for record in pfam:
         by_family.setdefault(record.labels[0], []).append(record)
@@ -243,5 +243,31 @@ def test_service_demo_runs_end_to_end(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "embedded 300 proteins" in out
     assert "the first 8 again: 8/8 from the cache" in out and "bit-identical: True" in out
-    assert "classifier is-families v1: 6 families from 72 examples" in out
+    assert "classifier is-families v1: 6 families from 72 examples, linear head" in out
     assert "classified 48 held-out transposases" in out and "server stopped" in out
+    shown = [line.split() for line in out.splitlines() if " true " in line]
+    assert [words[2] for words in shown] == [
+        family
+        for family in ("IS5", "IS3", "IS1595", "IS200/IS605", "IS110", "IS4")
+        for _ in range(2)
+    ]
+    assert all(words[3] in ("said", "abstains:") for words in shown)
+
+
+def test_demo_says_why_each_query_abstained():
+    from protssl.client import ClientPrediction
+    from protssl.demo import _reason
+
+    def prediction(label: str, probability: float, nearest: float) -> ClientPrediction:
+        top = (("IS5", 0.74), ("IS4", 0.14))
+        status = "answered" if label else "unknown"
+        return ClientPrediction("q", label, probability, status, not label, top, nearest)
+
+    assert _reason(prediction("IS5", 0.74, 0.99), 0.7, 0.9).startswith("said IS5 ")
+    assert _reason(prediction("", 0.0, 0.85), 0.7, 0.9) == (
+        "abstains: nearest support example at cosine 0.850 < out-of-distribution gate 0.900"
+    )
+    assert _reason(prediction("", 0.74, 0.99), 0.79, 0.9) == (
+        "abstains: best IS5 0.74 < confidence cut 0.79 (set on held-out support; "
+        "top: IS5 0.74, IS4 0.14)"
+    )

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import gzip
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -9,11 +10,11 @@ from protssl.errors import InvalidInputError
 from protssl.fasta import FastaPolicy, ReadStats, normalize_sequence, read_fasta
 
 
-def test_reads_real_corpus_sample(sample_fasta: Path) -> None:
+def test_reads_real_corpus_sample(sample_fasta: Path, sample_size: int) -> None:
     stats = ReadStats()
     records = list(read_fasta(sample_fasta, stats=stats))
-    assert len(records) == 2000
-    assert stats.records == 2000
+    assert len(records) == sample_size
+    assert stats.records == sample_size
     assert stats.residues == sum(len(r) for r in records)
     assert all(r.sequence.isupper() for r in records)
 
@@ -79,3 +80,27 @@ def test_every_edge_case_gives_records_or_one_line_error(edge_cases: Path) -> No
             assert "\n" not in str(exc) and path.name in str(exc)
         else:
             assert records, path
+
+
+def test_examples_are_the_shared_records_they_stand_in_for(
+    shared_file: Callable[..., Path],
+) -> None:
+    """What examples/README.md says: proteins.fasta is the corpus sample's first 300 records byte
+    for byte (headers with src=), the labelled files are shared transposases with their family,
+    and each edge_cases/ file is a copy or prefix of the shared one."""
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    why = "the copies in examples/ are checked against it"
+    shipped = (examples / "proteins.fasta").read_bytes()
+    sample = shared_file("pretrain/pretrain_corpus_sample2k.fasta", why)
+    assert sample.read_bytes().startswith(shipped)
+    headers = [line for line in shipped.decode().splitlines() if line.startswith(">")]
+    assert len(headers) == 300 and all(" src=" in line for line in headers)
+    families = shared_file("families/prokka_IS_transposase_families.fasta", why)
+    by_id = {r.id: r for r in read_fasta(families, policy=FastaPolicy(on_invalid="skip"))}
+    for name in ("labelled.fasta", "labelled_query.fasta"):
+        for record in read_fasta(examples / name):
+            shared = by_id[record.id]
+            assert (record.sequence, record.labels) == (shared.sequence, shared.labels), record.id
+    for path in sorted((examples / "edge_cases").iterdir()):
+        full = shared_file(f"edge_cases/{path.name}", why).read_bytes()
+        assert full.startswith(path.read_bytes()) and path.read_bytes().endswith(b"\n"), path.name

@@ -1,4 +1,4 @@
-"""Few-shot classifiers and their evaluation, on real labelled proteins from ../shared/data.
+"""Few-shot classifiers and their evaluation, on real labelled proteins (see conftest.py).
 
 The heads are unit-tested on amino-acid + dipeptide composition vectors (they carry real family
 signal and cost nothing to compute); the model path is tested with a tiny random-weight encoder.
@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -59,11 +60,11 @@ def _features(records: list[ProteinRecord]) -> dict[int, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def is_records(shared_data: Path) -> dict[str, list[ProteinRecord]]:
-    path = shared_data / "families" / "prokka_IS_transposase_families.fasta"
+def is_records(transposase_fastas: list[Path]) -> dict[str, list[ProteinRecord]]:
     by_family: dict[str, list[ProteinRecord]] = defaultdict(list)
-    for record in read_fasta(path, policy=FastaPolicy(on_invalid="skip")):
-        by_family[record.labels[0]].append(record)
+    for path in transposase_fastas:
+        for record in read_fasta(path, policy=FastaPolicy(on_invalid="skip")):
+            by_family[record.labels[0]].append(record)
     return by_family
 
 
@@ -71,7 +72,8 @@ def is_records(shared_data: Path) -> dict[str, list[ProteinRecord]]:
 def is_split(
     is_records: dict[str, list[ProteinRecord]],
 ) -> tuple[list[ProteinRecord], list[ProteinRecord]]:
-    """8 support and 6 query transposases from each of 8 IS families (whole sequences held out)."""
+    """8 support and 6 query transposases from each of 8 IS families (whole sequences held out;
+    the 6 families of examples/ on a clone without the shared data)."""
     rng = np.random.default_rng(0)
     families = sorted(f for f, rows in is_records.items() if len(rows) >= 20)[:FAMILIES]
     support, query = [], []
@@ -83,8 +85,8 @@ def is_split(
 
 
 @pytest.fixture(scope="module")
-def pfam_records(shared_data: Path) -> list[ProteinRecord]:
-    return list(read_fasta(shared_data / "families" / "pfam_seed_small.fasta"))
+def pfam_records(shared_file: Callable[..., Path]) -> list[ProteinRecord]:
+    return list(read_fasta(shared_file("families/pfam_seed_small.fasta")))
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +112,7 @@ def test_methods_beat_chance_on_held_out_transposases(
     classifier = fitted[method]
     predictions = classifier.predict(_features(query), [r.id for r in query])
     metrics = label_metrics([r.labels for r in query], predictions)
-    chance = 1 / FAMILIES
+    chance = 1 / len({r.labels for r in query})
     assert metrics["top1_accuracy"] > 3 * chance, metrics
     # what it answers, it mostly gets right
     assert metrics["accuracy_on_answered"] > 0.6, metrics
@@ -225,10 +227,13 @@ def test_the_ood_gate_uses_plain_cosine_and_old_states_keep_the_centred_one(
 
 
 def test_hierarchical_labels_back_off_to_the_parent_when_siblings_are_indistinguishable(
-    is_records: dict[str, list[ProteinRecord]],
+    is_records: dict[str, list[ProteinRecord]], shared_file: Callable[..., Path]
 ) -> None:
     """One IS family's sequences split at random into two sibling EC-style labels can't be told
     apart, but their shared parent can: queries from it back off to 1.1.1.-, rarely guess a leaf."""
+    shared_file(
+        "families/prokka_IS_transposase_families.fasta", "40 per family; examples/ holds 20"
+    )
     rng = np.random.default_rng(1)
     families = sorted(f for f, rows in is_records.items() if len(rows) >= 40)[:3]
     names = {families[1]: "1.2.1.1", families[2]: "2.1.1.1"}
@@ -271,12 +276,12 @@ def test_flat_labels_never_back_off(fitted: dict[str, FewShotClassifier]) -> Non
 
 
 @pytest.fixture(scope="module")
-def phosphatases(shared_data: Path) -> list[ProteinRecord]:
+def phosphatases(shared_file: Callable[..., Path]) -> list[ProteinRecord]:
     """Dual-specificity phosphatases (EC 3.1.3.16;3.1.3.48), their single-label relatives and two
     unrelated enzyme classes, from the CLEAN split."""
     wanted = {"3.1.3.16", "3.1.3.48", "3.6.4.13", "2.7.7.7"}
     out, per_label = [], defaultdict(int)
-    for record in read_fasta(shared_data / "ec" / "clean_split10.fasta"):
+    for record in read_fasta(shared_file("ec/clean_split10.fasta")):
         if set(record.labels) <= wanted and per_label[record.labels] < 20:
             per_label[record.labels] += 1
             out.append(record)

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from protssl._proto import protssl_pb2 as pb
 from protssl._proto import protssl_pb2_grpc as pb_grpc
 from protssl.checkpoint import LoadedModel
 from protssl.embed import EmbedConfig, embed_records
+from protssl.errors import InvalidInputError
 from protssl.fasta import ProteinRecord, read_fasta
 from protssl.store import Store, StoreConfig
 from service.batcher import EmbeddingBatcher
@@ -391,10 +392,10 @@ def test_deadline_exceeded_and_expired_work_is_dropped(model):
 
 
 @pytest.fixture(scope="module")
-def pfam(shared_data: Path) -> dict[str, list[ProteinRecord]]:
+def pfam(shared_file: Callable[..., Path]) -> dict[str, list[ProteinRecord]]:
     """Real Pfam seed domains by family (label=...)."""
     by_family: dict[str, list[ProteinRecord]] = {}
-    for record in read_fasta(shared_data / "families" / "pfam_seed_small.fasta"):
+    for record in read_fasta(shared_file("families/pfam_seed_small.fasta")):
         by_family.setdefault(record.labels[0], []).append(record)
     return by_family
 
@@ -495,9 +496,9 @@ def test_classifier_rpcs_are_unimplemented_without_a_store(model):
 
 
 def test_service_config_is_checked():
-    with pytest.raises(Exception, match="max_queue must be at least 1"):
+    with pytest.raises(InvalidInputError, match="max_queue must be at least 1"):
         ServiceConfig(max_queue=0)
-    with pytest.raises(Exception, match="port must be in"):
+    with pytest.raises(InvalidInputError, match="port must be in"):
         ServiceConfig(port=70000)
 
 
