@@ -49,6 +49,7 @@ __all__ = [
     "file_sha256",
     "import_fair_esm",
     "load_model",
+    "read_card",
     "save_model",
 ]
 
@@ -186,15 +187,22 @@ def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _read_protssl_model(directory: Path) -> tuple[ProteinEncoder, ModelCard]:
+def read_card(directory: Path) -> ModelCard:
+    """A protssl model folder's card, checked, without reading the weights."""
     card_path = directory / CARD_NAME
-    weights = directory / WEIGHTS_NAME
-    if not card_path.is_file() or not weights.is_file():
-        raise ModelNotFoundError(f"{directory}: expected {CARD_NAME} and {WEIGHTS_NAME} there")
+    if not card_path.is_file():
+        raise ModelNotFoundError(f"{directory}: expected {CARD_NAME} there")
     try:
-        card = ModelCard.from_json(json.loads(card_path.read_text()), source=str(card_path))
+        return ModelCard.from_json(json.loads(card_path.read_text()), source=str(card_path))
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{card_path}: not valid JSON ({exc})") from None
+
+
+def _read_protssl_model(directory: Path) -> tuple[ProteinEncoder, ModelCard]:
+    weights = directory / WEIGHTS_NAME
+    if not (directory / CARD_NAME).is_file() or not weights.is_file():
+        raise ModelNotFoundError(f"{directory}: expected {CARD_NAME} and {WEIGHTS_NAME} there")
+    card = read_card(directory)
     actual = file_sha256(weights)
     if actual != card.sha256:
         raise CheckpointError(

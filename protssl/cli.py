@@ -215,15 +215,14 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 def _model_summary(spec: str | None) -> dict[str, object]:
     """The model a command would load by default, from its card alone (no weights read)."""
-    from protssl.checkpoint import CARD_NAME, DEFAULT_MODEL_DIR, ModelCard
-    from protssl.errors import CheckpointError
+    from protssl.checkpoint import CARD_NAME, DEFAULT_MODEL_DIR, read_card
+    from protssl.errors import ProtsslError
 
     directory = Path(spec) if spec else DEFAULT_MODEL_DIR
-    card_path = directory / CARD_NAME if directory.is_dir() else directory
     summary: dict[str, object] = {"path": str(directory)}
     try:
-        card = ModelCard.from_json(json.loads(card_path.read_text()), source=str(card_path))
-    except (OSError, ValueError, CheckpointError) as exc:
+        card = read_card(directory.parent if directory.name == CARD_NAME else directory)
+    except (OSError, ProtsslError) as exc:
         summary["error"] = str(exc)
         return summary
     summary.update(name=card.name, sha256=card.sha256, layers=card.architecture.num_layers)
