@@ -14,14 +14,26 @@ ProtsslError
 └── ServiceError                 a gRPC call failed for a reason other than the caller's input
     ├── UnavailableError         the server could not be reached, even after retries (UNAVAILABLE)
     └── DeadlineExceededError    the call's deadline passed before its work was done
+
+`ERROR_TABLE` is the one place each error meets its gRPC status (by name: the core imports no grpc)
+and its CLI exit code. The server reads it one way (`status_name_for`), the SDK the other
+(`error_for_status`), the CLI's `main()` for exit codes (`exit_code_for`). The server also sends the
+error's class name, so the SDK raises the same class the server raised, not just its status's.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 __all__ = [
+    "ERROR_TABLE",
+    "EXIT_INTERRUPTED",
+    "EXIT_UNEXPECTED",
+    "EXIT_USER_ERROR",
     "CheckpointError",
     "ClassifierNotFoundError",
     "DeadlineExceededError",
+    "ErrorRow",
     "FastaFormatError",
     "InvalidInputError",
     "ModelNotFoundError",
@@ -33,7 +45,17 @@ __all__ = [
     "StoreError",
     "UnavailableError",
     "UntrustedCheckpointError",
+    "error_for_status",
+    "exit_code_for",
+    "status_name_for",
 ]
+
+EXIT_USER_ERROR = 2
+"""Exit code of a protssl error in the CLI: one line on stderr, no traceback."""
+EXIT_UNEXPECTED = 1
+"""Exit code of anything unexpected (Python prints the traceback)."""
+EXIT_INTERRUPTED = 130
+"""Exit code after Ctrl-C; what was computed is kept."""
 
 
 class ProtsslError(Exception):
@@ -122,3 +144,85 @@ class DeadlineExceededError(ServiceError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, code="DEADLINE_EXCEEDED")
+
+
+@dataclass(frozen=True)
+class ErrorRow:
+    """One error kind and what it becomes on the wire and at the shell."""
+
+    error: type[ProtsslError]
+    """The class; its subclasses share the row unless they have one of their own above it."""
+    status: str
+    """gRPC status name (grpc.StatusCode member name)."""
+    exit_code: int
+    """CLI exit code."""
+
+
+ERROR_TABLE: tuple[ErrorRow, ...] = (
+    ErrorRow(InvalidInputError, "INVALID_ARGUMENT", EXIT_USER_ERROR),
+    ErrorRow(NotFoundError, "NOT_FOUND", EXIT_USER_ERROR),
+    ErrorRow(OverloadedError, "RESOURCE_EXHAUSTED", EXIT_USER_ERROR),
+    ErrorRow(DeadlineExceededError, "DEADLINE_EXCEEDED", EXIT_USER_ERROR),
+    ErrorRow(UnavailableError, "UNAVAILABLE", EXIT_USER_ERROR),
+    ErrorRow(StoreError, "UNAVAILABLE", EXIT_USER_ERROR),
+    ErrorRow(CheckpointError, "FAILED_PRECONDITION", EXIT_USER_ERROR),
+    ErrorRow(ServiceError, "INTERNAL", EXIT_USER_ERROR),
+)
+"""First match wins (subclasses before their parents). From a status back to an error, the first row
+with that status, unless the server named a class of the hierarchy with the same status."""
+
+
+def _row_for(kind: type[BaseException]) -> ErrorRow | None:
+    for row in ERROR_TABLE:
+        if issubclass(kind, row.error):
+            return row
+    return None
+
+
+def status_name_for(exc: BaseException) -> str | None:
+    """The gRPC status name a protssl error maps to; None for an unexpected exception."""
+    row = _row_for(type(exc))
+    return row.status if row is not None else None
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The CLI exit code for an exception: the table's for protssl errors, 1 for anything else."""
+    row = _row_for(type(exc))
+    return row.exit_code if row is not None else EXIT_UNEXPECTED
+
+
+def _by_name() -> dict[str, type[ProtsslError]]:
+    seen: dict[str, type[ProtsslError]] = {}
+    stack: list[type[ProtsslError]] = [ProtsslError]
+    while stack:
+        kind = stack.pop()
+        seen[kind.__name__] = kind
+        stack.extend(kind.__subclasses__())
+    return seen
+
+
+def error_for_status(status: str, message: str, *, kind: str | None = None) -> ProtsslError:
+    """The error an SDK raises for a failed call: the server's class when it named one of ours that
+    maps to the same status, else the table's first row for the status, else ServiceError(code=status).
+    """
+    named = _by_name().get(kind or "")
+    row = _row_for(named) if named is not None else None
+    if (
+        named is not None
+        and named is not FastaFormatError
+        and row is not None
+        and row.status == status
+    ):
+        return _construct(named, message, status)
+    for row in ERROR_TABLE:
+        if row.status == status:
+            return _construct(row.error, message, status)
+    if status == "OUT_OF_RANGE":
+        return InvalidInputError(message)
+    return ServiceError(message, code=status)
+
+
+def _construct(kind: type[ProtsslError], message: str, status: str) -> ProtsslError:
+    if kind is ServiceError:
+        return ServiceError(message, code=status)
+    return kind(message)
