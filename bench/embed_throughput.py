@@ -29,10 +29,10 @@ import torch
 from tqdm import tqdm
 
 from protssl.batching import plan_windows
-from protssl.checkpoint import load_model
+from protssl.checkpoint import fair_esm_state_dict, load_model
 from protssl.embed import EmbedConfig, embed_records
 from protssl.fasta import read_fasta
-from protssl.hardware import describe
+from protssl.info import describe
 from protssl.model import PRESETS, ModelConfig
 
 DEFAULT_FASTA = (
@@ -218,9 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     ids = [r.id for r in records]
     ours_model = load_model(args.model or args.preset, dtype=args.dtype)
     config = ours_model.encoder.config
-    fair_state = load_model(
-        args.model or args.preset, dtype="float32"
-    ).encoder.to_fair_esm_state_dict()
+    fair_state = fair_esm_state_dict(load_model(args.model or args.preset, dtype="float32").encoder)
     print(
         f"{len(records)} records, {sum(len(r) for r in records)} residues; model {ours_model.name} "
         f"({config.num_layers}L/{config.embed_dim}d/{config.attention_heads}h), protssl dtype {ours_model.dtype_name}",

@@ -58,7 +58,7 @@ from protssl.fewshot import (
     candidate_layers,
     embed_for_fewshot,
 )
-from protssl.hardware import describe
+from protssl.info import describe
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 COMPOSITION_ANCHORS = (("composition_1nn", False), ("composition_z_1nn", True))

@@ -31,7 +31,7 @@ import torch
 from protssl.checkpoint import CARD_NAME, DEFAULT_MODEL_DIR, load_model
 from protssl.evaluation import composition_features, nn1_hits
 from protssl.fasta import FastaPolicy, ProteinRecord, read_fasta
-from protssl.hardware import describe
+from protssl.info import describe
 from protssl.model import ProteinEncoder
 from protssl.pretrain import layer_embeddings, load_corpus, masked_lm_loss, unigram_perplexity
 

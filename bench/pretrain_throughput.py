@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from protssl.alphabet import ALPHABET, tokenize
+from protssl.checkpoint import fair_esm_state_dict
 from protssl.fasta import read_fasta
-from protssl.hardware import describe
+from protssl.info import describe
 from protssl.model import PRESETS, ProteinEncoder, init_weights, resolve_dtype
 from protssl.pretrain import mask_tokens, mlm_loss_sum
 
@@ -106,7 +107,7 @@ def main() -> None:
         alphabet=ALPHABET,
         token_dropout=config.token_dropout,
     )
-    missing, _ = ref.load_state_dict(ours.to_fair_esm_state_dict(), strict=False)
+    missing, _ = ref.load_state_dict(fair_esm_state_dict(ours), strict=False)
     assert all(k.startswith("contact_head.") for k in missing), missing
     ours.to(device)
     ref.to(device)

@@ -31,7 +31,7 @@ import protssl
 from protssl.checkpoint import DEFAULT_MODEL_DIR, LoadedModel, load_model
 from protssl.embed import EmbedConfig, embed_records
 from protssl.fasta import ProteinRecord, read_fasta
-from protssl.hardware import describe
+from protssl.info import describe
 from protssl.store import StoreConfig
 from service.batcher import release_freed_memory
 from service.config import ServiceConfig

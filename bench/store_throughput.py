@@ -33,7 +33,7 @@ from protssl.checkpoint import LoadedModel, load_model
 from protssl.embed import CacheStats, EmbedConfig, Embedding, embed_records
 from protssl.errors import ModelNotFoundError
 from protssl.fasta import ProteinRecord, read_fasta
-from protssl.hardware import describe
+from protssl.info import describe
 from protssl.store import EmbeddingItem, EmbeddingKey, Store, StoreConfig, sequence_sha256
 
 DEFAULT_FASTA = (

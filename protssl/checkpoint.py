@@ -45,7 +45,9 @@ __all__ = [
     "WEIGHTS_NAME",
     "LoadedModel",
     "ModelCard",
+    "encoder_from_fair_esm",
     "export_fair_esm",
+    "fair_esm_state_dict",
     "file_sha256",
     "import_fair_esm",
     "load_model",
@@ -252,7 +254,7 @@ def import_fair_esm(
         }
     except (KeyError, AttributeError, TypeError) as exc:
         raise CheckpointError(f"{path}: not an ESM-2 checkpoint ({exc!r})") from None
-    encoder = ProteinEncoder.from_fair_esm_state_dict(state, config)
+    encoder = encoder_from_fair_esm(state, config)
     card = ModelCard(
         name=path.stem,
         architecture=config,
@@ -286,7 +288,7 @@ def export_fair_esm(encoder: ProteinEncoder, path: str | Path) -> None:
         encoder_attention_heads=config.attention_heads,
         token_dropout=config.token_dropout,
     )
-    state = {f"encoder.{k}": v for k, v in encoder.to_fair_esm_state_dict().items()}
+    state = {f"encoder.{k}": v for k, v in fair_esm_state_dict(encoder).items()}
     torch.save({"model": state, "cfg": {"model": namespace}}, Path(path))
 
 
@@ -358,3 +360,69 @@ def check_dtype_name(name: str) -> DTypeName:
     if name not in ("auto", "float32", "bfloat16"):
         raise InvalidInputError(f"dtype must be auto, float32 or bfloat16, not {name!r}")
     return name  # type: ignore[return-value]
+
+
+# --- fair-esm interchange: the ESM2 state-dict layout <-> ProteinEncoder's (fused q/k/v) ---------
+
+
+def encoder_from_fair_esm(
+    state_dict: Mapping[str, torch.Tensor], config: ModelConfig
+) -> ProteinEncoder:
+    """Build an encoder from an `esm.model.esm2.ESM2` state dict (contact head dropped)."""
+    encoder = ProteinEncoder(config)
+    encoder.load_state_dict(_from_fair_esm_keys(state_dict, config.num_layers))
+    return encoder
+
+
+def fair_esm_state_dict(encoder: ProteinEncoder) -> dict[str, torch.Tensor]:
+    """State dict in `esm.model.esm2.ESM2` layout (no contact head, no rotary buffers)."""
+    ours = encoder.state_dict()
+    out: dict[str, torch.Tensor] = {}
+    for key, value in ours.items():
+        if key.startswith("lm_head.embedding."):
+            continue
+        if ".self_attn.qkv_proj." in key:
+            prefix, kind = key.split(".qkv_proj.")
+            for name, part in zip(
+                ("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0), strict=True
+            ):
+                out[f"{prefix}.{name}.{kind}"] = part.clone()
+        elif ".mlp." in key:
+            out[key.replace(".mlp.", ".")] = value.clone()
+        else:
+            out[key] = value.clone()
+    out["lm_head.weight"] = ours["embed_tokens.weight"].clone()
+    for index in range(encoder.config.num_layers):
+        out[f"layers.{index}.self_attn.rot_emb.inv_freq"] = encoder.rotary.inv_freq.clone()
+    return out
+
+
+def _from_fair_esm_keys(
+    state_dict: Mapping[str, torch.Tensor], num_layers: int
+) -> dict[str, torch.Tensor]:
+    """Map fair-esm ESM2 parameter names onto ProteinEncoder's (fusing q/k/v)."""
+    source = {
+        k: v
+        for k, v in state_dict.items()
+        if not k.startswith("contact_head.") and not k.endswith("rot_emb.inv_freq")
+    }
+    out: dict[str, torch.Tensor] = {}
+    for index in range(num_layers):
+        prefix = f"layers.{index}"
+        for kind in ("weight", "bias"):
+            try:
+                parts = [
+                    source.pop(f"{prefix}.self_attn.{n}.{kind}")
+                    for n in ("q_proj", "k_proj", "v_proj")
+                ]
+            except KeyError as exc:
+                raise CheckpointError(f"fair-esm state dict lacks {exc.args[0]}") from None
+            out[f"{prefix}.self_attn.qkv_proj.{kind}"] = torch.cat(parts, dim=0)
+            for name in ("fc1", "fc2"):
+                out[f"{prefix}.mlp.{name}.{kind}"] = source.pop(f"{prefix}.{name}.{kind}")
+    lm_weight = source.pop("lm_head.weight", None)
+    out.update(source)
+    out["lm_head.embedding.weight"] = out["embed_tokens.weight"]
+    if lm_weight is not None and not torch.equal(lm_weight, out["embed_tokens.weight"]):
+        raise CheckpointError("fair-esm lm_head.weight is not tied to embed_tokens.weight")
+    return out

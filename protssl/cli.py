@@ -230,7 +230,7 @@ def _model_summary(spec: str | None) -> dict[str, object]:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from protssl.hardware import describe
+    from protssl.info import describe
 
     info = describe()
     info["default_model"] = _model_summary(args.model)

@@ -1,8 +1,8 @@
 """The ESM-2 encoder: pre-LN transformer with rotary positions, tied LM head, token-dropout rescaling.
 
-Written on `scaled_dot_product_attention` with a fused QKV projection. It loads fair-esm ESM-2 state
-dicts (`from_fair_esm_state_dict`) and gives the same per-residue representations as
-`esm.model.esm2.ESM2`, and exports back (`to_fair_esm_state_dict`). It knows nothing of FASTA or SQL.
+Written on `scaled_dot_product_attention` with a fused QKV projection; given fair-esm ESM-2 weights
+(converted by `checkpoint`), it gives the same per-residue representations as `esm.model.esm2.ESM2`.
+CPU fast paths live in `kernels`. It knows nothing of FASTA, files or SQL.
 """
 
 from __future__ import annotations
@@ -12,20 +12,18 @@ from dataclasses import asdict, dataclass
 from typing import Literal, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from protssl import hardware
 from protssl.alphabet import ALPHABET
 from protssl.errors import CheckpointError, InvalidInputError
 from protssl.hardware import cpu_has_bf16
+from protssl.kernels import attention, linear, linear_weights, matmul_rows, pad_rows
 
 __all__ = [
     "PRESETS",
     "EncoderOutput",
     "ModelConfig",
     "ProteinEncoder",
-    "attention",
     "cpu_has_bf16",
     "init_weights",
     "resolve_dtype",
@@ -170,72 +168,6 @@ class Rotary:
         return cos.to(dtype), sin.to(dtype)
 
 
-def matmul_rows(rows: int, device: torch.device) -> int:
-    """Rows to pad a matmul's input to: on CPU, `rows` rounded up onto a grid of 8 steps per power of 2.
-
-    oneDNN builds a kernel for every new matmul shape (~5-10 ms each, more than a small forward) and
-    keeps a bounded cache of them; token-budget batches would otherwise bring a new shape nearly every
-    forward. The grid costs at most 12.5% more rows in the linears. Other devices: `rows`.
-    """
-    if device.type != "cpu":
-        return rows
-    step = max(8, 1 << max(0, rows.bit_length() - 4))
-    return -(-rows // step) * step
-
-
-def pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
-    """(n, C) → (rows, C) with zero rows appended (x itself when n == rows)."""
-    extra = rows - x.shape[0]
-    return F.pad(x, (0, 0, 0, extra)) if extra > 0 else x
-
-
-def linear(x: torch.Tensor, layer: nn.Linear, *, gelu: bool = False) -> torch.Tensor:
-    """`layer(x)`, then GELU if asked; one oneDNN call on CPU when no gradient is recorded (no autocast).
-
-    Eager `F.linear` copies the bias into the output before the matmul and GELU is another pass over
-    it; oneDNN adds both in the matmul's epilogue (erf GELU, as fair-esm), the way torch.compile's
-    CPU backend does.
-    """
-    return _linear(x, layer.weight, layer.bias, gelu=gelu)
-
-
-def _linear(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *, gelu: bool = False
-) -> torch.Tensor:
-    if (
-        x.device.type == "cpu"
-        and x.dtype == weight.dtype
-        and not torch.is_grad_enabled()
-        and not torch.is_autocast_enabled("cpu")
-        and hardware.fused_linear_works(x.dtype)
-    ):
-        return hardware.fused_linear_op(x, weight, bias, gelu=gelu)
-    y = F.linear(x, weight, bias)
-    return F.gelu(y) if gelu else y
-
-
-def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None
-) -> torch.Tensor:
-    """SDPA over (B, H, T, hd); in CPU autocast with a gradient to record, it runs in float32.
-
-    torch's CPU flash-attention backward is slower in bf16 than in float32 (per block it converts
-    the probabilities and their gradients to bf16 for small GEMMs); its forward is faster in bf16,
-    so inference keeps bf16. Figures in the README's Pretraining section.
-    """
-    if (
-        q.device.type == "cpu"
-        and q.requires_grad
-        and torch.is_grad_enabled()
-        and torch.is_autocast_enabled("cpu")
-    ):
-        with torch.autocast("cpu", enabled=False):
-            return F.scaled_dot_product_attention(
-                q.float(), k.float(), v.float(), attn_mask=attn_mask
-            )
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-
-
 class SelfAttention(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -254,18 +186,21 @@ class SelfAttention(nn.Module):
         """x: (rows, C), the B x T tokens first, then any padding rows (see `matmul_rows`)."""
         batch, seq_len = shape
         tokens, width = batch * seq_len, x.shape[1]
-        projected = linear(x, self.qkv_proj)[:tokens].view(batch, seq_len, 3 * width)
+        projected = linear(x, self.qkv_proj)[:tokens].view(batch, seq_len, 3 * width)  # (B, T, 3C)
         qk, v = projected.split((2 * width, width), dim=-1)
         # each head's halves swapped, [x2, x1]: one copy of q and k (cat copies 2.3x faster than
         # flip on CPU), no extra matmul rows; halves: (B, T, 2H, 2, hd/2)
         halves = qk.unflatten(-1, (2 * self.num_heads, 2, self.head_dim // 2))
-        swapped = torch.cat((halves[..., 1:, :], halves[..., :1, :]), dim=-2).flatten(-3)
+        swapped = torch.cat((halves[..., 1:, :], halves[..., :1, :]), dim=-2).flatten(
+            -3
+        )  # (B, T, 2C)
         cos, sin = rotary
         qk = torch.addcmul(qk * cos, swapped, sin)  # (B, T, 2C): q and k rotated
+        # (B, T, 2, H, hd) -> (2, B, H, T, hd): q and k
         q, k = qk.view(batch, seq_len, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         v = v.view(batch, seq_len, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         y = attention(q, k, v, attn_mask)  # (B, H, T, hd)
-        y = y.transpose(1, 2).reshape(tokens, width)
+        y = y.transpose(1, 2).reshape(tokens, width)  # (B x T, C)
         return linear(pad_rows(y, x.shape[0]), self.out_proj)
 
 
@@ -311,11 +246,11 @@ class LMHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for (..., C) hidden states."""
-        flat = x.reshape(-1, x.shape[-1])
+        flat = x.reshape(-1, x.shape[-1])  # (N, C)
         padded = pad_rows(flat, matmul_rows(flat.shape[0], flat.device))
         h = self.layer_norm(linear(padded, self.dense, gelu=True))
-        logits = _linear(h, self.embedding.weight, self.bias)[: flat.shape[0]]
-        return logits.view(*x.shape[:-1], -1)
+        logits = linear_weights(h, self.embedding.weight, self.bias)[: flat.shape[0]]
+        return logits.view(*x.shape[:-1], -1)  # (..., vocab)
 
 
 class ProteinEncoder(nn.Module):
@@ -366,13 +301,13 @@ class ProteinEncoder(nn.Module):
         batch, seq_len, width = x.shape
         rotary = self.rotary.tables(seq_len, x.dtype, tokens.device)
         tokens_in = batch * seq_len
-        x = pad_rows(x.reshape(tokens_in, width), matmul_rows(tokens_in, x.device))
+        x = pad_rows(x.reshape(tokens_in, width), matmul_rows(tokens_in, x.device))  # (rows, C)
         for index, block in enumerate(self.layers[:last_needed], start=1):
             x = block(x, (batch, seq_len), rotary, attn_mask)
             if index == self.config.num_layers:
                 x = self.emb_layer_norm_after(x)
             if index in wanted:
-                representations[index] = x[:tokens_in].view(batch, seq_len, width)
+                representations[index] = x[:tokens_in].view(batch, seq_len, width)  # (B, T, C)
         logits = self.lm_head(x[:tokens_in].view(batch, seq_len, width)) if return_logits else None
         return EncoderOutput(representations=representations, logits=logits)
 
@@ -393,70 +328,6 @@ class ProteinEncoder(nn.Module):
                 tokens[:, 0], tokens[:, -1] = ALPHABET.cls_idx, ALPHABET.eos_idx
                 self(tokens, (1,), return_logits=False)  # every block has the same shapes
         return len(grid)
-
-    # --- fair-esm interchange -------------------------------------------------------------
-
-    @classmethod
-    def from_fair_esm_state_dict(
-        cls, state_dict: Mapping[str, torch.Tensor], config: ModelConfig
-    ) -> ProteinEncoder:
-        """Build an encoder from an `esm.model.esm2.ESM2` state dict (contact head dropped)."""
-        model = cls(config)
-        model.load_state_dict(_from_fair_esm_keys(state_dict, config.num_layers))
-        return model
-
-    def to_fair_esm_state_dict(self) -> dict[str, torch.Tensor]:
-        """State dict in `esm.model.esm2.ESM2` layout (no contact head, no rotary buffers)."""
-        ours = self.state_dict()
-        out: dict[str, torch.Tensor] = {}
-        for key, value in ours.items():
-            if key.startswith("lm_head.embedding."):
-                continue
-            if ".self_attn.qkv_proj." in key:
-                prefix, kind = key.split(".qkv_proj.")
-                for name, part in zip(
-                    ("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0), strict=True
-                ):
-                    out[f"{prefix}.{name}.{kind}"] = part.clone()
-            elif ".mlp." in key:
-                out[key.replace(".mlp.", ".")] = value.clone()
-            else:
-                out[key] = value.clone()
-        out["lm_head.weight"] = ours["embed_tokens.weight"].clone()
-        for index in range(self.config.num_layers):
-            out[f"layers.{index}.self_attn.rot_emb.inv_freq"] = self.rotary.inv_freq.clone()
-        return out
-
-
-def _from_fair_esm_keys(
-    state_dict: Mapping[str, torch.Tensor], num_layers: int
-) -> dict[str, torch.Tensor]:
-    """Map fair-esm ESM2 parameter names onto ProteinEncoder's (fusing q/k/v)."""
-    source = {
-        k: v
-        for k, v in state_dict.items()
-        if not k.startswith("contact_head.") and not k.endswith("rot_emb.inv_freq")
-    }
-    out: dict[str, torch.Tensor] = {}
-    for index in range(num_layers):
-        prefix = f"layers.{index}"
-        for kind in ("weight", "bias"):
-            try:
-                parts = [
-                    source.pop(f"{prefix}.self_attn.{n}.{kind}")
-                    for n in ("q_proj", "k_proj", "v_proj")
-                ]
-            except KeyError as exc:
-                raise CheckpointError(f"fair-esm state dict lacks {exc.args[0]}") from None
-            out[f"{prefix}.self_attn.qkv_proj.{kind}"] = torch.cat(parts, dim=0)
-            for name in ("fc1", "fc2"):
-                out[f"{prefix}.mlp.{name}.{kind}"] = source.pop(f"{prefix}.{name}.{kind}")
-    lm_weight = source.pop("lm_head.weight", None)
-    out.update(source)
-    out["lm_head.embedding.weight"] = out["embed_tokens.weight"]
-    if lm_weight is not None and not torch.equal(lm_weight, out["embed_tokens.weight"]):
-        raise CheckpointError("fair-esm lm_head.weight is not tied to embed_tokens.weight")
-    return out
 
 
 def init_weights(model: ProteinEncoder, *, seed: int = 0) -> None:

@@ -147,7 +147,8 @@ def test_second_embed_reads_everything_from_the_store(
 def test_info_names_the_cpu_dtypes_model_and_store(
     tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from protssl.hardware import cpu_info, describe
+    from protssl.hardware import cpu_info
+    from protssl.info import describe
 
     db = f"sqlite:///{tmp_path / 'x.sqlite3'}"
     assert main(["info", "--model", str(tiny_model_dir), "--db", db]) == 0

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from protssl.alphabet import ALPHABET
+from protssl.checkpoint import encoder_from_fair_esm
 from protssl.model import PRESETS, ModelConfig, ProteinEncoder, init_weights, resolve_dtype
 
 
@@ -19,7 +20,7 @@ def _fair_esm_pair(config: ModelConfig) -> tuple[esm.model.esm2.ESM2, ProteinEnc
     ).eval()
     for p in reference.parameters():  # fair-esm initialises biases to zero; make them count
         p.data.add_(0.02 * torch.randn_like(p))
-    ours = ProteinEncoder.from_fair_esm_state_dict(reference.state_dict(), config).eval()
+    ours = encoder_from_fair_esm(reference.state_dict(), config).eval()
     return reference, ours
 
 
@@ -70,7 +71,7 @@ def test_inference_path_matches_the_training_path(sample_fasta, dtype) -> None:
 
 def test_training_attention_runs_in_float32_under_cpu_autocast() -> None:
     """Training keeps bf16 matmuls but runs SDPA (and its slow bf16 backward) in float32."""
-    from protssl.model import attention
+    from protssl.kernels import attention
 
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 4, 33, 16, requires_grad=True) for _ in range(3))
@@ -126,7 +127,7 @@ def test_config_checks_and_dtype_resolution() -> None:
 
 
 def test_matmul_rows_keep_few_shapes_and_little_padding() -> None:
-    from protssl.model import matmul_rows
+    from protssl.kernels import matmul_rows
 
     cpu = torch.device("cpu")
     grid = [matmul_rows(n, cpu) for n in range(1, 8193)]
@@ -137,7 +138,7 @@ def test_matmul_rows_keep_few_shapes_and_little_padding() -> None:
 
 
 def test_warm_up_runs_one_forward_per_matmul_shape() -> None:
-    from protssl.model import matmul_rows
+    from protssl.kernels import matmul_rows
 
     model = ProteinEncoder(PRESETS["protssl-tiny"]).eval()
     cpu = torch.device("cpu")

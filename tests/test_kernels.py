@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from protssl import hardware
+from protssl import hardware, kernels
 from protssl.alphabet import ALPHABET
 from protssl.model import PRESETS, ProteinEncoder, init_weights, resolve_dtype
 from protssl.output import read_vectors
@@ -30,9 +30,9 @@ CLI = (sys.executable, "-c", "from protssl.cli import main; raise SystemExit(mai
 @pytest.fixture
 def fresh_probes() -> Iterator[None]:
     """Probes re-run inside the test and again after it, so a patched op is never remembered."""
-    hardware.fused_linear_works.cache_clear()
+    kernels.fused_linear_works.cache_clear()
     yield
-    hardware.fused_linear_works.cache_clear()
+    kernels.fused_linear_works.cache_clear()
 
 
 def _tokens() -> torch.Tensor:
@@ -58,7 +58,7 @@ def _inference_and_training_paths(encoder: ProteinEncoder) -> tuple[torch.Tensor
 
 def test_a_fused_op_that_fails_for_bf16_only_keeps_float32_fast(monkeypatch, fresh_probes) -> None:
     """The probe is per dtype: the op failing in bf16 (as on AVX2-only CPUs) leaves float32 fused."""
-    real = hardware.fused_linear_op
+    real = kernels.fused_linear_op
     calls: list[torch.dtype] = []
 
     def like_avx2(x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
@@ -67,10 +67,10 @@ def test_a_fused_op_that_fails_for_bf16_only_keeps_float32_fast(monkeypatch, fre
             raise RuntimeError("could not create a primitive descriptor for the inner product")
         return real(x, *args, **kwargs)
 
-    monkeypatch.setattr(hardware, "fused_linear_op", like_avx2)
-    assert hardware.fused_linear_works(torch.float32)  # x86 torch builds have the op
-    assert not hardware.fused_linear_works(torch.bfloat16)
-    assert hardware.fast_paths(torch.bfloat16)["fused_linear"] is False
+    monkeypatch.setattr(kernels, "fused_linear_op", like_avx2)
+    assert kernels.fused_linear_works(torch.float32)  # x86 torch builds have the op
+    assert not kernels.fused_linear_works(torch.bfloat16)
+    assert kernels.fast_paths(torch.bfloat16)["fused_linear"] is False
     calls.clear()
     inference, training = _inference_and_training_paths(_encoder(torch.bfloat16))
     assert calls == []  # bf16 forwards never reach the op once its probe failed
@@ -84,39 +84,25 @@ def test_a_fused_op_that_fails_everywhere_leaves_the_public_path(monkeypatch, fr
     def broken(*args: object, **kwargs: object) -> torch.Tensor:
         raise RuntimeError("no such kernel on this CPU")
 
-    monkeypatch.setattr(hardware, "fused_linear_op", broken)
+    monkeypatch.setattr(kernels, "fused_linear_op", broken)
     for dtype in (torch.float32, torch.bfloat16):
-        assert not hardware.fused_linear_works(dtype)
+        assert not kernels.fused_linear_works(dtype)
         inference, training = _inference_and_training_paths(_encoder(dtype))
         tolerance = 1e-6 if dtype == torch.float32 else 0.0
         assert (inference - training).abs().max().item() <= tolerance  # same kernels both ways
 
 
 def test_a_fused_op_that_disagrees_is_not_used(monkeypatch, fresh_probes) -> None:
-    real = hardware.fused_linear_op
-    monkeypatch.setattr(hardware, "fused_linear_op", lambda *a, **k: real(*a, **k) * 1.01)
-    assert not hardware.fused_linear_works(torch.float32)
+    real = kernels.fused_linear_op
+    monkeypatch.setattr(kernels, "fused_linear_op", lambda *a, **k: real(*a, **k) * 1.01)
+    assert not kernels.fused_linear_works(torch.float32)
 
 
 @pytest.mark.bf16_cpu
 def test_a_cpu_with_native_bf16_runs_bf16_fused_and_picks_it() -> None:
     assert hardware.cpu_info().native_bf16
-    assert hardware.fused_linear_works(torch.bfloat16)
+    assert kernels.fused_linear_works(torch.bfloat16)
     assert resolve_dtype("auto", torch.device("cpu")) is torch.bfloat16
-
-
-def test_describe_agrees_with_itself() -> None:
-    info = hardware.describe()
-    cpu = hardware.cpu_info()
-    assert info["torch"] == torch.__version__ and info["cpu"] == cpu.model
-    assert set(str(info["isa"]).split()) <= {"avx2", "fma", "avx512", "avx512-bf16", "amx", "none"}
-    assert info["native_bf16"] is cpu.native_bf16
-    assert info["auto_dtype"] == ("bfloat16" if cpu.native_bf16 else "float32")
-    paths = info["fast_paths"]
-    assert isinstance(paths, dict)
-    assert paths["float32"] == {"fused_linear": hardware.fused_linear_works(torch.float32)}
-    assert paths["bfloat16"]["native_bf16"] is cpu.native_bf16
-    assert int(info["threads"]) >= 1 and int(info["cores"]) >= 1
 
 
 def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -1,0 +1,147 @@
+"""CPU fast paths under the encoder: the fused oneDNN linear (probed per dtype), the matmul row grid,
+and attention's dtype rule in training.
+
+Each fast path rests on an internal or CPU-specific kernel, so it is used only after its probe passed
+for the exact (device, dtype) it is about to run; otherwise torch's public ops run. `model.py` calls
+`linear`, `attention`, `matmul_rows` and `pad_rows` and knows nothing else of this.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from protssl.hardware import cpu_has_bf16
+
+__all__ = [
+    "attention",
+    "fast_paths",
+    "fused_linear_op",
+    "fused_linear_works",
+    "linear",
+    "linear_weights",
+    "matmul_rows",
+    "pad_rows",
+]
+
+
+def fused_linear_op(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *, gelu: bool
+) -> torch.Tensor:
+    """oneDNN's linear with bias and (erf) GELU in its epilogue: the op torch.compile emits on CPU.
+
+    Call it only where `fused_linear_works(x.dtype)` holds.
+    """
+    return torch.ops.mkldnn._linear_pointwise(
+        x, weight, bias, "gelu" if gelu else "none", [], "none" if gelu else ""
+    )
+
+
+# The probes' tolerances: float32 must agree to rounding, bf16 to its 8-bit mantissa.
+_PROBE_ATOL = {torch.float32: 1e-5, torch.bfloat16: 5e-2}
+
+
+@functools.cache
+def fused_linear_works(dtype: torch.dtype) -> bool:
+    """Whether the fused oneDNN linear runs on the CPU in `dtype` and agrees with F.linear + F.gelu.
+
+    It is an internal op whose kernels depend on the CPU (bf16 needs AVX512 or AMX), so it is tried
+    once per process and dtype on a tiny input; any failure or mismatch keeps that dtype's linears on
+    torch's public path.
+    """
+    if dtype not in _PROBE_ATOL or not torch.backends.mkldnn.is_available():
+        return False
+    generator = torch.Generator().manual_seed(0)
+    x, w, b = (
+        torch.randn(shape, generator=generator).to(dtype) for shape in ((5, 8), (4, 8), (4,))
+    )
+    try:
+        with torch.no_grad():
+            fused = fused_linear_op(x, w, b, gelu=True)
+            plain = fused_linear_op(x, w, b, gelu=False)
+    except (AttributeError, RuntimeError, TypeError, NotImplementedError):
+        return False
+    expected = F.linear(x.float(), w.float(), b.float())
+    atol = _PROBE_ATOL[dtype]
+    return bool(
+        plain.dtype == dtype
+        and torch.allclose(plain.float(), expected, atol=atol, rtol=atol)
+        and torch.allclose(fused.float(), F.gelu(expected), atol=atol, rtol=atol)
+    )
+
+
+def fast_paths(dtype: torch.dtype) -> dict[str, bool]:
+    """Which CPU fast paths inference in `dtype` takes on this machine."""
+    paths = {"fused_linear": fused_linear_works(dtype)}
+    if dtype == torch.bfloat16:
+        paths["native_bf16"] = cpu_has_bf16()
+    return paths
+
+
+def matmul_rows(rows: int, device: torch.device) -> int:
+    """Rows to pad a matmul's input to: on CPU, `rows` rounded up onto a grid of 8 steps per power of 2.
+
+    oneDNN builds a kernel for every new matmul shape (~5-10 ms each, more than a small forward) and
+    keeps a bounded cache of them; token-budget batches would otherwise bring a new shape nearly every
+    forward. The grid costs at most 12.5% more rows in the linears. Other devices: `rows`.
+    """
+    if device.type != "cpu":
+        return rows
+    step = max(8, 1 << max(0, rows.bit_length() - 4))
+    return -(-rows // step) * step
+
+
+def pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """(n, C) → (rows, C) with zero rows appended (x itself when n == rows)."""
+    extra = rows - x.shape[0]
+    return F.pad(x, (0, 0, 0, extra)) if extra > 0 else x
+
+
+def linear(x: torch.Tensor, layer: nn.Linear, *, gelu: bool = False) -> torch.Tensor:
+    """`layer(x)`, then GELU if asked; one oneDNN call on CPU when no gradient is recorded (no autocast).
+
+    Eager `F.linear` copies the bias into the output before the matmul and GELU is another pass over
+    it; oneDNN adds both in the matmul's epilogue (erf GELU, as fair-esm), the way torch.compile's
+    CPU backend does.
+    """
+    return linear_weights(x, layer.weight, layer.bias, gelu=gelu)
+
+
+def linear_weights(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *, gelu: bool = False
+) -> torch.Tensor:
+    if (
+        x.device.type == "cpu"
+        and x.dtype == weight.dtype
+        and not torch.is_grad_enabled()
+        and not torch.is_autocast_enabled("cpu")
+        and fused_linear_works(x.dtype)
+    ):
+        return fused_linear_op(x, weight, bias, gelu=gelu)
+    y = F.linear(x, weight, bias)
+    return F.gelu(y) if gelu else y
+
+
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None
+) -> torch.Tensor:
+    """SDPA over (B, H, T, hd); in CPU autocast with a gradient to record, it runs in float32.
+
+    torch's CPU flash-attention backward is slower in bf16 than in float32 (per block it converts
+    the probabilities and their gradients to bf16 for small GEMMs); its forward is faster in bf16,
+    so inference keeps bf16. Figures in the README's Pretraining section.
+    """
+    if (
+        q.device.type == "cpu"
+        and q.requires_grad
+        and torch.is_grad_enabled()
+        and torch.is_autocast_enabled("cpu")
+    ):
+        with torch.autocast("cpu", enabled=False):
+            return F.scaled_dot_product_attention(
+                q.float(), k.float(), v.float(), attn_mask=attn_mask
+            )
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
