@@ -19,7 +19,7 @@ from protssl import fewshot
 from protssl._proto import protssl_pb2 as pb
 from protssl._proto import protssl_pb2_grpc as pb_grpc
 from protssl.checkpoint import LoadedModel
-from protssl.embed import Provenance
+from protssl.embed import BatchOutcome, Provenance
 from protssl.errors import (
     DeadlineExceededError,
     FastaFormatError,
@@ -28,7 +28,7 @@ from protssl.errors import (
 )
 from protssl.fasta import ProteinRecord, records_from_sequences
 from protssl.store import Store, StoredClassifier
-from service.batcher import EmbeddingBatcher, EmbedResult, Job
+from service.batcher import EmbeddingBatcher, Pending
 from service.config import ServiceConfig
 from service.limits import check_request, check_response_size
 
@@ -58,7 +58,7 @@ def _lookup(table: dict[Any, T], value: int, what: str) -> T:
     return table[value]
 
 
-def embedding_to_proto(result: EmbedResult, wire: int) -> pb.Embedding:
+def embedding_to_proto(result: BatchOutcome, wire: int) -> pb.Embedding:
     """One domain embedding as a packed little-endian protobuf message."""
     embedding = result.embedding
     enum, dtype = _lookup(WIRE_DTYPES, wire, "vector dtype")
@@ -113,7 +113,7 @@ def _deadline(context: grpc.ServicerContext) -> float | None:
     return time.monotonic() + remaining
 
 
-def _wait(job: Job, deadline: float | None) -> list[EmbedResult]:
+def _wait(job: Pending, deadline: float | None) -> list[BatchOutcome]:
     """The job's results, or DeadlineExceededError (the job is dropped if it has not run)."""
     try:
         return _result(job.future, deadline)
@@ -185,7 +185,7 @@ class EmbeddingServicer(_Face, pb_grpc.EmbeddingServiceServicer):
         context: grpc.ServicerContext,
         *,
         wait: bool,
-    ) -> Job:
+    ) -> Pending:
         _lookup(WIRE_DTYPES, options.dtype, "vector dtype")  # before any work, not after it
         job = self.batcher.submit(
             records,
@@ -220,7 +220,7 @@ class EmbeddingServicer(_Face, pb_grpc.EmbeddingServiceServicer):
         options: pb.EmbedOptions | None = None
         progress = pb.EmbedProgress()
         seen: set[str] = set()
-        pending: collections.deque[Job] = collections.deque()
+        pending: collections.deque[Pending] = collections.deque()
         for message in request_iterator:
             if options is None:
                 options = message.options
@@ -234,7 +234,7 @@ class EmbeddingServicer(_Face, pb_grpc.EmbeddingServiceServicer):
             yield from self._drain(pending.popleft(), options, progress)
 
     def _drain(
-        self, job: Job, options: pb.EmbedOptions, progress: pb.EmbedProgress
+        self, job: Pending, options: pb.EmbedOptions, progress: pb.EmbedProgress
     ) -> Iterator[pb.EmbedStreamResponse]:
         for result in _wait(job, job.deadline):
             progress.records_done += 1
