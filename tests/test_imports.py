@@ -1,4 +1,5 @@
-"""The dependency rules of DESIGN.md, read from the source: no import cycles."""
+"""The dependency rules of DESIGN.md, read from the source: who may import grpc, the wire and the service,
+and no import cycles."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+WIRE_USERS = {"protssl.client", "protssl.wire"}
+"""The only modules of protssl that may import protssl._proto or protssl.wire (service/ may too)."""
+GRPC_USERS = {"protssl.client"}
+"""The only module of protssl that may import grpc."""
 CYCLE_FREE = ("service",)
 """Packages whose modules must not import each other in a circle."""
 
@@ -55,6 +60,22 @@ def _imports(path: Path, known: set[str]) -> set[str]:
 
 def _within(name: str, package: str) -> bool:
     return name == package or name.startswith(package + ".")
+
+
+def test_the_core_imports_neither_grpc_nor_the_wire_nor_the_service() -> None:
+    modules = _modules("protssl")
+    broken = []
+    for name, path in modules.items():
+        for imported in _imports(path, set(modules) | {"protssl._proto"}):
+            wire = _within(imported, "protssl._proto") or _within(imported, "protssl.wire")
+            if wire and name not in WIRE_USERS:
+                broken.append(f"{name} imports {imported}")
+            if _within(imported, "grpc") and name not in GRPC_USERS:
+                broken.append(f"{name} imports {imported}")
+            face = name.startswith(("protssl.cli", "protssl.demo"))
+            if _within(imported, "service") and not face:
+                broken.append(f"{name} imports {imported}")
+    assert not broken, broken
 
 
 def test_no_import_cycles() -> None:
