@@ -1,7 +1,8 @@
 """protobuf ↔ protssl domain types, both ways: where the SDK and the server meet the wire.
 
 Each proto enum is one `WireEnum` (its values by domain name, what an unset field means); each
-message has its encoder and decoder side by side, so a field added to the proto is added once.
+message has its encoder and decoder side by side. Messages and domain types name their fields
+alike, so codecs copy fields by name (`_to_message`, `_from_message`) and spell out what differs.
 Only `protssl.client` and `service/` import this module or `protssl._proto`: the core never sees
 protobuf. A wire value this side does not know is the caller's error (InvalidInputError).
 """
@@ -10,16 +11,19 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
+from google.protobuf.message import Message
 
 from protssl._proto import protssl_pb2 as pb
 from protssl.embed import Embedding, Provenance
 from protssl.errors import InvalidInputError
 
 if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
     from protssl.checkpoint import LoadedModel
     from protssl.fewshot import Prediction
     from protssl.store import StoredClassifier
@@ -49,6 +53,8 @@ ERROR_KIND_KEY = "protssl-error-kind"
 
 
 E = TypeVar("E", bound=int)
+D = TypeVar("D", bound="DataclassInstance")
+M = TypeVar("M", bound=Message)
 
 
 class WireEnum(Generic[E]):
@@ -110,16 +116,7 @@ def provenance_to_proto(p: Provenance) -> pb.Provenance:
 
     The message is shared: `pb.Embedding(provenance=...)` copies it, and nothing may edit it.
     """
-    return pb.Provenance(
-        model_name=p.model_name,
-        model_sha256=p.model_sha256,
-        layer=p.layer,
-        pooling=p.pooling,
-        compute_dtype=p.dtype,
-        window_policy=p.window_policy,
-        windowed=p.windowed,
-        windows=p.windows,
-    )
+    return _to_message(pb.Provenance, p, compute_dtype=p.dtype)
 
 
 def embedding_to_proto(embedding: Embedding, *, cached: bool, dtype: str) -> pb.Embedding:
@@ -149,16 +146,7 @@ class EmbeddingDecoder:
     def provenance(self, p: pb.Provenance) -> Provenance:
         if self._provenance is None or p != self._message:
             self._message = p
-            self._provenance = Provenance(
-                model_name=p.model_name,
-                model_sha256=p.model_sha256,
-                layer=p.layer,
-                pooling=p.pooling,
-                dtype=p.compute_dtype,
-                window_policy=p.window_policy,
-                windowed=p.windowed,
-                windows=p.windows,
-            )
+            self._provenance = _from_message(Provenance, p, dtype=p.compute_dtype)
         return self._provenance
 
     def __call__(self, message: pb.Embedding) -> tuple[Embedding, bool]:
@@ -179,22 +167,26 @@ class ModelInfo:
 
     name: str
     sha256: str
+    """Of the weights: what every vector's provenance names."""
     num_layers: int
     embed_dim: int
     max_residues: int
+    """Residues in one window; longer sequences are embedded in overlapping windows."""
     compute_dtype: str
+    """What the model runs in: float32 or bfloat16."""
     parameters: int
     is_default: bool
+    """Served when a request names no model."""
 
 
 def model_info_to_proto(model: LoadedModel, *, is_default: bool) -> pb.ModelInfo:
+    """The model's name and sha256, and its config's num_layers, embed_dim and max_residues."""
     config = model.encoder.config
-    return pb.ModelInfo(
+    return _to_message(
+        pb.ModelInfo,
+        config,
         name=model.name,
         sha256=model.sha256,
-        num_layers=config.num_layers,
-        embed_dim=config.embed_dim,
-        max_residues=config.max_residues,
         compute_dtype=model.dtype_name,
         parameters=config.num_parameters(),
         is_default=is_default,
@@ -202,16 +194,7 @@ def model_info_to_proto(model: LoadedModel, *, is_default: bool) -> pb.ModelInfo
 
 
 def model_info_from_proto(m: pb.ModelInfo) -> ModelInfo:
-    return ModelInfo(
-        name=m.name,
-        sha256=m.sha256,
-        num_layers=m.num_layers,
-        embed_dim=m.embed_dim,
-        max_residues=m.max_residues,
-        compute_dtype=m.compute_dtype,
-        parameters=m.parameters,
-        is_default=m.is_default,
-    )
+    return _from_message(ModelInfo, m)
 
 
 # --- classifiers --------------------------------------------------------------------------------
@@ -223,12 +206,18 @@ class ClassifierInfo:
 
     name: str
     version: int
+    """1 for the first fit; each refit under the same name adds one."""
     method: str
+    """prototype, knn, linear or contrastive."""
     model_sha256: str
+    """The model it was fitted on; it classifies with that model only."""
     labels: tuple[str, ...]
     examples: int
+    """Support records it was fitted on."""
     metrics: dict[str, Any]
+    """Held-out support metrics: held_out, top1_accuracy, answered_rate, accuracy_on_answered, ..."""
     created_at: str
+    """ISO 8601."""
 
 
 def classifier_info_to_proto(stored: StoredClassifier) -> pb.ClassifierInfo:
@@ -256,24 +245,13 @@ def classifier_info_to_proto(stored: StoredClassifier) -> pb.ClassifierInfo:
 
 
 def classifier_info_from_proto(message: pb.ClassifierInfo) -> ClassifierInfo:
-    m = message.metrics
-    return ClassifierInfo(
-        name=message.name,
-        version=message.version,
+    metrics = message.metrics
+    return _from_message(
+        ClassifierInfo,
+        message,
         method=CLASSIFIER_METHOD.names.get(message.method, "unspecified"),
-        model_sha256=message.model_sha256,
         labels=tuple(message.labels),
-        examples=message.examples,
-        metrics={
-            "held_out": m.held_out,
-            "top1_accuracy": m.top1_accuracy,
-            "answered_rate": m.answered_rate,
-            "accuracy_on_answered": m.accuracy_on_answered,
-            "examples": m.examples,
-            "classes": m.classes,
-            "layer": m.layer,
-        },
-        created_at=message.created_at,
+        metrics={f.name: getattr(metrics, f.name) for f in metrics.DESCRIPTOR.fields},
     )
 
 
@@ -308,12 +286,16 @@ def prediction_to_proto(decision: Prediction) -> pb.Prediction:
 
 
 def prediction_from_proto(p: pb.Prediction) -> ClientPrediction:
-    return ClientPrediction(
-        id=p.id,
-        label=p.label,
-        probability=p.probability,
-        status=p.status,
-        abstained=p.abstained,
-        top=tuple((t.label, t.probability) for t in p.top),
-        nearest_similarity=p.nearest_similarity,
-    )
+    return _from_message(ClientPrediction, p, top=tuple((t.label, t.probability) for t in p.top))
+
+
+def _from_message(kind: type[D], message: Any, **converted: Any) -> D:
+    """A dataclass whose fields are the message's fields of the same names, but for `converted`."""
+    same = {f.name: getattr(message, f.name) for f in fields(kind) if f.name not in converted}
+    return kind(**same, **converted)
+
+
+def _to_message(kind: type[M], value: Any, **converted: Any) -> M:
+    """A message whose fields are `value`'s attributes of the same names, but for `converted`."""
+    names = [f.name for f in kind.DESCRIPTOR.fields if f.name not in converted]
+    return kind(**{name: getattr(value, name) for name in names}, **converted)

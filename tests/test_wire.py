@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from protssl import wire
 from protssl._proto import protssl_pb2 as pb
 from protssl.checkpoint import load_model
 from protssl.embed import POOLINGS, Embedding, Provenance
@@ -15,22 +16,6 @@ from protssl.errors import InvalidInputError
 from protssl.fewshot import METHODS, Prediction
 from protssl.store import StoredClassifier
 from protssl.store.config import VECTOR_DTYPES
-from protssl.wire import (
-    CLASSIFIER_METHOD,
-    POOLING,
-    VECTOR_DTYPE,
-    ClassifierInfo,
-    ClientPrediction,
-    EmbeddingDecoder,
-    ModelInfo,
-    classifier_info_from_proto,
-    classifier_info_to_proto,
-    embedding_to_proto,
-    model_info_from_proto,
-    model_info_to_proto,
-    prediction_from_proto,
-    prediction_to_proto,
-)
 
 PROVENANCE = Provenance(
     model_name="tiny-test",
@@ -46,15 +31,15 @@ PROVENANCE = Provenance(
 
 def test_every_enum_value_has_one_name_and_an_unset_field_means_the_default() -> None:
     for enum, proto, names in (
-        (POOLING, pb.Pooling, POOLINGS),
-        (VECTOR_DTYPE, pb.VectorDType, VECTOR_DTYPES),
-        (CLASSIFIER_METHOD, pb.ClassifierMethod, METHODS),
+        (wire.POOLING, pb.Pooling, POOLINGS),
+        (wire.VECTOR_DTYPE, pb.VectorDType, VECTOR_DTYPES),
+        (wire.CLASSIFIER_METHOD, pb.ClassifierMethod, METHODS),
     ):
         assert tuple(enum.values) == names  # the wire names are the library's
         assert sorted(enum.values.values()) == sorted(v for v in proto.values() if v != 0)
         for name, value in enum.values.items():
             assert (enum.name(value), enum.value(name)) == (name, value)
-    assert (POOLING.name(0), VECTOR_DTYPE.name(0), CLASSIFIER_METHOD.name(0)) == (
+    assert (wire.POOLING.name(0), wire.VECTOR_DTYPE.name(0), wire.CLASSIFIER_METHOD.name(0)) == (
         "mean",
         "float32",
         "prototype",
@@ -63,13 +48,13 @@ def test_every_enum_value_has_one_name_and_an_unset_field_means_the_default() ->
 
 def test_unknown_enum_names_and_values_are_the_callers_error() -> None:
     with pytest.raises(InvalidInputError, match="unknown pooling 9"):
-        POOLING.name(9)
+        wire.POOLING.name(9)
     with pytest.raises(InvalidInputError, match="unknown vector dtype 7"):
-        VECTOR_DTYPE.name(7)
+        wire.VECTOR_DTYPE.name(7)
     with pytest.raises(InvalidInputError, match="pooling must be one of mean, bos, per-residue"):
-        POOLING.value("max")
+        wire.POOLING.value("max")
     with pytest.raises(InvalidInputError, match="classifier method must be one of prototype"):
-        CLASSIFIER_METHOD.value("svm")
+        wire.CLASSIFIER_METHOD.value("svm")
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
@@ -82,10 +67,10 @@ def test_embeddings_decode_to_what_was_encoded(dtype: str) -> None:
         rng.standard_normal((3, 16)).astype(np.float32),
         Provenance(**{**PROVENANCE.as_dict(), "pooling": "per-residue"}),  # type: ignore[arg-type]
     )
-    decode = EmbeddingDecoder()
+    decode = wire.EmbeddingDecoder()
     for embedding, cached in ((pooled, True), (per_residue, False)):
-        message = embedding_to_proto(embedding, cached=cached, dtype=dtype)
-        assert message.dtype == VECTOR_DTYPE.value(dtype)
+        message = wire.embedding_to_proto(embedding, cached=cached, dtype=dtype)
+        assert message.dtype == wire.VECTOR_DTYPE.value(dtype)
         got, got_cached = decode(pb.Embedding.FromString(message.SerializeToString()))
         assert (got.id, got.length, got.provenance, got_cached) == (
             embedding.id,
@@ -101,10 +86,10 @@ def test_embeddings_decode_to_what_was_encoded(dtype: str) -> None:
 def test_consecutive_equal_provenances_decode_to_one_object() -> None:
     vector = np.ones(4, dtype=np.float32)
     messages = [
-        embedding_to_proto(Embedding(i, 1, vector, PROVENANCE), cached=False, dtype="float32")
+        wire.embedding_to_proto(Embedding(i, 1, vector, PROVENANCE), cached=False, dtype="float32")
         for i in ("a", "b")
     ]
-    decode = EmbeddingDecoder()
+    decode = wire.EmbeddingDecoder()
     first, second = (decode(m)[0] for m in messages)
     assert first.provenance is second.provenance
 
@@ -112,7 +97,9 @@ def test_consecutive_equal_provenances_decode_to_one_object() -> None:
 def test_model_classifier_and_prediction_messages_round_trip(tiny_model_dir: Path) -> None:
     model = load_model(tiny_model_dir, dtype="float32")
     config = model.encoder.config
-    assert model_info_from_proto(model_info_to_proto(model, is_default=True)) == ModelInfo(
+    assert wire.model_info_from_proto(
+        wire.model_info_to_proto(model, is_default=True)
+    ) == wire.ModelInfo(
         name="tiny-test",
         sha256=model.sha256,
         num_layers=config.num_layers,
@@ -135,7 +122,9 @@ def test_model_classifier_and_prediction_messages_round_trip(tiny_model_dir: Pat
         metrics={"held_out": "leave-one-out", "top1_accuracy": 0.5, "classes": 2, "layer": 1},
         created_at=created,
     )
-    assert classifier_info_from_proto(classifier_info_to_proto(stored)) == ClassifierInfo(
+    assert wire.classifier_info_from_proto(
+        wire.classifier_info_to_proto(stored)
+    ) == wire.ClassifierInfo(
         name="families",
         version=2,
         method="knn",
@@ -155,7 +144,9 @@ def test_model_classifier_and_prediction_messages_round_trip(tiny_model_dir: Pat
     )
     answered = Prediction("q1", ("fn3",), 0.75, "answered", "fn3", 0.75, 0.9, (("fn3", 0.75),))
     abstained = Prediction("q2", ("unknown",), 0.0, "unknown", "RRM_1", 0.5, 0.1, ())
-    assert [prediction_from_proto(prediction_to_proto(p)) for p in (answered, abstained)] == [
-        ClientPrediction("q1", "fn3", 0.75, "answered", False, (("fn3", 0.75),), 0.9),
-        ClientPrediction("q2", "", 0.0, "unknown", True, (), 0.1),
+    assert [
+        wire.prediction_from_proto(wire.prediction_to_proto(p)) for p in (answered, abstained)
+    ] == [
+        wire.ClientPrediction("q1", "fn3", 0.75, "answered", False, (("fn3", 0.75),), 0.9),
+        wire.ClientPrediction("q2", "", 0.0, "unknown", True, (), 0.1),
     ]
