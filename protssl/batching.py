@@ -1,7 +1,10 @@
 """Sequences → token-budget batches: long sequences split into overlapping windows, batches sorted by length.
 
-A batch costs its padded size (rows x longest row), so sorting by length keeps padding small and the
-token budget bounds memory. Windows keep every residue: none is cut silently.
+A batch costs its padded size (rows x longest row, `padded_tokens`), so sorting by length keeps
+padding small and the token budget bounds memory. Two packings share that cost: `token_batches`
+packs a stream longest first; `pack_around` fills one forward around a given sequence (the
+service's oldest waiting one) with those nearest it in width, while real tokens stay a minimum
+share of the padded ones. Windows keep every residue: none is cut silently.
 """
 
 from __future__ import annotations
@@ -19,9 +22,13 @@ from protssl.errors import InvalidInputError, SequenceTooLongError
 from protssl.fasta import ProteinRecord
 
 __all__ = [
+    "Footprint",
     "TokenBatch",
     "Window",
     "WindowPolicy",
+    "footprint",
+    "pack_around",
+    "padded_tokens",
     "plan_windows",
     "read_ahead",
     "token_batches",
@@ -104,6 +111,53 @@ def plan_windows(length: int, window_residues: int, overlap: int) -> list[tuple[
     return [(s, s + window_residues) for s in starts]
 
 
+def padded_tokens(rows: int, width: int) -> int:
+    """What a forward costs: every row is as wide as the widest (a padded token costs a real one's work)."""
+    return rows * width
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What one sequence takes in a forward: `rows` windows, each `width` tokens (BOS and EOS included)."""
+
+    rows: int
+    width: int
+
+    @property
+    def tokens(self) -> int:
+        """Its own tokens; the padding a wider neighbour adds is not counted."""
+        return self.rows * self.width
+
+
+def footprint(length: int, window_residues: int, overlap: int) -> Footprint:
+    """The rows and width a sequence of `length` residues takes under this window and overlap."""
+    rows = len(plan_windows(length, window_residues, overlap))
+    return Footprint(rows=rows, width=min(length, window_residues) + 2)
+
+
+def pack_around(
+    anchor: Footprint, pool: Sequence[Footprint], *, max_tokens: int, min_fill: float
+) -> list[int]:
+    """Which of `pool` share a forward with `anchor`: indices, nearest in width first.
+
+    Each joins while the forward stays within `max_tokens` (`padded_tokens` of all rows at the
+    widest width) and real tokens stay at least `min_fill` of the padded ones; one that does not
+    fit is passed over, since a narrower or shorter one further along may. The anchor always runs,
+    even when its own windows exceed the budget (nothing joins it then).
+    """
+    rows, width, real = anchor.rows, anchor.width, anchor.tokens
+    chosen: list[int] = []
+    for index in sorted(range(len(pool)), key=lambda i: abs(pool[i].width - anchor.width)):
+        item = pool[index]
+        wider = max(width, item.width)
+        padded = padded_tokens(rows + item.rows, wider)
+        if padded > max_tokens or real + item.tokens < min_fill * padded:
+            continue
+        chosen.append(index)
+        rows, width, real = rows + item.rows, wider, real + item.tokens
+    return chosen
+
+
 def token_batches(
     sequences: Sequence[str],
     *,
@@ -133,7 +187,7 @@ def token_batches(
     batch: list[Window] = []
     for window in windows:
         width = (batch[0].length if batch else window.length) + 2
-        if batch and (len(batch) + 1) * width > max_tokens:
+        if batch and padded_tokens(len(batch) + 1, width) > max_tokens:
             yield _encode(batch, sequences)
             batch = []
         batch.append(window)

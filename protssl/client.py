@@ -5,9 +5,10 @@
         result.ids, result.vectors          # ['seq0', 'seq1'], float32 array (2, dim)
 
 Calls time out (`timeout` seconds), retry with exponential backoff while the server is UNAVAILABLE,
-and raise the protssl error for the status (InvalidInputError, NotFoundError, OverloadedError,
-DeadlineExceededError, UnavailableError, ServiceError) with the server's message. This module is the
+and raise the protssl error the server raised (the class it names in the call's trailers, else the
+one `protssl.errors.ERROR_TABLE` gives its status) with the server's message. This module is the
 only part of `protssl` that imports grpc; `import protssl` loads it on first use of `protssl.Client`.
+Messages are translated by `protssl.wire`, as in the server.
 """
 
 from __future__ import annotations
@@ -25,85 +26,28 @@ from tqdm import tqdm
 
 from protssl._proto import protssl_pb2 as pb
 from protssl._proto import protssl_pb2_grpc as pb_grpc
-from protssl.embed import Embedding, Provenance
-from protssl.errors import (
-    DeadlineExceededError,
-    InvalidInputError,
-    NotFoundError,
-    OverloadedError,
-    ProtsslError,
-    ServiceError,
-    UnavailableError,
-)
+from protssl.embed import Embedding
+from protssl.errors import InvalidInputError, ProtsslError, error_for_status
 from protssl.fasta import FastaPolicy, ProteinRecord, read_fasta
+from protssl.wire import (
+    CLASSIFIER_METHOD,
+    ERROR_KIND_KEY,
+    POOLING,
+    VECTOR_DTYPE,
+    ClassifierInfo,
+    ClientPrediction,
+    EmbeddingDecoder,
+    ModelInfo,
+    classifier_info_from_proto,
+    model_info_from_proto,
+    prediction_from_proto,
+)
 
 __all__ = ["ClassifierInfo", "Client", "ClientEmbeddings", "ClientPrediction", "ModelInfo"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-_POOLINGS = {
-    "mean": pb.POOLING_MEAN,
-    "bos": pb.POOLING_BOS,
-    "per-residue": pb.POOLING_PER_RESIDUE,
-}
-_WIRE = {"float32": (pb.VECTOR_DTYPE_FLOAT32, "<f4"), "float16": (pb.VECTOR_DTYPE_FLOAT16, "<f2")}
-_WIRE_BY_ENUM = {enum: dtype for enum, dtype in _WIRE.values()}
-_WIRE_BY_ENUM[pb.VECTOR_DTYPE_UNSPECIFIED] = "<f4"
-_ERRORS: dict[grpc.StatusCode, Callable[[str], ProtsslError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidInputError,
-    grpc.StatusCode.OUT_OF_RANGE: InvalidInputError,
-    grpc.StatusCode.NOT_FOUND: NotFoundError,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: OverloadedError,
-    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
-    grpc.StatusCode.UNAVAILABLE: UnavailableError,
-}
-"""gRPC status → the protssl error the SDK raises; other codes raise ServiceError(code=...)."""
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """A model the server serves."""
-
-    name: str
-    sha256: str
-    num_layers: int
-    embed_dim: int
-    max_residues: int
-    compute_dtype: str
-    parameters: int
-    is_default: bool
-
-
-@dataclass(frozen=True)
-class ClassifierInfo:
-    """One version of a named classifier on the server, with its held-out support metrics."""
-
-    name: str
-    version: int
-    method: str
-    model_sha256: str
-    labels: tuple[str, ...]
-    examples: int
-    metrics: dict[str, Any]
-    created_at: str
-
-
-@dataclass(frozen=True)
-class ClientPrediction:
-    """A classified sequence: the decision (or abstention) and the top-k labels."""
-
-    id: str
-    label: str
-    """Labels joined by ';', a parent like 1.1.1.- when backed off; empty when abstained."""
-    probability: float
-    status: str
-    """answered, backed_off or unknown."""
-    abstained: bool
-    top: tuple[tuple[str, float], ...]
-    """(label, calibrated probability), best first."""
-    nearest_similarity: float
 
 
 @dataclass(frozen=True)
@@ -131,76 +75,14 @@ class ClientEmbeddings:
 
 
 def _error(exc: grpc.RpcError) -> ProtsslError:
+    """The protssl error for a failed call: the class the server named, else its status's."""
     code = exc.code()  # type: ignore[attr-defined]
-    message = exc.details() or code.name  # type: ignore[attr-defined]
-    make = _ERRORS.get(code)
-    return make(message) if make is not None else ServiceError(message, code=code.name)
-
-
-class _Decoder:
-    """Response embeddings → domain `Embedding`s; consecutive equal provenances share one object.
-
-    A response's embeddings nearly always share one provenance, and building it field by field was
-    most of the SDK's decoding time (1.5 of 2.7 ms client CPU for 500 cached vectors).
-    """
-
-    def __init__(self) -> None:
-        self._message: pb.Provenance | None = None
-        self._provenance: Provenance | None = None
-
-    def provenance(self, p: pb.Provenance) -> Provenance:
-        if self._provenance is None or p != self._message:
-            self._message = p
-            self._provenance = Provenance(
-                model_name=p.model_name,
-                model_sha256=p.model_sha256,
-                layer=p.layer,
-                pooling=p.pooling,
-                dtype=p.compute_dtype,
-                window_policy=p.window_policy,
-                windowed=p.windowed,
-                windows=p.windows,
-            )
-        return self._provenance
-
-    def __call__(self, message: pb.Embedding) -> tuple[Embedding, bool]:
-        provenance = self.provenance(message.provenance)
-        vector = np.frombuffer(message.vector, dtype=_WIRE_BY_ENUM[message.dtype]).astype(
-            np.float32
-        )
-        if provenance.pooling == "per-residue":
-            vector = vector.reshape(message.length, message.dim)
-        return Embedding(message.id, message.length, vector, provenance), message.cached
-
-
-_METHOD_ENUMS = {
-    "prototype": pb.CLASSIFIER_METHOD_PROTOTYPE,
-    "knn": pb.CLASSIFIER_METHOD_KNN,
-    "linear": pb.CLASSIFIER_METHOD_LINEAR,
-    "contrastive": pb.CLASSIFIER_METHOD_CONTRASTIVE,
-}
-_METHOD_NAMES = {enum: name for name, enum in _METHOD_ENUMS.items()}
-
-
-def _classifier(message: pb.ClassifierInfo) -> ClassifierInfo:
-    m = message.metrics
-    return ClassifierInfo(
-        name=message.name,
-        version=message.version,
-        method=_METHOD_NAMES.get(message.method, "unspecified"),
-        model_sha256=message.model_sha256,
-        labels=tuple(message.labels),
-        examples=message.examples,
-        metrics={
-            "held_out": m.held_out,
-            "top1_accuracy": m.top1_accuracy,
-            "answered_rate": m.answered_rate,
-            "accuracy_on_answered": m.accuracy_on_answered,
-            "examples": m.examples,
-            "classes": m.classes,
-            "layer": m.layer,
-        },
-        created_at=message.created_at,
+    trailers = dict(exc.trailing_metadata() or ())  # type: ignore[attr-defined]
+    kind = trailers.get(ERROR_KIND_KEY)
+    return error_for_status(
+        code.name,
+        exc.details() or code.name,  # type: ignore[attr-defined]
+        kind=kind if isinstance(kind, str) else None,
     )
 
 
@@ -321,7 +203,7 @@ class Client:
             options=self._options(model, pooling, layer, dtype),
         )
         response = self._call(self._embeddings.Embed, request, timeout)
-        decode = _Decoder()
+        decode = EmbeddingDecoder()
         pairs = [decode(m) for m in response.embeddings]
         return ClientEmbeddings(tuple(e for e, _ in pairs), tuple(c for _, c in pairs))
 
@@ -341,7 +223,7 @@ class Client:
         """Embed a whole FASTA file over one EmbedStream call, with a progress bar; input order kept."""
         embeddings: dict[str, tuple[Embedding, bool]] = {}
         order: list[str] = []
-        decode = _Decoder()
+        decode = EmbeddingDecoder()
         options = self._options(model, pooling, layer, dtype)
 
         def requests() -> Iterator[pb.EmbedStreamRequest]:
@@ -374,32 +256,17 @@ class Client:
 
     @staticmethod
     def _options(model: str, pooling: str, layer: int | None, dtype: str) -> pb.EmbedOptions:
-        if pooling not in _POOLINGS:
-            raise InvalidInputError(
-                f"pooling must be one of {', '.join(_POOLINGS)}, not {pooling!r}"
-            )
-        if dtype not in _WIRE:
-            raise InvalidInputError(f"dtype must be float32 or float16, not {dtype!r}")
         return pb.EmbedOptions(
-            model=model, pooling=_POOLINGS[pooling], layer=layer, dtype=_WIRE[dtype][0]
+            model=model,
+            pooling=POOLING.value(pooling),
+            layer=layer,
+            dtype=VECTOR_DTYPE.value(dtype),
         )
 
     def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """The models the server serves (the default one flagged)."""
         response = self._call(self._embeddings.ListModels, pb.ListModelsRequest(), timeout)
-        return [
-            ModelInfo(
-                name=m.name,
-                sha256=m.sha256,
-                num_layers=m.num_layers,
-                embed_dim=m.embed_dim,
-                max_residues=m.max_residues,
-                compute_dtype=m.compute_dtype,
-                parameters=m.parameters,
-                is_default=m.is_default,
-            )
-            for m in response.models
-        ]
+        return [model_info_from_proto(m) for m in response.models]
 
     # --- few-shot classifiers -----------------------------------------------------------------
 
@@ -416,14 +283,15 @@ class Client:
 
         A name that exists gets a new version. Methods: prototype, knn, linear, contrastive.
         """
-        if method not in _METHOD_ENUMS:
-            raise InvalidInputError(
-                f"method must be one of {', '.join(_METHOD_ENUMS)}, not {method!r}"
-            )
         request = pb.CreateClassifierRequest(
-            name=name, method=_METHOD_ENUMS[method], model=model, examples=_examples(examples)
+            name=name,
+            method=CLASSIFIER_METHOD.value(method),
+            model=model,
+            examples=_examples(examples),
         )
-        return _classifier(self._call(self._classifiers.CreateClassifier, request, timeout))
+        return classifier_info_from_proto(
+            self._call(self._classifiers.CreateClassifier, request, timeout)
+        )
 
     def add_examples(
         self,
@@ -434,20 +302,24 @@ class Client:
     ) -> ClassifierInfo:
         """Refit `name` with these examples added (same id replaces); returns the new version."""
         request = pb.AddExamplesRequest(name=name, examples=_examples(examples))
-        return _classifier(self._call(self._classifiers.AddExamples, request, timeout))
+        return classifier_info_from_proto(
+            self._call(self._classifiers.AddExamples, request, timeout)
+        )
 
     def get_classifier(
         self, name: str, *, version: int | None = None, timeout: float | None = None
     ) -> ClassifierInfo:
         request = pb.GetClassifierRequest(name=name, version=version or 0)
-        return _classifier(self._call(self._classifiers.GetClassifier, request, timeout))
+        return classifier_info_from_proto(
+            self._call(self._classifiers.GetClassifier, request, timeout)
+        )
 
     def list_classifiers(self, *, timeout: float | None = None) -> list[ClassifierInfo]:
         """The latest version of every classifier on the server."""
         response = self._call(
             self._classifiers.ListClassifiers, pb.ListClassifiersRequest(), timeout
         )
-        return [_classifier(c) for c in response.classifiers]
+        return [classifier_info_from_proto(c) for c in response.classifiers]
 
     def delete_classifier(self, name: str, *, timeout: float | None = None) -> None:
         """Delete every version of `name`."""
@@ -469,15 +341,4 @@ class Client:
             name=name, version=version or 0, sequences=_sequences(sequences, ids), top_k=top_k
         )
         response = self._call(self._classifiers.Classify, request, timeout)
-        return [
-            ClientPrediction(
-                id=p.id,
-                label=p.label,
-                probability=p.probability,
-                status=p.status,
-                abstained=p.abstained,
-                top=tuple((t.label, t.probability) for t in p.top),
-                nearest_similarity=p.nearest_similarity,
-            )
-            for p in response.predictions
-        ]
+        return [prediction_from_proto(p) for p in response.predictions]

@@ -1,8 +1,9 @@
 """Records → vectors: batched encoder forward, pooling by the padding mask, windows stitched back.
 
 `embed_records` streams: it reads a bounded number of residues ahead, sorts them into token-budget
-batches, and yields an `Embedding` per record as soon as all of its windows are done. Every vector
-carries its provenance. A vector does not depend on which other sequences shared its batch.
+batches, and yields an `Embedding` per record as soon as all of its windows are done. `embed_batch`
+runs one batch its caller packed (the service's model worker, with `batching.pack_around`). Every
+vector carries its provenance. A vector does not depend on which other sequences shared its batch.
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ from protssl.store import EmbeddingCache, EmbeddingItem, EmbeddingKey, sequence_
 
 __all__ = [
     "POOLINGS",
+    "BatchOutcome",
     "CacheStats",
     "EmbedConfig",
     "Embedding",
     "Provenance",
     "cached_embeddings",
+    "embed_batch",
     "embed_records",
     "embed_records_layers",
     "expected_provenance",
@@ -100,6 +103,14 @@ class CacheStats:
     cached: int = 0
 
 
+@dataclass(frozen=True)
+class BatchOutcome:
+    """One record's embedding from `embed_batch` and whether it came from the cache."""
+
+    embedding: Embedding
+    cached: bool
+
+
 @dataclass
 class _Stitch:
     """Per-residue sums and counts over the windows of one long sequence."""
@@ -144,39 +155,52 @@ def embed_records(
     config = config or EmbedConfig()
     stats = stats if stats is not None else CacheStats()
     for group in read_ahead(records, config.read_ahead_residues):
-        yield from _embed_group_cached(group, model, config, on_batch, cache, stats)
+        for _, outcome in _embed_cached(group, model, config, on_batch, cache):
+            if outcome.cached:
+                stats.cached += 1
+            else:
+                stats.computed += 1
+            yield outcome.embedding
 
 
-def _embed_group_cached(
+def embed_batch(
+    records: Sequence[ProteinRecord],
+    model: LoadedModel,
+    config: EmbedConfig,
+    *,
+    on_batch: Callable[[int], None] | None = None,
+    cache: EmbeddingCache | None = None,
+) -> Iterator[tuple[int, BatchOutcome]]:
+    """Embed records a caller has packed into one batch (`batching.pack_around`), as they finish.
+
+    Yields (index into `records`, outcome): cache hits first, then the misses from one forward (more
+    only when a lone record's windows exceed `config.max_tokens`). Nothing is read ahead or merged
+    with other records, so ids need not be unique; each outcome says whether it was a cache hit.
+    """
+    return _embed_cached(records, model, config, on_batch, cache)
+
+
+def _embed_cached(
     records: Sequence[ProteinRecord],
     model: LoadedModel,
     config: EmbedConfig,
     on_batch: Callable[[int], None] | None,
     cache: EmbeddingCache | None,
-    stats: CacheStats,
-) -> Iterator[Embedding]:
+) -> Iterator[tuple[int, BatchOutcome]]:
     """`_embed_group` behind the cache: one lookup for the group, one write per forward batch."""
     if cache is None:
-        for embedding in _embed_group(records, model, config, on_batch):
-            stats.computed += 1
-            yield embedding
+        for index, embedding in _embed_group(records, model, config, on_batch):
+            yield index, BatchOutcome(embedding, cached=False)
         return
-    provenance = expected_provenance(model, config)
-    keys = _cache_keys(records, provenance)
-    found = cache.get_many(keys)
-    misses: list[ProteinRecord] = []
-    keys_by_id: dict[str, set[EmbeddingKey]] = {}
-    for record, key in zip(records, keys, strict=True):
-        vector = found.get(key)
-        if vector is None:
-            misses.append(record)
-            keys_by_id.setdefault(record.id, set()).add(key)
-            continue
-        stats.cached += 1
-        yield _cached_embedding(record, vector, model, config, provenance)
+    hits, keys = _lookup(records, model, config, cache)
+    misses: list[int] = []
+    for index, hit in enumerate(hits):
+        if hit is None:
+            misses.append(index)
+        else:
+            yield index, BatchOutcome(hit, cached=True)
     if not misses:
         return
-    sequences = {record.id: record.sequence for record in misses}
     pending: list[EmbeddingItem] = []
 
     def write_back(residues: int) -> None:
@@ -186,15 +210,16 @@ def _embed_group_cached(
         if on_batch is not None:
             on_batch(residues)
 
-    for embedding in _embed_group(misses, model, config, write_back):
-        stats.computed += 1
+    computed = _embed_group([records[i] for i in misses], model, config, write_back)
+    for position, embedding in computed:
+        index = misses[position]
         # stored as float16 when asked: yield what a cache hit would give, bit for bit
         vector = np.asarray(embedding.vector, dtype=cache.vector_dtype)
-        candidates = keys_by_id[embedding.id]
-        if len(candidates) == 1:  # a repeated id with different sequences can't be attributed
-            (key,) = candidates
-            pending.append(EmbeddingItem(key, sequences[embedding.id], vector))
-        yield replace(embedding, vector=vector.astype(np.float32))
+        pending.append(EmbeddingItem(keys[index], records[index].sequence, vector))
+        yield (
+            index,
+            BatchOutcome(replace(embedding, vector=vector.astype(np.float32)), cached=False),
+        )
     if pending:
         cache.put_many(pending)
 
@@ -206,15 +231,26 @@ def cached_embeddings(
     cache: EmbeddingCache,
 ) -> list[Embedding | None]:
     """One cache lookup, no model run: each record's cached embedding (input order), None on a miss."""
+    return _lookup(records, model, config, cache)[0]
+
+
+def _lookup(
+    records: Sequence[ProteinRecord],
+    model: LoadedModel,
+    config: EmbedConfig,
+    cache: EmbeddingCache,
+) -> tuple[list[Embedding | None], list[EmbeddingKey]]:
+    """Each record's cached embedding (None on a miss) and its cache key, from one lookup."""
     provenance = expected_provenance(model, config)
     keys = _cache_keys(records, provenance)
     found = cache.get_many(keys)
-    return [
+    hits = [
         None
         if (vector := found.get(key)) is None
         else _cached_embedding(record, vector, model, config, provenance)
         for record, key in zip(records, keys, strict=True)
     ]
+    return hits, keys
 
 
 def _cache_keys(records: Sequence[ProteinRecord], provenance: Provenance) -> list[EmbeddingKey]:
@@ -260,7 +296,8 @@ def embed_records_layers(
     if not resolved:
         raise InvalidInputError("embed_records_layers needs at least one layer")
     for group in read_ahead(records, config.read_ahead_residues):
-        yield from _split_layers(_embed_group(group, model, config, on_batch, resolved), resolved)
+        stacked = (e for _, e in _embed_group(group, model, config, on_batch, resolved))
+        yield from _split_layers(stacked, resolved)
 
 
 def _split_layers(
@@ -284,10 +321,11 @@ def _embed_group(
     config: EmbedConfig,
     on_batch: Callable[[int], None] | None,
     layers: tuple[int, ...] = (),
-) -> Iterator[Embedding]:
+) -> Iterator[tuple[int, Embedding]]:
     """Embed one read-ahead group at `config.layer`, or at several `layers` in one forward,
     concatenated along channels (pooling and stitching act per channel, so each layer's slice
-    of the vector is that layer's vector; the caller sets each slice's provenance layer)."""
+    of the vector is that layer's vector; the caller sets each slice's provenance layer).
+    Yields (index into `records`, embedding) as each record's last window is done."""
     encoder = model.encoder
     layers = layers or (encoder.resolve_layer(config.layer),)
     window_residues = encoder.config.max_residues
@@ -315,7 +353,7 @@ def _embed_group(
                     vector = pooled[row]
                 else:
                     vector = hidden[row, 1 : length + 1].numpy().copy()
-                yield _embedding(record, vector, provenance, windows=1)
+                yield window.item, _embedding(record, vector, provenance, windows=1)
                 continue
             stitch = stitches.get(window.item)
             if stitch is None:
@@ -336,7 +374,7 @@ def _embed_group(
             if stitch.windows_left == 0:
                 del stitches[window.item]
                 vector = _finish_stitch(stitch, config.pooling)
-                yield _embedding(record, vector, provenance, windows=stitch.windows)
+                yield window.item, _embedding(record, vector, provenance, windows=stitch.windows)
         if on_batch is not None:
             on_batch(batch.residues)
 

@@ -1,17 +1,16 @@
 """Dynamic batcher: concurrent requests merged into token-budget forwards on ONE model worker thread.
 
-Each call submits a `Job` (its records and embedding options) to a bounded queue (OverloadedError
-when full). The worker keeps a pool of waiting records with the same options, filled from the queue
-up to `max_group_tokens`. For each forward it takes the oldest job's next record and the pooled
-records nearest to it in length, up to `max_batch_tokens` (rows x padded length) and as long as
-real tokens stay at least `min_batch_fill` of the padded ones, and runs them through
-`protssl.embed.embed_records`. So sixteen clients sending one sequence each cost about one batched
-forward; padding stays small (on a CPU a padded token costs as much as a real one, while a small
-batch costs little more per token than a big one); and the oldest work always goes next, so
-nothing starves. When the pool is empty the worker waits up to `max_queue_delay` for a forward's
-worth of work. A job completes as soon as its own records are done. Jobs whose call was cancelled
-or whose deadline passed are dropped before their records run. Once idle, the worker hands the
-memory its forwards freed back to the kernel (`release_freed_memory`).
+Each call submits a `Pending` (its records and embedding options) to a bounded queue
+(OverloadedError when full). The worker keeps a pool of waiting records with the same options,
+filled from the queue up to `max_group_tokens`. For each forward it anchors on the oldest call's
+next record and lets `protssl.batching.pack_around` choose the pooled records that join it (nearest
+in length, within `max_batch_tokens` and `min_batch_fill`), runs them with
+`protssl.embed.embed_batch`, and hands each result back to its call. So sixteen clients sending one
+sequence each cost about one batched forward; padding stays small; and the oldest work always goes
+next, so nothing starves. When the pool is empty the worker waits up to `max_queue_delay` for a
+forward's worth of work. A call completes as soon as its own records are done. Calls that were
+cancelled or whose deadline passed are dropped before their records run. Once idle, the worker
+hands the memory its forwards freed back to the kernel (`release_freed_memory`).
 """
 
 from __future__ import annotations
@@ -23,18 +22,18 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
-from protssl.batching import plan_windows
+from protssl.batching import Footprint, footprint, pack_around
 from protssl.checkpoint import LoadedModel
-from protssl.embed import CacheStats, EmbedConfig, Embedding, cached_embeddings, embed_records
+from protssl.embed import BatchOutcome, EmbedConfig, cached_embeddings, embed_batch
 from protssl.errors import DeadlineExceededError, InvalidInputError, OverloadedError
 from protssl.fasta import ProteinRecord
 from protssl.store import EmbeddingCache
 from service.metrics import ServiceMetrics
 
-__all__ = ["EmbedResult", "EmbeddingBatcher", "Job", "release_freed_memory"]
+__all__ = ["EmbeddingBatcher", "Pending", "release_freed_memory"]
 
 log = logging.getLogger(__name__)
 
@@ -69,27 +68,19 @@ def release_freed_memory() -> bool:
     return True
 
 
-@dataclass(frozen=True)
-class EmbedResult:
-    """One record's vector and whether it came from the cache."""
-
-    embedding: Embedding
-    cached: bool
-
-
 @dataclass(eq=False)
-class Job:
-    """A caller's records waiting for, or being run by, the model worker."""
+class Pending:
+    """A call's records waiting for, or being run by, the model worker."""
 
     records: Sequence[ProteinRecord]
     config: EmbedConfig
     deadline: float | None
-    """time.monotonic() after which the job is dropped; None = no deadline."""
+    """time.monotonic() after which the call is dropped; None = no deadline."""
     tokens: int = 0
-    future: Future[list[EmbedResult]] = field(default_factory=Future)
+    future: Future[list[BatchOutcome]] = field(default_factory=Future)
     enqueued: float = field(default_factory=time.monotonic)
     cancelled: bool = False
-    results: list[EmbedResult | None] = field(default_factory=list)
+    results: list[BatchOutcome | None] = field(default_factory=list)
     """Filled as records finish; cache hits found at submit time are there from the start."""
     left: int = 0
 
@@ -101,7 +92,7 @@ class Job:
         self.left = len(missing)
 
     def cancel(self) -> None:
-        """Mark the job dropped (its call ended); the worker skips what has not run yet."""
+        """Mark the call dropped (it ended); the worker skips what has not run yet."""
         self.cancelled = True
 
     def expired(self, now: float) -> bool:
@@ -123,12 +114,11 @@ class _ReleaseMemory:
 
 @dataclass(frozen=True)
 class _Row:
-    """One pooled record: its job, index there, padded width and windows (rows of a forward)."""
+    """One pooled record: its call, its index there, and what it takes in a forward."""
 
-    job: Job
+    pending: Pending
     index: int
-    width: int
-    windows: int
+    footprint: Footprint
 
 
 class EmbeddingBatcher:
@@ -163,7 +153,7 @@ class EmbeddingBatcher:
         self.cache = cache
         self.release_memory_after_s = release_memory_after_s
         self._memory_to_release = True  # the model's load and warm-up freed some too
-        self._queue: collections.deque[Job] = collections.deque()
+        self._queue: collections.deque[Pending] = collections.deque()
         self._tasks: collections.deque[_Task] = collections.deque()
         self._pool: list[_Row] = []
         self._pool_config: EmbedConfig | None = None
@@ -182,24 +172,24 @@ class EmbeddingBatcher:
         layer: int = -1,
         deadline: float | None = None,
         wait: bool = False,
-    ) -> Job:
+    ) -> Pending:
         """Results for `records`: cache hits now, the rest from the worker's queue.
 
         `wait` blocks for queue room (streams); without it a full queue raises OverloadedError.
         """
         self.model.encoder.resolve_layer(layer)  # a bad layer fails this call, not a shared forward
         config = EmbedConfig(pooling=pooling, layer=layer, max_tokens=self.max_batch_tokens)  # type: ignore[arg-type]
-        results: list[EmbedResult | None] = [None] * len(records)
+        results: list[BatchOutcome | None] = [None] * len(records)
         if self.cache is not None and records:
             hits = cached_embeddings(records, self.model, config, self.cache)
-            results = [None if e is None else EmbedResult(e, cached=True) for e in hits]
-        job = Job(records=records, config=config, deadline=deadline, results=results)
-        if job.left == 0:
+            results = [None if e is None else BatchOutcome(e, cached=True) for e in hits]
+        pending = Pending(records=records, config=config, deadline=deadline, results=results)
+        if pending.left == 0:
             self.metrics.record_vectors(computed=0, cached=len(records))
-            job.future.set_result([r for r in job.results if r is not None])
-            return job
-        self._enqueue(job, self._queue, wait=wait, deadline=deadline)
-        return job
+            pending.future.set_result([r for r in pending.results if r is not None])
+            return pending
+        self._enqueue(pending, self._queue, wait=wait, deadline=deadline)
+        return pending
 
     def run_task(self, fn: Callable[[], Any], *, deadline: float | None = None) -> Future[Any]:
         """Run `fn` on the model worker between forwards (it may use the model); a future of its result."""
@@ -230,9 +220,9 @@ class EmbeddingBatcher:
         """Stop taking work, fail what is still waiting, and join the worker."""
         with self._cond:
             self._closed = True
-            futures: list[Future[Any]] = [job.future for job in self._queue]
+            futures: list[Future[Any]] = [pending.future for pending in self._queue]
             futures += [task.future for task in self._tasks]
-            futures += [row.job.future for row in self._pool]
+            futures += [row.pending.future for row in self._pool]
             for future in futures:
                 if not future.done():
                     future.set_exception(OverloadedError("the server is shutting down"))
@@ -260,13 +250,13 @@ class EmbeddingBatcher:
                 continue
             try:
                 self._process(rows)
-            except Exception as exc:  # an unexpected failure fails these jobs, not the worker
+            except Exception as exc:  # an unexpected failure fails these calls, not the worker
                 log.exception("model worker forward failed")
                 with self._cond:
-                    for job in {row.job for row in rows}:
-                        self._pool = [r for r in self._pool if r.job is not job]
-                        if not job.future.done():
-                            job.future.set_exception(exc)
+                    for pending in {row.pending for row in rows}:
+                        self._pool = [r for r in self._pool if r.pending is not pending]
+                        if not pending.future.done():
+                            pending.future.set_exception(exc)
 
     def _run_task(self, task: _Task) -> None:
         if task.deadline is not None and time.monotonic() >= task.deadline:
@@ -313,45 +303,34 @@ class EmbeddingBatcher:
             return self._pick()
 
     def _fill_pool(self) -> None:
-        """Move queued jobs with the pool's options into the pool, oldest first, up to the group budget."""
-        tokens = sum(row.width * row.windows for row in self._pool)
-        for job in list(self._queue):
-            if job.config != self._pool_config:
-                continue
-            if self._pool and tokens + job.tokens > self.max_group_tokens:
-                break
-            self._queue.remove(job)
-            for index, record in enumerate(job.records):
-                if job.results[index] is not None:
-                    continue  # a cache hit found at submit time
-                row = self._row(job, index, record)
-                self._pool.append(row)
-                tokens += row.width * row.windows
-
-    def _row(self, job: Job, index: int, record: ProteinRecord) -> _Row:
+        """Move queued calls with the pool's options into the pool, oldest first, up to the group budget."""
+        tokens = sum(row.footprint.tokens for row in self._pool)
         window = self.model.encoder.config.max_residues
-        length = len(record.sequence)
-        windows = len(plan_windows(length, window, job.config.window.overlap))
-        return _Row(job=job, index=index, width=min(length, window) + 2, windows=windows)
+        for pending in list(self._queue):
+            if pending.config != self._pool_config:
+                continue
+            if self._pool and tokens + pending.tokens > self.max_group_tokens:
+                break
+            self._queue.remove(pending)
+            overlap = pending.config.window.overlap
+            for index, record in enumerate(pending.records):
+                if pending.results[index] is not None:
+                    continue  # a cache hit found at submit time
+                row = _Row(pending, index, footprint(len(record.sequence), window, overlap))
+                self._pool.append(row)
+                tokens += row.footprint.tokens
 
     def _pick(self) -> list[_Row]:
-        """The oldest job's next row plus pooled rows nearest it in width, within budget and fill."""
-        anchor = min(self._pool, key=lambda row: row.job.enqueued)
-        chosen = [anchor]
-        rows, width, real = anchor.windows, anchor.width, anchor.windows * anchor.width
-        others = sorted(
-            (row for row in self._pool if row is not anchor),
-            key=lambda row: abs(row.width - anchor.width),
+        """The oldest call's next row and the pooled rows `pack_around` lets join it."""
+        anchor = min(self._pool, key=lambda row: row.pending.enqueued)
+        others = [row for row in self._pool if row is not anchor]
+        joining = pack_around(
+            anchor.footprint,
+            [row.footprint for row in others],
+            max_tokens=self.max_batch_tokens,
+            min_fill=self.min_batch_fill,
         )
-        for row in others:
-            wider = max(width, row.width)
-            padded = (rows + row.windows) * wider
-            if padded > self.max_batch_tokens:
-                continue  # a narrower or shorter row further along may still fit
-            if real + row.windows * row.width < self.min_batch_fill * padded:
-                continue
-            chosen.append(row)
-            rows, width, real = rows + row.windows, wider, real + row.windows * row.width
+        chosen = [anchor, *(others[i] for i in joining)]
         chosen_ids = {id(row) for row in chosen}
         self._pool = [row for row in self._pool if id(row) not in chosen_ids]
         if not self._pool:
@@ -359,24 +338,26 @@ class EmbeddingBatcher:
         return chosen
 
     def _drop_dead(self) -> None:
-        """Remove jobs whose call was cancelled or whose deadline passed (the lock is held)."""
+        """Remove calls that were cancelled or whose deadline passed (the lock is held)."""
         now = time.monotonic()
-        dead = {j for j in self._queue if j.cancelled or j.expired(now)}
-        dead |= {row.job for row in self._pool if row.job.cancelled or row.job.expired(now)}
+        dead = {p for p in self._queue if p.cancelled or p.expired(now)}
+        dead |= {
+            row.pending for row in self._pool if row.pending.cancelled or row.pending.expired(now)
+        }
         if not dead:
             return
-        self._queue = collections.deque(j for j in self._queue if j not in dead)
-        self._pool = [row for row in self._pool if row.job not in dead]
+        self._queue = collections.deque(p for p in self._queue if p not in dead)
+        self._pool = [row for row in self._pool if row.pending not in dead]
         if not self._pool:
             self._pool_config = None
-        for job in dead:
-            if job.cancelled:
+        for pending in dead:
+            if pending.cancelled:
                 self.metrics.dropped.labels(reason="cancelled").inc()
-                job.future.cancel()
+                pending.future.cancel()
             else:
                 self.metrics.dropped.labels(reason="deadline").inc()
-                if not job.future.done():
-                    job.future.set_exception(
+                if not pending.future.done():
+                    pending.future.set_exception(
                         DeadlineExceededError(
                             "the deadline passed before the model worker got to it"
                         )
@@ -384,34 +365,23 @@ class EmbeddingBatcher:
         self.metrics.queue_depth.set(len(self._queue) + len(self._tasks))
 
     def _process(self, rows: list[_Row]) -> None:
-        """Run one forward's rows; finish each job as soon as all of its records are done."""
-        jobs = {row.job for row in rows}
-        self.metrics.batch_requests.observe(len(jobs))
+        """Run one forward's rows; finish each call as soon as all of its records are done."""
+        self.metrics.batch_requests.observe(len({row.pending for row in rows}))
         self.metrics.batch_sequences.observe(len(rows))
-        merged = [
-            ProteinRecord(str(n), row.job.records[row.index].sequence) for n, row in enumerate(rows)
-        ]
-        config = rows[0].job.config
-        stats = CacheStats()
-        for embedding in embed_records(
-            merged,
+        outcomes = embed_batch(
+            [row.pending.records[row.index] for row in rows],
             self.model,
-            config,
+            rows[0].pending.config,
             on_batch=self.metrics.forward_tokens.observe,
             cache=self.cache,
-            stats=stats,
-        ):
-            cached = stats.cached > 0  # hits come first: computed by another call since submit
-            stats.cached = 0
-            row = rows[int(embedding.id)]
-            job = row.job
-            record = job.records[row.index]
-            job.results[row.index] = EmbedResult(
-                replace(embedding, id=record.id, labels=record.labels), cached=cached
-            )
-            job.left -= 1
-            if job.left == 0 and not job.future.done():
-                results = [r for r in job.results if r is not None]
+        )
+        for position, outcome in outcomes:
+            row = rows[position]
+            pending = row.pending
+            pending.results[row.index] = outcome
+            pending.left -= 1
+            if pending.left == 0 and not pending.future.done():
+                results = [r for r in pending.results if r is not None]
                 hits = sum(r.cached for r in results)
                 self.metrics.record_vectors(computed=len(results) - hits, cached=hits)
-                job.future.set_result(results)
+                pending.future.set_result(results)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Literal
 
 from protssl.errors import InvalidInputError
+from protssl.store import StoreConfig
 
-__all__ = ["ServiceConfig"]
+__all__ = ["ServiceConfig", "store_config"]
 
 
 @dataclass(frozen=True)
@@ -104,3 +105,10 @@ class ServiceConfig:
     def field_names(cls) -> tuple[str, ...]:
         """The configurable names, in declaration order (flags are --name-with-dashes, env PROTSSL_NAME)."""
         return tuple(f.name for f in fields(cls))
+
+
+def store_config(config: ServiceConfig) -> StoreConfig:
+    """The store a server with `config` opens: its database URL (or the default) and memory cache."""
+    url = config.database_url
+    base = StoreConfig(url=url) if url else StoreConfig()
+    return replace(base, memory_cache_mb=config.memory_cache_mb)

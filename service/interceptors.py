@@ -1,10 +1,10 @@
 """One server interceptor per concern of every call: errors → status, a log line, metrics.
 
-Servicers raise protssl errors; `CallInterceptor` turns them into statuses through the one table in
-`service.errors`, then logs one structured line per call (method, status, latency, peer: failed calls
-at INFO, successful ones at DEBUG, since at thousands of calls/s the line and the peer lookup cost more
-CPU than a cache hit) and feeds the request counter and latency histogram. Streaming calls are timed
-until their last message.
+Servicers raise protssl errors; `CallInterceptor` turns them into statuses through the one table,
+`protssl.errors.ERROR_TABLE` (by `service.errors.abort_with`), then logs one structured line per
+call (method, status, latency, peer: failed calls at INFO, successful ones at DEBUG, since at
+thousands of calls/s the line and the peer lookup cost more CPU than a cache hit) and feeds the
+request counter and latency histogram. Streaming calls are timed until their last message.
 """
 
 from __future__ import annotations

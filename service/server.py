@@ -7,12 +7,10 @@ one model worker (the dynamic batcher) behind them and Prometheus metrics on a s
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -23,12 +21,14 @@ from protssl._proto import protssl_pb2 as pb
 from protssl._proto import protssl_pb2_grpc as pb_grpc
 from protssl.checkpoint import LoadedModel, load_model
 from protssl.errors import InvalidInputError
-from protssl.store import Store, StoreConfig
+from protssl.store import Store
 from service.batcher import EmbeddingBatcher, release_freed_memory
-from service.config import ServiceConfig
+from service.config import ServiceConfig, store_config
 from service.interceptors import CallInterceptor
 from service.metrics import ServiceMetrics
 from service.servicers import ClassifierServicer, EmbeddingServicer
+from service.shutdown import SIGNAL_POLL_S, stop_on_signals
+from service.supervisor import supervise
 
 __all__ = [
     "SERVICE_NAMES",
@@ -87,13 +87,6 @@ class ProtsslServer:
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
         return self.grpc_server.wait_for_termination(timeout)
-
-
-def store_config(config: ServiceConfig) -> StoreConfig:
-    """The store a server with `config` opens: its database URL (or the default) and memory cache."""
-    url = config.database_url
-    base = StoreConfig(url=url) if url else StoreConfig()
-    return replace(base, memory_cache_mb=config.memory_cache_mb)
 
 
 def create_server(
@@ -192,32 +185,13 @@ def create_server(
     )
 
 
-SIGNAL_POLL_S = 0.2
-"""How often a serving process looks for SIGTERM/SIGINT."""
-
-
-def stop_on_signals() -> Callable[[], bool]:
-    """Catch SIGTERM and SIGINT from now on; returns `stopped()`, true once either arrived.
-
-    The handler only appends to a list: a handler that sets a threading.Event takes a lock, and a
-    second signal landing while the first handler holds it deadlocks the process (seen with
-    `timeout` forwarding a SIGTERM that `kill` had already sent).
-    """
-    received: list[int] = []
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda number, frame: received.append(number))
-    return lambda: bool(received)
-
-
 def serve(config: ServiceConfig) -> int:
     """Serve until SIGTERM or SIGINT, then shut down gracefully; returns the exit code.
 
     With `config.processes` > 1, that many server processes share the port (`service.supervisor`).
     """
     if config.processes > 1:
-        from service.supervisor import supervise
-
-        return supervise(config)
+        return supervise(config, serve_process)
     return serve_process(config)
 
 

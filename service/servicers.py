@@ -6,10 +6,10 @@ Errors are raised as protssl errors; `service.interceptors.CallInterceptor` maps
 from __future__ import annotations
 
 import collections
-import functools
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import CancelledError, Future, TimeoutError
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import grpc
@@ -19,7 +19,7 @@ from protssl import fewshot
 from protssl._proto import protssl_pb2 as pb
 from protssl._proto import protssl_pb2_grpc as pb_grpc
 from protssl.checkpoint import LoadedModel
-from protssl.embed import Provenance
+from protssl.embed import BatchOutcome
 from protssl.errors import (
     DeadlineExceededError,
     FastaFormatError,
@@ -27,82 +27,26 @@ from protssl.errors import (
     ModelNotFoundError,
 )
 from protssl.fasta import ProteinRecord, records_from_sequences
-from protssl.store import Store, StoredClassifier
-from service.batcher import EmbeddingBatcher, EmbedResult, Job
+from protssl.store import Store
+from protssl.wire import (
+    CLASSIFIER_METHOD,
+    POOLING,
+    VECTOR_DTYPE,
+    classifier_info_to_proto,
+    embedding_to_proto,
+    model_info_to_proto,
+    prediction_to_proto,
+)
+from service.batcher import EmbeddingBatcher, Pending
 from service.config import ServiceConfig
 from service.limits import check_request, check_response_size
 
-__all__ = ["ClassifierServicer", "EmbeddingServicer", "embedding_to_proto", "model_info"]
+__all__ = ["ClassifierServicer", "EmbeddingServicer"]
 
-POOLING_NAMES = {
-    pb.POOLING_UNSPECIFIED: "mean",
-    pb.POOLING_MEAN: "mean",
-    pb.POOLING_BOS: "bos",
-    pb.POOLING_PER_RESIDUE: "per-residue",
-}
-WIRE_DTYPES: dict[Any, tuple[Any, np.dtype[Any]]] = {
-    pb.VECTOR_DTYPE_UNSPECIFIED: (pb.VECTOR_DTYPE_FLOAT32, np.dtype("<f4")),
-    pb.VECTOR_DTYPE_FLOAT32: (pb.VECTOR_DTYPE_FLOAT32, np.dtype("<f4")),
-    pb.VECTOR_DTYPE_FLOAT16: (pb.VECTOR_DTYPE_FLOAT16, np.dtype("<f2")),
-}
 T = TypeVar("T")
 
 STREAM_IN_FLIGHT = 4
 """Stream chunks queued ahead of the one whose results are being sent back."""
-
-
-def _lookup(table: dict[Any, T], value: int, what: str) -> T:
-    """An enum value's meaning; a value this server does not know is the caller's error."""
-    if value not in table:
-        raise InvalidInputError(f"unknown {what} {value}")
-    return table[value]
-
-
-def embedding_to_proto(result: EmbedResult, wire: int) -> pb.Embedding:
-    """One domain embedding as a packed little-endian protobuf message."""
-    embedding = result.embedding
-    enum, dtype = _lookup(WIRE_DTYPES, wire, "vector dtype")
-    return pb.Embedding(
-        id=embedding.id,
-        length=embedding.length,
-        dim=int(embedding.vector.shape[-1]),
-        dtype=enum,
-        vector=embedding.vector.astype(dtype, copy=False).tobytes(),
-        cached=result.cached,
-        provenance=_provenance_proto(embedding.provenance),
-    )
-
-
-@functools.lru_cache(maxsize=256)
-def _provenance_proto(p: Provenance) -> pb.Provenance:
-    """A provenance as protobuf, built once: a server's vectors share a handful of provenances.
-
-    The message is shared: `pb.Embedding(provenance=...)` copies it, and nothing may edit it.
-    """
-    return pb.Provenance(
-        model_name=p.model_name,
-        model_sha256=p.model_sha256,
-        layer=p.layer,
-        pooling=p.pooling,
-        compute_dtype=p.dtype,
-        window_policy=p.window_policy,
-        windowed=p.windowed,
-        windows=p.windows,
-    )
-
-
-def model_info(model: LoadedModel, *, is_default: bool) -> pb.ModelInfo:
-    config = model.encoder.config
-    return pb.ModelInfo(
-        name=model.name,
-        sha256=model.sha256,
-        num_layers=config.num_layers,
-        embed_dim=config.embed_dim,
-        max_residues=config.max_residues,
-        compute_dtype=model.dtype_name,
-        parameters=config.num_parameters(),
-        is_default=is_default,
-    )
 
 
 def _deadline(context: grpc.ServicerContext) -> float | None:
@@ -113,13 +57,13 @@ def _deadline(context: grpc.ServicerContext) -> float | None:
     return time.monotonic() + remaining
 
 
-def _wait(job: Job, deadline: float | None) -> list[EmbedResult]:
-    """The job's results, or DeadlineExceededError (the job is dropped if it has not run)."""
+def _wait(pending: Pending) -> list[BatchOutcome]:
+    """The call's results, or DeadlineExceededError (its records are dropped if they have not run)."""
     try:
-        return _result(job.future, deadline)
+        return _result(pending.future, pending.deadline)
     finally:
-        if not job.future.done():
-            job.cancel()
+        if not pending.future.done():
+            pending.cancel()
 
 
 def _result(future: Future[T], deadline: float | None) -> T:
@@ -145,6 +89,11 @@ class _Face:
                 f"model {name!r} is not served here; this server serves {self.model.name!r} "
                 "(see ListModels)"
             )
+
+    def _on_worker(self, fn: Callable[[], T], context: grpc.ServicerContext) -> T:
+        """`fn()` run on the model worker (it uses the model), by the call's deadline."""
+        deadline = _deadline(context)
+        return _result(self.batcher.run_task(fn, deadline=deadline), deadline)
 
     def _records(
         self,
@@ -185,33 +134,35 @@ class EmbeddingServicer(_Face, pb_grpc.EmbeddingServiceServicer):
         context: grpc.ServicerContext,
         *,
         wait: bool,
-    ) -> Job:
-        _lookup(WIRE_DTYPES, options.dtype, "vector dtype")  # before any work, not after it
-        job = self.batcher.submit(
+    ) -> Pending:
+        VECTOR_DTYPE.name(options.dtype)  # an unknown dtype fails before any work, not after it
+        pending = self.batcher.submit(
             records,
-            pooling=_lookup(POOLING_NAMES, options.pooling, "pooling"),
+            pooling=POOLING.name(options.pooling),
             layer=options.layer if options.HasField("layer") else -1,
             deadline=_deadline(context),
             wait=wait,
         )
-        context.add_callback(job.cancel)
-        return job
+        context.add_callback(pending.cancel)
+        return pending
 
     def Embed(self, request: pb.EmbedRequest, context: grpc.ServicerContext) -> pb.EmbedResponse:
         self._check_model(request.options.model)
         records = self._records(request.sequences, 0)
-        per_residue = request.options.pooling == pb.POOLING_PER_RESIDUE
+        per_residue = POOLING.name(request.options.pooling) == "per-residue"
+        dtype = VECTOR_DTYPE.name(request.options.dtype)
         check_response_size(
             sum(len(r) for r in records) if per_residue else 0,
             len(records),
             self.model.encoder.config.embed_dim,
-            _lookup(WIRE_DTYPES, request.options.dtype, "vector dtype")[1].itemsize,
+            np.dtype(dtype).itemsize,
             self.config,
         )
-        job = self._submit(records, request.options, context, wait=False)
-        results = _wait(job, job.deadline)
+        results = _wait(self._submit(records, request.options, context, wait=False))
         return pb.EmbedResponse(
-            embeddings=[embedding_to_proto(r, request.options.dtype) for r in results]
+            embeddings=[
+                embedding_to_proto(r.embedding, cached=r.cached, dtype=dtype) for r in results
+            ]
         )
 
     def EmbedStream(
@@ -220,7 +171,7 @@ class EmbeddingServicer(_Face, pb_grpc.EmbeddingServiceServicer):
         options: pb.EmbedOptions | None = None
         progress = pb.EmbedProgress()
         seen: set[str] = set()
-        pending: collections.deque[Job] = collections.deque()
+        pending: collections.deque[Pending] = collections.deque()
         for message in request_iterator:
             if options is None:
                 options = message.options
@@ -234,57 +185,25 @@ class EmbeddingServicer(_Face, pb_grpc.EmbeddingServiceServicer):
             yield from self._drain(pending.popleft(), options, progress)
 
     def _drain(
-        self, job: Job, options: pb.EmbedOptions, progress: pb.EmbedProgress
+        self, pending: Pending, options: pb.EmbedOptions, progress: pb.EmbedProgress
     ) -> Iterator[pb.EmbedStreamResponse]:
-        for result in _wait(job, job.deadline):
+        dtype = VECTOR_DTYPE.name(options.dtype)
+        for result in _wait(pending):
             progress.records_done += 1
             progress.residues_done += result.embedding.length
             progress.records_cached += int(result.cached)
-            yield pb.EmbedStreamResponse(embedding=embedding_to_proto(result, options.dtype))
+            message = embedding_to_proto(result.embedding, cached=result.cached, dtype=dtype)
+            yield pb.EmbedStreamResponse(embedding=message)
         yield pb.EmbedStreamResponse(progress=progress)
 
     def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.ServicerContext
     ) -> pb.ListModelsResponse:
-        return pb.ListModelsResponse(models=[model_info(self.model, is_default=True)])
-
-
-_METHODS = {
-    pb.CLASSIFIER_METHOD_UNSPECIFIED: "prototype",
-    pb.CLASSIFIER_METHOD_PROTOTYPE: "prototype",
-    pb.CLASSIFIER_METHOD_KNN: "knn",
-    pb.CLASSIFIER_METHOD_LINEAR: "linear",
-    pb.CLASSIFIER_METHOD_CONTRASTIVE: "contrastive",
-}
-_METHOD_ENUMS = {name: enum for enum, name in _METHODS.items() if enum}
-
-
-def classifier_info(stored: StoredClassifier) -> pb.ClassifierInfo:
-    """A stored classifier version as its protobuf summary."""
-    metrics = stored.metrics
-    return pb.ClassifierInfo(
-        id=str(stored.id),
-        name=stored.name,
-        version=stored.version,
-        method=_METHOD_ENUMS.get(stored.method, pb.CLASSIFIER_METHOD_UNSPECIFIED),
-        model_sha256=stored.model_sha256,
-        labels=list(stored.params.get("classes", [])),
-        examples=len(stored.examples),
-        metrics=pb.ClassifierMetrics(
-            held_out=str(metrics.get("held_out", "")),
-            top1_accuracy=float(metrics.get("top1_accuracy", 0.0)),
-            answered_rate=float(metrics.get("answered_rate", 0.0)),
-            accuracy_on_answered=float(metrics.get("accuracy_on_answered", 0.0)),
-            examples=int(metrics.get("examples", len(stored.examples))),
-            classes=int(metrics.get("classes", 0)),
-            layer=int(metrics.get("layer", 0)),
-        ),
-        created_at=stored.created_at.isoformat(),
-    )
+        return pb.ListModelsResponse(models=[model_info_to_proto(self.model, is_default=True)])
 
 
 class ClassifierServicer(_Face, pb_grpc.ClassifierServiceServicer):
-    """Few-shot classifiers in the store; fitting runs on the model worker, queries through the batcher."""
+    """Few-shot classifiers in the store; fitting and classifying run on the model worker."""
 
     def __init__(
         self, model: LoadedModel, batcher: EmbeddingBatcher, config: ServiceConfig, store: Store
@@ -298,41 +217,35 @@ class ClassifierServicer(_Face, pb_grpc.ClassifierServiceServicer):
     ) -> pb.ClassifierInfo:
         self._check_model(request.model)
         records = self._records(request.examples, 0)
-        method = _lookup(_METHODS, request.method, "classifier method")
+        method = CLASSIFIER_METHOD.name(request.method)
         settings = fewshot.FewShotConfig(method=method)  # type: ignore[arg-type]
-        fitted = _result(
-            self.batcher.run_task(
-                lambda: fewshot.fit_records(records, self.model, settings),
-                deadline=_deadline(context),
-            ),
-            _deadline(context),
+        fitted = self._on_worker(
+            lambda: fewshot.fit_records(records, self.model, settings), context
         )
-        return classifier_info(fewshot.save_classifier(self.store, request.name, fitted, records))
+        stored = fewshot.save_classifier(self.store, request.name, fitted, records)
+        return classifier_info_to_proto(stored)
 
     def AddExamples(
         self, request: pb.AddExamplesRequest, context: grpc.ServicerContext
     ) -> pb.ClassifierInfo:
         self.store.classifiers.get(request.name)  # NOT_FOUND before any work is queued
         records = self._records(request.examples, 0)
-        stored = _result(
-            self.batcher.run_task(
-                lambda: fewshot.add_examples(self.store, request.name, records, self.model),
-                deadline=_deadline(context),
-            ),
-            _deadline(context),
+        stored = self._on_worker(
+            lambda: fewshot.add_examples(self.store, request.name, records, self.model), context
         )
-        return classifier_info(stored)
+        return classifier_info_to_proto(stored)
 
     def GetClassifier(
         self, request: pb.GetClassifierRequest, context: grpc.ServicerContext
     ) -> pb.ClassifierInfo:
-        return classifier_info(self.store.classifiers.get(request.name, request.version or None))
+        stored = self.store.classifiers.get(request.name, request.version or None)
+        return classifier_info_to_proto(stored)
 
     def ListClassifiers(
         self, request: pb.ListClassifiersRequest, context: grpc.ServicerContext
     ) -> pb.ListClassifiersResponse:
         return pb.ListClassifiersResponse(
-            classifiers=[classifier_info(c) for c in self.store.classifiers.list()]
+            classifiers=[classifier_info_to_proto(c) for c in self.store.classifiers.list()]
         )
 
     def DeleteClassifier(
@@ -345,38 +258,14 @@ class ClassifierServicer(_Face, pb_grpc.ClassifierServiceServicer):
         self, request: pb.ClassifyRequest, context: grpc.ServicerContext
     ) -> pb.ClassifyResponse:
         stored, classifier = self.classifiers.get(request.name, request.version or None)
-        if stored.model_sha256 and stored.model_sha256 != self.model.sha256:
-            raise InvalidInputError(
-                f"classifier {stored.name!r} v{stored.version} was fitted on model "
-                f"{stored.model_sha256[:12]}…, not on the served {self.model.name!r}"
-            )
         records = self._records(request.sequences, 0)
-        job = self.batcher.submit(
-            records,
-            pooling=str(classifier.info.get("pooling", "mean")),
-            layer=classifier.layer,
-            deadline=_deadline(context),
+        top_k = request.top_k or 3  # classify_records lists the 3 most probable: trimmed to top_k
+        if top_k < 1:
+            raise InvalidInputError(f"top_k must be at least 1, got {top_k}")
+        decided = self._on_worker(
+            lambda: fewshot.classify_records(classifier, records, self.model), context
         )
-        context.add_callback(job.cancel)
-        results = _wait(job, job.deadline)
-        predictions: list[pb.Prediction] = []
-        if results:
-            vectors = np.stack([r.embedding.vector for r in results])
-            decided = classifier.predict(vectors, [r.id for r in records], top_k=request.top_k or 3)
-            for decision in decided:
-                abstained = decision.status == "unknown"
-                predictions.append(
-                    pb.Prediction(
-                        id=decision.id,
-                        top=[
-                            pb.LabelScore(label=label, probability=probability)
-                            for label, probability in decision.top
-                        ],
-                        abstained=abstained,
-                        label="" if abstained else decision.label,
-                        probability=decision.probability,
-                        status=decision.status,
-                        nearest_similarity=decision.nearest_similarity,
-                    )
-                )
-        return pb.ClassifyResponse(predictions=predictions, classifier=classifier_info(stored))
+        return pb.ClassifyResponse(
+            predictions=[prediction_to_proto(replace(d, top=d.top[:top_k])) for d in decided],
+            classifier=classifier_info_to_proto(stored),
+        )

@@ -21,20 +21,33 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
+from typing import Protocol
 
 import torch
 
 from protssl.errors import InvalidInputError, ProtsslError
 from protssl.store import Store
-from service.config import ServiceConfig
-from service.server import SIGNAL_POLL_S, serve_process, stop_on_signals, store_config
+from service.config import ServiceConfig, store_config
+from service.shutdown import SIGNAL_POLL_S, stop_on_signals
 
-__all__ = ["supervise"]
+__all__ = ["ServeProcess", "supervise"]
 
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 600.0
 """How long the children get to load the model, warm up and bind."""
+
+
+class ServeProcess(Protocol):
+    """What each child runs (`service.server.serve_process`): one server on the shared port."""
+
+    def __call__(
+        self,
+        config: ServiceConfig,
+        *,
+        reuse_port: bool,
+        on_ready: Callable[[int, int | None], None] | None,
+    ) -> int: ...
 
 
 @contextlib.contextmanager
@@ -66,6 +79,7 @@ def child_config(config: ServiceConfig, index: int, port: int) -> ServiceConfig:
 
 
 def _child(
+    serve_process: ServeProcess,
     config: ServiceConfig,
     index: int,
     threads: int,
@@ -100,8 +114,11 @@ def _stop_when_orphaned(parent: int) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def supervise(config: ServiceConfig) -> int:
-    """Run `config.processes` server processes on one port until SIGTERM or SIGINT; the exit code."""
+def supervise(config: ServiceConfig, serve_process: ServeProcess) -> int:
+    """Run `config.processes` server processes on one port until SIGTERM or SIGINT; the exit code.
+
+    Each child runs `serve_process` (a module-level function: spawn sends it by name).
+    """
     n = config.processes
     threads = max(1, (os.cpu_count() or 1) // n)
     with reserved_port(config.host, config.port) as port:
@@ -113,7 +130,7 @@ def supervise(config: ServiceConfig) -> int:
         children = [
             context.Process(
                 target=_child,
-                args=(child_config(config, i, port), i, threads, level, ready),
+                args=(serve_process, child_config(config, i, port), i, threads, level, ready),
                 name=f"protssl-server-{i}",
             )
             for i in range(n)

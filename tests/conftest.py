@@ -11,9 +11,14 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from sqlalchemy import create_engine, make_url, text
+
+if TYPE_CHECKING:
+    from protssl.checkpoint import LoadedModel
+    from protssl.fasta import ProteinRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("PROTSSL_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -138,3 +143,31 @@ def store_url(request: pytest.FixtureRequest) -> str:
     """Each store test runs on a real SQLite file and on the real PostgreSQL."""
     name = "sqlite_url" if request.param == "sqlite" else "postgres_url"
     return str(request.getfixturevalue(name))
+
+
+# --- the service: a small model with the default 1,022-residue window, and real records ---
+
+
+@pytest.fixture(scope="session")
+def service_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer random-weight model folder for the service tests (`service_support.TINY`)."""
+    from service_support import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("service-model"))
+
+
+@pytest.fixture(scope="session")
+def service_model(service_model_dir: Path) -> LoadedModel:
+    from service_support import load_tiny
+
+    return load_tiny(service_model_dir)
+
+
+@pytest.fixture(scope="session")
+def service_records(sample_fasta: Path) -> list[ProteinRecord]:
+    """Real proteins, one past the service model's 1,022-residue window (so it is windowed)."""
+    from service_support import real_records
+
+    short = real_records(sample_fasta, 7, max_length=600)
+    long = next(r for r in real_records(sample_fasta, 200) if 1100 < len(r) < 2500)
+    return [*short, long]

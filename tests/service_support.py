@@ -8,12 +8,16 @@ import re
 import selectors
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import grpc
+import numpy as np
+import pytest
 from prometheus_client import CollectorRegistry
 
+from protssl._proto import protssl_pb2 as pb
 from protssl.checkpoint import LoadedModel, load_model, save_model
 from protssl.fasta import ProteinRecord, read_fasta
 from protssl.model import ModelConfig, ProteinEncoder, init_weights
@@ -89,3 +93,39 @@ def wait_for_line(
                 if match:
                     return match, lines
     raise AssertionError(f"no line matching {pattern!r} within {timeout:.0f} s:\n{''.join(lines)}")
+
+
+def request_for(records: list[ProteinRecord], **options: object) -> pb.EmbedRequest:
+    return pb.EmbedRequest(
+        sequences=[pb.Sequence(id=r.id, sequence=r.sequence) for r in records],
+        options=pb.EmbedOptions(**options),  # type: ignore[arg-type]
+    )
+
+
+def vectors(response: pb.EmbedResponse, dtype: str = "<f4") -> dict[str, np.ndarray]:
+    out = {}
+    for e in response.embeddings:
+        v = np.frombuffer(e.vector, dtype=dtype).astype(np.float32)
+        out[e.id] = v.reshape(e.length, e.dim) if e.provenance.pooling == "per-residue" else v
+    return out
+
+
+def rpc_error(call: object, *args: object, **kwargs: object) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        call(*args, **kwargs)  # type: ignore[operator]
+    return info.value
+
+
+def big_request(n: int = 16, length: int = 1000) -> pb.EmbedRequest:
+    rng = np.random.default_rng(0)
+    letters = np.array(list("ACDEFGHIKLMNPQRSTVWY"))
+    return pb.EmbedRequest(
+        sequences=[pb.Sequence(sequence="".join(rng.choice(letters, length))) for _ in range(n)]
+    )
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.005)

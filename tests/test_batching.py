@@ -6,7 +6,16 @@ from pathlib import Path
 import pytest
 
 from protssl.alphabet import ALPHABET
-from protssl.batching import WindowPolicy, plan_windows, read_ahead, token_batches
+from protssl.batching import (
+    Footprint,
+    WindowPolicy,
+    footprint,
+    pack_around,
+    padded_tokens,
+    plan_windows,
+    read_ahead,
+    token_batches,
+)
 from protssl.errors import InvalidInputError, SequenceTooLongError
 from protssl.fasta import read_fasta
 
@@ -68,3 +77,40 @@ def test_read_ahead_groups_keep_order_and_close_at_the_residue_budget(
         assert held >= budget and held - len(group[-1].sequence) < budget
     assert len(groups) > 2
     assert list(read_ahead([], budget)) == []
+
+
+def test_padded_tokens_and_footprints_count_bos_eos_and_windows() -> None:
+    assert padded_tokens(3, 102) == 306
+    assert footprint(100, 1022, 256) == Footprint(rows=1, width=102)
+    long = footprint(2000, 1022, 256)
+    assert long == Footprint(rows=len(plan_windows(2000, 1022, 256)), width=1024)
+    assert long.rows == 3 and long.tokens == 3 * 1024
+
+
+def test_pack_around_takes_the_nearest_widths_first_within_budget_and_fill() -> None:
+    anchor = Footprint(rows=1, width=100)
+    pool = [Footprint(1, 40), Footprint(1, 98), Footprint(1, 130), Footprint(1, 101)]
+    # nearest first: 101 and 98 join; then 130 (429 real of 520) and 40 (339 of 404) fall under 85%
+    assert pack_around(anchor, pool, max_tokens=4096, min_fill=0.85) == [3, 1]
+    # with no fill floor everything fits 5 x 130 = 650 tokens, in order of distance
+    assert pack_around(anchor, pool, max_tokens=4096, min_fill=0.0) == [3, 1, 2, 0]
+    # a budget of 3 rows at width 101: the third-nearest (130) would break it, 40 still fits
+    assert pack_around(anchor, pool, max_tokens=404, min_fill=0.0) == [3, 1, 0]
+
+
+def test_pack_around_passes_over_what_does_not_fit_and_keeps_a_lone_long_anchor() -> None:
+    windowed = Footprint(rows=3, width=1024)
+    pool = [Footprint(1, 1024), Footprint(1, 50)]
+    assert pack_around(windowed, pool, max_tokens=4096, min_fill=0.0) == [0]
+    too_long = Footprint(rows=6, width=1024)  # alone past the budget: it runs, nothing joins
+    assert pack_around(too_long, [Footprint(1, 10)], max_tokens=4096, min_fill=0.0) == []
+    assert pack_around(Footprint(1, 10), [], max_tokens=4096, min_fill=0.85) == []
+
+
+def test_token_batches_pack_by_the_same_cost() -> None:
+    sequences = ["M" * n for n in (60, 58, 30, 29, 10)]
+    batches = list(
+        token_batches(sequences, max_tokens=130, window_residues=62, policy=WindowPolicy())
+    )
+    assert [[w.item for w in b.windows] for b in batches] == [[0, 1], [2, 3, 4]]
+    assert all(padded_tokens(*b.tokens.shape) <= 130 for b in batches)

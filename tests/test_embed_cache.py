@@ -1,4 +1,4 @@
-"""`embed_records` through the store's cache: a second run over the same FASTA runs no forward."""
+"""`embed_records` and `embed_batch` through the store's cache: what is cached runs no forward."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from protssl.batching import WindowPolicy
 from protssl.checkpoint import LoadedModel, load_model
-from protssl.embed import CacheStats, EmbedConfig, Embedding, embed_records
+from protssl.embed import CacheStats, EmbedConfig, Embedding, embed_batch, embed_records
 from protssl.fasta import ProteinRecord, read_fasta
 from protssl.store import Store, StoreConfig
 
@@ -130,3 +130,31 @@ def test_float16_cache_gives_the_same_bits_on_both_runs(
     for record_id, embedding in first.items():
         assert embedding.vector.tobytes() == second[record_id].vector.tobytes()
         assert np.array_equal(embedding.vector, embedding.vector.astype(np.float16))
+
+
+def test_embed_batch_runs_the_given_batch_and_says_which_came_from_the_cache(
+    records: list[ProteinRecord], model: LoadedModel, store: Store
+) -> None:
+    """Results by position, so repeated ids are fine; one forward for a batch within budget."""
+    chosen = records[:6]  # some windowed: still one forward, 64 rows of 64 tokens at most
+    batch = [*chosen, ProteinRecord(chosen[0].id, chosen[1].sequence)]  # an id seen twice
+    config = EmbedConfig(window=WINDOW)
+    forwards = _Forwards(model)
+    try:
+        first = dict(embed_batch(batch[:3], model, config, cache=store.embeddings))
+        assert forwards.calls == 1
+        outcomes = dict(embed_batch(batch, model, config, cache=store.embeddings))
+    finally:
+        forwards.close()
+    assert sorted(outcomes) == list(range(len(batch)))
+    cached = [outcomes[i].cached for i in range(len(batch))]
+    assert cached == [True, True, True, False, False, False, True]
+    for index, record in enumerate(batch):
+        embedding = outcomes[index].embedding
+        assert (embedding.id, embedding.length) == (record.id, len(record))
+    for index in range(3):
+        assert outcomes[index].embedding.vector.tobytes() == first[index].embedding.vector.tobytes()
+    assert outcomes[6].embedding.vector.tobytes() == first[1].embedding.vector.tobytes()
+    alone = {e.id: e.vector for e in embed_records(chosen, model, config)}
+    for index, record in enumerate(chosen):
+        np.testing.assert_allclose(outcomes[index].embedding.vector, alone[record.id], atol=1e-6)

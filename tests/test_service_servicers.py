@@ -1,0 +1,322 @@
+"""The servicers through a real server on a loopback port: embeddings, streams, limits, the cache,
+classifiers; each answer equals the library's in-process one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from service_support import (
+    big_request,
+    real_records,
+    request_for,
+    rpc_error,
+    running_server,
+    vectors,
+)
+
+from protssl import fewshot
+from protssl._proto import protssl_pb2 as pb
+from protssl._proto import protssl_pb2_grpc as pb_grpc
+from protssl.checkpoint import LoadedModel
+from protssl.embed import EmbedConfig, embed_records
+from protssl.fasta import ProteinRecord, read_fasta
+from protssl.store import Store, StoreConfig
+
+pytestmark = pytest.mark.service
+
+
+LIMITS = {"max_sequences": 16, "max_residues": 20_000, "max_sequence_length": 5_000}
+
+
+@pytest.fixture(scope="module")
+def service_db_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('store') / 'service.sqlite3'}"
+
+
+@pytest.fixture(scope="module")
+def server(service_model: LoadedModel, service_db_url: str) -> Iterator[tuple[object, str, object]]:
+    """A server with a real SQLite store (cache + classifiers) and tight request limits."""
+    with running_server(
+        service_model, store=True, database_url=service_db_url, **LIMITS
+    ) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def channel(server: tuple[object, str, object]) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(server[1]) as ch:
+        yield ch
+
+
+@pytest.fixture(scope="module")
+def stub(channel: grpc.Channel) -> pb_grpc.EmbeddingServiceStub:
+    return pb_grpc.EmbeddingServiceStub(channel)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "bos", "per-residue"])
+def test_embed_equals_in_process_embed_records_then_hits_the_cache(
+    stub, service_model, service_records, pooling
+):
+    enum = {"mean": pb.POOLING_MEAN, "bos": pb.POOLING_BOS, "per-residue": pb.POOLING_PER_RESIDUE}
+    request = request_for(service_records, pooling=enum[pooling])
+    response = stub.Embed(request, timeout=60)
+    got = vectors(response)
+    expected = {
+        e.id: e for e in embed_records(service_records, service_model, EmbedConfig(pooling=pooling))
+    }
+    assert [e.id for e in response.embeddings] == [r.id for r in service_records]
+    for message in response.embeddings:
+        want = expected[message.id]
+        np.testing.assert_allclose(got[message.id], want.vector, rtol=1e-4, atol=1e-5)
+        assert (
+            message.length == want.length and message.dim == service_model.encoder.config.embed_dim
+        )
+        assert not message.cached
+        assert message.provenance.model_sha256 == service_model.sha256
+        assert message.provenance.pooling == pooling
+        assert message.provenance.windowed == want.provenance.windowed
+    assert response.embeddings[-1].provenance.windowed  # the long record was windowed, not cut
+    again = stub.Embed(request, timeout=60)
+    assert all(e.cached for e in again.embeddings)
+    assert [e.vector for e in again.embeddings] == [e.vector for e in response.embeddings]
+    assert [e.provenance for e in again.embeddings] == [e.provenance for e in response.embeddings]
+
+
+def test_float16_wire_and_layer(stub, service_model, service_records):
+    response = stub.Embed(
+        request_for(service_records[:3], dtype=pb.VECTOR_DTYPE_FLOAT16, layer=1), timeout=60
+    )
+    expected = {
+        e.id: e.vector
+        for e in embed_records(service_records[:3], service_model, EmbedConfig(layer=1))
+    }
+    assert all(
+        e.dtype == pb.VECTOR_DTYPE_FLOAT16 and e.provenance.layer == 1 for e in response.embeddings
+    )
+    for key, value in vectors(response, "<f2").items():
+        np.testing.assert_allclose(value, expected[key], rtol=2e-3, atol=2e-3)
+
+
+def test_stream_sends_embeddings_and_progress(stub, service_records):
+    chunks = [service_records[:3], service_records[3:6], service_records[6:]]
+    messages = [
+        pb.EmbedStreamRequest(
+            sequences=[pb.Sequence(id=r.id, sequence=r.sequence) for r in chunk],
+            options=pb.EmbedOptions(pooling=pb.POOLING_MEAN) if i == 0 else None,
+        )
+        for i, chunk in enumerate(chunks)
+    ]
+    replies = list(stub.EmbedStream(iter(messages), timeout=60))
+    streamed = {m.embedding.id: m.embedding for m in replies if m.HasField("embedding")}
+    progress = [m.progress for m in replies if m.HasField("progress")]
+    assert set(streamed) == {r.id for r in service_records}
+    assert len(progress) == 3
+    assert progress[-1].records_done == len(service_records) == progress[-1].records_received
+    assert progress[-1].residues_done == sum(len(r) for r in service_records)
+    unary = vectors(stub.Embed(request_for(service_records), timeout=60))
+    for key, message in streamed.items():
+        np.testing.assert_allclose(np.frombuffer(message.vector, "<f4"), unary[key], atol=1e-5)
+
+
+def test_stream_rejects_an_id_repeated_across_messages(stub, service_records):
+    message = pb.EmbedStreamRequest(
+        sequences=[pb.Sequence(id="x", sequence=service_records[0].sequence)]
+    )
+    error = rpc_error(lambda: list(stub.EmbedStream(iter([message, message]), timeout=30)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'x'" in error.details() and "duplicate" in error.details()
+
+
+def test_list_models(stub, service_model):
+    (info,) = stub.ListModels(pb.ListModelsRequest(), timeout=10).models
+    assert (info.name, info.sha256, info.embed_dim) == (
+        service_model.name,
+        service_model.sha256,
+        64,
+    )
+    assert info.is_default and info.max_residues == 1022
+
+
+def test_invalid_residue_names_index_id_and_position(stub, service_records):
+    request = request_for(service_records[:1])
+    request.sequences.add(id="bad", sequence="MKT-AYIAK")
+    error = rpc_error(stub.Embed, request, timeout=10)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'bad'" in error.details() and "#2" in error.details()
+    assert "position 4" in error.details() and "'-'" in error.details()
+    trailers = dict(error.trailing_metadata())
+    assert trailers["protssl-record-id"] == "bad" and trailers["protssl-position"] == "4"
+
+
+@pytest.mark.parametrize(
+    ("sequences", "needle"),
+    [
+        (["MKV"] * 17, "limit is 16 (max_sequences)"),
+        (["M" * 4000] * 6, "limit is 20000 (max_residues)"),
+        (["MKV", "M" * 5001], "'seq1' (#2) has 5001 residues; the limit is 5000"),
+    ],
+)
+def test_limits_are_invalid_argument_naming_the_limit(stub, sequences, needle):
+    request = pb.EmbedRequest(sequences=[pb.Sequence(sequence=s) for s in sequences])
+    error = rpc_error(stub.Embed, request, timeout=10)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert needle in error.details()
+
+
+def test_cache_hits_and_misses_mix_in_one_request(server, stub, service_model, sample_fasta):
+    fresh = real_records(sample_fasta, 60, max_length=300)[-4:]
+    first = stub.Embed(request_for(fresh[:2]), timeout=30)
+    mixed = stub.Embed(request_for(fresh), timeout=30)
+    assert [e.cached for e in mixed.embeddings] == [True, True, False, False]
+    assert mixed.embeddings[0].vector == first.embeddings[0].vector
+    registry = server[2]
+    assert registry.get_sample_value("protssl_embeddings_total", {"source": "cached"}) >= 2
+    assert 0 < registry.get_sample_value("protssl_cache_hit_ratio") < 1
+
+
+def test_cache_through_on_sqlite_and_postgresql(service_model, service_records, store_url):
+    with (
+        running_server(service_model, store=True, database_url=store_url) as (
+            _,
+            address,
+            _registry,
+        ),
+        grpc.insecure_channel(address) as ch,
+    ):
+        stub = pb_grpc.EmbeddingServiceStub(ch)
+        first = stub.Embed(request_for(service_records[:4]), timeout=60)
+        again = stub.Embed(request_for(service_records[:4]), timeout=60)
+    assert not any(e.cached for e in first.embeddings) and all(e.cached for e in again.embeddings)
+    assert [e.vector for e in again.embeddings] == [e.vector for e in first.embeddings]
+
+
+def test_per_residue_past_the_message_size_is_refused_up_front(service_model):
+    with (
+        running_server(service_model, max_message_mb=1) as (_, address, registry),
+        grpc.insecure_channel(address) as ch,
+    ):
+        request = big_request(8, 1000)  # 8,000 x 64 float32 = 2 MiB of per-residue vectors
+        request.options.pooling = pb.POOLING_PER_RESIDUE
+        error = rpc_error(pb_grpc.EmbeddingServiceStub(ch).Embed, request, timeout=30)
+        assert registry.get_sample_value("protssl_forward_tokens_count") == 0  # nothing ran
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "max_message_mb" in error.details() and "EmbedStream" in error.details()
+
+
+def test_unknown_enum_values_are_invalid_argument(stub, service_records):
+    error = rpc_error(stub.Embed, request_for(service_records[:1], pooling=9), timeout=10)
+    assert (
+        error.code() == grpc.StatusCode.INVALID_ARGUMENT and "unknown pooling 9" in error.details()
+    )
+    error = rpc_error(stub.Embed, request_for(service_records[:1], dtype=7), timeout=10)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "vector dtype 7" in error.details()
+
+
+def test_unknown_model_and_layer(stub, service_records):
+    error = rpc_error(stub.Embed, request_for(service_records[:1], model="esm2-650m"), timeout=10)
+    assert error.code() == grpc.StatusCode.NOT_FOUND and "tiny-test" in error.details()
+    error = rpc_error(stub.Embed, request_for(service_records[:1], layer=9), timeout=10)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "layer 9" in error.details()
+
+
+@pytest.fixture(scope="module")
+def pfam(shared_file: Callable[..., Path]) -> dict[str, list[ProteinRecord]]:
+    """Real Pfam seed domains by family (label=...)."""
+    by_family: dict[str, list[ProteinRecord]] = {}
+    for record in read_fasta(shared_file("families/pfam_seed_small.fasta")):
+        by_family.setdefault(record.labels[0], []).append(record)
+    return by_family
+
+
+def test_classifier_lifecycle_and_classify_equals_in_process(
+    channel, service_model, pfam, service_db_url
+):
+    classifiers = pb_grpc.ClassifierServiceStub(channel)
+    families = ["fn3", "RRM_1", "Pkinase"]
+    support = [r for f in families for r in pfam[f][:4]]
+    queries = [r for f in families for r in pfam[f][4:6]]
+
+    def examples(service_records: list[ProteinRecord]) -> list[pb.LabelledSequence]:
+        return [
+            pb.LabelledSequence(id=r.id, sequence=r.sequence, labels=r.labels)
+            for r in service_records
+        ]
+
+    created = classifiers.CreateClassifier(
+        pb.CreateClassifierRequest(name="families", examples=examples(support[:9])), timeout=120
+    )
+    assert (created.name, created.version, created.examples) == ("families", 1, 9)
+    assert sorted(created.labels) == sorted(families)
+    assert created.model_sha256 == service_model.sha256
+    assert created.metrics.held_out == "leave-one-out" and created.metrics.examples == 9
+    added = classifiers.AddExamples(
+        pb.AddExamplesRequest(name="families", examples=examples(support[9:])), timeout=120
+    )
+    assert (added.version, added.examples) == (2, 12)
+    assert (
+        classifiers.GetClassifier(pb.GetClassifierRequest(name="families", version=1)).version == 1
+    )
+    listed = classifiers.ListClassifiers(pb.ListClassifiersRequest(), timeout=10).classifiers
+    assert [(c.name, c.version) for c in listed] == [("families", 2)]
+
+    reply = classifiers.Classify(
+        pb.ClassifyRequest(
+            name="families",
+            sequences=[pb.Sequence(id=r.id, sequence=r.sequence) for r in queries],
+            top_k=2,
+        ),
+        timeout=60,
+    )
+    assert reply.classifier.version == 2
+    with Store(StoreConfig(url=service_db_url)) as store:
+        classifier, _ = fewshot.load_classifier(store, "families")
+    expected = fewshot.classify_records(classifier, queries, service_model)
+    assert [p.id for p in reply.predictions] == [r.id for r in queries]
+    for got, want in zip(reply.predictions, expected, strict=True):
+        assert got.status == want.status
+        assert got.abstained == (want.status == "unknown")
+        assert got.label == ("" if got.abstained else want.label)
+        assert got.top[0].label == want.top_label
+        assert got.top[0].probability == pytest.approx(want.top_probability, abs=1e-4)
+        assert [t.label for t in got.top] == [label for label, _ in want.top[:2]]
+        assert [t.probability for t in got.top] == pytest.approx(
+            [p for _, p in want.top[:2]], abs=1e-4
+        )
+    error = rpc_error(
+        classifiers.Classify,
+        pb.ClassifyRequest(name="families", sequences=[pb.Sequence(sequence="MKV")], top_k=-1),
+        timeout=60,
+    )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "top_k" in error.details()
+
+    classifiers.DeleteClassifier(pb.DeleteClassifierRequest(name="families"), timeout=10)
+    for call, request in (
+        (classifiers.GetClassifier, pb.GetClassifierRequest(name="families")),
+        (
+            classifiers.Classify,
+            pb.ClassifyRequest(name="families", sequences=[pb.Sequence(sequence="MKV")]),
+        ),
+        (
+            classifiers.AddExamples,
+            pb.AddExamplesRequest(name="families", examples=examples(support[:1])),
+        ),
+    ):
+        error = rpc_error(call, request, timeout=10)
+        assert error.code() == grpc.StatusCode.NOT_FOUND and "'families'" in error.details()
+
+
+def test_classifier_errors_are_invalid_argument(channel, pfam):
+    classifiers = pb_grpc.ClassifierServiceStub(channel)
+    one_class = [
+        pb.LabelledSequence(id=r.id, sequence=r.sequence, labels=r.labels) for r in pfam["fn3"][:4]
+    ]
+    error = rpc_error(
+        classifiers.CreateClassifier,
+        pb.CreateClassifierRequest(name="bad", examples=one_class),
+        timeout=60,
+    )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "2 classes" in error.details()
