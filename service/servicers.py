@@ -9,7 +9,6 @@ import collections
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import CancelledError, Future, TimeoutError
-from dataclasses import replace
 from typing import Any, TypeVar
 
 import grpc
@@ -203,7 +202,7 @@ class EmbeddingServicer(_Face, pb_grpc.EmbeddingServiceServicer):
 
 
 class ClassifierServicer(_Face, pb_grpc.ClassifierServiceServicer):
-    """Few-shot classifiers in the store; fitting and classifying run on the model worker."""
+    """Few-shot classifiers in the store; fitting runs on the model worker, queries through the batcher."""
 
     def __init__(
         self, model: LoadedModel, batcher: EmbeddingBatcher, config: ServiceConfig, store: Store
@@ -258,14 +257,25 @@ class ClassifierServicer(_Face, pb_grpc.ClassifierServiceServicer):
         self, request: pb.ClassifyRequest, context: grpc.ServicerContext
     ) -> pb.ClassifyResponse:
         stored, classifier = self.classifiers.get(request.name, request.version or None)
+        if stored.model_sha256 and stored.model_sha256 != self.model.sha256:
+            raise InvalidInputError(
+                f"classifier {stored.name!r} v{stored.version} was fitted on model "
+                f"{stored.model_sha256[:12]}…, not on the served {self.model.name!r}"
+            )
         records = self._records(request.sequences, 0)
-        top_k = request.top_k or 3  # classify_records lists the 3 most probable: trimmed to top_k
-        if top_k < 1:
-            raise InvalidInputError(f"top_k must be at least 1, got {top_k}")
-        decided = self._on_worker(
-            lambda: fewshot.classify_records(classifier, records, self.model), context
+        pending = self.batcher.submit(
+            records,
+            pooling=str(classifier.info.get("pooling", "mean")),
+            layer=classifier.layer,
+            deadline=_deadline(context),
         )
+        context.add_callback(pending.cancel)
+        results = _wait(pending)
+        predictions: list[pb.Prediction] = []
+        if results:
+            vectors = np.stack([r.embedding.vector for r in results])
+            decided = classifier.predict(vectors, [r.id for r in records], top_k=request.top_k or 3)
+            predictions = [prediction_to_proto(d) for d in decided]
         return pb.ClassifyResponse(
-            predictions=[prediction_to_proto(replace(d, top=d.top[:top_k])) for d in decided],
-            classifier=classifier_info_to_proto(stored),
+            predictions=predictions, classifier=classifier_info_to_proto(stored)
         )
