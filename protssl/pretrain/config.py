@@ -136,6 +136,7 @@ class PretrainConfig:
 
     @property
     def model_config(self) -> ModelConfig:
+        """The model shape `preset` names."""
         return PRESETS[self.preset]
 
     def to_dict(self) -> dict[str, Any]:

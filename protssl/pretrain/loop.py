@@ -81,8 +81,8 @@ def pretrain(
     Denormal floats are flushed to zero while it runs: a trained model's backward pass and
     optimizer produce some, and x86 CPUs compute them in slow microcode (continuing the shipped
     model ran at half the speed of a fresh one). Threads started earlier keep their own setting.
-    Every process-wide setting it changes (signal handlers, the denormal flush, the current CUDA
-    device) is put back as it found it on return.
+    The signal handlers, the denormal flush and the current CUDA device it sets are put back as
+    found on return; a resumed run takes torch's RNG state from its checkpoint.
     """
     place = _placement(config, local_rank)
     with _denormals_flushed(), _current_cuda_device(place.device):
@@ -159,54 +159,25 @@ class _Run:
         self.accum = max(1, round(config.tokens_per_step / micro_tokens))
         """Micro-batches each rank accumulates per optimizer step."""
 
-        if resume:  # weights and the parent's record come from the checkpoint
-            self.encoder, parent = ProteinEncoder(config.model_config), None
-        else:
-            self.encoder, parent = initial_encoder(config)
-        self.encoder.to(place.device)
-        self.optimizer = torch.optim.AdamW(
-            _param_groups(self.encoder, config.weight_decay),
-            lr=config.lr,
-            betas=config.betas,
-            fused=place.device.type == "cuda",
+        self.encoder, self.optimizer, self.progress = _start(
+            config, place, self.checkpoint_path, resume=resume, command=command
         )
-        if resume:
-            self.progress = resume_from(
-                self.checkpoint_path,
-                config,
-                encoder=self.encoder,
-                optimizer=self.optimizer,
-                command=command,
-            )
-            log.info(
-                "resumed from %s at step %d (%d tokens)",
-                self.checkpoint_path,
-                self.progress.step,
-                self.progress.tokens_seen,
-            )
-        else:
-            self.progress = RunProgress(command=command, init_from=parent)
-        self.model: torch.nn.Module = self.encoder
-        if place.world > 1:
-            self.model = torch.nn.parallel.DistributedDataParallel(
-                self.encoder,
-                device_ids=[place.device.index] if place.device.type == "cuda" else None,
-            )
+        self.model = _distributed(self.encoder, place)
         self.model.train()
 
-        self.log: RunLog | None = None
         self.unigram = float("nan")
         self.probe: FunctionProbe | None = None
         self.probe_scores: dict[str, Any] | None = None
+        self.log: RunLog | None = None
         if place.leader:
-            self.log = RunLog(
+            self.unigram = unigram_perplexity(self.corpus.train, self.corpus.val)
+            if config.probe_fasta is not None:
+                self.probe = FunctionProbe.from_fasta(config.probe_fasta)
+            self.log = RunLog(  # last: nothing after it can fail and leave its events open
                 config.run_dir,
                 resume_step=self.progress.step if resume else None,
                 tensorboard=config.tensorboard,
             )
-            self.unigram = unigram_perplexity(self.corpus.train, self.corpus.val)
-            if config.probe_fasta is not None:
-                self.probe = FunctionProbe.from_fasta(config.probe_fasta)
             log.info(
                 "%d train / %d val records; %s on %s (%s); %d micro-batch(es) of %d tokens per "
                 "step x %d rank(s); unigram val perplexity %.2f",
@@ -408,6 +379,50 @@ class _Run:
             model_dir=model_dir,
             losses=tuple(losses),
         )
+
+
+def _start(
+    config: PretrainConfig,
+    place: _Placement,
+    checkpoint_path: Path,
+    *,
+    resume: bool,
+    command: str | None,
+) -> tuple[ProteinEncoder, torch.optim.Optimizer, RunProgress]:
+    """The encoder on its device, its AdamW and the run's progress: a new run (random or
+    `init_from` weights) or the one in the checkpoint."""
+    if resume:  # weights and the parent's record come from the checkpoint
+        encoder, parent = ProteinEncoder(config.model_config), None
+    else:
+        encoder, parent = initial_encoder(config)
+    encoder.to(place.device)
+    optimizer = torch.optim.AdamW(
+        _param_groups(encoder, config.weight_decay),
+        lr=config.lr,
+        betas=config.betas,
+        fused=place.device.type == "cuda",
+    )
+    if not resume:
+        return encoder, optimizer, RunProgress(command=command, init_from=parent)
+    progress = resume_from(
+        checkpoint_path, config, encoder=encoder, optimizer=optimizer, command=command
+    )
+    log.info(
+        "resumed from %s at step %d (%d tokens)",
+        checkpoint_path,
+        progress.step,
+        progress.tokens_seen,
+    )
+    return encoder, optimizer, progress
+
+
+def _distributed(encoder: ProteinEncoder, place: _Placement) -> torch.nn.Module:
+    """`encoder` in DistributedDataParallel over several ranks; itself on one."""
+    if place.world == 1:
+        return encoder
+    return torch.nn.parallel.DistributedDataParallel(
+        encoder, device_ids=[place.device.index] if place.device.type == "cuda" else None
+    )
 
 
 def _param_groups(encoder: ProteinEncoder, weight_decay: float) -> list[dict[str, Any]]:
