@@ -33,7 +33,8 @@ from protssl.evaluation import composition_features, nn1_hits
 from protssl.fasta import FastaPolicy, ProteinRecord, read_fasta
 from protssl.info import describe
 from protssl.model import ProteinEncoder
-from protssl.pretrain import layer_embeddings, load_corpus, masked_lm_loss, unigram_perplexity
+from protssl.pretrain.data import load_corpus
+from protssl.pretrain.probe import layer_embeddings, masked_lm_loss, unigram_perplexity
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

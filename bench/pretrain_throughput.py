@@ -30,7 +30,7 @@ from protssl.checkpoint import fair_esm_state_dict
 from protssl.fasta import read_fasta
 from protssl.info import describe
 from protssl.model import PRESETS, ProteinEncoder, init_weights, resolve_dtype
-from protssl.pretrain import mask_tokens, mlm_loss_sum
+from protssl.pretrain.objective import mask_tokens, mlm_loss_sum
 
 DEFAULT_FASTA = (
     Path(__file__).resolve().parents[2] / "shared/data/pretrain/pretrain_corpus_sample2k.fasta"

@@ -160,6 +160,7 @@ def _pretrain(args: argparse.Namespace) -> int:
         command=args.command_line or _command_line(),
         stop_after=args.stop_after,
         progress=not args.no_progress,
+        local_rank=int(os.environ["LOCAL_RANK"]) if "LOCAL_RANK" in os.environ else None,
     )
     if result.model_dir is not None:
         log.info("model written to %s", result.model_dir)

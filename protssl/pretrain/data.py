@@ -1,0 +1,175 @@
+"""The training data: a held-out split by record id, optional clusters, random crops, the batch stream.
+
+Everything random is derived from the seed and the position in the run (epoch, pool, micro-batch),
+so the stream restarted from a checkpoint's `DataPosition` yields what an unbroken run would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from protssl.batching import WindowPolicy, token_batches
+from protssl.errors import InvalidInputError
+from protssl.fasta import FastaPolicy, read_fasta
+from protssl.pretrain.config import PretrainConfig
+
+__all__ = [
+    "DataPosition",
+    "TrainingCorpus",
+    "crop_sequence",
+    "is_validation_id",
+    "load_corpus",
+    "micro_batches",
+    "packed_tokens",
+    "validation_batches",
+]
+
+
+@dataclass(frozen=True)
+class DataPosition:
+    """Where the data stream stands: pass over the data, pool within it, micro-batch within it."""
+
+    epoch: int = 0
+    pool: int = 0
+    batch: int = 0
+
+
+@dataclass(frozen=True)
+class TrainingCorpus:
+    """Training and validation sequences, split by a hash of the record id."""
+
+    train_ids: tuple[str, ...]
+    train: tuple[str, ...]
+    val_ids: tuple[str, ...]
+    val: tuple[str, ...]
+    clusters: tuple[tuple[int, ...], ...] | None = None
+    """Indices into `train` grouped by cluster, when a cluster TSV was given."""
+
+
+def is_validation_id(record_id: str, fraction: float) -> bool:
+    """Deterministic held-out membership: the first 8 bytes of blake2b(id) below fraction x 2^64."""
+    digest = hashlib.blake2b(record_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") < fraction * 2**64
+
+
+def load_corpus(
+    path: Path, *, val_fraction: float, cluster_tsv: Path | None = None
+) -> TrainingCorpus:
+    """Read the FASTA (records with invalid characters or duplicate ids skipped) and split it."""
+    policy = FastaPolicy(on_invalid="skip", on_empty="skip", on_duplicate="skip")
+    train_ids: list[str] = []
+    train: list[str] = []
+    val_ids: list[str] = []
+    val: list[str] = []
+    for record in read_fasta(path, policy=policy):
+        if is_validation_id(record.id, val_fraction):
+            val_ids.append(record.id)
+            val.append(record.sequence)
+        else:
+            train_ids.append(record.id)
+            train.append(record.sequence)
+    if not train or not val:
+        raise InvalidInputError(
+            f"{path}: {len(train)} training and {len(val)} validation records; need both "
+            "(a bigger corpus or another val_fraction)"
+        )
+    clusters = _read_clusters(cluster_tsv, train_ids) if cluster_tsv is not None else None
+    return TrainingCorpus(tuple(train_ids), tuple(train), tuple(val_ids), tuple(val), clusters)
+
+
+def _read_clusters(path: Path, train_ids: Sequence[str]) -> tuple[tuple[int, ...], ...]:
+    """Training-record indices grouped by the representative column of a two-column TSV."""
+    index = {record_id: i for i, record_id in enumerate(train_ids)}
+    groups: dict[str, list[int]] = {}
+    with path.open() as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) != 2:
+                raise InvalidInputError(
+                    f"{path}: line {line_no} has {len(parts)} columns; expected representative<TAB>member"
+                )
+            member = index.get(parts[1])
+            if member is not None:
+                groups.setdefault(parts[0], []).append(member)
+    if not groups:
+        raise InvalidInputError(f"{path}: no cluster member is a training record of the corpus")
+    return tuple(tuple(members) for members in groups.values())
+
+
+def crop_sequence(sequence: str, length: int, rng: np.random.Generator) -> str:
+    """`sequence` if it fits in `length`, else a window of `length` at a uniformly random offset."""
+    if len(sequence) <= length:
+        return sequence
+    start = int(rng.integers(0, len(sequence) - length + 1))
+    return sequence[start : start + length]
+
+
+def packed_tokens(
+    sequences: Sequence[str],
+    *,
+    max_tokens: int,
+    window_residues: int,
+    policy: WindowPolicy | None = None,
+) -> list[torch.Tensor]:
+    """The (B, T) token tensors of `sequences` packed into token-budget batches, sorted by length."""
+    batches = token_batches(
+        sequences,
+        max_tokens=max_tokens,
+        window_residues=window_residues,
+        policy=policy or WindowPolicy(),
+    )
+    return [batch.tokens for batch in batches]
+
+
+def _pool_batches(
+    corpus: TrainingCorpus, config: PretrainConfig, epoch: int, pool: int
+) -> list[torch.Tensor] | None:
+    """Micro-batches of one pool (None past the end of the epoch), shuffled; deterministic."""
+    n = len(corpus.train)
+    pools_per_epoch = math.ceil(n / config.pool_sequences)
+    if pool >= pools_per_epoch:
+        return None
+    rng = np.random.default_rng([config.seed, epoch, pool])
+    if corpus.clusters is None:
+        order = np.random.default_rng([config.seed, epoch]).permutation(n)
+        chosen = order[pool * config.pool_sequences : (pool + 1) * config.pool_sequences]
+    else:
+        picks = rng.integers(0, len(corpus.clusters), size=config.pool_sequences)
+        chosen = np.array(
+            [corpus.clusters[c][int(rng.integers(0, len(corpus.clusters[c])))] for c in picks]
+        )
+    crops = [crop_sequence(corpus.train[i], config.crop_residues, rng) for i in chosen]
+    batches = packed_tokens(
+        crops, max_tokens=config.max_tokens, window_residues=config.crop_residues
+    )
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def micro_batches(
+    corpus: TrainingCorpus, config: PretrainConfig, start: DataPosition
+) -> Iterator[tuple[torch.Tensor, DataPosition]]:
+    """Endless stream of micro-batches from `start`, each with the position after it."""
+    epoch, pool, skip = start.epoch, start.pool, start.batch
+    while True:
+        batches = _pool_batches(corpus, config, epoch, pool)
+        if batches is None:
+            epoch, pool = epoch + 1, 0
+            continue
+        for index in range(skip, len(batches)):
+            yield batches[index], DataPosition(epoch, pool, index + 1)
+        pool, skip = pool + 1, 0
+
+
+def validation_batches(corpus: TrainingCorpus, config: PretrainConfig) -> list[torch.Tensor]:
+    """The fixed validation subset: head-cropped, packed, the same every time."""
+    subset = [s[: config.crop_residues] for s in corpus.val[: config.val_max_records]]
+    return packed_tokens(subset, max_tokens=config.max_tokens, window_residues=config.crop_residues)

@@ -1,0 +1,120 @@
+"""What a run reports as it goes: rows of log.csv, TensorBoard scalars, and the loss-curve plot."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from protssl.errors import InvalidInputError
+
+__all__ = ["LOG_FIELDS", "LOG_NAME", "PLOT_NAME", "RunLog", "plot_run"]
+
+LOG_NAME = "log.csv"
+PLOT_NAME = "loss_curve.png"
+LOG_FIELDS = (
+    "step",
+    "tokens",
+    "loss",
+    "val_loss",
+    "val_ppl",
+    "probe_nn1",
+    "probe_nn1_best",
+    "lr",
+    "tok_per_s",
+)
+
+
+class RunLog:
+    """Append-only log.csv of LOG_FIELDS, and TensorBoard events under run_dir/tb when asked.
+
+    On resume, the CSV rows after the checkpoint's step are dropped (they are trained again).
+    """
+
+    def __init__(self, run_dir: Path, *, resume_step: int | None, tensorboard: bool) -> None:
+        self.path = run_dir / LOG_NAME
+        rows: list[dict[str, str]] = []
+        if resume_step is not None and self.path.exists():
+            with self.path.open() as handle:
+                rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= resume_step]
+        with self.path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=LOG_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+        self._events = _tensorboard(run_dir) if tensorboard else None
+
+    def write(self, row: Mapping[str, object]) -> None:
+        """Append one CSV row (fields it lacks stay empty)."""
+        with self.path.open("a", newline="") as handle:
+            csv.DictWriter(handle, fieldnames=LOG_FIELDS).writerow(
+                {k: row.get(k, "") for k in LOG_FIELDS}
+            )
+
+    def scalars(self, step: int, values: Mapping[str, float]) -> None:
+        """TensorBoard scalars at `step` (nothing without TensorBoard)."""
+        if self._events is not None:
+            for tag, value in values.items():
+                self._events.add_scalar(tag, value, step)
+
+    def close(self) -> None:
+        """Flush and close the TensorBoard events."""
+        if self._events is not None:
+            self._events.close()
+
+
+def _tensorboard(run_dir: Path) -> Any:
+    """A TensorBoard SummaryWriter on run_dir/tb; a clear error without the package."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise InvalidInputError(
+            "--tensorboard needs the tensorboard package (pip install tensorboard)"
+        ) from None
+    return SummaryWriter(str(run_dir / "tb"))
+
+
+def plot_run(run_dir: str | Path) -> Path:
+    """Draw training loss, validation perplexity and any probe 1-NN against tokens seen into
+    run_dir/loss_curve.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    path = run_dir / LOG_NAME
+    if not path.is_file():
+        raise InvalidInputError(f"{run_dir}: no {LOG_NAME} there; is it a pretraining run folder?")
+    with path.open() as handle:
+        rows = list(csv.DictReader(handle))
+    tokens = [int(r["tokens"]) / 1e6 for r in rows if r["loss"]]
+    loss = [float(r["loss"]) for r in rows if r["loss"]]
+    val = [(int(r["tokens"]) / 1e6, float(r["val_ppl"])) for r in rows if r["val_ppl"]]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    ax.plot(tokens, [math.exp(v) for v in loss], color="0.6", lw=0.8, label="train ppl (masked)")
+    if val:
+        ax.plot(*zip(*val, strict=True), "o-", color="C0", ms=3, label="val ppl (held-out 2%)")
+    ax.set_xlabel("tokens seen (millions)")
+    ax.set_ylabel("perplexity")
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    probe = [(int(r["tokens"]) / 1e6, float(r["probe_nn1"])) for r in rows if r.get("probe_nn1")]
+    if probe:
+        right = ax.twinx()
+        right.plot(
+            *zip(*probe, strict=True), "s-", color="C2", ms=3, label="probe 1-NN (last layer)"
+        )
+        right.set_ylabel("probe 1-NN accuracy")
+        right.set_ylim(0, 1)
+        extra_handles, extra_labels = right.get_legend_handles_labels()
+        handles, labels = handles + extra_handles, labels + extra_labels
+    ax.legend(handles, labels)
+    ax.set_title(run_dir.name)
+    fig.tight_layout()
+    out = run_dir / PLOT_NAME
+    fig.savefig(out)
+    plt.close(fig)
+    return out

@@ -1,0 +1,510 @@
+"""The training loop: where this process trains, how the run starts or resumes, the steps, the end.
+
+Crops are packed into token-budget micro-batches, gradients accumulate to a target number of
+tokens per optimizer step, and AdamW (betas 0.9/0.98, weight decay 0.01) follows the schedule.
+Under torch.distributed (initialised by the caller, e.g. `python -m protssl.pretrain` under
+`torchrun`) the model is wrapped in DistributedDataParallel: each rank takes a disjoint share of
+the micro-batches and only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import platform
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from protssl.alphabet import ALPHABET
+from protssl.model import ProteinEncoder, resolve_dtype
+from protssl.pretrain.config import PretrainConfig
+from protssl.pretrain.data import DataPosition, load_corpus, micro_batches, validation_batches
+from protssl.pretrain.export import MODEL_SUBDIR, export_model, probe_summary, training_summary
+from protssl.pretrain.logs import RunLog, plot_run
+from protssl.pretrain.objective import autocast, learning_rate, mask_tokens, mlm_loss_sum
+from protssl.pretrain.probe import FunctionProbe, unigram_perplexity, validation_loss
+from protssl.pretrain.state import (
+    CHECKPOINT_NAME,
+    RunProgress,
+    checkpoint_state,
+    initial_encoder,
+    resume_from,
+    save_checkpoint,
+)
+
+__all__ = ["PretrainResult", "pretrain"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PretrainResult:
+    """What a finished (or interrupted) run leaves behind."""
+
+    encoder: ProteinEncoder
+    step: int
+    tokens_seen: int
+    val_loss: float | None
+    interrupted: bool
+    model_dir: Path | None
+    losses: tuple[float, ...] = field(default=())
+    """Training loss of every step run in this call (rank-local mean over its micro-batches)."""
+
+
+def pretrain(
+    config: PretrainConfig,
+    *,
+    resume: bool = False,
+    command: str | None = None,
+    stop_after: int | None = None,
+    progress: bool = True,
+    local_rank: int | None = None,
+) -> PretrainResult:
+    """Train (or resume) a run; returns the encoder and where it ended.
+
+    `stop_after` ends this call after that many optimizer steps as if interrupted (checkpoint
+    written, no export): the schedule still spans `config.steps`. Under torch.distributed (already
+    initialised by the caller, e.g. `torchrun`), gradients are averaged across ranks; on CUDA each
+    rank trains on GPU `local_rank` (torchrun's LOCAL_RANK, which the caller reads; default the
+    global rank). SIGINT and SIGTERM checkpoint and stop the run at the next step boundary.
+
+    Denormal floats are flushed to zero while it runs: a trained model's backward pass and
+    optimizer produce some, and x86 CPUs compute them in slow microcode (continuing the shipped
+    model ran at half the speed of a fresh one). Threads started earlier keep their own setting.
+    The signal handlers, the denormal flush and the current CUDA device it sets are put back as
+    found on return; a resumed run takes torch's RNG state from its checkpoint.
+    """
+    place = _placement(config, local_rank)
+    with _denormals_flushed(), _current_cuda_device(place.device):
+        return _pretrain(
+            config, place, resume=resume, command=command, stop_after=stop_after, progress=progress
+        )
+
+
+@dataclass(frozen=True)
+class _Placement:
+    """Where this process trains: its rank among `world` ranks, its device and autocast dtype."""
+
+    rank: int
+    world: int
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def leader(self) -> bool:
+        """Rank 0, the one that writes files."""
+        return self.rank == 0
+
+
+def _placement(config: PretrainConfig, local_rank: int | None) -> _Placement:
+    """This process's rank and device from torch.distributed (when initialised) and the config."""
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if config.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(config.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", rank if local_rank is None else local_rank)
+    return _Placement(rank, world, device, resolve_dtype(config.dtype, device))
+
+
+def _pretrain(
+    config: PretrainConfig,
+    place: _Placement,
+    *,
+    resume: bool,
+    command: str | None,
+    stop_after: int | None,
+    progress: bool,
+) -> PretrainResult:
+    """Set the run up, train until the schedule's end, `stop_after` or a signal, then wrap up."""
+    run = _Run(config, place, resume=resume, command=command)
+    start = run.progress.step
+    end = config.steps if stop_after is None else min(config.steps, start + stop_after)
+    try:
+        with _stop_on_signals() as stop:
+            losses = run.train(end, stop, show_progress=progress)
+    finally:
+        if run.log is not None:
+            run.log.close()
+    return run.finish(losses)
+
+
+class _Run:
+    """One call's training: encoder (DDP-wrapped as `model` over several ranks), optimizer, progress."""
+
+    def __init__(
+        self, config: PretrainConfig, place: _Placement, *, resume: bool, command: str | None
+    ) -> None:
+        self.config, self.place = config, place
+        if place.leader:
+            config.run_dir.mkdir(parents=True, exist_ok=True)
+        self.checkpoint_path = config.run_dir / CHECKPOINT_NAME
+        self.corpus = load_corpus(
+            config.corpus, val_fraction=config.val_fraction, cluster_tsv=config.cluster_tsv
+        )
+        self.val_batches = validation_batches(self.corpus, config)
+        micro_tokens = config.max_tokens * place.world
+        self.accum = max(1, round(config.tokens_per_step / micro_tokens))
+        """Micro-batches each rank accumulates per optimizer step."""
+
+        self.encoder, self.optimizer, self.progress = _start(
+            config, place, self.checkpoint_path, resume=resume, command=command
+        )
+        self.model = _distributed(self.encoder, place)
+        self.model.train()
+
+        self.unigram = float("nan")
+        self.probe: FunctionProbe | None = None
+        self.probe_scores: dict[str, Any] | None = None
+        self.log: RunLog | None = None
+        if place.leader:
+            self.unigram = unigram_perplexity(self.corpus.train, self.corpus.val)
+            if config.probe_fasta is not None:
+                self.probe = FunctionProbe.from_fasta(config.probe_fasta)
+            self.log = RunLog(  # last: nothing after it can fail and leave its events open
+                config.run_dir,
+                resume_step=self.progress.step if resume else None,
+                tensorboard=config.tensorboard,
+            )
+            log.info(
+                "%d train / %d val records; %s on %s (%s); %d micro-batch(es) of %d tokens per "
+                "step x %d rank(s); unigram val perplexity %.2f",
+                len(self.corpus.train),
+                len(self.corpus.val),
+                config.preset,
+                place.device,
+                place.dtype,
+                self.accum,
+                config.max_tokens,
+                place.world,
+                self.unigram,
+            )
+
+    def train(self, end: int, stop: _Stop, *, show_progress: bool) -> list[float]:
+        """Optimizer steps until step `end` or a stop request; the loss of each."""
+        config, progress, leader = self.config, self.progress, self.place.leader
+        stream = micro_batches(self.corpus, config, progress.position)
+        bar = tqdm(
+            total=config.steps,
+            initial=progress.step,
+            disable=not (leader and show_progress),
+            desc="pretrain",
+            unit="step",
+        )
+        losses: list[float] = []
+        window_tokens, window_start = 0, time.perf_counter()  # tok_per_s: training time only
+        try:
+            while progress.step < end and not stop.requested:
+                started = time.perf_counter()
+                lr = learning_rate(config, progress.step)
+                loss, tokens = self._optimizer_step(stream, lr)
+                progress.step += 1
+                progress.tokens_seen += tokens
+                progress.elapsed_s += time.perf_counter() - started
+                window_tokens += tokens
+                losses.append(loss)
+                row: dict[str, object] = {}
+                if leader and (
+                    progress.step % config.val_every == 0 or progress.step == config.steps
+                ):
+                    evaluating = time.perf_counter()
+                    row = self._evaluate()
+                    window_start += time.perf_counter() - evaluating
+                if progress.step % config.log_every == 0 or row:
+                    now = time.perf_counter()
+                    rate = window_tokens / max(now - window_start, 1e-9)
+                    window_tokens, window_start = 0, now
+                    self._write_row(row, loss=loss, lr=lr, rate=rate)
+                    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:.0f}")
+                bar.update(1)
+                if leader and progress.step % config.checkpoint_every == 0:
+                    self._checkpoint()
+        finally:
+            bar.close()
+        return losses
+
+    def _optimizer_step(
+        self, stream: Iterator[tuple[torch.Tensor, DataPosition]], lr: float
+    ) -> tuple[float, int]:
+        """One optimizer step at `lr` over `accum` micro-batches per rank, advancing the data
+        position; the rank's mean loss and the tokens of all ranks."""
+        config, place, accum = self.config, self.place, self.accum
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum, tokens = torch.zeros((), device=place.device), 0
+        for micro in range(accum):
+            # Each rank takes every world-th micro-batch of the shared stream.
+            for shard in range(place.world):
+                batch, self.progress.position = next(stream)
+                if shard == place.rank:
+                    mine = batch
+            generator = torch.Generator().manual_seed(
+                config.seed * 1_000_003
+                + (self.progress.step * accum + micro) * place.world
+                + place.rank
+            )
+            inputs, targets = mask_tokens(mine, mask_prob=config.mask_prob, generator=generator)
+            with self._gradient_sync(last=micro == accum - 1):
+                with autocast(place.device, place.dtype):
+                    micro_loss, n = mlm_loss_sum(self.model, inputs, targets)
+                loss = micro_loss / max(n, 1) / accum
+                loss.backward()
+            loss_sum += loss.detach()
+            tokens += int(mine.ne(ALPHABET.padding_idx).sum())
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.encoder.parameters(), config.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        step_loss = float(loss_sum)  # the step's only wait on the device
+        if place.world > 1:
+            counted = torch.tensor([tokens], dtype=torch.int64, device=place.device)
+            dist.all_reduce(counted)
+            tokens = int(counted)
+        return step_loss, tokens
+
+    def _gradient_sync(self, *, last: bool) -> contextlib.AbstractContextManager[Any]:
+        """DDP averages gradients across ranks on the last micro-batch of a step only."""
+        if isinstance(self.model, torch.nn.parallel.DistributedDataParallel) and not last:
+            return self.model.no_sync()
+        return contextlib.nullcontext()
+
+    def _evaluate(self) -> dict[str, object]:
+        """Validation loss (and the probe's scores) now: log.csv fields; TensorBoard scalars."""
+        step = self.progress.step
+        val_loss = self._validation_loss()
+        row: dict[str, object] = {
+            "val_loss": f"{val_loss:.4f}",
+            "val_ppl": f"{math.exp(val_loss):.3f}",
+        }
+        scalars = {"val/ppl": math.exp(val_loss)}
+        if self.probe is not None:
+            self.probe_scores = self.probe.score(self.encoder, self.place.dtype)
+            row.update(
+                probe_nn1=self.probe_scores["nn1_last_layer"],
+                probe_nn1_best=self.probe_scores["nn1_best_layer"],
+            )
+            scalars["probe/nn1"] = self.probe_scores["nn1_last_layer"]
+        if self.log is not None:
+            self.log.scalars(step, scalars)
+        return row
+
+    def _validation_loss(self) -> float:
+        """Validation loss on the fixed held-out subset; kept as the run's latest."""
+        self.progress.val_loss = validation_loss(
+            self.encoder,
+            self.val_batches,
+            mask_prob=self.config.mask_prob,
+            seed=self.config.seed,
+            dtype=self.place.dtype,
+        )
+        return self.progress.val_loss
+
+    def _write_row(self, row: dict[str, object], *, loss: float, lr: float, rate: float) -> None:
+        """A log.csv row for the step just done (with any validation fields) and its scalars."""
+        if self.log is None:
+            return
+        step = self.progress.step
+        row.update(
+            step=step,
+            tokens=self.progress.tokens_seen,
+            loss=f"{loss:.4f}",
+            lr=f"{lr:.3e}",
+            tok_per_s=f"{rate:.0f}",
+        )
+        self.log.write(row)
+        self.log.scalars(step, {"train/loss": loss, "train/lr": lr, "train/tok_per_s": rate})
+
+    def _checkpoint(self) -> None:
+        """Write the checkpoint (atomically) as the run stands now."""
+        save_checkpoint(
+            self.checkpoint_path,
+            checkpoint_state(
+                self.progress,
+                encoder=self.encoder,
+                optimizer=self.optimizer,
+                config=self.config,
+                hardware=_hardware(self.place),
+                dtype=_dtype_name(self.place.dtype),
+            ),
+        )
+
+    def finish(self, losses: list[float]) -> PretrainResult:
+        """Checkpoint and plot (leader); export the model when the schedule is complete."""
+        config, progress = self.config, self.progress
+        interrupted = progress.step < config.steps
+        model_dir = None
+        if self.place.leader:
+            self._checkpoint()
+            plot_run(config.run_dir)
+        if self.place.leader and not interrupted:
+            val_loss = progress.val_loss
+            if val_loss is None:
+                val_loss = self._validation_loss()
+            if self.probe is not None and self.probe_scores is None:
+                self.probe_scores = self.probe.score(self.encoder, self.place.dtype)
+            model_dir = config.run_dir / MODEL_SUBDIR
+            summary = training_summary(
+                config,
+                progress,
+                val_loss=val_loss,
+                unigram=self.unigram,
+                val_batches=len(self.val_batches),
+                hardware=_hardware(self.place),
+                dtype=_dtype_name(self.place.dtype),
+            )
+            export_model(
+                self.encoder,
+                model_dir,
+                config=config,
+                summary=summary | probe_summary(self.probe, self.probe_scores),
+            )
+        return PretrainResult(
+            encoder=self.encoder,
+            step=progress.step,
+            tokens_seen=progress.tokens_seen,
+            val_loss=progress.val_loss,
+            interrupted=interrupted,
+            model_dir=model_dir,
+            losses=tuple(losses),
+        )
+
+
+def _start(
+    config: PretrainConfig,
+    place: _Placement,
+    checkpoint_path: Path,
+    *,
+    resume: bool,
+    command: str | None,
+) -> tuple[ProteinEncoder, torch.optim.Optimizer, RunProgress]:
+    """The encoder on its device, its AdamW and the run's progress: a new run (random or
+    `init_from` weights) or the one in the checkpoint."""
+    if resume:  # weights and the parent's record come from the checkpoint
+        encoder, parent = ProteinEncoder(config.model_config), None
+    else:
+        encoder, parent = initial_encoder(config)
+    encoder.to(place.device)
+    optimizer = torch.optim.AdamW(
+        _param_groups(encoder, config.weight_decay),
+        lr=config.lr,
+        betas=config.betas,
+        fused=place.device.type == "cuda",
+    )
+    if not resume:
+        return encoder, optimizer, RunProgress(command=command, init_from=parent)
+    progress = resume_from(
+        checkpoint_path, config, encoder=encoder, optimizer=optimizer, command=command
+    )
+    log.info(
+        "resumed from %s at step %d (%d tokens)",
+        checkpoint_path,
+        progress.step,
+        progress.tokens_seen,
+    )
+    return encoder, optimizer, progress
+
+
+def _distributed(encoder: ProteinEncoder, place: _Placement) -> torch.nn.Module:
+    """`encoder` in DistributedDataParallel over several ranks; itself on one."""
+    if place.world == 1:
+        return encoder
+    return torch.nn.parallel.DistributedDataParallel(
+        encoder, device_ids=[place.device.index] if place.device.type == "cuda" else None
+    )
+
+
+def _param_groups(encoder: ProteinEncoder, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on matrices only (not biases, LayerNorms or embeddings)."""
+    decay, no_decay = [], []
+    for name, param in encoder.named_parameters():
+        if param.ndim >= 2 and "embed_tokens" not in name:
+            decay.append(param)
+        else:
+            no_decay.append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def _hardware(place: _Placement) -> str:
+    """What the run trains on, for the checkpoint and the card: GPU name, or CPU and threads."""
+    if place.device.type == "cuda":
+        what = torch.cuda.get_device_name(place.device)
+    else:
+        what = (
+            f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+        )
+    return f"{place.world} x {what}" if place.world > 1 else what
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+class _Stop:
+    """Set by SIGINT/SIGTERM; the loop checkpoints and returns at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        log.warning("signal %d: checkpointing and stopping after this step", signum)
+        self.requested = True
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[_Stop]:
+    """SIGINT and SIGTERM request a stop inside; the handlers found are put back after.
+
+    Only the main thread can install handlers: elsewhere the stop is never requested.
+    """
+    stop = _Stop()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.getsignal(sig) for sig in signals}
+    try:
+        for sig in signals:
+            signal.signal(sig, stop)
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            # None: a handler not installed from Python, which Python cannot reinstall.
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+
+def _flushing_denormals() -> bool:
+    """Whether this thread flushes denormal floats to zero (torch can set it but not report it)."""
+    return float(torch.tensor([1e-39]) * 1.0) == 0.0
+
+
+@contextlib.contextmanager
+def _denormals_flushed() -> Iterator[None]:
+    """Flush denormal floats to zero in this thread inside, then put back the setting found."""
+    before = _flushing_denormals()
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(before)
+
+
+def _current_cuda_device(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """`device` is the current CUDA device inside (as NCCL expects), the previous one after."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.cuda.device(device)

@@ -1,0 +1,189 @@
+"""A run's state on disk: the checkpoint (weights, optimizer, progress, RNG, recipe), and where a run starts.
+
+Checkpoints are written atomically and read without unpickling arbitrary objects; the recipe
+they carry is all `--resume` needs besides the run folder.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from protssl.checkpoint import load_model
+from protssl.errors import CheckpointError, InvalidInputError
+from protssl.model import ProteinEncoder, init_weights
+from protssl.pretrain.config import PretrainConfig
+from protssl.pretrain.data import DataPosition
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "RunProgress",
+    "checkpoint_state",
+    "config_from_checkpoint",
+    "config_from_state",
+    "initial_encoder",
+    "load_checkpoint",
+    "progress_from_state",
+    "resume_from",
+    "save_checkpoint",
+]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+@dataclass
+class RunProgress:
+    """Where a run stands besides its weights and optimizer; the checkpoint records all of it."""
+
+    step: int = 0
+    """Optimizer steps done."""
+    tokens_seen: int = 0
+    """Non-padding tokens trained on, over all ranks."""
+    elapsed_s: float = 0.0
+    """Seconds spent in optimizer steps (validation and checkpoints left out)."""
+    position: DataPosition = field(default_factory=DataPosition)
+    """Where the data stream continues."""
+    val_loss: float | None = None
+    """The last validation loss, if any."""
+    command: str | None = None
+    """The command that started the run."""
+    resume_commands: list[str | None] = field(default_factory=list)
+    """The commands that resumed it, in order."""
+    init_from: dict[str, Any] | None = None
+    """The parent model's record when the run started from one (see `initial_encoder`)."""
+
+
+def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
+    """torch.save to a temp file in the same folder, fsync, then rename over the old one.
+
+    A crash or error mid-write leaves the previous checkpoint as it was (and no temp file).
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("wb") as handle:
+            torch.save(dict(state), handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a training checkpoint without unpickling arbitrary objects (weights_only)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a bad file
+        raise CheckpointError(f"{path}: cannot read the training checkpoint ({exc})") from None
+
+
+def config_from_state(state: Mapping[str, Any]) -> PretrainConfig:
+    """The recipe a loaded checkpoint carries."""
+    recipe = dict(state["config"])
+    recipe["betas"] = tuple(recipe["betas"])
+    return PretrainConfig(**recipe)
+
+
+def config_from_checkpoint(run_dir: str | Path) -> PretrainConfig:
+    """The config stored in a run's checkpoint (so `--resume` needs only the run folder)."""
+    return config_from_state(load_checkpoint(Path(run_dir) / CHECKPOINT_NAME))
+
+
+def progress_from_state(state: Mapping[str, Any]) -> RunProgress:
+    """The progress a loaded checkpoint records."""
+    return RunProgress(
+        step=state["step"],
+        tokens_seen=state["tokens_seen"],
+        elapsed_s=state["elapsed_s"],
+        position=DataPosition(*state["position"]),
+        val_loss=state["val_loss"],
+        command=state.get("command"),
+        resume_commands=list(state.get("resume_commands", [])),
+        init_from=state.get("init_from"),
+    )
+
+
+def checkpoint_state(
+    progress: RunProgress,
+    *,
+    encoder: ProteinEncoder,
+    optimizer: torch.optim.Optimizer,
+    config: PretrainConfig,
+    hardware: str,
+    dtype: str,
+) -> dict[str, Any]:
+    """What `save_checkpoint` writes: weights of the unwrapped encoder, optimizer, progress, RNG."""
+    return {
+        "model": encoder.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": progress.step,
+        "tokens_seen": progress.tokens_seen,
+        "elapsed_s": progress.elapsed_s,
+        "position": [progress.position.epoch, progress.position.pool, progress.position.batch],
+        "val_loss": progress.val_loss,
+        "torch_rng": torch.get_rng_state(),
+        "config": config.to_dict(),
+        "command": progress.command,
+        "resume_commands": progress.resume_commands,
+        "hardware": hardware,
+        "dtype": dtype,
+        "init_from": progress.init_from,
+    }
+
+
+def resume_from(
+    path: Path,
+    config: PretrainConfig,
+    *,
+    encoder: ProteinEncoder,
+    optimizer: torch.optim.Optimizer,
+    command: str | None,
+) -> RunProgress:
+    """Load the checkpoint at `path` into `encoder`, `optimizer` and torch's RNG; its progress.
+
+    `command` (this call's) joins the resume commands; the run keeps the command that started it.
+    """
+    if not path.is_file():
+        raise InvalidInputError(f"--resume: no checkpoint at {path}")
+    state = load_checkpoint(path)
+    if state["config"]["preset"] != config.preset:
+        raise CheckpointError(
+            f"{path}: preset {state['config']['preset']!r} differs from {config.preset!r}"
+        )
+    encoder.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    progress = progress_from_state(state)
+    progress.resume_commands.append(command)
+    progress.command = progress.command or command
+    return progress
+
+
+def initial_encoder(config: PretrainConfig) -> tuple[ProteinEncoder, dict[str, Any] | None]:
+    """The encoder a run starts from: seeded random weights, or `config.init_from`'s.
+
+    With `init_from`, also returns what the card records of that model (name, sha256, tokens).
+    """
+    encoder = ProteinEncoder(config.model_config)
+    if config.init_from is None:
+        init_weights(encoder, seed=config.seed)
+        return encoder, None
+    parent = load_model(config.init_from, dtype="float32")
+    if parent.card.architecture != config.model_config:
+        raise InvalidInputError(
+            f"--init-from {config.init_from}: its shape {parent.card.architecture} differs from "
+            f"preset {config.preset} {config.model_config}"
+        )
+    encoder.load_state_dict(parent.encoder.state_dict())
+    training = parent.card.training or {}
+    return encoder, {
+        "path": str(config.init_from),
+        "name": parent.name,
+        "sha256": parent.sha256,
+        "tokens_seen": training.get("tokens_seen"),
+    }

@@ -1,0 +1,29 @@
+"""The pretraining recipe: checked when built, and carried whole through a checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pretrain_support import tiny_config
+
+from protssl.errors import InvalidInputError
+from protssl.pretrain.state import config_from_state
+
+
+def test_config_rejects_bad_values(tmp_path: Path, sample_fasta: Path) -> None:
+    with pytest.raises(InvalidInputError, match="unknown preset 'nope'; choose one of"):
+        tiny_config(sample_fasta, tmp_path, preset="nope")
+    with pytest.raises(InvalidInputError, match=r"max_tokens 100 must hold one full crop \(128\)"):
+        tiny_config(sample_fasta, tmp_path, max_tokens=100)
+    with pytest.raises(InvalidInputError, match=r"mask_prob must be in \(0, 1\), got 1.5"):
+        tiny_config(sample_fasta, tmp_path, mask_prob=1.5)
+    with pytest.raises(InvalidInputError, match="steps must be >= 1, got 0"):
+        tiny_config(sample_fasta, tmp_path, steps=0)
+
+
+def test_recipe_round_trips_through_a_checkpoints_dict(tmp_path: Path, sample_fasta: Path) -> None:
+    config = tiny_config(sample_fasta, tmp_path, cluster_tsv=tmp_path / "c.tsv", betas=(0.8, 0.9))
+    recipe = config.to_dict()
+    assert recipe["corpus"] == str(sample_fasta) and recipe["betas"] == [0.8, 0.9]
+    assert config_from_state({"config": recipe}) == config

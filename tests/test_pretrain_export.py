@@ -1,0 +1,26 @@
+"""A stopped run's last checkpoint exported as a model folder whose card tells the run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from pretrain_support import tiny_config
+
+from protssl.checkpoint import load_model
+from protssl.pretrain import pretrain
+from protssl.pretrain.export import export_checkpoint
+
+
+def test_a_stopped_run_exports_its_checkpoint(tmp_path: Path, sample_fasta: Path) -> None:
+    config = tiny_config(sample_fasta, tmp_path / "run")
+    stopped = pretrain(config, stop_after=5, command="protssl pretrain x", progress=False)
+    exported = export_checkpoint(tmp_path / "run", tmp_path / "at5", extra={"note": "x"})
+    model = load_model(exported, dtype="float32")
+    card = model.card.training or {}
+    assert card["steps"] == 5 and card["scheduled_steps"] == 12 and card["note"] == "x"
+    assert card["tokens_seen"] == stopped.tokens_seen and card["val_perplexity"] > 1
+    assert card["command"] == "protssl pretrain x" and card["resume_commands"] == []
+    assert card["recipe"] == config.to_dict()
+    for key, value in stopped.encoder.state_dict().items():
+        assert torch.equal(model.encoder.state_dict()[key], value), key

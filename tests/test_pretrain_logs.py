@@ -1,0 +1,44 @@
+"""A run's log.csv (cut back on resume), and the loss-curve plot drawn from it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from pretrain_support import log_rows
+
+from protssl.errors import InvalidInputError
+from protssl.pretrain.logs import LOG_FIELDS, PLOT_NAME, RunLog, plot_run
+
+
+def test_resume_drops_the_rows_after_the_checkpoint(tmp_path: Path) -> None:
+    log = RunLog(tmp_path, resume_step=None, tensorboard=False)
+    for step in range(1, 5):
+        log.write({"step": step, "tokens": 100 * step, "loss": f"{4 - step / 10:.4f}"})
+    log.write({"step": 4, "tokens": 400, "val_loss": "3.5000", "val_ppl": "33.115"})
+    log.close()
+    resumed = RunLog(tmp_path, resume_step=2, tensorboard=False)
+    assert [r["step"] for r in log_rows(tmp_path)] == ["1", "2"]
+    resumed.write({"step": 3, "tokens": 300, "loss": "3.7000", "lr": "1.000e-03"})
+    last = log_rows(tmp_path)[-1]
+    assert list(last) == list(LOG_FIELDS)
+    assert last == dict.fromkeys(LOG_FIELDS, "") | {
+        "step": "3",
+        "tokens": "300",
+        "loss": "3.7000",
+        "lr": "1.000e-03",
+    }
+
+
+def test_plot_run_draws_the_curve_and_needs_a_log(tmp_path: Path) -> None:
+    log = RunLog(tmp_path, resume_step=None, tensorboard=False)
+    for step in range(1, 4):
+        log.write({"step": step, "tokens": 1000 * step, "loss": "3.0", "val_ppl": "20.0"})
+    assert plot_run(tmp_path) == tmp_path / PLOT_NAME
+    assert (tmp_path / PLOT_NAME).stat().st_size > 1000
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    message = f"{empty}: no log.csv there; is it a pretraining run folder?"
+    with pytest.raises(InvalidInputError, match=re.escape(message)):
+        plot_run(empty)

@@ -1,0 +1,140 @@
+"""Whole training runs: the probe at each validation, exact resume, signals, settings put back, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from pretrain_support import log_rows, tiny_config
+
+from protssl.checkpoint import load_model
+from protssl.pretrain import CHECKPOINT_NAME, PLOT_NAME, FunctionProbe, PretrainConfig, pretrain
+from protssl.pretrain import loop as loop_module
+from protssl.pretrain.state import load_checkpoint
+
+LABELLED = Path(__file__).resolve().parents[1] / "examples" / "labelled.fasta"
+
+
+def test_function_probe_is_scored_at_each_validation_and_recorded_in_the_card(
+    tmp_path: Path, sample_fasta: Path
+) -> None:
+    run = tmp_path / "run"
+    result = pretrain(tiny_config(sample_fasta, run, probe_fasta=LABELLED), progress=False)
+    rows = log_rows(run)
+    scored = [r for r in rows if r["probe_nn1"]]
+    assert [r["step"] for r in scored] == [r["step"] for r in rows if r["val_loss"]] == ["6", "12"]
+    for row in scored:
+        assert 0 <= float(row["probe_nn1"]) <= float(row["probe_nn1_best"]) <= 1
+    assert (run / PLOT_NAME).stat().st_size > 1000  # the probe on a second axis
+    probe = json.loads((run / "model" / "model.json").read_text())["training"]["function_probe"]
+    assert (probe["records"], probe["labels"]) == (72, 6)
+    assert probe["nn1_last_layer"] == float(scored[-1]["probe_nn1"])
+    assert probe["nn1_composition"] > 1 / 6  # composition carries family signal: well above chance
+    exported = load_model(result.model_dir)
+    again = FunctionProbe.from_fasta(LABELLED).score(exported.encoder, torch.float32)
+    assert again["nn1_last_layer"] == pytest.approx(probe["nn1_last_layer"], abs=0.03)
+
+
+def _flushing_denormals() -> bool:
+    return float(torch.tensor([1e-39]) * 1.0) == 0.0
+
+
+@pytest.mark.parametrize("before", [False, True])
+def test_denormals_are_flushed_while_training_and_the_setting_found_is_put_back(
+    before: bool, tmp_path: Path, sample_fasta: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[bool] = []
+
+    def run(config: PretrainConfig, *_: object, **__: object) -> None:
+        seen.append(_flushing_denormals())
+        raise KeyboardInterrupt  # the setting must be put back on any way out
+
+    monkeypatch.setattr(loop_module, "_pretrain", run)
+    torch.set_flush_denormal(before)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            pretrain(tiny_config(sample_fasta, tmp_path / "run"))
+        assert seen == [True]
+        assert _flushing_denormals() is before
+    finally:
+        torch.set_flush_denormal(False)
+
+
+def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(
+    tmp_path: Path, sample_fasta: Path
+) -> None:
+    whole = pretrain(tiny_config(sample_fasta, tmp_path / "whole"), progress=False)
+    first = pretrain(tiny_config(sample_fasta, tmp_path / "split"), stop_after=5, progress=False)
+    assert first.interrupted and first.step == 5 and first.model_dir is None
+    second = pretrain(tiny_config(sample_fasta, tmp_path / "split"), resume=True, progress=False)
+    assert not second.interrupted and second.step == 12
+    assert first.losses + second.losses == whole.losses
+    assert second.tokens_seen == whole.tokens_seen
+    assert second.val_loss == whole.val_loss
+    for key, value in whole.encoder.state_dict().items():
+        assert torch.equal(value, second.encoder.state_dict()[key]), key
+    assert [r["loss"] for r in log_rows(tmp_path / "whole")] == [
+        r["loss"] for r in log_rows(tmp_path / "split")
+    ]
+
+
+def test_sigterm_checkpoints_and_stops_and_the_handlers_found_come_back(
+    tmp_path: Path, sample_fasta: Path
+) -> None:
+    def mine(signum: int, frame: object) -> None:
+        raise AssertionError("the run's handler should have caught the signal")
+
+    previous = signal.signal(signal.SIGINT, mine)
+    config = tiny_config(sample_fasta, tmp_path, steps=100_000, checkpoint_every=100_000)
+    timer = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        result = pretrain(config, progress=False)
+        assert signal.getsignal(signal.SIGINT) is mine
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGINT, previous)
+    assert result.interrupted and 0 < result.step < config.steps
+    assert load_checkpoint(tmp_path / CHECKPOINT_NAME)["step"] == result.step
+
+
+def _ddp_worker(rank: int, port: int, corpus: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        torch.set_num_threads(1)
+        config = tiny_config(Path(corpus), Path(out) / "run", steps=4, val_every=4)
+        result = pretrain(config, progress=False)
+        torch.save(result.encoder.state_dict(), Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_two_process_ddp_ends_with_identical_weights(tmp_path: Path, sample_fasta: Path) -> None:
+    mp.spawn(_ddp_worker, args=(_free_port(), str(sample_fasta), str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    initial = load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME)
+    assert initial["step"] == 4
+    for key, value in ranks[0].items():
+        assert torch.equal(value, ranks[1][key]), key
+    moved = [k for k, v in ranks[0].items() if not torch.equal(v, torch.zeros_like(v))]
+    assert moved
+    assert (tmp_path / "run" / "model" / "model.json").is_file()
+    # both ranks contributed: twice the tokens of one rank's micro-batches per step
+    card = json.loads((tmp_path / "run" / "model" / "model.json").read_text())["training"]
+    assert card["tokens_seen"] > 4 * 2048 * 0.7

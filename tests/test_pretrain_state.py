@@ -1,0 +1,80 @@
+"""A run's checkpoint: atomic writes, safe reads, and where a run starts from."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+import torch
+from pretrain_support import tiny_config
+
+from protssl.checkpoint import load_model
+from protssl.errors import CheckpointError, InvalidInputError
+from protssl.pretrain import pretrain
+from protssl.pretrain.state import (
+    CHECKPOINT_NAME,
+    initial_encoder,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+
+class _FailsMidWrite:
+    """Pickling it fails as a full disk would, after part of the checkpoint is written."""
+
+    def __reduce__(self) -> NoReturn:
+        raise OSError(28, "No space left on device")
+
+
+def test_checkpoint_writes_are_atomic(tmp_path: Path) -> None:
+    path = tmp_path / CHECKPOINT_NAME
+    save_checkpoint(path, {"step": 1, "weights": torch.arange(4)})
+    with pytest.raises(OSError, match=r"\[Errno 28\] No space left on device"):
+        save_checkpoint(path, {"step": 2, "weights": torch.arange(4), "bad": _FailsMidWrite()})
+    state = load_checkpoint(path)
+    assert state["step"] == 1 and torch.equal(state["weights"], torch.arange(4))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_NAME]
+
+
+def test_a_checkpoint_that_is_not_one_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / CHECKPOINT_NAME
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read the training checkpoint"):
+        load_checkpoint(path)
+
+
+def test_init_from_continues_from_an_exported_model(tmp_path: Path, sample_fasta: Path) -> None:
+    first = pretrain(tiny_config(sample_fasta, tmp_path / "first", steps=4), progress=False)
+    assert first.model_dir is not None
+    parent = load_model(first.model_dir, dtype="float32")
+    config = tiny_config(sample_fasta, tmp_path / "second", steps=3, init_from=first.model_dir)
+    encoder, recorded = initial_encoder(config)
+    for key, value in parent.encoder.state_dict().items():
+        assert torch.equal(encoder.state_dict()[key], value), key
+    assert recorded is not None
+    assert recorded["sha256"] == parent.sha256 and recorded["tokens_seen"] == first.tokens_seen
+    second = pretrain(config, stop_after=2, progress=False)
+    resumed = pretrain(config, resume=True, progress=False)
+    assert second.losses[0] < first.losses[0]  # it starts trained, not from random weights
+    assert resumed.model_dir is not None and resumed.step == 3
+    card = load_model(resumed.model_dir).card.training or {}
+    assert card["init_from"]["sha256"] == parent.sha256
+    assert card["recipe"]["init_from"] == str(first.model_dir)
+    with pytest.raises(InvalidInputError, match="differs from preset"):
+        initial_encoder(replace(config, preset="protssl-8m-h5"))
+
+
+def test_resume_needs_a_checkpoint_of_the_same_shape(tmp_path: Path, sample_fasta: Path) -> None:
+    config = tiny_config(sample_fasta, tmp_path / "run", steps=2)
+    checkpoint = tmp_path / "run" / CHECKPOINT_NAME
+    with pytest.raises(
+        InvalidInputError, match=re.escape(f"--resume: no checkpoint at {checkpoint}")
+    ):
+        pretrain(config, resume=True, progress=False)
+    pretrain(config, stop_after=1, progress=False)
+    wider = replace(config, preset="protssl-8m-h5")
+    with pytest.raises(CheckpointError, match="preset 'protssl-tiny' differs from 'protssl-8m-h5'"):
+        pretrain(wider, resume=True, progress=False)
