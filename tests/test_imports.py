@@ -12,7 +12,7 @@ WIRE_USERS = {"protssl.client", "protssl.wire"}
 """The only modules of protssl that may import protssl._proto or protssl.wire (service/ may too)."""
 GRPC_USERS = {"protssl.client"}
 """The only module of protssl that may import grpc."""
-CYCLE_FREE = ("service",)
+CYCLE_FREE = ("service", "protssl")
 """Packages whose modules must not import each other in a circle."""
 
 
