@@ -31,16 +31,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+import protssl.fewshot.calibration as calibration
 from protssl.errors import InvalidInputError
-from protssl.fewshot.calibration import (
-    Level,
-    back_off_levels,
-    best_ratio,
-    calibrate,
-    is_hierarchical,
-    precision_threshold,
-    softmax,
-)
 from protssl.fewshot.config import FewShotConfig
 from protssl.fewshot.heads import HEADS, Head, multi_hot, normalise
 
@@ -116,7 +108,7 @@ class FewShotClassifier:
     ood_threshold: float
     multi_label_ratio: float | None
     """Extra labels at >= this fraction of the top probability; None = top label only."""
-    levels: list[Level] = field(default_factory=list)
+    levels: list[calibration.Level] = field(default_factory=list)
     layer_scores: dict[int, float] = field(default_factory=dict)
     """Held-out support accuracy of each candidate layer (the best one was chosen)."""
     support_metrics: dict[str, Any] = field(default_factory=dict)
@@ -158,9 +150,9 @@ class FewShotClassifier:
                 )
         y = multi_hot(label_sets, classes)
         hierarchical = config.hierarchical == "yes" or (
-            config.hierarchical == "auto" and is_hierarchical(classes)
+            config.hierarchical == "auto" and calibration.is_hierarchical(classes)
         )
-        if hierarchical and not is_hierarchical(classes):
+        if hierarchical and not calibration.is_hierarchical(classes):
             raise InvalidInputError("hierarchical=yes needs dotted labels of one depth (1.1.1.1)")
 
         keys: dict[int, tuple[float, float]] = {}
@@ -168,8 +160,8 @@ class FewShotClassifier:
         for layer in sorted(features):
             x = normalise(features[layer], features[layer].astype(np.float64).mean(0))
             scores = HEADS[config.method]().held_out(x, y, config)
-            temperature = calibrate(scores, y)
-            p = softmax(scores, temperature)
+            temperature = calibration.calibrate(scores, y)
+            p = calibration.softmax(scores, temperature)
             accuracy = float((y[np.arange(len(y)), p.argmax(1)] > 0).mean())
             log_lik = float(np.log(np.maximum((p * y).sum(1), 1e-12)).mean())
             keys[layer] = (accuracy, log_lik)
@@ -183,17 +175,17 @@ class FewShotClassifier:
         head.fit(x, y, config)
 
         scores, temperature = held[layer]
-        probs = softmax(scores, temperature)
+        probs = calibration.softmax(scores, temperature)
         top = probs.argmax(1)
         top_p = probs[np.arange(len(y)), top]
         correct = y[np.arange(len(y)), top] > 0
-        threshold = precision_threshold(top_p, correct, config.target_precision)
-        levels = back_off_levels(classes, hierarchical)
+        threshold = calibration.precision_threshold(top_p, correct, config.target_precision)
+        levels = calibration.back_off_levels(classes, hierarchical)
         for level in levels:
             parent_p = probs @ level.member
             parent_top = parent_p.argmax(1)
             parent_true = (y @ level.member) > 0
-            level.threshold = precision_threshold(
+            level.threshold = calibration.precision_threshold(
                 parent_p[np.arange(len(y)), parent_top],
                 parent_true[np.arange(len(y)), parent_top],
                 config.target_precision,
@@ -206,7 +198,7 @@ class FewShotClassifier:
         answered = top_p >= threshold
         multi_label_ratio = None
         if any(len(ls) > 1 for ls in label_sets):
-            multi_label_ratio = config.multi_label_ratio or best_ratio(probs, y)
+            multi_label_ratio = config.multi_label_ratio or calibration.best_ratio(probs, y)
         support_metrics = {
             "held_out": "leave-one-out"
             if config.method in ("prototype", "knn")
@@ -260,7 +252,7 @@ class FewShotClassifier:
 
     def predict_proba(self, features: np.ndarray | Mapping[int, np.ndarray]) -> np.ndarray:
         """Calibrated (M, C) probabilities over `classes`."""
-        return softmax(self.head.scores(self._vectors(features)), self.temperature)
+        return calibration.softmax(self.head.scores(self._vectors(features)), self.temperature)
 
     def nearest_similarity(self, features: np.ndarray | Mapping[int, np.ndarray]) -> np.ndarray:
         """Cosine of each query to its nearest support vector (uncentred, unless an old state)."""
@@ -369,7 +361,7 @@ class FewShotClassifier:
         head = HEADS[config.method]()
         head.load({k[5:]: v for k, v in arrays.items() if k.startswith("head.")})
         levels = [
-            Level(
+            calibration.Level(
                 int(lv["depth"]), list(lv["parents"]), arrays[f"level{i}.member"], lv["threshold"]
             )
             for i, lv in enumerate(params["levels"])
