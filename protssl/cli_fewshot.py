@@ -26,14 +26,7 @@ from tqdm import tqdm
 from protssl.checkpoint import LoadedModel, check_dtype_name, load_model
 from protssl.cli_store import add_db_arg, store_config
 from protssl.errors import InvalidInputError
-from protssl.evaluation import (
-    Episode,
-    EvalResult,
-    evaluate_episodes,
-    evaluate_split,
-    sample_episodes,
-    write_report,
-)
+from protssl.evaluation import EvalResult, evaluate_episodes, evaluate_split, write_report
 from protssl.fasta import FastaPolicy, ProteinRecord, read_fasta
 from protssl.fewshot import (
     METHODS,
@@ -46,7 +39,10 @@ from protssl.fewshot import (
     embed_for_fewshot,
     fit_records,
     load_classifier,
+    require_labels,
+    sample_episodes,
     save_classifier,
+    subset_episodes,
 )
 from protssl.store import Store
 
@@ -175,11 +171,7 @@ def _read(path: str, args: argparse.Namespace, *, labelled: bool) -> list[Protei
     if not records:
         raise InvalidInputError(f"{path}: no records")
     if labelled:
-        unlabelled = next((r for r in records if not r.labels), None)
-        if unlabelled is not None:
-            raise InvalidInputError(
-                f"{path}: record {unlabelled.id!r} has no label (write >ID label=A or label=A;B)"
-            )
+        require_labels([r.labels for r in records], [r.id for r in records], source=path)
     return records
 
 
@@ -306,27 +298,17 @@ def _fewshot_eval(args: argparse.Namespace) -> int:
     support = _read(args.support, args, labelled=True)
     result: EvalResult
     if args.episodes is not None:
-        labels = [r.labels for r in support]
         episodes = sample_episodes(
-            labels,
+            [r.labels for r in support],
             episodes=args.episodes,
             ways=args.ways,
             shots=args.shots,
             queries=args.queries,
             seed=args.seed,
         )
-        used = sorted({i for e in episodes for i in (*e.support, *e.query)})
-        features = _embed([support[i] for i in used], model, layers)
-        position = {row: index for index, row in enumerate(used)}
-        remapped = [
-            Episode(
-                e.classes,
-                tuple(position[i] for i in e.support),
-                tuple(position[i] for i in e.query),
-            )
-            for e in episodes
-        ]
-        result = evaluate_episodes(features, [labels[i] for i in used], remapped, config)
+        used, remapped = subset_episodes(support, episodes)
+        features = _embed(used, model, layers)
+        result = evaluate_episodes(features, [r.labels for r in used], remapped, config)
         title = f"{args.ways}-way {args.shots}-shot, {args.episodes} episodes, {args.method}"
     else:
         query = _read(args.query, args, labelled=True)

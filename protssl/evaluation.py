@@ -22,6 +22,7 @@ import numpy as np
 
 from protssl.errors import InvalidInputError
 from protssl.fewshot import UNKNOWN, FewShotClassifier, FewShotConfig, Prediction
+from protssl.fewshot.episodes import Episode, sample_episodes
 
 __all__ = [
     "Episode",
@@ -165,51 +166,6 @@ def reliability(
         table[-1]["count"] = int(mask.sum())
         ece += mask.mean() * abs(conf - acc)
     return table, float(ece)
-
-
-@dataclass(frozen=True)
-class Episode:
-    """One N-way K-shot task: row indices into the labelled pool, and the ways' class names."""
-
-    classes: tuple[str, ...]
-    support: tuple[int, ...]
-    query: tuple[int, ...]
-
-
-def sample_episodes(
-    labels: Sequence[Sequence[str]],
-    *,
-    episodes: int,
-    ways: int,
-    shots: int,
-    queries: int = 2,
-    seed: int = 0,
-) -> list[Episode]:
-    """Sample N-way K-shot episodes from single-label rows: K support + `queries` per class."""
-    if episodes < 1 or ways < 2 or shots < 1 or queries < 1:
-        raise InvalidInputError("episodes >= 1, ways >= 2, shots >= 1 and queries >= 1 are needed")
-    by_class: dict[str, list[int]] = {}
-    for row, names in enumerate(labels):
-        if len(names) == 1:
-            by_class.setdefault(names[0], []).append(row)
-    eligible = sorted(c for c, rows in by_class.items() if len(rows) >= shots + queries)
-    if len(eligible) < ways:
-        raise InvalidInputError(
-            f"only {len(eligible)} classes have {shots + queries} single-label examples "
-            f"(shots {shots} + queries {queries}); {ways} ways need more"
-        )
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(episodes):
-        classes = tuple(sorted(rng.choice(eligible, size=ways, replace=False).tolist()))
-        support: list[int] = []
-        query: list[int] = []
-        for cls in classes:
-            rows = rng.choice(by_class[cls], size=shots + queries, replace=False).tolist()
-            support += rows[:shots]
-            query += rows[shots:]
-        out.append(Episode(classes, tuple(support), tuple(query)))
-    return out
 
 
 def _pca_2d(x: np.ndarray) -> np.ndarray:

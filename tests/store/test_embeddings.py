@@ -1,40 +1,26 @@
-"""The SQL store on a real SQLite file and the real PostgreSQL: cache, models, classifiers, jobs."""
+"""The embedding cache: bit-exact round trips, one statement per batch, the memory layer, races."""
 
 from __future__ import annotations
 
-import itertools
 import multiprocessing
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from sqlalchemy import event, text
 
-from protssl.errors import ClassifierNotFoundError, InvalidInputError, NotFoundError
-from protssl.fasta import read_fasta
+from protssl.errors import InvalidInputError
 from protssl.store import (
     EmbeddingItem,
     EmbeddingKey,
-    PredictionItem,
     Store,
     StoreConfig,
-    default_url,
-    repository,
+    embeddings,
     sequence_sha256,
 )
 
 MODEL = "ab" * 32
 DIM = 64
-
-
-@pytest.fixture(scope="module")
-def sequences(sample_fasta: Path) -> list[str]:
-    """300 real, distinct protein sequences."""
-    unique = dict.fromkeys(r.sequence for r in itertools.islice(read_fasta(sample_fasta), 310))
-    return list(unique)[:300]
 
 
 def _key(sequence: str, *, pooling: str = "mean", layer: int = 6) -> EmbeddingKey:
@@ -48,12 +34,6 @@ def _items(sequences: list[str], seed: int = 0) -> list[EmbeddingItem]:
     return [
         EmbeddingItem(_key(s), s, rng.standard_normal(DIM).astype(np.float32)) for s in sequences
     ]
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    with Store(StoreConfig(url=store_url)) as opened:
-        yield opened
 
 
 def _count_statements(store: Store) -> list[str]:
@@ -127,7 +107,7 @@ def test_get_many_splits_long_key_lists_into_chunks(
 ) -> None:
     items = _items(sequences[:50])
     store.embeddings.put_many(items[:40])
-    monkeypatch.setattr(repository, "MAX_KEYS_PER_QUERY", 7)
+    monkeypatch.setattr(embeddings, "MAX_KEYS_PER_QUERY", 7)
     statements = _count_statements(store)
     found = store.embeddings.get_many(item.key for item in items)
     assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 8  # 50 / 7
@@ -237,145 +217,3 @@ def test_two_processes_writing_the_same_vectors(store_url: str, sequences: list[
         assert rows == len(sequences)
         got = store.embeddings.get_many(item.key for item in _items(sequences))
         assert all(np.array_equal(got[i.key], i.vector) for i in _items(sequences))
-
-
-def test_classifier_versions(store: Store, sequences: list[str]) -> None:
-    examples = [("P1", sequences[0], ("1.1.1.1",)), ("P2", sequences[1], ("2.7.11.1", "3.1.3.16"))]
-    first = store.classifiers.save(
-        "ec",
-        model_sha256=MODEL,
-        method="knn",
-        params={"k": 3},
-        blob=b"\x00v1",
-        examples=examples,
-        metrics={"accuracy": 0.5},
-    )
-    second = store.classifiers.save(
-        "ec",
-        model_sha256=MODEL,
-        method="logistic",
-        params={"c": 1.0},
-        blob=b"\x00v2",
-        examples=examples[::-1],
-        metrics={"accuracy": np.float32(0.75), "per_class": np.array([0.5, 1.0])},
-    )
-    store.classifiers.save(
-        "amr", model_sha256=MODEL, method="prototype", params={}, blob=b"", examples=[], metrics={}
-    )
-    assert (first.version, second.version) == (1, 2)
-    assert second.metrics == {"accuracy": 0.75, "per_class": [0.5, 1.0]}
-    with pytest.raises(InvalidInputError, match="params must be JSON"):
-        store.classifiers.save(
-            "ec",
-            model_sha256=MODEL,
-            method="knn",
-            params={"f": len},
-            blob=b"",
-            examples=[],
-            metrics={},
-        )
-    latest = store.classifiers.get("ec")
-    assert latest == second
-    old = store.classifiers.get("ec", 1)
-    assert old.blob == b"\x00v1"
-    assert old.examples == tuple(examples)
-    assert old.params == {"k": 3}
-    assert [(c.name, c.version) for c in store.classifiers.list()] == [("amr", 1), ("ec", 2)]
-    store.predictions.put_many(
-        second.id, [PredictionItem(sequences[2], "1.1.1.1", {"1.1.1.1": 0.9, "2.7.11.1": 0.1})]
-    )
-    assert store.predictions.get_many(second.id, [sequences[2]])[sequence_sha256(sequences[2])]
-    store.classifiers.delete("ec")
-    with pytest.raises(ClassifierNotFoundError, match="'ec'"):
-        store.classifiers.get("ec", 1)
-    with pytest.raises(ClassifierNotFoundError):
-        store.classifiers.delete("ec")
-    assert store.predictions.get_many(second.id, [sequences[2]]) == {}  # cascaded
-    assert [c.name for c in store.classifiers.list()] == ["amr"]
-
-
-def test_concurrent_saves_of_one_name_get_distinct_versions(store: Store) -> None:
-    """Two threads racing on one name: each version number is taken once (PostgreSQL retries)."""
-
-    def save_four(tag: str) -> list[int]:
-        return [
-            store.classifiers.save(
-                "race", model_sha256=MODEL, method=tag, params={}, blob=b"", examples=[], metrics={}
-            ).version
-            for _ in range(4)
-        ]
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        versions = [v for result in pool.map(save_four, ["a", "b"]) for v in result]
-    assert sorted(versions) == list(range(1, 9))
-    assert store.classifiers.get("race").version == 8
-
-
-def test_predictions_put_and_get(store: Store, sequences: list[str]) -> None:
-    saved = store.classifiers.save(
-        "c", model_sha256=MODEL, method="knn", params={}, blob=b"b", examples=[], metrics={}
-    )
-    items = [
-        PredictionItem(s, None if i % 2 else "A", {"A": 0.5}) for i, s in enumerate(sequences[:10])
-    ]
-    store.predictions.put_many(saved.id, items)
-    got = store.predictions.get_many(saved.id, sequences[:12])
-    assert len(got) == 10
-    assert got[sequence_sha256(sequences[1])].label is None
-    assert got[sequence_sha256(sequences[0])].scores == {"A": 0.5}
-    with pytest.raises(NotFoundError):
-        store.predictions.put_many(saved.id + 1000, items)
-
-
-def test_models_register_fills_the_placeholder(store: Store, sequences: list[str]) -> None:
-    store.embeddings.put_many(_items(sequences[:1]))
-    assert store.models.get(MODEL).architecture is None
-    store.models.register("esm2-8m", MODEL, architecture={"num_layers": 6}, card={"name": "x"})
-    stored = store.models.get(MODEL)
-    assert (stored.name, stored.architecture) == ("esm2-8m", {"num_layers": 6})
-    assert [m.sha256 for m in store.models.list()] == [MODEL]
-    with pytest.raises(NotFoundError):
-        store.models.get("cd" * 32)
-
-
-def test_jobs_progress_and_finish(store: Store) -> None:
-    job = store.jobs.create("embed", total=10, params={"fasta": "x.fasta"})
-    assert job.status == "pending"
-    running = store.jobs.update(job.id, status="running", done=4)
-    assert (running.status, running.done, running.finished_at) == ("running", 4, None)
-    assert [j.id for j in store.jobs.list(status="running")] == [job.id]
-    done = store.jobs.update(job.id, status="succeeded", done=10)
-    assert done.finished_at is not None and done.finished_at >= done.created_at
-    assert store.jobs.get(job.id).params == {"fasta": "x.fasta"}
-    with pytest.raises(InvalidInputError):
-        store.jobs.update(job.id, status="exploded")
-    with pytest.raises(NotFoundError):
-        store.jobs.get("nope")
-
-
-def test_sqlite_runs_in_wal_mode_with_foreign_keys(sqlite_url: str) -> None:
-    with Store(StoreConfig(url=sqlite_url)) as store, store.engine.connect() as connection:
-        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-        assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
-        assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
-
-
-def test_config_checks_and_defaults(tmp_path: Path) -> None:
-    assert default_url().startswith("sqlite:///") and "protssl" in default_url()
-    with pytest.raises(InvalidInputError, match="sqlite"):
-        StoreConfig(url="mysql://x")
-    with pytest.raises(InvalidInputError, match="psycopg"):
-        StoreConfig(url="postgresql://x/db")
-    with pytest.raises(InvalidInputError, match="float16"):
-        StoreConfig(url="sqlite://", vector_dtype="int8")  # type: ignore[arg-type]
-    with pytest.raises(InvalidInputError, match="memory_cache_mb"):
-        StoreConfig(url="sqlite://", memory_cache_mb=-1)
-    url = f"sqlite:///{tmp_path}/env.sqlite3"
-    assert StoreConfig.from_environ({"PROTSSL_DATABASE_URL": url}).url == url
-    assert StoreConfig.from_environ({"PROTSSL_DATABASE_URL": url}, url="sqlite:///a").url == (
-        "sqlite:///a"
-    )
-    assert StoreConfig.from_environ({}).url == default_url()
-    nested = tmp_path / "new" / "folder" / "s.sqlite3"
-    with Store(StoreConfig(url=f"sqlite:///{nested}")):
-        assert nested.is_file()

@@ -1,0 +1,133 @@
+"""Calibration and abstention: temperature, confidence thresholds, extra labels, EC back-off.
+
+Everything here works on held-out support scores: `calibrate` picks the temperature,
+`precision_threshold` the confidence cut that reaches a target precision, `best_ratio` the
+extra-label ratio of multi-label support, and `back_off_levels` the parents (1.1.1.-) that dotted
+labels back off to.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "Level",
+    "back_off_levels",
+    "best_ratio",
+    "calibrate",
+    "is_hierarchical",
+    "precision_threshold",
+    "softmax",
+]
+
+_TEMPERATURES = np.logspace(-3, 2, 101)
+
+
+def softmax(scores: np.ndarray, temperature: float) -> np.ndarray:
+    """Row-wise softmax of `scores / temperature` (max-shifted, so large scores do not overflow)."""
+    z = scores / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def calibrate(scores: np.ndarray, y: np.ndarray) -> float:
+    """Temperature minimising the held-out negative log-likelihood of the true label set."""
+    best_t, best_nll = 1.0, math.inf
+    for t in _TEMPERATURES:
+        p = softmax(scores, float(t))
+        nll = -np.log(np.maximum((p * (y > 0)).sum(1), 1e-12)).mean()
+        if nll < best_nll:
+            best_t, best_nll = float(t), float(nll)
+    return best_t
+
+
+def precision_threshold(confidence: np.ndarray, correct: np.ndarray, target: float) -> float:
+    """Lowest confidence cut whose answered held-out set reaches `target` precision.
+
+    When no cut reaches it, the cut with the best held-out micro-F1 (abstaining costs recall).
+    """
+    order = np.argsort(-confidence, kind="stable")
+    conf, hits = confidence[order], correct[order].astype(np.float64)
+    answered = np.arange(1, len(hits) + 1)
+    right = np.cumsum(hits)
+    precision = right / answered
+    # only cut between distinct confidence values
+    last_of_value = np.append(conf[1:] < conf[:-1], True)
+    ok = np.flatnonzero(last_of_value & (precision >= target))
+    if len(ok):
+        return float(conf[ok[-1]])
+    candidates = np.flatnonzero(last_of_value)
+    f1 = 2 * right[candidates] / (answered[candidates] + len(hits))
+    return float(conf[candidates[np.argmax(f1)]])
+
+
+_RATIOS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+def _label_sets(probs: np.ndarray, ratio: float) -> np.ndarray:
+    """(M, C) 0/1: the top label plus labels at >= ratio x its probability."""
+    top = probs.max(1, keepdims=True)
+    chosen = probs >= ratio * top
+    chosen[np.arange(len(probs)), probs.argmax(1)] = True
+    return chosen
+
+
+def best_ratio(probs: np.ndarray, y: np.ndarray) -> float | None:
+    """The extra-label ratio with the best held-out micro-F1; None when the top label alone wins."""
+    truth = y > 0
+
+    def f1(chosen: np.ndarray) -> float:
+        tp = float((chosen & truth).sum())
+        return 2 * tp / (float(chosen.sum()) + float(truth.sum()))
+
+    top_only = np.zeros_like(truth)
+    top_only[np.arange(len(probs)), probs.argmax(1)] = True
+    best, best_f1 = None, f1(top_only)
+    for ratio in _RATIOS:
+        score = f1(_label_sets(probs, ratio))
+        if score > best_f1:
+            best, best_f1 = ratio, score
+    return best
+
+
+def is_hierarchical(classes: Sequence[str]) -> bool:
+    """Whether every label is dotted to one depth (1.1.1.1), so that parents can be backed off to."""
+    depths = {len(c.split(".")) for c in classes}
+    return len(depths) == 1 and depths.pop() > 1 and all("" not in c.split(".") for c in classes)
+
+
+def _parent(label: str, depth: int, full_depth: int) -> str:
+    """`1.1.1.1` at depth 3 → `1.1.1.-`."""
+    parts = label.split(".")[:depth]
+    return ".".join(parts + ["-"] * (full_depth - depth))
+
+
+@dataclass
+class Level:
+    """One back-off level: each leaf class's parent index at this depth, and the level's threshold."""
+
+    depth: int
+    parents: list[str]
+    member: np.ndarray  # (C, P) leaf → parent one-hot
+    threshold: float
+
+
+def back_off_levels(classes: Sequence[str], hierarchical: bool) -> list[Level]:
+    """Back-off levels from the deepest parent (1.1.1.-) up; thresholds are set by the caller."""
+    if not hierarchical:
+        return []
+    full = len(classes[0].split("."))
+    out = []
+    for depth in range(full - 1, 0, -1):
+        parents = sorted({_parent(c, depth, full) for c in classes})
+        index = {p: i for i, p in enumerate(parents)}
+        member = np.zeros((len(classes), len(parents)))
+        for row, c in enumerate(classes):
+            member[row, index[_parent(c, depth, full)]] = 1.0
+        out.append(Level(depth, parents, member, 1.0))
+    return out

@@ -1,0 +1,385 @@
+"""A fitted few-shot classifier: layer choice, calibration, abstention, predictions and state.
+
+`FewShotClassifier.fit` takes a handful of labelled vectors per layer (`{layer: (N, D) array}`),
+picks the layer whose held-out accuracy on the support set is best, calibrates its probabilities by
+temperature scaling on held-out scores, and sets its abstention thresholds from the same held-out
+scores, so that `predict` says `unknown` instead of a confident wrong label:
+
+- a query whose nearest support vector is less similar than almost every support vector's nearest
+  other support vector is out of distribution → `unknown`. This gate uses plain cosine, before
+  centring: centring on the support mean removes the direction all support vectors share, which
+  is what sets them apart from unrelated proteins (IS-family classifiers on the shipped model:
+  AUROC 0.93 against Pfam domains, against 0.79 centred);
+- a query whose calibrated top probability is under the threshold that gave `target_precision` on
+  held-out support (or, when none does, the best held-out micro-F1) is `unknown`, or, for dotted
+  hierarchical labels (EC 1.1.1.1), the deepest parent (1.1.1.-) whose summed probability clears
+  that level's own threshold;
+- multi-label support (`label=A;B`): the extra labels whose probability is within a ratio of the
+  top one are predicted too; the ratio is the one with the best held-out micro-F1.
+
+Vectors are centred on the support mean and L2-normalised before every head. State is JSON
+parameters plus one `.npz` blob (no pickle).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+import protssl.fewshot.calibration as calibration
+from protssl.errors import InvalidInputError
+from protssl.fewshot.config import FewShotConfig
+from protssl.fewshot.heads import HEADS, Head, multi_hot, normalise
+
+__all__ = ["UNKNOWN", "FewShotClassifier", "Prediction", "Status", "require_labels"]
+
+log = logging.getLogger(__name__)
+
+Status = Literal["answered", "backed_off", "unknown"]
+UNKNOWN = "unknown"
+STATE_FORMAT = "protssl.fewshot"
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One query's answer: labels (or `unknown`), calibrated probability, and how it was reached."""
+
+    id: str
+    labels: tuple[str, ...]
+    """Predicted labels; (`unknown`,) when the classifier abstains; a parent like 1.1.1.- on back-off."""
+    probability: float
+    """Calibrated probability of the first label (summed over children for a parent label)."""
+    status: Status
+    top_label: str
+    """The most probable leaf label, whatever the decision (for forced-choice accuracy)."""
+    top_probability: float
+    nearest_similarity: float
+    """Cosine to the nearest support vector in the chosen layer (uncentred: the OOD gate's space)."""
+    top: tuple[tuple[str, float], ...] = ()
+    """The most probable leaf labels with their calibrated probabilities, best first."""
+
+    @property
+    def label(self) -> str:
+        """The labels joined by `;`, as TSV output and the wire show them."""
+        return ";".join(self.labels)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict (labels as a list)."""
+        data = asdict(self)
+        data["labels"] = list(self.labels)
+        return data
+
+
+def require_labels(
+    labels: Sequence[Sequence[str]], ids: Sequence[str] | None = None, *, source: str = ""
+) -> None:
+    """Refuse rows without a label, naming the first: support and evaluation truth need one each.
+
+    The row is named by its id when `ids` are given, else by its position; `source` (a file) is
+    prefixed to the message.
+    """
+    missing = next((row for row, names in enumerate(labels) if not names), None)
+    if missing is None:
+        return
+    what = f"record {ids[missing]!r}" if ids is not None else f"support example #{missing + 1}"
+    where = f"{source}: " if source else ""
+    raise InvalidInputError(
+        f"{where}{what} has no label (write >ID label=A or label=A;B in its FASTA header)"
+    )
+
+
+@dataclass
+class FewShotClassifier:
+    """A fitted few-shot classifier; build with `fit`, restore with `from_state`."""
+
+    config: FewShotConfig
+    classes: tuple[str, ...]
+    layer: int
+    mean: np.ndarray
+    head: Head
+    temperature: float
+    threshold: float
+    ood_threshold: float
+    multi_label_ratio: float | None
+    """Extra labels at >= this fraction of the top probability; None = top label only."""
+    levels: list[calibration.Level] = field(default_factory=list)
+    layer_scores: dict[int, float] = field(default_factory=dict)
+    """Held-out support accuracy of each candidate layer (the best one was chosen)."""
+    support_metrics: dict[str, Any] = field(default_factory=dict)
+    """Held-out metrics on the support set at the chosen layer and thresholds."""
+    info: dict[str, Any] = field(default_factory=dict)
+    """Where the vectors came from (model sha256, pooling); checked before classifying."""
+    support_nn: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    """The L2-normalised support vectors of the chosen layer (for the out-of-distribution gate)."""
+    ood_centred: bool = False
+    """Whether the gate works in the centred space (classifiers saved before it moved to plain
+    cosine keep their gate)."""
+
+    @classmethod
+    def fit(
+        cls,
+        features: Mapping[int, np.ndarray],
+        labels: Sequence[Sequence[str]],
+        config: FewShotConfig | None = None,
+        *,
+        info: Mapping[str, Any] | None = None,
+    ) -> FewShotClassifier:
+        """Fit on `{layer: (N, D) vectors}` and N label tuples; chooses the layer by held-out accuracy."""
+        config = config or FewShotConfig()
+        label_sets = [tuple(dict.fromkeys(ls)) for ls in labels]
+        if not features:
+            raise InvalidInputError("no vectors given to fit a classifier")
+        require_labels(label_sets)
+        if any(UNKNOWN in ls for ls in label_sets):
+            raise InvalidInputError(f"{UNKNOWN!r} is reserved and cannot be a class label")
+        classes = tuple(sorted({c for ls in label_sets for c in ls}))
+        if len(classes) < 2:
+            raise InvalidInputError(f"need at least 2 classes, got {len(classes)}: {classes}")
+        if len(label_sets) < 3:
+            raise InvalidInputError("need at least 3 labelled examples")
+        for layer, x in features.items():
+            if x.ndim != 2 or len(x) != len(label_sets):
+                raise InvalidInputError(
+                    f"layer {layer}: expected ({len(label_sets)}, D) vectors, got {x.shape}"
+                )
+        y = multi_hot(label_sets, classes)
+        hierarchical = config.hierarchical == "yes" or (
+            config.hierarchical == "auto" and calibration.is_hierarchical(classes)
+        )
+        if hierarchical and not calibration.is_hierarchical(classes):
+            raise InvalidInputError("hierarchical=yes needs dotted labels of one depth (1.1.1.1)")
+
+        keys: dict[int, tuple[float, float]] = {}
+        held: dict[int, tuple[np.ndarray, float]] = {}
+        for layer in sorted(features):
+            x = normalise(features[layer], features[layer].astype(np.float64).mean(0))
+            scores = HEADS[config.method]().held_out(x, y, config)
+            temperature = calibration.calibrate(scores, y)
+            p = calibration.softmax(scores, temperature)
+            accuracy = float((y[np.arange(len(y)), p.argmax(1)] > 0).mean())
+            log_lik = float(np.log(np.maximum((p * y).sum(1), 1e-12)).mean())
+            keys[layer] = (accuracy, log_lik)
+            held[layer] = (scores, temperature)
+        # best held-out accuracy, then likelihood; max() keeps the earliest layer on a full tie
+        layer = max(sorted(keys), key=lambda k: keys[k])
+        layer_scores = {k: v[0] for k, v in keys.items()}
+        mean = features[layer].astype(np.float64).mean(0)
+        x = normalise(features[layer], mean)
+        head = HEADS[config.method]()
+        head.fit(x, y, config)
+
+        scores, temperature = held[layer]
+        probs = calibration.softmax(scores, temperature)
+        top = probs.argmax(1)
+        top_p = probs[np.arange(len(y)), top]
+        correct = y[np.arange(len(y)), top] > 0
+        threshold = calibration.precision_threshold(top_p, correct, config.target_precision)
+        levels = calibration.back_off_levels(classes, hierarchical)
+        for level in levels:
+            parent_p = probs @ level.member
+            parent_top = parent_p.argmax(1)
+            parent_true = (y @ level.member) > 0
+            level.threshold = calibration.precision_threshold(
+                parent_p[np.arange(len(y)), parent_top],
+                parent_true[np.arange(len(y)), parent_top],
+                config.target_precision,
+            )
+        support_nn = normalise(features[layer])
+        sims = support_nn @ support_nn.T
+        np.fill_diagonal(sims, -np.inf)
+        nearest = sims.max(1)
+        ood_threshold = float(np.quantile(nearest, config.ood_quantile)) if len(x) > 1 else -1.0
+        answered = top_p >= threshold
+        multi_label_ratio = None
+        if any(len(ls) > 1 for ls in label_sets):
+            multi_label_ratio = config.multi_label_ratio or calibration.best_ratio(probs, y)
+        support_metrics = {
+            "held_out": "leave-one-out"
+            if config.method in ("prototype", "knn")
+            else f"{min(config.folds, len(y))}-fold",
+            "top1_accuracy": float(correct.mean()),
+            "answered_rate": float(answered.mean()),
+            "accuracy_on_answered": float(correct[answered].mean()) if answered.any() else 0.0,
+            "examples": len(y),
+            "classes": len(classes),
+        }
+        classifier = cls(
+            config=config,
+            classes=classes,
+            layer=layer,
+            mean=mean,
+            head=head,
+            temperature=temperature,
+            threshold=threshold,
+            ood_threshold=ood_threshold,
+            multi_label_ratio=multi_label_ratio,
+            levels=levels,
+            layer_scores=layer_scores,
+            support_metrics=support_metrics,
+            info=dict(info or {}),
+            support_nn=support_nn,
+        )
+        log.info(
+            "fitted %s classifier: %d classes, %d examples, layer %d (held-out accuracy %.3f), "
+            "T=%.3g, threshold %.3f",
+            config.method,
+            len(classes),
+            len(y),
+            layer,
+            layer_scores[layer],
+            temperature,
+            threshold,
+        )
+        return classifier
+
+    # --- inference -----------------------------------------------------------------------
+
+    def _vectors(
+        self, features: np.ndarray | Mapping[int, np.ndarray], *, centred: bool = True
+    ) -> np.ndarray:
+        x = features[self.layer] if isinstance(features, Mapping) else features
+        if x.ndim != 2 or x.shape[1] != self.mean.shape[0]:
+            raise InvalidInputError(
+                f"expected (M, {self.mean.shape[0]}) vectors from layer {self.layer}, got {x.shape}"
+            )
+        return normalise(x, self.mean if centred else None)
+
+    def predict_proba(self, features: np.ndarray | Mapping[int, np.ndarray]) -> np.ndarray:
+        """Calibrated (M, C) probabilities over `classes`."""
+        return calibration.softmax(self.head.scores(self._vectors(features)), self.temperature)
+
+    def nearest_similarity(self, features: np.ndarray | Mapping[int, np.ndarray]) -> np.ndarray:
+        """Cosine of each query to its nearest support vector (uncentred, unless an old state)."""
+        x = self._vectors(features, centred=self.ood_centred)
+        return (x @ self.support_nn.T).max(1)
+
+    def predict(
+        self,
+        features: np.ndarray | Mapping[int, np.ndarray],
+        ids: Sequence[str] | None = None,
+        *,
+        top_k: int = 3,
+    ) -> list[Prediction]:
+        """Labels with abstention and back-off for M query vectors (from the chosen layer).
+
+        Each prediction also lists its `top_k` most probable leaf labels, whatever the decision.
+        """
+        if top_k < 1:
+            raise InvalidInputError(f"top_k must be at least 1, got {top_k}")
+        probs = self.predict_proba(features)
+        nearest = self.nearest_similarity(features)
+        ids = list(ids) if ids is not None else [f"query{i}" for i in range(len(probs))]
+        if len(ids) != len(probs):
+            raise InvalidInputError(f"{len(ids)} ids for {len(probs)} query vectors")
+        out = []
+        ranked = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
+        for row, query_id in enumerate(ids):
+            top = int(ranked[row, 0])
+            labels, probability, status = self._decide(probs[row], float(nearest[row]))
+            out.append(
+                Prediction(
+                    id=query_id,
+                    labels=labels,
+                    probability=probability,
+                    status=status,
+                    top_label=self.classes[top],
+                    top_probability=float(probs[row, top]),
+                    nearest_similarity=float(nearest[row]),
+                    top=tuple((self.classes[i], float(probs[row, i])) for i in ranked[row]),
+                )
+            )
+        return out
+
+    def _decide(self, p: np.ndarray, nearest: float) -> tuple[tuple[str, ...], float, Status]:
+        """Labels, probability and status for one query's calibrated probabilities."""
+        top = int(p.argmax())
+        top_p = float(p[top])
+        if nearest < self.ood_threshold:
+            return (UNKNOWN,), 0.0, "unknown"
+        if top_p >= self.threshold:
+            labels = [self.classes[top]]
+            if self.multi_label_ratio is not None:
+                extra = np.flatnonzero(p >= self.multi_label_ratio * top_p)
+                labels += [self.classes[i] for i in extra if i != top]
+            return tuple(labels), top_p, "answered"
+        for level in self.levels:
+            parent_p = p @ level.member
+            best = int(parent_p.argmax())
+            if parent_p[best] >= level.threshold:
+                return (level.parents[best],), float(parent_p[best]), "backed_off"
+        return (UNKNOWN,), top_p, "unknown"
+
+    # --- state -----------------------------------------------------------------------------
+
+    def to_state(self) -> tuple[dict[str, Any], bytes]:
+        """JSON-able parameters and one `.npz` blob of arrays (loadable without pickle)."""
+        params: dict[str, Any] = {
+            "format": STATE_FORMAT,
+            "format_version": STATE_VERSION,
+            "config": asdict(self.config),
+            "classes": list(self.classes),
+            "layer": self.layer,
+            "temperature": self.temperature,
+            "threshold": self.threshold,
+            "ood_threshold": self.ood_threshold,
+            "ood_centred": self.ood_centred,
+            "multi_label_ratio": self.multi_label_ratio,
+            "levels": [
+                {"depth": lv.depth, "parents": lv.parents, "threshold": lv.threshold}
+                for lv in self.levels
+            ],
+            "layer_scores": {str(k): v for k, v in self.layer_scores.items()},
+            "support_metrics": dict(self.support_metrics),
+            "info": dict(self.info),
+        }
+        arrays = {f"head.{k}": np.asarray(v) for k, v in self.head.arrays().items()}
+        arrays["mean"] = self.mean
+        arrays["support_nn"] = self.support_nn
+        for index, level in enumerate(self.levels):
+            arrays[f"level{index}.member"] = level.member
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)  # type: ignore[arg-type]
+        return params, buffer.getvalue()
+
+    @classmethod
+    def from_state(cls, params: Mapping[str, Any], blob: bytes) -> FewShotClassifier:
+        """Rebuild a classifier from `to_state()` output."""
+        if params.get("format") != STATE_FORMAT or params.get("format_version") != STATE_VERSION:
+            raise InvalidInputError(
+                f"not a protssl few-shot classifier state (format={params.get('format')!r}, "
+                f"version={params.get('format_version')!r})"
+            )
+        with np.load(io.BytesIO(blob), allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+        config = FewShotConfig(**params["config"])
+        head = HEADS[config.method]()
+        head.load({k[5:]: v for k, v in arrays.items() if k.startswith("head.")})
+        levels = [
+            calibration.Level(
+                int(lv["depth"]), list(lv["parents"]), arrays[f"level{i}.member"], lv["threshold"]
+            )
+            for i, lv in enumerate(params["levels"])
+        ]
+        return cls(
+            config=config,
+            classes=tuple(params["classes"]),
+            layer=int(params["layer"]),
+            mean=arrays["mean"],
+            head=head,
+            temperature=float(params["temperature"]),
+            threshold=float(params["threshold"]),
+            ood_threshold=float(params["ood_threshold"]),
+            multi_label_ratio=params["multi_label_ratio"],
+            levels=levels,
+            layer_scores={int(k): float(v) for k, v in params["layer_scores"].items()},
+            support_metrics=dict(params["support_metrics"]),
+            info=dict(params["info"]),
+            support_nn=arrays["support_nn"],
+            ood_centred=bool(params.get("ood_centred", True)),
+        )

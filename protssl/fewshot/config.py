@@ -1,0 +1,66 @@
+"""How a few-shot classifier is fitted: the heads on offer and `FewShotConfig`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from protssl.errors import InvalidInputError
+
+__all__ = ["METHODS", "FewShotConfig", "Method"]
+
+Method = Literal["prototype", "knn", "linear", "contrastive"]
+METHODS: tuple[str, ...] = ("prototype", "knn", "linear", "contrastive")
+
+
+@dataclass(frozen=True)
+class FewShotConfig:
+    """How a few-shot classifier is fitted."""
+
+    method: Method = "prototype"
+    """prototype (cosine to class centroids), knn, linear (logistic head) or contrastive."""
+    k: int = 5
+    """Neighbours that vote in `knn`."""
+    target_precision: float = 0.9
+    """Held-out precision on answered support queries that sets the abstention threshold."""
+    ood_quantile: float = 0.02
+    """Fraction of support vectors whose nearest-other similarity may fall below the OOD cut."""
+    multi_label_ratio: float | None = None
+    """Multi-label support: extra labels at >= this fraction of the top probability; None = the
+    ratio with the best held-out micro-F1 on the support set."""
+    hierarchical: Literal["auto", "yes", "no"] = "auto"
+    """Back off dotted labels (1.1.1.1 → 1.1.1.-); auto = when every label is dotted."""
+    folds: int = 5
+    """Cross-validation folds for the trained heads' layer choice and calibration."""
+    steps: int = 100
+    """Full-batch optimiser steps for the linear and contrastive heads."""
+    projection_dim: int = 64
+    """Output width of the contrastive projection head."""
+    contrastive_temperature: float = 0.1
+    """Temperature of the supervised contrastive loss."""
+    weight_decay: float = 1e-3
+    """L2 penalty of the trained heads."""
+    seed: int = 0
+    """Seed of the trained heads' initialisation and of the fold assignment."""
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise InvalidInputError(
+                f"method must be one of {', '.join(METHODS)}, not {self.method!r}"
+            )
+        if self.k < 1:
+            raise InvalidInputError(f"k must be at least 1, got {self.k}")
+        if not 0.0 < self.target_precision <= 1.0:
+            raise InvalidInputError("target_precision must be in (0, 1]")
+        if not 0.0 <= self.ood_quantile < 1.0:
+            raise InvalidInputError("ood_quantile must be in [0, 1)")
+        if self.multi_label_ratio is not None and not 0.0 < self.multi_label_ratio <= 1.0:
+            raise InvalidInputError("multi_label_ratio must be in (0, 1]")
+        if self.hierarchical not in ("auto", "yes", "no"):
+            raise InvalidInputError("hierarchical must be auto, yes or no")
+        if self.folds < 2:
+            raise InvalidInputError(f"folds must be at least 2, got {self.folds}")
+        if self.steps < 1 or self.projection_dim < 1:
+            raise InvalidInputError("steps and projection_dim must be positive")
+        if self.contrastive_temperature <= 0 or self.weight_decay < 0:
+            raise InvalidInputError("contrastive_temperature must be > 0, weight_decay >= 0")

@@ -1,0 +1,306 @@
+"""The scoring heads of a few-shot classifier: prototype, kNN, linear and contrastive.
+
+Every head is fitted on L2-normalised vectors and multi-hot targets and scores queries as (M, C),
+higher is better. `held_out` gives honest scores for the support set itself: exact leave-one-out
+for `prototype` and `knn` (closed form), k-fold cross-validation for the trained heads (`linear`,
+`contrastive`), which would need N refits. The trained heads are tiny torch modules fitted by
+full-batch Adam; their weights are kept as numpy arrays, so a fitted head scores without torch
+modules and its state is plain arrays.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from protssl.fewshot.config import FewShotConfig
+
+__all__ = ["HEADS", "Head", "multi_hot", "normalise"]
+
+_MASKED = -1.0e4  # score of a class that has no support left in a held-out fold
+
+
+def normalise(x: np.ndarray, mean: np.ndarray | None = None) -> np.ndarray:
+    """Rows L2-normalised in float64, after subtracting `mean` when one is given."""
+    centred = x.astype(np.float64)
+    if mean is not None:
+        centred = centred - mean
+    norms = np.linalg.norm(centred, axis=1, keepdims=True)
+    return centred / np.maximum(norms, 1e-12)
+
+
+def multi_hot(labels: Sequence[tuple[str, ...]], classes: Sequence[str]) -> np.ndarray:
+    """(N, C) 0/1 targets: row n has a 1 at each of its labels' class columns."""
+    index = {c: i for i, c in enumerate(classes)}
+    y = np.zeros((len(labels), len(classes)), dtype=np.float64)
+    for row, names in enumerate(labels):
+        for name in names:
+            y[row, index[name]] = 1.0
+    return y
+
+
+def _folds(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Fold id per row, spreading each primary class over the folds."""
+    rng = np.random.default_rng(seed)
+    primary = y.argmax(1)
+    assignment = np.empty(len(y), dtype=np.int64)
+    offset = 0
+    for cls in np.unique(primary):
+        rows = rng.permutation(np.flatnonzero(primary == cls))
+        assignment[rows] = (np.arange(len(rows)) + offset) % folds
+        offset += len(rows)
+    return assignment
+
+
+class Head:
+    """A scoring head over normalised vectors; `held_out` gives honest scores for the support."""
+
+    name = ""
+
+    def fit(self, x: np.ndarray, y: np.ndarray, config: FewShotConfig) -> None:
+        """Fit on (N, D) normalised vectors and their (N, C) multi-hot targets."""
+        raise NotImplementedError
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        """(M, C) scores of M normalised query vectors; a class without support scores lowest."""
+        raise NotImplementedError
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The fitted parameters as named arrays (saved without pickle)."""
+        raise NotImplementedError
+
+    def load(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Restore the parameters `arrays()` gave."""
+        raise NotImplementedError
+
+    def held_out(self, x: np.ndarray, y: np.ndarray, config: FewShotConfig) -> np.ndarray:
+        """Scores of each support row from a head that never saw it (k-fold by default)."""
+        out = np.full(y.shape, _MASKED)
+        assignment = _folds(y, min(config.folds, len(y)), config.seed)
+        for fold in np.unique(assignment):
+            train = assignment != fold
+            head = type(self)()
+            head.fit(x[train], y[train], config)
+            out[~train] = head.scores(x[~train])
+        return out
+
+
+def _centroids(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    sums = y.T @ x  # (C, D)
+    norms = np.linalg.norm(sums, axis=1, keepdims=True)
+    return sums / np.maximum(norms, 1e-12)
+
+
+class _Prototype(Head):
+    name = "prototype"
+
+    def fit(self, x: np.ndarray, y: np.ndarray, config: FewShotConfig) -> None:
+        self.centroids = _centroids(x, y)
+        self.present = y.sum(0) > 0
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        return np.where(self.present, x @ self.centroids.T, _MASKED)
+
+    def held_out(self, x: np.ndarray, y: np.ndarray, config: FewShotConfig) -> np.ndarray:
+        sums = y.T @ x  # (C, D)
+        own = y[:, :, None] * x[:, None, :]  # (N, C, D): each row's contribution to its classes
+        loo = sums[None] - own
+        norms = np.linalg.norm(loo, axis=2)
+        cos = np.einsum("nd,ncd->nc", x, loo) / np.maximum(norms, 1e-12)
+        remaining = y.sum(0)[None] - y
+        return np.where(remaining > 0, cos, _MASKED)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"centroids": self.centroids, "present": self.present}
+
+    def load(self, arrays: Mapping[str, np.ndarray]) -> None:
+        self.centroids, self.present = arrays["centroids"], arrays["present"].astype(bool)
+
+
+class _KNN(Head):
+    name = "knn"
+
+    def __init__(self, k: int = 5) -> None:
+        self.k = k
+
+    def fit(self, x: np.ndarray, y: np.ndarray, config: FewShotConfig) -> None:
+        self.k = config.k
+        self.support, self.targets = x, y
+
+    def _vote(self, sims: np.ndarray) -> np.ndarray:
+        k = min(self.k, sims.shape[1])
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]  # (M, k)
+        top_sims = np.take_along_axis(sims, top, axis=1)
+        weights = 1.0 / np.maximum(1.0 - top_sims, 1e-3)  # inverse cosine distance
+        weights = np.where(np.isfinite(top_sims), weights, 0.0)
+        votes = np.einsum("mk,mkc->mc", weights, self.targets[top])
+        share = votes / np.maximum(weights.sum(1, keepdims=True), 1e-12)
+        return np.log(share + 1e-4)
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        return self._vote(x @ self.support.T)
+
+    def held_out(self, x: np.ndarray, y: np.ndarray, config: FewShotConfig) -> np.ndarray:
+        self.fit(x, y, config)
+        sims = x @ x.T
+        np.fill_diagonal(sims, -np.inf)
+        self.k = min(config.k, len(x) - 1)
+        return self._vote(sims)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"support": self.support, "targets": self.targets, "k": np.array(self.k)}
+
+    def load(self, arrays: Mapping[str, np.ndarray]) -> None:
+        self.support, self.targets, self.k = arrays["support"], arrays["targets"], int(arrays["k"])
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op thread count set to `threads` inside, and back to exactly what it was after.
+
+    The count is process-wide: torch work on other threads meanwhile runs on that many threads too
+    (in the service, heads are fitted on the model worker, where no batch runs meanwhile).
+    """
+    before = torch.get_num_threads()
+    if before == threads:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train(module: nn.Module, loss_fn: Callable[[], torch.Tensor], config: FewShotConfig) -> None:
+    """Full-batch Adam on one intra-op thread: the heads are so small that handing work to more
+    threads costs more than it saves (fitting `linear` on examples/labelled.fasta, 72 records x 5
+    layers, on 2 busy cores: 2.3 s on one thread, 41 s on torch's default two)."""
+    with _torch_threads(1):
+        optimiser = torch.optim.Adam(module.parameters(), lr=0.01, weight_decay=config.weight_decay)
+        for _ in range(config.steps):
+            optimiser.zero_grad()
+            loss = loss_fn()
+            loss.backward()
+            optimiser.step()
+    module.eval()
+
+
+class _Linear(Head):
+    """Softmax regression (multi-label rows share their probability mass) on scaled unit vectors."""
+
+    name = "linear"
+    scale = 10.0
+
+    def fit(self, x: np.ndarray, y: np.ndarray, config: FewShotConfig) -> None:
+        with torch.random.fork_rng():
+            torch.manual_seed(config.seed)
+            layer = nn.Linear(x.shape[1], y.shape[1])
+        inputs = torch.from_numpy((x * self.scale).astype(np.float32))
+        targets = torch.from_numpy((y / y.sum(1, keepdims=True)).astype(np.float32))
+        present = torch.from_numpy(y.sum(0) > 0)
+
+        def loss() -> torch.Tensor:
+            logits = layer(inputs).masked_fill(~present, _MASKED)
+            return -(targets * F.log_softmax(logits, dim=1)).sum(1).mean()
+
+        _train(layer, loss, config)
+        self.weight = layer.weight.detach().numpy().astype(np.float64)
+        self.bias = np.where(
+            present.numpy(), layer.bias.detach().numpy().astype(np.float64), _MASKED
+        )
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        return (x * self.scale) @ self.weight.T + self.bias
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"weight": self.weight, "bias": self.bias}
+
+    def load(self, arrays: Mapping[str, np.ndarray]) -> None:
+        self.weight, self.bias = arrays["weight"], arrays["bias"]
+
+
+class _Projection(nn.Module):
+    def __init__(self, width: int, out: int) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(width, 2 * out)
+        self.out = nn.Linear(2 * out, out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.out(F.gelu(self.hidden(x))), dim=-1)
+
+
+def _supcon_loss(z: torch.Tensor, positives: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Supervised contrastive loss (Khosla et al. 2020) over one full batch of unit vectors."""
+    logits = z @ z.T / temperature
+    self_mask = torch.eye(len(z), dtype=torch.bool)
+    logits = logits.masked_fill(self_mask, -1e9)
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    pos = positives & ~self_mask
+    counts = pos.sum(1)
+    has = counts > 0
+    if not bool(has.any()):
+        return z.sum() * 0.0
+    mean_log_prob = (log_prob * pos).sum(1)[has] / counts[has]
+    return -mean_log_prob.mean()
+
+
+class _Contrastive(Head):
+    """A small MLP projection trained with a supervised contrastive loss; prototypes in its space."""
+
+    name = "contrastive"
+
+    def fit(self, x: np.ndarray, y: np.ndarray, config: FewShotConfig) -> None:
+        with torch.random.fork_rng():
+            torch.manual_seed(config.seed)
+            projection = _Projection(x.shape[1], config.projection_dim)
+        inputs = torch.from_numpy(x.astype(np.float32))
+        targets = torch.from_numpy(y)
+        positives = (targets @ targets.T) > 0
+
+        def loss() -> torch.Tensor:
+            return _supcon_loss(projection(inputs), positives, config.contrastive_temperature)
+
+        _train(projection, loss, config)
+        self.params = {
+            k: v.detach().numpy().astype(np.float64) for k, v in projection.state_dict().items()
+        }
+        self.prototype = _Prototype()
+        self.prototype.fit(self._project(x), y, config)
+
+    def _project(self, x: np.ndarray) -> np.ndarray:
+        hidden = x @ self.params["hidden.weight"].T + self.params["hidden.bias"]
+        hidden = 0.5 * hidden * (1.0 + _erf(hidden / math.sqrt(2.0)))  # exact GELU
+        out = hidden @ self.params["out.weight"].T + self.params["out.bias"]
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        return self.prototype.scores(self._project(x))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {f"proj.{k}": v for k, v in self.params.items()}
+        out.update({f"proto.{k}": v for k, v in self.prototype.arrays().items()})
+        return out
+
+    def load(self, arrays: Mapping[str, np.ndarray]) -> None:
+        self.params = {k[5:]: v for k, v in arrays.items() if k.startswith("proj.")}
+        self.prototype = _Prototype()
+        self.prototype.load({k[6:]: v for k, v in arrays.items() if k.startswith("proto.")})
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    return torch.erf(torch.from_numpy(x)).numpy()
+
+
+HEADS: dict[str, type[Head]] = {
+    "prototype": _Prototype,
+    "knn": _KNN,
+    "linear": _Linear,
+    "contrastive": _Contrastive,
+}

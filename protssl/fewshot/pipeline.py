@@ -1,0 +1,139 @@
+"""Few-shot classifiers on a protssl model: embed records, fit on them, classify with them.
+
+The one path from records to predictions is `classify_records`: it checks that the classifier
+meets the model it was fitted on (`check_model`), embeds the records at the classifier's layer and
+pooling (here, or through a caller's `embed`, such as the service's batcher) and predicts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from protssl.checkpoint import LoadedModel
+from protssl.embed import EmbedConfig, embed_records_layers
+from protssl.errors import InvalidInputError
+from protssl.fasta import ProteinRecord
+from protssl.fewshot.classifier import FewShotClassifier, Prediction, require_labels
+from protssl.fewshot.config import FewShotConfig
+
+__all__ = [
+    "EmbedFn",
+    "candidate_layers",
+    "check_model",
+    "classify_records",
+    "embed_for_fewshot",
+    "fit_records",
+]
+
+EmbedFn = Callable[[Sequence[ProteinRecord], int, str], np.ndarray]
+"""(records, layer, pooling) → their (N, D) vectors in record order, from the checked model."""
+
+
+def candidate_layers(num_layers: int) -> tuple[int, ...]:
+    """Layers worth trying: up to 5 spread over the model's upper two thirds, the last included."""
+    start = max(1, num_layers // 3)
+    count = min(5, num_layers - start + 1)
+    return tuple(sorted({round(float(v)) for v in np.linspace(start, num_layers, count)}))
+
+
+def embed_for_fewshot(
+    records: Sequence[ProteinRecord],
+    model: LoadedModel,
+    layers: Iterable[int],
+    config: EmbedConfig | None = None,
+    *,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict[int, np.ndarray]:
+    """Mean-pooled vectors of `records` (in input order) at each layer, from one forward per batch."""
+    config = config or EmbedConfig()
+    if config.pooling == "per-residue":
+        raise InvalidInputError("few-shot classifiers need pooled vectors (mean or bos)")
+    wanted = tuple(layers)
+    position = {r.id: i for i, r in enumerate(records)}
+    if len(position) != len(records):
+        raise InvalidInputError("record ids must be unique to embed for a classifier")
+    out: dict[int, np.ndarray] = {}
+    for by_layer in embed_records_layers(records, model, wanted, config, on_batch=on_batch):
+        for layer, embedding in by_layer.items():
+            if layer not in out:
+                out[layer] = np.zeros((len(records), embedding.vector.shape[0]), dtype=np.float32)
+            out[layer][position[embedding.id]] = embedding.vector
+    return out
+
+
+def _model_info(model: LoadedModel, config: EmbedConfig) -> dict[str, Any]:
+    return {"model_sha256": model.sha256, "model_name": model.name, "pooling": config.pooling}
+
+
+def check_model(classifier: FewShotClassifier, model: LoadedModel) -> None:
+    """Refuse a model other than the one the classifier was fitted on: its vectors mean nothing to it."""
+    expected = classifier.info.get("model_sha256")
+    if not expected or expected == model.sha256:
+        return
+    info = classifier.info
+    which = (
+        f"classifier {info['name']!r} v{info['version']}" if "name" in info else "this classifier"
+    )
+    raise InvalidInputError(
+        f"{which} was fitted on model {info.get('model_name', '?')} ({expected[:12]}…), not on "
+        f"{model.name} ({model.sha256[:12]}…); use the model it was fitted on"
+    )
+
+
+def fit_records(
+    records: Sequence[ProteinRecord],
+    model: LoadedModel,
+    config: FewShotConfig | None = None,
+    *,
+    layers: Iterable[int] | None = None,
+    embed_config: EmbedConfig | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> FewShotClassifier:
+    """Embed labelled records at the candidate layers and fit a classifier on them."""
+    embed_config = embed_config or EmbedConfig()
+    require_labels([r.labels for r in records], [r.id for r in records])
+    chosen = (
+        tuple(layers) if layers is not None else candidate_layers(model.encoder.config.num_layers)
+    )
+    features = embed_for_fewshot(records, model, chosen, embed_config, on_batch=on_batch)
+    return FewShotClassifier.fit(
+        features,
+        [r.labels for r in records],
+        config,
+        info=_model_info(model, embed_config),
+    )
+
+
+def classify_records(
+    classifier: FewShotClassifier,
+    records: Sequence[ProteinRecord],
+    model: LoadedModel,
+    *,
+    embed_config: EmbedConfig | None = None,
+    on_batch: Callable[[int], None] | None = None,
+    top_k: int = 3,
+    embed: EmbedFn | None = None,
+) -> list[Prediction]:
+    """Embed records at the classifier's layer with the model it was fitted on, and predict.
+
+    `embed` replaces embedding here with `model` (the service passes its batcher's); each
+    prediction lists its `top_k` most probable labels.
+    """
+    check_model(classifier, model)
+    pooling = classifier.info.get("pooling", "mean")
+    embed_config = embed_config or EmbedConfig(pooling=pooling)
+    if embed_config.pooling != pooling:
+        raise InvalidInputError(f"this classifier needs {pooling} pooling")
+    if not records:
+        return []
+    if embed is not None:
+        vectors = embed(records, classifier.layer, pooling)
+    else:
+        features = embed_for_fewshot(
+            records, model, (classifier.layer,), embed_config, on_batch=on_batch
+        )
+        vectors = features[classifier.layer]
+    return classifier.predict(vectors, [r.id for r in records], top_k=top_k)

@@ -1,0 +1,245 @@
+"""Named, versioned classifiers: saving a name again adds a version; old versions stay."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import defaultdict
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, func, select
+from sqlalchemy.exc import IntegrityError
+
+import protssl.store.common as common
+import protssl.store.engine as engines
+from protssl.errors import ClassifierNotFoundError, InvalidInputError, StoreError
+from protssl.store.schema import Base
+
+__all__ = ["ClassifierRepository", "Example", "StoredClassifier"]
+
+log = logging.getLogger(__name__)
+
+_SEQUENCES = Base.metadata.tables["sequences"]
+_CLASSIFIERS = Base.metadata.tables["classifiers"]
+_EXAMPLES = Base.metadata.tables["classifier_examples"]
+
+
+Example = tuple[str, str, tuple[str, ...]]
+
+
+@dataclass(frozen=True)
+class StoredClassifier:
+    """One version of a named classifier, with the examples it was fitted on."""
+
+    id: int
+    name: str
+    version: int
+    model_sha256: str
+    method: str
+    params: dict[str, Any]
+    blob: bytes
+    examples: tuple[Example, ...]
+    """(record id, normalised sequence, labels) in the order they were saved."""
+    metrics: dict[str, Any]
+    created_at: dt.datetime
+
+
+def _one_version(name: str, version: int | None, *columns: Any) -> Any:
+    """SELECT `columns` of version `version` of classifier `name` (the latest if None)."""
+    statement = select(*columns).where(_CLASSIFIERS.c.name == name)
+    if version is None:
+        return statement.order_by(_CLASSIFIERS.c.version.desc()).limit(1)
+    return statement.where(_CLASSIFIERS.c.version == version)
+
+
+def _not_found(name: str, version: int | None) -> str:
+    which = f"version {version} of " if version is not None else ""
+    return f"no classifier {which}{name!r} in the store"
+
+
+class ClassifierRepository:
+    """Named, versioned classifiers: saving a name again adds a version; old versions stay."""
+
+    _SAVE_ATTEMPTS = 5
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def save(
+        self,
+        name: str,
+        *,
+        model_sha256: str,
+        method: str,
+        params: dict[str, Any],
+        blob: bytes,
+        examples: Seq[Example],
+        metrics: dict[str, Any],
+    ) -> StoredClassifier:
+        """Store a new version of `name` (1 if new) and return it."""
+        if not name or len(name) > 200:
+            raise InvalidInputError(f"classifier name must be 1-200 characters, got {name!r}")
+        params = common.json_object(params, "params")
+        metrics = common.json_object(metrics, "metrics")
+        examples = tuple(
+            (str(i), str(s), tuple(str(x) for x in labels)) for i, s, labels in examples
+        )
+        attempt = 1
+        while True:
+            try:
+                return self._insert_version(
+                    name, model_sha256, method, params, bytes(blob), examples, metrics
+                )
+            except IntegrityError as exc:
+                # another writer took this version number first (PostgreSQL); try the next one
+                if attempt == self._SAVE_ATTEMPTS:
+                    raise StoreError(f"saving classifier {name!r} failed: {exc}") from exc
+                log.info("classifier %s: version taken by a concurrent save, retrying", name)
+                attempt += 1
+
+    def _insert_version(
+        self,
+        name: str,
+        model_sha256: str,
+        method: str,
+        params: dict[str, Any],
+        blob: bytes,
+        examples: tuple[Example, ...],
+        metrics: dict[str, Any],
+    ) -> StoredClassifier:
+        created = common.now()
+        with engines.write_transaction(self._engine) as connection:
+            common.ensure_models(connection, [model_sha256])
+            common.ensure_sequences(connection, (sequence for _, sequence, _ in examples))
+            latest = connection.execute(
+                select(func.max(_CLASSIFIERS.c.version)).where(_CLASSIFIERS.c.name == name)
+            ).scalar_one()
+            version = (latest or 0) + 1
+            classifier_id = connection.execute(
+                _CLASSIFIERS.insert()
+                .values(
+                    name=name,
+                    version=version,
+                    model_sha256=model_sha256,
+                    method=method,
+                    params=params,
+                    blob=blob,
+                    metrics=metrics,
+                    created_at=created,
+                )
+                .returning(_CLASSIFIERS.c.id)
+            ).scalar_one()
+            if examples:
+                connection.execute(
+                    _EXAMPLES.insert(),
+                    [
+                        {
+                            "classifier_id": classifier_id,
+                            "position": position,
+                            "record_id": record_id,
+                            "sequence_sha256": common.sequence_sha256(sequence),
+                            "labels": list(labels),
+                        }
+                        for position, (record_id, sequence, labels) in enumerate(examples)
+                    ],
+                )
+        return StoredClassifier(
+            id=classifier_id,
+            name=name,
+            version=version,
+            model_sha256=model_sha256,
+            method=method,
+            params=params,
+            blob=blob,
+            examples=examples,
+            metrics=metrics,
+            created_at=created,
+        )
+
+    def get(self, name: str, version: int | None = None) -> StoredClassifier:
+        """Version `version` of `name` (the latest if None), or ClassifierNotFoundError."""
+        with self._engine.connect() as connection:
+            row = connection.execute(_one_version(name, version, _CLASSIFIERS)).first()
+            if row is None:
+                raise ClassifierNotFoundError(_not_found(name, version))
+            examples = self._examples(connection, [row.id])
+        return self._from_row(row, examples.get(row.id, ()))
+
+    def identity(self, name: str, version: int | None = None) -> tuple[int, int, dt.datetime]:
+        """(id, version, created_at) of `get(name, version)` without its blob or examples.
+
+        A saved version never changes, so this triple names its content: what memos key on.
+        """
+        columns = (_CLASSIFIERS.c.id, _CLASSIFIERS.c.version, _CLASSIFIERS.c.created_at)
+        with self._engine.connect() as connection:
+            row = connection.execute(_one_version(name, version, *columns)).first()
+        if row is None:
+            raise ClassifierNotFoundError(_not_found(name, version))
+        return row.id, row.version, common.utc(row.created_at)
+
+    def list(self) -> list[StoredClassifier]:
+        """The latest version of every classifier, by name."""
+        latest = (
+            select(_CLASSIFIERS.c.name, func.max(_CLASSIFIERS.c.version).label("version"))
+            .group_by(_CLASSIFIERS.c.name)
+            .subquery()
+        )
+        statement = (
+            select(_CLASSIFIERS)
+            .join(
+                latest,
+                and_(
+                    _CLASSIFIERS.c.name == latest.c.name,
+                    _CLASSIFIERS.c.version == latest.c.version,
+                ),
+            )
+            .order_by(_CLASSIFIERS.c.name)
+        )
+        with self._engine.connect() as connection:
+            rows = connection.execute(statement).all()
+            examples = self._examples(connection, [row.id for row in rows])
+        return [self._from_row(row, examples.get(row.id, ())) for row in rows]
+
+    def delete(self, name: str) -> None:
+        """Delete every version of `name` with its examples."""
+        with engines.write_transaction(self._engine) as connection:
+            result = connection.execute(_CLASSIFIERS.delete().where(_CLASSIFIERS.c.name == name))
+        if result.rowcount == 0:
+            raise ClassifierNotFoundError(f"no classifier {name!r} in the store")
+
+    @staticmethod
+    def _examples(connection: Connection, ids: Seq[int]) -> dict[int, tuple[Example, ...]]:
+        if not ids:
+            return {}
+        rows = connection.execute(
+            select(
+                _EXAMPLES.c.classifier_id,
+                _EXAMPLES.c.record_id,
+                _SEQUENCES.c.sequence,
+                _EXAMPLES.c.labels,
+            )
+            .join(_SEQUENCES, _SEQUENCES.c.sha256 == _EXAMPLES.c.sequence_sha256)
+            .where(_EXAMPLES.c.classifier_id.in_(ids))
+            .order_by(_EXAMPLES.c.classifier_id, _EXAMPLES.c.position)
+        )
+        grouped: dict[int, list[Example]] = defaultdict(list)
+        for row in rows:
+            grouped[row.classifier_id].append((row.record_id, row.sequence, tuple(row.labels)))
+        return {key: tuple(value) for key, value in grouped.items()}
+
+    @staticmethod
+    def _from_row(row: Any, examples: tuple[Example, ...]) -> StoredClassifier:
+        return StoredClassifier(
+            id=row.id,
+            name=row.name,
+            version=row.version,
+            model_sha256=row.model_sha256,
+            method=row.method,
+            params=dict(row.params),
+            blob=bytes(row.blob),
+            examples=examples,
+            metrics=dict(row.metrics),
+            created_at=common.utc(row.created_at),
+        )

@@ -1,0 +1,96 @@
+"""What the store's repositories share: content addresses, UTC times, JSON, conflict-free inserts.
+
+Writes that may race (sequences, models, the cache) are `INSERT … ON CONFLICT DO NOTHING`, in
+key order so that concurrent PostgreSQL writers cannot deadlock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Connection, Table
+from sqlalchemy.dialects import postgresql, sqlite
+
+from protssl.errors import InvalidInputError
+from protssl.store.schema import Base
+
+__all__ = [
+    "ensure_models",
+    "ensure_sequences",
+    "insert",
+    "json_object",
+    "now",
+    "sequence_sha256",
+    "utc",
+]
+
+_MODELS = Base.metadata.tables["models"]
+_SEQUENCES = Base.metadata.tables["sequences"]
+
+
+def sequence_sha256(sequence: str) -> str:
+    """The content address of a normalised sequence: hex sha256 of its ASCII residues."""
+    try:
+        return hashlib.sha256(sequence.encode("ascii")).hexdigest()
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(
+            f"sequence has a non-ASCII character at position {exc.start + 1}; normalise it first"
+        ) from None
+
+
+def now() -> dt.datetime:
+    """The time now, in UTC (what every timestamp column holds)."""
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def utc(value: dt.datetime) -> dt.datetime:
+    """SQLite hands timestamps back naive; they were written in UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.timezone.utc)
+
+
+def json_object(value: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """A plain JSON copy of `value` (numpy scalars and arrays become numbers and lists)."""
+    try:
+        return dict(json.loads(json.dumps(dict(value), default=_numpy_to_json)))
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"{what} must be JSON-serialisable: {exc}") from None
+
+
+def _numpy_to_json(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+def insert(connection: Connection, table: Table) -> Any:
+    """The dialect's INSERT, which has `on_conflict_do_nothing` on both SQLite and PostgreSQL."""
+    if connection.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+def ensure_sequences(connection: Connection, sequences: Iterable[str]) -> None:
+    """A `sequences` row for each sequence not stored yet (the content that keys point at)."""
+    rows = {sequence_sha256(s): s for s in sequences}
+    if rows:
+        connection.execute(
+            insert(connection, _SEQUENCES).on_conflict_do_nothing(),
+            [{"sha256": k, "length": len(s), "sequence": s} for k, s in sorted(rows.items())],
+        )
+
+
+def ensure_models(connection: Connection, shas: Iterable[str]) -> None:
+    """A `models` row (named `sha256:…`) for each model sha256 not stored yet, so foreign keys hold."""
+    rows = [
+        {"sha256": sha, "name": f"sha256:{sha[:12]}", "created_at": now()}
+        for sha in sorted(set(shas))
+    ]
+    if rows:
+        connection.execute(insert(connection, _MODELS).on_conflict_do_nothing(), rows)

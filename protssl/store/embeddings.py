@@ -1,0 +1,267 @@
+"""The embedding cache: content-addressed vectors, read and written in batches.
+
+A vector's key is everything it depends on (`EmbeddingKey`); `get_many` runs one SELECT per
+provenance among its keys, `put_many` one INSERT per table, and an optional in-memory LRU answers
+recently used vectors without SQL. Vectors never change once stored.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict, defaultdict
+from collections.abc import Iterable, Mapping
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Engine, bindparam, func, select
+from sqlalchemy.exc import SQLAlchemyError
+
+import protssl.store.common as common
+import protssl.store.engine as engines
+from protssl.errors import InvalidInputError, StoreError
+from protssl.store.config import VECTOR_DTYPES
+from protssl.store.schema import Base
+
+__all__ = ["MAX_KEYS_PER_QUERY", "EmbeddingCache", "EmbeddingItem", "EmbeddingKey"]
+
+MAX_KEYS_PER_QUERY = 5000
+"""Cache keys looked up by one SELECT; a batch larger than this takes one query per chunk."""
+
+_EMBEDDINGS = Base.metadata.tables["embeddings"]
+_LITTLE_ENDIAN = {"float32": "<f4", "float16": "<f2"}
+
+
+@dataclass(frozen=True)
+class EmbeddingKey:
+    """Everything a cached vector depends on."""
+
+    model_sha256: str
+    """sha256 of the model's weights."""
+    sequence_sha256: str
+    """`sequence_sha256()` of the normalised sequence."""
+    pooling: str
+    """`mean`, `bos` or `per-residue`."""
+    layer: int
+    """The resolved (non-negative) layer index."""
+    window_policy: str
+    """`WindowPolicy.describe()` for the model's window, e.g. `window:1022:256`."""
+    dtype: str
+    """The dtype the model computed in, e.g. `float32` or `bfloat16`."""
+
+
+@dataclass(frozen=True)
+class EmbeddingItem:
+    """A vector to cache: its key, the sequence it belongs to, and the vector (D,) or (L, D)."""
+
+    key: EmbeddingKey
+    sequence: str
+    vector: np.ndarray
+
+
+_KEY_COLUMNS = ("model_sha256", "sequence_sha256", "pooling", "layer", "window_policy", "dtype")
+
+
+def _key_of(row: Any) -> EmbeddingKey:
+    """The cache key of a result row that has the key columns."""
+    return EmbeddingKey(*(getattr(row, name) for name in _KEY_COLUMNS))
+
+
+_SELECT_VECTORS = select(
+    _EMBEDDINGS.c.sequence_sha256, _EMBEDDINGS.c.dim, _EMBEDDINGS.c.rows, _EMBEDDINGS.c.vector
+).where(
+    _EMBEDDINGS.c.vector_dtype == bindparam("vector_dtype"),
+    *(_EMBEDDINGS.c[name] == bindparam(name) for name in _KEY_COLUMNS if name != "sequence_sha256"),
+    _EMBEDDINGS.c.sequence_sha256.in_(bindparam("sequence_sha256", expanding=True)),
+)
+"""Vectors of one (model, pooling, layer, window policy, dtype) for a list of sequences.
+
+Built once: constructing the expression on every lookup cost more than running it on SQLite.
+"""
+
+
+class _VectorLRU:
+    """Recently used vectors in memory, bounded in bytes, least recently used dropped first.
+
+    Vectors are content-addressed and never change once stored, so nothing here goes stale. Callers
+    get copies: a caller editing its vector in place cannot change what the next caller reads.
+    """
+
+    _ENTRY_OVERHEAD = 256
+    """Bytes counted per entry beside the vector (key, dict slot, array header)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[EmbeddingKey, np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get_many(self, keys: Seq[EmbeddingKey]) -> dict[EmbeddingKey, np.ndarray]:
+        if not self.max_bytes:
+            return {}
+        found: dict[EmbeddingKey, np.ndarray] = {}
+        with self._lock:
+            entries = self._entries
+            for key in keys:
+                vector = entries.get(key)
+                if vector is not None:
+                    entries.move_to_end(key)
+                    found[key] = vector.copy()
+        return found
+
+    def put_many(self, vectors: Mapping[EmbeddingKey, np.ndarray]) -> None:
+        if not self.max_bytes:
+            return
+        with self._lock:
+            for key, vector in vectors.items():
+                size = vector.nbytes + self._ENTRY_OVERHEAD
+                if key in self._entries or size > self.max_bytes:
+                    continue
+                self._entries[key] = vector.copy()
+                self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, dropped = self._entries.popitem(last=False)
+                self._bytes -= dropped.nbytes + self._ENTRY_OVERHEAD
+
+
+class EmbeddingCache:
+    """Content-addressed vectors, read and written in batches.
+
+    `get_many` runs one SELECT per provenance (model, pooling, layer, …) among its keys, `put_many`
+    one INSERT per table.
+    """
+
+    def __init__(
+        self, engine: Engine, *, vector_dtype: str = "float32", memory_bytes: int = 0
+    ) -> None:
+        if vector_dtype not in VECTOR_DTYPES:
+            raise InvalidInputError(
+                f"vector_dtype must be float32 or float16, not {vector_dtype!r}"
+            )
+        self._engine = engine
+        self.vector_dtype = vector_dtype
+        """How vectors are stored and returned: `float32` or `float16`."""
+        self._known_models: set[str] = set()
+        self._memory = _VectorLRU(memory_bytes)
+
+    def get_many(self, keys: Iterable[EmbeddingKey]) -> dict[EmbeddingKey, np.ndarray]:
+        """The cached vectors among `keys` (misses are absent), in `vector_dtype`, bit-exact.
+
+        Keys held in memory (recently read or written, when `memory_bytes` > 0) skip the database.
+        """
+        unique = list(dict.fromkeys(keys))
+        found = self._memory.get_many(unique)
+        unique = [key for key in unique if key not in found]
+        if not unique:
+            return found
+        groups: dict[tuple[str, str, int, str, str], list[str]] = defaultdict(list)
+        for key in unique:
+            groups[(key.model_sha256, key.pooling, key.layer, key.window_policy, key.dtype)].append(
+                key.sequence_sha256
+            )
+        read: dict[EmbeddingKey, np.ndarray] = {}
+        try:
+            with self._engine.connect() as connection:
+                for (model, pooling, layer, policy, dtype), shas in groups.items():
+                    for start in range(0, len(shas), MAX_KEYS_PER_QUERY):
+                        params = {
+                            "vector_dtype": self.vector_dtype,
+                            "model_sha256": model,
+                            "pooling": pooling,
+                            "layer": layer,
+                            "window_policy": policy,
+                            "dtype": dtype,
+                            "sequence_sha256": shas[start : start + MAX_KEYS_PER_QUERY],
+                        }
+                        for row in connection.execute(_SELECT_VECTORS, params):
+                            key = EmbeddingKey(
+                                model, row.sequence_sha256, pooling, layer, policy, dtype
+                            )
+                            read[key] = self._decode(row.vector, row.dim, row.rows)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"reading the embedding cache failed: {exc}") from exc
+        self._memory.put_many(read)
+        found.update(read)
+        return found
+
+    def _decode(self, data: bytes, dim: int, rows: int | None) -> np.ndarray:
+        flat = np.frombuffer(data, dtype=_LITTLE_ENDIAN[self.vector_dtype])
+        expected = dim * (rows if rows is not None else 1)
+        if flat.size != expected:
+            raise StoreError(f"a cached vector has {flat.size} values, its row says {expected}")
+        shape = (rows, dim) if rows is not None else (dim,)
+        return flat.astype(self.vector_dtype).reshape(shape)
+
+    def put_many(self, items: Iterable[EmbeddingItem]) -> None:
+        """Store vectors, (D,) or per residue (L, D); keys already present are left as they are."""
+        rows: dict[EmbeddingKey, dict[str, Any]] = {}
+        sequences: dict[str, str] = {}
+        now = common.now()
+        for item in items:
+            vector = np.asarray(item.vector)
+            if vector.ndim not in (1, 2):
+                raise InvalidInputError(
+                    f"vector for sequence {item.key.sequence_sha256[:12]} has shape {vector.shape}"
+                )
+            if common.sequence_sha256(item.sequence) != item.key.sequence_sha256:
+                raise InvalidInputError(
+                    f"key sequence_sha256 {item.key.sequence_sha256[:12]}… is not the sequence's"
+                )
+            sequences[item.key.sequence_sha256] = item.sequence
+            data = np.ascontiguousarray(vector, dtype=_LITTLE_ENDIAN[self.vector_dtype])
+            rows[item.key] = {
+                "model_sha256": item.key.model_sha256,
+                "sequence_sha256": item.key.sequence_sha256,
+                "pooling": item.key.pooling,
+                "layer": item.key.layer,
+                "window_policy": item.key.window_policy,
+                "dtype": item.key.dtype,
+                "vector_dtype": self.vector_dtype,
+                "dim": int(vector.shape[-1]),
+                "rows": int(vector.shape[0]) if vector.ndim == 2 else None,
+                "vector": data.tobytes(),
+                "created_at": now,
+            }
+        if not rows:
+            return
+        ordered = [rows[key] for key in sorted(rows, key=_sort_key)]
+        models = {key.model_sha256 for key in rows} - self._known_models
+        try:
+            with engines.write_transaction(self._engine) as connection:
+                common.ensure_models(connection, models)
+                common.ensure_sequences(connection, sequences.values())
+                inserted = connection.execute(
+                    common.insert(connection, _EMBEDDINGS)
+                    .on_conflict_do_nothing()
+                    .returning(*(_EMBEDDINGS.c[name] for name in _KEY_COLUMNS)),
+                    ordered,
+                ).all()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"writing {len(rows)} vectors to the cache failed: {exc}") from exc
+        self._known_models |= models
+        if self._memory.max_bytes:
+            # only rows this call inserted (where another writer won, its bits are the cached
+            # ones), decoded as a read decodes them
+            won = {key: rows[key] for key in map(_key_of, inserted)}
+            self._memory.put_many(
+                {key: self._decode(r["vector"], r["dim"], r["rows"]) for key, r in won.items()}
+            )
+
+    def count(self) -> int:
+        """How many vectors are cached (all dtypes)."""
+        with self._engine.connect() as connection:
+            return int(
+                connection.execute(select(func.count()).select_from(_EMBEDDINGS)).scalar_one()
+            )
+
+
+def _sort_key(key: EmbeddingKey) -> tuple[str, str, str, int, str, str]:
+    return (
+        key.model_sha256,
+        key.sequence_sha256,
+        key.pooling,
+        key.layer,
+        key.window_policy,
+        key.dtype,
+    )

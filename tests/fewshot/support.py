@@ -1,0 +1,32 @@
+"""Helpers for the few-shot tests: composition 'layers', labelled FASTA files, the CLI face."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from protssl.cli_fewshot import add_commands
+from protssl.evaluation import composition_features
+from protssl.fasta import ProteinRecord
+
+
+def two_layers(records: list[ProteinRecord]) -> dict[int, np.ndarray]:
+    """Two 'layers' of composition vectors: raw and square-rooted (a variance-stabilised view)."""
+    x = composition_features([r.sequence for r in records])
+    return {1: x, 2: np.sqrt(x)}
+
+
+def write_fasta(path: Path, records: list[ProteinRecord]) -> Path:
+    """`records` as labelled FASTA (`>ID label=A;B`)."""
+    path.write_text("".join(f">{r.id} label={';'.join(r.labels)}\n{r.sequence}\n" for r in records))
+    return path
+
+
+def run_cli(argv: list[str]) -> int:
+    """Run the few-shot commands in this process, as `protssl ARGV` would."""
+    parser = argparse.ArgumentParser(prog="protssl")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))

@@ -1,0 +1,123 @@
+"""Calibration and abstention: the precision threshold, EC back-off, multi-label support."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from protssl.errors import InvalidInputError
+from protssl.evaluation import label_metrics
+from protssl.fasta import ProteinRecord
+from protssl.fewshot import UNKNOWN, FewShotClassifier, FewShotConfig, Prediction
+from protssl.fewshot.calibration import (
+    back_off_levels,
+    calibrate,
+    precision_threshold,
+    softmax,
+)
+
+from .support import two_layers
+
+
+def test_abstention_threshold_reaches_the_target_or_maximises_f1() -> None:
+    confidence = np.array([0.9, 0.8, 0.7, 0.6])
+    # answering the top two is 100% precise; the third would drop precision to 2/3
+    assert precision_threshold(confidence, np.array([1, 1, 0, 1]), 0.9) == 0.8
+    # no cut reaches 0.9: answered-F1 = 2·right/(answered + 4) is best when answering all four
+    assert precision_threshold(confidence, np.array([0, 1, 0, 1]), 0.9) == 0.6
+
+
+def test_calibration_makes_the_top_probability_match_held_out_accuracy() -> None:
+    y = np.eye(2)[[0, 0, 0, 1, 1, 1]]
+    scores = np.eye(2)[[0, 0, 1, 1, 1, 1]]  # 5 of 6 rows right, each by a margin of 1
+    temperature = calibrate(scores, y)
+    # the likelihood is best where p(top) = 5/6, i.e. T = 1 / ln 5, up to the grid's step
+    assert softmax(scores, temperature).max(1) == pytest.approx(np.full(6, 5 / 6), abs=0.01)
+    assert calibrate(scores * 100.0, y) == pytest.approx(100.0 * temperature)
+    # every row right: the sharpest temperature on offer wins
+    assert calibrate(np.eye(2)[[0, 0, 0, 1, 1, 1]], y) == pytest.approx(1e-3)
+
+
+def test_back_off_levels_map_each_leaf_to_its_parents() -> None:
+    classes = ["1.1.1.1", "1.1.1.2", "1.2.1.1", "2.1.1.1"]
+    levels = back_off_levels(classes, True)
+    assert [(lv.depth, lv.parents) for lv in levels] == [
+        (3, ["1.1.1.-", "1.2.1.-", "2.1.1.-"]),
+        (2, ["1.1.-.-", "1.2.-.-", "2.1.-.-"]),
+        (1, ["1.-.-.-", "2.-.-.-"]),
+    ]
+    np.testing.assert_array_equal(levels[0].member.argmax(1), [0, 0, 1, 2])
+    np.testing.assert_array_equal(levels[2].member.argmax(1), [0, 0, 0, 1])
+    assert back_off_levels(classes, False) == []
+
+
+def test_hierarchical_labels_back_off_to_the_parent_when_siblings_are_indistinguishable(
+    is_records: dict[str, list[ProteinRecord]], shared_file: Callable[..., Path]
+) -> None:
+    """One IS family's sequences split at random into two sibling EC-style labels can't be told
+    apart, but their shared parent can: queries from it back off to 1.1.1.-, rarely guess a leaf."""
+    shared_file(
+        "families/prokka_IS_transposase_families.fasta", "40 per family; examples/ holds 20"
+    )
+    rng = np.random.default_rng(1)
+    families = sorted(f for f, rows in is_records.items() if len(rows) >= 40)[:3]
+    names = {families[1]: "1.2.1.1", families[2]: "2.1.1.1"}
+    support: list[ProteinRecord] = []
+    labels: list[tuple[str, ...]] = []
+    query: list[ProteinRecord] = []
+    for family in families:
+        rows = [is_records[family][i] for i in rng.permutation(len(is_records[family]))[:40]]
+        for index, record in enumerate(rows[:24]):
+            support.append(record)
+            if family == families[0]:
+                labels.append(("1.1.1.1",) if index % 2 else ("1.1.1.2",))
+            else:
+                labels.append((names[family],))
+        if family == families[0]:
+            query += rows[24:]
+    classifier = FewShotClassifier.fit(
+        two_layers(support), labels, FewShotConfig(method="prototype", ood_quantile=0.0)
+    )
+    assert [level.depth for level in classifier.levels] == [3, 2, 1]
+    predictions = classifier.predict(two_layers(query))
+    statuses = [p.status for p in predictions]
+    assert statuses.count("backed_off") >= len(query) // 2, statuses
+    assert all(p.labels == ("1.1.1.-",) for p in predictions if p.status == "backed_off")
+    metrics = label_metrics([("1.1.1.1",)] * len(query), predictions)
+    assert metrics["backoff_precision"] == 1.0
+    # a parent probability is the sum over its children
+    probs = classifier.predict_proba(two_layers(query))
+    backed = next(i for i, p in enumerate(predictions) if p.status == "backed_off")
+    siblings = [classifier.classes.index(c) for c in ("1.1.1.1", "1.1.1.2")]
+    assert predictions[backed].probability == pytest.approx(probs[backed, siblings].sum())
+
+
+def test_flat_labels_never_back_off(fitted: dict[str, FewShotClassifier]) -> None:
+    assert fitted["prototype"].levels == []
+    with pytest.raises(InvalidInputError, match="dotted labels"):
+        FewShotClassifier.fit(
+            {1: np.eye(4)}, [("a",), ("b",), ("a",), ("b",)], FewShotConfig(hierarchical="yes")
+        )
+
+
+def test_multi_label_support_predicts_both_labels(phosphatases: list[ProteinRecord]) -> None:
+    dual = ("3.1.3.16", "3.1.3.48")
+    assert sum(r.labels == dual for r in phosphatases) == 20
+    support, query = phosphatases[::2], phosphatases[1::2]
+    classifier = FewShotClassifier.fit(
+        two_layers(support),
+        [r.labels for r in support],
+        FewShotConfig(method="knn", hierarchical="no", ood_quantile=0.0, target_precision=0.5),
+    )
+    assert classifier.multi_label_ratio is not None
+    predictions = classifier.predict(two_layers(query), [r.id for r in query])
+    assert any(len(p.labels) == 2 for p in predictions)
+    assert all(p.labels == (UNKNOWN,) or len(set(p.labels)) == len(p.labels) for p in predictions)
+    multi = label_metrics([r.labels for r in query], predictions)
+    top_only = [Prediction(**{**p.as_dict(), "labels": p.labels[:1]}) for p in predictions]
+    single = label_metrics([r.labels for r in query], top_only)
+    assert multi["recall"] > single["recall"]
+    assert multi["f1"] >= single["f1"]

@@ -1,0 +1,158 @@
+"""The few-shot CLI face: `fewshot-eval`, and `classifier create|add|show` + `classify` on a store."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from protssl.checkpoint import LoadedModel
+from protssl.errors import InvalidInputError
+from protssl.evaluation import evaluate_episodes, evaluate_split
+from protssl.fasta import ProteinRecord
+from protssl.fewshot import FewShotConfig, embed_for_fewshot, sample_episodes
+
+from .support import run_cli, write_fasta
+
+
+def test_fewshot_eval_cli_split_episodes_and_report(
+    tmp_path: Path,
+    windowed_model: LoadedModel,
+    windowed_model_dir: Path,
+    is_split: tuple[list[ProteinRecord], list[ProteinRecord]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    support = write_fasta(tmp_path / "support.fasta", is_split[0][:32])
+    query = write_fasta(tmp_path / "query.fasta", is_split[1][:24])
+    model_dir = str(windowed_model_dir)
+    code = run_cli(
+        [
+            "fewshot-eval",
+            "--support",
+            str(support),
+            "--query",
+            str(query),
+            "--model",
+            model_dir,
+            "--method",
+            "knn",
+            "--dtype",
+            "float32",
+            "--report",
+            str(tmp_path / "report"),
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    metrics = json.loads(out[-1])
+    support_records, query_records = is_split[0][:32], is_split[1][:24]
+    features = embed_for_fewshot([*support_records, *query_records], windowed_model, (1, 2, 3))
+    expected = evaluate_split(
+        {k: v[:32] for k, v in features.items()},
+        [r.labels for r in support_records],
+        {k: v[32:] for k, v in features.items()},
+        [r.labels for r in query_records],
+        FewShotConfig(method="knn"),
+    ).metrics
+    assert metrics == {
+        **expected,
+        "method": "knn",
+        "model": "tiny",
+        "model_sha256": windowed_model.sha256,
+        "report": str(tmp_path / "report" / "index.html"),
+    }
+    table = [line.strip() for line in out[:-1]]
+    for key, value in expected.items():  # the table above the JSON line shows the same figures
+        shown = f"{value:.3f}" if isinstance(value, float) else str(value)
+        assert f"{key}  {shown}" in table
+    assert (tmp_path / "report" / "index.html").is_file()
+
+    code = run_cli(
+        [
+            "fewshot-eval",
+            "--support",
+            str(support),
+            "--episodes",
+            "3",
+            "--ways",
+            "3",
+            "--shots",
+            "2",
+            "--model",
+            model_dir,
+            "--dtype",
+            "float32",
+        ]
+    )
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0 and metrics["episodes"] == 3 and metrics["n"] == 3 * 3 * 2
+    # only the records the episodes use were embedded; the whole pool gives the same figures
+    labels = [r.labels for r in support_records]
+    episodes = sample_episodes(labels, episodes=3, ways=3, shots=2, queries=2, seed=0)
+    whole_pool = evaluate_episodes(
+        {k: v[:32] for k, v in features.items()}, labels, episodes, FewShotConfig()
+    ).metrics
+    assert {k: metrics[k] for k in whole_pool} == pytest.approx(whole_pool)
+
+    with pytest.raises(InvalidInputError, match="either --query"):
+        run_cli(["fewshot-eval", "--support", str(support), "--model", model_dir])
+
+
+_CLI = (
+    "import argparse, sys\n"
+    "from protssl.cli_fewshot import add_commands\n"
+    "parser = argparse.ArgumentParser()\n"
+    "add_commands(parser.add_subparsers(dest='command', required=True))\n"
+    "args = parser.parse_args(sys.argv[1:])\n"
+    "sys.exit(args.func(args))\n"
+)
+
+
+@pytest.mark.slow
+def test_classifier_saved_in_the_store_predicts_the_same_in_a_new_process(
+    tmp_path: Path,
+    store_url: str,
+    windowed_model_dir: Path,
+    is_split: tuple[list[ProteinRecord], list[ProteinRecord]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    support, query = is_split[0][:24], is_split[1][:12]
+    support_file = write_fasta(tmp_path / "support.fasta", support)
+    query_file = write_fasta(tmp_path / "query.fasta", query)
+    common = ["--db", store_url, "--model", str(windowed_model_dir), "--dtype", "float32"]
+    assert run_cli(["classifier", "create", "tfam", "--fasta", str(support_file), "--method",
+                     "linear", *common]) == 0  # fmt: skip
+    created = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert created["version"] == 1 and created["examples"] == 24
+    assert run_cli(["classify", "tfam", str(query_file), "--format", "json", *common]) == 0
+    here = json.loads(capsys.readouterr().out)
+
+    done = subprocess.run(
+        [sys.executable, "-c", _CLI, "classify", "tfam", str(query_file), "--format", "json",
+         *common],
+        capture_output=True, text=True, check=True, timeout=300,
+    )  # fmt: skip
+    there = json.loads(done.stdout)
+    assert there == here
+    assert [p["id"] for p in there] == [r.id for r in query]
+
+    # adding examples makes version 2; version 1 still loads and predicts as before
+    more = write_fasta(tmp_path / "more.fasta", is_split[0][24:40])
+    assert run_cli(["classifier", "add", "tfam", "--fasta", str(more), *common]) == 0
+    added = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert added["version"] == 2 and added["examples"] == 40 and added["method"] == "linear"
+    assert run_cli(["classify", "tfam", str(query_file), "--version", "1", "--format", "json",
+                     *common]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out) == here
+    assert run_cli(["classifier", "show", "tfam", "--db", store_url]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["version"] == 2 and shown["layer"] in (1, 2, 3)
+
+    out = tmp_path / "predictions.tsv"
+    assert run_cli(["classify", "tfam", str(query_file), "-o", str(out), *common]) == 0
+    rows = out.read_text().splitlines()
+    assert rows[0].split("\t")[:4] == ["id", "label", "probability", "status"]
+    assert len(rows) == 1 + len(query)

@@ -1,0 +1,89 @@
+"""Few-shot classifiers on a protssl model: layers embedded together, fitting, one classify path."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from protssl.checkpoint import LoadedModel
+from protssl.embed import EmbedConfig, embed_records, embed_records_layers
+from protssl.errors import InvalidInputError
+from protssl.fasta import ProteinRecord
+from protssl.fewshot import (
+    FewShotConfig,
+    candidate_layers,
+    classify_records,
+    embed_for_fewshot,
+    fit_records,
+)
+
+
+def test_embedding_several_layers_matches_one_layer_at_a_time(
+    windowed_model: LoadedModel, is_split: tuple[list[ProteinRecord], list[ProteinRecord]]
+) -> None:
+    records = sorted(is_split[1], key=len)[-3:] + is_split[1][:3]  # the longest are windowed
+    config = EmbedConfig(max_tokens=2048)
+    together = {e[1].id: e for e in embed_records_layers(records, windowed_model, (1, -1), config)}
+    for layer in (1, 3):
+        for single in embed_records(
+            records, windowed_model, EmbedConfig(layer=layer, max_tokens=2048)
+        ):
+            stacked = together[single.id][layer]
+            np.testing.assert_allclose(stacked.vector, single.vector, rtol=1e-5, atol=1e-6)
+            assert stacked.provenance.layer == layer
+            assert stacked.provenance.windowed == single.provenance.windowed
+    assert any(e[3].provenance.windowed for e in together.values())
+
+
+def test_candidate_layers_spread_over_the_upper_two_thirds() -> None:
+    assert candidate_layers(6) == (2, 3, 4, 5, 6)
+    assert candidate_layers(33) == (11, 16, 22, 28, 33)
+    assert candidate_layers(3) == (1, 2, 3)
+    assert candidate_layers(1) == (1,)
+
+
+def test_fit_and_classify_records_with_a_model(
+    windowed_model: LoadedModel, is_split: tuple[list[ProteinRecord], list[ProteinRecord]]
+) -> None:
+    support, query = is_split[0][:24], is_split[1][:6]
+    classifier = fit_records(support, windowed_model, FewShotConfig(method="knn"))
+    assert set(classifier.layer_scores) == {1, 2, 3}
+    assert classifier.info == {
+        "model_sha256": windowed_model.sha256,
+        "model_name": "tiny",
+        "pooling": "mean",
+    }
+    predictions = classify_records(classifier, query, windowed_model, top_k=2)
+    vectors = embed_for_fewshot(query, windowed_model, (classifier.layer,))
+    assert predictions == classifier.predict(vectors, [r.id for r in query], top_k=2)
+    assert classify_records(classifier, [], windowed_model) == []
+    with pytest.raises(InvalidInputError, match="needs mean pooling"):
+        classify_records(classifier, query, windowed_model, embed_config=EmbedConfig(pooling="bos"))
+    with pytest.raises(InvalidInputError, match="'P0' has no label"):
+        fit_records([ProteinRecord("P0", "MKVL"), *support], windowed_model)
+
+
+def test_classify_records_checks_the_model_before_any_embedding(
+    windowed_model: LoadedModel, is_split: tuple[list[ProteinRecord], list[ProteinRecord]]
+) -> None:
+    support, query = is_split[0][:24], is_split[1][:6]
+    classifier = fit_records(support, windowed_model, FewShotConfig(method="prototype"))
+    asked: list[tuple[int, str]] = []
+
+    def embed(records: Sequence[ProteinRecord], layer: int, pooling: str) -> np.ndarray:
+        asked.append((layer, pooling))
+        return embed_for_fewshot(records, windowed_model, (layer,))[layer]
+
+    other = replace(windowed_model, card=replace(windowed_model.card, sha256="0" * 64))
+    with pytest.raises(InvalidInputError, match=r"fitted on model tiny \(.*\), not on tiny \(000"):
+        classify_records(classifier, query, other, embed=embed)
+    assert asked == []
+    classifier.info.update(name="families", version=2)
+    with pytest.raises(InvalidInputError, match="classifier 'families' v2 was fitted on model"):
+        classify_records(classifier, query, other, embed=embed)
+    through = classify_records(classifier, query, windowed_model, embed=embed)
+    assert asked == [(classifier.layer, "mean")]
+    assert through == classify_records(classifier, query, windowed_model)
