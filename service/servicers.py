@@ -22,7 +22,6 @@ from protssl.embed import BatchOutcome
 from protssl.errors import (
     DeadlineExceededError,
     FastaFormatError,
-    InvalidInputError,
     ModelNotFoundError,
 )
 from protssl.fasta import ProteinRecord, records_from_sequences
@@ -257,25 +256,21 @@ class ClassifierServicer(_Face, pb_grpc.ClassifierServiceServicer):
         self, request: pb.ClassifyRequest, context: grpc.ServicerContext
     ) -> pb.ClassifyResponse:
         stored, classifier = self.classifiers.get(request.name, request.version or None)
-        if stored.model_sha256 and stored.model_sha256 != self.model.sha256:
-            raise InvalidInputError(
-                f"classifier {stored.name!r} v{stored.version} was fitted on model "
-                f"{stored.model_sha256[:12]}…, not on the served {self.model.name!r}"
-            )
         records = self._records(request.sequences, 0)
-        pending = self.batcher.submit(
-            records,
-            pooling=str(classifier.info.get("pooling", "mean")),
-            layer=classifier.layer,
-            deadline=_deadline(context),
+
+        def through_batcher(
+            records: Sequence[ProteinRecord], layer: int, pooling: str
+        ) -> np.ndarray:
+            pending = self.batcher.submit(
+                records, pooling=pooling, layer=layer, deadline=_deadline(context)
+            )
+            context.add_callback(pending.cancel)
+            return np.stack([r.embedding.vector for r in _wait(pending)])
+
+        decided = fewshot.classify_records(
+            classifier, records, self.model, top_k=request.top_k or 3, embed=through_batcher
         )
-        context.add_callback(pending.cancel)
-        results = _wait(pending)
-        predictions: list[pb.Prediction] = []
-        if results:
-            vectors = np.stack([r.embedding.vector for r in results])
-            decided = classifier.predict(vectors, [r.id for r in records], top_k=request.top_k or 3)
-            predictions = [prediction_to_proto(d) for d in decided]
+        predictions = [prediction_to_proto(d) for d in decided]
         return pb.ClassifyResponse(
             predictions=predictions, classifier=classifier_info_to_proto(stored)
         )
