@@ -1164,6 +1164,6 @@ def config_from_checkpoint(run_dir: str | Path) -> PretrainConfig:
 
 
 if __name__ == "__main__":
-    from protssl.cli_pretrain import main
+    from protssl.cli.pretrain import main
 
     sys.exit(main())

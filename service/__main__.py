@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from protssl.cli_serve import add_serve_arguments, run_serve
+from service.cli import add_serve_arguments, run_serve
 from protssl.errors import ProtsslError
 
 

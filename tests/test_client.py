@@ -175,7 +175,7 @@ def test_overloaded_is_a_typed_error(model):
 @pytest.mark.slow
 def test_import_protssl_does_not_load_grpc():
     code = (
-        "import sys, protssl, protssl.cli_serve, protssl.embed, protssl.fasta\n"
+        "import sys, protssl, protssl.embed, protssl.fasta\n"
         "assert 'grpc' not in sys.modules and 'service' not in sys.modules, 'grpc imported'\n"
         "client = protssl.Client\n"
         "assert 'grpc' in sys.modules and client.__module__ == 'protssl.client'\n"
@@ -186,7 +186,7 @@ def test_import_protssl_does_not_load_grpc():
 def test_serve_flags_override_environment_over_defaults():
     import argparse
 
-    from protssl.cli_serve import OPTIONS, add_serve_arguments, config_kwargs
+    from service.cli import OPTIONS, add_serve_arguments, config_kwargs
     from service.config import ServiceConfig
 
     assert tuple(name for name, _, _ in OPTIONS) == ServiceConfig.field_names()

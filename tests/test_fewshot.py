@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import event
 
 from protssl.checkpoint import LoadedModel, load_model, save_model
-from protssl.cli_fewshot import add_commands
+from protssl.cli.fewshot import add_commands
 from protssl.embed import EmbedConfig, embed_records, embed_records_layers
 from protssl.errors import ClassifierNotFoundError, InvalidInputError
 from protssl.evaluation import (
@@ -574,7 +574,7 @@ def test_abstention_threshold_reaches_the_target_or_maximises_f1() -> None:
 
 _CLI = (
     "import argparse, sys\n"
-    "from protssl.cli_fewshot import add_commands\n"
+    "from protssl.cli.fewshot import add_commands\n"
     "parser = argparse.ArgumentParser()\n"
     "add_commands(parser.add_subparsers(dest='command', required=True))\n"
     "args = parser.parse_args(sys.argv[1:])\n"

@@ -13,7 +13,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Column, Engine, MetaData, Text, inspect
 
-from protssl.cli_store import add_commands, store_config
+from protssl.cli.db import add_commands, store_config
 from protssl.errors import InvalidInputError
 from protssl.store import StoreConfig
 from protssl.store import engine as engines
@@ -113,7 +113,7 @@ def test_db_upgrade_from_another_working_directory(tmp_path: Path) -> None:
     database = tmp_path / "elsewhere.sqlite3"
     script = (
         "import argparse, sys\n"
-        "from protssl.cli_store import add_commands\n"
+        "from protssl.cli.db import add_commands\n"
         "parser = argparse.ArgumentParser()\n"
         "add_commands(parser.add_subparsers())\n"
         "args = parser.parse_args(sys.argv[1:])\n"

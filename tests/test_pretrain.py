@@ -22,7 +22,7 @@ import torch.multiprocessing as mp
 
 from protssl.alphabet import ALPHABET, tokenize
 from protssl.checkpoint import load_model
-from protssl.cli_pretrain import main
+from protssl.cli.pretrain import main
 from protssl.errors import InvalidInputError
 from protssl.fasta import read_fasta
 from protssl.model import PRESETS, ProteinEncoder, init_weights

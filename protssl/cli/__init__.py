@@ -15,7 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from protssl import __version__, cli_fewshot, cli_pretrain, cli_serve, cli_store
+from protssl import __version__
+from protssl.cli import db as cli_store
+from protssl.cli import fewshot as cli_fewshot
+from protssl.cli import pretrain as cli_pretrain
+from service import cli as cli_serve
 
 if TYPE_CHECKING:
     from protssl.checkpoint import LoadedModel
@@ -162,7 +166,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     from protssl.embed import EmbedConfig
     from protssl.errors import InvalidInputError, ProtsslError
     from protssl.fasta import FastaPolicy
-    from protssl.job import JobSummary, embed_fasta_file
+    from protssl.embed_file import JobSummary, embed_fasta_file
 
     config = EmbedConfig(
         pooling=args.pooling,

@@ -24,7 +24,7 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from protssl.checkpoint import LoadedModel, check_dtype_name, load_model
-from protssl.cli_store import add_db_arg, store_config
+from protssl.cli.db import add_db_arg, store_config
 from protssl.errors import InvalidInputError
 from protssl.evaluation import (
     Episode,
