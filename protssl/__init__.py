@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +27,13 @@ import numpy as np
 
 from protssl.batching import WindowPolicy
 from protssl.checkpoint import LoadedModel, load_model
-from protssl.embed import EmbedConfig, Embedding, Provenance, embed_records
+from protssl.embedding import EmbedConfig, Embedding, Provenance, embed_records
 from protssl.errors import ProtsslError
 from protssl.fasta import FastaPolicy, ProteinRecord, read_fasta, records_from_sequences
+
+sys.modules[f"{__name__}.embed"] = sys.modules[f"{__name__}.embedding"]
+"""`protssl.embed` the module was renamed `protssl.embedding` (`protssl.embed` is the function);
+the old import path still works."""
 
 __all__ = [
     "Client",
