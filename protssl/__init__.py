@@ -9,7 +9,7 @@ The in-process API::
     result = protssl.embed(records, model=model)  # result.ids, result.vectors (N, D) float32
 
 `import protssl` loads none of torch, SQLAlchemy or grpc: each public name is imported from its
-module on first use, so the `protssl` command's `--help` and the SDK stay quick to start.
+module on first use, so the `protssl` command starts without them.
 """
 
 from __future__ import annotations
@@ -17,16 +17,12 @@ from __future__ import annotations
 import importlib
 import sys
 import types
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from protssl.errors import ProtsslError
 
 if TYPE_CHECKING:
-    import numpy as np
-
+    from protssl.api import EmbedResult, embed
     from protssl.batching import WindowPolicy
     from protssl.checkpoint import LoadedModel, load_model
     from protssl.client import Client
@@ -55,12 +51,14 @@ __all__ = [
 _LAZY = {
     "Client": "protssl.client",
     "EmbedConfig": "protssl.embedding",
+    "EmbedResult": "protssl.api",
     "Embedding": "protssl.embedding",
     "FastaPolicy": "protssl.fasta",
     "LoadedModel": "protssl.checkpoint",
     "ProteinRecord": "protssl.fasta",
     "Provenance": "protssl.embedding",
     "WindowPolicy": "protssl.batching",
+    "embed": "protssl.api",
     "load_model": "protssl.checkpoint",
     "read_fasta": "protssl.fasta",
 }
@@ -86,55 +84,6 @@ def _renamed_embed_module() -> types.ModuleType:
 
 
 sys.modules.setdefault(f"{__name__}.embed", _renamed_embed_module())
-
-
-@dataclass(frozen=True)
-class EmbedResult:
-    """Vectors in input order: `vectors` is (N, D) for mean/bos pooling, a list of (L, D) per residue."""
-
-    ids: list[str]
-    vectors: np.ndarray | list[np.ndarray]
-    provenance: list[Provenance]
-
-
-def embed(
-    records_or_sequences: Iterable[ProteinRecord | str],
-    *,
-    model: LoadedModel | str | Path | None = None,
-    ids: Sequence[str] | None = None,
-    pooling: str = "mean",
-    layer: int = -1,
-    max_tokens: int = 4096,
-    window: WindowPolicy | None = None,
-    policy: FastaPolicy | None = None,
-) -> EmbedResult:
-    """Embed records or plain sequences; returns ids and float32 vectors in input order.
-
-    `model` is a loaded model, a path or preset name, or None for the shipped default. Plain
-    strings get ids `seq0`, `seq1`, ... unless `ids` is given; they follow the FASTA policy.
-    """
-    import numpy as np
-
-    from protssl.batching import WindowPolicy
-    from protssl.checkpoint import LoadedModel, load_model
-    from protssl.embedding import EmbedConfig, embed_records
-    from protssl.fasta import records_from_sequences
-
-    loaded = model if isinstance(model, LoadedModel) else load_model(model)
-    records = records_from_sequences(records_or_sequences, ids=ids, policy=policy)
-    config = EmbedConfig(
-        pooling=pooling,  # type: ignore[arg-type]
-        layer=layer,
-        max_tokens=max_tokens,
-        window=window or WindowPolicy(),
-    )
-    by_id = {e.id: e for e in embed_records(records, loaded, config)}
-    order = [r.id for r in records]
-    vectors = [by_id[i].vector for i in order]
-    stacked: np.ndarray | list[np.ndarray] = (
-        vectors if pooling == "per-residue" else np.stack(vectors) if vectors else np.zeros((0, 0))
-    )
-    return EmbedResult(ids=order, vectors=stacked, provenance=[by_id[i].provenance for i in order])
 
 
 def __getattr__(name: str) -> Any:

@@ -42,7 +42,7 @@ def test_the_renamed_embed_module_still_imports_and_protssl_embed_stays_the_func
         "from protssl.embed import EmbedConfig, embed_records\n"
         "import protssl.embed\n"
         "import protssl.embedding as renamed\n"
-        "assert protssl.embed.__module__ == 'protssl' and callable(protssl.embed)\n"
+        "assert protssl.embed.__module__ == 'protssl.api' and callable(protssl.embed)\n"
         "assert (EmbedConfig, embed_records) == (renamed.EmbedConfig, renamed.embed_records)\n"
     )
     assert "torch" in _loaded_after(code)
