@@ -1,3 +1,5 @@
+"""`protssl embed`: FASTA to HDF5/.npz, resume, the FASTA policy, the store's cache, one-line errors."""
+
 from __future__ import annotations
 
 import json
@@ -10,7 +12,7 @@ import numpy as np
 import pytest
 
 from protssl.cli import main
-from protssl.output import dataset_name, read_vectors
+from protssl.output import read_vectors
 
 
 def _first_records(src: Path, n: int, dest: Path) -> Path:
@@ -106,10 +108,6 @@ def test_skip_policy_counts_and_names(
     assert summary["skipped"] > 0 and summary["skipped_ids"]
 
 
-def test_ids_with_slashes_stay_flat() -> None:
-    assert dataset_name("sp|P1/2%x") == "sp|P1%2F2%25x"
-
-
 def test_console_script_user_errors_are_one_line(tmp_path: Path, edge_cases: Path) -> None:
     env = {**os.environ, "PROTSSL_MODEL": str(tmp_path / "missing-model")}
     cases = [
@@ -119,7 +117,7 @@ def test_console_script_user_errors_are_one_line(tmp_path: Path, edge_cases: Pat
     ]
     for args in cases:
         proc = subprocess.run(
-            [sys.executable, "-m", "protssl.cli", *args], capture_output=True, text=True, env=env
+            [sys.executable, "-m", "protssl", *args], capture_output=True, text=True, env=env
         )
         assert proc.returncode == 2, proc.stderr
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
@@ -142,24 +140,3 @@ def test_second_embed_reads_everything_from_the_store(
     a = {i: v for i, v, _ in read_vectors(tmp_path / "a.h5")}
     b = {i: v for i, v, _ in read_vectors(tmp_path / "b.h5")}
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
-
-
-def test_info_names_the_cpu_dtypes_model_and_store(
-    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from protssl.hardware import cpu_info, describe
-
-    db = f"sqlite:///{tmp_path / 'x.sqlite3'}"
-    assert main(["info", "--model", str(tiny_model_dir), "--db", db]) == 0
-    text = capsys.readouterr().out
-    cpu = cpu_info()
-    assert f"cpu: {cpu.model} ({cpu.cores} cores" in text
-    assert f"auto dtype: {describe()['auto_dtype']} on cpu" in text
-    assert "fast paths (float32): " in text and "fast paths (bfloat16): " in text
-    assert "default model: tiny-test (sha256 " in text and f"default store: {db}" in text
-    assert main(["info", "--json", "--db", "postgresql+psycopg://me:secret@db/x"]) == 0
-    info = json.loads(capsys.readouterr().out)
-    assert info["default_store"] == "postgresql+psycopg://me:***@db/x"
-    assert info["default_model"]["name"] == "protssl-default"
-    assert main(["info", "--model", str(tmp_path)]) == 0  # no card there: said, not raised
-    assert f"default model: {tmp_path}: " in capsys.readouterr().out

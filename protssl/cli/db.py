@@ -1,67 +1,32 @@
-"""CLI face of the store: `protssl db upgrade|downgrade|current`, and the embed command's cache options.
+"""`protssl db upgrade|downgrade|current`: the store's schema, through Alembic's migrations.
 
-The database URL comes from `--db`, else PROTSSL_DATABASE_URL, else a SQLite file in the user's
-data directory; this module (a face) is the only place that reads the environment for it.
-SQLAlchemy and Alembic are imported when a command runs, so building the parser stays fast.
+The database is `--db`, else PROTSSL_DATABASE_URL, else a SQLite file in the user's data directory
+(`protssl.cli.args.store_config`). SQLAlchemy and Alembic are imported when a command runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
+
+from protssl.cli.args import add_db_arg, store_config
+from protssl.cli.commands import add_command
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-    from protssl.store import Store, StoreConfig
-
-__all__ = ["add_commands", "add_db_arg", "add_store_args", "open_store", "store_config"]
+__all__ = ["add_commands"]
 
 
-def add_store_args(parser: argparse.ArgumentParser) -> None:
-    """`--db URL` and `--no-cache`, for commands that read through the embedding cache."""
-    add_db_arg(parser)
-    parser.add_argument(
-        "--no-cache",
-        action="store_true",
-        help="compute every vector, neither reading nor writing the store",
-    )
-
-
-def add_db_arg(parser: argparse.ArgumentParser) -> None:
-    """`--db URL`: the store to use, for every command that opens one."""
-    parser.add_argument(
-        "--db",
-        metavar="URL",
-        default=None,
-        help="store URL (sqlite:///file or postgresql+psycopg://user@host/db); "
-        "default $PROTSSL_DATABASE_URL, else a SQLite file in the user data folder",
-    )
-
-
-def store_config(args: argparse.Namespace) -> StoreConfig:
-    """The store config for parsed args: `--db`, else PROTSSL_DATABASE_URL, else the default."""
-    from protssl.store import StoreConfig
-
-    return StoreConfig.from_environ(os.environ, url=args.db)
-
-
-def open_store(args: argparse.Namespace) -> Store | None:
-    """The store (migrated, ready) for commands given `add_store_args`, or None with --no-cache."""
-    if args.no_cache:
-        return None
-    from protssl.store import Store
-
-    return Store(store_config(args))
-
-
-def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add `db upgrade|downgrade|current` to the CLI."""
-    db = subparsers.add_parser("db", help="manage the store's schema (Alembic migrations)")
-    actions = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    add_command(subparsers, "db", _build, help="manage the store's schema (Alembic migrations)")
+
+
+def _build(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     upgrade = actions.add_parser("upgrade", help="migrate the store to a newer schema")
     upgrade.add_argument("revision", nargs="?", default="head", help="target (default: head)")
     add_db_arg(upgrade)
