@@ -16,15 +16,16 @@ from protssl.errors import EXIT_INTERRUPTED, ProtsslError, exit_code_for
 
 __all__ = ["configure_logging", "run_main"]
 
-LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
-
-def configure_logging(level: int | str, *, timestamps: bool = False) -> None:
+def configure_logging(level: int | str, *, timestamps: bool = False, process: str = "") -> None:
     """Log to stderr from `level` up (a number or a name such as `info`); servers and training
-    runs add timestamps. Like `logging.basicConfig`, a no-op where logging is set up already."""
+    runs add timestamps, processes of a group their name. Like `logging.basicConfig`, a no-op
+    where logging is set up already."""
+    stamp = "%(asctime)s " if timestamps else ""
+    name = f"[{process}] %(name)s" if process else "%(name)s"
     logging.basicConfig(
         level=level.upper() if isinstance(level, str) else level,
-        format=("%(asctime)s " if timestamps else "") + LOG_FORMAT,
+        format=f"{stamp}%(levelname)s {name}: %(message)s",
     )
 
 

@@ -24,7 +24,14 @@ from dataclasses import replace
 
 import torch
 
-from protssl.errors import InvalidInputError, ProtsslError
+from protssl.entrypoint import configure_logging
+from protssl.errors import (
+    EXIT_UNEXPECTED,
+    EXIT_USER_ERROR,
+    InvalidInputError,
+    ProtsslError,
+    exit_code_for,
+)
 from protssl.store import Store
 from service.config import ServiceConfig
 from service.server import SIGNAL_POLL_S, serve_process, stop_on_signals, store_config
@@ -73,9 +80,7 @@ def _child(
     ready: multiprocessing.Queue,  # type: ignore[type-arg]
 ) -> None:
     """A spawned server process (logging and torch threads are set up here, nothing is inherited)."""
-    logging.basicConfig(
-        level=level, format=f"%(asctime)s %(levelname)s [server {index}] %(name)s %(message)s"
-    )
+    configure_logging(level, timestamps=True, process=f"server {index}")
     torch.set_num_threads(threads)
     parent = os.getppid()
     threading.Thread(target=_stop_when_orphaned, args=(parent,), daemon=True).start()
@@ -87,7 +92,7 @@ def _child(
         )
     except ProtsslError as exc:  # a bad model path, an unreachable store: one line, not a traceback
         log.error("%s", exc)
-        code = 2
+        code = exit_code_for(exc)
     raise SystemExit(code)
 
 
@@ -153,7 +158,7 @@ def supervise(config: ServiceConfig) -> int:
     failed = [code for code in codes if code]
     if not failed:
         return 0
-    return 2 if 2 in failed else 1  # 2: a child's user error (as `python -m service` exits)
+    return EXIT_USER_ERROR if EXIT_USER_ERROR in failed else EXIT_UNEXPECTED
 
 
 def _wait_ready(

@@ -50,14 +50,19 @@ def test_the_command_s_own_code_passes_and_unexpected_errors_keep_their_tracebac
 
 
 @pytest.mark.parametrize(
-    ("timestamps", "line"), [(False, r"INFO x: shown"), (True, r"\S+ \S+ INFO x: shown")]
+    ("options", "line"),
+    [
+        ("", r"INFO x: shown"),
+        ("timestamps=True", r"\S+ \S+ INFO x: shown"),
+        ("timestamps=True, process='server 1'", r"\S+ \S+ INFO \[server 1\] x: shown"),
+    ],
 )
-def test_logging_has_one_format_with_optional_timestamps(timestamps: bool, line: str) -> None:
+def test_logging_has_one_format_with_optional_timestamps(options: str, line: str) -> None:
     """The second call changes nothing: one configuration per process, the entry point's."""
     code = (
         "import logging, sys\n"
         "from protssl.entrypoint import configure_logging\n"
-        f"configure_logging('info', timestamps={timestamps})\n"
+        f"configure_logging('info', {options})\n"
         "configure_logging('debug')\n"
         "logging.getLogger('x').info('shown'); logging.getLogger('x').debug('hidden')\n"
     )
