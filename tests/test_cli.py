@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from protssl.cli import build_parser
-from protssl.cli.commands import LazySubcommands, add_command
+from protssl.cli.commands import Command, LazySubcommands, add_commands
 
 HEAVY = {"torch", "sqlalchemy", "alembic", "grpc"}
 
@@ -97,10 +97,9 @@ def test_only_the_chosen_command_is_built_and_plain_subparsers_build_at_once() -
 
     lazy = argparse.ArgumentParser(prog="p")
     commands = lazy.add_subparsers(dest="command", action=LazySubcommands)
-    for name in ("a", "b"):
-        add_command(commands, name, build, help=name)
+    add_commands(commands, [Command("a", build, help="a"), Command("b", build, help="b")])
     assert lazy.parse_args(["b"]).x == "p b" and built == ["p b"]
     assert lazy.parse_args(["b", "--x", "1"]).x == "1" and built == ["p b"]
     eager = argparse.ArgumentParser(prog="q").add_subparsers()
-    add_command(eager, "c", build)
+    add_commands(eager, [Command("c", build, help="c")])
     assert built == ["p b", "q c"]

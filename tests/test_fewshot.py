@@ -6,7 +6,6 @@ signal and cost nothing to compute); the model path is tested with a tiny random
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import pytest
 from sqlalchemy import event
 
 from protssl.checkpoint import LoadedModel, load_model, save_model
-from protssl.cli.fewshot import add_commands
+from protssl.cli import build_parser
 from protssl.embed import EmbedConfig, embed_records, embed_records_layers
 from protssl.errors import ClassifierNotFoundError, InvalidInputError
 from protssl.evaluation import (
@@ -486,9 +485,7 @@ def _write_fasta(path: Path, records: list[ProteinRecord]) -> Path:
 
 
 def _run_cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="protssl")
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     return int(args.func(args))
 
 
@@ -573,11 +570,9 @@ def test_abstention_threshold_reaches_the_target_or_maximises_f1() -> None:
 # --- the store: named, versioned classifiers ---------------------------------------------------
 
 _CLI = (
-    "import argparse, sys\n"
-    "from protssl.cli.fewshot import add_commands\n"
-    "parser = argparse.ArgumentParser()\n"
-    "add_commands(parser.add_subparsers(dest='command', required=True))\n"
-    "args = parser.parse_args(sys.argv[1:])\n"
+    "import sys\n"
+    "from protssl.cli import build_parser\n"
+    "args = build_parser().parse_args(sys.argv[1:])\n"
     "sys.exit(args.func(args))\n"
 )
 

@@ -4,10 +4,11 @@ that command is chosen, so `protssl --help` lists every command without importin
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
-__all__ = ["Build", "LazySubcommands", "add_command"]
+__all__ = ["Build", "Command", "LazySubcommands", "add_commands"]
 
 Build = Callable[[argparse.ArgumentParser], None]
 """Adds a command's arguments and its handler (`set_defaults(func=...)`) to its parser."""
@@ -39,16 +40,27 @@ class LazySubcommands(argparse._SubParsersAction):  # type: ignore[type-arg]
         super().__call__(parser, namespace, values, option_string)
 
 
-def add_command(
+@dataclass(frozen=True)
+class Command:
+    """A command: its name, its line in the `--help` listing, and what builds its parser."""
+
+    name: str
+    build: Build
+    help: str
+    description: str | None = None
+    """The command's own `--help` text, above its arguments."""
+
+
+def add_commands(
     subparsers: argparse._SubParsersAction,  # type: ignore[type-arg]
-    name: str,
-    build: Build,
-    **kwargs: Any,
+    commands: Iterable[Command],
 ) -> None:
-    """Add command `name` (`kwargs`: help, description) whose arguments `build` adds: when it is
-    chosen under LazySubcommands, at once under a plain `add_subparsers()`."""
-    parser = subparsers.add_parser(name, **kwargs)
-    if isinstance(subparsers, LazySubcommands):
-        subparsers.defer(name, build)
-    else:
-        build(parser)
+    """Add `commands`: built when chosen under LazySubcommands, at once under plain add_subparsers()."""
+    for command in commands:
+        parser = subparsers.add_parser(
+            command.name, help=command.help, description=command.description
+        )
+        if isinstance(subparsers, LazySubcommands):
+            subparsers.defer(command.name, command.build)
+        else:
+            command.build(parser)

@@ -12,17 +12,12 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from protssl.cli.args import add_db_arg, store_config
-from protssl.cli.commands import add_command
+from protssl.cli.commands import Command
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-__all__ = ["add_commands"]
-
-
-def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add `db upgrade|downgrade|current` to the CLI."""
-    add_command(subparsers, "db", _build, help="manage the store's schema (Alembic migrations)")
+__all__ = ["COMMANDS"]
 
 
 def _build(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +33,9 @@ def _build(parser: argparse.ArgumentParser) -> None:
     current = actions.add_parser("current", help="print the store's schema revision")
     add_db_arg(current)
     current.set_defaults(func=_current)
+
+
+COMMANDS = (Command("db", _build, help="manage the store's schema (Alembic migrations)"),)
 
 
 @contextlib.contextmanager

@@ -17,21 +17,10 @@ from protssl.cli.args import (
     load_model,
     open_store,
 )
-from protssl.cli.commands import add_command
+from protssl.cli.commands import Command
 from protssl.errors import InvalidInputError, ProtsslError
 
-__all__ = ["add_commands"]
-
-
-def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add `embed` to the CLI."""
-    add_command(
-        subparsers,
-        "embed",
-        _build,
-        help="embed a FASTA file into HDF5 (.h5) or .npz",
-        description="Embed every record of a FASTA file (.gz or - for stdin) into OUTPUT.",
-    )
+__all__ = ["COMMANDS"]
 
 
 def _build(parser: argparse.ArgumentParser) -> None:
@@ -62,6 +51,16 @@ def _build(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_store_args(parser)
     parser.set_defaults(func=_embed)
+
+
+COMMANDS = (
+    Command(
+        "embed",
+        _build,
+        help="embed a FASTA file into HDF5 (.h5) or .npz",
+        description="Embed every record of a FASTA file (.gz or - for stdin) into OUTPUT.",
+    ),
+)
 
 
 def _embed(args: argparse.Namespace) -> int:

@@ -28,7 +28,7 @@ from protssl.cli.args import (
     load_model,
     open_store,
 )
-from protssl.cli.commands import LazySubcommands, add_command
+from protssl.cli.commands import Command, LazySubcommands, add_commands
 from protssl.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -39,54 +39,14 @@ if TYPE_CHECKING:
     from protssl.fasta import ProteinRecord
     from protssl.fewshot import FewShotClassifier, FewShotConfig, Prediction
 
-__all__ = ["add_commands"]
-
-
-def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add `classifier create|add|show`, `classify` and `fewshot-eval` to the CLI."""
-    add_command(
-        subparsers,
-        "classifier",
-        _build_classifier,
-        help="create, extend or show few-shot classifiers kept in the store",
-    )
-    add_command(
-        subparsers,
-        "classify",
-        _build_classify,
-        help="label the records of a FASTA file with a stored classifier",
-        description="Predict labels (or unknown, or a parent such as 1.1.1.-) for every record.",
-    )
-    add_command(
-        subparsers,
-        "fewshot-eval",
-        _build_fewshot_eval,
-        help="evaluate a few-shot classifier on labelled FASTA (split or N-way K-shot episodes)",
-        description="Fit on --support, predict --query, print micro precision/recall/F1 over "
-        "labels, top-1 accuracy, abstention rate and accuracy on answered; the last line is JSON. "
-        "With --episodes, sample N-way K-shot episodes from --support alone.",
-    )
+__all__ = ["COMMANDS"]
 
 
 def _build_classifier(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(
         dest="classifier_command", required=True, metavar="ACTION", action=LazySubcommands
     )
-    add_command(
-        actions,
-        "create",
-        _build_create,
-        help="fit a classifier on labelled FASTA (>ID label=A or label=A;B) and save it",
-        description="Fit on labelled FASTA and save as NAME (version 1, or the next version).",
-    )
-    add_command(
-        actions,
-        "add",
-        _build_add,
-        help="add labelled examples: refit on old + new and save the next version",
-        description="Refit NAME's latest version on its examples plus these; old versions stay.",
-    )
-    add_command(actions, "show", _build_show, help="print a stored classifier's summary as JSON")
+    add_commands(actions, CLASSIFIER_ACTIONS)
 
 
 def _build_create(create: argparse.ArgumentParser) -> None:
@@ -138,6 +98,45 @@ def _build_fewshot_eval(evaluate: argparse.ArgumentParser) -> None:
     _add_fit_args(evaluate)
     _add_model_args(evaluate)
     evaluate.set_defaults(func=_fewshot_eval)
+
+
+CLASSIFIER_ACTIONS = (
+    Command(
+        "create",
+        _build_create,
+        help="fit a classifier on labelled FASTA (>ID label=A or label=A;B) and save it",
+        description="Fit on labelled FASTA and save as NAME (version 1, or the next version).",
+    ),
+    Command(
+        "add",
+        _build_add,
+        help="add labelled examples: refit on old + new and save the next version",
+        description="Refit NAME's latest version on its examples plus these; old versions stay.",
+    ),
+    Command("show", _build_show, help="print a stored classifier's summary as JSON"),
+)
+
+COMMANDS = (
+    Command(
+        "classifier",
+        _build_classifier,
+        help="create, extend or show few-shot classifiers kept in the store",
+    ),
+    Command(
+        "classify",
+        _build_classify,
+        help="label the records of a FASTA file with a stored classifier",
+        description="Predict labels (or unknown, or a parent such as 1.1.1.-) for every record.",
+    ),
+    Command(
+        "fewshot-eval",
+        _build_fewshot_eval,
+        help="evaluate a few-shot classifier on labelled FASTA (split or N-way K-shot episodes)",
+        description="Fit on --support, predict --query, print micro precision/recall/F1 over "
+        "labels, top-1 accuracy, abstention rate and accuracy on answered; the last line is JSON. "
+        "With --episodes, sample N-way K-shot episodes from --support alone.",
+    ),
+)
 
 
 def _add_fit_args(parser: argparse.ArgumentParser) -> None:

@@ -6,19 +6,9 @@ import argparse
 import json
 
 from protssl.cli.args import add_trust_args
-from protssl.cli.commands import add_command
+from protssl.cli.commands import Command
 
-__all__ = ["add_commands"]
-
-
-def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add `import-esm` to the CLI."""
-    add_command(
-        subparsers,
-        "import-esm",
-        _build,
-        help="convert a fair-esm ESM-2 .pt into a protssl model folder (safetensors + card)",
-    )
+__all__ = ["COMMANDS"]
 
 
 def _build(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +16,15 @@ def _build(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output", help="folder to write")
     add_trust_args(parser)
     parser.set_defaults(func=_import)
+
+
+COMMANDS = (
+    Command(
+        "import-esm",
+        _build,
+        help="convert a fair-esm ESM-2 .pt into a protssl model folder (safetensors + card)",
+    ),
+)
 
 
 def _import(args: argparse.Namespace) -> int:

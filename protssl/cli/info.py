@@ -12,21 +12,10 @@ import json
 from pathlib import Path
 
 from protssl.cli.args import add_db_arg, add_model_arg, store_config
-from protssl.cli.commands import add_command
+from protssl.cli.commands import Command
 from protssl.errors import ProtsslError
 
-__all__ = ["add_commands"]
-
-
-def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add `info` to the CLI."""
-    add_command(
-        subparsers,
-        "info",
-        _build,
-        help="versions, CPU instruction sets, dtypes and fast paths, default model and store",
-        description="What a bug report needs when figures differ between machines.",
-    )
+__all__ = ["COMMANDS"]
 
 
 def _build(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +26,16 @@ def _build(parser: argparse.ArgumentParser) -> None:
     )
     add_db_arg(parser)
     parser.set_defaults(func=_info)
+
+
+COMMANDS = (
+    Command(
+        "info",
+        _build,
+        help="versions, CPU instruction sets, dtypes and fast paths, default model and store",
+        description="What a bug report needs when figures differ between machines.",
+    ),
+)
 
 
 def _model_summary(spec: str | None) -> dict[str, object]:

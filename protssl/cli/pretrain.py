@@ -16,14 +16,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from protssl.cli.commands import add_command
+from protssl.cli.commands import Command, add_commands
 from protssl.entrypoint import configure_logging, run_main
 from protssl.errors import InvalidInputError
 
 if TYPE_CHECKING:
     from protssl.pretrain import PretrainConfig
 
-__all__ = ["add_commands", "main"]
+__all__ = ["COMMANDS", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -59,27 +59,6 @@ _RECIPE_FLAGS: dict[str, tuple[str, type, str]] = {
     ),
     "--name": ("name", str, "model name written in the card"),
 }
-
-
-def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add `pretrain`, `pretrain-export` and `plot-run` to the protssl CLI's subparsers."""
-    add_command(
-        subparsers,
-        "pretrain",
-        _build_pretrain,
-        help="masked-residue pretraining on a FASTA corpus (resumable; torchrun for DDP)",
-        description="Train an encoder with ESM-2's MLM recipe. Files go to --run-dir: "
-        "checkpoint.pt, log.csv, loss_curve.png, and model/ at the end.",
-    )
-    add_command(
-        subparsers,
-        "pretrain-export",
-        _build_export,
-        help="export a run's last checkpoint (e.g. after SIGTERM) as a model folder",
-    )
-    add_command(
-        subparsers, "plot-run", _build_plot, help="draw a run's loss curve into loss_curve.png"
-    )
 
 
 def _build_pretrain(p: argparse.ArgumentParser) -> None:
@@ -129,6 +108,23 @@ def _build_export(e: argparse.ArgumentParser) -> None:
 def _build_plot(plot: argparse.ArgumentParser) -> None:
     plot.add_argument("run_dir", type=Path, help="folder of the run")
     plot.set_defaults(func=_plot)
+
+
+COMMANDS = (
+    Command(
+        "pretrain",
+        _build_pretrain,
+        help="masked-residue pretraining on a FASTA corpus (resumable; torchrun for DDP)",
+        description="Train an encoder with ESM-2's MLM recipe. Files go to --run-dir: "
+        "checkpoint.pt, log.csv, loss_curve.png, and model/ at the end.",
+    ),
+    Command(
+        "pretrain-export",
+        _build_export,
+        help="export a run's last checkpoint (e.g. after SIGTERM) as a model folder",
+    ),
+    Command("plot-run", _build_plot, help="draw a run's loss curve into loss_curve.png"),
+)
 
 
 def _command_line() -> str:
@@ -238,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m protssl.pretrain ...`: the `pretrain` command, joining torchrun's process group."""
     configure_logging("INFO", timestamps=True)
     parser = argparse.ArgumentParser(prog="python -m protssl.pretrain")
-    add_commands(parser.add_subparsers(dest="command"))
+    add_commands(parser.add_subparsers(dest="command"), COMMANDS)
     given = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(["pretrain", *given])
     args.command_line = shlex.join(["python", "-m", "protssl.pretrain", *given])

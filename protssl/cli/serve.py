@@ -9,20 +9,9 @@ from __future__ import annotations
 
 import argparse
 
-from protssl.cli.commands import add_command
+from protssl.cli.commands import Command
 
-__all__ = ["add_commands"]
-
-
-def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add `serve` to the CLI."""
-    add_command(
-        subparsers,
-        "serve",
-        _build,
-        help="run the gRPC server (embeddings and few-shot classifiers)",
-        description=__doc__.splitlines()[0] if __doc__ else None,
-    )
+__all__ = ["COMMANDS"]
 
 
 def _build(parser: argparse.ArgumentParser) -> None:
@@ -30,3 +19,13 @@ def _build(parser: argparse.ArgumentParser) -> None:
 
     add_arguments(parser)
     parser.set_defaults(func=run, log_timestamps=True)
+
+
+COMMANDS = (
+    Command(
+        "serve",
+        _build,
+        help="run the gRPC server (embeddings and few-shot classifiers)",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+    ),
+)
