@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from protssl.batching import plan_windows
 from protssl.checkpoint import fair_esm_state_dict, load_model
-from protssl.embed import EmbedConfig, embed_records
+from protssl.embedding import EmbedConfig, embed_records
 from protssl.fasta import read_fasta
 from protssl.info import describe
 from protssl.model import PRESETS, ModelConfig

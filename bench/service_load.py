@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 import protssl
 from protssl.checkpoint import DEFAULT_MODEL_DIR, LoadedModel, load_model
-from protssl.embed import EmbedConfig, embed_records
+from protssl.embedding import EmbedConfig, embed_records
 from protssl.fasta import ProteinRecord, read_fasta
 from protssl.info import describe
 from protssl.store import StoreConfig

@@ -30,7 +30,7 @@ from sqlalchemy import create_engine, make_url, text
 from tqdm import tqdm
 
 from protssl.checkpoint import LoadedModel, load_model
-from protssl.embed import CacheStats, EmbedConfig, Embedding, embed_records
+from protssl.embedding import CacheStats, EmbedConfig, Embedding, embed_records
 from protssl.errors import ModelNotFoundError
 from protssl.fasta import ProteinRecord, read_fasta
 from protssl.info import describe

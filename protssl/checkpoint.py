@@ -25,7 +25,6 @@ from safetensors.torch import load_file, save_file
 from protssl.alphabet import ALPHABET
 from protssl.errors import (
     CheckpointError,
-    InvalidInputError,
     ModelNotFoundError,
     UntrustedCheckpointError,
 )
@@ -353,13 +352,6 @@ def _state_sha256(encoder: ProteinEncoder) -> str:
         digest.update(key.encode())
         digest.update(value.to(torch.float32).numpy().tobytes())
     return digest.hexdigest()
-
-
-def check_dtype_name(name: str) -> DTypeName:
-    """Validate a user-given dtype name."""
-    if name not in ("auto", "float32", "bfloat16"):
-        raise InvalidInputError(f"dtype must be auto, float32 or bfloat16, not {name!r}")
-    return name  # type: ignore[return-value]
 
 
 # --- fair-esm interchange: the ESM2 state-dict layout <-> ProteinEncoder's (fused q/k/v) ---------

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from protssl._proto import protssl_pb2 as pb
 from protssl._proto import protssl_pb2_grpc as pb_grpc
-from protssl.embed import Embedding
+from protssl.embedding import Embedding
 from protssl.errors import InvalidInputError, ProtsslError, error_for_status
 from protssl.fasta import FastaPolicy, ProteinRecord, read_fasta
 from protssl.wire import (

@@ -12,7 +12,6 @@ classifier abstained), and stops the server.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import tempfile
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from protssl.client import Client, ClientPrediction
+from protssl.entrypoint import configure_logging
 from protssl.fasta import read_fasta
 from protssl.fewshot import load_classifier
 from protssl.store import Store, StoreConfig
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="model spec (default: the shipped model)")
     parser.add_argument("--examples", type=Path, default=EXAMPLES)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+    configure_logging("WARNING")
     from service.config import ServiceConfig
     from service.server import create_server
 

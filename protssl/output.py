@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 
 from protssl import __version__
-from protssl.embed import Embedding, Provenance
+from protssl.embedding import Embedding, Provenance
 from protssl.errors import InvalidInputError
 
 __all__ = [

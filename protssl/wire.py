@@ -18,7 +18,7 @@ import numpy as np
 from google.protobuf.message import Message
 
 from protssl._proto import protssl_pb2 as pb
-from protssl.embed import Embedding, Provenance
+from protssl.embedding import Embedding, Provenance
 from protssl.errors import InvalidInputError
 
 if TYPE_CHECKING:

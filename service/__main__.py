@@ -5,19 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from protssl.cli_serve import add_serve_arguments, run_serve
-from protssl.errors import ProtsslError
+from protssl.entrypoint import configure_logging, run_main
+from service.cli import add_arguments, run
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
-    add_serve_arguments(parser)
+    add_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        return run_serve(args)
-    except ProtsslError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    configure_logging(args.log_level, timestamps=True)
+    return run_main(lambda: run(args), prog=parser.prog)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ Each call submits a `Pending` (its records and embedding options) to a bounded q
 filled from the queue up to `max_group_tokens`. For each forward it anchors on the oldest call's
 next record and lets `protssl.batching.pack_around` choose the pooled records that join it (nearest
 in length, within `max_batch_tokens` and `min_batch_fill`), runs them with
-`protssl.embed.embed_batch`, and hands each result back to its call. So sixteen clients sending one
+`protssl.embedding.embed_batch`, and hands each result back to its call. So sixteen clients sending one
 sequence each cost about one batched forward; padding stays small; and the oldest work always goes
 next, so nothing starves. When the pool is empty the worker waits up to `max_queue_delay` for a
 forward's worth of work. A call completes as soon as its own records are done. Calls that were
@@ -27,7 +27,7 @@ from typing import Any
 
 from protssl.batching import Footprint, footprint, pack_around
 from protssl.checkpoint import LoadedModel
-from protssl.embed import BatchOutcome, EmbedConfig, cached_embeddings, embed_batch
+from protssl.embedding import BatchOutcome, EmbedConfig, cached_embeddings, embed_batch
 from protssl.errors import DeadlineExceededError, InvalidInputError, OverloadedError
 from protssl.fasta import ProteinRecord
 from protssl.store import EmbeddingCache

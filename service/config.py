@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Literal
 
+from protssl.dtypes import DTypeName, check_dtype_name
 from protssl.errors import InvalidInputError
 from protssl.store import StoreConfig
 
@@ -23,7 +23,7 @@ class ServiceConfig:
     """Model folder, fair-esm .pt or preset name; None = the shipped default model."""
     device: str = "cpu"
     """Torch device of the model worker (cpu, cuda, cuda:1)."""
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    dtype: DTypeName = "auto"
     """Compute dtype of the model: auto = bfloat16 where the hardware has it."""
     database_url: str | None = None
     """SQLAlchemy URL of the embedding cache and classifiers; None = the default SQLite file."""
@@ -68,8 +68,7 @@ class ServiceConfig:
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 65535:
                 raise InvalidInputError(f"{name} must be in 0..65535, got {value}")
-        if self.dtype not in ("auto", "float32", "bfloat16"):
-            raise InvalidInputError(f"dtype must be auto, float32 or bfloat16, not {self.dtype!r}")
+        check_dtype_name(self.dtype)
         positive = (
             "max_batch_tokens",
             "max_group_tokens",

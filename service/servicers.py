@@ -18,7 +18,7 @@ from protssl import fewshot
 from protssl._proto import protssl_pb2 as pb
 from protssl._proto import protssl_pb2_grpc as pb_grpc
 from protssl.checkpoint import LoadedModel
-from protssl.embed import BatchOutcome
+from protssl.embedding import BatchOutcome
 from protssl.errors import (
     DeadlineExceededError,
     FastaFormatError,

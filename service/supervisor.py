@@ -25,7 +25,14 @@ from typing import Protocol
 
 import torch
 
-from protssl.errors import InvalidInputError, ProtsslError
+from protssl.entrypoint import configure_logging
+from protssl.errors import (
+    EXIT_UNEXPECTED,
+    EXIT_USER_ERROR,
+    InvalidInputError,
+    ProtsslError,
+    exit_code_for,
+)
 from protssl.store import Store
 from service.config import ServiceConfig, store_config
 from service.shutdown import SIGNAL_POLL_S, stop_on_signals
@@ -87,9 +94,7 @@ def _child(
     ready: multiprocessing.Queue,  # type: ignore[type-arg]
 ) -> None:
     """A spawned server process (logging and torch threads are set up here, nothing is inherited)."""
-    logging.basicConfig(
-        level=level, format=f"%(asctime)s %(levelname)s [server {index}] %(name)s %(message)s"
-    )
+    configure_logging(level, timestamps=True, process=f"server {index}")
     torch.set_num_threads(threads)
     parent = os.getppid()
     threading.Thread(target=_stop_when_orphaned, args=(parent,), daemon=True).start()
@@ -101,7 +106,7 @@ def _child(
         )
     except ProtsslError as exc:  # a bad model path, an unreachable store: one line, not a traceback
         log.error("%s", exc)
-        code = 2
+        code = exit_code_for(exc)
     raise SystemExit(code)
 
 
@@ -170,7 +175,7 @@ def supervise(config: ServiceConfig, serve_process: ServeProcess) -> int:
     failed = [code for code in codes if code]
     if not failed:
         return 0
-    return 2 if 2 in failed else 1  # 2: a child's user error (as `python -m service` exits)
+    return EXIT_USER_ERROR if EXIT_USER_ERROR in failed else EXIT_UNEXPECTED
 
 
 def _wait_ready(

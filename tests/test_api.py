@@ -14,9 +14,38 @@ def test_all_is_sorted_and_complete() -> None:
     assert all(hasattr(protssl, name) for name in protssl.__all__)
 
 
-def test_importing_protssl_pulls_in_no_rpc_stack() -> None:
-    code = "import sys, protssl; print(any(m.startswith(('grpc', 'service')) for m in sys.modules))"
-    assert subprocess.check_output([sys.executable, "-c", code], text=True).strip() == "False"
+def _loaded_after(code: str) -> set[str]:
+    """Top-level packages in sys.modules after running `code` in a fresh interpreter."""
+    code += "\nimport sys; print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
+    return set(subprocess.check_output([sys.executable, "-c", code], text=True).split())
+
+
+HEAVY = {"torch", "sqlalchemy", "alembic", "grpc", "service"}
+
+
+def test_importing_protssl_loads_no_torch_sql_or_rpc_stack() -> None:
+    assert _loaded_after("import protssl") & HEAVY == set()
+
+
+def test_each_public_name_comes_from_its_module_on_first_use() -> None:
+    import importlib
+
+    for name, module in protssl._LAZY.items():
+        assert getattr(protssl, name) is getattr(importlib.import_module(module), name)
+    assert set(protssl._LAZY) <= set(protssl.__all__) <= {*protssl._LAZY, *vars(protssl)}
+    assert set(protssl.__all__) <= set(dir(protssl))
+
+
+def test_the_renamed_embed_module_still_imports_and_protssl_embed_stays_the_function() -> None:
+    code = (
+        "import protssl\n"
+        "from protssl.embed import EmbedConfig, embed_records\n"
+        "import protssl.embed\n"
+        "import protssl.embedding as renamed\n"
+        "assert protssl.embed.__module__ == 'protssl.api' and callable(protssl.embed)\n"
+        "assert (EmbedConfig, embed_records) == (renamed.EmbedConfig, renamed.embed_records)\n"
+    )
+    assert "torch" in _loaded_after(code)
 
 
 def test_embed_keeps_input_order_and_matches_records(

@@ -1,166 +1,105 @@
+"""The `protssl` command as a whole: every command's help builds, and builds without the heavy stack.
+
+A command's parser is built when it is chosen (`protssl.cli.commands`), so `--help`, `--version`
+and most commands' `--help` import neither torch nor SQLAlchemy nor grpc.
+"""
+
 from __future__ import annotations
 
-import json
-import os
+import argparse
+import re
 import subprocess
 import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
 
-from protssl.cli import main
-from protssl.output import dataset_name, read_vectors
+from protssl.cli import build_parser
+from protssl.cli.commands import Command, LazySubcommands, add_commands
+
+HEAVY = {"torch", "sqlalchemy", "alembic", "grpc"}
+
+LIGHT = [
+    [],
+    ["embed"],
+    ["import-esm"],
+    ["info"],
+    ["db"],
+    ["db", "upgrade"],
+    ["db", "downgrade"],
+    ["db", "current"],
+    ["pretrain-export"],
+    ["plot-run"],
+    ["classifier"],
+    ["classifier", "add"],
+    ["classifier", "show"],
+    ["classify"],
+    ["serve"],
+]
+"""Commands whose help needs nothing heavy."""
+
+NEEDS_TORCH = [["pretrain"], ["classifier", "create"], ["fewshot-eval"]]
+"""Their help shows values that live in torch modules today: the model presets and PretrainConfig's
+defaults (`protssl.model`, `protssl.pretrain`), the few-shot heads (`protssl.fewshot.METHODS`)."""
 
 
-def _first_records(src: Path, n: int, dest: Path) -> Path:
-    text = src.read_text()
-    chunks = text.split(">")[1 : n + 1]
-    dest.write_text("".join(">" + c for c in chunks))
-    return dest
+def _imported(argv: list[str]) -> tuple[str, set[str]]:
+    """`python -X importtime -m protssl ARGV`: its stdout, and the top-level packages it imported."""
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "protssl", *argv],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    names = (line.rpartition("|")[2].strip() for line in proc.stderr.splitlines())
+    return proc.stdout, {name.split(".")[0] for name in names if name}
 
 
-def _summary(capsys: pytest.CaptureFixture[str]) -> dict:
-    out = capsys.readouterr().out.strip().splitlines()
-    return json.loads(out[-1])
+@pytest.mark.parametrize("command", LIGHT, ids=lambda c: " ".join(c) or "protssl")
+def test_help_imports_no_torch_sql_or_grpc(command: list[str]) -> None:
+    out, imported = _imported([*command, "--help"])
+    assert out.startswith(f"usage: {' '.join(['protssl', *command])} ")
+    assert imported & HEAVY == set()
 
 
-def test_embed_h5_then_resume_skips_done_ids(
-    tiny_model_dir: Path, sample_fasta: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    out = tmp_path / "out.h5"
-    part = _first_records(sample_fasta, 10, tmp_path / "part.fasta")
-    full = _first_records(sample_fasta, 25, tmp_path / "full.fasta")
-    base = [
-        "--model",
-        str(tiny_model_dir),
-        "--no-progress",
-        "--dtype",
-        "float32",
-        "--overlap",
-        "16",
-    ]
-    assert main(["embed", str(part), "-o", str(out), *base]) == 0
-    first = _summary(capsys)
-    assert first["records"] == 10 and first["errors"] == 0
-    assert main(["embed", str(full), "-o", str(out), *base]) == 2  # exists, no --resume
-    assert "--resume" in capsys.readouterr().err
-    assert main(["embed", str(full), "-o", str(out), "--resume", *base]) == 0
-    second = _summary(capsys)
-    assert second["resumed"] == 10 and second["records"] == 15
-    rows = list(read_vectors(out))
-    assert len({r[0] for r in rows}) == 25
-    _, vector, attrs = rows[0]
-    assert vector.shape == (64,) and vector.dtype == np.float32
-    assert attrs["model_name"] == "tiny-test" and attrs["pooling"] == "mean"
-    assert len(attrs["model_sha256"]) == 64 and attrs["windowed"] in (0, 1, False, True)
+def test_version_imports_no_torch_sql_or_grpc() -> None:
+    out, imported = _imported(["--version"])
+    assert out.startswith("protssl ") and imported & HEAVY == set()
 
 
-def test_resume_refuses_other_provenance(
-    tiny_model_dir: Path, sample_fasta: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    out = tmp_path / "o.h5"
-    part = _first_records(sample_fasta, 3, tmp_path / "p.fasta")
-    base = ["--model", str(tiny_model_dir), "--no-progress", "--overlap", "16"]
-    assert main(["embed", str(part), "-o", str(out), *base]) == 0
-    code = main(["embed", str(part), "-o", str(out), "--resume", "--pooling", "bos", *base])
-    assert code == 2
-    assert "pooling" in capsys.readouterr().err
+@pytest.mark.parametrize("command", NEEDS_TORCH, ids=" ".join)
+def test_help_that_needs_torch_still_loads_no_rpc_stack(command: list[str]) -> None:
+    out, imported = _imported([*command, "--help"])
+    assert out.startswith(f"usage: {' '.join(['protssl', *command])} ")
+    assert imported & {"grpc", "service"} == set()
 
 
-def test_fasta_error_keeps_records_before_it(
-    tiny_model_dir: Path,
-    sample_fasta: Path,
-    edge_cases: Path,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    mixed = tmp_path / "mixed.fasta"
-    good = _first_records(sample_fasta, 5, tmp_path / "good.fasta").read_text()
-    mixed.write_text(good + (edge_cases / "emboss_protgap.fasta").read_text())
-    out = tmp_path / "mixed.npz"
-    args = ["--model", str(tiny_model_dir), "--no-progress", "--overlap", "16"]
-    code = main(["embed", str(mixed), "-o", str(out), *args])
-    assert code == 2
-    captured = capsys.readouterr()
-    err = captured.err.strip().splitlines()
-    assert len(err) == 1 and "mixed.fasta" in err[0] and "position" in err[0]
-    summary = json.loads(captured.out.strip().splitlines()[-1])
-    assert summary["errors"] == 1 and summary["records"] == 5
-    assert len(list(read_vectors(out))) == 5
+def test_every_command_is_listed_and_each_builds_its_own_parser() -> None:
+    listing = build_parser().format_help()
+    commands = ["embed", "import-esm", "info", "db", "pretrain", "pretrain-export", "plot-run"]
+    commands += ["classifier", "classify", "fewshot-eval", "serve"]
+    found = [re.search(rf"\n    {re.escape(name)}\s", listing) for name in commands]
+    positions = [match.start() for match in found if match]
+    assert len(positions) == len(commands) and positions == sorted(positions)
+    args = build_parser().parse_args(["plot-run", "runs/a"])
+    assert (args.command, str(args.run_dir), args.func.__module__) == (
+        "plot-run",
+        "runs/a",
+        "protssl.cli.pretrain",
+    )
 
 
-def test_skip_policy_counts_and_names(
-    tiny_model_dir: Path, edge_cases: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    args = [
-        "embed",
-        str(edge_cases / "prokka_IS_internal_stops.fasta"),
-        "-o",
-        str(tmp_path / "s.h5"),
-    ]
-    args += ["--model", str(tiny_model_dir), "--no-progress", "--on-invalid", "skip"]
-    args += ["--overlap", "16"]
-    assert main(args) == 0
-    summary = _summary(capsys)
-    assert summary["skipped"] > 0 and summary["skipped_ids"]
+def test_only_the_chosen_command_is_built_and_plain_subparsers_build_at_once() -> None:
+    built: list[str] = []
 
+    def build(parser: argparse.ArgumentParser) -> None:
+        built.append(parser.prog)
+        parser.add_argument("--x", default=parser.prog)
 
-def test_ids_with_slashes_stay_flat() -> None:
-    assert dataset_name("sp|P1/2%x") == "sp|P1%2F2%25x"
-
-
-def test_console_script_user_errors_are_one_line(tmp_path: Path, edge_cases: Path) -> None:
-    env = {**os.environ, "PROTSSL_MODEL": str(tmp_path / "missing-model")}
-    cases = [
-        ["embed", str(tmp_path / "nope.fasta"), "-o", str(tmp_path / "x.h5")],
-        ["embed", str(edge_cases / "emboss_protgap.fasta"), "-o", str(tmp_path / "y.h5")],
-        ["embed", str(edge_cases / "emboss_protgap.fasta"), "-o", str(tmp_path / "y.csv")],
-    ]
-    for args in cases:
-        proc = subprocess.run(
-            [sys.executable, "-m", "protssl.cli", *args], capture_output=True, text=True, env=env
-        )
-        assert proc.returncode == 2, proc.stderr
-        lines = [line for line in proc.stderr.splitlines() if line.strip()]
-        assert len(lines) == 1 and lines[0].startswith("protssl embed: error:"), proc.stderr
-        assert "Traceback" not in proc.stderr
-
-
-def test_second_embed_reads_everything_from_the_store(
-    tiny_model_dir: Path, sample_fasta: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    fasta = _first_records(sample_fasta, 12, tmp_path / "twelve.fasta")
-    base = ["--model", str(tiny_model_dir), "--no-progress", "--overlap", "16"]
-    base += ["--db", f"sqlite:///{tmp_path / 'cache.sqlite3'}"]
-    assert main(["embed", str(fasta), "-o", str(tmp_path / "a.h5"), *base]) == 0
-    first = _summary(capsys)
-    assert main(["embed", str(fasta), "-o", str(tmp_path / "b.h5"), *base]) == 0
-    second = _summary(capsys)
-    assert (first["computed"], first["cached"]) == (12, 0)
-    assert (second["computed"], second["cached"]) == (0, 12)
-    a = {i: v for i, v, _ in read_vectors(tmp_path / "a.h5")}
-    b = {i: v for i, v, _ in read_vectors(tmp_path / "b.h5")}
-    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
-
-
-def test_info_names_the_cpu_dtypes_model_and_store(
-    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from protssl.hardware import cpu_info
-    from protssl.info import describe
-
-    db = f"sqlite:///{tmp_path / 'x.sqlite3'}"
-    assert main(["info", "--model", str(tiny_model_dir), "--db", db]) == 0
-    text = capsys.readouterr().out
-    cpu = cpu_info()
-    assert f"cpu: {cpu.model} ({cpu.cores} cores" in text
-    assert f"auto dtype: {describe()['auto_dtype']} on cpu" in text
-    assert "fast paths (float32): " in text and "fast paths (bfloat16): " in text
-    assert "default model: tiny-test (sha256 " in text and f"default store: {db}" in text
-    assert main(["info", "--json", "--db", "postgresql+psycopg://me:secret@db/x"]) == 0
-    info = json.loads(capsys.readouterr().out)
-    assert info["default_store"] == "postgresql+psycopg://me:***@db/x"
-    assert info["default_model"]["name"] == "protssl-default"
-    assert main(["info", "--model", str(tmp_path)]) == 0  # no card there: said, not raised
-    assert f"default model: {tmp_path}: " in capsys.readouterr().out
+    lazy = argparse.ArgumentParser(prog="p")
+    commands = lazy.add_subparsers(dest="command", action=LazySubcommands)
+    add_commands(commands, [Command("a", build, help="a"), Command("b", build, help="b")])
+    assert lazy.parse_args(["b"]).x == "p b" and built == ["p b"]
+    assert lazy.parse_args(["b", "--x", "1"]).x == "1" and built == ["p b"]
+    eager = argparse.ArgumentParser(prog="q").add_subparsers()
+    add_commands(eager, [Command("c", build, help="c")])
+    assert built == ["p b", "q c"]

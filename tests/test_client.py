@@ -16,7 +16,7 @@ from service_support import load_tiny, real_records, running_server, save_tiny_m
 
 import protssl
 from protssl.checkpoint import LoadedModel
-from protssl.embed import embed_records
+from protssl.embedding import embed_records
 from protssl.errors import (
     DeadlineExceededError,
     InvalidInputError,
@@ -175,35 +175,12 @@ def test_overloaded_is_a_typed_error(model):
 @pytest.mark.slow
 def test_import_protssl_does_not_load_grpc():
     code = (
-        "import sys, protssl, protssl.cli_serve, protssl.embed, protssl.fasta\n"
+        "import sys, protssl, protssl.cli, protssl.cli.serve, protssl.embedding, protssl.fasta\n"
         "assert 'grpc' not in sys.modules and 'service' not in sys.modules, 'grpc imported'\n"
         "client = protssl.Client\n"
         "assert 'grpc' in sys.modules and client.__module__ == 'protssl.client'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
-
-
-def test_serve_flags_override_environment_over_defaults():
-    import argparse
-
-    from protssl.cli_serve import OPTIONS, add_serve_arguments, config_kwargs
-    from service.config import ServiceConfig
-
-    assert tuple(name for name, _, _ in OPTIONS) == ServiceConfig.field_names()
-    parser = argparse.ArgumentParser()
-    add_serve_arguments(parser)
-    args = parser.parse_args(["--port", "6000", "--metrics-port", "off"])
-    env = {"PROTSSL_PORT": "7000", "PROTSSL_MAX_QUEUE": "9", "PROTSSL_STORE": "false"}
-    config = ServiceConfig(**config_kwargs(args, env))
-    assert (config.port, config.max_queue, config.metrics_port, config.store) == (
-        6000,
-        9,
-        None,
-        False,
-    )
-    assert config.host == "127.0.0.1" and config.max_batch_tokens == 4096
-    with pytest.raises(InvalidInputError, match="PROTSSL_MAX_QUEUE"):
-        config_kwargs(parser.parse_args([]), {"PROTSSL_MAX_QUEUE": "many"})
 
 
 def test_classifiers_through_the_sdk(model, shared_file, tmp_path):

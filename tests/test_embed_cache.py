@@ -11,7 +11,7 @@ import pytest
 
 from protssl.batching import WindowPolicy
 from protssl.checkpoint import LoadedModel, load_model
-from protssl.embed import CacheStats, EmbedConfig, Embedding, embed_batch, embed_records
+from protssl.embedding import CacheStats, EmbedConfig, Embedding, embed_batch, embed_records
 from protssl.fasta import ProteinRecord, read_fasta
 from protssl.store import Store, StoreConfig
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from pretrain_support import log_rows
 
-import protssl.cli_pretrain
+import protssl.cli.pretrain
 from protssl.checkpoint import load_model
 from protssl.model import PRESETS, ProteinEncoder, init_weights
 from protssl.pretrain import CHECKPOINT_NAME, PLOT_NAME, PretrainConfig, PretrainResult
@@ -94,7 +94,7 @@ def test_the_rank_gpu_comes_from_torchruns_environment(
         calls.append(options)
         return PretrainResult(None, 0, 0, None, True, None)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(protssl.cli_pretrain, "pretrain", record)
+    monkeypatch.setattr(protssl.cli.pretrain, "pretrain", record)
     argv = [str(sample_fasta), "--run-dir", str(tmp_path), "--preset", "protssl-tiny"]
     monkeypatch.setenv("LOCAL_RANK", "3")
     assert main(argv) == 0

@@ -25,7 +25,7 @@ from service_support import (
 
 from protssl._proto import protssl_pb2 as pb
 from protssl._proto import protssl_pb2_grpc as pb_grpc
-from protssl.embed import embed_records
+from protssl.embedding import embed_records
 from service.batcher import EmbeddingBatcher
 from service.metrics import ServiceMetrics
 

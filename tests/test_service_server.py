@@ -29,7 +29,7 @@ from service_support import (
 from protssl._proto import protssl_pb2 as pb
 from protssl._proto import protssl_pb2_grpc as pb_grpc
 from protssl.checkpoint import LoadedModel
-from protssl.embed import EmbedConfig, embed_records
+from protssl.embedding import EmbedConfig, embed_records
 from protssl.errors import InvalidInputError
 from service.config import ServiceConfig
 from service.server import SERVICE_NAMES

@@ -22,7 +22,7 @@ from protssl import fewshot
 from protssl._proto import protssl_pb2 as pb
 from protssl._proto import protssl_pb2_grpc as pb_grpc
 from protssl.checkpoint import LoadedModel
-from protssl.embed import EmbedConfig, embed_records
+from protssl.embedding import EmbedConfig, embed_records
 from protssl.fasta import ProteinRecord, read_fasta
 from protssl.store import Store, StoreConfig
 

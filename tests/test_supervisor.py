@@ -21,7 +21,7 @@ import pytest
 from service_support import load_tiny, real_records, save_tiny_model, wait_for_line
 
 import protssl
-from protssl.embed import embed_records
+from protssl.embedding import embed_records
 from protssl.errors import InvalidInputError
 from service.config import ServiceConfig
 from service.supervisor import child_config, reserved_port

@@ -11,7 +11,7 @@ import pytest
 from protssl import wire
 from protssl._proto import protssl_pb2 as pb
 from protssl.checkpoint import load_model
-from protssl.embed import POOLINGS, Embedding, Provenance
+from protssl.embedding import POOLINGS, Embedding, Provenance
 from protssl.errors import InvalidInputError
 from protssl.fewshot import METHODS, Prediction
 from protssl.store import StoredClassifier

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from protssl.checkpoint import LoadedModel
-from protssl.embed import EmbedConfig, embed_records_layers
+from protssl.embedding import EmbedConfig, embed_records_layers
 from protssl.errors import InvalidInputError
 from protssl.fasta import ProteinRecord
 from protssl.fewshot.classifier import FewShotClassifier, Prediction, require_labels

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from protssl.checkpoint import LoadedModel
-from protssl.embed import EmbedConfig
+from protssl.embedding import EmbedConfig
 from protssl.fasta import ProteinRecord
 from protssl.fewshot.classifier import FewShotClassifier
 from protssl.fewshot.pipeline import check_model, fit_records

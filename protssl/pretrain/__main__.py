@@ -12,7 +12,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     """Run the `pretrain` command with `argv` (default: this process's arguments)."""
-    from protssl.cli_pretrain import main as pretrain_main
+    from protssl.cli.pretrain import main as pretrain_main
 
     return pretrain_main(argv)
 

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from protssl.alphabet import ALPHABET, tokenize
 from protssl.batching import WindowPolicy, token_batches
-from protssl.embed import pool_rows
+from protssl.embedding import pool_rows
 from protssl.errors import InvalidInputError
 from protssl.evaluation import composition_features, nn1_hits
 from protssl.fasta import FastaPolicy, read_fasta

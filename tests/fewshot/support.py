@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 
-from protssl.cli_fewshot import add_commands
+from protssl.cli import build_parser
 from protssl.evaluation import composition_features
 from protssl.fasta import ProteinRecord
 
@@ -26,7 +25,5 @@ def write_fasta(path: Path, records: list[ProteinRecord]) -> Path:
 
 def run_cli(argv: list[str]) -> int:
     """Run the few-shot commands in this process, as `protssl ARGV` would."""
-    parser = argparse.ArgumentParser(prog="protssl")
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     return int(args.func(args))

@@ -102,11 +102,9 @@ def test_fewshot_eval_cli_split_episodes_and_report(
 
 
 _CLI = (
-    "import argparse, sys\n"
-    "from protssl.cli_fewshot import add_commands\n"
-    "parser = argparse.ArgumentParser()\n"
-    "add_commands(parser.add_subparsers(dest='command', required=True))\n"
-    "args = parser.parse_args(sys.argv[1:])\n"
+    "import sys\n"
+    "from protssl.cli import build_parser\n"
+    "args = build_parser().parse_args(sys.argv[1:])\n"
     "sys.exit(args.func(args))\n"
 )
 

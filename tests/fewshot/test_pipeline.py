@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from protssl.checkpoint import LoadedModel
-from protssl.embed import EmbedConfig, embed_records, embed_records_layers
+from protssl.embedding import EmbedConfig, embed_records, embed_records_layers
 from protssl.errors import InvalidInputError
 from protssl.fasta import ProteinRecord
 from protssl.fewshot import (

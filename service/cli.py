@@ -1,19 +1,21 @@
-"""`protssl serve`: run the gRPC server. Flags override PROTSSL_* variables, which override defaults.
+"""The server's command line: its flags, how they become a ServiceConfig, and the handler that serves.
 
-The service package (and grpc) is imported only when the command runs, so the core stays free of it.
+Each flag is also a variable (--max-queue, PROTSSL_MAX_QUEUE); a flag overrides the variable, which
+overrides ServiceConfig's default. `python -m service` and `protssl serve` parse
+the same flags and call `run`; grpc is imported only when it runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from protssl.errors import InvalidInputError
+from service.config import ServiceConfig
 
-__all__ = ["OPTIONS", "add_commands", "add_serve_arguments", "config_kwargs", "run_serve"]
+__all__ = ["OPTIONS", "add_arguments", "config_kwargs", "run"]
 
 
 def _optional_port(text: str) -> int | None:
@@ -55,7 +57,7 @@ OPTIONS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
 """(ServiceConfig field, parser, help): flag --field-name, environment variable PROTSSL_FIELD_NAME."""
 
 
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The server's flags (every one also read from PROTSSL_<NAME>)."""
     for name, kind, text in OPTIONS:
         parser.add_argument(
@@ -83,25 +85,8 @@ def config_kwargs(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[
     return kwargs
 
 
-def run_serve(args: argparse.Namespace) -> int:
-    """Handler of `protssl serve` and `python -m service`."""
-    from service.config import ServiceConfig
+def run(args: argparse.Namespace) -> int:
+    """Serve with the config the parsed flags and PROTSSL_* variables give, until SIGTERM or SIGINT."""
     from service.server import serve
 
-    logging.basicConfig(  # force: `protssl`'s own main has set WARNING already
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        force=True,
-    )
     return serve(ServiceConfig(**config_kwargs(args, os.environ)))
-
-
-def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Register `serve` on the protssl CLI."""
-    parser = subparsers.add_parser(
-        "serve",
-        help="run the gRPC server (embeddings and few-shot classifiers)",
-        description=__doc__.splitlines()[0] if __doc__ else None,
-    )
-    add_serve_arguments(parser)
-    parser.set_defaults(func=run_serve)

@@ -7,7 +7,7 @@ next version, and `classify NAME INPUT.fasta` writes TSV or JSON. `fewshot-eval`
 labelled file and scores another (or N-way K-shot episodes from one), optionally writing a report.
 
 Each handler parses its arguments, calls the library (`protssl.fewshot`, `protssl.evaluation`) and
-prints; user errors are raised as protssl errors for `cli.main()` to turn into exit code 2.
+prints; user errors are raised as protssl errors for `protssl.cli.main()` to turn into exit codes.
 """
 
 from __future__ import annotations
@@ -15,78 +15,65 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from tqdm import tqdm
-
-from protssl.checkpoint import LoadedModel, check_dtype_name, load_model
-from protssl.cli_store import add_db_arg, store_config
-from protssl.errors import InvalidInputError
-from protssl.evaluation import EvalResult, evaluate_episodes, evaluate_split, write_report
-from protssl.fasta import FastaPolicy, ProteinRecord, read_fasta
-from protssl.fewshot import (
-    METHODS,
-    FewShotClassifier,
-    FewShotConfig,
-    Prediction,
-    add_examples,
-    candidate_layers,
-    classify_records,
-    embed_for_fewshot,
-    fit_records,
-    load_classifier,
-    require_labels,
-    sample_episodes,
-    save_classifier,
-    subset_episodes,
+from protssl.cli.args import (
+    add_db_arg,
+    add_fasta_policy_args,
+    add_model_args,
+    fasta_policy,
+    load_model,
+    open_store,
 )
-from protssl.store import Store
+from protssl.cli.commands import Command, LazySubcommands, add_commands
+from protssl.errors import InvalidInputError
 
-__all__ = ["add_commands"]
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+    from protssl.checkpoint import LoadedModel
+    from protssl.evaluation import EvalResult
+    from protssl.fasta import ProteinRecord
+    from protssl.fewshot import FewShotClassifier, FewShotConfig, Prediction
+
+__all__ = ["COMMANDS"]
 
 
-def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `classifier create|add|show`, `classify` and `fewshot-eval` to the CLI."""
-    classifier = subparsers.add_parser(
-        "classifier", help="create, extend or show few-shot classifiers kept in the store"
+def _build_classifier(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(
+        dest="classifier_command", required=True, metavar="ACTION", action=LazySubcommands
     )
-    actions = classifier.add_subparsers(dest="classifier_command", required=True, metavar="ACTION")
-    create = actions.add_parser(
-        "create",
-        help="fit a classifier on labelled FASTA (>ID label=A or label=A;B) and save it",
-        description="Fit on labelled FASTA and save as NAME (version 1, or the next version).",
-    )
+    add_commands(actions, CLASSIFIER_ACTIONS)
+
+
+def _build_create(create: argparse.ArgumentParser) -> None:
     create.add_argument("name", help="classifier name")
     create.add_argument("--fasta", required=True, metavar="FASTA", help="labelled FASTA")
     _add_fit_args(create)
     _add_model_args(create)
     add_db_arg(create)
     create.set_defaults(func=_classifier_create)
-    add = actions.add_parser(
-        "add",
-        help="add labelled examples: refit on old + new and save the next version",
-        description="Refit NAME's latest version on its examples plus these; old versions stay.",
-    )
+
+
+def _build_add(add: argparse.ArgumentParser) -> None:
     add.add_argument("name", help="classifier name")
     add.add_argument("--fasta", required=True, metavar="FASTA", help="labelled FASTA")
     _add_model_args(add)
     add_db_arg(add)
     add.set_defaults(func=_classifier_add)
-    show = actions.add_parser("show", help="print a stored classifier's summary as JSON")
+
+
+def _build_show(show: argparse.ArgumentParser) -> None:
     show.add_argument("name", help="classifier name")
     show.add_argument("--version", type=int, default=None, help="default: the latest")
     add_db_arg(show)
     show.set_defaults(func=_classifier_show)
 
-    classify = subparsers.add_parser(
-        "classify",
-        help="label the records of a FASTA file with a stored classifier",
-        description="Predict labels (or unknown, or a parent such as 1.1.1.-) for every record.",
-    )
+
+def _build_classify(classify: argparse.ArgumentParser) -> None:
     classify.add_argument("name", help="classifier name")
     classify.add_argument("input", help="FASTA file (.gz or - for stdin)")
     classify.add_argument("--version", type=int, default=None, help="default: the latest")
@@ -96,13 +83,8 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     add_db_arg(classify)
     classify.set_defaults(func=_classify)
 
-    evaluate = subparsers.add_parser(
-        "fewshot-eval",
-        help="evaluate a few-shot classifier on labelled FASTA (split or N-way K-shot episodes)",
-        description="Fit on --support, predict --query, print micro precision/recall/F1 over "
-        "labels, top-1 accuracy, abstention rate and accuracy on answered; the last line is JSON. "
-        "With --episodes, sample N-way K-shot episodes from --support alone.",
-    )
+
+def _build_fewshot_eval(evaluate: argparse.ArgumentParser) -> None:
     evaluate.add_argument("--support", required=True, metavar="FASTA", help="labelled FASTA")
     evaluate.add_argument("--query", metavar="FASTA", help="labelled FASTA to predict")
     evaluate.add_argument("--episodes", type=int, metavar="N", help="sample N episodes")
@@ -118,7 +100,48 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     evaluate.set_defaults(func=_fewshot_eval)
 
 
+CLASSIFIER_ACTIONS = (
+    Command(
+        "create",
+        _build_create,
+        help="fit a classifier on labelled FASTA (>ID label=A or label=A;B) and save it",
+        description="Fit on labelled FASTA and save as NAME (version 1, or the next version).",
+    ),
+    Command(
+        "add",
+        _build_add,
+        help="add labelled examples: refit on old + new and save the next version",
+        description="Refit NAME's latest version on its examples plus these; old versions stay.",
+    ),
+    Command("show", _build_show, help="print a stored classifier's summary as JSON"),
+)
+
+COMMANDS = (
+    Command(
+        "classifier",
+        _build_classifier,
+        help="create, extend or show few-shot classifiers kept in the store",
+    ),
+    Command(
+        "classify",
+        _build_classify,
+        help="label the records of a FASTA file with a stored classifier",
+        description="Predict labels (or unknown, or a parent such as 1.1.1.-) for every record.",
+    ),
+    Command(
+        "fewshot-eval",
+        _build_fewshot_eval,
+        help="evaluate a few-shot classifier on labelled FASTA (split or N-way K-shot episodes)",
+        description="Fit on --support, predict --query, print micro precision/recall/F1 over "
+        "labels, top-1 accuracy, abstention rate and accuracy on answered; the last line is JSON. "
+        "With --episodes, sample N-way K-shot episodes from --support alone.",
+    ),
+)
+
+
 def _add_fit_args(parser: argparse.ArgumentParser) -> None:
+    from protssl.fewshot import METHODS
+
     parser.add_argument("--method", choices=METHODS, default="prototype", help="classifier head")
     parser.add_argument("--k", type=int, default=5, help="neighbours for --method knn")
     parser.add_argument(
@@ -135,27 +158,21 @@ def _add_fit_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model",
-        default=os.environ.get("PROTSSL_MODEL"),
-        help="model folder or preset (default: $PROTSSL_MODEL or the shipped model); "
-        "classifying needs the model the classifier was fitted with",
+    add_model_args(
+        parser, trust=False, note="classifying needs the model the classifier was fitted with"
     )
-    parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
-    parser.add_argument("--dtype", default="auto", help="auto, float32 or bfloat16")
-    parser.add_argument(
-        "--on-invalid",
-        choices=("fail", "skip", "replace"),
-        default="fail",
-        help="records with invalid residues: fail, skip them, or replace with X",
-    )
+    add_fasta_policy_args(parser, invalid_only=True)
 
 
 def _fit_config(args: argparse.Namespace) -> FewShotConfig:
+    from protssl.fewshot import FewShotConfig
+
     return FewShotConfig(method=args.method, k=args.k, target_precision=args.target_precision)
 
 
 def _layers(args: argparse.Namespace, model: LoadedModel) -> tuple[int, ...]:
+    from protssl.fewshot import candidate_layers
+
     if not args.layers:
         return candidate_layers(model.encoder.config.num_layers)
     try:
@@ -167,7 +184,10 @@ def _layers(args: argparse.Namespace, model: LoadedModel) -> tuple[int, ...]:
 
 
 def _read(path: str, args: argparse.Namespace, *, labelled: bool) -> list[ProteinRecord]:
-    records = list(read_fasta(path, policy=FastaPolicy(on_invalid=args.on_invalid)))
+    from protssl.fasta import read_fasta
+    from protssl.fewshot import require_labels
+
+    records = list(read_fasta(path, policy=fasta_policy(args)))
     if not records:
         raise InvalidInputError(f"{path}: no records")
     if labelled:
@@ -175,17 +195,17 @@ def _read(path: str, args: argparse.Namespace, *, labelled: bool) -> list[Protei
     return records
 
 
-def _load(args: argparse.Namespace) -> LoadedModel:
-    return load_model(args.model, device=args.device, dtype=check_dtype_name(args.dtype))
-
-
 def _bar(records: Sequence[ProteinRecord]) -> tqdm[Any]:
+    from tqdm import tqdm
+
     return tqdm(total=sum(len(r) for r in records), unit="res", unit_scale=True, desc="embedding")
 
 
 def _embed(
     records: Sequence[ProteinRecord], model: LoadedModel, layers: tuple[int, ...]
 ) -> dict[int, Any]:
+    from protssl.fewshot import embed_for_fewshot
+
     with _bar(records) as bar:
         return embed_for_fewshot(records, model, layers, on_batch=bar.update)
 
@@ -219,30 +239,36 @@ def _print_saved(stored: Any, classifier: FewShotClassifier) -> None:
 
 
 def _classifier_create(args: argparse.Namespace) -> int:
+    from protssl.fewshot import fit_records, save_classifier
+
     config = _fit_config(args)
     records = _read(args.fasta, args, labelled=True)
-    model = _load(args)
+    model = load_model(args)
     with _bar(records) as bar:
         classifier = fit_records(
             records, model, config, layers=_layers(args, model), on_batch=bar.update
         )
-    with Store(store_config(args)) as store:
+    with open_store(args) as store:
         stored = save_classifier(store, args.name, classifier, records)
     _print_saved(stored, classifier)
     return 0
 
 
 def _classifier_add(args: argparse.Namespace) -> int:
+    from protssl.fewshot import FewShotClassifier, add_examples
+
     records = _read(args.fasta, args, labelled=True)
-    model = _load(args)
-    with Store(store_config(args)) as store, _bar(records) as bar:
+    model = load_model(args)
+    with open_store(args) as store, _bar(records) as bar:
         stored = add_examples(store, args.name, records, model, on_batch=bar.update)
     _print_saved(stored, FewShotClassifier.from_state(stored.params, stored.blob))
     return 0
 
 
 def _classifier_show(args: argparse.Namespace) -> int:
-    with Store(store_config(args)) as store:
+    from protssl.fewshot import FewShotClassifier
+
+    with open_store(args) as store:
         stored = store.classifiers.get(args.name, args.version)
     print(json.dumps(_summary(stored, FewShotClassifier.from_state(stored.params, stored.blob))))
     return 0
@@ -258,10 +284,12 @@ def _output(path: str | None) -> Iterator[TextIO]:
 
 
 def _classify(args: argparse.Namespace) -> int:
+    from protssl.fewshot import classify_records, load_classifier
+
     records = _read(args.input, args, labelled=False)
-    with Store(store_config(args)) as store:
+    with open_store(args) as store:
         classifier, _ = load_classifier(store, args.name, args.version)
-    model = _load(args)
+    model = load_model(args)
     with _bar(records) as bar:
         predictions = classify_records(classifier, records, model, on_batch=bar.update)
     with _output(args.output) as out:
@@ -290,10 +318,13 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
 
 
 def _fewshot_eval(args: argparse.Namespace) -> int:
+    from protssl.evaluation import evaluate_episodes, evaluate_split, write_report
+    from protssl.fewshot import sample_episodes, subset_episodes
+
     if (args.query is None) == (args.episodes is None):
         raise InvalidInputError("give either --query FASTA or --episodes N (not both)")
     config = _fit_config(args)
-    model = _load(args)
+    model = load_model(args)
     layers = _layers(args, model)
     support = _read(args.support, args, labelled=True)
     result: EvalResult

@@ -17,7 +17,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from protssl.checkpoint import LoadedModel
-from protssl.embed import CacheStats, EmbedConfig, embed_records, expected_provenance
+from protssl.embedding import CacheStats, EmbedConfig, embed_records, expected_provenance
 from protssl.errors import ProtsslError
 from protssl.fasta import FastaPolicy, ProteinRecord, ReadStats, read_fasta
 from protssl.output import open_writer

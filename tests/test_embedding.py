@@ -7,7 +7,7 @@ import pytest
 
 from protssl.batching import WindowPolicy
 from protssl.checkpoint import load_model
-from protssl.embed import EmbedConfig, embed_records
+from protssl.embedding import EmbedConfig, embed_records
 from protssl.errors import SequenceTooLongError
 from protssl.fasta import ProteinRecord, read_fasta
 

@@ -14,30 +14,22 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-import torch
-import torch.distributed as dist
+from protssl.cli.commands import Command, add_commands
+from protssl.entrypoint import configure_logging, run_main
+from protssl.errors import InvalidInputError
 
-from protssl.errors import InvalidInputError, ProtsslError
-from protssl.model import PRESETS
-from protssl.pretrain import (
-    PretrainConfig,
-    config_from_checkpoint,
-    export_checkpoint,
-    plot_run,
-    pretrain,
-)
+if TYPE_CHECKING:
+    from protssl.pretrain import PretrainConfig
 
-__all__ = ["add_commands", "main"]
+__all__ = ["COMMANDS", "main"]
 
 log = logging.getLogger(__name__)
 
-_DEFAULTS = PretrainConfig(corpus=Path("-"), run_dir=Path("-"))
-
-# flag -> PretrainConfig field, for the recipe options.
+# flag -> PretrainConfig field, for the recipe options ({presets}: the model shapes by name).
 _RECIPE_FLAGS: dict[str, tuple[str, type, str]] = {
-    "--preset": ("preset", str, "model shape: " + ", ".join(sorted(PRESETS))),
+    "--preset": ("preset", str, "model shape: {presets}"),
     "--steps": ("steps", int, "optimizer steps of the whole run"),
     "--crop": ("crop_residues", int, "crop longer sequences to this many residues (random offset)"),
     "--max-tokens": ("max_tokens", int, "token budget of one micro-batch (rows x padded length)"),
@@ -69,14 +61,11 @@ _RECIPE_FLAGS: dict[str, tuple[str, type, str]] = {
 }
 
 
-def add_commands(subparsers: Any) -> None:
-    """Add `pretrain`, `pretrain-export` and `plot-run` to the protssl CLI's subparsers."""
-    p = subparsers.add_parser(
-        "pretrain",
-        help="masked-residue pretraining on a FASTA corpus (resumable; torchrun for DDP)",
-        description="Train an encoder with ESM-2's MLM recipe. Files go to --run-dir: "
-        "checkpoint.pt, log.csv, loss_curve.png, and model/ at the end.",
-    )
+def _build_pretrain(p: argparse.ArgumentParser) -> None:
+    from protssl.model import PRESETS
+    from protssl.pretrain import PretrainConfig
+
+    defaults = PretrainConfig(corpus=Path("-"), run_dir=Path("-"))
     p.add_argument("corpus", nargs="?", type=Path, help="training FASTA (not with --resume)")
     p.add_argument("--run-dir", type=Path, required=True, help="folder of the run")
     p.add_argument(
@@ -97,24 +86,45 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     recipe = p.add_argument_group("recipe")
+    presets = ", ".join(sorted(PRESETS))
     for flag, (dest, kind, text) in _RECIPE_FLAGS.items():
-        default = getattr(_DEFAULTS, dest)
+        default = getattr(defaults, dest)
         recipe.add_argument(
-            flag, dest=dest, type=kind, default=None, help=f"{text} (default {default})"
+            flag,
+            dest=dest,
+            type=kind,
+            default=None,
+            help=f"{text.format(presets=presets)} (default {default})",
         )
     p.set_defaults(func=_pretrain, command_line=None)
 
-    e = subparsers.add_parser(
-        "pretrain-export",
-        help="export a run's last checkpoint (e.g. after SIGTERM) as a model folder",
-    )
+
+def _build_export(e: argparse.ArgumentParser) -> None:
     e.add_argument("run_dir", type=Path, help="folder of the run")
     e.add_argument("out_dir", type=Path, help="model folder to write")
     e.set_defaults(func=_export)
 
-    plot = subparsers.add_parser("plot-run", help="draw a run's loss curve into loss_curve.png")
+
+def _build_plot(plot: argparse.ArgumentParser) -> None:
     plot.add_argument("run_dir", type=Path, help="folder of the run")
     plot.set_defaults(func=_plot)
+
+
+COMMANDS = (
+    Command(
+        "pretrain",
+        _build_pretrain,
+        help="masked-residue pretraining on a FASTA corpus (resumable; torchrun for DDP)",
+        description="Train an encoder with ESM-2's MLM recipe. Files go to --run-dir: "
+        "checkpoint.pt, log.csv, loss_curve.png, and model/ at the end.",
+    ),
+    Command(
+        "pretrain-export",
+        _build_export,
+        help="export a run's last checkpoint (e.g. after SIGTERM) as a model folder",
+    ),
+    Command("plot-run", _build_plot, help="draw a run's loss curve into loss_curve.png"),
+)
 
 
 def _command_line() -> str:
@@ -123,6 +133,8 @@ def _command_line() -> str:
 
 
 def _config(args: argparse.Namespace) -> PretrainConfig:
+    from protssl.pretrain import PretrainConfig, config_from_checkpoint
+
     given = {
         dest: getattr(args, dest)
         for dest, _, _ in _RECIPE_FLAGS.values()
@@ -147,6 +159,8 @@ def _config(args: argparse.Namespace) -> PretrainConfig:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
+    from protssl.pretrain import pretrain
+
     if args.nproc > 1:
         return _launch_torchrun(args.nproc)
     if args.nproc < 1:
@@ -203,36 +217,42 @@ def _launch_torchrun(nproc: int) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from protssl.pretrain import export_checkpoint
+
     out = export_checkpoint(args.run_dir, args.out_dir)
     log.info("model written to %s", out)
     return 0
 
 
 def _plot(args: argparse.Namespace) -> int:
+    from protssl.pretrain import plot_run
+
     log.info("wrote %s", plot_run(args.run_dir))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m protssl.pretrain ...`: the `pretrain` command, joining torchrun's process group."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging("INFO", timestamps=True)
     parser = argparse.ArgumentParser(prog="python -m protssl.pretrain")
-    sub = parser.add_subparsers(dest="command")
-    add_commands(sub)
+    add_commands(parser.add_subparsers(dest="command"), COMMANDS)
     given = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(["pretrain", *given])
     args.command_line = shlex.join(["python", "-m", "protssl.pretrain", *given])
+    return run_main(lambda: _in_process_group(args), prog=parser.prog)
+
+
+def _in_process_group(args: argparse.Namespace) -> int:
+    """Run the command inside the process group torchrun describes in the environment (if any)."""
+    import torch
+    import torch.distributed as dist
+
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
         backend = "nccl" if torch.cuda.is_available() and args.device != "cpu" else "gloo"
         dist.init_process_group(backend=backend)
     try:
         return int(args.func(args))
-    except ProtsslError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     finally:
         if distributed:
             dist.destroy_process_group()

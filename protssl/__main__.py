@@ -1,0 +1,7 @@
+"""`python -m protssl`: the `protssl` command."""
+
+import sys
+
+from protssl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,58 @@
+"""The one-call API behind `protssl.embed`: records or plain sequences in, vectors in input order out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from protssl.batching import WindowPolicy
+from protssl.checkpoint import LoadedModel, load_model
+from protssl.embedding import EmbedConfig, Provenance, embed_records
+from protssl.fasta import FastaPolicy, ProteinRecord, records_from_sequences
+
+__all__ = ["EmbedResult", "embed"]
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    """Vectors in input order: `vectors` is (N, D) for mean/bos pooling, a list of (L, D) per residue."""
+
+    ids: list[str]
+    vectors: np.ndarray | list[np.ndarray]
+    provenance: list[Provenance]
+
+
+def embed(
+    records_or_sequences: Iterable[ProteinRecord | str],
+    *,
+    model: LoadedModel | str | Path | None = None,
+    ids: Sequence[str] | None = None,
+    pooling: str = "mean",
+    layer: int = -1,
+    max_tokens: int = 4096,
+    window: WindowPolicy | None = None,
+    policy: FastaPolicy | None = None,
+) -> EmbedResult:
+    """Embed records or plain sequences; returns ids and float32 vectors in input order.
+
+    `model` is a loaded model, a path or preset name, or None for the shipped default. Plain
+    strings get ids `seq0`, `seq1`, ... unless `ids` is given; they follow the FASTA policy.
+    """
+    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    records = records_from_sequences(records_or_sequences, ids=ids, policy=policy)
+    config = EmbedConfig(
+        pooling=pooling,  # type: ignore[arg-type]
+        layer=layer,
+        max_tokens=max_tokens,
+        window=window or WindowPolicy(),
+    )
+    by_id = {e.id: e for e in embed_records(records, loaded, config)}
+    order = [r.id for r in records]
+    vectors = [by_id[i].vector for i in order]
+    stacked: np.ndarray | list[np.ndarray] = (
+        vectors if pooling == "per-residue" else np.stack(vectors) if vectors else np.zeros((0, 0))
+    )
+    return EmbedResult(ids=order, vectors=stacked, provenance=[by_id[i].provenance for i in order])

@@ -1,0 +1,144 @@
+"""Arguments that several commands share, each defined once: the model, the FASTA policy, the store.
+
+This module (with `service.cli` for the server) is where the CLI reads the environment:
+PROTSSL_MODEL for `--model`, PROTSSL_DATABASE_URL for `--db`. What the arguments open (a model,
+a store) is imported when a command runs, so building a parser stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import TYPE_CHECKING
+
+from protssl.dtypes import DTYPE_NAMES
+
+if TYPE_CHECKING:
+    from protssl.checkpoint import LoadedModel
+    from protssl.fasta import FastaPolicy
+    from protssl.store import Store, StoreConfig
+
+__all__ = [
+    "add_db_arg",
+    "add_fasta_policy_args",
+    "add_model_arg",
+    "add_model_args",
+    "add_store_args",
+    "add_trust_args",
+    "fasta_policy",
+    "load_model",
+    "open_store",
+    "store_config",
+]
+
+MODEL_HELP = (
+    "model folder, fair-esm .pt, or preset name (default: $PROTSSL_MODEL or the shipped model)"
+)
+
+
+def add_model_arg(parser: argparse.ArgumentParser, *, help_text: str = MODEL_HELP) -> None:
+    """`--model SPEC`, defaulting to $PROTSSL_MODEL (None: the shipped model)."""
+    parser.add_argument("--model", default=os.environ.get("PROTSSL_MODEL"), help=help_text)
+
+
+def add_trust_args(parser: argparse.ArgumentParser) -> None:
+    """`--trust-pickle` and `--allow-sha256`: what it takes to load a fair-esm .pt (a pickle)."""
+    parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow unpickling a fair-esm .pt (pickles can run code)",
+    )
+    parser.add_argument(
+        "--allow-sha256",
+        action="append",
+        default=[],
+        metavar="HEX",
+        help="allow a fair-esm .pt with this sha256 (repeatable)",
+    )
+
+
+def add_model_args(parser: argparse.ArgumentParser, *, trust: bool = True, note: str = "") -> None:
+    """`--model`, `--dtype`, `--device`, and with `trust` the pickle flags, for `load_model(args)`.
+
+    `note` is appended to --model's help; without `trust` a fair-esm .pt needs its sha256 known."""
+    add_model_arg(parser, help_text=MODEL_HELP + (f"; {note}" if note else ""))
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=DTYPE_NAMES,
+        help="auto: bf16 where the CPU has AVX512-BF16/AMX or on CUDA, else float32",
+    )
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
+    if trust:
+        add_trust_args(parser)
+    else:
+        parser.set_defaults(trust_pickle=False, allow_sha256=[])
+
+
+def load_model(args: argparse.Namespace) -> LoadedModel:
+    """The model that `add_model_args`' flags name, loaded."""
+    from protssl.checkpoint import load_model
+
+    return load_model(
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        trust_pickle=args.trust_pickle,
+        allowed_sha256=args.allow_sha256,
+    )
+
+
+def add_fasta_policy_args(parser: argparse.ArgumentParser, *, invalid_only: bool = False) -> None:
+    """`--on-invalid` (and unless `invalid_only`, `--on-empty` and `--on-duplicate`)."""
+    parser.add_argument(
+        "--on-invalid",
+        default="fail",
+        choices=("fail", "skip", "replace"),
+        help="records with gaps, internal stops, digits...: fail (default), skip, or replace with X",
+    )
+    if not invalid_only:
+        parser.add_argument("--on-empty", default="fail", choices=("fail", "skip"))
+        parser.add_argument("--on-duplicate", default="fail", choices=("fail", "skip"))
+
+
+def fasta_policy(args: argparse.Namespace) -> FastaPolicy:
+    """The FASTA policy that `add_fasta_policy_args`' flags set (FastaPolicy's default where absent)."""
+    from protssl.fasta import FastaPolicy
+
+    given = ("on_invalid", "on_empty", "on_duplicate")
+    return FastaPolicy(**{name: getattr(args, name) for name in given if name in args})
+
+
+def add_db_arg(parser: argparse.ArgumentParser) -> None:
+    """`--db URL`: the store to use, for every command that opens one."""
+    parser.add_argument(
+        "--db",
+        metavar="URL",
+        default=None,
+        help="store URL (sqlite:///file or postgresql+psycopg://user@host/db); "
+        "default $PROTSSL_DATABASE_URL, else a SQLite file in the user data folder",
+    )
+
+
+def add_store_args(parser: argparse.ArgumentParser) -> None:
+    """`--db URL` and `--no-cache`, for commands that read through the embedding cache."""
+    add_db_arg(parser)
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="compute every vector, neither reading nor writing the store",
+    )
+
+
+def store_config(args: argparse.Namespace) -> StoreConfig:
+    """The store config for parsed args: `--db`, else PROTSSL_DATABASE_URL, else the default."""
+    from protssl.store import StoreConfig
+
+    return StoreConfig.from_environ(os.environ, url=args.db)
+
+
+def open_store(args: argparse.Namespace) -> Store:
+    """The store `--db` names, migrated and ready; the caller closes it (or uses `with`)."""
+    from protssl.store import Store
+
+    return Store(store_config(args))

@@ -1,0 +1,95 @@
+"""`protssl info`: what a bug report needs when figures differ between machines.
+
+Versions, the CPU and its instruction sets, the dtype `auto` picks and the fast paths of each
+dtype (`protssl.info.describe`), the default model (read from its card, no weights loaded)
+and the default store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from protssl.cli.args import add_db_arg, add_model_arg, store_config
+from protssl.cli.commands import Command
+from protssl.errors import ProtsslError
+
+__all__ = ["COMMANDS"]
+
+
+def _build(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    add_model_arg(
+        parser,
+        help_text="model folder to describe (default: $PROTSSL_MODEL or the shipped model)",
+    )
+    add_db_arg(parser)
+    parser.set_defaults(func=_info)
+
+
+COMMANDS = (
+    Command(
+        "info",
+        _build,
+        help="versions, CPU instruction sets, dtypes and fast paths, default model and store",
+        description="What a bug report needs when figures differ between machines.",
+    ),
+)
+
+
+def _model_summary(spec: str | None) -> dict[str, object]:
+    """The model a command would load by default, from its card alone (no weights read)."""
+    from protssl.checkpoint import CARD_NAME, DEFAULT_MODEL_DIR, read_card
+
+    directory = Path(spec) if spec else DEFAULT_MODEL_DIR
+    summary: dict[str, object] = {"path": str(directory)}
+    try:
+        card = read_card(directory.parent if directory.name == CARD_NAME else directory)
+    except (OSError, ProtsslError) as exc:
+        summary["error"] = str(exc)
+        return summary
+    summary.update(name=card.name, sha256=card.sha256, layers=card.architecture.num_layers)
+    return summary
+
+
+def _info(args: argparse.Namespace) -> int:
+    from protssl.info import describe
+
+    info = describe()
+    info["default_model"] = _model_summary(args.model)
+    info["default_store"] = store_config(args).redacted_url()
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    paths = info["fast_paths"]
+    assert isinstance(paths, dict)
+    model = info["default_model"]
+    assert isinstance(model, dict)
+    lines = [
+        f"protssl {info['protssl']}, torch {info['torch']}, Python {info['python']}",
+        f"cpu: {info['cpu']} ({info['cores']} cores, torch threads {info['threads']})",
+        f"isa: {info['isa']}",
+        f"kernels: torch {info['torch_capability']}, oneDNN bf16 {_yes(info['onednn_bf16'])}, "
+        f"native bf16 {_yes(info['native_bf16'])}",
+        f"auto dtype: {info['auto_dtype']} on cpu"
+        + (f", bfloat16 on {info['cuda']}" if info["cuda"] else ""),
+        *(
+            f"fast paths ({dtype}): "
+            + (", ".join(name for name, on in flags.items() if on) or "none")
+            for dtype, flags in paths.items()
+        ),
+        "default model: "
+        + (
+            f"{model['name']} (sha256 {str(model['sha256'])[:12]}) at {model['path']}"
+            if "name" in model
+            else f"{model['path']}: {model['error']}"
+        ),
+        f"default store: {info['default_store']}",
+    ]
+    print("\n".join(lines))
+    return 0
+
+
+def _yes(flag: object) -> str:
+    return "yes" if flag else "no"

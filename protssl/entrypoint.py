@@ -1,0 +1,44 @@
+"""What only entry points do, done one way: configure logging once, turn errors into exit codes.
+
+The entry points are the `protssl` command, `python -m service`, `python -m protssl.demo` and the
+`python -m protssl.pretrain` that torchrun launches. Library code only logs and raises: a
+protssl error leaves a process as one line on stderr and the exit code `errors.ERROR_TABLE`
+gives it, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+
+from protssl.errors import EXIT_INTERRUPTED, ProtsslError, exit_code_for
+
+__all__ = ["configure_logging", "run_main"]
+
+
+def configure_logging(level: int | str, *, timestamps: bool = False, process: str = "") -> None:
+    """Log to stderr from `level` up (a number or a name such as `info`); servers and training
+    runs add timestamps, processes of a group their name. Like `logging.basicConfig`, a no-op
+    where logging is set up already."""
+    stamp = "%(asctime)s " if timestamps else ""
+    name = f"[{process}] %(name)s" if process else "%(name)s"
+    logging.basicConfig(
+        level=level.upper() if isinstance(level, str) else level,
+        format=f"{stamp}%(levelname)s {name}: %(message)s",
+    )
+
+
+def run_main(run: Callable[[], int], *, prog: str) -> int:
+    """`run()`'s exit code; a protssl error is `prog: error: message` on stderr and its table exit
+    code, Ctrl-C is EXIT_INTERRUPTED (what was computed is kept), a closed stdout pipe is 0."""
+    try:
+        return int(run())
+    except ProtsslError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return exit_code_for(exc)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; work done so far is kept", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return 0

@@ -1,0 +1,43 @@
+"""Arguments several commands share: one definition of the model flags, the FASTA policy, the store."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+import pytest
+
+from protssl.cli.args import add_fasta_policy_args, add_model_args, fasta_policy
+from protssl.fasta import FastaPolicy
+
+
+def _parse(add: Callable[[argparse.ArgumentParser], None], argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add(parser)
+    return parser.parse_args(argv)
+
+
+def test_model_flags_read_protssl_model_and_the_same_names_without_the_trust_flags(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PROTSSL_MODEL", "models/x")
+    full = _parse(add_model_args, ["--trust-pickle", "--allow-sha256", "ab"])
+    bare = _parse(lambda p: add_model_args(p, trust=False), ["--dtype", "float32"])
+    assert (full.model, full.trust_pickle, full.allow_sha256) == ("models/x", True, ["ab"])
+    assert (bare.model, bare.dtype, bare.trust_pickle, bare.allow_sha256) == (
+        "models/x",
+        "float32",
+        False,
+        [],
+    )
+    with pytest.raises(SystemExit):
+        _parse(lambda p: add_model_args(p, trust=False), ["--trust-pickle"])
+
+
+def test_fasta_policy_from_the_flags_a_command_has() -> None:
+    every = _parse(add_fasta_policy_args, ["--on-invalid", "replace", "--on-duplicate", "skip"])
+    assert fasta_policy(every) == FastaPolicy(on_invalid="replace", on_duplicate="skip")
+    invalid = _parse(
+        lambda p: add_fasta_policy_args(p, invalid_only=True), ["--on-invalid", "skip"]
+    )
+    assert fasta_policy(invalid) == FastaPolicy(on_invalid="skip")

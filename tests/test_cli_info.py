@@ -1,0 +1,32 @@
+"""`protssl info`: the CPU, dtypes and fast paths, the default model (from its card) and store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from protssl.cli import main
+
+
+def test_info_names_the_cpu_dtypes_model_and_store(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from protssl.hardware import cpu_info
+    from protssl.info import describe
+
+    db = f"sqlite:///{tmp_path / 'x.sqlite3'}"
+    assert main(["info", "--model", str(tiny_model_dir), "--db", db]) == 0
+    text = capsys.readouterr().out
+    cpu = cpu_info()
+    assert f"cpu: {cpu.model} ({cpu.cores} cores" in text
+    assert f"auto dtype: {describe()['auto_dtype']} on cpu" in text
+    assert "fast paths (float32): " in text and "fast paths (bfloat16): " in text
+    assert "default model: tiny-test (sha256 " in text and f"default store: {db}" in text
+    assert main(["info", "--json", "--db", "postgresql+psycopg://me:secret@db/x"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["default_store"] == "postgresql+psycopg://me:***@db/x"
+    assert info["default_model"]["name"] == "protssl-default"
+    assert main(["info", "--model", str(tmp_path)]) == 0  # no card there: said, not raised
+    assert f"default model: {tmp_path}: " in capsys.readouterr().out

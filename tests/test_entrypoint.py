@@ -1,0 +1,72 @@
+"""What entry points share: errors become one line and the error table's exit code; one log format."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+
+import pytest
+
+from protssl.entrypoint import run_main
+from protssl.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_USER_ERROR,
+    ClassifierNotFoundError,
+    InvalidInputError,
+    StoreError,
+)
+
+
+def _raises(exc: BaseException) -> Callable[[], int]:
+    def run() -> int:
+        raise exc
+
+    return run
+
+
+@pytest.mark.parametrize(
+    ("exc", "code", "said"),
+    [
+        (InvalidInputError("no such file"), EXIT_USER_ERROR, "prog: error: no such file\n"),
+        (ClassifierNotFoundError("no 'x'"), EXIT_USER_ERROR, "prog: error: no 'x'\n"),
+        (StoreError("database is locked"), EXIT_USER_ERROR, "prog: error: database is locked\n"),
+        (KeyboardInterrupt(), EXIT_INTERRUPTED, "prog: interrupted; work done so far is kept\n"),
+        (BrokenPipeError(), 0, ""),
+    ],
+)
+def test_errors_leave_as_one_line_and_their_exit_code(
+    exc: BaseException, code: int, said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_main(_raises(exc), prog="prog") == code
+    assert capsys.readouterr().err == said
+
+
+def test_the_command_s_own_code_passes_and_unexpected_errors_keep_their_traceback() -> None:
+    assert run_main(lambda: 3, prog="prog") == 3
+    with pytest.raises(ZeroDivisionError):
+        run_main(lambda: 1 // 0, prog="prog")
+
+
+@pytest.mark.parametrize(
+    ("options", "line"),
+    [
+        ("", r"INFO x: shown"),
+        ("timestamps=True", r"\S+ \S+ INFO x: shown"),
+        ("timestamps=True, process='server 1'", r"\S+ \S+ INFO \[server 1\] x: shown"),
+    ],
+)
+def test_logging_has_one_format_with_optional_timestamps(options: str, line: str) -> None:
+    """The second call changes nothing: one configuration per process, the entry point's."""
+    code = (
+        "import logging, sys\n"
+        "from protssl.entrypoint import configure_logging\n"
+        f"configure_logging('info', {options})\n"
+        "configure_logging('debug')\n"
+        "logging.getLogger('x').info('shown'); logging.getLogger('x').debug('hidden')\n"
+    )
+    err = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stderr
+    assert re.fullmatch(line, err.strip()), err

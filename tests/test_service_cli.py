@@ -1,0 +1,48 @@
+"""The server's command line: flags over PROTSSL_* variables over defaults, one way from the CLI to it."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+
+from protssl.errors import InvalidInputError
+from service.cli import OPTIONS, add_arguments, config_kwargs
+from service.config import ServiceConfig
+
+
+def test_serve_flags_override_environment_over_defaults() -> None:
+    assert tuple(name for name, _, _ in OPTIONS) == ServiceConfig.field_names()
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--port", "6000", "--metrics-port", "off"])
+    env = {"PROTSSL_PORT": "7000", "PROTSSL_MAX_QUEUE": "9", "PROTSSL_STORE": "false"}
+    config = ServiceConfig(**config_kwargs(args, env))
+    assert (config.port, config.max_queue, config.metrics_port, config.store) == (
+        6000,
+        9,
+        None,
+        False,
+    )
+    assert config.host == "127.0.0.1" and config.max_batch_tokens == 4096
+    with pytest.raises(InvalidInputError, match="PROTSSL_MAX_QUEUE"):
+        config_kwargs(parser.parse_args([]), {"PROTSSL_MAX_QUEUE": "many"})
+
+
+def test_python_m_service_imports_neither_the_protssl_cli_nor_grpc_before_serving() -> None:
+    code = (
+        "import sys, service.__main__\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('protssl.cli', 'grpc'))))"
+    )
+    assert subprocess.check_output([sys.executable, "-c", code], text=True).strip() == "[]"
+
+
+def test_protssl_serve_delegates_to_the_service_flags_and_handler() -> None:
+    from protssl.cli import build_parser
+    from service.cli import run
+
+    args = build_parser().parse_args(["serve", "--port", "0", "--log-level", "debug"])
+    assert (args.func, args.port, args.log_level, args.log_timestamps) == (run, 0, "debug", True)
+    assert not hasattr(args, "metrics_port")  # unset flags fall back to PROTSSL_* variables
