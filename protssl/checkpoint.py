@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from protssl.alphabet import ALPHABET
+from protssl.dtypes import DTypeName
 from protssl.errors import (
     CheckpointError,
     ModelNotFoundError,
@@ -31,7 +32,6 @@ from protssl.errors import (
 from protssl.hardware import cpu_has_bf16
 from protssl.model import (
     PRESETS,
-    DTypeName,
     ModelConfig,
     ProteinEncoder,
     init_weights,

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from protssl.alphabet import ALPHABET
+from protssl.dtypes import DTypeName, check_dtype_name
 from protssl.errors import CheckpointError, InvalidInputError
 from protssl.hardware import cpu_has_bf16
 from protssl.kernels import attention, linear, linear_weights, matmul_rows, pad_rows
@@ -32,8 +33,6 @@ __all__ = [
 # Fraction of tokens ESM-2 masks in training (15% selected x 80% <mask>); the token-dropout rescale
 # divides by the observed fraction so inference sees the same activation scale as training.
 _TRAIN_MASK_RATIO = 0.15 * 0.8
-
-DTypeName = Literal["auto", "float32", "bfloat16"]
 
 
 @dataclass(frozen=True)
@@ -120,15 +119,14 @@ PRESETS: dict[str, ModelConfig] = {
 
 def resolve_dtype(name: DTypeName, device: torch.device) -> torch.dtype:
     """`auto` is bf16 on CUDA or on CPUs with native bf16, fp32 elsewhere."""
+    name = check_dtype_name(name)
     if name == "float32":
         return torch.float32
     if name == "bfloat16":
         return torch.bfloat16
-    if name == "auto":
-        if device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16()):
-            return torch.bfloat16
-        return torch.float32
-    raise InvalidInputError(f"unknown dtype {name!r}; choose auto, float32 or bfloat16")
+    if device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16()):
+        return torch.bfloat16
+    return torch.float32
 
 
 class EncoderOutput(NamedTuple):

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from typing import TYPE_CHECKING
 
 from protssl.dtypes import DTypeName, check_dtype_name
 from protssl.errors import InvalidInputError
-from protssl.store import StoreConfig
+
+if TYPE_CHECKING:
+    from protssl.store import StoreConfig
 
 __all__ = ["ServiceConfig", "store_config"]
 
@@ -108,6 +111,8 @@ class ServiceConfig:
 
 def store_config(config: ServiceConfig) -> StoreConfig:
     """The store a server with `config` opens: its database URL (or the default) and memory cache."""
+    from protssl.store import StoreConfig  # SQLAlchemy only once a server starts, not for --help
+
     url = config.database_url
     base = StoreConfig(url=url) if url else StoreConfig()
     return replace(base, memory_cache_mb=config.memory_cache_mb)

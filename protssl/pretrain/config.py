@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from protssl.dtypes import DTypeName, check_dtype_name
 from protssl.errors import InvalidInputError
 from protssl.model import PRESETS, ModelConfig
 
@@ -46,7 +47,7 @@ class PretrainConfig:
     """Clip the global gradient norm to this (0 turns clipping off)."""
     mask_prob: float = 0.15
     """Fraction of residues selected for the loss (80% <mask>, 10% random, 10% kept)."""
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    dtype: DTypeName = "auto"
     """Autocast dtype: `auto` is bf16 on CUDA or CPUs with native bf16, else fp32."""
     device: str = "auto"
     """`auto` (CUDA when present, else CPU), `cpu`, or `cuda`."""
@@ -129,8 +130,7 @@ class PretrainConfig:
             raise InvalidInputError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
         if not 0 < self.val_fraction < 1:
             raise InvalidInputError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        if self.dtype not in ("auto", "float32", "bfloat16"):
-            raise InvalidInputError(f"dtype must be auto, float32 or bfloat16, not {self.dtype!r}")
+        check_dtype_name(self.dtype)
         if self.device not in ("auto", "cpu", "cuda"):
             raise InvalidInputError(f"device must be auto, cpu or cuda, not {self.device!r}")
 
