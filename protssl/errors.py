@@ -186,9 +186,12 @@ def status_name_for(exc: BaseException) -> str | None:
 
 
 def exit_code_for(exc: BaseException) -> int:
-    """The CLI exit code for an exception: the table's for protssl errors, 1 for anything else."""
+    """The CLI exit code for an exception: the table's for protssl errors (2 for one the table does
+    not name), 1 for anything else."""
     row = _row_for(type(exc))
-    return row.exit_code if row is not None else EXIT_UNEXPECTED
+    if row is not None:
+        return row.exit_code
+    return EXIT_USER_ERROR if isinstance(exc, ProtsslError) else EXIT_UNEXPECTED
 
 
 def _by_name() -> dict[str, type[ProtsslError]]:

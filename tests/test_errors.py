@@ -1,0 +1,60 @@
+"""The one error table: each error's gRPC status and exit code, and back from a status to an error."""
+
+from __future__ import annotations
+
+import pytest
+
+from protssl import errors
+from protssl.errors import (
+    ERROR_TABLE,
+    CheckpointError,
+    ClassifierNotFoundError,
+    FastaFormatError,
+    InvalidInputError,
+    ProtsslError,
+    ServiceError,
+    StoreError,
+    UnavailableError,
+    UntrustedCheckpointError,
+    error_for_status,
+    exit_code_for,
+    status_name_for,
+)
+
+
+def test_subclasses_take_their_parents_row_unless_they_have_one() -> None:
+    fasta = FastaFormatError("gap", source="x.fasta", record_id="P1", position=3)
+    assert status_name_for(fasta) == "INVALID_ARGUMENT"
+    assert status_name_for(ClassifierNotFoundError("no")) == "NOT_FOUND"
+    assert status_name_for(UntrustedCheckpointError("pickle")) == "FAILED_PRECONDITION"
+    assert status_name_for(StoreError("db down")) == "UNAVAILABLE"
+    assert status_name_for(ValueError("bug")) is None
+
+
+def test_exit_codes() -> None:
+    assert exit_code_for(InvalidInputError("x")) == errors.EXIT_USER_ERROR == 2
+    assert exit_code_for(StoreError("x")) == 2
+    assert exit_code_for(ProtsslError("not in the table")) == 2
+    assert exit_code_for(RuntimeError("bug")) == errors.EXIT_UNEXPECTED == 1
+
+
+@pytest.mark.parametrize("row", ERROR_TABLE, ids=lambda row: row.error.__name__)
+def test_each_row_comes_back_as_its_class_when_the_server_names_it(row: errors.ErrorRow) -> None:
+    back = error_for_status(row.status, "message", kind=row.error.__name__)
+    assert type(back) is row.error and str(back) == "message"
+
+
+def test_back_from_a_status_alone_or_a_foreign_kind() -> None:
+    assert type(error_for_status("UNAVAILABLE", "m")) is UnavailableError
+    assert type(error_for_status("UNAVAILABLE", "m", kind="StoreError")) is StoreError
+    # a named class whose row has another status, or a name we do not know: the status decides
+    assert type(error_for_status("NOT_FOUND", "m", kind="StoreError")) is errors.NotFoundError
+    assert type(error_for_status("INVALID_ARGUMENT", "m", kind="KeyError")) is InvalidInputError
+    # FastaFormatError needs its record and position; the message already carries them
+    assert type(error_for_status("INVALID_ARGUMENT", "m", kind="FastaFormatError")) is (
+        InvalidInputError
+    )
+    assert type(error_for_status("OUT_OF_RANGE", "m")) is InvalidInputError
+    other = error_for_status("ABORTED", "m")
+    assert type(other) is ServiceError and other.code == "ABORTED"
+    assert isinstance(error_for_status("FAILED_PRECONDITION", "m"), CheckpointError)
