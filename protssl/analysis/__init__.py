@@ -9,11 +9,12 @@ model-free baselines). `run` measures all three per layer and pooling and picks 
 
 | module | what lives there |
 |---|---|
+| `config` | `AnalysisConfig` and the poolings compared (light: no torch) |
 | `data` | the shared data or examples/, labelled sets sampled the same way every time |
 | `information` | bits per residue of the model and of the unigram model |
 | `geometry` | alignment, uniformity, RankMe, k-NN purity; two augmented views of a protein |
 | `efficiency` | k-mer features, few-shot draws, learning curves |
-| `run` | `AnalysisConfig`, `analyze` (every view, every layer and pooling, the choice) |
+| `run` | `analyze`: every view, every layer and pooling, the choice |
 | `plots` | the report's figures |
 | `report` | report.md, report.html, report.json, the headline and the card update |
 """

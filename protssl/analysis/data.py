@@ -11,11 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from protssl.analysis.config import EXAMPLES_DIR
 from protssl.fasta import FastaPolicy, ProteinRecord, read_fasta
 
 __all__ = [
-    "DEFAULT_DATA_DIR",
-    "EXAMPLES_DIR",
     "DataSource",
     "LabelledSet",
     "LabelledSpec",
@@ -25,12 +24,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_DATA_DIR = _ROOT.parent / "shared" / "data"
-"""The shared data beside a clone (`../shared/data`)."""
-EXAMPLES_DIR = _ROOT / "examples"
-"""The few real records a clone ships, used when the shared data is absent."""
 
 
 @dataclass(frozen=True)
@@ -49,9 +42,10 @@ class DataSource:
 
     name: str
     """`shared` or `examples`."""
+    note: str
+    """What the source means for the figures, for the report."""
     corpus: Path
     labelled: tuple[LabelledSpec, ...]
-    note: str
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from protssl.analysis.config import DEFAULT_SHOTS
 from protssl.evaluation import residue_codes, standardise
 from protssl.fewshot.config import FewShotConfig
 from protssl.fewshot.heads import HEADS, multi_hot, normalise
 
 __all__ = [
-    "DEFAULT_SHOTS",
     "Curve",
     "FewShotDraw",
     "fewshot_accuracy",
@@ -27,8 +27,6 @@ __all__ = [
     "kmer_features",
     "learning_curve",
 ]
-
-DEFAULT_SHOTS: tuple[int, ...] = (1, 2, 4, 8, 16)
 
 
 def kmer_features(sequences: Sequence[str], *, k: int = 3) -> np.ndarray:

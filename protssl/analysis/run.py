@@ -9,27 +9,20 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from protssl.analysis import geometry
+from protssl.analysis.config import COMPARED_POOLINGS, SERVED_POOLINGS, AnalysisConfig
 from protssl.analysis.data import DataSource, LabelledSet, load_labelled
 from protssl.analysis.efficiency import (
-    DEFAULT_SHOTS,
     Curve,
     fewshot_draws,
     kmer_features,
     learning_curve,
-)
-from protssl.analysis.geometry import (
-    alignment,
-    effective_rank,
-    knn_purity,
-    two_views,
-    uniformity,
-    unit_vectors,
 )
 from protssl.analysis.information import measure_information
 from protssl.checkpoint import LoadedModel
@@ -38,57 +31,15 @@ from protssl.evaluation import composition_features, standardise
 from protssl.pretrain.data import load_corpus
 from protssl.pretrain.probe import pooled_layer_embeddings
 
-__all__ = ["COMPARED_POOLINGS", "SERVED_POOLINGS", "AnalysisConfig", "analyze"]
+__all__ = ["analyze"]
 
 log = logging.getLogger(__name__)
 
-COMPARED_POOLINGS: tuple[str, ...] = ("mean", "bos", "max")
-SERVED_POOLINGS: tuple[str, ...] = ("mean", "bos")
-"""The poolings `protssl embed` and the service offer: a recommendation is one of these."""
 _BASELINES: dict[str, tuple[Callable[[list[str]], np.ndarray], str]] = {
     "composition_z": (composition_features, "zscore"),
     "kmer3": (kmer_features, "centre"),
 }
 """Model-free features beside the model's: (features of sequences, their standardisation)."""
-
-
-@dataclass(frozen=True)
-class AnalysisConfig:
-    """How much a model report measures; the defaults run in minutes on two CPU cores."""
-
-    val_records: int = 512
-    """Held-out corpus records for bits per residue (whole sequences, abutting windows)."""
-    view_records: int = 512
-    """Held-out corpus records for alignment, uniformity and effective rank."""
-    shots: tuple[int, ...] = DEFAULT_SHOTS
-    """Labelled examples per class on the learning curves."""
-    queries: int = 2
-    """Held-out records per class in every few-shot draw."""
-    draws: int = 5
-    """Random splits per learning curve (mean and spread)."""
-    neighbours: int = 5
-    """k of the k-nearest-neighbour family purity."""
-    crop_fraction: float = 0.5
-    """Share of a protein each view keeps (a random crop)."""
-    view_residues: int = 256
-    """Longest crop of a view."""
-    substitution: float = 0.05
-    """Chance that a view's residue is replaced by a random amino acid."""
-    seed: int = 0
-    max_tokens: int = 8192
-    """Token budget of one forward batch."""
-
-    def __post_init__(self) -> None:
-        if min(self.val_records, self.view_records) < 2:
-            raise InvalidInputError("val_records and view_records must be at least 2")
-        if not self.shots or min(self.shots) < 1 or list(self.shots) != sorted(set(self.shots)):
-            raise InvalidInputError("shots must be increasing positive counts, e.g. 1,2,4,8,16")
-        if self.queries < 1 or self.draws < 1 or self.neighbours < 1:
-            raise InvalidInputError("queries, draws and neighbours must be at least 1")
-        if not 0.0 < self.crop_fraction <= 1.0 or not 0.0 <= self.substitution < 1.0:
-            raise InvalidInputError("crop_fraction must be in (0, 1], substitution in [0, 1)")
-        if self.view_residues < 1 or self.max_tokens < 8:
-            raise InvalidInputError("view_residues must be positive and max_tokens at least 8")
 
 
 def _curve_json(curve: Curve) -> dict[str, Any]:
@@ -103,7 +54,7 @@ def _geometry(
     model: LoadedModel, held_out: list[str], config: AnalysisConfig, progress: bool
 ) -> dict[str, Any]:
     """Alignment, uniformity and effective rank per pooling and layer, on two views of each record."""
-    views = two_views(
+    views = geometry.two_views(
         held_out,
         crop_fraction=config.crop_fraction,
         max_residues=config.view_residues,
@@ -126,10 +77,10 @@ def _geometry(
     for pooling in COMPARED_POOLINGS:
         rows: dict[str, list[float]] = {"alignment": [], "uniformity": [], "effective_rank": []}
         for a, b in zip(first[pooling], second[pooling], strict=True):
-            both = unit_vectors(np.concatenate([a, b]))  # one centre for both views
-            rows["alignment"].append(round(alignment(both[:n], both[n:]), 4))
-            rows["uniformity"].append(round(uniformity(both[:n]), 4))
-            rows["effective_rank"].append(round(effective_rank(standardise(a)), 2))
+            both = geometry.unit_vectors(np.concatenate([a, b]))  # one centre for both views
+            rows["alignment"].append(round(geometry.alignment(both[:n], both[n:]), 4))
+            rows["uniformity"].append(round(geometry.uniformity(both[:n]), 4))
+            rows["effective_rank"].append(round(geometry.effective_rank(standardise(a)), 2))
         out[pooling] = rows
     return {
         "records": n,
@@ -154,10 +105,11 @@ def _labelled(
         desc=labelled.name if progress else None,
     )
     result: dict[str, Any] = {"records": len(sequences), "classes": labelled.classes}
+    k = config.neighbours
     result["purity"] = {
         pooling: [
-            round(knn_purity(unit_vectors(layer), labelled.labels, k=config.neighbours), 4)
-            for layer in vectors[pooling]
+            round(geometry.knn_purity(geometry.unit_vectors(x), labelled.labels, k=k), 4)
+            for x in vectors[pooling]
         ]
         for pooling in COMPARED_POOLINGS
     }

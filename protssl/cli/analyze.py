@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from protssl.cli.args import MODEL_HELP, add_runtime_args, add_trust_args, load_model
 from protssl.cli.commands import Command
-from protssl.dtypes import DTYPE_NAMES
 from protssl.errors import InvalidInputError
 
 __all__ = ["COMMANDS"]
@@ -25,12 +27,25 @@ def _shots(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected counts like 1,2,4,8,16, not {text!r}") from None
 
 
+# flag -> AnalysisConfig field, its type, its help
+_CONFIG_FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
+    "--val-records": ("val_records", int, "held-out corpus records for bits per residue"),
+    "--view-records": (
+        "view_records",
+        int,
+        "held-out corpus records for alignment, uniformity and effective rank",
+    ),
+    "--shots": ("shots", _shots, "labelled examples per class on the learning curves"),
+    "--draws": ("draws", int, "random splits per learning curve"),
+    "--seed": ("seed", int, "seed of the views and the few-shot draws"),
+}
+
+
 def _build(parser: argparse.ArgumentParser) -> None:
-    from protssl.analysis.data import DEFAULT_DATA_DIR
-    from protssl.analysis.run import AnalysisConfig
+    from protssl.analysis.config import DEFAULT_DATA_DIR, AnalysisConfig
 
     defaults = AnalysisConfig()
-    parser.add_argument("model", help="model folder, fair-esm .pt or preset name")
+    parser.add_argument("model", help=MODEL_HELP.split(" (default")[0])
     parser.add_argument(
         "-o", "--output", type=Path, default=None, help="report folder (default: report-NAME)"
     )
@@ -41,30 +56,14 @@ def _build(parser: argparse.ArgumentParser) -> None:
         help="the shared data folder (default ../shared/data beside the clone; "
         "without it, examples/ and rough figures)",
     )
-    parser.add_argument(
-        "--val-records",
-        type=int,
-        default=defaults.val_records,
-        help="held-out corpus records for bits per residue",
-    )
-    parser.add_argument(
-        "--view-records",
-        type=int,
-        default=defaults.view_records,
-        help="held-out corpus records for alignment, uniformity, effective rank",
-    )
-    parser.add_argument(
-        "--shots",
-        type=_shots,
-        default=defaults.shots,
-        help="labelled examples per class on the learning curves (default 1,2,4,8,16)",
-    )
-    parser.add_argument(
-        "--draws", type=int, default=defaults.draws, help="random splits per learning curve"
-    )
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--dtype", default="auto", choices=DTYPE_NAMES)
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
+    for flag, (field, kind, text) in _CONFIG_FLAGS.items():
+        default = getattr(defaults, field)
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        parser.add_argument(
+            flag, dest=field, type=kind, default=default, help=f"{text} (default {shown})"
+        )
+    add_runtime_args(parser)
+    add_trust_args(parser)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument(
         "--update-card",
@@ -89,10 +88,11 @@ COMMANDS = (
 def _analyze(args: argparse.Namespace) -> int:
     import torch
 
+    from protssl.analysis.config import AnalysisConfig
     from protssl.analysis.data import find_data
     from protssl.analysis.report import write_report
-    from protssl.analysis.run import AnalysisConfig, analyze
-    from protssl.checkpoint import CARD_NAME, load_model, update_card_training
+    from protssl.analysis.run import analyze
+    from protssl.checkpoint import CARD_NAME, update_card_training
 
     model_dir = Path(args.model)
     if args.update_card and not (model_dir / CARD_NAME).is_file():
@@ -100,19 +100,11 @@ def _analyze(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = AnalysisConfig(
-        val_records=args.val_records,
-        view_records=args.view_records,
-        shots=args.shots,
-        draws=args.draws,
-        seed=args.seed,
+        **{field: getattr(args, field) for field, _, _ in _CONFIG_FLAGS.values()}
     )
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = load_model(args)
     result = analyze(
-        model,
-        find_data(args.data),
-        config,
-        model_path=model_dir,
-        progress=not args.no_progress,
+        model, find_data(args.data), config, model_path=model_dir, progress=not args.no_progress
     )
     output = args.output or Path(f"report-{model.name}")
     top = write_report(result, output)

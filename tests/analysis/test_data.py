@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from protssl.analysis.data import EXAMPLES_DIR, LabelledSpec, find_data, load_labelled
+from protssl.analysis.config import EXAMPLES_DIR
+from protssl.analysis.data import LabelledSpec, find_data, load_labelled
 
 
 def test_without_shared_data_examples_are_used_and_said(
