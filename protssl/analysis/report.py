@@ -102,18 +102,14 @@ def _markdown(result: dict[str, Any], top: dict[str, Any], figures: list[Path]) 
         )
         lines.append("")
     lines += [f"![learning curves]({figures[2].name})", "", "## Geometry", ""]
+    neighbours = result["config"]["neighbours"]
     lines += _table(
         ["at the recommended pooling and layer", "value"],
         [
             ["alignment (lower: views closer)", top["alignment"]],
             ["uniformity (lower: more spread)", top["uniformity"]],
             ["effective rank (RankMe)", top["effective_rank"]],
-            *(
-                [f"{k}-NN purity, {name}", v]
-                for k, (name, v) in (
-                    (result["config"]["neighbours"], item) for item in top["purity"].items()
-                )
-            ),
+            *([f"{neighbours}-NN purity, {name}", v] for name, v in top["purity"].items()),
         ],
     )
     lines += ["", f"![geometry]({figures[1].name})", ""]
