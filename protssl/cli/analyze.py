@@ -30,11 +30,7 @@ def _shots(text: str) -> tuple[int, ...]:
 # flag -> AnalysisConfig field, its type, its help
 _CONFIG_FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "--val-records": ("val_records", int, "held-out corpus records for bits per residue"),
-    "--view-records": (
-        "view_records",
-        int,
-        "held-out corpus records for alignment, uniformity and effective rank",
-    ),
+    "--view-records": ("view_records", int, "held-out records for alignment, uniformity, rank"),
     "--shots": ("shots", _shots, "labelled examples per class on the learning curves"),
     "--draws": ("draws", int, "random splits per learning curve"),
     "--seed": ("seed", int, "seed of the views and the few-shot draws"),
