@@ -2,8 +2,9 @@
 
 One module per command group (`embed`, `import_esm`, `info`, `db`, `pretrain`, `fewshot`,
 `analyze`, `serve`), each listing its commands in COMMANDS (`commands.Command`); arguments
-several commands share are in `args`. A command's parser is built, and the library modules it needs imported, only
-when that command is chosen: `protssl --help` loads neither torch nor SQLAlchemy.
+several commands share are in `args`. A command's parser is built, and the library modules it
+needs imported, only when that command is chosen: `protssl --help` loads neither torch nor
+SQLAlchemy.
 
 Exit codes: 0 success, 2 user error (bad input, missing model, untrusted file; one line on
 stderr), 130 interrupted (what was computed is kept), 1 anything unexpected (with traceback).
