@@ -20,21 +20,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from protssl.checkpoint import CARD_NAME, DEFAULT_MODEL_DIR, load_model
+from protssl.analysis.data import balanced
+from protssl.analysis.information import measure_information
+from protssl.checkpoint import DEFAULT_MODEL_DIR, load_model, update_card_training
 from protssl.evaluation import composition_features, nn1_hits
 from protssl.fasta import FastaPolicy, ProteinRecord, read_fasta
 from protssl.info import describe
 from protssl.model import ProteinEncoder
 from protssl.pretrain.data import load_corpus
-from protssl.pretrain.probe import layer_embeddings, masked_lm_loss, unigram_perplexity
+from protssl.pretrain.probe import layer_embeddings
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -44,22 +44,6 @@ def _shown(path: Path) -> str:
     root = Path(__file__).resolve().parents[1]
     resolved = path.resolve()
     return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(path)
-
-
-def balanced(records: list[ProteinRecord], per_class: int, min_class: int) -> list[ProteinRecord]:
-    """Up to `per_class` records of each first label with at least `min_class` members (seeded)."""
-    groups: dict[str, list[ProteinRecord]] = defaultdict(list)
-    for record in records:
-        if record.labels:
-            groups[record.labels[0]].append(record)
-    rng = np.random.default_rng(0)
-    chosen: list[ProteinRecord] = []
-    for label in sorted(groups):
-        members = groups[label]
-        if len(members) >= min_class:
-            picks = rng.choice(len(members), size=min(per_class, len(members)), replace=False)
-            chosen.extend(members[i] for i in sorted(picks))
-    return chosen
 
 
 def paired_ci(model: np.ndarray, floor: np.ndarray, draws: int = 2000) -> list[float]:
@@ -129,15 +113,19 @@ def main() -> None:
     }
     if not args.skip_perplexity:
         corpus = load_corpus(args.corpus, val_fraction=args.val_fraction)
-        held_out = list(corpus.val[: args.val_max_records])
-        loss = masked_lm_loss(
-            encoder, held_out, window_residues=window, dtype=dtype, max_tokens=8192
+        info = measure_information(
+            encoder,
+            corpus.train,
+            corpus.val[: args.val_max_records],
+            window_residues=window,
+            dtype=dtype,
+            max_tokens=8192,
         )
         result.update(
-            val_records=len(held_out),
-            val_residues=sum(map(len, held_out)),
-            val_perplexity=round(math.exp(loss), 3),
-            unigram_val_perplexity=round(unigram_perplexity(corpus.train, held_out), 3),
+            val_records=info.records,
+            val_residues=info.residues,
+            val_perplexity=round(info.perplexity, 3),
+            unigram_val_perplexity=round(info.unigram_perplexity, 3),
         )
     policy = FastaPolicy(on_invalid="replace", on_duplicate="skip")
     ec_records = list(read_fasta(SHARED / "ec/clean_split10.fasta", policy=policy))
@@ -154,14 +142,9 @@ def main() -> None:
     result["recommended_layer"] = int(max(mean_by_layer, key=lambda k: mean_by_layer[k]))
     result["seconds"] = round(time.perf_counter() - started, 1)
     if args.update_card:
-        card_path = args.model / CARD_NAME
-        card = json.loads(card_path.read_text())
-        card["training"] = {
-            **(card.get("training") or {}),
-            "quality": result,
-            "recommended_layer": result["recommended_layer"],
-        }
-        card_path.write_text(json.dumps(card, indent=2) + "\n")
+        update_card_training(
+            args.model, {"quality": result, "recommended_layer": result["recommended_layer"]}
+        )
     result["machine"] = describe()
     print(json.dumps(result))
 

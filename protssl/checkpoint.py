@@ -52,6 +52,7 @@ __all__ = [
     "load_model",
     "read_card",
     "save_model",
+    "update_card_training",
 ]
 
 log = logging.getLogger(__name__)
@@ -197,6 +198,15 @@ def read_card(directory: Path) -> ModelCard:
         return ModelCard.from_json(json.loads(card_path.read_text()), source=str(card_path))
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{card_path}: not valid JSON ({exc})") from None
+
+
+def update_card_training(directory: Path, values: Mapping[str, Any]) -> None:
+    """Merge `values` into the card's `training` section; the weights and the rest stay as they are."""
+    card_path = directory / CARD_NAME
+    read_card(directory)  # a checked protssl card, or a clear error
+    card = json.loads(card_path.read_text())
+    card["training"] = {**(card.get("training") or {}), **values}
+    _write_json_atomic(card_path, card)
 
 
 def _read_protssl_model(directory: Path) -> tuple[ProteinEncoder, ModelCard]:

@@ -388,12 +388,18 @@ def _forward(model: LoadedModel, batch: TokenBatch, layers: tuple[int, ...]) -> 
 
 
 def pool_rows(hidden: torch.Tensor, tokens: torch.Tensor, pooling: str) -> np.ndarray:
-    """Mean over residue positions (by mask, never by slicing) or the BOS row, for every row."""
+    """Mean or max over residue positions (by mask, never by slicing) or the BOS row, per row.
+
+    `max` is not served (windows are stitched by averaging); `protssl analyze` compares it.
+    """
     if pooling == "bos":
         return hidden[:, 0].numpy().copy()
     is_residue = (
         tokens.ne(ALPHABET.padding_idx) & tokens.ne(ALPHABET.cls_idx) & tokens.ne(ALPHABET.eos_idx)
     )  # (B, T)
+    if pooling == "max":
+        masked = hidden.masked_fill(~is_residue.unsqueeze(-1), float("-inf"))
+        return masked.amax(1).numpy()
     weights = is_residue.to(hidden.dtype)
     sums = torch.einsum("bt,btc->bc", weights, hidden)
     return (sums / weights.sum(1, keepdim=True)).numpy()

@@ -25,6 +25,7 @@ from protssl.fewshot import UNKNOWN, FewShotClassifier, FewShotConfig, Predictio
 from protssl.fewshot.episodes import Episode, sample_episodes
 
 __all__ = [
+    "AMINO_ACIDS",
     "Episode",
     "EvalResult",
     "composition_features",
@@ -34,12 +35,19 @@ __all__ = [
     "nn1_hits",
     "per_class_metrics",
     "reliability",
+    "residue_codes",
     "sample_episodes",
+    "standardise",
     "write_report",
 ]
 
 AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
 _AA_INDEX = {aa: i for i, aa in enumerate(AMINO_ACIDS)}
+
+
+def residue_codes(sequence: str) -> np.ndarray:
+    """Each residue's index in AMINO_ACIDS, -1 for any other letter: what counts are taken over."""
+    return np.array([_AA_INDEX.get(c, -1) for c in sequence], dtype=np.int64)
 
 
 def composition_features(sequences: Sequence[str]) -> np.ndarray:
@@ -49,7 +57,7 @@ def composition_features(sequences: Sequence[str]) -> np.ndarray:
     """
     out = np.zeros((len(sequences), 420), dtype=np.float32)
     for row, sequence in enumerate(sequences):
-        codes = np.array([_AA_INDEX.get(c, -1) for c in sequence], dtype=np.int64)
+        codes = residue_codes(sequence)
         single = codes[codes >= 0]
         if len(single):
             out[row, :20] = np.bincount(single, minlength=20) / len(single)
@@ -60,6 +68,14 @@ def composition_features(sequences: Sequence[str]) -> np.ndarray:
     return out
 
 
+def standardise(vectors: np.ndarray, normalise: str = "centre") -> np.ndarray:
+    """Features centred on their mean; `zscore` also scales each to unit variance."""
+    x = vectors - vectors.mean(0)
+    if normalise == "zscore":
+        x = x / vectors.std(0).clip(min=1e-6)
+    return x
+
+
 def nn1_hits(
     vectors: np.ndarray, labels: Sequence[AbstractSet[str]], normalise: str = "centre"
 ) -> np.ndarray:
@@ -68,9 +84,7 @@ def nn1_hits(
     Features are centred first; `zscore` also scales each to unit variance (rare dipeptides and
     quiet embedding dimensions then count as much as common ones).
     """
-    x = vectors - vectors.mean(0)
-    if normalise == "zscore":
-        x = x / vectors.std(0).clip(min=1e-6)
+    x = standardise(vectors, normalise)
     x = x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)
     sims = x @ x.T
     np.fill_diagonal(sims, -np.inf)

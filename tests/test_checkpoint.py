@@ -12,6 +12,7 @@ from protssl.checkpoint import (
     import_fair_esm,
     load_model,
     save_model,
+    update_card_training,
 )
 from protssl.errors import CheckpointError, ModelNotFoundError, UntrustedCheckpointError
 
@@ -68,3 +69,17 @@ def test_save_is_atomic_and_leaves_no_temp_files(tiny_model_dir: Path, tmp_path:
     card = save_model(encoder, tmp_path / "m", name="m", training={"steps": 3})
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model.json", "model.safetensors"]
     assert card.training == {"steps": 3}
+
+
+def test_update_card_training_merges_and_leaves_the_weights(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    encoder = load_model(tiny_model_dir, dtype="float32").encoder
+    save_model(encoder, tmp_path / "m", name="m", training={"steps": 3, "recommended_layer": 1})
+    before = file_sha256(tmp_path / "m" / "model.safetensors")
+    update_card_training(tmp_path / "m", {"recommended_layer": 2, "recommended_pooling": "bos"})
+    card = load_model(tmp_path / "m").card
+    assert card.training == {"steps": 3, "recommended_layer": 2, "recommended_pooling": "bos"}
+    assert file_sha256(tmp_path / "m" / "model.safetensors") == before == card.sha256
+    with pytest.raises(ModelNotFoundError):
+        update_card_training(tmp_path, {"recommended_layer": 0})

@@ -33,6 +33,7 @@ LIGHT = [
     ["classifier", "add"],
     ["classifier", "show"],
     ["classify"],
+    ["analyze"],
     ["serve"],
 ]
 """Commands whose help needs nothing heavy."""

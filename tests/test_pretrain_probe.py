@@ -4,13 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from protssl.alphabet import ALPHABET, tokenize
 from protssl.errors import InvalidInputError
 from protssl.model import PRESETS, ProteinEncoder, init_weights
 from protssl.pretrain.data import load_corpus
-from protssl.pretrain.probe import FunctionProbe, layer_embeddings, masked_lm_loss
+from protssl.pretrain.probe import (
+    FunctionProbe,
+    layer_embeddings,
+    masked_lm_loss,
+    pooled_layer_embeddings,
+)
 
 LABELLED = Path(__file__).resolve().parents[1] / "examples" / "labelled.fasta"
 
@@ -52,3 +59,16 @@ def test_layer_embeddings_pool_every_layer_alone_or_in_a_batch() -> None:
     scores = probe.score(encoder, torch.float32)
     assert 0 <= scores["best_layer"] <= encoder.config.num_layers
     assert scores["nn1_last_layer"] <= scores["nn1_best_layer"] <= 1
+
+
+def test_pooled_layer_embeddings_give_mean_bos_and_max_from_one_forward() -> None:
+    encoder = ProteinEncoder(PRESETS["protssl-tiny"])
+    init_weights(encoder, seed=0)
+    sequences = ["MKVLAAGIC", "MKW", "ACDEFGHIKLMNPQ"]
+    pooled = pooled_layer_embeddings(encoder, sequences, poolings=("mean", "bos", "max"))
+    np.testing.assert_array_equal(pooled["mean"], layer_embeddings(encoder, sequences))
+    tokens = torch.tensor([[ALPHABET.cls_idx, *tokenize("MKW"), ALPHABET.eos_idx]])
+    with torch.no_grad():
+        hidden = encoder(tokens, repr_layers=[2], return_logits=False).representations[2][0]
+    torch.testing.assert_close(torch.from_numpy(pooled["bos"][2, 1]), hidden[0])
+    torch.testing.assert_close(torch.from_numpy(pooled["max"][2, 1]), hidden[1:4].amax(0))

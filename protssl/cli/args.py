@@ -23,6 +23,7 @@ __all__ = [
     "add_fasta_policy_args",
     "add_model_arg",
     "add_model_args",
+    "add_runtime_args",
     "add_store_args",
     "add_trust_args",
     "fasta_policy",
@@ -57,11 +58,8 @@ def add_trust_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_model_args(parser: argparse.ArgumentParser, *, trust: bool = True, note: str = "") -> None:
-    """`--model`, `--dtype`, `--device`, and with `trust` the pickle flags, for `load_model(args)`.
-
-    `note` is appended to --model's help; without `trust` a fair-esm .pt needs its sha256 known."""
-    add_model_arg(parser, help_text=MODEL_HELP + (f"; {note}" if note else ""))
+def add_runtime_args(parser: argparse.ArgumentParser) -> None:
+    """`--dtype` and `--device`: where and in which precision a model runs."""
     parser.add_argument(
         "--dtype",
         default="auto",
@@ -69,6 +67,14 @@ def add_model_args(parser: argparse.ArgumentParser, *, trust: bool = True, note:
         help="auto: bf16 where the CPU has AVX512-BF16/AMX or on CUDA, else float32",
     )
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
+
+
+def add_model_args(parser: argparse.ArgumentParser, *, trust: bool = True, note: str = "") -> None:
+    """`--model`, `--dtype`, `--device`, and with `trust` the pickle flags, for `load_model(args)`.
+
+    `note` is appended to --model's help; without `trust` a fair-esm .pt needs its sha256 known."""
+    add_model_arg(parser, help_text=MODEL_HELP + (f"; {note}" if note else ""))
+    add_runtime_args(parser)
     if trust:
         add_trust_args(parser)
     else:

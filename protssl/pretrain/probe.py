@@ -30,6 +30,7 @@ __all__ = [
     "FunctionProbe",
     "layer_embeddings",
     "masked_lm_loss",
+    "pooled_layer_embeddings",
     "unigram_perplexity",
     "validation_loss",
 ]
@@ -101,7 +102,6 @@ def unigram_perplexity(train: Sequence[str], val: Sequence[str]) -> float:
     return math.exp(total / n)
 
 
-@torch.no_grad()
 def layer_embeddings(
     encoder: ProteinEncoder,
     sequences: Sequence[str],
@@ -115,9 +115,30 @@ def layer_embeddings(
     Sequences longer than the model's window are cut to it: this scores a bare encoder while it
     trains or right after, not a user's proteins (that is `protssl.embed`, which windows them).
     """
+    pooled = pooled_layer_embeddings(
+        encoder, sequences, poolings=("mean",), dtype=dtype, max_tokens=max_tokens, desc=desc
+    )
+    return pooled["mean"]
+
+
+@torch.no_grad()
+def pooled_layer_embeddings(
+    encoder: ProteinEncoder,
+    sequences: Sequence[str],
+    *,
+    poolings: Sequence[str],
+    dtype: torch.dtype = torch.float32,
+    max_tokens: int = 8192,
+    desc: str | None = None,
+) -> dict[str, np.ndarray]:
+    """(layers + 1, N, D) vectors of every layer per pooling (`pool_rows`'), from one forward.
+
+    Sequences are cut to the model's window, as in `layer_embeddings`.
+    """
     device = next(encoder.parameters()).device
     n_layers = encoder.config.num_layers
-    out = np.zeros((n_layers + 1, len(sequences), encoder.config.embed_dim), dtype=np.float32)
+    shape = (n_layers + 1, len(sequences), encoder.config.embed_dim)
+    out = {pooling: np.zeros(shape, dtype=np.float32) for pooling in poolings}
     cropped = [s[: encoder.config.max_residues] for s in sequences]
     batches = list(
         token_batches(
@@ -135,10 +156,11 @@ def layer_embeddings(
             result = encoder(
                 tokens.to(device), repr_layers=range(n_layers + 1), return_logits=False
             )
+        items = [window.item for window in batch.windows]
         for layer, hidden in result.representations.items():
-            pooled = pool_rows(hidden.float().cpu(), tokens, "mean")
-            for row, window in enumerate(batch.windows):
-                out[layer, window.item] = pooled[row]
+            hidden = hidden.float().cpu()
+            for pooling in poolings:
+                out[pooling][layer, items] = pool_rows(hidden, tokens, pooling)
     encoder.train(was_training)
     return out
 
