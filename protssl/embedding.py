@@ -34,6 +34,7 @@ __all__ = [
     "embed_records",
     "embed_records_layers",
     "expected_provenance",
+    "mean_over_residues",
     "pool_rows",
 ]
 
@@ -391,12 +392,17 @@ def pool_rows(hidden: torch.Tensor, tokens: torch.Tensor, pooling: str) -> np.nd
     """Mean over residue positions (by mask, never by slicing) or the BOS row, for every row."""
     if pooling == "bos":
         return hidden[:, 0].numpy().copy()
+    return mean_over_residues(hidden, tokens).numpy()
+
+
+def mean_over_residues(hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """(B, C) mean of (B, T, C) `hidden` over residue positions (not BOS, EOS or pads); differentiable."""
     is_residue = (
         tokens.ne(ALPHABET.padding_idx) & tokens.ne(ALPHABET.cls_idx) & tokens.ne(ALPHABET.eos_idx)
     )  # (B, T)
     weights = is_residue.to(hidden.dtype)
     sums = torch.einsum("bt,btc->bc", weights, hidden)
-    return (sums / weights.sum(1, keepdim=True)).numpy()
+    return sums / weights.sum(1, keepdim=True)
 
 
 def _finish_stitch(stitch: _Stitch, pooling: str) -> np.ndarray:

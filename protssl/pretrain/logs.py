@@ -24,6 +24,8 @@ LOG_FIELDS = (
     "probe_nn1_best",
     "lr",
     "tok_per_s",
+    "mlm_loss",
+    "contrastive_loss",
 )
 
 
