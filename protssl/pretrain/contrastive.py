@@ -200,7 +200,9 @@ def _pool_batches(
         )
         for a, b in pairs
     ]
-    batches = [_tokens([*first, *second]) for first, second in _pair_batches(views, config.max_tokens)]
+    batches = [
+        _tokens([*first, *second]) for first, second in _pair_batches(views, config.max_tokens)
+    ]
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
