@@ -12,11 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
-from pretrain_support import tiny_config
+from pretrain_support import ddp_worker, free_port, tiny_config
 from safetensors import safe_open
-from test_pretrain_loop import _free_port
 
 import protssl
 from protssl.alphabet import ALPHABET
@@ -192,22 +190,12 @@ def test_mlm_and_contrastive_resumes_bit_identically_and_exports_only_the_encode
     json.loads((model_dir / "model.json").read_text())
 
 
-def _ddp_worker(rank: int, port: int, corpus: str, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
-        torch.set_num_threads(1)
-        config = _config(Path(corpus), Path(out) / "run", steps=3, val_every=3)
-        result = pretrain(config, progress=False)
-        torch.save(result.encoder.state_dict(), Path(out) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
 @pytest.mark.slow
 def test_two_process_contrastive_ddp_ends_with_identical_weights(
     tmp_path: Path, sample_fasta: Path
 ) -> None:
-    mp.spawn(_ddp_worker, args=(_free_port(), str(sample_fasta), str(tmp_path)), nprocs=2)
+    changes = {"objective": "contrastive", "steps": 3, "val_every": 3}
+    mp.spawn(ddp_worker, args=(free_port(), str(sample_fasta), str(tmp_path), changes), nprocs=2)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     for key, value in ranks[0].items():
         assert torch.equal(value, ranks[1][key]), key

@@ -54,11 +54,7 @@ _RECIPE_FLAGS: dict[str, tuple[str, type, str]] = {
     "--mlm-weight": ("mlm_weight", float, "weight of the masked-LM term (mlm+contrastive)"),
     "--contrastive-weight": ("contrastive_weight", float, "weight of the InfoNCE term"),
     "--temperature": ("temperature", float, "InfoNCE temperature"),
-    "--cluster-positive-rate": (
-        "cluster_positive_rate",
-        float,
-        "chance a positive is another member of the anchor's cluster (with --cluster-tsv)",
-    ),
+    "--cluster-positive-rate": ("cluster_positive_rate", float, "P(positive = cluster mate)"),
     "--seed": ("seed", int, "seed of weights, data order, crops and masks"),
     "--init-from": ("init_from", Path, "start from a protssl model folder's weights"),
     "--probe-fasta": (
