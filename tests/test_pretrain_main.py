@@ -103,6 +103,30 @@ def test_the_rank_gpu_comes_from_torchruns_environment(
     assert [call["local_rank"] for call in calls] == [3, None]
 
 
+def test_the_objective_flags_reach_the_recipe(
+    tmp_path: Path, sample_fasta: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    configs: list[PretrainConfig] = []
+
+    def record(config: PretrainConfig, **options: object) -> PretrainResult:
+        configs.append(config)
+        return PretrainResult(None, 0, 0, None, True, None)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(protssl.cli.pretrain, "pretrain", record)
+    argv = [str(sample_fasta), "--run-dir", str(tmp_path), "--preset", "protssl-tiny"]
+    assert main(argv) == 0
+    flags = ["--objective", "mlm+contrastive", "--mlm-weight", "0.5", "--contrastive-weight", "2"]
+    flags += ["--temperature", "0.2", "--cluster-positive-rate", "0.25"]
+    assert main([*argv, *flags]) == 0
+    assert configs[0].objective == "mlm" and configs[0].temperature == 0.1
+    assert (configs[1].objective, configs[1].mlm_weight, configs[1].contrastive_weight) == (
+        "mlm+contrastive",
+        0.5,
+        2.0,
+    )
+    assert (configs[1].temperature, configs[1].cluster_positive_rate) == (0.2, 0.25)
+
+
 def test_python_dash_m_protssl_pretrain_shows_the_pretrain_command() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "protssl.pretrain", "--help"],
