@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from pretrain_support import log_rows
 
-import protssl.cli.pretrain
+import protssl.pretrain
 from protssl.checkpoint import load_model
 from protssl.model import PRESETS, ProteinEncoder, init_weights
 from protssl.pretrain import CHECKPOINT_NAME, PLOT_NAME, PretrainConfig, PretrainResult
@@ -21,6 +21,7 @@ from protssl.pretrain.data import load_corpus
 from protssl.pretrain.probe import masked_lm_loss
 
 ROOT = Path(__file__).resolve().parents[1]
+PROG = "python -m protssl.pretrain"
 
 
 def test_fifty_steps_lower_validation_loss(tmp_path: Path, sample_fasta: Path) -> None:
@@ -75,14 +76,15 @@ def test_user_errors_exit_2_with_one_line(
     missing = tmp_path / "missing"
     assert main(["--resume", "--run-dir", str(missing)]) == 2
     assert capsys.readouterr().err.startswith(
-        f"error: {missing / CHECKPOINT_NAME}: cannot read the training checkpoint ("
+        f"{PROG}: error: {missing / CHECKPOINT_NAME}: cannot read the training checkpoint ("
     )
     assert main(["--resume", "--run-dir", str(tmp_path), "--lr", "0.1"]) == 2
     assert capsys.readouterr().err == (
-        "error: --resume reads the recipe from the checkpoint; give only --run-dir (and --steps)\n"
+        f"{PROG}: error: --resume reads the recipe from the checkpoint; give only --run-dir "
+        "(and --steps)\n"
     )
     assert main([str(sample_fasta), "--run-dir", str(tmp_path), "--stop-after", "0"]) == 2
-    assert capsys.readouterr().err == "error: --stop-after must be >= 1, got 0\n"
+    assert capsys.readouterr().err == f"{PROG}: error: --stop-after must be >= 1, got 0\n"
 
 
 def test_the_rank_gpu_comes_from_torchruns_environment(
@@ -94,7 +96,7 @@ def test_the_rank_gpu_comes_from_torchruns_environment(
         calls.append(options)
         return PretrainResult(None, 0, 0, None, True, None)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(protssl.cli.pretrain, "pretrain", record)
+    monkeypatch.setattr(protssl.pretrain, "pretrain", record)  # the command imports it late
     argv = [str(sample_fasta), "--run-dir", str(tmp_path), "--preset", "protssl-tiny"]
     monkeypatch.setenv("LOCAL_RANK", "3")
     assert main(argv) == 0
@@ -112,7 +114,7 @@ def test_the_objective_flags_reach_the_recipe(
         configs.append(config)
         return PretrainResult(None, 0, 0, None, True, None)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(protssl.cli.pretrain, "pretrain", record)
+    monkeypatch.setattr(protssl.pretrain, "pretrain", record)  # the command imports it late
     argv = [str(sample_fasta), "--run-dir", str(tmp_path), "--preset", "protssl-tiny"]
     assert main(argv) == 0
     flags = ["--objective", "mlm+contrastive", "--mlm-weight", "0.5", "--contrastive-weight", "2"]
