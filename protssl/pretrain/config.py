@@ -63,7 +63,8 @@ class PretrainConfig:
     pool_sequences: int = 2048
     """Sequences drawn, cropped and length-sorted together before being packed into batches."""
     cluster_tsv: Path | None = None
-    """Optional two-column TSV (representative, member): draw a cluster uniformly, then a member."""
+    """Optional two-column TSV (representative, member): MLM draws a cluster uniformly, then a
+    member; contrastive objectives take each cluster once per pass, with cluster positives."""
     objective: Literal["mlm", "contrastive", "mlm+contrastive"] = "mlm"
     """Masked-LM, InfoNCE between two views of a protein (or two cluster members), or both."""
     mlm_weight: float = 1.0

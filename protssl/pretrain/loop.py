@@ -2,6 +2,8 @@
 
 Crops are packed into token-budget micro-batches, gradients accumulate to a target number of
 tokens per optimizer step, and AdamW (betas 0.9/0.98, weight decay 0.01) follows the schedule.
+A contrastive objective streams pair batches instead and trains the encoder with its projection
+head (`contrastive`); the head and AdamW's state of it are in the checkpoint, not the export.
 Under torch.distributed (initialised by the caller, e.g. `python -m protssl.pretrain` under
 `torchrun`) the model is wrapped in DistributedDataParallel: each rank takes a disjoint share of
 the micro-batches and only rank 0 writes files.
