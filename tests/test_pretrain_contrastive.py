@@ -4,7 +4,6 @@ an encoder-only export, DDP."""
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +19,13 @@ import protssl
 from protssl.alphabet import ALPHABET
 from protssl.embedding import pool_rows
 from protssl.fasta import ProteinRecord, read_fasta
-from protssl.pretrain import CHECKPOINT_NAME, PretrainConfig, load_corpus, pretrain
+from protssl.pretrain import (
+    CHECKPOINT_NAME,
+    PretrainConfig,
+    export_checkpoint,
+    load_corpus,
+    pretrain,
+)
 from protssl.pretrain.contrastive import (
     MIN_VIEW_FRACTION,
     ContrastiveModel,
@@ -187,7 +192,8 @@ def test_mlm_and_contrastive_resumes_bit_identically_and_exports_only_the_encode
         names = list(weights.keys())
     assert names and not any("head.net" in name or name.startswith("head.") for name in names)
     assert set(names) <= set(whole.encoder.state_dict())
-    json.loads((model_dir / "model.json").read_text())
+    stopped = export_checkpoint(tmp_path / "split", tmp_path / "exported")  # pretrain-export
+    assert protssl.load_model(stopped).sha256 == loaded.sha256
 
 
 @pytest.mark.slow
