@@ -34,6 +34,7 @@ __all__ = [
     "embed_records",
     "embed_records_layers",
     "expected_provenance",
+    "mean_over_residues",
     "pool_rows",
 ]
 
@@ -394,15 +395,24 @@ def pool_rows(hidden: torch.Tensor, tokens: torch.Tensor, pooling: str) -> np.nd
     """
     if pooling == "bos":
         return hidden[:, 0].numpy().copy()
-    is_residue = (
-        tokens.ne(ALPHABET.padding_idx) & tokens.ne(ALPHABET.cls_idx) & tokens.ne(ALPHABET.eos_idx)
-    )  # (B, T)
     if pooling == "max":
-        masked = hidden.masked_fill(~is_residue.unsqueeze(-1), float("-inf"))
+        masked = hidden.masked_fill(~_residue_mask(tokens).unsqueeze(-1), float("-inf"))
         return masked.amax(1).numpy()
-    weights = is_residue.to(hidden.dtype)
+    return mean_over_residues(hidden, tokens).numpy()
+
+
+def _residue_mask(tokens: torch.Tensor) -> torch.Tensor:
+    """(B, T) True at residue positions: not BOS, EOS or padding."""
+    return (
+        tokens.ne(ALPHABET.padding_idx) & tokens.ne(ALPHABET.cls_idx) & tokens.ne(ALPHABET.eos_idx)
+    )
+
+
+def mean_over_residues(hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """(B, C) mean of (B, T, C) `hidden` over residue positions (not BOS, EOS or pads); differentiable."""
+    weights = _residue_mask(tokens).to(hidden.dtype)  # (B, T)
     sums = torch.einsum("bt,btc->bc", weights, hidden)
-    return (sums / weights.sum(1, keepdim=True)).numpy()
+    return sums / weights.sum(1, keepdim=True)
 
 
 def _finish_stitch(stitch: _Stitch, pooling: str) -> np.ndarray:

@@ -1,12 +1,17 @@
-"""Helpers for the pretraining tests: a toy run's recipe and the rows of its log."""
+"""Helpers for the pretraining tests: a toy run's recipe, the rows of its log, a DDP rank."""
 
 from __future__ import annotations
 
 import csv
+import socket
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
-from protssl.pretrain import LOG_NAME, PretrainConfig
+import torch
+import torch.distributed as dist
+
+from protssl.pretrain import LOG_NAME, PretrainConfig, pretrain
 
 
 def tiny_config(corpus: Path, run_dir: Path, **changes: object) -> PretrainConfig:
@@ -34,3 +39,22 @@ def log_rows(run_dir: Path) -> list[dict[str, str]]:
     """The rows of a run's log.csv."""
     with (run_dir / LOG_NAME).open() as handle:
         return list(csv.DictReader(handle))
+
+
+def ddp_worker(rank: int, port: int, corpus: str, out: str, changes: dict[str, Any]) -> None:
+    """One of two gloo ranks training the toy run (with `changes`); saves its weights as rankN.pt."""
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        torch.set_num_threads(1)
+        config = tiny_config(Path(corpus), Path(out) / "run", **changes)
+        result = pretrain(config, progress=False)
+        torch.save(result.encoder.state_dict(), Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    """A TCP port free on localhost now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -22,6 +22,22 @@ def test_config_rejects_bad_values(tmp_path: Path, sample_fasta: Path) -> None:
         tiny_config(sample_fasta, tmp_path, steps=0)
 
 
+def test_config_checks_the_objective(tmp_path: Path, sample_fasta: Path) -> None:
+    with pytest.raises(InvalidInputError, match="objective must be mlm, contrastive or"):
+        tiny_config(sample_fasta, tmp_path, objective="simclr")
+    with pytest.raises(InvalidInputError, match="mlm_weight and contrastive_weight must be >= 0"):
+        tiny_config(sample_fasta, tmp_path, contrastive_weight=-1.0)
+    with pytest.raises(InvalidInputError, match=r"temperature must be in \(0, 10\], got 0"):
+        tiny_config(sample_fasta, tmp_path, temperature=0)
+    with pytest.raises(InvalidInputError, match=r"cluster_positive_rate must be in \[0, 1\]"):
+        tiny_config(sample_fasta, tmp_path, cluster_positive_rate=1.5)
+    with pytest.raises(InvalidInputError, match=r"must hold two pairs of full crops \(512\)"):
+        tiny_config(sample_fasta, tmp_path, objective="contrastive", max_tokens=500)
+    assert tiny_config(sample_fasta, tmp_path, max_tokens=500).objective == "mlm"
+    assert not tiny_config(sample_fasta, tmp_path).contrastive
+    assert tiny_config(sample_fasta, tmp_path, objective="mlm+contrastive").contrastive
+
+
 def test_recipe_round_trips_through_a_checkpoints_dict(tmp_path: Path, sample_fasta: Path) -> None:
     config = tiny_config(sample_fasta, tmp_path, cluster_tsv=tmp_path / "c.tsv", betas=(0.8, 0.9))
     recipe = config.to_dict()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 from pretrain_support import log_rows
 
 from protssl.errors import InvalidInputError
-from protssl.pretrain.logs import LOG_FIELDS, PLOT_NAME, RunLog, plot_run
+from protssl.pretrain.logs import LOG_FIELDS, PLOT_NAME, RunLog, plot_run, train_curves
 
 
 def test_resume_drops_the_rows_after_the_checkpoint(tmp_path: Path) -> None:
@@ -42,3 +43,22 @@ def test_plot_run_draws_the_curve_and_needs_a_log(tmp_path: Path) -> None:
     message = f"{empty}: no log.csv there; is it a pretraining run folder?"
     with pytest.raises(InvalidInputError, match=re.escape(message)):
         plot_run(empty)
+
+
+def test_contrastive_runs_plot_each_term_not_their_sum() -> None:
+    mlm_run = [{"step": "1", "tokens": "1000", "loss": "3.0"}]
+    assert train_curves(mlm_run) == {"train ppl (masked)": [(0.001, pytest.approx(math.exp(3.0)))]}
+    both = [
+        {
+            "step": "1",
+            "tokens": "2000000",
+            "loss": "5.0",
+            "mlm_loss": "3.0",
+            "contrastive_loss": "2.0",
+        }
+    ]
+    curves = train_curves(both)
+    assert curves["train ppl (masked)"] == [(2.0, pytest.approx(math.exp(3.0)))]
+    assert curves["train NT-Xent ppl (2N-1 choices)"] == [(2.0, pytest.approx(math.exp(2.0)))]
+    only = [{"step": "1", "tokens": "1000", "loss": "2.0", "contrastive_loss": "2.0"}]
+    assert list(train_curves(only)) == ["train NT-Xent ppl (2N-1 choices)"]

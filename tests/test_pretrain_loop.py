@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import threading
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
-from pretrain_support import log_rows, tiny_config
+from pretrain_support import ddp_worker, free_port, log_rows, tiny_config
 
 from protssl.checkpoint import load_model
 from protssl.pretrain import CHECKPOINT_NAME, PLOT_NAME, FunctionProbe, PretrainConfig, pretrain
@@ -107,26 +105,10 @@ def test_sigterm_checkpoints_and_stops_and_the_handlers_found_come_back(
     assert load_checkpoint(tmp_path / CHECKPOINT_NAME)["step"] == result.step
 
 
-def _ddp_worker(rank: int, port: int, corpus: str, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
-        torch.set_num_threads(1)
-        config = tiny_config(Path(corpus), Path(out) / "run", steps=4, val_every=4)
-        result = pretrain(config, progress=False)
-        torch.save(result.encoder.state_dict(), Path(out) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.slow
 def test_two_process_ddp_ends_with_identical_weights(tmp_path: Path, sample_fasta: Path) -> None:
-    mp.spawn(_ddp_worker, args=(_free_port(), str(sample_fasta), str(tmp_path)), nprocs=2)
+    changes = {"steps": 4, "val_every": 4}
+    mp.spawn(ddp_worker, args=(free_port(), str(sample_fasta), str(tmp_path), changes), nprocs=2)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     initial = load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME)
     assert initial["step"] == 4

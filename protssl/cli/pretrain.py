@@ -50,6 +50,11 @@ _RECIPE_FLAGS: dict[str, tuple[str, type, str]] = {
     "--checkpoint-every": ("checkpoint_every", int, "checkpoint every N steps"),
     "--pool-sequences": ("pool_sequences", int, "sequences cropped and length-sorted together"),
     "--cluster-tsv": ("cluster_tsv", Path, "representative<TAB>member TSV: sample clusters"),
+    "--objective": ("objective", str, "mlm, contrastive or mlm+contrastive"),
+    "--mlm-weight": ("mlm_weight", float, "weight of the masked-LM term (mlm+contrastive)"),
+    "--contrastive-weight": ("contrastive_weight", float, "weight of the InfoNCE term"),
+    "--temperature": ("temperature", float, "InfoNCE temperature"),
+    "--cluster-positive-rate": ("cluster_positive_rate", float, "P(positive = cluster mate)"),
     "--seed": ("seed", int, "seed of weights, data order, crops and masks"),
     "--init-from": ("init_from", Path, "start from a protssl model folder's weights"),
     "--probe-fasta": (
@@ -114,8 +119,10 @@ COMMANDS = (
     Command(
         "pretrain",
         _build_pretrain,
-        help="masked-residue pretraining on a FASTA corpus (resumable; torchrun for DDP)",
-        description="Train an encoder with ESM-2's MLM recipe. Files go to --run-dir: "
+        help="self-supervised pretraining on a FASTA corpus: masked-LM and/or contrastive "
+        "(resumable; torchrun for DDP)",
+        description="Train an encoder with ESM-2's MLM recipe, InfoNCE between views and cluster "
+        "members (--objective), or both. Files go to --run-dir: "
         "checkpoint.pt, log.csv, loss_curve.png, and model/ at the end.",
     ),
     Command(

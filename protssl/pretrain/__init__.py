@@ -1,4 +1,5 @@
-"""Masked-residue pretraining (MLM) of the ESM-2 encoder on FASTA corpora, resumable and DDP-ready.
+"""Self-supervised pretraining of the ESM-2 encoder on FASTA corpora, resumable and DDP-ready:
+masked-residue (MLM), contrastive (NT-Xent between views and cluster members), or both.
 
 Recipe (ESM-2's): 15% of residues are selected; of those 80% become `<mask>`, 10% a random residue
 and 10% stay; the loss is cross-entropy on the selected positions only. Sequences longer than the
@@ -12,7 +13,8 @@ one. Under `torchrun` the model is wrapped in DistributedDataParallel (gloo on C
 each rank takes a disjoint share of the micro-batches and only rank 0 writes files.
 
 The modules, in the order a run meets them: `config` (the recipe), `data` (split, clusters,
-crops, the batch stream), `objective` (masking, loss, schedule), `probe` (validation, layer
+crops, the batch stream), `objective` (masking, loss, schedule), `contrastive` (pairs, views,
+projection head, NT-Xent; `--objective`), `probe` (validation, layer
 embeddings, the function probe; what benchmarks use), `state` (checkpoints, resume), `logs` (CSV,
 TensorBoard, the plot), `loop` (the training loop), `export` (a run as a model folder);
 `python -m protssl.pretrain` (what `torchrun` launches) is `__main__`.

@@ -64,7 +64,19 @@ class PretrainConfig:
     pool_sequences: int = 2048
     """Sequences drawn, cropped and length-sorted together before being packed into batches."""
     cluster_tsv: Path | None = None
-    """Optional two-column TSV (representative, member): draw a cluster uniformly, then a member."""
+    """Optional two-column TSV (representative, member): MLM draws a cluster uniformly, then a
+    member; contrastive objectives take each cluster once per pass, with cluster positives."""
+    objective: Literal["mlm", "contrastive", "mlm+contrastive"] = "mlm"
+    """Masked-LM, InfoNCE between two views of a protein (or two cluster members), or both."""
+    mlm_weight: float = 1.0
+    """Weight of the masked-LM term in `mlm+contrastive`."""
+    contrastive_weight: float = 1.0
+    """Weight of the InfoNCE term in `contrastive` and `mlm+contrastive`."""
+    temperature: float = 0.1
+    """InfoNCE temperature on cosine similarities of the projected pooled vectors."""
+    cluster_positive_rate: float = 0.5
+    """Chance a positive is another member of the anchor's cluster (needs `cluster_tsv`) rather
+    than a second view of the same protein."""
     seed: int = 0
     """Seed of weights, data order, crops and masks."""
     init_from: Path | None = None
@@ -130,9 +142,35 @@ class PretrainConfig:
             raise InvalidInputError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
         if not 0 < self.val_fraction < 1:
             raise InvalidInputError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        self._check_objective()
         check_dtype_name(self.dtype)
         if self.device not in ("auto", "cpu", "cuda"):
             raise InvalidInputError(f"device must be auto, cpu or cuda, not {self.device!r}")
+
+    def _check_objective(self) -> None:
+        """The objective's name, weights and the contrastive batch shape make sense."""
+        if self.objective not in ("mlm", "contrastive", "mlm+contrastive"):
+            raise InvalidInputError(
+                f"objective must be mlm, contrastive or mlm+contrastive, not {self.objective!r}"
+            )
+        if self.mlm_weight < 0 or self.contrastive_weight < 0:
+            raise InvalidInputError("mlm_weight and contrastive_weight must be >= 0")
+        if not 0 < self.temperature <= 10:
+            raise InvalidInputError(f"temperature must be in (0, 10], got {self.temperature}")
+        if not 0 <= self.cluster_positive_rate <= 1:
+            raise InvalidInputError(
+                f"cluster_positive_rate must be in [0, 1], got {self.cluster_positive_rate}"
+            )
+        if self.contrastive and self.max_tokens < 4 * (self.crop_residues + 2):
+            raise InvalidInputError(
+                f"max_tokens {self.max_tokens} must hold two pairs of full crops "
+                f"({4 * (self.crop_residues + 2)}) for in-batch negatives"
+            )
+
+    @property
+    def contrastive(self) -> bool:
+        """Whether the run trains the InfoNCE term (and so a projection head)."""
+        return self.objective != "mlm"
 
     @property
     def model_config(self) -> ModelConfig:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from protssl.pretrain.config import PretrainConfig
 
 __all__ = [
     "DataPosition",
+    "PoolBatches",
     "TrainingCorpus",
     "crop_sequence",
     "is_validation_id",
@@ -154,13 +155,24 @@ def _pool_batches(
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
+PoolBatches = Callable[[TrainingCorpus, PretrainConfig, int, int], list[torch.Tensor] | None]
+"""(corpus, config, epoch, pool) -> that pool's micro-batches, None past the epoch's end."""
+
+
 def micro_batches(
-    corpus: TrainingCorpus, config: PretrainConfig, start: DataPosition
+    corpus: TrainingCorpus,
+    config: PretrainConfig,
+    start: DataPosition,
+    pools: PoolBatches | None = None,
 ) -> Iterator[tuple[torch.Tensor, DataPosition]]:
-    """Endless stream of micro-batches from `start`, each with the position after it."""
+    """Endless stream of micro-batches from `start`, each with the position after it.
+
+    `pools` makes each pool's batches (default: the masked-LM crops).
+    """
+    make = pools or _pool_batches
     epoch, pool, skip = start.epoch, start.pool, start.batch
     while True:
-        batches = _pool_batches(corpus, config, epoch, pool)
+        batches = make(corpus, config, epoch, pool)
         if batches is None:
             epoch, pool = epoch + 1, 0
             continue

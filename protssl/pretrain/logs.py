@@ -10,7 +10,7 @@ from typing import Any
 
 from protssl.errors import InvalidInputError
 
-__all__ = ["LOG_FIELDS", "LOG_NAME", "PLOT_NAME", "RunLog", "plot_run"]
+__all__ = ["LOG_FIELDS", "LOG_NAME", "PLOT_NAME", "RunLog", "plot_run", "train_curves"]
 
 LOG_NAME = "log.csv"
 PLOT_NAME = "loss_curve.png"
@@ -24,6 +24,8 @@ LOG_FIELDS = (
     "probe_nn1_best",
     "lr",
     "tok_per_s",
+    "mlm_loss",
+    "contrastive_loss",
 )
 
 
@@ -75,8 +77,24 @@ def _tensorboard(run_dir: Path) -> Any:
     return SummaryWriter(str(run_dir / "tb"))
 
 
+def train_curves(rows: list[dict[str, str]]) -> dict[str, list[tuple[float, float]]]:
+    """Training curves by label, as (million tokens, perplexity): the masked-LM term and, for
+    contrastive objectives, exp(NT-Xent), the perplexity of picking the partner among 2N-1."""
+    columns = {
+        "train ppl (masked)": "mlm_loss",
+        "train NT-Xent ppl (2N-1 choices)": "contrastive_loss",
+    }
+    if not any(r.get("mlm_loss") or r.get("contrastive_loss") for r in rows):
+        columns = {"train ppl (masked)": "loss"}  # an MLM run: its loss is the masked-LM term
+    curves = {
+        label: [(int(r["tokens"]) / 1e6, math.exp(float(r[key]))) for r in rows if r.get(key)]
+        for label, key in columns.items()
+    }
+    return {label: points for label, points in curves.items() if points}
+
+
 def plot_run(run_dir: str | Path) -> Path:
-    """Draw training loss, validation perplexity and any probe 1-NN against tokens seen into
+    """Draw the training curves, validation perplexity and any probe 1-NN against tokens seen into
     run_dir/loss_curve.png."""
     import matplotlib
 
@@ -89,11 +107,10 @@ def plot_run(run_dir: str | Path) -> Path:
         raise InvalidInputError(f"{run_dir}: no {LOG_NAME} there; is it a pretraining run folder?")
     with path.open() as handle:
         rows = list(csv.DictReader(handle))
-    tokens = [int(r["tokens"]) / 1e6 for r in rows if r["loss"]]
-    loss = [float(r["loss"]) for r in rows if r["loss"]]
     val = [(int(r["tokens"]) / 1e6, float(r["val_ppl"])) for r in rows if r["val_ppl"]]
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
-    ax.plot(tokens, [math.exp(v) for v in loss], color="0.6", lw=0.8, label="train ppl (masked)")
+    for (label, points), color in zip(train_curves(rows).items(), ("0.6", "C1"), strict=False):
+        ax.plot(*zip(*points, strict=True), color=color, lw=0.8, label=label)
     if val:
         ax.plot(*zip(*val, strict=True), "o-", color="C0", ms=3, label="val ppl (held-out 2%)")
     ax.set_xlabel("tokens seen (millions)")

@@ -2,6 +2,8 @@
 
 Crops are packed into token-budget micro-batches, gradients accumulate to a target number of
 tokens per optimizer step, and AdamW (betas 0.9/0.98, weight decay 0.01) follows the schedule.
+A contrastive objective streams pair batches instead and trains the encoder with its projection
+head (`contrastive`); the head and AdamW's state of it are in the checkpoint, not the export.
 Under torch.distributed (initialised by the caller, e.g. `python -m protssl.pretrain` under
 `torchrun`) the model is wrapped in DistributedDataParallel: each rank takes a disjoint share of
 the micro-batches and only rank 0 writes files.
@@ -28,6 +30,13 @@ from tqdm import tqdm
 from protssl.alphabet import ALPHABET
 from protssl.model import ProteinEncoder, resolve_dtype
 from protssl.pretrain.config import PretrainConfig
+from protssl.pretrain.contrastive import (
+    ContrastiveModel,
+    ProjectionHead,
+    contrastive_batches,
+    contrastive_losses,
+    seeded_head,
+)
 from protssl.pretrain.data import DataPosition, load_corpus, micro_batches, validation_batches
 from protssl.pretrain.export import MODEL_SUBDIR, export_model, probe_summary, training_summary
 from protssl.pretrain.logs import RunLog, plot_run
@@ -159,10 +168,16 @@ class _Run:
         self.accum = max(1, round(config.tokens_per_step / micro_tokens))
         """Micro-batches each rank accumulates per optimizer step."""
 
-        self.encoder, self.optimizer, self.progress = _start(
+        self.encoder, self.head, self.optimizer, self.progress = _start(
             config, place, self.checkpoint_path, resume=resume, command=command
         )
-        self.model = _distributed(self.encoder, place)
+        self.model = _distributed(
+            self.encoder if self.head is None else ContrastiveModel(self.encoder, self.head),
+            place,
+            unused_parameters=config.objective == "contrastive",  # the LM head sits idle
+        )
+        self.terms: dict[str, float] = {}
+        """The last step's loss terms of a contrastive run (rank-local means), for the log."""
         self.model.train()
 
         self.unigram = float("nan")
@@ -195,7 +210,8 @@ class _Run:
     def train(self, end: int, stop: _Stop, *, show_progress: bool) -> list[float]:
         """Optimizer steps until step `end` or a stop request; the loss of each."""
         config, progress, leader = self.config, self.progress, self.place.leader
-        stream = micro_batches(self.corpus, config, progress.position)
+        batches = contrastive_batches if config.contrastive else micro_batches
+        stream = batches(self.corpus, config, progress.position)
         bar = tqdm(
             total=config.steps,
             initial=progress.step,
@@ -244,6 +260,7 @@ class _Run:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         loss_sum, tokens = torch.zeros((), device=place.device), 0
+        term_sums: dict[str, torch.Tensor] = {}
         for micro in range(accum):
             # Each rank takes every world-th micro-batch of the shared stream.
             for shard in range(place.world):
@@ -258,11 +275,15 @@ class _Run:
             inputs, targets = mask_tokens(mine, mask_prob=config.mask_prob, generator=generator)
             with self._gradient_sync(last=micro == accum - 1):
                 with autocast(place.device, place.dtype):
-                    micro_loss, n = mlm_loss_sum(self.model, inputs, targets)
-                loss = micro_loss / max(n, 1) / accum
+                    if config.contrastive:
+                        loss = self._contrastive_loss(inputs, targets, term_sums) / accum
+                    else:
+                        micro_loss, n = mlm_loss_sum(self.model, inputs, targets)
+                        loss = micro_loss / max(n, 1) / accum
                 loss.backward()
             loss_sum += loss.detach()
             tokens += int(mine.ne(ALPHABET.padding_idx).sum())
+        self.terms = {name: float(value) / accum for name, value in term_sums.items()}
         if config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.encoder.parameters(), config.grad_clip)
         self.optimizer.step()
@@ -273,6 +294,24 @@ class _Run:
             dist.all_reduce(counted)
             tokens = int(counted)
         return step_loss, tokens
+
+    def _contrastive_loss(
+        self, inputs: torch.Tensor, targets: torch.Tensor, term_sums: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """The weighted loss of one pair micro-batch; its terms are added to `term_sums`."""
+        config = self.config
+        with_mlm = config.objective == "mlm+contrastive"
+        contrast, mlm_sum, n = contrastive_losses(
+            self.model, inputs, targets if with_mlm else None, temperature=config.temperature
+        )
+        terms = {"contrastive_loss": contrast}
+        loss = config.contrastive_weight * contrast
+        if mlm_sum is not None:
+            terms["mlm_loss"] = mlm_sum / max(n, 1)
+            loss = loss + config.mlm_weight * terms["mlm_loss"]
+        for name, value in terms.items():
+            term_sums[name] = term_sums.get(name, torch.zeros_like(value)) + value.detach()
+        return loss
 
     def _gradient_sync(self, *, last: bool) -> contextlib.AbstractContextManager[Any]:
         """DDP averages gradients across ranks on the last micro-batch of a step only."""
@@ -323,8 +362,10 @@ class _Run:
             lr=f"{lr:.3e}",
             tok_per_s=f"{rate:.0f}",
         )
+        row.update({name: f"{value:.4f}" for name, value in self.terms.items()})
         self.log.write(row)
-        self.log.scalars(step, {"train/loss": loss, "train/lr": lr, "train/tok_per_s": rate})
+        scalars = {"train/loss": loss, "train/lr": lr, "train/tok_per_s": rate}
+        self.log.scalars(step, scalars | {f"train/{k}": v for k, v in self.terms.items()})
 
     def _checkpoint(self) -> None:
         """Write the checkpoint (atomically) as the run stands now."""
@@ -337,6 +378,7 @@ class _Run:
                 config=self.config,
                 hardware=_hardware(self.place),
                 dtype=_dtype_name(self.place.dtype),
+                head=self.head,
             ),
         )
 
@@ -388,24 +430,29 @@ def _start(
     *,
     resume: bool,
     command: str | None,
-) -> tuple[ProteinEncoder, torch.optim.Optimizer, RunProgress]:
-    """The encoder on its device, its AdamW and the run's progress: a new run (random or
-    `init_from` weights) or the one in the checkpoint."""
+) -> tuple[ProteinEncoder, ProjectionHead | None, torch.optim.Optimizer, RunProgress]:
+    """The encoder on its device, a contrastive run's projection head, their AdamW and the run's
+    progress: a new run (random or `init_from` weights) or the one in the checkpoint."""
     if resume:  # weights and the parent's record come from the checkpoint
         encoder, parent = ProteinEncoder(config.model_config), None
     else:
         encoder, parent = initial_encoder(config)
     encoder.to(place.device)
+    head = None
+    trained: torch.nn.Module = encoder
+    if config.contrastive:
+        head = seeded_head(config.model_config.embed_dim, config.seed).to(place.device)
+        trained = ContrastiveModel(encoder, head)
     optimizer = torch.optim.AdamW(
-        _param_groups(encoder, config.weight_decay),
+        _param_groups(trained, config.weight_decay),
         lr=config.lr,
         betas=config.betas,
         fused=place.device.type == "cuda",
     )
     if not resume:
-        return encoder, optimizer, RunProgress(command=command, init_from=parent)
+        return encoder, head, optimizer, RunProgress(command=command, init_from=parent)
     progress = resume_from(
-        checkpoint_path, config, encoder=encoder, optimizer=optimizer, command=command
+        checkpoint_path, config, encoder=encoder, optimizer=optimizer, command=command, head=head
     )
     log.info(
         "resumed from %s at step %d (%d tokens)",
@@ -413,19 +460,23 @@ def _start(
         progress.step,
         progress.tokens_seen,
     )
-    return encoder, optimizer, progress
+    return encoder, head, optimizer, progress
 
 
-def _distributed(encoder: ProteinEncoder, place: _Placement) -> torch.nn.Module:
-    """`encoder` in DistributedDataParallel over several ranks; itself on one."""
+def _distributed(
+    module: torch.nn.Module, place: _Placement, *, unused_parameters: bool = False
+) -> torch.nn.Module:
+    """`module` in DistributedDataParallel over several ranks; itself on one."""
     if place.world == 1:
-        return encoder
+        return module
     return torch.nn.parallel.DistributedDataParallel(
-        encoder, device_ids=[place.device.index] if place.device.type == "cuda" else None
+        module,
+        device_ids=[place.device.index] if place.device.type == "cuda" else None,
+        find_unused_parameters=unused_parameters,
     )
 
 
-def _param_groups(encoder: ProteinEncoder, weight_decay: float) -> list[dict[str, Any]]:
+def _param_groups(encoder: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW groups: weight decay on matrices only (not biases, LayerNorms or embeddings)."""
     decay, no_decay = [], []
     for name, param in encoder.named_parameters():

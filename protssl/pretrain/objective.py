@@ -18,7 +18,7 @@ from protssl.alphabet import ALPHABET
 from protssl.model import ProteinEncoder
 from protssl.pretrain.config import PretrainConfig
 
-__all__ = ["autocast", "learning_rate", "mask_tokens", "mlm_loss_sum"]
+__all__ = ["autocast", "learning_rate", "mask_tokens", "mlm_loss_sum", "selected_lm_loss"]
 
 # Token ids a random replacement may take: the 20 standard residues (as ESM-2 does).
 _STANDARD = torch.tensor([ALPHABET.get_idx(a) for a in "ACDEFGHIKLMNPQRSTVWY"])
@@ -58,11 +58,20 @@ def mlm_loss_sum(
     )
     assert isinstance(module, ProteinEncoder)
     device = module.embed_tokens.weight.device
+    out = encoder(inputs.to(device, non_blocking=True), repr_layers=(-1,), return_logits=False)
+    return selected_lm_loss(module, out.representations[module.config.num_layers], targets)
+
+
+def selected_lm_loss(
+    encoder: ProteinEncoder, hidden: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy of the LM head on the (B, T, C) last layer at the selected positions
+    of CPU `targets` (-100 elsewhere), and how many there are."""
+    device = hidden.device
     flat_targets = targets.reshape(-1)
     positions = flat_targets.ne(-100).nonzero().squeeze(1)
-    out = encoder(inputs.to(device, non_blocking=True), repr_layers=(-1,), return_logits=False)
-    hidden = out.representations[module.config.num_layers].flatten(0, 1)  # (B*T, C)
-    logits = module.lm_head(hidden.index_select(0, positions.to(device, non_blocking=True)))
+    flat = hidden.flatten(0, 1)  # (B*T, C)
+    logits = encoder.lm_head(flat.index_select(0, positions.to(device, non_blocking=True)))
     selected = flat_targets[positions].to(device, non_blocking=True)
     loss = F.cross_entropy(logits.float(), selected, reduction="sum")
     return loss, len(positions)

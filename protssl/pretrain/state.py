@@ -116,9 +116,12 @@ def checkpoint_state(
     config: PretrainConfig,
     hardware: str,
     dtype: str,
+    head: torch.nn.Module | None = None,
 ) -> dict[str, Any]:
-    """What `save_checkpoint` writes: weights of the unwrapped encoder, optimizer, progress, RNG."""
-    return {
+    """What `save_checkpoint` writes: weights of the unwrapped encoder (and of a contrastive run's
+    projection head), optimizer, progress, RNG."""
+    extra = {} if head is None else {"projection_head": head.state_dict()}
+    return extra | {
         "model": encoder.state_dict(),
         "optimizer": optimizer.state_dict(),
         "step": progress.step,
@@ -143,8 +146,10 @@ def resume_from(
     encoder: ProteinEncoder,
     optimizer: torch.optim.Optimizer,
     command: str | None,
+    head: torch.nn.Module | None = None,
 ) -> RunProgress:
-    """Load the checkpoint at `path` into `encoder`, `optimizer` and torch's RNG; its progress.
+    """Load the checkpoint at `path` into `encoder` (and `head`), `optimizer` and torch's RNG; its
+    progress.
 
     `command` (this call's) joins the resume commands; the run keeps the command that started it.
     """
@@ -156,6 +161,10 @@ def resume_from(
             f"{path}: preset {state['config']['preset']!r} differs from {config.preset!r}"
         )
     encoder.load_state_dict(state["model"])
+    if head is not None:
+        if "projection_head" not in state:
+            raise CheckpointError(f"{path}: no projection head; not a contrastive run")
+        head.load_state_dict(state["projection_head"])
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["torch_rng"])
     progress = progress_from_state(state)
