@@ -29,6 +29,7 @@ from protssl.errors import InvalidInputError
 __all__ = [
     "FORMATS",
     "VectorWriter",
+    "check_output",
     "dataset_name",
     "open_writer",
     "read_vectors",
@@ -59,6 +60,15 @@ def _check_format(path: Path) -> str:
     return "npz" if suffix == ".npz" else "h5"
 
 
+def check_output(path: str | Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse an output that exists unless told to continue it (`resume`) or replace it."""
+    path = Path(path)
+    if path.exists() and not (resume or overwrite):
+        raise InvalidInputError(
+            f"output {str(path)!r} exists: pass --resume to continue it or --overwrite to replace it"
+        )
+
+
 class VectorWriter:
     """Appends embeddings to one output file; refuses to mix vectors of different provenance."""
 
@@ -68,10 +78,7 @@ class VectorWriter:
         self._shared: dict[str, Any] | None = None
         self._npz: dict[str, np.ndarray] = {}
         self._npz_rows: dict[str, dict[str, Any]] = {}
-        if path.exists() and not (resume or overwrite):
-            raise InvalidInputError(
-                f"output {str(path)!r} exists: pass --resume to continue it or --overwrite to replace it"
-            )
+        check_output(path, resume=resume, overwrite=overwrite)
         if path.exists() and overwrite and not resume:
             path.unlink()
         if self.kind == "h5":

@@ -1,6 +1,8 @@
 """`protssl embed`: every record of a FASTA file into an HDF5 or .npz file, through the store's cache.
 
-Prints the job's summary as the last line of stdout (JSON), also when a FASTA error stops it.
+With the store, the run is a job in its `jobs` table: run again with the same arguments after a
+kill, it continues where it stopped. Prints the job's summary as the last line of stdout (JSON),
+also when a FASTA error stops it.
 """
 
 from __future__ import annotations
@@ -45,7 +47,10 @@ def _build(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overlap", type=int, default=256, help="window overlap in residues")
     add_fasta_policy_args(parser)
     parser.add_argument(
-        "--resume", action="store_true", help="keep OUTPUT's vectors and skip their ids"
+        "--resume",
+        action="store_true",
+        help="keep OUTPUT's vectors and skip their ids (implied when the store holds this "
+        "job unfinished)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -64,9 +69,16 @@ COMMANDS = (
 
 
 def _embed(args: argparse.Namespace) -> int:
+    from protssl.batch_job import JobRun
     from protssl.batching import WindowPolicy
-    from protssl.embed_file import JobSummary, embed_fasta_file
+    from protssl.embed_file import (
+        JobSummary,
+        count_records,
+        embed_fasta_file,
+        embed_job_spec,
+    )
     from protssl.embedding import EmbedConfig
+    from protssl.output import check_output
 
     config = EmbedConfig(
         pooling=args.pooling,
@@ -80,23 +92,42 @@ def _embed(args: argparse.Namespace) -> int:
     model = load_model(args)
     summary = JobSummary()
     store = None if args.no_cache else open_store(args)
+    run = None
     try:
+        if store is not None:
+            spec = embed_job_spec(args.input, args.output, model, config, policy)
+            if store.jobs.unfinished(spec.kind, spec.key) is None or not spec.resumable:
+                check_output(args.output, resume=args.resume, overwrite=args.overwrite)
+            run = JobRun(store.jobs, spec, total=count_records(args.input))
+            summary.job, summary.continued = run.id, run.continued
+
+        def record_progress(progress: JobSummary) -> None:
+            if run is not None:
+                run.progress(done=progress.done, failed=progress.skipped)
+
         embed_fasta_file(
             args.input,
             args.output,
             model,
             config=config,
             policy=policy,
-            resume=args.resume,
+            resume=args.resume or summary.continued,
             overwrite=args.overwrite,
             progress=not args.no_progress,
             summary=summary,
             cache=store.embeddings if store is not None else None,
+            on_flush=record_progress,
         )
-    except ProtsslError as exc:
-        summary.errors = max(summary.errors, 1)
-        summary.error = summary.error or str(exc)
+    except (ProtsslError, KeyboardInterrupt) as exc:
+        if isinstance(exc, ProtsslError):
+            summary.errors = max(summary.errors, 1)
+            summary.error = summary.error or str(exc)
+        if run is not None:
+            run.finish(done=summary.done, failed=summary.skipped, error=summary.error or "stopped")
         raise
+    else:
+        if run is not None:
+            run.finish(done=summary.done, failed=summary.skipped)
     finally:
         if store is not None:
             store.close()
