@@ -8,6 +8,10 @@ batch, so an interrupted job keeps what it computed and `--resume` skips those i
 
 `.npz` keeps the same names as keys and the provenance as JSON under `__provenance__`; it is
 written once (atomically) when the job ends or is interrupted.
+
+A sharded output (the Ray engine's) is a folder of such HDF5 files, `part-00000.h5`, one per
+shard of the input, each renamed into place only when complete; `read_vectors` reads the folder
+as one.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ __all__ = [
     "check_output",
     "dataset_name",
     "open_writer",
+    "part_name",
     "read_vectors",
     "record_id",
 ]
@@ -49,6 +54,11 @@ def dataset_name(record_id: str) -> str:
 def record_id(name: str) -> str:
     """Inverse of `dataset_name`."""
     return name.replace("%2F", "/").replace("%25", "%")
+
+
+def part_name(index: int) -> str:
+    """The file name of shard `index` in a sharded output folder."""
+    return f"part-{index:05d}.h5"
 
 
 def _check_format(path: Path) -> str:
@@ -180,8 +190,13 @@ def open_writer(path: str | Path, *, resume: bool = False, overwrite: bool = Fal
 
 
 def read_vectors(path: str | Path) -> Iterator[tuple[str, np.ndarray, Mapping[str, Any]]]:
-    """Yield `(record id, vector, attributes)` from a file written by `VectorWriter`."""
+    """Yield `(record id, vector, attributes)` from a file written by `VectorWriter`, or from every
+    part of a sharded output folder in shard order."""
     path = Path(path)
+    if path.is_dir():
+        for part in sorted(path.glob("part-*.h5")):
+            yield from read_vectors(part)
+        return
     if _check_format(path) == "h5":
         with h5py.File(path, "r") as handle:
             shared = {k: _plain(v) for k, v in handle.attrs.items()}
