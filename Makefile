@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch pinned first: the CPU build; an open range would pull several GB of CUDA packages.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,postgres,bench]'
+	$(PY) -m pip install -q -e '.[dev,postgres,bench,ray]'
 	touch $(STAMP)
 
 demo: $(STAMP)

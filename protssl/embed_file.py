@@ -10,12 +10,13 @@ from __future__ import annotations
 import gzip
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
+from protssl.batch_job import JobSpec
 from protssl.checkpoint import LoadedModel
 from protssl.embedding import CacheStats, EmbedConfig, embed_records, expected_provenance
 from protssl.errors import ProtsslError
@@ -23,7 +24,7 @@ from protssl.fasta import FastaPolicy, ProteinRecord, ReadStats, read_fasta
 from protssl.output import open_writer
 from protssl.store import EmbeddingCache
 
-__all__ = ["JobSummary", "count_residues", "embed_fasta_file"]
+__all__ = ["JobSummary", "count_records", "count_residues", "embed_fasta_file", "embed_job_spec"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,15 @@ class JobSummary:
     error: str | None = None
     output: str = ""
     skipped_ids: list[str] = field(default_factory=list)
+    job: str | None = None
+    """The id of this job in the store's `jobs` table (None without a store)."""
+    continued: bool = False
+    """True when this run continued a job a previous run left unfinished (killed, failed)."""
+
+    @property
+    def done(self) -> int:
+        """Records of the input that have their vector in the output."""
+        return self.records + self.resumed
 
     @property
     def residues_per_second(self) -> float:
@@ -66,18 +76,51 @@ class JobSummary:
 
 def count_residues(path: str | Path) -> int | None:
     """Cheap upper bound on residues for a progress bar (raw sequence characters); None for stdin."""
+    counts = _count(path)
+    return None if counts is None else counts[1]
+
+
+def count_records(path: str | Path) -> int | None:
+    """Headers in a FASTA file (records before the policy drops any), for a job's total; None for stdin."""
+    counts = _count(path)
+    return None if counts is None else counts[0]
+
+
+def _count(path: str | Path) -> tuple[int, int] | None:
+    """(headers, raw sequence characters) of a plain or gzipped FASTA file; None for stdin."""
     if str(path) == "-":
         return None
     path = Path(path)
     with path.open("rb") as raw:
         gzipped = raw.read(2) == b"\x1f\x8b"
     opener = gzip.open if gzipped else open
-    total = 0
+    headers = residues = 0
     with opener(path, "rb") as handle:
         for line in handle:
-            if not line.startswith(b">"):
-                total += len(line.strip())
-    return total
+            if line.startswith(b">"):
+                headers += 1
+            else:
+                residues += len(line.strip())
+    return headers, residues
+
+
+def embed_job_spec(
+    source: str | Path,
+    output: str | Path,
+    model: LoadedModel,
+    config: EmbedConfig,
+    policy: FastaPolicy,
+    *,
+    engine: str = "local",
+) -> JobSpec:
+    """What makes two `embed` runs the same job: input, output, model, dtype, options, engine."""
+    options = {
+        "config": asdict(config),
+        "fasta": asdict(policy),
+        "dtype": model.dtype_name,
+        "engine": engine,
+    }
+    return JobSpec.for_files("embed", source, output, model_sha256=model.sha256, options=options)
 
 
 def _until_error(
@@ -102,12 +145,14 @@ def embed_fasta_file(
     progress: bool = True,
     summary: JobSummary | None = None,
     cache: EmbeddingCache | None = None,
+    on_flush: Callable[[JobSummary], None] | None = None,
 ) -> JobSummary:
     """Embed every record of a FASTA file into OUTPUT (`.h5` or `.npz`).
 
     With `resume`, ids already in OUTPUT are skipped; with `cache`, vectors already in the store
     are read instead of computed, and computed ones are written back. Raises the first FASTA error after
     writing everything read before it; pass `summary` to keep the counts when it does.
+    `on_flush(summary)` is called each time the output is made durable (to record progress).
     """
     config = config or EmbedConfig()
     summary = summary if summary is not None else JobSummary()
@@ -146,6 +191,9 @@ def embed_fasta_file(
                 summary.windowed += int(embedding.provenance.windowed)
                 if summary.records % 64 == 0:
                     writer.flush()
+                    summary.skipped = stats.skipped
+                    if on_flush is not None:
+                        on_flush(summary)
         writer.flush()
     summary.seconds = time.perf_counter() - start
     summary.skipped = stats.skipped

@@ -36,6 +36,7 @@ __all__ = [
     "normalize_sequence",
     "parse_labels",
     "read_fasta",
+    "read_fasta_range",
     "records_from_sequences",
 ]
 
@@ -197,6 +198,26 @@ def read_fasta(
     finally:
         if owned:
             handle.close()
+
+
+def read_fasta_range(
+    path: str | Path,
+    start: int,
+    end: int,
+    *,
+    policy: FastaPolicy | None = None,
+    stats: ReadStats | None = None,
+) -> Iterator[ProteinRecord]:
+    """Records in bytes [start, end) of a plain FASTA file, a range that begins at a header (a shard).
+
+    Ids are unique within the range only: a shard's reader cannot see the others.
+    """
+    source = f"{path}@{start}"
+    with Path(path).open("rb") as handle:
+        handle.seek(start)
+        text = handle.read(end - start).decode("utf-8", errors="replace")
+    parsed = ((title, raw, None) for title, raw in SimpleFastaParser(io.StringIO(text)))
+    yield from _records(parsed, source, policy or FastaPolicy(), stats or ReadStats())
 
 
 def records_from_sequences(

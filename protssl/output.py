@@ -8,6 +8,10 @@ batch, so an interrupted job keeps what it computed and `--resume` skips those i
 
 `.npz` keeps the same names as keys and the provenance as JSON under `__provenance__`; it is
 written once (atomically) when the job ends or is interrupted.
+
+A sharded output (the Ray engine's) is a folder of such HDF5 files, `part-00000.h5`, one per
+shard of the input, each renamed into place only when complete; `read_vectors` reads the folder
+as one.
 """
 
 from __future__ import annotations
@@ -29,8 +33,10 @@ from protssl.errors import InvalidInputError
 __all__ = [
     "FORMATS",
     "VectorWriter",
+    "check_output",
     "dataset_name",
     "open_writer",
+    "part_name",
     "read_vectors",
     "record_id",
 ]
@@ -50,6 +56,11 @@ def record_id(name: str) -> str:
     return name.replace("%2F", "/").replace("%25", "%")
 
 
+def part_name(index: int) -> str:
+    """The file name of shard `index` in a sharded output folder."""
+    return f"part-{index:05d}.h5"
+
+
 def _check_format(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
@@ -57,6 +68,15 @@ def _check_format(path: Path) -> str:
             f"output {str(path)!r}: unknown format {suffix or '(none)'}; use {', '.join(FORMATS)}"
         )
     return "npz" if suffix == ".npz" else "h5"
+
+
+def check_output(path: str | Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse an output that exists unless told to continue it (`resume`) or replace it."""
+    path = Path(path)
+    if path.exists() and not (resume or overwrite):
+        raise InvalidInputError(
+            f"output {str(path)!r} exists: pass --resume to continue it or --overwrite to replace it"
+        )
 
 
 class VectorWriter:
@@ -68,10 +88,7 @@ class VectorWriter:
         self._shared: dict[str, Any] | None = None
         self._npz: dict[str, np.ndarray] = {}
         self._npz_rows: dict[str, dict[str, Any]] = {}
-        if path.exists() and not (resume or overwrite):
-            raise InvalidInputError(
-                f"output {str(path)!r} exists: pass --resume to continue it or --overwrite to replace it"
-            )
+        check_output(path, resume=resume, overwrite=overwrite)
         if path.exists() and overwrite and not resume:
             path.unlink()
         if self.kind == "h5":
@@ -173,8 +190,13 @@ def open_writer(path: str | Path, *, resume: bool = False, overwrite: bool = Fal
 
 
 def read_vectors(path: str | Path) -> Iterator[tuple[str, np.ndarray, Mapping[str, Any]]]:
-    """Yield `(record id, vector, attributes)` from a file written by `VectorWriter`."""
+    """Yield `(record id, vector, attributes)` from a file written by `VectorWriter`, or from every
+    part of a sharded output folder in shard order."""
     path = Path(path)
+    if path.is_dir():
+        for part in sorted(path.glob("part-*.h5")):
+            yield from read_vectors(part)
+        return
     if _check_format(path) == "h5":
         with h5py.File(path, "r") as handle:
             shared = {k: _plain(v) for k, v in handle.attrs.items()}

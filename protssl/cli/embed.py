@@ -1,13 +1,17 @@
 """`protssl embed`: every record of a FASTA file into an HDF5 or .npz file, through the store's cache.
 
-Prints the job's summary as the last line of stdout (JSON), also when a FASTA error stops it.
+With the store, the run is a job in its `jobs` table: run again with the same arguments after a
+kill, it continues where it stopped. Prints the job's summary as the last line of stdout (JSON),
+also when a FASTA error stops it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from protssl.cli.args import (
     add_fasta_policy_args,
@@ -20,12 +24,24 @@ from protssl.cli.args import (
 from protssl.cli.commands import Command
 from protssl.errors import InvalidInputError, ProtsslError
 
+if TYPE_CHECKING:
+    from protssl.checkpoint import LoadedModel
+    from protssl.embed_file import JobSummary
+    from protssl.embedding import EmbedConfig
+    from protssl.fasta import FastaPolicy
+    from protssl.store import Store
+
 __all__ = ["COMMANDS"]
 
 
 def _build(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help="FASTA file, .gz, or - for stdin")
-    parser.add_argument("-o", "--output", required=True, help="OUT.h5 (or .hdf5, .npz)")
+    parser.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="OUT.h5 (or .hdf5, .npz); with --engine ray a folder of part-NNNNN.h5 files",
+    )
     add_model_args(parser)
     parser.add_argument(
         "--pooling", default="mean", choices=("mean", "bos", "per-residue"), help="default: mean"
@@ -43,13 +59,53 @@ def _build(parser: argparse.ArgumentParser) -> None:
         help="sequences longer than the model window: window (overlap + average) or refuse",
     )
     parser.add_argument("--overlap", type=int, default=256, help="window overlap in residues")
+    parser.add_argument(
+        "--read-ahead",
+        type=int,
+        default=500_000,
+        metavar="RESIDUES",
+        help="residues read and length-sorted together; one shard of --engine ray (default 500000)",
+    )
     add_fasta_policy_args(parser)
     parser.add_argument(
-        "--resume", action="store_true", help="keep OUTPUT's vectors and skip their ids"
+        "--resume",
+        action="store_true",
+        help="keep OUTPUT's vectors and skip their ids (implied when the store holds this "
+        "job unfinished)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_store_args(parser)
+    engine = parser.add_argument_group("engine")
+    engine.add_argument(
+        "--engine",
+        default="local",
+        choices=("local", "ray"),
+        help="local: this process; ray: shards across a Ray actor pool (extra: protssl[ray])",
+    )
+    engine.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        default=None,
+        help="Ray cluster to join (host:6379 or auto); default: start Ray in this process",
+    )
+    engine.add_argument(
+        "--workers", type=int, default=1, metavar="N", help="Ray actors, one model each (default 1)"
+    )
+    engine.add_argument(
+        "--cpus-per-worker",
+        type=int,
+        default=1,
+        metavar="N",
+        help="CPUs (torch threads) per actor (default 1)",
+    )
+    engine.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        default=0.0,
+        metavar="N",
+        help="GPUs per actor (default 0: CPU)",
+    )
     parser.set_defaults(func=_embed)
 
 
@@ -64,15 +120,23 @@ COMMANDS = (
 
 
 def _embed(args: argparse.Namespace) -> int:
+    from protssl.batch_job import JobRun
     from protssl.batching import WindowPolicy
-    from protssl.embed_file import JobSummary, embed_fasta_file
+    from protssl.embed_file import (
+        JobSummary,
+        count_records,
+        embed_fasta_file,
+        embed_job_spec,
+    )
     from protssl.embedding import EmbedConfig
+    from protssl.output import check_output
 
     config = EmbedConfig(
         pooling=args.pooling,
         layer=args.layer,
         max_tokens=args.max_tokens,
         window=WindowPolicy(mode=args.window_policy, overlap=args.overlap),
+        read_ahead_residues=args.read_ahead,
     )
     policy = fasta_policy(args)
     if args.input != "-" and not Path(args.input).is_file():
@@ -80,25 +144,86 @@ def _embed(args: argparse.Namespace) -> int:
     model = load_model(args)
     summary = JobSummary()
     store = None if args.no_cache else open_store(args)
+    run = None
     try:
-        embed_fasta_file(
-            args.input,
-            args.output,
-            model,
-            config=config,
-            policy=policy,
-            resume=args.resume,
-            overwrite=args.overwrite,
-            progress=not args.no_progress,
-            summary=summary,
-            cache=store.embeddings if store is not None else None,
-        )
-    except ProtsslError as exc:
-        summary.errors = max(summary.errors, 1)
-        summary.error = summary.error or str(exc)
+        if store is not None:
+            spec = embed_job_spec(
+                args.input, args.output, model, config, policy, engine=args.engine
+            )
+            if store.jobs.unfinished(spec.kind, spec.key) is None or not spec.resumable:
+                check_output(args.output, resume=args.resume, overwrite=args.overwrite)
+            run = JobRun(store.jobs, spec, total=count_records(args.input))
+            summary.job, summary.continued = run.id, run.continued
+
+        def record_progress(progress: JobSummary) -> None:
+            if run is not None:
+                run.progress(done=progress.done, failed=progress.skipped)
+
+        if args.engine == "ray":
+            _embed_ray(args, model, config, policy, store, summary, record_progress)
+        else:
+            embed_fasta_file(
+                args.input,
+                args.output,
+                model,
+                config=config,
+                policy=policy,
+                resume=args.resume or summary.continued,
+                overwrite=args.overwrite,
+                progress=not args.no_progress,
+                summary=summary,
+                cache=store.embeddings if store is not None else None,
+                on_flush=record_progress,
+            )
+    except (ProtsslError, KeyboardInterrupt) as exc:
+        if isinstance(exc, ProtsslError):
+            summary.errors = max(summary.errors, 1)
+            summary.error = summary.error or str(exc)
+        if run is not None:
+            run.finish(done=summary.done, failed=summary.skipped, error=summary.error or "stopped")
         raise
+    else:
+        if run is not None:
+            run.finish(done=summary.done, failed=summary.skipped)
     finally:
         if store is not None:
             store.close()
         print(json.dumps(summary.as_dict()), flush=True)
     return 0
+
+
+def _embed_ray(
+    args: argparse.Namespace,
+    model: LoadedModel,
+    config: EmbedConfig,
+    policy: FastaPolicy,
+    store: Store | None,
+    summary: JobSummary,
+    on_shard: Callable[[JobSummary], None],
+) -> None:
+    """`--engine ray`: the actors share the store by its URL (PostgreSQL on a cluster)."""
+    from protssl.ray_embed import RayOptions, embed_fasta_ray
+
+    options = RayOptions(
+        address=args.ray_address,
+        workers=args.workers,
+        cpus_per_worker=args.cpus_per_worker,
+        gpus_per_worker=args.gpus_per_worker,
+    )
+    embed_fasta_ray(
+        args.input,
+        args.output,
+        model,
+        model_spec=args.model,
+        trust_pickle=args.trust_pickle,
+        allowed_sha256=args.allow_sha256,
+        config=config,
+        policy=policy,
+        options=options,
+        database_url=store.config.url if store is not None else None,
+        resume=args.resume or summary.continued,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        summary=summary,
+        on_shard=on_shard,
+    )

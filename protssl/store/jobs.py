@@ -1,6 +1,7 @@
 """Batch jobs: enough state to report progress and to resume a job after a stop.
 
-Not used by a command yet: batch embedding jobs will record themselves here to resume.
+`protssl embed` records itself here (`protssl.batch_job`): a run whose arguments give the key of
+an unfinished job continues that job.
 """
 
 from __future__ import annotations
@@ -116,6 +117,13 @@ class JobRepository:
             statement = statement.where(_JOBS.c.status == status)
         with self._engine.connect() as connection:
             return [self._from_row(row) for row in connection.execute(statement)]
+
+    def unfinished(self, kind: str, key: str) -> StoredJob | None:
+        """The newest job of `kind` not yet succeeded whose params hold this `key`, or None."""
+        for job in self.list():
+            if job.kind == kind and job.status != "succeeded" and job.params.get("key") == key:
+                return job
+        return None
 
     @staticmethod
     def _from_row(row: Any) -> StoredJob:

@@ -21,3 +21,15 @@ def test_jobs_progress_and_finish(store: Store) -> None:
         store.jobs.update(job.id, status="exploded")
     with pytest.raises(NotFoundError):
         store.jobs.get("nope")
+
+
+def test_unfinished_finds_the_job_of_a_key_until_it_succeeds(store: Store) -> None:
+    assert store.jobs.unfinished("embed", "k1") is None
+    job = store.jobs.create("embed", params={"key": "k1"})
+    store.jobs.create("embed", params={"key": "k2"})
+    store.jobs.create("pretrain", params={"key": "k1"})
+    assert store.jobs.unfinished("embed", "k1") == store.jobs.get(job.id)
+    store.jobs.update(job.id, status="failed", error="killed")
+    assert store.jobs.unfinished("embed", "k1").id == job.id  # a failed job is continued too
+    store.jobs.update(job.id, status="succeeded")
+    assert store.jobs.unfinished("embed", "k1") is None

@@ -1,0 +1,354 @@
+"""The Ray engine of `protssl embed`: shards of a FASTA file embedded by a pool of actors.
+
+The driver reads the file once with the FASTA policy (every error, duplicates included, is found
+before any model work) and cuts it where the local engine's read-ahead groups end: one shard per
+group, a byte range of the file. Ray Data hands each shard to one actor of a pool (`workers`, each
+with its own model, `cpus_per_worker` threads or `gpus_per_worker` GPUs); the actor reads its
+range, embeds it with `embed_records` (same batching, same encoder) through the shared store's
+cache when a database URL is given, and writes `part-NNNNN.h5` into the output folder, renamed into
+place when complete. So a vector is the local engine's, and a run continues by skipping the parts
+that exist. The input file and the model must be readable at the same path on every node.
+
+Ray is an optional extra (`pip install 'protssl[ray]'`), imported only when this engine runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from protssl.batching import read_ahead
+from protssl.checkpoint import LoadedModel
+from protssl.embed_file import JobSummary
+from protssl.embedding import CacheStats, EmbedConfig, embed_records
+from protssl.errors import CheckpointError, InvalidInputError, ProtsslError
+from protssl.fasta import FastaPolicy, ProteinRecord, ReadStats, read_fasta, read_fasta_range
+from protssl.output import VectorWriter, part_name
+
+__all__ = ["RayOptions", "Shard", "embed_fasta_ray", "plan_shards", "read_shard"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where the Ray engine runs and how its actor pool is sized."""
+
+    address: str | None = None
+    """A running cluster (`ray start --head` prints it; `auto` finds the local one); None starts
+    Ray inside this process with `workers x cpus_per_worker` CPUs and stops it at the end."""
+    workers: int = 1
+    """Actors in the pool, each with its own copy of the model."""
+    cpus_per_worker: int = 1
+    """CPUs Ray reserves for each actor; also its torch threads."""
+    gpus_per_worker: float = 0.0
+    """GPUs per actor (0: CPU); with a GPU the actor's model runs on `cuda`."""
+
+    def __post_init__(self) -> None:
+        if self.workers < 1 or self.cpus_per_worker < 1:
+            raise InvalidInputError("workers and cpus per worker must be at least 1")
+        if self.gpus_per_worker < 0:
+            raise InvalidInputError("gpus per worker must not be negative")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Bytes [start, end) of the input: one read-ahead group of the local engine."""
+
+    index: int
+    start: int
+    end: int
+    ids: tuple[str, ...]
+    """The records the policy keeps in this range, in file order."""
+    residues: int
+
+
+def plan_shards(
+    source: str | Path,
+    config: EmbedConfig,
+    policy: FastaPolicy,
+    *,
+    stats: ReadStats | None = None,
+) -> list[Shard]:
+    """Cut a plain FASTA file into shards at the ends of `read_ahead` groups (policy applied).
+
+    `stats`, if given, counts what the policy kept and dropped."""
+    path = Path(source)
+    if str(source) == "-" or not path.is_file():
+        raise InvalidInputError("--engine ray reads a FASTA file by byte ranges, not stdin")
+    with path.open("rb") as probe:
+        if probe.read(2) == b"\x1f\x8b":
+            raise InvalidInputError(
+                f"{path}: --engine ray reads byte ranges of a plain FASTA file; decompress it first"
+            )
+    headers = list(_header_offsets(path))
+    size = path.stat().st_size
+    stats = stats if stats is not None else ReadStats()
+    shards: list[Shard] = []
+    start = 0
+    for group in read_ahead(
+        read_fasta(path, policy=policy, stats=stats), config.read_ahead_residues
+    ):
+        # read_ahead yields as soon as its last record arrives: stats has counted just that far
+        following = stats.records + stats.skipped
+        end = headers[following] if following < len(headers) else size
+        residues = sum(len(r) for r in group)
+        shards.append(Shard(len(shards), start, end, tuple(r.id for r in group), residues))
+        start = end
+    return shards
+
+
+def _header_offsets(path: Path) -> Iterator[int]:
+    """Byte offset of every header line (`>` first), as SimpleFastaParser splits records."""
+    offset = 0
+    with path.open("rb") as handle:
+        for line in handle:
+            if line.startswith(b">"):
+                yield offset
+            offset += len(line)
+
+
+def read_shard(path: str | Path, shard: Shard, policy: FastaPolicy) -> list[ProteinRecord]:
+    """The records of one shard, exactly those the plan kept; fails if the file changed since."""
+    wanted = set(shard.ids)
+    # a repeat across shards was dropped by the plan; within one, the policy drops it again
+    lenient = FastaPolicy(policy.on_invalid, policy.on_empty, on_duplicate="skip")
+    records = [
+        r for r in read_fasta_range(path, shard.start, shard.end, policy=lenient) if r.id in wanted
+    ]
+    if tuple(r.id for r in records) != shard.ids:
+        raise InvalidInputError(f"{path} changed while it was being embedded (shard {shard.index})")
+    return records
+
+
+class ShardEmbedder:
+    """A Ray Data actor: loads the model once, then embeds whole shards into part files."""
+
+    def __init__(
+        self,
+        *,
+        source: str,
+        output: str,
+        model_spec: str | None,
+        model_sha256: str,
+        load: dict[str, Any],
+        threads: int,
+        config: EmbedConfig,
+        policy: FastaPolicy,
+        database_url: str | None,
+    ) -> None:
+        import torch
+
+        from protssl.checkpoint import load_model
+        from protssl.store import Store, StoreConfig
+
+        torch.set_num_threads(threads)
+        self.model = load_model(model_spec, **load)
+        if self.model.sha256 != model_sha256:
+            raise CheckpointError(
+                f"the model at {model_spec!r} on this node has sha256 {self.model.sha256}, "
+                f"not the driver's {model_sha256}"
+            )
+        self.source, self.output = source, Path(output)
+        self.config, self.policy = config, policy
+        self.store = Store(StoreConfig(url=database_url)) if database_url else None
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Embed each shard of the batch; one row of counts per shard."""
+        rows = [self._embed(_shard_from_row(batch, i)) for i in range(len(batch["index"]))]
+        return {name: np.array([row[name] for row in rows]) for name in _COUNTS}
+
+    def _embed(self, shard: Shard) -> dict[str, int]:
+        records = read_shard(self.source, shard, self.policy)
+        final = self.output / part_name(shard.index)
+        partial = final.with_name("." + final.name)  # hidden until complete
+        stats = CacheStats()
+        windowed = 0
+        cache = self.store.embeddings if self.store is not None else None
+        with VectorWriter(partial, resume=False, overwrite=True) as writer:
+            for embedding in embed_records(
+                records, self.model, self.config, cache=cache, stats=stats
+            ):
+                writer.write(embedding)
+                windowed += int(embedding.provenance.windowed)
+        os.replace(partial, final)
+        return {
+            "index": shard.index,
+            "records": len(records),
+            "residues": shard.residues,
+            "computed": stats.computed,
+            "cached": stats.cached,
+            "windowed": windowed,
+        }
+
+
+_COUNTS = ("index", "records", "residues", "computed", "cached", "windowed")
+
+
+def _shard_row(shard: Shard) -> dict[str, Any]:
+    return {
+        "index": shard.index,
+        "start": shard.start,
+        "end": shard.end,
+        "ids": "\n".join(shard.ids),
+        "residues": shard.residues,
+    }
+
+
+def _shard_from_row(batch: dict[str, np.ndarray], i: int) -> Shard:
+    ids = str(batch["ids"][i])
+    return Shard(
+        index=int(batch["index"][i]),
+        start=int(batch["start"][i]),
+        end=int(batch["end"][i]),
+        ids=tuple(ids.split("\n")) if ids else (),
+        residues=int(batch["residues"][i]),
+    )
+
+
+def embed_fasta_ray(
+    source: str | Path,
+    output: str | Path,
+    model: LoadedModel,
+    *,
+    model_spec: str | None,
+    trust_pickle: bool = False,
+    allowed_sha256: Sequence[str] = (),
+    config: EmbedConfig | None = None,
+    policy: FastaPolicy | None = None,
+    options: RayOptions | None = None,
+    database_url: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    summary: JobSummary | None = None,
+    on_shard: Callable[[JobSummary], None] | None = None,
+) -> JobSummary:
+    """Embed every record of a plain FASTA file into the folder OUTPUT (`part-NNNNN.h5` per shard).
+
+    `model` is the driver's copy (its sha256 is checked on every actor); actors load `model_spec`
+    (with `trust_pickle` and `allowed_sha256` as the driver did).
+    With `resume`, shards whose part exists are skipped; with `database_url`, actors read and
+    write the shared cache. `on_shard(summary)` is called as each shard's part lands.
+    """
+    config = config or EmbedConfig()
+    policy = policy or FastaPolicy()
+    options = options or RayOptions()
+    summary = summary if summary is not None else JobSummary()
+    folder = Path(output)
+    summary.output = str(folder)
+    start = time.perf_counter()
+    _prepare_folder(folder, resume=resume, overwrite=overwrite)
+    read = ReadStats()
+    shards = plan_shards(source, config, policy, stats=read)
+    summary.skipped, summary.skipped_ids = read.skipped, list(read.skipped_ids)
+    pending = [s for s in shards if not (folder / part_name(s.index)).exists()]
+    summary.resumed = sum(len(s.ids) for s in shards) - sum(len(s.ids) for s in pending)
+    if pending:
+        device = "cuda" if options.gpus_per_worker > 0 else model.device.type
+        actor_args = {
+            "source": str(Path(source).resolve()),
+            "output": str(folder.resolve()),
+            "model_spec": model_spec,
+            "model_sha256": model.sha256,
+            "load": {
+                "device": device,
+                "dtype": model.dtype_name,
+                "trust_pickle": trust_pickle,
+                "allowed_sha256": list(allowed_sha256),
+            },
+            "threads": options.cpus_per_worker,
+            "config": config,
+            "policy": policy,
+            "database_url": database_url,
+        }
+        for counts in _run(pending, actor_args, options, progress):
+            summary.records += counts["records"]
+            summary.residues += counts["residues"]
+            summary.computed += counts["computed"]
+            summary.cached += counts["cached"]
+            summary.windowed += counts["windowed"]
+            if on_shard is not None:
+                on_shard(summary)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _prepare_folder(folder: Path, *, resume: bool, overwrite: bool) -> None:
+    """Make the output folder; refuse one with parts unless resuming, or clear them to overwrite."""
+    if folder.exists() and not folder.is_dir():
+        raise InvalidInputError(f"output {str(folder)!r}: --engine ray writes a folder of parts")
+    parts = sorted(folder.glob("part-*.h5")) if folder.is_dir() else []
+    if parts and not resume:
+        if not overwrite:
+            raise InvalidInputError(
+                f"output {str(folder)!r} holds parts: pass --resume to continue it or "
+                "--overwrite to replace it"
+            )
+        for part in parts:
+            part.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    for partial in folder.glob(".part-*.h5"):  # left by an actor that was stopped mid-shard
+        partial.unlink()
+
+
+def _run(
+    shards: Sequence[Shard], actor_args: dict[str, Any], options: RayOptions, progress: bool
+) -> Iterator[dict[str, int]]:
+    """Counts of each shard as its actor finishes it; Ray is started here if no cluster is given."""
+    try:
+        import ray
+    except ImportError:
+        raise InvalidInputError("--engine ray needs Ray: pip install 'protssl[ray]'") from None
+    started = not ray.is_initialized()
+    if started:
+        ray.init(
+            address=options.address,
+            num_cpus=None if options.address else options.workers * options.cpus_per_worker,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+    try:
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = progress
+        dataset = ray.data.from_items(
+            [_shard_row(s) for s in shards], override_num_blocks=len(shards)
+        ).map_batches(
+            ShardEmbedder,
+            fn_constructor_kwargs=actor_args,
+            batch_size=1,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=min(options.workers, len(shards))),
+            num_cpus=options.cpus_per_worker,
+            num_gpus=options.gpus_per_worker or None,
+        )
+        for row in dataset.iter_rows():
+            yield {name: int(row[name]) for name in _COUNTS}
+    except ray.exceptions.RayError as exc:
+        cause = _protssl_cause(exc)
+        if cause is not None:
+            raise cause from None
+        raise
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _protssl_cause(exc: BaseException) -> ProtsslError | None:
+    """The protssl error an actor raised, out of Ray's wrappers (so the CLI prints one line)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ProtsslError):
+            return current
+        current = getattr(current, "cause", None) or current.__cause__
+    return None

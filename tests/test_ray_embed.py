@@ -1,0 +1,130 @@
+"""The Ray engine on a local Ray (2 CPUs, started once): the local engine's vectors, shards, resume."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from protssl.checkpoint import load_model
+from protssl.cli import main
+from protssl.embed_file import embed_fasta_file
+from protssl.embedding import EmbedConfig
+from protssl.errors import FastaFormatError, InvalidInputError
+from protssl.fasta import FastaPolicy, read_fasta
+from protssl.output import part_name, read_vectors
+from protssl.ray_embed import RayOptions, embed_fasta_ray, plan_shards, read_shard
+
+ray = pytest.importorskip("ray")
+
+SHARD_RESIDUES = 4000
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    """One in-process Ray for the module: starting it costs seconds on two cores."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def fasta(sample_fasta: Path, tmp_path: Path) -> Path:
+    """36 real records, with a repeated id and an invalid record between shards."""
+    chunks = sample_fasta.read_text().split(">")[1:37]
+    path = tmp_path / "in.fasta"
+    path.write_text("".join(">" + c for c in chunks) + ">bad\nMK-V\n>" + chunks[0])
+    return path
+
+
+def _config() -> EmbedConfig:
+    return EmbedConfig(max_tokens=4096, read_ahead_residues=SHARD_RESIDUES)
+
+
+def test_shards_are_the_local_read_ahead_groups(fasta: Path) -> None:
+    policy = FastaPolicy(on_invalid="skip", on_duplicate="skip")
+    shards = plan_shards(fasta, _config(), policy)
+    assert len(shards) > 2
+    records = list(read_fasta(fasta, policy=policy))
+    assert [i for s in shards for i in s.ids] == [r.id for r in records]  # repeat dropped once
+    assert all(s.residues >= SHARD_RESIDUES for s in shards[:-1])
+    assert [s.start for s in shards[1:]] == [s.end for s in shards[:-1]]
+    assert (
+        read_shard(fasta, shards[1], policy) == records[len(shards[0].ids) :][: len(shards[1].ids)]
+    )
+    with pytest.raises(FastaFormatError, match="duplicate id"):
+        plan_shards(fasta, _config(), FastaPolicy(on_invalid="skip"))
+    packed = fasta.with_suffix(".fasta.gz")
+    packed.write_bytes(gzip.compress(fasta.read_bytes()))
+    with pytest.raises(InvalidInputError, match="decompress it first"):
+        plan_shards(packed, _config(), policy)
+
+
+@pytest.mark.slow
+def test_ray_gives_the_local_engines_vectors(
+    local_ray: None, fasta: Path, tmp_path: Path, service_model_dir: Path
+) -> None:
+    model = load_model(service_model_dir, dtype="float32")
+    policy = FastaPolicy(on_invalid="skip", on_duplicate="skip")
+    local = embed_fasta_file(
+        fasta, tmp_path / "local.h5", model, config=_config(), policy=policy, progress=False
+    )
+    folder = tmp_path / "parts"
+    summary = embed_fasta_ray(
+        fasta,
+        folder,
+        model,
+        model_spec=str(service_model_dir),
+        config=_config(),
+        policy=policy,
+        options=RayOptions(workers=2),
+        progress=False,
+    )
+    assert (
+        (summary.records, summary.residues)
+        == (local.records, local.residues)
+        == (36, local.residues)
+    )
+    assert summary.skipped == 2 and summary.computed == 36
+    shards = plan_shards(fasta, _config(), policy)
+    assert sorted(p.name for p in folder.iterdir()) == [part_name(s.index) for s in shards]
+    expected = {key: vector for key, vector, _ in read_vectors(tmp_path / "local.h5")}
+    got = {key: (vector, attrs) for key, vector, attrs in read_vectors(folder)}
+    assert sorted(got) == sorted(expected)
+    for key, (vector, attrs) in got.items():
+        assert np.array_equal(vector, expected[key]), key  # same groups, same batches: same bits
+        assert attrs["model_sha256"] == model.sha256
+
+
+@pytest.mark.slow
+def test_ray_through_the_cli_skips_cached_sequences_and_finished_parts(
+    local_ray: None,
+    fasta: Path,
+    tmp_path: Path,
+    service_model_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    common = ["--model", str(service_model_dir), "--dtype", "float32", "--no-progress", "--db", url]
+    common += ["--engine", "ray", "--read-ahead", str(SHARD_RESIDUES)]
+    common += ["--on-invalid", "skip", "--on-duplicate", "skip"]
+    first = tmp_path / "first"
+    assert main(["embed", str(fasta), "-o", str(first), *common]) == 0
+    done = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (done["records"], done["computed"], done["cached"]) == (36, 36, 0)
+
+    second = tmp_path / "second"  # another job, same sequences: the store answers for all
+    assert main(["embed", str(fasta), "-o", str(second), *common]) == 0
+    cached = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (cached["computed"], cached["cached"]) == (0, 36)
+
+    (first / part_name(1)).unlink()  # a part lost: --resume redoes that shard only, from the store
+    assert main(["embed", str(fasta), "-o", str(first), "--resume", *common]) == 0
+    resumed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert resumed["records"] + resumed["resumed"] == 36 and resumed["computed"] == 0
+    assert 0 < resumed["records"] < 36
+    assert len({key for key, _, _ in read_vectors(first)}) == 36
