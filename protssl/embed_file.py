@@ -24,7 +24,7 @@ from protssl.fasta import FastaPolicy, ProteinRecord, ReadStats, read_fasta
 from protssl.output import open_writer
 from protssl.store import EmbeddingCache
 
-__all__ = ["JobSummary", "count_records", "count_residues", "embed_fasta_file", "embed_job_spec"]
+__all__ = ["JobSummary", "count_fasta", "embed_fasta_file", "embed_job_spec"]
 
 log = logging.getLogger(__name__)
 
@@ -74,20 +74,12 @@ class JobSummary:
         return data
 
 
-def count_residues(path: str | Path) -> int | None:
-    """Cheap upper bound on residues for a progress bar (raw sequence characters); None for stdin."""
-    counts = _count(path)
-    return None if counts is None else counts[1]
+def count_fasta(path: str | Path) -> tuple[int, int] | None:
+    """(headers, raw sequence characters) of a plain or gzipped FASTA file, in one pass; None for stdin.
 
-
-def count_records(path: str | Path) -> int | None:
-    """Headers in a FASTA file (records before the policy drops any), for a job's total; None for stdin."""
-    counts = _count(path)
-    return None if counts is None else counts[0]
-
-
-def _count(path: str | Path) -> tuple[int, int] | None:
-    """(headers, raw sequence characters) of a plain or gzipped FASTA file; None for stdin."""
+    Headers count records before the policy drops any (a job's total); characters are a cheap upper
+    bound on residues (a progress bar's).
+    """
     if str(path) == "-":
         return None
     path = Path(path)
@@ -146,6 +138,7 @@ def embed_fasta_file(
     summary: JobSummary | None = None,
     cache: EmbeddingCache | None = None,
     on_flush: Callable[[JobSummary], None] | None = None,
+    counts: tuple[int, int] | None = None,
 ) -> JobSummary:
     """Embed every record of a FASTA file into OUTPUT (`.h5` or `.npz`).
 
@@ -153,6 +146,7 @@ def embed_fasta_file(
     are read instead of computed, and computed ones are written back. Raises the first FASTA error after
     writing everything read before it; pass `summary` to keep the counts when it does.
     `on_flush(summary)` is called each time the output is made durable (to record progress).
+    `counts` is `count_fasta(source)` when the caller has it already (counted here otherwise).
     """
     config = config or EmbedConfig()
     summary = summary if summary is not None else JobSummary()
@@ -171,8 +165,9 @@ def embed_fasta_file(
                     continue
                 yield record
 
+        counts = counts or count_fasta(source)
         bar = tqdm(
-            total=count_residues(source),
+            total=counts[1] if counts else None,
             unit="res",
             unit_scale=True,
             desc="embed",

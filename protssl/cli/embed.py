@@ -124,7 +124,7 @@ def _embed(args: argparse.Namespace) -> int:
     from protssl.batching import WindowPolicy
     from protssl.embed_file import (
         JobSummary,
-        count_records,
+        count_fasta,
         embed_fasta_file,
         embed_job_spec,
     )
@@ -142,6 +142,8 @@ def _embed(args: argparse.Namespace) -> int:
     if args.input != "-" and not Path(args.input).is_file():
         raise InvalidInputError(f"{args.input}: no such file")
     model = load_model(args)
+    # one pass over the input for the job's total and the local engine's progress bar
+    counts = count_fasta(args.input) if not args.no_cache or args.engine == "local" else None
     summary = JobSummary()
     store = None if args.no_cache else open_store(args)
     run = None
@@ -152,7 +154,7 @@ def _embed(args: argparse.Namespace) -> int:
             )
             if store.jobs.unfinished(spec.kind, spec.key) is None or not spec.resumable:
                 check_output(args.output, resume=args.resume, overwrite=args.overwrite)
-            run = JobRun(store.jobs, spec, total=count_records(args.input))
+            run = JobRun(store.jobs, spec, total=counts[0] if counts else None)
             summary.job, summary.continued = run.id, run.continued
 
         def record_progress(progress: JobSummary) -> None:
@@ -174,6 +176,7 @@ def _embed(args: argparse.Namespace) -> int:
                 summary=summary,
                 cache=store.embeddings if store is not None else None,
                 on_flush=record_progress,
+                counts=counts,
             )
     except (ProtsslError, KeyboardInterrupt) as exc:
         if isinstance(exc, ProtsslError):
