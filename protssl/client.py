@@ -14,6 +14,7 @@ Messages are translated by `protssl.wire`, as in the server.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from tqdm import tqdm
 
 from protssl._proto import protssl_pb2 as pb
 from protssl._proto import protssl_pb2_grpc as pb_grpc
+from protssl.auth import TOKEN_ENV
 from protssl.embedding import Embedding
 from protssl.errors import InvalidInputError, ProtsslError, error_for_status
 from protssl.fasta import FastaPolicy, ProteinRecord, read_fasta
@@ -119,13 +121,61 @@ def _sequences(
     return out
 
 
+class _BearerToken(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds `authorization: Bearer <token>` to every call of a channel."""
+
+    def __init__(self, token: str) -> None:
+        self._metadata = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details: Any) -> Any:
+        return details._replace(metadata=(*(details.metadata or ()), self._metadata))
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._with_token(details), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._with_token(details), requests)
+
+
+def _pem(value: bytes | str | Path | None, what: str) -> bytes | None:
+    """PEM bytes as given, or read from a path."""
+    if value is None or isinstance(value, bytes):
+        return value
+    try:
+        return Path(value).read_bytes()
+    except OSError as exc:
+        raise InvalidInputError(f"{what}: cannot read {value} ({exc.strerror})") from None
+
+
 class Client:
-    """A connection to a protssl server; use as a context manager or call `close()`."""
+    """A connection to a protssl server; use as a context manager or call `close()`.
+
+    `token` (else $PROTSSL_TOKEN) is sent as `authorization: Bearer <token>` on every call. TLS is
+    used when `tls` is true or any certificate is given: `root_certificates` (PEM bytes or a path;
+    None = the system's roots) verifies the server, `certificate_chain` and `private_key` are the
+    client's own for mutual TLS.
+    """
 
     def __init__(
         self,
         target: str = "127.0.0.1:50051",
         *,
+        token: str | None = None,
+        tls: bool | None = None,
+        root_certificates: bytes | str | Path | None = None,
+        certificate_chain: bytes | str | Path | None = None,
+        private_key: bytes | str | Path | None = None,
         timeout: float | None = 300.0,
         retries: int = 5,
         backoff: float = 0.1,
@@ -134,27 +184,41 @@ class Client:
     ) -> None:
         if retries < 0 or backoff <= 0:
             raise InvalidInputError("retries must be >= 0 and backoff > 0")
+        if (certificate_chain is None) != (private_key is None):
+            raise InvalidInputError("certificate_chain and private_key go together (mutual TLS)")
         self.target = target
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
         self.max_backoff = max_backoff
         size = max_message_mb * 1024 * 1024
-        self._channel = grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_send_message_length", size),
-                ("grpc.max_receive_message_length", size),
-                ("grpc.initial_reconnect_backoff_ms", int(backoff * 1000)),
-                ("grpc.min_reconnect_backoff_ms", int(backoff * 1000)),
-                ("grpc.max_reconnect_backoff_ms", int(max_backoff * 1000)),
-                # a connection of its own (grpcio shares one per target by default), so clients
-                # spread over the processes of a multi-process server (`--processes`)
-                ("grpc.use_local_subchannel_pool", 1),
-            ],
+        options = [
+            ("grpc.max_send_message_length", size),
+            ("grpc.max_receive_message_length", size),
+            ("grpc.initial_reconnect_backoff_ms", int(backoff * 1000)),
+            ("grpc.min_reconnect_backoff_ms", int(backoff * 1000)),
+            ("grpc.max_reconnect_backoff_ms", int(max_backoff * 1000)),
+            # a connection of its own (grpcio shares one per target by default), so clients
+            # spread over the processes of a multi-process server (`--processes`)
+            ("grpc.use_local_subchannel_pool", 1),
+        ]
+        if tls is None:
+            tls = any(v is not None for v in (root_certificates, certificate_chain, private_key))
+        if tls:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=_pem(root_certificates, "root_certificates"),
+                private_key=_pem(private_key, "private_key"),
+                certificate_chain=_pem(certificate_chain, "certificate_chain"),
+            )
+            self._channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=options)
+        token = token if token is not None else os.environ.get(TOKEN_ENV) or None
+        self._calls = (
+            grpc.intercept_channel(self._channel, _BearerToken(token)) if token else self._channel
         )
-        self._embeddings = pb_grpc.EmbeddingServiceStub(self._channel)
-        self._classifiers = pb_grpc.ClassifierServiceStub(self._channel)
+        self._embeddings = pb_grpc.EmbeddingServiceStub(self._calls)
+        self._classifiers = pb_grpc.ClassifierServiceStub(self._calls)
 
     def __enter__(self) -> Client:
         return self

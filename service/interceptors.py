@@ -1,4 +1,10 @@
-"""One server interceptor per concern of every call: errors → status, a log line, metrics.
+"""The server's interceptors: who may call what (`AuthInterceptor`), and errors → status, a log
+line, metrics (`CallInterceptor`).
+
+`METHOD_ROLES` is the one table of which role each RPC needs; health and reflection are open, and a
+method the table does not name needs `admin` (closed by default). The auth check runs before the
+request is parsed; its refusals are raised inside the call, so `CallInterceptor` (first in the chain)
+maps, logs and counts them like any other error.
 
 Servicers raise protssl errors; `CallInterceptor` turns them into statuses through the one table,
 `protssl.errors.ERROR_TABLE` (by `service.errors.abort_with`), then logs one structured line per
@@ -16,10 +22,49 @@ from typing import Any
 
 import grpc
 
+from protssl._proto import protssl_pb2 as pb
+from protssl.auth import Role, TokenVerifier, role_allows
+from protssl.errors import AuthenticationError, PermissionDeniedError, ProtsslError
 from service.errors import abort_with
 from service.metrics import ServiceMetrics
 
-__all__ = ["CallInterceptor"]
+__all__ = ["METHOD_ROLES", "OPEN_SERVICES", "AuthInterceptor", "CallInterceptor", "required_role"]
+
+
+def _method(service: str, name: str) -> str:
+    return f"/{pb.DESCRIPTOR.services_by_name[service].full_name}/{name}"
+
+
+METHOD_ROLES: dict[str, Role] = {
+    _method("EmbeddingService", "Embed"): "read",
+    _method("EmbeddingService", "EmbedStream"): "read",
+    _method("EmbeddingService", "ListModels"): "read",
+    _method("ClassifierService", "Classify"): "read",
+    _method("ClassifierService", "GetClassifier"): "read",
+    _method("ClassifierService", "ListClassifiers"): "read",
+    _method("ClassifierService", "CreateClassifier"): "write",
+    _method("ClassifierService", "AddExamples"): "write",
+    _method("ClassifierService", "DeleteClassifier"): "write",
+}
+"""The role each RPC needs (`read` < `write` < `admin`)."""
+
+OPEN_SERVICES: frozenset[str] = frozenset(
+    {
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    }
+)
+"""Services anyone may call: load balancers probe health, tools discover the API by reflection."""
+
+_BEARER = "bearer "
+
+
+def required_role(method: str) -> Role | None:
+    """The role `method` (/package.Service/Method) needs; None for an open service."""
+    if method.lstrip("/").split("/", 1)[0] in OPEN_SERVICES:
+        return None
+    return METHOD_ROLES.get(method, "admin")
 
 log = logging.getLogger("service.calls")
 
@@ -127,3 +172,61 @@ class CallInterceptor(grpc.ServerInterceptor):
                 call.finish(cancelled=cancelled)
 
         return wrapped
+
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    """Checks the call's `authorization: Bearer <token>` against `METHOD_ROLES` before it runs."""
+
+    def __init__(self, verifier: TokenVerifier) -> None:
+        self.verifier = verifier
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        need = required_role(method)
+        if handler is None or need is None:
+            return handler
+        try:
+            token = self.verifier.verify(_bearer(handler_call_details.invocation_metadata))
+            if not role_allows(token.role, need):
+                raise PermissionDeniedError(
+                    f"API token {token.id} has role {token.role}; {method} needs {need}"
+                )
+        except ProtsslError as exc:  # refused, or the store could not say (UNAVAILABLE)
+            return _refusing(handler, exc)
+        return handler
+
+
+def _bearer(metadata: Any) -> str:
+    """The token of the call's `authorization: Bearer <token>` metadata."""
+    for key, value in metadata or ():
+        if key == "authorization":
+            text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+            if text[: len(_BEARER)].lower() != _BEARER:
+                raise AuthenticationError("authorization metadata must be `Bearer <token>`")
+            return text[len(_BEARER) :].strip()
+    raise AuthenticationError("no API token: send metadata `authorization: Bearer <token>`")
+
+
+def _refusing(handler: grpc.RpcMethodHandler, exc: ProtsslError) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as `handler` that raises `exc` without reading the request."""
+
+    def unary(request: Any, context: grpc.ServicerContext) -> Any:
+        raise exc
+
+    def streaming(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        raise exc
+        yield  # a generator, as a streaming response behaviour must be
+
+    serializer = {"response_serializer": handler.response_serializer}
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(unary, **serializer)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(unary, **serializer)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(streaming, **serializer)
+    return grpc.stream_stream_rpc_method_handler(streaming, **serializer)

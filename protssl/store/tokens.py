@@ -6,17 +6,21 @@ its row, stamped `revoked_at`, so `list` shows who had access and until when.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import SQLAlchemyError
 
 import protssl.store.common as common
 import protssl.store.engine as engines
 from protssl.auth import StoredToken, check_role, new_token, token_sha256
-from protssl.errors import InvalidInputError, NotFoundError
+from protssl.errors import InvalidInputError, NotFoundError, StoreError
 from protssl.store.schema import Base
 
 __all__ = ["TokenRepository"]
+
+log = logging.getLogger(__name__)
 
 _TOKENS = Base.metadata.tables["api_tokens"]
 
@@ -54,8 +58,14 @@ class TokenRepository:
     def find(self, secret_sha256: str) -> StoredToken | None:
         """The token whose sha256 this is (revoked or not), or None: one unique-index probe."""
         statement = select(_TOKENS).where(_TOKENS.c.secret_sha256 == secret_sha256)
-        with self._engine.connect() as connection:
-            row = connection.execute(statement).first()
+        try:
+            with self._engine.connect() as connection:
+                row = connection.execute(statement).first()
+        except SQLAlchemyError as exc:
+            log.warning("API token lookup failed: %s", exc)
+            raise StoreError(
+                f"checking the API token failed: the store is unavailable ({type(exc).__name__})"
+            ) from exc
         return self._from_row(row) if row is not None else None
 
     def revoke(self, token_id: str) -> StoredToken:
