@@ -29,10 +29,10 @@ from dataclasses import dataclass
 
 __all__ = [
     "ERROR_TABLE",
-    "AuthenticationError",
     "EXIT_INTERRUPTED",
     "EXIT_UNEXPECTED",
     "EXIT_USER_ERROR",
+    "AuthenticationError",
     "CheckpointError",
     "ClassifierNotFoundError",
     "DeadlineExceededError",

@@ -66,6 +66,7 @@ def required_role(method: str) -> Role | None:
         return None
     return METHOD_ROLES.get(method, "admin")
 
+
 log = logging.getLogger("service.calls")
 
 

@@ -35,7 +35,9 @@ class TokenRepository:
         """A new active token of `role`; returns its row and the token (shown once, then lost)."""
         role = check_role(role)
         if len(name) > 200 or "\x00" in name:
-            raise InvalidInputError(f"token name must be at most 200 characters without NUL: {name!r}")
+            raise InvalidInputError(
+                f"token name must be at most 200 characters without NUL: {name!r}"
+            )
         token_id, token = new_token()
         values = {
             "id": token_id,
