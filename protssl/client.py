@@ -40,12 +40,21 @@ from protssl.wire import (
     ClientPrediction,
     EmbeddingDecoder,
     ModelInfo,
+    TokenInfo,
     classifier_info_from_proto,
     model_info_from_proto,
     prediction_from_proto,
+    token_info_from_proto,
 )
 
-__all__ = ["ClassifierInfo", "Client", "ClientEmbeddings", "ClientPrediction", "ModelInfo"]
+__all__ = [
+    "ClassifierInfo",
+    "Client",
+    "ClientEmbeddings",
+    "ClientPrediction",
+    "ModelInfo",
+    "TokenInfo",
+]
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +228,7 @@ class Client:
         )
         self._embeddings = pb_grpc.EmbeddingServiceStub(self._calls)
         self._classifiers = pb_grpc.ClassifierServiceStub(self._calls)
+        self._tokens = pb_grpc.TokenServiceStub(self._calls)
 
     def __enter__(self) -> Client:
         return self
@@ -406,3 +416,23 @@ class Client:
         )
         response = self._call(self._classifiers.Classify, request, timeout)
         return [prediction_from_proto(p) for p in response.predictions]
+
+    # --- API tokens (an admin token's calls) --------------------------------------------------
+
+    def create_token(
+        self, role: str, *, name: str = "", timeout: float | None = None
+    ) -> tuple[TokenInfo, str]:
+        """A new API token of `role` (read, write, admin): its info and the token, shown only now."""
+        request = pb.CreateTokenRequest(role=role, name=name)
+        response = self._call(self._tokens.CreateToken, request, timeout)
+        return token_info_from_proto(response.info), response.token
+
+    def list_tokens(self, *, timeout: float | None = None) -> list[TokenInfo]:
+        """Every API token, revoked ones too, oldest first (never the tokens themselves)."""
+        response = self._call(self._tokens.ListTokens, pb.ListTokensRequest(), timeout)
+        return [token_info_from_proto(t) for t in response.tokens]
+
+    def revoke_token(self, token_id: str, *, timeout: float | None = None) -> TokenInfo:
+        """Revoke the token with this id; the server stops accepting it within its token cache time."""
+        request = pb.RevokeTokenRequest(id=token_id)
+        return token_info_from_proto(self._call(self._tokens.RevokeToken, request, timeout))

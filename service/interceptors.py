@@ -45,6 +45,9 @@ METHOD_ROLES: dict[str, Role] = {
     _method("ClassifierService", "CreateClassifier"): "write",
     _method("ClassifierService", "AddExamples"): "write",
     _method("ClassifierService", "DeleteClassifier"): "write",
+    _method("TokenService", "CreateToken"): "admin",
+    _method("TokenService", "ListTokens"): "admin",
+    _method("TokenService", "RevokeToken"): "admin",
 }
 """The role each RPC needs (`read` < `write` < `admin`)."""
 

@@ -1,7 +1,7 @@
 """Build the gRPC server (`create_server`, for tests and embedding) and run it (`serve`, for the CLI).
 
-The server hosts EmbeddingService, ClassifierService, grpc.health.v1 and server reflection (v1 and
-v1alpha), with one model worker (the dynamic batcher) behind them and Prometheus metrics on a side
+The server hosts EmbeddingService, ClassifierService, TokenService, grpc.health.v1 and server
+reflection (v1 and v1alpha), with one model worker (the dynamic batcher) behind them and Prometheus metrics on a side
 port. Calls need an API token from the store (`service.interceptors.AuthInterceptor`) unless the
 config says `insecure_no_auth`; with `tls_cert`/`tls_key` the port speaks only TLS, and with
 `tls_client_ca` clients must present a certificate that CA signed.
@@ -31,7 +31,7 @@ from service.config import ServiceConfig, store_config
 from service.interceptors import AuthInterceptor, CallInterceptor
 from service.metrics import ServiceMetrics
 from service.reflection import enable_reflection
-from service.servicers import ClassifierServicer, EmbeddingServicer
+from service.servicers import ClassifierServicer, EmbeddingServicer, TokenServicer
 from service.shutdown import SIGNAL_POLL_S, stop_on_signals
 from service.supervisor import supervise
 
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAMES: tuple[str, ...] = tuple(
     pb.DESCRIPTOR.services_by_name[name].full_name
-    for name in ("EmbeddingService", "ClassifierService")
+    for name in ("EmbeddingService", "ClassifierService", "TokenService")
 )
 
 
@@ -108,7 +108,7 @@ def create_server(
     `config.database_url` (the caller keeps owning it); `registry` receives the Prometheus metrics
     (a fresh one per server by default). With `config.store` false there is no cache and the
     classifier RPCs answer UNIMPLEMENTED (the store is still opened for its API tokens unless
-    `config.insecure_no_auth`). `reuse_port` lets sibling processes bind the same port
+    `config.insecure_no_auth`, when the token RPCs answer UNIMPLEMENTED too). `reuse_port` lets sibling processes bind the same port
     (`service.supervisor`); otherwise a port in use is an error.
     """
     credentials = _server_credentials(config)
@@ -117,10 +117,11 @@ def create_server(
     owned_store = None
     if store is None and (config.store or not config.insecure_no_auth):
         store = owned_store = Store(store_config(config))
+    token_store = store
     interceptors: list[grpc.ServerInterceptor] = []
     if not config.insecure_no_auth:
-        assert store is not None
-        verifier = TokenVerifier(store.tokens.find, ttl_s=config.token_cache_s)
+        assert token_store is not None
+        verifier = TokenVerifier(token_store.tokens.find, ttl_s=config.token_cache_s)
         interceptors.append(AuthInterceptor(verifier))
     if not config.store:
         store = None
@@ -152,6 +153,10 @@ def create_server(
         ClassifierServicer(model, batcher, config, store)
         if store is not None
         else pb_grpc.ClassifierServiceServicer(),  # UNIMPLEMENTED without a store
+        server,
+    )
+    pb_grpc.add_TokenServiceServicer_to_server(
+        TokenServicer(token_store) if token_store is not None else pb_grpc.TokenServiceServicer(),
         server,
     )
     health_servicer = health.HealthServicer()

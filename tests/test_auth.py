@@ -30,7 +30,13 @@ import protssl
 from protssl._proto import protssl_pb2 as pb
 from protssl.auth import ROLES, role_allows
 from protssl.cli import main
-from protssl.errors import AuthenticationError, PermissionDeniedError, UnavailableError
+from protssl.errors import (
+    AuthenticationError,
+    InvalidInputError,
+    NotFoundError,
+    PermissionDeniedError,
+    UnavailableError,
+)
 from protssl.fasta import FastaPolicy, ProteinRecord, read_fasta
 from protssl.store import Store, StoreConfig
 from protssl.wire import ERROR_KIND_KEY
@@ -42,6 +48,7 @@ pytestmark = pytest.mark.service
 
 EMBED = "/protssl.v1.EmbeddingService/"
 CLASSIFY = "/protssl.v1.ClassifierService/"
+TOKENS = "/protssl.v1.TokenService/"
 DENIED = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
 
 
@@ -181,6 +188,9 @@ def _requests() -> dict[str, tuple[str, Any]]:
             "unary",
             pb.ClassifyRequest(name="absent", sequences=[sequence]),
         ),
+        f"{TOKENS}CreateToken": ("unary", pb.CreateTokenRequest(role="nope")),
+        f"{TOKENS}ListTokens": ("unary", pb.ListTokensRequest()),
+        f"{TOKENS}RevokeToken": ("unary", pb.RevokeTokenRequest(id="absent")),
     }
 
 
@@ -303,6 +313,26 @@ def test_the_sdk_sends_token_or_protssl_token(
     monkeypatch.delenv("PROTSSL_TOKEN")
     with protssl.Client(secured, retries=0) as anonymous, pytest.raises(AuthenticationError):
         anonymous.embed(["MKTAYIAKQR"])
+
+
+def test_an_admin_token_manages_tokens_over_grpc(secured: str, tokens: dict[str, str]) -> None:
+    with protssl.Client(secured, token=tokens["admin"], retries=0) as admin:
+        info, token = admin.create_token("read", name="remote")
+        assert (info.role, info.name, info.revoked_at) == ("read", "remote", "")
+        assert token.startswith(f"protssl_{info.id}_")
+        listed = admin.list_tokens()
+        assert info in listed and len(listed) == 5
+        assert all(token not in str(t) for t in listed)
+        with protssl.Client(secured, token=token, retries=0) as made:
+            assert made.list_models()
+            with pytest.raises(PermissionDeniedError, match="needs admin"):
+                made.list_tokens()
+        revoked = admin.revoke_token(info.id)
+        assert revoked.revoked_at != "" and revoked.id == info.id
+        with pytest.raises(InvalidInputError, match="read, write, admin"):
+            admin.create_token("root")
+        with pytest.raises(NotFoundError, match="absent"):
+            admin.revoke_token("absent")
 
 
 def test_without_a_cache_tokens_are_still_checked(
@@ -461,7 +491,6 @@ def test_mutual_tls_needs_a_client_certificate_from_the_ca(
 
 
 def test_tls_settings_are_checked(tmp_path: Path, pki_files) -> None:
-    from protssl.errors import InvalidInputError
     from service.server import create_server
 
     with pytest.raises(InvalidInputError, match="tls_cert and tls_key"):
