@@ -1,12 +1,14 @@
 """The Python SDK: `protssl.Client("host:port")` over the gRPC service.
 
-    with protssl.Client("127.0.0.1:50051") as client:
+    with protssl.Client("127.0.0.1:50051", token=token) as client:   # or $PROTSSL_TOKEN
         result = client.embed(["MKTAYIAKQR", "MSEQNNTEMT"])
         result.ids, result.vectors          # ['seq0', 'seq1'], float32 array (2, dim)
 
-Calls time out (`timeout` seconds), retry with exponential backoff while the server is UNAVAILABLE,
-and raise the protssl error the server raised (the class it names in the call's trailers, else the
-one `protssl.errors.ERROR_TABLE` gives its status) with the server's message. This module is the
+Every call carries the API token as `authorization: Bearer` metadata; `root_certificates` (and a
+client certificate and key for mutual TLS) make the channel TLS. Calls time out (`timeout`
+seconds), retry with exponential backoff while the server is UNAVAILABLE, and raise the protssl
+error the server raised (the class it names in the call's trailers, else the one
+`protssl.errors.ERROR_TABLE` gives its status) with the server's message. This module is the
 only part of `protssl` that imports grpc; `import protssl` loads it on first use of `protssl.Client`.
 Messages are translated by `protssl.wire`, as in the server.
 """

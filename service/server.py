@@ -123,6 +123,12 @@ def create_server(
         assert token_store is not None
         verifier = TokenVerifier(token_store.tokens.find, ttl_s=config.token_cache_s)
         interceptors.append(AuthInterceptor(verifier))
+        if not any(t.active for t in token_store.tokens.list()):
+            log.warning(
+                "no active API token in the store (%s): every call but health and reflection "
+                "will be refused; make one with `protssl token create --role read|write|admin`",
+                token_store.config.redacted_url(),
+            )
     if not config.store:
         store = None
     metrics = ServiceMetrics(registry)
