@@ -2,9 +2,9 @@
 line, metrics (`CallInterceptor`).
 
 `METHOD_ROLES` is the one table of which role each RPC needs; health and reflection are open, and a
-method the table does not name needs `admin` (closed by default). The auth check runs before the
-request is parsed; its refusals are raised inside the call, so `CallInterceptor` (first in the chain)
-maps, logs and counts them like any other error.
+method the table does not name needs `admin` (closed by default). The auth check runs first thing
+in the call, on its handler thread; its refusals are raised there, so `CallInterceptor` (first in
+the chain) maps, logs and counts them like any other error.
 
 Servicers raise protssl errors; `CallInterceptor` turns them into statuses through the one table,
 `protssl.errors.ERROR_TABLE` (by `service.errors.abort_with`), then logs one structured line per
@@ -24,7 +24,7 @@ import grpc
 
 from protssl._proto import protssl_pb2 as pb
 from protssl.auth import Role, TokenVerifier, role_allows
-from protssl.errors import AuthenticationError, PermissionDeniedError, ProtsslError
+from protssl.errors import AuthenticationError, PermissionDeniedError
 from service.errors import abort_with
 from service.metrics import ServiceMetrics
 
@@ -194,15 +194,16 @@ class AuthInterceptor(grpc.ServerInterceptor):
         need = required_role(method)
         if handler is None or need is None:
             return handler
-        try:
-            token = self.verifier.verify(_bearer(handler_call_details.invocation_metadata))
+        metadata = handler_call_details.invocation_metadata
+
+        def check() -> None:
+            token = self.verifier.verify(_bearer(metadata))
             if not role_allows(token.role, need):
                 raise PermissionDeniedError(
                     f"API token {token.id} has role {token.role}; {method} needs {need}"
                 )
-        except ProtsslError as exc:  # refused, or the store could not say (UNAVAILABLE)
-            return _refusing(handler, exc)
-        return handler
+
+        return _checked(handler, check)
 
 
 def _bearer(metadata: Any) -> str:
@@ -216,21 +217,32 @@ def _bearer(metadata: Any) -> str:
     raise AuthenticationError("no API token: send metadata `authorization: Bearer <token>`")
 
 
-def _refusing(handler: grpc.RpcMethodHandler, exc: ProtsslError) -> grpc.RpcMethodHandler:
-    """A handler of the same shape as `handler` that raises `exc` without reading the request."""
+def _checked(handler: grpc.RpcMethodHandler, check: Callable[[], None]) -> grpc.RpcMethodHandler:
+    """`handler` with `check()` first, on the handler's thread: `intercept_service` runs on gRPC's
+    one polling thread, which a store lookup (a token not in the cache) would stall for all calls."""
+    serializers = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
 
-    def unary(request: Any, context: grpc.ServicerContext) -> Any:
-        raise exc
+    def unary(behavior: Callable[[Any, grpc.ServicerContext], Any]) -> Any:
+        def checked(request: Any, context: grpc.ServicerContext) -> Any:
+            check()
+            return behavior(request, context)
 
-    def streaming(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        raise exc
-        yield  # a generator, as a streaming response behaviour must be
+        return checked
 
-    serializer = {"response_serializer": handler.response_serializer}
+    def streaming(behavior: Callable[[Any, grpc.ServicerContext], Iterator[Any]]) -> Any:
+        def checked(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            check()
+            yield from behavior(request, context)
+
+        return checked
+
     if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(unary, **serializer)
+        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **serializers)
     if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(unary, **serializer)
+        return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), **serializers)
     if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(streaming, **serializer)
-    return grpc.stream_stream_rpc_method_handler(streaming, **serializer)
+        return grpc.unary_stream_rpc_method_handler(streaming(handler.unary_stream), **serializers)
+    return grpc.stream_stream_rpc_method_handler(streaming(handler.stream_stream), **serializers)

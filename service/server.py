@@ -1,8 +1,8 @@
 """Build the gRPC server (`create_server`, for tests and embedding) and run it (`serve`, for the CLI).
 
 The server hosts EmbeddingService, ClassifierService, TokenService, grpc.health.v1 and server
-reflection (v1 and v1alpha), with one model worker (the dynamic batcher) behind them and Prometheus metrics on a side
-port. Calls need an API token from the store (`service.interceptors.AuthInterceptor`) unless the
+reflection (v1 and v1alpha), with one model worker (the dynamic batcher) behind them and
+Prometheus metrics on a side port. Calls need an API token from the store (`service.interceptors.AuthInterceptor`) unless the
 config says `insecure_no_auth`; with `tls_cert`/`tls_key` the port speaks only TLS, and with
 `tls_client_ca` clients must present a certificate that CA signed.
 """
@@ -108,8 +108,9 @@ def create_server(
     `config.database_url` (the caller keeps owning it); `registry` receives the Prometheus metrics
     (a fresh one per server by default). With `config.store` false there is no cache and the
     classifier RPCs answer UNIMPLEMENTED (the store is still opened for its API tokens unless
-    `config.insecure_no_auth`, when the token RPCs answer UNIMPLEMENTED too). `reuse_port` lets sibling processes bind the same port
-    (`service.supervisor`); otherwise a port in use is an error.
+    `config.insecure_no_auth`, when the token RPCs answer UNIMPLEMENTED too). `reuse_port` lets
+    sibling processes bind the same port (`service.supervisor`); otherwise a port in use is an
+    error.
     """
     credentials = _server_credentials(config)
     if model is None:
@@ -183,6 +184,13 @@ def create_server(
         raise InvalidInputError(f"cannot bind {address} ({exc})") from None
     if config.insecure_no_auth:
         _warn_no_auth(config, port)
+    elif credentials is None and not config.loopback_only:
+        log.warning(
+            "serving %s:%d without TLS: API tokens and sequences cross the network in clear "
+            "(give tls_cert and tls_key, or put a TLS proxy in front)",
+            config.host,
+            port,
+        )
     metrics_port = None
     if config.metrics_port is not None:
         try:

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -603,3 +604,52 @@ def test_insecure_no_auth_serves_without_tokens_and_warns(
         )  # no store: UNIMPLEMENTED
         assert _call(channel, f"{EMBED}ListModels", ()) is None
     assert "authentication is OFF" in caplog.text and "loopback only" in caplog.text
+
+
+def test_a_slow_token_lookup_stalls_only_its_own_call() -> None:
+    """A token not in the cache is looked up on the call's own thread: with the database frozen,
+    health checks (and calls with cached tokens) still answer at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from grpc_health.v1 import health
+    from prometheus_client import CollectorRegistry
+
+    from protssl._proto import protssl_pb2_grpc as pb_grpc
+    from protssl.auth import TokenVerifier
+    from service.interceptors import AuthInterceptor, CallInterceptor
+    from service.metrics import ServiceMetrics
+
+    release = threading.Event()
+
+    def frozen_database(_digest: str) -> None:
+        release.wait(30)
+
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=4),
+        interceptors=[
+            CallInterceptor(ServiceMetrics(CollectorRegistry())),
+            AuthInterceptor(TokenVerifier(frozen_database, ttl_s=10)),
+        ],
+    )
+    pb_grpc.add_EmbeddingServiceServicer_to_server(pb_grpc.EmbeddingServiceServicer(), server)
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            waiting = pb_grpc.EmbeddingServiceStub(channel).ListModels.future(
+                pb.ListModelsRequest(),
+                metadata=_bearer("protssl_0123456789abcdef_" + "A" * 43),
+                timeout=30,
+            )
+            time.sleep(0.3)
+            assert not waiting.done()  # still in the token lookup
+            check = health_pb2_grpc.HealthStub(channel).Check
+            assert check(health_pb2.HealthCheckRequest(), timeout=5).status == (
+                health_pb2.HealthCheckResponse.SERVING
+            )
+            release.set()
+            assert waiting.exception(timeout=30).code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        release.set()
+        server.stop(None)
