@@ -592,6 +592,15 @@ def test_protssl_serve_with_tls_and_a_token_from_the_cli(
     assert "authentication is OFF" not in "".join(lines) + rest
 
 
+def test_a_store_without_tokens_is_named_at_start(
+    service_model, sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with running_server(service_model, insecure_no_auth=False, database_url=sqlite_url):
+        pass
+    assert "no active API token in the store" in caplog.text
+    assert "protssl token create" in caplog.text
+
+
 def test_insecure_no_auth_serves_without_tokens_and_warns(
     service_model, caplog: pytest.LogCaptureFixture
 ) -> None:
