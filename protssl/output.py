@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -112,10 +113,17 @@ def check_writable(path: str | Path) -> None:
             f"output {str(path)!r} is a folder: give a file name ending in {', '.join(FORMATS)}"
         )
     parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        raise InvalidInputError(f"output {str(path)!r}: {str(parent)!r} is not a folder")
     if not parent.is_dir():
         raise InvalidInputError(f"output {str(path)!r}: folder {str(parent)!r} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InvalidInputError(f"output {str(path)!r}: folder {str(parent)!r} is not writable")
+    try:
+        with tempfile.TemporaryFile(dir=parent, prefix=".protssl-probe-"):
+            pass
+    except OSError as exc:
+        raise InvalidInputError(
+            f"output {str(path)!r}: cannot write in folder {str(parent)!r} ({exc.strerror})"
+        ) from None
 
 
 class VectorWriter:
