@@ -8,7 +8,9 @@ Policy (the same for the CLI, the SDK and the service):
 - anything else — gaps `-` `.`, an internal `*`, digits, other symbols — is invalid:
   `fail` (default) raises `FastaFormatError` naming the file, record and 1-based position,
   `skip` drops the record and counts it, `replace` turns each invalid character into X;
-- an empty record and a repeated id are errors naming them, or skipped and counted.
+- an empty record and a repeated id are errors naming them, or skipped and counted;
+- the id is the header up to the first whitespace (space, tab...); an id with a control
+  character (NUL...) is an error naming the record's number and the position.
 
 Headers of the form `>ID label=A;B other=...` give `ProteinRecord.labels == ("A", "B")`.
 """
@@ -48,6 +50,7 @@ OnProblem = Literal["fail", "skip"]
 
 _INVALID = re.compile(f"[^{RESIDUES}]")
 _RESIDUE_BYTES = RESIDUES.encode("ascii")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _LABEL = re.compile(r"(?:^|\s)label=(\S+)")
 _MEANING = {
     "*": "an internal stop codon",
@@ -282,9 +285,16 @@ def _records(
     """Apply the policy to (title, raw residues, labels or None to parse them from the title)."""
     seen: set[str] = set()
     for index, (title, raw, given_labels) in enumerate(entries):
-        record_id, _, description = title.strip().partition(" ")
+        record_id, description = _split_title(title)
         if not record_id:
             raise FastaFormatError("header has no id", source=source, record_index=index)
+        if control := _CONTROL.search(record_id):
+            raise FastaFormatError(
+                f"the id has a control character {control.group()!r} at position "
+                f"{control.start() + 1}",
+                source=source,
+                record_index=index,
+            )
         if record_id in seen:
             if policy.on_duplicate == "skip":
                 stats.skipped_duplicate += 1
@@ -324,6 +334,12 @@ def _records(
         stats.replaced_residues += replaced
         labels = parse_labels(description) if given_labels is None else given_labels
         yield ProteinRecord(record_id, sequence, labels, description)
+
+
+def _split_title(title: str) -> tuple[str, str]:
+    """A header's id (up to the first whitespace: space, tab, ...) and its description."""
+    parts = title.split(None, 1)
+    return (parts[0], parts[1] if len(parts) > 1 else "") if parts else ("", "")
 
 
 def _peek_first_line(handle: IO[str]) -> str | None:
