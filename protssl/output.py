@@ -344,8 +344,9 @@ def _read_chunk(chunk: Path) -> Iterator[tuple[str, np.ndarray, dict[str, Any]]]
 def _write_atomic(path: Path, arrays: Mapping[str, Any]) -> None:
     """`np.savez` to a hidden temp file beside `path`, fsync, rename over it."""
     tmp = path.with_name(f".{path.name}.tmp")
+    plain: dict[str, Any] = {k: np.asarray(v) for k, v in arrays.items()}
     with tmp.open("wb") as handle:
-        np.savez(handle, **{k: np.asarray(v) for k, v in arrays.items()})
+        np.savez(handle, **plain)
     _replace_durably(tmp, path)
 
 
