@@ -165,7 +165,7 @@ class VectorWriter:
             if self._shared is None:
                 self._shared = meta["shared"]
             self._ids.update(names)
-            self._chunks += 1
+            self._chunks = max(self._chunks, int(chunk.stem.removeprefix("chunk-")))
 
     def existing_ids(self) -> set[str]:
         """Record ids already in the file or its journal (for `--resume`)."""

@@ -38,13 +38,16 @@ def test_output_is_replaced_whole_and_the_journal_holds_the_flushed_chunks(
         "chunk-000001.npz"
     ]
     (journal_path(out) / ".chunk-000002.npz.tmp").write_bytes(b"half a chunk")
-    del writer  # what SIGKILL leaves: no close()
+    (journal_path(out) / "chunk-000001.npz").rename(journal_path(out) / "chunk-000007.npz")
+    del writer  # what SIGKILL leaves: no close(); chunk numbers need not be contiguous
 
     with pytest.raises(InvalidInputError, match=r"o\.(h5|npz)\.partial'?: pass --resume"):
         open_writer(out)
     with open_writer(out, resume=True) as again:
         assert again.existing_ids() == {"sp|P0/x", "sp|P1/x", "sp|P2/x"}
         again.write(_embedding(3))
+        again.flush()  # a new chunk, numbered after the last one: chunk-000007.npz is kept
+        assert len(list(journal_path(out).glob("chunk-*.npz"))) == 2
     assert not journal_path(out).exists() and not list(tmp_path.glob(".*"))
     rows = list(read_vectors(out))
     assert [key for key, _, _ in rows] == [f"sp|P{i}/x" for i in range(4)]
