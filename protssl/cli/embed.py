@@ -2,7 +2,7 @@
 
 With the store, the run is a job in its `jobs` table: run again with the same arguments after a
 kill, it continues where it stopped. Prints the job's summary as the last line of stdout (JSON),
-also when a FASTA error stops it.
+also when a FASTA error stops it. An input without records is a user error (exit 2).
 """
 
 from __future__ import annotations
@@ -70,8 +70,8 @@ def _build(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="keep OUTPUT's vectors and skip their ids (implied when the store holds this "
-        "job unfinished)",
+        help="keep OUTPUT's vectors and those a killed run left in OUTPUT.partial/, and skip "
+        "their ids (implied when the store holds this job unfinished)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
