@@ -25,7 +25,9 @@ import logging
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -55,6 +57,8 @@ log = logging.getLogger(__name__)
 FORMATS = (".h5", ".hdf5", ".npz")
 _SHARED = ("model_name", "model_sha256", "layer", "pooling", "dtype", "window_policy")
 _NPZ_META = "__provenance__"
+_UNREADABLE = (OSError, ValueError, KeyError, RuntimeError, EOFError, zipfile.BadZipFile)
+"""What h5py and np.load raise for a file that is not theirs or is truncated."""
 _CHUNK_BYTES = 64 << 20
 """Buffered vectors past this size are written as a chunk without waiting for `flush()`."""
 
@@ -161,7 +165,13 @@ class VectorWriter:
         for stale in self.journal.glob(".*.tmp"):
             stale.unlink()
         for chunk in _chunks(self.journal):
-            meta, names = _read_chunk_index(chunk)
+            try:
+                meta, names = _read_chunk_index(chunk)
+            except _UNREADABLE as exc:
+                raise InvalidInputError(
+                    f"output {str(self.path)!r}: chunk {str(chunk)!r} cannot be read ({exc}); "
+                    "delete it to compute its records again"
+                ) from None
             if self._shared is None:
                 self._shared = meta["shared"]
             self._ids.update(names)
@@ -251,7 +261,7 @@ class VectorWriter:
         arrays: dict[str, np.ndarray] = {}
         rows: dict[str, dict[str, Any]] = {}
         if self.path.exists():
-            with np.load(self.path, allow_pickle=False) as data:
+            with _load_npz(self.path) as data:
                 meta = json.loads(str(data[_NPZ_META])) if _NPZ_META in data else {}
                 arrays = {k: data[k] for k in data.files if k != _NPZ_META}
             rows = meta.get("records", {})
@@ -294,7 +304,7 @@ def read_vectors(path: str | Path) -> Iterator[tuple[str, np.ndarray, Mapping[st
                 attrs = {**shared, **{k: _plain(v) for k, v in dataset.attrs.items()}}
                 yield record_id(name), dataset[()], attrs
         return
-    with np.load(path, allow_pickle=False) as data:
+    with _load_npz(path) as data:
         meta = json.loads(str(data[_NPZ_META]))
         for name in data.files:
             if name != _NPZ_META:
@@ -313,10 +323,10 @@ def _read_index(path: Path, kind: str) -> tuple[dict[str, Any] | None, list[str]
                     else None
                 )
                 return shared, list(handle.keys())
-        with np.load(path, allow_pickle=False) as data:
+        with _load_npz(path) as data:
             meta = json.loads(str(data[_NPZ_META])) if _NPZ_META in data else {}
             return meta.get("shared"), [k for k in data.files if k != _NPZ_META]
-    except (OSError, ValueError, KeyError) as exc:
+    except _UNREADABLE as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InvalidInputError(
             f"output {str(path)!r} is not {what} file protssl can read ({reason}): "
@@ -329,16 +339,23 @@ def _chunks(journal: Path) -> list[Path]:
 
 
 def _read_chunk_index(chunk: Path) -> tuple[dict[str, Any], list[str]]:
-    with np.load(chunk, allow_pickle=False) as data:
+    with _load_npz(chunk) as data:
         return json.loads(str(data[_NPZ_META])), [k for k in data.files if k != _NPZ_META]
 
 
 def _read_chunk(chunk: Path) -> Iterator[tuple[str, np.ndarray, dict[str, Any]]]:
-    with np.load(chunk, allow_pickle=False) as data:
+    with _load_npz(chunk) as data:
         rows = json.loads(str(data[_NPZ_META]))["records"]
         for name in data.files:
             if name != _NPZ_META:
                 yield name, data[name], rows[name]
+
+
+@contextmanager
+def _load_npz(path: Path) -> Iterator[Any]:
+    """`np.load` of a .npz through a handle closed here (np.load leaks its own on a bad zip)."""
+    with path.open("rb") as handle, np.load(handle, allow_pickle=False) as data:
+        yield data
 
 
 def _write_atomic(path: Path, arrays: Mapping[str, Any]) -> None:

@@ -210,6 +210,13 @@ def test_a_corrupt_h5_to_resume_says_what_to_do(
     assert main(["embed", str(fasta), "-o", str(out), "--resume", *base]) == 2
     line, _ = _one_line_error(capsys)
     assert str(out) in line and "not an HDF5 file" in line and "--overwrite" in line
+    npz = tmp_path / "o.npz"
+    assert main(["embed", str(fasta), "-o", str(npz), *base]) == 0
+    capsys.readouterr()
+    npz.write_bytes(npz.read_bytes()[:200])  # a zip cut short
+    assert main(["embed", str(fasta), "-o", str(npz), "--resume", *base]) == 2
+    line, _ = _one_line_error(capsys)
+    assert str(npz) in line and "not a .npz file" in line and "--overwrite" in line
     assert main(["embed", str(fasta), "-o", str(out), "--overwrite", *base]) == 0
     assert _summary(capsys)["records"] == 4 and len(list(read_vectors(out))) == 4
 
