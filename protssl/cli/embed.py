@@ -183,7 +183,8 @@ def _embed(args: argparse.Namespace) -> int:
                 counts=counts,
             )
         if summary.done + summary.skipped == 0:
-            raise InvalidInputError(f"{args.input}: no FASTA records in it; nothing was written")
+            source = "<stdin>" if args.input == "-" else args.input
+            raise InvalidInputError(f"{source}: no FASTA records in it; nothing was written")
     except (ProtsslError, KeyboardInterrupt) as exc:
         if isinstance(exc, ProtsslError):
             summary.errors = max(summary.errors, 1)
