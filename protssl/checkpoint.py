@@ -170,6 +170,7 @@ def save_model(
     weights = directory / WEIGHTS_NAME
     tmp_weights = weights.with_suffix(".safetensors.tmp")
     save_file(_weights_only(encoder), str(tmp_weights), metadata={"format": FORMAT})
+    _fsync(tmp_weights)
     sha = file_sha256(tmp_weights)
     prov = {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     prov.update(provenance or {})
@@ -186,7 +187,15 @@ def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
     with os.fdopen(fd, "w") as handle:
         json.dump(data, handle, indent=2, sort_keys=False)
         handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(tmp, path)
+
+
+def _fsync(path: Path) -> None:
+    """Make a written file's bytes durable before it is renamed into place."""
+    with path.open("rb+") as handle:
+        os.fsync(handle.fileno())
 
 
 def read_card(directory: Path) -> ModelCard:

@@ -7,7 +7,6 @@ lost; the error is raised after the output is flushed.
 
 from __future__ import annotations
 
-import gzip
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -20,7 +19,7 @@ from protssl.batch_job import JobSpec
 from protssl.checkpoint import LoadedModel
 from protssl.embedding import CacheStats, EmbedConfig, embed_records, expected_provenance
 from protssl.errors import ProtsslError
-from protssl.fasta import FastaPolicy, ProteinRecord, ReadStats, read_fasta
+from protssl.fasta import FastaPolicy, ProteinRecord, ReadStats, open_fasta_bytes, read_fasta
 from protssl.output import open_writer
 from protssl.store import EmbeddingCache
 
@@ -82,12 +81,8 @@ def count_fasta(path: str | Path) -> tuple[int, int] | None:
     """
     if str(path) == "-":
         return None
-    path = Path(path)
-    with path.open("rb") as raw:
-        gzipped = raw.read(2) == b"\x1f\x8b"
-    opener = gzip.open if gzipped else open
     headers = residues = 0
-    with opener(path, "rb") as handle:
+    with open_fasta_bytes(path) as handle:
         for line in handle:
             if line.startswith(b">"):
                 headers += 1

@@ -202,27 +202,22 @@ def _embed_cached(
             yield index, BatchOutcome(hit, cached=True)
     if not misses:
         return
-    pending: list[EmbeddingItem] = []
-
-    def write_back(residues: int) -> None:
+    wanted = [records[i] for i in misses]
+    for finished, residues in _embed_batches(wanted, model, config):
+        pending: list[EmbeddingItem] = []
+        outcomes: list[tuple[int, BatchOutcome]] = []
+        for position, embedding in finished:
+            index = misses[position]
+            # stored as float16 when asked: yield what a cache hit would give, bit for bit
+            vector = np.asarray(embedding.vector, dtype=cache.vector_dtype)
+            pending.append(EmbeddingItem(keys[index], records[index].sequence, vector))
+            cached_vector = vector.astype(np.float32)
+            outcomes.append((index, BatchOutcome(replace(embedding, vector=cached_vector), False)))
         if pending:
-            cache.put_many(pending)
-            pending.clear()
+            cache.put_many(pending)  # before they are yielded: what a caller holds, the store holds
+        yield from outcomes
         if on_batch is not None:
             on_batch(residues)
-
-    computed = _embed_group([records[i] for i in misses], model, config, write_back)
-    for position, embedding in computed:
-        index = misses[position]
-        # stored as float16 when asked: yield what a cache hit would give, bit for bit
-        vector = np.asarray(embedding.vector, dtype=cache.vector_dtype)
-        pending.append(EmbeddingItem(keys[index], records[index].sequence, vector))
-        yield (
-            index,
-            BatchOutcome(replace(embedding, vector=vector.astype(np.float32)), cached=False),
-        )
-    if pending:
-        cache.put_many(pending)
 
 
 def cached_embeddings(
@@ -327,6 +322,20 @@ def _embed_group(
     concatenated along channels (pooling and stitching act per channel, so each layer's slice
     of the vector is that layer's vector; the caller sets each slice's provenance layer).
     Yields (index into `records`, embedding) as each record's last window is done."""
+    for finished, residues in _embed_batches(records, model, config, layers):
+        yield from finished
+        if on_batch is not None:
+            on_batch(residues)
+
+
+def _embed_batches(
+    records: Sequence[ProteinRecord],
+    model: LoadedModel,
+    config: EmbedConfig,
+    layers: tuple[int, ...] = (),
+) -> Iterator[tuple[list[tuple[int, Embedding]], int]]:
+    """`_embed_group` one forward at a time: the (index, embedding) pairs each forward finished,
+    and the residues it ran."""
     encoder = model.encoder
     layers = layers or (encoder.resolve_layer(config.layer),)
     window_residues = encoder.config.max_residues
@@ -341,6 +350,7 @@ def _embed_group(
         ids=[r.id for r in records],
     ):
         hidden = _forward(model, batch, layers)  # (B, T, len(layers) * C) float32
+        finished: list[tuple[int, Embedding]] = []
         pooled = (
             pool_rows(hidden, batch.tokens, config.pooling)
             if config.pooling != "per-residue"
@@ -354,7 +364,7 @@ def _embed_group(
                     vector = pooled[row]
                 else:
                     vector = hidden[row, 1 : length + 1].numpy().copy()
-                yield window.item, _embedding(record, vector, provenance, windows=1)
+                finished.append((window.item, _embedding(record, vector, provenance, windows=1)))
                 continue
             stitch = stitches.get(window.item)
             if stitch is None:
@@ -375,9 +385,9 @@ def _embed_group(
             if stitch.windows_left == 0:
                 del stitches[window.item]
                 vector = _finish_stitch(stitch, config.pooling)
-                yield window.item, _embedding(record, vector, provenance, windows=stitch.windows)
-        if on_batch is not None:
-            on_batch(batch.residues)
+                embedding = _embedding(record, vector, provenance, windows=stitch.windows)
+                finished.append((window.item, embedding))
+        yield finished, batch.residues
 
 
 def _forward(model: LoadedModel, batch: TokenBatch, layers: tuple[int, ...]) -> torch.Tensor:

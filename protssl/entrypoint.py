@@ -9,12 +9,21 @@ gives it, never as a traceback.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
 
 from protssl.errors import EXIT_INTERRUPTED, ProtsslError, exit_code_for
 
-__all__ = ["configure_logging", "run_main"]
+__all__ = ["Terminated", "configure_logging", "run_main"]
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what SLURM, Kubernetes and `kill` send), raised where Ctrl-C would raise
+    KeyboardInterrupt so that it takes the same path: outputs are closed, jobs recorded."""
 
 
 def configure_logging(level: int | str, *, timestamps: bool = False, process: str = "") -> None:
@@ -31,14 +40,36 @@ def configure_logging(level: int | str, *, timestamps: bool = False, process: st
 
 def run_main(run: Callable[[], int], *, prog: str) -> int:
     """`run()`'s exit code; a protssl error is `prog: error: message` on stderr and its table exit
-    code, Ctrl-C is EXIT_INTERRUPTED (what was computed is kept), a closed stdout pipe is 0."""
+    code, Ctrl-C and SIGTERM are EXIT_INTERRUPTED (what was computed is kept), a closed stdout
+    pipe is 0. A command that installs its own SIGTERM handler (a server, training) keeps it."""
     try:
-        return int(run())
+        with _sigterm_as_interrupt():
+            return int(run())
     except ProtsslError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return exit_code_for(exc)
+    except Terminated:
+        print(f"{prog}: terminated (SIGTERM); work done so far is kept", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; work done so far is kept", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return 0
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises `Terminated` inside; the handler found is put back after (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)

@@ -8,7 +8,9 @@ Policy (the same for the CLI, the SDK and the service):
 - anything else — gaps `-` `.`, an internal `*`, digits, other symbols — is invalid:
   `fail` (default) raises `FastaFormatError` naming the file, record and 1-based position,
   `skip` drops the record and counts it, `replace` turns each invalid character into X;
-- an empty record and a repeated id are errors naming them, or skipped and counted.
+- an empty record and a repeated id are errors naming them, or skipped and counted;
+- the id is the header up to the first whitespace (space, tab...); an id with a control
+  character (NUL...) is an error naming the record's number and the position.
 
 Headers of the form `>ID label=A;B other=...` give `ProteinRecord.labels == ("A", "B")`.
 """
@@ -19,10 +21,12 @@ import gzip
 import io
 import re
 import sys
+import zlib
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Any, Literal
 
 from Bio.SeqIO.FastaIO import SimpleFastaParser
 
@@ -34,6 +38,7 @@ __all__ = [
     "ProteinRecord",
     "ReadStats",
     "normalize_sequence",
+    "open_fasta_bytes",
     "parse_labels",
     "read_fasta",
     "read_fasta_range",
@@ -45,6 +50,7 @@ OnProblem = Literal["fail", "skip"]
 
 _INVALID = re.compile(f"[^{RESIDUES}]")
 _RESIDUE_BYTES = RESIDUES.encode("ascii")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _LABEL = re.compile(r"(?:^|\s)label=(\S+)")
 _MEANING = {
     "*": "an internal stop codon",
@@ -148,19 +154,62 @@ def normalize_sequence(
     )
 
 
-def _open_text(path: str | Path) -> tuple[IO[str], bool]:
+class _Prefixed(io.RawIOBase):
+    """`head` (bytes already read to sniff the format), then the rest of `stream`; closes `stream`
+    only when it `owns` it (never stdin)."""
+
+    def __init__(self, head: bytes, stream: IO[bytes], *, owns: bool) -> None:
+        self._head = head
+        self._stream = stream
+        self._owns = owns
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._head:
+            count = min(len(buffer), len(self._head))
+            buffer[:count] = self._head[:count]
+            self._head = self._head[count:]
+            return count
+        data = self._stream.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if self._owns and not self.closed:
+            self._stream.close()
+        super().close()
+
+
+@contextmanager
+def open_fasta_bytes(path: str | Path) -> Iterator[IO[bytes]]:
+    """A FASTA file's bytes, or stdin's (`-`), gunzipped when they start with gzip's magic bytes;
+    a corrupt or truncated .gz is one `FastaFormatError` naming the source."""
+    source = "<stdin>" if str(path) == "-" else str(path)
     if str(path) == "-":
-        return sys.stdin, False
-    path = Path(path)
-    if not path.exists():
-        raise InvalidInputError(f"{path}: no such file")
-    if path.is_dir():
-        raise InvalidInputError(f"{path}: is a directory, not a FASTA file")
-    with path.open("rb") as probe:
-        gzipped = probe.read(2) == b"\x1f\x8b"
-    if gzipped:
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace"), True
-    return path.open("r", encoding="utf-8", errors="replace"), True
+        raw: IO[bytes] = sys.stdin.buffer
+    else:
+        path = Path(path)
+        if path.is_dir():
+            raise InvalidInputError(f"{path}: is a folder, not a FASTA file")
+        if not path.exists():
+            raise InvalidInputError(f"{path}: no such file")
+        raw = path.open("rb")
+    head = b""
+    while len(head) < 2 and (more := raw.read(2 - len(head))):
+        head += more
+    with io.BufferedReader(_Prefixed(head, raw, owns=raw is not sys.stdin.buffer)) as stream:
+        try:
+            if head == b"\x1f\x8b":
+                with gzip.GzipFile(fileobj=stream, mode="rb") as unzipped:
+                    yield unzipped  # type: ignore[misc]
+            else:
+                yield stream
+        except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+            raise FastaFormatError(
+                f"corrupt or truncated gzip stream ({exc})", source=source
+            ) from None
 
 
 def read_fasta(
@@ -173,8 +222,8 @@ def read_fasta(
     policy = policy or FastaPolicy()
     stats = stats if stats is not None else ReadStats()
     source = "<stdin>" if str(path) == "-" else str(path)
-    handle, owned = _open_text(path)
-    try:
+    with open_fasta_bytes(path) as data:
+        handle = io.TextIOWrapper(data, encoding="utf-8", errors="replace")
         first = _peek_first_line(handle)
         if first is not None and not first.startswith(">"):
             raise FastaFormatError(
@@ -183,21 +232,6 @@ def read_fasta(
             )
         parsed = ((title, raw, None) for title, raw in SimpleFastaParser(_prepend(first, handle)))
         yield from _records(parsed, source, policy, stats)
-    except UnicodeDecodeError as exc:
-        raise FastaFormatError(f"cannot decode text ({exc.reason})", source=source) from None
-    except (OSError, EOFError) as exc:
-        if (
-            isinstance(exc, gzip.BadGzipFile)
-            or "gzip" in str(exc).lower()
-            or isinstance(exc, EOFError)
-        ):
-            raise FastaFormatError(
-                f"corrupt or truncated gzip stream ({exc})", source=source
-            ) from None
-        raise
-    finally:
-        if owned:
-            handle.close()
 
 
 def read_fasta_range(
@@ -251,9 +285,16 @@ def _records(
     """Apply the policy to (title, raw residues, labels or None to parse them from the title)."""
     seen: set[str] = set()
     for index, (title, raw, given_labels) in enumerate(entries):
-        record_id, _, description = title.strip().partition(" ")
+        record_id, description = _split_title(title)
         if not record_id:
             raise FastaFormatError("header has no id", source=source, record_index=index)
+        if control := _CONTROL.search(record_id):
+            raise FastaFormatError(
+                f"the id has a control character {control.group()!r} at position "
+                f"{control.start() + 1}",
+                source=source,
+                record_index=index,
+            )
         if record_id in seen:
             if policy.on_duplicate == "skip":
                 stats.skipped_duplicate += 1
@@ -293,6 +334,12 @@ def _records(
         stats.replaced_residues += replaced
         labels = parse_labels(description) if given_labels is None else given_labels
         yield ProteinRecord(record_id, sequence, labels, description)
+
+
+def _split_title(title: str) -> tuple[str, str]:
+    """A header's id (up to the first whitespace: space, tab, ...) and its description."""
+    parts = title.split(None, 1)
+    return (parts[0], parts[1] if len(parts) > 1 else "") if parts else ("", "")
 
 
 def _peek_first_line(handle: IO[str]) -> str | None:

@@ -3,11 +3,15 @@
 HDF5 layout (`h5py`): file attributes hold the shared provenance (model name and sha256, layer,
 pooling, dtype, window policy, protssl version); each record is a root dataset named by its id,
 with `/` and `%` percent-escaped (`sp|P1/2` → `sp|P1%2F2`), holding float32 `(D,)` or `(L, D)`,
-and attributes `id`, `length`, `windows`, `windowed` and `labels`. The file is flushed after every
-batch, so an interrupted job keeps what it computed and `--resume` skips those ids.
+and attributes `id`, `length`, `windows`, `windowed` and `labels`. `.npz` keeps the same names as
+keys and the provenance as JSON under `__provenance__`.
 
-`.npz` keeps the same names as keys and the provenance as JSON under `__provenance__`; it is
-written once (atomically) when the job ends or is interrupted.
+Crash safety, the same for both formats: OUTPUT itself is only ever replaced whole (a temp file,
+fsync, rename). While a job runs, each `flush()` writes the vectors since the last one as a chunk
+file in the journal folder `OUTPUT.partial/` (temp, fsync, rename), so a process killed at any
+moment (SIGKILL included) leaves OUTPUT as it was plus complete chunks; `close()` (also on Ctrl-C
+or SIGTERM) merges the chunks into OUTPUT and removes the journal. `--resume` merges a journal a
+killed run left and skips every id in OUTPUT or its journal.
 
 A sharded output (the Ray engine's) is a folder of such HDF5 files, `part-00000.h5`, one per
 shard of the input, each renamed into place only when complete; `read_vectors` reads the folder
@@ -17,8 +21,13 @@ as one.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
+import tempfile
+import zipfile
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -34,16 +43,24 @@ __all__ = [
     "FORMATS",
     "VectorWriter",
     "check_output",
+    "check_writable",
     "dataset_name",
+    "journal_path",
     "open_writer",
     "part_name",
     "read_vectors",
     "record_id",
 ]
 
+log = logging.getLogger(__name__)
+
 FORMATS = (".h5", ".hdf5", ".npz")
 _SHARED = ("model_name", "model_sha256", "layer", "pooling", "dtype", "window_policy")
 _NPZ_META = "__provenance__"
+_UNREADABLE = (OSError, ValueError, KeyError, RuntimeError, EOFError, zipfile.BadZipFile)
+"""What h5py and np.load raise for a file that is not theirs or is truncated."""
+_CHUNK_BYTES = 64 << 20
+"""Buffered vectors past this size are written as a chunk without waiting for `flush()`."""
 
 
 def dataset_name(record_id: str) -> str:
@@ -61,6 +78,12 @@ def part_name(index: int) -> str:
     return f"part-{index:05d}.h5"
 
 
+def journal_path(path: str | Path) -> Path:
+    """The folder of chunks a running (or killed) job keeps beside OUTPUT: `OUTPUT.partial`."""
+    path = Path(path)
+    return path.with_name(path.name + ".partial")
+
+
 def _check_format(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
@@ -73,10 +96,38 @@ def _check_format(path: Path) -> str:
 def check_output(path: str | Path, *, resume: bool, overwrite: bool) -> None:
     """Refuse an output that exists unless told to continue it (`resume`) or replace it."""
     path = Path(path)
+    if journal_path(path).is_dir() and not (resume or overwrite):
+        raise InvalidInputError(
+            f"output {str(path)!r} has the vectors of an interrupted run in "
+            f"{str(journal_path(path))!r}: pass --resume to continue it or --overwrite to start over"
+        )
     if path.exists() and not (resume or overwrite):
         raise InvalidInputError(
             f"output {str(path)!r} exists: pass --resume to continue it or --overwrite to replace it"
         )
+
+
+def check_writable(path: str | Path) -> None:
+    """Fail before any work on an output of unknown format, a folder, or one whose folder is
+    missing or read-only."""
+    path = Path(path)
+    _check_format(path)
+    if path.is_dir():
+        raise InvalidInputError(
+            f"output {str(path)!r} is a folder: give a file name ending in {', '.join(FORMATS)}"
+        )
+    parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        raise InvalidInputError(f"output {str(path)!r}: {str(parent)!r} is not a folder")
+    if not parent.is_dir():
+        raise InvalidInputError(f"output {str(path)!r}: folder {str(parent)!r} does not exist")
+    try:
+        with tempfile.TemporaryFile(dir=parent, prefix=".protssl-probe-"):
+            pass
+    except OSError as exc:
+        raise InvalidInputError(
+            f"output {str(path)!r}: cannot write in folder {str(parent)!r} ({exc.strerror})"
+        ) from None
 
 
 class VectorWriter:
@@ -85,32 +136,50 @@ class VectorWriter:
     def __init__(self, path: Path, *, resume: bool, overwrite: bool) -> None:
         self.path = path
         self.kind = _check_format(path)
-        self._shared: dict[str, Any] | None = None
-        self._npz: dict[str, np.ndarray] = {}
-        self._npz_rows: dict[str, dict[str, Any]] = {}
+        self.journal = journal_path(path)
+        check_writable(path)
         check_output(path, resume=resume, overwrite=overwrite)
-        if path.exists() and overwrite and not resume:
-            path.unlink()
-        if self.kind == "h5":
-            self._h5: h5py.File | None = h5py.File(path, "a")
-            if "model_sha256" in self._h5.attrs:
-                self._shared = {k: _plain(self._h5.attrs[k]) for k in _SHARED}
-        else:
-            self._h5 = None
-            if path.exists():
-                self._load_npz()
+        if overwrite and not resume:
+            path.unlink(missing_ok=True)
+            shutil.rmtree(self.journal, ignore_errors=True)
+        self._shared: dict[str, Any] | None = None
+        self._ids: set[str] = set()
+        self._buffer: dict[str, np.ndarray] = {}
+        self._rows: dict[str, dict[str, Any]] = {}
+        self._buffered = 0
+        self._chunks = 0
+        if path.exists():
+            self._shared, names = _read_index(path, self.kind)
+            self._ids.update(names)
+        self._open_journal()
+        self._closed = False
 
-    def _load_npz(self) -> None:
-        with np.load(self.path, allow_pickle=False) as data:
-            meta = json.loads(str(data[_NPZ_META])) if _NPZ_META in data else {}
-            self._npz = {k: data[k] for k in data.files if k != _NPZ_META}
-        self._shared = meta.get("shared")
-        self._npz_rows = meta.get("records", {})
+    def _open_journal(self) -> None:
+        """Create the journal folder, or take up the chunks a killed run left in it."""
+        try:
+            self.journal.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise InvalidInputError(
+                f"output {str(self.path)!r}: cannot create {str(self.journal)!r} ({exc.strerror})"
+            ) from None
+        for stale in self.journal.glob(".*.tmp"):
+            stale.unlink()
+        for chunk in _chunks(self.journal):
+            try:
+                meta, names = _read_chunk_index(chunk)
+            except _UNREADABLE as exc:
+                raise InvalidInputError(
+                    f"output {str(self.path)!r}: chunk {str(chunk)!r} cannot be read ({exc}); "
+                    "delete it to compute its records again"
+                ) from None
+            if self._shared is None:
+                self._shared = meta["shared"]
+            self._ids.update(names)
+            self._chunks = max(self._chunks, int(chunk.stem.removeprefix("chunk-")))
 
     def existing_ids(self) -> set[str]:
-        """Record ids already in the file (for `--resume`)."""
-        names = list(self._h5.keys()) if self._h5 is not None else list(self._npz)
-        return {record_id(n) for n in names}
+        """Record ids already in the file or its journal (for `--resume`)."""
+        return {record_id(n) for n in self._ids | set(self._buffer)}
 
     def check_provenance(self, provenance: Provenance) -> None:
         """Fail before any work when resuming a file made with another model, layer or pooling."""
@@ -126,51 +195,81 @@ class VectorWriter:
             )
 
     def write(self, embedding: Embedding) -> None:
-        """Add one record's vector with its provenance."""
-        shared = {k: getattr(embedding.provenance, k) for k in _SHARED}
+        """Add one record's vector with its provenance (durable at the next `flush()`)."""
         if self._shared is None:
-            self._shared = shared
-            if self._h5 is not None:
-                self._h5.attrs.update(shared)
-                self._h5.attrs["protssl_version"] = __version__
+            self._shared = {k: getattr(embedding.provenance, k) for k in _SHARED}
         else:
             self.check_provenance(embedding.provenance)
         name = dataset_name(embedding.id)
-        attrs = {
+        vector = np.ascontiguousarray(embedding.vector, dtype=np.float32)
+        self._buffer[name] = vector
+        self._rows[name] = {
             "id": embedding.id,
             "length": embedding.length,
             "windows": embedding.provenance.windows,
             "windowed": embedding.provenance.windowed,
             "labels": ";".join(embedding.labels),
         }
-        vector = np.ascontiguousarray(embedding.vector, dtype=np.float32)
-        if self._h5 is not None:
-            if name in self._h5:
-                del self._h5[name]
-            dataset = self._h5.create_dataset(name, data=vector)
-            dataset.attrs.update(attrs)
-        else:
-            self._npz[name] = vector
-            self._npz_rows[name] = attrs
+        self._buffered += vector.nbytes
+        if self._buffered > _CHUNK_BYTES:
+            self.flush()
 
     def flush(self) -> None:
-        """Make everything written so far durable (HDF5); `.npz` is written on close."""
-        if self._h5 is not None:
-            self._h5.flush()
+        """Make everything written so far durable: one chunk file in the journal."""
+        if not self._buffer:
+            return
+        self._chunks += 1
+        meta = json.dumps({"shared": self._shared, "records": self._rows})
+        _write_atomic(
+            self.journal / f"chunk-{self._chunks:06d}.npz", {**self._buffer, _NPZ_META: meta}
+        )
+        self._ids.update(self._buffer)
+        self._buffer, self._rows, self._buffered = {}, {}, 0
 
     def close(self) -> None:
-        """Flush and close; `.npz` is written to a temp file and renamed into place."""
-        if self._h5 is not None:
-            self._h5.close()
-            self._h5 = None
+        """Flush, merge the journal into OUTPUT (a temp file renamed into place), drop the journal."""
+        if self._closed:
             return
-        if not self._npz and not self.path.exists():
-            return
-        meta = json.dumps({"shared": self._shared, "records": self._npz_rows})
-        tmp = self.path.with_name(self.path.name + ".tmp.npz")
-        arrays: dict[str, Any] = {**self._npz, _NPZ_META: np.array(meta)}
-        np.savez(tmp, **arrays)
-        os.replace(tmp, self.path)
+        self._closed = True
+        self.flush()
+        chunks = _chunks(self.journal)
+        if chunks:
+            if self.kind == "h5":
+                self._merge_h5(chunks)
+            else:
+                self._merge_npz(chunks)
+        shutil.rmtree(self.journal, ignore_errors=True)
+
+    def _merge_h5(self, chunks: list[Path]) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        if self.path.exists():
+            shutil.copyfile(self.path, tmp)
+        else:
+            tmp.unlink(missing_ok=True)
+        with h5py.File(tmp, "a") as handle:
+            if "model_sha256" not in handle.attrs and self._shared is not None:
+                handle.attrs.update(self._shared)
+                handle.attrs["protssl_version"] = __version__
+            for chunk in chunks:
+                for name, vector, attrs in _read_chunk(chunk):
+                    if name in handle:
+                        del handle[name]
+                    handle.create_dataset(name, data=vector).attrs.update(attrs)
+        _replace_durably(tmp, self.path)
+
+    def _merge_npz(self, chunks: list[Path]) -> None:
+        arrays: dict[str, np.ndarray] = {}
+        rows: dict[str, dict[str, Any]] = {}
+        if self.path.exists():
+            with _load_npz(self.path) as data:
+                meta = json.loads(str(data[_NPZ_META])) if _NPZ_META in data else {}
+                arrays = {k: data[k] for k in data.files if k != _NPZ_META}
+            rows = meta.get("records", {})
+        for chunk in chunks:
+            for name, vector, attrs in _read_chunk(chunk):
+                arrays[name], rows[name] = vector, attrs
+        meta_text = json.dumps({"shared": self._shared, "records": rows})
+        _write_atomic(self.path, {**arrays, _NPZ_META: meta_text})
 
     def __enter__(self) -> VectorWriter:
         return self
@@ -205,11 +304,79 @@ def read_vectors(path: str | Path) -> Iterator[tuple[str, np.ndarray, Mapping[st
                 attrs = {**shared, **{k: _plain(v) for k, v in dataset.attrs.items()}}
                 yield record_id(name), dataset[()], attrs
         return
-    with np.load(path, allow_pickle=False) as data:
+    with _load_npz(path) as data:
         meta = json.loads(str(data[_NPZ_META]))
         for name in data.files:
             if name != _NPZ_META:
                 yield record_id(name), data[name], {**meta["shared"], **meta["records"][name]}
+
+
+def _read_index(path: Path, kind: str) -> tuple[dict[str, Any] | None, list[str]]:
+    """An existing OUTPUT's shared provenance and dataset names; one clear error if unreadable."""
+    what = "an HDF5" if kind == "h5" else "a .npz"
+    try:
+        if kind == "h5":
+            with h5py.File(path, "r") as handle:
+                shared = (
+                    {k: _plain(handle.attrs[k]) for k in _SHARED}
+                    if "model_sha256" in handle.attrs
+                    else None
+                )
+                return shared, list(handle.keys())
+        with _load_npz(path) as data:
+            meta = json.loads(str(data[_NPZ_META])) if _NPZ_META in data else {}
+            return meta.get("shared"), [k for k in data.files if k != _NPZ_META]
+    except _UNREADABLE as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InvalidInputError(
+            f"output {str(path)!r} is not {what} file protssl can read ({reason}): "
+            "move it away, or pass --overwrite to replace it"
+        ) from None
+
+
+def _chunks(journal: Path) -> list[Path]:
+    return sorted(journal.glob("chunk-*.npz")) if journal.is_dir() else []
+
+
+def _read_chunk_index(chunk: Path) -> tuple[dict[str, Any], list[str]]:
+    with _load_npz(chunk) as data:
+        return json.loads(str(data[_NPZ_META])), [k for k in data.files if k != _NPZ_META]
+
+
+def _read_chunk(chunk: Path) -> Iterator[tuple[str, np.ndarray, dict[str, Any]]]:
+    with _load_npz(chunk) as data:
+        rows = json.loads(str(data[_NPZ_META]))["records"]
+        for name in data.files:
+            if name != _NPZ_META:
+                yield name, data[name], rows[name]
+
+
+@contextmanager
+def _load_npz(path: Path) -> Iterator[Any]:
+    """`np.load` of a .npz through a handle closed here (np.load leaks its own on a bad zip)."""
+    with path.open("rb") as handle, np.load(handle, allow_pickle=False) as data:
+        yield data
+
+
+def _write_atomic(path: Path, arrays: Mapping[str, Any]) -> None:
+    """`np.savez` to a hidden temp file beside `path`, fsync, rename over it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    plain: dict[str, Any] = {k: np.asarray(v) for k, v in arrays.items()}
+    with tmp.open("wb") as handle:
+        np.savez(handle, **plain)
+    _replace_durably(tmp, path)
+
+
+def _replace_durably(tmp: Path, path: Path) -> None:
+    """fsync `tmp`, rename it over `path`, fsync the folder (the rename survives a power cut)."""
+    with tmp.open("rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def _plain(value: Any) -> Any:

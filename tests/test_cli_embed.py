@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import subprocess
@@ -140,3 +141,100 @@ def test_second_embed_reads_everything_from_the_store(
     a = {i: v for i, v, _ in read_vectors(tmp_path / "a.h5")}
     b = {i: v for i, v, _ in read_vectors(tmp_path / "b.h5")}
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str]) -> tuple[str, str]:
+    """(the one stderr line, stdout) of a command that failed with a user error."""
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("protssl embed: error:"), captured.err
+    return lines[0], captured.out
+
+
+def test_user_errors_are_one_line_before_any_work(
+    tiny_model_dir: Path, sample_fasta: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fasta = _first_records(sample_fasta, 3, tmp_path / "three.fasta")
+    base = ["--model", str(tiny_model_dir), "--no-progress", "--no-cache"]
+    packed = gzip.compress(fasta.read_bytes())
+    (tmp_path / "truncated.fasta.gz").write_bytes(packed[: len(packed) // 2])
+    (tmp_path / "corrupt.fasta.gz").write_bytes(packed[:12] + b"\xff" * 40 + packed[52:])
+    (tmp_path / "a-folder.h5").mkdir()
+    (tmp_path / "not-hdf5.h5").write_text("hello\n")
+    (tmp_path / "not-npz.npz").write_text("hello\n")
+    (tmp_path / "empty.fasta").write_text("")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    out = str(tmp_path / "o.h5")
+    cases = [
+        ([str(tmp_path / "truncated.fasta.gz"), "-o", out], "truncated.fasta.gz: corrupt or trunc"),
+        ([str(tmp_path / "corrupt.fasta.gz"), "-o", out], "corrupt.fasta.gz: corrupt or truncated"),
+        ([str(tmp_path), "-o", out], "is a folder, not a FASTA file"),
+        ([str(fasta), "-o", str(tmp_path / "missing" / "o.npz")], "does not exist"),
+        ([str(fasta), "-o", str(a_file / "o.npz")], "is not a folder"),
+        ([str(fasta), "-o", "/proc/o.npz"], "cannot write in folder '/proc'"),
+        ([str(fasta), "-o", str(tmp_path / "a-folder.h5"), "--overwrite"], "is a folder"),
+        ([str(fasta), "-o", str(tmp_path / "not-hdf5.h5"), "--resume"], "not an HDF5 file"),
+        ([str(fasta), "-o", str(tmp_path / "not-npz.npz"), "--resume"], "not a .npz file"),
+    ]
+    for args, said in cases:
+        assert main(["embed", *args, *base]) == 2, args
+        line, _ = _one_line_error(capsys)
+        assert said in line, (args, line)
+    assert (tmp_path / "not-hdf5.h5").read_text() == "hello\n"  # left as it was
+    assert main(["embed", str(tmp_path / "empty.fasta"), "-o", out, *base]) == 2
+    line, stdout = _one_line_error(capsys)
+    assert "empty.fasta: no FASTA records in it" in line
+    assert json.loads(stdout.splitlines()[-1])["records"] == 0 and not Path(out).exists()
+    for url, said in [
+        (f"sqlite:///{a_file}/s.sqlite3", "cannot create its folder"),
+        (f"sqlite:///{tmp_path}", "is a folder"),
+    ]:
+        args = ["embed", str(fasta), "-o", out, "--model", str(tiny_model_dir), "--db", url]
+        assert main([*args, "--no-progress"]) == 2
+        line, _ = _one_line_error(capsys)
+        assert said in line, line
+
+
+def test_a_corrupt_h5_to_resume_says_what_to_do(
+    tiny_model_dir: Path, sample_fasta: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What an in-place HDF5 writer killed midway used to leave: one line, then --overwrite works."""
+    fasta = _first_records(sample_fasta, 4, tmp_path / "four.fasta")
+    out = tmp_path / "o.h5"
+    base = ["--model", str(tiny_model_dir), "--no-progress", "--no-cache", "--overlap", "16"]
+    assert main(["embed", str(fasta), "-o", str(out), *base]) == 0
+    capsys.readouterr()
+    data = out.read_bytes()
+    out.write_bytes(data[: len(data) // 3])
+    assert main(["embed", str(fasta), "-o", str(out), "--resume", *base]) == 2
+    line, _ = _one_line_error(capsys)
+    assert str(out) in line and "not an HDF5 file" in line and "--overwrite" in line
+    npz = tmp_path / "o.npz"
+    assert main(["embed", str(fasta), "-o", str(npz), *base]) == 0
+    capsys.readouterr()
+    npz.write_bytes(npz.read_bytes()[:200])  # a zip cut short
+    assert main(["embed", str(fasta), "-o", str(npz), "--resume", *base]) == 2
+    line, _ = _one_line_error(capsys)
+    assert str(npz) in line and "not a .npz file" in line and "--overwrite" in line
+    assert main(["embed", str(fasta), "-o", str(out), "--overwrite", *base]) == 0
+    assert _summary(capsys)["records"] == 4 and len(list(read_vectors(out))) == 4
+
+
+def test_gzip_on_stdin_is_detected_by_its_magic_bytes(tiny_model_dir: Path, tmp_path: Path) -> None:
+    plain = tmp_path / "in.fasta"
+    plain.write_text(">a desc\nMKVLAAGIVG\n>b\nMSTNPKPQRKTKRNTNRRPQDVKFPGG\n")
+    out = {}
+    for name, data in (("plain", plain.read_bytes()), ("gz", gzip.compress(plain.read_bytes()))):
+        target = tmp_path / f"{name}.npz"
+        args = ["-", "-o", str(target), "--model", str(tiny_model_dir), "--overlap", "16"]
+        done = subprocess.run(
+            [sys.executable, "-m", "protssl", "embed", *args, "--no-cache", "--no-progress"],
+            input=data,
+            capture_output=True,
+        )
+        assert done.returncode == 0, done.stderr.decode()
+        out[name] = {key: vector for key, vector, _ in read_vectors(target)}
+    assert sorted(out["gz"]) == ["a", "b"]
+    for key, vector in out["plain"].items():
+        np.testing.assert_array_equal(out["gz"][key], vector)

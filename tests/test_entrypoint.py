@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 
 import pytest
 
-from protssl.entrypoint import run_main
+from protssl.entrypoint import Terminated, run_main
 from protssl.errors import (
     EXIT_INTERRUPTED,
     EXIT_USER_ERROR,
@@ -33,6 +36,7 @@ def _raises(exc: BaseException) -> Callable[[], int]:
         (ClassifierNotFoundError("no 'x'"), EXIT_USER_ERROR, "prog: error: no 'x'\n"),
         (StoreError("database is locked"), EXIT_USER_ERROR, "prog: error: database is locked\n"),
         (KeyboardInterrupt(), EXIT_INTERRUPTED, "prog: interrupted; work done so far is kept\n"),
+        (Terminated(), EXIT_INTERRUPTED, "prog: terminated (SIGTERM); work done so far is kept\n"),
         (BrokenPipeError(), 0, ""),
     ],
 )
@@ -70,3 +74,24 @@ def test_logging_has_one_format_with_optional_timestamps(options: str, line: str
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stderr
     assert re.fullmatch(line, err.strip()), err
+
+
+def test_sigterm_inside_is_handled_like_ctrl_c_and_the_handler_is_put_back(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    closed: list[str] = []
+
+    def run() -> int:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(10)
+            return 0
+        finally:
+            closed.append("output closed")  # what a `with` around the work would do
+
+    started = time.monotonic()
+    assert run_main(run, prog="prog") == EXIT_INTERRUPTED
+    assert time.monotonic() - started < 5 and closed == ["output closed"]
+    assert capsys.readouterr().err == "prog: terminated (SIGTERM); work done so far is kept\n"
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import random
 import re
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn
@@ -78,3 +84,42 @@ def test_resume_needs_a_checkpoint_of_the_same_shape(tmp_path: Path, sample_fast
     wider = replace(config, preset="protssl-8m-h5")
     with pytest.raises(CheckpointError, match="preset 'protssl-tiny' differs from 'protssl-8m-h5'"):
         pretrain(wider, resume=True, progress=False)
+
+
+_WRITER = """
+import sys, torch
+from pathlib import Path
+from protssl.pretrain.state import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+path = Path(sys.argv[1]) / CHECKPOINT_NAME
+step = load_checkpoint(path)["step"] + 1 if path.exists() else 0
+while True:  # a large checkpoint, again and again, until killed
+    save_checkpoint(path, {"step": step, "weights": torch.full((3_000_000,), float(step))})
+    step += 1
+"""
+
+
+@pytest.mark.slow
+def test_a_checkpoint_write_killed_midway_leaves_the_previous_one_loadable(tmp_path: Path) -> None:
+    """Real SIGKILLs at random moments of a process that writes a 12 MB checkpoint in a loop."""
+    rng = random.Random()
+    path = tmp_path / CHECKPOINT_NAME
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    last, mid_write = -1, 0
+    for _ in range(6):
+        writer = subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path)], env=env)
+        deadline = time.monotonic() + 120
+        before = path.stat().st_ino if path.exists() else None
+        while not path.exists() or path.stat().st_ino == before:  # this writer's first save
+            assert writer.poll() is None and time.monotonic() < deadline, "no checkpoint written"
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0, 0.5))
+        writer.send_signal(signal.SIGKILL)
+        assert writer.wait(timeout=60) == -signal.SIGKILL
+        mid_write += any(tmp_path.glob(f".{CHECKPOINT_NAME}.*.tmp"))  # killed inside a write
+        state = load_checkpoint(path)  # the previous checkpoint, whole
+        assert state["step"] > last
+        assert torch.equal(state["weights"], torch.full((3_000_000,), float(state["step"])))
+        last = state["step"]
+    assert mid_write >= 1, "no kill fell inside a write"
+    save_checkpoint(path, {"step": last + 1})  # the next save removes what killed writers left
+    assert [p.name for p in tmp_path.iterdir()] == [CHECKPOINT_NAME]

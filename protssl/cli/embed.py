@@ -2,7 +2,7 @@
 
 With the store, the run is a job in its `jobs` table: run again with the same arguments after a
 kill, it continues where it stopped. Prints the job's summary as the last line of stdout (JSON),
-also when a FASTA error stops it.
+also when a FASTA error stops it. An input without records is a user error (exit 2).
 """
 
 from __future__ import annotations
@@ -70,8 +70,8 @@ def _build(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="keep OUTPUT's vectors and skip their ids (implied when the store holds this "
-        "job unfinished)",
+        help="keep OUTPUT's vectors and those a killed run left in OUTPUT.partial/, and skip "
+        "their ids (implied when the store holds this job unfinished)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -129,7 +129,7 @@ def _embed(args: argparse.Namespace) -> int:
         embed_job_spec,
     )
     from protssl.embedding import EmbedConfig
-    from protssl.output import check_output
+    from protssl.output import check_output, check_writable
 
     config = EmbedConfig(
         pooling=args.pooling,
@@ -139,8 +139,12 @@ def _embed(args: argparse.Namespace) -> int:
         read_ahead_residues=args.read_ahead,
     )
     policy = fasta_policy(args)
+    if args.input != "-" and Path(args.input).is_dir():
+        raise InvalidInputError(f"{args.input}: is a folder, not a FASTA file")
     if args.input != "-" and not Path(args.input).is_file():
         raise InvalidInputError(f"{args.input}: no such file")
+    if args.engine == "local":
+        check_writable(args.output)
     model = load_model(args)
     # one pass over the input for the job's total and the local engine's progress bar
     counts = count_fasta(args.input) if not args.no_cache or args.engine == "local" else None
@@ -178,6 +182,9 @@ def _embed(args: argparse.Namespace) -> int:
                 on_flush=record_progress,
                 counts=counts,
             )
+        if summary.done + summary.skipped == 0:
+            source = "<stdin>" if args.input == "-" else args.input
+            raise InvalidInputError(f"{source}: no FASTA records in it; nothing was written")
     except (ProtsslError, KeyboardInterrupt) as exc:
         if isinstance(exc, ProtsslError):
             summary.errors = max(summary.errors, 1)

@@ -59,10 +59,12 @@ class RunProgress:
 
 
 def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
-    """torch.save to a temp file in the same folder, fsync, then rename over the old one.
+    """torch.save to a temp file in the same folder, fsync, rename over the old one, fsync the folder.
 
-    A crash or error mid-write leaves the previous checkpoint as it was (and no temp file).
+    A crash, kill (SIGKILL included) or error mid-write leaves the previous checkpoint as it was;
+    the temp file a killed writer leaves is removed by the next save.
     """
+    _remove_stale_temps(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with tmp.open("wb") as handle:
@@ -70,8 +72,31 @@ def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Remove the temp files of writers of `path` that are no longer running (killed mid-write)."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2 : -len(".tmp")]
+        if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -9,6 +9,7 @@ write lock on SQLite; a second process opening the same fresh database waits, th
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -53,11 +54,28 @@ def create_store_engine(config: StoreConfig) -> Engine:
     if config.dialect == "sqlite":
         database = url.database or ""
         if database and database != ":memory:" and not database.startswith("file:"):
-            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            _prepare_sqlite_file(Path(database).expanduser())
         engine = create_engine(url)
         _configure_sqlite(engine, busy_timeout_ms=round(config.busy_timeout_s * 1000))
         return engine
     return create_engine(url, pool_pre_ping=True)
+
+
+def _prepare_sqlite_file(path: Path) -> None:
+    """Create a SQLite file's folder; a path that cannot hold a database is one clear error."""
+    if path.is_dir():
+        raise InvalidInputError(f"SQLite database {str(path)!r} is a folder: give a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidInputError(
+            f"SQLite database {str(path)!r}: cannot create its folder {str(path.parent)!r} "
+            f"({exc.strerror})"
+        ) from None
+    if not path.exists() and not os.access(path.parent, os.W_OK | os.X_OK):
+        raise InvalidInputError(
+            f"SQLite database {str(path)!r}: folder {str(path.parent)!r} is not writable"
+        )
 
 
 def _configure_sqlite(engine: Engine, *, busy_timeout_ms: int) -> None:
