@@ -7,13 +7,16 @@ ProtsslError
 ├── NotFoundError                something named does not exist (gRPC NOT_FOUND)
 │   ├── ModelNotFoundError
 │   └── ClassifierNotFoundError
+├── AlreadyExistsError           a create named something that exists (gRPC ALREADY_EXISTS)
 ├── CheckpointError              a model file that is corrupt, mismatched or unsupported
 │   └── UntrustedCheckpointError a pickle checkpoint loaded without trust
 ├── OverloadedError              bounded capacity is full (gRPC RESOURCE_EXHAUSTED)
+├── MessageTooLargeError         a message past gRPC's size limit (RESOURCE_EXHAUSTED; not retried)
 ├── StoreError                   the SQL store failed or holds inconsistent data
 └── ServiceError                 a gRPC call failed for a reason other than the caller's input
     ├── UnavailableError         the server could not be reached, even after retries (UNAVAILABLE)
     └── DeadlineExceededError    the call's deadline passed before its work was done
+        └── StreamIdleError      a stream sent nothing for its idle timeout (DEADLINE_EXCEEDED)
 
 `ERROR_TABLE` is the one place each error meets its gRPC status (by name: the core imports no grpc)
 and its CLI exit code. The server reads it one way (`status_name_for`), the SDK the other
@@ -30,12 +33,14 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_UNEXPECTED",
     "EXIT_USER_ERROR",
+    "AlreadyExistsError",
     "CheckpointError",
     "ClassifierNotFoundError",
     "DeadlineExceededError",
     "ErrorRow",
     "FastaFormatError",
     "InvalidInputError",
+    "MessageTooLargeError",
     "ModelNotFoundError",
     "NotFoundError",
     "OverloadedError",
@@ -43,6 +48,7 @@ __all__ = [
     "SequenceTooLongError",
     "ServiceError",
     "StoreError",
+    "StreamIdleError",
     "UnavailableError",
     "UntrustedCheckpointError",
     "error_for_status",
@@ -96,6 +102,14 @@ class SequenceTooLongError(InvalidInputError):
     """A sequence is longer than a limit and the policy says refuse rather than window."""
 
 
+class MessageTooLargeError(ProtsslError):
+    """A request or response past the gRPC message size limit: smaller requests, not a retry."""
+
+
+class AlreadyExistsError(ProtsslError):
+    """A create named something that exists already."""
+
+
 class NotFoundError(ProtsslError):
     """A named model, classifier or record does not exist."""
 
@@ -146,6 +160,10 @@ class DeadlineExceededError(ServiceError):
         super().__init__(message, code="DEADLINE_EXCEEDED")
 
 
+class StreamIdleError(DeadlineExceededError):
+    """A stream sent no message for the server's idle timeout with nothing in flight; it was ended."""
+
+
 @dataclass(frozen=True)
 class ErrorRow:
     """One error kind and what it becomes on the wire and at the shell."""
@@ -161,13 +179,18 @@ class ErrorRow:
 ERROR_TABLE: tuple[ErrorRow, ...] = (
     ErrorRow(InvalidInputError, "INVALID_ARGUMENT", EXIT_USER_ERROR),
     ErrorRow(NotFoundError, "NOT_FOUND", EXIT_USER_ERROR),
+    ErrorRow(AlreadyExistsError, "ALREADY_EXISTS", EXIT_USER_ERROR),
     ErrorRow(OverloadedError, "RESOURCE_EXHAUSTED", EXIT_USER_ERROR),
+    ErrorRow(MessageTooLargeError, "RESOURCE_EXHAUSTED", EXIT_USER_ERROR),
     ErrorRow(DeadlineExceededError, "DEADLINE_EXCEEDED", EXIT_USER_ERROR),
     ErrorRow(UnavailableError, "UNAVAILABLE", EXIT_USER_ERROR),
     ErrorRow(StoreError, "UNAVAILABLE", EXIT_USER_ERROR),
     ErrorRow(CheckpointError, "FAILED_PRECONDITION", EXIT_USER_ERROR),
     ErrorRow(ServiceError, "INTERNAL", EXIT_USER_ERROR),
 )
+MESSAGE_SIZE_MARKER = "message larger than max"
+"""What gRPC's own RESOURCE_EXHAUSTED says of a message past the size limit ("Received message
+larger than max (N vs. M)"): no trailer names a class, so `error_for_status` reads the message."""
 """First match wins (subclasses before their parents). From a status back to an error, the first row
 with that status, unless the server named a class of the hierarchy with the same status."""
 
@@ -208,6 +231,10 @@ def error_for_status(status: str, message: str, *, kind: str | None = None) -> P
     """The error an SDK raises for a failed call: the server's class when it named one of ours that
     maps to the same status, else the table's first row for the status, else ServiceError(code=status).
     """
+    if kind is None and status == "RESOURCE_EXHAUSTED" and MESSAGE_SIZE_MARKER in message:
+        return MessageTooLargeError(
+            f"{message}: send fewer or shorter sequences per request (or use EmbedStream)"
+        )
     named = _by_name().get(kind or "")
     row = _row_for(named) if named is not None else None
     if (
