@@ -150,6 +150,15 @@ def test_on_invalid_over_the_wire(stub, records):
     assert [e.id for e in replaced] == ["good", "bad"] and replaced[1].length == len(bad)
 
 
+def test_error_trailers_hold_any_id(stub):
+    """An id that is not printable ASCII in the record-id trailer failed the call ("Invalid
+    metadata", INTERNAL): it goes %-encoded."""
+    request = pb.EmbedRequest(sequences=[pb.Sequence(id="é\tx", sequence="MK@V")])
+    error = rpc_error(stub.Embed, request, timeout=30)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "position 3" in error.details()
+    assert dict(error.trailing_metadata())["protssl-record-id"] == "%C3%A9%09x"
+
+
 def test_sdk_passes_on_invalid(server, records):
     with protssl.Client(server[0]) as client:
         result = client.embed({"a": records[0].sequence, "b": "MKV@L"}, on_invalid="skip")
