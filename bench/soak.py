@@ -122,7 +122,7 @@ def bad_requests(
             "id too long",
             INVALID,
             lambda: embed.Embed(
-                pb.EmbedRequest(sequences=[pb.Sequence(id="i" * 100_000, sequence="MKV")]),
+                pb.EmbedRequest(sequences=[pb.Sequence(id="i" * 1_000_000, sequence="MKV")]),
                 timeout=60,
             ),
         ),
