@@ -31,8 +31,8 @@ from protssl.errors import InvalidInputError, ProtsslError, error_for_status
 from protssl.fasta import FastaPolicy, ProteinRecord, read_fasta
 from protssl.wire import (
     CLASSIFIER_METHOD,
-    ON_INVALID,
     ERROR_KIND_KEY,
+    ON_INVALID,
     POOLING,
     VECTOR_DTYPE,
     ClassifierInfo,

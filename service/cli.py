@@ -53,6 +53,7 @@ OPTIONS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     ("max_examples", int, "examples one classifier version holds (default 10000)"),
     ("max_classes", int, "labels one classifier version holds (default 1000)"),
     ("max_streams", int, "EmbedStream calls open at once, at most workers/2 (default 16)"),
+    ("max_calls", int, "calls in progress or waiting, past it RESOURCE_EXHAUSTED (default 1000)"),
     ("max_connection_streams", int, "calls open at once on one connection (default 100)"),
     ("stream_idle_timeout_s", float, "end a stream silent this long (default 60)"),
     ("stream_id_memory", int, "ids per stream checked for duplicates (default 100000)"),

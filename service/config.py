@@ -62,6 +62,9 @@ class ServiceConfig:
     max_streams: int = 16
     """EmbedStream calls open at once; past it RESOURCE_EXHAUSTED. Capped at half of `workers` so
     streams can never hold every handler thread (Health and unary calls keep theirs)."""
+    max_calls: int = 1000
+    """Calls in progress or waiting for a handler thread, all clients together; past it a call gets
+    RESOURCE_EXHAUSTED at once instead of queueing without bound (a flood of tiny calls)."""
     max_connection_streams: int = 100
     """Calls open at once on one client connection (HTTP/2 max concurrent streams)."""
     stream_idle_timeout_s: float = 60.0
@@ -112,6 +115,7 @@ class ServiceConfig:
             "max_classes",
             "max_streams",
             "max_connection_streams",
+            "max_calls",
             "stream_id_memory",
             "workers",
             "processes",

@@ -169,6 +169,7 @@ def create_server(
     server = grpc.server(
         ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="protssl-rpc"),
         interceptors=[CallInterceptor(metrics)],
+        maximum_concurrent_rpcs=config.max_calls,
         options=[
             ("grpc.max_send_message_length", message_bytes),
             ("grpc.max_receive_message_length", message_bytes),

@@ -422,3 +422,24 @@ def test_create_of_an_existing_name_is_already_exists_even_concurrently(server, 
     with protssl.Client(server[0]) as client:
         assert client.create_classifier("race", support, new_version=True).version == 2
         client.delete_classifier("race")
+
+
+def test_calls_past_max_calls_are_refused_at_once(service_model):
+    """Calls beyond max_calls (in progress or waiting) get RESOURCE_EXHAUSTED, not a queue."""
+    with (
+        running_server(service_model, max_calls=2, stream_idle_timeout_s=30) as (_, address, _),
+        grpc.insecure_channel(address) as channel,
+    ):
+        stub = pb_grpc.EmbeddingServiceStub(channel)
+        held = [_Paced(), _Paced()]
+        calls = [stub.EmbedStream(iter(p), timeout=30) for p in held]
+        time.sleep(0.5)  # both streams are open on the server
+        started = time.monotonic()
+        error = rpc_error(stub.ListModels, pb.ListModelsRequest(), timeout=10)
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert time.monotonic() - started < 5
+        for paced in held:
+            paced.messages.put(None)
+        for call in calls:
+            assert list(call) == []
+        assert len(stub.ListModels(pb.ListModelsRequest(), timeout=10).models) == 1
