@@ -443,3 +443,63 @@ def test_calls_past_max_calls_are_refused_at_once(service_model):
         for call in calls:
             assert list(call) == []
         assert len(stub.ListModels(pb.ListModelsRequest(), timeout=10).models) == 1
+
+
+@pytest.mark.slow
+def test_rss_does_not_ratchet_under_abuse(service_model_dir, tmp_path):
+    """Rounds of large bad requests (1 MB ids, garbage bytes, over-limit responses, streams of
+    big ids): the server's RSS after the fifth round stays within 10% of the second's."""
+    import os
+    import subprocess
+    import sys
+
+    import psutil
+    from service_support import wait_for_line
+
+    command = [sys.executable, "-m", "service", "--port", "0", "--metrics-port", "off"]
+    command += ["--model", str(service_model_dir), "--dtype", "float32", "--max-message-mb", "4"]
+    command += ["--database-url", f"sqlite:///{tmp_path / 'store.sqlite3'}"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        match, _ = wait_for_line(process, r"serving protssl.v1 on (127.0.0.1:\d+)")
+        server = psutil.Process(process.pid)
+        with grpc.insecure_channel(match.group(1)) as channel:
+            stub = pb_grpc.EmbeddingServiceStub(channel)
+            raw = channel.unary_unary(EMBED)
+            big_id = "i" * 1_000_000
+            rss = []
+            for _ in range(5):
+                for _ in range(10):
+                    request = pb.EmbedRequest(
+                        sequences=[
+                            pb.Sequence(id=big_id + str(i), sequence="MKV") for i in range(3)
+                        ]
+                    )
+                    error = rpc_error(stub.Embed, request, timeout=30)
+                    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+                    assert rpc_error(raw, b"\xff" * 3_000_000, timeout=30).code() == (
+                        grpc.StatusCode.INVALID_ARGUMENT
+                    )
+                    per_residue = pb.EmbedRequest(
+                        sequences=[
+                            pb.Sequence(id=f"p{i}", sequence="MKV" * 10_000) for i in range(6)
+                        ],
+                        options=pb.EmbedOptions(pooling=pb.POOLING_PER_RESIDUE),
+                    )
+                    assert rpc_error(stub.Embed, per_residue, timeout=30).code() == (
+                        grpc.StatusCode.INVALID_ARGUMENT
+                    )
+                    stream = [
+                        pb.EmbedStreamRequest(sequences=[pb.Sequence(id=big_id, sequence="MKV")])
+                    ]
+                    code = rpc_error(
+                        lambda s=stream: list(stub.EmbedStream(iter(s), timeout=30))
+                    ).code()
+                    assert code == grpc.StatusCode.INVALID_ARGUMENT
+                time.sleep(0.5)
+                rss.append(server.memory_info().rss)
+        assert rss[-1] < rss[1] * 1.10, [r // 2**20 for r in rss]
+    finally:
+        process.terminate()
+        process.communicate(timeout=60)
