@@ -27,6 +27,7 @@ from protssl.errors import (
     ClassifierNotFoundError,
     DeadlineExceededError,
     FastaFormatError,
+    MessageTooLargeError,
     ModelNotFoundError,
     OverloadedError,
     StreamIdleError,
@@ -402,9 +403,17 @@ class ClassifierServicer(_Face, pb_grpc.ClassifierServiceServicer):
     def ListClassifiers(
         self, request: pb.ListClassifiersRequest, context: grpc.ServicerContext
     ) -> pb.ListClassifiersResponse:
-        return pb.ListClassifiersResponse(
+        response = pb.ListClassifiersResponse(
             classifiers=[classifier_info_to_proto(c) for c in self.store.classifiers.list()]
         )
+        size, limit = response.ByteSize(), self.config.max_message_mb * 2**20
+        if size > limit:  # refused here, not failed by gRPC after the call ends
+            raise MessageTooLargeError(
+                f"the {len(response.classifiers)} classifiers take {size / 2**20:.1f} MiB, more "
+                f"than one message may ({self.config.max_message_mb} MiB, max_message_mb): "
+                "delete unused classifiers or raise max_message_mb"
+            )
+        return response
 
     def DeleteClassifier(
         self, request: pb.DeleteClassifierRequest, context: grpc.ServicerContext

@@ -503,3 +503,57 @@ def test_rss_does_not_ratchet_under_abuse(service_model_dir, tmp_path):
     finally:
         process.terminate()
         process.communicate(timeout=60)
+
+
+def test_a_client_pinging_too_often_is_sent_away(service_model):
+    """Keepalive enforcement: pings every 200 ms (the server allows one per 10 s) end in GOAWAY."""
+    options = [
+        ("grpc.keepalive_time_ms", 200),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+    with (
+        running_server(service_model) as (_, address, _),
+        grpc.insecure_channel(address, options=options) as channel,
+    ):
+        paced = _Paced()
+        started = time.monotonic()
+        error = rpc_error(
+            lambda: list(pb_grpc.EmbeddingServiceStub(channel).EmbedStream(iter(paced), timeout=30))
+        )
+        paced.messages.put(None)
+        assert error.code() == grpc.StatusCode.UNAVAILABLE and "pings" in error.details()
+        assert time.monotonic() - started < 20
+
+
+def test_a_list_over_the_message_limit_is_refused_not_failed_on_send(service_model, tmp_path):
+    from protssl.store import Store, StoreConfig
+
+    url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    with Store(StoreConfig(url=url)) as store:
+        for n in range(6):  # 6 x 1,000 labels of 200 characters: 1.2 MB
+            classes = [f"{n}-{i}".ljust(200, "x") for i in range(1000)]
+            store.classifiers.save(
+                f"wide{n}",
+                model_sha256=service_model.sha256,
+                method="prototype",
+                params={"classes": classes},
+                blob=b"",
+                examples=[],
+                metrics={},
+            )
+    with (
+        running_server(service_model, store=True, database_url=url, max_message_mb=1) as (
+            _,
+            address,
+            _,
+        ),
+        grpc.insecure_channel(address) as channel,
+    ):
+        stub = pb_grpc.ClassifierServiceStub(channel)
+        error = rpc_error(stub.ListClassifiers, pb.ListClassifiersRequest(), timeout=30)
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_message_mb" in error.details()
+        assert dict(error.trailing_metadata())["protssl-error-kind"] == "MessageTooLargeError"
+        one = stub.GetClassifier(pb.GetClassifierRequest(name="wide0"), timeout=30)
+        assert len(one.labels) == 1000
