@@ -32,7 +32,7 @@ from protssl.fasta import ProteinRecord
 from protssl.store import Store, StoreConfig
 from protssl.store.schema import Base
 
-pytestmark = [pytest.mark.service, pytest.mark.postgres]
+pytestmark = pytest.mark.service
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -168,6 +168,7 @@ def test_frozen_database_fails_within_the_connect_timeout(cluster):
         assert store.ping()
 
 
+@pytest.mark.postgres
 def test_statement_timeout_is_set(postgres_url):
     with Store(StoreConfig(url=postgres_url, statement_timeout_s=0.3)) as store:
         started = time.monotonic()
