@@ -280,26 +280,28 @@ class EmbeddingServicer(_Face, pb_grpc.EmbeddingServiceServicer):
         ended = False
         offset = 0  # sequences received, skipped ones included: what default ids count
         idle = self.config.stream_idle_timeout_s
-        last_message = time.monotonic()
+        active = time.monotonic()  # the last message or result: the idle clock starts there
         while True:
             while pending and pending[0].future.done() and options is not None:
                 yield from self._drain(pending.popleft(), options, progress)
+                active = time.monotonic()
             if ended and not pending:
                 return
             if (ended or len(pending) >= STREAM_IN_FLIGHT) and options is not None:
                 yield from self._drain(pending.popleft(), options, progress)
+                active = time.monotonic()
                 continue
-            wait = STREAM_POLL_S if pending else last_message + idle - time.monotonic()
+            wait = STREAM_POLL_S if pending else active + idle - time.monotonic()
             try:
                 message = reader.get(timeout=max(0.0, wait))
             except queue.Empty:
-                if not pending and time.monotonic() - last_message >= idle:
+                if not pending and time.monotonic() - active >= idle:
                     raise StreamIdleError(
                         f"no stream message for {idle:g} s with nothing in flight "
                         "(stream_idle_timeout_s): the stream was ended"
                     ) from None
                 continue
-            last_message = time.monotonic()
+            active = time.monotonic()
             if message is _END:
                 ended = True
                 continue

@@ -557,3 +557,23 @@ def test_a_list_over_the_message_limit_is_refused_not_failed_on_send(service_mod
         assert dict(error.trailing_metadata())["protssl-error-kind"] == "MessageTooLargeError"
         one = stub.GetClassifier(pb.GetClassifierRequest(name="wide0"), timeout=30)
         assert len(one.labels) == 1000
+
+
+def test_idle_clock_starts_after_the_last_result(service_model, records):
+    """A message whose results take longer than the idle timeout, then the next one right after
+    them: the stream was busy, not idle, and goes on."""
+    with (
+        running_server(service_model, stream_idle_timeout_s=0.4) as (server, address, _),
+        grpc.insecure_channel(address) as channel,
+    ):
+        stub = pb_grpc.EmbeddingServiceStub(channel)
+        paced = _Paced()
+        responses = stub.EmbedStream(iter(paced), timeout=60)
+        server.batcher.run_task(lambda: time.sleep(1.2))  # the worker is busy for 3 idle timeouts
+        for record in records[:2]:
+            message = pb.Sequence(id=record.id, sequence=record.sequence)
+            paced.messages.put(pb.EmbedStreamRequest(sequences=[message]))
+            assert next(responses).embedding.id == record.id
+            assert next(responses).HasField("progress")
+        paced.messages.put(None)
+        assert list(responses) == []
