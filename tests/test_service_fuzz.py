@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from service_support import running_server
 from sqlalchemy import create_engine, func, select
@@ -80,13 +80,13 @@ def _code(call, request, **kwargs) -> grpc.StatusCode:  # type: ignore[no-untype
 sequences = st.lists(st.builds(pb.Sequence, id=TEXT, sequence=SEQUENCE), max_size=6)
 options = st.builds(
     pb.EmbedOptions,
-    model=st.sampled_from(["", "tiny-test", "esm2"]) | TEXT,
-    pooling=st.integers(-2, 5),
-    layer=st.none() | st.integers(-6, 6) | INT32,
-    dtype=st.integers(-1, 4),
-    on_invalid=st.integers(-1, 5),
+    model=st.sampled_from(["", "", "", "tiny-test", "esm2"]) | TEXT,
+    pooling=st.sampled_from([0, 1, 2, 3]) | st.integers(-2, 5),
+    layer=st.none() | st.none() | st.integers(-3, 2) | INT32,
+    dtype=st.sampled_from([0, 1, 2]) | st.integers(-1, 4),
+    on_invalid=st.sampled_from([0, 1, 2, 3]) | st.integers(-1, 5),
 )
-labelled = st.lists(
+random_examples = st.lists(
     st.builds(
         pb.LabelledSequence,
         id=TEXT,
@@ -95,6 +95,16 @@ labelled = st.lists(
     ),
     max_size=8,
 )
+plausible_examples = st.lists(
+    st.builds(
+        pb.LabelledSequence,
+        sequence=st.text("ACDEFGHIKLMNPQRSTVWY", min_size=5, max_size=60),
+        labels=st.lists(st.sampled_from(["A", "B", "1.1.1.1", "1.1.2.1"]), min_size=1, max_size=2),
+    ),
+    min_size=4,
+    max_size=10,
+)
+labelled = plausible_examples | random_examples
 names = st.sampled_from(["fam", "other"]) | TEXT
 
 
@@ -102,7 +112,7 @@ names = st.sampled_from(["fam", "other"]) | TEXT
 @given(sequences=sequences, options=options)
 def test_embed(channel, sequences, options):
     stub = pb_grpc.EmbeddingServiceStub(channel)
-    _code(stub.Embed, pb.EmbedRequest(sequences=sequences, options=options))
+    event(f"Embed {_code(stub.Embed, pb.EmbedRequest(sequences=sequences, options=options)).name}")
 
 
 @FUZZ
@@ -140,7 +150,7 @@ def test_classifier_calls(
     create = pb.CreateClassifierRequest(
         name=name, method=method, examples=examples, new_version=new_version
     )
-    _code(stub.CreateClassifier, create)
+    event(f"CreateClassifier {_code(stub.CreateClassifier, create).name}")
     _code(stub.AddExamples, pb.AddExamplesRequest(name=name, examples=examples[:2]))
     _code(
         stub.Classify,
