@@ -577,3 +577,39 @@ def test_idle_clock_starts_after_the_last_result(service_model, records):
             assert next(responses).HasField("progress")
         paced.messages.put(None)
         assert list(responses) == []
+
+
+def test_one_huge_call_does_not_hold_the_worker_from_the_others(service_model):
+    """A call of 300,000 residues used to keep every later call waiting until it was nearly done;
+    turns now rotate every few forwards, so a one-sequence call is answered within a fraction."""
+    rng = np.random.default_rng(0)
+    letters = np.array(list("ACDEFGHIKLMNPQRSTVWY"))
+    big = pb.EmbedRequest(
+        sequences=[
+            pb.Sequence(id=f"b{i}", sequence="".join(rng.choice(letters, 300))) for i in range(1000)
+        ]
+    )
+    small = pb.EmbedRequest(sequences=[pb.Sequence(id="s", sequence="MKVLAAGIVGLLLAW")])
+    with (
+        running_server(service_model) as (_, address, _),
+        grpc.insecure_channel(address) as channel,
+    ):
+        stub = pb_grpc.EmbeddingServiceStub(channel)
+        took: dict[str, float] = {}
+
+        def run_big() -> None:
+            started = time.monotonic()
+            assert len(stub.Embed(big, timeout=300).embeddings) == 1000
+            took["big"] = time.monotonic() - started
+
+        thread = threading.Thread(target=run_big)
+        thread.start()
+        time.sleep(0.2)
+        small_latencies = []
+        while thread.is_alive():
+            started = time.monotonic()
+            stub.Embed(small, timeout=300)
+            small_latencies.append(time.monotonic() - started)
+        thread.join()
+    assert len(small_latencies) >= 3, (small_latencies, took)
+    assert max(small_latencies) < 0.4 * took["big"], (small_latencies, took)
