@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench proto clean
+.PHONY: demo test lint bench proto clean lease-pack lease-unpack
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,24 @@ bench: $(STAMP)
 	$(PY) bench/embed_throughput.py --preset esm2-8m
 	$(PY) bench/embed_throughput.py --preset esm2-35m
 	$(PY) bench/store_throughput.py
+
+# A GPU lease (README "Spending a GPU lease"): pack here, run lease/run.sh there, unpack here.
+SHARED ?= ../shared
+LEASE_WHEELS := biopython sqlalchemy alembic mako platformdirs fair-esm
+lease-pack: $(STAMP)
+	mkdir -p .lease/wheels
+	gzip -c $(SHARED)/data/pretrain/pretrain_corpus.fasta > .lease/pretrain_corpus.fasta.gz
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .lease/wheels $(LEASE_WHEELS)
+
+# FROM: the folder the device tool brought back; TO: the candidate model folder.
+TO ?= runs/lease-model
+lease-unpack: $(STAMP)
+	test -n "$(FROM)" || (echo "usage: make lease-unpack FROM=<files_at> [TO=$(TO)]" && exit 2)
+	mkdir -p $(TO)
+	cat $(FROM)/model.safetensors.part* > $(TO)/model.safetensors
+	cp $(FROM)/model.json $(TO)/
+	$(PY) -c "import protssl, sys; print(protssl.load_model(sys.argv[1]).card.name, 'loads')" $(TO)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -9,6 +9,9 @@ others (bounded resources per client): `--stalled` streams that open and then se
 server must end each after its idle timeout, DEADLINE_EXCEEDED), and one flooder sending tiny
 calls (ListModels) back to back on its own connection.
 
+The server runs with authentication on (as deployed); the clients carry a write token the soak
+makes in the store first.
+
 Pass: zero unexpected statuses (a good call not OK, a bad call not its status), no "unexpected
 error" in the server's log, every client served, server RSS growth < 10% between the end of a
 warm-up (the first tenth of the run) and the end. The last line printed is one JSON object:
@@ -41,7 +44,9 @@ import psutil
 
 from protssl._proto import protssl_pb2 as pb
 from protssl._proto import protssl_pb2_grpc as pb_grpc
+from protssl.client import _BearerToken
 from protssl.fasta import ProteinRecord, read_fasta
+from protssl.store import Store, StoreConfig
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 OK = grpc.StatusCode.OK
@@ -70,6 +75,11 @@ class Tally:
                 self.expected += 1
             else:
                 self.unexpected.append(f"{kind}: wanted {want.name}, got {got.name}: {detail}")
+
+
+def channel_to(address: str, token: str) -> grpc.Channel:
+    """A channel whose calls carry the soak's API token (the server runs with authentication)."""
+    return grpc.intercept_channel(grpc.insecure_channel(address), _BearerToken(token))
 
 
 def _call(fn: Callable[[], object]) -> tuple[grpc.StatusCode, str, float]:
@@ -161,6 +171,7 @@ def bad_requests(
 def client(
     index: int,
     address: str,
+    token: str,
     records: list[ProteinRecord],
     deadline: float,
     bad_rate: float,
@@ -168,7 +179,7 @@ def client(
 ) -> None:
     """One closed-loop client: good Embed and Classify calls, a share of bad ones."""
     rng = random.Random(index)
-    with grpc.insecure_channel(address) as channel:
+    with channel_to(address, token) as channel:
         embed = pb_grpc.EmbeddingServiceStub(channel)
         classifiers = pb_grpc.ClassifierServiceStub(channel)
         bad = bad_requests(channel, records)
@@ -192,10 +203,10 @@ def client(
                     tally.per_client[index] += 1
 
 
-def stalled_stream(address: str, tally: Tally, deadline: float) -> None:
+def stalled_stream(address: str, token: str, tally: Tally, deadline: float) -> None:
     """Open EmbedStreams that send nothing, one after another: the server must end each after its
     idle timeout (DEADLINE_EXCEEDED) rather than let it hold a handler thread."""
-    with grpc.insecure_channel(address) as channel:
+    with channel_to(address, token) as channel:
         stub = pb_grpc.EmbeddingServiceStub(channel)
         while time.monotonic() < deadline - STREAM_IDLE_S - 1:
             release = threading.Event()
@@ -209,10 +220,10 @@ def stalled_stream(address: str, tally: Tally, deadline: float) -> None:
             tally.record("stalled stream", grpc.StatusCode.DEADLINE_EXCEEDED, got, detail)
 
 
-def flooder(address: str, tally: Tally, deadline: float) -> int:
+def flooder(address: str, token: str, tally: Tally, deadline: float) -> int:
     """Tiny calls back to back on one connection; returns how many were answered."""
     answered = 0
-    with grpc.insecure_channel(address) as channel:
+    with channel_to(address, token) as channel:
         stub = pb_grpc.EmbeddingServiceStub(channel)
         while time.monotonic() < deadline:
             got, detail, _ = _call(lambda: stub.ListModels(pb.ListModelsRequest(), timeout=30))
@@ -222,14 +233,15 @@ def flooder(address: str, tally: Tally, deadline: float) -> int:
     return answered
 
 
-def start_server(args: argparse.Namespace, workdir: Path) -> tuple[subprocess.Popen[str], str]:
+def start_server(args: argparse.Namespace, url: str) -> tuple[subprocess.Popen[str], str]:
     command = [sys.executable, "-m", "service", "--port", "0", "--metrics-port", "off"]
-    command += ["--database-url", args.database_url or f"sqlite:///{workdir / 'soak.sqlite3'}"]
+    command += ["--database-url", url]
     command += ["--max-sequences", str(MAX_SEQUENCES), "--max-id-length", str(MAX_ID_LENGTH)]
     command += ["--stream-idle-timeout-s", str(STREAM_IDLE_S), "--workers", str(args.workers)]
     if args.model:
         command += ["--model", args.model]
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+    env.pop("PROTSSL_INSECURE_NO_AUTH", None)  # authentication on, as deployed
     process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
     assert process.stderr is not None
     for line in process.stderr:
@@ -257,13 +269,16 @@ def main() -> int:
     support = list(read_fasta(EXAMPLES / "labelled.fasta"))
     tally = Tally()
     with tempfile.TemporaryDirectory() as tmp:
-        process, address = start_server(args, Path(tmp))
+        url = args.database_url or f"sqlite:///{Path(tmp) / 'soak.sqlite3'}"
+        with Store(StoreConfig(url=url)) as store:
+            _, token = store.tokens.create("write", name="soak")
+        process, address = start_server(args, url)
         server_log: list[str] = []
         assert process.stderr is not None
         drain = threading.Thread(target=lambda: server_log.extend(process.stderr), daemon=True)  # type: ignore[arg-type]
         drain.start()
         try:
-            with grpc.insecure_channel(address) as channel:
+            with channel_to(address, token) as channel:
                 pb_grpc.ClassifierServiceStub(channel).CreateClassifier(
                     pb.CreateClassifierRequest(
                         name="soak",
@@ -279,17 +294,19 @@ def main() -> int:
             deadline = started + args.duration
             threads = [
                 threading.Thread(
-                    target=client, args=(i, address, records, deadline, args.bad_rate, tally)
+                    target=client, args=(i, address, token, records, deadline, args.bad_rate, tally)
                 )
                 for i in range(args.clients)
             ]
             threads += [
-                threading.Thread(target=stalled_stream, args=(address, tally, deadline))
+                threading.Thread(target=stalled_stream, args=(address, token, tally, deadline))
                 for _ in range(args.stalled)
             ]
             flood: list[int] = []
             threads.append(
-                threading.Thread(target=lambda: flood.append(flooder(address, tally, deadline)))
+                threading.Thread(
+                    target=lambda: flood.append(flooder(address, token, tally, deadline))
+                )
             )
             for thread in threads:
                 thread.start()

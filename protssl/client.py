@@ -1,12 +1,14 @@
 """The Python SDK: `protssl.Client("host:port")` over the gRPC service.
 
-    with protssl.Client("127.0.0.1:50051") as client:
+    with protssl.Client("127.0.0.1:50051", token=token) as client:   # or $PROTSSL_TOKEN
         result = client.embed(["MKTAYIAKQR", "MSEQNNTEMT"])
         result.ids, result.vectors          # ['seq0', 'seq1'], float32 array (2, dim)
 
-Calls time out (`timeout` seconds), retry with exponential backoff while the server is UNAVAILABLE,
-and raise the protssl error the server raised (the class it names in the call's trailers, else the
-one `protssl.errors.ERROR_TABLE` gives its status) with the server's message. This module is the
+Every call carries the API token as `authorization: Bearer` metadata; `root_certificates` (and a
+client certificate and key for mutual TLS) make the channel TLS. Calls time out (`timeout`
+seconds), retry with exponential backoff while the server is UNAVAILABLE, and raise the protssl
+error the server raised (the class it names in the call's trailers, else the one
+`protssl.errors.ERROR_TABLE` gives its status) with the server's message. This module is the
 only part of `protssl` that imports grpc; `import protssl` loads it on first use of `protssl.Client`.
 Messages are translated by `protssl.wire`, as in the server.
 """
@@ -14,6 +16,7 @@ Messages are translated by `protssl.wire`, as in the server.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +29,7 @@ from tqdm import tqdm
 
 from protssl._proto import protssl_pb2 as pb
 from protssl._proto import protssl_pb2_grpc as pb_grpc
+from protssl.auth import TOKEN_ENV
 from protssl.embedding import Embedding
 from protssl.errors import InvalidInputError, ProtsslError, error_for_status
 from protssl.fasta import FastaPolicy, ProteinRecord, read_fasta
@@ -39,12 +43,21 @@ from protssl.wire import (
     ClientPrediction,
     EmbeddingDecoder,
     ModelInfo,
+    TokenInfo,
     classifier_info_from_proto,
     model_info_from_proto,
     prediction_from_proto,
+    token_info_from_proto,
 )
 
-__all__ = ["ClassifierInfo", "Client", "ClientEmbeddings", "ClientPrediction", "ModelInfo"]
+__all__ = [
+    "ClassifierInfo",
+    "Client",
+    "ClientEmbeddings",
+    "ClientPrediction",
+    "ModelInfo",
+    "TokenInfo",
+]
 
 log = logging.getLogger(__name__)
 
@@ -120,13 +133,61 @@ def _sequences(
     return out
 
 
+class _BearerToken(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds `authorization: Bearer <token>` to every call of a channel."""
+
+    def __init__(self, token: str) -> None:
+        self._metadata = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details: Any) -> Any:
+        return details._replace(metadata=(*(details.metadata or ()), self._metadata))
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._with_token(details), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._with_token(details), requests)
+
+
+def _pem(value: bytes | str | Path | None, what: str) -> bytes | None:
+    """PEM bytes as given, or read from a path."""
+    if value is None or isinstance(value, bytes):
+        return value
+    try:
+        return Path(value).read_bytes()
+    except OSError as exc:
+        raise InvalidInputError(f"{what}: cannot read {value} ({exc.strerror})") from None
+
+
 class Client:
-    """A connection to a protssl server; use as a context manager or call `close()`."""
+    """A connection to a protssl server; use as a context manager or call `close()`.
+
+    `token` (else $PROTSSL_TOKEN) is sent as `authorization: Bearer <token>` on every call. TLS is
+    used when `tls` is true or any certificate is given: `root_certificates` (PEM bytes or a path;
+    None = the system's roots) verifies the server, `certificate_chain` and `private_key` are the
+    client's own for mutual TLS.
+    """
 
     def __init__(
         self,
         target: str = "127.0.0.1:50051",
         *,
+        token: str | None = None,
+        tls: bool | None = None,
+        root_certificates: bytes | str | Path | None = None,
+        certificate_chain: bytes | str | Path | None = None,
+        private_key: bytes | str | Path | None = None,
         timeout: float | None = 300.0,
         retries: int = 5,
         backoff: float = 0.1,
@@ -135,27 +196,42 @@ class Client:
     ) -> None:
         if retries < 0 or backoff <= 0:
             raise InvalidInputError("retries must be >= 0 and backoff > 0")
+        if (certificate_chain is None) != (private_key is None):
+            raise InvalidInputError("certificate_chain and private_key go together (mutual TLS)")
         self.target = target
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
         self.max_backoff = max_backoff
         size = max_message_mb * 1024 * 1024
-        self._channel = grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_send_message_length", size),
-                ("grpc.max_receive_message_length", size),
-                ("grpc.initial_reconnect_backoff_ms", int(backoff * 1000)),
-                ("grpc.min_reconnect_backoff_ms", int(backoff * 1000)),
-                ("grpc.max_reconnect_backoff_ms", int(max_backoff * 1000)),
-                # a connection of its own (grpcio shares one per target by default), so clients
-                # spread over the processes of a multi-process server (`--processes`)
-                ("grpc.use_local_subchannel_pool", 1),
-            ],
+        options = [
+            ("grpc.max_send_message_length", size),
+            ("grpc.max_receive_message_length", size),
+            ("grpc.initial_reconnect_backoff_ms", int(backoff * 1000)),
+            ("grpc.min_reconnect_backoff_ms", int(backoff * 1000)),
+            ("grpc.max_reconnect_backoff_ms", int(max_backoff * 1000)),
+            # a connection of its own (grpcio shares one per target by default), so clients
+            # spread over the processes of a multi-process server (`--processes`)
+            ("grpc.use_local_subchannel_pool", 1),
+        ]
+        if tls is None:
+            tls = any(v is not None for v in (root_certificates, certificate_chain, private_key))
+        if tls:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=_pem(root_certificates, "root_certificates"),
+                private_key=_pem(private_key, "private_key"),
+                certificate_chain=_pem(certificate_chain, "certificate_chain"),
+            )
+            self._channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=options)
+        token = token if token is not None else os.environ.get(TOKEN_ENV) or None
+        self._calls = (
+            grpc.intercept_channel(self._channel, _BearerToken(token)) if token else self._channel
         )
-        self._embeddings = pb_grpc.EmbeddingServiceStub(self._channel)
-        self._classifiers = pb_grpc.ClassifierServiceStub(self._channel)
+        self._embeddings = pb_grpc.EmbeddingServiceStub(self._calls)
+        self._classifiers = pb_grpc.ClassifierServiceStub(self._calls)
+        self._tokens = pb_grpc.TokenServiceStub(self._calls)
 
     def __enter__(self) -> Client:
         return self
@@ -354,3 +430,23 @@ class Client:
         )
         response = self._call(self._classifiers.Classify, request, timeout)
         return [prediction_from_proto(p) for p in response.predictions]
+
+    # --- API tokens (an admin token's calls) --------------------------------------------------
+
+    def create_token(
+        self, role: str, *, name: str = "", timeout: float | None = None
+    ) -> tuple[TokenInfo, str]:
+        """A new API token of `role` (read, write, admin): its info and the token, shown only now."""
+        request = pb.CreateTokenRequest(role=role, name=name)
+        response = self._call(self._tokens.CreateToken, request, timeout)
+        return token_info_from_proto(response.info), response.token
+
+    def list_tokens(self, *, timeout: float | None = None) -> list[TokenInfo]:
+        """Every API token, revoked ones too, oldest first (never the tokens themselves)."""
+        response = self._call(self._tokens.ListTokens, pb.ListTokensRequest(), timeout)
+        return [token_info_from_proto(t) for t in response.tokens]
+
+    def revoke_token(self, token_id: str, *, timeout: float | None = None) -> TokenInfo:
+        """Revoke the token with this id; the server stops accepting it within its token cache time."""
+        request = pb.RevokeTokenRequest(id=token_id)
+        return token_info_from_proto(self._call(self._tokens.RevokeToken, request, timeout))

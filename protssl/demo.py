@@ -3,7 +3,8 @@
     python -m protssl.demo [--model PATH]     (what `make demo` runs)
 
 Starts the gRPC server on a free loopback port (the shipped default model unless --model, a
-throwaway SQLite store), embeds examples/proteins.fasta over EmbedStream, embeds a few again to
+throwaway SQLite store) with authentication on, as a real deployment runs it: a `write` API token
+is made in the store first and the SDK sends it. Then it embeds examples/proteins.fasta over EmbedStream, embeds a few again to
 show cache hits, fits a classifier on examples/labelled.fasta, classifies
 examples/labelled_query.fasta, prints the first two queries of each family (answered, or why the
 classifier abstained), and stops the server.
@@ -43,15 +44,18 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         database_url = f"sqlite:///{Path(tmp) / 'demo.sqlite3'}"
+        with Store(StoreConfig(url=database_url)) as store:
+            row, token = store.tokens.create("write", name="demo")
         config = ServiceConfig(
             port=0, model=args.model, metrics_port=None, database_url=database_url
         )
         server, port = create_server(config)
         server.start()
         address = f"127.0.0.1:{port}"
-        print(f"server: protssl.v1 on {address}")
+        print(f"server: protssl.v1 on {address}, API tokens required")
+        print(f"token: {row.id} ({row.role}), made as `protssl token create --role write` would")
         try:
-            with Client(address) as client:
+            with Client(address, token=token) as client:
                 run(client, args.examples, database_url)
         finally:
             server.stop(grace=5.0)

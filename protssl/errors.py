@@ -12,6 +12,8 @@ ProtsslError
 │   └── UntrustedCheckpointError a pickle checkpoint loaded without trust
 ├── OverloadedError              bounded capacity is full (gRPC RESOURCE_EXHAUSTED)
 ├── MessageTooLargeError         a message past gRPC's size limit (RESOURCE_EXHAUSTED; not retried)
+├── AuthenticationError          no API token, or one that is unknown or revoked (UNAUTHENTICATED)
+├── PermissionDeniedError        a valid token whose role may not do this (PERMISSION_DENIED)
 ├── StoreError                   the SQL store failed or holds inconsistent data
 └── ServiceError                 a gRPC call failed for a reason other than the caller's input
     ├── UnavailableError         the server could not be reached, even after retries (UNAVAILABLE)
@@ -34,6 +36,7 @@ __all__ = [
     "EXIT_UNEXPECTED",
     "EXIT_USER_ERROR",
     "AlreadyExistsError",
+    "AuthenticationError",
     "CheckpointError",
     "ClassifierNotFoundError",
     "DeadlineExceededError",
@@ -44,6 +47,7 @@ __all__ = [
     "ModelNotFoundError",
     "NotFoundError",
     "OverloadedError",
+    "PermissionDeniedError",
     "ProtsslError",
     "SequenceTooLongError",
     "ServiceError",
@@ -134,6 +138,14 @@ class OverloadedError(ProtsslError):
     """A bounded queue or limit is full; retry later."""
 
 
+class AuthenticationError(ProtsslError):
+    """No API token came with the call, or it is malformed, unknown or revoked."""
+
+
+class PermissionDeniedError(ProtsslError):
+    """The API token is valid but its role does not allow the call."""
+
+
 class StoreError(ProtsslError):
     """The SQL store failed or returned inconsistent data."""
 
@@ -182,6 +194,8 @@ ERROR_TABLE: tuple[ErrorRow, ...] = (
     ErrorRow(AlreadyExistsError, "ALREADY_EXISTS", EXIT_USER_ERROR),
     ErrorRow(OverloadedError, "RESOURCE_EXHAUSTED", EXIT_USER_ERROR),
     ErrorRow(MessageTooLargeError, "RESOURCE_EXHAUSTED", EXIT_USER_ERROR),
+    ErrorRow(AuthenticationError, "UNAUTHENTICATED", EXIT_USER_ERROR),
+    ErrorRow(PermissionDeniedError, "PERMISSION_DENIED", EXIT_USER_ERROR),
     ErrorRow(DeadlineExceededError, "DEADLINE_EXCEEDED", EXIT_USER_ERROR),
     ErrorRow(UnavailableError, "UNAVAILABLE", EXIT_USER_ERROR),
     ErrorRow(StoreError, "UNAVAILABLE", EXIT_USER_ERROR),

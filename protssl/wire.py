@@ -24,6 +24,7 @@ from protssl.errors import InvalidInputError
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
+    from protssl.auth import StoredToken
     from protssl.checkpoint import LoadedModel
     from protssl.fewshot import Prediction
     from protssl.store import StoredClassifier
@@ -38,6 +39,7 @@ __all__ = [
     "ClientPrediction",
     "EmbeddingDecoder",
     "ModelInfo",
+    "TokenInfo",
     "WireEnum",
     "classifier_info_from_proto",
     "classifier_info_to_proto",
@@ -47,6 +49,8 @@ __all__ = [
     "prediction_from_proto",
     "prediction_to_proto",
     "provenance_to_proto",
+    "token_info_from_proto",
+    "token_info_to_proto",
 ]
 
 ERROR_KIND_KEY = "protssl-error-kind"
@@ -293,6 +297,39 @@ def prediction_to_proto(decision: Prediction) -> pb.Prediction:
 
 def prediction_from_proto(p: pb.Prediction) -> ClientPrediction:
     return _from_message(ClientPrediction, p, top=tuple((t.label, t.probability) for t in p.top))
+
+
+# --- API tokens ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """An API token as the server lists it (never the token itself)."""
+
+    id: str
+    name: str
+    role: str
+    """read, write or admin."""
+    created_at: str
+    """ISO 8601, UTC."""
+    revoked_at: str
+    """ISO 8601, UTC; empty while the token is active."""
+
+
+def token_info_to_proto(stored: StoredToken) -> pb.TokenInfo:
+    """A stored token's public fields (its sha256 stays on the server)."""
+    revoked = stored.revoked_at.isoformat() if stored.revoked_at is not None else ""
+    return pb.TokenInfo(
+        id=stored.id,
+        name=stored.name,
+        role=stored.role,
+        created_at=stored.created_at.isoformat(),
+        revoked_at=revoked,
+    )
+
+
+def token_info_from_proto(message: pb.TokenInfo) -> TokenInfo:
+    return _from_message(TokenInfo, message)
 
 
 def _from_message(kind: type[D], message: Any, **converted: Any) -> D:

@@ -8,6 +8,7 @@ the same flags and call `run`; grpc is imported only when it runs.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -16,6 +17,8 @@ from protssl.errors import InvalidInputError
 from service.config import ServiceConfig
 
 __all__ = ["OPTIONS", "add_arguments", "config_kwargs", "run"]
+
+log = logging.getLogger(__name__)
 
 
 def _optional_port(text: str) -> int | None:
@@ -65,6 +68,15 @@ OPTIONS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     ("grace_s", float, "seconds in-flight calls get on SIGTERM (default 10)"),
     ("metrics_port", _optional_port, "Prometheus port; 0 = any, off = none (default 9464)"),
     ("processes", int, "server processes sharing the port, one GIL and model each (default 1)"),
+    (
+        "insecure_no_auth",
+        _boolean,
+        "serve without API tokens; binds 127.0.0.1 unless --host is given (default off)",
+    ),
+    ("token_cache_s", float, "seconds a token check is remembered = revocation delay (default 10)"),
+    ("tls_cert", str, "PEM certificate chain: serve TLS only (with --tls-key)"),
+    ("tls_key", str, "PEM private key of --tls-cert"),
+    ("tls_client_ca", str, "PEM CA bundle: clients need a certificate it signed (mutual TLS)"),
 )
 """(ServiceConfig field, parser, help): flag --field-name, environment variable PROTSSL_FIELD_NAME."""
 
@@ -72,18 +84,22 @@ OPTIONS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The server's flags (every one also read from PROTSSL_<NAME>)."""
     for name, kind, text in OPTIONS:
+        switch = {"nargs": "?", "const": True} if kind is _boolean else {}  # `--flag` = true
         parser.add_argument(
             "--" + name.replace("_", "-"),
             dest=name,
             type=kind,
             default=argparse.SUPPRESS,
             help=f"{text} [env PROTSSL_{name.upper()}]",
+            **switch,  # type: ignore[arg-type]
         )
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
 
 
 def config_kwargs(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, Any]:
-    """ServiceConfig keyword arguments: a flag if given, else PROTSSL_<NAME> if set, else omitted."""
+    """ServiceConfig keyword arguments: a flag if given, else PROTSSL_<NAME> if set, else omitted.
+
+    Without authentication only an explicit `--host` moves the server off loopback."""
     kwargs: dict[str, Any] = {}
     for name, kind, _ in OPTIONS:
         env_name = f"PROTSSL_{name.upper()}"
@@ -94,6 +110,13 @@ def config_kwargs(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[
                 kwargs[name] = kind(environ[env_name])
             except ValueError as exc:
                 raise InvalidInputError(f"{env_name}={environ[env_name]!r}: {exc}") from None
+    if kwargs.get("insecure_no_auth") and not hasattr(args, "host") and "host" in kwargs:
+        log.warning(
+            "--insecure-no-auth: binding 127.0.0.1, not PROTSSL_HOST=%s (give --host to expose "
+            "a server without authentication)",
+            kwargs["host"],
+        )
+        kwargs["host"] = ServiceConfig.host
     return kwargs
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING
 
@@ -93,6 +94,17 @@ class ServiceConfig:
     processes: int = 1
     """Server processes sharing the port (SO_REUSEPORT), each with its own GIL, model worker and
     batcher; the kernel spreads client connections across them. More than 1 pays on many cores."""
+    insecure_no_auth: bool = False
+    """Serve without API tokens: every caller may do everything (the CLI then binds loopback
+    unless --host is given, and warns)."""
+    token_cache_s: float = 10.0
+    """Seconds a token check is remembered: a revoked token stops working within this time."""
+    tls_cert: str | None = None
+    """PEM certificate chain of the server; with `tls_key`, the server speaks only TLS."""
+    tls_key: str | None = None
+    """PEM private key of `tls_cert`."""
+    tls_client_ca: str | None = None
+    """PEM CA bundle: clients must present a certificate it signed (mutual TLS); needs tls_cert."""
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -143,10 +155,29 @@ class ServiceConfig:
         ):
             if getattr(self, name) <= 0:
                 raise InvalidInputError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.max_queue_delay_ms < 0 or self.grace_s < 0 or self.memory_cache_mb < 0:
+        if (
+            self.max_queue_delay_ms < 0
+            or self.grace_s < 0
+            or self.memory_cache_mb < 0
+            or self.token_cache_s < 0
+        ):
             raise InvalidInputError(
-                "max_queue_delay_ms, grace_s and memory_cache_mb must not be negative"
+                "max_queue_delay_ms, grace_s, memory_cache_mb and token_cache_s must not be negative"
             )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise InvalidInputError("tls_cert and tls_key go together: give both or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise InvalidInputError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+
+    @property
+    def loopback_only(self) -> bool:
+        """Whether `host` is a loopback address (only this machine can connect)."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host.strip("[]")).is_loopback
+        except ValueError:
+            return False
 
     @property
     def stream_slots(self) -> int:

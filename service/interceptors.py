@@ -1,4 +1,10 @@
-"""One server interceptor per concern of every call: errors → status, a log line, metrics.
+"""The server's interceptors: who may call what (`AuthInterceptor`), and errors → status, a log
+line, metrics (`CallInterceptor`).
+
+`METHOD_ROLES` is the one table of which role each RPC needs; health and reflection are open, and a
+method the table does not name needs `admin` (closed by default). The auth check runs first thing
+in the call, on its handler thread; its refusals are raised there, so `CallInterceptor` (first in
+the chain) maps, logs and counts them like any other error.
 
 Servicers raise protssl errors; `CallInterceptor` turns them into statuses through the one table,
 `protssl.errors.ERROR_TABLE` (by `service.errors.abort_with`), then logs one structured line per
@@ -21,11 +27,53 @@ from typing import Any
 
 import grpc
 
-from protssl.errors import InvalidInputError
+from protssl._proto import protssl_pb2 as pb
+from protssl.auth import Role, TokenVerifier, role_allows
+from protssl.errors import AuthenticationError, InvalidInputError, PermissionDeniedError
 from service.errors import abort_with
 from service.metrics import ServiceMetrics
 
-__all__ = ["CallInterceptor"]
+__all__ = ["METHOD_ROLES", "OPEN_SERVICES", "AuthInterceptor", "CallInterceptor", "required_role"]
+
+
+def _method(service: str, name: str) -> str:
+    return f"/{pb.DESCRIPTOR.services_by_name[service].full_name}/{name}"
+
+
+METHOD_ROLES: dict[str, Role] = {
+    _method("EmbeddingService", "Embed"): "read",
+    _method("EmbeddingService", "EmbedStream"): "read",
+    _method("EmbeddingService", "ListModels"): "read",
+    _method("ClassifierService", "Classify"): "read",
+    _method("ClassifierService", "GetClassifier"): "read",
+    _method("ClassifierService", "ListClassifiers"): "read",
+    _method("ClassifierService", "CreateClassifier"): "write",
+    _method("ClassifierService", "AddExamples"): "write",
+    _method("ClassifierService", "DeleteClassifier"): "write",
+    _method("TokenService", "CreateToken"): "admin",
+    _method("TokenService", "ListTokens"): "admin",
+    _method("TokenService", "RevokeToken"): "admin",
+}
+"""The role each RPC needs (`read` < `write` < `admin`)."""
+
+OPEN_SERVICES: frozenset[str] = frozenset(
+    {
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    }
+)
+"""Services anyone may call: load balancers probe health, tools discover the API by reflection."""
+
+_BEARER = "bearer "
+
+
+def required_role(method: str) -> Role | None:
+    """The role `method` (/package.Service/Method) needs; None for an open service."""
+    if method.lstrip("/").split("/", 1)[0] in OPEN_SERVICES:
+        return None
+    return METHOD_ROLES.get(method, "admin")
+
 
 log = logging.getLogger("service.calls")
 
@@ -56,7 +104,7 @@ def _tolerant(
     return deserialize
 
 
-def _checked(requests: Iterator[Any]) -> Iterator[Any]:
+def _decoded(requests: Iterator[Any]) -> Iterator[Any]:
     """A request stream that raises InvalidInputError at its first undecodable message."""
     for request in requests:
         if isinstance(request, _Undecodable):
@@ -164,7 +212,7 @@ class CallInterceptor(grpc.ServerInterceptor):
             try:
                 if isinstance(request, _Undecodable):
                     raise request.error
-                return behavior(_checked(request) if streamed else request, context)
+                return behavior(_decoded(request) if streamed else request, context)
             except Exception as exc:
                 call.fail(exc)
             finally:
@@ -185,7 +233,7 @@ class CallInterceptor(grpc.ServerInterceptor):
             try:
                 if isinstance(request, _Undecodable):
                     raise request.error
-                yield from behavior(_checked(request) if streamed else request, context)
+                yield from behavior(_decoded(request) if streamed else request, context)
                 cancelled = False
             except Exception as exc:
                 cancelled = False
@@ -194,3 +242,73 @@ class CallInterceptor(grpc.ServerInterceptor):
                 call.finish(cancelled=cancelled)
 
         return wrapped
+
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    """Checks the call's `authorization: Bearer <token>` against `METHOD_ROLES` before it runs."""
+
+    def __init__(self, verifier: TokenVerifier) -> None:
+        self.verifier = verifier
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        need = required_role(method)
+        if handler is None or need is None:
+            return handler
+        metadata = handler_call_details.invocation_metadata
+
+        def check() -> None:
+            token = self.verifier.verify(_bearer(metadata))
+            if not role_allows(token.role, need):
+                raise PermissionDeniedError(
+                    f"API token {token.id} has role {token.role}; {method} needs {need}"
+                )
+
+        return _checked(handler, check)
+
+
+def _bearer(metadata: Any) -> str:
+    """The token of the call's `authorization: Bearer <token>` metadata."""
+    for key, value in metadata or ():
+        if key == "authorization":
+            text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+            if text[: len(_BEARER)].lower() != _BEARER:
+                raise AuthenticationError("authorization metadata must be `Bearer <token>`")
+            return text[len(_BEARER) :].strip()
+    raise AuthenticationError("no API token: send metadata `authorization: Bearer <token>`")
+
+
+def _checked(handler: grpc.RpcMethodHandler, check: Callable[[], None]) -> grpc.RpcMethodHandler:
+    """`handler` with `check()` first, on the handler's thread: `intercept_service` runs on gRPC's
+    one polling thread, which a store lookup (a token not in the cache) would stall for all calls."""
+    serializers = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+
+    def unary(behavior: Callable[[Any, grpc.ServicerContext], Any]) -> Any:
+        def checked(request: Any, context: grpc.ServicerContext) -> Any:
+            check()
+            return behavior(request, context)
+
+        return checked
+
+    def streaming(behavior: Callable[[Any, grpc.ServicerContext], Iterator[Any]]) -> Any:
+        def checked(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            check()
+            yield from behavior(request, context)
+
+        return checked
+
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **serializers)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), **serializers)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(streaming(handler.unary_stream), **serializers)
+    return grpc.stream_stream_rpc_method_handler(streaming(handler.stream_stream), **serializers)

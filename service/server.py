@@ -1,7 +1,10 @@
 """Build the gRPC server (`create_server`, for tests and embedding) and run it (`serve`, for the CLI).
 
-The server hosts EmbeddingService, ClassifierService, grpc.health.v1 and server reflection, with
-one model worker (the dynamic batcher) behind them and Prometheus metrics on a side port.
+The server hosts EmbeddingService, ClassifierService, TokenService, grpc.health.v1 and server
+reflection (v1 and v1alpha), with one model worker (the dynamic batcher) behind them and
+Prometheus metrics on a side port. Calls need an API token from the store (`service.interceptors.AuthInterceptor`) unless the
+config says `insecure_no_auth`; with `tls_cert`/`tls_key` the port speaks only TLS, and with
+`tls_client_ca` clients must present a certificate that CA signed.
 """
 
 from __future__ import annotations
@@ -11,22 +14,24 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from protssl._proto import protssl_pb2 as pb
 from protssl._proto import protssl_pb2_grpc as pb_grpc
+from protssl.auth import TokenVerifier
 from protssl.checkpoint import LoadedModel, load_model
 from protssl.errors import InvalidInputError
 from protssl.store import Store
 from service.batcher import EmbeddingBatcher, release_freed_memory
 from service.config import ServiceConfig, store_config
-from service.interceptors import CallInterceptor
+from service.interceptors import AuthInterceptor, CallInterceptor
 from service.metrics import ServiceMetrics
-from service.servicers import ClassifierServicer, EmbeddingServicer
+from service.reflection import enable_reflection
+from service.servicers import ClassifierServicer, EmbeddingServicer, TokenServicer
 from service.shutdown import SIGNAL_POLL_S, stop_on_signals
 from service.supervisor import supervise
 
@@ -44,8 +49,10 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAMES: tuple[str, ...] = tuple(
     pb.DESCRIPTOR.services_by_name[name].full_name
-    for name in ("EmbeddingService", "ClassifierService")
+    for name in ("EmbeddingService", "ClassifierService", "TokenService")
 )
+
+EMBEDDING_SERVICE = pb.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
 
 
 KEEPALIVE_OPTIONS: tuple[tuple[str, int], ...] = (
@@ -100,8 +107,9 @@ class ProtsslServer:
         down = health_pb2.HealthCheckResponse.NOT_SERVING
         embedding_up = store_up or self.config.embed_without_store
         self.health.set("", serving if store_up else down)
-        self.health.set(SERVICE_NAMES[0], serving if embedding_up else down)
-        self.health.set(SERVICE_NAMES[1], serving if store_up else down)
+        for name in SERVICE_NAMES:  # the classifier and token services need the store
+            up = embedding_up if name == EMBEDDING_SERVICE else store_up
+            self.health.set(name, serving if up else down)
 
     def _watch_store(self) -> None:
         """Ping the store every `health_check_interval_s`; health follows what it finds."""
@@ -144,14 +152,29 @@ def create_server(
     `model` skips loading `config.model` (tests hand in one they built); `store` skips opening
     `config.database_url` (the caller keeps owning it); `registry` receives the Prometheus metrics
     (a fresh one per server by default). With `config.store` false there is no cache and the
-    classifier RPCs answer UNIMPLEMENTED. `reuse_port` lets sibling processes bind the same port
-    (`service.supervisor`); otherwise a port in use is an error.
+    classifier RPCs answer UNIMPLEMENTED (the store is still opened for its API tokens unless
+    `config.insecure_no_auth`, when the token RPCs answer UNIMPLEMENTED too). `reuse_port` lets
+    sibling processes bind the same port (`service.supervisor`); otherwise a port in use is an
+    error.
     """
+    credentials = _server_credentials(config)
     if model is None:
         model = load_model(config.model, device=config.device, dtype=config.dtype)
     owned_store = None
-    if store is None and config.store:
+    if store is None and (config.store or not config.insecure_no_auth):
         store = owned_store = Store(store_config(config))
+    token_store = store
+    interceptors: list[grpc.ServerInterceptor] = []
+    if not config.insecure_no_auth:
+        assert token_store is not None
+        verifier = TokenVerifier(token_store.tokens.find, ttl_s=config.token_cache_s)
+        interceptors.append(AuthInterceptor(verifier))
+        if not any(t.active for t in token_store.tokens.list()):
+            log.warning(
+                "no active API token in the store (%s): every call but health and reflection "
+                "will be refused; make one with `protssl token create --role read|write|admin`",
+                token_store.config.redacted_url(),
+            )
     if not config.store:
         store = None
     metrics = ServiceMetrics(registry)
@@ -168,7 +191,7 @@ def create_server(
     message_bytes = config.max_message_mb * 1024 * 1024
     server = grpc.server(
         ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="protssl-rpc"),
-        interceptors=[CallInterceptor(metrics)],
+        interceptors=[CallInterceptor(metrics), *interceptors],
         maximum_concurrent_rpcs=config.max_calls,
         options=[
             ("grpc.max_send_message_length", message_bytes),
@@ -187,24 +210,35 @@ def create_server(
         else pb_grpc.ClassifierServiceServicer(),  # UNIMPLEMENTED without a store
         server,
     )
+    pb_grpc.add_TokenServiceServicer_to_server(
+        TokenServicer(token_store) if token_store is not None else pb_grpc.TokenServiceServicer(),
+        server,
+    )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (
-            *SERVICE_NAMES,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
+    enable_reflection(
+        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server
     )
     address = f"{config.host}:{config.port}"
     try:
-        port = server.add_insecure_port(address)
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
     except RuntimeError as exc:
         batcher.close()
         if owned_store is not None:
             owned_store.close()
         raise InvalidInputError(f"cannot bind {address} ({exc})") from None
+    if config.insecure_no_auth:
+        _warn_no_auth(config, port)
+    elif credentials is None and not config.loopback_only:
+        log.warning(
+            "serving %s:%d without TLS: API tokens and sequences cross the network in clear "
+            "(give tls_cert and tls_key, or put a TLS proxy in front)",
+            config.host,
+            port,
+        )
     metrics_port = None
     if config.metrics_port is not None:
         try:
@@ -229,6 +263,47 @@ def create_server(
             config=config,
         ),
         port,
+    )
+
+
+def _server_credentials(config: ServiceConfig) -> grpc.ServerCredentials | None:
+    """TLS credentials from the config's PEM files (mutual TLS with a client CA); None: plaintext."""
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    pem = {
+        name: _read_pem(path, name)
+        for name, path in (
+            ("tls_cert", config.tls_cert),
+            ("tls_key", config.tls_key),
+            ("tls_client_ca", config.tls_client_ca),
+        )
+        if path is not None
+    }
+    return grpc.ssl_server_credentials(
+        [(pem["tls_key"], pem["tls_cert"])],
+        root_certificates=pem.get("tls_client_ca"),
+        require_client_auth="tls_client_ca" in pem,
+    )
+
+
+def _read_pem(path: str, what: str) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise InvalidInputError(f"{what}: cannot read {path} ({exc.strerror})") from None
+    if b"-----BEGIN " not in data:
+        raise InvalidInputError(f"{what}: {path} is not a PEM file (no -----BEGIN line)")
+    return data
+
+
+def _warn_no_auth(config: ServiceConfig, port: int) -> None:
+    where = "loopback only" if config.loopback_only else "BEYOND THIS MACHINE"
+    log.warning(
+        "authentication is OFF (insecure_no_auth): whoever reaches %s:%d (%s) may embed and "
+        "create, change or delete every classifier",
+        config.host,
+        port,
+        where,
     )
 
 

@@ -44,12 +44,13 @@ from protssl.wire import (
     embedding_to_proto,
     model_info_to_proto,
     prediction_to_proto,
+    token_info_to_proto,
 )
 from service.batcher import EmbeddingBatcher, Pending
 from service.config import ServiceConfig
 from service.limits import check_classifier, check_request, check_response_size
 
-__all__ = ["ClassifierServicer", "EmbeddingServicer"]
+__all__ = ["ClassifierServicer", "EmbeddingServicer", "TokenServicer"]
 
 T = TypeVar("T")
 
@@ -445,3 +446,28 @@ class ClassifierServicer(_Face, pb_grpc.ClassifierServiceServicer):
         return pb.ClassifyResponse(
             predictions=predictions, classifier=classifier_info_to_proto(stored)
         )
+
+
+class TokenServicer(pb_grpc.TokenServiceServicer):
+    """API tokens in the store (the interceptor lets only admin tokens in)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def CreateToken(
+        self, request: pb.CreateTokenRequest, context: grpc.ServicerContext
+    ) -> pb.CreateTokenResponse:
+        row, token = self.store.tokens.create(request.role, name=request.name)
+        return pb.CreateTokenResponse(info=token_info_to_proto(row), token=token)
+
+    def ListTokens(
+        self, request: pb.ListTokensRequest, context: grpc.ServicerContext
+    ) -> pb.ListTokensResponse:
+        return pb.ListTokensResponse(
+            tokens=[token_info_to_proto(t) for t in self.store.tokens.list()]
+        )
+
+    def RevokeToken(
+        self, request: pb.RevokeTokenRequest, context: grpc.ServicerContext
+    ) -> pb.TokenInfo:
+        return token_info_to_proto(self.store.tokens.revoke(request.id))

@@ -49,9 +49,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def _private_default_store(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Commands that open the default store use a throwaway SQLite file, never the user's."""
+    """Commands that open the default store use a throwaway SQLite file, never the user's.
+
+    Servers these tests start (`protssl serve`, `python -m service`, on loopback) run without API
+    tokens, as `--insecure-no-auth`; tests/test_auth.py unsets this to test authentication, and
+    `service_support.running_server` does the same for in-process servers. Clients get no token.
+    """
     url = f"sqlite:///{tmp_path_factory.mktemp('store') / 'default.sqlite3'}"
     monkeypatch.setenv("PROTSSL_DATABASE_URL", url)
+    monkeypatch.setenv("PROTSSL_INSECURE_NO_AUTH", "true")
+    monkeypatch.delenv("PROTSSL_TOKEN", raising=False)
 
 
 @pytest.fixture(scope="session")

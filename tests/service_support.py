@@ -52,9 +52,15 @@ def running_server(
     """A started server on an ephemeral loopback port; stopped on exit.
 
     No store unless `database_url` (and `store=True`) is given: the cache is tested on purpose.
+    No authentication on this loopback server unless `insecure_no_auth=False` (tests/test_auth.py).
     """
     registry = CollectorRegistry()
-    settings: dict[str, object] = {"port": 0, "metrics_port": None, "store": False}
+    settings: dict[str, object] = {
+        "port": 0,
+        "metrics_port": None,
+        "store": False,
+        "insecure_no_auth": True,
+    }
     settings.update(overrides)
     server, port = create_server(ServiceConfig(**settings), model=model, registry=registry)  # type: ignore[arg-type]
     server.start()

@@ -35,6 +35,8 @@ LIGHT = [
     ["classify"],
     ["analyze"],
     ["serve"],
+    ["token"],
+    ["token", "create"],
 ]
 """Commands whose help needs nothing heavy."""
 
@@ -77,7 +79,7 @@ def test_help_that_needs_torch_still_loads_no_rpc_stack(command: list[str]) -> N
 def test_every_command_is_listed_and_each_builds_its_own_parser() -> None:
     listing = build_parser().format_help()
     commands = ["embed", "import-esm", "info", "db", "pretrain", "pretrain-export", "plot-run"]
-    commands += ["classifier", "classify", "fewshot-eval", "serve"]
+    commands += ["classifier", "classify", "fewshot-eval", "serve", "token"]
     found = [re.search(rf"\n    {re.escape(name)}\s", listing) for name in commands]
     positions = [match.start() for match in found if match]
     assert len(positions) == len(commands) and positions == sorted(positions)

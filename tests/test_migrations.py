@@ -21,6 +21,7 @@ TABLES = {
     "classifier_examples",
     "predictions",
     "jobs",
+    "api_tokens",
 }
 
 

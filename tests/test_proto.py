@@ -30,4 +30,4 @@ def test_stubs_import_as_a_package() -> None:
     assert protssl_pb2_grpc.protssl_dot_v1_dot_protssl__pb2 is protssl_pb2
     assert protssl_pb2.DESCRIPTOR.package == "protssl.v1"
     names = set(protssl_pb2.DESCRIPTOR.services_by_name)
-    assert names == {"EmbeddingService", "ClassifierService"}
+    assert names == {"EmbeddingService", "ClassifierService", "TokenService"}

@@ -16,6 +16,7 @@ from protssl._proto import protssl_pb2 as pb
 from protssl._proto import protssl_pb2_grpc as pb_grpc
 from protssl.errors import (
     AlreadyExistsError,
+    AuthenticationError,
     CheckpointError,
     ClassifierNotFoundError,
     DeadlineExceededError,
@@ -25,6 +26,7 @@ from protssl.errors import (
     ModelNotFoundError,
     NotFoundError,
     OverloadedError,
+    PermissionDeniedError,
     ProtsslError,
     SequenceTooLongError,
     ServiceError,
@@ -49,6 +51,8 @@ ERRORS: tuple[ProtsslError, ...] = (
     CheckpointError("weights do not match the card"),
     UntrustedCheckpointError("a pickle checkpoint needs --trust-pickle"),
     OverloadedError("the embedding queue is full"),
+    AuthenticationError("unknown or revoked API token"),
+    PermissionDeniedError("API token 0123456789abcdef has role read; ... needs write"),
     StoreError("the database is unreachable"),
     ServiceError("a remote call failed"),
     UnavailableError("upstream unavailable"),

@@ -1,7 +1,7 @@
 """The `protssl` command: a thin face that parses arguments, calls the library, maps errors.
 
 One module per command group (`embed`, `import_esm`, `info`, `db`, `pretrain`, `fewshot`,
-`analyze`, `serve`), each listing its commands in COMMANDS (`commands.Command`); arguments
+`analyze`, `serve`, `token`), each listing its commands in COMMANDS (`commands.Command`); arguments
 several commands share are in `args`. A command's parser is built, and the library modules it
 needs imported, only when that command is chosen: `protssl --help` loads neither torch nor
 SQLAlchemy.
@@ -16,7 +16,7 @@ import argparse
 from collections.abc import Sequence
 
 from protssl import __version__
-from protssl.cli import analyze, db, embed, fewshot, import_esm, info, pretrain, serve
+from protssl.cli import analyze, db, embed, fewshot, import_esm, info, pretrain, serve, token
 from protssl.cli.commands import LazySubcommands, add_commands
 from protssl.entrypoint import configure_logging, run_main
 
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", action=LazySubcommands
     )
-    for group in (embed, import_esm, info, db, pretrain, fewshot, analyze, serve):
+    for group in (embed, import_esm, info, db, pretrain, fewshot, analyze, serve, token):
         add_commands(subparsers, group.COMMANDS)
     return parser
 

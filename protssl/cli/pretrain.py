@@ -7,6 +7,7 @@ process group that torchrun describes in the environment, then runs the same han
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shlex
@@ -104,6 +105,72 @@ def _build_pretrain(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_pretrain, command_line=None)
 
 
+def _build_lease(p: argparse.ArgumentParser) -> None:
+    from protssl.pretrain.lease import LEASE_RECIPE
+
+    p.add_argument("corpus", type=Path, help="training FASTA (plain or gzip)")
+    p.add_argument(
+        "--seconds", type=float, required=True, help="the whole budget: calibration, steps, export"
+    )
+    p.add_argument("--run-dir", type=Path, default=Path("runs/lease"), help="folder of the run")
+    p.add_argument(
+        "--calibration-steps", type=int, default=10, help="steps timed before planning (default 10)"
+    )
+    p.add_argument(
+        "--evaluations", type=int, default=4, help="validations (and checkpoints) during the run"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    recipe = p.add_argument_group("recipe (the lease recipe unless given)")
+    for flag, (dest, kind, text) in _RECIPE_FLAGS.items():
+        if dest == "steps":
+            continue
+        shown = LEASE_RECIPE.get(dest, "as pretrain")
+        recipe.add_argument(
+            flag, dest=dest, type=kind, default=None, help=f"{text.format(presets='')} ({shown})"
+        )
+    p.set_defaults(func=_lease)
+
+
+def _lease(args: argparse.Namespace) -> int:
+    from protssl.pretrain.lease import lease_config, run_lease
+
+    given = {
+        dest: getattr(args, dest)
+        for flag, (dest, _, _) in _RECIPE_FLAGS.items()
+        if flag != "--steps" and getattr(args, dest) is not None
+    }
+    for dest, default in (
+        ("init_from", Path("models/protssl-default")),
+        ("probe_fasta", Path("examples/labelled.fasta")),
+    ):
+        if dest not in given and default.exists():
+            given[dest] = default
+    if args.seconds <= 0:
+        raise InvalidInputError(f"--seconds must be > 0, got {args.seconds}")
+    config = lease_config(args.corpus, args.run_dir, **given)
+    done = run_lease(
+        config,
+        args.seconds,
+        calibration_steps=args.calibration_steps,
+        evaluations=max(1, args.evaluations),
+        command=_command_line(),
+        progress=not args.no_progress,
+    )
+    print(
+        json.dumps(
+            {
+                "model_dir": str(done.model_dir),
+                "steps": done.result.step,
+                "tokens_seen": done.result.tokens_seen,
+                "val_perplexity": done.val_perplexity,
+                "deadline_reached": done.result.deadline_reached,
+                "plan": done.plan.to_dict(),
+            }
+        )
+    )
+    return 0
+
+
 def _build_export(e: argparse.ArgumentParser) -> None:
     e.add_argument("run_dir", type=Path, help="folder of the run")
     e.add_argument("out_dir", type=Path, help="model folder to write")
@@ -124,6 +191,14 @@ COMMANDS = (
         description="Train an encoder with ESM-2's MLM recipe, InfoNCE between views and cluster "
         "members (--objective), or both. Files go to --run-dir: "
         "checkpoint.pt, log.csv, loss_curve.png, and model/ at the end.",
+    ),
+    Command(
+        "pretrain-lease",
+        _build_lease,
+        help="the best recipe so far, sized to a time budget (a GPU lease): calibrate, train, export",
+        description="Continue the shipped model (--init-from, default models/protssl-default) with "
+        "the lease recipe: time a few steps on this machine, lay the schedule over as many steps "
+        "as fit --seconds, train with a deadline, and export run-dir/model with the plan in its card.",
     ),
     Command(
         "pretrain-export",

@@ -17,6 +17,7 @@ crops, the batch stream), `objective` (masking, loss, schedule), `contrastive` (
 projection head, NT-Xent; `--objective`), `probe` (validation, layer
 embeddings, the function probe; what benchmarks use), `state` (checkpoints, resume), `logs` (CSV,
 TensorBoard, the plot), `loop` (the training loop), `export` (a run as a model folder);
+`lease` (a run sized to a time budget: calibrate, plan, train with a deadline, export);
 `python -m protssl.pretrain` (what `torchrun` launches) is `__main__`.
 """
 

@@ -19,7 +19,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from protssl.alphabet import ALPHABET
+from protssl.errors import InvalidInputError
 from protssl.model import ProteinEncoder, resolve_dtype
 from protssl.pretrain.config import PretrainConfig
 from protssl.pretrain.contrastive import (
@@ -68,6 +69,12 @@ class PretrainResult:
     model_dir: Path | None
     losses: tuple[float, ...] = field(default=())
     """Training loss of every step run in this call (rank-local mean over its micro-batches)."""
+    step_seconds: tuple[float, ...] = field(default=())
+    """Wall time of every optimizer step run in this call (validation excluded)."""
+    eval_seconds: float = 0.0
+    """Wall time this call spent in validation and the probe."""
+    deadline_reached: bool = False
+    """Whether this call stopped because its `deadline` came."""
 
 
 def pretrain(
@@ -78,6 +85,7 @@ def pretrain(
     stop_after: int | None = None,
     progress: bool = True,
     local_rank: int | None = None,
+    deadline: float | None = None,
 ) -> PretrainResult:
     """Train (or resume) a run; returns the encoder and where it ended.
 
@@ -85,7 +93,8 @@ def pretrain(
     written, no export): the schedule still spans `config.steps`. Under torch.distributed (already
     initialised by the caller, e.g. `torchrun`), gradients are averaged across ranks; on CUDA each
     rank trains on GPU `local_rank` (torchrun's LOCAL_RANK, which the caller reads; default the
-    global rank). SIGINT and SIGTERM checkpoint and stop the run at the next step boundary.
+    global rank). SIGINT and SIGTERM checkpoint and stop the run at the next step boundary, and
+    so does `deadline` (a `time.monotonic()` value) once it has passed.
 
     Denormal floats are flushed to zero while it runs: a trained model's backward pass and
     optimizer produce some, and x86 CPUs compute them in slow microcode (continuing the shipped
@@ -96,7 +105,13 @@ def pretrain(
     place = _placement(config, local_rank)
     with _denormals_flushed(), _current_cuda_device(place.device):
         return _pretrain(
-            config, place, resume=resume, command=command, stop_after=stop_after, progress=progress
+            config,
+            place,
+            resume=resume,
+            command=command,
+            stop_after=stop_after,
+            progress=progress,
+            deadline=deadline,
         )
 
 
@@ -136,18 +151,25 @@ def _pretrain(
     command: str | None,
     stop_after: int | None,
     progress: bool,
+    deadline: float | None,
 ) -> PretrainResult:
-    """Set the run up, train until the schedule's end, `stop_after` or a signal, then wrap up."""
+    """Set the run up, train until the schedule's end, `stop_after`, a signal or the deadline,
+    then wrap up."""
+    if deadline is not None and place.world > 1:
+        raise InvalidInputError(
+            "a deadline is for one process (ranks could stop at different steps)"
+        )
     run = _Run(config, place, resume=resume, command=command)
     start = run.progress.step
     end = config.steps if stop_after is None else min(config.steps, start + stop_after)
     try:
         with _stop_on_signals() as stop:
+            stop.deadline = deadline
             losses = run.train(end, stop, show_progress=progress)
     finally:
         if run.log is not None:
             run.log.close()
-    return run.finish(losses)
+    return replace(run.finish(losses), deadline_reached=stop.deadline_reached)
 
 
 class _Run:
@@ -176,6 +198,9 @@ class _Run:
             place,
             unused_parameters=config.objective == "contrastive",  # the LM head sits idle
         )
+        self.step_seconds: list[float] = []
+        self.eval_seconds = 0.0
+        """This call's step times and validation time (what sizing a run to a deadline needs)."""
         self.terms: dict[str, float] = {}
         """The last step's loss terms of a contrastive run (rank-local means), for the log."""
         self.model.train()
@@ -228,7 +253,8 @@ class _Run:
                 loss, tokens = self._optimizer_step(stream, lr)
                 progress.step += 1
                 progress.tokens_seen += tokens
-                progress.elapsed_s += time.perf_counter() - started
+                self.step_seconds.append(time.perf_counter() - started)
+                progress.elapsed_s += self.step_seconds[-1]
                 window_tokens += tokens
                 losses.append(loss)
                 row: dict[str, object] = {}
@@ -237,6 +263,7 @@ class _Run:
                 ):
                     evaluating = time.perf_counter()
                     row = self._evaluate()
+                    self.eval_seconds += time.perf_counter() - evaluating
                     window_start += time.perf_counter() - evaluating
                 if progress.step % config.log_every == 0 or row:
                     now = time.perf_counter()
@@ -420,6 +447,8 @@ class _Run:
             interrupted=interrupted,
             model_dir=model_dir,
             losses=tuple(losses),
+            step_seconds=tuple(self.step_seconds),
+            eval_seconds=self.eval_seconds,
         )
 
 
@@ -506,14 +535,26 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 class _Stop:
-    """Set by SIGINT/SIGTERM; the loop checkpoints and returns at the next step boundary."""
+    """Set by SIGINT/SIGTERM, or due once `deadline` (monotonic) passes; the loop checkpoints and
+    returns at the next step boundary."""
 
     def __init__(self) -> None:
-        self.requested = False
+        self.signalled = False
+        self.deadline: float | None = None
+        self.deadline_reached = False
 
     def __call__(self, signum: int, frame: object) -> None:
         log.warning("signal %d: checkpointing and stopping after this step", signum)
-        self.requested = True
+        self.signalled = True
+
+    @property
+    def requested(self) -> bool:
+        """Whether the loop should stop now."""
+        due = self.deadline is not None and time.monotonic() >= self.deadline
+        if due and not self.deadline_reached:
+            log.warning("deadline reached: checkpointing and stopping")
+            self.deadline_reached = True
+        return self.signalled or self.deadline_reached
 
 
 @contextlib.contextmanager

@@ -2,7 +2,7 @@
 
 Open it with `Store(StoreConfig(url=...))` (SQLite by default, PostgreSQL via psycopg 3); it is
 migrated to the newest schema on open. No SQL lives outside this package: one module per
-repository (`embeddings`, `classifiers`, `jobs`), `repository` for the `Store` that holds them,
+repository (`embeddings`, `classifiers`, `jobs`, `tokens`), `repository` for the `Store` that holds them,
 `common` for what they share, `schema` for the tables and `engine` for connections and migrations.
 """
 

@@ -2,7 +2,7 @@
 
 No SQL lives outside `protssl.store`. Every call is one short transaction; a batch is one
 statement per table (never one per sequence). Each repository is its own module: `embeddings`
-(the cache), `classifiers` and `jobs`; `common` holds what they share.
+(the cache), `classifiers`, `jobs` and `tokens` (API tokens); `common` holds what they share.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from protssl.store.classifiers import ClassifierRepository
 from protssl.store.config import StoreConfig
 from protssl.store.embeddings import EmbeddingCache
 from protssl.store.jobs import JobRepository
+from protssl.store.tokens import TokenRepository
 
 __all__ = ["Store"]
 
@@ -45,6 +46,7 @@ class Store:
         )
         self.classifiers = ClassifierRepository(self.engine)
         self.jobs = JobRepository(self.engine)
+        self.tokens = TokenRepository(self.engine)
 
     def ping(self) -> bool:
         """Whether the database answers now (one `SELECT 1`); what a health check asks."""

@@ -13,6 +13,7 @@ primary-key probe and a concurrent duplicate insert is a no-op.
 | classifier_examples | classifier, position | record id, sequence, labels |
 | predictions | classifier, sequence | label (or none: abstained), scores |
 | jobs | id | kind, status, counts, params, error, timestamps |
+| api_tokens | id; unique secret sha256 | name, role, created, revoked (never the secret) |
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
     "JOB_STATUSES",
+    "ApiToken",
     "Base",
     "Classifier",
     "ClassifierExample",
@@ -178,3 +180,18 @@ class Job(Base):
             name="status",
         ),
     )
+
+
+class ApiToken(Base):
+    """An API token: its public id, name and role, and the sha256 of the token (never the token)."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(10))
+    secret_sha256: Mapped[str] = mapped_column(SHA256, unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+
+    __table_args__ = (CheckConstraint("role IN ('read', 'write', 'admin')", name="role"),)

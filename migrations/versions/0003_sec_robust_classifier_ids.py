@@ -6,8 +6,8 @@ are copied aside and back, since dropping the old table cascades to them (foreig
 cannot be switched off inside the migration's transaction). PostgreSQL's sequence never reuses an
 id: nothing to do there.
 
-Revision ID: 0002_sec_robust
-Revises: 0001
+Revision ID: 0003_sec_robust
+Revises: 0002
 Create Date: 2026-12-05
 """
 
@@ -17,8 +17,8 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0002_sec_robust"
-down_revision: str | None = "0001"
+revision: str = "0003_sec_robust"
+down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

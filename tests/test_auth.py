@@ -1,0 +1,664 @@
+"""Authentication, roles, TLS and reflection through a real server on loopback, with its API tokens in
+a real SQLite file and the real PostgreSQL; certificates are made here with `cryptography`."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import ipaddress
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from google.protobuf import descriptor_pool, message_factory
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from service_support import running_server, wait_for_line
+
+import protssl
+from protssl._proto import protssl_pb2 as pb
+from protssl.auth import ROLES, role_allows
+from protssl.cli import main
+from protssl.errors import (
+    AuthenticationError,
+    InvalidInputError,
+    NotFoundError,
+    PermissionDeniedError,
+    UnavailableError,
+)
+from protssl.fasta import FastaPolicy, ProteinRecord, read_fasta
+from protssl.store import Store, StoreConfig
+from protssl.wire import ERROR_KIND_KEY
+from service.cli import add_arguments, config_kwargs
+from service.config import ServiceConfig
+from service.interceptors import METHOD_ROLES, required_role
+
+pytestmark = pytest.mark.service
+
+EMBED = "/protssl.v1.EmbeddingService/"
+CLASSIFY = "/protssl.v1.ClassifierService/"
+TOKENS = "/protssl.v1.TokenService/"
+DENIED = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
+
+
+# --- certificates: a CA, a server certificate for 127.0.0.1/localhost, client certificates ---
+
+
+@dataclass(frozen=True)
+class Pki:
+    ca: bytes
+    server_cert: bytes
+    server_key: bytes
+    client_cert: bytes
+    client_key: bytes
+    stranger_cert: bytes
+    """A client certificate from another CA (mutual TLS must refuse it)."""
+    stranger_key: bytes
+
+
+def _key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _certificate(
+    subject: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None,
+    *,
+    ca: bool = False,
+    server: bool = False,
+) -> x509.Certificate:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    issuer_name, issuer_key = issuer or (name, key)
+    now = dt.datetime.now(dt.timezone.utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if server:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def make_pki() -> Pki:
+    """A throwaway CA with a server and a client certificate, and a stranger's client certificate."""
+    pem = serialization.Encoding.PEM
+    ca_key, other_key = _key(), _key()
+    ca = _certificate("protssl test CA", ca_key, None, ca=True)
+    other = _certificate("another CA", other_key, None, ca=True)
+    server_key, client_key, stranger_key = _key(), _key(), _key()
+    server = _certificate("localhost", server_key, (ca.subject, ca_key), server=True)
+    client = _certificate("lab client", client_key, (ca.subject, ca_key))
+    stranger = _certificate("stranger", stranger_key, (other.subject, other_key))
+    return Pki(
+        ca=ca.public_bytes(pem),
+        server_cert=server.public_bytes(pem),
+        server_key=_pem_key(server_key),
+        client_cert=client.public_bytes(pem),
+        client_key=_pem_key(client_key),
+        stranger_cert=stranger.public_bytes(pem),
+        stranger_key=_pem_key(stranger_key),
+    )
+
+
+@pytest.fixture(scope="module")
+def pki() -> Pki:
+    return make_pki()
+
+
+@pytest.fixture
+def pki_files(pki: Pki, tmp_path: Path) -> dict[str, str]:
+    files = {}
+    for name in ("ca", "server_cert", "server_key"):
+        path = tmp_path / f"{name}.pem"
+        path.write_bytes(getattr(pki, name))
+        files[name] = str(path)
+    return files
+
+
+# --- a server with authentication on, and a token of each role in its store ---
+
+
+@pytest.fixture
+def tokens(store_url: str) -> dict[str, str]:
+    """A token of each role, and one revoked, in the store the server will use."""
+    with Store(StoreConfig(url=store_url)) as store:
+        made = {role: store.tokens.create(role, name=f"test {role}")[1] for role in ROLES}
+        row, made["revoked"] = store.tokens.create("admin")
+        store.tokens.revoke(row.id)
+    return made
+
+
+@pytest.fixture
+def secured(service_model, store_url: str, tokens: dict[str, str]) -> Iterator[str]:
+    """The address of a started server that checks tokens against `store_url`."""
+    with running_server(
+        service_model, insecure_no_auth=False, store=True, database_url=store_url
+    ) as (_, address, _registry):
+        yield address
+
+
+def _bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+def _requests() -> dict[str, tuple[str, Any]]:
+    """One cheap request per RPC: (shape, request); allowed ones may fail later, never on auth."""
+    sequence = pb.Sequence(id="q", sequence="MKTAYIAKQRQISFVKSHFSRQ")
+    return {
+        f"{EMBED}Embed": ("unary", pb.EmbedRequest(sequences=[sequence])),
+        f"{EMBED}EmbedStream": ("stream", pb.EmbedStreamRequest(sequences=[sequence])),
+        f"{EMBED}ListModels": ("unary", pb.ListModelsRequest()),
+        f"{CLASSIFY}CreateClassifier": ("unary", pb.CreateClassifierRequest(name="c")),
+        f"{CLASSIFY}AddExamples": ("unary", pb.AddExamplesRequest(name="absent")),
+        f"{CLASSIFY}GetClassifier": ("unary", pb.GetClassifierRequest(name="absent")),
+        f"{CLASSIFY}ListClassifiers": ("unary", pb.ListClassifiersRequest()),
+        f"{CLASSIFY}DeleteClassifier": ("unary", pb.DeleteClassifierRequest(name="absent")),
+        f"{CLASSIFY}Classify": (
+            "unary",
+            pb.ClassifyRequest(name="absent", sequences=[sequence]),
+        ),
+        f"{TOKENS}CreateToken": ("unary", pb.CreateTokenRequest(role="nope")),
+        f"{TOKENS}ListTokens": ("unary", pb.ListTokensRequest()),
+        f"{TOKENS}RevokeToken": ("unary", pb.RevokeTokenRequest(id="absent")),
+    }
+
+
+def _call(channel: grpc.Channel, method: str, metadata: Any) -> grpc.RpcError | None:
+    """Make one call of `method`; its error, or None when it succeeded."""
+    shape, request = _requests()[method]
+    serializer = type(request).SerializeToString
+    try:
+        if shape == "stream":
+            call = channel.stream_stream(method, request_serializer=serializer)
+            list(call(iter([request]), metadata=metadata, timeout=60))
+        else:
+            channel.unary_unary(method, request_serializer=serializer)(
+                request, metadata=metadata, timeout=60
+            )
+    except grpc.RpcError as exc:
+        return exc
+    return None
+
+
+def test_the_role_table_names_every_rpc_and_closes_unknown_methods() -> None:
+    rpcs = {
+        f"/{service.full_name}/{method.name}"
+        for service in pb.DESCRIPTOR.services_by_name.values()
+        for method in service.methods
+    }
+    assert set(METHOD_ROLES) == rpcs == set(_requests())
+    assert required_role("/protssl.v1.EmbeddingService/Nope") == "admin"
+    assert required_role("/grpc.health.v1.Health/Check") is None
+    assert required_role("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo") is None
+    assert [role_allows(have, "write") for have in ROLES] == [False, True, True]
+
+
+def test_every_role_against_every_method(secured: str, tokens: dict[str, str]) -> None:
+    with grpc.insecure_channel(secured) as channel:
+        for method, need in METHOD_ROLES.items():
+            for role in ROLES:
+                error = _call(channel, method, _bearer(tokens[role]))
+                if role_allows(role, need):
+                    assert error is None or error.code() not in DENIED, (method, role, error)
+                else:
+                    assert error is not None, (method, role)
+                    assert error.code() == grpc.StatusCode.PERMISSION_DENIED, (method, role)
+                    assert f"has role {role}" in error.details() and need in error.details()
+                    kind = dict(error.trailing_metadata())[ERROR_KIND_KEY]
+                    assert kind == "PermissionDeniedError"
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        (),
+        (("authorization", "Basic dXNlcjpwYXNz"),),
+        (("authorization", "Bearer not-a-token"),),
+        _bearer("protssl_0123456789abcdef_" + "A" * 43),  # well-formed, unknown
+    ],
+    ids=["missing", "not-bearer", "malformed", "unknown"],
+)
+def test_missing_or_bad_tokens_are_unauthenticated_everywhere(secured: str, metadata: Any) -> None:
+    with grpc.insecure_channel(secured) as channel:
+        for method in METHOD_ROLES:
+            error = _call(channel, method, metadata)
+            assert error is not None and error.code() == grpc.StatusCode.UNAUTHENTICATED, method
+            assert "Bearer" in error.details() or "token" in error.details()
+            assert "AAAA" not in error.details()  # the token is never echoed
+
+
+def test_a_revoked_token_is_unauthenticated(secured: str, tokens: dict[str, str]) -> None:
+    with grpc.insecure_channel(secured) as channel:
+        error = _call(channel, f"{EMBED}ListModels", _bearer(tokens["revoked"]))
+    assert error is not None and error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "revoked" in error.details()
+
+
+def test_health_and_reflection_stay_open(secured: str) -> None:
+    with grpc.insecure_channel(secured) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10).status
+        assert status == health_pb2.HealthCheckResponse.SERVING
+        assert "protssl.v1.ClassifierService" in _reflected_services(channel, "v1")
+
+
+def test_revocation_takes_effect_within_token_cache_s(service_model, sqlite_url: str) -> None:
+    with Store(StoreConfig(url=sqlite_url)) as store:
+        row, token = store.tokens.create("read")
+        with running_server(
+            service_model,
+            insecure_no_auth=False,
+            database_url=sqlite_url,
+            token_cache_s=0.5,
+        ) as (_, address, _registry):
+            client = protssl.Client(address, token=token, retries=0)
+            with client:
+                assert client.list_models()
+                store.tokens.revoke(row.id)
+                time.sleep(0.6)
+                with pytest.raises(AuthenticationError, match="revoked"):
+                    client.list_models()
+
+
+def test_the_sdk_sends_token_or_protssl_token(
+    secured: str,
+    tokens: dict[str, str],
+    transposase_fastas: list[Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    families: dict[str, list[ProteinRecord]] = {}
+    for record in read_fasta(transposase_fastas[0], policy=FastaPolicy(on_invalid="skip")):
+        families.setdefault(record.labels[0], []).append(record)
+    support = [r for records in list(families.values())[:3] for r in records[:4]]
+    with protssl.Client(secured, token=tokens["write"], retries=0) as writer:
+        created = writer.create_classifier("families", support, method="prototype")
+        assert created.version == 1
+        assert len(writer.classify("families", [support[0].sequence])) == 1
+    monkeypatch.setenv("PROTSSL_TOKEN", tokens["read"])
+    with protssl.Client(secured, retries=0) as reader:
+        assert [c.name for c in reader.list_classifiers()] == ["families"]
+        with pytest.raises(PermissionDeniedError, match="needs write"):
+            reader.delete_classifier("families")
+    monkeypatch.delenv("PROTSSL_TOKEN")
+    with protssl.Client(secured, retries=0) as anonymous, pytest.raises(AuthenticationError):
+        anonymous.embed(["MKTAYIAKQR"])
+
+
+def test_an_admin_token_manages_tokens_over_grpc(secured: str, tokens: dict[str, str]) -> None:
+    with protssl.Client(secured, token=tokens["admin"], retries=0) as admin:
+        info, token = admin.create_token("read", name="remote")
+        assert (info.role, info.name, info.revoked_at) == ("read", "remote", "")
+        assert token.startswith(f"protssl_{info.id}_")
+        listed = admin.list_tokens()
+        assert info in listed and len(listed) == 5
+        assert all(token not in str(t) for t in listed)
+        with protssl.Client(secured, token=token, retries=0) as made:
+            assert made.list_models()
+            with pytest.raises(PermissionDeniedError, match="needs admin"):
+                made.list_tokens()
+        revoked = admin.revoke_token(info.id)
+        assert revoked.revoked_at != "" and revoked.id == info.id
+        with pytest.raises(InvalidInputError, match="read, write, admin"):
+            admin.create_token("root")
+        with pytest.raises(NotFoundError, match="absent"):
+            admin.revoke_token("absent")
+
+
+def test_without_a_cache_tokens_are_still_checked(
+    service_model, sqlite_url: str, tokens_sqlite: str
+) -> None:
+    """`store=False` turns off the cache and the classifiers, not authentication."""
+    with running_server(
+        service_model, insecure_no_auth=False, store=False, database_url=sqlite_url
+    ) as (_, address, _registry):
+        with protssl.Client(address, retries=0) as anonymous, pytest.raises(AuthenticationError):
+            anonymous.list_models()
+        with protssl.Client(address, token=tokens_sqlite, retries=0) as client:
+            assert len(client.embed(["MKTAYIAKQR"])) == 1
+
+
+@pytest.fixture
+def tokens_sqlite(sqlite_url: str) -> str:
+    with Store(StoreConfig(url=sqlite_url)) as store:
+        return store.tokens.create("read")[1]
+
+
+# --- reflection v1 (what grpcurl and grpc-java ask first) and v1alpha ---
+
+
+def _reflected_services(channel: grpc.Channel, version: str) -> set[str]:
+    """`list_services` through reflection `version`, with that version's own message types."""
+    pool = descriptor_pool.Default()
+    package = f"grpc.reflection.{version}"
+    request_type = message_factory.GetMessageClass(
+        pool.FindMessageTypeByName(f"{package}.ServerReflectionRequest")
+    )
+    response_type = message_factory.GetMessageClass(
+        pool.FindMessageTypeByName(f"{package}.ServerReflectionResponse")
+    )
+    call = channel.stream_stream(
+        f"/{package}.ServerReflection/ServerReflectionInfo",
+        request_serializer=request_type.SerializeToString,
+        response_deserializer=response_type.FromString,
+    )
+    (response,) = call(iter([request_type(list_services="")]), timeout=10)
+    return {s.name for s in response.list_services_response.service}
+
+
+def test_reflection_v1_and_v1alpha_list_and_describe(service_model) -> None:
+    with (
+        running_server(service_model) as (_, address, _registry),
+        grpc.insecure_channel(address) as channel,
+    ):
+        v1 = _reflected_services(channel, "v1")
+        assert v1 == _reflected_services(channel, "v1alpha")
+        assert {
+            "protssl.v1.EmbeddingService",
+            "protssl.v1.ClassifierService",
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        } <= v1
+        pool = descriptor_pool.Default()
+        request_type = message_factory.GetMessageClass(
+            pool.FindMessageTypeByName("grpc.reflection.v1.ServerReflectionRequest")
+        )
+        response_type = message_factory.GetMessageClass(
+            pool.FindMessageTypeByName("grpc.reflection.v1.ServerReflectionResponse")
+        )
+        call = channel.stream_stream(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            request_serializer=request_type.SerializeToString,
+            response_deserializer=response_type.FromString,
+        )
+        symbols = ["protssl.v1.EmbeddingService", "grpc.reflection.v1.ServerReflection"]
+        requests = [request_type(file_containing_symbol=s) for s in symbols]
+        files = [
+            r.file_descriptor_response.file_descriptor_proto[0]
+            for r in call(iter(requests), timeout=10)
+        ]
+        assert b"protssl/v1/protssl.proto" in files[0]
+        assert b"grpc/reflection/v1/reflection.proto" in files[1]
+
+
+# --- TLS and mutual TLS ---
+
+
+def test_tls_with_a_token(service_model, sqlite_url, tokens_sqlite, pki, pki_files) -> None:
+    with running_server(
+        service_model,
+        insecure_no_auth=False,
+        database_url=sqlite_url,
+        tls_cert=pki_files["server_cert"],
+        tls_key=pki_files["server_key"],
+    ) as (_, address, _registry):
+        with protssl.Client(
+            address, token=tokens_sqlite, root_certificates=pki.ca, retries=0
+        ) as client:
+            assert len(client.embed(["MKTAYIAKQR"])) == 1
+        with protssl.Client(
+            address, token=tokens_sqlite, root_certificates=pki_files["ca"], retries=0
+        ) as by_path:
+            assert by_path.list_models()
+        with (
+            protssl.Client(address, root_certificates=pki.ca, retries=0) as no_token,
+            pytest.raises(AuthenticationError),
+        ):
+            no_token.list_models()
+        with (
+            protssl.Client(address, token=tokens_sqlite, retries=0, timeout=5) as plaintext,
+            pytest.raises(UnavailableError),
+        ):
+            plaintext.list_models()
+        with (
+            protssl.Client(
+                address,
+                token=tokens_sqlite,
+                root_certificates=pki.stranger_cert,
+                retries=0,
+                timeout=5,
+            ) as untrusting,
+            pytest.raises(UnavailableError),
+        ):
+            untrusting.list_models()  # the server's certificate is not signed by this root
+
+
+def test_mutual_tls_needs_a_client_certificate_from_the_ca(
+    service_model, sqlite_url, tokens_sqlite, pki, pki_files
+) -> None:
+    with running_server(
+        service_model,
+        insecure_no_auth=False,
+        database_url=sqlite_url,
+        tls_cert=pki_files["server_cert"],
+        tls_key=pki_files["server_key"],
+        tls_client_ca=pki_files["ca"],
+    ) as (_, address, _registry):
+        with protssl.Client(
+            address,
+            token=tokens_sqlite,
+            root_certificates=pki.ca,
+            certificate_chain=pki.client_cert,
+            private_key=pki.client_key,
+            retries=0,
+        ) as client:
+            assert len(client.embed(["MKTAYIAKQR"])) == 1
+        for chain, key in ((None, None), (pki.stranger_cert, pki.stranger_key)):
+            with (
+                protssl.Client(
+                    address,
+                    token=tokens_sqlite,
+                    root_certificates=pki.ca,
+                    certificate_chain=chain,
+                    private_key=key,
+                    retries=0,
+                    timeout=5,
+                ) as refused,
+                pytest.raises(UnavailableError),
+            ):
+                refused.list_models()
+
+
+def test_tls_settings_are_checked(tmp_path: Path, pki_files) -> None:
+    from service.server import create_server
+
+    with pytest.raises(InvalidInputError, match="tls_cert and tls_key"):
+        ServiceConfig(tls_cert=pki_files["server_cert"])
+    with pytest.raises(InvalidInputError, match="needs tls_cert"):
+        ServiceConfig(tls_client_ca=pki_files["ca"])
+    not_pem = tmp_path / "key.txt"
+    not_pem.write_text("hello")
+    config = ServiceConfig(port=0, tls_cert=pki_files["server_cert"], tls_key=str(not_pem))
+    with pytest.raises(InvalidInputError, match=r"tls_key: .*key.txt is not a PEM file"):
+        create_server(config)
+    missing = ServiceConfig(port=0, tls_cert=str(tmp_path / "nope.pem"), tls_key=str(not_pem))
+    with pytest.raises(InvalidInputError, match=r"tls_cert: cannot read .*nope.pem"):
+        create_server(missing)
+
+
+# --- the command line: tokens, and where a server without authentication binds ---
+
+
+def test_token_commands(
+    store_url: str, capsys: pytest.CaptureFixture[str], tokens: dict[str, str]
+) -> None:
+    assert main(["token", "create", "--role", "write", "--name", "ci bot", "--db", store_url]) == 0
+    out, err = capsys.readouterr()
+    token = out.strip()
+    assert token.startswith("protssl_") and "only time" in err
+    with Store(StoreConfig(url=store_url)) as store:
+        (row,) = [t for t in store.tokens.list() if t.name == "ci bot"]
+    assert main(["token", "list", "--db", store_url]) == 0
+    listing = capsys.readouterr().out
+    assert row.id in listing and "ci bot" in listing and "write" in listing
+    assert token not in listing and tokens["read"] not in listing
+    assert main(["token", "revoke", row.id, "--db", store_url]) == 0
+    assert f"token {row.id} (write) revoked" in capsys.readouterr().out
+    assert main(["token", "revoke", "0000000000000000", "--db", store_url]) == 2
+    assert "no API token with id '0000000000000000'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["token", "create", "--role", "root", "--db", store_url])
+
+
+def _serve_config(argv: list[str], env: dict[str, str]) -> ServiceConfig:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return ServiceConfig(**config_kwargs(parser.parse_args(argv), env))
+
+
+def test_without_auth_only_an_explicit_host_leaves_loopback() -> None:
+    exposed = {"PROTSSL_HOST": "0.0.0.0"}
+    assert _serve_config([], exposed).host == "0.0.0.0"  # with auth the variable is honoured
+    no_auth = _serve_config(["--insecure-no-auth"], exposed)
+    assert (no_auth.insecure_no_auth, no_auth.host, no_auth.loopback_only) == (
+        True,
+        "127.0.0.1",
+        True,
+    )
+    flagged = _serve_config(["--insecure-no-auth", "--host", "0.0.0.0"], exposed)
+    assert (flagged.host, flagged.loopback_only) == ("0.0.0.0", False)
+    assert not _serve_config([], {}).insecure_no_auth  # authentication is on by default
+    assert _serve_config([], {"PROTSSL_INSECURE_NO_AUTH": "true"}).host == "127.0.0.1"
+
+
+@pytest.mark.slow
+def test_protssl_serve_with_tls_and_a_token_from_the_cli(
+    service_model_dir: Path, sqlite_url: str, pki: Pki, pki_files: dict[str, str]
+) -> None:
+    """The real entry point: `protssl token create`, then `protssl serve --tls-cert --tls-key`
+    (authentication on: no PROTSSL_INSECURE_NO_AUTH), called over TLS with the token."""
+    env = {k: v for k, v in os.environ.items() if k != "PROTSSL_INSECURE_NO_AUTH"}
+    env.update(PROTSSL_MODEL=str(service_model_dir), PROTSSL_DTYPE="float32")
+    cli = [sys.executable, "-m", "protssl"]
+    made = subprocess.run(
+        [*cli, "token", "create", "--role", "read", "--db", sqlite_url],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    token = made.stdout.strip()
+    command = [*cli, "serve", "--port", "0", "--metrics-port", "off"]
+    command += ["--database-url", sqlite_url]
+    command += ["--tls-cert", pki_files["server_cert"], "--tls-key", pki_files["server_key"]]
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        match, lines = wait_for_line(process, r"serving protssl.v1 on 127.0.0.1:(\d+)")
+        address = f"127.0.0.1:{match.group(1)}"
+        with protssl.Client(address, token=token, root_certificates=pki.ca, retries=0) as client:
+            assert len(client.embed(["MKTAYIAKQR"])) == 1
+        with (
+            protssl.Client(address, root_certificates=pki.ca, retries=0) as anonymous,
+            pytest.raises(AuthenticationError),
+        ):
+            anonymous.list_models()
+        process.send_signal(signal.SIGTERM)
+        _, rest = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 0, rest
+    assert "authentication is OFF" not in "".join(lines) + rest
+
+
+def test_a_store_without_tokens_is_named_at_start(
+    service_model, sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with running_server(service_model, insecure_no_auth=False, database_url=sqlite_url):
+        pass
+    assert "no active API token in the store" in caplog.text
+    assert "protssl token create" in caplog.text
+
+
+def test_insecure_no_auth_serves_without_tokens_and_warns(
+    service_model, caplog: pytest.LogCaptureFixture
+) -> None:
+    with (
+        running_server(service_model) as (_, address, _registry),
+        grpc.insecure_channel(address) as channel,
+    ):
+        assert (
+            _call(channel, f"{CLASSIFY}ListClassifiers", ()) is not None
+        )  # no store: UNIMPLEMENTED
+        assert _call(channel, f"{EMBED}ListModels", ()) is None
+    assert "authentication is OFF" in caplog.text and "loopback only" in caplog.text
+
+
+def test_a_slow_token_lookup_stalls_only_its_own_call() -> None:
+    """A token not in the cache is looked up on the call's own thread: with the database frozen,
+    health checks (and calls with cached tokens) still answer at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from grpc_health.v1 import health
+    from prometheus_client import CollectorRegistry
+
+    from protssl._proto import protssl_pb2_grpc as pb_grpc
+    from protssl.auth import TokenVerifier
+    from service.interceptors import AuthInterceptor, CallInterceptor
+    from service.metrics import ServiceMetrics
+
+    release = threading.Event()
+
+    def frozen_database(_digest: str) -> None:
+        release.wait(30)
+
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=4),
+        interceptors=[
+            CallInterceptor(ServiceMetrics(CollectorRegistry())),
+            AuthInterceptor(TokenVerifier(frozen_database, ttl_s=10)),
+        ],
+    )
+    pb_grpc.add_EmbeddingServiceServicer_to_server(pb_grpc.EmbeddingServiceServicer(), server)
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            waiting = pb_grpc.EmbeddingServiceStub(channel).ListModels.future(
+                pb.ListModelsRequest(),
+                metadata=_bearer("protssl_0123456789abcdef_" + "A" * 43),
+                timeout=30,
+            )
+            time.sleep(0.3)
+            assert not waiting.done()  # still in the token lookup
+            check = health_pb2_grpc.HealthStub(channel).Check
+            assert check(health_pb2.HealthCheckRequest(), timeout=5).status == (
+                health_pb2.HealthCheckResponse.SERVING
+            )
+            release.set()
+            assert waiting.exception(timeout=30).code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        release.set()
+        server.stop(None)
