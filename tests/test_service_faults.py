@@ -87,6 +87,7 @@ def test_postgres_stopped_then_back(cluster, service_model: LoadedModel, records
     ):
         embed = pb_grpc.EmbeddingServiceStub(channel)
         classifiers = pb_grpc.ClassifierServiceStub(channel)
+        tokens = pb_grpc.TokenServiceStub(channel)
         classifiers.CreateClassifier(
             pb.CreateClassifierRequest(name="fam", examples=_labelled(records)), timeout=60
         )
@@ -105,6 +106,9 @@ def test_postgres_stopped_then_back(cluster, service_model: LoadedModel, records
                 classifiers.CreateClassifier,
                 pb.CreateClassifierRequest(name="other", examples=_labelled(records)),
             ),
+            (tokens.ListTokens, pb.ListTokensRequest()),
+            (tokens.CreateToken, pb.CreateTokenRequest(role="read")),
+            (tokens.RevokeToken, pb.RevokeTokenRequest(id="0123456789abcdef")),
         ]
         for call, request in calls:
             started = time.monotonic()
@@ -115,6 +119,7 @@ def test_postgres_stopped_then_back(cluster, service_model: LoadedModel, records
         _eventually(lambda: _health(channel) == NOT_SERVING)
         assert _health(channel, "protssl.v1.ClassifierService") == NOT_SERVING
         assert _health(channel, "protssl.v1.EmbeddingService") == NOT_SERVING
+        assert _health(channel, "protssl.v1.TokenService") == NOT_SERVING
 
         cluster.start()
         _eventually(lambda: _health(channel) == SERVING)

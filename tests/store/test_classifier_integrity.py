@@ -100,3 +100,10 @@ def test_migration_keeps_examples_and_stops_id_reuse(tmp_path: Path, sequences):
             assert _save(store, "after", []).id > newest.id
     finally:
         engine.dispose()
+
+
+def test_token_calls_with_a_nul_are_invalid_input(store):
+    with pytest.raises(InvalidInputError, match="NUL"):
+        store.tokens.revoke("abc\x00")
+    with pytest.raises(InvalidInputError, match="NUL"):
+        store.tokens.create("read", name="a\x00")
