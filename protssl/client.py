@@ -36,6 +36,7 @@ from protssl.fasta import FastaPolicy, ProteinRecord, read_fasta
 from protssl.wire import (
     CLASSIFIER_METHOD,
     ERROR_KIND_KEY,
+    ON_INVALID,
     POOLING,
     VECTOR_DTYPE,
     ClassifierInfo,
@@ -271,12 +272,17 @@ class Client:
         pooling: str = "mean",
         layer: int | None = None,
         dtype: str = "float32",
+        on_invalid: str = "fail",
         timeout: float | None = None,
     ) -> ClientEmbeddings:
-        """Embed sequences (strings, records, or an id → sequence mapping) in one request."""
+        """Embed sequences (strings, records, or an id → sequence mapping) in one request.
+
+        `on_invalid` says what the server does with a non-residue character: fail (InvalidInputError
+        naming the record and position), skip the record (left out of the results) or replace it by X.
+        """
         request = pb.EmbedRequest(
             sequences=_sequences(sequences, ids),
-            options=self._options(model, pooling, layer, dtype),
+            options=self._options(model, pooling, layer, dtype, on_invalid),
         )
         response = self._call(self._embeddings.Embed, request, timeout)
         decode = EmbeddingDecoder()
@@ -331,12 +337,15 @@ class Client:
         return ClientEmbeddings(tuple(e for e, _ in pairs), tuple(c for _, c in pairs))
 
     @staticmethod
-    def _options(model: str, pooling: str, layer: int | None, dtype: str) -> pb.EmbedOptions:
+    def _options(
+        model: str, pooling: str, layer: int | None, dtype: str, on_invalid: str = "fail"
+    ) -> pb.EmbedOptions:
         return pb.EmbedOptions(
             model=model,
             pooling=POOLING.value(pooling),
             layer=layer,
             dtype=VECTOR_DTYPE.value(dtype),
+            on_invalid=ON_INVALID.value(on_invalid),
         )
 
     def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
@@ -353,17 +362,20 @@ class Client:
         *,
         method: str = "prototype",
         model: str = "",
+        new_version: bool = False,
         timeout: float | None = None,
     ) -> ClassifierInfo:
         """Fit a classifier on labelled records (or (sequence, label) pairs) and store it as `name`.
 
-        A name that exists gets a new version. Methods: prototype, knn, linear, contrastive.
+        A name that exists is AlreadyExistsError, unless `new_version`: then it gets the next
+        version. Methods: prototype, knn, linear, contrastive.
         """
         request = pb.CreateClassifierRequest(
             name=name,
             method=CLASSIFIER_METHOD.value(method),
             model=model,
             examples=_examples(examples),
+            new_version=new_version,
         )
         return classifier_info_from_proto(
             self._call(self._classifiers.CreateClassifier, request, timeout)

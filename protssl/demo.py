@@ -96,7 +96,7 @@ def run(client: Client, examples: Path, database_url: str) -> None:
     )
 
     support = list(read_fasta(examples / "labelled.fasta"))
-    info = client.create_classifier("is-families", support, method=METHOD)
+    info = client.create_classifier("is-families", support, method=METHOD, new_version=True)
     m = info.metrics
     print(
         f"classifier {info.name} v{info.version}: {len(info.labels)} families from "

@@ -7,15 +7,18 @@ ProtsslError
 ├── NotFoundError                something named does not exist (gRPC NOT_FOUND)
 │   ├── ModelNotFoundError
 │   └── ClassifierNotFoundError
+├── AlreadyExistsError           a create named something that exists (gRPC ALREADY_EXISTS)
 ├── CheckpointError              a model file that is corrupt, mismatched or unsupported
 │   └── UntrustedCheckpointError a pickle checkpoint loaded without trust
 ├── OverloadedError              bounded capacity is full (gRPC RESOURCE_EXHAUSTED)
+├── MessageTooLargeError         a message past gRPC's size limit (RESOURCE_EXHAUSTED; not retried)
 ├── AuthenticationError          no API token, or one that is unknown or revoked (UNAUTHENTICATED)
 ├── PermissionDeniedError        a valid token whose role may not do this (PERMISSION_DENIED)
 ├── StoreError                   the SQL store failed or holds inconsistent data
 └── ServiceError                 a gRPC call failed for a reason other than the caller's input
     ├── UnavailableError         the server could not be reached, even after retries (UNAVAILABLE)
     └── DeadlineExceededError    the call's deadline passed before its work was done
+        └── StreamIdleError      a stream sent nothing for its idle timeout (DEADLINE_EXCEEDED)
 
 `ERROR_TABLE` is the one place each error meets its gRPC status (by name: the core imports no grpc)
 and its CLI exit code. The server reads it one way (`status_name_for`), the SDK the other
@@ -32,6 +35,7 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_UNEXPECTED",
     "EXIT_USER_ERROR",
+    "AlreadyExistsError",
     "AuthenticationError",
     "CheckpointError",
     "ClassifierNotFoundError",
@@ -39,6 +43,7 @@ __all__ = [
     "ErrorRow",
     "FastaFormatError",
     "InvalidInputError",
+    "MessageTooLargeError",
     "ModelNotFoundError",
     "NotFoundError",
     "OverloadedError",
@@ -47,6 +52,7 @@ __all__ = [
     "SequenceTooLongError",
     "ServiceError",
     "StoreError",
+    "StreamIdleError",
     "UnavailableError",
     "UntrustedCheckpointError",
     "error_for_status",
@@ -98,6 +104,14 @@ class FastaFormatError(InvalidInputError):
 
 class SequenceTooLongError(InvalidInputError):
     """A sequence is longer than a limit and the policy says refuse rather than window."""
+
+
+class MessageTooLargeError(ProtsslError):
+    """A request or response past the gRPC message size limit: smaller requests, not a retry."""
+
+
+class AlreadyExistsError(ProtsslError):
+    """A create named something that exists already."""
 
 
 class NotFoundError(ProtsslError):
@@ -158,6 +172,10 @@ class DeadlineExceededError(ServiceError):
         super().__init__(message, code="DEADLINE_EXCEEDED")
 
 
+class StreamIdleError(DeadlineExceededError):
+    """A stream sent no message for the server's idle timeout with nothing in flight; it was ended."""
+
+
 @dataclass(frozen=True)
 class ErrorRow:
     """One error kind and what it becomes on the wire and at the shell."""
@@ -173,7 +191,9 @@ class ErrorRow:
 ERROR_TABLE: tuple[ErrorRow, ...] = (
     ErrorRow(InvalidInputError, "INVALID_ARGUMENT", EXIT_USER_ERROR),
     ErrorRow(NotFoundError, "NOT_FOUND", EXIT_USER_ERROR),
+    ErrorRow(AlreadyExistsError, "ALREADY_EXISTS", EXIT_USER_ERROR),
     ErrorRow(OverloadedError, "RESOURCE_EXHAUSTED", EXIT_USER_ERROR),
+    ErrorRow(MessageTooLargeError, "RESOURCE_EXHAUSTED", EXIT_USER_ERROR),
     ErrorRow(AuthenticationError, "UNAUTHENTICATED", EXIT_USER_ERROR),
     ErrorRow(PermissionDeniedError, "PERMISSION_DENIED", EXIT_USER_ERROR),
     ErrorRow(DeadlineExceededError, "DEADLINE_EXCEEDED", EXIT_USER_ERROR),
@@ -182,6 +202,9 @@ ERROR_TABLE: tuple[ErrorRow, ...] = (
     ErrorRow(CheckpointError, "FAILED_PRECONDITION", EXIT_USER_ERROR),
     ErrorRow(ServiceError, "INTERNAL", EXIT_USER_ERROR),
 )
+MESSAGE_SIZE_MARKER = "message larger than max"
+"""What gRPC's own RESOURCE_EXHAUSTED says of a message past the size limit ("Received message
+larger than max (N vs. M)"): no trailer names a class, so `error_for_status` reads the message."""
 """First match wins (subclasses before their parents). From a status back to an error, the first row
 with that status, unless the server named a class of the hierarchy with the same status."""
 
@@ -222,6 +245,10 @@ def error_for_status(status: str, message: str, *, kind: str | None = None) -> P
     """The error an SDK raises for a failed call: the server's class when it named one of ours that
     maps to the same status, else the table's first row for the status, else ServiceError(code=status).
     """
+    if kind is None and status == "RESOURCE_EXHAUSTED" and MESSAGE_SIZE_MARKER in message:
+        return MessageTooLargeError(
+            f"{message}: send fewer or shorter sequences per request (or use EmbedStream)"
+        )
     named = _by_name().get(kind or "")
     row = _row_for(named) if named is not None else None
     if (

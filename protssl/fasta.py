@@ -146,7 +146,7 @@ def normalize_sequence(
     char = bad.group()
     meaning = _MEANING.get(char, "not an amino-acid letter" if not char.isdigit() else "a digit")
     raise FastaFormatError(
-        f"invalid residue {char!r} ({meaning}); use --on-invalid skip or replace",
+        f"invalid residue {char!r} ({meaning}); on_invalid skip or replace drops or replaces it",
         source=source,
         record_id=record_id,
         position=bad.start() + 1,
@@ -261,7 +261,10 @@ def records_from_sequences(
     policy: FastaPolicy | None = None,
     source: str = "<input>",
 ) -> list[ProteinRecord]:
-    """Records from in-memory sequences (or records), with the same policy as files; ids default to seq{n}."""
+    """Records from in-memory sequences (or records), with the same policy as files; ids default to seq{n}.
+
+    An id is taken as given, spaces included: there is no header to parse (labels come from records).
+    """
     items = list(sequences)
     id_list = list(ids) if ids is not None else None
     if id_list is not None and len(id_list) != len(items):
@@ -273,7 +276,9 @@ def records_from_sequences(
             entries.append((record_id or item.id, item.sequence, item.labels))
         else:
             entries.append((record_id or f"seq{index}", item, None))
-    return list(_records(iter(entries), source, policy or FastaPolicy(), ReadStats()))
+    return list(
+        _records(iter(entries), source, policy or FastaPolicy(), ReadStats(), titles_are_ids=True)
+    )
 
 
 def _records(
@@ -281,11 +286,18 @@ def _records(
     source: str,
     policy: FastaPolicy,
     stats: ReadStats,
+    *,
+    titles_are_ids: bool = False,
 ) -> Iterator[ProteinRecord]:
-    """Apply the policy to (title, raw residues, labels or None to parse them from the title)."""
+    """Apply the policy to (title, raw residues, labels or None to parse them from the title).
+
+    A FASTA title is `id description`; with `titles_are_ids` the whole title is the id."""
     seen: set[str] = set()
     for index, (title, raw, given_labels) in enumerate(entries):
-        record_id, description = _split_title(title)
+        if titles_are_ids:
+            record_id, description = title, ""
+        else:
+            record_id, description = _split_title(title)
         if not record_id:
             raise FastaFormatError("header has no id", source=source, record_index=index)
         if control := _CONTROL.search(record_id):
@@ -301,7 +313,7 @@ def _records(
                 stats.skipped_ids.append(record_id)
                 continue
             raise FastaFormatError(
-                "duplicate id (seen earlier in this input); use --on-duplicate skip",
+                "duplicate id (seen earlier in this input); on_duplicate skip keeps the first",
                 source=source,
                 record_id=record_id,
                 record_index=index,
@@ -324,7 +336,7 @@ def _records(
                 stats.skipped_ids.append(record_id)
                 continue
             raise FastaFormatError(
-                "empty record (no residues); use --on-empty skip",
+                "empty record (no residues); on_empty skip leaves it out",
                 source=source,
                 record_id=record_id,
                 record_index=index,

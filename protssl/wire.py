@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CLASSIFIER_METHOD",
     "ERROR_KIND_KEY",
+    "ON_INVALID",
     "POOLING",
     "VECTOR_DTYPE",
     "ClassifierInfo",
@@ -106,6 +107,11 @@ CLASSIFIER_METHOD = WireEnum(
         "contrastive": pb.CLASSIFIER_METHOD_CONTRASTIVE,
     },
     default="prototype",
+)
+ON_INVALID = WireEnum(
+    "on_invalid",
+    {"fail": pb.ON_INVALID_FAIL, "skip": pb.ON_INVALID_SKIP, "replace": pb.ON_INVALID_REPLACE},
+    default="fail",
 )
 _PACKED: dict[str, np.dtype[Any]] = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
 """How each vector dtype is packed on the wire: little-endian."""

@@ -2,12 +2,15 @@
 
 Each call submits a `Pending` (its records and embedding options) to a bounded queue
 (OverloadedError when full). The worker keeps a pool of waiting records with the same options,
-filled from the queue up to `max_group_tokens`. For each forward it anchors on the oldest call's
-next record and lets `protssl.batching.pack_around` choose the pooled records that join it (nearest
-in length, within `max_batch_tokens` and `min_batch_fill`), runs them with
+filled from the queue up to `max_group_tokens`. For each forward it anchors on the next record of
+the call whose turn it is and lets `protssl.batching.pack_around` choose the pooled records that
+join it (nearest in length, within `max_batch_tokens` and `min_batch_fill`), runs them with
 `protssl.embedding.embed_batch`, and hands each result back to its call. So sixteen clients sending one
-sequence each cost about one batched forward; padding stays small; and the oldest work always goes
-next, so nothing starves. When the pool is empty the worker waits up to `max_queue_delay` for a
+sequence each cost about one batched forward; padding stays small; and nothing starves: turns go
+oldest first, but a call keeps the turn only for a quantum of `FAIR_QUANTUM_BATCHES` forwards'
+tokens, then goes behind the others (round robin), and counts for at most a quantum against the
+pool's budget. A call smaller than a quantum (most) runs exactly as oldest-first would; one huge
+call (up to `max_residues`) no longer holds every other call until it is done. When the pool is empty the worker waits up to `max_queue_delay` for a
 forward's worth of work. A call completes as soon as its own records are done. Calls that were
 cancelled or whose deadline passed are dropped before their records run. Once idle, the worker
 hands the memory its forwards freed back to the kernel (`release_freed_memory`).
@@ -37,6 +40,8 @@ __all__ = ["EmbeddingBatcher", "Pending", "release_freed_memory"]
 
 log = logging.getLogger(__name__)
 
+FAIR_QUANTUM_BATCHES = 4
+"""A call's turn at the model worker lasts this many forwards' tokens (x max_batch_tokens)."""
 RELEASE_MEMORY_AFTER_IDLE_S = 0.2
 """How long the model worker waits for more work before it hands freed memory back."""
 
@@ -83,8 +88,13 @@ class Pending:
     results: list[BatchOutcome | None] = field(default_factory=list)
     """Filled as records finish; cache hits found at submit time are there from the start."""
     left: int = 0
+    turn: float = 0.0
+    """When this call's turn comes (oldest first): its enqueue time, then the time its quantum ran out."""
+    anchored: int = 0
+    """Tokens run as the anchor's call in this turn."""
 
     def __post_init__(self) -> None:
+        self.turn = self.enqueued
         if not self.results:
             self.results = [None] * len(self.records)
         missing = [r for r, done in zip(self.records, self.results, strict=True) if done is None]
@@ -303,26 +313,39 @@ class EmbeddingBatcher:
             return self._pick()
 
     def _fill_pool(self) -> None:
-        """Move queued calls with the pool's options into the pool, oldest first, up to the group budget."""
-        tokens = sum(row.footprint.tokens for row in self._pool)
+        """Move queued calls with the pool's options into the pool, oldest first, up to the group budget
+        (a call counts for at most a quantum: one huge call does not keep the others out)."""
+        quantum = self.quantum_tokens
+        per_call: collections.Counter[Pending] = collections.Counter()
+        for row in self._pool:
+            per_call[row.pending] += row.footprint.tokens
+        tokens = sum(min(t, quantum) for t in per_call.values())
         window = self.model.encoder.config.max_residues
         for pending in list(self._queue):
             if pending.config != self._pool_config:
                 continue
-            if self._pool and tokens + pending.tokens > self.max_group_tokens:
+            if self._pool and tokens + min(pending.tokens, quantum) > self.max_group_tokens:
                 break
             self._queue.remove(pending)
             overlap = pending.config.window.overlap
+            added = 0
             for index, record in enumerate(pending.records):
                 if pending.results[index] is not None:
                     continue  # a cache hit found at submit time
                 row = _Row(pending, index, footprint(len(record.sequence), window, overlap))
                 self._pool.append(row)
-                tokens += row.footprint.tokens
+                added += row.footprint.tokens
+            tokens += min(added, quantum)
+
+    @property
+    def quantum_tokens(self) -> int:
+        """Tokens of one call's turn at the worker (and most it counts against the pool's budget)."""
+        return FAIR_QUANTUM_BATCHES * self.max_batch_tokens
 
     def _pick(self) -> list[_Row]:
-        """The oldest call's next row and the pooled rows `pack_around` lets join it."""
-        anchor = min(self._pool, key=lambda row: row.pending.enqueued)
+        """The next row of the call whose turn it is and the pooled rows `pack_around` lets join it;
+        a call whose quantum ran out goes behind the others."""
+        anchor = min(self._pool, key=lambda row: row.pending.turn)
         others = [row for row in self._pool if row is not anchor]
         joining = pack_around(
             anchor.footprint,
@@ -331,6 +354,10 @@ class EmbeddingBatcher:
             min_fill=self.min_batch_fill,
         )
         chosen = [anchor, *(others[i] for i in joining)]
+        owner = anchor.pending
+        owner.anchored += sum(row.footprint.tokens for row in chosen if row.pending is owner)
+        if owner.anchored >= self.quantum_tokens:
+            owner.turn, owner.anchored = time.monotonic(), 0
         chosen_ids = {id(row) for row in chosen}
         self._pool = [row for row in self._pool if id(row) not in chosen_ids]
         if not self._pool:

@@ -52,7 +52,37 @@ class ServiceConfig:
     max_sequence_length: int = 40_000
     """Residues in one sequence; longer ones are refused (shorter long ones are windowed)."""
     max_message_mb: int = 64
-    """Largest gRPC message sent or received, in MiB."""
+    """Largest gRPC message sent or received, in MiB; a response that would be larger is refused
+    before any work (INVALID_ARGUMENT)."""
+    max_id_length: int = 500
+    """Characters in a sequence or example id (the store's column width)."""
+    max_examples: int = 10_000
+    """Labelled examples one classifier version holds (Create, and AddExamples with the old ones)."""
+    max_classes: int = 1_000
+    """Distinct labels one classifier version holds."""
+    max_streams: int = 16
+    """EmbedStream calls open at once; past it RESOURCE_EXHAUSTED. Capped at half of `workers` so
+    streams can never hold every handler thread (Health and unary calls keep theirs)."""
+    max_calls: int = 1000
+    """Calls in progress or waiting for a handler thread, all clients together; past it a call gets
+    RESOURCE_EXHAUSTED at once instead of queueing without bound (a flood of tiny calls)."""
+    max_connection_streams: int = 100
+    """Calls open at once on one client connection (HTTP/2 max concurrent streams)."""
+    stream_idle_timeout_s: float = 60.0
+    """An EmbedStream with nothing in flight that sends no message for this long is ended
+    (DEADLINE_EXCEEDED), so a stalled client does not hold a stream slot."""
+    stream_id_memory: int = 100_000
+    """Ids per EmbedStream remembered to refuse a duplicate sent in a later message (as 64-bit
+    hashes, about 100 bytes each); past it, duplicates are refused only within one message."""
+    database_connect_timeout_s: float = 5.0
+    """PostgreSQL: how long opening a connection may take."""
+    database_statement_timeout_s: float = 30.0
+    """PostgreSQL: how long one statement may run (a frozen database fails calls, not hangs them)."""
+    embed_without_store: bool = False
+    """While the database is down, embed without the cache (computed, not kept) instead of
+    UNAVAILABLE. Classifier calls need the database and stay UNAVAILABLE."""
+    health_check_interval_s: float = 2.0
+    """How often the store is pinged; grpc.health.v1 reports NOT_SERVING while it does not answer."""
     workers: int = 64
     """gRPC handler threads: the most calls served at once (waiting calls hold one each)."""
     grace_s: float = 10.0
@@ -92,6 +122,13 @@ class ServiceConfig:
             "max_residues",
             "max_sequence_length",
             "max_message_mb",
+            "max_id_length",
+            "max_examples",
+            "max_classes",
+            "max_streams",
+            "max_connection_streams",
+            "max_calls",
+            "stream_id_memory",
             "workers",
             "processes",
         )
@@ -110,6 +147,14 @@ class ServiceConfig:
             )
         if not 0.0 <= self.min_batch_fill <= 1.0:
             raise InvalidInputError(f"min_batch_fill must be in [0, 1], got {self.min_batch_fill}")
+        for name in (
+            "stream_idle_timeout_s",
+            "database_connect_timeout_s",
+            "database_statement_timeout_s",
+            "health_check_interval_s",
+        ):
+            if getattr(self, name) <= 0:
+                raise InvalidInputError(f"{name} must be positive, got {getattr(self, name)}")
         if (
             self.max_queue_delay_ms < 0
             or self.grace_s < 0
@@ -134,6 +179,11 @@ class ServiceConfig:
         except ValueError:
             return False
 
+    @property
+    def stream_slots(self) -> int:
+        """EmbedStream calls served at once: `max_streams`, at most half of the handler threads."""
+        return max(1, min(self.max_streams, self.workers // 2))
+
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         """The configurable names, in declaration order (flags are --name-with-dashes, env PROTSSL_NAME)."""
@@ -146,4 +196,10 @@ def store_config(config: ServiceConfig) -> StoreConfig:
 
     url = config.database_url
     base = StoreConfig(url=url) if url else StoreConfig()
-    return replace(base, memory_cache_mb=config.memory_cache_mb)
+    return replace(
+        base,
+        memory_cache_mb=config.memory_cache_mb,
+        connect_timeout_s=config.database_connect_timeout_s,
+        statement_timeout_s=config.database_statement_timeout_s,
+        cache_optional=config.embed_without_store,
+    )

@@ -9,8 +9,10 @@ and an incident id.
 from __future__ import annotations
 
 import logging
+import string
 import uuid
 from typing import NoReturn
+from urllib.parse import quote
 
 import grpc
 
@@ -20,6 +22,15 @@ from protssl.wire import ERROR_KIND_KEY
 __all__ = ["abort_with"]
 
 log = logging.getLogger(__name__)
+
+_SAFE = "".join(c for c in string.printable if c not in "%\t\n\r\x0b\x0c")
+"""Characters a metadata value may hold as they are (printable ASCII); the rest is %-encoded."""
+
+
+def _header_value(value: object) -> str:
+    """`value` as a legal metadata value: an id with a NUL or non-ASCII letters is %-encoded (RFC
+    3986, UTF-8), where sending it raw fails the whole call ("Invalid metadata", INTERNAL)."""
+    return quote(str(value), safe=_SAFE)
 
 
 def abort_with(context: grpc.ServicerContext, exc: BaseException, method: str) -> NoReturn:
@@ -33,7 +44,7 @@ def abort_with(context: grpc.ServicerContext, exc: BaseException, method: str) -
     trailers = [(ERROR_KIND_KEY, type(exc).__name__)]
     if isinstance(exc, FastaFormatError):
         trailers += [
-            (f"protssl-{key}", str(value))
+            (f"protssl-{key}", _header_value(value))
             for key, value in (
                 ("record-id", exc.record_id),
                 ("record-index", exc.record_index),

@@ -11,6 +11,11 @@ Servicers raise protssl errors; `CallInterceptor` turns them into statuses throu
 call (method, status, latency, peer: failed calls at INFO, successful ones at DEBUG, since at
 thousands of calls/s the line and the peer lookup cost more CPU than a cache hit) and feeds the
 request counter and latency histogram. Streaming calls are timed until their last message.
+
+Request bytes that do not parse (not protobuf, or a string field that is not UTF-8) reach the
+servicer as `_Undecodable` and end the call as INVALID_ARGUMENT, not gRPC's own INTERNAL
+("Exception deserializing request!"). A call whose client cancelled or whose deadline passed is
+counted as CANCELLED or DEADLINE_EXCEEDED, quietly: nothing is left to answer.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import grpc
 
 from protssl._proto import protssl_pb2 as pb
 from protssl.auth import Role, TokenVerifier, role_allows
-from protssl.errors import AuthenticationError, PermissionDeniedError
+from protssl.errors import AuthenticationError, InvalidInputError, PermissionDeniedError
 from service.errors import abort_with
 from service.metrics import ServiceMetrics
 
@@ -73,6 +78,48 @@ def required_role(method: str) -> Role | None:
 log = logging.getLogger("service.calls")
 
 
+class _Undecodable:
+    """A request message whose bytes did not parse."""
+
+    def __init__(self, method: str, exc: Exception) -> None:
+        self.error = InvalidInputError(
+            f"the request is not a valid message for {method} (undecodable bytes, or a string "
+            f"field that is not UTF-8): {type(exc).__name__}"
+        )
+
+
+def _tolerant(
+    deserializer: Callable[[bytes], Any] | None, method: str
+) -> Callable[[bytes], Any] | None:
+    """`deserializer`, but a parse failure becomes an `_Undecodable` for the servicer to refuse."""
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:
+            return _Undecodable(method, exc)
+
+    return deserialize
+
+
+def _decoded(requests: Iterator[Any]) -> Iterator[Any]:
+    """A request stream that raises InvalidInputError at its first undecodable message."""
+    for request in requests:
+        if isinstance(request, _Undecodable):
+            raise request.error
+        yield request
+
+
+def _gone_code(context: grpc.ServicerContext) -> grpc.StatusCode:
+    """Why an inactive call ended: its deadline passed, or the client cancelled it."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED
+
+
 class _Call:
     """Bookkeeping for one call: maps escaping errors to statuses and reports the outcome once."""
 
@@ -83,16 +130,25 @@ class _Call:
         self.start = time.perf_counter()
 
     def fail(self, exc: BaseException) -> None:
-        """Abort with the mapped status unless the servicer already aborted (that re-raises)."""
+        """Abort with the mapped status unless the servicer already aborted (that re-raises).
+
+        When the client is gone (cancelled, deadline passed) the call is counted as such, quietly.
+        """
         if self.context.code() is not None:
             raise exc
+        if not self.context.is_active():
+            code = _gone_code(self.context)
+            self.context.abort(code, f"the call ended first ({code.name})")
         abort_with(self.context, exc, self.method)
 
     def finish(self, cancelled: bool = False) -> None:
         seconds = time.perf_counter() - self.start
         code = self.context.code()
         if code is None:
-            code = grpc.StatusCode.CANCELLED if cancelled else grpc.StatusCode.OK
+            if not self.context.is_active():
+                code = _gone_code(self.context)
+            else:
+                code = grpc.StatusCode.CANCELLED if cancelled else grpc.StatusCode.OK
         name = code.name if isinstance(code, grpc.StatusCode) else str(code)
         self.metrics.record_call(self.method, name, seconds)
         level = logging.DEBUG if name == "OK" else logging.INFO
@@ -129,30 +185,34 @@ class CallInterceptor(grpc.ServerInterceptor):
             return None
         method = handler_call_details.method
         serializers = {
-            "request_deserializer": handler.request_deserializer,
+            "request_deserializer": _tolerant(handler.request_deserializer, method),
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, method), **serializers
+                self._unary(handler.unary_unary, method, streamed=False), **serializers
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                self._unary(handler.stream_unary, method), **serializers
+                self._unary(handler.stream_unary, method, streamed=True), **serializers
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                self._streaming(handler.unary_stream, method), **serializers
+                self._streaming(handler.unary_stream, method, streamed=False), **serializers
             )
         return grpc.stream_stream_rpc_method_handler(
-            self._streaming(handler.stream_stream, method), **serializers
+            self._streaming(handler.stream_stream, method, streamed=True), **serializers
         )
 
-    def _unary(self, behavior: Callable[[Any, grpc.ServicerContext], Any], method: str) -> Any:
+    def _unary(
+        self, behavior: Callable[[Any, grpc.ServicerContext], Any], method: str, *, streamed: bool
+    ) -> Any:
         def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
             call = _Call(method, context, self.metrics)
             try:
-                return behavior(request, context)
+                if isinstance(request, _Undecodable):
+                    raise request.error
+                return behavior(_decoded(request) if streamed else request, context)
             except Exception as exc:
                 call.fail(exc)
             finally:
@@ -161,13 +221,19 @@ class CallInterceptor(grpc.ServerInterceptor):
         return wrapped
 
     def _streaming(
-        self, behavior: Callable[[Any, grpc.ServicerContext], Iterator[Any]], method: str
+        self,
+        behavior: Callable[[Any, grpc.ServicerContext], Iterator[Any]],
+        method: str,
+        *,
+        streamed: bool,
     ) -> Any:
         def wrapped(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             call = _Call(method, context, self.metrics)
             cancelled = True
             try:
-                yield from behavior(request, context)
+                if isinstance(request, _Undecodable):
+                    raise request.error
+                yield from behavior(_decoded(request) if streamed else request, context)
                 cancelled = False
             except Exception as exc:
                 cancelled = False

@@ -1,4 +1,7 @@
-"""Per-request limits: counts and lengths checked before any work is queued."""
+"""Per-request limits: counts and lengths checked before any work is queued.
+
+Every limit is a `ServiceConfig` field, named in the error so a client knows what it ran into.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,10 @@ from collections.abc import Sequence
 from protssl.errors import InvalidInputError, SequenceTooLongError
 from service.config import ServiceConfig
 
-__all__ = ["check_request", "check_response_size"]
+__all__ = ["check_classifier", "check_request", "check_response_size", "response_bytes"]
+
+EMBEDDING_OVERHEAD_BYTES = 400
+"""Bytes of one Embedding message beyond its vector and id (provenance, shape, framing)."""
 
 
 def check_request(ids: Sequence[str], sequences: Sequence[str], config: ServiceConfig) -> None:
@@ -19,6 +25,13 @@ def check_request(ids: Sequence[str], sequences: Sequence[str], config: ServiceC
         )
     total = 0
     for index, (record_id, sequence) in enumerate(zip(ids, sequences, strict=True)):
+        if len(record_id) > config.max_id_length:
+            raise InvalidInputError(
+                f"sequences[{index}].id has {len(record_id)} characters; the limit is "
+                f"{config.max_id_length} (max_id_length)"
+            )
+        if "\x00" in record_id:
+            raise InvalidInputError(f"sequences[{index}].id contains a NUL character")
         if len(sequence) > config.max_sequence_length:
             raise SequenceTooLongError(
                 f"record {record_id!r} (#{index + 1}) has {len(sequence)} residues; the limit is "
@@ -32,15 +45,44 @@ def check_request(ids: Sequence[str], sequences: Sequence[str], config: ServiceC
         )
 
 
+def response_bytes(ids: Sequence[str], residues: int, dim: int, itemsize: int) -> int:
+    """An upper bound on the bytes of the Embedding messages for `ids` (vectors, ids, overhead)."""
+    rows = len(ids)
+    id_bytes = sum(len(i.encode("utf-8", "surrogatepass")) for i in ids)
+    return max(residues, rows) * dim * itemsize + id_bytes + EMBEDDING_OVERHEAD_BYTES * rows
+
+
 def check_response_size(
-    residues: int, rows: int, dim: int, itemsize: int, config: ServiceConfig
+    ids: Sequence[str], residues: int, dim: int, itemsize: int, config: ServiceConfig
 ) -> None:
-    """Refuse a unary call whose vectors would not fit in one gRPC message (per-residue, mostly)."""
-    size = max(residues, rows) * dim * itemsize + 200 * rows
+    """Refuse a call whose vectors would not fit in one gRPC message, before any work is done.
+
+    `residues` is the total of per-residue rows (0 for pooled vectors). For a stream, call it once
+    per embedding: each travels in its own message.
+    """
+    size = response_bytes(ids, residues, dim, itemsize)
     limit = config.max_message_mb * 1024 * 1024
     if size > limit:
         raise InvalidInputError(
-            f"the vectors would take {size / 2**20:.0f} MiB, more than one message may "
-            f"({config.max_message_mb} MiB, max_message_mb): use EmbedStream, float16 or fewer "
-            "sequences per request"
+            f"the response would take {size / 2**20:.1f} MiB, more than one message may "
+            f"({config.max_message_mb} MiB, max_message_mb): use EmbedStream, dtype float16 or "
+            "fewer sequences per request"
+        )
+
+
+def check_classifier(
+    labels: Sequence[Sequence[str]], kept: Sequence[Sequence[str]], config: ServiceConfig
+) -> None:
+    """Refuse support past max_examples or max_classes, counting `kept` examples (AddExamples)."""
+    total = len(kept) + len(labels)
+    if total > config.max_examples:
+        raise InvalidInputError(
+            f"{total} examples in one classifier ({len(kept)} kept + {len(labels)} sent); the "
+            f"limit is {config.max_examples} (max_examples)"
+        )
+    classes = {label for example in (*kept, *labels) for label in example}
+    if len(classes) > config.max_classes:
+        raise InvalidInputError(
+            f"{len(classes)} labels in one classifier; the limit is {config.max_classes} "
+            "(max_classes)"
         )

@@ -36,6 +36,7 @@ from service.shutdown import SIGNAL_POLL_S, stop_on_signals
 from service.supervisor import supervise
 
 __all__ = [
+    "KEEPALIVE_OPTIONS",
     "SERVICE_NAMES",
     "ProtsslServer",
     "create_server",
@@ -51,6 +52,18 @@ SERVICE_NAMES: tuple[str, ...] = tuple(
     for name in ("EmbeddingService", "ClassifierService", "TokenService")
 )
 
+EMBEDDING_SERVICE = pb.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
+
+
+KEEPALIVE_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.keepalive_time_ms", 60_000),  # ping an idle client every minute ...
+    ("grpc.keepalive_timeout_ms", 20_000),  # ... and drop its connection if it does not answer
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),  # clients may ping every 10 s ...
+    ("grpc.http2.max_ping_strikes", 2),  # ... and get GOAWAY after 2 pings more often than that
+    ("grpc.keepalive_permit_without_calls", 1),
+)
+"""Keepalive enforcement: dead peers are found, and no client may flood the server with pings."""
+
 
 class ProtsslServer:
     """A created server: the gRPC server plus its model worker, health state and metrics."""
@@ -64,31 +77,63 @@ class ProtsslServer:
         metrics: ServiceMetrics,
         metrics_port: int | None,
         owned_store: Store | None,
+        store: Store | None = None,
+        config: ServiceConfig | None = None,
     ) -> None:
         self.grpc_server = server
         self.owned_store = owned_store
+        self.store = store
+        self.config = config or ServiceConfig()
         self.batcher = batcher
         self.health = health_servicer
         self.metrics = metrics
         self.metrics_port = metrics_port
         self._stopped = threading.Event()
+        self._store_up = True
+        self._watcher: threading.Thread | None = None
 
     def start(self) -> None:
         self.grpc_server.start()
-        for name in ("", *SERVICE_NAMES):
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._set_health(store_up=True)
+        if self.store is not None:
+            self._watcher = threading.Thread(
+                target=self._watch_store, name="protssl-store-health", daemon=True
+            )
+            self._watcher.start()
+
+    def _set_health(self, *, store_up: bool) -> None:
+        """SERVING, or NOT_SERVING for what needs the store while it is down."""
+        serving = health_pb2.HealthCheckResponse.SERVING
+        down = health_pb2.HealthCheckResponse.NOT_SERVING
+        embedding_up = store_up or self.config.embed_without_store
+        self.health.set("", serving if store_up else down)
+        for name in SERVICE_NAMES:  # the classifier and token services need the store
+            up = embedding_up if name == EMBEDDING_SERVICE else store_up
+            self.health.set(name, serving if up else down)
+
+    def _watch_store(self) -> None:
+        """Ping the store every `health_check_interval_s`; health follows what it finds."""
+        assert self.store is not None
+        while not self._stopped.wait(self.config.health_check_interval_s):
+            up = self.store.ping()
+            if up != self._store_up and not self._stopped.is_set():
+                self._store_up = up
+                log.warning("store %s", "is back: SERVING" if up else "is down: NOT_SERVING")
+                self._set_health(store_up=up)
 
     def stop(self, grace: float | None = None) -> None:
         """Stop accepting calls, let in-flight ones finish within `grace` seconds, then release all."""
         if self._stopped.is_set():
             return
+        self._stopped.set()
+        if self._watcher is not None:
+            self._watcher.join()
         self.health.enter_graceful_shutdown()
         self.grpc_server.stop(grace).wait()
         self.batcher.close(timeout=grace)
         self.metrics.close()
         if self.owned_store is not None:
             self.owned_store.close()
-        self._stopped.set()
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
         return self.grpc_server.wait_for_termination(timeout)
@@ -147,10 +192,13 @@ def create_server(
     server = grpc.server(
         ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="protssl-rpc"),
         interceptors=[CallInterceptor(metrics), *interceptors],
+        maximum_concurrent_rpcs=config.max_calls,
         options=[
             ("grpc.max_send_message_length", message_bytes),
             ("grpc.max_receive_message_length", message_bytes),
             ("grpc.so_reuseport", int(reuse_port)),
+            ("grpc.max_concurrent_streams", config.max_connection_streams),
+            *KEEPALIVE_OPTIONS,
         ],
     )
     pb_grpc.add_EmbeddingServiceServicer_to_server(
@@ -211,6 +259,8 @@ def create_server(
             metrics=metrics,
             metrics_port=metrics_port,
             owned_store=owned_store,
+            store=store,
+            config=config,
         ),
         port,
     )

@@ -6,6 +6,9 @@ Errors are raised as protssl errors; `service.interceptors.CallInterceptor` maps
 from __future__ import annotations
 
 import collections
+import hashlib
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import CancelledError, Future, TimeoutError
@@ -20,14 +23,21 @@ from protssl._proto import protssl_pb2_grpc as pb_grpc
 from protssl.checkpoint import LoadedModel
 from protssl.embedding import BatchOutcome
 from protssl.errors import (
+    AlreadyExistsError,
+    ClassifierNotFoundError,
     DeadlineExceededError,
     FastaFormatError,
+    MessageTooLargeError,
     ModelNotFoundError,
+    OverloadedError,
+    StreamIdleError,
 )
-from protssl.fasta import ProteinRecord, records_from_sequences
+from protssl.fasta import FastaPolicy, ProteinRecord, records_from_sequences
 from protssl.store import Store
+from protssl.store.classifiers import check_example, check_name
 from protssl.wire import (
     CLASSIFIER_METHOD,
+    ON_INVALID,
     POOLING,
     VECTOR_DTYPE,
     classifier_info_to_proto,
@@ -38,7 +48,7 @@ from protssl.wire import (
 )
 from service.batcher import EmbeddingBatcher, Pending
 from service.config import ServiceConfig
-from service.limits import check_request, check_response_size
+from service.limits import check_classifier, check_request, check_response_size
 
 __all__ = ["ClassifierServicer", "EmbeddingServicer", "TokenServicer"]
 
@@ -46,6 +56,78 @@ T = TypeVar("T")
 
 STREAM_IN_FLIGHT = 4
 """Stream chunks queued ahead of the one whose results are being sent back."""
+STREAM_POLL_S = 0.01
+"""While a stream has chunks in flight, how often it looks whether the oldest is done."""
+_END = object()
+"""What a `_StreamReader` hands over once the client half-closed."""
+
+
+class _StreamReader:
+    """A request stream read on its own thread, so results go back while the next message is awaited.
+
+    Holds at most one message ahead (the client's flow control does the rest). What the stream
+    raised (the client cancelled, an undecodable message) comes out of `get` in the handler.
+    """
+
+    def __init__(self, requests: Iterable[Any]) -> None:
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=1)
+        self._closed = threading.Event()
+        self._thread = threading.Thread(
+            target=self._read, args=(iter(requests),), name="protssl-stream-reader", daemon=True
+        )
+        self._thread.start()
+
+    def _read(self, requests: Iterator[Any]) -> None:
+        item: Any
+        try:
+            for item in requests:
+                if not self._put(item):
+                    return
+            item = _END
+        except BaseException as exc:  # handed to the handler thread, which raises it
+            item = exc
+        self._put(item)
+
+    def _put(self, item: Any) -> bool:
+        while not self._closed.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def get(self, timeout: float) -> Any:
+        """The next message or `_END`; queue.Empty after `timeout` s; raises what the stream raised."""
+        item = self._queue.get(timeout=timeout)
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._closed.set()
+
+
+class _SeenIds:
+    """The ids of one stream as 64-bit hashes, at most `limit` of them, to refuse a repeat.
+
+    Bounded memory (about 100 bytes an id): past `limit`, ids are no longer remembered and a repeat
+    is refused only within one message. A hash collision (odds ~n²/2⁶⁵) would refuse a unique id.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._hashes: set[int] = set()
+
+    def seen(self, record_id: str) -> bool:
+        """Whether `record_id` came before; remembers it while there is room."""
+        digest = hashlib.blake2b(record_id.encode("utf-8", "surrogatepass"), digest_size=8)
+        key = int.from_bytes(digest.digest(), "little")
+        if key in self._hashes:
+            return True
+        if len(self._hashes) < self.limit:
+            self._hashes.add(key)
+        return False
 
 
 def _deadline(context: grpc.ServicerContext) -> float | None:
@@ -98,28 +180,33 @@ class _Face:
         self,
         sequences: Sequence[Any],
         offset: int,
-        seen: set[str] | None = None,
+        seen: _SeenIds | None = None,
+        on_invalid: int = 0,
     ) -> list[ProteinRecord]:
+        """The request's sequences as records: limits first, then the residue policy.
+
+        An id is the wire's id verbatim (no header parsing); labels are checked as the store will.
+        """
         ids = [s.id or f"seq{offset + i}" for i, s in enumerate(sequences)]
         raw = [s.sequence for s in sequences]
         check_request(ids, raw, self.config)
         items: Sequence[str | ProteinRecord] = raw
         if sequences and hasattr(sequences[0], "labels"):  # LabelledSequence: keep the labels
-            items = [
-                ProteinRecord(i, r, tuple(s.labels))
-                for i, r, s in zip(ids, raw, sequences, strict=True)
-            ]
-        records = records_from_sequences(items, ids=ids, source="request")
+            labels = [tuple(s.labels) for s in sequences]
+            for index, (record_id, example_labels) in enumerate(zip(ids, labels, strict=True)):
+                check_example(record_id, example_labels, index)
+            items = [ProteinRecord(i, r, x) for i, r, x in zip(ids, raw, labels, strict=True)]
+        policy = FastaPolicy(on_invalid=ON_INVALID.name(on_invalid))  # type: ignore[arg-type]
+        records = records_from_sequences(items, ids=ids, policy=policy, source="request")
         if seen is not None:
             for index, record in enumerate(records):
-                if record.id in seen:
+                if seen.seen(record.id):
                     raise FastaFormatError(
                         "duplicate id (seen earlier in this stream)",
                         source="request stream",
                         record_id=record.id,
                         record_index=offset + index,
                     )
-                seen.add(record.id)
         return records
 
 
@@ -145,14 +232,18 @@ class EmbeddingServicer(_Face, pb_grpc.EmbeddingServiceServicer):
         context.add_callback(pending.cancel)
         return pending
 
+    def __init__(self, model: LoadedModel, batcher: EmbeddingBatcher, config: ServiceConfig):
+        super().__init__(model, batcher, config)
+        self._stream_slots = threading.BoundedSemaphore(config.stream_slots)
+
     def Embed(self, request: pb.EmbedRequest, context: grpc.ServicerContext) -> pb.EmbedResponse:
         self._check_model(request.options.model)
-        records = self._records(request.sequences, 0)
+        records = self._records(request.sequences, 0, on_invalid=request.options.on_invalid)
         per_residue = POOLING.name(request.options.pooling) == "per-residue"
         dtype = VECTOR_DTYPE.name(request.options.dtype)
         check_response_size(
+            [r.id for r in records],
             sum(len(r) for r in records) if per_residue else 0,
-            len(records),
             self.model.encoder.config.embed_dim,
             np.dtype(dtype).itemsize,
             self.config,
@@ -167,21 +258,75 @@ class EmbeddingServicer(_Face, pb_grpc.EmbeddingServiceServicer):
     def EmbedStream(
         self, request_iterator: Iterable[pb.EmbedStreamRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.EmbedStreamResponse]:
+        if not self._stream_slots.acquire(blocking=False):
+            raise OverloadedError(
+                f"{self.config.stream_slots} EmbedStream calls are open, the most this server "
+                "serves at once (max_streams): retry later"
+            )
+        reader = _StreamReader(request_iterator)
+        try:
+            yield from self._stream(reader, context)
+        finally:
+            reader.close()
+            self._stream_slots.release()
+
+    def _stream(
+        self, reader: _StreamReader, context: grpc.ServicerContext
+    ) -> Iterator[pb.EmbedStreamResponse]:
+        """Results go back as soon as they are done, whether or not more messages arrive."""
         options: pb.EmbedOptions | None = None
         progress = pb.EmbedProgress()
-        seen: set[str] = set()
+        seen = _SeenIds(self.config.stream_id_memory)
         pending: collections.deque[Pending] = collections.deque()
-        for message in request_iterator:
+        ended = False
+        offset = 0  # sequences received, skipped ones included: what default ids count
+        idle = self.config.stream_idle_timeout_s
+        active = time.monotonic()  # the last message or result: the idle clock starts there
+        while True:
+            while pending and pending[0].future.done() and options is not None:
+                yield from self._drain(pending.popleft(), options, progress)
+                active = time.monotonic()
+            if ended and not pending:
+                return
+            if (ended or len(pending) >= STREAM_IN_FLIGHT) and options is not None:
+                yield from self._drain(pending.popleft(), options, progress)
+                active = time.monotonic()
+                continue
+            wait = STREAM_POLL_S if pending else active + idle - time.monotonic()
+            try:
+                message = reader.get(timeout=max(0.0, wait))
+            except queue.Empty:
+                if not pending and time.monotonic() - active >= idle:
+                    raise StreamIdleError(
+                        f"no stream message for {idle:g} s with nothing in flight "
+                        "(stream_idle_timeout_s): the stream was ended"
+                    ) from None
+                continue
+            active = time.monotonic()
+            if message is _END:
+                ended = True
+                continue
             if options is None:
                 options = message.options
                 self._check_model(options.model)
-            records = self._records(message.sequences, progress.records_received, seen)
+            records = self._records(message.sequences, offset, seen, options.on_invalid)
+            self._check_stream_sizes(records, options)
+            offset += len(message.sequences)
             progress.records_received += len(records)
             pending.append(self._submit(records, options, context, wait=True))
-            while len(pending) > STREAM_IN_FLIGHT:
-                yield from self._drain(pending.popleft(), options, progress)
-        while pending and options is not None:
-            yield from self._drain(pending.popleft(), options, progress)
+
+    def _check_stream_sizes(self, records: list[ProteinRecord], options: pb.EmbedOptions) -> None:
+        """Each embedding travels in its own stream message: refuse one that would not fit."""
+        if POOLING.name(options.pooling) != "per-residue" or not records:
+            return
+        longest = max(records, key=len)
+        check_response_size(
+            [longest.id],
+            len(longest),
+            self.model.encoder.config.embed_dim,
+            np.dtype(VECTOR_DTYPE.name(options.dtype)).itemsize,
+            self.config,
+        )
 
     def _drain(
         self, pending: Pending, options: pb.EmbedOptions, progress: pb.EmbedProgress
@@ -215,20 +360,38 @@ class ClassifierServicer(_Face, pb_grpc.ClassifierServiceServicer):
         self, request: pb.CreateClassifierRequest, context: grpc.ServicerContext
     ) -> pb.ClassifierInfo:
         self._check_model(request.model)
+        check_name(request.name)
+        if not request.new_version:
+            self._refuse_existing(request.name)
         records = self._records(request.examples, 0)
+        check_classifier([r.labels for r in records], [], self.config)
         method = CLASSIFIER_METHOD.name(request.method)
         settings = fewshot.FewShotConfig(method=method)  # type: ignore[arg-type]
         fitted = self._on_worker(
             lambda: fewshot.fit_records(records, self.model, settings), context
         )
-        stored = fewshot.save_classifier(self.store, request.name, fitted, records)
+        stored = fewshot.save_classifier(
+            self.store, request.name, fitted, records, new_name=not request.new_version
+        )
         return classifier_info_to_proto(stored)
+
+    def _refuse_existing(self, name: str) -> None:
+        """AlreadyExistsError before the fit when `name` exists (the save checks again, race-safe)."""
+        try:
+            _, version, _ = self.store.classifiers.identity(name)
+        except ClassifierNotFoundError:
+            return
+        raise AlreadyExistsError(
+            f"classifier {name!r} exists (version {version}): set new_version to add a version, "
+            "or delete it first"
+        )
 
     def AddExamples(
         self, request: pb.AddExamplesRequest, context: grpc.ServicerContext
     ) -> pb.ClassifierInfo:
-        self.store.classifiers.get(request.name)  # NOT_FOUND before any work is queued
+        kept = self.store.classifiers.get(request.name)  # NOT_FOUND before any work is queued
         records = self._records(request.examples, 0)
+        check_classifier([r.labels for r in records], [x for _, _, x in kept.examples], self.config)
         stored = self._on_worker(
             lambda: fewshot.add_examples(self.store, request.name, records, self.model), context
         )
@@ -243,9 +406,17 @@ class ClassifierServicer(_Face, pb_grpc.ClassifierServiceServicer):
     def ListClassifiers(
         self, request: pb.ListClassifiersRequest, context: grpc.ServicerContext
     ) -> pb.ListClassifiersResponse:
-        return pb.ListClassifiersResponse(
+        response = pb.ListClassifiersResponse(
             classifiers=[classifier_info_to_proto(c) for c in self.store.classifiers.list()]
         )
+        size, limit = response.ByteSize(), self.config.max_message_mb * 2**20
+        if size > limit:  # refused here, not failed by gRPC after the call ends
+            raise MessageTooLargeError(
+                f"the {len(response.classifiers)} classifiers take {size / 2**20:.1f} MiB, more "
+                f"than one message may ({self.config.max_message_mb} MiB, max_message_mb): "
+                "delete unused classifiers or raise max_message_mb"
+            )
+        return response
 
     def DeleteClassifier(
         self, request: pb.DeleteClassifierRequest, context: grpc.ServicerContext

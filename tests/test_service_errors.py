@@ -15,12 +15,14 @@ import protssl
 from protssl._proto import protssl_pb2 as pb
 from protssl._proto import protssl_pb2_grpc as pb_grpc
 from protssl.errors import (
+    AlreadyExistsError,
     AuthenticationError,
     CheckpointError,
     ClassifierNotFoundError,
     DeadlineExceededError,
     FastaFormatError,
     InvalidInputError,
+    MessageTooLargeError,
     ModelNotFoundError,
     NotFoundError,
     OverloadedError,
@@ -29,6 +31,7 @@ from protssl.errors import (
     SequenceTooLongError,
     ServiceError,
     StoreError,
+    StreamIdleError,
     UnavailableError,
     UntrustedCheckpointError,
     status_name_for,
@@ -54,6 +57,9 @@ ERRORS: tuple[ProtsslError, ...] = (
     ServiceError("a remote call failed"),
     UnavailableError("upstream unavailable"),
     DeadlineExceededError("the deadline passed"),
+    StreamIdleError("no stream message for 60 s"),
+    AlreadyExistsError("classifier 'families' exists"),
+    MessageTooLargeError("the response would take 70 MiB"),
 )
 
 

@@ -20,6 +20,13 @@ class VectorDType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     VECTOR_DTYPE_FLOAT32: _ClassVar[VectorDType]
     VECTOR_DTYPE_FLOAT16: _ClassVar[VectorDType]
 
+class OnInvalid(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ON_INVALID_UNSPECIFIED: _ClassVar[OnInvalid]
+    ON_INVALID_FAIL: _ClassVar[OnInvalid]
+    ON_INVALID_SKIP: _ClassVar[OnInvalid]
+    ON_INVALID_REPLACE: _ClassVar[OnInvalid]
+
 class ClassifierMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     CLASSIFIER_METHOD_UNSPECIFIED: _ClassVar[ClassifierMethod]
@@ -34,6 +41,10 @@ POOLING_PER_RESIDUE: Pooling
 VECTOR_DTYPE_UNSPECIFIED: VectorDType
 VECTOR_DTYPE_FLOAT32: VectorDType
 VECTOR_DTYPE_FLOAT16: VectorDType
+ON_INVALID_UNSPECIFIED: OnInvalid
+ON_INVALID_FAIL: OnInvalid
+ON_INVALID_SKIP: OnInvalid
+ON_INVALID_REPLACE: OnInvalid
 CLASSIFIER_METHOD_UNSPECIFIED: ClassifierMethod
 CLASSIFIER_METHOD_PROTOTYPE: ClassifierMethod
 CLASSIFIER_METHOD_KNN: ClassifierMethod
@@ -49,16 +60,18 @@ class Sequence(_message.Message):
     def __init__(self, id: _Optional[str] = ..., sequence: _Optional[str] = ...) -> None: ...
 
 class EmbedOptions(_message.Message):
-    __slots__ = ("model", "pooling", "layer", "dtype")
+    __slots__ = ("model", "pooling", "layer", "dtype", "on_invalid")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     POOLING_FIELD_NUMBER: _ClassVar[int]
     LAYER_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
+    ON_INVALID_FIELD_NUMBER: _ClassVar[int]
     model: str
     pooling: Pooling
     layer: int
     dtype: VectorDType
-    def __init__(self, model: _Optional[str] = ..., pooling: _Optional[_Union[Pooling, str]] = ..., layer: _Optional[int] = ..., dtype: _Optional[_Union[VectorDType, str]] = ...) -> None: ...
+    on_invalid: OnInvalid
+    def __init__(self, model: _Optional[str] = ..., pooling: _Optional[_Union[Pooling, str]] = ..., layer: _Optional[int] = ..., dtype: _Optional[_Union[VectorDType, str]] = ..., on_invalid: _Optional[_Union[OnInvalid, str]] = ...) -> None: ...
 
 class Provenance(_message.Message):
     __slots__ = ("model_name", "model_sha256", "layer", "pooling", "compute_dtype", "window_policy", "windowed", "windows")
@@ -221,16 +234,18 @@ class ClassifierInfo(_message.Message):
     def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[int] = ..., method: _Optional[_Union[ClassifierMethod, str]] = ..., model_sha256: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., examples: _Optional[int] = ..., metrics: _Optional[_Union[ClassifierMetrics, _Mapping]] = ..., created_at: _Optional[str] = ...) -> None: ...
 
 class CreateClassifierRequest(_message.Message):
-    __slots__ = ("name", "method", "model", "examples")
+    __slots__ = ("name", "method", "model", "examples", "new_version")
     NAME_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    NEW_VERSION_FIELD_NUMBER: _ClassVar[int]
     name: str
     method: ClassifierMethod
     model: str
     examples: _containers.RepeatedCompositeFieldContainer[LabelledSequence]
-    def __init__(self, name: _Optional[str] = ..., method: _Optional[_Union[ClassifierMethod, str]] = ..., model: _Optional[str] = ..., examples: _Optional[_Iterable[_Union[LabelledSequence, _Mapping]]] = ...) -> None: ...
+    new_version: bool
+    def __init__(self, name: _Optional[str] = ..., method: _Optional[_Union[ClassifierMethod, str]] = ..., model: _Optional[str] = ..., examples: _Optional[_Iterable[_Union[LabelledSequence, _Mapping]]] = ..., new_version: _Optional[bool] = ...) -> None: ...
 
 class AddExamplesRequest(_message.Message):
     __slots__ = ("name", "examples")

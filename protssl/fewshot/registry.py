@@ -30,10 +30,13 @@ def save_classifier(
     name: str,
     classifier: FewShotClassifier,
     examples: Sequence[ProteinRecord],
+    *,
+    new_name: bool = False,
 ) -> StoredClassifier:
     """Save a fitted classifier and its support records as the next version of `name`.
 
-    Returns the store's `StoredClassifier` (version 1 for a new name).
+    Returns the store's `StoredClassifier` (version 1 for a new name). With `new_name`, a name that
+    exists is AlreadyExistsError instead (race-safe).
     """
     params, blob = classifier.to_state()
     metrics: dict[str, Any] = dict(classifier.support_metrics)
@@ -47,6 +50,7 @@ def save_classifier(
         blob=blob,
         examples=[(r.id, r.sequence, tuple(r.labels)) for r in examples],
         metrics=metrics,
+        new_name=new_name,
     )
 
 

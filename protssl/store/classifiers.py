@@ -10,14 +10,26 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 import protssl.store.common as common
 import protssl.store.engine as engines
-from protssl.errors import ClassifierNotFoundError, InvalidInputError, StoreError
+from protssl.errors import (
+    AlreadyExistsError,
+    ClassifierNotFoundError,
+    InvalidInputError,
+    StoreError,
+)
 from protssl.store.schema import Base
 
-__all__ = ["ClassifierRepository", "Example", "StoredClassifier"]
+__all__ = [
+    "LABEL_SEPARATOR",
+    "ClassifierRepository",
+    "Example",
+    "StoredClassifier",
+    "check_example",
+    "check_name",
+]
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +39,33 @@ _EXAMPLES = Base.metadata.tables["classifier_examples"]
 
 
 Example = tuple[str, str, tuple[str, ...]]
+
+MAX_NAME_LENGTH = 200
+"""Characters in a classifier name (the column's width)."""
+MAX_RECORD_ID_LENGTH = 500
+"""Characters in an example's record id (the column's width)."""
+MAX_LABEL_LENGTH = 200
+"""Characters in one label (a prediction's label column is this wide)."""
+LABEL_SEPARATOR = ";"
+"""Joins the labels of a multi-label decision, so no label may contain it."""
+
+
+def check_example(record_id: str, labels: Seq[str], index: int) -> None:
+    """Refuse an example the store cannot hold or a prediction could not tell apart."""
+    where = f"example {record_id[:50]!r} (#{index + 1})"
+    common.check_text(record_id, f"{where}: id", max_length=MAX_RECORD_ID_LENGTH)
+    for label in labels:
+        common.check_text(label, f"{where}: label {label[:50]!r}", max_length=MAX_LABEL_LENGTH)
+        if LABEL_SEPARATOR in label:
+            raise InvalidInputError(
+                f"{where}: label {label[:50]!r} contains {LABEL_SEPARATOR!r}, which joins the "
+                "labels of a multi-label decision: give several labels instead"
+            )
+
+
+def check_name(name: str) -> None:
+    """Refuse a classifier name that is empty, too long or holds a NUL."""
+    common.check_text(name, "classifier name", max_length=MAX_NAME_LENGTH)
 
 
 @dataclass(frozen=True)
@@ -77,27 +116,42 @@ class ClassifierRepository:
         blob: bytes,
         examples: Seq[Example],
         metrics: dict[str, Any],
+        new_name: bool = False,
     ) -> StoredClassifier:
-        """Store a new version of `name` (1 if new) and return it."""
-        if not name or len(name) > 200:
-            raise InvalidInputError(f"classifier name must be 1-200 characters, got {name!r}")
+        """Store a new version of `name` (1 if new) and return it.
+
+        `new_name` makes a name that exists an AlreadyExistsError (race-safe: the unique
+        (name, version) key lets one of two concurrent creates win).
+        """
+        check_name(name)
+        for index, (record_id, _, labels) in enumerate(examples):
+            check_example(str(record_id), [str(x) for x in labels], index)
         params = common.json_object(params, "params")
         metrics = common.json_object(metrics, "metrics")
         examples = tuple(
             (str(i), str(s), tuple(str(x) for x in labels)) for i, s, labels in examples
         )
-        attempt = 1
-        while True:
+        for _ in range(self._SAVE_ATTEMPTS):
             try:
                 return self._insert_version(
-                    name, model_sha256, method, params, bytes(blob), examples, metrics
+                    name,
+                    model_sha256,
+                    method,
+                    params,
+                    bytes(blob),
+                    examples,
+                    metrics,
+                    new_name=new_name,
                 )
-            except IntegrityError as exc:
-                # another writer took this version number first (PostgreSQL); try the next one
-                if attempt == self._SAVE_ATTEMPTS:
-                    raise StoreError(f"saving classifier {name!r} failed: {exc}") from exc
+            except IntegrityError:
+                # another writer took this version number first; the next try sees it
                 log.info("classifier %s: version taken by a concurrent save, retrying", name)
-                attempt += 1
+            except SQLAlchemyError as exc:
+                raise common.unavailable(f"saving classifier {name!r}", exc) from None
+        raise StoreError(
+            f"saving classifier {name!r} failed: {self._SAVE_ATTEMPTS} concurrent saves took its "
+            "next version first"
+        )
 
     def _insert_version(
         self,
@@ -108,6 +162,8 @@ class ClassifierRepository:
         blob: bytes,
         examples: tuple[Example, ...],
         metrics: dict[str, Any],
+        *,
+        new_name: bool,
     ) -> StoredClassifier:
         created = common.now()
         with engines.write_transaction(self._engine) as connection:
@@ -116,6 +172,11 @@ class ClassifierRepository:
             latest = connection.execute(
                 select(func.max(_CLASSIFIERS.c.version)).where(_CLASSIFIERS.c.name == name)
             ).scalar_one()
+            if new_name and latest is not None:
+                raise AlreadyExistsError(
+                    f"classifier {name!r} exists (version {latest}): set new_version to add a "
+                    "version, or delete it first"
+                )
             version = (latest or 0) + 1
             classifier_id = connection.execute(
                 _CLASSIFIERS.insert()
@@ -160,7 +221,8 @@ class ClassifierRepository:
 
     def get(self, name: str, version: int | None = None) -> StoredClassifier:
         """Version `version` of `name` (the latest if None), or ClassifierNotFoundError."""
-        with self._engine.connect() as connection:
+        check_name(name)
+        with common.store_errors("reading a classifier"), self._engine.connect() as connection:
             row = connection.execute(_one_version(name, version, _CLASSIFIERS)).first()
             if row is None:
                 raise ClassifierNotFoundError(_not_found(name, version))
@@ -172,8 +234,9 @@ class ClassifierRepository:
 
         A saved version never changes, so this triple names its content: what memos key on.
         """
+        check_name(name)
         columns = (_CLASSIFIERS.c.id, _CLASSIFIERS.c.version, _CLASSIFIERS.c.created_at)
-        with self._engine.connect() as connection:
+        with common.store_errors("reading a classifier"), self._engine.connect() as connection:
             row = connection.execute(_one_version(name, version, *columns)).first()
         if row is None:
             raise ClassifierNotFoundError(_not_found(name, version))
@@ -197,14 +260,18 @@ class ClassifierRepository:
             )
             .order_by(_CLASSIFIERS.c.name)
         )
-        with self._engine.connect() as connection:
+        with common.store_errors("listing classifiers"), self._engine.connect() as connection:
             rows = connection.execute(statement).all()
             examples = self._examples(connection, [row.id for row in rows])
         return [self._from_row(row, examples.get(row.id, ())) for row in rows]
 
     def delete(self, name: str) -> None:
         """Delete every version of `name` with its examples."""
-        with engines.write_transaction(self._engine) as connection:
+        check_name(name)
+        with (
+            common.store_errors(f"deleting classifier {name!r}"),
+            engines.write_transaction(self._engine) as connection,
+        ):
             result = connection.execute(_CLASSIFIERS.delete().where(_CLASSIFIERS.c.name == name))
         if result.rowcount == 0:
             raise ClassifierNotFoundError(f"no classifier {name!r} in the store")

@@ -9,28 +9,66 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+import logging
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 from sqlalchemy import Connection, Table
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
 
-from protssl.errors import InvalidInputError
+from protssl.errors import InvalidInputError, StoreError
 from protssl.store.schema import Base
 
 __all__ = [
+    "check_text",
     "ensure_models",
     "ensure_sequences",
     "insert",
     "json_object",
     "now",
     "sequence_sha256",
+    "store_errors",
+    "unavailable",
     "utc",
 ]
 
+log = logging.getLogger(__name__)
+
 _MODELS = Base.metadata.tables["models"]
 _SEQUENCES = Base.metadata.tables["sequences"]
+
+
+@contextmanager
+def store_errors(what: str) -> Iterator[None]:
+    """Turn a database failure inside the block into StoreError (gRPC UNAVAILABLE).
+
+    The driver's message names the database host and port: it is logged here, and the error says
+    only what failed, so a client never learns where the database is.
+    """
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        raise unavailable(what, exc) from None
+
+
+def unavailable(what: str, exc: SQLAlchemyError) -> StoreError:
+    """The StoreError for a failed `what`; the driver's detail (host, port) goes to the log only."""
+    detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    log.warning("store: %s failed: %s", what, detail)
+    return StoreError(f"the store is unavailable: {what} failed")
+
+
+def check_text(value: str, what: str, *, max_length: int, empty: bool = False) -> None:
+    """Refuse a string the store cannot hold: NUL (PostgreSQL text cannot), too long, or empty."""
+    if "\x00" in value:
+        raise InvalidInputError(f"{what} contains a NUL character (at {value.index(chr(0)) + 1})")
+    if len(value) > max_length:
+        raise InvalidInputError(f"{what} has {len(value)} characters; the limit is {max_length}")
+    if not value and not empty:
+        raise InvalidInputError(f"{what} must not be empty")
 
 
 def sequence_sha256(sequence: str) -> str:

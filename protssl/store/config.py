@@ -45,6 +45,13 @@ class StoreConfig:
     """Upgrade the schema to the newest migration when the store opens."""
     memory_cache_mb: int = 0
     """Recently read or written vectors kept in memory (MiB, least recently used dropped); 0 = off."""
+    connect_timeout_s: float = 5.0
+    """PostgreSQL: how long opening a connection may take (libpq rounds up to whole seconds, >= 2)."""
+    statement_timeout_s: float = 30.0
+    """PostgreSQL: how long one statement may run before the server cancels it (a frozen database)."""
+    cache_optional: bool = False
+    """While the database is unreachable, the embedding cache misses and drops writes (vectors are
+    computed without it) instead of failing the call."""
 
     def __post_init__(self) -> None:
         if self.dialect not in _DIALECTS:
@@ -61,6 +68,8 @@ class StoreConfig:
             )
         if self.busy_timeout_s <= 0:
             raise InvalidInputError(f"busy_timeout_s must be positive, got {self.busy_timeout_s}")
+        if self.connect_timeout_s <= 0 or self.statement_timeout_s <= 0:
+            raise InvalidInputError("connect_timeout_s and statement_timeout_s must be positive")
         if self.memory_cache_mb < 0:
             raise InvalidInputError(f"memory_cache_mb must be >= 0, got {self.memory_cache_mb}")
 

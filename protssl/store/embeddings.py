@@ -7,6 +7,7 @@ recently used vectors without SQL. Vectors never change once stored.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict, defaultdict
 from collections.abc import Iterable, Mapping
@@ -23,6 +24,8 @@ import protssl.store.engine as engines
 from protssl.errors import InvalidInputError, StoreError
 from protssl.store.config import VECTOR_DTYPES
 from protssl.store.schema import Base
+
+log = logging.getLogger(__name__)
 
 __all__ = ["MAX_KEYS_PER_QUERY", "EmbeddingCache", "EmbeddingItem", "EmbeddingKey"]
 
@@ -133,7 +136,12 @@ class EmbeddingCache:
     """
 
     def __init__(
-        self, engine: Engine, *, vector_dtype: str = "float32", memory_bytes: int = 0
+        self,
+        engine: Engine,
+        *,
+        vector_dtype: str = "float32",
+        memory_bytes: int = 0,
+        optional: bool = False,
     ) -> None:
         if vector_dtype not in VECTOR_DTYPES:
             raise InvalidInputError(
@@ -142,6 +150,8 @@ class EmbeddingCache:
         self._engine = engine
         self.vector_dtype = vector_dtype
         """How vectors are stored and returned: `float32` or `float16`."""
+        self.optional = optional
+        """While the database is unreachable, reads miss and writes are dropped (not StoreError)."""
         self._known_models: set[str] = set()
         self._memory = _VectorLRU(memory_bytes)
 
@@ -180,7 +190,12 @@ class EmbeddingCache:
                             )
                             read[key] = self._decode(row.vector, row.dim, row.rows)
         except SQLAlchemyError as exc:
-            raise StoreError(f"reading the embedding cache failed: {exc}") from exc
+            if not self.optional:
+                raise common.unavailable("reading the embedding cache", exc) from None
+            log.warning(
+                "embedding cache unreachable: computing without it (%s)", type(exc).__name__
+            )
+            return found
         self._memory.put_many(read)
         found.update(read)
         return found
@@ -238,7 +253,10 @@ class EmbeddingCache:
                     ordered,
                 ).all()
         except SQLAlchemyError as exc:
-            raise StoreError(f"writing {len(rows)} vectors to the cache failed: {exc}") from exc
+            if not self.optional:
+                raise common.unavailable(f"writing {len(rows)} vectors to the cache", exc) from None
+            log.warning("embedding cache unreachable: %d vectors not kept", len(rows))
+            return
         self._known_models |= models
         if self._memory.max_bytes:
             # only rows this call inserted (where another writer won, its bits are the cached

@@ -9,6 +9,7 @@ write lock on SQLite; a second process opening the same fresh database waits, th
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sqlite3
 import time
@@ -58,7 +59,21 @@ def create_store_engine(config: StoreConfig) -> Engine:
         engine = create_engine(url)
         _configure_sqlite(engine, busy_timeout_ms=round(config.busy_timeout_s * 1000))
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(
+        url,
+        pool_pre_ping=True,  # a connection the database dropped (restart) is replaced, not used
+        connect_args={"connect_timeout": max(2, math.ceil(config.connect_timeout_s))},
+    )
+    _configure_postgresql(engine, statement_timeout_ms=round(config.statement_timeout_s * 1000))
+    return engine
+
+
+def _configure_postgresql(engine: Engine, *, statement_timeout_ms: int) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(f"SET statement_timeout = {statement_timeout_ms}")
+        dbapi_connection.commit()
 
 
 def _prepare_sqlite_file(path: Path) -> None:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from types import TracebackType
 
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
 import protssl.store.engine as engines
 from protssl.store.classifiers import ClassifierRepository
 from protssl.store.config import StoreConfig
@@ -39,10 +42,20 @@ class Store:
             self.engine,
             vector_dtype=self.config.vector_dtype,
             memory_bytes=self.config.memory_cache_mb * 1024 * 1024,
+            optional=self.config.cache_optional,
         )
         self.classifiers = ClassifierRepository(self.engine)
         self.jobs = JobRepository(self.engine)
         self.tokens = TokenRepository(self.engine)
+
+    def ping(self) -> bool:
+        """Whether the database answers now (one `SELECT 1`); what a health check asks."""
+        try:
+            with self.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except SQLAlchemyError:
+            return False
+        return True
 
     def close(self) -> None:
         """Release the connection pool."""

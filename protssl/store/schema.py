@@ -123,7 +123,10 @@ class Classifier(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[dt.datetime] = mapped_column(Timestamp)
 
-    __table_args__ = (UniqueConstraint("name", "version"),)
+    __table_args__ = (
+        UniqueConstraint("name", "version"),
+        {"sqlite_autoincrement": True},  # a deleted classifier's id is never handed out again
+    )
 
 
 class ClassifierExample(Base):

@@ -47,14 +47,17 @@ class TokenRepository:
             "created_at": common.now(),
             "revoked_at": None,
         }
-        with engines.write_transaction(self._engine) as connection:
+        with (
+            common.store_errors("creating an API token"),
+            engines.write_transaction(self._engine) as connection,
+        ):
             connection.execute(_TOKENS.insert(), values)
         return StoredToken(**values), token  # type: ignore[arg-type]
 
     def list(self) -> list[StoredToken]:
         """Every token, revoked ones too, oldest first."""
         statement = select(_TOKENS).order_by(_TOKENS.c.created_at, _TOKENS.c.id)
-        with self._engine.connect() as connection:
+        with common.store_errors("listing API tokens"), self._engine.connect() as connection:
             return [self._from_row(row) for row in connection.execute(statement)]
 
     def find(self, secret_sha256: str) -> StoredToken | None:
@@ -72,7 +75,11 @@ class TokenRepository:
 
     def revoke(self, token_id: str) -> StoredToken:
         """Stamp `token_id` revoked (a no-op if it already is); NotFoundError if there is none."""
-        with engines.write_transaction(self._engine) as connection:
+        common.check_text(token_id, "token id", max_length=64)
+        with (
+            common.store_errors("revoking an API token"),
+            engines.write_transaction(self._engine) as connection,
+        ):
             connection.execute(
                 _TOKENS.update()
                 .where(_TOKENS.c.id == token_id, _TOKENS.c.revoked_at.is_(None))
