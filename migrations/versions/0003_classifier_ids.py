@@ -1,4 +1,4 @@
-"""SQLite: classifier ids are never handed out again (AUTOINCREMENT), branch sec-robust.
+"""SQLite: classifier ids are never handed out again (AUTOINCREMENT).
 
 Without AUTOINCREMENT SQLite gives a new row the largest id + 1, so deleting the newest classifier
 let the next one take its id. The table is rebuilt with AUTOINCREMENT; its examples and predictions
@@ -6,7 +6,7 @@ are copied aside and back, since dropping the old table cascades to them (foreig
 cannot be switched off inside the migration's transaction). PostgreSQL's sequence never reuses an
 id: nothing to do there.
 
-Revision ID: 0003_sec_robust
+Revision ID: 0003
 Revises: 0002
 Create Date: 2026-12-05
 """
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0003_sec_robust"
+revision: str = "0003"
 down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
