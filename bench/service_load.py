@@ -28,11 +28,12 @@ import numpy as np
 from tqdm import tqdm
 
 import protssl
+from protssl.auth import TOKEN_ENV
 from protssl.checkpoint import DEFAULT_MODEL_DIR, LoadedModel, load_model
 from protssl.embedding import EmbedConfig, embed_records
 from protssl.fasta import ProteinRecord, read_fasta
 from protssl.info import describe
-from protssl.store import StoreConfig
+from protssl.store import Store, StoreConfig
 from service.batcher import release_freed_memory
 from service.config import ServiceConfig
 
@@ -68,12 +69,15 @@ def start_server(
     ]
     if args.model:
         command += ["--model", args.model]
-    if args.store:
-        command += ["--database-url", args.database_url or f"sqlite:///{db_path}"]
-        command += ["--memory-cache-mb", str(args.memory_cache_mb)]
-    else:
-        command += ["--store", "false"]
     env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+    if args.store:
+        url = args.database_url or f"sqlite:///{db_path}"
+        command += ["--database-url", url, "--memory-cache-mb", str(args.memory_cache_mb)]
+        # authentication on, as deployed: the clients (this process's SDK) carry a read token
+        with Store(StoreConfig(url=url)) as store:
+            _, os.environ[TOKEN_ENV] = store.tokens.create("read", name="service_load")
+    else:
+        command += ["--store", "false", "--insecure-no-auth"]  # tokens live in the store
     process = subprocess.Popen(command, stderr=log_path.open("w"), env=env)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
