@@ -104,6 +104,7 @@ def fit_records(
         [r.labels for r in records],
         config,
         info=_model_info(model, embed_config),
+        sequences=[r.sequence for r in records],
     )
 
 
@@ -136,4 +137,6 @@ def classify_records(
             records, model, (classifier.layer,), embed_config, on_batch=on_batch
         )
         vectors = features[classifier.layer]
-    return classifier.predict(vectors, [r.id for r in records], top_k=top_k)
+    return classifier.predict(
+        vectors, [r.id for r in records], top_k=top_k, sequences=[r.sequence for r in records]
+    )
