@@ -281,7 +281,7 @@ class Client:
     ) -> ClassifierInfo:
         """Fit a classifier on labelled records (or (sequence, label) pairs) and store it as `name`.
 
-        A name that exists gets a new version. Methods: prototype, knn, linear, contrastive.
+        A name that exists gets a new version. Methods: prototype, knn, linear, contrastive, hybrid.
         """
         request = pb.CreateClassifierRequest(
             name=name,

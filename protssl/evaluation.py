@@ -320,9 +320,7 @@ def evaluate_split(
 
     The sequences are needed by the hybrid method only.
     """
-    classifier = FewShotClassifier.fit(
-        support, support_labels, config, sequences=support_sequences
-    )
+    classifier = FewShotClassifier.fit(support, support_labels, config, sequences=support_sequences)
     predictions = classifier.predict(query, query_ids, sequences=query_sequences)
     truth = [tuple(t) for t in query_labels]
     metrics: dict[str, Any] = dict(label_metrics(truth, predictions))

@@ -19,7 +19,7 @@ from pyhmmer import easel, plan7
 
 __all__ = ["Aligner", "Hit", "pack", "unpack"]
 
-_ALPHABET = easel.Alphabet.amino()
+_ALPHABET: easel.Alphabet = easel.Alphabet.amino()
 _LETTERS = frozenset(_ALPHABET.symbols)
 
 Hit = tuple[int, float, float]
@@ -69,4 +69,3 @@ def unpack(arrays: dict[str, np.ndarray]) -> list[str]:
     data = arrays["residues"].tobytes().decode("ascii")
     starts = np.concatenate([[0], arrays["ends"][:-1]]).astype(np.int64)
     return [data[a:b] for a, b in zip(starts.tolist(), arrays["ends"].tolist(), strict=True)]
-

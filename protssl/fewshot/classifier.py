@@ -158,7 +158,9 @@ class FewShotClassifier:
                 f"{config.max_cells:,} (max_cells; 8 bytes each): fit fewer classes or examples"
             )
         if config.method == "hybrid" and (sequences is None or len(sequences) != len(label_sets)):
-            raise InvalidInputError("the hybrid method needs the support sequences, one per example")
+            raise InvalidInputError(
+                "the hybrid method needs the support sequences, one per example"
+            )
         for layer, x in features.items():
             if x.ndim != 2 or len(x) != len(label_sets):
                 raise InvalidInputError(

@@ -78,7 +78,7 @@ class FewShotConfig:
             raise InvalidInputError(
                 f"fallback must be one of {', '.join(EMBEDDING_HEADS)}, not {self.fallback!r}"
             )
-        if self.candidates < 1 or not 0.0 < self.evalue or self.max_cells < 1:
+        if self.candidates < 1 or self.evalue <= 0.0 or self.max_cells < 1:
             raise InvalidInputError("candidates, evalue and max_cells must be positive")
         if self.contrastive_temperature <= 0 or self.weight_decay < 0:
             raise InvalidInputError("contrastive_temperature must be > 0, weight_decay >= 0")

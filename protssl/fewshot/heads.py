@@ -341,6 +341,7 @@ class HybridHead(Head):
     def __init__(self, sequences: Sequence[str] = ()) -> None:
         self.sequences = list(sequences)
         self.weight = 1.0
+        self.fallback: str = "knn"
         self._aligner: Aligner | None = None
 
     def _setup(self, x: np.ndarray, y: np.ndarray, config: FewShotConfig) -> None:
@@ -452,7 +453,9 @@ class HybridHead(Head):
         self.fallback = str(arrays["fallback"])
         self.embedding = HEADS[self.fallback]()
         self.embedding.load({k[10:]: v for k, v in arrays.items() if k.startswith("embedding.")})
-        self.sequences = unpack({k[10:]: v for k, v in arrays.items() if k.startswith("sequences.")})
+        self.sequences = unpack(
+            {k[10:]: v for k, v in arrays.items() if k.startswith("sequences.")}
+        )
         self.support = arrays["support"]
         self.n_classes = int(arrays["classes"])
         rows, cols = arrays["member_rows"], arrays["member_cols"]
