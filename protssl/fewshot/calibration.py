@@ -64,13 +64,16 @@ def informative(y: np.ndarray) -> np.ndarray:
     return (truth & (remaining > 0)).any(1)
 
 
-def fit_temperature(scores: np.ndarray, y: np.ndarray) -> TemperatureFit:
+def fit_temperature(
+    scores: np.ndarray, y: np.ndarray, evidence: np.ndarray | None = None
+) -> TemperatureFit:
     """Temperature maximising the held-out likelihood of the true label set, on informative rows.
 
+    `evidence` marks those rows when `y` is a sample of the support (default: `informative(y)`).
     Without informative rows there is no evidence to sharpen anything: the highest temperature,
     whose probabilities stay near uniform.
     """
-    rows = np.flatnonzero(informative(y))
+    rows = np.flatnonzero(informative(y) if evidence is None else evidence)
     if len(rows) == 0:
         return TemperatureFit(float(_TEMPERATURES[-1]), -math.inf)
     if len(rows) > _CALIBRATION_ROWS:
@@ -85,9 +88,9 @@ def fit_temperature(scores: np.ndarray, y: np.ndarray) -> TemperatureFit:
     return TemperatureFit(best_t, -best_nll)
 
 
-def calibrate(scores: np.ndarray, y: np.ndarray) -> float:
+def calibrate(scores: np.ndarray, y: np.ndarray, evidence: np.ndarray | None = None) -> float:
     """Temperature minimising the held-out negative log-likelihood of the true label set."""
-    return fit_temperature(scores, y).temperature
+    return fit_temperature(scores, y, evidence).temperature
 
 
 def precision_threshold(confidence: np.ndarray, correct: np.ndarray, target: float) -> float:

@@ -190,21 +190,25 @@ class FewShotClassifier:
         layer_scores = {k: v[0] for k, v in keys.items()}
         mean = features[layer].astype(np.float64).mean(0)
         x = normalise(features[layer], mean)
+        # thresholds from rows that could be right: a lone example of its class never is
+        evidence = calibration.informative(y)
         if config.method == "hybrid":
-            head: Head = HybridHead(list(sequences or ()))
-            scores = head.held_out(x, y, config)
-            temperature = calibration.calibrate(scores, y)
+            hybrid = HybridHead(list(sequences or ()))
+            scores = hybrid.held_out(x, y, config)
+            rows = hybrid.held_rows  # the support rows it aligned held out (a sample of a big one)
+            scores, y_held, evidence = scores[rows], y[rows], evidence[rows]
+            temperature = calibration.calibrate(scores, y_held, evidence)
+            head: Head = hybrid
         else:
             head = HEADS[config.method]()
             scores, temperature = held[layer]
+            y_held = y
         head.fit(x, y, config)
 
         probs = calibration.softmax(scores, temperature)
         top = probs.argmax(1)
-        top_p = probs[np.arange(len(y)), top]
-        correct = y[np.arange(len(y)), top] > 0
-        # thresholds from rows that could be right: a lone example of its class never is
-        evidence = calibration.informative(y)
+        top_p = probs[np.arange(len(y_held)), top]
+        correct = y_held[np.arange(len(y_held)), top] > 0
         threshold = calibration.precision_threshold(
             top_p[evidence], correct[evidence], config.target_precision
         )
@@ -212,7 +216,7 @@ class FewShotClassifier:
         for level in levels:
             parent_p = probs[evidence] @ level.member
             parent_top = parent_p.argmax(1)
-            parent_true = (y[evidence] @ level.member) > 0
+            parent_true = (y_held[evidence] @ level.member) > 0
             rows = np.arange(len(parent_p))
             level.threshold = calibration.precision_threshold(
                 parent_p[rows, parent_top], parent_true[rows, parent_top], config.target_precision
@@ -223,13 +227,14 @@ class FewShotClassifier:
         answered = top_p >= threshold
         multi_label_ratio = None
         if any(len(ls) > 1 for ls in label_sets):
-            multi_label_ratio = config.multi_label_ratio or calibration.best_ratio(probs, y)
+            multi_label_ratio = config.multi_label_ratio or calibration.best_ratio(probs, y_held)
         support_metrics = {
             "held_out": "leave-one-out"
             if config.method in ("prototype", "knn", "hybrid")
             else f"{min(config.folds, len(y))}-fold",
             "top1_accuracy": float(correct.mean()),
             "informative_examples": int(evidence.sum()),
+            "held_out_examples": len(y_held),
             "answered_rate": float(answered.mean()),
             "accuracy_on_answered": float(correct[answered].mean()) if answered.any() else 0.0,
             "examples": len(y),

@@ -51,6 +51,9 @@ class FewShotConfig:
     """`hybrid`: support sequences retrieved by embedding cosine and aligned to each query."""
     evalue: float = 1e-3
     """`hybrid`: the E-value (over the whole support) at which an alignment hit counts as evidence."""
+    calibration_rows: int = 1000
+    """`hybrid`: support rows aligned held out to fit its weight, temperature and thresholds (a
+    seeded sample of larger supports; each costs one alignment search)."""
     max_cells: int = 60_000_000
     """Largest examples x classes a fit takes (its held-out score matrices are that size, float64):
     fitting refuses more up front instead of running out of memory."""
@@ -78,7 +81,9 @@ class FewShotConfig:
             raise InvalidInputError(
                 f"fallback must be one of {', '.join(EMBEDDING_HEADS)}, not {self.fallback!r}"
             )
-        if self.candidates < 1 or self.evalue <= 0.0 or self.max_cells < 1:
-            raise InvalidInputError("candidates, evalue and max_cells must be positive")
+        if min(self.candidates, self.calibration_rows, self.max_cells) < 1 or self.evalue <= 0:
+            raise InvalidInputError(
+                "candidates, calibration_rows, evalue and max_cells must be positive"
+            )
         if self.contrastive_temperature <= 0 or self.weight_decay < 0:
             raise InvalidInputError("contrastive_temperature must be > 0, weight_decay >= 0")

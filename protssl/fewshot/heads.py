@@ -342,6 +342,7 @@ class HybridHead(Head):
         self.sequences = list(sequences)
         self.weight = 1.0
         self.fallback: str = "knn"
+        self.held_rows = np.zeros(0, dtype=np.int64)
         self._aligner: Aligner | None = None
 
     def _setup(self, x: np.ndarray, y: np.ndarray, config: FewShotConfig) -> None:
@@ -366,22 +367,22 @@ class HybridHead(Head):
         return self._aligner
 
     def significance(
-        self, x: np.ndarray, queries: Sequence[str], *, leave_out: bool = False
+        self, x: np.ndarray, queries: Sequence[str], *, leave_out: np.ndarray | None = None
     ) -> np.ndarray:
         """(M, C) -log10 E-value of each class's best significant hit among the candidates (0: none).
 
-        `leave_out`: the queries are the support rows themselves, each kept out of its candidates.
+        `leave_out`: the support row each query is (held-out scoring), kept out of its candidates.
         """
         out = np.zeros((len(queries), self.n_classes))
         aligner = self._align()
-        k = min(self.candidates, len(self.support) - (1 if leave_out else 0))
+        k = min(self.candidates, len(self.support) - (0 if leave_out is None else 1))
         if k < 1:
             return out
         for start in range(0, len(queries), _QUERY_BLOCK):
             sims = x[start : start + _QUERY_BLOCK] @ self.support.T
-            if leave_out:
+            if leave_out is not None:
                 rows = np.arange(len(sims))
-                sims[rows, rows + start] = -np.inf
+                sims[rows, leave_out[start : start + len(sims)]] = -np.inf
             top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
             for offset, candidates in enumerate(top):
                 row = start + offset
@@ -395,15 +396,28 @@ class HybridHead(Head):
         return out
 
     def held_out(self, x: np.ndarray, y: np.ndarray, config: FewShotConfig) -> np.ndarray:
+        """Leave-one-out scores; only the rows of `held_rows` are aligned (and valid).
+
+        Those are the informative rows (the others say nothing), at most
+        `config.calibration_rows` of them, drawn with `config.seed`: each costs one search.
+        """
         from protssl.fewshot import calibration
 
         self._setup(x, y, config)
+        evidence = calibration.informative(y)
+        useful = np.flatnonzero(evidence)
+        pool = useful if len(useful) else np.arange(len(y))
+        if len(pool) > config.calibration_rows:
+            rng = np.random.default_rng(config.seed)
+            pool = np.sort(rng.choice(pool, size=config.calibration_rows, replace=False))
+        self.held_rows = pool
         embedding = HEADS[config.fallback]().held_out(x, y, config)
-        align = self.significance(x, self.sequences, leave_out=True)
+        align = np.zeros_like(embedding)
+        align[pool] = self.significance(x[pool], [self.sequences[i] for i in pool], leave_out=pool)
         best = -math.inf
         for weight in _WEIGHTS:
-            scores = embedding + weight * align
-            fit = calibration.fit_temperature(scores, y)
+            scores = embedding[pool] + weight * align[pool]
+            fit = calibration.fit_temperature(scores, y[pool], evidence[pool])
             if fit.log_likelihood > best:
                 best, self.weight = fit.log_likelihood, float(weight)
         return embedding + self.weight * align

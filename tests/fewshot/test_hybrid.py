@@ -208,3 +208,16 @@ def test_hybrid_survives_save_load_and_a_version_bump_and_fits_through_the_cache
         answers = classify_records(newer, probes, windowed_model)
         assert answers[0].evidence == "alignment"
         assert answers[0].top_label == first[0].labels[0]
+
+
+def test_a_big_support_is_calibrated_on_a_seeded_sample_of_held_out_rows(
+    is_split: tuple[list[ProteinRecord], list[ProteinRecord]],
+) -> None:
+    support, query = is_split
+    sampled = fit(support, method="hybrid", calibration_rows=12)
+    assert sampled.support_metrics["held_out_examples"] == 12
+    assert sampled.support_metrics["examples"] == len(support)
+    again = fit(support, method="hybrid", calibration_rows=12)
+    assert (again.temperature, again.threshold) == (sampled.temperature, sampled.threshold)
+    answers = sampled.predict(two_layers(query), sequences=sequences(query))
+    assert label_metrics([r.labels for r in query], answers)["top1_accuracy"] > 0.8
