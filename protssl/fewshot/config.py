@@ -47,7 +47,7 @@ class FewShotConfig:
     """Seed of the trained heads' initialisation and of the fold assignment."""
     fallback: Literal["prototype", "knn"] = "knn"
     """`hybrid`: the embedding head that scores every class and answers when no hit is significant."""
-    candidates: int = 100
+    candidates: int = 200
     """`hybrid`: support sequences retrieved by embedding cosine and aligned to each query."""
     evalue: float = 1e-3
     """`hybrid`: the E-value (over the whole support) at which an alignment hit counts as evidence."""
