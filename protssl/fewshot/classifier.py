@@ -120,6 +120,9 @@ class FewShotClassifier:
     """Where the vectors came from (model sha256, pooling); checked before classifying."""
     support_nn: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     """The L2-normalised support vectors of the chosen layer (for the out-of-distribution gate)."""
+    fallback_threshold: float | None = None
+    """`hybrid`: the confidence cut of answers without alignment evidence (`threshold` is then
+    the cut of those with it); None for the other methods."""
     ood_centred: bool = False
     """Whether the gate works in the centred space (classifiers saved before it moved to plain
     cosine keep their gate)."""
@@ -197,21 +200,33 @@ class FewShotClassifier:
             scores = hybrid.held_out(x, y, config)
             rows = hybrid.held_rows  # the support rows it aligned held out (a sample of a big one)
             scores, y_held, evidence = scores[rows], y[rows], evidence[rows]
+            aligned = hybrid.held_hits[rows]
             temperature = calibration.calibrate(scores, y_held, evidence)
             head: Head = hybrid
         else:
             head = HEADS[config.method]()
             scores, temperature = held[layer]
-            y_held = y
+            y_held, aligned = y, np.zeros(len(y), dtype=bool)
         head.fit(x, y, config)
 
         probs = calibration.softmax(scores, temperature)
         top = probs.argmax(1)
         top_p = probs[np.arange(len(y_held)), top]
         correct = y_held[np.arange(len(y_held)), top] > 0
-        threshold = calibration.precision_threshold(
-            top_p[evidence], correct[evidence], config.target_precision
-        )
+
+        def cut(rows: np.ndarray) -> float:
+            return calibration.precision_threshold(
+                top_p[rows], correct[rows], config.target_precision
+            )
+
+        # hybrid: a cut for answers resting on alignment and one for the embedding fallback, so
+        # that precise alignments do not carry imprecise embedding answers past a shared cut
+        threshold = cut(evidence & aligned if (evidence & aligned).any() else evidence)
+        fallback_threshold = None
+        if config.method == "hybrid":
+            fallback_threshold = cut(
+                evidence & ~aligned if (evidence & ~aligned).any() else evidence
+            )
         levels = calibration.back_off_levels(classes, hierarchical)
         for level in levels:
             parent_p = probs[evidence] @ level.member
@@ -224,7 +239,8 @@ class FewShotClassifier:
         support_nn = normalise(features[layer])
         nearest = _nearest_other(support_nn)
         ood_threshold = float(np.quantile(nearest, config.ood_quantile)) if len(x) > 1 else -1.0
-        answered = top_p >= threshold
+        fallback_cut = threshold if fallback_threshold is None else fallback_threshold
+        answered = top_p >= np.where(aligned, threshold, fallback_cut)
         multi_label_ratio = None
         if any(len(ls) > 1 for ls in label_sets):
             multi_label_ratio = config.multi_label_ratio or calibration.best_ratio(probs, y_held)
@@ -255,6 +271,7 @@ class FewShotClassifier:
             support_metrics=support_metrics,
             info=dict(info or {}),
             support_nn=support_nn,
+            fallback_threshold=fallback_threshold,
         )
         log.info(
             "fitted %s classifier: %d classes, %d examples, layer %d (held-out accuracy %.3f), "
@@ -360,7 +377,10 @@ class FewShotClassifier:
         top_p = float(p[top])
         if nearest < self.ood_threshold and not aligned:
             return (UNKNOWN,), 0.0, "unknown"
-        if top_p >= self.threshold:
+        cut = self.threshold
+        if not aligned and self.fallback_threshold is not None:
+            cut = self.fallback_threshold
+        if top_p >= cut:
             labels = [self.classes[top]]
             if self.multi_label_ratio is not None:
                 extra = np.flatnonzero(p >= self.multi_label_ratio * top_p)
@@ -385,6 +405,7 @@ class FewShotClassifier:
             "layer": self.layer,
             "temperature": self.temperature,
             "threshold": self.threshold,
+            "fallback_threshold": self.fallback_threshold,
             "ood_threshold": self.ood_threshold,
             "ood_centred": self.ood_centred,
             "multi_label_ratio": self.multi_label_ratio,
@@ -440,6 +461,7 @@ class FewShotClassifier:
             info=dict(params["info"]),
             support_nn=arrays["support_nn"],
             ood_centred=bool(params.get("ood_centred", True)),
+            fallback_threshold=params.get("fallback_threshold"),
         )
 
 

@@ -332,17 +332,20 @@ class HybridHead(Head):
 
     Significance is -log10 of the E-value of the class's best hit among the query's `candidates`
     nearest support vectors (cosine), counted only at or under `config.evalue`; a query without
-    such a hit keeps the embedding head's scores alone. The weight is the one whose calibrated
-    held-out likelihood is best. Scoring needs the query sequences (`score_queries`).
+    such a hit keeps the embedding head's scores alone, at the embedding head's own temperature.
+    The weight and the hit rows' temperature are those whose held-out likelihood on support rows
+    with a hit is best, so both branches come out calibrated (the classifier's temperature then
+    stays near 1). Scoring needs the query sequences (`score_queries`).
     """
 
     name = "hybrid"
 
     def __init__(self, sequences: Sequence[str] = ()) -> None:
         self.sequences = list(sequences)
-        self.weight = 1.0
+        self.weight = self.hit_scale = self.miss_scale = 1.0
         self.fallback: str = "knn"
         self.held_rows = np.zeros(0, dtype=np.int64)
+        self.held_hits = np.zeros(0, dtype=bool)
         self._aligner: Aligner | None = None
 
     def _setup(self, x: np.ndarray, y: np.ndarray, config: FewShotConfig) -> None:
@@ -412,15 +415,28 @@ class HybridHead(Head):
             pool = np.sort(rng.choice(pool, size=config.calibration_rows, replace=False))
         self.held_rows = pool
         embedding = HEADS[config.fallback]().held_out(x, y, config)
+        # the embedding head's own temperature, from every informative row: a query without a
+        # significant hit gets the probabilities the embedding head alone would give it
+        self.miss_scale = 1.0 / calibration.fit_temperature(embedding, y, evidence).temperature
         align = np.zeros_like(embedding)
         align[pool] = self.significance(x[pool], [self.sequences[i] for i in pool], leave_out=pool)
+        self.held_hits = align.max(1) > 0
+        hits = pool[self.held_hits[pool]]
         best = -math.inf
-        for weight in _WEIGHTS:
-            scores = embedding[pool] + weight * align[pool]
-            fit = calibration.fit_temperature(scores, y[pool], evidence[pool])
+        self.weight, self.hit_scale = 1.0, self.miss_scale
+        for weight in _WEIGHTS if len(hits) else ():
+            scores = embedding[hits] + weight * align[hits]
+            fit = calibration.fit_temperature(scores, y[hits], evidence[hits])
             if fit.log_likelihood > best:
                 best, self.weight = fit.log_likelihood, float(weight)
-        return embedding + self.weight * align
+                self.hit_scale = 1.0 / fit.temperature
+        return self._combine(embedding, align, self.held_hits)
+
+    def _combine(self, embedding: np.ndarray, align: np.ndarray, hits: np.ndarray) -> np.ndarray:
+        """Rows with a significant hit: (embedding + weight x significance) / their temperature;
+        the others: the embedding scores over the embedding head's temperature."""
+        combined = (embedding + self.weight * align) * self.hit_scale
+        return np.where(hits[:, None], combined, embedding * self.miss_scale)
 
     def fit(self, x: np.ndarray, y: np.ndarray, config: FewShotConfig) -> None:
         self._setup(x, y, config)
@@ -433,13 +449,12 @@ class HybridHead(Head):
     def score_queries(
         self, x: np.ndarray, sequences: Sequence[str]
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(M, C) scores and, per query, whether its top class rests on a significant hit."""
+        """(M, C) scores and, per query, whether a significant hit (alignment evidence) scored it."""
         if len(sequences) != len(x):
             raise InvalidInputError(f"{len(sequences)} query sequences for {len(x)} query vectors")
         align = self.significance(x, sequences)
-        scores = self.embedding.scores(x) + self.weight * align
-        top = scores.argmax(1)
-        return scores, align[np.arange(len(x)), top] > 0
+        hits = align.max(1) > 0
+        return self._combine(self.embedding.scores(x), align, hits), hits
 
     def arrays(self) -> dict[str, np.ndarray]:
         from protssl.fewshot.alignment import pack
@@ -454,6 +469,7 @@ class HybridHead(Head):
                 "member_cols": np.concatenate([*self.members, np.zeros(0, dtype=np.int64)]),
                 "classes": np.array(self.n_classes),
                 "weight": np.array(self.weight),
+                "scales": np.array([self.hit_scale, self.miss_scale]),
                 "candidates": np.array(self.candidates),
                 "evalue": np.array(self.evalue),
                 "fallback": np.array(self.fallback),
@@ -476,6 +492,7 @@ class HybridHead(Head):
         counts = np.bincount(rows, minlength=len(self.support))
         self.members = np.split(cols, np.cumsum(counts)[:-1])
         self.weight, self.candidates = float(arrays["weight"]), int(arrays["candidates"])
+        self.hit_scale, self.miss_scale = (float(v) for v in arrays["scales"])
         self.evalue = float(arrays["evalue"])
         self._aligner = None
 
