@@ -93,11 +93,14 @@ def calibrate(scores: np.ndarray, y: np.ndarray, evidence: np.ndarray | None = N
     return fit_temperature(scores, y, evidence).temperature
 
 
-def precision_threshold(confidence: np.ndarray, correct: np.ndarray, target: float) -> float:
+def precision_threshold(
+    confidence: np.ndarray, correct: np.ndarray, target: float, *, strict: bool = False
+) -> float:
     """Lowest confidence cut whose answered held-out set reaches `target` precision.
 
-    When no cut reaches it, the cut with the best held-out micro-F1 (abstaining costs recall);
-    with no correct answer at all (or no rows), a cut above every probability: never answer.
+    When no cut reaches it, the cut with the best held-out micro-F1 (abstaining costs recall), or
+    with `strict` a cut above every probability; with no correct answer at all (or no rows),
+    that cut too: never answer.
     """
     if not correct.any():
         return NEVER
@@ -111,6 +114,8 @@ def precision_threshold(confidence: np.ndarray, correct: np.ndarray, target: flo
     ok = np.flatnonzero(last_of_value & (precision >= target))
     if len(ok):
         return float(conf[ok[-1]])
+    if strict:
+        return NEVER
     candidates = np.flatnonzero(last_of_value)
     f1 = 2 * right[candidates] / (answered[candidates] + len(hits))
     return float(conf[candidates[np.argmax(f1)]])

@@ -214,19 +214,18 @@ class FewShotClassifier:
         top_p = probs[np.arange(len(y_held)), top]
         correct = y_held[np.arange(len(y_held)), top] > 0
 
-        def cut(rows: np.ndarray) -> float:
+        def cut(rows: np.ndarray, strict: bool = False) -> float:
             return calibration.precision_threshold(
-                top_p[rows], correct[rows], config.target_precision
+                top_p[rows], correct[rows], config.target_precision, strict=strict
             )
 
         # hybrid: a cut for answers resting on alignment and one for the embedding fallback, so
-        # that precise alignments do not carry imprecise embedding answers past a shared cut
+        # that precise alignments do not carry imprecise embedding answers past a shared cut; the
+        # fallback answers only where its held-out answers reach the target precision
         threshold = cut(evidence & aligned if (evidence & aligned).any() else evidence)
         fallback_threshold = None
         if config.method == "hybrid":
-            fallback_threshold = cut(
-                evidence & ~aligned if (evidence & ~aligned).any() else evidence
-            )
+            fallback_threshold = cut(evidence & ~aligned, strict=True)
         levels = calibration.back_off_levels(classes, hierarchical)
         for level in levels:
             parent_p = probs[evidence] @ level.member
