@@ -270,7 +270,7 @@ class ClientPrediction:
     top: tuple[tuple[str, float], ...]
     """(label, calibrated probability), best first."""
     nearest_similarity: float
-    evidence: str
+    evidence: str = "embedding"
     """alignment (a significant hit, hybrid classifiers) or embedding."""
 
 
