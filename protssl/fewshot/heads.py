@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 __all__ = ["HEADS", "Head", "HybridHead", "multi_hot", "normalise"]
 
 _MASKED = -1.0e4  # score of a class that has no support left in a held-out fold
+_QUERY_BLOCK = 512
+"""Query rows scored against the support at once: memory stays rows x support, not N x N."""
 
 
 def normalise(x: np.ndarray, mean: np.ndarray | None = None) -> np.ndarray:
@@ -154,14 +156,24 @@ class _KNN(Head):
         return np.log(share + 1e-4)
 
     def scores(self, x: np.ndarray) -> np.ndarray:
-        return self._vote(x @ self.support.T)
+        return self._votes(x)
+
+    def _votes(self, x: np.ndarray, *, leave_out: bool = False) -> np.ndarray:
+        """Votes of each query, a block of rows at a time (no queries x support matrix);
+        `leave_out`: the queries are the support rows, each kept out of its own vote."""
+        out = np.empty((len(x), self.targets.shape[1]))
+        for start in range(0, len(x), _QUERY_BLOCK):
+            sims = x[start : start + _QUERY_BLOCK] @ self.support.T
+            if leave_out:
+                rows = np.arange(len(sims))
+                sims[rows, rows + start] = -np.inf
+            out[start : start + len(sims)] = self._vote(sims)
+        return out
 
     def held_out(self, x: np.ndarray, y: np.ndarray, config: FewShotConfig) -> np.ndarray:
         self.fit(x, y, config)
-        sims = x @ x.T
-        np.fill_diagonal(sims, -np.inf)
         self.k = min(config.k, len(x) - 1)
-        return self._vote(sims)
+        return self._votes(x, leave_out=True)
 
     def arrays(self) -> dict[str, np.ndarray]:
         rows, cols = np.nonzero(self.targets)  # sparse: the (N, C) targets are mostly zeros
@@ -324,7 +336,6 @@ _MAX_SIGNIFICANCE = 100.0
 """-log10(E-value) is capped here: beyond it every hit is equally certain."""
 _WEIGHTS = np.logspace(-2, 1, 7)
 """Weights of alignment significance against embedding score that `hybrid` chooses from."""
-_QUERY_BLOCK = 512
 
 
 class HybridHead(Head):
