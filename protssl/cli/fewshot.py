@@ -240,6 +240,7 @@ def _summary(stored: Any, classifier: FewShotClassifier) -> dict[str, Any]:
         "layer": classifier.layer,
         "layer_scores": {str(k): v for k, v in classifier.layer_scores.items()},
         "threshold": classifier.threshold,
+        "fallback_threshold": classifier.fallback_threshold,
         "ood_threshold": classifier.ood_threshold,
         "support_metrics": classifier.support_metrics,
         "created_at": stored.created_at.isoformat(),
