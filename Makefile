@@ -30,10 +30,15 @@ lint: $(STAMP)
 proto: $(STAMP)
 	$(PY) proto/generate.py
 
+# The few-shot benches compare with MMseqs2 when `mmseqs` is on PATH and say so when it is not;
+# they install nothing: get it with `apt-get install mmseqs2` (Debian/Ubuntu) or conda's bioconda.
 bench: $(STAMP)
 	$(PY) bench/embed_throughput.py --preset esm2-8m
 	$(PY) bench/embed_throughput.py --preset esm2-35m
 	$(PY) bench/store_throughput.py
+	@command -v mmseqs >/dev/null || echo "NOTE: mmseqs not on PATH: no MMseqs2 rows (apt-get install mmseqs2)"
+	OMP_NUM_THREADS=1 $(PY) bench/fewshot_quality.py
+	$(PY) bench/hybrid_speed.py
 
 # A GPU lease (README "Spending a GPU lease"): pack here, run lease/run.sh there, unpack here.
 SHARED ?= ../shared

@@ -368,7 +368,7 @@ class Client:
         """Fit a classifier on labelled records (or (sequence, label) pairs) and store it as `name`.
 
         A name that exists is AlreadyExistsError, unless `new_version`: then it gets the next
-        version. Methods: prototype, knn, linear, contrastive.
+        version. Methods: prototype, knn, linear, contrastive, hybrid.
         """
         request = pb.CreateClassifierRequest(
             name=name,

@@ -282,18 +282,65 @@ def embed_records_layers(
     config: EmbedConfig | None = None,
     *,
     on_batch: Callable[[int], None] | None = None,
+    cache: EmbeddingCache | None = None,
+    stats: CacheStats | None = None,
 ) -> Iterator[dict[int, Embedding]]:
     """Like `embed_records` with one forward for several layers: yields {layer: Embedding} per record.
 
     `config.layer` is ignored; `layers` are resolved (negative counts back) and deduplicated.
+    With `cache`, a record cached at every layer skips the model and the others' vectors are
+    written back per layer (completion order: cache hits of a read-ahead group first); `stats`
+    counts records computed and read from the cache.
     """
     config = config or EmbedConfig()
+    stats = stats if stats is not None else CacheStats()
     resolved = tuple(sorted({model.encoder.resolve_layer(layer) for layer in layers}))
     if not resolved:
         raise InvalidInputError("embed_records_layers needs at least one layer")
     for group in read_ahead(records, config.read_ahead_residues):
-        stacked = (e for _, e in _embed_group(group, model, config, on_batch, resolved))
-        yield from _split_layers(stacked, resolved)
+        if cache is None:
+            stacked = (e for _, e in _embed_group(group, model, config, on_batch, resolved))
+            stats.computed += len(group)
+            yield from _split_layers(stacked, resolved)
+            continue
+        yield from _layers_cached(group, model, config, on_batch, resolved, cache, stats)
+
+
+def _layers_cached(
+    group: Sequence[ProteinRecord],
+    model: LoadedModel,
+    config: EmbedConfig,
+    on_batch: Callable[[int], None] | None,
+    layers: tuple[int, ...],
+    cache: EmbeddingCache,
+    stats: CacheStats,
+) -> Iterator[dict[int, Embedding]]:
+    """One read-ahead group of `embed_records_layers` behind the cache."""
+    found = {layer: _lookup(group, model, replace(config, layer=layer), cache) for layer in layers}
+    misses: list[int] = []
+    for index in range(len(group)):
+        hits = {layer: found[layer][0][index] for layer in layers}
+        if any(hit is None for hit in hits.values()):
+            misses.append(index)
+            continue
+        stats.cached += 1
+        yield {layer: hit for layer, hit in hits.items() if hit is not None}
+    if not misses:
+        return
+    pending: list[EmbeddingItem] = []
+    for position, stacked in _embed_group(
+        [group[i] for i in misses], model, config, on_batch, layers
+    ):
+        index = misses[position]
+        out = {}
+        for layer, embedding in next(_split_layers([stacked], layers)).items():
+            # stored as float16 when asked: yield what a cache hit would give, bit for bit
+            vector = np.asarray(embedding.vector, dtype=cache.vector_dtype)
+            pending.append(EmbeddingItem(found[layer][1][index], group[index].sequence, vector))
+            out[layer] = replace(embedding, vector=vector.astype(np.float32))
+        stats.computed += 1
+        yield out
+    cache.put_many(pending)
 
 
 def _split_layers(

@@ -313,10 +313,15 @@ def evaluate_split(
     config: FewShotConfig,
     *,
     query_ids: Sequence[str] | None = None,
+    support_sequences: Sequence[str] | None = None,
+    query_sequences: Sequence[str] | None = None,
 ) -> EvalResult:
-    """Fit on the support vectors (per layer), predict the queries, and score them."""
-    classifier = FewShotClassifier.fit(support, support_labels, config)
-    predictions = classifier.predict(query, query_ids)
+    """Fit on the support vectors (per layer), predict the queries, and score them.
+
+    The sequences are needed by the hybrid method only.
+    """
+    classifier = FewShotClassifier.fit(support, support_labels, config, sequences=support_sequences)
+    predictions = classifier.predict(query, query_ids, sequences=query_sequences)
     truth = [tuple(t) for t in query_labels]
     metrics: dict[str, Any] = dict(label_metrics(truth, predictions))
     metrics["layer"] = classifier.layer
@@ -337,8 +342,12 @@ def evaluate_episodes(
     labels: Sequence[Sequence[str]],
     episodes: Sequence[Episode],
     config: FewShotConfig,
+    *,
+    sequences: Sequence[str] | None = None,
 ) -> EvalResult:
     """Run each episode (fit on its support rows, predict its query rows); pool the predictions.
+
+    `sequences` (one per row of `features`) are needed by the hybrid method only.
 
     Metrics are micro over all episodes' queries, plus the mean and 95% interval of per-episode
     top-1 accuracy. The report vectors are those of the layer chosen most often.
@@ -355,6 +364,8 @@ def evaluate_episodes(
             {k: v[query_rows] for k, v in features.items()},
             [labels[i] for i in query_rows],
             config,
+            support_sequences=None if sequences is None else [sequences[i] for i in support_rows],
+            query_sequences=None if sequences is None else [sequences[i] for i in query_rows],
         )
         truth += result.truth
         predictions += result.predictions

@@ -105,6 +105,7 @@ CLASSIFIER_METHOD = WireEnum(
         "knn": pb.CLASSIFIER_METHOD_KNN,
         "linear": pb.CLASSIFIER_METHOD_LINEAR,
         "contrastive": pb.CLASSIFIER_METHOD_CONTRASTIVE,
+        "hybrid": pb.CLASSIFIER_METHOD_HYBRID,
     },
     default="prototype",
 )
@@ -279,6 +280,8 @@ class ClientPrediction:
     top: tuple[tuple[str, float], ...]
     """(label, calibrated probability), best first."""
     nearest_similarity: float
+    evidence: str = "embedding"
+    """alignment (a significant hit, hybrid classifiers) or embedding."""
 
 
 def prediction_to_proto(decision: Prediction) -> pb.Prediction:
@@ -292,6 +295,7 @@ def prediction_to_proto(decision: Prediction) -> pb.Prediction:
         probability=decision.probability,
         status=decision.status,
         nearest_similarity=decision.nearest_similarity,
+        evidence=decision.evidence,
     )
 
 

@@ -320,3 +320,43 @@ def test_classifier_errors_are_invalid_argument(channel, pfam):
         timeout=60,
     )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "2 classes" in error.details()
+
+
+def test_hybrid_classifier_returns_the_evidence_it_used(
+    channel, service_model, pfam, service_db_url
+):
+    """A close homologue of a support domain rests on alignment, a domain of another family on the
+    embedding; the wire says which, as the library does in process."""
+    classifiers = pb_grpc.ClassifierServiceStub(channel)
+    families = ["fn3", "RRM_1", "Pkinase"]
+    support = [r for f in families for r in pfam[f][:4]]
+    other = next(f for f in sorted(pfam) if f not in families)
+    source = support[5].sequence
+    close = "".join("A" if i % 9 == 0 and c != "A" else c for i, c in enumerate(source))
+    queries = [ProteinRecord("close", close), ProteinRecord("other", pfam[other][0].sequence)]
+    created = classifiers.CreateClassifier(
+        pb.CreateClassifierRequest(
+            name="hybrid",
+            method=pb.CLASSIFIER_METHOD_HYBRID,
+            examples=[
+                pb.LabelledSequence(id=r.id, sequence=r.sequence, labels=r.labels) for r in support
+            ],
+        ),
+        timeout=120,
+    )
+    assert created.method == pb.CLASSIFIER_METHOD_HYBRID
+    reply = classifiers.Classify(
+        pb.ClassifyRequest(
+            name="hybrid", sequences=[pb.Sequence(id=r.id, sequence=r.sequence) for r in queries]
+        ),
+        timeout=60,
+    )
+    got = {p.id: p for p in reply.predictions}
+    assert got["close"].evidence == "alignment"
+    assert got["close"].top[0].label == support[5].labels[0]
+    assert got["other"].evidence == "embedding"
+    with Store(StoreConfig(url=service_db_url)) as store:
+        classifier, _ = fewshot.load_classifier(store, "hybrid")
+    want = fewshot.classify_records(classifier, queries, service_model)
+    assert [p.evidence for p in reply.predictions] == [p.evidence for p in want]
+    classifiers.DeleteClassifier(pb.DeleteClassifierRequest(name="hybrid"), timeout=10)

@@ -142,11 +142,15 @@ def test_model_classifier_and_prediction_messages_round_trip(tiny_model_dir: Pat
         },
         created_at=created.isoformat(),
     )
-    answered = Prediction("q1", ("fn3",), 0.75, "answered", "fn3", 0.75, 0.9, (("fn3", 0.75),))
+    answered = Prediction(
+        "q1", ("fn3",), 0.75, "answered", "fn3", 0.75, 0.9, (("fn3", 0.75),), "alignment"
+    )
     abstained = Prediction("q2", ("unknown",), 0.0, "unknown", "RRM_1", 0.5, 0.1, ())
     assert [
         wire.prediction_from_proto(wire.prediction_to_proto(p)) for p in (answered, abstained)
     ] == [
-        wire.ClientPrediction("q1", "fn3", 0.75, "answered", False, (("fn3", 0.75),), 0.9),
-        wire.ClientPrediction("q2", "", 0.0, "unknown", True, (), 0.1),
+        wire.ClientPrediction(
+            "q1", "fn3", 0.75, "answered", False, (("fn3", 0.75),), 0.9, "alignment"
+        ),
+        wire.ClientPrediction("q2", "", 0.0, "unknown", True, (), 0.1, "embedding"),
     ]

@@ -34,6 +34,7 @@ class ClassifierMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CLASSIFIER_METHOD_KNN: _ClassVar[ClassifierMethod]
     CLASSIFIER_METHOD_LINEAR: _ClassVar[ClassifierMethod]
     CLASSIFIER_METHOD_CONTRASTIVE: _ClassVar[ClassifierMethod]
+    CLASSIFIER_METHOD_HYBRID: _ClassVar[ClassifierMethod]
 POOLING_UNSPECIFIED: Pooling
 POOLING_MEAN: Pooling
 POOLING_BOS: Pooling
@@ -50,6 +51,7 @@ CLASSIFIER_METHOD_PROTOTYPE: ClassifierMethod
 CLASSIFIER_METHOD_KNN: ClassifierMethod
 CLASSIFIER_METHOD_LINEAR: ClassifierMethod
 CLASSIFIER_METHOD_CONTRASTIVE: ClassifierMethod
+CLASSIFIER_METHOD_HYBRID: ClassifierMethod
 
 class Sequence(_message.Message):
     __slots__ = ("id", "sequence")
@@ -304,7 +306,7 @@ class LabelScore(_message.Message):
     def __init__(self, label: _Optional[str] = ..., probability: _Optional[float] = ...) -> None: ...
 
 class Prediction(_message.Message):
-    __slots__ = ("id", "top", "abstained", "label", "probability", "status", "nearest_similarity")
+    __slots__ = ("id", "top", "abstained", "label", "probability", "status", "nearest_similarity", "evidence")
     ID_FIELD_NUMBER: _ClassVar[int]
     TOP_FIELD_NUMBER: _ClassVar[int]
     ABSTAINED_FIELD_NUMBER: _ClassVar[int]
@@ -312,6 +314,7 @@ class Prediction(_message.Message):
     PROBABILITY_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     NEAREST_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
     id: str
     top: _containers.RepeatedCompositeFieldContainer[LabelScore]
     abstained: bool
@@ -319,7 +322,8 @@ class Prediction(_message.Message):
     probability: float
     status: str
     nearest_similarity: float
-    def __init__(self, id: _Optional[str] = ..., top: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., abstained: _Optional[bool] = ..., label: _Optional[str] = ..., probability: _Optional[float] = ..., status: _Optional[str] = ..., nearest_similarity: _Optional[float] = ...) -> None: ...
+    evidence: str
+    def __init__(self, id: _Optional[str] = ..., top: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., abstained: _Optional[bool] = ..., label: _Optional[str] = ..., probability: _Optional[float] = ..., status: _Optional[str] = ..., nearest_similarity: _Optional[float] = ..., evidence: _Optional[str] = ...) -> None: ...
 
 class ClassifyResponse(_message.Message):
     __slots__ = ("predictions", "classifier")

@@ -35,9 +35,11 @@ if TYPE_CHECKING:
     from tqdm import tqdm
 
     from protssl.checkpoint import LoadedModel
+    from protssl.embedding import CacheStats
     from protssl.evaluation import EvalResult
     from protssl.fasta import ProteinRecord
     from protssl.fewshot import FewShotClassifier, FewShotConfig, Prediction
+    from protssl.store import EmbeddingCache
 
 __all__ = ["COMMANDS"]
 
@@ -97,6 +99,7 @@ def _build_fewshot_eval(evaluate: argparse.ArgumentParser) -> None:
     evaluate.add_argument("--report", metavar="DIR", help="write PNG plots + HTML/Markdown here")
     _add_fit_args(evaluate)
     _add_model_args(evaluate)
+    add_db_arg(evaluate)
     evaluate.set_defaults(func=_fewshot_eval)
 
 
@@ -202,12 +205,28 @@ def _bar(records: Sequence[ProteinRecord]) -> tqdm[Any]:
 
 
 def _embed(
-    records: Sequence[ProteinRecord], model: LoadedModel, layers: tuple[int, ...]
+    records: Sequence[ProteinRecord],
+    model: LoadedModel,
+    layers: tuple[int, ...],
+    cache: EmbeddingCache,
 ) -> dict[int, Any]:
+    from protssl.embedding import CacheStats
     from protssl.fewshot import embed_for_fewshot
 
+    stats = CacheStats()
     with _bar(records) as bar:
-        return embed_for_fewshot(records, model, layers, on_batch=bar.update)
+        vectors = embed_for_fewshot(
+            records, model, layers, on_batch=bar.update, cache=cache, stats=stats
+        )
+    _print_stats(stats)
+    return vectors
+
+
+def _print_stats(stats: CacheStats) -> None:
+    print(
+        f"embedding: {stats.computed} sequences computed, {stats.cached} from the cache",
+        file=sys.stderr,
+    )
 
 
 def _summary(stored: Any, classifier: FewShotClassifier) -> dict[str, Any]:
@@ -221,6 +240,7 @@ def _summary(stored: Any, classifier: FewShotClassifier) -> dict[str, Any]:
         "layer": classifier.layer,
         "layer_scores": {str(k): v for k, v in classifier.layer_scores.items()},
         "threshold": classifier.threshold,
+        "fallback_threshold": classifier.fallback_threshold,
         "ood_threshold": classifier.ood_threshold,
         "support_metrics": classifier.support_metrics,
         "created_at": stored.created_at.isoformat(),
@@ -239,28 +259,40 @@ def _print_saved(stored: Any, classifier: FewShotClassifier) -> None:
 
 
 def _classifier_create(args: argparse.Namespace) -> int:
+    from protssl.embedding import CacheStats
     from protssl.fewshot import fit_records, save_classifier
 
     config = _fit_config(args)
     records = _read(args.fasta, args, labelled=True)
     model = load_model(args)
-    with _bar(records) as bar:
-        classifier = fit_records(
-            records, model, config, layers=_layers(args, model), on_batch=bar.update
-        )
+    stats = CacheStats()
     with open_store(args) as store:
+        with _bar(records) as bar:
+            classifier = fit_records(
+                records,
+                model,
+                config,
+                layers=_layers(args, model),
+                on_batch=bar.update,
+                cache=store.embeddings,
+                stats=stats,
+            )
         stored = save_classifier(store, args.name, classifier, records)
+    _print_stats(stats)
     _print_saved(stored, classifier)
     return 0
 
 
 def _classifier_add(args: argparse.Namespace) -> int:
+    from protssl.embedding import CacheStats
     from protssl.fewshot import FewShotClassifier, add_examples
 
     records = _read(args.fasta, args, labelled=True)
     model = load_model(args)
+    stats = CacheStats()
     with open_store(args) as store, _bar(records) as bar:
-        stored = add_examples(store, args.name, records, model, on_batch=bar.update)
+        stored = add_examples(store, args.name, records, model, on_batch=bar.update, stats=stats)
+    _print_stats(stats)
     _print_saved(stored, FewShotClassifier.from_state(stored.params, stored.blob))
     return 0
 
@@ -284,14 +316,19 @@ def _output(path: str | None) -> Iterator[TextIO]:
 
 
 def _classify(args: argparse.Namespace) -> int:
+    from protssl.embedding import CacheStats
     from protssl.fewshot import classify_records, load_classifier
 
     records = _read(args.input, args, labelled=False)
+    stats = CacheStats()
     with open_store(args) as store:
         classifier, _ = load_classifier(store, args.name, args.version)
-    model = load_model(args)
-    with _bar(records) as bar:
-        predictions = classify_records(classifier, records, model, on_batch=bar.update)
+        model = load_model(args)
+        with _bar(records) as bar:
+            predictions = classify_records(
+                classifier, records, model, on_batch=bar.update, cache=store.embeddings, stats=stats
+            )
+    _print_stats(stats)
     with _output(args.output) as out:
         _write_predictions(out, predictions, args.format)
     return 0
@@ -318,8 +355,7 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
 
 
 def _fewshot_eval(args: argparse.Namespace) -> int:
-    from protssl.evaluation import evaluate_episodes, evaluate_split, write_report
-    from protssl.fewshot import sample_episodes, subset_episodes
+    from protssl.evaluation import write_report
 
     if (args.query is None) == (args.episodes is None):
         raise InvalidInputError("give either --query FASTA or --episodes N (not both)")
@@ -327,33 +363,8 @@ def _fewshot_eval(args: argparse.Namespace) -> int:
     model = load_model(args)
     layers = _layers(args, model)
     support = _read(args.support, args, labelled=True)
-    result: EvalResult
-    if args.episodes is not None:
-        episodes = sample_episodes(
-            [r.labels for r in support],
-            episodes=args.episodes,
-            ways=args.ways,
-            shots=args.shots,
-            queries=args.queries,
-            seed=args.seed,
-        )
-        used, remapped = subset_episodes(support, episodes)
-        features = _embed(used, model, layers)
-        result = evaluate_episodes(features, [r.labels for r in used], remapped, config)
-        title = f"{args.ways}-way {args.shots}-shot, {args.episodes} episodes, {args.method}"
-    else:
-        query = _read(args.query, args, labelled=True)
-        features = _embed([*support, *query], model, layers)
-        n = len(support)
-        result = evaluate_split(
-            {k: v[:n] for k, v in features.items()},
-            [r.labels for r in support],
-            {k: v[n:] for k, v in features.items()},
-            [r.labels for r in query],
-            config,
-            query_ids=[r.id for r in query],
-        )
-        title = f"{args.method} on {len(support)} support, {len(query)} queries"
+    with open_store(args) as store:
+        result, title = _evaluate(args, config, model, layers, support, store.embeddings)
     metrics: dict[str, Any] = {
         **result.metrics,
         "method": args.method,
@@ -367,3 +378,53 @@ def _fewshot_eval(args: argparse.Namespace) -> int:
         print(f"report: {page}", file=sys.stderr)
     print(json.dumps(metrics, sort_keys=True))
     return 0
+
+
+def _evaluate(
+    args: argparse.Namespace,
+    config: FewShotConfig,
+    model: LoadedModel,
+    layers: tuple[int, ...],
+    support: list[ProteinRecord],
+    cache: EmbeddingCache,
+) -> tuple[EvalResult, str]:
+    """Split or episodes, as the arguments ask; the result and its report title."""
+    from protssl.evaluation import evaluate_episodes, evaluate_split
+    from protssl.fewshot import sample_episodes, subset_episodes
+
+    result: EvalResult
+    if args.episodes is not None:
+        episodes = sample_episodes(
+            [r.labels for r in support],
+            episodes=args.episodes,
+            ways=args.ways,
+            shots=args.shots,
+            queries=args.queries,
+            seed=args.seed,
+        )
+        used, remapped = subset_episodes(support, episodes)
+        features = _embed(used, model, layers, cache)
+        result = evaluate_episodes(
+            features,
+            [r.labels for r in used],
+            remapped,
+            config,
+            sequences=[r.sequence for r in used],
+        )
+        title = f"{args.ways}-way {args.shots}-shot, {args.episodes} episodes, {args.method}"
+    else:
+        query = _read(args.query, args, labelled=True)
+        features = _embed([*support, *query], model, layers, cache)
+        n = len(support)
+        result = evaluate_split(
+            {k: v[:n] for k, v in features.items()},
+            [r.labels for r in support],
+            {k: v[n:] for k, v in features.items()},
+            [r.labels for r in query],
+            config,
+            query_ids=[r.id for r in query],
+            support_sequences=[r.sequence for r in support],
+            query_sequences=[r.sequence for r in query],
+        )
+        title = f"{args.method} on {len(support)} support, {len(query)} queries"
+    return result, title

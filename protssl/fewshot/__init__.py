@@ -1,4 +1,5 @@
-"""Few-shot function classifiers over protein embeddings: prototype, kNN, linear and contrastive heads.
+"""Few-shot function classifiers over protein embeddings: prototype, kNN, linear, contrastive and
+hybrid (alignment of embedding-retrieved support where a hit is significant) heads.
 
 A classifier is fitted on a handful of labelled vectors per layer, picks the layer whose held-out
 support accuracy is best, calibrates its probabilities and sets abstention thresholds on held-out
@@ -9,6 +10,7 @@ wrong label. One module per concept:
 |---|---|
 | `config` | `FewShotConfig` and the heads on offer (`METHODS`) |
 | `heads` | the scoring heads, their held-out scores and the trainer of the torch ones |
+| `alignment` | `Aligner`: pyhmmer's phmmer of a query against chosen support sequences |
 | `calibration` | temperature, abstention thresholds, extra labels, EC back-off levels |
 | `classifier` | `FewShotClassifier` (fit, predict, state), `Prediction`, `require_labels` |
 | `episodes` | N-way K-shot episodes and the part of a pool they use |

@@ -15,16 +15,22 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
+    "NEVER",
     "Level",
+    "TemperatureFit",
     "back_off_levels",
     "best_ratio",
     "calibrate",
+    "fit_temperature",
+    "informative",
     "is_hierarchical",
     "precision_threshold",
     "softmax",
 ]
 
 _TEMPERATURES = np.logspace(-3, 2, 101)
+NEVER = 1.0 + 1e-9
+"""A confidence threshold no probability reaches (JSON-safe, unlike inf)."""
 
 
 def softmax(scores: np.ndarray, temperature: float) -> np.ndarray:
@@ -35,22 +41,69 @@ def softmax(scores: np.ndarray, temperature: float) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def calibrate(scores: np.ndarray, y: np.ndarray) -> float:
-    """Temperature minimising the held-out negative log-likelihood of the true label set."""
+_CALIBRATION_ROWS = 2000
+"""Held-out rows the temperature is fitted on at most (evenly spaced): more change it little."""
+
+
+@dataclass(frozen=True)
+class TemperatureFit:
+    """A fitted temperature and the mean held-out log-likelihood it gives (0 rows: -inf)."""
+
+    temperature: float
+    log_likelihood: float
+
+
+def informative(y: np.ndarray) -> np.ndarray:
+    """(N,) rows whose held-out score can be right: a true class keeps support without the row.
+
+    A class with one example leaves nothing to score its own example against, so that row says
+    nothing about how far scores can be trusted.
+    """
+    truth = y > 0
+    remaining = truth.sum(0)[None] - truth
+    return (truth & (remaining > 0)).any(1)
+
+
+def fit_temperature(
+    scores: np.ndarray, y: np.ndarray, evidence: np.ndarray | None = None
+) -> TemperatureFit:
+    """Temperature maximising the held-out likelihood of the true label set, on informative rows.
+
+    `evidence` marks those rows when `y` is a sample of the support (default: `informative(y)`).
+    Without informative rows there is no evidence to sharpen anything: the highest temperature,
+    whose probabilities stay near uniform.
+    """
+    rows = np.flatnonzero(informative(y) if evidence is None else evidence)
+    if len(rows) == 0:
+        return TemperatureFit(float(_TEMPERATURES[-1]), -math.inf)
+    if len(rows) > _CALIBRATION_ROWS:
+        rows = rows[np.linspace(0, len(rows) - 1, _CALIBRATION_ROWS).round().astype(np.int64)]
+    scores, truth = scores[rows], y[rows] > 0
     best_t, best_nll = 1.0, math.inf
     for t in _TEMPERATURES:
         p = softmax(scores, float(t))
-        nll = -np.log(np.maximum((p * (y > 0)).sum(1), 1e-12)).mean()
+        nll = -np.log(np.maximum((p * truth).sum(1), 1e-12)).mean()
         if nll < best_nll:
             best_t, best_nll = float(t), float(nll)
-    return best_t
+    return TemperatureFit(best_t, -best_nll)
 
 
-def precision_threshold(confidence: np.ndarray, correct: np.ndarray, target: float) -> float:
+def calibrate(scores: np.ndarray, y: np.ndarray, evidence: np.ndarray | None = None) -> float:
+    """Temperature minimising the held-out negative log-likelihood of the true label set."""
+    return fit_temperature(scores, y, evidence).temperature
+
+
+def precision_threshold(
+    confidence: np.ndarray, correct: np.ndarray, target: float, *, strict: bool = False
+) -> float:
     """Lowest confidence cut whose answered held-out set reaches `target` precision.
 
-    When no cut reaches it, the cut with the best held-out micro-F1 (abstaining costs recall).
+    When no cut reaches it, the cut with the best held-out micro-F1 (abstaining costs recall), or
+    with `strict` a cut above every probability; with no correct answer at all (or no rows),
+    that cut too: never answer.
     """
+    if not correct.any():
+        return NEVER
     order = np.argsort(-confidence, kind="stable")
     conf, hits = confidence[order], correct[order].astype(np.float64)
     answered = np.arange(1, len(hits) + 1)
@@ -61,6 +114,8 @@ def precision_threshold(confidence: np.ndarray, correct: np.ndarray, target: flo
     ok = np.flatnonzero(last_of_value & (precision >= target))
     if len(ok):
         return float(conf[ok[-1]])
+    if strict:
+        return NEVER
     candidates = np.flatnonzero(last_of_value)
     f1 = 2 * right[candidates] / (answered[candidates] + len(hits))
     return float(conf[candidates[np.argmax(f1)]])

@@ -34,13 +34,14 @@ import numpy as np
 import protssl.fewshot.calibration as calibration
 from protssl.errors import InvalidInputError
 from protssl.fewshot.config import FewShotConfig
-from protssl.fewshot.heads import HEADS, Head, multi_hot, normalise
+from protssl.fewshot.heads import HEADS, Head, HybridHead, multi_hot, normalise
 
-__all__ = ["UNKNOWN", "FewShotClassifier", "Prediction", "Status", "require_labels"]
+__all__ = ["UNKNOWN", "Evidence", "FewShotClassifier", "Prediction", "Status", "require_labels"]
 
 log = logging.getLogger(__name__)
 
 Status = Literal["answered", "backed_off", "unknown"]
+Evidence = Literal["alignment", "embedding"]
 UNKNOWN = "unknown"
 STATE_FORMAT = "protssl.fewshot"
 STATE_VERSION = 1
@@ -63,6 +64,8 @@ class Prediction:
     """Cosine to the nearest support vector in the chosen layer (uncentred: the OOD gate's space)."""
     top: tuple[tuple[str, float], ...] = ()
     """The most probable leaf labels with their calibrated probabilities, best first."""
+    evidence: Evidence = "embedding"
+    """What the top label rests on: `alignment` (a significant hit, hybrid method) or `embedding`."""
 
     @property
     def label(self) -> str:
@@ -117,6 +120,9 @@ class FewShotClassifier:
     """Where the vectors came from (model sha256, pooling); checked before classifying."""
     support_nn: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     """The L2-normalised support vectors of the chosen layer (for the out-of-distribution gate)."""
+    fallback_threshold: float | None = None
+    """`hybrid`: the confidence cut of answers without alignment evidence (`threshold` is then
+    the cut of those with it); None for the other methods."""
     ood_centred: bool = False
     """Whether the gate works in the centred space (classifiers saved before it moved to plain
     cosine keep their gate)."""
@@ -129,8 +135,13 @@ class FewShotClassifier:
         config: FewShotConfig | None = None,
         *,
         info: Mapping[str, Any] | None = None,
+        sequences: Sequence[str] | None = None,
     ) -> FewShotClassifier:
-        """Fit on `{layer: (N, D) vectors}` and N label tuples; chooses the layer by held-out accuracy."""
+        """Fit on `{layer: (N, D) vectors}` and N label tuples; chooses the layer by held-out accuracy.
+
+        `sequences` (the N support sequences) are needed by the `hybrid` method only; it chooses
+        its layer by its embedding head's held-out accuracy.
+        """
         config = config or FewShotConfig()
         label_sets = [tuple(dict.fromkeys(ls)) for ls in labels]
         if not features:
@@ -143,6 +154,16 @@ class FewShotClassifier:
             raise InvalidInputError(f"need at least 2 classes, got {len(classes)}: {classes}")
         if len(label_sets) < 3:
             raise InvalidInputError("need at least 3 labelled examples")
+        if len(label_sets) * len(classes) > config.max_cells:
+            raise InvalidInputError(
+                f"{len(label_sets)} examples x {len(classes)} classes = "
+                f"{len(label_sets) * len(classes):,} held-out scores, over the limit of "
+                f"{config.max_cells:,} (max_cells; 8 bytes each): fit fewer classes or examples"
+            )
+        if config.method == "hybrid" and (sequences is None or len(sequences) != len(label_sets)):
+            raise InvalidInputError(
+                "the hybrid method needs the support sequences, one per example"
+            )
         for layer, x in features.items():
             if x.ndim != 2 or len(x) != len(label_sets):
                 raise InvalidInputError(
@@ -157,9 +178,10 @@ class FewShotClassifier:
 
         keys: dict[int, tuple[float, float]] = {}
         held: dict[int, tuple[np.ndarray, float]] = {}
+        selector = config.fallback if config.method == "hybrid" else config.method
         for layer in sorted(features):
             x = normalise(features[layer], features[layer].astype(np.float64).mean(0))
-            scores = HEADS[config.method]().held_out(x, y, config)
+            scores = HEADS[selector]().held_out(x, y, config)
             temperature = calibration.calibrate(scores, y)
             p = calibration.softmax(scores, temperature)
             accuracy = float((y[np.arange(len(y)), p.argmax(1)] > 0).mean())
@@ -171,39 +193,63 @@ class FewShotClassifier:
         layer_scores = {k: v[0] for k, v in keys.items()}
         mean = features[layer].astype(np.float64).mean(0)
         x = normalise(features[layer], mean)
-        head = HEADS[config.method]()
+        # thresholds from rows that could be right: a lone example of its class never is
+        evidence = calibration.informative(y)
+        if config.method == "hybrid":
+            hybrid = HybridHead(list(sequences or ()))
+            scores = hybrid.held_out(x, y, config)
+            rows = hybrid.held_rows  # the support rows it aligned held out (a sample of a big one)
+            scores, y_held, evidence = scores[rows], y[rows], evidence[rows]
+            aligned = hybrid.held_hits[rows]
+            temperature = calibration.calibrate(scores, y_held, evidence)
+            head: Head = hybrid
+        else:
+            head = HEADS[config.method]()
+            scores, temperature = held[layer]
+            y_held, aligned = y, np.zeros(len(y), dtype=bool)
         head.fit(x, y, config)
 
-        scores, temperature = held[layer]
         probs = calibration.softmax(scores, temperature)
         top = probs.argmax(1)
-        top_p = probs[np.arange(len(y)), top]
-        correct = y[np.arange(len(y)), top] > 0
-        threshold = calibration.precision_threshold(top_p, correct, config.target_precision)
+        top_p = probs[np.arange(len(y_held)), top]
+        correct = y_held[np.arange(len(y_held)), top] > 0
+
+        def cut(rows: np.ndarray, strict: bool = False) -> float:
+            return calibration.precision_threshold(
+                top_p[rows], correct[rows], config.target_precision, strict=strict
+            )
+
+        # hybrid: a cut for answers resting on alignment and one for the embedding fallback, so
+        # that precise alignments do not carry imprecise embedding answers past a shared cut; the
+        # fallback answers only where its held-out answers reach the target precision
+        threshold = cut(evidence & aligned if (evidence & aligned).any() else evidence)
+        fallback_threshold = None
+        if config.method == "hybrid":
+            fallback_threshold = cut(evidence & ~aligned, strict=True)
         levels = calibration.back_off_levels(classes, hierarchical)
         for level in levels:
-            parent_p = probs @ level.member
+            parent_p = probs[evidence] @ level.member
             parent_top = parent_p.argmax(1)
-            parent_true = (y @ level.member) > 0
+            parent_true = (y_held[evidence] @ level.member) > 0
+            rows = np.arange(len(parent_p))
             level.threshold = calibration.precision_threshold(
-                parent_p[np.arange(len(y)), parent_top],
-                parent_true[np.arange(len(y)), parent_top],
-                config.target_precision,
+                parent_p[rows, parent_top], parent_true[rows, parent_top], config.target_precision
             )
         support_nn = normalise(features[layer])
-        sims = support_nn @ support_nn.T
-        np.fill_diagonal(sims, -np.inf)
-        nearest = sims.max(1)
+        nearest = _nearest_other(support_nn)
         ood_threshold = float(np.quantile(nearest, config.ood_quantile)) if len(x) > 1 else -1.0
-        answered = top_p >= threshold
+        fallback_cut = threshold if fallback_threshold is None else fallback_threshold
+        answered = top_p >= np.where(aligned, threshold, fallback_cut)
         multi_label_ratio = None
         if any(len(ls) > 1 for ls in label_sets):
-            multi_label_ratio = config.multi_label_ratio or calibration.best_ratio(probs, y)
+            multi_label_ratio = config.multi_label_ratio or calibration.best_ratio(probs, y_held)
         support_metrics = {
             "held_out": "leave-one-out"
-            if config.method in ("prototype", "knn")
+            if config.method in ("prototype", "knn", "hybrid")
             else f"{min(config.folds, len(y))}-fold",
             "top1_accuracy": float(correct.mean()),
+            "informative_examples": int(evidence.sum()),
+            "held_out_examples": len(y_held),
             "answered_rate": float(answered.mean()),
             "accuracy_on_answered": float(correct[answered].mean()) if answered.any() else 0.0,
             "examples": len(y),
@@ -224,6 +270,7 @@ class FewShotClassifier:
             support_metrics=support_metrics,
             info=dict(info or {}),
             support_nn=support_nn,
+            fallback_threshold=fallback_threshold,
         )
         log.info(
             "fitted %s classifier: %d classes, %d examples, layer %d (held-out accuracy %.3f), "
@@ -250,9 +297,26 @@ class FewShotClassifier:
             )
         return normalise(x, self.mean if centred else None)
 
-    def predict_proba(self, features: np.ndarray | Mapping[int, np.ndarray]) -> np.ndarray:
-        """Calibrated (M, C) probabilities over `classes`."""
-        return calibration.softmax(self.head.scores(self._vectors(features)), self.temperature)
+    def predict_proba(
+        self,
+        features: np.ndarray | Mapping[int, np.ndarray],
+        sequences: Sequence[str] | None = None,
+    ) -> np.ndarray:
+        """Calibrated (M, C) probabilities over `classes` (`sequences`: the queries', for hybrid)."""
+        return self._scored(features, sequences)[0]
+
+    def _scored(
+        self, features: np.ndarray | Mapping[int, np.ndarray], sequences: Sequence[str] | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated probabilities and, per query, whether alignment evidence decided its top."""
+        x = self._vectors(features)
+        if isinstance(self.head, HybridHead):
+            if sequences is None:
+                raise InvalidInputError("a hybrid classifier needs the query sequences")
+            scores, aligned = self.head.score_queries(x, sequences)
+        else:
+            scores, aligned = self.head.scores(x), np.zeros(len(x), dtype=bool)
+        return calibration.softmax(scores, self.temperature), aligned
 
     def nearest_similarity(self, features: np.ndarray | Mapping[int, np.ndarray]) -> np.ndarray:
         """Cosine of each query to its nearest support vector (uncentred, unless an old state)."""
@@ -265,14 +329,16 @@ class FewShotClassifier:
         ids: Sequence[str] | None = None,
         *,
         top_k: int = 3,
+        sequences: Sequence[str] | None = None,
     ) -> list[Prediction]:
         """Labels with abstention and back-off for M query vectors (from the chosen layer).
 
-        Each prediction also lists its `top_k` most probable leaf labels, whatever the decision.
+        Each prediction also lists its `top_k` most probable leaf labels, whatever the decision,
+        and the evidence it rests on; `sequences` (the queries') are needed by hybrid classifiers.
         """
         if top_k < 1:
             raise InvalidInputError(f"top_k must be at least 1, got {top_k}")
-        probs = self.predict_proba(features)
+        probs, aligned = self._scored(features, sequences)
         nearest = self.nearest_similarity(features)
         ids = list(ids) if ids is not None else [f"query{i}" for i in range(len(probs))]
         if len(ids) != len(probs):
@@ -281,7 +347,9 @@ class FewShotClassifier:
         ranked = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
         for row, query_id in enumerate(ids):
             top = int(ranked[row, 0])
-            labels, probability, status = self._decide(probs[row], float(nearest[row]))
+            labels, probability, status = self._decide(
+                probs[row], float(nearest[row]), bool(aligned[row])
+            )
             out.append(
                 Prediction(
                     id=query_id,
@@ -292,17 +360,26 @@ class FewShotClassifier:
                     top_probability=float(probs[row, top]),
                     nearest_similarity=float(nearest[row]),
                     top=tuple((self.classes[i], float(probs[row, i])) for i in ranked[row]),
+                    evidence="alignment" if aligned[row] else "embedding",
                 )
             )
         return out
 
-    def _decide(self, p: np.ndarray, nearest: float) -> tuple[tuple[str, ...], float, Status]:
-        """Labels, probability and status for one query's calibrated probabilities."""
+    def _decide(
+        self, p: np.ndarray, nearest: float, aligned: bool = False
+    ) -> tuple[tuple[str, ...], float, Status]:
+        """Labels, probability and status for one query's calibrated probabilities.
+
+        A significant alignment hit (`aligned`) puts the query in distribution whatever its cosine.
+        """
         top = int(p.argmax())
         top_p = float(p[top])
-        if nearest < self.ood_threshold:
+        if nearest < self.ood_threshold and not aligned:
             return (UNKNOWN,), 0.0, "unknown"
-        if top_p >= self.threshold:
+        cut = self.threshold
+        if not aligned and self.fallback_threshold is not None:
+            cut = self.fallback_threshold
+        if top_p >= cut:
             labels = [self.classes[top]]
             if self.multi_label_ratio is not None:
                 extra = np.flatnonzero(p >= self.multi_label_ratio * top_p)
@@ -327,6 +404,7 @@ class FewShotClassifier:
             "layer": self.layer,
             "temperature": self.temperature,
             "threshold": self.threshold,
+            "fallback_threshold": self.fallback_threshold,
             "ood_threshold": self.ood_threshold,
             "ood_centred": self.ood_centred,
             "multi_label_ratio": self.multi_label_ratio,
@@ -382,4 +460,16 @@ class FewShotClassifier:
             info=dict(params["info"]),
             support_nn=arrays["support_nn"],
             ood_centred=bool(params.get("ood_centred", True)),
+            fallback_threshold=params.get("fallback_threshold"),
         )
+
+
+def _nearest_other(x: np.ndarray, block: int = 1024) -> np.ndarray:
+    """Each row's highest dot product with another row, a block of rows at a time (no N x N)."""
+    out = np.empty(len(x))
+    for start in range(0, len(x), block):
+        sims = x[start : start + block] @ x.T
+        rows = np.arange(len(sims))
+        sims[rows, rows + start] = -np.inf
+        out[start : start + block] = sims.max(1)
+    return out

@@ -7,10 +7,12 @@ from typing import Literal
 
 from protssl.errors import InvalidInputError
 
-__all__ = ["METHODS", "FewShotConfig", "Method"]
+__all__ = ["EMBEDDING_HEADS", "METHODS", "FewShotConfig", "Method"]
 
-Method = Literal["prototype", "knn", "linear", "contrastive"]
-METHODS: tuple[str, ...] = ("prototype", "knn", "linear", "contrastive")
+Method = Literal["prototype", "knn", "linear", "contrastive", "hybrid"]
+METHODS: tuple[str, ...] = ("prototype", "knn", "linear", "contrastive", "hybrid")
+EMBEDDING_HEADS: tuple[str, ...] = ("prototype", "knn")
+"""The embedding heads `hybrid` can fall back to (their held-out scores are exact leave-one-out)."""
 
 
 @dataclass(frozen=True)
@@ -18,7 +20,8 @@ class FewShotConfig:
     """How a few-shot classifier is fitted."""
 
     method: Method = "prototype"
-    """prototype (cosine to class centroids), knn, linear (logistic head) or contrastive."""
+    """prototype (cosine to class centroids), knn, linear (logistic head), contrastive, or hybrid
+    (alignment of embedding-retrieved candidates where a significant hit exists, else `fallback`)."""
     k: int = 5
     """Neighbours that vote in `knn`."""
     target_precision: float = 0.9
@@ -42,6 +45,18 @@ class FewShotConfig:
     """L2 penalty of the trained heads."""
     seed: int = 0
     """Seed of the trained heads' initialisation and of the fold assignment."""
+    fallback: Literal["prototype", "knn"] = "knn"
+    """`hybrid`: the embedding head that scores every class and answers when no hit is significant."""
+    candidates: int = 200
+    """`hybrid`: support sequences retrieved by embedding cosine and aligned to each query."""
+    evalue: float = 1e-3
+    """`hybrid`: the E-value (over the whole support) at which an alignment hit counts as evidence."""
+    calibration_rows: int = 1000
+    """`hybrid`: support rows aligned held out to fit its weight, temperature and thresholds (a
+    seeded sample of larger supports; each costs one alignment search)."""
+    max_cells: int = 60_000_000
+    """Largest examples x classes a fit takes (its held-out score matrices are that size, float64):
+    fitting refuses more up front instead of running out of memory."""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -62,5 +77,13 @@ class FewShotConfig:
             raise InvalidInputError(f"folds must be at least 2, got {self.folds}")
         if self.steps < 1 or self.projection_dim < 1:
             raise InvalidInputError("steps and projection_dim must be positive")
+        if self.fallback not in EMBEDDING_HEADS:
+            raise InvalidInputError(
+                f"fallback must be one of {', '.join(EMBEDDING_HEADS)}, not {self.fallback!r}"
+            )
+        if min(self.candidates, self.calibration_rows, self.max_cells) < 1 or self.evalue <= 0:
+            raise InvalidInputError(
+                "candidates, calibration_rows, evalue and max_cells must be positive"
+            )
         if self.contrastive_temperature <= 0 or self.weight_decay < 0:
             raise InvalidInputError("contrastive_temperature must be > 0, weight_decay >= 0")

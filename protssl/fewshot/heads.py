@@ -13,17 +13,24 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from protssl.errors import InvalidInputError
 from protssl.fewshot.config import FewShotConfig
 
-__all__ = ["HEADS", "Head", "multi_hot", "normalise"]
+if TYPE_CHECKING:
+    from protssl.fewshot.alignment import Aligner
+
+__all__ = ["HEADS", "Head", "HybridHead", "multi_hot", "normalise"]
 
 _MASKED = -1.0e4  # score of a class that has no support left in a held-out fold
+_QUERY_BLOCK = 512
+"""Query rows scored against the support at once: memory stays rows x support, not N x N."""
 
 
 def normalise(x: np.ndarray, mean: np.ndarray | None = None) -> np.ndarray:
@@ -108,11 +115,14 @@ class _Prototype(Head):
         return np.where(self.present, x @ self.centroids.T, _MASKED)
 
     def held_out(self, x: np.ndarray, y: np.ndarray, config: FewShotConfig) -> np.ndarray:
+        # leave-one-out centroid of class c for row n: sums_c - y_nc x_n; its dot with x_n and its
+        # norm follow from (N, C) products, so memory stays N x C (no N x C x D tensor)
         sums = y.T @ x  # (C, D)
-        own = y[:, :, None] * x[:, None, :]  # (N, C, D): each row's contribution to its classes
-        loo = sums[None] - own
-        norms = np.linalg.norm(loo, axis=2)
-        cos = np.einsum("nd,ncd->nc", x, loo) / np.maximum(norms, 1e-12)
+        dots = x @ sums.T  # (N, C)
+        own = (x * x).sum(1)[:, None]  # (N, 1)
+        loo_dots = dots - y * own
+        loo_sq = (sums * sums).sum(1)[None] - 2.0 * y * dots + y * y * own
+        cos = loo_dots / np.maximum(np.sqrt(np.maximum(loo_sq, 0.0)), 1e-12)
         remaining = y.sum(0)[None] - y
         return np.where(remaining > 0, cos, _MASKED)
 
@@ -139,25 +149,49 @@ class _KNN(Head):
         top_sims = np.take_along_axis(sims, top, axis=1)
         weights = 1.0 / np.maximum(1.0 - top_sims, 1e-3)  # inverse cosine distance
         weights = np.where(np.isfinite(top_sims), weights, 0.0)
-        votes = np.einsum("mk,mkc->mc", weights, self.targets[top])
+        votes = np.zeros((len(sims), self.targets.shape[1]))
+        for j in range(k):  # one (M, C) slice at a time: no (M, k, C) tensor
+            votes += weights[:, j, None] * self.targets[top[:, j]]
         share = votes / np.maximum(weights.sum(1, keepdims=True), 1e-12)
         return np.log(share + 1e-4)
 
     def scores(self, x: np.ndarray) -> np.ndarray:
-        return self._vote(x @ self.support.T)
+        return self._votes(x)
+
+    def _votes(self, x: np.ndarray, *, leave_out: bool = False) -> np.ndarray:
+        """Votes of each query, a block of rows at a time (no queries x support matrix);
+        `leave_out`: the queries are the support rows, each kept out of its own vote."""
+        out = np.empty((len(x), self.targets.shape[1]))
+        for start in range(0, len(x), _QUERY_BLOCK):
+            sims = x[start : start + _QUERY_BLOCK] @ self.support.T
+            if leave_out:
+                rows = np.arange(len(sims))
+                sims[rows, rows + start] = -np.inf
+            out[start : start + len(sims)] = self._vote(sims)
+        return out
 
     def held_out(self, x: np.ndarray, y: np.ndarray, config: FewShotConfig) -> np.ndarray:
         self.fit(x, y, config)
-        sims = x @ x.T
-        np.fill_diagonal(sims, -np.inf)
         self.k = min(config.k, len(x) - 1)
-        return self._vote(sims)
+        return self._votes(x, leave_out=True)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"support": self.support, "targets": self.targets, "k": np.array(self.k)}
+        rows, cols = np.nonzero(self.targets)  # sparse: the (N, C) targets are mostly zeros
+        return {
+            "support": self.support,
+            "target_rows": rows,
+            "target_cols": cols,
+            "classes": np.array(self.targets.shape[1]),
+            "k": np.array(self.k),
+        }
 
     def load(self, arrays: Mapping[str, np.ndarray]) -> None:
-        self.support, self.targets, self.k = arrays["support"], arrays["targets"], int(arrays["k"])
+        self.support, self.k = arrays["support"], int(arrays["k"])
+        if "targets" in arrays:  # states saved before the targets went sparse
+            self.targets = arrays["targets"]
+            return
+        self.targets = np.zeros((len(self.support), int(arrays["classes"])))
+        self.targets[arrays["target_rows"], arrays["target_cols"]] = 1.0
 
 
 @contextlib.contextmanager
@@ -298,9 +332,186 @@ def _erf(x: np.ndarray) -> np.ndarray:
     return torch.erf(torch.from_numpy(x)).numpy()
 
 
+_MAX_SIGNIFICANCE = 100.0
+"""-log10(E-value) is capped here: beyond it every hit is equally certain."""
+_WEIGHTS = np.logspace(-2, 1, 7)
+"""Weights of alignment significance against embedding score that `hybrid` chooses from."""
+
+
+class HybridHead(Head):
+    """Embedding retrieval, then alignment: each class scores `fallback + weight x significance`.
+
+    Significance is -log10 of the E-value of the class's best hit among the query's `candidates`
+    nearest support vectors (cosine), counted only at or under `config.evalue`; a query without
+    such a hit keeps the embedding head's scores alone, at the embedding head's own temperature.
+    The weight and the hit rows' temperature are those whose held-out likelihood on support rows
+    with a hit is best, so both branches come out calibrated (the classifier's temperature then
+    stays near 1). Scoring needs the query sequences (`score_queries`).
+    """
+
+    name = "hybrid"
+
+    def __init__(self, sequences: Sequence[str] = ()) -> None:
+        self.sequences = list(sequences)
+        self.weight = self.hit_scale = self.miss_scale = 1.0
+        self.fallback: str = "knn"
+        self.held_rows = np.zeros(0, dtype=np.int64)
+        self.held_hits = np.zeros(0, dtype=bool)
+        self._aligner: Aligner | None = None
+
+    def _setup(self, x: np.ndarray, y: np.ndarray, config: FewShotConfig) -> None:
+        if len(self.sequences) != len(x):
+            raise InvalidInputError(
+                f"the hybrid head needs one support sequence per example: "
+                f"{len(self.sequences)} sequences for {len(x)} examples"
+            )
+        self.fallback, self.candidates, self.evalue = (
+            config.fallback,
+            config.candidates,
+            config.evalue,
+        )
+        self.support, self.n_classes = x, y.shape[1]
+        self.members = [np.flatnonzero(row) for row in y]
+
+    def _align(self) -> Aligner:
+        if self._aligner is None:
+            from protssl.fewshot.alignment import Aligner
+
+            self._aligner = Aligner(self.sequences)
+        return self._aligner
+
+    def significance(
+        self, x: np.ndarray, queries: Sequence[str], *, leave_out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """(M, C) -log10 E-value of each class's best significant hit among the candidates (0: none).
+
+        `leave_out`: the support row each query is (held-out scoring), kept out of its candidates.
+        """
+        out = np.zeros((len(queries), self.n_classes))
+        aligner = self._align()
+        k = min(self.candidates, len(self.support) - (0 if leave_out is None else 1))
+        if k < 1:
+            return out
+        for start in range(0, len(queries), _QUERY_BLOCK):
+            sims = x[start : start + _QUERY_BLOCK] @ self.support.T
+            if leave_out is not None:
+                rows = np.arange(len(sims))
+                sims[rows, leave_out[start : start + len(sims)]] = -np.inf
+            top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+            for offset, candidates in enumerate(top):
+                row = start + offset
+                order = candidates[np.argsort(-sims[offset, candidates], kind="stable")]
+                for index, evalue, _ in aligner.search(queries[row], order.tolist()):
+                    if evalue > self.evalue:
+                        break
+                    value = min(-math.log10(max(evalue, 1e-300)), _MAX_SIGNIFICANCE)
+                    cols = self.members[index]
+                    out[row, cols] = np.maximum(out[row, cols], value)
+        return out
+
+    def held_out(self, x: np.ndarray, y: np.ndarray, config: FewShotConfig) -> np.ndarray:
+        """Leave-one-out scores; only the rows of `held_rows` are aligned (and valid).
+
+        Those are the informative rows (the others say nothing), at most
+        `config.calibration_rows` of them, drawn with `config.seed`: each costs one search.
+        """
+        from protssl.fewshot import calibration
+
+        self._setup(x, y, config)
+        evidence = calibration.informative(y)
+        useful = np.flatnonzero(evidence)
+        pool = useful if len(useful) else np.arange(len(y))
+        if len(pool) > config.calibration_rows:
+            rng = np.random.default_rng(config.seed)
+            pool = np.sort(rng.choice(pool, size=config.calibration_rows, replace=False))
+        self.held_rows = pool
+        embedding = HEADS[config.fallback]().held_out(x, y, config)
+        # the embedding head's own temperature, from every informative row: a query without a
+        # significant hit gets the probabilities the embedding head alone would give it
+        self.miss_scale = 1.0 / calibration.fit_temperature(embedding, y, evidence).temperature
+        align = np.zeros_like(embedding)
+        align[pool] = self.significance(x[pool], [self.sequences[i] for i in pool], leave_out=pool)
+        self.held_hits = align.max(1) > 0
+        hits = pool[self.held_hits[pool]]
+        best = -math.inf
+        self.weight, self.hit_scale = 1.0, self.miss_scale
+        for weight in _WEIGHTS if len(hits) else ():
+            scores = embedding[hits] + weight * align[hits]
+            fit = calibration.fit_temperature(scores, y[hits], evidence[hits])
+            if fit.log_likelihood > best:
+                best, self.weight = fit.log_likelihood, float(weight)
+                self.hit_scale = 1.0 / fit.temperature
+        return self._combine(embedding, align, self.held_hits)
+
+    def _combine(self, embedding: np.ndarray, align: np.ndarray, hits: np.ndarray) -> np.ndarray:
+        """Rows with a significant hit: (embedding + weight x significance) / their temperature;
+        the others: the embedding scores over the embedding head's temperature."""
+        combined = (embedding + self.weight * align) * self.hit_scale
+        return np.where(hits[:, None], combined, embedding * self.miss_scale)
+
+    def fit(self, x: np.ndarray, y: np.ndarray, config: FewShotConfig) -> None:
+        self._setup(x, y, config)
+        self.embedding = HEADS[config.fallback]()
+        self.embedding.fit(x, y, config)
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        raise InvalidInputError("the hybrid head scores queries with their sequences")
+
+    def score_queries(
+        self, x: np.ndarray, sequences: Sequence[str]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(M, C) scores and, per query, whether a significant hit (alignment evidence) scored it."""
+        if len(sequences) != len(x):
+            raise InvalidInputError(f"{len(sequences)} query sequences for {len(x)} query vectors")
+        align = self.significance(x, sequences)
+        hits = align.max(1) > 0
+        return self._combine(self.embedding.scores(x), align, hits), hits
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        from protssl.fewshot.alignment import pack
+
+        rows = np.repeat(np.arange(len(self.members)), [len(m) for m in self.members])
+        out = {f"embedding.{k}": v for k, v in self.embedding.arrays().items()}
+        out.update({f"sequences.{k}": v for k, v in pack(self.sequences).items()})
+        out.update(
+            {
+                "support": self.support,
+                "member_rows": rows,
+                "member_cols": np.concatenate([*self.members, np.zeros(0, dtype=np.int64)]),
+                "classes": np.array(self.n_classes),
+                "weight": np.array(self.weight),
+                "scales": np.array([self.hit_scale, self.miss_scale]),
+                "candidates": np.array(self.candidates),
+                "evalue": np.array(self.evalue),
+                "fallback": np.array(self.fallback),
+            }
+        )
+        return out
+
+    def load(self, arrays: Mapping[str, np.ndarray]) -> None:
+        from protssl.fewshot.alignment import unpack
+
+        self.fallback = str(arrays["fallback"])
+        self.embedding = HEADS[self.fallback]()
+        self.embedding.load({k[10:]: v for k, v in arrays.items() if k.startswith("embedding.")})
+        self.sequences = unpack(
+            {k[10:]: v for k, v in arrays.items() if k.startswith("sequences.")}
+        )
+        self.support = arrays["support"]
+        self.n_classes = int(arrays["classes"])
+        rows, cols = arrays["member_rows"], arrays["member_cols"]
+        counts = np.bincount(rows, minlength=len(self.support))
+        self.members = np.split(cols, np.cumsum(counts)[:-1])
+        self.weight, self.candidates = float(arrays["weight"]), int(arrays["candidates"])
+        self.hit_scale, self.miss_scale = (float(v) for v in arrays["scales"])
+        self.evalue = float(arrays["evalue"])
+        self._aligner = None
+
+
 HEADS: dict[str, type[Head]] = {
     "prototype": _Prototype,
     "knn": _KNN,
     "linear": _Linear,
     "contrastive": _Contrastive,
+    "hybrid": HybridHead,
 }

@@ -8,16 +8,19 @@ pooling (here, or through a caller's `embed`, such as the service's batcher) and
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from protssl.checkpoint import LoadedModel
-from protssl.embedding import EmbedConfig, embed_records_layers
+from protssl.embedding import CacheStats, EmbedConfig, embed_records_layers
 from protssl.errors import InvalidInputError
 from protssl.fasta import ProteinRecord
 from protssl.fewshot.classifier import FewShotClassifier, Prediction, require_labels
 from protssl.fewshot.config import FewShotConfig
+
+if TYPE_CHECKING:
+    from protssl.store import EmbeddingCache
 
 __all__ = [
     "EmbedFn",
@@ -46,8 +49,14 @@ def embed_for_fewshot(
     config: EmbedConfig | None = None,
     *,
     on_batch: Callable[[int], None] | None = None,
+    cache: EmbeddingCache | None = None,
+    stats: CacheStats | None = None,
 ) -> dict[int, np.ndarray]:
-    """Mean-pooled vectors of `records` (in input order) at each layer, from one forward per batch."""
+    """Mean-pooled vectors of `records` (in input order) at each layer, from one forward per batch.
+
+    With `cache` (a store's embedding cache) vectors already there are read, not computed, and
+    computed ones are written back; `stats` counts both.
+    """
     config = config or EmbedConfig()
     if config.pooling == "per-residue":
         raise InvalidInputError("few-shot classifiers need pooled vectors (mean or bos)")
@@ -56,7 +65,9 @@ def embed_for_fewshot(
     if len(position) != len(records):
         raise InvalidInputError("record ids must be unique to embed for a classifier")
     out: dict[int, np.ndarray] = {}
-    for by_layer in embed_records_layers(records, model, wanted, config, on_batch=on_batch):
+    for by_layer in embed_records_layers(
+        records, model, wanted, config, on_batch=on_batch, cache=cache, stats=stats
+    ):
         for layer, embedding in by_layer.items():
             if layer not in out:
                 out[layer] = np.zeros((len(records), embedding.vector.shape[0]), dtype=np.float32)
@@ -91,19 +102,24 @@ def fit_records(
     layers: Iterable[int] | None = None,
     embed_config: EmbedConfig | None = None,
     on_batch: Callable[[int], None] | None = None,
+    cache: EmbeddingCache | None = None,
+    stats: CacheStats | None = None,
 ) -> FewShotClassifier:
-    """Embed labelled records at the candidate layers and fit a classifier on them."""
+    """Embed labelled records at the candidate layers (through `cache` when given) and fit."""
     embed_config = embed_config or EmbedConfig()
     require_labels([r.labels for r in records], [r.id for r in records])
     chosen = (
         tuple(layers) if layers is not None else candidate_layers(model.encoder.config.num_layers)
     )
-    features = embed_for_fewshot(records, model, chosen, embed_config, on_batch=on_batch)
+    features = embed_for_fewshot(
+        records, model, chosen, embed_config, on_batch=on_batch, cache=cache, stats=stats
+    )
     return FewShotClassifier.fit(
         features,
         [r.labels for r in records],
         config,
         info=_model_info(model, embed_config),
+        sequences=[r.sequence for r in records],
     )
 
 
@@ -116,11 +132,13 @@ def classify_records(
     on_batch: Callable[[int], None] | None = None,
     top_k: int = 3,
     embed: EmbedFn | None = None,
+    cache: EmbeddingCache | None = None,
+    stats: CacheStats | None = None,
 ) -> list[Prediction]:
     """Embed records at the classifier's layer with the model it was fitted on, and predict.
 
-    `embed` replaces embedding here with `model` (the service passes its batcher's); each
-    prediction lists its `top_k` most probable labels.
+    `embed` replaces embedding here with `model` (the service passes its batcher's), else
+    vectors go through `cache` when given; each prediction lists its `top_k` most probable labels.
     """
     check_model(classifier, model)
     pooling = classifier.info.get("pooling", "mean")
@@ -133,7 +151,15 @@ def classify_records(
         vectors = embed(records, classifier.layer, pooling)
     else:
         features = embed_for_fewshot(
-            records, model, (classifier.layer,), embed_config, on_batch=on_batch
+            records,
+            model,
+            (classifier.layer,),
+            embed_config,
+            on_batch=on_batch,
+            cache=cache,
+            stats=stats,
         )
         vectors = features[classifier.layer]
-    return classifier.predict(vectors, [r.id for r in records], top_k=top_k)
+    return classifier.predict(
+        vectors, [r.id for r in records], top_k=top_k, sequences=[r.sequence for r in records]
+    )

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from protssl.checkpoint import LoadedModel
-from protssl.embedding import EmbedConfig
+from protssl.embedding import CacheStats, EmbedConfig
 from protssl.fasta import ProteinRecord
 from protssl.fewshot.classifier import FewShotClassifier
 from protssl.fewshot.pipeline import check_model, fit_records
@@ -113,10 +113,12 @@ def add_examples(
     model: LoadedModel,
     *,
     on_batch: Callable[[int], None] | None = None,
+    stats: CacheStats | None = None,
 ) -> StoredClassifier:
     """Refit `name` on its latest examples plus `records` (same config) and save the next version.
 
-    A record whose id is already among the examples replaces it.
+    A record whose id is already among the examples replaces it. Vectors go through the store's
+    embedding cache, so the old examples are not embedded again; `stats` counts what was computed.
     """
     latest, examples = load_classifier(store, name)
     check_model(latest, model)
@@ -128,5 +130,7 @@ def add_examples(
         latest.config,
         embed_config=EmbedConfig(pooling=latest.info.get("pooling", "mean")),
         on_batch=on_batch,
+        cache=store.embeddings,
+        stats=stats,
     )
     return save_classifier(store, name, classifier, merged)

@@ -61,7 +61,10 @@ def fitted(
     support, _ = is_split
     return {
         method: FewShotClassifier.fit(
-            two_layers(support), [r.labels for r in support], FewShotConfig(method=method)
+            two_layers(support),
+            [r.labels for r in support],
+            FewShotConfig(method=method),
+            sequences=[r.sequence for r in support],
         )
         for method in METHODS
     }

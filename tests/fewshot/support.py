@@ -17,6 +17,11 @@ def two_layers(records: list[ProteinRecord]) -> dict[int, np.ndarray]:
     return {1: x, 2: np.sqrt(x)}
 
 
+def sequences(records: list[ProteinRecord]) -> list[str]:
+    """The records' sequences (the hybrid method aligns them)."""
+    return [r.sequence for r in records]
+
+
 def write_fasta(path: Path, records: list[ProteinRecord]) -> Path:
     """`records` as labelled FASTA (`>ID label=A;B`)."""
     path.write_text("".join(f">{r.id} label={';'.join(r.labels)}\n{r.sequence}\n" for r in records))

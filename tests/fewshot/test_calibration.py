@@ -121,3 +121,13 @@ def test_multi_label_support_predicts_both_labels(phosphatases: list[ProteinReco
     single = label_metrics([r.labels for r in query], top_only)
     assert multi["recall"] > single["recall"]
     assert multi["f1"] >= single["f1"]
+
+
+def test_a_strict_cut_never_answers_when_no_cut_reaches_the_target() -> None:
+    confidence = np.array([0.9, 0.8, 0.7, 0.6])
+    correct = np.array([False, True, True, False])
+    loose = precision_threshold(confidence, correct, 0.95)
+    assert loose <= 0.9  # the best-F1 cut still answers
+    assert precision_threshold(confidence, correct, 0.95, strict=True) > 1.0
+    assert precision_threshold(confidence, correct, 0.5, strict=True) == 0.6
+    assert precision_threshold(confidence[:0], correct[:0], 0.5) > 1.0

@@ -18,7 +18,7 @@ from protssl.fewshot import (
     require_labels,
 )
 
-from .support import two_layers
+from .support import sequences, two_layers
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -29,7 +29,9 @@ def test_methods_beat_chance_on_held_out_transposases(
 ) -> None:
     _, query = is_split
     classifier = fitted[method]
-    predictions = classifier.predict(two_layers(query), [r.id for r in query])
+    predictions = classifier.predict(
+        two_layers(query), [r.id for r in query], sequences=sequences(query)
+    )
     metrics = label_metrics([r.labels for r in query], predictions)
     chance = 1 / len({r.labels for r in query})
     assert metrics["top1_accuracy"] > 3 * chance, metrics
@@ -37,7 +39,7 @@ def test_methods_beat_chance_on_held_out_transposases(
     assert metrics["accuracy_on_answered"] > 0.6, metrics
     assert set(classifier.layer_scores) == {1, 2}
     assert classifier.layer_scores[classifier.layer] == max(classifier.layer_scores.values())
-    probs = classifier.predict_proba(two_layers(query))
+    probs = classifier.predict_proba(two_layers(query), sequences(query))
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-9)
 
 
@@ -73,10 +75,13 @@ def test_state_round_trip_gives_identical_predictions(
     params, blob = classifier.to_state()
     restored = FewShotClassifier.from_state(json.loads(json.dumps(params)), blob)
     features = two_layers(query)
+    seqs = sequences(query)
     np.testing.assert_array_equal(
-        restored.predict_proba(features), classifier.predict_proba(features)
+        restored.predict_proba(features, seqs), classifier.predict_proba(features, seqs)
     )
-    assert restored.predict(features) == classifier.predict(features)
+    assert restored.predict(features, sequences=seqs) == classifier.predict(
+        features, sequences=seqs
+    )
     assert restored.layer == classifier.layer
 
 
@@ -96,8 +101,8 @@ def test_out_of_distribution_sequences_are_unknown(
     """Pfam domains (kinases, fn3, RRM, globins...) are nothing like transposases."""
     _, query = is_split
     classifier = fitted[method]
-    ood = classifier.predict(two_layers(pfam_records))
-    in_dist = classifier.predict(two_layers(query))
+    ood = classifier.predict(two_layers(pfam_records), sequences=sequences(pfam_records))
+    in_dist = classifier.predict(two_layers(query), sequences=sequences(query))
     ood_unknown = np.mean([p.labels == (UNKNOWN,) for p in ood])
     in_unknown = np.mean([p.labels == (UNKNOWN,) for p in in_dist])
     assert ood_unknown > 0.65

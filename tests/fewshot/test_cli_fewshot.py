@@ -154,3 +154,36 @@ def test_classifier_saved_in_the_store_predicts_the_same_in_a_new_process(
     rows = out.read_text().splitlines()
     assert rows[0].split("\t")[:4] == ["id", "label", "probability", "status"]
     assert len(rows) == 1 + len(query)
+
+
+def test_fewshot_eval_hybrid_and_classifier_create_reuse_the_store_vectors(
+    tmp_path: Path,
+    windowed_model_dir: Path,
+    is_split: tuple[list[ProteinRecord], list[ProteinRecord]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A second evaluation or fit on the same sequences computes nothing: the store has them."""
+    support = write_fasta(tmp_path / "support.fasta", is_split[0][:24])
+    query = write_fasta(tmp_path / "query.fasta", is_split[1][:12])
+    common = ["--db", f"sqlite:///{tmp_path / 'store.sqlite3'}"]
+    common += ["--model", str(windowed_model_dir), "--dtype", "float32"]
+    evaluate = ["fewshot-eval", "--support", str(support), "--query", str(query), *common]
+    runs = []
+    for _ in range(2):
+        assert run_cli([*evaluate, "--method", "hybrid"]) == 0
+        captured = capsys.readouterr()
+        runs.append((json.loads(captured.out.strip().splitlines()[-1]), captured.err))
+    (first, first_err), (second, second_err) = runs
+    assert first["method"] == "hybrid" and first == second
+    assert first["top1_accuracy"] > 0.8  # the transposases' alignments carry the random model
+    assert "embedding: 36 sequences computed, 0 from the cache" in first_err
+    assert "embedding: 0 sequences computed, 36 from the cache" in second_err
+    create = ["classifier", "create", "tfam", "--fasta", str(support), "--method", "hybrid"]
+    assert run_cli([*create, *common]) == 0
+    assert "embedding: 0 sequences computed, 24 from the cache" in capsys.readouterr().err
+    assert run_cli(["classify", "tfam", str(query), "--format", "json", *common]) == 0
+    captured = capsys.readouterr()
+    assert "embedding: 0 sequences computed, 12 from the cache" in captured.err
+    answers = json.loads(captured.out)
+    assert {a["evidence"] for a in answers} <= {"alignment", "embedding"}
+    assert sum(a["evidence"] == "alignment" for a in answers) >= 6
