@@ -71,8 +71,13 @@ def test_lease_calibrates_plans_trains_and_exports_with_the_plan_in_the_card(
     assert lease["steps"] == plan.steps and lease["steps_done"] == done.result.step
     assert card["training"]["scheduled_steps"] == plan.steps
     assert card["training"]["recipe"]["warmup_steps"] == max(1, round(0.04 * plan.steps))
-    validated = [row["step"] for row in log_rows(tmp_path / "run") if row["val_loss"]]
-    assert len(validated) >= 1
+    assert lease["deadline_reached"] == done.result.deadline_reached
+    if done.result.deadline_reached:  # a loaded machine: stopped early, exported all the same
+        assert done.result.step < plan.steps
+    else:
+        assert done.result.step == plan.steps
+        validated = [row["step"] for row in log_rows(tmp_path / "run") if row["val_loss"]]
+        assert validated[-1] == str(plan.steps)
     assert load_model(done.model_dir).card.name == "leased"
     assert done.val_perplexity == card["training"]["val_perplexity"] > 1
     with pytest.raises(InvalidInputError, match="already holds a finished run"):
