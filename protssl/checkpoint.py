@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from protssl.alphabet import ALPHABET
 from protssl.dtypes import DTypeName
+from protssl.durable import fsync_file, replace_durably
 from protssl.errors import (
     CheckpointError,
     ModelNotFoundError,
@@ -170,14 +171,14 @@ def save_model(
     weights = directory / WEIGHTS_NAME
     tmp_weights = weights.with_suffix(".safetensors.tmp")
     save_file(_weights_only(encoder), str(tmp_weights), metadata={"format": FORMAT})
-    _fsync(tmp_weights)
+    fsync_file(tmp_weights)
     sha = file_sha256(tmp_weights)
     prov = {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     prov.update(provenance or {})
     card = ModelCard(
         name=name, architecture=encoder.config, sha256=sha, provenance=prov, training=training
     )
-    os.replace(tmp_weights, weights)
+    replace_durably(tmp_weights, weights)
     _write_json_atomic(directory / CARD_NAME, card.to_json())
     return card
 
@@ -187,15 +188,7 @@ def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
     with os.fdopen(fd, "w") as handle:
         json.dump(data, handle, indent=2, sort_keys=False)
         handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync(path: Path) -> None:
-    """Make a written file's bytes durable before it is renamed into place."""
-    with path.open("rb+") as handle:
-        os.fsync(handle.fileno())
+    replace_durably(Path(tmp), path)
 
 
 def read_card(directory: Path) -> ModelCard:

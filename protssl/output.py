@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import tempfile
 import zipfile
@@ -36,6 +35,7 @@ import h5py
 import numpy as np
 
 from protssl import __version__
+from protssl.durable import replace_durably
 from protssl.embedding import Embedding, Provenance
 from protssl.errors import InvalidInputError
 
@@ -255,7 +255,7 @@ class VectorWriter:
                     if name in handle:
                         del handle[name]
                     handle.create_dataset(name, data=vector).attrs.update(attrs)
-        _replace_durably(tmp, self.path)
+        replace_durably(tmp, self.path)
 
     def _merge_npz(self, chunks: list[Path]) -> None:
         arrays: dict[str, np.ndarray] = {}
@@ -364,19 +364,7 @@ def _write_atomic(path: Path, arrays: Mapping[str, Any]) -> None:
     plain: dict[str, Any] = {k: np.asarray(v) for k, v in arrays.items()}
     with tmp.open("wb") as handle:
         np.savez(handle, **plain)
-    _replace_durably(tmp, path)
-
-
-def _replace_durably(tmp: Path, path: Path) -> None:
-    """fsync `tmp`, rename it over `path`, fsync the folder (the rename survives a power cut)."""
-    with tmp.open("rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    replace_durably(tmp, path)
 
 
 def _plain(value: Any) -> Any:

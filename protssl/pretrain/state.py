@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from protssl.checkpoint import load_model
+from protssl.durable import replace_durably
 from protssl.errors import CheckpointError, InvalidInputError
 from protssl.model import ProteinEncoder, init_weights
 from protssl.pretrain.config import PretrainConfig
@@ -69,14 +70,7 @@ def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
     try:
         with tmp.open("wb") as handle:
             torch.save(dict(state), handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        folder = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
+        replace_durably(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
