@@ -31,7 +31,7 @@ def embed(
     model: LoadedModel | str | Path | None = None,
     ids: Sequence[str] | None = None,
     pooling: str = "mean",
-    layer: int = -1,
+    layer: int | None = None,
     max_tokens: int = 4096,
     window: WindowPolicy | None = None,
     policy: FastaPolicy | None = None,

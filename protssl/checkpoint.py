@@ -138,6 +138,18 @@ class LoadedModel:
     def dtype_name(self) -> str:
         return str(self.dtype).removeprefix("torch.")
 
+    @property
+    def default_layer(self) -> int:
+        """The layer served when a caller names none: the card's `recommended_layer` (what
+        `protssl analyze --update-card` or `bench/model_quality.py` measured best), else the last."""
+        layer = (self.card.training or {}).get("recommended_layer")
+        last = self.encoder.config.num_layers
+        return layer if isinstance(layer, int) and 0 <= layer <= last else last
+
+    def resolve_layer(self, layer: int | None) -> int:
+        """`layer` as 0..num_layers (negative counts back from the last); None is `default_layer`."""
+        return self.default_layer if layer is None else self.encoder.resolve_layer(layer)
+
 
 def file_sha256(path: Path) -> str:
     """Hex sha256 of a file, read in 1 MiB blocks."""

@@ -48,8 +48,9 @@ class EmbedConfig:
 
     pooling: Pooling = "mean"
     """`mean` over residues (BOS/EOS/padding excluded), `bos` token, or `per-residue` (L x D)."""
-    layer: int = -1
-    """Which layer's hidden states: 0 = embeddings, n = last (layer-normed); negative counts back."""
+    layer: int | None = None
+    """Which layer's hidden states: 0 = embeddings, n = last (layer-normed); negative counts back;
+    None = the model's default (its card's recommended layer, else the last)."""
     max_tokens: int = 4096
     """Token budget per forward batch: rows x padded length."""
     window: WindowPolicy = field(default_factory=WindowPolicy)
@@ -129,7 +130,7 @@ def expected_provenance(model: LoadedModel, config: EmbedConfig) -> Provenance:
     return Provenance(
         model_name=model.name,
         model_sha256=model.sha256,
-        layer=encoder.resolve_layer(config.layer),
+        layer=model.resolve_layer(config.layer),
         pooling=config.pooling,
         dtype=model.dtype_name,
         window_policy=config.window.describe(encoder.config.max_residues),
@@ -384,7 +385,7 @@ def _embed_batches(
     """`_embed_group` one forward at a time: the (index, embedding) pairs each forward finished,
     and the residues it ran."""
     encoder = model.encoder
-    layers = layers or (encoder.resolve_layer(config.layer),)
+    layers = layers or (model.resolve_layer(config.layer),)
     window_residues = encoder.config.max_residues
     provenance = expected_provenance(model, config)
     sequences = [r.sequence for r in records]

@@ -179,7 +179,7 @@ class EmbeddingBatcher:
         records: Sequence[ProteinRecord],
         *,
         pooling: str = "mean",
-        layer: int = -1,
+        layer: int | None = None,
         deadline: float | None = None,
         wait: bool = False,
     ) -> Pending:
@@ -187,7 +187,7 @@ class EmbeddingBatcher:
 
         `wait` blocks for queue room (streams); without it a full queue raises OverloadedError.
         """
-        self.model.encoder.resolve_layer(layer)  # a bad layer fails this call, not a shared forward
+        self.model.resolve_layer(layer)  # a bad layer fails this call, not a shared forward
         config = EmbedConfig(pooling=pooling, layer=layer, max_tokens=self.max_batch_tokens)  # type: ignore[arg-type]
         results: list[BatchOutcome | None] = [None] * len(records)
         if self.cache is not None and records:

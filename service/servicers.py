@@ -225,7 +225,7 @@ class EmbeddingServicer(_Face, pb_grpc.EmbeddingServiceServicer):
         pending = self.batcher.submit(
             records,
             pooling=POOLING.name(options.pooling),
-            layer=options.layer if options.HasField("layer") else -1,
+            layer=options.layer if options.HasField("layer") else None,
             deadline=_deadline(context),
             wait=wait,
         )

@@ -77,3 +77,45 @@ def test_longest_real_protein_embeds_through_windows(edge_cases: Path) -> None:
     assert embedding.vector.shape == (31921, 320)
     assert np.isfinite(embedding.vector).all()
     assert embedding.provenance.windows >= 32
+
+
+def test_the_cards_recommended_layer_is_the_default_in_process_and_over_grpc(
+    tiny_model_dir: Path, sample_fasta: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from service_support import request_for, running_server, vectors
+
+    import protssl
+    from protssl.checkpoint import update_card_training
+
+    records = _records(sample_fasta, 3)
+    plain = load_model(tiny_model_dir, dtype="float32")
+    assert plain.default_layer == 2  # no recommendation: the last layer
+    recommended = tmp_path / "recommended"
+    shutil.copytree(tiny_model_dir, recommended)
+    update_card_training(recommended, {"recommended_layer": 1})
+    model = load_model(recommended, dtype="float32")
+    assert model.default_layer == 1 and model.resolve_layer(-1) == 2
+    layer1 = _by_id(records, model, EmbedConfig(layer=1))
+    default = list(embed_records(records, model, EmbedConfig()))
+    assert {e.provenance.layer for e in default} == {1}
+    for e in default:
+        np.testing.assert_array_equal(e.vector, layer1[e.id])
+    assert protssl.embed(records, model=model).provenance[0].layer == 1
+    assert not np.allclose(
+        layer1[records[0].id], _by_id(records, model, EmbedConfig(layer=-1))[records[0].id]
+    )
+    with running_server(model) as (_, address, _):
+        import grpc
+
+        from protssl._proto import protssl_pb2_grpc as pb_grpc
+
+        with grpc.insecure_channel(address) as channel:
+            stub = pb_grpc.EmbeddingServiceStub(channel)
+            unset = stub.Embed(request_for(records), timeout=60)
+            last = stub.Embed(request_for(records, layer=-1), timeout=60)
+    assert {e.provenance.layer for e in unset.embeddings} == {1}
+    assert {e.provenance.layer for e in last.embeddings} == {2}
+    for record_id, vector in vectors(unset).items():
+        np.testing.assert_allclose(vector, layer1[record_id], atol=1e-6)

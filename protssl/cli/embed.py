@@ -47,7 +47,11 @@ def _build(parser: argparse.ArgumentParser) -> None:
         "--pooling", default="mean", choices=("mean", "bos", "per-residue"), help="default: mean"
     )
     parser.add_argument(
-        "--layer", type=int, default=-1, help="layer to read (negative counts back; default -1)"
+        "--layer",
+        type=int,
+        default=None,
+        help="layer to read (negative counts back; default: the model card's recommended layer, "
+        "else the last)",
     )
     parser.add_argument(
         "--max-tokens", type=int, default=4096, help="token budget per batch (default 4096)"
