@@ -36,6 +36,9 @@ def configure_logging(level: int | str, *, timestamps: bool = False, process: st
         level=level.upper() if isinstance(level, str) else level,
         format=f"{stamp}%(levelname)s {name}: %(message)s",
     )
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        # Alembic's plugin and context lines (16 per start); the store logs the migration itself.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def run_main(run: Callable[[], int], *, prog: str) -> int:

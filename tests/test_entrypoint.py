@@ -95,3 +95,20 @@ def test_sigterm_inside_is_handled_like_ctrl_c_and_the_handler_is_put_back(
     assert time.monotonic() - started < 5 and closed == ["output closed"]
     assert capsys.readouterr().err == "prog: terminated (SIGTERM); work done so far is kept\n"
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_migration_at_info_logs_the_stores_line_not_alembics(tmp_path) -> None:
+    code = (
+        "import sys\n"
+        "from protssl.entrypoint import configure_logging\n"
+        "from protssl.store import Store, StoreConfig\n"
+        "configure_logging('info')\n"
+        "Store(StoreConfig(url=f'sqlite:///{sys.argv[1]}')).close()\n"
+    )
+    err = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "s.sqlite3")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stderr
+    assert "store schema migrated from empty" in err and "alembic" not in err, err
