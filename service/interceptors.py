@@ -184,24 +184,11 @@ class CallInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
-        serializers = {
-            "request_deserializer": _tolerant(handler.request_deserializer, method),
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, method, streamed=False), **serializers
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                self._unary(handler.stream_unary, method, streamed=True), **serializers
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                self._streaming(handler.unary_stream, method, streamed=False), **serializers
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            self._streaming(handler.stream_stream, method, streamed=True), **serializers
+        return _rewrapped(
+            handler,
+            lambda behavior, streamed: self._unary(behavior, method, streamed=streamed),
+            lambda behavior, streamed: self._streaming(behavior, method, streamed=streamed),
+            request_deserializer=_tolerant(handler.request_deserializer, method),
         )
 
     def _unary(
@@ -286,29 +273,50 @@ def _bearer(metadata: Any) -> str:
 def _checked(handler: grpc.RpcMethodHandler, check: Callable[[], None]) -> grpc.RpcMethodHandler:
     """`handler` with `check()` first, on the handler's thread: `intercept_service` runs on gRPC's
     one polling thread, which a store lookup (a token not in the cache) would stall for all calls."""
-    serializers = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
 
-    def unary(behavior: Callable[[Any, grpc.ServicerContext], Any]) -> Any:
+    def unary(behavior: Callable[[Any, grpc.ServicerContext], Any], _streamed: bool) -> Any:
         def checked(request: Any, context: grpc.ServicerContext) -> Any:
             check()
             return behavior(request, context)
 
         return checked
 
-    def streaming(behavior: Callable[[Any, grpc.ServicerContext], Iterator[Any]]) -> Any:
+    def streaming(
+        behavior: Callable[[Any, grpc.ServicerContext], Iterator[Any]], _streamed: bool
+    ) -> Any:
         def checked(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             check()
             yield from behavior(request, context)
 
         return checked
 
+    return _rewrapped(handler, unary, streaming)
+
+
+def _rewrapped(
+    handler: grpc.RpcMethodHandler,
+    unary: Callable[[Any, bool], Any],
+    streaming: Callable[[Any, bool], Any],
+    *,
+    request_deserializer: Callable[[bytes], Any] | None = None,
+) -> grpc.RpcMethodHandler:
+    """A handler of `handler`'s kind whose behaviour is wrapped: `unary(behavior, streamed)` where
+    the response is one message, `streaming(behavior, streamed)` where it is a stream (`streamed`:
+    the request is a stream). `request_deserializer` replaces the handler's own when given."""
+    serializers = {
+        "request_deserializer": request_deserializer or handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
     if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **serializers)
+        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary, False), **serializers)
     if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), **serializers)
+        return grpc.stream_unary_rpc_method_handler(
+            unary(handler.stream_unary, True), **serializers
+        )
     if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(streaming(handler.unary_stream), **serializers)
-    return grpc.stream_stream_rpc_method_handler(streaming(handler.stream_stream), **serializers)
+        return grpc.unary_stream_rpc_method_handler(
+            streaming(handler.unary_stream, False), **serializers
+        )
+    return grpc.stream_stream_rpc_method_handler(
+        streaming(handler.stream_stream, True), **serializers
+    )
