@@ -15,7 +15,7 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from protssl.cli.commands import Command, add_commands
 from protssl.entrypoint import configure_logging, run_main
@@ -134,11 +134,7 @@ def _build_lease(p: argparse.ArgumentParser) -> None:
 def _lease(args: argparse.Namespace) -> int:
     from protssl.pretrain.lease import lease_config, run_lease
 
-    given = {
-        dest: getattr(args, dest)
-        for flag, (dest, _, _) in _RECIPE_FLAGS.items()
-        if flag != "--steps" and getattr(args, dest) is not None
-    }
+    given = _recipe_given(args)
     for dest, default in (
         ("init_from", Path("models/protssl-default")),
         ("probe_fasta", Path("examples/labelled.fasta")),
@@ -214,14 +210,19 @@ def _command_line() -> str:
     return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
 
 
+def _recipe_given(args: argparse.Namespace) -> dict[str, Any]:
+    """The recipe options given on the command line (a command may offer only some of them)."""
+    return {
+        dest: getattr(args, dest)
+        for dest, _, _ in _RECIPE_FLAGS.values()
+        if getattr(args, dest, None) is not None
+    }
+
+
 def _config(args: argparse.Namespace) -> PretrainConfig:
     from protssl.pretrain import PretrainConfig, config_from_checkpoint
 
-    given = {
-        dest: getattr(args, dest)
-        for dest, _, _ in _RECIPE_FLAGS.values()
-        if getattr(args, dest) is not None
-    }
+    given = _recipe_given(args)
     if args.resume:
         steps = given.pop("steps", None)
         if args.corpus is not None or given:
