@@ -262,8 +262,8 @@ class VectorWriter:
         rows: dict[str, dict[str, Any]] = {}
         if self.path.exists():
             with _load_npz(self.path) as data:
-                meta = json.loads(str(data[_NPZ_META])) if _NPZ_META in data else {}
-                arrays = {k: data[k] for k in data.files if k != _NPZ_META}
+                meta, names = _npz_index(data, required=False)
+                arrays = {k: data[k] for k in names}
             rows = meta.get("records", {})
         for chunk in chunks:
             for name, vector, attrs in _read_chunk(chunk):
@@ -305,10 +305,9 @@ def read_vectors(path: str | Path) -> Iterator[tuple[str, np.ndarray, Mapping[st
                 yield record_id(name), dataset[()], attrs
         return
     with _load_npz(path) as data:
-        meta = json.loads(str(data[_NPZ_META]))
-        for name in data.files:
-            if name != _NPZ_META:
-                yield record_id(name), data[name], {**meta["shared"], **meta["records"][name]}
+        meta, names = _npz_index(data)
+        for name in names:
+            yield record_id(name), data[name], {**meta["shared"], **meta["records"][name]}
 
 
 def _read_index(path: Path, kind: str) -> tuple[dict[str, Any] | None, list[str]]:
@@ -324,8 +323,8 @@ def _read_index(path: Path, kind: str) -> tuple[dict[str, Any] | None, list[str]
                 )
                 return shared, list(handle.keys())
         with _load_npz(path) as data:
-            meta = json.loads(str(data[_NPZ_META])) if _NPZ_META in data else {}
-            return meta.get("shared"), [k for k in data.files if k != _NPZ_META]
+            meta, names = _npz_index(data, required=False)
+            return meta.get("shared"), names
     except _UNREADABLE as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InvalidInputError(
@@ -340,15 +339,21 @@ def _chunks(journal: Path) -> list[Path]:
 
 def _read_chunk_index(chunk: Path) -> tuple[dict[str, Any], list[str]]:
     with _load_npz(chunk) as data:
-        return json.loads(str(data[_NPZ_META])), [k for k in data.files if k != _NPZ_META]
+        return _npz_index(data)
 
 
 def _read_chunk(chunk: Path) -> Iterator[tuple[str, np.ndarray, dict[str, Any]]]:
     with _load_npz(chunk) as data:
-        rows = json.loads(str(data[_NPZ_META]))["records"]
-        for name in data.files:
-            if name != _NPZ_META:
-                yield name, data[name], rows[name]
+        meta, names = _npz_index(data)
+        for name in names:
+            yield name, data[name], meta["records"][name]
+
+
+def _npz_index(data: Any, *, required: bool = True) -> tuple[dict[str, Any], list[str]]:
+    """A loaded .npz's provenance JSON and the names of its vectors; without the JSON, KeyError
+    (or {} where it is not `required`)."""
+    meta = json.loads(str(data[_NPZ_META])) if required or _NPZ_META in data else {}
+    return meta, [k for k in data.files if k != _NPZ_META]
 
 
 @contextmanager
