@@ -112,6 +112,16 @@ def _decoded(requests: Iterator[Any]) -> Iterator[Any]:
         yield request
 
 
+def _client_cancelled(context: grpc.ServicerContext) -> bool:
+    """Whether the client cancelled the call (or its deadline passed) before it ended normally.
+
+    grpcio's synchronous server keeps this in the call's state and offers no accessor; a server
+    without that state (another gRPC implementation) is taken at the handler's word.
+    """
+    state = getattr(context, "_state", None)
+    return getattr(state, "client", None) == "cancelled"
+
+
 def _gone_code(context: grpc.ServicerContext) -> grpc.StatusCode:
     """Why an inactive call ended: its deadline passed, or the client cancelled it."""
     remaining = context.time_remaining()
@@ -142,13 +152,34 @@ class _Call:
         abort_with(self.context, exc, self.method)
 
     def finish(self, cancelled: bool = False) -> None:
+        """Count and log the call as it stands when the handler ends."""
+        if not self.context.is_active():
+            ended = _gone_code(self.context)
+        else:
+            ended = grpc.StatusCode.CANCELLED if cancelled else grpc.StatusCode.OK
+        self._report(time.perf_counter() - self.start, ended)
+
+    def finish_at_termination(self) -> None:
+        """Count and log a call whose handler read its request stream to the end, once gRPC ends it.
+
+        A client cancel that arrives while the next message is awaited can reach the handler as
+        the end of the request stream, so the handler returns normally; only the terminated call
+        tells that apart from a half-close.
+        """
         seconds = time.perf_counter() - self.start
+
+        def report() -> None:
+            gone = _client_cancelled(self.context)
+            self._report(seconds, _gone_code(self.context) if gone else grpc.StatusCode.OK)
+
+        if not self.context.add_callback(report):
+            report()
+
+    def _report(self, seconds: float, ended: grpc.StatusCode) -> None:
+        """One metric and one log line; `ended` unless the servicer set a status itself."""
         code = self.context.code()
         if code is None:
-            if not self.context.is_active():
-                code = _gone_code(self.context)
-            else:
-                code = grpc.StatusCode.CANCELLED if cancelled else grpc.StatusCode.OK
+            code = ended
         name = code.name if isinstance(code, grpc.StatusCode) else str(code)
         self.metrics.record_call(self.method, name, seconds)
         level = logging.DEBUG if name == "OK" else logging.INFO
@@ -226,7 +257,10 @@ class CallInterceptor(grpc.ServerInterceptor):
                 cancelled = False
                 call.fail(exc)
             finally:
-                call.finish(cancelled=cancelled)
+                if streamed and not cancelled and context.code() is None:
+                    call.finish_at_termination()
+                else:
+                    call.finish(cancelled=cancelled)
 
         return wrapped
 

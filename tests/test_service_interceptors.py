@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import queue
 import re
+import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent import futures
 
 import grpc
 import pytest
@@ -13,6 +16,9 @@ from service_support import request_for, rpc_error, running_server
 
 from protssl._proto import protssl_pb2_grpc as pb_grpc
 from protssl.checkpoint import LoadedModel
+from service import interceptors
+from service.interceptors import CallInterceptor
+from service.metrics import ServiceMetrics
 from service.server import ProtsslServer
 
 pytestmark = pytest.mark.service
@@ -67,3 +73,82 @@ def test_metrics_side_port(served, service_records):
     ):
         assert name in text
     assert 'code="OK",method="/protssl.v1.EmbeddingService/Embed"' in text
+
+
+# --- a request stream's end: half-close or the client gone ----------------------------------------
+
+_STREAM = "/protssl.test.Echo/Stream"
+
+
+class _Reader:
+    """A stream handler that reads its requests to the end and returns normally, as EmbedStream
+    does when gRPC hands it the end of the stream; it keeps the call's context for the test."""
+
+    def __init__(self) -> None:
+        self.contexts: list[grpc.ServicerContext] = []
+
+    def __call__(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        self.contexts.append(context)
+        try:
+            yield from requests
+        except grpc.RpcError:
+            return
+
+
+@pytest.fixture()
+def echo() -> Iterator[tuple[grpc.Channel, _Reader, ServiceMetrics]]:
+    """A bare grpcio server with the call interceptor around one bytes-in, bytes-out stream."""
+    reader, metrics = _Reader(), ServiceMetrics()
+    handler = grpc.method_handlers_generic_handler(
+        "protssl.test.Echo", {"Stream": grpc.stream_stream_rpc_method_handler(reader)}
+    )
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=4), interceptors=[CallInterceptor(metrics)]
+    )
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield channel, reader, metrics
+    finally:
+        server.stop(None)
+
+
+def _counted(metrics: ServiceMetrics, code: str) -> float:
+    value = metrics.registry.get_sample_value(
+        "protssl_requests_total", {"method": _STREAM, "code": code}
+    )
+    return value or 0.0
+
+
+def _eventually(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return condition()
+
+
+def test_a_half_closed_stream_counts_ok(echo):
+    channel, reader, metrics = echo
+    replies = list(channel.stream_stream(_STREAM)(iter([b"a", b"b"]), timeout=10))
+    assert replies == [b"a", b"b"]
+    assert _eventually(lambda: _counted(metrics, "OK") == 1)
+    assert _counted(metrics, "CANCELLED") == 0
+    assert not interceptors._client_cancelled(reader.contexts[0])
+
+
+def test_a_cancel_while_the_handler_awaits_a_message_counts_cancelled(echo):
+    """However gRPC hands the cancel to the handler (an error, or the end of the stream, a race
+    that a handler returning at once used to count as OK), the call counts as CANCELLED."""
+    channel, reader, metrics = echo
+    for round_ in range(1, 6):
+        held = queue.Queue[bytes | None]()
+        held.put(b"x")
+        call = channel.stream_stream(_STREAM)(iter(held.get, None), timeout=30)
+        assert next(call) == b"x"
+        call.cancel()
+        held.put(None)
+        assert _eventually(lambda n=round_: _counted(metrics, "CANCELLED") == n)
+        assert interceptors._client_cancelled(reader.contexts[-1])
+    assert _counted(metrics, "OK") == 0
