@@ -56,8 +56,6 @@ T = TypeVar("T")
 
 STREAM_IN_FLIGHT = 4
 """Stream chunks queued ahead of the one whose results are being sent back."""
-STREAM_POLL_S = 0.01
-"""While a stream has chunks in flight, how often it looks whether the oldest is done."""
 _END = object()
 """What a `_StreamReader` hands over once the client half-closed."""
 
@@ -67,11 +65,14 @@ class _StreamReader:
 
     Holds at most one message ahead (the client's flow control does the rest). What the stream
     raised (the client cancelled, an undecodable message) comes out of `get` in the handler.
+    `wake` is set whenever something arrives; the handler also has it set when a chunk's results
+    are done, so it sleeps until there is something to do instead of polling.
     """
 
     def __init__(self, requests: Iterable[Any]) -> None:
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=1)
         self._closed = threading.Event()
+        self.wake = threading.Event()
         self._thread = threading.Thread(
             target=self._read, args=(iter(requests),), name="protssl-stream-reader", daemon=True
         )
@@ -92,6 +93,7 @@ class _StreamReader:
         while not self._closed.is_set():
             try:
                 self._queue.put(item, timeout=0.1)
+                self.wake.set()
                 return True
             except queue.Full:
                 continue
@@ -283,6 +285,7 @@ class EmbeddingServicer(_Face, pb_grpc.EmbeddingServiceServicer):
         idle = self.config.stream_idle_timeout_s
         active = time.monotonic()  # the last message or result: the idle clock starts there
         while True:
+            reader.wake.clear()  # before looking, so that what arrives from here on wakes us
             while pending and pending[0].future.done() and options is not None:
                 yield from self._drain(pending.popleft(), options, progress)
                 active = time.monotonic()
@@ -292,15 +295,16 @@ class EmbeddingServicer(_Face, pb_grpc.EmbeddingServiceServicer):
                 yield from self._drain(pending.popleft(), options, progress)
                 active = time.monotonic()
                 continue
-            wait = STREAM_POLL_S if pending else active + idle - time.monotonic()
             try:
-                message = reader.get(timeout=max(0.0, wait))
+                message = reader.get(timeout=0.0)
             except queue.Empty:
                 if not pending and time.monotonic() - active >= idle:
                     raise StreamIdleError(
                         f"no stream message for {idle:g} s with nothing in flight "
                         "(stream_idle_timeout_s): the stream was ended"
                     ) from None
+                # a message, a finished chunk or, with nothing in flight, the idle timeout
+                reader.wake.wait(idle if pending else max(0.0, active + idle - time.monotonic()))
                 continue
             active = time.monotonic()
             if message is _END:
@@ -313,7 +317,9 @@ class EmbeddingServicer(_Face, pb_grpc.EmbeddingServiceServicer):
             self._check_stream_sizes(records, options)
             offset += len(message.sequences)
             progress.records_received += len(records)
-            pending.append(self._submit(records, options, context, wait=True))
+            chunk = self._submit(records, options, context, wait=True)
+            chunk.future.add_done_callback(lambda _done: reader.wake.set())
+            pending.append(chunk)
 
     def _check_stream_sizes(self, records: list[ProteinRecord], options: pb.EmbedOptions) -> None:
         """Each embedding travels in its own stream message: refuse one that would not fit."""
