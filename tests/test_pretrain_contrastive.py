@@ -18,6 +18,7 @@ from safetensors import safe_open
 import protssl
 from protssl.alphabet import ALPHABET
 from protssl.embedding import pool_rows
+from protssl.errors import InvalidInputError
 from protssl.fasta import ProteinRecord, read_fasta
 from protssl.pretrain import (
     CHECKPOINT_NAME,
@@ -94,6 +95,36 @@ def test_cluster_positives_share_the_anchors_cluster_and_anchors_never_share_one
         visited += [cluster_of[a] for a, _ in drawn]
         pool += 1
     assert sorted(visited) == list(range(len(corpus.clusters)))  # an epoch: each cluster once
+
+
+def test_cluster_min_members_draws_only_homologue_positives(
+    tmp_path: Path, sample_fasta: Path, shared_file: Callable[..., Path]
+) -> None:
+    clusters = shared_file(CLUSTERS)
+    corpus = load_corpus(sample_fasta, val_fraction=0.02, cluster_tsv=clusters)
+    assert corpus.clusters is not None
+    config = _config(
+        sample_fasta,
+        tmp_path,
+        cluster_tsv=clusters,
+        cluster_positive_rate=1.0,
+        cluster_min_members=2,
+        pool_sequences=16,
+    )
+    cluster_of = {m: c for c, members in enumerate(corpus.clusters) for m in members}
+    multi = sorted(c for c, members in enumerate(corpus.clusters) if len(members) > 1)
+    assert 0 < len(multi) < len(corpus.clusters)
+    pool, visited = 0, []
+    while (drawn := pool_pairs(corpus, config, 0, pool)) is not None:
+        assert all(a != b and cluster_of[a] == cluster_of[b] for a, b in drawn)
+        visited += [cluster_of[a] for a, _ in drawn]
+        pool += 1
+    assert sorted(visited) == multi  # an epoch: each cluster of 2 or more members once
+    too_many = _config(sample_fasta, tmp_path, cluster_tsv=clusters, cluster_min_members=10_000)
+    with pytest.raises(InvalidInputError, match="cluster_min_members"):
+        pool_pairs(corpus, too_many, 0, 0)
+    with pytest.raises(InvalidInputError, match="contrastive objectives with cluster_tsv"):
+        _config(sample_fasta, tmp_path, cluster_min_members=2)
 
 
 def test_pair_batches_hold_anchor_views_then_their_positives_within_the_budget(

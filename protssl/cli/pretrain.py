@@ -56,6 +56,11 @@ _RECIPE_FLAGS: dict[str, tuple[str, type, str]] = {
     "--contrastive-weight": ("contrastive_weight", float, "weight of the InfoNCE term"),
     "--temperature": ("temperature", float, "InfoNCE temperature"),
     "--cluster-positive-rate": ("cluster_positive_rate", float, "P(positive = cluster mate)"),
+    "--cluster-min-members": (
+        "cluster_min_members",
+        int,
+        "contrastive anchors only from clusters of at least N members",
+    ),
     "--seed": ("seed", int, "seed of weights, data order, crops and masks"),
     "--init-from": ("init_from", Path, "start from a protssl model folder's weights"),
     "--probe-fasta": (

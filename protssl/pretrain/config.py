@@ -77,6 +77,9 @@ class PretrainConfig:
     cluster_positive_rate: float = 0.5
     """Chance a positive is another member of the anchor's cluster (needs `cluster_tsv`) rather
     than a second view of the same protein."""
+    cluster_min_members: int = 1
+    """Contrastive anchors come only from clusters of at least this many members (2 with a
+    positive rate of 1: every positive is a homologue, never the same protein)."""
     seed: int = 0
     """Seed of weights, data order, crops and masks."""
     init_from: Path | None = None
@@ -160,6 +163,14 @@ class PretrainConfig:
         if not 0 <= self.cluster_positive_rate <= 1:
             raise InvalidInputError(
                 f"cluster_positive_rate must be in [0, 1], got {self.cluster_positive_rate}"
+            )
+        if self.cluster_min_members < 1:
+            raise InvalidInputError(
+                f"cluster_min_members must be >= 1, got {self.cluster_min_members}"
+            )
+        if self.cluster_min_members > 1 and (self.cluster_tsv is None or not self.contrastive):
+            raise InvalidInputError(
+                "cluster_min_members applies to the contrastive objectives with cluster_tsv"
             )
         if self.contrastive and self.max_tokens < 4 * (self.crop_residues + 2):
             raise InvalidInputError(

@@ -27,6 +27,7 @@ from torch import nn
 
 from protssl.alphabet import ALPHABET, tokenize
 from protssl.embedding import mean_over_residues
+from protssl.errors import InvalidInputError
 from protssl.model import ProteinEncoder
 from protssl.pretrain.config import PretrainConfig
 from protssl.pretrain.data import DataPosition, TrainingCorpus, micro_batches
@@ -134,10 +135,18 @@ def pool_pairs(
 ) -> list[tuple[int, int]] | None:
     """(anchor, positive) training indices of one pool (None past the epoch's end); deterministic.
 
-    Anchors are distinct records, or with clusters one member each of distinct clusters.
+    Anchors are distinct records, or with clusters one member each of distinct clusters (those
+    of at least `cluster_min_members`).
     """
     rng = np.random.default_rng([config.seed, epoch, pool, 1])
     groups = corpus.clusters
+    if groups is not None and config.cluster_min_members > 1:
+        groups = tuple(g for g in groups if len(g) >= config.cluster_min_members)
+        if not groups:
+            raise InvalidInputError(
+                f"no training cluster has {config.cluster_min_members} members "
+                "(cluster_min_members)"
+            )
     units = len(corpus.train) if groups is None else len(groups)
     if pool >= math.ceil(units / config.pool_sequences):
         return None
