@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from protssl.checkpoint import load_model
 from protssl.cli import main
@@ -70,9 +71,17 @@ def test_ray_gives_the_local_engines_vectors(
 ) -> None:
     model = load_model(service_model_dir, dtype="float32")
     policy = FastaPolicy(on_invalid="skip", on_duplicate="skip")
-    local = embed_fasta_file(
-        fasta, tmp_path / "local.h5", model, config=_config(), policy=policy, progress=False
-    )
+    options = RayOptions(workers=2)
+    # Same bits need the same kernels and thread count: float32 matmuls may sum in another order
+    # with another count (oneDNN's AVX2 kernels do), so the local engine runs on the workers' count.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(options.cpus_per_worker)
+    try:
+        local = embed_fasta_file(
+            fasta, tmp_path / "local.h5", model, config=_config(), policy=policy, progress=False
+        )
+    finally:
+        torch.set_num_threads(threads)
     folder = tmp_path / "parts"
     summary = embed_fasta_ray(
         fasta,
@@ -81,7 +90,7 @@ def test_ray_gives_the_local_engines_vectors(
         model_spec=str(service_model_dir),
         config=_config(),
         policy=policy,
-        options=RayOptions(workers=2),
+        options=options,
         progress=False,
     )
     assert (
