@@ -151,15 +151,19 @@ class _Call:
             self.context.abort(code, f"the call ended first ({code.name})")
         abort_with(self.context, exc, self.method)
 
-    def finish(self, cancelled: bool = False) -> None:
-        """Count and log the call as it stands when the handler ends."""
+    def finish(self, *, cancelled: bool = False, streamed: bool = False) -> None:
+        """Count and log the call as it stands when the handler ends, or, when it read a request
+        stream to its end and set no status, once gRPC has terminated it."""
+        if streamed and not cancelled and self.context.code() is None:
+            self._finish_at_termination()
+            return
         if not self.context.is_active():
             ended = _gone_code(self.context)
         else:
             ended = grpc.StatusCode.CANCELLED if cancelled else grpc.StatusCode.OK
         self._report(time.perf_counter() - self.start, ended)
 
-    def finish_at_termination(self) -> None:
+    def _finish_at_termination(self) -> None:
         """Count and log a call whose handler read its request stream to the end, once gRPC ends it.
 
         A client cancel that arrives while the next message is awaited can reach the handler as
@@ -234,7 +238,7 @@ class CallInterceptor(grpc.ServerInterceptor):
             except Exception as exc:
                 call.fail(exc)
             finally:
-                call.finish()
+                call.finish(streamed=streamed)
 
         return wrapped
 
@@ -257,10 +261,7 @@ class CallInterceptor(grpc.ServerInterceptor):
                 cancelled = False
                 call.fail(exc)
             finally:
-                if streamed and not cancelled and context.code() is None:
-                    call.finish_at_termination()
-                else:
-                    call.finish(cancelled=cancelled)
+                call.finish(cancelled=cancelled, streamed=streamed)
 
         return wrapped
 
