@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ import numpy as np
 from tqdm import tqdm
 
 from protssl.checkpoint import DEFAULT_MODEL_DIR, LoadedModel, load_model
+from protssl.embedding import EmbedConfig
 from protssl.errors import ModelNotFoundError
 from protssl.evaluation import (
     Episode,
@@ -52,6 +53,7 @@ from protssl.evaluation import (
     evaluate_split,
     label_metrics,
     sample_episodes,
+    segment_composition_features,
 )
 from protssl.fasta import FastaPolicy, ProteinRecord, read_fasta
 from protssl.fewshot import (
@@ -65,9 +67,14 @@ from protssl.fewshot import (
 from protssl.info import describe
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-COMPOSITION_ANCHORS = (("composition_1nn", False), ("composition_z_1nn", True))
-"""(anchor name, z-score the features with the support set's statistics)."""
-ANCHORS = (*(name for name, _ in COMPOSITION_ANCHORS), "mmseqs2_best_hit")
+COMPOSITION_ANCHORS = (
+    ("composition_1nn", composition_features, False),
+    ("composition_z_1nn", composition_features, True),
+    ("composition_segments_z_1nn", segment_composition_features, True),
+)
+"""(anchor name, features of sequences, z-score them with the support set's statistics); the
+last is composition split as `segments` pooling splits a protein."""
+ANCHORS = (*(name for name, _, _ in COMPOSITION_ANCHORS), "mmseqs2_best_hit")
 log = logging.getLogger("fewshot_quality")
 
 
@@ -143,12 +150,16 @@ def _answer(query_id: str, labels: tuple[str, ...] | None, score: float) -> Pred
 
 
 def composition_1nn(
-    support: Sequence[ProteinRecord], query: Sequence[ProteinRecord], *, standardise: bool = False
+    support: Sequence[ProteinRecord],
+    query: Sequence[ProteinRecord],
+    *,
+    standardise: bool = False,
+    features: Callable[[Sequence[str]], np.ndarray] = composition_features,
 ) -> list[Prediction]:
     """Cosine 1-NN on composition vectors; `standardise` z-scores every feature first with the
     support set's mean and standard deviation (rare dipeptides then count as much as common ones)."""
-    xs = composition_features([r.sequence for r in support])
-    xq = composition_features([r.sequence for r in query])
+    xs = features([r.sequence for r in support])
+    xq = features([r.sequence for r in query])
     if standardise:
         mean, std = xs.mean(0), np.maximum(xs.std(0), 1e-6)
         xs, xq = (xs - mean) / std, (xq - mean) / std
@@ -225,14 +236,19 @@ def load(spec: str | None) -> LoadedModel:
 
 
 def cached_vectors(
-    path: str | None, model: LoadedModel, records: Sequence[ProteinRecord], layers: Sequence[int]
+    path: str | None,
+    model: LoadedModel,
+    records: Sequence[ProteinRecord],
+    layers: Sequence[int],
+    pooling: str,
 ) -> dict[int, np.ndarray] | None:
-    """Vectors from an earlier run of this bench with the same model, records and layers."""
+    """Vectors from an earlier run of this bench with the same model, records, layers, pooling."""
     if not path or not Path(path).is_file():
         return None
     with np.load(path, allow_pickle=False) as data:
         same = (
             str(data["sha"]) == model.sha256
+            and str(data["pooling"] if "pooling" in data.files else "mean") == pooling
             and data["ids"].tolist() == [r.id for r in records]
             and all(f"layer{k}" in data.files for k in layers)
         )
@@ -264,6 +280,12 @@ def main() -> None:
     parser.add_argument("--shots", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--pooling",
+        default="mean",
+        choices=("mean", "bos", "segments"),
+        help="how the classifiers' vectors are pooled (default mean)",
+    )
+    parser.add_argument(
         "--vectors-cache",
         metavar="NPZ",
         help="reuse (or write) the embedded vectors here; keyed by the model's sha256",
@@ -279,17 +301,19 @@ def main() -> None:
     every.update({r.id: r for name, (_, q) in tasks.items() if name != "ec_episodes" for r in q})
     records = list(every.values())
     t0 = time.perf_counter()
-    vectors = cached_vectors(args.vectors_cache, model, records, layers)
+    embed_config = EmbedConfig(pooling=args.pooling)
+    vectors = cached_vectors(args.vectors_cache, model, records, layers, args.pooling)
     if vectors is None:
         with tqdm(
             total=sum(len(r) for r in records), unit="res", unit_scale=True, desc="embed"
         ) as bar:
-            vectors = embed_for_fewshot(records, model, layers, on_batch=bar.update)
+            vectors = embed_for_fewshot(records, model, layers, embed_config, on_batch=bar.update)
         if args.vectors_cache:
             np.savez(
                 args.vectors_cache,
                 ids=np.array([r.id for r in records]),
                 sha=np.array(model.sha256),
+                pooling=np.array(args.pooling),
                 **{f"layer{k}": v for k, v in vectors.items()},
             )
     embed_seconds = time.perf_counter() - t0
@@ -332,13 +356,15 @@ def main() -> None:
                     )
                     progress.update()
                 truth = [support[i].labels for e in episodes for i in e.query]
-                for anchor, standardise in COMPOSITION_ANCHORS:
+                for anchor, anchor_features, standardise in COMPOSITION_ANCHORS:
                     t0 = time.perf_counter()
                     preds = []
                     for e in episodes:
                         s = [support[i] for i in e.support]
                         q = [support[i] for i in e.query]
-                        preds += composition_1nn(s, q, standardise=standardise)
+                        preds += composition_1nn(
+                            s, q, standardise=standardise, features=anchor_features
+                        )
                     results[name][anchor] = _row(
                         label_metrics(truth, preds), time.perf_counter() - t0
                     )
@@ -384,9 +410,11 @@ def main() -> None:
                             float(np.mean([p.status == "unknown" for p in answers])), 4
                         )
                     progress.update()
-                for anchor, standardise in COMPOSITION_ANCHORS:
+                for anchor, anchor_features, standardise in COMPOSITION_ANCHORS:
                     t0 = time.perf_counter()
-                    preds = composition_1nn(support, query, standardise=standardise)
+                    preds = composition_1nn(
+                        support, query, standardise=standardise, features=anchor_features
+                    )
                     results[name][anchor] = _row(
                         label_metrics(truth, preds), time.perf_counter() - t0
                     )
@@ -442,12 +470,16 @@ def main() -> None:
             "beats_composition": best > rows["composition_1nn"]["top1_accuracy"],
             "composition_z_top1": rows["composition_z_1nn"]["top1_accuracy"],
             "beats_composition_z": best > rows["composition_z_1nn"]["top1_accuracy"],
+            "composition_segments_z_top1": rows["composition_segments_z_1nn"]["top1_accuracy"],
+            "beats_composition_segments_z": best
+            > rows["composition_segments_z_1nn"]["top1_accuracy"],
             "mmseqs_top1": rows.get("mmseqs2_best_hit", {}).get("top1_accuracy"),
         }
     summary = {
         "bench": "fewshot_quality",
         "model": model.name,
         "model_sha256": model.sha256,
+        "pooling": args.pooling,
         "layers_tried": list(layers),
         "embed_seconds": round(embed_seconds, 1),
         "total_seconds": round(time.perf_counter() - start, 1),

@@ -8,7 +8,8 @@
   to 5 each) and of the IS transposase families (up to 40 per family). A hit is a neighbour that
   shares a label (features centred, or z-scored with `--normalise zscore`). The floor is the same
   1-NN over amino-acid + dipeptide composition vectors; the model-minus-floor difference gets a
-  paired 95% bootstrap interval (same records, 2,000 draws).
+  paired 95% bootstrap interval (same records, 2,000 draws). Under `segments`, the same for
+  `segments` pooling, with a second floor: composition of the same stretches.
 
 The last line printed is one JSON object. `--update-card` merges the figures into the model card's
 `training` section as `quality`, with `recommended_layer` (the layer whose mean-pooled vectors did
@@ -29,12 +30,12 @@ import torch
 from protssl.analysis.data import balanced
 from protssl.analysis.information import measure_information
 from protssl.checkpoint import DEFAULT_MODEL_DIR, load_model, update_card_training
-from protssl.evaluation import composition_features, nn1_hits
+from protssl.evaluation import composition_features, nn1_hits, segment_composition_features
 from protssl.fasta import FastaPolicy, ProteinRecord, read_fasta
 from protssl.info import describe
 from protssl.model import ProteinEncoder
 from protssl.pretrain.data import load_corpus
-from protssl.pretrain.probe import layer_embeddings
+from protssl.pretrain.probe import pooled_layer_embeddings
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -54,6 +55,28 @@ def paired_ci(model: np.ndarray, floor: np.ndarray, draws: int = 2000) -> list[f
     return [round(float(np.percentile(means, 2.5)), 4), round(float(np.percentile(means, 97.5)), 4)]
 
 
+def _scores(
+    embeddings: np.ndarray,
+    anchors: dict[str, np.ndarray],
+    labels: list[set[str]],
+    normalise: str,
+) -> dict[str, object]:
+    """1-NN per layer of one pooling, and the last and best layers against each anchor (CI95)."""
+    hits = [nn1_hits(layer, labels, normalise) for layer in embeddings]
+    per_layer = {str(k): round(float(h.mean()), 4) for k, h in enumerate(hits)}
+    best = max(per_layer, key=lambda k: per_layer[k])
+    out: dict[str, object] = {
+        "nn1_by_layer": per_layer,
+        "best_layer": int(best),
+        "nn1_best_layer": per_layer[best],
+        "nn1_last_layer": per_layer[str(len(embeddings) - 1)],
+    }
+    for name, anchor in anchors.items():
+        out[f"last_minus_{name}_ci95"] = paired_ci(hits[-1], anchor)
+        out[f"best_minus_{name}_ci95"] = paired_ci(hits[int(best)], anchor)
+    return out
+
+
 def task(
     name: str,
     records: list[ProteinRecord],
@@ -61,23 +84,29 @@ def task(
     dtype: torch.dtype,
     normalise: str,
 ) -> dict[str, object]:
+    """Mean pooling against whole-protein composition (the top-level figures, as the card keeps
+    them), and `segments` pooling against it and against composition of the same stretches."""
     labels = [set(r.labels) for r in records]
     sequences = [r.sequence for r in records]
-    embeddings = layer_embeddings(encoder, sequences, dtype=dtype, desc=name)
-    hits = [nn1_hits(layer, labels, normalise) for layer in embeddings]
-    per_layer = {str(k): round(float(h.mean()), 4) for k, h in enumerate(hits)}
+    pooled = pooled_layer_embeddings(
+        encoder, sequences, poolings=("mean", "segments"), dtype=dtype, desc=name
+    )
     comp = nn1_hits(composition_features(sequences), labels, normalise)
-    best = max(per_layer, key=lambda k: per_layer[k])
+    comp_segments = nn1_hits(segment_composition_features(sequences), labels, normalise)
     return {
         "records": len(records),
         "classes": len({r.labels[0] for r in records}),
-        "nn1_by_layer": per_layer,
-        "best_layer": int(best),
-        "nn1_best_layer": per_layer[best],
-        "nn1_last_layer": per_layer[str(len(embeddings) - 1)],
+        **_scores(pooled["mean"], {"composition": comp}, labels, normalise),
         "nn1_composition": round(float(comp.mean()), 4),
-        "last_minus_composition_ci95": paired_ci(hits[-1], comp),
-        "best_minus_composition_ci95": paired_ci(hits[int(best)], comp),
+        "segments": {
+            **_scores(
+                pooled["segments"],
+                {"composition": comp, "composition_segments": comp_segments},
+                labels,
+                normalise,
+            ),
+            "nn1_composition_segments": round(float(comp_segments.mean()), 4),
+        },
     }
 
 

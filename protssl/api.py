@@ -18,7 +18,8 @@ __all__ = ["EmbedResult", "embed"]
 
 @dataclass(frozen=True)
 class EmbedResult:
-    """Vectors in input order: `vectors` is (N, D) for mean/bos pooling, a list of (L, D) per residue."""
+    """Vectors in input order: `vectors` is (N, D) for mean/bos pooling, (N, 4 * D) for segments, a
+    list of (L, D) per residue."""
 
     ids: list[str]
     vectors: np.ndarray | list[np.ndarray]

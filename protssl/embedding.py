@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Literal
 
 import numpy as np
 import torch
@@ -20,10 +19,12 @@ from protssl.batching import TokenBatch, WindowPolicy, plan_windows, read_ahead,
 from protssl.checkpoint import LoadedModel
 from protssl.errors import InvalidInputError
 from protssl.fasta import ProteinRecord
+from protssl.pooling import POOLINGS, SEGMENTS, Pooling, pooled_width, segment_means
 from protssl.store import EmbeddingCache, EmbeddingItem, EmbeddingKey, sequence_sha256
 
 __all__ = [
     "POOLINGS",
+    "SEGMENTS",
     "BatchOutcome",
     "CacheStats",
     "EmbedConfig",
@@ -36,10 +37,9 @@ __all__ = [
     "expected_provenance",
     "mean_over_residues",
     "pool_rows",
+    "pooled_width",
+    "segment_means",
 ]
-
-Pooling = Literal["mean", "bos", "per-residue"]
-POOLINGS: tuple[str, ...] = ("mean", "bos", "per-residue")
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,9 @@ class EmbedConfig:
     """How records become vectors."""
 
     pooling: Pooling = "mean"
-    """`mean` over residues (BOS/EOS/padding excluded), `bos` token, or `per-residue` (L x D)."""
+    """`mean` over residues (BOS/EOS/padding excluded), `bos` token, `segments` (the means of
+    `SEGMENTS` equal stretches, N- to C-terminal, end to end: SEGMENTS * D values), or `per-residue`
+    (L x D)."""
     layer: int | None = None
     """Which layer's hidden states: 0 = embeddings, n = last (layer-normed); negative counts back;
     None = the model's default (its card's recommended layer, else the last)."""
@@ -88,7 +90,8 @@ class Provenance:
 
 @dataclass(frozen=True)
 class Embedding:
-    """One record's vector: (D,) for mean/bos pooling, (L, D) per residue; always float32."""
+    """One record's vector: (D,) for mean/bos, (SEGMENTS * D,) for segments, (L, D) per residue;
+    always float32."""
 
     id: str
     length: int
@@ -400,7 +403,7 @@ def _embed_batches(
         hidden = _forward(model, batch, layers)  # (B, T, len(layers) * C) float32
         finished: list[tuple[int, Embedding]] = []
         pooled = (
-            pool_rows(hidden, batch.tokens, config.pooling)
+            pool_rows(hidden, batch.tokens, config.pooling, groups=len(layers))
             if config.pooling != "per-residue"
             else None
         )
@@ -432,7 +435,7 @@ def _embed_batches(
             stitch.windows_left -= 1
             if stitch.windows_left == 0:
                 del stitches[window.item]
-                vector = _finish_stitch(stitch, config.pooling)
+                vector = _finish_stitch(stitch, config.pooling, groups=len(layers))
                 embedding = _embedding(record, vector, provenance, windows=stitch.windows)
                 finished.append((window.item, embedding))
         yield finished, batch.residues
@@ -446,13 +449,20 @@ def _forward(model: LoadedModel, batch: TokenBatch, layers: tuple[int, ...]) -> 
         return (hidden[0] if len(layers) == 1 else torch.cat(hidden, dim=-1)).cpu()
 
 
-def pool_rows(hidden: torch.Tensor, tokens: torch.Tensor, pooling: str) -> np.ndarray:
-    """Mean or max over residue positions (by mask, never by slicing) or the BOS row, per row.
+def pool_rows(
+    hidden: torch.Tensor, tokens: torch.Tensor, pooling: str, *, groups: int = 1
+) -> np.ndarray:
+    """Mean or max over residue positions (by mask, never by slicing), segment means, or the BOS
+    row, per row. `groups`: layers concatenated along channels (see `segment_means`).
 
     `max` is not served (windows are stitched by averaging); `protssl analyze` compares it.
     """
     if pooling == "bos":
         return hidden[:, 0].numpy().copy()
+    if pooling == "segments":
+        mask = _residue_mask(tokens).numpy()
+        rows = hidden.numpy()
+        return np.stack([segment_means(rows[i][mask[i]], groups=groups) for i in range(len(rows))])
     if pooling == "max":
         masked = hidden.masked_fill(~_residue_mask(tokens).unsqueeze(-1), float("-inf"))
         return masked.amax(1).numpy()
@@ -473,13 +483,15 @@ def mean_over_residues(hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tens
     return sums / weights.sum(1, keepdim=True)
 
 
-def _finish_stitch(stitch: _Stitch, pooling: str) -> np.ndarray:
+def _finish_stitch(stitch: _Stitch, pooling: str, *, groups: int = 1) -> np.ndarray:
     """Average overlapping windows per residue, then pool; BOS is the mean of the windows' BOS."""
     per_residue = stitch.total / stitch.count[:, None]
     if pooling == "per-residue":
         return per_residue.astype(np.float32)
     if pooling == "bos":
         return (stitch.bos / stitch.windows).astype(np.float32)
+    if pooling == "segments":
+        return segment_means(per_residue, groups=groups)
     return per_residue.mean(0).astype(np.float32)
 
 

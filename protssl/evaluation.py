@@ -23,6 +23,7 @@ import numpy as np
 from protssl.errors import InvalidInputError
 from protssl.fewshot import UNKNOWN, FewShotClassifier, FewShotConfig, Prediction
 from protssl.fewshot.episodes import Episode, sample_episodes
+from protssl.pooling import SEGMENTS, segment_bounds
 
 __all__ = [
     "AMINO_ACIDS",
@@ -37,6 +38,7 @@ __all__ = [
     "reliability",
     "residue_codes",
     "sample_episodes",
+    "segment_composition_features",
     "standardise",
     "write_report",
 ]
@@ -66,6 +68,23 @@ def composition_features(sequences: Sequence[str]) -> np.ndarray:
         if len(pairs):
             out[row, 20:] = np.bincount(pairs, minlength=400) / len(pairs)
     return out
+
+
+def segment_composition_features(sequences: Sequence[str]) -> np.ndarray:
+    """`composition_features` of each of `segment_bounds`' stretches, end to end: (N, SEGMENTS*420).
+
+    The model-free anchor for `segments` pooling: the same positional split, over composition.
+    """
+    return (
+        np.stack(
+            [
+                composition_features([s[a:b] for a, b in segment_bounds(len(s))]).reshape(-1)
+                for s in sequences
+            ]
+        )
+        if sequences
+        else np.zeros((0, SEGMENTS * 420), dtype=np.float32)
+    )
 
 
 def standardise(vectors: np.ndarray, normalise: str = "centre") -> np.ndarray:

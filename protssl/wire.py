@@ -90,7 +90,12 @@ class WireEnum(Generic[E]):
 
 POOLING = WireEnum(
     "pooling",
-    {"mean": pb.POOLING_MEAN, "bos": pb.POOLING_BOS, "per-residue": pb.POOLING_PER_RESIDUE},
+    {
+        "mean": pb.POOLING_MEAN,
+        "bos": pb.POOLING_BOS,
+        "segments": pb.POOLING_SEGMENTS,
+        "per-residue": pb.POOLING_PER_RESIDUE,
+    },
     default="mean",
 )
 VECTOR_DTYPE = WireEnum(

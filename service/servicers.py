@@ -33,6 +33,7 @@ from protssl.errors import (
     StreamIdleError,
 )
 from protssl.fasta import FastaPolicy, ProteinRecord, records_from_sequences
+from protssl.pooling import pooled_width
 from protssl.store import Store
 from protssl.store.classifiers import check_example, check_name
 from protssl.wire import (
@@ -241,12 +242,12 @@ class EmbeddingServicer(_Face, pb_grpc.EmbeddingServiceServicer):
     def Embed(self, request: pb.EmbedRequest, context: grpc.ServicerContext) -> pb.EmbedResponse:
         self._check_model(request.options.model)
         records = self._records(request.sequences, 0, on_invalid=request.options.on_invalid)
-        per_residue = POOLING.name(request.options.pooling) == "per-residue"
+        pooling = POOLING.name(request.options.pooling)
         dtype = VECTOR_DTYPE.name(request.options.dtype)
         check_response_size(
             [r.id for r in records],
-            sum(len(r) for r in records) if per_residue else 0,
-            self.model.encoder.config.embed_dim,
+            sum(len(r) for r in records) if pooling == "per-residue" else 0,
+            pooled_width(pooling, self.model.encoder.config.embed_dim),
             np.dtype(dtype).itemsize,
             self.config,
         )

@@ -14,6 +14,7 @@ import pytest
 
 from protssl.cli import main
 from protssl.output import read_vectors
+from protssl.pooling import SEGMENTS
 
 
 def _first_records(src: Path, n: int, dest: Path) -> Path:
@@ -57,6 +58,33 @@ def test_embed_h5_then_resume_skips_done_ids(
     assert vector.shape == (64,) and vector.dtype == np.float32
     assert attrs["model_name"] == "tiny-test" and attrs["pooling"] == "mean"
     assert len(attrs["model_sha256"]) == 64 and attrs["windowed"] in (0, 1, False, True)
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".npz"])
+def test_segments_pooling_writes_four_stretch_means_per_record(
+    tiny_model_dir: Path,
+    sample_fasta: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    suffix: str,
+) -> None:
+    part = _first_records(sample_fasta, 6, tmp_path / "part.fasta")
+    out = tmp_path / f"out{suffix}"
+    args = [
+        "--model",
+        str(tiny_model_dir),
+        "--no-progress",
+        "--dtype",
+        "float32",
+        "--overlap",
+        "16",
+    ]
+    assert main(["embed", str(part), "-o", str(out), "--pooling", "segments", *args]) == 0
+    assert _summary(capsys)["records"] == 6
+    rows = list(read_vectors(out))
+    assert len(rows) == 6
+    for _, vector, attrs in rows:
+        assert vector.shape == (SEGMENTS * 64,) and attrs["pooling"] == "segments"
 
 
 def test_resume_refuses_other_provenance(

@@ -7,9 +7,10 @@ import pytest
 
 from protssl.batching import WindowPolicy
 from protssl.checkpoint import load_model
-from protssl.embedding import EmbedConfig, embed_records
+from protssl.embedding import EmbedConfig, embed_records, embed_records_layers
 from protssl.errors import SequenceTooLongError
 from protssl.fasta import ProteinRecord, read_fasta
+from protssl.pooling import SEGMENTS, segment_bounds
 
 
 def _records(sample_fasta: Path, n: int, max_len: int = 62) -> list[ProteinRecord]:
@@ -66,6 +67,39 @@ def test_long_sequence_is_windowed_and_stitched(tiny_model_dir: Path, sample_fas
     np.testing.assert_allclose(embedding.vector[:40], first_window.vector[:40], atol=1e-5)
     with pytest.raises(SequenceTooLongError, match=long.id):
         list(embed_records([long], model, EmbedConfig(window=WindowPolicy(mode="refuse"))))
+
+
+def test_segments_are_the_stretch_means_of_the_residue_states_batched_windowed_or_alone(
+    tiny_model_dir: Path, sample_fasta: Path
+) -> None:
+    model = load_model(tiny_model_dir, dtype="float32")
+    long = next(r for r in read_fasta(sample_fasta) if 200 <= len(r) <= 400)
+    records = [*_records(sample_fasta, 12), ProteinRecord("tiny", "MK"), long]
+    window = WindowPolicy(overlap=16)
+    segments = _by_id(records, model, EmbedConfig(pooling="segments", window=window))
+    per_residue = _by_id(records, model, EmbedConfig(pooling="per-residue", window=window))
+    for record in records:
+        assert segments[record.id].shape == (SEGMENTS * 64,)
+        want = np.concatenate(
+            [per_residue[record.id][a:b].mean(0) for a, b in segment_bounds(len(record))]
+        )
+        np.testing.assert_allclose(segments[record.id], want, atol=1e-5)
+    alone = _by_id(
+        [records[3]], model, EmbedConfig(pooling="segments", max_tokens=64, window=window)
+    )
+    np.testing.assert_allclose(alone[records[3].id], segments[records[3].id], atol=1e-5)
+    by_layer = {
+        e_by_layer[1].id: e_by_layer
+        for e_by_layer in embed_records_layers(
+            records, model, [1, 2], EmbedConfig(pooling="segments", window=window)
+        )
+    }
+    for layer in (1, 2):
+        single = _by_id(records, model, EmbedConfig(pooling="segments", layer=layer, window=window))
+        for record in records:
+            np.testing.assert_allclose(
+                by_layer[record.id][layer].vector, single[record.id], atol=1e-6
+            )
 
 
 @pytest.mark.slow

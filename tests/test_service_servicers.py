@@ -24,7 +24,9 @@ from protssl._proto import protssl_pb2_grpc as pb_grpc
 from protssl.checkpoint import LoadedModel
 from protssl.embedding import EmbedConfig, embed_records
 from protssl.fasta import ProteinRecord, read_fasta
+from protssl.pooling import pooled_width
 from protssl.store import Store, StoreConfig
+from protssl.wire import POOLING
 
 pytestmark = pytest.mark.service
 
@@ -57,12 +59,11 @@ def stub(channel: grpc.Channel) -> pb_grpc.EmbeddingServiceStub:
     return pb_grpc.EmbeddingServiceStub(channel)
 
 
-@pytest.mark.parametrize("pooling", ["mean", "bos", "per-residue"])
+@pytest.mark.parametrize("pooling", ["mean", "bos", "segments", "per-residue"])
 def test_embed_equals_in_process_embed_records_then_hits_the_cache(
     stub, service_model, service_records, pooling
 ):
-    enum = {"mean": pb.POOLING_MEAN, "bos": pb.POOLING_BOS, "per-residue": pb.POOLING_PER_RESIDUE}
-    request = request_for(service_records, pooling=enum[pooling])
+    request = request_for(service_records, pooling=POOLING.value(pooling))
     response = stub.Embed(request, timeout=60)
     got = vectors(response)
     expected = {
@@ -72,9 +73,8 @@ def test_embed_equals_in_process_embed_records_then_hits_the_cache(
     for message in response.embeddings:
         want = expected[message.id]
         np.testing.assert_allclose(got[message.id], want.vector, rtol=1e-4, atol=1e-5)
-        assert (
-            message.length == want.length and message.dim == service_model.encoder.config.embed_dim
-        )
+        dim = pooled_width(pooling, service_model.encoder.config.embed_dim)
+        assert message.length == want.length and message.dim == dim
         assert not message.cached
         assert message.provenance.model_sha256 == service_model.sha256
         assert message.provenance.pooling == pooling

@@ -51,7 +51,9 @@ def test_unknown_enum_names_and_values_are_the_callers_error() -> None:
         wire.POOLING.name(9)
     with pytest.raises(InvalidInputError, match="unknown vector dtype 7"):
         wire.VECTOR_DTYPE.name(7)
-    with pytest.raises(InvalidInputError, match="pooling must be one of mean, bos, per-residue"):
+    with pytest.raises(
+        InvalidInputError, match="pooling must be one of mean, bos, segments, per-residue"
+    ):
         wire.POOLING.value("max")
     with pytest.raises(InvalidInputError, match="classifier method must be one of prototype"):
         wire.CLASSIFIER_METHOD.value("svm")

@@ -13,6 +13,7 @@ class Pooling(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     POOLING_MEAN: _ClassVar[Pooling]
     POOLING_BOS: _ClassVar[Pooling]
     POOLING_PER_RESIDUE: _ClassVar[Pooling]
+    POOLING_SEGMENTS: _ClassVar[Pooling]
 
 class VectorDType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -39,6 +40,7 @@ POOLING_UNSPECIFIED: Pooling
 POOLING_MEAN: Pooling
 POOLING_BOS: Pooling
 POOLING_PER_RESIDUE: Pooling
+POOLING_SEGMENTS: Pooling
 VECTOR_DTYPE_UNSPECIFIED: VectorDType
 VECTOR_DTYPE_FLOAT32: VectorDType
 VECTOR_DTYPE_FLOAT16: VectorDType

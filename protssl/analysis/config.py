@@ -27,8 +27,8 @@ EXAMPLES_DIR = _ROOT / "examples"
 """The few real records a clone ships, used when the shared data is absent."""
 
 DEFAULT_SHOTS: tuple[int, ...] = (1, 2, 4, 8, 16)
-COMPARED_POOLINGS: tuple[str, ...] = ("mean", "bos", "max")
-SERVED_POOLINGS: tuple[str, ...] = ("mean", "bos")
+COMPARED_POOLINGS: tuple[str, ...] = ("mean", "bos", "max", "segments")
+SERVED_POOLINGS: tuple[str, ...] = ("mean", "bos", "segments")
 """The poolings `protssl embed` and the service offer: a recommendation is one of these."""
 
 

@@ -9,13 +9,21 @@ from typing import Any
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from protssl.pooling import SEGMENTS
+
 __all__ = ["FIGURES", "draw_figures"]
 
 FIGURES = ("information.png", "geometry.png", "learning_curves.png", "selection.png")
-_POOLING_STYLE = {"mean": ("tab:blue", "o"), "bos": ("tab:orange", "s"), "max": ("tab:green", "^")}
+_POOLING_STYLE = {
+    "mean": ("tab:blue", "o"),
+    "bos": ("tab:orange", "s"),
+    "max": ("tab:green", "^"),
+    "segments": ("tab:purple", "D"),
+}
 _BASELINE_STYLE = {
     "composition_z": ("tab:grey", "--", "z-scored composition"),
     "kmer3": ("tab:brown", ":", "3-mer frequencies"),
+    "composition_segments_z": ("tab:olive", "--", f"z-scored composition of {SEGMENTS} stretches"),
 }
 _DPI = 120
 

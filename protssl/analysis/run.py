@@ -27,7 +27,7 @@ from protssl.analysis.efficiency import (
 from protssl.analysis.information import measure_information
 from protssl.checkpoint import LoadedModel
 from protssl.errors import InvalidInputError
-from protssl.evaluation import composition_features, standardise
+from protssl.evaluation import composition_features, segment_composition_features, standardise
 from protssl.pretrain.data import load_corpus
 from protssl.pretrain.probe import pooled_layer_embeddings
 
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 _BASELINES: dict[str, tuple[Callable[[list[str]], np.ndarray], str]] = {
     "composition_z": (composition_features, "zscore"),
     "kmer3": (kmer_features, "centre"),
+    "composition_segments_z": (segment_composition_features, "zscore"),
 }
 """Model-free features beside the model's: (features of sequences, their standardisation)."""
 

@@ -23,6 +23,7 @@ from protssl.cli.args import (
 )
 from protssl.cli.commands import Command
 from protssl.errors import InvalidInputError, ProtsslError
+from protssl.pooling import POOLINGS, SEGMENTS
 
 if TYPE_CHECKING:
     from protssl.checkpoint import LoadedModel
@@ -44,7 +45,10 @@ def _build(parser: argparse.ArgumentParser) -> None:
     )
     add_model_args(parser)
     parser.add_argument(
-        "--pooling", default="mean", choices=("mean", "bos", "per-residue"), help="default: mean"
+        "--pooling",
+        default="mean",
+        choices=POOLINGS,
+        help=f"default: mean; segments: the means of {SEGMENTS} equal stretches, end to end",
     )
     parser.add_argument(
         "--layer",

@@ -59,7 +59,7 @@ def embed_for_fewshot(
     """
     config = config or EmbedConfig()
     if config.pooling == "per-residue":
-        raise InvalidInputError("few-shot classifiers need pooled vectors (mean or bos)")
+        raise InvalidInputError("few-shot classifiers need pooled vectors (mean, bos or segments)")
     wanted = tuple(layers)
     position = {r.id: i for i, r in enumerate(records)}
     if len(position) != len(records):

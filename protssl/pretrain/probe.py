@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from protssl.alphabet import ALPHABET, tokenize
 from protssl.batching import WindowPolicy, token_batches
-from protssl.embedding import pool_rows
+from protssl.embedding import pool_rows, pooled_width
 from protssl.errors import InvalidInputError
 from protssl.evaluation import composition_features, nn1_hits
 from protssl.fasta import FastaPolicy, read_fasta
@@ -131,14 +131,20 @@ def pooled_layer_embeddings(
     max_tokens: int = 8192,
     desc: str | None = None,
 ) -> dict[str, np.ndarray]:
-    """(layers + 1, N, D) vectors of every layer per pooling (`pool_rows`'), from one forward.
+    """(layers + 1, N, width) vectors of every layer per pooling (`pool_rows`'), from one forward;
+    width is `pooled_width` (D, or SEGMENTS * D for `segments`).
 
     Sequences are cut to the model's window, as in `layer_embeddings`.
     """
     device = next(encoder.parameters()).device
     n_layers = encoder.config.num_layers
-    shape = (n_layers + 1, len(sequences), encoder.config.embed_dim)
-    out = {pooling: np.zeros(shape, dtype=np.float32) for pooling in poolings}
+    dim = encoder.config.embed_dim
+    out = {
+        pooling: np.zeros(
+            (n_layers + 1, len(sequences), pooled_width(pooling, dim)), dtype=np.float32
+        )
+        for pooling in poolings
+    }
     cropped = [s[: encoder.config.max_residues] for s in sequences]
     batches = list(
         token_batches(

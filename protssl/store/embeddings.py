@@ -45,7 +45,7 @@ class EmbeddingKey:
     sequence_sha256: str
     """`sequence_sha256()` of the normalised sequence."""
     pooling: str
-    """`mean`, `bos` or `per-residue`."""
+    """`mean`, `bos`, `segments` or `per-residue`."""
     layer: int
     """The resolved (non-negative) layer index."""
     window_policy: str

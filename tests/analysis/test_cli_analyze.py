@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from protssl.analysis.config import COMPARED_POOLINGS, SERVED_POOLINGS
 from protssl.analysis.plots import FIGURES
 from protssl.checkpoint import CARD_NAME, file_sha256, read_card
 from protssl.cli import main
@@ -31,8 +32,13 @@ def test_analyze_tiny_model_on_examples_writes_the_report_and_updates_the_card(
     assert "using examples/" in caplog.text
     top = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert top["data"] == "examples" and top["report"] == str(out / "report.md")
-    assert top["recommended_pooling"] in ("mean", "bos") and 0 <= top["recommended_layer"] <= 2
-    assert set(top["fewshot"]["is_families"]) == {"model", "composition_z", "kmer3"}
+    assert top["recommended_pooling"] in SERVED_POOLINGS and 0 <= top["recommended_layer"] <= 2
+    assert set(top["fewshot"]["is_families"]) == {
+        "model",
+        "composition_z",
+        "kmer3",
+        "composition_segments_z",
+    }
     assert len(top["fewshot"]["is_families"]["model"]) == 3
     for name in (*FIGURES, "report.md", "report.html", "report.json"):
         assert (out / name).stat().st_size > 0, name
@@ -42,7 +48,7 @@ def test_analyze_tiny_model_on_examples_writes_the_report_and_updates_the_card(
     assert (out / "report.html").read_text().count("data:image/png;base64,") == len(FIGURES)
     full = json.loads((out / "report.json").read_text())
     assert full["headline"] == {k: v for k, v in top.items() if k != "report"}
-    assert set(full["selection"]["score"]) == {"mean", "bos", "max"}
+    assert set(full["selection"]["score"]) == set(COMPARED_POOLINGS)
     assert full["skipped"] == {}
     training = read_card(model).training
     assert training is not None

@@ -17,6 +17,7 @@ from protssl.evaluation import (
     per_class_metrics,
     reliability,
     sample_episodes,
+    segment_composition_features,
     write_report,
 )
 from protssl.fasta import ProteinRecord
@@ -78,6 +79,16 @@ def test_composition_features_count_residues_and_pairs() -> None:
     assert x[0, 20 + 0 * 20 + 1] == pytest.approx(0.5)  # AC
     assert x[1, :20].sum() == pytest.approx(1.0)
     assert x[1, 20:].sum() == 0.0  # X breaks both pairs
+
+
+def test_segment_composition_is_the_composition_of_each_stretch_end_to_end() -> None:
+    x = segment_composition_features(["AACCDDEE", "MK"])
+    assert x.shape == (2, 4 * 420)
+    stretches = x[0].reshape(4, 420)
+    np.testing.assert_array_equal(stretches, composition_features(["AA", "CC", "DD", "EE"]))
+    assert stretches[1, 1] == 1.0 and stretches[1, 20 + 1 * 20 + 1] == 1.0  # C, then CC
+    # a protein shorter than the stretches: each holds one residue, so no pairs
+    np.testing.assert_array_equal(x[1].reshape(4, 420), composition_features(["M", "M", "K", "K"]))
 
 
 def test_split_evaluation_and_report_write_png_markdown_and_html(
