@@ -16,7 +16,7 @@ from service_support import load_tiny, real_records, running_server, save_tiny_m
 
 import protssl
 from protssl.checkpoint import LoadedModel
-from protssl.embedding import embed_records
+from protssl.embedding import EmbedConfig, embed_records
 from protssl.errors import (
     DeadlineExceededError,
     InvalidInputError,
@@ -25,6 +25,7 @@ from protssl.errors import (
     UnavailableError,
 )
 from protssl.fasta import ProteinRecord, read_fasta
+from protssl.pooling import SEGMENTS
 
 pytestmark = pytest.mark.service
 
@@ -97,6 +98,24 @@ def test_embed_fasta_streams_in_input_order(address, sample_fasta, tmp_path):
         unary = client.embed(chosen[:8])
     assert streamed.ids == [r.id for r in chosen]
     np.testing.assert_allclose(streamed.vectors[:8], unary.vectors, atol=1e-5)
+
+
+def test_segments_pooling_unary_and_streamed_equal_in_process(
+    address, model, sample_fasta, tmp_path
+):
+    fasta = tmp_path / "few.fasta"
+    chosen = real_records(sample_fasta, 7, max_length=400)
+    fasta.write_text("".join(f">{r.id}\n{r.sequence}\n" for r in chosen))
+    with protssl.Client(address) as client:
+        unary = client.embed(chosen, pooling="segments")
+        streamed = client.embed_fasta(fasta, chunk=3, pooling="segments", progress=False)
+    expected = {
+        e.id: e.vector for e in embed_records(chosen, model, EmbedConfig(pooling="segments"))
+    }
+    assert unary.vectors.shape == (len(chosen), SEGMENTS * 64)
+    np.testing.assert_allclose(unary.vectors, np.stack([expected[r.id] for r in chosen]), atol=1e-5)
+    np.testing.assert_allclose(streamed.vectors, unary.vectors, atol=1e-5)
+    assert {e.provenance.pooling for e in streamed.embeddings} == {"segments"}
 
 
 def test_list_models(address, model):
