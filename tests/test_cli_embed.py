@@ -24,6 +24,11 @@ def _first_records(src: Path, n: int, dest: Path) -> Path:
     return dest
 
 
+def _tiny_args(model_dir: Path) -> list[str]:
+    """The tiny test model in float32, without a progress bar, windows that fit its 62 residues."""
+    return ["--model", str(model_dir), "--no-progress", "--dtype", "float32", "--overlap", "16"]
+
+
 def _summary(capsys: pytest.CaptureFixture[str]) -> dict:
     out = capsys.readouterr().out.strip().splitlines()
     return json.loads(out[-1])
@@ -35,15 +40,7 @@ def test_embed_h5_then_resume_skips_done_ids(
     out = tmp_path / "out.h5"
     part = _first_records(sample_fasta, 10, tmp_path / "part.fasta")
     full = _first_records(sample_fasta, 25, tmp_path / "full.fasta")
-    base = [
-        "--model",
-        str(tiny_model_dir),
-        "--no-progress",
-        "--dtype",
-        "float32",
-        "--overlap",
-        "16",
-    ]
+    base = _tiny_args(tiny_model_dir)
     assert main(["embed", str(part), "-o", str(out), *base]) == 0
     first = _summary(capsys)
     assert first["records"] == 10 and first["errors"] == 0
@@ -70,15 +67,7 @@ def test_segments_pooling_writes_four_stretch_means_per_record(
 ) -> None:
     part = _first_records(sample_fasta, 6, tmp_path / "part.fasta")
     out = tmp_path / f"out{suffix}"
-    args = [
-        "--model",
-        str(tiny_model_dir),
-        "--no-progress",
-        "--dtype",
-        "float32",
-        "--overlap",
-        "16",
-    ]
+    args = _tiny_args(tiny_model_dir)
     assert main(["embed", str(part), "-o", str(out), "--pooling", "segments", *args]) == 0
     assert _summary(capsys)["records"] == 6
     rows = list(read_vectors(out))
