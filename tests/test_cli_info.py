@@ -24,9 +24,14 @@ def test_info_names_the_cpu_dtypes_model_and_store(
     assert f"auto dtype: {describe()['auto_dtype']} on cpu" in text
     assert "fast paths (float32): " in text and "fast paths (bfloat16): " in text
     assert "default model: tiny-test (sha256 " in text and f"default store: {db}" in text
+    assert "recommended pooling" not in text  # the tiny card recommends none
     assert main(["info", "--json", "--db", "postgresql+psycopg://me:secret@db/x"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["default_store"] == "postgresql+psycopg://me:***@db/x"
-    assert info["default_model"]["name"] == "protssl-default"
+    shipped = info["default_model"]
+    assert shipped["name"] == "protssl-default" and shipped["default_layer"] == 6
+    assert shipped["recommended_pooling"] == "segments"  # `protssl analyze --update-card` chose it
+    assert main(["info"]) == 0
+    assert "layer 6 unless named, recommended pooling segments" in capsys.readouterr().out
     assert main(["info", "--model", str(tmp_path)]) == 0  # no card there: said, not raised
     assert f"default model: {tmp_path}: " in capsys.readouterr().out

@@ -49,7 +49,14 @@ def _model_summary(spec: str | None) -> dict[str, object]:
     except (OSError, ProtsslError) as exc:
         summary["error"] = str(exc)
         return summary
-    summary.update(name=card.name, sha256=card.sha256, layers=card.architecture.num_layers)
+    training = card.training or {}
+    summary.update(
+        name=card.name,
+        sha256=card.sha256,
+        layers=card.architecture.num_layers,
+        default_layer=training.get("recommended_layer", card.architecture.num_layers),
+        recommended_pooling=training.get("recommended_pooling"),
+    )
     return summary
 
 
@@ -81,7 +88,13 @@ def _info(args: argparse.Namespace) -> int:
         ),
         "default model: "
         + (
-            f"{model['name']} (sha256 {str(model['sha256'])[:12]}) at {model['path']}"
+            f"{model['name']} (sha256 {str(model['sha256'])[:12]}) at {model['path']}; "
+            f"layer {model['default_layer']} unless named"
+            + (
+                f", recommended pooling {model['recommended_pooling']} (the default is mean)"
+                if model["recommended_pooling"] not in (None, "mean")
+                else ""
+            )
             if "name" in model
             else f"{model['path']}: {model['error']}"
         ),
