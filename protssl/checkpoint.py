@@ -38,6 +38,7 @@ from protssl.model import (
     init_weights,
     resolve_dtype,
 )
+from protssl.pooling import POOLINGS
 
 __all__ = [
     "CARD_NAME",
@@ -145,6 +146,13 @@ class LoadedModel:
         layer = (self.card.training or {}).get("recommended_layer")
         last = self.encoder.config.num_layers
         return layer if isinstance(layer, int) and 0 <= layer <= last else last
+
+    @property
+    def recommended_pooling(self) -> str | None:
+        """The card's `recommended_pooling` (what `protssl analyze --update-card` measured best
+        among the served poolings), or None. Informational: callers name their pooling."""
+        pooling = (self.card.training or {}).get("recommended_pooling")
+        return pooling if pooling in POOLINGS and pooling != "per-residue" else None
 
     def resolve_layer(self, layer: int | None) -> int:
         """`layer` as 0..num_layers (negative counts back from the last); None is `default_layer`."""

@@ -193,10 +193,15 @@ class ModelInfo:
     parameters: int
     is_default: bool
     """Served when a request names no model."""
+    default_layer: int
+    """Served when a request names no layer."""
+    recommended_pooling: str
+    """The pooling the model's card recommends (`protssl analyze`); empty when it names none."""
 
 
 def model_info_to_proto(model: LoadedModel, *, is_default: bool) -> pb.ModelInfo:
-    """The model's name and sha256, and its config's num_layers, embed_dim and max_residues."""
+    """The model's name and sha256, its config's num_layers, embed_dim and max_residues, and the
+    layer and pooling its card recommends."""
     config = model.encoder.config
     return _to_message(
         pb.ModelInfo,
@@ -206,6 +211,8 @@ def model_info_to_proto(model: LoadedModel, *, is_default: bool) -> pb.ModelInfo
         compute_dtype=model.dtype_name,
         parameters=config.num_parameters(),
         is_default=is_default,
+        default_layer=model.default_layer,
+        recommended_pooling=model.recommended_pooling or "",
     )
 
 

@@ -78,8 +78,12 @@ def test_update_card_training_merges_and_leaves_the_weights(
     save_model(encoder, tmp_path / "m", name="m", training={"steps": 3, "recommended_layer": 1})
     before = file_sha256(tmp_path / "m" / "model.safetensors")
     update_card_training(tmp_path / "m", {"recommended_layer": 2, "recommended_pooling": "bos"})
-    card = load_model(tmp_path / "m").card
+    loaded = load_model(tmp_path / "m")
+    card = loaded.card
     assert card.training == {"steps": 3, "recommended_layer": 2, "recommended_pooling": "bos"}
+    assert (loaded.default_layer, loaded.recommended_pooling) == (2, "bos")
+    update_card_training(tmp_path / "m", {"recommended_pooling": "per-residue"})
+    assert load_model(tmp_path / "m").recommended_pooling is None  # not a pooled vector
     assert file_sha256(tmp_path / "m" / "model.safetensors") == before == card.sha256
     with pytest.raises(ModelNotFoundError):
         update_card_training(tmp_path, {"recommended_layer": 0})

@@ -139,6 +139,8 @@ def test_list_models(stub, service_model):
         64,
     )
     assert info.is_default and info.max_residues == 1022
+    assert info.default_layer == service_model.default_layer
+    assert info.recommended_pooling == ""  # the tiny model's card recommends none
 
 
 def test_invalid_residue_names_index_id_and_position(stub, service_records):

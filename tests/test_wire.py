@@ -110,6 +110,8 @@ def test_model_classifier_and_prediction_messages_round_trip(tiny_model_dir: Pat
         compute_dtype="float32",
         parameters=config.num_parameters(),
         is_default=True,
+        default_layer=config.num_layers,
+        recommended_pooling="",
     )
     created = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
     stored = StoredClassifier(

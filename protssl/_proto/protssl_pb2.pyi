@@ -162,7 +162,7 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "sha256", "num_layers", "embed_dim", "max_residues", "compute_dtype", "parameters", "is_default")
+    __slots__ = ("name", "sha256", "num_layers", "embed_dim", "max_residues", "compute_dtype", "parameters", "is_default", "default_layer", "recommended_pooling")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
@@ -171,6 +171,8 @@ class ModelInfo(_message.Message):
     COMPUTE_DTYPE_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_LAYER_FIELD_NUMBER: _ClassVar[int]
+    RECOMMENDED_POOLING_FIELD_NUMBER: _ClassVar[int]
     name: str
     sha256: str
     num_layers: int
@@ -179,7 +181,9 @@ class ModelInfo(_message.Message):
     compute_dtype: str
     parameters: int
     is_default: bool
-    def __init__(self, name: _Optional[str] = ..., sha256: _Optional[str] = ..., num_layers: _Optional[int] = ..., embed_dim: _Optional[int] = ..., max_residues: _Optional[int] = ..., compute_dtype: _Optional[str] = ..., parameters: _Optional[int] = ..., is_default: _Optional[bool] = ...) -> None: ...
+    default_layer: int
+    recommended_pooling: str
+    def __init__(self, name: _Optional[str] = ..., sha256: _Optional[str] = ..., num_layers: _Optional[int] = ..., embed_dim: _Optional[int] = ..., max_residues: _Optional[int] = ..., compute_dtype: _Optional[str] = ..., parameters: _Optional[int] = ..., is_default: _Optional[bool] = ..., default_layer: _Optional[int] = ..., recommended_pooling: _Optional[str] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)
