@@ -241,6 +241,8 @@ class ClassifierInfo:
     """Held-out support metrics: held_out, top1_accuracy, answered_rate, accuracy_on_answered, ..."""
     created_at: str
     """ISO 8601."""
+    pooling: str = "mean"
+    """Of the vectors it was fitted on, and classifies."""
 
 
 def classifier_info_to_proto(stored: StoredClassifier) -> pb.ClassifierInfo:
@@ -264,6 +266,7 @@ def classifier_info_to_proto(stored: StoredClassifier) -> pb.ClassifierInfo:
             layer=int(metrics.get("layer", 0)),
         ),
         created_at=stored.created_at.isoformat(),
+        pooling=POOLING.value(stored.params.get("info", {}).get("pooling", POOLING.default)),
     )
 
 
@@ -273,6 +276,7 @@ def classifier_info_from_proto(message: pb.ClassifierInfo) -> ClassifierInfo:
         ClassifierInfo,
         message,
         method=CLASSIFIER_METHOD.names.get(message.method, "unspecified"),
+        pooling=POOLING.name(message.pooling),
         labels=tuple(message.labels),
         metrics={f.name: getattr(metrics, f.name) for f in metrics.DESCRIPTOR.fields},
     )

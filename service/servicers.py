@@ -374,8 +374,10 @@ class ClassifierServicer(_Face, pb_grpc.ClassifierServiceServicer):
         check_classifier([r.labels for r in records], [], self.config)
         method = CLASSIFIER_METHOD.name(request.method)
         settings = fewshot.FewShotConfig(method=method)  # type: ignore[arg-type]
+        embed_config = fewshot.classifier_embed_config(POOLING.name(request.pooling))
         fitted = self._on_worker(
-            lambda: fewshot.fit_records(records, self.model, settings), context
+            lambda: fewshot.fit_records(records, self.model, settings, embed_config=embed_config),
+            context,
         )
         stored = fewshot.save_classifier(
             self.store, request.name, fitted, records, new_name=not request.new_version

@@ -311,6 +311,51 @@ def test_classifier_lifecycle_and_classify_equals_in_process(
         assert error.code() == grpc.StatusCode.NOT_FOUND and "'families'" in error.details()
 
 
+def test_a_segments_classifier_classifies_with_segments_vectors(
+    channel, service_model, pfam, service_db_url
+):
+    classifiers = pb_grpc.ClassifierServiceStub(channel)
+    families = ["fn3", "RRM_1", "Pkinase"]
+    support = [
+        pb.LabelledSequence(id=r.id, sequence=r.sequence, labels=r.labels)
+        for f in families
+        for r in pfam[f][:4]
+    ]
+    queries = [r for f in families for r in pfam[f][4:6]]
+    created = classifiers.CreateClassifier(
+        pb.CreateClassifierRequest(
+            name="by-stretch", examples=support, pooling=pb.POOLING_SEGMENTS
+        ),
+        timeout=120,
+    )
+    assert created.pooling == pb.POOLING_SEGMENTS
+    added = classifiers.AddExamples(
+        pb.AddExamplesRequest(name="by-stretch", examples=support[:1]), timeout=120
+    )
+    assert (added.version, added.pooling) == (2, pb.POOLING_SEGMENTS)
+    reply = classifiers.Classify(
+        pb.ClassifyRequest(
+            name="by-stretch",
+            sequences=[pb.Sequence(id=r.id, sequence=r.sequence) for r in queries],
+        ),
+        timeout=60,
+    )
+    with Store(StoreConfig(url=service_db_url)) as store:
+        classifier, _ = fewshot.load_classifier(store, "by-stretch")
+    assert classifier.info["pooling"] == "segments"
+    expected = fewshot.classify_records(classifier, queries, service_model)
+    assert [p.top[0].label for p in reply.predictions] == [p.top_label for p in expected]
+    error = rpc_error(
+        classifiers.CreateClassifier,
+        pb.CreateClassifierRequest(
+            name="per-residue", examples=support, pooling=pb.POOLING_PER_RESIDUE
+        ),
+        timeout=60,
+    )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "pooled" in error.details()
+    classifiers.DeleteClassifier(pb.DeleteClassifierRequest(name="by-stretch"), timeout=10)
+
+
 def test_classifier_errors_are_invalid_argument(channel, pfam):
     classifiers = pb_grpc.ClassifierServiceStub(channel)
     one_class = [

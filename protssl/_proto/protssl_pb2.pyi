@@ -220,7 +220,7 @@ class ClassifierMetrics(_message.Message):
     def __init__(self, held_out: _Optional[str] = ..., top1_accuracy: _Optional[float] = ..., answered_rate: _Optional[float] = ..., accuracy_on_answered: _Optional[float] = ..., examples: _Optional[int] = ..., classes: _Optional[int] = ..., layer: _Optional[int] = ...) -> None: ...
 
 class ClassifierInfo(_message.Message):
-    __slots__ = ("id", "name", "version", "method", "model_sha256", "labels", "examples", "metrics", "created_at")
+    __slots__ = ("id", "name", "version", "method", "model_sha256", "labels", "examples", "metrics", "created_at", "pooling")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -230,6 +230,7 @@ class ClassifierInfo(_message.Message):
     EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    POOLING_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     version: int
@@ -239,21 +240,24 @@ class ClassifierInfo(_message.Message):
     examples: int
     metrics: ClassifierMetrics
     created_at: str
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[int] = ..., method: _Optional[_Union[ClassifierMethod, str]] = ..., model_sha256: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., examples: _Optional[int] = ..., metrics: _Optional[_Union[ClassifierMetrics, _Mapping]] = ..., created_at: _Optional[str] = ...) -> None: ...
+    pooling: Pooling
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[int] = ..., method: _Optional[_Union[ClassifierMethod, str]] = ..., model_sha256: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., examples: _Optional[int] = ..., metrics: _Optional[_Union[ClassifierMetrics, _Mapping]] = ..., created_at: _Optional[str] = ..., pooling: _Optional[_Union[Pooling, str]] = ...) -> None: ...
 
 class CreateClassifierRequest(_message.Message):
-    __slots__ = ("name", "method", "model", "examples", "new_version")
+    __slots__ = ("name", "method", "model", "examples", "new_version", "pooling")
     NAME_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     NEW_VERSION_FIELD_NUMBER: _ClassVar[int]
+    POOLING_FIELD_NUMBER: _ClassVar[int]
     name: str
     method: ClassifierMethod
     model: str
     examples: _containers.RepeatedCompositeFieldContainer[LabelledSequence]
     new_version: bool
-    def __init__(self, name: _Optional[str] = ..., method: _Optional[_Union[ClassifierMethod, str]] = ..., model: _Optional[str] = ..., examples: _Optional[_Iterable[_Union[LabelledSequence, _Mapping]]] = ..., new_version: _Optional[bool] = ...) -> None: ...
+    pooling: Pooling
+    def __init__(self, name: _Optional[str] = ..., method: _Optional[_Union[ClassifierMethod, str]] = ..., model: _Optional[str] = ..., examples: _Optional[_Iterable[_Union[LabelledSequence, _Mapping]]] = ..., new_version: _Optional[bool] = ..., pooling: _Optional[_Union[Pooling, str]] = ...) -> None: ...
 
 class AddExamplesRequest(_message.Message):
     __slots__ = ("name", "examples")

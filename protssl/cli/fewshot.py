@@ -148,6 +148,12 @@ def _add_fit_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", choices=METHODS, default="prototype", help="classifier head")
     parser.add_argument("--k", type=int, default=5, help="neighbours for --method knn")
     parser.add_argument(
+        "--pooling",
+        choices=("mean", "bos", "segments"),
+        default="mean",
+        help="how the vectors are pooled, for fitting and classifying (default mean)",
+    )
+    parser.add_argument(
         "--target-precision",
         type=float,
         default=0.9,
@@ -209,14 +215,21 @@ def _embed(
     model: LoadedModel,
     layers: tuple[int, ...],
     cache: EmbeddingCache,
+    pooling: str,
 ) -> dict[int, Any]:
     from protssl.embedding import CacheStats
-    from protssl.fewshot import embed_for_fewshot
+    from protssl.fewshot import classifier_embed_config, embed_for_fewshot
 
     stats = CacheStats()
     with _bar(records) as bar:
         vectors = embed_for_fewshot(
-            records, model, layers, on_batch=bar.update, cache=cache, stats=stats
+            records,
+            model,
+            layers,
+            classifier_embed_config(pooling),
+            on_batch=bar.update,
+            cache=cache,
+            stats=stats,
         )
     _print_stats(stats)
     return vectors
@@ -234,6 +247,7 @@ def _summary(stored: Any, classifier: FewShotClassifier) -> dict[str, Any]:
         "name": stored.name,
         "version": stored.version,
         "method": stored.method,
+        "pooling": classifier.info.get("pooling", "mean"),
         "model_sha256": stored.model_sha256,
         "classes": list(classifier.classes),
         "examples": len(stored.examples),
@@ -260,7 +274,7 @@ def _print_saved(stored: Any, classifier: FewShotClassifier) -> None:
 
 def _classifier_create(args: argparse.Namespace) -> int:
     from protssl.embedding import CacheStats
-    from protssl.fewshot import fit_records, save_classifier
+    from protssl.fewshot import classifier_embed_config, fit_records, save_classifier
 
     config = _fit_config(args)
     records = _read(args.fasta, args, labelled=True)
@@ -273,6 +287,7 @@ def _classifier_create(args: argparse.Namespace) -> int:
                 model,
                 config,
                 layers=_layers(args, model),
+                embed_config=classifier_embed_config(args.pooling),
                 on_batch=bar.update,
                 cache=store.embeddings,
                 stats=stats,
@@ -368,6 +383,7 @@ def _fewshot_eval(args: argparse.Namespace) -> int:
     metrics: dict[str, Any] = {
         **result.metrics,
         "method": args.method,
+        "pooling": args.pooling,
         "model": model.name,
         "model_sha256": model.sha256,
     }
@@ -403,7 +419,7 @@ def _evaluate(
             seed=args.seed,
         )
         used, remapped = subset_episodes(support, episodes)
-        features = _embed(used, model, layers, cache)
+        features = _embed(used, model, layers, cache, args.pooling)
         result = evaluate_episodes(
             features,
             [r.labels for r in used],
@@ -414,7 +430,7 @@ def _evaluate(
         title = f"{args.ways}-way {args.shots}-shot, {args.episodes} episodes, {args.method}"
     else:
         query = _read(args.query, args, labelled=True)
-        features = _embed([*support, *query], model, layers, cache)
+        features = _embed([*support, *query], model, layers, cache, args.pooling)
         n = len(support)
         result = evaluate_split(
             {k: v[:n] for k, v in features.items()},

@@ -27,6 +27,7 @@ from protssl.fewshot.episodes import Episode, sample_episodes, subset_episodes
 from protssl.fewshot.pipeline import (
     candidate_layers,
     check_model,
+    classifier_embed_config,
     classify_records,
     embed_for_fewshot,
     fit_records,
@@ -49,6 +50,7 @@ __all__ = [
     "add_examples",
     "candidate_layers",
     "check_model",
+    "classifier_embed_config",
     "classify_records",
     "embed_for_fewshot",
     "fit_records",

@@ -52,14 +52,14 @@ def embed_for_fewshot(
     cache: EmbeddingCache | None = None,
     stats: CacheStats | None = None,
 ) -> dict[int, np.ndarray]:
-    """Mean-pooled vectors of `records` (in input order) at each layer, from one forward per batch.
+    """Pooled vectors (`config.pooling`, mean by default) of `records` (in input order) at each
+    layer, from one forward per batch.
 
     With `cache` (a store's embedding cache) vectors already there are read, not computed, and
     computed ones are written back; `stats` counts both.
     """
     config = config or EmbedConfig()
-    if config.pooling == "per-residue":
-        raise InvalidInputError("few-shot classifiers need pooled vectors (mean, bos or segments)")
+    classifier_embed_config(config.pooling)
     wanted = tuple(layers)
     position = {r.id: i for i, r in enumerate(records)}
     if len(position) != len(records):
@@ -73,6 +73,13 @@ def embed_for_fewshot(
                 out[layer] = np.zeros((len(records), embedding.vector.shape[0]), dtype=np.float32)
             out[layer][position[embedding.id]] = embedding.vector
     return out
+
+
+def classifier_embed_config(pooling: str) -> EmbedConfig:
+    """How a classifier's vectors are made: `pooling` must give one vector per record."""
+    if pooling == "per-residue":
+        raise InvalidInputError("few-shot classifiers need pooled vectors (mean, bos or segments)")
+    return EmbedConfig(pooling=pooling)  # type: ignore[arg-type]
 
 
 def _model_info(model: LoadedModel, config: EmbedConfig) -> dict[str, Any]:

@@ -60,6 +60,7 @@ def test_fewshot_eval_cli_split_episodes_and_report(
     assert metrics == {
         **expected,
         "method": "knn",
+        "pooling": "mean",
         "model": "tiny",
         "model_sha256": windowed_model.sha256,
         "report": str(tmp_path / "report" / "index.html"),
@@ -122,9 +123,10 @@ def test_classifier_saved_in_the_store_predicts_the_same_in_a_new_process(
     query_file = write_fasta(tmp_path / "query.fasta", query)
     common = ["--db", store_url, "--model", str(windowed_model_dir), "--dtype", "float32"]
     assert run_cli(["classifier", "create", "tfam", "--fasta", str(support_file), "--method",
-                     "linear", *common]) == 0  # fmt: skip
+                     "linear", "--pooling", "segments", *common]) == 0  # fmt: skip
     created = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert created["version"] == 1 and created["examples"] == 24
+    assert created["pooling"] == "segments"  # classify and add below embed the same way
     assert run_cli(["classify", "tfam", str(query_file), "--format", "json", *common]) == 0
     here = json.loads(capsys.readouterr().out)
 
@@ -142,6 +144,7 @@ def test_classifier_saved_in_the_store_predicts_the_same_in_a_new_process(
     assert run_cli(["classifier", "add", "tfam", "--fasta", str(more), *common]) == 0
     added = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert added["version"] == 2 and added["examples"] == 40 and added["method"] == "linear"
+    assert added["pooling"] == "segments"
     assert run_cli(["classify", "tfam", str(query_file), "--version", "1", "--format", "json",
                      *common]) == 0  # fmt: skip
     assert json.loads(capsys.readouterr().out) == here
