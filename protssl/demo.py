@@ -96,12 +96,15 @@ def run(client: Client, examples: Path, database_url: str) -> None:
     )
 
     support = list(read_fasta(examples / "labelled.fasta"))
-    info = client.create_classifier("is-families", support, method=METHOD, new_version=True)
+    pooling = model.recommended_pooling or "mean"  # what `protssl analyze` measured best
+    info = client.create_classifier(
+        "is-families", support, method=METHOD, new_version=True, pooling=pooling
+    )
     m = info.metrics
     print(
         f"classifier {info.name} v{info.version}: {len(info.labels)} families from "
-        f"{info.examples} examples, {info.method} head, layer {m['layer']}, {m['held_out']} "
-        f"accuracy {m['top1_accuracy']:.2f} (answers {m['answered_rate']:.0%})"
+        f"{info.examples} examples, {info.method} head, {info.pooling} pooling, layer {m['layer']}, "
+        f"{m['held_out']} accuracy {m['top1_accuracy']:.2f} (answers {m['answered_rate']:.0%})"
     )
     queries = list(read_fasta(examples / "labelled_query.fasta"))
     predictions = client.classify("is-families", queries, top_k=2)

@@ -15,7 +15,7 @@ import pytest
 from service_support import load_tiny, real_records, running_server, save_tiny_model
 
 import protssl
-from protssl.checkpoint import LoadedModel
+from protssl.checkpoint import LoadedModel, update_card_training
 from protssl.embedding import EmbedConfig, embed_records
 from protssl.errors import (
     DeadlineExceededError,
@@ -235,11 +235,15 @@ def test_service_demo_runs_end_to_end(tmp_path, capsys):
     from protssl import demo
 
     model_dir = save_tiny_model(tmp_path / "model")
+    update_card_training(model_dir, {"recommended_pooling": "segments"})  # as analyze writes it
     assert demo.main(["--model", str(model_dir)]) == 0
     out = capsys.readouterr().out
     assert "embedded 300 proteins" in out
     assert "the first 8 again: 8/8 from the cache" in out and "bit-identical: True" in out
-    assert "classifier is-families v1: 6 families from 72 examples, linear head" in out
+    assert (
+        "classifier is-families v1: 6 families from 72 examples, linear head, segments pooling"
+        in out
+    )
     assert "classified 48 held-out transposases" in out and "server stopped" in out
     shown = [line.split() for line in out.splitlines() if " true " in line]
     assert [words[2] for words in shown] == [
