@@ -363,14 +363,15 @@ class Client:
         method: str = "prototype",
         model: str = "",
         new_version: bool = False,
-        pooling: str = "mean",
+        pooling: str | None = None,
         timeout: float | None = None,
     ) -> ClassifierInfo:
         """Fit a classifier on labelled records (or (sequence, label) pairs) and store it as `name`.
 
         A name that exists is AlreadyExistsError, unless `new_version`: then it gets the next
         version. Methods: prototype, knn, linear, contrastive, hybrid. `pooling` (mean, bos or
-        segments) is what its vectors are pooled by, when fitting and when classifying.
+        segments) is what its vectors are pooled by, when fitting and when classifying; None is
+        the pooling the model's card recommends (`ListModels`), else mean.
         """
         request = pb.CreateClassifierRequest(
             name=name,
@@ -378,7 +379,7 @@ class Client:
             model=model,
             examples=_examples(examples),
             new_version=new_version,
-            pooling=POOLING.value(pooling),
+            pooling=POOLING.value(pooling) if pooling else None,
         )
         return classifier_info_from_proto(
             self._call(self._classifiers.CreateClassifier, request, timeout)

@@ -96,10 +96,8 @@ def run(client: Client, examples: Path, database_url: str) -> None:
     )
 
     support = list(read_fasta(examples / "labelled.fasta"))
-    pooling = model.recommended_pooling or "mean"  # what `protssl analyze` measured best
-    info = client.create_classifier(
-        "is-families", support, method=METHOD, new_version=True, pooling=pooling
-    )
+    # no pooling named: the server fits on the one the model's card recommends, else mean
+    info = client.create_classifier("is-families", support, method=METHOD, new_version=True)
     m = info.metrics
     print(
         f"classifier {info.name} v{info.version}: {len(info.labels)} families from "

@@ -374,7 +374,9 @@ class ClassifierServicer(_Face, pb_grpc.ClassifierServiceServicer):
         check_classifier([r.labels for r in records], [], self.config)
         method = CLASSIFIER_METHOD.name(request.method)
         settings = fewshot.FewShotConfig(method=method)  # type: ignore[arg-type]
-        embed_config = fewshot.classifier_embed_config(POOLING.name(request.pooling))
+        embed_config = fewshot.classifier_embed_config(
+            POOLING.name(request.pooling) if request.pooling else None, self.model
+        )
         fitted = self._on_worker(
             lambda: fewshot.fit_records(records, self.model, settings, embed_config=embed_config),
             context,

@@ -150,8 +150,9 @@ def _add_fit_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pooling",
         choices=("mean", "bos", "segments"),
-        default="mean",
-        help="how the vectors are pooled, for fitting and classifying (default mean)",
+        default=None,
+        help="how the vectors are pooled, for fitting and classifying (default: the pooling the "
+        "model's card recommends, else mean)",
     )
     parser.add_argument(
         "--target-precision",
@@ -215,7 +216,7 @@ def _embed(
     model: LoadedModel,
     layers: tuple[int, ...],
     cache: EmbeddingCache,
-    pooling: str,
+    pooling: str | None,
 ) -> dict[int, Any]:
     from protssl.embedding import CacheStats
     from protssl.fewshot import classifier_embed_config, embed_for_fewshot
@@ -226,7 +227,7 @@ def _embed(
             records,
             model,
             layers,
-            classifier_embed_config(pooling),
+            classifier_embed_config(pooling, model),
             on_batch=bar.update,
             cache=cache,
             stats=stats,
@@ -287,7 +288,7 @@ def _classifier_create(args: argparse.Namespace) -> int:
                 model,
                 config,
                 layers=_layers(args, model),
-                embed_config=classifier_embed_config(args.pooling),
+                embed_config=classifier_embed_config(args.pooling, model),
                 on_batch=bar.update,
                 cache=store.embeddings,
                 stats=stats,
@@ -371,6 +372,7 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
 
 def _fewshot_eval(args: argparse.Namespace) -> int:
     from protssl.evaluation import write_report
+    from protssl.fewshot import classifier_embed_config
 
     if (args.query is None) == (args.episodes is None):
         raise InvalidInputError("give either --query FASTA or --episodes N (not both)")
@@ -383,7 +385,7 @@ def _fewshot_eval(args: argparse.Namespace) -> int:
     metrics: dict[str, Any] = {
         **result.metrics,
         "method": args.method,
-        "pooling": args.pooling,
+        "pooling": classifier_embed_config(args.pooling, model).pooling,
         "model": model.name,
         "model_sha256": model.sha256,
     }

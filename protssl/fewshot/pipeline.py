@@ -59,7 +59,7 @@ def embed_for_fewshot(
     computed ones are written back; `stats` counts both.
     """
     config = config or EmbedConfig()
-    classifier_embed_config(config.pooling)
+    classifier_embed_config(config.pooling, model)
     wanted = tuple(layers)
     position = {r.id: i for i, r in enumerate(records)}
     if len(position) != len(records):
@@ -75,8 +75,11 @@ def embed_for_fewshot(
     return out
 
 
-def classifier_embed_config(pooling: str) -> EmbedConfig:
-    """How a classifier's vectors are made: `pooling` must give one vector per record."""
+def classifier_embed_config(pooling: str | None, model: LoadedModel) -> EmbedConfig:
+    """How a classifier's vectors are made: `pooling` must give one vector per record; None is
+    the pooling the model's card recommends (`protssl analyze`), else mean. The classifier records
+    it and embeds its queries the same way, so unlike a bare vector its shape never surprises."""
+    pooling = pooling or model.recommended_pooling or "mean"
     if pooling == "per-residue":
         raise InvalidInputError("few-shot classifiers need pooled vectors (mean, bos or segments)")
     return EmbedConfig(pooling=pooling)  # type: ignore[arg-type]
@@ -112,8 +115,9 @@ def fit_records(
     cache: EmbeddingCache | None = None,
     stats: CacheStats | None = None,
 ) -> FewShotClassifier:
-    """Embed labelled records at the candidate layers (through `cache` when given) and fit."""
-    embed_config = embed_config or EmbedConfig()
+    """Embed labelled records at the candidate layers (through `cache` when given) and fit;
+    without `embed_config`, on the pooling `classifier_embed_config` picks for the model."""
+    embed_config = embed_config or classifier_embed_config(None, model)
     require_labels([r.labels for r in records], [r.id for r in records])
     chosen = (
         tuple(layers) if layers is not None else candidate_layers(model.encoder.config.num_layers)

@@ -15,10 +15,12 @@ from protssl.fasta import ProteinRecord
 from protssl.fewshot import (
     FewShotConfig,
     candidate_layers,
+    classifier_embed_config,
     classify_records,
     embed_for_fewshot,
     fit_records,
 )
+from protssl.pooling import SEGMENTS
 
 
 def test_embedding_several_layers_matches_one_layer_at_a_time(
@@ -64,6 +66,31 @@ def test_fit_and_classify_records_with_a_model(
         classify_records(classifier, query, windowed_model, embed_config=EmbedConfig(pooling="bos"))
     with pytest.raises(InvalidInputError, match="'P0' has no label"):
         fit_records([ProteinRecord("P0", "MKVL"), *support], windowed_model)
+
+
+def test_a_classifier_pools_as_the_models_card_recommends_unless_told(
+    windowed_model: LoadedModel, is_split: tuple[list[ProteinRecord], list[ProteinRecord]]
+) -> None:
+    assert classifier_embed_config(None, windowed_model).pooling == "mean"  # the card names none
+    training = {**(windowed_model.card.training or {}), "recommended_pooling": "segments"}
+    recommends = replace(windowed_model, card=replace(windowed_model.card, training=training))
+    assert classifier_embed_config(None, recommends).pooling == "segments"
+    assert classifier_embed_config("bos", recommends).pooling == "bos"
+    with pytest.raises(InvalidInputError, match="pooled vectors"):
+        classifier_embed_config("per-residue", recommends)
+    support, query = is_split[0][:24], is_split[1][:6]
+    classifier = fit_records(support, recommends, FewShotConfig(method="knn"))
+    assert classifier.info["pooling"] == "segments"
+    vectors = embed_for_fewshot(
+        query, recommends, (classifier.layer,), EmbedConfig(pooling="segments")
+    )
+    assert vectors[classifier.layer].shape == (
+        len(query),
+        SEGMENTS * recommends.encoder.config.embed_dim,
+    )
+    assert classify_records(classifier, query, recommends) == classifier.predict(
+        vectors, [r.id for r in query]
+    )
 
 
 def test_classify_records_checks_the_model_before_any_embedding(
