@@ -266,7 +266,8 @@ def _print_saved(stored: Any, classifier: FewShotClassifier) -> None:
     held_out = classifier.support_metrics
     print(
         f"classifier {stored.name!r} version {stored.version}: {len(classifier.classes)} classes, "
-        f"{len(stored.examples)} examples, layer {classifier.layer}; held-out "
+        f"{len(stored.examples)} examples, {classifier.info.get('pooling', 'mean')} pooling, "
+        f"layer {classifier.layer}; held-out "
         f"({held_out['held_out']}) top-1 accuracy {held_out['top1_accuracy']:.3f}, "
         f"answers {held_out['answered_rate']:.0%} at accuracy {held_out['accuracy_on_answered']:.3f}"
     )
