@@ -65,6 +65,7 @@ from protssl.fewshot import (
     embed_for_fewshot,
 )
 from protssl.info import describe
+from protssl.pooling import POOLED
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 COMPOSITION_ANCHORS = (
@@ -282,7 +283,7 @@ def main() -> None:
     parser.add_argument(
         "--pooling",
         default="mean",
-        choices=("mean", "bos", "segments"),
+        choices=POOLED,
         help="how the classifiers' vectors are pooled (default mean)",
     )
     parser.add_argument(

@@ -38,7 +38,7 @@ from protssl.model import (
     init_weights,
     resolve_dtype,
 )
-from protssl.pooling import POOLINGS
+from protssl.pooling import POOLED
 
 __all__ = [
     "CARD_NAME",
@@ -81,6 +81,21 @@ class ModelCard:
     """sha256 of the safetensors weights file."""
     provenance: Mapping[str, Any] = field(default_factory=dict)
     training: Mapping[str, Any] | None = None
+
+    @property
+    def default_layer(self) -> int:
+        """The layer served when a caller names none: `recommended_layer` in `training` (what
+        `protssl analyze --update-card` or `bench/model_quality.py` measured best), else the last."""
+        layer = (self.training or {}).get("recommended_layer")
+        last = self.architecture.num_layers
+        return layer if isinstance(layer, int) and 0 <= layer <= last else last
+
+    @property
+    def recommended_pooling(self) -> str | None:
+        """`recommended_pooling` in `training` (what `protssl analyze --update-card` measured best
+        among the pooled poolings), or None. New classifiers follow it; bare vectors do not."""
+        pooling = (self.training or {}).get("recommended_pooling")
+        return pooling if pooling in POOLED else None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -141,18 +156,13 @@ class LoadedModel:
 
     @property
     def default_layer(self) -> int:
-        """The layer served when a caller names none: the card's `recommended_layer` (what
-        `protssl analyze --update-card` or `bench/model_quality.py` measured best), else the last."""
-        layer = (self.card.training or {}).get("recommended_layer")
-        last = self.encoder.config.num_layers
-        return layer if isinstance(layer, int) and 0 <= layer <= last else last
+        """The card's `default_layer`: served when a caller names no layer."""
+        return self.card.default_layer
 
     @property
     def recommended_pooling(self) -> str | None:
-        """The card's `recommended_pooling` (what `protssl analyze --update-card` measured best
-        among the served poolings), or None. Informational: callers name their pooling."""
-        pooling = (self.card.training or {}).get("recommended_pooling")
-        return pooling if pooling in POOLINGS and pooling != "per-residue" else None
+        """The card's `recommended_pooling`, or None."""
+        return self.card.recommended_pooling
 
     def resolve_layer(self, layer: int | None) -> int:
         """`layer` as 0..num_layers (negative counts back from the last); None is `default_layer`."""

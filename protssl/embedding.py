@@ -19,12 +19,11 @@ from protssl.batching import TokenBatch, WindowPolicy, plan_windows, read_ahead,
 from protssl.checkpoint import LoadedModel
 from protssl.errors import InvalidInputError
 from protssl.fasta import ProteinRecord
-from protssl.pooling import POOLINGS, SEGMENTS, Pooling, pooled_width, segment_means
+from protssl.pooling import POOLINGS, Pooling, segment_means
 from protssl.store import EmbeddingCache, EmbeddingItem, EmbeddingKey, sequence_sha256
 
 __all__ = [
     "POOLINGS",
-    "SEGMENTS",
     "BatchOutcome",
     "CacheStats",
     "EmbedConfig",
@@ -37,8 +36,6 @@ __all__ = [
     "expected_provenance",
     "mean_over_residues",
     "pool_rows",
-    "pooled_width",
-    "segment_means",
 ]
 
 

@@ -11,10 +11,20 @@ import numpy as np
 
 from protssl.errors import InvalidInputError
 
-__all__ = ["POOLINGS", "SEGMENTS", "Pooling", "pooled_width", "segment_bounds", "segment_means"]
+__all__ = [
+    "POOLED",
+    "POOLINGS",
+    "SEGMENTS",
+    "Pooling",
+    "pooled_width",
+    "segment_bounds",
+    "segment_means",
+]
 
 Pooling = Literal["mean", "bos", "segments", "per-residue"]
 POOLINGS: tuple[str, ...] = ("mean", "bos", "segments", "per-residue")
+POOLED: tuple[str, ...] = ("mean", "bos", "segments")
+"""The poolings that give one vector per protein: what classifiers and recommendations use."""
 SEGMENTS = 4
 """Stretches of equal length that `segments` pooling averages separately (chosen by measurement:
 README, "Pooling")."""

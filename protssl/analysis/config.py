@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from protssl.errors import InvalidInputError
+from protssl.pooling import POOLED
 
 __all__ = [
     "COMPARED_POOLINGS",
@@ -28,7 +29,7 @@ EXAMPLES_DIR = _ROOT / "examples"
 
 DEFAULT_SHOTS: tuple[int, ...] = (1, 2, 4, 8, 16)
 COMPARED_POOLINGS: tuple[str, ...] = ("mean", "bos", "max", "segments")
-SERVED_POOLINGS: tuple[str, ...] = ("mean", "bos", "segments")
+SERVED_POOLINGS: tuple[str, ...] = POOLED
 """The poolings `protssl embed` and the service offer: a recommendation is one of these."""
 
 

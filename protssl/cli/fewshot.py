@@ -30,12 +30,13 @@ from protssl.cli.args import (
 )
 from protssl.cli.commands import Command, LazySubcommands, add_commands
 from protssl.errors import InvalidInputError
+from protssl.pooling import POOLED
 
 if TYPE_CHECKING:
     from tqdm import tqdm
 
     from protssl.checkpoint import LoadedModel
-    from protssl.embedding import CacheStats
+    from protssl.embedding import CacheStats, EmbedConfig
     from protssl.evaluation import EvalResult
     from protssl.fasta import ProteinRecord
     from protssl.fewshot import FewShotClassifier, FewShotConfig, Prediction
@@ -149,7 +150,7 @@ def _add_fit_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--k", type=int, default=5, help="neighbours for --method knn")
     parser.add_argument(
         "--pooling",
-        choices=("mean", "bos", "segments"),
+        choices=POOLED,
         default=None,
         help="how the vectors are pooled, for fitting and classifying (default: the pooling the "
         "model's card recommends, else mean)",
@@ -215,11 +216,11 @@ def _embed(
     records: Sequence[ProteinRecord],
     model: LoadedModel,
     layers: tuple[int, ...],
+    embed_config: EmbedConfig,
     cache: EmbeddingCache,
-    pooling: str | None,
 ) -> dict[int, Any]:
     from protssl.embedding import CacheStats
-    from protssl.fewshot import classifier_embed_config, embed_for_fewshot
+    from protssl.fewshot import embed_for_fewshot
 
     stats = CacheStats()
     with _bar(records) as bar:
@@ -227,7 +228,7 @@ def _embed(
             records,
             model,
             layers,
-            classifier_embed_config(pooling, model),
+            embed_config,
             on_batch=bar.update,
             cache=cache,
             stats=stats,
@@ -380,13 +381,16 @@ def _fewshot_eval(args: argparse.Namespace) -> int:
     config = _fit_config(args)
     model = load_model(args)
     layers = _layers(args, model)
+    embed_config = classifier_embed_config(args.pooling, model)
     support = _read(args.support, args, labelled=True)
     with open_store(args) as store:
-        result, title = _evaluate(args, config, model, layers, support, store.embeddings)
+        result, title = _evaluate(
+            args, config, model, layers, embed_config, support, store.embeddings
+        )
     metrics: dict[str, Any] = {
         **result.metrics,
         "method": args.method,
-        "pooling": classifier_embed_config(args.pooling, model).pooling,
+        "pooling": embed_config.pooling,
         "model": model.name,
         "model_sha256": model.sha256,
     }
@@ -404,6 +408,7 @@ def _evaluate(
     config: FewShotConfig,
     model: LoadedModel,
     layers: tuple[int, ...],
+    embed_config: EmbedConfig,
     support: list[ProteinRecord],
     cache: EmbeddingCache,
 ) -> tuple[EvalResult, str]:
@@ -422,7 +427,7 @@ def _evaluate(
             seed=args.seed,
         )
         used, remapped = subset_episodes(support, episodes)
-        features = _embed(used, model, layers, cache, args.pooling)
+        features = _embed(used, model, layers, embed_config, cache)
         result = evaluate_episodes(
             features,
             [r.labels for r in used],
@@ -433,7 +438,7 @@ def _evaluate(
         title = f"{args.ways}-way {args.shots}-shot, {args.episodes} episodes, {args.method}"
     else:
         query = _read(args.query, args, labelled=True)
-        features = _embed([*support, *query], model, layers, cache, args.pooling)
+        features = _embed([*support, *query], model, layers, embed_config, cache)
         n = len(support)
         result = evaluate_split(
             {k: v[:n] for k, v in features.items()},

@@ -49,13 +49,12 @@ def _model_summary(spec: str | None) -> dict[str, object]:
     except (OSError, ProtsslError) as exc:
         summary["error"] = str(exc)
         return summary
-    training = card.training or {}
     summary.update(
         name=card.name,
         sha256=card.sha256,
         layers=card.architecture.num_layers,
-        default_layer=training.get("recommended_layer", card.architecture.num_layers),
-        recommended_pooling=training.get("recommended_pooling"),
+        default_layer=card.default_layer,
+        recommended_pooling=card.recommended_pooling,
     )
     return summary
 

@@ -18,11 +18,12 @@ from tqdm import tqdm
 
 from protssl.alphabet import ALPHABET, tokenize
 from protssl.batching import WindowPolicy, token_batches
-from protssl.embedding import pool_rows, pooled_width
+from protssl.embedding import pool_rows
 from protssl.errors import InvalidInputError
 from protssl.evaluation import composition_features, nn1_hits
 from protssl.fasta import FastaPolicy, read_fasta
 from protssl.model import ProteinEncoder
+from protssl.pooling import pooled_width
 from protssl.pretrain.data import packed_tokens
 from protssl.pretrain.objective import autocast, mask_tokens, mlm_loss_sum
 
