@@ -5,7 +5,10 @@ timed before and after the service run, the mean is the anchor, since this machi
 1-sequence and 8-sequence `Embed` requests drawn from the FASTA, closed loop, until every request
 is answered (cache misses); then the same requests again (cache hits, when the server has a store),
 by the C clients (`--hit-passes` times; the p99 is over all passes) and then by one client alone
-(the hit path without queueing for the CPU).
+(the hit path without queueing for the CPU). Last the same clients send the same requests to the
+floor: a bare grpcio server of the service's kind (synchronous, thread pool) that answers `Embed`
+with ready-made messages of the same size and does nothing else (no auth, limits, cache, logging):
+what gRPC, protobuf and the SDK cost on this machine, the anchor for the hit latencies.
 The last line printed is one JSON object.
 """
 
@@ -22,18 +25,22 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import numpy as np
 from tqdm import tqdm
 
 import protssl
+from protssl._proto import protssl_pb2 as pb
 from protssl.auth import TOKEN_ENV
 from protssl.checkpoint import DEFAULT_MODEL_DIR, LoadedModel, load_model
-from protssl.embedding import EmbedConfig, embed_records
+from protssl.embedding import EmbedConfig, Embedding, embed_records, expected_provenance
 from protssl.fasta import ProteinRecord, read_fasta
 from protssl.info import describe
 from protssl.store import Store, StoreConfig
+from protssl.wire import embedding_to_proto
 from service.batcher import release_freed_memory
 from service.config import ServiceConfig
 
@@ -79,16 +86,72 @@ def start_server(
     else:
         command += ["--store", "false", "--insecure-no-auth"]  # tokens live in the store
     process = subprocess.Popen(command, stderr=log_path.open("w"), env=env)
+    return process, wait_for_port(process, log_path, r"serving protssl.v1 on [^:]+:(\d+)")
+
+
+def wait_for_port(process: subprocess.Popen, log_path: Path, pattern: str) -> int:
+    """The port a server process logs (the first group of `pattern`) once it serves."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        match = re.search(r"serving protssl.v1 on [^:]+:(\d+)", log_path.read_text())
+        match = re.search(pattern, log_path.read_text())
         if match:
-            return process, int(match.group(1))
+            return int(match.group(1))
         if process.poll() is not None:
             raise SystemExit(f"server exited early:\n{log_path.read_text()}")
         time.sleep(0.1)
     process.kill()
     raise SystemExit("server did not start within 300 s")
+
+
+def serve_floor(template_path: Path) -> None:
+    """The floor server: `Embed` answered with the template embedding, one per sequence asked for."""
+    template = pb.Embedding.FromString(template_path.read_bytes())
+
+    def embed(request: pb.EmbedRequest, context: grpc.ServicerContext) -> pb.EmbedResponse:
+        response = pb.EmbedResponse()
+        for sequence in request.sequences:
+            embedding = response.embeddings.add()
+            embedding.CopyFrom(template)
+            embedding.id = sequence.id
+        return response
+
+    handler = grpc.method_handlers_generic_handler(
+        pb.DESCRIPTOR.services_by_name["EmbeddingService"].full_name,
+        {
+            "Embed": grpc.unary_unary_rpc_method_handler(
+                embed,
+                request_deserializer=pb.EmbedRequest.FromString,
+                response_serializer=pb.EmbedResponse.SerializeToString,
+            ),
+            "ListModels": grpc.unary_unary_rpc_method_handler(  # the clients' connection check
+                lambda request, context: pb.ListModelsResponse(),
+                request_deserializer=pb.ListModelsRequest.FromString,
+                response_serializer=pb.ListModelsResponse.SerializeToString,
+            ),
+        },
+    )
+    server = grpc.server(ThreadPoolExecutor(max_workers=ServiceConfig().workers))
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    print(f"floor serving on port {port}", file=sys.stderr, flush=True)
+    server.wait_for_termination()
+
+
+def start_floor(model: LoadedModel, tmp: Path, log_path: Path) -> tuple[subprocess.Popen, int]:
+    """The floor server in a subprocess, its vectors the model's width; returns it and its port."""
+    width = model.encoder.config.embed_dim
+    template = Embedding(
+        "floor", 1, np.zeros(width, np.float32), expected_provenance(model, EmbedConfig())
+    )
+    template_path = tmp / "floor-template.pb"
+    template_path.write_bytes(
+        embedding_to_proto(template, cached=True, dtype="float32").SerializeToString()
+    )
+    env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+    command = [sys.executable, str(Path(__file__).resolve()), "--serve-floor", str(template_path)]
+    process = subprocess.Popen(command, stderr=log_path.open("w"), env=env)
+    return process, wait_for_port(process, log_path, r"floor serving on port (\d+)")
 
 
 class Latencies(list[tuple[int, float]]):
@@ -205,7 +268,11 @@ def main(argv: list[str] | None = None) -> int:
         help="times the C clients send every request again as hits (p99 over all of them)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--serve-floor", type=Path, help=argparse.SUPPRESS)  # the floor's process
     args = parser.parse_args(argv)
+    if args.serve_floor:
+        serve_floor(args.serve_floor)
+        return 0
     logging.basicConfig(level=logging.WARNING)
 
     rng = np.random.default_rng(args.seed)
@@ -259,6 +326,20 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             process.terminate()
             process.wait(60)
+        floor_lat = Latencies()
+        floor_single = Latencies()
+        if args.store:
+            floor, floor_port = start_floor(model, Path(tmp), Path(tmp) / "floor.log")
+            floor_address = f"127.0.0.1:{floor_port}"
+            try:
+                for floor_pass in range(args.hit_passes):
+                    floor_lat += run_clients(
+                        floor_address, requests, args.clients, f"floor, pass {floor_pass + 1}"
+                    )[1]
+                _, floor_single, _, _ = run_clients(floor_address, requests, 1, "floor, one client")
+            finally:
+                floor.terminate()
+                floor.wait(60)
     _, after = embed_in_process(records, model)
     inproc_res_per_s = residues / ((before + after) / 2)
     print(
@@ -299,6 +380,14 @@ def main(argv: list[str] | None = None) -> int:
         "hits_bit_identical": identical,
         "hit_1client_p50_ms": single_lat.percentile(50),
         "hit_1client_p99_ms": single_lat.percentile(99),
+        "floor_p50_ms": floor_lat.percentile(50),
+        "floor_p99_ms": floor_lat.percentile(99),
+        "floor_1client_p50_ms": floor_single.percentile(50),
+        "hit_p99_over_floor": round(
+            float(np.percentile(hit_lat.ms(), 99) / np.percentile(floor_lat.ms(), 99)), 2
+        )
+        if hit_lat and floor_lat
+        else None,
         "min_cosine_vs_inproc": round(min(cos), 6),
     }
     result["machine"] = describe()
