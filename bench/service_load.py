@@ -76,7 +76,6 @@ def start_server(
     ]
     if args.model:
         command += ["--model", args.model]
-    env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
     if args.store:
         url = args.database_url or f"sqlite:///{db_path}"
         command += ["--database-url", url, "--memory-cache-mb", str(args.memory_cache_mb)]
@@ -85,8 +84,13 @@ def start_server(
             _, os.environ[TOKEN_ENV] = store.tokens.create("read", name="service_load")
     else:
         command += ["--store", "false", "--insecure-no-auth"]  # tokens live in the store
-    process = subprocess.Popen(command, stderr=log_path.open("w"), env=env)
+    process = subprocess.Popen(command, stderr=log_path.open("w"), env=server_env())
     return process, wait_for_port(process, log_path, r"serving protssl.v1 on [^:]+:(\d+)")
+
+
+def server_env() -> dict[str, str]:
+    """A server subprocess's environment: idle OpenMP threads sleep instead of spinning."""
+    return dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
 
 
 def wait_for_port(process: subprocess.Popen, log_path: Path, pattern: str) -> int:
@@ -148,9 +152,8 @@ def start_floor(model: LoadedModel, tmp: Path, log_path: Path) -> tuple[subproce
     template_path.write_bytes(
         embedding_to_proto(template, cached=True, dtype="float32").SerializeToString()
     )
-    env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
     command = [sys.executable, str(Path(__file__).resolve()), "--serve-floor", str(template_path)]
-    process = subprocess.Popen(command, stderr=log_path.open("w"), env=env)
+    process = subprocess.Popen(command, stderr=log_path.open("w"), env=server_env())
     return process, wait_for_port(process, log_path, r"floor serving on port (\d+)")
 
 

@@ -10,6 +10,7 @@ from protssl.checkpoint import load_model
 from protssl.embedding import EmbedConfig, embed_records, embed_records_layers
 from protssl.errors import SequenceTooLongError
 from protssl.fasta import ProteinRecord, read_fasta
+from protssl.model import PRESETS
 from protssl.pooling import SEGMENTS, segment_bounds
 
 
@@ -110,7 +111,7 @@ def test_longest_real_protein_embeds_through_windows(edge_cases: Path, tmp_path:
     from service_support import load_tiny, save_tiny_model
 
     model = load_tiny(save_tiny_model(tmp_path / "tiny"))
-    assert model.encoder.config.max_positions == load_model("esm2-8m").encoder.config.max_positions
+    assert model.encoder.config.max_positions == PRESETS["esm2-8m"].max_positions
     (embedding,) = embed_records([longest], model, EmbedConfig(pooling="per-residue"))
     assert embedding.vector.shape == (31921, model.encoder.config.embed_dim)
     assert np.isfinite(embedding.vector).all()
