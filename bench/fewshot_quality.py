@@ -273,7 +273,7 @@ def _row(metrics: dict[str, Any], seconds: float, layer: Any = None) -> dict[str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help=f"model folder (default {DEFAULT_MODEL_DIR})")
-    parser.add_argument("--dtype", default="auto", help="auto, float32 or bfloat16")
+    parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or int8")
     parser.add_argument("--ec-classes", type=int, default=60)
     parser.add_argument("--episode-classes", type=int, default=40)
     parser.add_argument("--episodes", type=int, default=12)

@@ -82,7 +82,7 @@ def main() -> int:
     parser.add_argument("--fasta", type=Path, default=DEFAULT_FASTA)
     parser.add_argument("--limit", type=int, default=0, help="first N records (0 = all)")
     parser.add_argument("--model", default=None, help="model (default: the shipped model)")
-    parser.add_argument("--dtype", default="auto", help="auto, float32 or bfloat16")
+    parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or int8")
     parser.add_argument(
         "--read-ahead", type=int, default=100_000, help="residues per shard (default 100000)"
     )

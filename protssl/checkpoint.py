@@ -27,10 +27,12 @@ from protssl.dtypes import DTypeName
 from protssl.durable import fsync_file, replace_durably
 from protssl.errors import (
     CheckpointError,
+    InvalidInputError,
     ModelNotFoundError,
     UntrustedCheckpointError,
 )
 from protssl.hardware import cpu_has_bf16
+from protssl.kernels import int8_linear_works
 from protssl.model import (
     PRESETS,
     ModelConfig,
@@ -141,6 +143,9 @@ class LoadedModel:
     card: ModelCard
     device: torch.device
     dtype: torch.dtype
+    """What activations are held in (float32 for int8 models)."""
+    int8: bool = False
+    """The blocks' linears run on int8 weights (`--dtype int8`)."""
 
     @property
     def name(self) -> str:
@@ -152,7 +157,8 @@ class LoadedModel:
 
     @property
     def dtype_name(self) -> str:
-        return str(self.dtype).removeprefix("torch.")
+        """The name vectors are cached and labelled under: float32, bfloat16 or int8."""
+        return "int8" if self.int8 else str(self.dtype).removeprefix("torch.")
 
     @property
     def default_layer(self) -> int:
@@ -348,6 +354,8 @@ def load_model(
     """
     device = torch.device(device)
     torch_dtype = resolve_dtype(dtype, device)
+    if dtype == "int8" and device.type != "cpu":
+        raise InvalidInputError(f"dtype int8 runs on the CPU only, not on {device}; use bfloat16")
     if device.type == "cpu" and torch_dtype == torch.bfloat16 and not cpu_has_bf16():
         log.warning(
             "bfloat16 on a CPU without native bf16 (AVX512-BF16 or AMX) runs on torch's generic "
@@ -384,7 +392,16 @@ def load_model(
             )
     encoder = encoder.to(device=device, dtype=torch_dtype).eval()
     encoder.requires_grad_(False)
-    return LoadedModel(encoder=encoder, card=card, device=device, dtype=torch_dtype)
+    if dtype == "int8":
+        encoder.quantize_int8()
+        if not int8_linear_works():
+            log.warning(
+                "int8: torch's quantized engine does not run on this CPU; the int8 weights run "
+                "through float32 kernels: the same vectors within int8 precision, no faster"
+            )
+    return LoadedModel(
+        encoder=encoder, card=card, device=device, dtype=torch_dtype, int8=dtype == "int8"
+    )
 
 
 def _state_sha256(encoder: ProteinEncoder) -> str:

@@ -11,7 +11,7 @@ from dataclasses import asdict
 import torch
 
 from protssl.hardware import cpu_info
-from protssl.kernels import fast_paths
+from protssl.kernels import fast_paths, int8_linear_works
 from protssl.model import resolve_dtype
 
 __all__ = ["describe"]
@@ -35,6 +35,7 @@ def describe() -> dict[str, object]:
         "fast_paths": {
             str(dtype).removeprefix("torch."): fast_paths(dtype)
             for dtype in (torch.float32, torch.bfloat16)
-        },
+        }
+        | {"int8": {"int8_linear": int8_linear_works()}},
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }

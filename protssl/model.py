@@ -18,7 +18,7 @@ from protssl.alphabet import ALPHABET
 from protssl.dtypes import DTypeName, check_dtype_name
 from protssl.errors import CheckpointError, InvalidInputError
 from protssl.hardware import cpu_has_bf16
-from protssl.kernels import attention, linear, linear_weights, matmul_rows, pad_rows
+from protssl.kernels import Int8Linear, attention, linear, linear_weights, matmul_rows, pad_rows
 
 __all__ = [
     "PRESETS",
@@ -118,9 +118,9 @@ PRESETS: dict[str, ModelConfig] = {
 
 
 def resolve_dtype(name: DTypeName, device: torch.device) -> torch.dtype:
-    """`auto` is bf16 on CUDA or on CPUs with native bf16, fp32 elsewhere."""
+    """`auto` is bf16 on CUDA or on CPUs with native bf16, fp32 elsewhere; int8 computes in fp32."""
     name = check_dtype_name(name)
-    if name == "float32":
+    if name in ("float32", "int8"):
         return torch.float32
     if name == "bfloat16":
         return torch.bfloat16
@@ -308,6 +308,20 @@ class ProteinEncoder(nn.Module):
                 representations[index] = x[:tokens_in].view(batch, seq_len, width)  # (B, T, C)
         logits = self.lm_head(x[:tokens_in].view(batch, seq_len, width)) if return_logits else None
         return EncoderOutput(representations=representations, logits=logits)
+
+    def quantize_int8(self) -> None:
+        """Swap every block's linears for `Int8Linear` (`--dtype int8`, CPU inference; lossy).
+
+        The LM head stays float32: embeddings never run it and it is a sliver of the FLOPs.
+        """
+        for block in self.layers:
+            for owner, name in (
+                (block.self_attn, "qkv_proj"),
+                (block.self_attn, "out_proj"),
+                (block.mlp, "fc1"),
+                (block.mlp, "fc2"),
+            ):
+                setattr(owner, name, Int8Linear(getattr(owner, name)))
 
     def warm_up(self, max_tokens: int) -> int:
         """Run one small forward per CPU matmul shape a batch of up to `max_tokens` tokens can bring.

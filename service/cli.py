@@ -39,7 +39,7 @@ OPTIONS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     ("port", int, "gRPC port; 0 = any free port (default 50051)"),
     ("model", str, "model folder, fair-esm .pt or preset (default: the shipped model)"),
     ("device", str, "torch device of the model worker (default cpu)"),
-    ("dtype", str, "compute dtype: auto, float32 or bfloat16 (default auto)"),
+    ("dtype", str, "compute dtype: auto, float32, bfloat16 or int8 (lossy) (default auto)"),
     ("database_url", str, "SQLAlchemy URL of the store (default: the default SQLite file)"),
     ("store", _boolean, "cache-through to the store: true or false (default true)"),
     ("memory_cache_mb", int, "MiB of recent vectors kept in memory before the store (default 256)"),

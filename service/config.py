@@ -28,7 +28,7 @@ class ServiceConfig:
     device: str = "cpu"
     """Torch device of the model worker (cpu, cuda, cuda:1)."""
     dtype: DTypeName = "auto"
-    """Compute dtype of the model: auto = bfloat16 where the hardware has it."""
+    """Compute dtype of the model: auto = bfloat16 where the hardware has it; int8 is lossy, CPU only."""
     database_url: str | None = None
     """SQLAlchemy URL of the embedding cache and classifiers; None = the default SQLite file."""
     store: bool = True

@@ -14,7 +14,13 @@ from protssl.checkpoint import (
     save_model,
     update_card_training,
 )
-from protssl.errors import CheckpointError, ModelNotFoundError, UntrustedCheckpointError
+from protssl.errors import (
+    CheckpointError,
+    InvalidInputError,
+    ModelNotFoundError,
+    UntrustedCheckpointError,
+)
+from protssl.kernels import Int8Linear
 
 
 def test_saved_model_loads_without_pickle_and_matches(tiny_model_dir: Path) -> None:
@@ -28,6 +34,19 @@ def test_saved_model_loads_without_pickle_and_matches(tiny_model_dir: Path) -> N
         loaded.encoder.state_dict().values(), again.encoder.state_dict().values(), strict=True
     ):
         assert torch.equal(a, b)
+
+
+def test_int8_swaps_the_blocks_linears_and_keeps_the_rest_float32(tiny_model_dir: Path) -> None:
+    full = load_model(tiny_model_dir, dtype="float32")
+    int8 = load_model(tiny_model_dir, dtype="int8")
+    assert (int8.dtype, int8.dtype_name, full.dtype_name) == (torch.float32, "int8", "float32")
+    assert int8.sha256 == full.sha256  # the same weights file; the store keys on dtype too
+    swapped = [m for m in int8.encoder.modules() if isinstance(m, Int8Linear)]
+    assert len(swapped) == 4 * int8.encoder.config.num_layers
+    assert type(int8.encoder.lm_head.dense) is torch.nn.Linear
+    assert int8.encoder.state_dict().keys() == full.encoder.state_dict().keys()
+    with pytest.raises(InvalidInputError, match="int8 runs on the CPU only"):
+        load_model(tiny_model_dir, dtype="int8", device="cuda")
 
 
 def test_tampered_weights_are_refused(tiny_model_dir: Path, tmp_path: Path) -> None:

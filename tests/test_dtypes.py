@@ -11,8 +11,13 @@ from service.config import ServiceConfig
 
 
 def test_each_name_passes_and_any_other_is_a_user_error() -> None:
-    assert [check_dtype_name(name) for name in DTYPE_NAMES] == ["auto", "float32", "bfloat16"]
-    with pytest.raises(InvalidInputError, match="auto, float32 or bfloat16, not 'fp16'"):
+    assert [check_dtype_name(name) for name in DTYPE_NAMES] == [
+        "auto",
+        "float32",
+        "bfloat16",
+        "int8",
+    ]
+    with pytest.raises(InvalidInputError, match="auto, float32, bfloat16 or int8, not 'fp16'"):
         check_dtype_name("fp16")
 
 

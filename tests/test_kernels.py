@@ -1,8 +1,9 @@
 """CPU detection and the fast paths' probes: every fast path falls back when its probe fails.
 
-`ONEDNN_MAX_CPU_ISA=AVX2` (with `ATEN_CPU_CAPABILITY=avx2`) makes torch on any x86 CPU behave as
-on one without bf16: oneDNN refuses bf16 primitives there, as on the AVX2-only machines that
-crashed in `_linear_pointwise`. The subprocess tests run the product under it.
+`ONEDNN_MAX_CPU_ISA=AVX2` (with `ATEN_CPU_CAPABILITY=avx2`, and `FBGEMM_ENABLE_INSTRUCTIONS=AVX2`
+for the int8 GEMM) makes torch on any x86 CPU behave as on one without bf16: oneDNN refuses bf16
+primitives there, as on the AVX2-only machines that crashed in `_linear_pointwise`. The subprocess
+tests run the product under it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,11 @@ from protssl.alphabet import ALPHABET
 from protssl.model import PRESETS, ProteinEncoder, init_weights, resolve_dtype
 from protssl.output import read_vectors
 
-AVX2_ONLY = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+AVX2_ONLY = {
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2",
+}
 CLI = (sys.executable, "-c", "from protssl.cli import main; raise SystemExit(main())")
 
 
@@ -31,8 +36,10 @@ CLI = (sys.executable, "-c", "from protssl.cli import main; raise SystemExit(mai
 def fresh_probes() -> Iterator[None]:
     """Probes re-run inside the test and again after it, so a patched op is never remembered."""
     kernels.fused_linear_works.cache_clear()
+    kernels.int8_linear_works.cache_clear()
     yield
     kernels.fused_linear_works.cache_clear()
+    kernels.int8_linear_works.cache_clear()
 
 
 def _tokens() -> torch.Tensor:
@@ -98,6 +105,60 @@ def test_a_fused_op_that_disagrees_is_not_used(monkeypatch, fresh_probes) -> Non
     assert not kernels.fused_linear_works(torch.float32)
 
 
+def _linear_and_input() -> tuple[torch.nn.Linear, torch.Tensor]:
+    generator = torch.Generator().manual_seed(5)
+    layer = torch.nn.Linear(64, 96)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(96, 64, generator=generator) * 0.05)
+        layer.bias.copy_(torch.randn(96, generator=generator) * 0.1)
+    return layer, torch.randn(40, 64, generator=generator)
+
+
+def test_an_int8_linear_is_float32_to_int8_precision_through_the_int8_op(
+    monkeypatch, fresh_probes
+) -> None:
+    real = kernels.int8_linear_op
+    calls: list[torch.Size] = []
+    monkeypatch.setattr(kernels, "int8_linear_op", lambda x, p: calls.append(x.shape) or real(x, p))
+    layer, x = _linear_and_input()
+    assert kernels.int8_linear_works()  # x86 and ARM torch builds carry a quantized engine
+    quantized = kernels.Int8Linear(layer)
+    calls.clear()
+    with torch.no_grad():
+        got = kernels.linear(x, quantized, gelu=True)
+        want = kernels.linear(x, layer, gelu=True)
+    assert calls == [x.shape]
+    assert quantized.weight.shape == layer.weight.shape and quantized.bias is not None
+    assert (
+        0 < (quantized.weight - layer.weight).abs().max() <= layer.weight.abs().max() / 254 + 1e-7
+    )
+    cos = torch.nn.functional.cosine_similarity(got, want, dim=-1)
+    assert cos.min().item() >= 0.999 and not torch.equal(got, want)  # close, and really int8
+
+
+def test_an_int8_op_that_fails_leaves_float32_kernels_on_the_int8_weights(
+    monkeypatch, fresh_probes
+) -> None:
+    def broken(*args: object, **kwargs: object) -> torch.Tensor:
+        raise RuntimeError("no quantized engine on this CPU")
+
+    monkeypatch.setattr(kernels, "int8_linear_op", broken)
+    layer, x = _linear_and_input()
+    assert not kernels.int8_linear_works()
+    quantized = kernels.Int8Linear(layer)
+    assert quantized.packed is None
+    with torch.no_grad():
+        got = kernels.linear(x, quantized)
+    want = torch.nn.functional.linear(x, quantized.weight, quantized.bias)
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_an_int8_op_that_disagrees_is_not_used(monkeypatch, fresh_probes) -> None:
+    real = kernels.int8_linear_op
+    monkeypatch.setattr(kernels, "int8_linear_op", lambda x, p: real(x, p) + 1.0)
+    assert not kernels.int8_linear_works()
+
+
 @pytest.mark.bf16_cpu
 def test_a_cpu_with_native_bf16_runs_bf16_fused_and_picks_it() -> None:
     assert hardware.cpu_info().native_bf16
@@ -120,17 +181,18 @@ def test_info_on_a_cpu_without_bf16() -> None:
     assert info["native_bf16"] is False and info["auto_dtype"] == "float32"
     assert info["fast_paths"]["bfloat16"] == {"fused_linear": False, "native_bf16": False}
     assert info["fast_paths"]["float32"]["fused_linear"] is True
+    assert info["fast_paths"]["int8"] == {"int8_linear": True}
 
 
 @pytest.mark.slow
-def test_bf16_embed_on_a_cpu_without_bf16_is_correct(
+def test_bf16_and_int8_embed_on_a_cpu_without_bf16_are_correct(
     tiny_model_dir: Path, sample_fasta: Path, tmp_path: Path
 ) -> None:
-    """Exit 0, one warning line, no traceback, and the float32 vectors to bf16 precision."""
+    """Exit 0, no traceback, and the float32 vectors to bf16 (one warning line) or int8 precision."""
     fasta = tmp_path / "small.fasta"
     fasta.write_text("".join(">" + c for c in sample_fasta.read_text().split(">")[1:13]))
     outputs = {}
-    for dtype in ("bfloat16", "float32"):
+    for dtype in ("bfloat16", "int8", "float32"):
         out = tmp_path / f"{dtype}.h5"
         result = _run(
             ["embed", str(fasta), "-o", str(out), "--model", str(tiny_model_dir), "--dtype",
@@ -140,12 +202,15 @@ def test_bf16_embed_on_a_cpu_without_bf16_is_correct(
         assert result.returncode == 0, result.stdout + result.stderr
         assert "Traceback" not in result.stderr
         outputs[dtype] = {name: vector for name, vector, _ in read_vectors(out)}
+        assert {attrs["dtype"] for _, _, attrs in read_vectors(out)} == {dtype}
         if dtype == "bfloat16":
             warnings = [line for line in result.stderr.splitlines() if line.strip()]
             assert len(warnings) == 1 and "without native bf16" in warnings[0], result.stderr
         else:
             assert result.stderr.strip() == ""
-    assert outputs["bfloat16"].keys() == outputs["float32"].keys() and len(outputs["float32"]) == 12
-    for name, want in outputs["float32"].items():
-        got = outputs["bfloat16"][name]
-        assert got @ want / np.linalg.norm(got) / np.linalg.norm(want) >= 0.999, name
+    assert len(outputs["float32"]) == 12
+    for dtype in ("bfloat16", "int8"):
+        assert outputs[dtype].keys() == outputs["float32"].keys()
+        for name, want in outputs["float32"].items():
+            got = outputs[dtype][name]
+            assert got @ want / np.linalg.norm(got) / np.linalg.norm(want) >= 0.999, (dtype, name)

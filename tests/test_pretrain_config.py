@@ -20,6 +20,8 @@ def test_config_rejects_bad_values(tmp_path: Path, sample_fasta: Path) -> None:
         tiny_config(sample_fasta, tmp_path, mask_prob=1.5)
     with pytest.raises(InvalidInputError, match="steps must be >= 1, got 0"):
         tiny_config(sample_fasta, tmp_path, steps=0)
+    with pytest.raises(InvalidInputError, match="dtype int8 is for inference"):
+        tiny_config(sample_fasta, tmp_path, dtype="int8")
 
 
 def test_config_checks_the_objective(tmp_path: Path, sample_fasta: Path) -> None:

@@ -21,7 +21,7 @@ from service_support import (
 from protssl import fewshot
 from protssl._proto import protssl_pb2 as pb
 from protssl._proto import protssl_pb2_grpc as pb_grpc
-from protssl.checkpoint import LoadedModel
+from protssl.checkpoint import LoadedModel, load_model
 from protssl.embedding import EmbedConfig, embed_records
 from protssl.fasta import ProteinRecord, read_fasta
 from protssl.pooling import pooled_width
@@ -194,6 +194,32 @@ def test_cache_through_on_sqlite_and_postgresql(service_model, service_records, 
         again = stub.Embed(request_for(service_records[:4]), timeout=60)
     assert not any(e.cached for e in first.embeddings) and all(e.cached for e in again.embeddings)
     assert [e.vector for e in again.embeddings] == [e.vector for e in first.embeddings]
+
+
+def test_an_int8_server_never_serves_the_float32_vectors_cached_beside_its_own(
+    service_model, service_model_dir, service_records, sqlite_url
+):
+    """One store, one model file: a float32 server fills it, an int8 one computes and caches its own."""
+    request = request_for(service_records[:4])
+    answers = {}
+    for dtype in ("float32", "int8", "int8"):
+        model = service_model if dtype == "float32" else load_model(service_model_dir, dtype="int8")
+        with (
+            running_server(model, store=True, database_url=sqlite_url) as (_, address, _r),
+            grpc.insecure_channel(address) as ch,
+        ):
+            stub = pb_grpc.EmbeddingServiceStub(ch)
+            (info,) = stub.ListModels(pb.ListModelsRequest(), timeout=10).models
+            response = stub.Embed(request, timeout=60)
+        assert info.compute_dtype == dtype
+        assert {e.provenance.compute_dtype for e in response.embeddings} == {dtype}
+        answers.setdefault(dtype, []).append(response)
+    assert not any(e.cached for e in answers["int8"][0].embeddings)
+    assert all(e.cached for e in answers["int8"][1].embeddings)
+    want = vectors(answers["float32"][0])
+    for name, got in vectors(answers["int8"][0]).items():
+        cosine = got @ want[name] / np.linalg.norm(got) / np.linalg.norm(want[name])
+        assert 0.999 <= cosine < 1.0, name
 
 
 def test_per_residue_past_the_message_size_is_refused_up_front(service_model):

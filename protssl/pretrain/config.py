@@ -146,7 +146,10 @@ class PretrainConfig:
         if not 0 < self.val_fraction < 1:
             raise InvalidInputError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         self._check_objective()
-        check_dtype_name(self.dtype)
+        if check_dtype_name(self.dtype) == "int8":
+            raise InvalidInputError(
+                "dtype int8 is for inference (embed, serve); train in auto, float32 or bfloat16"
+            )
         if self.device not in ("auto", "cpu", "cuda"):
             raise InvalidInputError(f"device must be auto, cpu or cuda, not {self.device!r}")
 
