@@ -21,6 +21,7 @@ import torch
 
 from protssl import hardware, kernels
 from protssl.alphabet import ALPHABET
+from protssl.checkpoint import load_model
 from protssl.model import PRESETS, ProteinEncoder, init_weights, resolve_dtype
 from protssl.output import read_vectors
 
@@ -151,6 +152,24 @@ def test_an_int8_op_that_fails_leaves_float32_kernels_on_the_int8_weights(
         got = kernels.linear(x, quantized)
     want = torch.nn.functional.linear(x, quantized.weight, quantized.bias)
     assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_int8_without_the_op_loads_with_one_warning_and_float32_vectors_to_int8_precision(
+    monkeypatch, fresh_probes, tiny_model_dir: Path, caplog
+) -> None:
+    def broken(*args: object, **kwargs: object) -> torch.Tensor:
+        raise RuntimeError("no quantized engine on this CPU")
+
+    monkeypatch.setattr(kernels, "int8_linear_op", broken)
+    with caplog.at_level("WARNING", logger="protssl"):
+        model = load_model(tiny_model_dir, dtype="int8")
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "does not run on this CPU" in warning and model.dtype_name == "int8"
+    full = load_model(tiny_model_dir, dtype="float32")
+    with torch.no_grad():
+        got, want = (m.encoder(_tokens(), (-1,)).representations[2] for m in (model, full))
+    cos = torch.nn.functional.cosine_similarity(got.flatten(1), want.flatten(1), dim=-1)
+    assert cos.min().item() >= 0.999
 
 
 def test_an_int8_op_that_disagrees_is_not_used(monkeypatch, fresh_probes) -> None:
