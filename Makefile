@@ -17,12 +17,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m protssl.demo
 
-# Two workers (pytest-xdist), one test file each at a time: much of the suite waits on the
-# subprocesses and servers it starts, so two cores finish it in about two thirds of the serial time.
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
