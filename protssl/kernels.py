@@ -91,8 +91,9 @@ def _int8_reduce_range() -> bool:
 
 def _int8_weights(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric int8 codes per output channel and their scales: weight ~ codes x scale."""
-    scale = weight.detach().float().abs().amax(dim=1).clamp(min=1e-12) / 127  # (out,)
-    codes = torch.round(weight.detach().float() / scale[:, None]).clamp(-127, 127)
+    weight = weight.detach().float()
+    scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127  # (out,)
+    codes = torch.round(weight / scale[:, None]).clamp(-127, 127)
     return codes.to(torch.int8), scale
 
 
@@ -139,8 +140,8 @@ class Int8Linear(nn.Module):
     """A linear layer on int8 weights (one scale per output channel) for `--dtype int8` inference.
 
     Where `int8_linear_works()`, each call quantizes its input (one scale for the whole batch) and
-    runs the int8 GEMM (1.4-2.1x a float32 matmul on AVX2); otherwise, or when a gradient is recorded, F.linear runs
-    on the dequantized weights. Lossy either way: never what `auto` picks.
+    runs the int8 GEMM (1.4-2.1x a float32 matmul on AVX2); otherwise, or when a gradient is
+    recorded, F.linear runs on the dequantized weights. Lossy either way: never what `auto` picks.
     """
 
     weight: torch.Tensor

@@ -118,14 +118,13 @@ def test_segments_are_the_stretch_means_of_the_residue_states_batched_windowed_o
             )
 
 
-def test_longest_real_protein_embeds_through_windows(edge_cases: Path, tmp_path: Path) -> None:
-    """The windows (1,022 residues, as every ESM-2 size) are what is tested: the tiny model, of the
-    same max_positions, makes the same ones in 3 s; esm2-8m took 40 s in float32 on AVX2 only."""
+def test_longest_real_protein_embeds_through_windows(edge_cases: Path, service_model) -> None:
+    """The windows (1,022 residues, as every ESM-2 size) are what is tested: the service tests' tiny
+    model, of the same max_positions, makes the same ones in 3 s; esm2-8m took 40 s in float32 on
+    AVX2 only."""
     longest = max(read_fasta(edge_cases / "long_proteins_gt5000aa.fasta"), key=len)
     assert len(longest) == 31921
-    from service_support import load_tiny, save_tiny_model
-
-    model = load_tiny(save_tiny_model(tmp_path / "tiny"))
+    model = service_model
     assert model.encoder.config.max_positions == PRESETS["esm2-8m"].max_positions
     (embedding,) = embed_records([longest], model, EmbedConfig(pooling="per-residue"))
     assert embedding.vector.shape == (31921, model.encoder.config.embed_dim)
