@@ -11,10 +11,11 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
+
+from ports import free_port
 
 __all__ = ["PrivateCluster", "initdb_path"]
 
@@ -26,12 +27,6 @@ def initdb_path() -> str | None:
         return found
     candidates = glob.glob("/usr/lib/postgresql/*/bin/initdb")
     return max(candidates, key=lambda p: int(Path(p).parts[-3])) if candidates else None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class PrivateCluster:
@@ -48,7 +43,7 @@ class PrivateCluster:
         self.root = root
         self.data = root / "data"
         self.log = root / "server.log"
-        self.port = _free_port()
+        self.port = free_port()
         self._as: list[str] = []
         if os.geteuid() == 0:
             self._as = ["runuser", "-u", "postgres", "--"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import socket
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -51,10 +50,3 @@ def ddp_worker(rank: int, port: int, corpus: str, out: str, changes: dict[str, A
         torch.save(result.encoder.state_dict(), Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
-
-
-def free_port() -> int:
-    """A TCP port free on localhost now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

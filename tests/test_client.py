@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import threading
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ports import free_port
 from service_support import load_tiny, real_records, running_server, save_tiny_model
 
 import protssl
@@ -44,12 +44,6 @@ def address(model: LoadedModel) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def records(sample_fasta: Path) -> list[ProteinRecord]:
     return real_records(sample_fasta, 6, max_length=500)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_embed_returns_ids_and_vectors_equal_to_in_process(address, model, records):

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from pretrain_support import ddp_worker, free_port, tiny_config
+from ports import free_port
+from pretrain_support import ddp_worker, tiny_config
 from safetensors import safe_open
 
 import protssl

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from pretrain_support import ddp_worker, free_port, log_rows, tiny_config
+from ports import free_port
+from pretrain_support import ddp_worker, log_rows, tiny_config
 
 from protssl.checkpoint import load_model
 from protssl.pretrain import CHECKPOINT_NAME, PLOT_NAME, FunctionProbe, PretrainConfig, pretrain
