@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(PY) -m protssl.demo
 
 # Two pytest-xdist workers, one test file each at a time: much of the suite waits on servers and
-# subprocesses, so two cores finish it in about 60% of the serial time. TEST_WORKERS=0: serial.
+# subprocesses, so two cores finish it in 60-75% of the serial time. TEST_WORKERS=0: serial.
 TEST_WORKERS ?= 2
 
 test: $(STAMP)
