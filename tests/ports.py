@@ -32,14 +32,17 @@ def _worker_index() -> int:
     return int(worker[2:]) % _WORKERS if worker[2:].isdigit() else 0
 
 
-def _candidates() -> itertools.cycle[int]:
+def _worker_ports() -> range | None:
+    """This worker's slice, or None where the kernel's ephemeral range reaches down into the slices."""
+    if _ephemeral_low() < _BASE + _WORKERS * _SLICE:
+        return None
     start = _BASE + _worker_index() * _SLICE
-    ports = list(range(start, start + _SLICE))
-    offset = random.randrange(_SLICE)  # two runs side by side seldom start on the same port
-    return itertools.cycle(ports[offset:] + ports[:offset])
+    return range(start, start + _SLICE)
 
 
-_next_port = _candidates()
+_PORTS = _worker_ports()
+_offset = random.randrange(_SLICE)  # two runs side by side seldom start on the same port
+_next_index = itertools.count(_offset)
 
 
 def _bindable(port: int) -> bool:
@@ -54,15 +57,15 @@ def _bindable(port: int) -> bool:
 def free_port() -> int:
     """A TCP port free on localhost now, that no outgoing connection will take meanwhile.
 
-    Successive calls in one process return different ports. Where the kernel's ephemeral range
-    reaches down into the ports used here, it falls back to a port the kernel picks.
+    Successive calls in one process return different ports of this worker's slice. Where there is
+    no slice (see `_worker_ports`), the kernel picks the port, as `bind(0)` does.
     """
-    if _ephemeral_low() < _BASE + _WORKERS * _SLICE:
+    if _PORTS is None:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             return int(sock.getsockname()[1])
     for _ in range(_SLICE):
-        port = next(_next_port)
+        port = _PORTS[next(_next_index) % _SLICE]
         if _bindable(port):
             return port
-    raise RuntimeError(f"no free loopback port in {_BASE + _worker_index() * _SLICE} + {_SLICE}")
+    raise RuntimeError(f"no free loopback port in {_PORTS.start}-{_PORTS.stop - 1}")
