@@ -27,15 +27,8 @@ SHARD_RESIDUES = 4000
 
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
-    """One in-process Ray for the module: starting it costs seconds on two cores.
-
-    Beside a busy pytest worker Ray's GCS server has been seen to take over the 30 s Ray waits for
-    it by default, and the timed-out start left its processes running into later tests; Ray's own
-    setting gives it 120 s.
-    """
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RAY_gcs_server_port_wait_time_s", "120")
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    """One in-process Ray for the module: starting it costs seconds on two cores."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield
     ray.shutdown()
 
