@@ -19,16 +19,12 @@ demo: $(STAMP)
 
 # Two pytest-xdist workers, one test file each at a time: much of the suite waits on servers and
 # subprocesses, so two cores finish it in 60-75% of the serial time. TEST_WORKERS=0: serial.
-# The Ray tests run after, in a pytest of their own: in 2 of 17 runs on workers, Ray's GCS server
-# never came up (both Ray tests errored at setup), which no serial run has shown.
 TEST_WORKERS ?= 2
-RAY_TESTS = tests/test_ray_embed.py
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --ignore=$(RAY_TESTS)
-	$(PY) -m pytest -q $(RAY_TESTS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

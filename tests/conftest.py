@@ -16,6 +16,12 @@ from typing import TYPE_CHECKING
 import pytest
 from sqlalchemy import create_engine, make_url, text
 
+# grpcio's fork handlers (on by default) restart its threads in every fork()ed child. A child that
+# then closes its descriptors and execs, as Ray starts its processes (Popen with a preexec_fn),
+# died of SIGABRT or SIGSEGV in 1-2% of forks once a test had used gRPC in the same process, and
+# a Ray process that dies so leaves `ray.init` waiting for it. No test forks a child that uses gRPC.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 if TYPE_CHECKING:
     from protssl.checkpoint import LoadedModel
     from protssl.fasta import ProteinRecord
