@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from protssl.batching import read_ahead
 from protssl.checkpoint import LoadedModel
 from protssl.embed_file import JobSummary
 from protssl.embedding import CacheStats, EmbedConfig, embed_records
-from protssl.errors import CheckpointError, InvalidInputError, ProtsslError
+from protssl.errors import CheckpointError, InvalidInputError, ProtsslError, UnavailableError
 from protssl.fasta import FastaPolicy, ProteinRecord, ReadStats, read_fasta, read_fasta_range
 from protssl.output import VectorWriter, part_name
 
@@ -50,6 +51,8 @@ class RayOptions:
     """CPUs Ray reserves for each actor; also its torch threads."""
     gpus_per_worker: float = 0.0
     """GPUs per actor (0: CPU); with a GPU the actor's model runs on `cuda`."""
+    connect_timeout_s: float = 10.0
+    """How long a `host:port` address may take to accept a connection before the run fails."""
 
     def __post_init__(self) -> None:
         if self.workers < 1 or self.cpus_per_worker < 1:
@@ -309,13 +312,7 @@ def _run(
         raise InvalidInputError("--engine ray needs Ray: pip install 'protssl[ray]'") from None
     started = not ray.is_initialized()
     if started:
-        ray.init(
-            address=options.address,
-            num_cpus=None if options.address else options.workers * options.cpus_per_worker,
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-        )
+        _start_ray(ray, options)
     try:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = progress
@@ -340,6 +337,42 @@ def _run(
     finally:
         if started:
             ray.shutdown()
+
+
+def _start_ray(ray: Any, options: RayOptions) -> None:
+    """Connect to the cluster at `options.address`, or start Ray here; a failure is one line."""
+    failed = (
+        f"could not reach the Ray cluster at {options.address}"
+        if options.address
+        else "could not start Ray in this process"
+    )
+    refused = _refused(options.address, options.connect_timeout_s) if options.address else None
+    if refused is not None:  # Ray itself would retry for minutes
+        raise UnavailableError(f"--engine ray {failed}: {refused}")
+    try:
+        ray.init(
+            address=options.address,
+            num_cpus=None if options.address else options.workers * options.cpus_per_worker,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+    except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
+        ray.shutdown()  # what a half-finished start left running
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnavailableError(f"--engine ray {failed}: {reason}") from None
+
+
+def _refused(address: str, timeout_s: float) -> str | None:
+    """Why a `host:port` address takes no TCP connection, or None (also for `auto`, `ray://`)."""
+    host, colon, port = address.rpartition(":")
+    if "://" in address or not colon or not port.isdigit():
+        return None  # Ray resolves these and says what it found
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        return exc.strerror or str(exc) or type(exc).__name__
+    return None
 
 
 def _protssl_cause(exc: BaseException) -> ProtsslError | None:

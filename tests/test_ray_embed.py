@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from ports import free_port
 
 from protssl.checkpoint import load_model
 from protssl.cli import main
@@ -63,6 +67,48 @@ def test_shards_are_the_local_read_ahead_groups(fasta: Path) -> None:
     packed.write_bytes(gzip.compress(fasta.read_bytes()))
     with pytest.raises(InvalidInputError, match="decompress it first"):
         plan_shards(packed, _config(), policy)
+
+
+def _embed_with_ray(
+    fasta: Path, out: Path, model_dir: Path, *extra: str, **env: str
+) -> tuple[int, list[str]]:
+    """Exit code and non-empty stderr lines of `protssl embed --engine ray` in its own process."""
+    command = [sys.executable, "-m", "protssl", "embed", str(fasta), "-o", str(out)]
+    command += ["--model", str(model_dir), "--no-cache", "--no-progress", "--engine", "ray"]
+    command += ["--on-invalid", "skip", "--on-duplicate", "skip", *extra]
+    proc = subprocess.run(
+        command, capture_output=True, text=True, timeout=120, env={**os.environ, **env}
+    )
+    return proc.returncode, [line for line in proc.stderr.splitlines() if line.strip()]
+
+
+def test_a_cluster_that_is_not_there_is_one_line_and_exit_2(
+    fasta: Path, tmp_path: Path, service_model_dir: Path
+) -> None:
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there: Ray alone would retry for minutes
+    code, lines = _embed_with_ray(
+        fasta, tmp_path / "parts", service_model_dir, "--ray-address", address
+    )
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0] == (
+        f"protssl embed: error: --engine ray could not reach the Ray cluster at {address}: "
+        "Connection refused"
+    )
+
+
+def test_a_local_ray_that_does_not_start_is_one_line_and_exit_2(
+    fasta: Path, tmp_path: Path, service_model_dir: Path
+) -> None:
+    # no time at all for the GCS server to publish its port: the start fails as it does when the
+    # server dies before publishing it
+    code, lines = _embed_with_ray(
+        fasta, tmp_path / "parts", service_model_dir, RAY_gcs_server_port_wait_time_s="0"
+    )
+    assert code == 2, lines
+    assert lines[-1].startswith(
+        "protssl embed: error: --engine ray could not start Ray in this process: Timed out waiting"
+    ), lines
+    assert not any("Traceback" in line for line in lines), lines
 
 
 @pytest.mark.slow
