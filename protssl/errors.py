@@ -16,7 +16,7 @@ ProtsslError
 ├── PermissionDeniedError        a valid token whose role may not do this (PERMISSION_DENIED)
 ├── StoreError                   the SQL store failed or holds inconsistent data
 └── ServiceError                 a gRPC call failed for a reason other than the caller's input
-    ├── UnavailableError         the server could not be reached, even after retries (UNAVAILABLE)
+    ├── UnavailableError         a server (protssl's, a Ray cluster) could not be reached (UNAVAILABLE)
     └── DeadlineExceededError    the call's deadline passed before its work was done
         └── StreamIdleError      a stream sent nothing for its idle timeout (DEADLINE_EXCEEDED)
 
@@ -159,7 +159,8 @@ class ServiceError(ProtsslError):
 
 
 class UnavailableError(ServiceError):
-    """The server could not be reached (still UNAVAILABLE after the client's retries)."""
+    """A server could not be reached: protssl's (still UNAVAILABLE after the client's retries), or
+    the Ray cluster `--engine ray` was pointed at (or the local Ray it starts)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message, code="UNAVAILABLE")

@@ -96,7 +96,7 @@ def test_a_cluster_that_is_not_there_is_one_line_and_exit_2(
     )
 
 
-def test_a_local_ray_that_does_not_start_is_one_line_and_exit_2(
+def test_a_local_ray_that_does_not_start_ends_with_one_error_line_and_exit_2(
     fasta: Path, tmp_path: Path, service_model_dir: Path
 ) -> None:
     # no time at all for the GCS server to publish its port: the start fails as it does when the
