@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -349,6 +350,12 @@ def _start_ray(ray: Any, options: RayOptions) -> None:
     refused = _refused(options.address, options.connect_timeout_s) if options.address else None
     if refused is not None:  # Ray itself would retry for minutes
         raise UnavailableError(f"--engine ray {failed}: {refused}")
+    if not options.address and _grpc_forks_unsafely():
+        log.warning(
+            "this process has loaded grpcio with its fork support on: a local Ray starts its "
+            "processes by fork, and about 1 in 100 such children crashes; set "
+            "GRPC_ENABLE_FORK_SUPPORT=false before grpc is imported"
+        )
     try:
         ray.init(
             address=options.address,
@@ -361,6 +368,14 @@ def _start_ray(ray: Any, options: RayOptions) -> None:
         ray.shutdown()  # what a half-finished start left running
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnavailableError(f"--engine ray {failed}: {reason}") from None
+
+
+def _grpc_forks_unsafely() -> bool:
+    """Whether grpcio is loaded with its fork handlers on (its default): they restart gRPC's threads
+    in every fork()ed child, and Ray's children, closing their descriptors before exec, then crash
+    in ~1-2% of forks (the README's Tests section has the measurements)."""
+    setting = os.environ.get("GRPC_ENABLE_FORK_SUPPORT", "").strip().lower()
+    return "grpc" in sys.modules and setting not in ("0", "false", "no")
 
 
 def _refused(address: str, timeout_s: float) -> str | None:

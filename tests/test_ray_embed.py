@@ -22,7 +22,13 @@ from protssl.embedding import EmbedConfig
 from protssl.errors import FastaFormatError, InvalidInputError
 from protssl.fasta import FastaPolicy, read_fasta
 from protssl.output import part_name, read_vectors
-from protssl.ray_embed import RayOptions, embed_fasta_ray, plan_shards, read_shard
+from protssl.ray_embed import (
+    RayOptions,
+    _grpc_forks_unsafely,
+    embed_fasta_ray,
+    plan_shards,
+    read_shard,
+)
 
 ray = pytest.importorskip("ray")
 
@@ -109,6 +115,22 @@ def test_a_local_ray_that_does_not_start_ends_with_one_error_line_and_exit_2(
         "protssl embed: error: --engine ray could not start Ray in this process: Timed out waiting"
     ), lines
     assert not any("Traceback" in line for line in lines), lines
+
+
+def test_grpc_loaded_with_fork_support_on_is_seen_before_a_local_ray_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import grpc  # noqa: F401  (loaded, as in a program that has used the SDK)
+
+    for setting, unsafe in (
+        ("", True),
+        ("true", True),
+        ("false", False),
+        ("0", False),
+        ("No", False),
+    ):
+        monkeypatch.setenv("GRPC_ENABLE_FORK_SUPPORT", setting)
+        assert _grpc_forks_unsafely() is unsafe, setting
 
 
 @pytest.mark.slow
