@@ -29,7 +29,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy protssl service
+	$(VENV)/bin/mypy protssl service bench
 
 proto: $(STAMP)
 	$(PY) proto/generate.py

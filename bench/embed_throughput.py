@@ -22,6 +22,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import esm
 import numpy as np
@@ -128,7 +129,7 @@ def run_hf(
     """transformers EsmModel (SDPA) over length-sorted batches of <= 4096 tokens, truncated at 1022."""
     from transformers import EsmConfig, EsmModel
 
-    hf_config = EsmConfig(
+    settings: dict[str, Any] = dict(
         vocab_size=33,
         hidden_size=config.embed_dim,
         num_hidden_layers=config.num_layers,
@@ -143,6 +144,7 @@ def run_hf(
         layer_norm_eps=config.layer_norm_eps,
         attn_implementation="sdpa",
     )
+    hf_config = EsmConfig(**settings)
     model = EsmModel(hf_config, add_pooling_layer=False)
     missing, unexpected = model.load_state_dict(
         hf_state_dict(fair_state, config.num_layers), strict=False
@@ -155,11 +157,12 @@ def run_hf(
         raise RuntimeError(
             f"HF weight mapping incomplete: missing={missing} unexpected={unexpected}"
         )
-    model = model.to(dtype).eval()
+    model = model.to(dtype).eval()  # type: ignore[arg-type]  # transformers types `to` as unbound
     alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
     converter = alphabet.get_batch_converter(truncation_seq_length=1022)
     order = sorted(records, key=lambda r: len(r.sequence), reverse=True)
-    batches, batch = [], []
+    batches: list[list[Any]] = []
+    batch: list[Any] = []
     for record in order:
         width = min(len((batch or [record])[0].sequence), 1022) + 2
         if batch and (len(batch) + 1) * width > 4096:

@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +82,7 @@ log = logging.getLogger("fewshot_quality")
 # --- tasks ------------------------------------------------------------------------------------
 
 
-def _by_label(records: Sequence[ProteinRecord]) -> dict[str, list[ProteinRecord]]:
+def _by_label(records: Iterable[ProteinRecord]) -> dict[str, list[ProteinRecord]]:
     out: dict[str, list[ProteinRecord]] = defaultdict(list)
     for record in records:
         if len(record.labels) == 1:
@@ -310,13 +310,11 @@ def main() -> None:
         ) as bar:
             vectors = embed_for_fewshot(records, model, layers, embed_config, on_batch=bar.update)
         if args.vectors_cache:
-            np.savez(
-                args.vectors_cache,
-                ids=np.array([r.id for r in records]),
-                sha=np.array(model.sha256),
-                pooling=np.array(args.pooling),
-                **{f"layer{k}": v for k, v in vectors.items()},
-            )
+            arrays = {f"layer{k}": v for k, v in vectors.items()}
+            arrays["ids"] = np.array([r.id for r in records])
+            arrays["sha"] = np.array(model.sha256)
+            arrays["pooling"] = np.array(args.pooling)
+            np.savez(args.vectors_cache, allow_pickle=False, **arrays)
     embed_seconds = time.perf_counter() - t0
     row_of = {r.id: i for i, r in enumerate(records)}
 
@@ -441,11 +439,11 @@ def main() -> None:
     print(header)
     for name, rows in results.items():
         print(f"{name:<12} ({rows['_sizes']})")
-        for method, row in rows.items():
-            if method.startswith("_"):
+        for head, row in rows.items():
+            if head.startswith("_"):
                 continue
             print(
-                f"{'':<12} {method:<18} {row['f1']:>6.3f} {row['top1_accuracy']:>6.3f} "
+                f"{'':<12} {head:<18} {row['f1']:>6.3f} {row['top1_accuracy']:>6.3f} "
                 f"{row['abstention_rate']:>6.3f} {row['backoff_rate']:>7.3f} "
                 f"{row['accuracy_on_answered']:>8.3f} "
                 f"{row.get('layer', ''):>5} {row['seconds']:>6.1f}"

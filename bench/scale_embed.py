@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from protssl.checkpoint import LoadedModel, load_model
+from protssl.dtypes import DTypeName, check_dtype_name
 from protssl.embed_file import JobSummary, embed_fasta_file
 from protssl.embedding import EmbedConfig, embed_records
 from protssl.errors import ModelNotFoundError
@@ -42,7 +43,7 @@ DEFAULT_FASTA = (
 log = logging.getLogger("bench.scale_embed")
 
 
-def pick_model(spec: str | None, dtype: str) -> tuple[LoadedModel, str | None]:
+def pick_model(spec: str | None, dtype: DTypeName) -> tuple[LoadedModel, str | None]:
     """The named model, else the shipped default, else random-weight esm2-8m; and its spec."""
     if spec is not None:
         return load_model(spec, dtype=dtype), spec
@@ -93,7 +94,7 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     import ray
 
-    model, spec = pick_model(args.model, args.dtype)
+    model, spec = pick_model(args.model, check_dtype_name(args.dtype))
     config = EmbedConfig(read_ahead_residues=args.read_ahead)
     result: dict[str, Any] = {
         "bench": "scale_embed",

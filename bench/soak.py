@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import json
 import os
 import random
@@ -191,10 +192,10 @@ def client(
                 continue
             if rng.random() < 0.7:
                 request = pb.EmbedRequest(sequences=_sequences(rng, records, rng.choice([1, 1, 8])))
-                kind, fn = "embed", (lambda r=request: embed.Embed(r, timeout=120))
+                kind, fn = "embed", functools.partial(embed.Embed, request, timeout=120)
             else:
                 query = pb.ClassifyRequest(name="soak", sequences=_sequences(rng, records, 2))
-                kind, fn = "classify", (lambda q=query: classifiers.Classify(q, timeout=120))
+                kind, fn = "classify", functools.partial(classifiers.Classify, query, timeout=120)
             got, detail, seconds = _call(fn)
             tally.record(kind, OK, got, detail)
             if got == OK:

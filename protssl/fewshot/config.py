@@ -10,7 +10,7 @@ from protssl.errors import InvalidInputError
 __all__ = ["EMBEDDING_HEADS", "METHODS", "FewShotConfig", "Method"]
 
 Method = Literal["prototype", "knn", "linear", "contrastive", "hybrid"]
-METHODS: tuple[str, ...] = ("prototype", "knn", "linear", "contrastive", "hybrid")
+METHODS: tuple[Method, ...] = ("prototype", "knn", "linear", "contrastive", "hybrid")
 EMBEDDING_HEADS: tuple[str, ...] = ("prototype", "knn")
 """The embedding heads `hybrid` can fall back to (their held-out scores are exact leave-one-out)."""
 
