@@ -57,6 +57,7 @@ __all__ = [
     "UntrustedCheckpointError",
     "error_for_status",
     "exit_code_for",
+    "first_line",
     "status_name_for",
 ]
 
@@ -66,6 +67,13 @@ EXIT_UNEXPECTED = 1
 """Exit code of anything unexpected (Python prints the traceback)."""
 EXIT_INTERRUPTED = 130
 """Exit code after Ctrl-C; what was computed is kept."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first non-blank line, or its type name when it has none:
+    what a one-line error or log line quotes of a library's (often multi-line) exception."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return lines[0].strip() if lines else type(exc).__name__
 
 
 class ProtsslError(Exception):

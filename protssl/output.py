@@ -37,7 +37,7 @@ import numpy as np
 from protssl import __version__
 from protssl.durable import replace_durably
 from protssl.embedding import Embedding, Provenance
-from protssl.errors import InvalidInputError
+from protssl.errors import InvalidInputError, first_line
 
 __all__ = [
     "FORMATS",
@@ -326,9 +326,8 @@ def _read_index(path: Path, kind: str) -> tuple[dict[str, Any] | None, list[str]
             meta, names = _npz_index(data, required=False)
             return meta.get("shared"), names
     except _UNREADABLE as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InvalidInputError(
-            f"output {str(path)!r} is not {what} file protssl can read ({reason}): "
+            f"output {str(path)!r} is not {what} file protssl can read ({first_line(exc)}): "
             "move it away, or pass --overwrite to replace it"
         ) from None
 

@@ -30,7 +30,13 @@ from protssl.batching import read_ahead
 from protssl.checkpoint import LoadedModel
 from protssl.embed_file import JobSummary
 from protssl.embedding import CacheStats, EmbedConfig, embed_records
-from protssl.errors import CheckpointError, InvalidInputError, ProtsslError, UnavailableError
+from protssl.errors import (
+    CheckpointError,
+    InvalidInputError,
+    ProtsslError,
+    UnavailableError,
+    first_line,
+)
 from protssl.fasta import FastaPolicy, ProteinRecord, ReadStats, read_fasta, read_fasta_range
 from protssl.output import VectorWriter, part_name
 
@@ -342,20 +348,19 @@ def _run(
 
 def _start_ray(ray: Any, options: RayOptions) -> None:
     """Connect to the cluster at `options.address`, or start Ray here; a failure is one line."""
-    failed = (
-        f"could not reach the Ray cluster at {options.address}"
-        if options.address
-        else "could not start Ray in this process"
-    )
-    refused = _refused(options.address, options.connect_timeout_s) if options.address else None
-    if refused is not None:  # Ray itself would retry for minutes
-        raise UnavailableError(f"--engine ray {failed}: {refused}")
-    if not options.address and _grpc_forks_unsafely():
-        log.warning(
-            "this process has loaded grpcio with its fork support on: a local Ray starts its "
-            "processes by fork, and about 1 in 100 such children crashes; set "
-            "GRPC_ENABLE_FORK_SUPPORT=false before grpc is imported"
-        )
+    if options.address:
+        failed = f"could not reach the Ray cluster at {options.address}"
+        refused = _refused(options.address, options.connect_timeout_s)
+        if refused is not None:  # Ray itself would retry for minutes
+            raise UnavailableError(f"--engine ray {failed}: {refused}")
+    else:
+        failed = "could not start Ray in this process"
+        if _grpc_forks_unsafely():
+            log.warning(
+                "this process has loaded grpcio with its fork support on: a local Ray starts its "
+                "processes by fork, and about 1 in 100 such children crashes; set "
+                "GRPC_ENABLE_FORK_SUPPORT=false before grpc is imported"
+            )
     try:
         ray.init(
             address=options.address,
@@ -366,8 +371,7 @@ def _start_ray(ray: Any, options: RayOptions) -> None:
         )
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
         ray.shutdown()  # what a half-finished start left running
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UnavailableError(f"--engine ray {failed}: {reason}") from None
+        raise UnavailableError(f"--engine ray {failed}: {first_line(exc)}") from None
 
 
 def _grpc_forks_unsafely() -> bool:

@@ -58,3 +58,13 @@ def test_back_from_a_status_alone_or_a_foreign_kind() -> None:
     other = error_for_status("ABORTED", "m")
     assert type(other) is ServiceError and other.code == "ABORTED"
     assert isinstance(error_for_status("FAILED_PRECONDITION", "m"), CheckpointError)
+
+
+def test_first_line_quotes_the_first_non_blank_line_or_the_type() -> None:
+    assert (
+        errors.first_line(RuntimeError("Timed out waiting\n  for the file\n"))
+        == "Timed out waiting"
+    )
+    assert errors.first_line(OSError("\n  refused  \nmore")) == "refused"
+    assert errors.first_line(TimeoutError()) == "TimeoutError"
+    assert errors.first_line(ValueError(" \n ")) == "ValueError"

@@ -19,7 +19,7 @@ from sqlalchemy import Connection, Table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
-from protssl.errors import InvalidInputError, StoreError
+from protssl.errors import InvalidInputError, StoreError, first_line
 from protssl.store.schema import Base
 
 __all__ = [
@@ -56,8 +56,7 @@ def store_errors(what: str) -> Iterator[None]:
 
 def unavailable(what: str, exc: SQLAlchemyError) -> StoreError:
     """The StoreError for a failed `what`; the driver's detail (host, port) goes to the log only."""
-    detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    log.warning("store: %s failed: %s", what, detail)
+    log.warning("store: %s failed: %s", what, first_line(exc))
     return StoreError(f"the store is unavailable: {what} failed")
 
 
