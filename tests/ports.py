@@ -41,8 +41,7 @@ def _worker_ports() -> range | None:
 
 
 _PORTS = _worker_ports()
-_offset = random.randrange(_SLICE)  # two runs side by side seldom start on the same port
-_next_index = itertools.count(_offset)
+_next_index = itertools.count(random.randrange(_SLICE))  # runs side by side seldom start alike
 
 
 def _bindable(port: int) -> bool:
