@@ -81,12 +81,17 @@ OPTIONS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
 """(ServiceConfig field, parser, help): flag --field-name, environment variable PROTSSL_FIELD_NAME."""
 
 
+# Other spellings of a flag: `--db` is what every other protssl command calls the store's URL.
+_ALIASES = {"database_url": ("--db",)}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The server's flags (every one also read from PROTSSL_<NAME>)."""
     for name, kind, text in OPTIONS:
         switch = {"nargs": "?", "const": True} if kind is _boolean else {}  # `--flag` = true
         parser.add_argument(
             "--" + name.replace("_", "-"),
+            *_ALIASES.get(name, ()),
             dest=name,
             type=kind,
             default=argparse.SUPPRESS,

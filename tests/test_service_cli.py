@@ -46,3 +46,15 @@ def test_protssl_serve_delegates_to_the_service_flags_and_handler() -> None:
     args = build_parser().parse_args(["serve", "--port", "0", "--log-level", "debug"])
     assert (args.func, args.port, args.log_level, args.log_timestamps) == (run, 0, "debug", True)
     assert not hasattr(args, "metrics_port")  # unset flags fall back to PROTSSL_* variables
+
+
+def test_serve_takes_the_store_url_as_db_like_every_other_command() -> None:
+    from protssl.cli import build_parser
+
+    url = "sqlite:///store.sqlite3"
+    for flag in ("--db", "--database-url"):
+        args = build_parser().parse_args(["serve", flag, url])
+        config = ServiceConfig(**config_kwargs(args, {"PROTSSL_DATABASE_URL": "sqlite:///env"}))
+        assert config.database_url == url
+    embed = build_parser().parse_args(["embed", "in.fasta", "-o", "out.h5", "--db", url])
+    assert embed.db == url
