@@ -8,7 +8,9 @@ vector carries its provenance. A vector does not depend on which other sequences
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -390,14 +392,14 @@ def _embed_batches(
     provenance = expected_provenance(model, config)
     sequences = [r.sequence for r in records]
     stitches: dict[int, _Stitch] = {}
-    for batch in token_batches(
+    batches = token_batches(
         sequences,
         max_tokens=config.max_tokens,
         window_residues=window_residues,
         policy=config.window,
         ids=[r.id for r in records],
-    ):
-        hidden = _forward(model, batch, layers)  # (B, T, len(layers) * C) float32
+    )
+    for batch, hidden in _forwards(model, batches, layers):  # hidden: (B, T, len(layers) * C)
         finished: list[tuple[int, Embedding]] = []
         pooled = (
             pool_rows(hidden, batch.tokens, config.pooling, groups=len(layers))
@@ -436,6 +438,38 @@ def _embed_batches(
                 embedding = _embedding(record, vector, provenance, windows=stitch.windows)
                 finished.append((window.item, embedding))
         yield finished, batch.residues
+
+
+def _forwards(
+    model: LoadedModel, batches: Iterable[TokenBatch], layers: tuple[int, ...]
+) -> Iterator[tuple[TokenBatch, torch.Tensor]]:
+    """Each batch with its hidden states, in order. An int8 model on a CPU with n torch threads runs
+    n single-threaded forwards side by side: PyTorch's flash attention, half of int8's time, gains
+    only 1.2-1.5x from a second thread on sequences up to 400 tokens (the README's Benchmarks).
+    int8 vectors do not depend on the thread count (integer GEMMs; per-row float ops)."""
+    threads = torch.get_num_threads()
+    if not (model.int8 and model.device.type == "cpu" and threads > 1):
+        for batch in batches:
+            yield batch, _forward(model, batch, layers)
+        return
+    in_flight: deque[tuple[TokenBatch, Future[torch.Tensor]]] = deque()
+    # torch.set_num_threads sets the calling thread's OpenMP team size and the default for threads
+    # that start later; each worker takes one thread, and the default is put back afterwards.
+    pool = ThreadPoolExecutor(threads, initializer=torch.set_num_threads, initargs=(1,))
+    try:
+        for batch in batches:
+            in_flight.append((batch, pool.submit(_forward, model, batch, layers)))
+            if len(in_flight) == threads:
+                done, future = in_flight.popleft()
+                yield done, future.result()
+        while in_flight:
+            done, future = in_flight.popleft()
+            yield done, future.result()
+    finally:
+        for _, future in in_flight:
+            future.cancel()
+        pool.shutdown(wait=True)
+        torch.set_num_threads(threads)
 
 
 def _forward(model: LoadedModel, batch: TokenBatch, layers: tuple[int, ...]) -> torch.Tensor:

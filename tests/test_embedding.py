@@ -52,6 +52,31 @@ def test_int8_vectors_of_the_shipped_model_are_float32_ones_to_int8_precision(
         assert 0.999 <= cosine < 1.0, e.id
 
 
+def test_int8_forwards_side_by_side_give_the_one_thread_vectors_in_order(
+    tiny_model_dir: Path, sample_fasta: Path
+) -> None:
+    """With two torch threads an int8 model runs two single-threaded forwards at once: the same
+    vectors bit for bit as one thread, each record once and in the same order, the thread count kept."""
+    import torch
+
+    model = load_model(tiny_model_dir, dtype="int8")
+    records = _records(sample_fasta, 40)
+    config = EmbedConfig(max_tokens=256)  # several batches, so forwards overlap
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = list(embed_records(records, model, config))
+        torch.set_num_threads(2)
+        side_by_side = list(embed_records(records, model, config))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert [e.id for e in side_by_side] == [e.id for e in alone]
+    assert sorted(e.id for e in alone) == sorted(r.id for r in records)
+    for one, two in zip(alone, side_by_side, strict=True):
+        assert np.array_equal(one.vector, two.vector), one.id
+
+
 def test_poolings_agree_with_each_other(tiny_model_dir: Path, sample_fasta: Path) -> None:
     model = load_model(tiny_model_dir, dtype="float32")
     records = _records(sample_fasta, 8)
