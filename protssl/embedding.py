@@ -8,6 +8,7 @@ vector carries its provenance. A vector does not depend on which other sequences
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -448,7 +449,10 @@ def _forwards(
     only 1.2-1.5x from a second thread on sequences up to 400 tokens (the README's Benchmarks).
     int8 vectors do not depend on the thread count (integer GEMMs; per-row float ops)."""
     threads = torch.get_num_threads()
-    if not (model.int8 and model.device.type == "cpu" and threads > 1):
+    iterator = iter(batches)
+    head = list(itertools.islice(iterator, 2))  # one forward (a service call) keeps every thread
+    batches = itertools.chain(head, iterator)
+    if len(head) < 2 or not (model.int8 and model.device.type == "cpu" and threads > 1):
         for batch in batches:
             yield batch, _forward(model, batch, layers)
         return
