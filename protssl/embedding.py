@@ -470,9 +470,7 @@ def _forwards(
             done, future = in_flight.popleft()
             yield done, future.result()
     finally:
-        for _, future in in_flight:
-            future.cancel()
-        pool.shutdown(wait=True)
+        pool.shutdown(wait=True, cancel_futures=True)
         torch.set_num_threads(threads)
 
 
