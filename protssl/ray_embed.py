@@ -19,7 +19,9 @@ import os
 import socket
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,10 +62,16 @@ class RayOptions:
     """GPUs per actor (0: CPU); with a GPU the actor's model runs on `cuda`."""
     connect_timeout_s: float = 10.0
     """How long a `host:port` address may take to accept a connection before the run fails."""
+    retries: int = 3
+    """Times a dead actor (a node lost, an OOM kill) is restarted and its shard retried; past that
+    the run stops with the unfinished shards named. Ray Data's own default retries forever, so a
+    shard that kills its actor every time would hang the run."""
 
     def __post_init__(self) -> None:
         if self.workers < 1 or self.cpus_per_worker < 1:
             raise InvalidInputError("workers and cpus per worker must be at least 1")
+        if self.retries < 0:
+            raise InvalidInputError("retries must not be negative")
         if self.gpus_per_worker < 0:
             raise InvalidInputError("gpus per worker must not be negative")
 
@@ -259,7 +267,7 @@ def embed_fasta_ray(
     read = ReadStats()
     shards = plan_shards(source, config, policy, stats=read)
     summary.skipped, summary.skipped_ids = read.skipped, list(read.skipped_ids)
-    pending = [s for s in shards if not (folder / part_name(s.index)).exists()]
+    pending = _unfinished(shards, folder)
     summary.resumed = sum(len(s.ids) for s in shards) - sum(len(s.ids) for s in pending)
     if pending:
         device = "cuda" if options.gpus_per_worker > 0 else model.device.type
@@ -323,27 +331,87 @@ def _run(
     try:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = progress
-        dataset = ray.data.from_items(
-            [_shard_row(s) for s in shards], override_num_blocks=len(shards)
-        ).map_batches(
-            ShardEmbedder,
-            fn_constructor_kwargs=actor_args,
-            batch_size=1,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=min(options.workers, len(shards))),
-            num_cpus=options.cpus_per_worker,
-            num_gpus=options.gpus_per_worker or None,
-        )
-        for row in dataset.iter_rows():
-            yield {name: int(row[name]) for name in _COUNTS}
+        rows = ray.data.from_items([_shard_row(s) for s in shards], override_num_blocks=len(shards))
+        with warnings.catch_warnings():  # the only way to bound actor restarts in ray 2.60-2.63
+            warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated", DeprecationWarning)
+            dataset = rows.map_batches(
+                ShardEmbedder,
+                fn_constructor_kwargs=actor_args,
+                batch_size=1,
+                batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=min(options.workers, len(shards))),
+                num_cpus=options.cpus_per_worker,
+                num_gpus=options.gpus_per_worker or None,
+                max_restarts=options.retries,
+                max_task_retries=options.retries,
+            )
+        with _quiet_ray_data():
+            for row in dataset.iter_rows():
+                yield {name: int(row[name]) for name in _COUNTS}
     except ray.exceptions.RayError as exc:
         cause = _protssl_cause(exc)
         if cause is not None:
             raise cause from None
+        if _worker_lost(ray, exc):
+            unfinished = [
+                part_name(s.index) for s in _unfinished(shards, Path(actor_args["output"]))
+            ]
+            raise UnavailableError(
+                f"--engine ray: Ray workers died past --worker-retries {options.retries}; "
+                f"{len(unfinished)} shard(s) not finished ({', '.join(unfinished[:5])}"
+                f"{', ...' if len(unfinished) > 5 else ''}); the finished parts are kept and "
+                "--resume goes on from them (a worker that dies every time is often out of "
+                f"memory: try a smaller --max-tokens). Ray said: {first_line(exc)}"
+            ) from None
         raise
     finally:
         if started:
             ray.shutdown()
+
+
+def _worker_lost(ray: Any, exc: BaseException) -> bool:
+    """Whether Ray gave up on an actor or its process: it died, crashed or lost its node."""
+    errors = ray.exceptions
+    return isinstance(
+        exc,
+        (
+            errors.RayActorError,
+            errors.WorkerCrashedError,
+            errors.NodeDiedError,
+            errors.OutOfMemoryError,
+        ),
+    )
+
+
+def _unfinished(shards: Sequence[Shard], folder: Path) -> list[Shard]:
+    """The shards whose part is not in `folder` yet (a part lands only when its shard is done)."""
+    return [shard for shard in shards if not (folder / part_name(shard.index)).exists()]
+
+
+@contextmanager
+def _quiet_ray_data() -> Iterator[None]:
+    """While a run is read, Ray Data's console shows warnings and errors only: the command has its
+    own progress bar and summary, where Ray Data prints its plan and progress at INFO, and warns
+    that its progress bars are off when the command turned them off."""
+    handlers = [
+        handler
+        for handler in logging.getLogger("ray.data").handlers
+        if isinstance(handler, logging.StreamHandler)
+    ]
+    levels = [handler.level for handler in handlers]
+    for handler in handlers:
+        handler.setLevel(max(handler.level, logging.WARNING))
+        handler.addFilter(_progress_bars_off)
+    try:
+        yield
+    finally:
+        for handler, level in zip(handlers, levels, strict=True):
+            handler.setLevel(level)
+            handler.removeFilter(_progress_bars_off)
+
+
+def _progress_bars_off(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Progress bars disabled")
 
 
 def _start_ray(ray: Any, options: RayOptions) -> None:

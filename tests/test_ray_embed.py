@@ -15,6 +15,7 @@ import pytest
 import torch
 from ports import free_port
 
+from protssl import ray_embed
 from protssl.checkpoint import load_model
 from protssl.cli import main
 from protssl.embed_file import embed_fasta_file
@@ -24,6 +25,7 @@ from protssl.fasta import FastaPolicy, read_fasta
 from protssl.output import part_name, read_vectors
 from protssl.ray_embed import (
     RayOptions,
+    Shard,
     _grpc_forks_unsafely,
     embed_fasta_ray,
     plan_shards,
@@ -183,7 +185,7 @@ def test_ray_through_the_cli_skips_cached_sequences_and_finished_parts(
     fasta: Path,
     tmp_path: Path,
     service_model_dir: Path,
-    capsys: pytest.CaptureFixture[str],
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
     common = ["--model", str(service_model_dir), "--dtype", "float32", "--no-progress", "--db", url]
@@ -191,17 +193,69 @@ def test_ray_through_the_cli_skips_cached_sequences_and_finished_parts(
     common += ["--on-invalid", "skip", "--on-duplicate", "skip"]
     first = tmp_path / "first"
     assert main(["embed", str(fasta), "-o", str(first), *common]) == 0
-    done = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    out, err = capfd.readouterr()
+    done = json.loads(out.strip().splitlines()[-1])
     assert (done["records"], done["computed"], done["cached"]) == (36, 36, 0)
+    # Ray Data's plan, progress lines and "progress bars disabled" stay off the console
+    assert "streaming_executor" not in err and "Progress bars" not in err, err
 
     second = tmp_path / "second"  # another job, same sequences: the store answers for all
     assert main(["embed", str(fasta), "-o", str(second), *common]) == 0
-    cached = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    cached = json.loads(capfd.readouterr().out.strip().splitlines()[-1])
     assert (cached["computed"], cached["cached"]) == (0, 36)
 
     (first / part_name(1)).unlink()  # a part lost: --resume redoes that shard only, from the store
     assert main(["embed", str(fasta), "-o", str(first), "--resume", *common]) == 0
-    resumed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    resumed = json.loads(capfd.readouterr().out.strip().splitlines()[-1])
     assert resumed["records"] + resumed["resumed"] == 36 and resumed["computed"] == 0
     assert 0 < resumed["records"] < 36
     assert len({key for key, _, _ in read_vectors(first)}) == 36
+
+
+@pytest.mark.slow
+def test_a_shard_whose_worker_dies_every_time_stops_the_run_after_its_retries(
+    local_ray: None,
+    fasta: Path,
+    tmp_path: Path,
+    service_model_dir: Path,
+    capfd: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ray Data alone would restart the actor and retry the shard forever: the run would hang."""
+
+    class DiesOnShardOne(ray_embed.ShardEmbedder):  # local: Ray pickles it by value
+        def _embed(self, shard: Shard) -> dict[str, int]:
+            if shard.index == 1:
+                os._exit(1)  # as a worker killed for its memory ends
+            return super()._embed(shard)
+
+    monkeypatch.setattr(ray_embed, "ShardEmbedder", DiesOnShardOne)
+    common = [
+        "--model",
+        str(service_model_dir),
+        "--dtype",
+        "float32",
+        "--no-progress",
+        "--no-cache",
+    ]
+    common += ["--engine", "ray", "--read-ahead", str(SHARD_RESIDUES), "--worker-retries", "1"]
+    common += ["--on-invalid", "skip", "--on-duplicate", "skip"]
+    folder = tmp_path / "parts"
+    assert main(["embed", str(fasta), "-o", str(folder), *common]) == 2
+    error = capfd.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(
+        "protssl embed: error: --engine ray: Ray workers died past --worker-retries 1;"
+    )
+    assert part_name(1) in error and "--resume" in error
+    assert not (folder / part_name(1)).exists()
+    shards = plan_shards(fasta, _config(), FastaPolicy(on_invalid="skip", on_duplicate="skip"))
+    names = [part_name(s.index) for s in shards]
+    kept = {p.name for p in folder.glob("part-*")}
+    assert len(names) <= 5  # the message names five at most
+    assert [name in error for name in names] == [name not in kept for name in names], error
+
+    monkeypatch.undo()  # the worker no longer dies: --resume finishes the job from the kept parts
+    assert main(["embed", str(fasta), "-o", str(folder), "--resume", *common]) == 0
+    resumed = json.loads(capfd.readouterr().out.strip().splitlines()[-1])
+    assert resumed["records"] + resumed["resumed"] == 36
+    assert len({key for key, _, _ in read_vectors(folder)}) == 36

@@ -114,6 +114,13 @@ def _build(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="GPUs per actor (default 0: CPU)",
     )
+    engine.add_argument(
+        "--worker-retries",
+        type=int,
+        default=3,
+        metavar="N",
+        help="times a dead actor (node lost, OOM kill) is restarted and its shard retried (default 3)",
+    )
     parser.set_defaults(func=_embed)
 
 
@@ -227,6 +234,7 @@ def _embed_ray(
         workers=args.workers,
         cpus_per_worker=args.cpus_per_worker,
         gpus_per_worker=args.gpus_per_worker,
+        retries=args.worker_retries,
     )
     embed_fasta_ray(
         args.input,
