@@ -71,7 +71,7 @@ class RayOptions:
         if self.workers < 1 or self.cpus_per_worker < 1:
             raise InvalidInputError("workers and cpus per worker must be at least 1")
         if self.retries < 0:
-            raise InvalidInputError("retries must not be negative")
+            raise InvalidInputError("worker retries must not be negative")
         if self.gpus_per_worker < 0:
             raise InvalidInputError("gpus per worker must not be negative")
 

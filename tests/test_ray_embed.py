@@ -259,3 +259,9 @@ def test_a_shard_whose_worker_dies_every_time_stops_the_run_after_its_retries(
     resumed = json.loads(capfd.readouterr().out.strip().splitlines()[-1])
     assert resumed["records"] + resumed["resumed"] == 36
     assert len({key for key, _, _ in read_vectors(folder)}) == 36
+
+
+def test_negative_worker_retries_are_refused_before_ray_starts() -> None:
+    with pytest.raises(InvalidInputError, match="worker retries must not be negative"):
+        RayOptions(retries=-1)
+    assert RayOptions(retries=0).retries == 0  # no restarts: the first death stops the run
