@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -45,7 +46,6 @@ import psutil
 
 from protssl._proto import protssl_pb2 as pb
 from protssl._proto import protssl_pb2_grpc as pb_grpc
-from protssl.client import _BearerToken
 from protssl.fasta import ProteinRecord, read_fasta
 from protssl.store import Store, StoreConfig
 
@@ -78,9 +78,36 @@ class Tally:
                 self.unexpected.append(f"{kind}: wanted {want.name}, got {got.name}: {detail}")
 
 
+class BearerToken(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds `authorization: Bearer <token>` to every call of the soak's raw stubs."""
+
+    def __init__(self, token: str) -> None:
+        self._metadata = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details: Any) -> Any:
+        return details._replace(metadata=(*(details.metadata or ()), self._metadata))
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._with_token(details), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._with_token(details), requests)
+
+
 def channel_to(address: str, token: str) -> grpc.Channel:
     """A channel whose calls carry the soak's API token (the server runs with authentication)."""
-    return grpc.intercept_channel(grpc.insecure_channel(address), _BearerToken(token))
+    return grpc.intercept_channel(grpc.insecure_channel(address), BearerToken(token))
 
 
 def _call(fn: Callable[[], object]) -> tuple[grpc.StatusCode, str, float]:

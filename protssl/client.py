@@ -133,33 +133,6 @@ def _sequences(
     return out
 
 
-class _BearerToken(
-    grpc.UnaryUnaryClientInterceptor,
-    grpc.UnaryStreamClientInterceptor,
-    grpc.StreamUnaryClientInterceptor,
-    grpc.StreamStreamClientInterceptor,
-):
-    """Adds `authorization: Bearer <token>` to every call of a channel."""
-
-    def __init__(self, token: str) -> None:
-        self._metadata = ("authorization", f"Bearer {token}")
-
-    def _with_token(self, details: Any) -> Any:
-        return details._replace(metadata=(*(details.metadata or ()), self._metadata))
-
-    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(self._with_token(details), request)
-
-    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return continuation(self._with_token(details), request)
-
-    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return continuation(self._with_token(details), requests)
-
-    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return continuation(self._with_token(details), requests)
-
-
 def _pem(value: bytes | str | Path | None, what: str) -> bytes | None:
     """PEM bytes as given, or read from a path."""
     if value is None or isinstance(value, bytes):
@@ -226,12 +199,12 @@ class Client:
         else:
             self._channel = grpc.insecure_channel(target, options=options)
         token = token if token is not None else os.environ.get(TOKEN_ENV) or None
-        self._calls = (
-            grpc.intercept_channel(self._channel, _BearerToken(token)) if token else self._channel
-        )
-        self._embeddings = pb_grpc.EmbeddingServiceStub(self._calls)
-        self._classifiers = pb_grpc.ClassifierServiceStub(self._calls)
-        self._tokens = pb_grpc.TokenServiceStub(self._calls)
+        # metadata on each call, not a channel interceptor: grpcio's Python interceptor machinery
+        # cost ~30-40 us of client CPU per call (a tenth of a cached hit's)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
+        self._embeddings = pb_grpc.EmbeddingServiceStub(self._channel)
+        self._classifiers = pb_grpc.ClassifierServiceStub(self._channel)
+        self._tokens = pb_grpc.TokenServiceStub(self._channel)
 
     def __enter__(self) -> Client:
         return self
@@ -250,7 +223,7 @@ class Client:
         for attempt in range(self.retries + 1):
             remaining = None if deadline is None else deadline - time.monotonic()
             try:
-                return method(request, timeout=remaining)
+                return method(request, timeout=remaining, metadata=self._metadata)
             except grpc.RpcError as exc:
                 retry = exc.code() == grpc.StatusCode.UNAVAILABLE and attempt < self.retries  # type: ignore[attr-defined]
                 if retry and (deadline is None or time.monotonic() + delay < deadline):
@@ -325,7 +298,10 @@ class Client:
             desc=f"embed {Path(path).name}", unit="res", unit_scale=True, disable=not progress
         )
         try:
-            for message in self._embeddings.EmbedStream(requests(), timeout=timeout):
+            stream = self._embeddings.EmbedStream(
+                requests(), timeout=timeout, metadata=self._metadata
+            )
+            for message in stream:
                 if message.HasField("embedding"):
                     embeddings[message.embedding.id] = decode(message.embedding)
                     bar.update(message.embedding.length)

@@ -292,14 +292,18 @@ def test_revocation_takes_effect_within_token_cache_s(service_model, sqlite_url:
                     client.list_models()
 
 
+SKIP = FastaPolicy(on_invalid="skip")
+
+
 def test_the_sdk_sends_token_or_protssl_token(
     secured: str,
     tokens: dict[str, str],
     transposase_fastas: list[Path],
     monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     families: dict[str, list[ProteinRecord]] = {}
-    for record in read_fasta(transposase_fastas[0], policy=FastaPolicy(on_invalid="skip")):
+    for record in read_fasta(transposase_fastas[0], policy=SKIP):
         families.setdefault(record.labels[0], []).append(record)
     support = [r for records in list(families.values())[:3] for r in records[:4]]
     with protssl.Client(secured, token=tokens["write"], retries=0) as writer:
@@ -309,6 +313,9 @@ def test_the_sdk_sends_token_or_protssl_token(
     monkeypatch.setenv("PROTSSL_TOKEN", tokens["read"])
     with protssl.Client(secured, retries=0) as reader:
         assert [c.name for c in reader.list_classifiers()] == ["families"]
+        few = tmp_path / "few.fasta"  # the streamed call carries the token too
+        few.write_text("".join(f">{r.id}\n{r.sequence}\n" for r in support[:3]))
+        assert reader.embed_fasta(few, progress=False).ids == [r.id for r in support[:3]]
         with pytest.raises(PermissionDeniedError, match="needs write"):
             reader.delete_classifier("families")
     monkeypatch.delenv("PROTSSL_TOKEN")
