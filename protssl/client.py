@@ -71,6 +71,11 @@ class ClientEmbeddings:
     embeddings: tuple[Embedding, ...]
     cached: tuple[bool, ...]
 
+    @classmethod
+    def of(cls, pairs: Sequence[tuple[Embedding, bool]]) -> ClientEmbeddings:
+        """From (embedding, cached) pairs, as `EmbeddingDecoder` gives them."""
+        return cls(tuple(e for e, _ in pairs), tuple(c for _, c in pairs))
+
     @property
     def ids(self) -> list[str]:
         return [e.id for e in self.embeddings]
@@ -119,18 +124,28 @@ def _sequences(
     items: Iterable[str | ProteinRecord] | Mapping[str, str], ids: Sequence[str] | None
 ) -> list[dict[str, str]]:
     """`pb.Sequence` fields per item (dicts: a third of the cost of building messages one by one)."""
+    return list(_sequence_fields(items, ids))
+
+
+def _sequence_fields(
+    items: Iterable[str | ProteinRecord] | Mapping[str, str], ids: Sequence[str] | None
+) -> Iterator[dict[str, str]]:
+    """`_sequences`, item by item: `items` is read lazily (a stream may be longer than memory)."""
     if isinstance(items, Mapping):
-        return [{"id": k, "sequence": v} for k, v in items.items()]
-    out = []
+        yield from ({"id": k, "sequence": v} for k, v in items.items())
+        return
+    count = 0
     for index, item in enumerate(items):
+        if ids is not None and index >= len(ids):
+            raise InvalidInputError(f"{len(ids)} ids given for more than {len(ids)} sequences")
         given = ids[index] if ids is not None else ""
         if isinstance(item, ProteinRecord):
-            out.append({"id": given or item.id, "sequence": item.sequence})
+            yield {"id": given or item.id, "sequence": item.sequence}
         else:
-            out.append({"id": given, "sequence": item})
-    if ids is not None and len(ids) != len(out):
-        raise InvalidInputError(f"{len(ids)} ids given for {len(out)} sequences")
-    return out
+            yield {"id": given, "sequence": item}
+        count += 1
+    if ids is not None and len(ids) != count:
+        raise InvalidInputError(f"{len(ids)} ids given for {count} sequences")
 
 
 def _pem(value: bytes | str | Path | None, what: str) -> bytes | None:
@@ -260,7 +275,28 @@ class Client:
         response = self._call(self._embeddings.Embed, request, timeout)
         decode = EmbeddingDecoder()
         pairs = [decode(m) for m in response.embeddings]
-        return ClientEmbeddings(tuple(e for e, _ in pairs), tuple(c for _, c in pairs))
+        return ClientEmbeddings.of(pairs)
+
+    def embed_stream(
+        self,
+        sequences: Iterable[str | ProteinRecord] | Mapping[str, str],
+        *,
+        ids: Sequence[str] | None = None,
+        model: str = "",
+        pooling: str = "mean",
+        layer: int | None = None,
+        dtype: str = "float32",
+        on_invalid: str = "fail",
+        chunk: int = 64,
+        progress: bool = False,
+        timeout: float | None = None,
+    ) -> ClientEmbeddings:
+        """Embed any number of sequences (as `embed` takes them) over one EmbedStream call, in input
+        order: read lazily and sent `chunk` at a time, where one `embed` request is refused past the
+        server's max_sequences. Records `on_invalid="skip"` drops are left out of the results."""
+        options = self._options(model, pooling, layer, dtype, on_invalid)
+        fields = _sequence_fields(sequences, ids)
+        return self._stream(fields, options, chunk, progress, "embed", timeout)
 
     def embed_fasta(
         self,
@@ -275,28 +311,51 @@ class Client:
         policy: FastaPolicy | None = None,
         timeout: float | None = None,
     ) -> ClientEmbeddings:
-        """Embed a whole FASTA file over one EmbedStream call, with a progress bar; input order kept."""
-        embeddings: dict[str, tuple[Embedding, bool]] = {}
-        order: list[str] = []
-        decode = EmbeddingDecoder()
+        """Embed a whole FASTA file over one EmbedStream call, with a progress bar; input order kept.
+        A record that breaks `policy` raises its FastaFormatError (file, record, position) once the
+        records before it are back; the server has cached those, so a rerun after the fix is quick."""
+        records = ({"id": r.id, "sequence": r.sequence} for r in read_fasta(path, policy=policy))
         options = self._options(model, pooling, layer, dtype)
+        return self._stream(records, options, chunk, progress, f"embed {Path(path).name}", timeout)
+
+    def _stream(
+        self,
+        fields: Iterator[dict[str, str]],
+        options: pb.EmbedOptions,
+        chunk: int,
+        progress: bool,
+        desc: str,
+        timeout: float | None,
+    ) -> ClientEmbeddings:
+        """One EmbedStream call of `fields` in messages of `chunk`; results in input order. An error
+        raised while reading the input (grpcio would swallow it in its request thread and cancel the
+        call) ends the stream, the results of what was sent are drained, and it is raised here."""
+        if chunk < 1:
+            raise InvalidInputError("chunk must be at least 1")
+        order: list[str] = []
+        embeddings: dict[str, tuple[Embedding, bool]] = {}
+        failed: list[Exception] = []
+        decode = EmbeddingDecoder()
 
         def requests() -> Iterator[pb.EmbedStreamRequest]:
-            batch: list[pb.Sequence] = []
+            batch: list[dict[str, str]] = []
             first = True
-            for record in read_fasta(path, policy=policy):
-                order.append(record.id)
-                batch.append(pb.Sequence(id=record.id, sequence=record.sequence))
-                if len(batch) == chunk:
-                    yield pb.EmbedStreamRequest(sequences=batch, options=options if first else None)
-                    batch, first = [], False
+            try:
+                for item in fields:
+                    order.append(item["id"] or f"seq{len(order)}")  # the server's default id
+                    batch.append(item)
+                    if len(batch) == chunk:
+                        yield pb.EmbedStreamRequest(
+                            sequences=batch, options=options if first else None
+                        )
+                        batch, first = [], False
+            except Exception as exc:  # raised in the caller's thread, below
+                failed.append(exc)
             if batch or first:
                 yield pb.EmbedStreamRequest(sequences=batch, options=options if first else None)
 
         timeout = self.timeout if timeout is None else timeout
-        bar = tqdm(
-            desc=f"embed {Path(path).name}", unit="res", unit_scale=True, disable=not progress
-        )
+        bar = tqdm(desc=desc, unit="res", unit_scale=True, disable=not progress)
         try:
             stream = self._embeddings.EmbedStream(
                 requests(), timeout=timeout, metadata=self._metadata
@@ -309,8 +368,10 @@ class Client:
             raise _error(exc) from None
         finally:
             bar.close()
-        pairs = [embeddings[i] for i in order]
-        return ClientEmbeddings(tuple(e for e, _ in pairs), tuple(c for _, c in pairs))
+        if failed:
+            raise failed[0]
+        pairs = [embeddings[i] for i in order if i in embeddings]
+        return ClientEmbeddings.of(pairs)
 
     @staticmethod
     def _options(

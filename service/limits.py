@@ -21,7 +21,7 @@ def check_request(ids: Sequence[str], sequences: Sequence[str], config: ServiceC
     if len(sequences) > config.max_sequences:
         raise InvalidInputError(
             f"{len(sequences)} sequences in one request; the limit is {config.max_sequences} "
-            "(max_sequences): split the request or use EmbedStream"
+            "(max_sequences): split the request or use EmbedStream (the SDK: Client.embed_stream)"
         )
     total = 0
     for index, (record_id, sequence) in enumerate(zip(ids, sequences, strict=True)):

@@ -19,6 +19,7 @@ from protssl.checkpoint import LoadedModel, update_card_training
 from protssl.embedding import EmbedConfig, embed_records
 from protssl.errors import (
     DeadlineExceededError,
+    FastaFormatError,
     InvalidInputError,
     NotFoundError,
     OverloadedError,
@@ -92,6 +93,47 @@ def test_embed_fasta_streams_in_input_order(address, sample_fasta, tmp_path):
         unary = client.embed(chosen[:8])
     assert streamed.ids == [r.id for r in chosen]
     np.testing.assert_allclose(streamed.vectors[:8], unary.vectors, atol=1e-5)
+
+
+def test_embed_stream_takes_more_than_max_sequences_lazily_in_input_order(address, sample_fasta):
+    chosen = real_records(sample_fasta, 20, max_length=400)  # the server takes 8 per request
+    with protssl.Client(address) as client:
+        with pytest.raises(InvalidInputError, match="max_sequences"):
+            client.embed(chosen)
+        streamed = client.embed_stream((r for r in chosen), chunk=6)  # a generator: read lazily
+        unary = [client.embed(chosen[i : i + 8]) for i in range(0, 20, 8)]
+        plain = client.embed_stream(
+            [chosen[0].sequence, "MKV-L", chosen[1].sequence], on_invalid="skip", chunk=2
+        )
+        with pytest.raises(InvalidInputError, match="2 ids given for more than 2 sequences"):
+            client.embed_stream([r.sequence for r in chosen[:3]], ids=["a", "b"])
+    assert streamed.ids == [r.id for r in chosen]
+    np.testing.assert_allclose(
+        streamed.vectors, np.concatenate([u.vectors for u in unary]), atol=1e-5
+    )
+    assert plain.ids == ["seq0", "seq2"]  # the server's default ids; the invalid one skipped
+    np.testing.assert_allclose(plain.vectors, streamed.vectors[:2], atol=1e-5)
+
+
+def test_embed_fasta_raises_the_bad_records_error_after_the_ones_before_it(
+    model, sample_fasta, tmp_path
+):
+    """grpcio swallowed an error raised while reading the file: the call ended as a bare
+    'Exception iterating requests!' ServiceError, the record and position lost."""
+    chosen = real_records(sample_fasta, 5, max_length=400)
+    fasta = tmp_path / "bad.fasta"
+    fasta.write_text(
+        "".join(f">{r.id}\n{r.sequence}\n" for r in chosen) + ">gap\nMKT-AYI\n>after\nMKV\n"
+    )
+    url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    with (
+        running_server(model, store=True, database_url=url) as (_, addr, _registry),
+        protssl.Client(addr) as client,
+    ):
+        with pytest.raises(FastaFormatError, match=r"record 'gap' \(#6\) at position 4"):
+            client.embed_fasta(fasta, chunk=2, progress=False)
+        again = client.embed(chosen)  # the records before it were computed and cached
+    assert again.cached == (True,) * len(chosen)
 
 
 def test_segments_pooling_unary_and_streamed_equal_in_process(
