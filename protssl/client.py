@@ -365,6 +365,8 @@ class Client:
                     embeddings[message.embedding.id] = decode(message.embedding)
                     bar.update(message.embedding.length)
         except grpc.RpcError as exc:
+            if failed:  # the input's own error says more than the call's
+                raise failed[0] from None
             raise _error(exc) from None
         finally:
             bar.close()
