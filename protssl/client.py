@@ -15,6 +15,7 @@ Messages are translated by `protssl.wire`, as in the server.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
@@ -465,14 +466,33 @@ class Client:
         ids: Sequence[str] | None = None,
         version: int | None = None,
         top_k: int = 3,
+        chunk: int = 256,
         timeout: float | None = None,
     ) -> list[ClientPrediction]:
-        """Labels (or abstentions) for sequences, in input order, with the top-k probabilities."""
-        request = pb.ClassifyRequest(
-            name=name, version=version or 0, sequences=_sequences(sequences, ids), top_k=top_k
-        )
-        response = self._call(self._classifiers.Classify, request, timeout)
-        return [prediction_from_proto(p) for p in response.predictions]
+        """Labels (or abstentions) for sequences, in input order, with the top-k probabilities.
+
+        Any number of sequences (read lazily): `chunk` go in each request (the server refuses one past
+        its max_sequences), and every request after the first names the version the first was
+        answered by, so a version added meanwhile never answers part of the list. `timeout` is per
+        request."""
+        if chunk < 1:
+            raise InvalidInputError("chunk must be at least 1")
+        fields = _sequence_fields(sequences, ids)
+        predictions: list[ClientPrediction] = []
+        pinned, sent = version or 0, 0
+        while True:
+            batch = list(itertools.islice(fields, chunk))
+            if not batch and sent:
+                return predictions
+            for index, item in enumerate(batch, start=sent):
+                item["id"] = item["id"] or f"seq{index}"  # the server numbers within one request
+            request = pb.ClassifyRequest(name=name, version=pinned, sequences=batch, top_k=top_k)
+            response = self._call(self._classifiers.Classify, request, timeout)
+            pinned = response.classifier.version
+            predictions.extend(prediction_from_proto(p) for p in response.predictions)
+            sent += len(batch)
+            if len(batch) < chunk:
+                return predictions
 
     # --- API tokens (an admin token's calls) --------------------------------------------------
 

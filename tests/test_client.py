@@ -43,6 +43,15 @@ def address(model: LoadedModel) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
+def by_family(shared_file) -> dict[str, list[ProteinRecord]]:
+    """Pfam seed records by family."""
+    families: dict[str, list[ProteinRecord]] = {}
+    for record in read_fasta(shared_file("families/pfam_seed_small.fasta")):
+        families.setdefault(record.labels[0], []).append(record)
+    return families
+
+
+@pytest.fixture(scope="module")
 def records(sample_fasta: Path) -> list[ProteinRecord]:
     return real_records(sample_fasta, 6, max_length=500)
 
@@ -238,11 +247,7 @@ def test_import_protssl_does_not_load_grpc():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_classifiers_through_the_sdk(model, shared_file, tmp_path):
-    pfam = list(read_fasta(shared_file("families/pfam_seed_small.fasta")))
-    by_family: dict[str, list[ProteinRecord]] = {}
-    for record in pfam:
-        by_family.setdefault(record.labels[0], []).append(record)
+def test_classifiers_through_the_sdk(model, by_family, tmp_path):
     support = [r for f in ("fn3", "RRM_1") for r in by_family[f][:4]]
     url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
     with (
@@ -264,6 +269,44 @@ def test_classifiers_through_the_sdk(model, shared_file, tmp_path):
         client.delete_classifier("two")
         with pytest.raises(NotFoundError, match="'two'"):
             client.classify("two", ["MKV"])
+
+
+def test_classify_takes_any_number_in_chunks_pinned_to_the_first_answers_version(
+    model, by_family, tmp_path
+):
+    third = next(
+        f for f, members in by_family.items() if f not in ("fn3", "RRM_1") and len(members) >= 3
+    )
+    support = [r for f in ("fn3", "RRM_1") for r in by_family[f][:3]]
+    queries = [r.sequence for f in ("fn3", "RRM_1", third) for r in by_family[f][3:7]][:10]
+    url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    with (
+        running_server(model, store=True, database_url=url, max_sequences=6) as (_, addr, _),
+        protssl.Client(addr) as client,
+    ):
+        assert client.create_classifier("two", support, method="knn").version == 1
+        with pytest.raises(InvalidInputError, match="max_sequences"):
+            client.classify("two", queries, chunk=10)
+
+        def meanwhile() -> Iterator[str]:  # version 2, with a third label, lands after chunk one
+            for index, sequence in enumerate(queries):
+                if index == 4:
+                    added = client.add_examples(
+                        "two", [(r.sequence, third) for r in by_family[third][:3]]
+                    )
+                    assert added.version == 2
+                yield sequence
+
+        pinned = client.classify("two", meanwhile(), chunk=4)
+        latest = client.classify("two", queries[4:6])
+        one_by_one = [client.classify("two", [q], version=1)[0] for q in queries]
+    assert [p.id for p in pinned] == [f"seq{i}" for i in range(10)]  # numbered across requests
+    assert all({label for label, _ in p.top} == {"fn3", "RRM_1"} for p in pinned)  # all version 1
+    assert any(third in {label for label, _ in p.top} for p in latest)  # version 2 knows it
+    assert [p.label for p in pinned] == [p.label for p in one_by_one]
+    for got, alone in zip(pinned, one_by_one, strict=True):  # batch neighbours move last bits only
+        assert [label for label, _ in got.top] == [label for label, _ in alone.top]
+        assert [x for _, x in got.top] == pytest.approx([x for _, x in alone.top], abs=1e-6)
 
 
 @pytest.mark.slow
