@@ -397,6 +397,7 @@ def _quiet_ray_data() -> Iterator[None]:
         handler
         for handler in logging.getLogger("ray.data").handlers
         if isinstance(handler, logging.StreamHandler)
+        and not isinstance(handler, logging.FileHandler)  # its log file keeps everything
     ]
     levels = [handler.level for handler in handlers]
     for handler in handlers:
