@@ -315,9 +315,9 @@ class Client:
         """Embed a whole FASTA file over one EmbedStream call, with a progress bar; input order kept.
         A record that breaks `policy` raises its FastaFormatError (file, record, position) once the
         records before it are back; the server has cached those, so a rerun after the fix is quick."""
-        records = ({"id": r.id, "sequence": r.sequence} for r in read_fasta(path, policy=policy))
+        fields = _sequence_fields(read_fasta(path, policy=policy), None)
         options = self._options(model, pooling, layer, dtype)
-        return self._stream(records, options, chunk, progress, f"embed {Path(path).name}", timeout)
+        return self._stream(fields, options, chunk, progress, f"embed {Path(path).name}", timeout)
 
     def _stream(
         self,

@@ -332,7 +332,7 @@ def _run(
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = progress
         rows = ray.data.from_items([_shard_row(s) for s in shards], override_num_blocks=len(shards))
-        with warnings.catch_warnings():  # the only way to bound actor restarts in ray 2.60-2.63
+        with warnings.catch_warnings():  # the only way to bound actor restarts; deprecated in 2.60
             warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated", DeprecationWarning)
             dataset = rows.map_batches(
                 ShardEmbedder,
