@@ -12,19 +12,18 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors
 
 from protssl.alphabet import ALPHABET
 from protssl.dtypes import DTypeName
-from protssl.durable import fsync_file, replace_durably
+from protssl.durable import writing_durably
 from protssl.errors import (
     CheckpointError,
     InvalidInputError,
@@ -204,27 +203,27 @@ def save_model(
     """Write `model.safetensors` + `model.json` into `directory` atomically; returns the card."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    weights = directory / WEIGHTS_NAME
-    tmp_weights = weights.with_suffix(".safetensors.tmp")
-    save_file(_weights_only(encoder), str(tmp_weights), metadata={"format": FORMAT})
-    fsync_file(tmp_weights)
-    sha = file_sha256(tmp_weights)
+    # bytes written by Python, not safetensors' own writer, so that a full disk is an OSError
+    data = save_safetensors(_weights_only(encoder), metadata={"format": FORMAT})
+    with writing_durably(directory / WEIGHTS_NAME) as tmp:
+        tmp.write_bytes(data)
     prov = {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     prov.update(provenance or {})
     card = ModelCard(
-        name=name, architecture=encoder.config, sha256=sha, provenance=prov, training=training
+        name=name,
+        architecture=encoder.config,
+        sha256=hashlib.sha256(data).hexdigest(),
+        provenance=prov,
+        training=training,
     )
-    replace_durably(tmp_weights, weights)
     _write_json_atomic(directory / CARD_NAME, card.to_json())
     return card
 
 
 def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
+    with writing_durably(path) as tmp, tmp.open("w") as handle:
         json.dump(data, handle, indent=2, sort_keys=False)
         handle.write("\n")
-    replace_durably(Path(tmp), path)
 
 
 def read_card(directory: Path) -> ModelCard:

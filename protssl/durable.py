@@ -4,9 +4,13 @@ old one, fsync the folder. Readers then see the old file or the new one, never h
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["fsync_file", "fsync_folder", "replace_durably"]
+from protssl.errors import OutputError, first_line
+
+__all__ = ["fsync_file", "fsync_folder", "os_error_in", "replace_durably", "writing_durably"]
 
 
 def fsync_file(path: Path) -> None:
@@ -29,3 +33,41 @@ def replace_durably(tmp: Path, path: Path) -> None:
     fsync_file(tmp)
     os.replace(tmp, path)
     fsync_folder(path.parent)
+
+
+@contextmanager
+def writing_durably(path: Path, *, tmp: Path | None = None) -> Iterator[Path]:
+    """Write `path` whole or not at all: the block writes the temp path yielded (`tmp`, default
+    `.NAME.tmp` beside `path`; one a killed writer left is removed first), which is then fsynced
+    and renamed over `path`.
+
+    On any failure the temp file is removed (a full disk gets its space back) and `path` is as it
+    was. A failure of the machine's (an OSError: a full disk, a quota, an I/O error, found anywhere
+    in the exception's chain, since torch wraps it in a RuntimeError) is raised as `OutputError`
+    naming `path`; anything else as it came.
+    """
+    tmp = tmp if tmp is not None else path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)  # a killed writer's
+    try:
+        yield tmp
+        replace_durably(tmp, path)
+    except Exception as exc:
+        cause = os_error_in(exc)
+        if cause is None:
+            raise
+        reason = os.strerror(cause.errno) if cause.errno else first_line(cause)
+        raise OutputError(f"writing {str(path)!r} failed: {reason}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def os_error_in(exc: BaseException) -> OSError | None:
+    """The OSError `exc` is or was raised from (its `__cause__`/`__context__` chain), if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None

@@ -8,7 +8,9 @@ gives it, never as a traceback.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import signal
 import sys
 import threading
@@ -16,7 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-from protssl.errors import EXIT_INTERRUPTED, ProtsslError, exit_code_for
+from protssl.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, ProtsslError, exit_code_for
 
 __all__ = ["Terminated", "configure_logging", "run_main"]
 
@@ -44,7 +46,8 @@ def configure_logging(level: int | str, *, timestamps: bool = False, process: st
 def run_main(run: Callable[[], int], *, prog: str) -> int:
     """`run()`'s exit code; a protssl error is `prog: error: message` on stderr and its table exit
     code, Ctrl-C and SIGTERM are EXIT_INTERRUPTED (what was computed is kept), a closed stdout
-    pipe is 0. A command that installs its own SIGTERM handler (a server, training) keeps it."""
+    pipe is 0, a full disk (a quota, an I/O error) that no protssl code caught one line. A command
+    that installs its own SIGTERM handler (a server, training) keeps it."""
     try:
         with _sigterm_as_interrupt():
             return int(run())
@@ -59,6 +62,18 @@ def run_main(run: Callable[[], int], *, prog: str) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return 0
+    except OSError as exc:
+        if exc.errno not in _MACHINE_ERRNOS:
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"{prog}: error: {os.strerror(exc.errno)}{where}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+_MACHINE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS})
+"""A full disk, a quota, a file past the filesystem's (or ulimit's) size, an I/O error, a read-only
+filesystem: wherever a write meets one that no
+protssl code turned into an `OutputError`, it is one line, not a traceback."""
 
 
 def _raise_terminated(signum: int, frame: FrameType | None) -> None:

@@ -15,6 +15,7 @@ ProtsslError
 ├── AuthenticationError          no API token, or one that is unknown or revoked (UNAUTHENTICATED)
 ├── PermissionDeniedError        a valid token whose role may not do this (PERMISSION_DENIED)
 ├── StoreError                   the SQL store failed or holds inconsistent data
+├── OutputError                  writing a file failed: a full disk, a quota, an I/O error
 └── ServiceError                 a gRPC call failed for a reason other than the caller's input
     ├── UnavailableError         a server (protssl's, a Ray cluster) could not be reached (UNAVAILABLE)
     └── DeadlineExceededError    the call's deadline passed before its work was done
@@ -46,6 +47,7 @@ __all__ = [
     "MessageTooLargeError",
     "ModelNotFoundError",
     "NotFoundError",
+    "OutputError",
     "OverloadedError",
     "PermissionDeniedError",
     "ProtsslError",
@@ -158,6 +160,11 @@ class StoreError(ProtsslError):
     """The SQL store failed or returned inconsistent data."""
 
 
+class OutputError(ProtsslError):
+    """Writing a file (vectors, a checkpoint, a model) failed for a reason of the machine's: a full
+    disk, a quota, an I/O error. What was made durable before is kept; the message says where."""
+
+
 class ServiceError(ProtsslError):
     """A remote call failed for a reason other than the caller's input; `code` names the gRPC status."""
 
@@ -208,6 +215,7 @@ ERROR_TABLE: tuple[ErrorRow, ...] = (
     ErrorRow(DeadlineExceededError, "DEADLINE_EXCEEDED", EXIT_USER_ERROR),
     ErrorRow(UnavailableError, "UNAVAILABLE", EXIT_USER_ERROR),
     ErrorRow(StoreError, "UNAVAILABLE", EXIT_USER_ERROR),
+    ErrorRow(OutputError, "INTERNAL", EXIT_USER_ERROR),
     ErrorRow(CheckpointError, "FAILED_PRECONDITION", EXIT_USER_ERROR),
     ErrorRow(ServiceError, "INTERNAL", EXIT_USER_ERROR),
 )

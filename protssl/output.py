@@ -35,9 +35,9 @@ import h5py
 import numpy as np
 
 from protssl import __version__
-from protssl.durable import replace_durably
+from protssl.durable import writing_durably
 from protssl.embedding import Embedding, Provenance
-from protssl.errors import InvalidInputError, first_line
+from protssl.errors import InvalidInputError, OutputError, first_line
 
 __all__ = [
     "FORMATS",
@@ -218,11 +218,13 @@ class VectorWriter:
         """Make everything written so far durable: one chunk file in the journal."""
         if not self._buffer:
             return
-        self._chunks += 1
         meta = json.dumps({"shared": self._shared, "records": self._rows})
-        _write_atomic(
-            self.journal / f"chunk-{self._chunks:06d}.npz", {**self._buffer, _NPZ_META: meta}
-        )
+        chunk = self.journal / f"chunk-{self._chunks + 1:06d}.npz"
+        try:
+            _write_atomic(chunk, {**self._buffer, _NPZ_META: meta})
+        except OutputError as exc:
+            raise self._failed(exc) from exc
+        self._chunks += 1
         self._ids.update(self._buffer)
         self._buffer, self._rows, self._buffered = {}, {}, 0
 
@@ -234,28 +236,42 @@ class VectorWriter:
         self.flush()
         chunks = _chunks(self.journal)
         if chunks:
-            if self.kind == "h5":
-                self._merge_h5(chunks)
-            else:
-                self._merge_npz(chunks)
+            try:
+                if self.kind == "h5":
+                    self._merge_h5(chunks)
+                else:
+                    self._merge_npz(chunks)
+            except OutputError as exc:
+                raise self._failed(exc) from exc
         shutil.rmtree(self.journal, ignore_errors=True)
 
+    def _failed(self, exc: OutputError) -> OutputError:
+        """A write failure told with what survives it and how to go on from there."""
+        kept = [str(self.path)] if self.path.exists() else []
+        kept += [str(self.journal)] if _chunks(self.journal) else []
+        if not self._ids or not kept:
+            return OutputError(f"output {str(self.path)!r}: {exc}; no record was written before it")
+        return OutputError(
+            f"output {str(self.path)!r}: {exc}; the {len(self._ids)} record(s) written before it "
+            f"are kept in {' and '.join(map(repr, kept))}: free space, then run the same command "
+            "with --resume (it skips them)"
+        )
+
     def _merge_h5(self, chunks: list[Path]) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        if self.path.exists():
-            shutil.copyfile(self.path, tmp)
-        else:
-            tmp.unlink(missing_ok=True)
-        with h5py.File(tmp, "a") as handle:
-            if "model_sha256" not in handle.attrs and self._shared is not None:
-                handle.attrs.update(self._shared)
-                handle.attrs["protssl_version"] = __version__
-            for chunk in chunks:
-                for name, vector, attrs in _read_chunk(chunk):
-                    if name in handle:
-                        del handle[name]
-                    handle.create_dataset(name, data=vector).attrs.update(attrs)
-        replace_durably(tmp, self.path)
+        with writing_durably(self.path) as tmp:
+            if self.path.exists():
+                shutil.copyfile(self.path, tmp)
+            # through a Python file: HDF5's own writer, failing (a full disk), leaves objects it
+            # cannot close and the process dies at exit; Python's raises an OSError and is done
+            with tmp.open("r+b" if tmp.exists() else "w+b") as raw, h5py.File(raw, "a") as handle:
+                if "model_sha256" not in handle.attrs and self._shared is not None:
+                    handle.attrs.update(self._shared)
+                    handle.attrs["protssl_version"] = __version__
+                for chunk in chunks:
+                    for name, vector, attrs in _read_chunk(chunk):
+                        if name in handle:
+                            del handle[name]
+                        handle.create_dataset(name, data=vector).attrs.update(attrs)
 
     def _merge_npz(self, chunks: list[Path]) -> None:
         arrays: dict[str, np.ndarray] = {}
@@ -280,7 +296,17 @@ class VectorWriter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close()
+        if isinstance(exc, OutputError):
+            # writing more would fail as that did; the journal keeps what was durable, if anything
+            if not _chunks(self.journal):
+                shutil.rmtree(self.journal, ignore_errors=True)
+            return
+        try:
+            self.close()
+        except OutputError as closing:
+            if exc is None:
+                raise
+            log.warning("%s", closing)  # the error in flight is the one to raise
 
 
 def open_writer(path: str | Path, *, resume: bool = False, overwrite: bool = False) -> VectorWriter:
@@ -363,12 +389,10 @@ def _load_npz(path: Path) -> Iterator[Any]:
 
 
 def _write_atomic(path: Path, arrays: Mapping[str, Any]) -> None:
-    """`np.savez` to a hidden temp file beside `path`, fsync, rename over it."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    """`np.savez` to `path` whole or not at all (`writing_durably`)."""
     plain: dict[str, Any] = {k: np.asarray(v) for k, v in arrays.items()}
-    with tmp.open("wb") as handle:
+    with writing_durably(path) as tmp, tmp.open("wb") as handle:
         np.savez(handle, **plain)
-    replace_durably(tmp, path)
 
 
 def _plain(value: Any) -> Any:

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from file_limits import file_size_limit
 
 from protssl.cli import main
-from protssl.output import read_vectors
+from protssl.output import journal_path, read_vectors
 from protssl.pooling import SEGMENTS
 
 
@@ -255,3 +256,70 @@ def test_gzip_on_stdin_is_detected_by_its_magic_bytes(tiny_model_dir: Path, tmp_
     assert sorted(out["gz"]) == ["a", "b"]
     for key, vector in out["plain"].items():
         np.testing.assert_array_equal(out["gz"][key], vector)
+
+
+def _embed_limited(
+    fasta: Path, out: Path, model_dir: Path, *extra: str, max_file_bytes: int | None
+) -> subprocess.CompletedProcess[str]:
+    """`protssl embed` in a child whose files stop at `max_file_bytes` (a full disk, for real)."""
+    args = ["-o", str(out), "--model", str(model_dir), "--overlap", "16", "--dtype", "float32"]
+    args += ["--no-cache", "--no-progress", *extra]
+    return subprocess.run(
+        [sys.executable, "-m", "protssl", "embed", str(fasta), *args],
+        capture_output=True,
+        text=True,
+        preexec_fn=file_size_limit(max_file_bytes) if max_file_bytes else None,
+    )
+
+
+def test_a_full_disk_at_the_merge_keeps_the_chunks_and_resume_finishes(
+    tiny_model_dir: Path, sample_fasta: Path, tmp_path: Path
+) -> None:
+    """100 records: two journal chunks (64 + 36 records, ~62 and ~36 kB) fit under 80 kB, the
+    merged OUTPUT (~95 kB) does not. One line, exit 2, the chunks kept, no temp file, no crash."""
+    fasta = _first_records(sample_fasta, 100, tmp_path / "hundred.fasta")
+    out = tmp_path / "o.h5"
+    failed = _embed_limited(fasta, out, tiny_model_dir, max_file_bytes=80_000)
+    assert failed.returncode == 2, failed.stderr
+    lines = [line for line in failed.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, failed.stderr  # no traceback, no HDF5 noise
+    assert lines[0].startswith(f"protssl embed: error: output {str(out)!r}: writing {str(out)!r}")
+    assert "File too large" in lines[0] and "the 100 record(s) written before it" in lines[0]
+    assert repr(str(journal_path(out))) in lines[0] and "--resume" in lines[0]
+    assert json.loads(failed.stdout.splitlines()[-1])["error"] in lines[0]
+    assert not out.exists()
+    assert sorted(p.name for p in journal_path(out).iterdir()) == [
+        "chunk-000001.npz",
+        "chunk-000002.npz",
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hundred.fasta", "o.h5.partial"]
+
+    resumed = _embed_limited(fasta, out, tiny_model_dir, "--resume", max_file_bytes=None)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout.splitlines()[-1])["resumed"] == 100
+    whole = tmp_path / "whole.h5"
+    assert _embed_limited(fasta, whole, tiny_model_dir, max_file_bytes=None).returncode == 0
+    got = {key: vector for key, vector, _ in read_vectors(out)}
+    want = {key: vector for key, vector, _ in read_vectors(whole)}
+    assert sorted(got) == sorted(want) and len(got) == 100
+    for key, vector in want.items():
+        np.testing.assert_array_equal(got[key], vector)
+
+
+def test_a_full_disk_before_any_chunk_leaves_nothing_to_resume(
+    tiny_model_dir: Path, sample_fasta: Path, tmp_path: Path
+) -> None:
+    fasta = _first_records(sample_fasta, 100, tmp_path / "hundred.fasta")
+    out = tmp_path / "o.npz"
+    failed = _embed_limited(fasta, out, tiny_model_dir, max_file_bytes=20_000)
+    assert failed.returncode == 2, failed.stderr
+    lines = [line for line in failed.stderr.splitlines() if line.strip()]
+    chunk = journal_path(out) / "chunk-000001.npz"
+    assert lines == [
+        f"protssl embed: error: output {str(out)!r}: writing {str(chunk)!r} failed: File too "
+        "large; no record was written before it"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hundred.fasta"]  # no journal to resume
+    again = _embed_limited(fasta, out, tiny_model_dir, max_file_bytes=None)
+    assert again.returncode == 0, again.stderr
+    assert len(list(read_vectors(out))) == 100

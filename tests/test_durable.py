@@ -1,10 +1,15 @@
-"""Durable replacement: the new bytes under the old name, no temp file left, folder synced."""
+"""Durable replacement: the new bytes under the old name, no temp file left, folder synced; a full
+disk leaves the old file and is an OutputError."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from protssl.durable import replace_durably
+import pytest
+import torch
+
+from protssl.durable import os_error_in, replace_durably, writing_durably
+from protssl.errors import OutputError
 
 
 def test_replace_durably_puts_the_new_file_in_place(tmp_path: Path) -> None:
@@ -15,3 +20,37 @@ def test_replace_durably_puts_the_new_file_in_place(tmp_path: Path) -> None:
     replace_durably(tmp, path)
     assert path.read_bytes() == b"new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
+
+
+def test_writing_durably_replaces_the_file_whole(tmp_path: Path) -> None:
+    path = tmp_path / "out.bin"
+    path.write_bytes(b"old")
+    (tmp_path / ".out.bin.tmp").write_bytes(b"a killed writer's")
+    with writing_durably(path) as tmp:
+        assert not tmp.exists()
+        tmp.write_bytes(b"new")
+        assert path.read_bytes() == b"old"
+    assert path.read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
+
+
+def test_a_full_disk_is_an_output_error_and_the_old_file_stays(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(b"old")
+    assert Path("/dev/full").exists()  # Linux's always-full device: every write is ENOSPC
+    with pytest.raises(OutputError) as caught, writing_durably(path) as tmp:
+        tmp.write_bytes(b"half")
+        with open("/dev/full", "wb") as full:
+            torch.save({"w": torch.zeros(1000)}, full)  # torch wraps the OSError
+    assert str(caught.value) == f"writing {str(path)!r} failed: No space left on device"
+    assert os_error_in(caught.value) is not None
+    assert path.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
+def test_other_errors_pass_through_and_leave_no_temp_file(tmp_path: Path) -> None:
+    path = tmp_path / "out.bin"
+    with pytest.raises(ValueError, match="not a disk problem"), writing_durably(path) as tmp:
+        tmp.write_bytes(b"half")
+        raise ValueError("not a disk problem")
+    assert list(tmp_path.iterdir()) == []

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -51,6 +52,18 @@ def test_the_command_s_own_code_passes_and_unexpected_errors_keep_their_tracebac
     assert run_main(lambda: 3, prog="prog") == 3
     with pytest.raises(ZeroDivisionError):
         run_main(lambda: 1 // 0, prog="prog")
+    with pytest.raises(FileNotFoundError):
+        run_main(lambda: len(Path("/no/such/folder/x").read_text()), prog="prog")
+
+
+def test_a_full_disk_no_code_caught_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    def write_to_a_full_disk() -> int:
+        with open("/dev/full", "w") as full:  # Linux's always-full device: writes are ENOSPC
+            full.write("x")
+        return 0
+
+    assert run_main(write_to_a_full_disk, prog="prog") == EXIT_USER_ERROR
+    assert capsys.readouterr().err == "prog: error: No space left on device\n"
 
 
 @pytest.mark.parametrize(

@@ -1,16 +1,20 @@
-"""Whole training runs: the probe at each validation, exact resume, signals, settings put back, DDP."""
+"""Whole training runs: the probe at each validation, exact resume, signals, settings put back, DDP,
+a full disk at a checkpoint."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+from file_limits import file_size_limit
 from ports import free_port
 from pretrain_support import ddp_worker, log_rows, tiny_config
 
@@ -121,3 +125,36 @@ def test_two_process_ddp_ends_with_identical_weights(tmp_path: Path, sample_fast
     # both ranks contributed: twice the tokens of one rank's micro-batches per step
     card = json.loads((tmp_path / "run" / "model" / "model.json").read_text())["training"]
     assert card["tokens_seen"] > 4 * 2048 * 0.7
+
+
+def test_a_full_disk_at_a_checkpoint_stops_the_run_and_keeps_the_last_one(
+    tmp_path: Path, sample_fasta: Path
+) -> None:
+    """The next checkpoint cannot be written (files stop at half its size, as on a full disk):
+    the run ends with one line saying what is kept, the old checkpoint intact; --resume finishes."""
+    run_dir = tmp_path / "run"
+    pretrain(tiny_config(sample_fasta, run_dir), stop_after=4, progress=False)
+    checkpoint = run_dir / CHECKPOINT_NAME
+    kept = checkpoint.read_bytes()
+    command = [sys.executable, "-m", "protssl", "pretrain", "--run-dir", str(run_dir), "--resume"]
+    failed = subprocess.run(
+        [*command, "--no-progress"],
+        capture_output=True,
+        text=True,
+        preexec_fn=file_size_limit(len(kept) // 2),
+    )
+    assert failed.returncode == 2, failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert failed.stderr.splitlines()[-1] == (
+        f"protssl pretrain: error: pretraining stopped at step 8: writing {str(checkpoint)!r} "
+        "failed: File too large; the checkpoint of step 4 is kept: free space, then go on with "
+        f"`protssl pretrain --run-dir {run_dir} --resume`"
+    )
+    assert checkpoint.read_bytes() == kept
+    assert not [p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")]
+
+    done = subprocess.run([*command, "--no-progress"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert load_checkpoint(checkpoint)["step"] == 12
+    assert [row["step"] for row in log_rows(run_dir)][-1] == "12"
+    assert (load_model(run_dir / "model").card.training or {})["steps"] == 12

@@ -18,7 +18,7 @@ import torch
 from pretrain_support import tiny_config
 
 from protssl.checkpoint import load_model
-from protssl.errors import CheckpointError, InvalidInputError
+from protssl.errors import CheckpointError, InvalidInputError, OutputError
 from protssl.pretrain import pretrain
 from protssl.pretrain.state import (
     CHECKPOINT_NAME,
@@ -38,7 +38,7 @@ class _FailsMidWrite:
 def test_checkpoint_writes_are_atomic(tmp_path: Path) -> None:
     path = tmp_path / CHECKPOINT_NAME
     save_checkpoint(path, {"step": 1, "weights": torch.arange(4)})
-    with pytest.raises(OSError, match=r"\[Errno 28\] No space left on device"):
+    with pytest.raises(OutputError, match=r"checkpoint.pt' failed: No space left on device$"):
         save_checkpoint(path, {"step": 2, "weights": torch.arange(4), "bad": _FailsMidWrite()})
     state = load_checkpoint(path)
     assert state["step"] == 1 and torch.equal(state["weights"], torch.arange(4))

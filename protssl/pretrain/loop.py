@@ -28,7 +28,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from protssl.alphabet import ALPHABET
-from protssl.errors import InvalidInputError
+from protssl.errors import InvalidInputError, OutputError
 from protssl.model import ProteinEncoder, resolve_dtype
 from protssl.pretrain.config import PretrainConfig
 from protssl.pretrain.contrastive import (
@@ -193,6 +193,8 @@ class _Run:
         self.encoder, self.head, self.optimizer, self.progress = _start(
             config, place, self.checkpoint_path, resume=resume, command=command
         )
+        self.saved_step: int | None = self.progress.step if resume else None
+        """The step of the last checkpoint on disk (what a failed write leaves)."""
         self.model = _distributed(
             self.encoder if self.head is None else ContrastiveModel(self.encoder, self.head),
             place,
@@ -395,19 +397,32 @@ class _Run:
         self.log.scalars(step, scalars | {f"train/{k}": v for k, v in self.terms.items()})
 
     def _checkpoint(self) -> None:
-        """Write the checkpoint (atomically) as the run stands now."""
-        save_checkpoint(
-            self.checkpoint_path,
-            checkpoint_state(
-                self.progress,
-                encoder=self.encoder,
-                optimizer=self.optimizer,
-                config=self.config,
-                hardware=_hardware(self.place),
-                dtype=_dtype_name(self.place.dtype),
-                head=self.head,
-            ),
-        )
+        """Write the checkpoint (atomically) as the run stands now; when that fails (a full disk),
+        stop the run with what is kept and how to go on."""
+        try:
+            save_checkpoint(
+                self.checkpoint_path,
+                checkpoint_state(
+                    self.progress,
+                    encoder=self.encoder,
+                    optimizer=self.optimizer,
+                    config=self.config,
+                    hardware=_hardware(self.place),
+                    dtype=_dtype_name(self.place.dtype),
+                    head=self.head,
+                ),
+            )
+        except OutputError as exc:
+            kept = (
+                f"the checkpoint of step {self.saved_step} is kept: free space, then go on with "
+                f"`protssl pretrain --run-dir {self.config.run_dir} --resume`"
+                if self.saved_step is not None
+                else "no checkpoint was written before it"
+            )
+            raise OutputError(
+                f"pretraining stopped at step {self.progress.step}: {exc}; {kept}"
+            ) from exc
+        self.saved_step = self.progress.step
 
     def finish(self, losses: list[float]) -> PretrainResult:
         """Checkpoint and plot (leader); export the model when the schedule is complete."""
@@ -433,12 +448,19 @@ class _Run:
                 hardware=_hardware(self.place),
                 dtype=_dtype_name(self.place.dtype),
             )
-            export_model(
-                self.encoder,
-                model_dir,
-                config=config,
-                summary=summary | probe_summary(self.probe, self.probe_scores),
-            )
+            try:
+                export_model(
+                    self.encoder,
+                    model_dir,
+                    config=config,
+                    summary=summary | probe_summary(self.probe, self.probe_scores),
+                )
+            except OutputError as exc:
+                raise OutputError(
+                    f"exporting the model failed: {exc}; the run's checkpoint (step "
+                    f"{progress.step}) is complete: free space, then `protssl pretrain-export "
+                    f"{config.run_dir} {model_dir}`"
+                ) from exc
         return PretrainResult(
             encoder=self.encoder,
             step=progress.step,

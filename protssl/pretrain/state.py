@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from protssl.checkpoint import load_model
-from protssl.durable import replace_durably
+from protssl.durable import writing_durably
 from protssl.errors import CheckpointError, InvalidInputError
 from protssl.model import ProteinEncoder, init_weights
 from protssl.pretrain.config import PretrainConfig
@@ -63,16 +63,12 @@ def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
     """torch.save to a temp file in the same folder, fsync, rename over the old one, fsync the folder.
 
     A crash, kill (SIGKILL included) or error mid-write leaves the previous checkpoint as it was;
-    the temp file a killed writer leaves is removed by the next save.
+    the temp file a killed writer leaves is removed by the next save. A full disk is `OutputError`.
     """
     _remove_stale_temps(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("wb") as handle:
-            torch.save(dict(state), handle)
-        replace_durably(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with writing_durably(path, tmp=tmp), tmp.open("wb") as handle:
+        torch.save(dict(state), handle)
 
 
 def _remove_stale_temps(path: Path) -> None:
