@@ -215,9 +215,11 @@ ERROR_TABLE: tuple[ErrorRow, ...] = (
     ErrorRow(DeadlineExceededError, "DEADLINE_EXCEEDED", EXIT_USER_ERROR),
     ErrorRow(UnavailableError, "UNAVAILABLE", EXIT_USER_ERROR),
     ErrorRow(StoreError, "UNAVAILABLE", EXIT_USER_ERROR),
-    ErrorRow(OutputError, "INTERNAL", EXIT_USER_ERROR),
     ErrorRow(CheckpointError, "FAILED_PRECONDITION", EXIT_USER_ERROR),
     ErrorRow(ServiceError, "INTERNAL", EXIT_USER_ERROR),
+    ErrorRow(
+        OutputError, "INTERNAL", EXIT_USER_ERROR
+    ),  # after ServiceError: INTERNAL alone is that
 )
 MESSAGE_SIZE_MARKER = "message larger than max"
 """What gRPC's own RESOURCE_EXHAUSTED says of a message past the size limit ("Received message

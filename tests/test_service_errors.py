@@ -25,6 +25,7 @@ from protssl.errors import (
     MessageTooLargeError,
     ModelNotFoundError,
     NotFoundError,
+    OutputError,
     OverloadedError,
     PermissionDeniedError,
     ProtsslError,
@@ -60,6 +61,7 @@ ERRORS: tuple[ProtsslError, ...] = (
     StreamIdleError("no stream message for 60 s"),
     AlreadyExistsError("classifier 'families' exists"),
     MessageTooLargeError("the response would take 70 MiB"),
+    OutputError("writing 'x.h5' failed: No space left on device"),
 )
 
 
