@@ -17,6 +17,7 @@ Headers of the form `>ID label=A;B other=...` give `ProteinRecord.labels == ("A"
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import io
 import re
@@ -34,6 +35,7 @@ from protssl.alphabet import RESIDUES
 from protssl.errors import FastaFormatError, InvalidInputError
 
 __all__ = [
+    "UTF8_BOM",
     "FastaPolicy",
     "ProteinRecord",
     "ReadStats",
@@ -48,6 +50,8 @@ __all__ = [
 OnInvalid = Literal["fail", "skip", "replace"]
 OnProblem = Literal["fail", "skip"]
 
+UTF8_BOM = codecs.BOM_UTF8
+"""What Windows editors write first in a UTF-8 file; readers skip it."""
 _INVALID = re.compile(f"[^{RESIDUES}]")
 _RESIDUE_BYTES = RESIDUES.encode("ascii")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -184,8 +188,9 @@ class _Prefixed(io.RawIOBase):
 
 @contextmanager
 def open_fasta_bytes(path: str | Path) -> Iterator[IO[bytes]]:
-    """A FASTA file's bytes, or stdin's (`-`), gunzipped when they start with gzip's magic bytes;
-    a corrupt or truncated .gz is one `FastaFormatError` naming the source."""
+    """A FASTA file's bytes, or stdin's (`-`), gunzipped when they start with gzip's magic bytes,
+    without a leading UTF-8 byte order mark; a corrupt or truncated .gz or UTF-16 text is one
+    `FastaFormatError` naming the source."""
     source = "<stdin>" if str(path) == "-" else str(path)
     if str(path) == "-":
         raw: IO[bytes] = sys.stdin.buffer
@@ -197,12 +202,23 @@ def open_fasta_bytes(path: str | Path) -> Iterator[IO[bytes]]:
             raise InvalidInputError(f"{path}: no such file")
         raw = path.open("rb")
     head = b""
-    while len(head) < 2 and (more := raw.read(2 - len(head))):
+    while len(head) < len(UTF8_BOM) and (more := raw.read(len(UTF8_BOM) - len(head))):
         head += more
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        if raw is not sys.stdin.buffer:
+            raw.close()
+        raise FastaFormatError(
+            "UTF-16 text (it starts with a UTF-16 byte order mark): FASTA is read as ASCII or "
+            "UTF-8; convert it, e.g. iconv -f UTF-16 -t UTF-8",
+            source=source,
+        )
+    head = head.removeprefix(UTF8_BOM)  # what Windows editors put first
     with io.BufferedReader(_Prefixed(head, raw, owns=raw is not sys.stdin.buffer)) as stream:
         try:
-            if head == b"\x1f\x8b":
+            if head[:2] == b"\x1f\x8b":
                 with gzip.GzipFile(fileobj=stream, mode="rb") as unzipped:
+                    if unzipped.peek(len(UTF8_BOM)).startswith(UTF8_BOM):
+                        unzipped.read(len(UTF8_BOM))
                     yield unzipped  # type: ignore[misc]
             else:
                 yield stream
@@ -249,7 +265,7 @@ def read_fasta_range(
     source = f"{path}@{start}"
     with Path(path).open("rb") as handle:
         handle.seek(start)
-        text = handle.read(end - start).decode("utf-8", errors="replace")
+        text = handle.read(end - start).decode("utf-8-sig", errors="replace")  # a BOM at 0
     parsed = ((title, raw, None) for title, raw in SimpleFastaParser(io.StringIO(text)))
     yield from _records(parsed, source, policy or FastaPolicy(), stats or ReadStats())
 

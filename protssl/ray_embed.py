@@ -39,7 +39,14 @@ from protssl.errors import (
     UnavailableError,
     first_line,
 )
-from protssl.fasta import FastaPolicy, ProteinRecord, ReadStats, read_fasta, read_fasta_range
+from protssl.fasta import (
+    UTF8_BOM,
+    FastaPolicy,
+    ProteinRecord,
+    ReadStats,
+    read_fasta,
+    read_fasta_range,
+)
 from protssl.output import VectorWriter, part_name
 
 __all__ = ["RayOptions", "Shard", "embed_fasta_ray", "plan_shards", "read_shard"]
@@ -124,11 +131,12 @@ def plan_shards(
 
 
 def _header_offsets(path: Path) -> Iterator[int]:
-    """Byte offset of every header line (`>` first), as SimpleFastaParser splits records."""
+    """Byte offset of every header line (`>` first, after a UTF-8 BOM on the first line), as
+    SimpleFastaParser splits records."""
     offset = 0
     with path.open("rb") as handle:
         for line in handle:
-            if line.startswith(b">"):
+            if line.startswith(b">") or (offset == 0 and line.startswith(UTF8_BOM + b">")):
                 yield offset
             offset += len(line)
 

@@ -6,8 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from protssl.errors import InvalidInputError
-from protssl.fasta import FastaPolicy, ReadStats, normalize_sequence, read_fasta
+from protssl.embed_file import count_fasta
+from protssl.errors import FastaFormatError, InvalidInputError
+from protssl.fasta import (
+    UTF8_BOM,
+    FastaPolicy,
+    ReadStats,
+    normalize_sequence,
+    read_fasta,
+    read_fasta_range,
+)
 
 
 def test_reads_real_corpus_sample(sample_fasta: Path, sample_size: int) -> None:
@@ -23,6 +31,30 @@ def test_gzip_gives_same_records(sample_fasta: Path, tmp_path: Path) -> None:
     gz = tmp_path / "sample.fa.gz"
     gz.write_bytes(gzip.compress(sample_fasta.read_bytes()))
     assert list(read_fasta(gz)) == list(read_fasta(sample_fasta))
+
+
+def test_a_utf8_byte_order_mark_is_skipped_plain_or_gzipped(
+    sample_fasta: Path, tmp_path: Path
+) -> None:
+    """What Notepad and Excel exports put first; it once made the file "not FASTA"."""
+    first = "".join(">" + c for c in sample_fasta.read_text().split(">")[1:4])
+    plain, marked, packed = tmp_path / "p.fasta", tmp_path / "bom.fasta", tmp_path / "bom.fa.gz"
+    plain.write_text(first)
+    marked.write_bytes(UTF8_BOM + first.encode())
+    packed.write_bytes(gzip.compress(marked.read_bytes()))
+    want = list(read_fasta(plain))
+    assert len(want) == 3
+    assert list(read_fasta(marked)) == want
+    assert list(read_fasta(packed)) == want
+    assert count_fasta(marked) == count_fasta(packed) == count_fasta(plain)
+    assert list(read_fasta_range(marked, 0, marked.stat().st_size)) == want
+
+
+def test_utf16_text_is_one_line_saying_to_convert_it(tmp_path: Path) -> None:
+    path = tmp_path / "u16.fasta"
+    path.write_text(">a\nMKV\n", encoding="utf-16")  # with its byte order mark
+    with pytest.raises(FastaFormatError, match=r"u16.fasta: UTF-16 text .* iconv -f UTF-16"):
+        list(read_fasta(path))
 
 
 def test_labels_from_header(tmp_path: Path) -> None:

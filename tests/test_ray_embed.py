@@ -21,7 +21,7 @@ from protssl.cli import main
 from protssl.embed_file import embed_fasta_file
 from protssl.embedding import EmbedConfig
 from protssl.errors import FastaFormatError, InvalidInputError
-from protssl.fasta import FastaPolicy, read_fasta
+from protssl.fasta import UTF8_BOM, FastaPolicy, read_fasta
 from protssl.output import part_name, read_vectors
 from protssl.ray_embed import (
     RayOptions,
@@ -71,6 +71,11 @@ def test_shards_are_the_local_read_ahead_groups(fasta: Path) -> None:
     )
     with pytest.raises(FastaFormatError, match="duplicate id"):
         plan_shards(fasta, _config(), FastaPolicy(on_invalid="skip"))
+    marked = fasta.with_name("bom.fasta")  # a UTF-8 byte order mark first: the same shards
+    marked.write_bytes(UTF8_BOM + fasta.read_bytes())
+    with_bom = plan_shards(marked, _config(), policy)
+    assert [s.ids for s in with_bom] == [s.ids for s in shards]
+    assert read_shard(marked, with_bom[0], policy) == read_shard(fasta, shards[0], policy)
     packed = fasta.with_suffix(".fasta.gz")
     packed.write_bytes(gzip.compress(fasta.read_bytes()))
     with pytest.raises(InvalidInputError, match="decompress it first"):
