@@ -20,8 +20,11 @@ as one.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import logging
+import os
 import shutil
 import tempfile
 import zipfile
@@ -35,7 +38,7 @@ import h5py
 import numpy as np
 
 from protssl import __version__
-from protssl.durable import writing_durably
+from protssl.durable import os_error_in, writing_durably
 from protssl.embedding import Embedding, Provenance
 from protssl.errors import InvalidInputError, OutputError, first_line
 
@@ -84,6 +87,61 @@ def journal_path(path: str | Path) -> Path:
     return path.with_name(path.name + ".partial")
 
 
+class _OutputLock:
+    """An exclusive `flock` on `.OUTPUT.lock` beside OUTPUT while one writer has it open, holding
+    the writer's pid: a second `protssl embed` to the same OUTPUT (the same command started twice,
+    an array job's copies) would otherwise continue the first's journal and overwrite its chunks.
+    The file is removed on release; one a killed writer left is unlocked, so it does not block."""
+
+    def __init__(self, descriptor: int, path: Path) -> None:
+        self._descriptor, self._path = descriptor, path
+
+    @classmethod
+    def acquire(cls, output: Path) -> _OutputLock | None:
+        """The lock, or None where the filesystem has no locks; one line if another process has it."""
+        path = output.with_name(f".{output.name}.lock")
+        while True:
+            try:
+                descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError:
+                return None  # an unwritable folder is check_writable's to say
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(descriptor, 32, 0).decode("ascii", "replace").strip()
+                os.close(descriptor)
+                raise InvalidInputError(
+                    f"output {str(output)!r} is being written by another process"
+                    f"{f' (pid {holder})' if holder.isdigit() else ''}: wait for it to end, or "
+                    "write to another file"
+                ) from None
+            except OSError:
+                os.close(descriptor)
+                return None
+            try:
+                current = os.stat(path).st_ino == os.fstat(descriptor).st_ino
+            except FileNotFoundError:
+                current = False
+            if current:  # not a file its last holder removed between our open and our lock
+                os.ftruncate(descriptor, 0)
+                os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+                return cls(descriptor, path)
+            os.close(descriptor)
+
+    def release(self) -> None:
+        """Remove the lock file, then unlock (in that order, so no one locks a removed file)."""
+        if self._descriptor < 0:
+            return
+        self._path.unlink(missing_ok=True)
+        os.close(self._descriptor)
+        self._descriptor = -1
+
+    def __del__(self) -> None:
+        # a writer dropped unclosed unlocks as a killed process does, leaving the file
+        if self._descriptor >= 0:
+            os.close(self._descriptor)
+
+
 def _check_format(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
@@ -108,8 +166,8 @@ def check_output(path: str | Path, *, resume: bool, overwrite: bool) -> None:
 
 
 def check_writable(path: str | Path) -> None:
-    """Fail before any work on an output of unknown format, a folder, or one whose folder is
-    missing or read-only."""
+    """Fail before any work on an output of unknown format, a folder, one whose folder is missing
+    or read-only, or one another process is writing."""
     path = Path(path)
     _check_format(path)
     if path.is_dir():
@@ -128,6 +186,9 @@ def check_writable(path: str | Path) -> None:
         raise InvalidInputError(
             f"output {str(path)!r}: cannot write in folder {str(parent)!r} ({exc.strerror})"
         ) from None
+    lock = _OutputLock.acquire(path)  # refuses an OUTPUT another process is writing
+    if lock is not None:
+        lock.release()
 
 
 class VectorWriter:
@@ -138,20 +199,25 @@ class VectorWriter:
         self.kind = _check_format(path)
         self.journal = journal_path(path)
         check_writable(path)
-        check_output(path, resume=resume, overwrite=overwrite)
-        if overwrite and not resume:
-            path.unlink(missing_ok=True)
-            shutil.rmtree(self.journal, ignore_errors=True)
-        self._shared: dict[str, Any] | None = None
-        self._ids: set[str] = set()
-        self._buffer: dict[str, np.ndarray] = {}
-        self._rows: dict[str, dict[str, Any]] = {}
-        self._buffered = 0
-        self._chunks = 0
-        if path.exists():
-            self._shared, names = _read_index(path, self.kind)
-            self._ids.update(names)
-        self._open_journal()
+        self._lock = _OutputLock.acquire(path)
+        try:
+            check_output(path, resume=resume, overwrite=overwrite)
+            if overwrite and not resume:
+                path.unlink(missing_ok=True)
+                shutil.rmtree(self.journal, ignore_errors=True)
+            self._shared: dict[str, Any] | None = None
+            self._ids: set[str] = set()
+            self._buffer: dict[str, np.ndarray] = {}
+            self._rows: dict[str, dict[str, Any]] = {}
+            self._buffered = 0
+            self._chunks = 0
+            if path.exists():
+                self._shared, names = _read_index(path, self.kind)
+                self._ids.update(names)
+            self._open_journal()
+        except BaseException:
+            self._unlock()
+            raise
         self._closed = False
 
     def _open_journal(self) -> None:
@@ -233,17 +299,24 @@ class VectorWriter:
         if self._closed:
             return
         self._closed = True
-        self.flush()
-        chunks = _chunks(self.journal)
-        if chunks:
-            try:
-                if self.kind == "h5":
-                    self._merge_h5(chunks)
-                else:
-                    self._merge_npz(chunks)
-            except OutputError as exc:
-                raise self._failed(exc) from exc
-        shutil.rmtree(self.journal, ignore_errors=True)
+        try:
+            self.flush()
+            chunks = _chunks(self.journal)
+            if chunks:
+                try:
+                    if self.kind == "h5":
+                        self._merge_h5(chunks)
+                    else:
+                        self._merge_npz(chunks)
+                except OutputError as exc:
+                    raise self._failed(exc) from exc
+            shutil.rmtree(self.journal, ignore_errors=True)
+        finally:
+            self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
 
     def _failed(self, exc: OutputError) -> OutputError:
         """A write failure told with what survives it and how to go on from there."""
@@ -251,9 +324,12 @@ class VectorWriter:
         kept += [str(self.journal)] if _chunks(self.journal) else []
         if not self._ids or not kept:
             return OutputError(f"output {str(self.path)!r}: {exc}; no record was written before it")
+        cause = os_error_in(exc)
+        space = cause is not None and cause.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
         return OutputError(
             f"output {str(self.path)!r}: {exc}; the {len(self._ids)} record(s) written before it "
-            f"are kept in {' and '.join(map(repr, kept))}: free space, then run the same command "
+            f"are kept in {' and '.join(map(repr, kept))}: "
+            f"{'free space' if space else 'once that is mended'}, then run the same command "
             "with --resume (it skips them)"
         )
 
@@ -300,6 +376,8 @@ class VectorWriter:
             # writing more would fail as that did; the journal keeps what was durable, if anything
             if not _chunks(self.journal):
                 shutil.rmtree(self.journal, ignore_errors=True)
+            self._closed = True
+            self._unlock()
             return
         try:
             self.close()

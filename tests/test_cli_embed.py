@@ -258,7 +258,7 @@ def test_gzip_on_stdin_is_detected_by_its_magic_bytes(tiny_model_dir: Path, tmp_
         np.testing.assert_array_equal(out["gz"][key], vector)
 
 
-def _embed_limited(
+def _embed_child(
     fasta: Path, out: Path, model_dir: Path, *extra: str, max_file_bytes: int | None
 ) -> subprocess.CompletedProcess[str]:
     """`protssl embed` in a child whose files stop at `max_file_bytes` (a full disk, for real)."""
@@ -279,7 +279,7 @@ def test_a_full_disk_at_the_merge_keeps_the_chunks_and_resume_finishes(
     merged OUTPUT (~95 kB) does not. One line, exit 2, the chunks kept, no temp file, no crash."""
     fasta = _first_records(sample_fasta, 100, tmp_path / "hundred.fasta")
     out = tmp_path / "o.h5"
-    failed = _embed_limited(fasta, out, tiny_model_dir, max_file_bytes=80_000)
+    failed = _embed_child(fasta, out, tiny_model_dir, max_file_bytes=80_000)
     assert failed.returncode == 2, failed.stderr
     lines = [line for line in failed.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, failed.stderr  # no traceback, no HDF5 noise
@@ -294,11 +294,11 @@ def test_a_full_disk_at_the_merge_keeps_the_chunks_and_resume_finishes(
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hundred.fasta", "o.h5.partial"]
 
-    resumed = _embed_limited(fasta, out, tiny_model_dir, "--resume", max_file_bytes=None)
+    resumed = _embed_child(fasta, out, tiny_model_dir, "--resume", max_file_bytes=None)
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout.splitlines()[-1])["resumed"] == 100
     whole = tmp_path / "whole.h5"
-    assert _embed_limited(fasta, whole, tiny_model_dir, max_file_bytes=None).returncode == 0
+    assert _embed_child(fasta, whole, tiny_model_dir, max_file_bytes=None).returncode == 0
     got = {key: vector for key, vector, _ in read_vectors(out)}
     want = {key: vector for key, vector, _ in read_vectors(whole)}
     assert sorted(got) == sorted(want) and len(got) == 100
@@ -311,7 +311,7 @@ def test_a_full_disk_before_any_chunk_leaves_nothing_to_resume(
 ) -> None:
     fasta = _first_records(sample_fasta, 100, tmp_path / "hundred.fasta")
     out = tmp_path / "o.npz"
-    failed = _embed_limited(fasta, out, tiny_model_dir, max_file_bytes=20_000)
+    failed = _embed_child(fasta, out, tiny_model_dir, max_file_bytes=20_000)
     assert failed.returncode == 2, failed.stderr
     lines = [line for line in failed.stderr.splitlines() if line.strip()]
     chunk = journal_path(out) / "chunk-000001.npz"
@@ -320,6 +320,41 @@ def test_a_full_disk_before_any_chunk_leaves_nothing_to_resume(
         "large; no record was written before it"
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hundred.fasta"]  # no journal to resume
-    again = _embed_limited(fasta, out, tiny_model_dir, max_file_bytes=None)
+    again = _embed_child(fasta, out, tiny_model_dir, max_file_bytes=None)
     assert again.returncode == 0, again.stderr
     assert len(list(read_vectors(out))) == 100
+
+
+def test_a_second_embed_to_an_output_being_written_is_refused(
+    tiny_model_dir: Path, sample_fasta: Path, tmp_path: Path
+) -> None:
+    """The same command started twice (with the store, the second would continue the first's job
+    and write into its journal): the second stops before any work, naming the first's pid."""
+    fasta = _first_records(sample_fasta, 4, tmp_path / "four.fasta")
+    out = tmp_path / "o.h5"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from protssl.output import open_writer; "
+            f"w = open_writer({str(out)!r}); print('ready', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "ready\n"
+        for extra in ((), ("--resume",), ("--overwrite",)):
+            refused = _embed_child(fasta, out, tiny_model_dir, *extra, max_file_bytes=None)
+            assert refused.returncode == 2, refused.stderr
+            assert refused.stderr.splitlines() == [
+                f"protssl embed: error: output {str(out)!r} is being written by another process "
+                f"(pid {holder.pid}): wait for it to end, or write to another file"
+            ]
+    finally:
+        holder.communicate("")
+    assert holder.returncode == 0
+    done = _embed_child(fasta, out, tiny_model_dir, "--resume", max_file_bytes=None)
+    assert done.returncode == 0, done.stderr
+    assert len(list(read_vectors(out))) == 4

@@ -1,7 +1,9 @@
-"""Vector files: dataset names stay flat whatever the record id holds."""
+"""Vector files: dataset names stay flat whatever the record id holds; OUTPUT replaced whole, a
+journal of chunks while a job runs, one writer at a time."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +11,7 @@ import pytest
 
 from protssl.embedding import Embedding, Provenance
 from protssl.errors import InvalidInputError
-from protssl.output import dataset_name, journal_path, open_writer, read_vectors
+from protssl.output import check_writable, dataset_name, journal_path, open_writer, read_vectors
 
 
 def test_ids_with_slashes_stay_flat() -> None:
@@ -72,3 +74,38 @@ def test_h5_and_npz_hold_the_same(tmp_path: Path) -> None:
     assert [(k, v.tolist(), a) for k, v, a in h5] == [
         (k, v.tolist(), {**a, "protssl_version": h5[0][2]["protssl_version"]}) for k, v, a in npz
     ]
+
+
+def test_an_output_being_written_is_refused_to_a_second_writer(tmp_path: Path) -> None:
+    out = tmp_path / "o.h5"
+    with open_writer(out) as first:
+        first.write(_embedding(0))
+        first.flush()
+        for attempt in (
+            lambda: open_writer(out, resume=True),  # would write chunks into first's journal
+            lambda: open_writer(out, overwrite=True),  # would delete them
+            lambda: check_writable(out),  # what the CLI asks before any work
+        ):
+            with pytest.raises(InvalidInputError) as refused:
+                attempt()
+            assert str(refused.value) == (
+                f"output {str(out)!r} is being written by another process (pid {os.getpid()}): "
+                "wait for it to end, or write to another file"
+            )
+        assert [p.name for p in tmp_path.glob(".*")] == [".o.h5.lock"]
+    assert not list(tmp_path.glob(".*"))  # the lock file goes with the writer
+    with open_writer(out, resume=True) as second:
+        second.write(_embedding(1))
+    assert len(list(read_vectors(out))) == 2
+
+
+def test_a_killed_writers_lock_file_does_not_block(tmp_path: Path) -> None:
+    out = tmp_path / "o.npz"
+    writer = open_writer(out)
+    writer.write(_embedding(0))
+    writer.flush()
+    del writer  # what SIGKILL leaves: the lock file, no longer locked
+    assert (tmp_path / ".o.npz.lock").read_text() == f"{os.getpid()}\n"
+    with open_writer(out, resume=True) as again:
+        assert again.existing_ids() == {"sp|P0/x"}
+    assert not list(tmp_path.glob(".*"))
