@@ -1,16 +1,25 @@
 """Files that survive a kill or a power cut: write a temp file beside, fsync it, rename it over the
-old one, fsync the folder. Readers then see the old file or the new one, never half of either."""
+old one, fsync the folder. Readers then see the old file or the new one, never half of either.
+And one writer at a time: an exclusive lock a second process is refused with one line."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from protssl.errors import OutputError, first_line
+from protssl.errors import InvalidInputError, OutputError, first_line
 
-__all__ = ["fsync_file", "fsync_folder", "os_error_in", "replace_durably", "writing_durably"]
+__all__ = [
+    "ExclusiveLock",
+    "fsync_file",
+    "fsync_folder",
+    "os_error_in",
+    "replace_durably",
+    "writing_durably",
+]
 
 
 def fsync_file(path: Path) -> None:
@@ -71,3 +80,57 @@ def os_error_in(exc: BaseException) -> OSError | None:
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return None
+
+
+class ExclusiveLock:
+    """An exclusive `flock` on a lock file that holds its owner's pid, for as long as one process
+    writes something a second must not write at the same time (an output, a training run).
+
+    The file is removed on `release`; one a killed process left is unlocked, so it never blocks.
+    """
+
+    def __init__(self, descriptor: int, path: Path) -> None:
+        self._descriptor, self._path = descriptor, path
+
+    @classmethod
+    def acquire(cls, path: Path, *, busy: str, advice: str) -> ExclusiveLock | None:
+        """The lock on `path`, or None where it cannot be had (no locks on that filesystem, an
+        unwritable folder: another check's to say). Held by another process: InvalidInputError
+        `{busy} by another process (pid N): {advice}`."""
+        while True:
+            try:
+                descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError:
+                return None
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(descriptor, 32, 0).decode("ascii", "replace").strip()
+                os.close(descriptor)
+                pid = f" (pid {holder})" if holder.isdigit() else ""
+                raise InvalidInputError(f"{busy} by another process{pid}: {advice}") from None
+            except OSError:
+                os.close(descriptor)
+                return None
+            try:
+                current = os.stat(path).st_ino == os.fstat(descriptor).st_ino
+            except FileNotFoundError:
+                current = False
+            if current:  # not a file its last holder removed between our open and our lock
+                os.ftruncate(descriptor, 0)
+                os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+                return cls(descriptor, path)
+            os.close(descriptor)
+
+    def release(self) -> None:
+        """Remove the lock file, then unlock (in that order, so no one locks a removed file)."""
+        if self._descriptor < 0:
+            return
+        self._path.unlink(missing_ok=True)
+        os.close(self._descriptor)
+        self._descriptor = -1
+
+    def __del__(self) -> None:
+        # dropped unreleased, it unlocks as a killed process does, leaving the file
+        if self._descriptor >= 0:
+            os.close(self._descriptor)

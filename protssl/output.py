@@ -21,10 +21,8 @@ as one.
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import logging
-import os
 import shutil
 import tempfile
 import zipfile
@@ -38,7 +36,7 @@ import h5py
 import numpy as np
 
 from protssl import __version__
-from protssl.durable import os_error_in, writing_durably
+from protssl.durable import ExclusiveLock, os_error_in, writing_durably
 from protssl.embedding import Embedding, Provenance
 from protssl.errors import InvalidInputError, OutputError, first_line
 
@@ -87,59 +85,15 @@ def journal_path(path: str | Path) -> Path:
     return path.with_name(path.name + ".partial")
 
 
-class _OutputLock:
-    """An exclusive `flock` on `.OUTPUT.lock` beside OUTPUT while one writer has it open, holding
-    the writer's pid: a second `protssl embed` to the same OUTPUT (the same command started twice,
-    an array job's copies) would otherwise continue the first's journal and overwrite its chunks.
-    The file is removed on release; one a killed writer left is unlocked, so it does not block."""
-
-    def __init__(self, descriptor: int, path: Path) -> None:
-        self._descriptor, self._path = descriptor, path
-
-    @classmethod
-    def acquire(cls, output: Path) -> _OutputLock | None:
-        """The lock, or None where the filesystem has no locks; one line if another process has it."""
-        path = output.with_name(f".{output.name}.lock")
-        while True:
-            try:
-                descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError:
-                return None  # an unwritable folder is check_writable's to say
-            try:
-                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(descriptor, 32, 0).decode("ascii", "replace").strip()
-                os.close(descriptor)
-                raise InvalidInputError(
-                    f"output {str(output)!r} is being written by another process"
-                    f"{f' (pid {holder})' if holder.isdigit() else ''}: wait for it to end, or "
-                    "write to another file"
-                ) from None
-            except OSError:
-                os.close(descriptor)
-                return None
-            try:
-                current = os.stat(path).st_ino == os.fstat(descriptor).st_ino
-            except FileNotFoundError:
-                current = False
-            if current:  # not a file its last holder removed between our open and our lock
-                os.ftruncate(descriptor, 0)
-                os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
-                return cls(descriptor, path)
-            os.close(descriptor)
-
-    def release(self) -> None:
-        """Remove the lock file, then unlock (in that order, so no one locks a removed file)."""
-        if self._descriptor < 0:
-            return
-        self._path.unlink(missing_ok=True)
-        os.close(self._descriptor)
-        self._descriptor = -1
-
-    def __del__(self) -> None:
-        # a writer dropped unclosed unlocks as a killed process does, leaving the file
-        if self._descriptor >= 0:
-            os.close(self._descriptor)
+def _writer_lock(path: Path) -> ExclusiveLock | None:
+    """OUTPUT's one-writer lock: `.OUTPUT.lock` beside it. A second `protssl embed` to the same
+    OUTPUT (the same command started twice, an array job's copies) would otherwise continue the
+    first's journal and overwrite its chunks."""
+    return ExclusiveLock.acquire(
+        path.with_name(f".{path.name}.lock"),
+        busy=f"output {str(path)!r} is being written",
+        advice="wait for it to end, or write to another file",
+    )
 
 
 def _check_format(path: Path) -> str:
@@ -186,7 +140,7 @@ def check_writable(path: str | Path) -> None:
         raise InvalidInputError(
             f"output {str(path)!r}: cannot write in folder {str(parent)!r} ({exc.strerror})"
         ) from None
-    lock = _OutputLock.acquire(path)  # refuses an OUTPUT another process is writing
+    lock = _writer_lock(path)  # refuses an OUTPUT another process is writing
     if lock is not None:
         lock.release()
 
@@ -199,7 +153,7 @@ class VectorWriter:
         self.kind = _check_format(path)
         self.journal = journal_path(path)
         check_writable(path)
-        self._lock = _OutputLock.acquire(path)
+        self._lock = _writer_lock(path)
         try:
             check_output(path, resume=resume, overwrite=overwrite)
             if overwrite and not resume:

@@ -1,5 +1,5 @@
 """Whole training runs: the probe at each validation, exact resume, signals, settings put back, DDP,
-a full disk at a checkpoint."""
+a full disk at a checkpoint, one process per run."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from pretrain_support import ddp_worker, log_rows, tiny_config
 from protssl.checkpoint import load_model
 from protssl.pretrain import CHECKPOINT_NAME, PLOT_NAME, FunctionProbe, PretrainConfig, pretrain
 from protssl.pretrain import loop as loop_module
-from protssl.pretrain.state import load_checkpoint
+from protssl.pretrain.state import RUN_LOCK_NAME, load_checkpoint
 
 LABELLED = Path(__file__).resolve().parents[1] / "examples" / "labelled.fasta"
 
@@ -158,3 +158,40 @@ def test_a_full_disk_at_a_checkpoint_stops_the_run_and_keeps_the_last_one(
     assert load_checkpoint(checkpoint)["step"] == 12
     assert [row["step"] for row in log_rows(run_dir)][-1] == "12"
     assert (load_model(run_dir / "model").card.training or {})["steps"] == 12
+
+
+def test_a_run_being_trained_is_refused_to_a_second_process(
+    tmp_path: Path, sample_fasta: Path
+) -> None:
+    """A job resubmitted while the first still trains: one line naming the first's pid."""
+    run_dir = tmp_path / "run"
+    pretrain(tiny_config(sample_fasta, run_dir), stop_after=2, progress=False)
+    assert not (run_dir / RUN_LOCK_NAME).exists()  # released at the end
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from protssl.pretrain.loop import _run_lock; "
+            f"lock = _run_lock(Path({str(run_dir)!r})); print('ready', flush=True); "
+            "sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "ready\n"
+        refused = subprocess.run(
+            [sys.executable, "-m", "protssl", "pretrain", "--run-dir", str(run_dir), "--resume"],
+            capture_output=True,
+            text=True,
+        )
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.splitlines()[-1] == (
+            f"protssl pretrain: error: run {str(run_dir)!r} is being trained by another process "
+            f"(pid {holder.pid}): wait for it to end (or stop it), or give another --run-dir"
+        )
+    finally:
+        holder.communicate("")
+    assert load_checkpoint(run_dir / CHECKPOINT_NAME)["step"] == 2  # untouched
+    assert pretrain(tiny_config(sample_fasta, run_dir), resume=True, progress=False).step == 12

@@ -28,6 +28,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from protssl.alphabet import ALPHABET
+from protssl.durable import ExclusiveLock
 from protssl.errors import InvalidInputError, OutputError
 from protssl.model import ProteinEncoder, resolve_dtype
 from protssl.pretrain.config import PretrainConfig
@@ -45,6 +46,7 @@ from protssl.pretrain.objective import autocast, learning_rate, mask_tokens, mlm
 from protssl.pretrain.probe import FunctionProbe, unigram_perplexity, validation_loss
 from protssl.pretrain.state import (
     CHECKPOINT_NAME,
+    RUN_LOCK_NAME,
     RunProgress,
     checkpoint_state,
     initial_encoder,
@@ -159,17 +161,33 @@ def _pretrain(
         raise InvalidInputError(
             "a deadline is for one process (ranks could stop at different steps)"
         )
-    run = _Run(config, place, resume=resume, command=command)
-    start = run.progress.step
-    end = config.steps if stop_after is None else min(config.steps, start + stop_after)
+    lock = _run_lock(config.run_dir) if place.leader else None
     try:
-        with _stop_on_signals() as stop:
-            stop.deadline = deadline
-            losses = run.train(end, stop, show_progress=progress)
+        run = _Run(config, place, resume=resume, command=command)
+        start = run.progress.step
+        end = config.steps if stop_after is None else min(config.steps, start + stop_after)
+        try:
+            with _stop_on_signals() as stop:
+                stop.deadline = deadline
+                losses = run.train(end, stop, show_progress=progress)
+        finally:
+            if run.log is not None:
+                run.log.close()
+        return replace(run.finish(losses), deadline_reached=stop.deadline_reached)
     finally:
-        if run.log is not None:
-            run.log.close()
-    return replace(run.finish(losses), deadline_reached=stop.deadline_reached)
+        if lock is not None:
+            lock.release()
+
+
+def _run_lock(run_dir: Path) -> ExclusiveLock | None:
+    """One training process per run folder: the same run resumed twice (a job resubmitted while
+    the first still runs) would write one checkpoint over the other's and interleave the log."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return ExclusiveLock.acquire(
+        run_dir / RUN_LOCK_NAME,
+        busy=f"run {str(run_dir)!r} is being trained",
+        advice="wait for it to end (or stop it), or give another --run-dir",
+    )
 
 
 class _Run:

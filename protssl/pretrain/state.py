@@ -23,6 +23,7 @@ from protssl.pretrain.data import DataPosition
 
 __all__ = [
     "CHECKPOINT_NAME",
+    "RUN_LOCK_NAME",
     "RunProgress",
     "checkpoint_state",
     "config_from_checkpoint",
@@ -35,6 +36,8 @@ __all__ = [
 ]
 
 CHECKPOINT_NAME = "checkpoint.pt"
+RUN_LOCK_NAME = ".lock"
+"""Held by the process training a run (its pid inside); removed when it ends."""
 
 
 @dataclass
