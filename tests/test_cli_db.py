@@ -56,3 +56,20 @@ def test_db_upgrade_from_another_working_directory(tmp_path: Path) -> None:
         assert engines.current_revision(engine) == engines.head_revision()
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("action", [["upgrade"], ["current"]])
+def test_a_database_that_refuses_connections_is_one_line(action: list[str]) -> None:
+    """psycopg's message has three lines (and SQLAlchemy adds a link); the error keeps the first."""
+    url = "postgresql+psycopg://nobody@127.0.0.1:1/x"  # port 1: refused at once
+    result = subprocess.run(
+        [sys.executable, "-m", "protssl", "db", *action, "--db", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("protssl db: error: reading the schema revision of postgresql+psycopg")
+    assert line.endswith("Connection refused")

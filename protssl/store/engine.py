@@ -26,7 +26,7 @@ from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from protssl.errors import InvalidInputError, StoreError
+from protssl.errors import InvalidInputError, StoreError, first_line
 from protssl.store.config import StoreConfig
 
 __all__ = [
@@ -157,7 +157,9 @@ def current_revision(engine: Engine) -> str | None:
         with engine.connect() as connection:
             return MigrationContext.configure(connection).get_current_revision()
     except SQLAlchemyError as exc:
-        raise StoreError(f"reading the schema revision of {engine.url!r} failed: {exc}") from exc
+        raise StoreError(
+            f"reading the schema revision of {engine.url!r} failed: {first_line(exc)}"
+        ) from exc
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
@@ -188,6 +190,10 @@ def _run_locked(engine: Engine, action: Any) -> None:
             if before != after:
                 log.info("store schema migrated from %s to %s", before or "empty", after or "empty")
     except CommandError as exc:
-        raise InvalidInputError(f"cannot migrate the store at {engine.url!r}: {exc}") from None
+        raise InvalidInputError(
+            f"cannot migrate the store at {engine.url!r}: {first_line(exc)}"
+        ) from None
     except SQLAlchemyError as exc:
-        raise StoreError(f"migrating the store at {engine.url!r} failed: {exc}") from exc
+        raise StoreError(
+            f"migrating the store at {engine.url!r} failed: {first_line(exc)}"
+        ) from exc
