@@ -64,8 +64,9 @@ CARD_NAME = "model.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT = "protssl.model"
 FORMAT_VERSION = 1
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "protssl-default"
-"""The shipped default model, used when no model is named."""
+DEFAULT_MODEL_DIR = (Path(__file__).parent / "models" / "protssl-default").resolve()
+"""The shipped default model, used when no model is named (`protssl/models` links to the top-level
+`models/` in a checkout; a wheel carries a copy)."""
 
 # sha256 of fair-esm checkpoints that may be unpickled without --trust-pickle. Empty on purpose:
 # only hashes checked against Meta's own downloads belong here; users extend it per call.

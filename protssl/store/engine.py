@@ -42,8 +42,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
-"""Alembic's script folder, beside the package (an editable install or a source checkout)."""
+MIGRATIONS_DIR = (Path(__file__).parents[1] / "migrations").resolve()
+"""Alembic's script folder: in a checkout `protssl/migrations` links to the top-level folder, and a
+wheel carries a copy there, so an installed protssl finds it too."""
 
 _MIGRATION_LOCK_KEY = 0x70726F7473736C  # "protssl": the PostgreSQL advisory lock for upgrades
 _BEGIN_OPTION = "protssl_sqlite_begin"
