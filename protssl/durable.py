@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +15,7 @@ from protssl.errors import InvalidInputError, OutputError, first_line
 
 __all__ = [
     "ExclusiveLock",
+    "check_can_create",
     "fsync_file",
     "fsync_folder",
     "os_error_in",
@@ -42,6 +44,25 @@ def replace_durably(tmp: Path, path: Path) -> None:
     fsync_file(tmp)
     os.replace(tmp, path)
     fsync_folder(path.parent)
+
+
+def check_can_create(path: Path, *, hint: str = "give a file name") -> None:
+    """Fail before any work when `path` could not be written: it is a folder (`hint` says what to
+    give instead), or its folder is missing, not a folder, or read-only."""
+    if path.is_dir():
+        raise InvalidInputError(f"output {str(path)!r} is a folder: {hint}")
+    parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        raise InvalidInputError(f"output {str(path)!r}: {str(parent)!r} is not a folder")
+    if not parent.is_dir():
+        raise InvalidInputError(f"output {str(path)!r}: folder {str(parent)!r} does not exist")
+    try:
+        with tempfile.TemporaryFile(dir=parent, prefix=".protssl-probe-"):
+            pass
+    except OSError as exc:
+        raise InvalidInputError(
+            f"output {str(path)!r}: cannot write in folder {str(parent)!r} ({exc.strerror})"
+        ) from None
 
 
 @contextmanager

@@ -24,7 +24,6 @@ import errno
 import json
 import logging
 import shutil
-import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -36,7 +35,7 @@ import h5py
 import numpy as np
 
 from protssl import __version__
-from protssl.durable import ExclusiveLock, os_error_in, writing_durably
+from protssl.durable import ExclusiveLock, check_can_create, os_error_in, writing_durably
 from protssl.embedding import Embedding, Provenance
 from protssl.errors import InvalidInputError, OutputError, first_line
 
@@ -124,22 +123,7 @@ def check_writable(path: str | Path) -> None:
     or read-only, or one another process is writing."""
     path = Path(path)
     _check_format(path)
-    if path.is_dir():
-        raise InvalidInputError(
-            f"output {str(path)!r} is a folder: give a file name ending in {', '.join(FORMATS)}"
-        )
-    parent = path.parent
-    if parent.exists() and not parent.is_dir():
-        raise InvalidInputError(f"output {str(path)!r}: {str(parent)!r} is not a folder")
-    if not parent.is_dir():
-        raise InvalidInputError(f"output {str(path)!r}: folder {str(parent)!r} does not exist")
-    try:
-        with tempfile.TemporaryFile(dir=parent, prefix=".protssl-probe-"):
-            pass
-    except OSError as exc:
-        raise InvalidInputError(
-            f"output {str(path)!r}: cannot write in folder {str(parent)!r} ({exc.strerror})"
-        ) from None
+    check_can_create(path, hint=f"give a file name ending in {', '.join(FORMATS)}")
     lock = _writer_lock(path)  # refuses an OUTPUT another process is writing
     if lock is not None:
         lock.release()

@@ -29,6 +29,7 @@ from protssl.cli.args import (
     open_store,
 )
 from protssl.cli.commands import Command, LazySubcommands, add_commands
+from protssl.durable import check_can_create, writing_durably
 from protssl.errors import InvalidInputError
 from protssl.pooling import POOLED
 
@@ -326,10 +327,11 @@ def _classifier_show(args: argparse.Namespace) -> int:
 
 @contextlib.contextmanager
 def _output(path: str | None) -> Iterator[TextIO]:
+    """stdout, or FILE written whole or not at all (a pipeline never reads half a table)."""
     if path is None:
         yield sys.stdout
         return
-    with Path(path).open("w") as handle:
+    with writing_durably(Path(path)) as tmp, tmp.open("w") as handle:
         yield handle
 
 
@@ -337,6 +339,8 @@ def _classify(args: argparse.Namespace) -> int:
     from protssl.embedding import CacheStats
     from protssl.fewshot import classify_records, load_classifier
 
+    if args.output is not None:
+        check_can_create(Path(args.output))
     records = _read(args.input, args, labelled=False)
     stats = CacheStats()
     with open_store(args) as store:

@@ -157,6 +157,17 @@ def test_classifier_saved_in_the_store_predicts_the_same_in_a_new_process(
     rows = out.read_text().splitlines()
     assert rows[0].split("\t")[:4] == ["id", "label", "probability", "status"]
     assert len(rows) == 1 + len(query)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp
+
+    capsys.readouterr()
+    nowhere = tmp_path / "missing" / "predictions.tsv"  # refused before any work, not after it
+    with pytest.raises(InvalidInputError) as refused:
+        run_cli(["classify", "tfam", str(query_file), "-o", str(nowhere), *common])
+    assert str(refused.value) == (
+        f"output {str(nowhere)!r}: folder {str(nowhere.parent)!r} does not exist"
+    )
+    said = capsys.readouterr()
+    assert "embedding:" not in said.out + said.err
 
 
 def test_fewshot_eval_hybrid_and_classifier_create_reuse_the_store_vectors(
