@@ -23,7 +23,7 @@ from safetensors.torch import save as save_safetensors
 
 from protssl.alphabet import ALPHABET
 from protssl.dtypes import DTypeName
-from protssl.durable import writing_durably
+from protssl.durable import make_folder, writing_durably
 from protssl.errors import (
     CheckpointError,
     InvalidInputError,
@@ -203,7 +203,7 @@ def save_model(
 ) -> ModelCard:
     """Write `model.safetensors` + `model.json` into `directory` atomically; returns the card."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    make_folder(directory, what="model folder")
     # bytes written by Python, not safetensors' own writer, so that a full disk is an OSError
     data = save_safetensors(_weights_only(encoder), metadata={"format": FORMAT})
     with writing_durably(directory / WEIGHTS_NAME) as tmp:

@@ -18,6 +18,7 @@ __all__ = [
     "check_can_create",
     "fsync_file",
     "fsync_folder",
+    "make_folder",
     "os_error_in",
     "replace_durably",
     "writing_durably",
@@ -44,6 +45,17 @@ def replace_durably(tmp: Path, path: Path) -> None:
     fsync_file(tmp)
     os.replace(tmp, path)
     fsync_folder(path.parent)
+
+
+def make_folder(path: Path, *, what: str) -> None:
+    """`mkdir -p path`; one that cannot be made (a read-only place, a file in the way, no
+    permission) is one InvalidInputError naming it as `what` ("model folder", "run folder")."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidInputError(
+            f"{what} {str(path)!r}: cannot create it ({exc.strerror or first_line(exc)})"
+        ) from None
 
 
 def check_can_create(path: Path, *, hint: str = "give a file name") -> None:

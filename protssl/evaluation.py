@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from protssl.durable import make_folder
 from protssl.errors import InvalidInputError
 from protssl.fewshot import UNKNOWN, FewShotClassifier, FewShotConfig, Prediction
 from protssl.fewshot.episodes import Episode, sample_episodes
@@ -216,7 +217,7 @@ def write_report(
     from matplotlib.figure import Figure
 
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    make_folder(directory, what="report folder")
     support_vectors, query_vectors = result.support_vectors, result.query_vectors
     support_labels, query_labels = result.support_labels, result.query_vector_labels
     predictions, metrics = result.predictions, result.metrics

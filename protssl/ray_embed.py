@@ -30,6 +30,7 @@ import numpy as np
 
 from protssl.batching import read_ahead
 from protssl.checkpoint import LoadedModel
+from protssl.durable import make_folder
 from protssl.embed_file import JobSummary
 from protssl.embedding import CacheStats, EmbedConfig, embed_records
 from protssl.errors import (
@@ -320,7 +321,7 @@ def _prepare_folder(folder: Path, *, resume: bool, overwrite: bool) -> None:
             )
         for part in parts:
             part.unlink()
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder, what="output")
     for partial in folder.glob(".part-*.h5"):  # left by an actor that was stopped mid-shard
         partial.unlink()
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from protssl.durable import os_error_in, replace_durably, writing_durably
-from protssl.errors import OutputError
+from protssl.durable import make_folder, os_error_in, replace_durably, writing_durably
+from protssl.errors import InvalidInputError, OutputError
 
 
 def test_replace_durably_puts_the_new_file_in_place(tmp_path: Path) -> None:
@@ -54,3 +54,15 @@ def test_other_errors_pass_through_and_leave_no_temp_file(tmp_path: Path) -> Non
         tmp.write_bytes(b"half")
         raise ValueError("not a disk problem")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_folder_that_cannot_be_made_is_one_error_naming_it(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("in the way")
+    with pytest.raises(InvalidInputError) as refused:
+        make_folder(blocker / "model", what="model folder")
+    assert str(refused.value) == (
+        f"model folder {str(blocker / 'model')!r}: cannot create it (Not a directory)"
+    )
+    make_folder(tmp_path / "x" / "y", what="run folder")
+    assert (tmp_path / "x" / "y").is_dir()

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from pretrain_support import tiny_config
 
 from protssl.checkpoint import load_model
+from protssl.errors import InvalidInputError
 from protssl.pretrain import pretrain
 from protssl.pretrain.export import export_checkpoint
 
@@ -24,3 +26,7 @@ def test_a_stopped_run_exports_its_checkpoint(tmp_path: Path, sample_fasta: Path
     assert card["recipe"] == config.to_dict()
     for key, value in stopped.encoder.state_dict().items():
         assert torch.equal(model.encoder.state_dict()[key], value), key
+    blocker = tmp_path / "a-file"
+    blocker.write_text("in the way")
+    with pytest.raises(InvalidInputError, match=r"model folder '.*a-file/m': cannot create it"):
+        export_checkpoint(tmp_path / "run", blocker / "m")

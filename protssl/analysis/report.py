@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from protssl.analysis.plots import draw_figures
+from protssl.durable import make_folder
 
 __all__ = ["headline", "write_report"]
 
@@ -171,7 +172,7 @@ def _html(markdown: str, figures: list[Path], title: str) -> str:
 
 def write_report(result: dict[str, Any], directory: Path) -> dict[str, Any]:
     """Write the figures, report.md, report.html and report.json into `directory`; the headline."""
-    directory.mkdir(parents=True, exist_ok=True)
+    make_folder(directory, what="report folder")
     figures = draw_figures(result, directory)
     top = headline(result)
     markdown = _markdown(result, top, figures)

@@ -28,7 +28,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from protssl.alphabet import ALPHABET
-from protssl.durable import ExclusiveLock
+from protssl.durable import ExclusiveLock, make_folder
 from protssl.errors import InvalidInputError, OutputError
 from protssl.model import ProteinEncoder, resolve_dtype
 from protssl.pretrain.config import PretrainConfig
@@ -182,7 +182,7 @@ def _pretrain(
 def _run_lock(run_dir: Path) -> ExclusiveLock | None:
     """One training process per run folder: the same run resumed twice (a job resubmitted while
     the first still runs) would write one checkpoint over the other's and interleave the log."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(run_dir, what="run folder")
     return ExclusiveLock.acquire(
         run_dir / RUN_LOCK_NAME,
         busy=f"run {str(run_dir)!r} is being trained",
@@ -197,8 +197,6 @@ class _Run:
         self, config: PretrainConfig, place: _Placement, *, resume: bool, command: str | None
     ) -> None:
         self.config, self.place = config, place
-        if place.leader:
-            config.run_dir.mkdir(parents=True, exist_ok=True)
         self.checkpoint_path = config.run_dir / CHECKPOINT_NAME
         self.corpus = load_corpus(
             config.corpus, val_fraction=config.val_fraction, cluster_tsv=config.cluster_tsv
