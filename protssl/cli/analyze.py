@@ -89,6 +89,7 @@ def _analyze(args: argparse.Namespace) -> int:
     from protssl.analysis.report import write_report
     from protssl.analysis.run import analyze
     from protssl.checkpoint import CARD_NAME, update_card_training
+    from protssl.durable import make_folder
 
     model_dir = Path(args.model)
     if args.update_card and not (model_dir / CARD_NAME).is_file():
@@ -99,10 +100,11 @@ def _analyze(args: argparse.Namespace) -> int:
         **{field: getattr(args, field) for field, _, _ in _CONFIG_FLAGS.values()}
     )
     model = load_model(args)
+    output = args.output or Path(f"report-{model.name}")
+    make_folder(output, what="report folder")  # before the analysis, not after it
     result = analyze(
         model, find_data(args.data), config, model_path=model_dir, progress=not args.no_progress
     )
-    output = args.output or Path(f"report-{model.name}")
     top = write_report(result, output)
     if args.update_card:
         update_card_training(

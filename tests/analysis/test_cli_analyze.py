@@ -70,3 +70,16 @@ def test_bad_shots_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
         main(["analyze", "x", "--shots", "1,two"])
     assert exit_info.value.code == 2
     assert "expected counts like 1,2,4,8,16" in capsys.readouterr().err
+
+
+def test_a_report_folder_that_cannot_be_made_is_refused_before_the_analysis(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("in the way")
+    assert main(["analyze", "protssl-tiny", "-o", str(blocker / "r"), "--no-progress"]) == 2
+    said = capsys.readouterr()
+    assert said.err == (
+        f"protssl analyze: error: report folder {str(blocker / 'r')!r}: cannot create it "
+        "(Not a directory)\n"
+    )
