@@ -72,8 +72,8 @@ def run_main(run: Callable[[], int], *, prog: str) -> int:
 
 _MACHINE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS})
 """A full disk, a quota, a file past the filesystem's (or ulimit's) size, an I/O error, a read-only
-filesystem: wherever a write meets one that no
-protssl code turned into an `OutputError`, it is one line, not a traceback."""
+filesystem: wherever a write meets one that no protssl code turned into an `OutputError`, it is one
+line, not a traceback."""
 
 
 def _raise_terminated(signum: int, frame: FrameType | None) -> None:
