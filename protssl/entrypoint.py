@@ -46,7 +46,8 @@ def configure_logging(level: int | str, *, timestamps: bool = False, process: st
 def run_main(run: Callable[[], int], *, prog: str) -> int:
     """`run()`'s exit code; a protssl error is `prog: error: message` on stderr and its table exit
     code, Ctrl-C and SIGTERM are EXIT_INTERRUPTED (what was computed is kept), a closed stdout
-    pipe is 0, a full disk (a quota, an I/O error) that no protssl code caught one line. A command
+    pipe is 0, a full disk (a quota, an I/O error, no permission) that no protssl code caught one
+    line. A command
     that installs its own SIGTERM handler (a server, training) keeps it."""
     try:
         with _sigterm_as_interrupt():
@@ -70,10 +71,13 @@ def run_main(run: Callable[[], int], *, prog: str) -> int:
         return EXIT_USER_ERROR
 
 
-_MACHINE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS})
+_MACHINE_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS, errno.EACCES, errno.EPERM}
+)
 """A full disk, a quota, a file past the filesystem's (or ulimit's) size, an I/O error, a read-only
-filesystem: wherever a write meets one that no protssl code turned into an `OutputError`, it is one
-line, not a traceback."""
+filesystem, no permission (another user's file or folder on a shared cluster): wherever a read or
+write meets one that no protssl code turned into its own error, it is one line naming the file, not
+a traceback."""
 
 
 def _raise_terminated(signum: int, frame: FrameType | None) -> None:

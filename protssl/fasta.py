@@ -196,11 +196,14 @@ def open_fasta_bytes(path: str | Path) -> Iterator[IO[bytes]]:
         raw: IO[bytes] = sys.stdin.buffer
     else:
         path = Path(path)
-        if path.is_dir():
-            raise InvalidInputError(f"{path}: is a folder, not a FASTA file")
-        if not path.exists():
-            raise InvalidInputError(f"{path}: no such file")
-        raw = path.open("rb")
+        try:
+            raw = path.open("rb")
+        except IsADirectoryError:
+            raise InvalidInputError(f"{path}: is a folder, not a FASTA file") from None
+        except FileNotFoundError:
+            raise InvalidInputError(f"{path}: no such file") from None
+        except OSError as exc:
+            raise InvalidInputError(f"{path}: cannot read it ({exc.strerror})") from None
     head = b""
     while len(head) < len(UTF8_BOM) and (more := raw.read(len(UTF8_BOM) - len(head))):
         head += more

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import signal
@@ -39,6 +40,11 @@ def _raises(exc: BaseException) -> Callable[[], int]:
         (KeyboardInterrupt(), EXIT_INTERRUPTED, "prog: interrupted; work done so far is kept\n"),
         (Terminated(), EXIT_INTERRUPTED, "prog: terminated (SIGTERM); work done so far is kept\n"),
         (BrokenPipeError(), 0, ""),
+        (
+            PermissionError(errno.EACCES, "Permission denied", "/home/other/x.fasta"),
+            EXIT_USER_ERROR,
+            "prog: error: Permission denied (/home/other/x.fasta)\n",
+        ),
     ],
 )
 def test_errors_leave_as_one_line_and_their_exit_code(

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import gzip
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -55,6 +56,21 @@ def test_utf16_text_is_one_line_saying_to_convert_it(tmp_path: Path) -> None:
     path.write_text(">a\nMKV\n", encoding="utf-16")  # with its byte order mark
     with pytest.raises(FastaFormatError, match=r"u16.fasta: UTF-16 text .* iconv -f UTF-16"):
         list(read_fasta(path))
+
+
+def test_a_file_that_cannot_be_opened_is_one_error_naming_it(tmp_path: Path) -> None:
+    """Another user's file gives EACCES; a socket, which even root cannot open, gives ENXIO: the
+    same branch."""
+    path = tmp_path / "not-a-file.fasta"
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(path))
+        with pytest.raises(InvalidInputError) as refused:
+            list(read_fasta(path))
+    assert str(refused.value) == f"{path}: cannot read it (No such device or address)"
+    with pytest.raises(InvalidInputError, match=r"is a folder, not a FASTA file"):
+        list(read_fasta(tmp_path))
+    with pytest.raises(InvalidInputError, match=r"missing.fasta: no such file"):
+        list(read_fasta(tmp_path / "missing.fasta"))
 
 
 def test_labels_from_header(tmp_path: Path) -> None:
