@@ -1,4 +1,5 @@
-"""Engines and migrations: SQLite in WAL mode with a busy timeout, PostgreSQL through psycopg 3.
+"""Engines and migrations: SQLite in WAL mode with a busy timeout (a rollback journal on a network
+filesystem, where WAL does not work), PostgreSQL through psycopg 3.
 
 SQLite transactions are begun by us (the driver's implicit BEGIN is switched off), so a writer
 can take the lock up front (`BEGIN IMMEDIATE`) and wait out the busy timeout instead of failing
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -55,10 +57,24 @@ def create_store_engine(config: StoreConfig) -> Engine:
     url = make_url(config.url)
     if config.dialect == "sqlite":
         database = url.database or ""
+        journal = "WAL"
         if database and database != ":memory:" and not database.startswith("file:"):
-            _prepare_sqlite_file(Path(database).expanduser())
+            path = Path(database).expanduser()
+            _prepare_sqlite_file(path)
+            network = network_filesystem(path)
+            if network is not None:
+                journal = "DELETE"
+                log.warning(
+                    "store: %s is on a network filesystem (%s): SQLite keeps a rollback journal "
+                    "there, since its WAL mode needs one host's shared memory; jobs on several "
+                    "hosts need PostgreSQL (--db postgresql+psycopg://...)",
+                    path,
+                    network,
+                )
         engine = create_engine(url)
-        _configure_sqlite(engine, busy_timeout_ms=round(config.busy_timeout_s * 1000))
+        _configure_sqlite(
+            engine, busy_timeout_ms=round(config.busy_timeout_s * 1000), journal=journal
+        )
         return engine
     engine = create_engine(
         url,
@@ -94,13 +110,43 @@ def _prepare_sqlite_file(path: Path) -> None:
         )
 
 
-def _configure_sqlite(engine: Engine, *, busy_timeout_ms: int) -> None:
+_NETWORK_FILESYSTEMS = frozenset(
+    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "glusterfs",
+     "fuse.glusterfs", "ceph", "fuse.ceph", "fuse.sshfs", "afs", "9p", "panfs", "orangefs"}
+)  # fmt: skip
+"""Filesystem types (as /proc/mounts names them) shared between hosts: where cluster home and
+project folders live, and where SQLite's WAL mode does not work."""
+
+
+def network_filesystem(path: Path, mounts: str | None = None) -> str | None:
+    """The network filesystem type `path` is on (`nfs4`, `lustre`...), or None for a local one
+    or where it cannot be told; `mounts` is /proc/self/mounts' text (read when not given)."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/self/mounts").read_text()
+        except OSError:
+            return None
+    target = os.path.realpath(path)
+    best, kind = "", None
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        # /proc/mounts writes a space in a mount point as \040 (and tab, newline, backslash alike)
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[1])
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, fields[2]
+    return kind if kind in _NETWORK_FILESYSTEMS else None
+
+
+def _configure_sqlite(engine: Engine, *, busy_timeout_ms: int, journal: str = "WAL") -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # we emit BEGIN ourselves (see _on_begin)
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
-        _switch_to_wal(cursor, busy_timeout_ms / 1000)
+        _set_journal_mode(cursor, journal, busy_timeout_ms / 1000)
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
@@ -111,14 +157,15 @@ def _configure_sqlite(engine: Engine, *, busy_timeout_ms: int) -> None:
         connection.exec_driver_sql(f"BEGIN {mode}")
 
 
-def _switch_to_wal(cursor: Any, timeout_s: float) -> None:
-    """`PRAGMA journal_mode = WAL`, retried: on a fresh file that another process is switching at the
-    same moment SQLite answers "database is locked" at once, without waiting out the busy timeout."""
+def _set_journal_mode(cursor: Any, mode: str, timeout_s: float) -> None:
+    """`PRAGMA journal_mode = MODE`, retried: on a fresh file that another process is switching at
+    the same moment SQLite answers "database is locked" at once, without waiting out the busy
+    timeout."""
     deadline = time.monotonic() + timeout_s
     delay = 0.005
     while True:
         try:
-            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute(f"PRAGMA journal_mode = {mode}")
             return
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) or time.monotonic() + delay > deadline:
