@@ -26,7 +26,6 @@ from typing import Any, TypeVar
 
 import grpc
 import numpy as np
-from tqdm import tqdm
 
 from protssl._proto import protssl_pb2 as pb
 from protssl._proto import protssl_pb2_grpc as pb_grpc
@@ -34,6 +33,7 @@ from protssl.auth import TOKEN_ENV
 from protssl.embedding import Embedding
 from protssl.errors import InvalidInputError, ProtsslError, error_for_status
 from protssl.fasta import FastaPolicy, ProteinRecord, read_fasta
+from protssl.progress import progress_bar
 from protssl.wire import (
     CLASSIFIER_METHOD,
     ERROR_KIND_KEY,
@@ -356,7 +356,7 @@ class Client:
                 yield pb.EmbedStreamRequest(sequences=batch, options=options if first else None)
 
         timeout = self.timeout if timeout is None else timeout
-        bar = tqdm(desc=desc, unit="res", unit_scale=True, disable=not progress)
+        bar = progress_bar(desc=desc, unit="res", unit_scale=True, disable=not progress)
         try:
             stream = self._embeddings.EmbedStream(
                 requests(), timeout=timeout, metadata=self._metadata

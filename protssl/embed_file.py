@@ -13,14 +13,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
-
 from protssl.batch_job import JobSpec
 from protssl.checkpoint import LoadedModel
 from protssl.embedding import CacheStats, EmbedConfig, embed_records, expected_provenance
 from protssl.errors import ProtsslError
 from protssl.fasta import FastaPolicy, ProteinRecord, ReadStats, open_fasta_bytes, read_fasta
 from protssl.output import open_writer
+from protssl.progress import progress_bar
 from protssl.store import EmbeddingCache
 
 __all__ = ["JobSummary", "count_fasta", "embed_fasta_file", "embed_job_spec"]
@@ -161,7 +160,7 @@ def embed_fasta_file(
                 yield record
 
         counts = counts or count_fasta(source)
-        bar = tqdm(
+        bar = progress_bar(
             total=counts[1] if counts else None,
             unit="res",
             unit_scale=True,

@@ -208,9 +208,10 @@ def _read(path: str, args: argparse.Namespace, *, labelled: bool) -> list[Protei
 
 
 def _bar(records: Sequence[ProteinRecord]) -> tqdm[Any]:
-    from tqdm import tqdm
+    from protssl.progress import progress_bar
 
-    return tqdm(total=sum(len(r) for r in records), unit="res", unit_scale=True, desc="embedding")
+    total = sum(len(r) for r in records)
+    return progress_bar(total=total, unit="res", unit_scale=True, desc="embedding")
 
 
 def _embed(

@@ -25,7 +25,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
 from protssl.alphabet import ALPHABET
 from protssl.durable import ExclusiveLock, make_folder
@@ -53,6 +52,7 @@ from protssl.pretrain.state import (
     resume_from,
     save_checkpoint,
 )
+from protssl.progress import progress_bar
 
 __all__ = ["PretrainResult", "pretrain"]
 
@@ -255,7 +255,7 @@ class _Run:
         config, progress, leader = self.config, self.progress, self.place.leader
         batches = contrastive_batches if config.contrastive else micro_batches
         stream = batches(self.corpus, config, progress.position)
-        bar = tqdm(
+        bar = progress_bar(
             total=config.steps,
             initial=progress.step,
             disable=not (leader and show_progress),

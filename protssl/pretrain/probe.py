@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from protssl.alphabet import ALPHABET, tokenize
 from protssl.batching import WindowPolicy, token_batches
@@ -26,6 +25,7 @@ from protssl.model import ProteinEncoder
 from protssl.pooling import pooled_width
 from protssl.pretrain.data import packed_tokens
 from protssl.pretrain.objective import autocast, mask_tokens, mlm_loss_sum
+from protssl.progress import progress_bar
 
 __all__ = [
     "FunctionProbe",
@@ -157,7 +157,7 @@ def pooled_layer_embeddings(
     )
     was_training = encoder.training
     encoder.eval()
-    for batch in tqdm(batches, desc=desc, leave=False, disable=desc is None):
+    for batch in progress_bar(batches, desc=desc, leave=False, disable=desc is None):
         tokens = batch.tokens
         with autocast(device, dtype):
             result = encoder(
