@@ -46,6 +46,9 @@ def progress_bar(iterable: Iterable[Any] | None = None, **options: Any) -> tqdm:
 
 
 def _is_terminal(stream: Any) -> bool:
+    """A terminal, or a Jupyter notebook's output (not a TTY, but it redraws on `\\r` too)."""
+    if type(stream).__module__.startswith("ipykernel"):
+        return True
     try:
         return bool(stream.isatty())
     except (AttributeError, ValueError):  # no isatty, or a closed stream

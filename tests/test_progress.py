@@ -69,3 +69,20 @@ def test_protssl_embed_with_stderr_to_a_file_logs_lines(
     assert "\r" not in log.read_text()
     assert lines[0].startswith("embed:   0%") and lines[-1].startswith("embed: 100%")
     assert len(lines) <= 3  # a short run: its first line, its last, at most one between
+
+
+def test_a_jupyter_notebooks_output_counts_as_a_terminal() -> None:
+    """ipykernel's OutStream is no TTY, but a notebook redraws a bar on \\r as a terminal does (no
+    ipykernel here: a stream class from a module of that name stands in for it)."""
+    written: list[str] = []
+    OutStream = type(
+        "OutStream",
+        (),
+        {"__module__": "ipykernel.iostream", "write": written.append, "flush": lambda self: None,
+         "isatty": lambda self: False},
+    )  # fmt: skip
+    bar = progress_bar(total=1, desc="embed", file=OutStream())
+    assert bar.mininterval != LOG_INTERVAL_S
+    bar.update(1)
+    bar.close()
+    assert any(text.startswith("\r") for text in written)
