@@ -42,6 +42,7 @@ from protssl.errors import InvalidInputError, OutputError, first_line
 __all__ = [
     "FORMATS",
     "VectorWriter",
+    "check_not_being_written",
     "check_output",
     "check_writable",
     "dataset_name",
@@ -50,6 +51,7 @@ __all__ = [
     "part_name",
     "read_vectors",
     "record_id",
+    "writer_lock",
 ]
 
 log = logging.getLogger(__name__)
@@ -84,10 +86,10 @@ def journal_path(path: str | Path) -> Path:
     return path.with_name(path.name + ".partial")
 
 
-def _writer_lock(path: Path) -> ExclusiveLock | None:
-    """OUTPUT's one-writer lock: `.OUTPUT.lock` beside it. A second `protssl embed` to the same
-    OUTPUT (the same command started twice, an array job's copies) would otherwise continue the
-    first's journal and overwrite its chunks."""
+def writer_lock(path: Path) -> ExclusiveLock | None:
+    """OUTPUT's one-writer lock (a file, or the Ray engine's folder): `.OUTPUT.lock` beside it. A
+    second `protssl embed` to the same OUTPUT (the same command started twice, an array job's
+    copies) would otherwise continue the first's journal and overwrite its chunks."""
     return ExclusiveLock.acquire(
         path.with_name(f".{path.name}.lock"),
         busy=f"output {str(path)!r} is being written",
@@ -124,7 +126,12 @@ def check_writable(path: str | Path) -> None:
     path = Path(path)
     _check_format(path)
     check_can_create(path, hint=f"give a file name ending in {', '.join(FORMATS)}")
-    lock = _writer_lock(path)  # refuses an OUTPUT another process is writing
+    check_not_being_written(path)
+
+
+def check_not_being_written(path: str | Path) -> None:
+    """Fail before any work on an OUTPUT (file or folder) another process is writing."""
+    lock = writer_lock(Path(path))
     if lock is not None:
         lock.release()
 
@@ -137,7 +144,7 @@ class VectorWriter:
         self.kind = _check_format(path)
         self.journal = journal_path(path)
         check_writable(path)
-        self._lock = _writer_lock(path)
+        self._lock = writer_lock(path)
         try:
             check_output(path, resume=resume, overwrite=overwrite)
             if overwrite and not resume:

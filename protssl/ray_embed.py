@@ -48,7 +48,7 @@ from protssl.fasta import (
     read_fasta,
     read_fasta_range,
 )
-from protssl.output import VectorWriter, part_name
+from protssl.output import VectorWriter, part_name, writer_lock
 
 __all__ = ["RayOptions", "Shard", "embed_fasta_ray", "plan_shards", "read_shard"]
 
@@ -272,38 +272,43 @@ def embed_fasta_ray(
     folder = Path(output)
     summary.output = str(folder)
     start = time.perf_counter()
-    _prepare_folder(folder, resume=resume, overwrite=overwrite)
-    read = ReadStats()
-    shards = plan_shards(source, config, policy, stats=read)
-    summary.skipped, summary.skipped_ids = read.skipped, list(read.skipped_ids)
-    pending = _unfinished(shards, folder)
-    summary.resumed = sum(len(s.ids) for s in shards) - sum(len(s.ids) for s in pending)
-    if pending:
-        device = "cuda" if options.gpus_per_worker > 0 else model.device.type
-        actor_args = {
-            "source": str(Path(source).resolve()),
-            "output": str(folder.resolve()),
-            "model_spec": model_spec,
-            "model_sha256": model.sha256,
-            "load": {
-                "device": device,
-                "dtype": model.dtype_name,
-                "trust_pickle": trust_pickle,
-                "allowed_sha256": list(allowed_sha256),
-            },
-            "threads": options.cpus_per_worker,
-            "config": config,
-            "policy": policy,
-            "database_url": database_url,
-        }
-        for counts in _run(pending, actor_args, options, progress):
-            summary.records += counts["records"]
-            summary.residues += counts["residues"]
-            summary.computed += counts["computed"]
-            summary.cached += counts["cached"]
-            summary.windowed += counts["windowed"]
-            if on_shard is not None:
-                on_shard(summary)
+    lock = writer_lock(folder)  # one run per output folder
+    try:
+        _prepare_folder(folder, resume=resume, overwrite=overwrite)
+        read = ReadStats()
+        shards = plan_shards(source, config, policy, stats=read)
+        summary.skipped, summary.skipped_ids = read.skipped, list(read.skipped_ids)
+        pending = _unfinished(shards, folder)
+        summary.resumed = sum(len(s.ids) for s in shards) - sum(len(s.ids) for s in pending)
+        if pending:
+            device = "cuda" if options.gpus_per_worker > 0 else model.device.type
+            actor_args = {
+                "source": str(Path(source).resolve()),
+                "output": str(folder.resolve()),
+                "model_spec": model_spec,
+                "model_sha256": model.sha256,
+                "load": {
+                    "device": device,
+                    "dtype": model.dtype_name,
+                    "trust_pickle": trust_pickle,
+                    "allowed_sha256": list(allowed_sha256),
+                },
+                "threads": options.cpus_per_worker,
+                "config": config,
+                "policy": policy,
+                "database_url": database_url,
+            }
+            for counts in _run(pending, actor_args, options, progress):
+                summary.records += counts["records"]
+                summary.residues += counts["residues"]
+                summary.computed += counts["computed"]
+                summary.cached += counts["cached"]
+                summary.windowed += counts["windowed"]
+                if on_shard is not None:
+                    on_shard(summary)
+    finally:
+        if lock is not None:
+            lock.release()
     summary.seconds = time.perf_counter() - start
     return summary
 

@@ -270,3 +270,30 @@ def test_negative_worker_retries_are_refused_before_ray_starts() -> None:
     with pytest.raises(InvalidInputError, match="worker retries must not be negative"):
         RayOptions(retries=-1)
     assert RayOptions(retries=0).retries == 0  # no restarts: the first death stops the run
+
+
+def test_an_output_folder_another_run_is_writing_is_refused_before_ray_starts(
+    fasta: Path, tmp_path: Path, service_model_dir: Path
+) -> None:
+    out = tmp_path / "parts"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from protssl.output import writer_lock; "
+            f"lock = writer_lock(Path({str(out)!r})); print('ready', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "ready\n"
+        code, lines = _embed_with_ray(fasta, out, service_model_dir, "--resume")
+    finally:
+        holder.communicate("")
+    assert code == 2 and lines == [
+        f"protssl embed: error: output {str(out)!r} is being written by another process "
+        f"(pid {holder.pid}): wait for it to end, or write to another file"
+    ]
+    assert not out.exists()

@@ -144,7 +144,7 @@ def _embed(args: argparse.Namespace) -> int:
         embed_job_spec,
     )
     from protssl.embedding import EmbedConfig
-    from protssl.output import check_output, check_writable
+    from protssl.output import check_not_being_written, check_output, check_writable
 
     config = EmbedConfig(
         pooling=args.pooling,
@@ -160,6 +160,8 @@ def _embed(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"{args.input}: no such file")
     if args.engine == "local":
         check_writable(args.output)
+    else:
+        check_not_being_written(args.output)
     model = load_model(args)
     # one pass over the input for the job's total and the local engine's progress bar
     counts = count_fasta(args.input) if not args.no_cache or args.engine == "local" else None
