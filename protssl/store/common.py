@@ -10,6 +10,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -55,9 +56,22 @@ def store_errors(what: str) -> Iterator[None]:
 
 
 def unavailable(what: str, exc: SQLAlchemyError) -> StoreError:
-    """The StoreError for a failed `what`; the driver's detail (host, port) goes to the log only."""
+    """The StoreError for a failed `what`; the driver's detail (host, port) goes to the log only.
+    A store whose disk (or quota) is full says so: waiting for it to come back would not help."""
     log.warning("store: %s failed: %s", what, first_line(exc))
+    if _disk_full(getattr(exc, "orig", None)):
+        return StoreError(
+            f"the store is full (no space left on its disk, or a quota): {what} failed; free "
+            "space, or give another store (--db) or none (--no-cache)"
+        )
     return StoreError(f"the store is unavailable: {what} failed")
+
+
+def _disk_full(error: object) -> bool:
+    """SQLite's SQLITE_FULL, PostgreSQL's disk_full (SQLSTATE 53100)."""
+    if isinstance(error, sqlite3.Error):
+        return getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+    return getattr(error, "sqlstate", None) == "53100"
 
 
 def check_text(value: str, what: str, *, max_length: int, empty: bool = False) -> None:

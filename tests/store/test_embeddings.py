@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import multiprocessing
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from sqlalchemy import event, text
 
-from protssl.errors import InvalidInputError
+from protssl.errors import InvalidInputError, StoreError
 from protssl.store import (
     EmbeddingItem,
     EmbeddingKey,
@@ -217,3 +218,21 @@ def test_two_processes_writing_the_same_vectors(store_url: str, sequences: list[
         assert rows == len(sequences)
         got = store.embeddings.get_many(item.key for item in _items(sequences))
         assert all(np.array_equal(got[i.key], i.vector) for i in _items(sequences))
+
+
+def test_a_full_sqlite_store_says_it_is_full(tmp_path: Path, sequences: list[str]) -> None:
+    """SQLite's own limit on the file (max_page_count) gives the SQLITE_FULL a full disk gives."""
+    with Store(StoreConfig(url=f"sqlite:///{tmp_path / 'small.sqlite3'}")) as store:
+        pages = store.engine.connect().exec_driver_sql("PRAGMA page_count").scalar()
+        store.engine.dispose()  # the next connections take the limit
+        event.listen(
+            store.engine,
+            "connect",
+            lambda connection, _: connection.execute(f"PRAGMA max_page_count = {pages + 4}"),
+        )
+        with pytest.raises(StoreError) as full:
+            store.embeddings.put_many(_items(sequences[:200]))
+    assert str(full.value) == (
+        "the store is full (no space left on its disk, or a quota): writing 200 vectors to the "
+        "cache failed; free space, or give another store (--db) or none (--no-cache)"
+    )
