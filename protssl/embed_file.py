@@ -18,6 +18,7 @@ from protssl.checkpoint import LoadedModel
 from protssl.embedding import CacheStats, EmbedConfig, embed_records, expected_provenance
 from protssl.errors import ProtsslError
 from protssl.fasta import FastaPolicy, ProteinRecord, ReadStats, open_fasta_bytes, read_fasta
+from protssl.memory import MemoryReleaser
 from protssl.output import open_writer
 from protssl.progress import progress_bar
 from protssl.store import EmbeddingCache
@@ -168,6 +169,7 @@ def embed_fasta_file(
             disable=not progress,
             smoothing=0.1,
         )
+        release = MemoryReleaser()  # or the heap grows for as long as the job runs
         with bar:
             cache_stats = CacheStats()
             records = _until_error(pending(), failure)
@@ -183,6 +185,7 @@ def embed_fasta_file(
                     summary.skipped = stats.skipped
                     if on_flush is not None:
                         on_flush(summary)
+                    release()
         writer.flush()
     summary.seconds = time.perf_counter() - start
     summary.skipped = stats.skipped

@@ -48,6 +48,7 @@ from protssl.fasta import (
     read_fasta,
     read_fasta_range,
 )
+from protssl.memory import MemoryReleaser
 from protssl.output import VectorWriter, part_name, writer_lock
 
 __all__ = ["RayOptions", "Shard", "embed_fasta_ray", "plan_shards", "read_shard"]
@@ -186,6 +187,7 @@ class ShardEmbedder:
         self.source, self.output = source, Path(output)
         self.config, self.policy = config, policy
         self.store = Store(StoreConfig(url=database_url)) if database_url else None
+        self.release = MemoryReleaser()  # an actor lives for the whole job: its heap would grow
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Embed each shard of the batch; one row of counts per shard."""
@@ -206,6 +208,7 @@ class ShardEmbedder:
                 writer.write(embedding)
                 windowed += int(embedding.provenance.windowed)
         os.replace(partial, final)
+        self.release()
         return {
             "index": shard.index,
             "records": len(records),

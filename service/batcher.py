@@ -19,7 +19,6 @@ hands the memory its forwards freed back to the kernel (`release_freed_memory`).
 from __future__ import annotations
 
 import collections
-import ctypes
 import logging
 import threading
 import time
@@ -33,10 +32,11 @@ from protssl.checkpoint import LoadedModel
 from protssl.embedding import BatchOutcome, EmbedConfig, cached_embeddings, embed_batch
 from protssl.errors import DeadlineExceededError, InvalidInputError, OverloadedError
 from protssl.fasta import ProteinRecord
+from protssl.memory import release_freed_memory
 from protssl.store import EmbeddingCache
 from service.metrics import ServiceMetrics
 
-__all__ = ["EmbeddingBatcher", "Pending", "release_freed_memory"]
+__all__ = ["EmbeddingBatcher", "Pending"]
 
 log = logging.getLogger(__name__)
 
@@ -44,33 +44,6 @@ FAIR_QUANTUM_BATCHES = 4
 """A call's turn at the model worker lasts this many forwards' tokens (x max_batch_tokens)."""
 RELEASE_MEMORY_AFTER_IDLE_S = 0.2
 """How long the model worker waits for more work before it hands freed memory back."""
-
-
-def _malloc_trim() -> Callable[[int], int] | None:
-    try:
-        return ctypes.CDLL(None).malloc_trim  # type: ignore[no-any-return]
-    except (OSError, TypeError, AttributeError):  # not glibc
-        return None
-
-
-_MALLOC_TRIM = _malloc_trim()
-
-
-def release_freed_memory() -> bool:
-    """Return the heap memory freed since the last call to the kernel (glibc `malloc_trim`).
-
-    Why the worker does it when idle: protobuf's Python module (upb) calls `malloc_trim(0)` itself
-    after every 10,000 message frees, in whichever thread frees the message, holding the GIL. After
-    forwards that walk hands back their freed tensors and took 5-11 ms (perf, uprobes on
-    `malloc_trim`), during which no other call in the process ran: in `bench/service_load.py
-    --hit-passes 5` the pass it fell in had a cache-hit p99 of 14-19 ms against ~8 for the others.
-    ctypes drops the GIL for the call, so here it stalls no Python thread, and upb's walks find
-    next to nothing left (0.2-0.4 ms). False where the C library has no `malloc_trim`.
-    """
-    if _MALLOC_TRIM is None:
-        return False
-    _MALLOC_TRIM(0)
-    return True
 
 
 @dataclass(eq=False)
@@ -251,6 +224,10 @@ class EmbeddingBatcher:
             if rows is None:
                 return
             if isinstance(rows, _ReleaseMemory):
+                # idle, and not later: protobuf's Python module (upb) calls malloc_trim itself after
+                # every 10,000 message frees, in whichever thread frees one, holding the GIL; after
+                # forwards that walk took 5-11 ms and stalled every call (a hit-pass p99 of 14-19
+                # ms against ~8). Here ctypes drops the GIL, and upb's walks find little (0.2 ms).
                 release_freed_memory()
                 self.metrics.memory_releases.inc()
                 continue

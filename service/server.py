@@ -25,8 +25,9 @@ from protssl._proto import protssl_pb2_grpc as pb_grpc
 from protssl.auth import TokenVerifier
 from protssl.checkpoint import LoadedModel, load_model
 from protssl.errors import InvalidInputError
+from protssl.memory import release_freed_memory
 from protssl.store import Store
-from service.batcher import EmbeddingBatcher, release_freed_memory
+from service.batcher import EmbeddingBatcher
 from service.config import ServiceConfig, store_config
 from service.interceptors import AuthInterceptor, CallInterceptor
 from service.metrics import ServiceMetrics
