@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from file_limits import file_size_limit
+from other_process import another_process_holding
 
 from protssl.cli import main
 from protssl.output import journal_path, read_vectors
@@ -332,29 +333,15 @@ def test_a_second_embed_to_an_output_being_written_is_refused(
     and write into its journal): the second stops before any work, naming the first's pid."""
     fasta = _first_records(sample_fasta, 4, tmp_path / "four.fasta")
     out = tmp_path / "o.h5"
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from protssl.output import open_writer; "
-            f"w = open_writer({str(out)!r}); print('ready', flush=True); sys.stdin.read()",
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == "ready\n"
+    setup = f"from protssl.output import open_writer\nwriter = open_writer({str(out)!r})"
+    with another_process_holding(setup) as pid:
         for extra in ((), ("--resume",), ("--overwrite",)):
             refused = _embed_child(fasta, out, tiny_model_dir, *extra, max_file_bytes=None)
             assert refused.returncode == 2, refused.stderr
             assert refused.stderr.splitlines() == [
                 f"protssl embed: error: output {str(out)!r} is being written by another process "
-                f"(pid {holder.pid}): wait for it to end, or write to another file"
+                f"(pid {pid}): wait for it to end, or write to another file"
             ]
-    finally:
-        holder.communicate("")
-    assert holder.returncode == 0
     done = _embed_child(fasta, out, tiny_model_dir, "--resume", max_file_bytes=None)
     assert done.returncode == 0, done.stderr
     assert len(list(read_vectors(out))) == 4

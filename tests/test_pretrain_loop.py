@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from file_limits import file_size_limit
+from other_process import another_process_holding
 from ports import free_port
 from pretrain_support import ddp_worker, log_rows, tiny_config
 
@@ -167,31 +168,20 @@ def test_a_run_being_trained_is_refused_to_a_second_process(
     run_dir = tmp_path / "run"
     pretrain(tiny_config(sample_fasta, run_dir), stop_after=2, progress=False)
     assert not (run_dir / RUN_LOCK_NAME).exists()  # released at the end
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from pathlib import Path; from protssl.pretrain.loop import _run_lock; "
-            f"lock = _run_lock(Path({str(run_dir)!r})); print('ready', flush=True); "
-            "sys.stdin.read()",
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
+    setup = (
+        "from pathlib import Path\nfrom protssl.pretrain.loop import _run_lock\n"
+        f"lock = _run_lock(Path({str(run_dir)!r}))"
     )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == "ready\n"
+    with another_process_holding(setup) as pid:
         refused = subprocess.run(
             [sys.executable, "-m", "protssl", "pretrain", "--run-dir", str(run_dir), "--resume"],
             capture_output=True,
             text=True,
         )
-        assert refused.returncode == 2, refused.stderr
-        assert refused.stderr.splitlines()[-1] == (
-            f"protssl pretrain: error: run {str(run_dir)!r} is being trained by another process "
-            f"(pid {holder.pid}): wait for it to end (or stop it), or give another --run-dir"
-        )
-    finally:
-        holder.communicate("")
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.splitlines()[-1] == (
+        f"protssl pretrain: error: run {str(run_dir)!r} is being trained by another process "
+        f"(pid {pid}): wait for it to end (or stop it), or give another --run-dir"
+    )
     assert load_checkpoint(run_dir / CHECKPOINT_NAME)["step"] == 2  # untouched
     assert pretrain(tiny_config(sample_fasta, run_dir), resume=True, progress=False).step == 12

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from other_process import another_process_holding
 from ports import free_port
 
 from protssl import ray_embed
@@ -276,24 +277,14 @@ def test_an_output_folder_another_run_is_writing_is_refused_before_ray_starts(
     fasta: Path, tmp_path: Path, service_model_dir: Path
 ) -> None:
     out = tmp_path / "parts"
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from pathlib import Path; from protssl.output import writer_lock; "
-            f"lock = writer_lock(Path({str(out)!r})); print('ready', flush=True); sys.stdin.read()",
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
+    setup = (
+        "from pathlib import Path\nfrom protssl.output import writer_lock\n"
+        f"lock = writer_lock(Path({str(out)!r}))"
     )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == "ready\n"
+    with another_process_holding(setup) as pid:
         code, lines = _embed_with_ray(fasta, out, service_model_dir, "--resume")
-    finally:
-        holder.communicate("")
     assert code == 2 and lines == [
         f"protssl embed: error: output {str(out)!r} is being written by another process "
-        f"(pid {holder.pid}): wait for it to end, or write to another file"
+        f"(pid {pid}): wait for it to end, or write to another file"
     ]
     assert not out.exists()
