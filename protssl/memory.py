@@ -2,11 +2,11 @@
 
 glibc keeps the pages of freed blocks inside its heap, and forwards over batches of varying
 shapes leave it fragmented: `protssl embed` of the 2,000-record corpus sample, three times over
-(6,000 records, bf16 on an AMX host), grew from ~600 MB to ~1.5 GB resident and was still
-growing at 20,000 records (1.7 GB); an overnight job would run out of memory. glibc's
-`malloc_trim(0)` hands the free pages back. It costs a walk of the heap and the next forwards'
-page faults, so a batch job calls it every `RELEASE_INTERVAL_S` (`MemoryReleaser`), and the
-server when its model worker is idle.
+(6,000 records, bf16 on an AMX host), grew from ~600 MB to ~1.5 GB resident, and a 20,000-record
+run was still growing when stopped at 9,500 (1.7 GB); an overnight job would run out of memory.
+glibc's `malloc_trim(0)` hands the free pages back. It costs a walk of the heap and the next
+forwards' page faults, so a batch job calls it every `RELEASE_INTERVAL_S` (`MemoryReleaser`), and
+the server when its model worker is idle.
 """
 
 from __future__ import annotations
