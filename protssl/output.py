@@ -124,9 +124,16 @@ def check_writable(path: str | Path) -> None:
     """Fail before any work on an output of unknown format, a folder, one whose folder is missing
     or read-only, or one another process is writing."""
     path = Path(path)
-    _check_format(path)
-    check_can_create(path, hint=f"give a file name ending in {', '.join(FORMATS)}")
+    _check_creatable(path)
     check_not_being_written(path)
+
+
+def _check_creatable(path: Path) -> str:
+    """`check_writable` but for the lock: the format ("h5" or "npz") of an OUTPUT that can be
+    created (a writer takes the lock itself, rather than trying it first)."""
+    kind = _check_format(path)
+    check_can_create(path, hint=f"give a file name ending in {', '.join(FORMATS)}")
+    return kind
 
 
 def check_not_being_written(path: str | Path) -> None:
@@ -141,9 +148,8 @@ class VectorWriter:
 
     def __init__(self, path: Path, *, resume: bool, overwrite: bool) -> None:
         self.path = path
-        self.kind = _check_format(path)
+        self.kind = _check_creatable(path)
         self.journal = journal_path(path)
-        check_writable(path)
         self._lock = writer_lock(path)
         try:
             check_output(path, resume=resume, overwrite=overwrite)
