@@ -32,7 +32,7 @@ from protssl._proto import protssl_pb2_grpc as pb_grpc
 from protssl.auth import TOKEN_ENV
 from protssl.embedding import Embedding
 from protssl.errors import InvalidInputError, ProtsslError, error_for_status
-from protssl.fasta import FastaPolicy, ProteinRecord, read_fasta
+from protssl.fasta import FastaPolicy, ProteinRecord, read_fasta, validate_fasta
 from protssl.progress import progress_bar
 from protssl.wire import (
     CLASSIFIER_METHOD,
@@ -313,8 +313,10 @@ class Client:
         timeout: float | None = None,
     ) -> ClientEmbeddings:
         """Embed a whole FASTA file over one EmbedStream call, with a progress bar; input order kept.
-        A record that breaks `policy` raises its FastaFormatError (file, record, position) once the
-        records before it are back; the server has cached those, so a rerun after the fix is quick."""
+        The file is checked whole first: records that break `policy` raise one FastaFormatError
+        naming them (file, record, position) before anything is sent. From stdin (`-`), read as it
+        comes, the first one raises once the records before it are back (the server caches those)."""
+        validate_fasta(path, policy=policy)
         fields = _sequence_fields(read_fasta(path, policy=policy), None)
         options = self._options(model, pooling, layer, dtype)
         return self._stream(fields, options, chunk, progress, f"embed {Path(path).name}", timeout)

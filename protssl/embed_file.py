@@ -1,8 +1,9 @@
 """A batch embedding job: FASTA file → vectors file, resumable, with progress and a summary.
 
-The chain, top to bottom: `read_fasta` → `embed_records` → `VectorWriter`. A FASTA error stops
-reading, but the records read before it are still embedded and written, so nothing computed is
-lost; the error is raised after the output is flushed.
+The chain, top to bottom: `validate_fasta` → `read_fasta` → `embed_records` → `VectorWriter`. A file
+is checked whole before any model work, so a bad record stops the job at once with every bad record
+named, not hours in. Stdin cannot be read twice: there a FASTA error stops reading, the records read
+before it are still embedded and written, and the error is raised after the output is flushed.
 """
 
 from __future__ import annotations
@@ -17,13 +18,20 @@ from protssl.batch_job import JobSpec
 from protssl.checkpoint import LoadedModel
 from protssl.embedding import CacheStats, EmbedConfig, embed_records, expected_provenance
 from protssl.errors import ProtsslError
-from protssl.fasta import FastaPolicy, ProteinRecord, ReadStats, open_fasta_bytes, read_fasta
+from protssl.fasta import (
+    FastaCheck,
+    FastaPolicy,
+    ProteinRecord,
+    ReadStats,
+    read_fasta,
+    validate_fasta,
+)
 from protssl.memory import MemoryReleaser
 from protssl.output import open_writer
 from protssl.progress import progress_bar
 from protssl.store import EmbeddingCache
 
-__all__ = ["JobSummary", "count_fasta", "embed_fasta_file", "embed_job_spec"]
+__all__ = ["JobSummary", "embed_fasta_file", "embed_job_spec"]
 
 log = logging.getLogger(__name__)
 
@@ -73,24 +81,6 @@ class JobSummary:
         return data
 
 
-def count_fasta(path: str | Path) -> tuple[int, int] | None:
-    """(headers, raw sequence characters) of a plain or gzipped FASTA file, in one pass; None for stdin.
-
-    Headers count records before the policy drops any (a job's total); characters are a cheap upper
-    bound on residues (a progress bar's).
-    """
-    if str(path) == "-":
-        return None
-    headers = residues = 0
-    with open_fasta_bytes(path) as handle:
-        for line in handle:
-            if line.startswith(b">"):
-                headers += 1
-            else:
-                residues += len(line.strip())
-    return headers, residues
-
-
 def embed_job_spec(
     source: str | Path,
     output: str | Path,
@@ -133,15 +123,16 @@ def embed_fasta_file(
     summary: JobSummary | None = None,
     cache: EmbeddingCache | None = None,
     on_flush: Callable[[JobSummary], None] | None = None,
-    counts: tuple[int, int] | None = None,
+    checked: FastaCheck | None = None,
 ) -> JobSummary:
     """Embed every record of a FASTA file into OUTPUT (`.h5` or `.npz`).
 
     With `resume`, ids already in OUTPUT are skipped; with `cache`, vectors already in the store
-    are read instead of computed, and computed ones are written back. Raises the first FASTA error after
-    writing everything read before it; pass `summary` to keep the counts when it does.
+    are read instead of computed, and computed ones are written back. A file is checked whole first
+    (`validate_fasta`; `checked` when the caller has done so): a record that breaks the policy stops the
+    job before any work. Stdin is read as it comes: its first FASTA error is raised after everything
+    read before it is written. Pass `summary` to keep the counts when an error is raised.
     `on_flush(summary)` is called each time the output is made durable (to record progress).
-    `counts` is `count_fasta(source)` when the caller has it already (counted here otherwise).
     """
     config = config or EmbedConfig()
     summary = summary if summary is not None else JobSummary()
@@ -149,6 +140,11 @@ def embed_fasta_file(
     stats = ReadStats()
     start = time.perf_counter()
     failure: list[ProtsslError] = []
+    try:
+        checked = checked or validate_fasta(source, policy=policy)
+    except ProtsslError as exc:
+        summary.errors, summary.error = 1, str(exc)
+        raise
     with open_writer(output, resume=resume, overwrite=overwrite) as writer:
         done = writer.existing_ids() if resume else set()
         writer.check_provenance(expected_provenance(model, config))
@@ -157,12 +153,12 @@ def embed_fasta_file(
             for record in read_fasta(source, policy=policy, stats=stats):
                 if record.id in done:
                     summary.resumed += 1
+                    bar.update(len(record))
                     continue
                 yield record
 
-        counts = counts or count_fasta(source)
         bar = progress_bar(
-            total=counts[1] if counts else None,
+            total=checked.residues if checked else None,
             unit="res",
             unit_scale=True,
             desc="embed",

@@ -97,6 +97,7 @@ class FastaFormatError(InvalidInputError):
         record_id: str | None = None,
         position: int | None = None,
         record_index: int | None = None,
+        hint: str | None = None,
     ) -> None:
         where = source
         if record_id is not None:
@@ -105,11 +106,16 @@ class FastaFormatError(InvalidInputError):
             where += f" (#{record_index + 1})"
         if position is not None:
             where += f" at position {position}"
-        super().__init__(f"{where}: {message}")
+        super().__init__(f"{where}: {message}" + (f"; {hint}" if hint else ""))
         self.source = source
         self.record_id = record_id
         self.position = position
         self.record_index = record_index
+        self.where = where
+        self.message = message
+        """What is wrong, without where: the same for records with the same problem."""
+        self.hint = hint
+        """What to do about it (the policy that would let it pass), or None."""
 
 
 class SequenceTooLongError(InvalidInputError):

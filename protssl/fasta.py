@@ -23,9 +23,9 @@ import io
 import re
 import sys
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -36,15 +36,18 @@ from protssl.errors import FastaFormatError, InvalidInputError
 
 __all__ = [
     "UTF8_BOM",
+    "FastaCheck",
     "FastaPolicy",
     "ProteinRecord",
     "ReadStats",
+    "check_fasta",
     "normalize_sequence",
     "open_fasta_bytes",
     "parse_labels",
     "read_fasta",
     "read_fasta_range",
     "records_from_sequences",
+    "validate_fasta",
 ]
 
 OnInvalid = Literal["fail", "skip", "replace"]
@@ -114,6 +117,44 @@ class ReadStats:
         return self.skipped_invalid + self.skipped_empty + self.skipped_duplicate
 
 
+@dataclass(frozen=True)
+class FastaCheck:
+    """What one pass over a FASTA file found (`check_fasta`): the records a policy keeps, and
+    the records that break it, grouped by problem."""
+
+    headers: int
+    """Records in the file, before the policy drops any."""
+    records: int
+    """Records the policy keeps."""
+    residues: int
+    """Residues in those records."""
+    problems: dict[str, list[FastaFormatError]] = field(default_factory=dict)
+    """Per problem (duplicate id, invalid residue '-'...), the first few records with it, in file order."""
+    counts: dict[str, int] = field(default_factory=dict)
+    """Per problem, all the records with it."""
+
+    def error(self) -> FastaFormatError | None:
+        """One error for them all (the first alone when it is the only one); None when the file passes."""
+        total = sum(self.counts.values())
+        if total == 0:
+            return None
+        first = next(iter(self.problems.values()))[0]
+        if total == 1:
+            return first
+        groups = []
+        for message, named in self.problems.items():
+            items = ", ".join(p.where.removeprefix(f"{p.source}: ") for p in named)
+            unnamed = self.counts[message] - len(named)
+            more = f" and {unnamed} more" if unnamed else ""
+            groups.append(f"{self.counts[message]} x {message}: {items}{more}")
+        hints = dict.fromkeys(named[0].hint for named in self.problems.values() if named[0].hint)
+        return FastaFormatError(
+            f"{total} records break the FASTA policy: " + "; ".join(groups),
+            hint="; ".join(hints) or None,
+            source=first.source,
+        )
+
+
 def parse_labels(description: str) -> tuple[str, ...]:
     """Labels from a `label=A;B` token in a FASTA header, in order, without empties."""
     match = _LABEL.search(description)
@@ -150,7 +191,8 @@ def normalize_sequence(
     char = bad.group()
     meaning = _MEANING.get(char, "not an amino-acid letter" if not char.isdigit() else "a digit")
     raise FastaFormatError(
-        f"invalid residue {char!r} ({meaning}); on_invalid skip or replace drops or replaces it",
+        f"invalid residue {char!r} ({meaning})",
+        hint="on_invalid skip or replace drops or replaces it",
         source=source,
         record_id=record_id,
         position=bad.start() + 1,
@@ -238,8 +280,53 @@ def read_fasta(
     stats: ReadStats | None = None,
 ) -> Iterator[ProteinRecord]:
     """Stream records from a FASTA file (plain or gzip, by content) or stdin (`-`), applying `policy`."""
+    yield from _read_file(
+        path, policy or FastaPolicy(), stats if stats is not None else ReadStats()
+    )
+
+
+def check_fasta(
+    path: str | Path, *, policy: FastaPolicy | None = None, named_per_problem: int = 3
+) -> FastaCheck:
+    """Read a whole FASTA file once, as `read_fasta` would, and find every record that breaks
+    `policy` instead of stopping at the first: a job checks its input before any model work."""
     policy = policy or FastaPolicy()
-    stats = stats if stats is not None else ReadStats()
+    stats = ReadStats()
+    check = FastaCheck(0, 0, 0)
+
+    def report(problem: FastaFormatError) -> None:
+        check.counts[problem.message] = check.counts.get(problem.message, 0) + 1
+        named = check.problems.setdefault(problem.message, [])
+        if len(named) < named_per_problem:
+            named.append(problem)
+
+    for _ in _read_file(path, policy, stats, report):
+        pass
+    return replace(
+        check,
+        headers=stats.records + stats.skipped + sum(check.counts.values()),
+        records=stats.records,
+        residues=stats.residues,
+    )
+
+
+def validate_fasta(path: str | Path, *, policy: FastaPolicy | None = None) -> FastaCheck | None:
+    """`check_fasta` raising its error, before any model work: a job that would stop hours in on a
+    bad record stops now, every bad record named. None for stdin (`-`), read once as it comes."""
+    if str(path) == "-":
+        return None
+    check = check_fasta(path, policy=policy)
+    if (error := check.error()) is not None:
+        raise error
+    return check
+
+
+def _read_file(
+    path: str | Path,
+    policy: FastaPolicy,
+    stats: ReadStats,
+    report: Callable[[FastaFormatError], None] | None = None,
+) -> Iterator[ProteinRecord]:
     source = "<stdin>" if str(path) == "-" else str(path)
     with open_fasta_bytes(path) as data:
         handle = io.TextIOWrapper(data, encoding="utf-8", errors="replace")
@@ -250,7 +337,7 @@ def read_fasta(
                 source=source,
             )
         parsed = ((title, raw, None) for title, raw in SimpleFastaParser(_prepend(first, handle)))
-        yield from _records(parsed, source, policy, stats)
+        yield from _records(parsed, source, policy, stats, report=report)
 
 
 def read_fasta_range(
@@ -307,64 +394,93 @@ def _records(
     stats: ReadStats,
     *,
     titles_are_ids: bool = False,
+    report: Callable[[FastaFormatError], None] | None = None,
 ) -> Iterator[ProteinRecord]:
     """Apply the policy to (title, raw residues, labels or None to parse them from the title).
 
-    A FASTA title is `id description`; with `titles_are_ids` the whole title is the id."""
+    A FASTA title is `id description`; with `titles_are_ids` the whole title is the id. A record
+    that breaks the policy raises its FastaFormatError, or with `report` is handed to it and left out.
+    """
     seen: set[str] = set()
     for index, (title, raw, given_labels) in enumerate(entries):
-        if titles_are_ids:
-            record_id, description = title, ""
-        else:
-            record_id, description = _split_title(title)
-        if not record_id:
-            raise FastaFormatError("header has no id", source=source, record_index=index)
-        if control := _CONTROL.search(record_id):
-            raise FastaFormatError(
-                f"the id has a control character {control.group()!r} at position "
-                f"{control.start() + 1}",
-                source=source,
-                record_index=index,
+        try:
+            record = _judge(
+                index, title, raw, given_labels, source, policy, stats, seen, titles_are_ids
             )
-        if record_id in seen:
-            if policy.on_duplicate == "skip":
-                stats.skipped_duplicate += 1
-                stats.skipped_ids.append(record_id)
-                continue
-            raise FastaFormatError(
-                "duplicate id (seen earlier in this input); on_duplicate skip keeps the first",
-                source=source,
-                record_id=record_id,
-                record_index=index,
-            )
-        seen.add(record_id)
-        sequence, replaced = normalize_sequence(
-            raw,
-            on_invalid=policy.on_invalid,
+        except FastaFormatError as problem:
+            if report is None:
+                raise
+            report(problem)
+            continue
+        if record is not None:
+            yield record
+
+
+def _judge(
+    index: int,
+    title: str,
+    raw: str,
+    given_labels: tuple[str, ...] | None,
+    source: str,
+    policy: FastaPolicy,
+    stats: ReadStats,
+    seen: set[str],
+    titles_are_ids: bool,
+) -> ProteinRecord | None:
+    """One record under the policy: kept, None when `skip` drops it (counted), or raised."""
+    if titles_are_ids:
+        record_id, description = title, ""
+    else:
+        record_id, description = _split_title(title)
+    if not record_id:
+        raise FastaFormatError("header has no id", source=source, record_index=index)
+    if control := _CONTROL.search(record_id):
+        raise FastaFormatError(
+            f"the id has a control character {control.group()!r} at position {control.start() + 1}",
+            source=source,
+            record_index=index,
+        )
+    if record_id in seen:
+        if policy.on_duplicate == "skip":
+            stats.skipped_duplicate += 1
+            stats.skipped_ids.append(record_id)
+            return None
+        raise FastaFormatError(
+            "duplicate id (seen earlier in this input)",
+            hint="on_duplicate skip keeps the first",
             source=source,
             record_id=record_id,
             record_index=index,
         )
-        if sequence is None:
-            stats.skipped_invalid += 1
+    seen.add(record_id)
+    sequence, replaced = normalize_sequence(
+        raw,
+        on_invalid=policy.on_invalid,
+        source=source,
+        record_id=record_id,
+        record_index=index,
+    )
+    if sequence is None:
+        stats.skipped_invalid += 1
+        stats.skipped_ids.append(record_id)
+        return None
+    if not sequence:
+        if policy.on_empty == "skip":
+            stats.skipped_empty += 1
             stats.skipped_ids.append(record_id)
-            continue
-        if not sequence:
-            if policy.on_empty == "skip":
-                stats.skipped_empty += 1
-                stats.skipped_ids.append(record_id)
-                continue
-            raise FastaFormatError(
-                "empty record (no residues); on_empty skip leaves it out",
-                source=source,
-                record_id=record_id,
-                record_index=index,
-            )
-        stats.records += 1
-        stats.residues += len(sequence)
-        stats.replaced_residues += replaced
-        labels = parse_labels(description) if given_labels is None else given_labels
-        yield ProteinRecord(record_id, sequence, labels, description)
+            return None
+        raise FastaFormatError(
+            "empty record (no residues)",
+            hint="on_empty skip leaves it out",
+            source=source,
+            record_id=record_id,
+            record_index=index,
+        )
+    stats.records += 1
+    stats.residues += len(sequence)
+    stats.replaced_residues += replaced
+    labels = parse_labels(description) if given_labels is None else given_labels
+    return ProteinRecord(record_id, sequence, labels, description)
 
 
 def _split_title(title: str) -> tuple[str, str]:

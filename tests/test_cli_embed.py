@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 import subprocess
@@ -90,23 +91,60 @@ def test_resume_refuses_other_provenance(
     assert "pooling" in capsys.readouterr().err
 
 
-def test_fasta_error_keeps_records_before_it(
+def test_bad_records_in_a_file_stop_the_job_before_any_work_all_named(
     tiny_model_dir: Path,
     sample_fasta: Path,
     edge_cases: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """A job used to embed for hours up to its first bad record, then stop there; the next bad one
+    waited for the next run. Now the file is checked first and every problem is named at once."""
     mixed = tmp_path / "mixed.fasta"
     good = _first_records(sample_fasta, 5, tmp_path / "good.fasta").read_text()
-    mixed.write_text(good + (edge_cases / "emboss_protgap.fasta").read_text())
+    gaps = (edge_cases / "emboss_protgap.fasta").read_text()
+    mixed.write_text(good + gaps + good.split(">", 2)[1].join([">", ""]) + ">empty\n")
     out = tmp_path / "mixed.npz"
-    args = ["--model", str(tiny_model_dir), "--no-progress", "--overlap", "16"]
-    code = main(["embed", str(mixed), "-o", str(out), *args])
+    code = main(
+        [
+            "embed",
+            str(mixed),
+            "-o",
+            str(out),
+            "--db",
+            f"sqlite:///{tmp_path}/s.db",
+            *_tiny_args(tiny_model_dir),
+        ]
+    )
     assert code == 2
     captured = capsys.readouterr()
     err = captured.err.strip().splitlines()
-    assert len(err) == 1 and "mixed.fasta" in err[0] and "position" in err[0]
+    assert len(err) == 1 and "mixed.fasta: 3 records break the FASTA policy" in err[0]
+    for problem in ("(#6) at position 3", "duplicate id", "record 'empty' (#8)"):
+        assert problem in err[0]
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert summary["errors"] == 1 and summary["records"] == summary["computed"] == 0
+    assert summary["output"] == str(out) and summary["job"] is None
+    assert not out.exists() and not journal_path(out).exists()
+
+
+def test_a_bad_record_on_stdin_keeps_the_records_before_it(
+    tiny_model_dir: Path,
+    sample_fasta: Path,
+    edge_cases: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Stdin is read once, as it comes: there the first bad record ends the job after the ones before it."""
+    good = _first_records(sample_fasta, 5, tmp_path / "good.fasta").read_text()
+    data = (good + (edge_cases / "emboss_protgap.fasta").read_text()).encode()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+    out = tmp_path / "piped.npz"
+    assert main(["embed", "-", "-o", str(out), *_tiny_args(tiny_model_dir)]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and "<stdin>: record 'FASTA' (#6) at position 3" in err[0]
     summary = json.loads(captured.out.strip().splitlines()[-1])
     assert summary["errors"] == 1 and summary["records"] == 5
     assert len(list(read_vectors(out))) == 5

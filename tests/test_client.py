@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 import threading
@@ -124,23 +125,38 @@ def test_embed_stream_takes_more_than_max_sequences_lazily_in_input_order(addres
     np.testing.assert_allclose(plain.vectors, streamed.vectors[:2], atol=1e-5)
 
 
-def test_embed_fasta_raises_the_bad_records_error_after_the_ones_before_it(
-    model, sample_fasta, tmp_path
-):
-    """grpcio swallowed an error raised while reading the file: the call ended as a bare
-    'Exception iterating requests!' ServiceError, the record and position lost."""
+def test_embed_fasta_names_a_files_bad_records_before_sending_any(model, sample_fasta, tmp_path):
     chosen = real_records(sample_fasta, 5, max_length=400)
     fasta = tmp_path / "bad.fasta"
     fasta.write_text(
-        "".join(f">{r.id}\n{r.sequence}\n" for r in chosen) + ">gap\nMKT-AYI\n>after\nMKV\n"
+        "".join(f">{r.id}\n{r.sequence}\n" for r in chosen) + ">gap\nMKT-AYI\n>after\n\n"
     )
     url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
     with (
         running_server(model, store=True, database_url=url) as (_, addr, _registry),
         protssl.Client(addr) as client,
     ):
-        with pytest.raises(FastaFormatError, match=r"record 'gap' \(#6\) at position 4"):
+        with pytest.raises(FastaFormatError, match=r"2 records break .* record 'gap' \(#6\) at "):
             client.embed_fasta(fasta, chunk=2, progress=False)
+        again = client.embed(chosen)
+    assert again.cached == (False,) * len(chosen)  # nothing was sent
+
+
+def test_embed_fasta_from_stdin_raises_the_bad_records_error_after_the_ones_before_it(
+    model, sample_fasta, tmp_path, monkeypatch
+):
+    """grpcio swallowed an error raised while reading the input: the call ended as a bare
+    'Exception iterating requests!' ServiceError, the record and position lost."""
+    chosen = real_records(sample_fasta, 5, max_length=400)
+    text = "".join(f">{r.id}\n{r.sequence}\n" for r in chosen) + ">gap\nMKT-AYI\n>after\nMKV\n"
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text.encode())))
+    url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    with (
+        running_server(model, store=True, database_url=url) as (_, addr, _registry),
+        protssl.Client(addr) as client,
+    ):
+        with pytest.raises(FastaFormatError, match=r"<stdin>: record 'gap' \(#6\) at position 4"):
+            client.embed_fasta("-", chunk=2, progress=False)
         again = client.embed(chosen)  # the records before it were computed and cached
     assert again.cached == (True,) * len(chosen)
 

@@ -7,15 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from protssl.embed_file import count_fasta
 from protssl.errors import FastaFormatError, InvalidInputError
 from protssl.fasta import (
     UTF8_BOM,
     FastaPolicy,
     ReadStats,
+    check_fasta,
     normalize_sequence,
     read_fasta,
     read_fasta_range,
+    validate_fasta,
 )
 
 
@@ -47,8 +48,60 @@ def test_a_utf8_byte_order_mark_is_skipped_plain_or_gzipped(
     assert len(want) == 3
     assert list(read_fasta(marked)) == want
     assert list(read_fasta(packed)) == want
-    assert count_fasta(marked) == count_fasta(packed) == count_fasta(plain)
+    assert check_fasta(marked) == check_fasta(packed) == check_fasta(plain)
     assert list(read_fasta_range(marked, 0, marked.stat().st_size)) == want
+
+
+def test_check_finds_every_bad_record_and_counts_what_the_policy_keeps(
+    edge_cases: Path, sample_fasta: Path, tmp_path: Path
+) -> None:
+    """Real files: the sample, then 50 internal stops, an alignment with gaps, an empty record and a
+    repeated id after it; grouped by problem, the first three of each named, in file order."""
+    mixed = tmp_path / "mixed.fasta"
+    parts = ["prokka_IS_internal_stops.fasta", "emboss_protgap.fasta"]
+    sample = sample_fasta.read_text()
+    first_id = sample[1:].split(None, 1)[0]
+    tail = ">empty\n>" + first_id + " again\nMKV\n"
+    mixed.write_text(sample + "".join((edge_cases / p).read_text() for p in parts) + tail)
+    kept = list(read_fasta(mixed, policy=FastaPolicy("skip", "skip", "skip")))
+    check = check_fasta(mixed)
+    stops = list(read_fasta(edge_cases / parts[0], policy=FastaPolicy("replace")))
+    assert check.headers == len(kept) + len(stops) + 3
+    assert (check.records, check.residues) == (len(kept), sum(len(r) for r in kept))
+    assert check.counts == {
+        "invalid residue '*' (an internal stop codon)": len(stops),
+        "invalid residue '.' (an alignment gap)": 1,
+        "empty record (no residues)": 1,
+        "duplicate id (seen earlier in this input)": 1,
+    }
+    named = check.problems["invalid residue '*' (an internal stop codon)"]
+    assert [p.record_id for p in named] == [r.id for r in stops[:3]]
+    error = check.error()
+    assert error is not None and "\n" not in str(error)
+    assert str(error).startswith(f"{mixed}: {len(stops) + 3} records break the FASTA policy: ")
+    assert f"record {stops[0].id!r} (#{len(kept) + 1}) at position" in str(error)
+    assert f"and {len(stops) - 3} more" in str(error)
+    assert f"record {first_id!r} (#{check.headers})" in str(error)
+    for hint in ("on_invalid skip or replace", "on_empty skip", "on_duplicate skip"):
+        assert str(error).count(hint) == 1
+    with pytest.raises(FastaFormatError) as raised:
+        validate_fasta(mixed)
+    assert str(raised.value) == str(error)
+    lenient = validate_fasta(mixed, policy=FastaPolicy("replace", "skip", "skip"))
+    assert lenient is not None and lenient.records == len(kept) + len(stops) + 1
+
+
+def test_one_bad_record_is_its_own_error_and_a_clean_file_none(
+    edge_cases: Path, sample_fasta: Path
+) -> None:
+    gaps = edge_cases / "emboss_protgap.fasta"
+    with pytest.raises(FastaFormatError) as raised:
+        list(read_fasta(gaps))
+    error = check_fasta(gaps).error()
+    assert error is not None and str(error) == str(raised.value)
+    assert error.position == raised.value.position
+    assert check_fasta(sample_fasta).error() is None
+    assert validate_fasta("-") is None  # stdin is read once, as it comes
 
 
 def test_utf16_text_is_one_line_saying_to_convert_it(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from protssl.alphabet import RESIDUES
 from protssl.errors import FastaFormatError
-from protssl.fasta import FastaPolicy, ProteinRecord, ReadStats, read_fasta
+from protssl.fasta import FastaPolicy, ProteinRecord, ReadStats, check_fasta, read_fasta
 
 EXAMPLES = int(os.environ.get("PROTSSL_FUZZ_EXAMPLES", "60"))
 FUZZ = settings(
@@ -71,13 +71,15 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _check(path: Path, data: bytes) -> None:
-    """Every policy: valid records, or one FastaFormatError that names where."""
+    """Every policy: valid records, or one FastaFormatError that names where; the whole-file check agrees."""
     for policy in POLICIES:
         stats = ReadStats()
         records: list[ProteinRecord] = []
+        error = None
         try:
             records.extend(read_fasta(path, policy=policy, stats=stats))
         except FastaFormatError as exc:
+            error = exc
             message = str(exc)
             assert message.startswith(str(path)), message
             assert exc.source == str(path)
@@ -94,6 +96,29 @@ def _check(path: Path, data: bytes) -> None:
             assert record.sequence and set(record.sequence) <= set(RESIDUES), record
         assert stats.records == len(records)
         assert stats.residues == sum(len(record) for record in records)
+        _check_agrees(path, policy, records, error)
+
+
+def _check_agrees(
+    path: Path,
+    policy: FastaPolicy,
+    records: list[ProteinRecord],
+    error: FastaFormatError | None,
+) -> None:
+    """check_fasta finds what the reader stops at, first: the same error, or the same records."""
+    try:
+        check = check_fasta(path, policy=policy)
+    except FastaFormatError as exc:  # the file itself (not FASTA, bad gzip): no record named
+        assert exc.record_index is None and error is not None
+        assert str(exc) == str(error) or error.record_index is not None
+        return
+    found = check.error()
+    if error is None:
+        assert found is None
+        assert (check.records, check.residues) == (len(records), sum(map(len, records)))
+    else:
+        first = next(iter(check.problems.values()))[0]
+        assert found is not None and str(first) == str(error)
 
 
 @FUZZ

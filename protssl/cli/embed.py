@@ -137,13 +137,9 @@ COMMANDS = (
 def _embed(args: argparse.Namespace) -> int:
     from protssl.batch_job import JobRun
     from protssl.batching import WindowPolicy
-    from protssl.embed_file import (
-        JobSummary,
-        count_fasta,
-        embed_fasta_file,
-        embed_job_spec,
-    )
+    from protssl.embed_file import JobSummary, embed_fasta_file, embed_job_spec
     from protssl.embedding import EmbedConfig
+    from protssl.fasta import validate_fasta
     from protssl.output import check_not_being_written, check_output, check_writable
 
     config = EmbedConfig(
@@ -163,19 +159,19 @@ def _embed(args: argparse.Namespace) -> int:
     else:
         check_not_being_written(args.output)
     model = load_model(args)
-    # one pass over the input for the job's total and the local engine's progress bar
-    counts = count_fasta(args.input) if not args.no_cache or args.engine == "local" else None
-    summary = JobSummary()
+    summary = JobSummary(output=args.output)
     store = None if args.no_cache else open_store(args)
     run = None
     try:
+        # every bad record found before any model work; the job's total and the progress bar's
+        checked = validate_fasta(args.input, policy=policy)
         if store is not None:
             spec = embed_job_spec(
                 args.input, args.output, model, config, policy, engine=args.engine
             )
             if store.jobs.unfinished(spec.kind, spec.key) is None or not spec.resumable:
                 check_output(args.output, resume=args.resume, overwrite=args.overwrite)
-            run = JobRun(store.jobs, spec, total=counts[0] if counts else None)
+            run = JobRun(store.jobs, spec, total=checked.headers if checked else None)
             summary.job, summary.continued = run.id, run.continued
 
         def record_progress(progress: JobSummary) -> None:
@@ -197,7 +193,7 @@ def _embed(args: argparse.Namespace) -> int:
                 summary=summary,
                 cache=store.embeddings if store is not None else None,
                 on_flush=record_progress,
-                counts=counts,
+                checked=checked,
             )
         if summary.done + summary.skipped == 0:
             source = "<stdin>" if args.input == "-" else args.input
