@@ -196,10 +196,12 @@ def _layers(args: argparse.Namespace, model: LoadedModel) -> tuple[int, ...]:
 
 
 def _read(path: str, args: argparse.Namespace, *, labelled: bool) -> list[ProteinRecord]:
-    from protssl.fasta import read_fasta
+    from protssl.fasta import read_fasta, validate_fasta
     from protssl.fewshot import require_labels
 
-    records = list(read_fasta(path, policy=fasta_policy(args)))
+    policy = fasta_policy(args)
+    validate_fasta(path, policy=policy)  # every bad record named, not the first
+    records = list(read_fasta(path, policy=policy))
     if not records:
         raise InvalidInputError(f"{path}: no records")
     if labelled:

@@ -82,18 +82,26 @@ class Prediction:
 def require_labels(
     labels: Sequence[Sequence[str]], ids: Sequence[str] | None = None, *, source: str = ""
 ) -> None:
-    """Refuse rows without a label, naming the first: support and evaluation truth need one each.
+    """Refuse rows without a label, naming the first three and counting the rest: support and
+    evaluation truth need one each.
 
-    The row is named by its id when `ids` are given, else by its position; `source` (a file) is
+    A row is named by its id when `ids` are given, else by its position; `source` (a file) is
     prefixed to the message.
     """
-    missing = next((row for row, names in enumerate(labels) if not names), None)
-    if missing is None:
+    missing = [row for row, names in enumerate(labels) if not names]
+    if not missing:
         return
-    what = f"record {ids[missing]!r}" if ids is not None else f"support example #{missing + 1}"
+    named = [
+        f"record {ids[row]!r}" if ids is not None else f"support example #{row + 1}"
+        for row in missing[:3]
+    ]
+    more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+    rows = "records" if ids is not None else "support examples"
+    what = f"{named[0]} has" if len(missing) == 1 else f"{len(missing)} {rows} have"
+    listed = "" if len(missing) == 1 else f": {', '.join(named)}{more}"
     where = f"{source}: " if source else ""
     raise InvalidInputError(
-        f"{where}{what} has no label (write >ID label=A or label=A;B in its FASTA header)"
+        f"{where}{what} no label{listed} (write >ID label=A or label=A;B in the FASTA header)"
     )
 
 

@@ -166,9 +166,21 @@ def test_fit_rejects_bad_support() -> None:
         FewShotConfig(method="svm")  # type: ignore[arg-type]
 
 
-def test_require_labels_names_the_first_unlabelled_record_and_its_file() -> None:
+def test_require_labels_names_the_unlabelled_records_and_their_file() -> None:
     require_labels([("a",), ("b", "c")], ["P1", "P2"])
-    with pytest.raises(InvalidInputError, match=r"^x\.fasta: record 'P2' has no label"):
-        require_labels([("a",), (), ()], ["P1", "P2", "P3"], source="x.fasta")
+    with pytest.raises(InvalidInputError, match=r"^x\.fasta: record 'P2' has no label \("):
+        require_labels([("a",), (), ("b",)], ["P1", "P2", "P3"], source="x.fasta")
+    many = (
+        r"^x\.fasta: 5 records have no label: record 'P1', record 'P3', record 'P4' and 2 more \("
+    )
+    with pytest.raises(InvalidInputError, match=many):
+        require_labels(
+            [(), ("a",), (), (), (), ()], [f"P{i}" for i in range(1, 7)], source="x.fasta"
+        )
     with pytest.raises(InvalidInputError, match=r"^support example #1 has no label"):
         require_labels([()])
+    with pytest.raises(
+        InvalidInputError,
+        match=r"^2 support examples have no label: support example #1, support example #2 \(",
+    ):
+        require_labels([(), ()])

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from protssl.checkpoint import LoadedModel
+from protssl.cli import main
 from protssl.errors import InvalidInputError
 from protssl.evaluation import evaluate_episodes, evaluate_split
-from protssl.fasta import ProteinRecord
+from protssl.fasta import FastaPolicy, ProteinRecord, read_fasta
 from protssl.fewshot import FewShotConfig, embed_for_fewshot, sample_episodes
 
 from .support import run_cli, write_fasta
@@ -201,3 +202,23 @@ def test_fewshot_eval_hybrid_and_classifier_create_reuse_the_store_vectors(
     answers = json.loads(captured.out)
     assert {a["evidence"] for a in answers} <= {"alignment", "embedding"}
     assert sum(a["evidence"] == "alignment" for a in answers) >= 6
+
+
+def test_classifier_create_names_every_bad_record_of_its_fasta_before_any_work(
+    tmp_path: Path, edge_cases: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Real internal stops (Prokka IS transposases): all counted, three named, in one line."""
+    fasta = edge_cases / "prokka_IS_internal_stops.fasta"
+    stops = list(read_fasta(fasta, policy=FastaPolicy(on_invalid="replace")))
+    assert len(stops) > 3
+    store = tmp_path / "store.db"
+    argv = ["classifier", "create", "is", "--fasta", str(fasta), "--db", f"sqlite:///{store}"]
+    assert main([*argv, "--model", str(tmp_path / "not-loaded-first")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert (
+        f"{len(stops)} records break the FASTA policy: {len(stops)} x invalid residue '*'" in err[0]
+    )
+    assert f"record {stops[0].id!r} (#1) at position" in err[0]
+    assert f"and {len(stops) - 3} more" in err[0]
+    assert not store.exists()
