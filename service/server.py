@@ -28,6 +28,7 @@ from protssl.errors import InvalidInputError
 from protssl.memory import release_freed_memory
 from protssl.store import Store
 from service.batcher import EmbeddingBatcher
+from service.binding import bind_error
 from service.config import ServiceConfig, store_config
 from service.interceptors import AuthInterceptor, CallInterceptor
 from service.metrics import ServiceMetrics
@@ -230,7 +231,7 @@ def create_server(
         batcher.close()
         if owned_store is not None:
             owned_store.close()
-        raise InvalidInputError(f"cannot bind {address} ({exc})") from None
+        raise bind_error("the gRPC port", config.host, config.port, exc, "--port") from None
     if config.insecure_no_auth:
         _warn_no_auth(config, port)
     elif credentials is None and not config.loopback_only:
@@ -248,8 +249,8 @@ def create_server(
             batcher.close()
             if owned_store is not None:
                 owned_store.close()
-            raise InvalidInputError(
-                f"cannot bind the metrics port {config.host}:{config.metrics_port} ({exc})"
+            raise bind_error(
+                "the metrics port", config.host, config.metrics_port, exc, "--metrics-port (or off)"
             ) from None
     log.info("model %s (%s, sha256 %s…)", model.name, model.dtype_name, model.sha256[:12])
     return (

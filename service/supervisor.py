@@ -29,11 +29,11 @@ from protssl.entrypoint import configure_logging
 from protssl.errors import (
     EXIT_UNEXPECTED,
     EXIT_USER_ERROR,
-    InvalidInputError,
     ProtsslError,
     exit_code_for,
 )
 from protssl.store import Store
+from service.binding import bind_error
 from service.config import ServiceConfig, store_config
 from service.shutdown import SIGNAL_POLL_S, stop_on_signals
 
@@ -67,7 +67,7 @@ def reserved_port(host: str, port: int) -> Iterator[int]:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise InvalidInputError(f"cannot bind {host}:{port} ({exc})") from None
+        raise bind_error("the gRPC port", host, port, exc, "--port") from None
     try:
         yield int(sock.getsockname()[1])
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -88,6 +89,29 @@ def test_service_config_is_checked():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("which", "what", "flag"),
+    [("port", "gRPC port", "--port"), ("metrics_port", "metrics port", "--metrics-port")],
+)
+def test_a_busy_port_is_one_line_with_the_os_reason_and_what_to_do(
+    service_model: LoadedModel, which: str, what: str, flag: str
+) -> None:
+    """grpcio said only 'Failed to bind to address ...; set GRPC_VERBOSITY=debug'."""
+    with socket.socket() as taken:  # another server on that port
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        expected = (
+            rf"^cannot bind the {what} 127\.0\.0\.1:{busy} \(Address already in use\): "
+            f"another process listens there: stop it, or give another {flag}"
+        )
+        with (
+            pytest.raises(InvalidInputError, match=expected),
+            running_server(service_model, **{which: busy}),
+        ):
+            pass
+
+
 @pytest.mark.parametrize(("entry", "signals"), [("python -m service", 1), ("protssl serve", 2)])
 def test_the_server_stops_gracefully_on_sigterm(
     service_model_dir, service_records, tmp_path, entry, signals

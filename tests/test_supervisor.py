@@ -61,7 +61,10 @@ def test_a_reserved_port_is_shared_only_by_reuse_port_sockets():
     busy = taken.getsockname()[1]
     try:
         with (
-            pytest.raises(InvalidInputError, match=f"cannot bind 127.0.0.1:{busy}"),
+            pytest.raises(
+                InvalidInputError,
+                match=f"cannot bind the gRPC port 127.0.0.1:{busy} \\(Address already in use\\): another",
+            ),
             reserved_port("127.0.0.1", busy),
         ):
             pass
