@@ -94,16 +94,40 @@ class ClientEmbeddings:
         return len(self.embeddings)
 
 
-def _error(exc: grpc.RpcError) -> ProtsslError:
-    """The protssl error for a failed call: the class the server named, else its status's."""
+def _error(exc: grpc.RpcError, target: str, tls: bool) -> ProtsslError:
+    """The protssl error for a failed call: the class the server named, else its status's. A call
+    that never reached a server (nothing named a class) says which address it tried."""
     code = exc.code()  # type: ignore[attr-defined]
     trailers = dict(exc.trailing_metadata() or ())  # type: ignore[attr-defined]
     kind = trailers.get(ERROR_KIND_KEY)
-    return error_for_status(
-        code.name,
-        exc.details() or code.name,  # type: ignore[attr-defined]
-        kind=kind if isinstance(kind, str) else None,
-    )
+    details = exc.details() or code.name  # type: ignore[attr-defined]
+    if code == grpc.StatusCode.UNAVAILABLE and kind is None:
+        details = f"cannot reach a protssl server at {target}{_tls_hint(details, tls)}: {details}"
+    return error_for_status(code.name, details, kind=kind if isinstance(kind, str) else None)
+
+
+def _tls_hint(details: str, tls: bool) -> str:
+    """What a TLS mismatch between client and server looks like from grpcio, said plainly."""
+    if tls and "WRONG_VERSION_NUMBER" in details:
+        return " (the server answers without TLS: connect with tls=False)"
+    if tls and "CERTIFICATE_VERIFY_FAILED" in details:
+        return (
+            " (the server's certificate is not signed by a CA this client trusts: give "
+            "root_certificates, the CA that signed it)"
+        )
+    if not tls and "Socket closed" in details:
+        return " (if the server speaks TLS, connect with tls=True or root_certificates)"
+    return ""
+
+
+def _check_target(target: str) -> None:
+    """grpcio takes host:port (or its own dns:, unix:, ipv4:... names), not a URL."""
+    scheme, sep, rest = target.partition("://")
+    if sep and scheme.lower() in ("http", "https", "grpc", "grpcs"):
+        tls = " with tls=True" if scheme.lower() in ("https", "grpcs") else ""
+        raise InvalidInputError(
+            f"target {target!r} is a URL: give host:port ({rest.rstrip('/')}){tls}"
+        )
 
 
 def _examples(
@@ -187,6 +211,7 @@ class Client:
             raise InvalidInputError("retries must be >= 0 and backoff > 0")
         if (certificate_chain is None) != (private_key is None):
             raise InvalidInputError("certificate_chain and private_key go together (mutual TLS)")
+        _check_target(target)
         self.target = target
         self.timeout = timeout
         self.retries = retries
@@ -205,6 +230,7 @@ class Client:
         ]
         if tls is None:
             tls = any(v is not None for v in (root_certificates, certificate_chain, private_key))
+        self.tls = tls
         if tls:
             credentials = grpc.ssl_channel_credentials(
                 root_certificates=_pem(root_certificates, "root_certificates"),
@@ -247,7 +273,7 @@ class Client:
                     time.sleep(delay)
                     delay = min(delay * 2, self.max_backoff)
                     continue
-                raise _error(exc) from None
+                raise _error(exc, self.target, self.tls) from None
         raise AssertionError("unreachable")
 
     # --- embeddings ---------------------------------------------------------------------------
@@ -370,7 +396,7 @@ class Client:
         except grpc.RpcError as exc:
             if failed:  # the input's own error says more than the call's
                 raise failed[0] from None
-            raise _error(exc) from None
+            raise _error(exc, self.target, self.tls) from None
         finally:
             bar.close()
         if failed:

@@ -446,7 +446,7 @@ def test_tls_with_a_token(service_model, sqlite_url, tokens_sqlite, pki, pki_fil
             no_token.list_models()
         with (
             protssl.Client(address, token=tokens_sqlite, retries=0, timeout=5) as plaintext,
-            pytest.raises(UnavailableError),
+            pytest.raises(UnavailableError, match=r"connect with tls=True or root_certificates"),
         ):
             plaintext.list_models()
         with (
@@ -457,9 +457,15 @@ def test_tls_with_a_token(service_model, sqlite_url, tokens_sqlite, pki, pki_fil
                 retries=0,
                 timeout=5,
             ) as untrusting,
-            pytest.raises(UnavailableError),
+            pytest.raises(UnavailableError, match=r"not signed by a CA this client trusts"),
         ):
             untrusting.list_models()  # the server's certificate is not signed by this root
+    with (
+        running_server(service_model) as (_, plain_address, _registry),
+        protssl.Client(plain_address, root_certificates=pki.ca, retries=0, timeout=5) as tls,
+        pytest.raises(UnavailableError, match=r"answers without TLS: connect with tls=False"),
+    ):
+        tls.list_models()
 
 
 def test_mutual_tls_needs_a_client_certificate_from_the_ca(

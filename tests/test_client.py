@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import sys
 import threading
@@ -366,3 +367,29 @@ def test_demo_says_why_each_query_abstained():
         "abstains: best IS5 0.74 < confidence cut 0.79 (set on held-out support; "
         "top: IS5 0.74, IS4 0.14)"
     )
+
+
+def test_a_client_that_reaches_no_server_says_where_it_looked() -> None:
+    port = free_port()
+    with (
+        protssl.Client(f"127.0.0.1:{port}", retries=0, timeout=5) as client,
+        pytest.raises(
+            UnavailableError, match=rf"^cannot reach a protssl server at 127\.0\.0\.1:{port}: "
+        ),
+    ):
+        client.list_models()
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://127.0.0.1:50051", r"give host:port \(127\.0\.0\.1:50051\)$"),
+        ("https://embed.lab.org:443/", r"give host:port \(embed\.lab\.org:443\) with tls=True$"),
+    ],
+)
+def test_a_url_for_a_target_is_refused_saying_what_to_give(url: str, expected: str) -> None:
+    """grpcio took it as a host name: 'Misformatted domain name', after the retries."""
+    with pytest.raises(
+        InvalidInputError, match=rf"^target '{re.escape(url)}' is a URL: {expected}"
+    ):
+        protssl.Client(url)
