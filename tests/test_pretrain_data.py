@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from pretrain_support import tiny_config
 
-from protssl.fasta import read_fasta
+from protssl.fasta import FastaPolicy, read_fasta
 from protssl.pretrain.data import (
     DataPosition,
     crop_sequence,
@@ -46,6 +46,36 @@ def test_validation_split_is_deterministic_by_id(sample_fasta: Path) -> None:
     wider = load_corpus(sample_fasta, val_fraction=0.1)
     assert set(first.val_ids) < set(wider.val_ids)
     assert unigram_perplexity(first.train, first.val) < 25.0
+
+
+def test_what_the_corpus_leaves_out_is_counted_and_said(
+    sample_fasta: Path, edge_cases: Path, tmp_path: Path
+) -> None:
+    """Records with internal stops (real Prokka transposases), an empty one and a repeated id were
+    dropped without a word: a corpus of six-frame translations would lose half and train on."""
+    stops = edge_cases / "prokka_IS_internal_stops.fasta"
+    dropped = [r.id for r in read_fasta(stops, policy=FastaPolicy(on_invalid="replace"))]
+    corpus_file = tmp_path / "corpus.fasta"
+    sample = sample_fasta.read_text()
+    first_id = sample[1:].split(None, 1)[0]
+    corpus_file.write_text(sample + stops.read_text() + f">empty\n>{first_id}\nMKV\n")
+    corpus = load_corpus(corpus_file, val_fraction=0.02)
+    clean = load_corpus(sample_fasta, val_fraction=0.02)
+    assert (corpus.train_ids, corpus.val_ids) == (clean.train_ids, clean.val_ids)
+    assert corpus.skipped == {
+        "with invalid residues": len(dropped),
+        "empty": 1,
+        "with a repeated id": 1,
+    }
+    assert corpus.skipped_ids == tuple(dropped[:3])
+    total = len(dropped) + 2
+    note = corpus.skipped_note(corpus_file)
+    assert note is not None and note.startswith(
+        f"{corpus_file}: {total:,} of {total + len(clean.train) + len(clean.val):,} records left "
+        f"out of training ({len(dropped):,} with invalid residues, 1 empty, 1 with a repeated id; "
+        f"e.g. {dropped[0]!r}"
+    )
+    assert clean.skipped == {} and clean.skipped_note(sample_fasta) is None
 
 
 def test_the_stream_restarted_at_a_position_continues_it(

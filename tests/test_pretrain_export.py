@@ -11,6 +11,7 @@ from pretrain_support import tiny_config
 from protssl.checkpoint import load_model
 from protssl.errors import InvalidInputError
 from protssl.pretrain import pretrain
+from protssl.pretrain.data import load_corpus
 from protssl.pretrain.export import export_checkpoint
 
 
@@ -24,6 +25,8 @@ def test_a_stopped_run_exports_its_checkpoint(tmp_path: Path, sample_fasta: Path
     assert card["tokens_seen"] == stopped.tokens_seen and card["val_perplexity"] > 1
     assert card["command"] == "protssl pretrain x" and card["resume_commands"] == []
     assert card["recipe"] == config.to_dict()
+    corpus = load_corpus(sample_fasta, val_fraction=config.val_fraction)
+    assert card["corpus_records"] == {"train": len(corpus.train), "val": len(corpus.val)}
     for key, value in stopped.encoder.state_dict().items():
         assert torch.equal(model.encoder.state_dict()[key], value), key
     blocker = tmp_path / "a-file"

@@ -185,3 +185,16 @@ def test_a_run_being_trained_is_refused_to_a_second_process(
     )
     assert load_checkpoint(run_dir / CHECKPOINT_NAME)["step"] == 2  # untouched
     assert pretrain(tiny_config(sample_fasta, run_dir), resume=True, progress=False).step == 12
+
+
+def test_records_the_corpus_leaves_out_are_said_in_the_log(
+    tmp_path: Path, sample_fasta: Path, edge_cases: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    corpus = tmp_path / "corpus.fasta"
+    corpus.write_text(
+        sample_fasta.read_text() + (edge_cases / "prokka_IS_internal_stops.fasta").read_text()
+    )
+    with caplog.at_level("WARNING", logger="protssl.pretrain.loop"):
+        pretrain(tiny_config(corpus, tmp_path / "run"), stop_after=1, progress=False)
+    notes = [r.getMessage() for r in caplog.records if "left out of training" in r.getMessage()]
+    assert len(notes) == 1 and "with invalid residues" in notes[0], caplog.text

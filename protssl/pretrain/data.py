@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ import torch
 
 from protssl.batching import WindowPolicy, token_batches
 from protssl.errors import InvalidInputError
-from protssl.fasta import FastaPolicy, read_fasta
+from protssl.fasta import FastaPolicy, ReadStats, read_fasta
 from protssl.pretrain.config import PretrainConfig
 
 __all__ = [
@@ -52,6 +52,23 @@ class TrainingCorpus:
     val: tuple[str, ...]
     clusters: tuple[tuple[int, ...], ...] | None = None
     """Indices into `train` grouped by cluster, when a cluster TSV was given."""
+    skipped: dict[str, int] = field(default_factory=dict)
+    """Records of the FASTA left out, by reason (invalid residues, empty, duplicate id)."""
+    skipped_ids: tuple[str, ...] = ()
+    """The first few of them, for the log."""
+
+    def skipped_note(self, source: Path) -> str | None:
+        """One line on what was left out of training, or None when nothing was."""
+        total = sum(self.skipped.values())
+        if total == 0:
+            return None
+        kept = len(self.train) + len(self.val)
+        reasons = ", ".join(f"{n:,} {why}" for why, n in self.skipped.items() if n)
+        examples = ", ".join(repr(i) for i in self.skipped_ids)
+        return (
+            f"{source}: {total:,} of {total + kept:,} records left out of training ({reasons}; "
+            f"e.g. {examples}): the reader's policy for a corpus is skip"
+        )
 
 
 def is_validation_id(record_id: str, fraction: float) -> bool:
@@ -69,7 +86,8 @@ def load_corpus(
     train: list[str] = []
     val_ids: list[str] = []
     val: list[str] = []
-    for record in read_fasta(path, policy=policy):
+    stats = ReadStats()
+    for record in read_fasta(path, policy=policy, stats=stats):
         if is_validation_id(record.id, val_fraction):
             val_ids.append(record.id)
             val.append(record.sequence)
@@ -82,7 +100,20 @@ def load_corpus(
             "(a bigger corpus or another val_fraction)"
         )
     clusters = _read_clusters(cluster_tsv, train_ids) if cluster_tsv is not None else None
-    return TrainingCorpus(tuple(train_ids), tuple(train), tuple(val_ids), tuple(val), clusters)
+    skipped = {
+        "with invalid residues": stats.skipped_invalid,
+        "empty": stats.skipped_empty,
+        "with a repeated id": stats.skipped_duplicate,
+    }
+    return TrainingCorpus(
+        tuple(train_ids),
+        tuple(train),
+        tuple(val_ids),
+        tuple(val),
+        clusters,
+        skipped={why: n for why, n in skipped.items() if n},
+        skipped_ids=tuple(stats.skipped_ids[:3]),
+    )
 
 
 def _read_clusters(path: Path, train_ids: Sequence[str]) -> tuple[tuple[int, ...], ...]:

@@ -13,7 +13,7 @@ import torch
 from protssl.checkpoint import save_model
 from protssl.model import ProteinEncoder, resolve_dtype
 from protssl.pretrain.config import PretrainConfig
-from protssl.pretrain.data import load_corpus, validation_batches
+from protssl.pretrain.data import TrainingCorpus, load_corpus, validation_batches
 from protssl.pretrain.probe import FunctionProbe, unigram_perplexity, validation_loss
 from protssl.pretrain.state import (
     CHECKPOINT_NAME,
@@ -35,6 +35,7 @@ def training_summary(
     config: PretrainConfig,
     progress: RunProgress,
     *,
+    corpus: TrainingCorpus,
     val_loss: float,
     unigram: float,
     val_batches: int,
@@ -48,6 +49,11 @@ def training_summary(
         "steps": progress.step,
         "scheduled_steps": config.steps,
         "tokens_seen": progress.tokens_seen,
+        "corpus_records": {
+            "train": len(corpus.train),
+            "val": len(corpus.val),
+            **{f"skipped {why}": n for why, n in corpus.skipped.items()},
+        },
         "val_loss": round(val_loss, 4),
         "val_perplexity": round(math.exp(val_loss), 3),
         "unigram_val_perplexity": round(unigram, 3),
@@ -111,6 +117,7 @@ def export_checkpoint(
     summary = training_summary(
         config,
         progress_from_state(state),
+        corpus=corpus,
         val_loss=validation_loss(
             encoder, val_batches, mask_prob=config.mask_prob, seed=config.seed, dtype=dtype
         ),

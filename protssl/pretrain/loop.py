@@ -236,6 +236,8 @@ class _Run:
                 resume_step=self.progress.step if resume else None,
                 tensorboard=config.tensorboard,
             )
+            if (note := self.corpus.skipped_note(config.corpus)) is not None:
+                log.warning("%s", note)
             log.info(
                 "%d train / %d val records; %s on %s (%s); %d micro-batch(es) of %d tokens per "
                 "step x %d rank(s); unigram val perplexity %.2f",
@@ -458,6 +460,7 @@ class _Run:
             summary = training_summary(
                 config,
                 progress,
+                corpus=self.corpus,
                 val_loss=val_loss,
                 unigram=self.unigram,
                 val_batches=len(self.val_batches),
