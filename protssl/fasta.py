@@ -52,6 +52,7 @@ __all__ = [
 
 OnInvalid = Literal["fail", "skip", "replace"]
 OnProblem = Literal["fail", "skip"]
+Gaps = Literal["invalid", "strip"]
 
 UTF8_BOM = codecs.BOM_UTF8
 """What Windows editors write first in a UTF-8 file; readers skip it."""
@@ -59,6 +60,12 @@ _INVALID = re.compile(f"[^{RESIDUES}]")
 _RESIDUE_BYTES = RESIDUES.encode("ascii")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _LABEL = re.compile(r"(?:^|\s)label=(\S+)")
+_GAP_CHARACTERS = "-."
+_NO_GAPS = str.maketrans("", "", _GAP_CHARACTERS)
+_GAP_HINT = (
+    "an aligned sequence? gaps strip removes the gaps (the sequence as it was before the "
+    "alignment); on_invalid skip drops the record"
+)
 _MEANING = {
     "*": "an internal stop codon",
     "-": "an alignment gap",
@@ -89,12 +96,17 @@ class FastaPolicy:
     """A header with no residues: raise or skip."""
     on_duplicate: OnProblem = "fail"
     """An id seen before in the same input: raise or skip the later record."""
+    gaps: Gaps = "invalid"
+    """Alignment gaps (`-`, `.`): invalid characters like any other, or removed first (aligned
+    FASTA, A2M: what is left, uppercased, is the unaligned sequence)."""
 
     def __post_init__(self) -> None:
         if self.on_invalid not in ("fail", "skip", "replace"):
             raise InvalidInputError(
                 f"on_invalid must be fail, skip or replace, not {self.on_invalid!r}"
             )
+        if self.gaps not in ("invalid", "strip"):
+            raise InvalidInputError(f"gaps must be invalid or strip, not {self.gaps!r}")
         for name in ("on_empty", "on_duplicate"):
             if getattr(self, name) not in ("fail", "skip"):
                 raise InvalidInputError(f"{name} must be fail or skip, not {getattr(self, name)!r}")
@@ -167,6 +179,7 @@ def normalize_sequence(
     raw: str,
     *,
     on_invalid: OnInvalid = "fail",
+    gaps: Gaps = "invalid",
     source: str = "<sequence>",
     record_id: str | None = None,
     record_index: int | None = None,
@@ -176,6 +189,8 @@ def normalize_sequence(
     Returns the normalised sequence (None when `skip` drops it) and how many characters were replaced.
     """
     sequence = "".join(raw.split()).upper()
+    if gaps == "strip":
+        sequence = sequence.translate(_NO_GAPS)
     if sequence.endswith("*"):
         sequence = sequence[:-1]
     sequence = sequence.replace("J", "X")
@@ -190,9 +205,12 @@ def normalize_sequence(
         return replaced, count
     char = bad.group()
     meaning = _MEANING.get(char, "not an amino-acid letter" if not char.isdigit() else "a digit")
+    hint = (
+        _GAP_HINT if char in _GAP_CHARACTERS else "on_invalid skip or replace drops or replaces it"
+    )
     raise FastaFormatError(
         f"invalid residue {char!r} ({meaning})",
-        hint="on_invalid skip or replace drops or replaces it",
+        hint=hint,
         source=source,
         record_id=record_id,
         position=bad.start() + 1,
@@ -333,7 +351,8 @@ def _read_file(
         first = _peek_first_line(handle)
         if first is not None and not first.startswith(">"):
             raise FastaFormatError(
-                "this is not FASTA: the first non-blank line does not start with '>'",
+                "this is not FASTA: the first non-blank line does not start with '>'"
+                + _what_it_looks_like(first),
                 source=source,
             )
         parsed = ((title, raw, None) for title, raw in SimpleFastaParser(_prepend(first, handle)))
@@ -456,6 +475,7 @@ def _judge(
     sequence, replaced = normalize_sequence(
         raw,
         on_invalid=policy.on_invalid,
+        gaps=policy.gaps,
         source=source,
         record_id=record_id,
         record_index=index,
@@ -487,6 +507,29 @@ def _split_title(title: str) -> tuple[str, str]:
     """A header's id (up to the first whitespace: space, tab, ...) and its description."""
     parts = title.split(None, 1)
     return (parts[0], parts[1] if len(parts) > 1 else "") if parts else ("", "")
+
+
+_OTHER_FORMATS = (
+    ("# STOCKHOLM", "a Stockholm alignment: convert it to FASTA (esl-reformat afa FILE, or "
+     "Biopython's AlignIO.convert) and embed that with gaps strip"),
+    ("CLUSTAL", "a Clustal alignment: convert it to FASTA (Biopython's AlignIO.convert) and "
+     "embed that with gaps strip"),
+    ("LOCUS ", "a GenBank file: write its protein translations as FASTA first"),
+    ("ID   ", "an EMBL or UniProt text entry: get the FASTA download instead"),
+    ("@", "FASTQ (sequencing reads): protssl embeds protein sequences in FASTA"),
+    ("<", "HTML or XML (a web page saved instead of the file?)"),
+    ("{", "JSON (a web service's answer saved instead of the file?)"),
+)  # fmt: skip
+
+
+def _what_it_looks_like(first: str) -> str:
+    """What a file that is not FASTA seems to be, from its first line, and what to do."""
+    for prefix, what in _OTHER_FORMATS:
+        if first.startswith(prefix):
+            return f"; it looks like {what}"
+    if first.strip().isalpha():
+        return "; it looks like a bare sequence: put a header line (>ID) above it"
+    return ""
 
 
 def _peek_first_line(handle: IO[str]) -> str | None:

@@ -22,7 +22,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +147,7 @@ def read_shard(path: str | Path, shard: Shard, policy: FastaPolicy) -> list[Prot
     """The records of one shard, exactly those the plan kept; fails if the file changed since."""
     wanted = set(shard.ids)
     # a repeat across shards was dropped by the plan; within one, the policy drops it again
-    lenient = FastaPolicy(policy.on_invalid, policy.on_empty, on_duplicate="skip")
+    lenient = replace(policy, on_duplicate="skip")
     records = [
         r for r in read_fasta_range(path, shard.start, shard.end, policy=lenient) if r.id in wanted
     ]

@@ -35,8 +35,11 @@ def test_model_flags_read_protssl_model_and_the_same_names_without_the_trust_fla
 
 
 def test_fasta_policy_from_the_flags_a_command_has() -> None:
-    every = _parse(add_fasta_policy_args, ["--on-invalid", "replace", "--on-duplicate", "skip"])
-    assert fasta_policy(every) == FastaPolicy(on_invalid="replace", on_duplicate="skip")
+    flags = ["--on-invalid", "replace", "--on-duplicate", "skip", "--gaps", "strip"]
+    every = _parse(add_fasta_policy_args, flags)
+    assert fasta_policy(every) == FastaPolicy(
+        on_invalid="replace", on_duplicate="skip", gaps="strip"
+    )
     invalid = _parse(
         lambda p: add_fasta_policy_args(p, invalid_only=True), ["--on-invalid", "skip"]
     )

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -102,6 +103,55 @@ def test_one_bad_record_is_its_own_error_and_a_clean_file_none(
     assert error.position == raised.value.position
     assert check_fasta(sample_fasta).error() is None
     assert validate_fasta("-") is None  # stdin is read once, as it comes
+
+
+def test_gaps_strip_reads_an_alignment_as_its_unaligned_sequences(
+    shared_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A real Pfam seed alignment written as aligned FASTA: with gaps strip, the sequences are those
+    of pfam_seed_small.fasta (made from it by removing gaps and uppercasing)."""
+    from Bio import AlignIO
+
+    aligned = tmp_path / "fn3.afa"
+    AlignIO.convert(shared_file("stockholm/fn3.sto"), "stockholm", aligned, "fasta")
+    with pytest.raises(
+        FastaFormatError, match=r"an alignment gap\); an aligned sequence\? gaps strip"
+    ):
+        list(read_fasta(aligned))
+    stripped = {r.id: r.sequence for r in read_fasta(aligned, policy=FastaPolicy(gaps="strip"))}
+    seeds = read_fasta(shared_file("families/pfam_seed_small.fasta"))
+    expected = {r.id: r.sequence for r in seeds if r.labels == ("fn3",)}
+    assert len(stripped) > 50 and stripped == expected
+    stops = ">a\nMK-V*\n>b\nMK*V\n"
+    both = tmp_path / "both.fasta"
+    both.write_text(stops)
+    error = check_fasta(both, policy=FastaPolicy(gaps="strip")).error()
+    assert error is not None and "record 'b' (#2) at position 3: invalid residue '*'" in str(error)
+    with pytest.raises(InvalidInputError, match="gaps must be invalid or strip"):
+        FastaPolicy(gaps="keep")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("first_line", "looks_like"),
+    [
+        ("# STOCKHOLM 1.0", "a Stockholm alignment: convert it to FASTA"),
+        ("CLUSTAL W (1.83) multiple sequence alignment", "a Clustal alignment"),
+        ("LOCUS       NC_000913  4641652 bp    DNA", "a GenBank file"),
+        ("ID   001R_FRG3G   Reviewed;   256 AA.", "an EMBL or UniProt text entry"),
+        ("@read1", "FASTQ"),
+        ("<!DOCTYPE html>", "HTML or XML"),
+        ('{"results": []}', "JSON"),
+        ("MKVLAAGIVGALLAQ", "a bare sequence: put a header line (>ID) above it"),
+    ],
+)
+def test_a_file_that_is_not_fasta_says_what_it_looks_like(
+    tmp_path: Path, first_line: str, looks_like: str
+) -> None:
+    path = tmp_path / "input.txt"
+    path.write_text(first_line + "\nmore\n")
+    expected = rf"^{path}: this is not FASTA: .* '>'; it looks like {re.escape(looks_like)}"
+    with pytest.raises(FastaFormatError, match=expected):
+        list(read_fasta(path))
 
 
 def test_utf16_text_is_one_line_saying_to_convert_it(tmp_path: Path) -> None:

@@ -96,12 +96,19 @@ def load_model(args: argparse.Namespace) -> LoadedModel:
 
 
 def add_fasta_policy_args(parser: argparse.ArgumentParser, *, invalid_only: bool = False) -> None:
-    """`--on-invalid` (and unless `invalid_only`, `--on-empty` and `--on-duplicate`)."""
+    """`--on-invalid`, `--gaps` (and unless `invalid_only`, `--on-empty` and `--on-duplicate`)."""
     parser.add_argument(
         "--on-invalid",
         default="fail",
         choices=("fail", "skip", "replace"),
         help="records with gaps, internal stops, digits...: fail (default), skip, or replace with X",
+    )
+    parser.add_argument(
+        "--gaps",
+        default="invalid",
+        choices=("invalid", "strip"),
+        help="alignment gaps - and . (aligned FASTA, A2M): invalid (default) or strip them, "
+        "which gives the unaligned sequence",
     )
     if not invalid_only:
         parser.add_argument("--on-empty", default="fail", choices=("fail", "skip"))
@@ -112,7 +119,7 @@ def fasta_policy(args: argparse.Namespace) -> FastaPolicy:
     """The FASTA policy that `add_fasta_policy_args`' flags set (FastaPolicy's default where absent)."""
     from protssl.fasta import FastaPolicy
 
-    given = ("on_invalid", "on_empty", "on_duplicate")
+    given = ("on_invalid", "gaps", "on_empty", "on_duplicate")
     return FastaPolicy(**{name: getattr(args, name) for name in given if name in args})
 
 
