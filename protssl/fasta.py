@@ -26,6 +26,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -144,6 +145,13 @@ class FastaCheck:
     """Per problem (duplicate id, invalid residue '-'...), the first few records with it, in file order."""
     counts: dict[str, int] = field(default_factory=dict)
     """Per problem, all the records with it."""
+
+    def note(self, problem: FastaFormatError, *, named: int = 3) -> None:
+        """Count a record that breaks the policy, and keep it when fewer than `named` of its kind are."""
+        self.counts[problem.message] = self.counts.get(problem.message, 0) + 1
+        kept = self.problems.setdefault(problem.message, [])
+        if len(kept) < named:
+            kept.append(problem)
 
     def error(self) -> FastaFormatError | None:
         """One error for them all (the first alone when it is the only one); None when the file passes."""
@@ -311,14 +319,7 @@ def check_fasta(
     policy = policy or FastaPolicy()
     stats = ReadStats()
     check = FastaCheck(0, 0, 0)
-
-    def report(problem: FastaFormatError) -> None:
-        check.counts[problem.message] = check.counts.get(problem.message, 0) + 1
-        named = check.problems.setdefault(problem.message, [])
-        if len(named) < named_per_problem:
-            named.append(problem)
-
-    for _ in _read_file(path, policy, stats, report):
+    for _ in _read_file(path, policy, stats, partial(check.note, named=named_per_problem)):
         pass
     return replace(
         check,
@@ -389,6 +390,7 @@ def records_from_sequences(
     """Records from in-memory sequences (or records), with the same policy as files; ids default to seq{n}.
 
     An id is taken as given, spaces included: there is no header to parse (labels come from records).
+    Sequences that break the policy raise one FastaFormatError naming them all (by problem).
     """
     items = list(sequences)
     id_list = list(ids) if ids is not None else None
@@ -401,9 +403,20 @@ def records_from_sequences(
             entries.append((record_id or item.id, item.sequence, item.labels))
         else:
             entries.append((record_id or f"seq{index}", item, None))
-    return list(
-        _records(iter(entries), source, policy or FastaPolicy(), ReadStats(), titles_are_ids=True)
+    found = FastaCheck(0, 0, 0)
+    records = list(
+        _records(
+            iter(entries),
+            source,
+            policy or FastaPolicy(),
+            ReadStats(),
+            titles_are_ids=True,
+            report=found.note,
+        )
     )
+    if (error := found.error()) is not None:
+        raise error  # every bad one named, not the first
+    return records
 
 
 def _records(

@@ -17,6 +17,7 @@ from protssl.fasta import (
     normalize_sequence,
     read_fasta,
     read_fasta_range,
+    records_from_sequences,
     validate_fasta,
 )
 
@@ -255,3 +256,21 @@ def test_examples_are_the_shared_records_they_stand_in_for(
     for path in sorted((examples / "edge_cases").iterdir()):
         full = shared_file(f"edge_cases/{path.name}", why).read_bytes()
         assert full.startswith(path.read_bytes()) and path.read_bytes().endswith(b"\n"), path.name
+
+
+def test_in_memory_sequences_that_break_the_policy_are_named_together() -> None:
+    """What `protssl.embed` and every gRPC request go through: all the bad ones, not the first."""
+    sequences = ["MKV", "MK-V", "", "MKXV", "M1KV", "MK.V"]
+    with pytest.raises(FastaFormatError) as raised:
+        records_from_sequences(sequences, source="request")
+    message = str(raised.value)
+    assert message.startswith("request: 4 records break the FASTA policy: ")
+    assert "1 x invalid residue '-' (an alignment gap): record 'seq1' (#2) at position 3" in message
+    assert "1 x invalid residue '.' (an alignment gap): record 'seq5' (#6) at position 3" in message
+    assert "1 x empty record (no residues): record 'seq2' (#3)" in message
+    assert "1 x invalid residue '1' (a digit): record 'seq4' (#5) at position 2" in message
+    with pytest.raises(FastaFormatError) as one:
+        records_from_sequences(["MKV", "MK*V"], source="request")
+    assert str(one.value).startswith("request: record 'seq1' (#2) at position 3: invalid residue")
+    kept = records_from_sequences(sequences, policy=FastaPolicy("skip", on_empty="skip"))
+    assert [r.sequence for r in kept] == ["MKV", "MKXV"]
