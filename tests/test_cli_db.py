@@ -1,16 +1,21 @@
-"""`protssl db upgrade|downgrade|current` on SQLite and PostgreSQL, and where `--db` comes from."""
+"""`protssl db upgrade|downgrade|current|stats|prune` on SQLite and PostgreSQL, and where `--db`
+comes from."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from protssl.cli import build_parser
 from protssl.cli.args import store_config
-from protssl.store import StoreConfig
+from protssl.errors import InvalidInputError, NotFoundError
+from protssl.fasta import read_fasta
+from protssl.store import EmbeddingItem, EmbeddingKey, Store, StoreConfig, sequence_sha256
 from protssl.store import engine as engines
 
 
@@ -73,3 +78,66 @@ def test_a_database_that_refuses_connections_is_one_line(action: list[str]) -> N
     (line,) = result.stderr.splitlines()
     assert line.startswith("protssl db: error: reading the schema revision of postgresql+psycopg")
     assert line.endswith("Connection refused")
+
+
+def test_db_stats_and_prune(
+    store_url: str, sample_fasta: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Per-residue vectors of 40 real proteins (what filled a user's home quota), shown, then pruned."""
+    records = [r for r, _ in zip(read_fasta(sample_fasta), range(40), strict=False)]
+    rng = np.random.default_rng(0)
+    model = "b6" * 32
+    with Store(StoreConfig(url=store_url)) as store:
+        store.embeddings.put_many(
+            EmbeddingItem(
+                EmbeddingKey(
+                    model, sequence_sha256(r.sequence), pooling, 6, "window:1022:256", "bfloat16"
+                ),
+                r.sequence,
+                rng.standard_normal((len(r), 320) if pooling == "per-residue" else 320),
+            )
+            for r in records
+            for pooling in ("mean", "per-residue")
+        )
+
+    def run(*argv: str) -> tuple[int, str]:
+        args = build_parser().parse_args(["db", *argv, "--db", store_url])
+        code = args.func(args)
+        return code, capsys.readouterr().out
+
+    residue_bytes = sum(len(r) for r in records) * 320 * 4
+    code, out = run("stats")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[2].split()[:5] == [model[:12], "per-residue", "6", "bfloat16", "40"]
+    assert lines[3].split()[:5] == [model[:12], "mean", "6", "bfloat16", "40"]
+    code, out = run("stats", "--json")
+    groups = json.loads(out)["groups"]
+    assert [(g["pooling"], g["bytes"]) for g in groups] == [
+        ("per-residue", residue_bytes),
+        ("mean", 40 * 320 * 4),
+    ]
+    size_before = json.loads(out)["file_bytes"]
+    with pytest.raises(InvalidInputError, match="say what to delete"):
+        run("prune")
+    with pytest.raises(
+        NotFoundError, match=rf"named 'ffff' .*\(models with cached vectors: {model[:12]}\)"
+    ):
+        run("prune", "--model", "ffff")
+    assert run("prune", "--model", model[:8], "--pooling", "per-residue", "--dry-run")[1] == (
+        f"would delete 40 cached vectors ({residue_bytes / 1e6:.1f} MB)\n"
+    )
+    code, out = run("prune", "--model", model[:8], "--pooling", "per-residue")
+    assert code == 0 and out.startswith(
+        f"deleted 40 cached vectors ({residue_bytes / 1e6:.1f} MB); "
+    )
+    groups = json.loads(run("stats", "--json")[1])["groups"]
+    assert [(g["pooling"], g["vectors"]) for g in groups] == [("mean", 40)]
+    if store_url.startswith("sqlite"):
+        size_after = json.loads(run("stats", "--json")[1])["file_bytes"]
+        assert size_after < size_before - residue_bytes * 0.9, (size_before, size_after)
+        assert "the SQLite file went from" in out
+    else:
+        assert "PostgreSQL reuses the space" in out
+    assert run("prune", "--all")[1].startswith("deleted 40 cached vectors")
+    assert run("stats")[1].splitlines()[-1] == "the embedding cache is empty"

@@ -1,4 +1,5 @@
-"""`protssl db upgrade|downgrade|current`: the store's schema, through Alembic's migrations.
+"""`protssl db upgrade|downgrade|current`: the store's schema, through Alembic's migrations;
+`protssl db stats|prune`: what the embedding cache holds, and deleting part of it.
 
 The database is `--db`, else PROTSSL_DATABASE_URL, else a SQLite file in the user's data directory
 (`protssl.cli.args.store_config`). SQLAlchemy and Alembic are imported when a command runs.
@@ -8,14 +9,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
+import json
 from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from protssl.cli.args import add_db_arg, store_config
 from protssl.cli.commands import Command
+from protssl.errors import InvalidInputError, NotFoundError
+from protssl.pooling import POOLINGS
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
+
+    from protssl.store import Store
 
 __all__ = ["COMMANDS"]
 
@@ -33,9 +42,38 @@ def _build(parser: argparse.ArgumentParser) -> None:
     current = actions.add_parser("current", help="print the store's schema revision")
     add_db_arg(current)
     current.set_defaults(func=_current)
+    stats = actions.add_parser(
+        "stats", help="what the embedding cache holds: vectors and bytes per model and pooling"
+    )
+    add_db_arg(stats)
+    stats.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    stats.set_defaults(func=_stats)
+    prune = actions.add_parser(
+        "prune",
+        help="delete cached vectors (by model, pooling, age) and give the space back",
+        description="Delete cached vectors: those matching every filter given, or --all. They are "
+        "computed again when next asked for. A SQLite file is then rewritten (VACUUM) to give "
+        "the space back; PostgreSQL reuses it for new rows.",
+    )
+    add_db_arg(prune)
+    prune.add_argument(
+        "--model",
+        action="append",
+        metavar="NAME|SHA256",
+        help="a model's name or the start of its sha256 (as `db stats` shows it); repeatable",
+    )
+    prune.add_argument("--pooling", choices=POOLINGS, help="only vectors of this pooling")
+    prune.add_argument(
+        "--older-than", type=float, metavar="DAYS", help="only vectors cached more than DAYS ago"
+    )
+    prune.add_argument("--all", action="store_true", help="every cached vector")
+    prune.add_argument("--dry-run", action="store_true", help="say what would go; delete nothing")
+    prune.set_defaults(func=_prune)
 
 
-COMMANDS = (Command("db", _build, help="manage the store's schema (Alembic migrations)"),)
+COMMANDS = (
+    Command("db", _build, help="the store: schema migrations, what the cache holds, pruning it"),
+)
 
 
 @contextlib.contextmanager
@@ -77,3 +115,102 @@ def _current(args: argparse.Namespace) -> int:
     state = "head" if revision == head else f"head is {head}"
     print(f"{engine.url!r}: {revision or 'base (empty)'} ({state})")
     return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from protssl.store import Store
+
+    with Store(store_config(args)) as store:
+        groups = store.embeddings.summary()
+        on_disk = _file_size(store)
+        url = repr(store.engine.url)
+    if args.json:
+        rows = [
+            {**asdict(g), "oldest": g.oldest.isoformat(), "newest": g.newest.isoformat()}
+            for g in groups
+        ]
+        print(json.dumps({"store": url, "file_bytes": on_disk, "groups": rows}))
+        return 0
+    where = f"{url}: {_size(on_disk)} on disk" if on_disk is not None else url
+    print(where)
+    if not groups:
+        print("the embedding cache is empty")
+        return 0
+    print(
+        f"{'model':<14}{'pooling':<13}{'layer':>5}  {'dtype':<10}{'vectors':>10}{'size':>11}  newest"
+    )
+    for g in groups:
+        print(
+            f"{g.model_sha256[:12]:<14}{g.pooling:<13}{g.layer:>5}  {g.dtype:<10}"
+            f"{g.vectors:>10,}{_size(g.bytes):>11}  {g.newest:%Y-%m-%d %H:%M}"
+        )
+    total = sum(g.bytes for g in groups)
+    print(f"total: {sum(g.vectors for g in groups):,} vectors, {_size(total)} of vectors")
+    return 0
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from protssl.store import Store
+    from protssl.store import engine as engines
+
+    if not (args.model or args.pooling or args.older_than is not None or args.all):
+        raise InvalidInputError(
+            "say what to delete: --model, --pooling, --older-than DAYS (together: what matches "
+            "all), or --all"
+        )
+    if args.older_than is not None and args.older_than < 0:
+        raise InvalidInputError(f"--older-than must be >= 0 days, not {args.older_than}")
+    with Store(store_config(args)) as store:
+        models = None
+        if args.model:
+            models = [sha for name in args.model for sha in _models(store, name)]
+        older = None
+        if args.older_than is not None:
+            older = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=args.older_than)
+        before = _file_size(store)
+        count, nbytes = store.embeddings.prune(
+            models=models, pooling=args.pooling, older_than=older, dry_run=args.dry_run
+        )
+        if args.dry_run:
+            print(f"would delete {count:,} cached vectors ({_size(nbytes)})")
+            return 0
+        reclaimed = count > 0 and engines.reclaim_space(store.engine)
+        after = _file_size(store)
+    print(f"deleted {count:,} cached vectors ({_size(nbytes)})", end="")
+    if reclaimed and before is not None and after is not None:
+        print(f"; the SQLite file went from {_size(before)} to {_size(after)}")
+    elif count:
+        print("; PostgreSQL reuses the space for new rows")
+    else:
+        print()
+    return 0
+
+
+def _models(store: Store, name: str) -> list[str]:
+    """The sha256s a --model names; none is an error listing what the store holds."""
+    found = store.embeddings.models_named(name)
+    if not found:
+        known = sorted({g.model_sha256[:12] for g in store.embeddings.summary()})
+        raise NotFoundError(
+            f"no model in the store is named {name!r} or has a sha256 starting with it "
+            f"(models with cached vectors: {', '.join(known) or 'none'})"
+        )
+    return [sha for sha, _ in found]
+
+
+def _file_size(store: Store) -> int | None:
+    """Bytes of a SQLite store's file and its WAL (None for a server database)."""
+    database = store.engine.url.database
+    if store.engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        return None
+    files = [Path(database), Path(f"{database}-wal")]
+    return sum(f.stat().st_size for f in files if f.exists())
+
+
+def _size(nbytes: int | None) -> str:
+    if nbytes is None:
+        return "?"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{nbytes} B"

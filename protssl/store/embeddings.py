@@ -7,6 +7,7 @@ recently used vectors without SQL. Vectors never change once stored.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 from collections import OrderedDict, defaultdict
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, bindparam, func, select
+from sqlalchemy import ColumnElement, Engine, bindparam, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 import protssl.store.common as common
@@ -27,12 +28,13 @@ from protssl.store.schema import Base
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MAX_KEYS_PER_QUERY", "EmbeddingCache", "EmbeddingItem", "EmbeddingKey"]
+__all__ = ["MAX_KEYS_PER_QUERY", "CacheGroup", "EmbeddingCache", "EmbeddingItem", "EmbeddingKey"]
 
 MAX_KEYS_PER_QUERY = 5000
 """Cache keys looked up by one SELECT; a batch larger than this takes one query per chunk."""
 
 _EMBEDDINGS = Base.metadata.tables["embeddings"]
+_MODELS = Base.metadata.tables["models"]
 _LITTLE_ENDIAN = {"float32": "<f4", "float16": "<f2"}
 
 
@@ -126,6 +128,11 @@ class _VectorLRU:
             while self._bytes > self.max_bytes:
                 _, dropped = self._entries.popitem(last=False)
                 self._bytes -= dropped.nbytes + self._ENTRY_OVERHEAD
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
 
 
 class EmbeddingCache:
@@ -272,6 +279,100 @@ class EmbeddingCache:
             return int(
                 connection.execute(select(func.count()).select_from(_EMBEDDINGS)).scalar_one()
             )
+
+    def summary(self) -> list[CacheGroup]:
+        """What the cache holds, per model, pooling, layer and dtype: vectors, bytes, their ages."""
+        size = func.sum(func.length(_EMBEDDINGS.c.vector))
+        group = (
+            _EMBEDDINGS.c.model_sha256,
+            _MODELS.c.name,
+            _EMBEDDINGS.c.pooling,
+            _EMBEDDINGS.c.layer,
+            _EMBEDDINGS.c.dtype,
+            _EMBEDDINGS.c.vector_dtype,
+        )
+        query = (
+            select(
+                *group,
+                func.count(),
+                size,
+                func.min(_EMBEDDINGS.c.created_at),
+                func.max(_EMBEDDINGS.c.created_at),
+            )
+            .join(_MODELS, _MODELS.c.sha256 == _EMBEDDINGS.c.model_sha256)
+            .group_by(*group)
+            .order_by(size.desc())
+        )
+        with common.store_errors("reading the cache's summary"), self._engine.connect() as db:
+            rows = db.execute(query).all()
+        return [
+            CacheGroup(
+                model_sha256=sha,
+                model_name=name,
+                pooling=pooling,
+                layer=layer,
+                dtype=dtype,
+                vector_dtype=vector_dtype,
+                vectors=count,
+                bytes=int(nbytes or 0),
+                oldest=common.utc(oldest),
+                newest=common.utc(newest),
+            )
+            for sha, name, pooling, layer, dtype, vector_dtype, count, nbytes, oldest, newest in rows
+        ]
+
+    def models_named(self, model: str) -> list[tuple[str, str]]:
+        """(sha256, name) of the models whose name is `model` or whose sha256 starts with it."""
+        query = select(_MODELS.c.sha256, _MODELS.c.name).where(
+            (_MODELS.c.name == model) | _MODELS.c.sha256.startswith(model.lower(), autoescape=True)
+        )
+        with common.store_errors("reading the store's models"), self._engine.connect() as db:
+            return [(sha, name) for sha, name in db.execute(query)]
+
+    def prune(
+        self,
+        *,
+        models: Seq[str] | None = None,
+        pooling: str | None = None,
+        older_than: dt.datetime | None = None,
+        dry_run: bool = False,
+    ) -> tuple[int, int]:
+        """Delete the cached vectors of `models` (sha256s), `pooling`, created before `older_than`
+        (None: any); (vectors, bytes) deleted, or that would be with `dry_run`. The sequences stay
+        (a few hundred bytes each, and a concurrent writer may be about to refer to one)."""
+        where: list[ColumnElement[bool]] = []
+        if models is not None:
+            where.append(_EMBEDDINGS.c.model_sha256.in_(list(models)))
+        if pooling is not None:
+            where.append(_EMBEDDINGS.c.pooling == pooling)
+        if older_than is not None:
+            where.append(_EMBEDDINGS.c.created_at < older_than)
+        measure = select(func.count(), func.sum(func.length(_EMBEDDINGS.c.vector))).where(*where)
+        with (
+            common.store_errors("pruning the cache"),
+            engines.write_transaction(self._engine) as connection,
+        ):
+            count, nbytes = connection.execute(measure).one()
+            if not dry_run and count:
+                connection.execute(_EMBEDDINGS.delete().where(*where))
+        self._memory.clear()
+        return int(count), int(nbytes or 0)
+
+
+@dataclass(frozen=True)
+class CacheGroup:
+    """The cached vectors of one model, pooling, layer and dtype."""
+
+    model_sha256: str
+    model_name: str
+    pooling: str
+    layer: int
+    dtype: str
+    vector_dtype: str
+    vectors: int
+    bytes: int
+    oldest: dt.datetime
+    newest: dt.datetime
 
 
 def _sort_key(key: EmbeddingKey) -> tuple[str, str, str, int, str, str]:

@@ -38,6 +38,7 @@ __all__ = [
     "current_revision",
     "downgrade",
     "head_revision",
+    "reclaim_space",
     "upgrade",
     "write_transaction",
 ]
@@ -181,6 +182,22 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
         connection.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
         with connection.begin():
             yield connection
+
+
+def reclaim_space(engine: Engine) -> bool:
+    """Give the space of deleted rows back to the filesystem: SQLite's VACUUM (it rewrites the
+    file, so it needs the file's size free for a while and no other writer). False on PostgreSQL,
+    which reuses the space for new rows (shrinking its files is the administrator's VACUUM FULL)."""
+    if engine.dialect.name != "sqlite":
+        return False
+    raw = engine.raw_connection()  # outside SQLAlchemy's BEGIN (see _on_begin): VACUUM refuses one
+    try:
+        cursor = raw.cursor()
+        cursor.execute("VACUUM")
+        cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # in WAL mode the file shrinks here
+    finally:
+        raw.close()
+    return True
 
 
 def alembic_config(url: str | None = None) -> Config:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import multiprocessing
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import bindparam, event, text
 
 from protssl.errors import InvalidInputError, StoreError
 from protssl.store import (
@@ -236,3 +238,60 @@ def test_a_full_sqlite_store_says_it_is_full(tmp_path: Path, sequences: list[str
         "the store is full (no space left on its disk, or a quota): writing 200 vectors to the "
         "cache failed; free space, or give another store (--db) or none (--no-cache)"
     )
+
+
+def test_summary_and_prune_by_model_pooling_and_age(store: Store, sequences: list[str]) -> None:
+    """What `protssl db stats` and `db prune` stand on, on SQLite and PostgreSQL."""
+    other = "cd" * 32
+    rng = np.random.default_rng(1)
+    per_residue = [
+        EmbeddingItem(_key(s, pooling="per-residue"), s, rng.standard_normal((len(s), DIM)))
+        for s in sequences[:20]
+    ]
+    elsewhere = [
+        EmbeddingItem(replace(_key(s), model_sha256=other), s, rng.standard_normal(DIM))
+        for s in sequences[:50]
+    ]
+    store.embeddings.put_many([*_items(sequences[:100]), *per_residue, *elsewhere])
+    groups = {(g.model_sha256, g.pooling): g for g in store.embeddings.summary()}
+    assert {k: g.vectors for k, g in groups.items()} == {
+        (MODEL, "mean"): 100,
+        (MODEL, "per-residue"): 20,
+        (other, "mean"): 50,
+    }
+    residues = sum(len(s) for s in sequences[:20])
+    assert groups[(MODEL, "per-residue")].bytes == residues * DIM * 4
+    assert groups[(MODEL, "mean")].bytes == 100 * DIM * 4
+    assert store.embeddings.models_named(other[:10]) == [(other, f"sha256:{other[:12]}")]
+    assert store.embeddings.models_named("ef") == []
+    with store.engine.begin() as connection:  # a month ago: the first ten mean vectors of MODEL
+        connection.execute(
+            text(
+                "UPDATE embeddings SET created_at = :then WHERE model_sha256 = :model AND "
+                "pooling = 'mean' AND sequence_sha256 IN :shas"
+            ).bindparams(bindparam("shas", expanding=True)),
+            {
+                "then": dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=30),
+                "model": MODEL,
+                "shas": [sequence_sha256(s) for s in sequences[:10]],
+            },
+        )
+    week_ago = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=7)
+    assert store.embeddings.prune(older_than=week_ago, dry_run=True) == (10, 10 * DIM * 4)
+    assert store.embeddings.count() == 170
+    assert store.embeddings.prune(older_than=week_ago) == (10, 10 * DIM * 4)
+    assert store.embeddings.prune(models=[MODEL], pooling="per-residue") == (20, residues * DIM * 4)
+    left = store.embeddings.get_many([_key(s) for s in sequences[:100]])
+    assert set(left) == {_key(s) for s in sequences[10:100]}
+    assert store.embeddings.prune(models=[other]) == (50, 50 * DIM * 4)
+    assert store.embeddings.prune() == (90, 90 * DIM * 4)
+    assert store.embeddings.summary() == []
+
+
+def test_prune_empties_the_memory_layer_too(tmp_path: Path, sequences: list[str]) -> None:
+    config = StoreConfig(url=f"sqlite:///{tmp_path / 'c.db'}", memory_cache_mb=8)
+    with Store(config) as store:
+        store.embeddings.put_many(_items(sequences[:5]))
+        assert len(store.embeddings.get_many([_key(s) for s in sequences[:5]])) == 5
+        store.embeddings.prune(pooling="mean")
+        assert store.embeddings.get_many([_key(s) for s in sequences[:5]]) == {}
