@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from ports import free_port
 from pretrain_support import ddp_worker, log_rows, tiny_config
 
 from protssl.checkpoint import load_model
+from protssl.errors import InvalidInputError
 from protssl.pretrain import CHECKPOINT_NAME, PLOT_NAME, FunctionProbe, PretrainConfig, pretrain
 from protssl.pretrain import loop as loop_module
 from protssl.pretrain.state import RUN_LOCK_NAME, load_checkpoint
@@ -198,3 +200,20 @@ def test_records_the_corpus_leaves_out_are_said_in_the_log(
         pretrain(tiny_config(corpus, tmp_path / "run"), stop_after=1, progress=False)
     notes = [r.getMessage() for r in caplog.records if "left out of training" in r.getMessage()]
     assert len(notes) == 1 and "with invalid residues" in notes[0], caplog.text
+
+
+def test_a_new_run_into_a_folder_that_holds_one_is_refused_and_it_is_kept(
+    tmp_path: Path, sample_fasta: Path
+) -> None:
+    """Running the first command again after a crash, without --resume, started over: the
+    checkpoint of days of training and its log were overwritten without a word."""
+    config = tiny_config(sample_fasta, tmp_path / "run")
+    pretrain(config, stop_after=2, progress=False)
+    checkpoint = (tmp_path / "run" / CHECKPOINT_NAME).read_bytes()
+    log = (tmp_path / "run" / "log.csv").read_text()
+    with pytest.raises(InvalidInputError, match=r"holds a run already .* --resume --run-dir "):
+        pretrain(replace(config, steps=20), progress=False)
+    assert (tmp_path / "run" / CHECKPOINT_NAME).read_bytes() == checkpoint
+    assert (tmp_path / "run" / "log.csv").read_text() == log
+    resumed = pretrain(config, resume=True, stop_after=1, progress=False)
+    assert resumed.step == 3

@@ -161,6 +161,12 @@ def _pretrain(
         raise InvalidInputError(
             "a deadline is for one process (ranks could stop at different steps)"
         )
+    if not resume and (config.run_dir / CHECKPOINT_NAME).exists():
+        raise InvalidInputError(
+            f"run folder {str(config.run_dir)!r} holds a run already ({CHECKPOINT_NAME}): continue "
+            f"it with protssl pretrain --resume --run-dir {config.run_dir}, or give another "
+            "--run-dir (or remove that folder) to start a new one"
+        )  # starting over here would overwrite its checkpoint and log
     lock = _run_lock(config.run_dir) if place.leader else None
     try:
         run = _Run(config, place, resume=resume, command=command)
