@@ -54,6 +54,7 @@ __all__ = [
     "import_fair_esm",
     "load_model",
     "read_card",
+    "refuse_to_replace_a_model",
     "save_model",
     "update_card_training",
 ]
@@ -191,6 +192,17 @@ def _weights_only(encoder: ProteinEncoder) -> dict[str, torch.Tensor]:
         for k, v in encoder.state_dict().items()
         if not k.startswith("lm_head.embedding.")
     }
+
+
+def refuse_to_replace_a_model(directory: str | Path) -> None:
+    """A model folder a command is about to write must not hold a model already (its weights and
+    card would be replaced, and with them what its sha256 names); `--overwrite` skips this."""
+    directory = Path(directory)
+    if (directory / WEIGHTS_NAME).exists() or (directory / CARD_NAME).exists():
+        raise InvalidInputError(
+            f"model folder {str(directory)!r} holds a model already: give another folder, or "
+            "--overwrite to replace it"
+        )
 
 
 def save_model(

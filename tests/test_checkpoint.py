@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from protssl.checkpoint import (
     save_model,
     update_card_training,
 )
+from protssl.cli import main
 from protssl.errors import (
     CheckpointError,
     InvalidInputError,
@@ -76,6 +78,25 @@ def test_fair_esm_pickle_needs_trust_or_allowed_hash(tiny_model_dir: Path, tmp_p
         atol=1e-6,
     )
     assert imported.config.num_layers == 2
+
+
+def test_import_esm_into_a_folder_holding_a_model_is_refused_without_overwrite(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It wrote over whatever model was there (the shipped one, given as the folder by mistake)."""
+    pt = tmp_path / "esm2_t2_tiny.pt"
+    export_fair_esm(load_model(tiny_model_dir, dtype="float32").encoder, pt)
+    there = tmp_path / "there"
+    shutil.copytree(tiny_model_dir, there)
+    before = {f.name: f.read_bytes() for f in there.iterdir()}
+    argv = ["import-esm", str(pt), str(there), "--allow-sha256", file_sha256(pt)]
+    assert main(argv) == 2
+    assert "holds a model already: give another folder, or --overwrite" in capsys.readouterr().err
+    assert {f.name: f.read_bytes() for f in there.iterdir()} == before
+    assert main([*argv, "--overwrite"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["sha256"] == file_sha256(
+        there / "model.safetensors"
+    )
 
 
 def test_unknown_model_names_the_choices(tmp_path: Path) -> None:

@@ -29,6 +29,9 @@ def test_a_stopped_run_exports_its_checkpoint(tmp_path: Path, sample_fasta: Path
     assert card["corpus_records"] == {"train": len(corpus.train), "val": len(corpus.val)}
     for key, value in stopped.encoder.state_dict().items():
         assert torch.equal(model.encoder.state_dict()[key], value), key
+    with pytest.raises(InvalidInputError, match=r"'.*at5' holds a model already"):
+        export_checkpoint(tmp_path / "run", tmp_path / "at5")
+    assert export_checkpoint(tmp_path / "run", tmp_path / "at5", overwrite=True) == exported
     blocker = tmp_path / "a-file"
     blocker.write_text("in the way")
     with pytest.raises(InvalidInputError, match=r"model folder '.*a-file/m': cannot create it"):

@@ -14,6 +14,7 @@ __all__ = ["COMMANDS"]
 def _build(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="fair-esm .pt, e.g. esm2_t6_8M_UR50D.pt")
     parser.add_argument("output", help="folder to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace a model already there")
     add_trust_args(parser)
     parser.set_defaults(func=_import)
 
@@ -28,8 +29,10 @@ COMMANDS = (
 
 
 def _import(args: argparse.Namespace) -> int:
-    from protssl.checkpoint import import_fair_esm, save_model
+    from protssl.checkpoint import import_fair_esm, refuse_to_replace_a_model, save_model
 
+    if not args.overwrite:
+        refuse_to_replace_a_model(args.output)
     encoder, card = import_fair_esm(
         args.checkpoint, trust_pickle=args.trust_pickle, allowed_sha256=args.allow_sha256
     )

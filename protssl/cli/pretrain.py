@@ -175,6 +175,7 @@ def _lease(args: argparse.Namespace) -> int:
 def _build_export(e: argparse.ArgumentParser) -> None:
     e.add_argument("run_dir", type=Path, help="folder of the run")
     e.add_argument("out_dir", type=Path, help="model folder to write")
+    e.add_argument("--overwrite", action="store_true", help="replace a model already in out_dir")
     e.set_defaults(func=_export)
 
 
@@ -307,7 +308,7 @@ def _launch_torchrun(nproc: int) -> int:
 def _export(args: argparse.Namespace) -> int:
     from protssl.pretrain import export_checkpoint
 
-    out = export_checkpoint(args.run_dir, args.out_dir)
+    out = export_checkpoint(args.run_dir, args.out_dir, overwrite=args.overwrite)
     log.info("model written to %s", out)
     return 0
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from protssl.checkpoint import save_model
+from protssl.checkpoint import refuse_to_replace_a_model, save_model
 from protssl.model import ProteinEncoder, resolve_dtype
 from protssl.pretrain.config import PretrainConfig
 from protssl.pretrain.data import TrainingCorpus, load_corpus, validation_batches
@@ -97,14 +97,21 @@ def export_model(
 
 
 def export_checkpoint(
-    run_dir: str | Path, directory: str | Path, *, extra: Mapping[str, Any] | None = None
+    run_dir: str | Path,
+    directory: str | Path,
+    *,
+    extra: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Export a run's last checkpoint (e.g. one stopped by SIGTERM) as a model folder with its card.
 
     Validation and the unigram baseline are recomputed on the checkpoint's held-out split; `extra`
-    is merged into the card's `training` section.
+    is merged into the card's `training` section. A folder holding a model is refused unless
+    `overwrite`.
     """
     run_dir, directory = Path(run_dir), Path(directory)
+    if not overwrite:
+        refuse_to_replace_a_model(directory)
     state = load_checkpoint(run_dir / CHECKPOINT_NAME)
     config = config_from_state(state)
     encoder = ProteinEncoder(config.model_config)

@@ -197,7 +197,7 @@ def run_lease(
     )
     model_dir = result.model_dir
     if model_dir is None:
-        model_dir = export_checkpoint(sized.run_dir, sized.run_dir / MODEL_SUBDIR)
+        model_dir = export_checkpoint(sized.run_dir, sized.run_dir / MODEL_SUBDIR, overwrite=True)
     update_card_training(
         model_dir,
         {
