@@ -32,7 +32,13 @@ from protssl._proto import protssl_pb2_grpc as pb_grpc
 from protssl.auth import TOKEN_ENV
 from protssl.embedding import Embedding
 from protssl.errors import InvalidInputError, ProtsslError, error_for_status
-from protssl.fasta import FastaPolicy, ProteinRecord, read_fasta, validate_fasta
+from protssl.fasta import (
+    FastaPolicy,
+    ProteinRecord,
+    read_fasta,
+    refuse_one_string,
+    validate_fasta,
+)
 from protssl.progress import progress_bar
 from protssl.wire import (
     CLASSIFIER_METHOD,
@@ -155,7 +161,15 @@ def _sequences(
 def _sequence_fields(
     items: Iterable[str | ProteinRecord] | Mapping[str, str], ids: Sequence[str] | None
 ) -> Iterator[dict[str, str]]:
-    """`_sequences`, item by item: `items` is read lazily (a stream may be longer than memory)."""
+    """`_sequences`, item by item: `items` is read lazily (a stream may be longer than memory);
+    one string instead of a list is refused at once."""
+    refuse_one_string(items)
+    return _fields_of(items, ids)
+
+
+def _fields_of(
+    items: Iterable[str | ProteinRecord] | Mapping[str, str], ids: Sequence[str] | None
+) -> Iterator[dict[str, str]]:
     if isinstance(items, Mapping):
         yield from ({"id": k, "sequence": v} for k, v in items.items())
         return

@@ -48,6 +48,7 @@ __all__ = [
     "read_fasta",
     "read_fasta_range",
     "records_from_sequences",
+    "refuse_one_string",
     "validate_fasta",
 ]
 
@@ -380,6 +381,30 @@ def read_fasta_range(
     yield from _records(parsed, source, policy or FastaPolicy(), stats or ReadStats())
 
 
+def refuse_one_string(sequences: object, what: str = "sequences") -> None:
+    """A str is iterable, so one sequence (or a file's path) given where a list belongs would be
+    taken residue by residue, each letter a protein of its own: refused, saying what to give."""
+    if not isinstance(sequences, str | bytes):
+        return
+    text = sequences.decode(errors="replace") if isinstance(sequences, bytes) else sequences
+    if text.endswith((".fasta", ".fa", ".faa", ".gz")) or _is_file(text):
+        raise InvalidInputError(
+            f"{what} is one string, the name of a file ({text!r}): give its records, "
+            "protssl.read_fasta(path) (or the client's embed_fasta)"
+        )
+    raise InvalidInputError(
+        f"{what} is one string, not a list of them: give [sequence] for one sequence (a string "
+        "would be read residue by residue, each letter a protein)"
+    )
+
+
+def _is_file(text: str) -> bool:
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):  # a name too long for a path, a NUL in it
+        return False
+
+
 def records_from_sequences(
     sequences: Iterable[str | ProteinRecord],
     *,
@@ -392,6 +417,7 @@ def records_from_sequences(
     An id is taken as given, spaces included: there is no header to parse (labels come from records).
     Sequences that break the policy raise one FastaFormatError naming them all (by problem).
     """
+    refuse_one_string(sequences)
     items = list(sequences)
     id_list = list(ids) if ids is not None else None
     if id_list is not None and len(id_list) != len(items):

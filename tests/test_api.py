@@ -5,8 +5,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import protssl
+from protssl.errors import InvalidInputError
 
 
 def test_all_is_sorted_and_complete() -> None:
@@ -68,3 +70,23 @@ def test_embed_keeps_input_order_and_matches_records(
         assert rows.shape == (len(record), 64)
         np.testing.assert_allclose(rows.mean(0), mean, atol=1e-5)
     assert result.provenance[0].model_sha256 == model.sha256
+
+
+def test_one_string_instead_of_a_list_is_refused_not_read_letter_by_letter(
+    tiny_model_dir: Path, sample_fasta: Path
+) -> None:
+    """`protssl.embed("MKT...")` gave one vector per residue, each letter taken for a protein."""
+    model = protssl.load_model(tiny_model_dir, dtype="float32")
+    sequence = next(r.sequence for r in protssl.read_fasta(sample_fasta) if len(r) < 60)
+    with pytest.raises(InvalidInputError, match=r"one string, not a list .* \[sequence\]"):
+        protssl.embed(sequence, model=model)
+    with pytest.raises(
+        InvalidInputError, match=r"the name of a file .* protssl.read_fasta\(path\)"
+    ):
+        protssl.embed(str(sample_fasta), model=model)
+    assert protssl.embed([sequence], model=model).vectors.shape == (1, 64)
+    with (
+        protssl.Client("127.0.0.1:9", retries=0) as client,  # refused before any call is made
+        pytest.raises(InvalidInputError, match="one string, not a list"),
+    ):
+        client.embed_stream(sequence)
