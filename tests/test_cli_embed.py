@@ -245,6 +245,10 @@ def test_user_errors_are_one_line_before_any_work(
     assert json.loads(stdout.splitlines()[-1])["records"] == 0 and not Path(out).exists()
     for url, said in [
         (f"sqlite:///{a_file}/s.sqlite3", "cannot create its folder"),
+        (
+            f"sqlite:///{a_file}/s.sqlite3",
+            "give another store (--db URL, or PROTSSL_DATABASE_URL) or none (--no-cache)",
+        ),
         (f"sqlite:///{tmp_path}", "is a folder"),
     ]:
         args = ["embed", str(fasta), "-o", out, "--model", str(tiny_model_dir), "--db", url]

@@ -94,6 +94,9 @@ def _configure_postgresql(engine: Engine, *, statement_timeout_ms: int) -> None:
         dbapi_connection.commit()
 
 
+_ELSEWHERE = "give another store (--db URL, or PROTSSL_DATABASE_URL) or none (--no-cache)"
+
+
 def _prepare_sqlite_file(path: Path) -> None:
     """Create a SQLite file's folder; a path that cannot hold a database is one clear error."""
     if path.is_dir():
@@ -103,11 +106,12 @@ def _prepare_sqlite_file(path: Path) -> None:
     except OSError as exc:
         raise InvalidInputError(
             f"SQLite database {str(path)!r}: cannot create its folder {str(path.parent)!r} "
-            f"({exc.strerror})"
+            f"({exc.strerror}); {_ELSEWHERE}"
         ) from None
     if not path.exists() and not os.access(path.parent, os.W_OK | os.X_OK):
         raise InvalidInputError(
-            f"SQLite database {str(path)!r}: folder {str(path.parent)!r} is not writable"
+            f"SQLite database {str(path)!r}: folder {str(path.parent)!r} is not writable; "
+            f"{_ELSEWHERE}"
         )
 
 
