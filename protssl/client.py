@@ -356,7 +356,7 @@ class Client:
         The file is checked whole first: records that break `policy` raise one FastaFormatError
         naming them (file, record, position) before anything is sent. From stdin (`-`), read as it
         comes, the first one raises once the records before it are back (the server caches those)."""
-        validate_fasta(path, policy=policy)
+        validate_fasta(path, policy=policy, progress=progress)
         fields = _sequence_fields(read_fasta(path, policy=policy), None)
         options = self._options(model, pooling, layer, dtype)
         return self._stream(fields, options, chunk, progress, f"embed {Path(path).name}", timeout)

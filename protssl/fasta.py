@@ -34,6 +34,7 @@ from Bio.SeqIO.FastaIO import SimpleFastaParser
 
 from protssl.alphabet import RESIDUES
 from protssl.errors import FastaFormatError, InvalidInputError
+from protssl.progress import progress_bar
 
 __all__ = [
     "UTF8_BOM",
@@ -313,15 +314,25 @@ def read_fasta(
 
 
 def check_fasta(
-    path: str | Path, *, policy: FastaPolicy | None = None, named_per_problem: int = 3
+    path: str | Path,
+    *,
+    policy: FastaPolicy | None = None,
+    named_per_problem: int = 3,
+    progress: bool = False,
 ) -> FastaCheck:
     """Read a whole FASTA file once, as `read_fasta` would, and find every record that breaks
-    `policy` instead of stopping at the first: a job checks its input before any model work."""
+    `policy` instead of stopping at the first: a job checks its input before any model work.
+    With `progress`, a count of records read shows once the check has taken a second."""
     policy = policy or FastaPolicy()
     stats = ReadStats()
     check = FastaCheck(0, 0, 0)
-    for _ in _read_file(path, policy, stats, partial(check.note, named=named_per_problem)):
-        pass
+    records = _read_file(path, policy, stats, partial(check.note, named=named_per_problem))
+    bar = progress_bar(
+        desc="check", unit="records", unit_scale=True, delay=1.0, disable=not progress
+    )
+    with bar:
+        for _ in records:
+            bar.update()
     return replace(
         check,
         headers=stats.records + stats.skipped + sum(check.counts.values()),
@@ -330,12 +341,14 @@ def check_fasta(
     )
 
 
-def validate_fasta(path: str | Path, *, policy: FastaPolicy | None = None) -> FastaCheck | None:
+def validate_fasta(
+    path: str | Path, *, policy: FastaPolicy | None = None, progress: bool = False
+) -> FastaCheck | None:
     """`check_fasta` raising its error, before any model work: a job that would stop hours in on a
     bad record stops now, every bad record named. None for stdin (`-`), read once as it comes."""
     if str(path) == "-":
         return None
-    check = check_fasta(path, policy=policy)
+    check = check_fasta(path, policy=policy, progress=progress)
     if (error := check.error()) is not None:
         raise error
     return check

@@ -164,7 +164,7 @@ def _embed(args: argparse.Namespace) -> int:
     run = None
     try:
         # every bad record found before any model work; the job's total and the progress bar's
-        checked = validate_fasta(args.input, policy=policy)
+        checked = validate_fasta(args.input, policy=policy, progress=not args.no_progress)
         if store is not None:
             spec = embed_job_spec(
                 args.input, args.output, model, config, policy, engine=args.engine
