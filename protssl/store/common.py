@@ -24,7 +24,10 @@ from protssl.errors import InvalidInputError, StoreError, first_line
 from protssl.store.schema import Base
 
 __all__ = [
+    "DAMAGED_SQLITE",
+    "DAMAGED_SQLITE_ADVICE",
     "check_text",
+    "damaged_sqlite",
     "ensure_models",
     "ensure_sequences",
     "insert",
@@ -64,7 +67,26 @@ def unavailable(what: str, exc: SQLAlchemyError) -> StoreError:
             f"the store is full (no space left on its disk, or a quota): {what} failed; free "
             "space, or give another store (--db) or none (--no-cache)"
         )
+    if damaged_sqlite(exc):
+        return StoreError(f"{DAMAGED_SQLITE}: {what} failed; {DAMAGED_SQLITE_ADVICE}")
     return StoreError(f"the store is unavailable: {what} failed")
+
+
+DAMAGED_SQLITE = "the SQLite store is damaged, or is not a SQLite database"
+DAMAGED_SQLITE_ADVICE = (
+    "move the file away (its vectors are computed again as jobs run; its classifiers and tokens "
+    "are lost), or give another store (--db) or none (--no-cache)"
+)
+
+
+def damaged_sqlite(exc: BaseException) -> bool:
+    """SQLite's SQLITE_CORRUPT or SQLITE_NOTADB: what a file written by several hosts over a network
+    filesystem, or one that is not a database at all, gives; waiting would not help."""
+    error = getattr(exc, "orig", exc)
+    codes = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+    return isinstance(error, sqlite3.DatabaseError) and (
+        getattr(error, "sqlite_errorcode", None) in codes
+    )
 
 
 def _disk_full(error: object) -> bool:

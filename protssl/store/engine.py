@@ -29,6 +29,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from protssl.errors import InvalidInputError, StoreError, first_line
+from protssl.store.common import DAMAGED_SQLITE, DAMAGED_SQLITE_ADVICE, damaged_sqlite
 from protssl.store.config import StoreConfig
 
 __all__ = [
@@ -226,6 +227,11 @@ def current_revision(engine: Engine) -> str | None:
         with engine.connect() as connection:
             return MigrationContext.configure(connection).get_current_revision()
     except SQLAlchemyError as exc:
+        if damaged_sqlite(exc):
+            raise StoreError(
+                f"{engine.url!r}: {DAMAGED_SQLITE} ({first_line(getattr(exc, 'orig', exc))}); "
+                f"{DAMAGED_SQLITE_ADVICE}"
+            ) from None
         raise StoreError(
             f"reading the schema revision of {engine.url!r} failed: {first_line(exc)}"
         ) from exc

@@ -21,6 +21,7 @@ from protssl.store import (
     embeddings,
     sequence_sha256,
 )
+from protssl.store import engine as engines
 
 MODEL = "ab" * 32
 DIM = 64
@@ -295,3 +296,31 @@ def test_prune_empties_the_memory_layer_too(tmp_path: Path, sequences: list[str]
         assert len(store.embeddings.get_many([_key(s) for s in sequences[:5]])) == 5
         store.embeddings.prune(pooling="mean")
         assert store.embeddings.get_many([_key(s) for s in sequences[:5]]) == {}
+
+
+def test_a_damaged_sqlite_store_says_so_and_what_to_do(
+    tmp_path: Path, sequences: list[str]
+) -> None:
+    """What a SQLite file written by several hosts over NFS turns into: 'file is not a database'
+    at open, 'database disk image is malformed' on a read; both were 'unavailable' (retry)."""
+    not_a_database = tmp_path / "notes.db"
+    not_a_database.write_text("my notes, not a database\n")
+    with pytest.raises(
+        StoreError,
+        match=r"damaged, or is not a SQLite database \(file is not a database\); move the file away",
+    ):
+        Store(StoreConfig(url=f"sqlite:///{not_a_database}"))
+    path = tmp_path / "cache.db"
+    url = f"sqlite:///{path}"
+    with Store(StoreConfig(url=url)) as store:
+        store.embeddings.put_many(_items(sequences[:200]))
+        assert engines.reclaim_space(store.engine)
+    size = path.stat().st_size
+    with path.open("r+b") as damaged:  # every page after the schema's
+        damaged.seek(4096)
+        damaged.write(b"\xff" * (size - 4096))
+    with (
+        pytest.raises(StoreError, match=r"the SQLite store is damaged, .*; move the file away"),
+        Store(StoreConfig(url=url)) as store,
+    ):
+        store.embeddings.get_many([_key(s) for s in sequences[:200]])
