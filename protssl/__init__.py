@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from protssl.checkpoint import LoadedModel, load_model
     from protssl.client import Client
     from protssl.embedding import EmbedConfig, Embedding, Provenance
-    from protssl.fasta import FastaPolicy, ProteinRecord, read_fasta
+    from protssl.fasta import FastaPolicy, ProteinRecord, read_fasta, validate_fasta
 
 __version__ = "0.1.0"
 
@@ -46,6 +46,7 @@ __all__ = [
     "embed",
     "load_model",
     "read_fasta",
+    "validate_fasta",
 ]
 
 _LAZY = {
@@ -61,6 +62,7 @@ _LAZY = {
     "embed": "protssl.api",
     "load_model": "protssl.checkpoint",
     "read_fasta": "protssl.fasta",
+    "validate_fasta": "protssl.fasta",
 }
 """Public name -> the module that defines it, imported when the name is first read."""
 
