@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import datetime as dt
 import json
+import sys
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -174,6 +175,12 @@ def _prune(args: argparse.Namespace) -> int:
         if args.dry_run:
             print(f"would delete {count:,} cached vectors ({_size(nbytes)})")
             return 0
+        if count and before is not None:  # VACUUM rewrites the whole file: minutes for gigabytes
+            print(
+                f"rewriting the SQLite file ({_size(before)}) to give the space back",
+                file=sys.stderr,
+                flush=True,
+            )
         reclaimed = count > 0 and engines.reclaim_space(store.engine)
         after = _file_size(store)
     print(f"deleted {count:,} cached vectors ({_size(nbytes)})", end="")
