@@ -75,7 +75,8 @@ def test_user_errors_exit_2_with_one_line(
     missing = tmp_path / "missing"
     assert main(["--resume", "--run-dir", str(missing)]) == 2
     assert capsys.readouterr().err.startswith(
-        f"python -m protssl.pretrain: error: {missing / CHECKPOINT_NAME}: cannot read the training checkpoint ("
+        f"python -m protssl.pretrain: error: {missing}: no {CHECKPOINT_NAME} there, so no run to "
+        "continue or export"
     )
     assert main(["--resume", "--run-dir", str(tmp_path), "--lr", "0.1"]) == 2
     assert capsys.readouterr().err == (

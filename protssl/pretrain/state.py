@@ -94,6 +94,11 @@ def _running(pid: int) -> bool:
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read a training checkpoint without unpickling arbitrary objects (weights_only)."""
+    if not path.is_file():
+        raise InvalidInputError(
+            f"{path.parent}: no {path.name} there, so no run to continue or export (a run folder "
+            "holds one from its first checkpoint on; a new run takes the corpus, without --resume)"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for a bad file
