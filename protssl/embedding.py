@@ -102,7 +102,9 @@ class Embedding:
 
 @dataclass
 class CacheStats:
-    """What an `embed_records` call did: vectors computed by the model and vectors read from the cache."""
+    """What an `embed_records` call did: vectors computed by the model and vectors read from the
+    cache (records that share a sequence within a read-ahead group count as computed, each one,
+    though the model ran it once)."""
 
     computed: int = 0
     cached: int = 0
@@ -386,19 +388,20 @@ def _embed_batches(
     layers: tuple[int, ...] = (),
 ) -> Iterator[tuple[list[tuple[int, Embedding]], int]]:
     """`_embed_group` one forward at a time: the (index, embedding) pairs each forward finished,
-    and the residues it ran."""
+    and the residues it ran. A sequence that several records share (the same protein in several
+    genomes) runs once, and each of those records gets its vector."""
     encoder = model.encoder
     layers = layers or (model.resolve_layer(config.layer),)
     window_residues = encoder.config.max_residues
     provenance = expected_provenance(model, config)
-    sequences = [r.sequence for r in records]
+    firsts, copies = _distinct_sequences(records)
     stitches: dict[int, _Stitch] = {}
     batches = token_batches(
-        sequences,
+        [records[i].sequence for i in firsts],
         max_tokens=config.max_tokens,
         window_residues=window_residues,
         policy=config.window,
-        ids=[r.id for r in records],
+        ids=[records[i].id for i in firsts],
     )
     for batch, hidden in _forwards(model, batches, layers):  # hidden: (B, T, len(layers) * C)
         finished: list[tuple[int, Embedding]] = []
@@ -408,16 +411,18 @@ def _embed_batches(
             else None
         )
         for row, window in enumerate(batch.windows):
-            record = records[window.item]
+            item = firsts[window.item]
+            record = records[item]
             length = len(record.sequence)
             if window.length == length:
                 if pooled is not None:
                     vector = pooled[row]
                 else:
                     vector = hidden[row, 1 : length + 1].numpy().copy()
-                finished.append((window.item, _embedding(record, vector, provenance, windows=1)))
+                embedding = _embedding(record, vector, provenance, windows=1)
+                finished += _with_copies(item, embedding, copies, records)
                 continue
-            stitch = stitches.get(window.item)
+            stitch = stitches.get(item)
             if stitch is None:
                 count = len(plan_windows(length, window_residues, config.window.overlap))
                 width = hidden.shape[-1]
@@ -428,17 +433,53 @@ def _embed_batches(
                     windows=count,
                     windows_left=count,
                 )
-                stitches[window.item] = stitch
+                stitches[item] = stitch
             stitch.total[window.start : window.end] += hidden[row, 1 : window.length + 1].numpy()
             stitch.count[window.start : window.end] += 1
             stitch.bos += hidden[row, 0].numpy()
             stitch.windows_left -= 1
             if stitch.windows_left == 0:
-                del stitches[window.item]
+                del stitches[item]
                 vector = _finish_stitch(stitch, config.pooling, groups=len(layers))
                 embedding = _embedding(record, vector, provenance, windows=stitch.windows)
-                finished.append((window.item, embedding))
+                finished += _with_copies(item, embedding, copies, records)
         yield finished, batch.residues
+
+
+def _distinct_sequences(
+    records: Sequence[ProteinRecord],
+) -> tuple[list[int], dict[int, list[int]]]:
+    """The index of each distinct sequence's first record, and for each of those the later
+    records with the same sequence."""
+    first_of: dict[str, int] = {}
+    firsts: list[int] = []
+    copies: dict[int, list[int]] = {}
+    for index, record in enumerate(records):
+        first = first_of.setdefault(record.sequence, index)
+        if first == index:
+            firsts.append(index)
+        else:
+            copies.setdefault(first, []).append(index)
+    return firsts, copies
+
+
+def _with_copies(
+    item: int,
+    embedding: Embedding,
+    copies: dict[int, list[int]],
+    records: Sequence[ProteinRecord],
+) -> list[tuple[int, Embedding]]:
+    """A finished record's (index, embedding), then one for each record that shares its sequence."""
+    out = [(item, embedding)]
+    for other in copies.get(item, ()):
+        twin = records[other]
+        out.append(
+            (
+                other,
+                replace(embedding, id=twin.id, labels=twin.labels, vector=embedding.vector.copy()),
+            )
+        )
+    return out
 
 
 def _forwards(

@@ -7,11 +7,12 @@ import pytest
 
 from protssl.batching import WindowPolicy
 from protssl.checkpoint import load_model
-from protssl.embedding import EmbedConfig, embed_records, embed_records_layers
+from protssl.embedding import CacheStats, EmbedConfig, embed_records, embed_records_layers
 from protssl.errors import SequenceTooLongError
 from protssl.fasta import ProteinRecord, read_fasta
 from protssl.model import PRESETS
 from protssl.pooling import SEGMENTS, segment_bounds
+from protssl.store import Store, StoreConfig
 
 
 def _records(sample_fasta: Path, n: int, max_len: int = 62) -> list[ProteinRecord]:
@@ -197,3 +198,36 @@ def test_the_cards_recommended_layer_is_the_default_in_process_and_over_grpc(
     assert {e.provenance.layer for e in last.embeddings} == {2}
     for record_id, vector in vectors(unset).items():
         np.testing.assert_allclose(vector, layer1[record_id], atol=1e-6)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "per-residue"])
+def test_a_sequence_shared_by_several_records_runs_once_and_each_gets_its_vector(
+    tiny_model_dir: Path, sample_fasta: Path, tmp_path: Path, pooling: str
+) -> None:
+    """The same proteins in two genomes (new ids and labels), one of them long enough for windows:
+    the model runs each sequence once; every record gets the vector a run without the twins gives."""
+    model = load_model(tiny_model_dir, dtype="float32")
+    config = EmbedConfig(pooling=pooling, window=WindowPolicy(overlap=16))
+    genome = [
+        *_records(sample_fasta, 12),
+        next(r for r in read_fasta(sample_fasta) if len(r) > 200),
+    ]
+    twins = [ProteinRecord(f"{r.id}_b", r.sequence, ("strain-b",)) for r in genome]
+    ran: list[int] = []
+    both = {e.id: e for e in embed_records(genome + twins, model, config, on_batch=ran.append)}
+    alone: list[int] = []
+    once = {e.id: e for e in embed_records(genome, model, config, on_batch=alone.append)}
+    assert sum(ran) == sum(alone)  # the twins ran no forward of their own
+    assert len(both) == 2 * len(genome)
+    for record, twin in zip(genome, twins, strict=True):
+        np.testing.assert_array_equal(both[record.id].vector, once[record.id].vector)
+        np.testing.assert_array_equal(both[twin.id].vector, once[record.id].vector)
+        assert both[twin.id].labels == ("strain-b",) and both[twin.id].length == len(record)
+        assert both[twin.id].vector is not both[record.id].vector
+    stats = CacheStats()
+    with Store(StoreConfig(url=f"sqlite:///{tmp_path / 'c.db'}")) as store:
+        records = embed_records(genome + twins, model, config, cache=store.embeddings, stats=stats)
+        cached = {e.id: e for e in records}
+        assert store.embeddings.count() == len(genome)
+    assert (stats.computed, stats.cached) == (2 * len(genome), 0)
+    np.testing.assert_array_equal(cached[twins[-1].id].vector, once[genome[-1].id].vector)
