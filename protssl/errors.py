@@ -30,6 +30,7 @@ error's class name, so the SDK raises the same class the server raised, not just
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "ERROR_TABLE",
@@ -116,6 +117,24 @@ class FastaFormatError(InvalidInputError):
         """What is wrong, without where: the same for records with the same problem."""
         self.hint = hint
         """What to do about it (the policy that would let it pass), or None."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled with its fields (a Ray actor's error crosses processes so): the default passes
+        only the message back to `__init__`, which needs `source` too."""
+        fields = {
+            "source": self.source,
+            "record_id": self.record_id,
+            "position": self.position,
+            "record_index": self.record_index,
+            "hint": self.hint,
+        }
+        return (_rebuild, (type(self), self.message, fields))
+
+
+def _rebuild(
+    kind: type[FastaFormatError], message: str, fields: dict[str, Any]
+) -> FastaFormatError:
+    return kind(message, **fields)
 
 
 class SequenceTooLongError(InvalidInputError):

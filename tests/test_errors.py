@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 
 from protssl import errors
@@ -68,3 +70,20 @@ def test_first_line_quotes_the_first_non_blank_line_or_the_type() -> None:
     assert errors.first_line(OSError("\n  refused  \nmore")) == "refused"
     assert errors.first_line(TimeoutError()) == "TimeoutError"
     assert errors.first_line(ValueError(" \n ")) == "ValueError"
+
+
+def test_a_fasta_error_survives_pickling_with_its_fields() -> None:
+    """How an error leaves a Ray actor; the default pickling gave `__init__` the message alone and
+    the unpickling itself failed (missing `source`)."""
+    error = FastaFormatError(
+        "invalid residue '-' (an alignment gap)",
+        source="shard.fasta",
+        record_id="P1",
+        position=4,
+        record_index=2,
+        hint="gaps strip removes the gaps",
+    )
+    again = pickle.loads(pickle.dumps(error))
+    assert type(again) is FastaFormatError and str(again) == str(error)
+    fields = ("source", "record_id", "position", "record_index", "hint", "message", "where")
+    assert [getattr(again, f) for f in fields] == [getattr(error, f) for f in fields]
