@@ -61,7 +61,8 @@ def _build(parser: argparse.ArgumentParser) -> None:
         "--model",
         action="append",
         metavar="NAME|SHA256",
-        help="a model's name or the start of its sha256 (as `db stats` shows it); repeatable",
+        help="a model's name or the start of its sha256 (6+ characters, as `db stats` shows "
+        "it); repeatable",
     )
     prune.add_argument("--pooling", choices=POOLINGS, help="only vectors of this pooling")
     prune.add_argument(

@@ -322,10 +322,12 @@ class EmbeddingCache:
         ]
 
     def models_named(self, model: str) -> list[tuple[str, str]]:
-        """(sha256, name) of the models whose name is `model` or whose sha256 starts with it."""
-        query = select(_MODELS.c.sha256, _MODELS.c.name).where(
-            (_MODELS.c.name == model) | _MODELS.c.sha256.startswith(model.lower(), autoescape=True)
-        )
+        """(sha256, name) of the models whose name is `model` or whose sha256 starts with it (six
+        characters at least: an empty or short prefix would name every model)."""
+        named = _MODELS.c.name == model
+        if len(model) >= 6:
+            named |= _MODELS.c.sha256.startswith(model.lower(), autoescape=True)
+        query = select(_MODELS.c.sha256, _MODELS.c.name).where(named)
         with common.store_errors("reading the store's models"), self._engine.connect() as db:
             return [(sha, name) for sha, name in db.execute(query)]
 

@@ -265,6 +265,7 @@ def test_summary_and_prune_by_model_pooling_and_age(store: Store, sequences: lis
     assert groups[(MODEL, "mean")].bytes == 100 * DIM * 4
     assert store.embeddings.models_named(other[:10]) == [(other, f"sha256:{other[:12]}")]
     assert store.embeddings.models_named("ef") == []
+    assert store.embeddings.models_named("") == store.embeddings.models_named(other[:5]) == []
     with store.engine.begin() as connection:  # a month ago: the first ten mean vectors of MODEL
         connection.execute(
             text(
