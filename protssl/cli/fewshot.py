@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import sys
 from collections.abc import Iterator, Sequence
@@ -209,10 +210,12 @@ def _read(path: str, args: argparse.Namespace, *, labelled: bool) -> list[Protei
     return records
 
 
-def _bar(records: Sequence[ProteinRecord]) -> tqdm[Any]:
+def _bar(records: Sequence[ProteinRecord] | None, total: int | None = None) -> tqdm[Any]:
+    """The embedding progress bar, over `records`' residues (or `total`, when they come later)."""
     from protssl.progress import progress_bar
 
-    total = sum(len(r) for r in records)
+    if records is not None:
+        total = sum(len(r) for r in records)
     return progress_bar(total=total, unit="res", unit_scale=True, desc="embedding")
 
 
@@ -338,39 +341,79 @@ def _output(path: str | None) -> Iterator[TextIO]:
         yield handle
 
 
+CLASSIFY_CHUNK = 5000
+"""Records `classify` reads, embeds and writes at a time: a metagenome's proteins never sit in memory
+together, and what is done is written as it goes."""
+
+
 def _classify(args: argparse.Namespace) -> int:
     from protssl.embedding import CacheStats
+    from protssl.fasta import read_fasta, validate_fasta
     from protssl.fewshot import classify_records, load_classifier
 
     if args.output is not None:
         check_can_create(Path(args.output))
-    records = _read(args.input, args, labelled=False)
+    policy = fasta_policy(args)
+    checked = validate_fasta(args.input, policy=policy)  # every bad record named, before any work
+    if checked is not None and checked.records == 0:
+        raise InvalidInputError(f"{args.input}: no records")
     stats = CacheStats()
     with open_store(args) as store:
         classifier, _ = load_classifier(store, args.name, args.version)
         model = load_model(args)
-        with _bar(records) as bar:
-            predictions = classify_records(
-                classifier, records, model, on_batch=bar.update, cache=store.embeddings, stats=stats
-            )
+        total = checked.residues if checked is not None else None
+        with _bar(None, total) as bar, _output(args.output) as out:
+            table = _PredictionTable(out, args.format)
+            records = read_fasta(args.input, policy=policy)
+            while chunk := list(itertools.islice(records, CLASSIFY_CHUNK)):
+                table.write(
+                    classify_records(
+                        classifier,
+                        chunk,
+                        model,
+                        on_batch=bar.update,
+                        cache=store.embeddings,
+                        stats=stats,
+                    )
+                )
+            if table.rows == 0:
+                raise InvalidInputError(f"{args.input}: no records")
+            table.close()
     _print_stats(stats)
-    with _output(args.output) as out:
-        _write_predictions(out, predictions, args.format)
     return 0
 
 
-def _write_predictions(out: TextIO, predictions: Sequence[Prediction], fmt: str) -> None:
-    if fmt == "json":
-        json.dump([p.as_dict() for p in predictions], out, indent=1)
-        out.write("\n")
-        return
-    columns = ("id", "label", "probability", "status", "top_label", "top_probability")
-    out.write("\t".join(columns) + "\tnearest_similarity\n")
-    for p in predictions:
-        out.write(
-            f"{p.id}\t{p.label}\t{p.probability:.4f}\t{p.status}\t{p.top_label}\t"
-            f"{p.top_probability:.4f}\t{p.nearest_similarity:.4f}\n"
-        )
+class _PredictionTable:
+    """Predictions written as they come: TSV rows under one header, or one JSON list."""
+
+    def __init__(self, out: TextIO, fmt: str) -> None:
+        self.out, self.fmt, self.rows = out, fmt, 0
+
+    def write(self, predictions: Sequence[Prediction]) -> None:
+        for p in predictions:
+            if self.fmt == "json":
+                self.out.write("[\n" if self.rows == 0 else ",\n")
+                self.out.write(json.dumps(p.as_dict(), indent=1))
+            else:
+                if self.rows == 0:
+                    columns = (
+                        "id",
+                        "label",
+                        "probability",
+                        "status",
+                        "top_label",
+                        "top_probability",
+                    )
+                    self.out.write("\t".join(columns) + "\tnearest_similarity\n")
+                self.out.write(
+                    f"{p.id}\t{p.label}\t{p.probability:.4f}\t{p.status}\t{p.top_label}\t"
+                    f"{p.top_probability:.4f}\t{p.nearest_similarity:.4f}\n"
+                )
+            self.rows += 1
+
+    def close(self) -> None:
+        if self.fmt == "json":
+            self.out.write("\n]\n")
 
 
 def _print_metrics(metrics: dict[str, Any]) -> None:

@@ -6,10 +6,12 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from protssl.checkpoint import LoadedModel
+from protssl.cli import fewshot as fewshot_cli
 from protssl.cli import main
 from protssl.errors import InvalidInputError
 from protssl.evaluation import evaluate_episodes, evaluate_split
@@ -118,6 +120,7 @@ def test_classifier_saved_in_the_store_predicts_the_same_in_a_new_process(
     windowed_model_dir: Path,
     is_split: tuple[list[ProteinRecord], list[ProteinRecord]],
     capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     support, query = is_split[0][:24], is_split[1][:12]
     support_file = write_fasta(tmp_path / "support.fasta", support)
@@ -139,6 +142,20 @@ def test_classifier_saved_in_the_store_predicts_the_same_in_a_new_process(
     there = json.loads(done.stdout)
     assert there == here
     assert [p["id"] for p in there] == [r.id for r in query]
+    with monkeypatch.context() as patch:  # read, embedded and written 5 records at a time
+        patch.setattr(fewshot_cli, "CLASSIFY_CHUNK", 5)
+        assert run_cli(["classify", "tfam", str(query_file), "--format", "json", *common]) == 0
+        _same_predictions(json.loads(capsys.readouterr().out), here)  # batches differ: 1e-5
+        chunked = tmp_path / "chunked.tsv"
+        assert run_cli(["classify", "tfam", str(query_file), "-o", str(chunked), *common]) == 0
+    whole = tmp_path / "whole.tsv"
+    assert run_cli(["classify", "tfam", str(query_file), "-o", str(whole), *common]) == 0
+    rows = [line.split("\t") for line in whole.read_text().splitlines()]
+    chunked_rows = [line.split("\t") for line in chunked.read_text().splitlines()]
+    assert len(rows) == len(chunked_rows) == 1 + len(query) and rows[0] == chunked_rows[0]
+    for row, other in zip(rows[1:], chunked_rows[1:], strict=True):
+        assert row[:2] + row[3:5] == other[:2] + other[3:5]  # id, label, status, top label
+        assert float(row[2]) == pytest.approx(float(other[2]), abs=2e-4)
 
     # adding examples makes version 2; version 1 still loads and predicts as before
     more = write_fasta(tmp_path / "more.fasta", is_split[0][24:40])
@@ -222,3 +239,15 @@ def test_classifier_create_names_every_bad_record_of_its_fasta_before_any_work(
     assert f"record {stops[0].id!r} (#1) at position" in err[0]
     assert f"and {len(stops) - 3} more" in err[0]
     assert not store.exists()
+
+
+def _same_predictions(got: list[dict[str, Any]], expected: list[dict[str, Any]]) -> None:
+    """The same decisions in the same order, probabilities to float32 batch noise."""
+    assert [p["id"] for p in got] == [p["id"] for p in expected]
+    for a, b in zip(got, expected, strict=True):
+        assert (a["labels"], a["status"], a["top_label"]) == (
+            b["labels"],
+            b["status"],
+            b["top_label"],
+        )
+        assert a["probability"] == pytest.approx(b["probability"], abs=1e-4)
