@@ -20,6 +20,7 @@ from __future__ import annotations
 import codecs
 import gzip
 import io
+import logging
 import re
 import sys
 import zlib
@@ -52,6 +53,8 @@ __all__ = [
     "refuse_one_string",
     "validate_fasta",
 ]
+
+log = logging.getLogger(__name__)
 
 OnInvalid = Literal["fail", "skip", "replace"]
 OnProblem = Literal["fail", "skip"]
@@ -125,6 +128,8 @@ class ReadStats:
     skipped_empty: int = 0
     skipped_duplicate: int = 0
     replaced_residues: int = 0
+    gapped_replaced: int = 0
+    """Records whose alignment gaps `replace` made X (what `gaps strip` would have removed)."""
     skipped_ids: list[str] = field(default_factory=list)
 
     @property
@@ -147,6 +152,8 @@ class FastaCheck:
     """Per problem (duplicate id, invalid residue '-'...), the first few records with it, in file order."""
     counts: dict[str, int] = field(default_factory=dict)
     """Per problem, all the records with it."""
+    gapped_replaced: int = 0
+    """Records whose alignment gaps `on_invalid replace` makes X (`gaps strip` would remove them)."""
 
     def note(self, problem: FastaFormatError, *, named: int = 3) -> None:
         """Count a record that breaks the policy, and keep it when fewer than `named` of its kind are."""
@@ -338,6 +345,7 @@ def check_fasta(
         headers=stats.records + stats.skipped + sum(check.counts.values()),
         records=stats.records,
         residues=stats.residues,
+        gapped_replaced=stats.gapped_replaced,
     )
 
 
@@ -351,6 +359,13 @@ def validate_fasta(
     check = check_fasta(path, policy=policy, progress=progress)
     if (error := check.error()) is not None:
         raise error
+    if check.gapped_replaced:
+        log.warning(
+            "%s: %d records have alignment gaps that on_invalid replace makes X, which is not the "
+            "protein; for aligned input, gaps strip removes them instead",
+            path,
+            check.gapped_replaced,
+        )
     return check
 
 
@@ -551,6 +566,8 @@ def _judge(
     stats.records += 1
     stats.residues += len(sequence)
     stats.replaced_residues += replaced
+    if replaced and policy.gaps == "invalid" and ("-" in raw or "." in raw):
+        stats.gapped_replaced += 1
     labels = parse_labels(description) if given_labels is None else given_labels
     return ProteinRecord(record_id, sequence, labels, description)
 

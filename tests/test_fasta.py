@@ -107,7 +107,7 @@ def test_one_bad_record_is_its_own_error_and_a_clean_file_none(
 
 
 def test_gaps_strip_reads_an_alignment_as_its_unaligned_sequences(
-    shared_file: Callable[..., Path], tmp_path: Path
+    shared_file: Callable[..., Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A real Pfam seed alignment written as aligned FASTA: with gaps strip, the sequences are those
     of pfam_seed_small.fasta (made from it by removing gaps and uppercasing)."""
@@ -123,6 +123,15 @@ def test_gaps_strip_reads_an_alignment_as_its_unaligned_sequences(
     seeds = read_fasta(shared_file("families/pfam_seed_small.fasta"))
     expected = {r.id: r.sequence for r in seeds if r.labels == ("fn3",)}
     assert len(stripped) > 50 and stripped == expected
+    with caplog.at_level("WARNING", logger="protssl.fasta"):
+        replaced = validate_fasta(aligned, policy=FastaPolicy(on_invalid="replace"))
+        assert replaced is not None and replaced.gapped_replaced == len(expected)
+        assert f"{len(expected)} records have alignment gaps that on_invalid replace makes X" in (
+            caplog.text
+        )
+        caplog.clear()
+        validate_fasta(aligned, policy=FastaPolicy(on_invalid="replace", gaps="strip"))
+        assert caplog.text == ""
     stops = ">a\nMK-V*\n>b\nMK*V\n"
     both = tmp_path / "both.fasta"
     both.write_text(stops)
