@@ -197,6 +197,11 @@ class ServiceError(ProtsslError):
         super().__init__(message)
         self.code = code
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled with its status: the default passes the message alone back to `__init__`, and a
+        plain ServiceError came back INTERNAL whatever it was."""
+        return (_rebuild_service_error, (type(self), str(self), self.code))
+
 
 class UnavailableError(ServiceError):
     """A server could not be reached: protssl's (still UNAVAILABLE after the client's retries), or
@@ -314,3 +319,9 @@ def _construct(kind: type[ProtsslError], message: str, status: str) -> ProtsslEr
     if kind is ServiceError:
         return ServiceError(message, code=status)
     return kind(message)
+
+
+def _rebuild_service_error(kind: type[ServiceError], message: str, code: str) -> ServiceError:
+    error = ServiceError.__new__(kind)
+    ServiceError.__init__(error, message, code=code)
+    return error

@@ -87,3 +87,14 @@ def test_a_fasta_error_survives_pickling_with_its_fields() -> None:
     assert type(again) is FastaFormatError and str(again) == str(error)
     fields = ("source", "record_id", "position", "record_index", "hint", "message", "where")
     assert [getattr(again, f) for f in fields] == [getattr(error, f) for f in fields]
+
+
+def test_service_errors_survive_pickling_with_their_status() -> None:
+    """A plain ServiceError's status came back INTERNAL, whatever it was."""
+    for error in (
+        errors.ServiceError("busy", code="RESOURCE_EXHAUSTED"),
+        errors.UnavailableError("down"),
+        errors.DeadlineExceededError("late"),
+    ):
+        again = pickle.loads(pickle.dumps(error))
+        assert (type(again), str(again), again.code) == (type(error), str(error), error.code)
