@@ -139,12 +139,24 @@ def _check_target(target: str) -> None:
 def _examples(
     items: Iterable[ProteinRecord | tuple[str, str | Sequence[str]]],
 ) -> list[pb.LabelledSequence]:
-    """Labelled records, or (sequence, label or labels) pairs, as protobuf examples."""
+    """Labelled records, or (sequence, label or labels) pairs, as protobuf examples; anything else
+    (one string, a mapping, a bare sequence) is refused naming the example."""
+    if isinstance(items, str | bytes | Mapping):
+        what = "a mapping" if isinstance(items, Mapping) else "one string"
+        raise InvalidInputError(
+            f"examples are records or (sequence, label) pairs, not {what} (for a mapping of "
+            "sequences to labels: list(mapping.items()))"
+        )
     out = []
     for index, item in enumerate(items):
         if isinstance(item, ProteinRecord):
             out.append(pb.LabelledSequence(id=item.id, sequence=item.sequence, labels=item.labels))
             continue
+        if isinstance(item, str | bytes) or not isinstance(item, Sequence) or len(item) != 2:
+            raise InvalidInputError(
+                f"example #{index + 1}: expected a ProteinRecord or a (sequence, label or labels) "
+                f"pair, got {type(item).__name__} {str(item)[:40]!r}"
+            )
         sequence, given = item
         labels = [given] if isinstance(given, str) else list(given)
         out.append(pb.LabelledSequence(id=f"seq{index}", sequence=sequence, labels=labels))

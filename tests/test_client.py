@@ -393,3 +393,21 @@ def test_a_url_for_a_target_is_refused_saying_what_to_give(url: str, expected: s
         InvalidInputError, match=rf"^target '{re.escape(url)}' is a URL: {expected}"
     ):
         protssl.Client(url)
+
+
+@pytest.mark.parametrize(
+    ("examples", "said"),
+    [
+        ("MKTAYIAKQR", r"^examples are records or \(sequence, label\) pairs, not one string"),
+        ({"MKTAYIAKQR": "kinase"}, r"not a mapping \(.*list\(mapping.items\(\)\)\)"),
+        ([("MKV", "a"), ("MKT",)], r"^example #2: expected a ProteinRecord or a \(sequence, label"),
+        (["MKTAYIAKQR"], r"^example #1: .* got str 'MKTAYIAKQR'"),
+    ],
+)
+def test_examples_of_the_wrong_shape_are_refused_naming_the_example(examples, said) -> None:
+    """They raised a bare ValueError ('not enough values to unpack') from inside the SDK."""
+    with (
+        protssl.Client("127.0.0.1:9", retries=0) as client,  # refused before any call is made
+        pytest.raises(InvalidInputError, match=said),
+    ):
+        client.create_classifier("c", examples)
