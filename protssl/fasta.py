@@ -381,8 +381,8 @@ def _read_file(
         first = _peek_first_line(handle)
         if first is not None and not first.startswith(">"):
             raise FastaFormatError(
-                "this is not FASTA: the first non-blank line does not start with '>'"
-                + _what_it_looks_like(first),
+                "this is not FASTA: the first non-blank line does not start with '>'",
+                hint=_what_it_looks_like(first),
                 source=source,
             )
         parsed = ((title, raw, None) for title, raw in SimpleFastaParser(_prepend(first, handle)))
@@ -566,7 +566,7 @@ def _judge(
     stats.records += 1
     stats.residues += len(sequence)
     stats.replaced_residues += replaced
-    if replaced and policy.gaps == "invalid" and ("-" in raw or "." in raw):
+    if replaced and policy.gaps == "invalid" and any(gap in raw for gap in _GAP_CHARACTERS):
         stats.gapped_replaced += 1
     labels = parse_labels(description) if given_labels is None else given_labels
     return ProteinRecord(record_id, sequence, labels, description)
@@ -591,14 +591,14 @@ _OTHER_FORMATS = (
 )  # fmt: skip
 
 
-def _what_it_looks_like(first: str) -> str:
+def _what_it_looks_like(first: str) -> str | None:
     """What a file that is not FASTA seems to be, from its first line, and what to do."""
     for prefix, what in _OTHER_FORMATS:
         if first.startswith(prefix):
-            return f"; it looks like {what}"
+            return f"it looks like {what}"
     if first.strip().isalpha():
-        return "; it looks like a bare sequence: put a header line (>ID) above it"
-    return ""
+        return "it looks like a bare sequence: put a header line (>ID) above it"
+    return None
 
 
 def _peek_first_line(handle: IO[str]) -> str | None:

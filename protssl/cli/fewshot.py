@@ -210,13 +210,11 @@ def _read(path: str, args: argparse.Namespace, *, labelled: bool) -> list[Protei
     return records
 
 
-def _bar(records: Sequence[ProteinRecord] | None, total: int | None = None) -> tqdm[Any]:
-    """The embedding progress bar, over `records`' residues (or `total`, when they come later)."""
+def _bar(residues: int | None) -> tqdm[Any]:
+    """The embedding progress bar over that many residues (None: not known ahead, stdin)."""
     from protssl.progress import progress_bar
 
-    if records is not None:
-        total = sum(len(r) for r in records)
-    return progress_bar(total=total, unit="res", unit_scale=True, desc="embedding")
+    return progress_bar(total=residues, unit="res", unit_scale=True, desc="embedding")
 
 
 def _embed(
@@ -230,7 +228,7 @@ def _embed(
     from protssl.fewshot import embed_for_fewshot
 
     stats = CacheStats()
-    with _bar(records) as bar:
+    with _bar(sum(map(len, records))) as bar:
         vectors = embed_for_fewshot(
             records,
             model,
@@ -291,7 +289,7 @@ def _classifier_create(args: argparse.Namespace) -> int:
     model = load_model(args)
     stats = CacheStats()
     with open_store(args) as store:
-        with _bar(records) as bar:
+        with _bar(sum(map(len, records))) as bar:
             classifier = fit_records(
                 records,
                 model,
@@ -315,7 +313,7 @@ def _classifier_add(args: argparse.Namespace) -> int:
     records = _read(args.fasta, args, labelled=True)
     model = load_model(args)
     stats = CacheStats()
-    with open_store(args) as store, _bar(records) as bar:
+    with open_store(args) as store, _bar(sum(map(len, records))) as bar:
         stored = add_examples(store, args.name, records, model, on_batch=bar.update, stats=stats)
     _print_stats(stats)
     _print_saved(stored, FewShotClassifier.from_state(stored.params, stored.blob))
@@ -361,8 +359,8 @@ def _classify(args: argparse.Namespace) -> int:
     with open_store(args) as store:
         classifier, _ = load_classifier(store, args.name, args.version)
         model = load_model(args)
-        total = checked.residues if checked is not None else None
-        with _bar(None, total) as bar, _output(args.output) as out:
+        residues = checked.residues if checked is not None else None
+        with _bar(residues) as bar, _output(args.output) as out:
             table = _PredictionTable(out, args.format)
             records = read_fasta(args.input, policy=policy)
             while chunk := list(itertools.islice(records, CLASSIFY_CHUNK)):

@@ -82,18 +82,24 @@ DAMAGED_SQLITE_ADVICE = (
 def damaged_sqlite(exc: BaseException) -> bool:
     """SQLite's SQLITE_CORRUPT or SQLITE_NOTADB: what a file written by several hosts over a network
     filesystem, or one that is not a database at all, gives; waiting would not help."""
-    error = getattr(exc, "orig", exc)
-    codes = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
-    return isinstance(error, sqlite3.DatabaseError) and (
-        getattr(error, "sqlite_errorcode", None) in codes
+    return _sqlite_code(getattr(exc, "orig", exc)) in (
+        sqlite3.SQLITE_CORRUPT,
+        sqlite3.SQLITE_NOTADB,
     )
 
 
 def _disk_full(error: object) -> bool:
     """SQLite's SQLITE_FULL, PostgreSQL's disk_full (SQLSTATE 53100)."""
     if isinstance(error, sqlite3.Error):
-        return getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+        return _sqlite_code(error) == sqlite3.SQLITE_FULL
     return getattr(error, "sqlstate", None) == "53100"
+
+
+def _sqlite_code(error: object) -> int | None:
+    """The primary result code of a sqlite3 error (SQLITE_FULL...), else None."""
+    if not isinstance(error, sqlite3.Error):
+        return None
+    return getattr(error, "sqlite_errorcode", None)
 
 
 def check_text(value: str, what: str, *, max_length: int, empty: bool = False) -> None:

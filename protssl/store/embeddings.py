@@ -35,6 +35,8 @@ MAX_KEYS_PER_QUERY = 5000
 
 _EMBEDDINGS = Base.metadata.tables["embeddings"]
 _MODELS = Base.metadata.tables["models"]
+_VECTOR_BYTES = func.sum(func.length(_EMBEDDINGS.c.vector))
+"""Bytes of the vectors a query selects (what `db stats` shows and `db prune` frees)."""
 _LITTLE_ENDIAN = {"float32": "<f4", "float16": "<f2"}
 
 
@@ -282,7 +284,6 @@ class EmbeddingCache:
 
     def summary(self) -> list[CacheGroup]:
         """What the cache holds, per model, pooling, layer and dtype: vectors, bytes, their ages."""
-        size = func.sum(func.length(_EMBEDDINGS.c.vector))
         group = (
             _EMBEDDINGS.c.model_sha256,
             _MODELS.c.name,
@@ -295,13 +296,13 @@ class EmbeddingCache:
             select(
                 *group,
                 func.count(),
-                size,
+                _VECTOR_BYTES,
                 func.min(_EMBEDDINGS.c.created_at),
                 func.max(_EMBEDDINGS.c.created_at),
             )
             .join(_MODELS, _MODELS.c.sha256 == _EMBEDDINGS.c.model_sha256)
             .group_by(*group)
-            .order_by(size.desc())
+            .order_by(_VECTOR_BYTES.desc())
         )
         with common.store_errors("reading the cache's summary"), self._engine.connect() as db:
             rows = db.execute(query).all()
@@ -349,7 +350,7 @@ class EmbeddingCache:
             where.append(_EMBEDDINGS.c.pooling == pooling)
         if older_than is not None:
             where.append(_EMBEDDINGS.c.created_at < older_than)
-        measure = select(func.count(), func.sum(func.length(_EMBEDDINGS.c.vector))).where(*where)
+        measure = select(func.count(), _VECTOR_BYTES).where(*where)
         with (
             common.store_errors("pruning the cache"),
             engines.write_transaction(self._engine) as connection,
