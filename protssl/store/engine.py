@@ -63,6 +63,7 @@ def create_store_engine(config: StoreConfig) -> Engine:
         if database and database != ":memory:" and not database.startswith("file:"):
             path = Path(database).expanduser()
             _prepare_sqlite_file(path)
+            url = url.set(database=str(path))  # sqlite3 itself does not expand ~
             network = network_filesystem(path)
             if network is not None:
                 journal = "DELETE"

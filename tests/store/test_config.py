@@ -41,6 +41,18 @@ def test_config_checks_and_defaults(tmp_path: Path) -> None:
         assert nested.is_file()
 
 
+def test_a_sqlite_path_under_home_is_opened_where_its_folder_was_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--db sqlite:///~/x.sqlite3`: sqlite3 does not expand ~, so the store must."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    with Store(StoreConfig(url="sqlite:///~/stores/s.sqlite3")) as store:
+        assert store.engine.url.database == str(tmp_path / "home/stores/s.sqlite3")
+    assert (tmp_path / "home/stores/s.sqlite3").is_file()
+    assert not (tmp_path / "~").exists()
+
+
 # lines as a cluster node's /proc/self/mounts has them (NFS home, Lustre scratch, a local tmpfs)
 CLUSTER_MOUNTS = """\
 /dev/sda2 / ext4 rw,relatime 0 0
