@@ -32,6 +32,8 @@ LIGHT = [
     ["classifier"],
     ["classifier", "add"],
     ["classifier", "show"],
+    ["classifier", "list"],
+    ["classifier", "delete"],
     ["classify"],
     ["analyze"],
     ["serve"],

@@ -1,4 +1,5 @@
-"""CLI face of the few-shot classifiers: `classifier create|add|show`, `classify`, `fewshot-eval`.
+"""CLI face of the few-shot classifiers: `classifier create|add|show|list|delete`, `classify`,
+`fewshot-eval`.
 
 Classifiers live in the store (`--db`, else PROTSSL_DATABASE_URL, else the default SQLite file):
 `classifier create NAME --fasta LABELLED.fasta` saves version 1 (or the next version of an existing
@@ -78,6 +79,18 @@ def _build_show(show: argparse.ArgumentParser) -> None:
     show.set_defaults(func=_classifier_show)
 
 
+def _build_list(listing: argparse.ArgumentParser) -> None:
+    listing.add_argument("--json", action="store_true", help="one JSON object per classifier")
+    add_db_arg(listing)
+    listing.set_defaults(func=_classifier_list)
+
+
+def _build_delete(delete: argparse.ArgumentParser) -> None:
+    delete.add_argument("name", help="classifier name")
+    add_db_arg(delete)
+    delete.set_defaults(func=_classifier_delete)
+
+
 def _build_classify(classify: argparse.ArgumentParser) -> None:
     classify.add_argument("name", help="classifier name")
     classify.add_argument("input", help="FASTA file (.gz or - for stdin)")
@@ -120,13 +133,20 @@ CLASSIFIER_ACTIONS = (
         description="Refit NAME's latest version on its examples plus these; old versions stay.",
     ),
     Command("show", _build_show, help="print a stored classifier's summary as JSON"),
+    Command("list", _build_list, help="the store's classifiers, the latest version of each"),
+    Command(
+        "delete",
+        _build_delete,
+        help="delete a classifier, every version of it",
+        description="Delete NAME with all its versions and examples (the cached vectors stay).",
+    ),
 )
 
 COMMANDS = (
     Command(
         "classifier",
         _build_classifier,
-        help="create, extend or show few-shot classifiers kept in the store",
+        help="create, extend, show, list or delete few-shot classifiers kept in the store",
     ),
     Command(
         "classify",
@@ -326,6 +346,46 @@ def _classifier_show(args: argparse.Namespace) -> int:
     with open_store(args) as store:
         stored = store.classifiers.get(args.name, args.version)
     print(json.dumps(_summary(stored, FewShotClassifier.from_state(stored.params, stored.blob))))
+    return 0
+
+
+def _classifier_list(args: argparse.Namespace) -> int:
+    with open_store(args) as store:
+        stored = store.classifiers.list()
+    if not stored:
+        print("(no classifiers in this store)", file=sys.stderr)
+    if args.json:
+        for item in stored:
+            print(json.dumps(_listed(item), sort_keys=True))
+        return 0
+    print(f"{'name':<24}  {'version':>7}  {'method':<9}  {'pooling':<8}  {'classes':>7}  "
+          f"{'examples':>8}  {'model':<12}  created (UTC)")  # fmt: skip
+    for item in map(_listed, stored):
+        print(f"{item['name']:<24}  {item['version']:>7}  {item['method']:<9}  "
+              f"{item['pooling']:<8}  {item['classes']:>7}  {item['examples']:>8}  "
+              f"{item['model_sha256'][:12]:<12}  {item['created_at'][:19].replace('T', ' ')}")  # fmt: skip
+    return 0
+
+
+def _listed(stored: Any) -> dict[str, Any]:
+    """What `classifier list` shows of the latest version, read without unpickling its head."""
+    return {
+        "name": stored.name,
+        "version": stored.version,
+        "method": stored.method,
+        "pooling": stored.params.get("info", {}).get("pooling", "mean"),
+        "classes": len(stored.params.get("classes", ())),
+        "examples": len(stored.examples),
+        "model_sha256": stored.model_sha256,
+        "created_at": stored.created_at.isoformat(),
+    }
+
+
+def _classifier_delete(args: argparse.Namespace) -> int:
+    with open_store(args) as store:
+        versions = store.classifiers.get(args.name).version
+        store.classifiers.delete(args.name)
+    print(f"classifier {args.name!r} deleted ({versions} version{'s' * (versions != 1)})")
     return 0
 
 

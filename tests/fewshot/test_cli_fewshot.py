@@ -13,7 +13,7 @@ import pytest
 from protssl.checkpoint import LoadedModel
 from protssl.cli import fewshot as fewshot_cli
 from protssl.cli import main
-from protssl.errors import InvalidInputError
+from protssl.errors import ClassifierNotFoundError, InvalidInputError
 from protssl.evaluation import evaluate_episodes, evaluate_split
 from protssl.fasta import FastaPolicy, ProteinRecord, read_fasta
 from protssl.fewshot import FewShotConfig, embed_for_fewshot, sample_episodes
@@ -169,6 +169,18 @@ def test_classifier_saved_in_the_store_predicts_the_same_in_a_new_process(
     assert run_cli(["classifier", "show", "tfam", "--db", store_url]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["version"] == 2 and shown["layer"] in (1, 2, 3)
+    assert run_cli(["classifier", "list", "--json", "--db", store_url]) == 0
+    (listed,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {k: listed[k] for k in ("name", "version", "examples", "pooling", "method")} == {
+        "name": "tfam", "version": 2, "examples": 40, "pooling": "segments", "method": "linear"
+    }  # fmt: skip
+    assert listed["classes"] == len(shown["classes"])
+    assert listed["model_sha256"] == shown["model_sha256"]
+    assert run_cli(["classifier", "list", "--db", store_url]) == 0
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split()[:3] == ["name", "version", "method"] and row.split()[:3] == [
+        "tfam", "2", "linear"
+    ]  # fmt: skip
 
     out = tmp_path / "predictions.tsv"
     assert run_cli(["classify", "tfam", str(query_file), "-o", str(out), *common]) == 0
@@ -186,6 +198,14 @@ def test_classifier_saved_in_the_store_predicts_the_same_in_a_new_process(
     )
     said = capsys.readouterr()
     assert "embedding:" not in said.out + said.err
+
+    assert run_cli(["classifier", "delete", "tfam", "--db", store_url]) == 0
+    assert capsys.readouterr().out == "classifier 'tfam' deleted (2 versions)\n"
+    assert run_cli(["classifier", "list", "--json", "--db", store_url]) == 0
+    listing = capsys.readouterr()
+    assert listing.out == "" and "no classifiers" in listing.err
+    with pytest.raises(ClassifierNotFoundError, match="tfam"):
+        run_cli(["classifier", "delete", "tfam", "--db", store_url])
 
 
 def test_fewshot_eval_hybrid_and_classifier_create_reuse_the_store_vectors(
