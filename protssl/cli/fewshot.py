@@ -355,8 +355,8 @@ def _classifier_list(args: argparse.Namespace) -> int:
     if not stored:
         print("(no classifiers in this store)", file=sys.stderr)
     if args.json:
-        for item in stored:
-            print(json.dumps(_listed(item), sort_keys=True))
+        for listed in map(_listed, stored):
+            print(json.dumps(listed, sort_keys=True))
         return 0
     print(f"{'name':<24}  {'version':>7}  {'method':<9}  {'pooling':<8}  {'classes':>7}  "
           f"{'examples':>8}  {'model':<12}  created (UTC)")  # fmt: skip
