@@ -43,17 +43,20 @@ def configure_logging(level: int | str, *, timestamps: bool = False, process: st
         logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
-def run_main(run: Callable[[], int], *, prog: str) -> int:
-    """`run()`'s exit code; a protssl error is `prog: error: message` on stderr and its table exit
-    code, Ctrl-C and SIGTERM are EXIT_INTERRUPTED (what was computed is kept), a closed stdout
-    pipe is 0, a full disk (a quota, an I/O error, no permission) that no protssl code caught one
-    line. A command
-    that installs its own SIGTERM handler (a server, training) keeps it."""
+def run_main(
+    run: Callable[[], int], *, prog: str, wording: Callable[[str], str] | None = None
+) -> int:
+    """`run()`'s exit code; a protssl error is `prog: error: message` on stderr (through `wording`,
+    which spells advice as the entry point's options) and its table exit code, Ctrl-C and SIGTERM
+    are EXIT_INTERRUPTED (what was computed is kept), a closed stdout pipe is 0, a full disk (a
+    quota, an I/O error, no permission) that no protssl code caught one line. A command that
+    installs its own SIGTERM handler (a server, training) keeps it."""
     try:
         with _sigterm_as_interrupt():
             return int(run())
     except ProtsslError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        message = str(exc) if wording is None else wording(str(exc))
+        print(f"{prog}: error: {message}", file=sys.stderr)
         return exit_code_for(exc)
     except Terminated:
         print(f"{prog}: terminated (SIGTERM); work done so far is kept", file=sys.stderr)

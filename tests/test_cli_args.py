@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from protssl.cli.args import add_fasta_policy_args, add_model_args, fasta_policy
+from protssl.cli.args import add_fasta_policy_args, add_model_args, as_options, fasta_policy
 from protssl.fasta import FastaPolicy
 
 
@@ -40,7 +40,20 @@ def test_fasta_policy_from_the_flags_a_command_has() -> None:
     assert fasta_policy(every) == FastaPolicy(
         on_invalid="replace", on_duplicate="skip", gaps="strip"
     )
-    invalid = _parse(
-        lambda p: add_fasta_policy_args(p, invalid_only=True), ["--on-invalid", "skip"]
-    )
-    assert fasta_policy(invalid) == FastaPolicy(on_invalid="skip")
+    assert fasta_policy(_parse(add_fasta_policy_args, [])) == FastaPolicy()
+
+
+@pytest.mark.parametrize(
+    ("message", "said"),
+    [
+        ("on_duplicate skip keeps the first; on_invalid skip or replace drops or replaces it",
+         "--on-duplicate skip keeps the first; --on-invalid skip or replace drops or replaces it"),
+        ("an aligned sequence? gaps strip removes the gaps (the sequence as it was before the "
+         "alignment); on_empty skip leaves it out",
+         "an aligned sequence? --gaps strip removes the gaps (the sequence as it was before the "
+         "alignment); --on-empty skip leaves it out"),
+        ("record 'on_invalid' (#1): gaps in it", "record 'on_invalid' (#1): gaps in it"),
+    ],
+)  # fmt: skip
+def test_policy_advice_names_the_options_on_the_command_line(message: str, said: str) -> None:
+    assert as_options(message) == said

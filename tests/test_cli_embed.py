@@ -122,6 +122,8 @@ def test_bad_records_in_a_file_stop_the_job_before_any_work_all_named(
     assert len(err) == 1 and "mixed.fasta: 3 records break the FASTA policy" in err[0]
     for problem in ("(#6) at position 3", "duplicate id", "record 'empty' (#8)"):
         assert problem in err[0]
+    for advice in ("--gaps strip", "--on-invalid skip", "--on-duplicate skip", "--on-empty skip"):
+        assert advice in err[0]  # the options the user types; the SDK's field names elsewhere
     summary = json.loads(captured.out.strip().splitlines()[-1])
     assert summary["errors"] == 1 and summary["records"] == summary["computed"] == 0
     assert summary["output"] == str(out) and summary["job"] is None

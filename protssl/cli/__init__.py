@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from protssl import __version__
 from protssl.cli import analyze, db, embed, fewshot, import_esm, info, pretrain, serve, token
+from protssl.cli.args import as_options
 from protssl.cli.commands import LazySubcommands, add_commands
 from protssl.entrypoint import configure_logging, run_main
 
@@ -45,4 +46,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(
         args.log_level or ("DEBUG" if args.verbose else "WARNING"), timestamps=args.log_timestamps
     )
-    return run_main(lambda: args.func(args), prog=f"protssl {args.command}")
+    return run_main(lambda: args.func(args), prog=f"protssl {args.command}", wording=as_options)

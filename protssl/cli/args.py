@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from typing import TYPE_CHECKING
 
 from protssl.dtypes import DTYPE_NAMES
@@ -26,6 +27,7 @@ __all__ = [
     "add_runtime_args",
     "add_store_args",
     "add_trust_args",
+    "as_options",
     "fasta_policy",
     "load_model",
     "open_store",
@@ -95,8 +97,9 @@ def load_model(args: argparse.Namespace) -> LoadedModel:
     )
 
 
-def add_fasta_policy_args(parser: argparse.ArgumentParser, *, invalid_only: bool = False) -> None:
-    """`--on-invalid`, `--gaps` (and unless `invalid_only`, `--on-empty` and `--on-duplicate`)."""
+def add_fasta_policy_args(parser: argparse.ArgumentParser) -> None:
+    """`--on-invalid`, `--gaps`, `--on-empty` and `--on-duplicate`: what the FASTA policy's advice
+    names, so every command that reads FASTA takes all four."""
     parser.add_argument(
         "--on-invalid",
         default="fail",
@@ -110,9 +113,8 @@ def add_fasta_policy_args(parser: argparse.ArgumentParser, *, invalid_only: bool
         help="alignment gaps - and . (aligned FASTA, A2M): invalid (default) or strip them, "
         "which gives the unaligned sequence",
     )
-    if not invalid_only:
-        parser.add_argument("--on-empty", default="fail", choices=("fail", "skip"))
-        parser.add_argument("--on-duplicate", default="fail", choices=("fail", "skip"))
+    parser.add_argument("--on-empty", default="fail", choices=("fail", "skip"))
+    parser.add_argument("--on-duplicate", default="fail", choices=("fail", "skip"))
 
 
 def fasta_policy(args: argparse.Namespace) -> FastaPolicy:
@@ -121,6 +123,17 @@ def fasta_policy(args: argparse.Namespace) -> FastaPolicy:
 
     given = ("on_invalid", "gaps", "on_empty", "on_duplicate")
     return FastaPolicy(**{name: getattr(args, name) for name in given if name in args})
+
+
+_POLICY_ADVICE = re.compile(
+    r"\b(on_invalid|on_empty|on_duplicate|gaps) (fail|skip|replace|strip)\b"
+)
+
+
+def as_options(message: str) -> str:
+    """A library message's FASTA-policy advice in the CLI's spelling: `on_invalid skip` (what the
+    SDK and gRPC call the field) reads `--on-invalid skip`, the option a CLI user types."""
+    return _POLICY_ADVICE.sub(lambda m: f"--{m.group(1).replace('_', '-')} {m.group(2)}", message)
 
 
 def add_db_arg(parser: argparse.ArgumentParser) -> None:

@@ -194,7 +194,7 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     add_model_args(
         parser, trust=False, note="classifying needs the model the classifier was fitted with"
     )
-    add_fasta_policy_args(parser, invalid_only=True)
+    add_fasta_policy_args(parser)
 
 
 def _fit_config(args: argparse.Namespace) -> FewShotConfig:
