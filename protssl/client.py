@@ -100,15 +100,21 @@ class ClientEmbeddings:
         return len(self.embeddings)
 
 
-def _error(exc: grpc.RpcError, target: str, tls: bool) -> ProtsslError:
+def _error(exc: grpc.RpcError, target: str, tls: bool, *, token: bool) -> ProtsslError:
     """The protssl error for a failed call: the class the server named, else its status's. A call
-    that never reached a server (nothing named a class) says which address it tried."""
+    that never reached a server (nothing named a class) says which address it tried; one refused
+    for want of a token, when this client has none, says how to give it one."""
     code = exc.code()  # type: ignore[attr-defined]
     trailers = dict(exc.trailing_metadata() or ())  # type: ignore[attr-defined]
     kind = trailers.get(ERROR_KIND_KEY)
     details = exc.details() or code.name  # type: ignore[attr-defined]
     if code == grpc.StatusCode.UNAVAILABLE and kind is None:
         details = f"cannot reach a protssl server at {target}{_tls_hint(details, tls)}: {details}"
+    elif code == grpc.StatusCode.UNAUTHENTICATED and not token:
+        details = (
+            f"{details} (this client has none: give Client({target!r}, token=...) or set "
+            f"${TOKEN_ENV}; `protssl token create --role read` on the server's store makes one)"
+        )
     return error_for_status(code.name, details, kind=kind if isinstance(kind, str) else None)
 
 
@@ -299,7 +305,7 @@ class Client:
                     time.sleep(delay)
                     delay = min(delay * 2, self.max_backoff)
                     continue
-                raise _error(exc, self.target, self.tls) from None
+                raise _error(exc, self.target, self.tls, token=self._metadata is not None) from None
         raise AssertionError("unreachable")
 
     # --- embeddings ---------------------------------------------------------------------------
@@ -422,7 +428,7 @@ class Client:
         except grpc.RpcError as exc:
             if failed:  # the input's own error says more than the call's
                 raise failed[0] from None
-            raise _error(exc, self.target, self.tls) from None
+            raise _error(exc, self.target, self.tls, token=self._metadata is not None) from None
         finally:
             bar.close()
         if failed:

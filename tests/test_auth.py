@@ -319,8 +319,13 @@ def test_the_sdk_sends_token_or_protssl_token(
         with pytest.raises(PermissionDeniedError, match="needs write"):
             reader.delete_classifier("families")
     monkeypatch.delenv("PROTSSL_TOKEN")
-    with protssl.Client(secured, retries=0) as anonymous, pytest.raises(AuthenticationError):
+    with protssl.Client(secured, retries=0) as anonymous, pytest.raises(AuthenticationError) as no:
         anonymous.embed(["MKTAYIAKQR"])
+    assert str(no.value) == (  # the SDK user learns how to give one, not the header's name alone
+        "no API token: send metadata `authorization: Bearer <token>` (this client has none: give "
+        f"Client({secured!r}, token=...) or set $PROTSSL_TOKEN; `protssl token create --role "
+        "read` on the server's store makes one)"
+    )
 
 
 def test_an_admin_token_manages_tokens_over_grpc(secured: str, tokens: dict[str, str]) -> None:
