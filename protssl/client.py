@@ -73,7 +73,8 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class ClientEmbeddings:
-    """Embeddings in request order; `vectors` stacks pooled vectors into one (N, dim) array."""
+    """Embeddings in request order (`result[i]`, `for e in result`: id, vector, provenance);
+    `vectors` stacks pooled vectors into one (N, dim) array."""
 
     embeddings: tuple[Embedding, ...]
     cached: tuple[bool, ...]
@@ -98,6 +99,12 @@ class ClientEmbeddings:
 
     def __len__(self) -> int:
         return len(self.embeddings)
+
+    def __iter__(self) -> Iterator[Embedding]:
+        return iter(self.embeddings)
+
+    def __getitem__(self, index: int) -> Embedding:
+        return self.embeddings[index]
 
 
 def _error(exc: grpc.RpcError, target: str, tls: bool, *, token: bool) -> ProtsslError:
@@ -374,10 +381,12 @@ class Client:
         The file is checked whole first: records that break `policy` raise one FastaFormatError
         naming them (file, record, position) before anything is sent. From stdin (`-`), read as it
         comes, the first one raises once the records before it are back (the server caches those)."""
-        validate_fasta(path, policy=policy, progress=progress)
+        checked = validate_fasta(path, policy=policy, progress=progress)
         fields = _sequence_fields(read_fasta(path, policy=policy), None)
         options = self._options(model, pooling, layer, dtype)
-        return self._stream(fields, options, chunk, progress, f"embed {Path(path).name}", timeout)
+        desc = f"embed {Path(path).name}"
+        total = None if checked is None else checked.residues  # the bar's % and time left
+        return self._stream(fields, options, chunk, progress, desc, timeout, total=total)
 
     def _stream(
         self,
@@ -387,6 +396,8 @@ class Client:
         progress: bool,
         desc: str,
         timeout: float | None,
+        *,
+        total: int | None = None,
     ) -> ClientEmbeddings:
         """One EmbedStream call of `fields` in messages of `chunk`; results in input order. An error
         raised while reading the input (grpcio would swallow it in its request thread and cancel the
@@ -416,7 +427,9 @@ class Client:
                 yield pb.EmbedStreamRequest(sequences=batch, options=options if first else None)
 
         timeout = self.timeout if timeout is None else timeout
-        bar = progress_bar(desc=desc, unit="res", unit_scale=True, disable=not progress)
+        bar = progress_bar(
+            desc=desc, total=total, unit="res", unit_scale=True, disable=not progress
+        )
         try:
             stream = self._embeddings.EmbedStream(
                 requests(), timeout=timeout, metadata=self._metadata

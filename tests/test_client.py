@@ -91,6 +91,7 @@ def test_embed_strings_mapping_and_per_residue(address, records):
     assert plain.ids == ["seq0", "seq1"] and mapped.ids == ["a"]
     np.testing.assert_allclose(plain.vectors[0], mapped.vectors[0], atol=1e-6)
     assert residues.embeddings[1].vector.shape == (len(records[1]), 64)
+    assert residues[1] is residues.embeddings[1] and list(residues) == list(residues.embeddings)
     with pytest.raises(InvalidInputError, match="per-residue"):
         residues.vectors  # noqa: B018
 
@@ -104,6 +105,19 @@ def test_embed_fasta_streams_in_input_order(address, sample_fasta, tmp_path):
         unary = client.embed(chosen[:8])
     assert streamed.ids == [r.id for r in chosen]
     np.testing.assert_allclose(streamed.vectors[:8], unary.vectors, atol=1e-5)
+
+
+def test_embed_fasta_progress_knows_its_total(address, sample_fasta, tmp_path, capsys):
+    """The file is checked whole before it is sent, so the bar has a total: a percentage and an
+    estimate of the time left, not a bare count."""
+    fasta = tmp_path / "few.fasta"
+    chosen = real_records(sample_fasta, 12, max_length=400)
+    fasta.write_text("".join(f">{r.id}\n{r.sequence}\n" for r in chosen))
+    with protssl.Client(address) as client:
+        client.embed_fasta(fasta, chunk=4)
+    residues = sum(map(len, chosen))
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # not a terminal: log lines
+    assert "100%" in last and f"{residues / 1000:.2f}k/{residues / 1000:.2f}k" in last
 
 
 def test_embed_stream_takes_more_than_max_sequences_lazily_in_input_order(address, sample_fasta):
