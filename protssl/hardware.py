@@ -7,14 +7,26 @@ fields in `protssl info` and every benchmark's JSON. Nothing here assumes bf16 h
 from __future__ import annotations
 
 import functools
+import logging
+import math
 import os
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-__all__ = ["CpuInfo", "cpu_has_bf16", "cpu_info"]
+__all__ = [
+    "CpuInfo",
+    "cpu_has_bf16",
+    "cpu_info",
+    "cpu_quota",
+    "fit_threads_to_cpu_budget",
+    "usable_cores",
+]
+
+log = logging.getLogger(__name__)
 
 # /proc/cpuinfo flag -> the name `protssl info` gives it, in the order they are listed.
 _ISA_FLAGS: dict[str, str] = {
@@ -40,6 +52,8 @@ class CpuInfo:
     """oneDNN runs bf16 primitives here (False when the ISA lacks it or ONEDNN_MAX_CPU_ISA caps it)."""
     cores: int
     """Logical CPUs this process may run on."""
+    cpu_quota: float | None
+    """CPUs' worth of time its cgroup may use (Docker --cpus, a Kubernetes limit); None: no limit."""
     threads: int
     """torch's intra-op threads."""
 
@@ -85,13 +99,13 @@ def _cpu_static() -> tuple[str, tuple[str, ...], str, bool]:
 def cpu_info() -> CpuInfo:
     """This process's CPU: model, vector extensions, what torch and oneDNN dispatch to, threads."""
     model, isa, capability, onednn_bf16 = _cpu_static()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return CpuInfo(
         model=model,
         isa=isa,
         torch_capability=capability,
         onednn_bf16=onednn_bf16,
-        cores=cores or 1,
+        cores=_affinity_cores(),
+        cpu_quota=cpu_quota(),
         threads=torch.get_num_threads(),
     )
 
@@ -99,3 +113,96 @@ def cpu_info() -> CpuInfo:
 def cpu_has_bf16() -> bool:
     """True when this CPU has native bf16 matmul (AVX512-BF16 or AMX) and oneDNN may use it."""
     return cpu_info().native_bf16
+
+
+def _affinity_cores() -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return cores or 1
+
+
+def cpu_quota(root: Path = Path("/")) -> float | None:
+    """CPUs' worth of time per period this process's cgroup (or an ancestor) may use, the least of
+    them: what Docker's `--cpus` and a Kubernetes CPU limit set (cgroup v2 `cpu.max`, v1
+    `cpu.cfs_quota_us`). None where none is set or none can be read. `root` stands for `/`."""
+    try:
+        lines = (root / "proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    base = root / "sys/fs/cgroup"
+    limits: list[float] = []
+    for line in lines:
+        fields = line.split(":", 2)
+        if len(fields) != 3:
+            continue
+        _, controllers, path = fields
+        if controllers == "":
+            limits += _limits(base, path, _cpu_max)
+        elif "cpu" in controllers.split(","):
+            mount = base / controllers if (base / controllers).is_dir() else base / "cpu"
+            limits += _limits(mount, path, _cfs_quota)
+    return min(limits, default=None)
+
+
+def _limits(mount: Path, path: str, read: Callable[[Path], float | None]) -> list[float]:
+    """The limits `read` finds in `path`'s cgroup folder and its ancestors under `mount`. Inside a
+    container the path /proc names may not exist there (the container's own cgroup is mounted as
+    the root): the walk up then ends at the mount, which is that cgroup."""
+    parts = [p for p in path.split("/") if p]
+    found = []
+    for depth in range(len(parts), -1, -1):
+        folder = mount.joinpath(*parts[:depth])
+        limit = read(folder)
+        if limit is not None:
+            found.append(limit)
+    return found
+
+
+def _cpu_max(folder: Path) -> float | None:
+    """cgroup v2: `cpu.max` holds `QUOTA PERIOD` (microseconds), or `max PERIOD` for no limit."""
+    try:
+        quota, period = (folder / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        return None
+
+
+def _cfs_quota(folder: Path) -> float | None:
+    """cgroup v1: `cpu.cfs_quota_us` (-1 for no limit) over `cpu.cfs_period_us`."""
+    try:
+        quota = int((folder / "cpu.cfs_quota_us").read_text())
+        period = int((folder / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def usable_cores() -> int:
+    """The threads this process can keep busy: the CPUs it may run on, fewer where a CPU quota
+    allows less time (rounded down: one thread more than the quota gets them all throttled)."""
+    cores = _affinity_cores()
+    quota = cpu_quota()
+    return cores if quota is None else max(1, min(cores, math.floor(quota)))
+
+
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def fit_threads_to_cpu_budget() -> int | None:
+    """Lower torch's threads to `usable_cores()` where a CPU quota allows fewer than it would start
+    (torch counts the CPUs it may run on, not the time it may use: under a quota the extra
+    threads wait on each other's throttling). A thread count set in the environment is kept.
+    Returns the new count, or None where nothing changed. For entry points: it sets the process's
+    torch threads."""
+    if any(os.environ.get(name) for name in _THREAD_VARIABLES):
+        return None
+    usable, current = usable_cores(), torch.get_num_threads()
+    if current <= usable:
+        return None
+    torch.set_num_threads(usable)
+    log.info(
+        "torch threads %d -> %d: this process's cgroup may use %.2f CPUs (a container's CPU limit)",
+        current,
+        usable,
+        cpu_quota() or 0.0,
+    )
+    return usable

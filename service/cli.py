@@ -126,7 +126,12 @@ def config_kwargs(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve with the config the parsed flags and PROTSSL_* variables give, until SIGTERM or SIGINT."""
+    """Serve with the config the parsed flags and PROTSSL_* variables give, until SIGTERM or SIGINT;
+    one process's torch threads fitted to a container's CPU limit (`--processes` shares it out)."""
+    from protssl.hardware import fit_threads_to_cpu_budget
     from service.server import serve
 
-    return serve(ServiceConfig(**config_kwargs(args, os.environ)))
+    config = ServiceConfig(**config_kwargs(args, os.environ))
+    if config.processes == 1:
+        fit_threads_to_cpu_budget()
+    return serve(config)

@@ -32,6 +32,7 @@ from protssl.errors import (
     ProtsslError,
     exit_code_for,
 )
+from protssl.hardware import usable_cores
 from protssl.store import Store
 from service.binding import bind_error
 from service.config import ServiceConfig, store_config
@@ -125,7 +126,7 @@ def supervise(config: ServiceConfig, serve_process: ServeProcess) -> int:
     Each child runs `serve_process` (a module-level function: spawn sends it by name).
     """
     n = config.processes
-    threads = max(1, (os.cpu_count() or 1) // n)
+    threads = max(1, usable_cores() // n)
     with reserved_port(config.host, config.port) as port:
         if config.store:
             Store(store_config(config)).close()  # migrate once, before n processes open it

@@ -85,9 +85,13 @@ def add_model_args(parser: argparse.ArgumentParser, *, trust: bool = True, note:
 
 
 def load_model(args: argparse.Namespace) -> LoadedModel:
-    """The model that `add_model_args`' flags name, loaded."""
+    """The model that `add_model_args`' flags name, loaded; torch's threads fitted to a container's
+    CPU limit first, unless the command's `--threads` set them."""
     from protssl.checkpoint import load_model
+    from protssl.hardware import fit_threads_to_cpu_budget
 
+    if not getattr(args, "threads", None):
+        fit_threads_to_cpu_budget()
     return load_model(
         args.model,
         device=args.device,

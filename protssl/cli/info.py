@@ -60,8 +60,10 @@ def _model_summary(spec: str | None) -> dict[str, object]:
 
 
 def _info(args: argparse.Namespace) -> int:
+    from protssl.hardware import fit_threads_to_cpu_budget
     from protssl.info import describe
 
+    fit_threads_to_cpu_budget()  # as the commands that compute do: their threads are shown
     info = describe()
     info["default_model"] = _model_summary(args.model)
     info["default_store"] = store_config(args).redacted_url()
@@ -74,7 +76,9 @@ def _info(args: argparse.Namespace) -> int:
     assert isinstance(model, dict)
     lines = [
         f"protssl {info['protssl']}, torch {info['torch']}, Python {info['python']}",
-        f"cpu: {info['cpu']} ({info['cores']} cores, torch threads {info['threads']})",
+        f"cpu: {info['cpu']} ({info['cores']} cores, "
+        + (f"CPU quota {info['cpu_quota']:g}, " if info["cpu_quota"] is not None else "")
+        + f"torch threads {info['threads']})",
         f"isa: {info['isa']}",
         f"kernels: torch {info['torch_capability']}, oneDNN bf16 {_yes(info['onednn_bf16'])}, "
         f"native bf16 {_yes(info['native_bf16'])}",

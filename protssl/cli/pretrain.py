@@ -137,8 +137,10 @@ def _build_lease(p: argparse.ArgumentParser) -> None:
 
 
 def _lease(args: argparse.Namespace) -> int:
+    from protssl.hardware import fit_threads_to_cpu_budget
     from protssl.pretrain.lease import lease_config, run_lease
 
+    fit_threads_to_cpu_budget()
     given = _recipe_given(args)
     for dest, default in (
         ("init_from", Path("models/protssl-default")),
@@ -248,10 +250,12 @@ def _config(args: argparse.Namespace) -> PretrainConfig:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
+    from protssl.hardware import fit_threads_to_cpu_budget
     from protssl.pretrain import pretrain
 
     if args.nproc > 1:
         return _launch_torchrun(args.nproc)
+    fit_threads_to_cpu_budget()  # torchrun's processes: it sets OMP_NUM_THREADS, which is kept
     if args.nproc < 1:
         raise InvalidInputError(f"--nproc must be >= 1, got {args.nproc}")
     config = _config(args)
