@@ -117,8 +117,18 @@ def add_fasta_policy_args(parser: argparse.ArgumentParser) -> None:
         help="alignment gaps - and . (aligned FASTA, A2M): invalid (default) or strip them, "
         "which gives the unaligned sequence",
     )
-    parser.add_argument("--on-empty", default="fail", choices=("fail", "skip"))
-    parser.add_argument("--on-duplicate", default="fail", choices=("fail", "skip"))
+    parser.add_argument(
+        "--on-empty",
+        default="fail",
+        choices=("fail", "skip"),
+        help="records with a header and no residues: fail (default) or skip",
+    )
+    parser.add_argument(
+        "--on-duplicate",
+        default="fail",
+        choices=("fail", "skip"),
+        help="an id seen before in the input: fail (default) or skip it (the first is kept)",
+    )
 
 
 def fasta_policy(args: argparse.Namespace) -> FastaPolicy:

@@ -66,7 +66,9 @@ def _build(parser: argparse.ArgumentParser) -> None:
         choices=("window", "refuse"),
         help="sequences longer than the model window: window (overlap + average) or refuse",
     )
-    parser.add_argument("--overlap", type=int, default=256, help="window overlap in residues")
+    parser.add_argument(
+        "--overlap", type=int, default=256, help="window overlap in residues (default 256)"
+    )
     parser.add_argument(
         "--read-ahead",
         type=int,
