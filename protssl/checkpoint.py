@@ -30,7 +30,7 @@ from protssl.errors import (
     ModelNotFoundError,
     UntrustedCheckpointError,
 )
-from protssl.hardware import cpu_has_bf16
+from protssl.hardware import cpu_has_bf16, usable_device
 from protssl.kernels import int8_linear_works
 from protssl.model import (
     PRESETS,
@@ -364,7 +364,7 @@ def load_model(
     Presets (`esm2-8m`, `esm2-35m`, `esm2-150m`, `esm2-650m`) give random weights: for benchmarks
     and tests, not for science.
     """
-    device = torch.device(device)
+    device = usable_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     if dtype == "int8" and device.type != "cpu":
         raise InvalidInputError(f"dtype int8 runs on the CPU only, not on {device}; use bfloat16")

@@ -1,7 +1,9 @@
 """What this machine is: the CPU's model and instruction sets, what torch and oneDNN dispatch to, native bf16.
 
 Figures differ between CPUs (AVX2 only, AVX512-BF16, AMX); `protssl.info.describe()` reports these
-fields in `protssl info` and every benchmark's JSON. Nothing here assumes bf16 hardware.
+fields in `protssl info` and every benchmark's JSON. Nothing here assumes bf16 hardware. Also what
+this process may use of it: the threads a container's CPU limit allows (`usable_cores`), and
+whether a device it is asked for exists here (`usable_device`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from protssl.errors import InvalidInputError
+
 __all__ = [
     "CpuInfo",
     "cpu_has_bf16",
@@ -24,6 +28,7 @@ __all__ = [
     "cpu_quota",
     "fit_threads_to_cpu_budget",
     "usable_cores",
+    "usable_device",
 ]
 
 log = logging.getLogger(__name__)
@@ -206,3 +211,34 @@ def fit_threads_to_cpu_budget() -> int | None:
         cpu_quota() or 0.0,
     )
     return usable
+
+
+def usable_device(spec: str | torch.device) -> torch.device:
+    """`spec` as a torch device this process can run on. A name torch does not know, or a device
+    this machine or this torch build lacks (`cuda` on a CPU build, `cuda:3` on a 2-GPU node), is
+    one InvalidInputError saying what there is, not torch's error from deep inside a load."""
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError):
+        raise InvalidInputError(f"unknown device {str(spec)!r}: give cpu, cuda or cuda:N") from None
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = (
+                "this torch is a CPU build"
+                if torch.version.cuda is None
+                else "no CUDA GPU is visible here (driver, CUDA_VISIBLE_DEVICES?)"
+            )
+            raise InvalidInputError(f"device {str(spec)!r}: {why}; use cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise InvalidInputError(
+                f"device {str(spec)!r}: this machine has {count} CUDA GPU(s), "
+                f"cuda:0 to cuda:{count - 1}"
+            )
+        return device
+    backend = getattr(torch, device.type, None)
+    if not getattr(backend, "is_available", lambda: False)():
+        raise InvalidInputError(f"device {str(spec)!r}: not available here; use cpu or cuda")
+    return device

@@ -1,4 +1,4 @@
-"""The CPU budget: a container's CPU limit (cgroup quota) read and torch's threads fitted to it."""
+"""The machine's budget: a container's CPU limit (cgroup quota) and the devices a command may name."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from protssl import hardware
-from protssl.hardware import cpu_quota, fit_threads_to_cpu_budget, usable_cores
+from protssl.errors import InvalidInputError
+from protssl.hardware import cpu_quota, fit_threads_to_cpu_budget, usable_cores, usable_device
 
 
 def _tree(root: Path, files: dict[str, str]) -> Path:
@@ -152,3 +153,40 @@ def test_a_command_in_a_real_cgroup_with_a_quota_runs_that_many_threads(
         check=True,
     )
     assert json.loads(kept.stdout)["threads"] == min(2, len(os.sched_getaffinity(0)))
+
+
+@pytest.mark.parametrize(
+    ("spec", "said"),
+    [
+        ("gpu", "unknown device 'gpu': give cpu, cuda or cuda:N"),
+        ("cuda", "device 'cuda': "),
+        ("cuda:7", "device 'cuda:7': "),
+        ("mps", "device 'mps': not available here"),
+    ],
+)
+def test_a_device_this_machine_lacks_is_one_clear_error(spec: str, said: str) -> None:
+    """What a command copied from a GPU node does on a laptop: one line, not torch's traceback."""
+    if spec.startswith("cuda") and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has that GPU")
+    with pytest.raises(InvalidInputError) as refused:
+        usable_device(spec)
+    assert str(refused.value).startswith(said)
+    assert usable_device("cpu") == torch.device("cpu")
+
+
+def test_embed_and_pretrain_refuse_a_missing_gpu_in_one_line(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    fasta = tmp_path / "one.fasta"
+    fasta.write_text(">a\nMKTAYIAKQRQISFVKSHFSRQ\n")
+    for argv in (
+        ["embed", str(fasta), "-o", str(tmp_path / "x.npz"), "--device", "cuda", "--no-cache"],
+        ["pretrain", str(fasta), "--run-dir", str(tmp_path / "run"), "--steps", "1",
+         "--device", "cuda"],
+    ):  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "protssl", *argv], capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 2, done.stderr
+        (line,) = done.stderr.strip().splitlines()
+        assert "device 'cuda': " in line and line.endswith("; use cpu")

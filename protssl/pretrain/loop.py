@@ -29,6 +29,7 @@ import torch.distributed as dist
 from protssl.alphabet import ALPHABET
 from protssl.durable import ExclusiveLock, make_folder
 from protssl.errors import InvalidInputError, OutputError
+from protssl.hardware import usable_device
 from protssl.model import ProteinEncoder, resolve_dtype
 from protssl.pretrain.config import PretrainConfig
 from protssl.pretrain.contrastive import (
@@ -139,7 +140,7 @@ def _placement(config: PretrainConfig, local_rank: int | None) -> _Placement:
     if config.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
-        device = torch.device(config.device)
+        device = usable_device(config.device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", rank if local_rank is None else local_rank)
     return _Placement(rank, world, device, resolve_dtype(config.dtype, device))
