@@ -364,10 +364,10 @@ def load_model(
     Presets (`esm2-8m`, `esm2-35m`, `esm2-150m`, `esm2-650m`) give random weights: for benchmarks
     and tests, not for science.
     """
+    if dtype == "int8" and str(device).partition(":")[0] != "cpu":  # whether or not it is here
+        raise InvalidInputError(f"dtype int8 runs on the CPU only, not on {device}; use bfloat16")
     device = usable_device(device)
     torch_dtype = resolve_dtype(dtype, device)
-    if dtype == "int8" and device.type != "cpu":
-        raise InvalidInputError(f"dtype int8 runs on the CPU only, not on {device}; use bfloat16")
     if device.type == "cpu" and torch_dtype == torch.bfloat16 and not cpu_has_bf16():
         log.warning(
             "bfloat16 on a CPU without native bf16 (AVX512-BF16 or AMX) runs on torch's generic "
