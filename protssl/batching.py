@@ -26,6 +26,7 @@ __all__ = [
     "TokenBatch",
     "Window",
     "WindowPolicy",
+    "check_overlap",
     "footprint",
     "pack_around",
     "padded_tokens",
@@ -51,7 +52,10 @@ class WindowPolicy:
             raise InvalidInputError(f"window overlap must be >= 0, got {self.overlap}")
 
     def describe(self, window_residues: int) -> str:
-        """A short stable string for provenance and cache keys."""
+        """A short stable string for provenance and cache keys; an overlap the model's window
+        cannot hold is refused here, before any work, not at the first long record."""
+        if self.mode == "window":
+            check_overlap(self.overlap, window_residues)
         return f"{self.mode}:{window_residues}:{self.overlap}"
 
 
@@ -97,14 +101,19 @@ def read_ahead(records: Iterable[ProteinRecord], residues: int) -> Iterator[list
         yield group
 
 
-def plan_windows(length: int, window_residues: int, overlap: int) -> list[tuple[int, int]]:
-    """Cover [0, length) with the fewest windows of `window_residues` overlapping by >= `overlap`."""
-    if length <= window_residues:
-        return [(0, length)]
+def check_overlap(overlap: int, window_residues: int) -> None:
+    """Windows that overlap by all they hold would never advance."""
     if overlap >= window_residues:
         raise InvalidInputError(
             f"overlap {overlap} must be smaller than the window {window_residues}"
         )
+
+
+def plan_windows(length: int, window_residues: int, overlap: int) -> list[tuple[int, int]]:
+    """Cover [0, length) with the fewest windows of `window_residues` overlapping by >= `overlap`."""
+    if length <= window_residues:
+        return [(0, length)]
+    check_overlap(overlap, window_residues)
     count = math.ceil((length - overlap) / (window_residues - overlap))
     last_start = length - window_residues
     starts = [round(i * last_start / (count - 1)) for i in range(count)]

@@ -235,7 +235,8 @@ def test_user_errors_are_one_line_before_any_work(
         ([str(fasta), "-o", str(tmp_path / "a-folder.h5"), "--overwrite"], "is a folder"),
         ([str(fasta), "-o", str(tmp_path / "not-hdf5.h5"), "--resume"], "not an HDF5 file"),
         ([str(fasta), "-o", str(tmp_path / "not-npz.npz"), "--resume"], "not a .npz file"),
-    ]
+        ([str(fasta), "-o", out, "--overlap", "100000"], "must be smaller than the window"),
+    ]  # the overlap: said at once, though no record here is long enough to be windowed
     for args, said in cases:
         assert main(["embed", *args, *base]) == 2, args
         line, _ = _one_line_error(capsys)
