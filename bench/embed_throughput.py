@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"transformers vs fair-esm: min cosine {hf_cos.min():.5f}", file=sys.stderr)
 
     window = config.max_residues
-    overlap = EmbedConfig().window.overlap
+    overlap = EmbedConfig().window.overlap_in(window)
     ours_tokens = sum(e - s for r in records for s, e in plan_windows(len(r), window, overlap))
     whole = [r.id for r in records if len(r) <= 1022]
     cos = cosines(ours, ref_vectors, whole)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -36,27 +36,47 @@ __all__ = [
 ]
 
 
+DEFAULT_OVERLAP = 256
+"""Residues neighbouring windows share unless told otherwise (a quarter of ESM-2's 1,022)."""
+
+
 @dataclass(frozen=True)
 class WindowPolicy:
     """How sequences longer than the model's window are handled."""
 
     mode: Literal["window", "refuse"] = "window"
     """`window`: split into overlapping windows and stitch; `refuse`: raise SequenceTooLongError."""
-    overlap: int = 256
-    """Residues shared by neighbouring windows (at least; windows are spread evenly)."""
+    overlap: int | None = None
+    """Residues shared by neighbouring windows (at least; windows are spread evenly); None:
+    DEFAULT_OVERLAP, or a quarter of a window under twice that (`overlap_in`)."""
 
     def __post_init__(self) -> None:
         if self.mode not in ("window", "refuse"):
             raise InvalidInputError(f"window policy must be window or refuse, not {self.mode!r}")
-        if self.overlap < 0:
+        if self.overlap is not None and self.overlap < 0:
             raise InvalidInputError(f"window overlap must be >= 0, got {self.overlap}")
 
-    def describe(self, window_residues: int) -> str:
-        """A short stable string for provenance and cache keys; an overlap the model's window
-        cannot hold is refused here, before any work, not at the first long record."""
+    def overlap_in(self, window_residues: int) -> int:
+        """The overlap windows of `window_residues` get; one they cannot hold is refused."""
+        if self.overlap is None:  # past half a window, the overlap would double the work
+            return (
+                DEFAULT_OVERLAP if window_residues >= 2 * DEFAULT_OVERLAP else window_residues // 4
+            )
+        check_overlap(self.overlap, window_residues)
+        return self.overlap
+
+    def resolved(self, window_residues: int) -> WindowPolicy:
+        """This policy with the overlap it has for that window written out (what keys and
+        provenance record, so that the default and the same number given are one policy)."""
         if self.mode == "window":
-            check_overlap(self.overlap, window_residues)
-        return f"{self.mode}:{window_residues}:{self.overlap}"
+            return replace(self, overlap=self.overlap_in(window_residues))
+        return replace(self, overlap=DEFAULT_OVERLAP if self.overlap is None else self.overlap)
+
+    def describe(self, window_residues: int) -> str:
+        """A short stable string for provenance and cache keys. Every job builds it before any
+        work, so an overlap the model's window cannot hold is refused then, not at the first
+        long record."""
+        return f"{self.mode}:{window_residues}:{self.resolved(window_residues).overlap}"
 
 
 @dataclass(frozen=True)
@@ -186,7 +206,9 @@ def token_batches(
             )
         windows.extend(
             Window(item, s, e)
-            for s, e in plan_windows(len(sequence), window_residues, policy.overlap)
+            for s, e in plan_windows(
+                len(sequence), window_residues, policy.overlap_in(window_residues)
+            )
         )
     if max_tokens < window_residues + 2:
         raise InvalidInputError(

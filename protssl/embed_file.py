@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from protssl.batch_job import JobSpec
@@ -91,8 +91,9 @@ def embed_job_spec(
     engine: str = "local",
 ) -> JobSpec:
     """What makes two `embed` runs the same job: input, output, model, dtype, options, engine."""
+    window = config.window.resolved(model.encoder.config.max_residues)
     options = {
-        "config": asdict(config),
+        "config": asdict(replace(config, window=window)),
         "fasta": asdict(policy),
         "dtype": model.dtype_name,
         "engine": engine,

@@ -277,7 +277,8 @@ def _cached_embedding(
     provenance: Provenance,
 ) -> Embedding:
     window_residues = model.encoder.config.max_residues
-    windows = len(plan_windows(len(record.sequence), window_residues, config.window.overlap))
+    overlap = config.window.overlap_in(window_residues)
+    windows = len(plan_windows(len(record.sequence), window_residues, overlap))
     return _embedding(record, vector, provenance, windows=windows)
 
 
@@ -424,7 +425,8 @@ def _embed_batches(
                 continue
             stitch = stitches.get(item)
             if stitch is None:
-                count = len(plan_windows(length, window_residues, config.window.overlap))
+                overlap = config.window.overlap_in(window_residues)
+                count = len(plan_windows(length, window_residues, overlap))
                 width = hidden.shape[-1]
                 stitch = _Stitch(
                     total=np.zeros((length, width), dtype=np.float64),

@@ -304,7 +304,7 @@ class EmbeddingBatcher:
             if self._pool and tokens + min(pending.tokens, quantum) > self.max_group_tokens:
                 break
             self._queue.remove(pending)
-            overlap = pending.config.window.overlap
+            overlap = pending.config.window.overlap_in(window)
             added = 0
             for index, record in enumerate(pending.records):
                 if pending.results[index] is not None:

@@ -114,3 +114,15 @@ def test_token_batches_pack_by_the_same_cost() -> None:
     )
     assert [[w.item for w in b.windows] for b in batches] == [[0, 1], [2, 3, 4]]
     assert all(padded_tokens(*b.tokens.shape) <= 130 for b in batches)
+
+
+def test_the_default_overlap_fits_the_window_and_a_given_one_is_checked_up_front() -> None:
+    assert WindowPolicy().overlap_in(1022) == 256
+    assert WindowPolicy().overlap_in(62) == 15  # a small model's window: a quarter of it
+    assert WindowPolicy().describe(1022) == WindowPolicy(overlap=256).describe(1022)
+    assert WindowPolicy().resolved(1022) == WindowPolicy(overlap=256).resolved(1022)
+    assert WindowPolicy().describe(1022) == "window:1022:256"  # cache keys as they were
+    assert WindowPolicy(mode="refuse").describe(1022) == "refuse:1022:256"
+    with pytest.raises(InvalidInputError, match="overlap 1022 must be smaller than the window"):
+        WindowPolicy(overlap=1022).describe(1022)  # before any record needs a window
+    assert WindowPolicy(mode="refuse", overlap=5000).describe(1022) == "refuse:1022:5000"

@@ -67,7 +67,10 @@ def _build(parser: argparse.ArgumentParser) -> None:
         help="sequences longer than the model window: window (overlap + average) or refuse",
     )
     parser.add_argument(
-        "--overlap", type=int, default=256, help="window overlap in residues (default 256)"
+        "--overlap",
+        type=int,
+        default=None,
+        help="window overlap in residues (default 256, or a quarter of a model window under 512)",
     )
     parser.add_argument(
         "--read-ahead",
