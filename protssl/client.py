@@ -31,6 +31,7 @@ from protssl._proto import protssl_pb2 as pb
 from protssl._proto import protssl_pb2_grpc as pb_grpc
 from protssl.auth import TOKEN_ENV
 from protssl.embedding import Embedding
+from protssl.endpoint import DEFAULT_PORT, client_target
 from protssl.errors import InvalidInputError, ProtsslError, error_for_status
 from protssl.fasta import (
     FastaPolicy,
@@ -139,16 +140,6 @@ def _tls_hint(details: str, tls: bool) -> str:
     return ""
 
 
-def _check_target(target: str) -> None:
-    """grpcio takes host:port (or its own dns:, unix:, ipv4:... names), not a URL."""
-    scheme, sep, rest = target.partition("://")
-    if sep and scheme.lower() in ("http", "https", "grpc", "grpcs"):
-        tls = " with tls=True" if scheme.lower() in ("https", "grpcs") else ""
-        raise InvalidInputError(
-            f"target {target!r} is a URL: give host:port ({rest.rstrip('/')}){tls}"
-        )
-
-
 def _examples(
     items: Iterable[ProteinRecord | tuple[str, str | Sequence[str]]],
 ) -> list[pb.LabelledSequence]:
@@ -225,6 +216,8 @@ def _pem(value: bytes | str | Path | None, what: str) -> bytes | None:
 class Client:
     """A connection to a protssl server; use as a context manager or call `close()`.
 
+    `target` is `host:port`, or a host alone for the port `protssl serve` binds by default.
+
     `token` (else $PROTSSL_TOKEN) is sent as `authorization: Bearer <token>` on every call. TLS is
     used when `tls` is true or any certificate is given: `root_certificates` (PEM bytes or a path;
     None = the system's roots) verifies the server, `certificate_chain` and `private_key` are the
@@ -233,7 +226,7 @@ class Client:
 
     def __init__(
         self,
-        target: str = "127.0.0.1:50051",
+        target: str = f"127.0.0.1:{DEFAULT_PORT}",
         *,
         token: str | None = None,
         tls: bool | None = None,
@@ -250,8 +243,7 @@ class Client:
             raise InvalidInputError("retries must be >= 0 and backoff > 0")
         if (certificate_chain is None) != (private_key is None):
             raise InvalidInputError("certificate_chain and private_key go together (mutual TLS)")
-        _check_target(target)
-        self.target = target
+        self.target = target = client_target(target)
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff

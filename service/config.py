@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING
 
 from protssl.dtypes import DTypeName, check_dtype_name
+from protssl.endpoint import DEFAULT_PORT
 from protssl.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -21,7 +22,7 @@ class ServiceConfig:
 
     host: str = "127.0.0.1"
     """Address to bind; 0.0.0.0 exposes the server beyond this machine."""
-    port: int = 50051
+    port: int = DEFAULT_PORT
     """gRPC port; 0 picks a free one (create_server returns it)."""
     model: str | None = None
     """Model folder, fair-esm .pt or preset name; None = the shipped default model."""

@@ -17,6 +17,7 @@ from ports import free_port
 from service_support import load_tiny, real_records, running_server, save_tiny_model
 
 import protssl
+from protssl import endpoint
 from protssl.checkpoint import LoadedModel, update_card_training
 from protssl.embedding import EmbedConfig, embed_records
 from protssl.errors import (
@@ -392,6 +393,16 @@ def test_a_client_that_reaches_no_server_says_where_it_looked() -> None:
         ),
     ):
         client.list_models()
+
+
+def test_a_host_without_a_port_reaches_the_default_port(model, monkeypatch) -> None:
+    """Client("localhost") went to grpcio's default, 443, not to where `protssl serve` listens.
+    The default port here is a free one, so that no other server on this machine is met."""
+    port = free_port()
+    monkeypatch.setattr(endpoint, "DEFAULT_PORT", port)
+    with running_server(model, port=port), protssl.Client("127.0.0.1", retries=0) as client:
+        assert client.target == f"127.0.0.1:{port}"
+        assert [m.name for m in client.list_models()] == [model.name]
 
 
 @pytest.mark.parametrize(
