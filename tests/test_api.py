@@ -90,3 +90,26 @@ def test_one_string_instead_of_a_list_is_refused_not_read_letter_by_letter(
         pytest.raises(InvalidInputError, match="one string, not a list"),
     ):
         client.embed_stream(sequence)
+
+
+def test_the_shipped_model_is_loaded_once_for_embed_calls_that_name_none(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A loop of `protssl.embed(...)` calls paid a model load each (~60 ms against ~4 ms of work)."""
+    from protssl import api
+
+    loads: list[object] = []
+    real_load = api.load_model
+    monkeypatch.setattr(
+        api, "load_model", lambda spec=None, **kw: loads.append(spec) or real_load(spec, **kw)
+    )
+    api._shipped_model.cache_clear()
+    try:
+        first = protssl.embed(["MKTAYIAKQRQISFVKSHFSRQ"])
+        second = protssl.embed(["MKTAYIAKQRQISFVKSHFSRQ"])
+        assert loads == [None]
+        np.testing.assert_array_equal(first.vectors[0], second.vectors[0])
+        protssl.embed(["MKTAYIAKQR"], model="esm2-8m")  # one named: loaded as asked, every call
+        assert loads == [None, "esm2-8m"]
+    finally:
+        api._shipped_model.cache_clear()
