@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,8 +17,10 @@ from protssl.errors import InvalidInputError, OutputError, first_line
 __all__ = [
     "ExclusiveLock",
     "check_can_create",
+    "check_room",
     "fsync_file",
     "fsync_folder",
+    "human_bytes",
     "make_folder",
     "os_error_in",
     "replace_durably",
@@ -75,6 +78,33 @@ def check_can_create(path: Path, *, hint: str = "give a file name") -> None:
         raise InvalidInputError(
             f"output {str(path)!r}: cannot write in folder {str(parent)!r} ({exc.strerror})"
         ) from None
+
+
+def check_room(needs: Sequence[tuple[Path, int, str]]) -> None:
+    """Fail before any work when what a job will write cannot fit: `needs` holds (folder, bytes,
+    what is written there); folders on one filesystem share its free space. An overnight job then
+    stops at its start, not at a full disk hours in."""
+    by_disk: dict[int, list[tuple[Path, int, str]]] = {}
+    for folder, size, what in needs:
+        by_disk.setdefault(folder.stat().st_dev, []).append((folder, size, what))
+    for items in by_disk.values():
+        need = sum(size for _, size, _ in items)
+        free = shutil.disk_usage(items[0][0]).free
+        if need > free:
+            said = "; ".join(f"{what}: ~{human_bytes(size)}" for _, size, what in items)
+            raise OutputError(
+                f"not enough disk space for this job: {said}; the disk holding "
+                f"{str(items[0][0].resolve())!r} has {human_bytes(free)} free: free space there, or write "
+                "to a disk with more room"
+            )
+
+
+def human_bytes(nbytes: int) -> str:
+    """`nbytes` as people read it: 1.5 GB, 282.6 kB, 12 B."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{nbytes} B"
 
 
 @contextmanager

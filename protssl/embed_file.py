@@ -16,6 +16,7 @@ from pathlib import Path
 
 from protssl.batch_job import JobSpec
 from protssl.checkpoint import LoadedModel
+from protssl.durable import check_room
 from protssl.embedding import CacheStats, EmbedConfig, embed_records, expected_provenance
 from protssl.errors import ProtsslError
 from protssl.fasta import (
@@ -27,7 +28,8 @@ from protssl.fasta import (
     validate_fasta,
 )
 from protssl.memory import MemoryReleaser
-from protssl.output import open_writer
+from protssl.output import open_writer, output_bytes
+from protssl.pooling import pooled_width
 from protssl.progress import progress_bar
 from protssl.store import EmbeddingCache
 
@@ -101,6 +103,23 @@ def embed_job_spec(
     return JobSpec.for_files("embed", source, output, model_sha256=model.sha256, options=options)
 
 
+def _check_room(
+    output: Path, checked: FastaCheck, model: LoadedModel, config: EmbedConfig, *, overwrite: bool
+) -> None:
+    """Refuse a job whose OUTPUT cannot fit on its disk (per-residue vectors of a proteome take
+    tens of GB), before any work; a file `overwrite` replaces gives its space back."""
+    if not output.parent.is_dir():
+        return  # the writer says so
+    width = pooled_width(config.pooling, model.encoder.config.embed_dim)
+    need = output_bytes(
+        checked.records, checked.residues, width, per_residue=config.pooling == "per-residue"
+    )
+    if overwrite and output.is_file():
+        need -= output.stat().st_size
+    what = f"{str(output)!r} ({checked.records:,} {config.pooling} vectors, and its parts"
+    check_room([(output.parent, need, f"{what} while they are merged)")])
+
+
 def _until_error(
     records: Iterable[ProteinRecord], failure: list[ProtsslError]
 ) -> Iterator[ProteinRecord]:
@@ -143,6 +162,8 @@ def embed_fasta_file(
     failure: list[ProtsslError] = []
     try:
         checked = checked or validate_fasta(source, policy=policy)
+        if checked is not None and not resume:
+            _check_room(Path(output), checked, model, config, overwrite=overwrite)
     except ProtsslError as exc:
         summary.errors, summary.error = 1, str(exc)
         raise

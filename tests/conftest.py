@@ -184,3 +184,26 @@ def service_records(sample_fasta: Path) -> list[ProteinRecord]:
     short = real_records(sample_fasta, 7, max_length=600)
     long = next(r for r in real_records(sample_fasta, 200) if 1100 < len(r) < 2500)
     return [*short, long]
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 2 MiB filesystem (tmpfs) to fill: mounted where the machine lets this process mount
+    one (root, as this project's machines run), else the test is skipped."""
+    import shutil
+    import subprocess
+
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    mount = shutil.which("mount")
+    if mount is None or os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root and mount(8)")
+    done = subprocess.run(
+        [mount, "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)

@@ -390,3 +390,24 @@ def test_a_second_embed_to_an_output_being_written_is_refused(
     done = _embed_child(fasta, out, tiny_model_dir, "--resume", max_file_bytes=None)
     assert done.returncode == 0, done.stderr
     assert len(list(read_vectors(out))) == 4
+
+
+def test_a_job_whose_output_cannot_fit_is_refused_before_any_work(
+    tiny_model_dir: Path,
+    sample_fasta: Path,
+    small_disk: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Per-residue vectors take ~1 kB per residue for ESM-2 8M: the 36 MB corpus would need 84 GB
+    at the merge (measured: refused on a disk with 81.5 GB free). Here a real 2 MiB disk."""
+    fasta = _first_records(sample_fasta, 40, tmp_path / "forty.fasta")
+    out = small_disk / "o.h5"
+    args = ["embed", str(fasta), "-o", str(out), "--no-cache", *_tiny_args(tiny_model_dir)]
+    assert main([*args, "--pooling", "per-residue"]) == 2
+    line, stdout = _one_line_error(capsys)
+    assert "not enough disk space for this job: " in line and "40 per-residue vectors" in line
+    assert json.loads(stdout.splitlines()[-1])["computed"] == 0
+    assert list(small_disk.iterdir()) == []  # no output, no parts folder
+    assert main(args) == 0  # mean vectors of the same records fit
+    assert _summary(capsys)["computed"] == 40 and out.is_file()

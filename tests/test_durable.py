@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from protssl.durable import make_folder, os_error_in, replace_durably, writing_durably
+from protssl.durable import (
+    check_room,
+    human_bytes,
+    make_folder,
+    os_error_in,
+    replace_durably,
+    writing_durably,
+)
 from protssl.errors import InvalidInputError, OutputError
 
 
@@ -66,3 +73,21 @@ def test_a_folder_that_cannot_be_made_is_one_error_naming_it(tmp_path: Path) -> 
     )
     make_folder(tmp_path / "x" / "y", what="run folder")
     assert (tmp_path / "x" / "y").is_dir()
+
+
+def test_room_is_checked_per_disk_against_its_free_space(tmp_path: Path, small_disk: Path) -> None:
+    """A real 2 MiB filesystem: what fits passes, what does not is one error with the figures;
+    two folders on one disk share its space."""
+    check_room([(small_disk, 1_000_000, "a"), (tmp_path, 1_000, "b")])
+    (small_disk / "inner").mkdir()
+    with pytest.raises(OutputError) as refused:
+        check_room([(small_disk, 1_200_000, "OUT.h5"), (small_disk / "inner", 1_200_000, "store")])
+    said = str(refused.value)
+    assert said.startswith("not enough disk space for this job: OUT.h5: ~1.2 MB; store: ~1.2 MB")
+    assert f"the disk holding {str(small_disk)!r} has 2.1 MB free" in said
+
+
+def test_human_bytes() -> None:
+    assert [human_bytes(n) for n in (12, 282_600, 156_600_000, 84_300_000_000)] == [
+        "12 B", "282.6 kB", "156.6 MB", "84.3 GB"
+    ]  # fmt: skip

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from protssl.cli.args import add_db_arg, store_config
 from protssl.cli.commands import Command
+from protssl.durable import human_bytes
 from protssl.errors import InvalidInputError, NotFoundError
 from protssl.pooling import POOLINGS
 
@@ -216,9 +217,4 @@ def _file_size(store: Store) -> int | None:
 
 
 def _size(nbytes: int | None) -> str:
-    if nbytes is None:
-        return "?"
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if nbytes >= scale:
-            return f"{nbytes / scale:.1f} {unit}"
-    return f"{nbytes} B"
+    return "?" if nbytes is None else human_bytes(nbytes)
