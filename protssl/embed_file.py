@@ -9,6 +9,7 @@ before it are still embedded and written, and the error is raised after the outp
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from protssl.batch_job import JobSpec
 from protssl.checkpoint import LoadedModel
-from protssl.durable import check_room
+from protssl.durable import check_room, human_bytes
 from protssl.embedding import CacheStats, EmbedConfig, embed_records, expected_provenance
 from protssl.errors import ProtsslError
 from protssl.fasta import (
@@ -104,20 +105,41 @@ def embed_job_spec(
 
 
 def _check_room(
-    output: Path, checked: FastaCheck, model: LoadedModel, config: EmbedConfig, *, overwrite: bool
+    output: Path,
+    checked: FastaCheck,
+    model: LoadedModel,
+    config: EmbedConfig,
+    cache: EmbeddingCache | None,
+    *,
+    overwrite: bool,
 ) -> None:
     """Refuse a job whose OUTPUT cannot fit on its disk (per-residue vectors of a proteome take
-    tens of GB), before any work; a file `overwrite` replaces gives its space back."""
+    tens of GB), before any work; a file `overwrite` replaces gives its space back. A SQLite store
+    whose disk cannot take the job's vectors is warned about: some may be cached already."""
     if not output.parent.is_dir():
         return  # the writer says so
     width = pooled_width(config.pooling, model.encoder.config.embed_dim)
-    need = output_bytes(
-        checked.records, checked.residues, width, per_residue=config.pooling == "per-residue"
-    )
+    per_residue = config.pooling == "per-residue"
+    need = output_bytes(checked.records, checked.residues, width, per_residue=per_residue)
     if overwrite and output.is_file():
         need -= output.stat().st_size
     what = f"{str(output)!r} ({checked.records:,} {config.pooling} vectors, and its parts"
     check_room([(output.parent, need, f"{what} while they are merged)")])
+    store = None if cache is None else cache.local_file
+    if cache is None or store is None or not store.parent.is_dir():
+        return
+    values = (checked.residues if per_residue else checked.records) * width
+    kept = cache.stored_bytes(checked.records, values, checked.residues)
+    free = shutil.disk_usage(store.parent).free
+    if kept > free:
+        log.warning(
+            "the store %s has %s free on its disk, and this job's vectors take ~%s there where "
+            "none is cached yet: a full store stops the job (what is written stays; --resume "
+            "goes on once there is room); --no-cache leaves the store out",
+            store,
+            human_bytes(free),
+            human_bytes(kept),
+        )
 
 
 def _until_error(
@@ -163,7 +185,7 @@ def embed_fasta_file(
     try:
         checked = checked or validate_fasta(source, policy=policy)
         if checked is not None and not resume:
-            _check_room(Path(output), checked, model, config, overwrite=overwrite)
+            _check_room(Path(output), checked, model, config, cache, overwrite=overwrite)
     except ProtsslError as exc:
         summary.errors, summary.error = 1, str(exc)
         raise

@@ -411,3 +411,24 @@ def test_a_job_whose_output_cannot_fit_is_refused_before_any_work(
     assert list(small_disk.iterdir()) == []  # no output, no parts folder
     assert main(args) == 0  # mean vectors of the same records fit
     assert _summary(capsys)["computed"] == 40 and out.is_file()
+
+
+def test_a_store_without_room_for_the_job_is_warned_about_then_says_it_is_full(
+    tiny_model_dir: Path,
+    sample_fasta: Path,
+    small_disk: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The store may hold some of a job's vectors already, so its room is a warning, not a refusal;
+    on a real 2 MiB disk the job then stops at the full store with what to do."""
+    fasta = _first_records(sample_fasta, 40, tmp_path / "forty.fasta")
+    out = tmp_path / "o.h5"
+    args = ["embed", str(fasta), "-o", str(out), *_tiny_args(tiny_model_dir)]
+    db = ["--db", f"sqlite:///{small_disk / 's.sqlite3'}", "--pooling", "per-residue"]
+    assert main([*args, *db]) == 2
+    warned = [r.getMessage() for r in caplog.records if "free on its disk" in r.getMessage()]
+    assert len(warned) == 1 and "--no-cache leaves the store out" in warned[0]
+    line, _ = _one_line_error(capsys)
+    assert "the store is full" in line and "--no-cache" in line

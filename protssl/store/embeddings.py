@@ -14,6 +14,7 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Iterable, Mapping
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -135,6 +136,10 @@ class _VectorLRU:
         with self._lock:
             self._entries.clear()
             self._bytes = 0
+
+
+_ROW_OVERHEAD = 990
+"""Bytes of a cached vector's row and index entries beside its values (`stored_bytes`)."""
 
 
 class EmbeddingCache:
@@ -274,6 +279,22 @@ class EmbeddingCache:
             self._memory.put_many(
                 {key: self._decode(r["vector"], r["dim"], r["rows"]) for key, r in won.items()}
             )
+
+    @property
+    def local_file(self) -> Path | None:
+        """The SQLite file the vectors go to; None for a server database or memory."""
+        database = self._engine.url.database
+        if self._engine.dialect.name != "sqlite" or not database or database == ":memory:":
+            return None
+        return Path(database)
+
+    def stored_bytes(self, vectors: int, values: int, residues: int) -> int:
+        """About what `vectors` new vectors of `values` values in all, of sequences of `residues`
+        residues, take in the store: the values, ~1 kB of row and index beside each, and the
+        sequences' text (measured on the whole corpus: 75,731 mean vectors of 320 float32 values
+        took 171.6 MB of rows and index, their 32.9 M residues 49.7 MB)."""
+        itemsize = np.dtype(self.vector_dtype).itemsize
+        return values * itemsize + vectors * _ROW_OVERHEAD + residues * 3 // 2
 
     def count(self) -> int:
         """How many vectors are cached (all dtypes)."""
