@@ -71,6 +71,7 @@ def test_cgroup_v1_quota_where_the_named_path_is_not_mounted(tmp_path: Path) -> 
          "sys/fs/cgroup/cpu/cpu.cfs_period_us": "100000\n"},  # v1, no limit
         {"proc/self/cgroup": "0::/\n"},  # no cpu controller files (hybrid hierarchy)
         {"proc/self/cgroup": "garbage\n0::/\n", "sys/fs/cgroup/cpu.max": "lots\n"},  # unreadable
+        {"proc/self/cgroup": "0::/\n", "sys/fs/cgroup/cpu.max": "100000 0\n"},  # no period
         {},  # no /proc (another OS)
     ],
 )  # fmt: skip
