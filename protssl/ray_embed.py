@@ -30,7 +30,7 @@ import numpy as np
 
 from protssl.batching import read_ahead
 from protssl.checkpoint import LoadedModel
-from protssl.durable import make_folder
+from protssl.durable import check_room, make_folder
 from protssl.embed_file import JobSummary
 from protssl.embedding import CacheStats, EmbedConfig, embed_records
 from protssl.errors import (
@@ -49,7 +49,8 @@ from protssl.fasta import (
     read_fasta_range,
 )
 from protssl.memory import MemoryReleaser
-from protssl.output import VectorWriter, part_name, writer_lock
+from protssl.output import VectorWriter, output_bytes, part_name, writer_lock
+from protssl.pooling import pooled_width
 
 __all__ = ["RayOptions", "Shard", "embed_fasta_ray", "plan_shards", "read_shard"]
 
@@ -283,6 +284,7 @@ def embed_fasta_ray(
         summary.skipped, summary.skipped_ids = read.skipped, list(read.skipped_ids)
         pending = _unfinished(shards, folder)
         summary.resumed = sum(len(s.ids) for s in shards) - sum(len(s.ids) for s in pending)
+        _check_room(folder, pending, model, config)
         if pending:
             device = "cuda" if options.gpus_per_worker > 0 else model.device.type
             actor_args = {
@@ -314,6 +316,21 @@ def embed_fasta_ray(
             lock.release()
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _check_room(
+    folder: Path, pending: Sequence[Shard], model: LoadedModel, config: EmbedConfig
+) -> None:
+    """Refuse a run whose part files cannot fit in OUTPUT's disk, before Ray starts: every part
+    stays, and each is merged from its own parts first (the largest counted twice)."""
+    width = pooled_width(config.pooling, model.encoder.config.embed_dim)
+    per_residue = config.pooling == "per-residue"
+    merged = [output_bytes(len(s.ids), s.residues, width, per_residue=per_residue) for s in pending]
+    if not merged:
+        return
+    need = sum(merged) // 2 + max(merged) // 2
+    records = sum(len(s.ids) for s in pending)
+    check_room([(folder, need, f"{str(folder)!r} ({records:,} {config.pooling} vectors in parts)")])
 
 
 def _prepare_folder(folder: Path, *, resume: bool, overwrite: bool) -> None:

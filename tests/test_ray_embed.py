@@ -288,3 +288,15 @@ def test_an_output_folder_another_run_is_writing_is_refused_before_ray_starts(
         f"(pid {pid}): wait for it to end, or write to another file"
     ]
     assert not out.exists()
+
+
+def test_parts_that_cannot_fit_are_refused_before_ray_starts(
+    fasta: Path, small_disk: Path, service_model_dir: Path
+) -> None:
+    """36 records' per-residue vectors on a real 2 MiB disk: one line, Ray never started."""
+    out = small_disk / "parts"
+    code, lines = _embed_with_ray(fasta, out, service_model_dir, "--pooling", "per-residue")
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("protssl embed: error: not enough disk space for this job: ")
+    assert "36 per-residue vectors in parts" in lines[0]
+    assert list(out.iterdir()) == []  # the folder made for the parts, and nothing in it
