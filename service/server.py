@@ -343,9 +343,10 @@ def serve_process(
     if on_ready is not None:
         on_ready(port, server.metrics_port)
     else:
-        log.info(
-            "serving protssl.v1 on %s:%d (metrics port %s)", config.host, port, server.metrics_port
+        metrics = (
+            "no metrics" if server.metrics_port is None else f"metrics port {server.metrics_port}"
         )
+        log.info("serving protssl.v1 on %s:%d (%s)", config.host, port, metrics)
     while not stopped():
         time.sleep(SIGNAL_POLL_S)
     log.info("shutting down: finishing in-flight calls (grace %.1f s)", config.grace_s)

@@ -139,7 +139,7 @@ def test_the_server_stops_gracefully_on_sigterm(
         text=True,
     )
     try:
-        match, _ = wait_for_line(process, r"serving protssl.v1 on 127.0.0.1:(\d+)")
+        match, _ = wait_for_line(process, r"serving protssl.v1 on 127.0.0.1:(\d+) \(no metrics\)")
         port = int(match.group(1))
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
             stub = pb_grpc.EmbeddingServiceStub(ch)
