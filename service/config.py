@@ -156,15 +156,9 @@ class ServiceConfig:
         ):
             if getattr(self, name) <= 0:
                 raise InvalidInputError(f"{name} must be positive, got {getattr(self, name)}")
-        if (
-            self.max_queue_delay_ms < 0
-            or self.grace_s < 0
-            or self.memory_cache_mb < 0
-            or self.token_cache_s < 0
-        ):
-            raise InvalidInputError(
-                "max_queue_delay_ms, grace_s, memory_cache_mb and token_cache_s must not be negative"
-            )
+        for name in ("max_queue_delay_ms", "grace_s", "memory_cache_mb", "token_cache_s"):
+            if getattr(self, name) < 0:
+                raise InvalidInputError(f"{name} must not be negative, got {getattr(self, name)}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise InvalidInputError("tls_cert and tls_key go together: give both or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:

@@ -86,6 +86,8 @@ def test_service_config_is_checked():
         ServiceConfig(max_queue=0)
     with pytest.raises(InvalidInputError, match="port must be in"):
         ServiceConfig(port=70000)
+    with pytest.raises(InvalidInputError, match=r"^memory_cache_mb must not be negative, got -1$"):
+        ServiceConfig(memory_cache_mb=-1)  # the one that is, not a list of four
 
 
 @pytest.mark.slow
