@@ -30,7 +30,7 @@ from protssl.fasta import (
 )
 from protssl.memory import MemoryReleaser
 from protssl.output import open_writer, output_bytes
-from protssl.pooling import pooled_width
+from protssl.pooling import vector_values
 from protssl.progress import progress_bar
 from protssl.store import EmbeddingCache
 
@@ -118,9 +118,9 @@ def _check_room(
     whose disk cannot take the job's vectors is warned about: some may be cached already."""
     if not output.parent.is_dir():
         return  # the writer says so
-    width = pooled_width(config.pooling, model.encoder.config.embed_dim)
-    per_residue = config.pooling == "per-residue"
-    need = output_bytes(checked.records, checked.residues, width, per_residue=per_residue)
+    dim = model.encoder.config.embed_dim
+    values = vector_values(config.pooling, dim, checked.records, checked.residues)
+    need = output_bytes(checked.records, values)
     if overwrite and output.is_file():
         need -= output.stat().st_size
     what = f"{str(output)!r} ({checked.records:,} {config.pooling} vectors, and its parts"
@@ -128,7 +128,6 @@ def _check_room(
     store = None if cache is None else cache.local_file
     if cache is None or store is None or not store.parent.is_dir():
         return
-    values = (checked.residues if per_residue else checked.records) * width
     kept = cache.stored_bytes(checked.records, values, checked.residues)
     free = shutil.disk_usage(store.parent).free
     if kept > free:

@@ -65,7 +65,11 @@ class CpuInfo:
     @property
     def native_bf16(self) -> bool:
         """bf16 matmuls in hardware (AVX512-BF16 or AMX) that oneDNN is allowed to use."""
-        return self.onednn_bf16 and ("avx512-bf16" in self.isa or "amx" in self.isa)
+        return _native_bf16(self.isa, self.onednn_bf16)
+
+
+def _native_bf16(isa: tuple[str, ...], onednn_bf16: bool) -> bool:
+    return onednn_bf16 and ("avx512-bf16" in isa or "amx" in isa)
 
 
 def _cpu_flags_and_model() -> tuple[set[str], str]:
@@ -116,8 +120,10 @@ def cpu_info() -> CpuInfo:
 
 
 def cpu_has_bf16() -> bool:
-    """True when this CPU has native bf16 matmul (AVX512-BF16 or AMX) and oneDNN may use it."""
-    return cpu_info().native_bf16
+    """True when this CPU has native bf16 matmul (AVX512-BF16 or AMX) and oneDNN may use it (from
+    the CPU alone: no cgroup or thread reading, as `cpu_info` does)."""
+    _, isa, _, onednn_bf16 = _cpu_static()
+    return _native_bf16(isa, onednn_bf16)
 
 
 def _affinity_cores() -> int:
@@ -184,8 +190,11 @@ def _cfs_quota(folder: Path) -> float | None:
 def usable_cores() -> int:
     """The threads this process can keep busy: the CPUs it may run on, fewer where a CPU quota
     allows less time (rounded down: one thread more than the quota gets them all throttled)."""
+    return _cores_within(cpu_quota())
+
+
+def _cores_within(quota: float | None) -> int:
     cores = _affinity_cores()
-    quota = cpu_quota()
     return cores if quota is None else max(1, min(cores, math.floor(quota)))
 
 
@@ -200,7 +209,8 @@ def fit_threads_to_cpu_budget() -> int | None:
     torch threads."""
     if any(os.environ.get(name) for name in _THREAD_VARIABLES):
         return None
-    usable, current = usable_cores(), torch.get_num_threads()
+    quota = cpu_quota()
+    usable, current = _cores_within(quota), torch.get_num_threads()
     if current <= usable:
         return None
     torch.set_num_threads(usable)
@@ -208,7 +218,7 @@ def fit_threads_to_cpu_budget() -> int | None:
         "torch threads %d -> %d: this process's cgroup may use %.2f CPUs (a container's CPU limit)",
         current,
         usable,
-        cpu_quota() or 0.0,
+        quota or 0.0,
     )
     return usable
 

@@ -70,12 +70,11 @@ _RECORD_OVERHEAD = 700
 its vector: 20,000 pooled 320-wide records made a 38.5 MB file (25.6 MB of vectors)."""
 
 
-def output_bytes(records: int, residues: int, width: int, *, per_residue: bool) -> int:
-    """Disk an OUTPUT of `records` float32 vectors (`residues` rows each of `width` values per
-    residue, else one of `width` per record) needs at its peak: the parts in OUTPUT.partial/ and
-    the file merged from them lie side by side until the parts are removed."""
-    rows = residues if per_residue else records
-    return 2 * (rows * width * 4 + records * _RECORD_OVERHEAD)
+def output_bytes(records: int, values: int) -> int:
+    """Disk an OUTPUT of `records` float32 vectors holding `values` values in all
+    (`pooling.vector_values`) needs at its peak: the parts in OUTPUT.partial/ and the file merged
+    from them lie side by side until the parts are removed."""
+    return 2 * (values * 4 + records * _RECORD_OVERHEAD)
 
 
 def dataset_name(record_id: str) -> str:

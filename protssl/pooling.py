@@ -19,6 +19,7 @@ __all__ = [
     "pooled_width",
     "segment_bounds",
     "segment_means",
+    "vector_values",
 ]
 
 Pooling = Literal["mean", "bos", "segments", "per-residue"]
@@ -60,3 +61,10 @@ def segment_means(per_residue: np.ndarray, *, groups: int = 1) -> np.ndarray:
 def pooled_width(pooling: str, dim: int) -> int:
     """Values per pooled vector of one layer of `dim` channels (per residue for `per-residue`)."""
     return dim * SEGMENTS if pooling == "segments" else dim
+
+
+def vector_values(pooling: str, dim: int, records: int, residues: int) -> int:
+    """Values the vectors of `records` records (`residues` in all) hold: one pooled vector a
+    record, or with `per-residue` one row a residue (what sizes an output or a store)."""
+    rows = residues if pooling == "per-residue" else records
+    return rows * pooled_width(pooling, dim)

@@ -50,7 +50,7 @@ from protssl.fasta import (
 )
 from protssl.memory import MemoryReleaser
 from protssl.output import VectorWriter, output_bytes, part_name, writer_lock
-from protssl.pooling import pooled_width
+from protssl.pooling import vector_values
 
 __all__ = ["RayOptions", "Shard", "embed_fasta_ray", "plan_shards", "read_shard"]
 
@@ -323,9 +323,11 @@ def _check_room(
 ) -> None:
     """Refuse a run whose part files cannot fit in OUTPUT's disk, before Ray starts: every part
     stays, and each is merged from its own parts first (the largest counted twice)."""
-    width = pooled_width(config.pooling, model.encoder.config.embed_dim)
-    per_residue = config.pooling == "per-residue"
-    merged = [output_bytes(len(s.ids), s.residues, width, per_residue=per_residue) for s in pending]
+    dim = model.encoder.config.embed_dim
+    merged = [
+        output_bytes(len(s.ids), vector_values(config.pooling, dim, len(s.ids), s.residues))
+        for s in pending
+    ]
     if not merged:
         return
     need = sum(merged) // 2 + max(merged) // 2

@@ -254,7 +254,7 @@ def classifier_info_to_proto(stored: StoredClassifier) -> pb.ClassifierInfo:
         version=stored.version,
         method=CLASSIFIER_METHOD.values.get(stored.method, pb.CLASSIFIER_METHOD_UNSPECIFIED),
         model_sha256=stored.model_sha256,
-        labels=list(stored.params.get("classes", [])),
+        labels=list(stored.classes),
         examples=len(stored.examples),
         metrics=pb.ClassifierMetrics(
             held_out=str(metrics.get("held_out", "")),
@@ -266,7 +266,7 @@ def classifier_info_to_proto(stored: StoredClassifier) -> pb.ClassifierInfo:
             layer=int(metrics.get("layer", 0)),
         ),
         created_at=stored.created_at.isoformat(),
-        pooling=POOLING.value(stored.params.get("info", {}).get("pooling", POOLING.default)),
+        pooling=POOLING.value(stored.pooling),
     )
 
 

@@ -135,13 +135,12 @@ def fasta_policy(args: argparse.Namespace) -> FastaPolicy:
     """The FASTA policy that `add_fasta_policy_args`' flags set (FastaPolicy's default where absent)."""
     from protssl.fasta import FastaPolicy
 
-    given = ("on_invalid", "gaps", "on_empty", "on_duplicate")
-    return FastaPolicy(**{name: getattr(args, name) for name in given if name in args})
+    return FastaPolicy(**{name: getattr(args, name) for name in _POLICY_FIELDS if name in args})
 
 
-_POLICY_ADVICE = re.compile(
-    r"\b(on_invalid|on_empty|on_duplicate|gaps) (fail|skip|replace|strip)\b"
-)
+_POLICY_FIELDS = ("on_invalid", "gaps", "on_empty", "on_duplicate")
+"""FastaPolicy's fields, each set by the option of the same name (`--on-invalid`...)."""
+_POLICY_ADVICE = re.compile(rf"\b({'|'.join(_POLICY_FIELDS)}) (fail|skip|replace|strip)\b")
 
 
 def as_options(message: str) -> str:

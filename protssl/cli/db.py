@@ -14,7 +14,6 @@ import json
 import sys
 from collections.abc import Iterator
 from dataclasses import asdict
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from protssl.cli.args import add_db_arg, store_config
@@ -209,10 +208,10 @@ def _models(store: Store, name: str) -> list[str]:
 
 def _file_size(store: Store) -> int | None:
     """Bytes of a SQLite store's file and its WAL (None for a server database)."""
-    database = store.engine.url.database
-    if store.engine.dialect.name != "sqlite" or not database or database == ":memory:":
+    database = store.embeddings.local_file
+    if database is None:
         return None
-    files = [Path(database), Path(f"{database}-wal")]
+    files = [database, database.with_name(f"{database.name}-wal")]
     return sum(f.stat().st_size for f in files if f.exists())
 
 

@@ -373,8 +373,8 @@ def _listed(stored: Any) -> dict[str, Any]:
         "name": stored.name,
         "version": stored.version,
         "method": stored.method,
-        "pooling": stored.params.get("info", {}).get("pooling", "mean"),
-        "classes": len(stored.params.get("classes", ())),
+        "pooling": stored.pooling,
+        "classes": len(stored.classes),
         "examples": len(stored.examples),
         "model_sha256": stored.model_sha256,
         "created_at": stored.created_at.isoformat(),
@@ -383,7 +383,7 @@ def _listed(stored: Any) -> dict[str, Any]:
 
 def _classifier_delete(args: argparse.Namespace) -> int:
     with open_store(args) as store:
-        versions = store.classifiers.get(args.name).version
+        _, versions, _ = store.classifiers.identity(args.name)  # the latest, without its blob
         store.classifiers.delete(args.name)
     print(f"classifier {args.name!r} deleted ({versions} version{'s' * (versions != 1)})")
     return 0

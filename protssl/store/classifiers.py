@@ -84,6 +84,16 @@ class StoredClassifier:
     metrics: dict[str, Any]
     created_at: dt.datetime
 
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Its labels, read from its parameters (the head itself stays unpickled)."""
+        return tuple(self.params.get("classes", ()))
+
+    @property
+    def pooling(self) -> str:
+        """The pooling of the vectors it was fitted on (`mean` for versions saved before any other)."""
+        return str(self.params.get("info", {}).get("pooling", "mean"))
+
 
 def _one_version(name: str, version: int | None, *columns: Any) -> Any:
     """SELECT `columns` of version `version` of classifier `name` (the latest if None)."""
