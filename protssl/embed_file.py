@@ -29,7 +29,7 @@ from protssl.fasta import (
     validate_fasta,
 )
 from protssl.memory import MemoryReleaser
-from protssl.output import open_writer, output_bytes
+from protssl.output import check_pooling, is_table, open_writer, output_bytes
 from protssl.pooling import vector_values
 from protssl.progress import progress_bar
 from protssl.store import EmbeddingCache
@@ -120,7 +120,7 @@ def _check_room(
         return  # the writer says so
     dim = model.encoder.config.embed_dim
     values = vector_values(config.pooling, dim, checked.records, checked.residues)
-    need = output_bytes(checked.records, values)
+    need = output_bytes(checked.records, values, table=is_table(output))
     if overwrite and output.is_file():
         need -= output.stat().st_size
     what = f"{str(output)!r} ({checked.records:,} {config.pooling} vectors, and its parts"
@@ -166,7 +166,7 @@ def embed_fasta_file(
     on_flush: Callable[[JobSummary], None] | None = None,
     checked: FastaCheck | None = None,
 ) -> JobSummary:
-    """Embed every record of a FASTA file into OUTPUT (`.h5` or `.npz`).
+    """Embed every record of a FASTA file into OUTPUT (`.h5`, `.npz`, or a `.tsv`/`.csv` table).
 
     With `resume`, ids already in OUTPUT are skipped; with `cache`, vectors already in the store
     are read instead of computed, and computed ones are written back. A file is checked whole first
@@ -182,6 +182,7 @@ def embed_fasta_file(
     start = time.perf_counter()
     failure: list[ProtsslError] = []
     try:
+        check_pooling(output, config.pooling)
         checked = checked or validate_fasta(source, policy=policy)
         if checked is not None and not resume:
             _check_room(Path(output), checked, model, config, cache, overwrite=overwrite)

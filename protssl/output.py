@@ -1,10 +1,15 @@
-"""Vectors on disk: HDF5 (one dataset per record id, provenance in attributes) or `.npz`.
+"""Vectors on disk: HDF5 (one dataset per record id, provenance in attributes), `.npz`, or a
+TSV/CSV table of pooled vectors (one row per record).
 
 HDF5 layout (`h5py`): file attributes hold the shared provenance (model name and sha256, layer,
 pooling, dtype, window policy, protssl version); each record is a root dataset named by its id,
 with `/` and `%` percent-escaped (`sp|P1/2` → `sp|P1%2F2`), holding float32 `(D,)` or `(L, D)`,
 and attributes `id`, `length`, `windows`, `windowed` and `labels`. `.npz` keeps the same names as
-keys and the provenance as JSON under `__provenance__`.
+keys and the provenance as JSON under `__provenance__`. A table (`.tsv`, `.csv`) has a header
+row and one row per record: `id`, `length`, `windows`, `windowed`, `labels`, the provenance
+(`model_name` … `window_policy`, the same in every row, so a row taken out of the file still says
+what made it), then the vector as `v0` … `v{D-1}`, each float32 written with 9 significant digits
+(read back bit-exact). It holds one vector per record: per-residue vectors are refused.
 
 Crash safety, the same for both formats: OUTPUT itself is only ever replaced whole (a temp file,
 fsync, rename). While a job runs, each `flush()` writes the vectors since the last one as a chunk
@@ -20,6 +25,7 @@ as one.
 
 from __future__ import annotations
 
+import csv
 import errno
 import json
 import logging
@@ -44,8 +50,10 @@ __all__ = [
     "VectorWriter",
     "check_not_being_written",
     "check_output",
+    "check_pooling",
     "check_writable",
     "dataset_name",
+    "is_table",
     "journal_path",
     "open_writer",
     "part_name",
@@ -56,11 +64,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FORMATS = (".h5", ".hdf5", ".npz")
+FORMATS = (".h5", ".hdf5", ".npz", ".tsv", ".csv")
+_DELIMITERS = {".tsv": "\t", ".csv": ","}
+_ROW_FIELDS = ("id", "length", "windows", "windowed", "labels")
 _SHARED = ("model_name", "model_sha256", "layer", "pooling", "dtype", "window_policy")
 _NPZ_META = "__provenance__"
-_UNREADABLE = (OSError, ValueError, KeyError, RuntimeError, EOFError, zipfile.BadZipFile)
-"""What h5py and np.load raise for a file that is not theirs or is truncated."""
+_UNREADABLE = (OSError, ValueError, KeyError, RuntimeError, EOFError, zipfile.BadZipFile, csv.Error)
+"""What h5py, np.load and the table reader raise for a file that is not theirs or is truncated."""
 _CHUNK_BYTES = 64 << 20
 """Buffered vectors past this size are written as a chunk without waiting for `flush()`."""
 
@@ -68,13 +78,32 @@ _CHUNK_BYTES = 64 << 20
 _RECORD_OVERHEAD = 700
 """Bytes an HDF5 dataset's header and attributes (or a .npz entry and its JSON row) take beside
 its vector: 20,000 pooled 320-wide records made a 38.5 MB file (25.6 MB of vectors)."""
+_TEXT_VALUE_BYTES = 14
+"""Bytes of one value in a table: 9 significant digits, a sign, the point or an exponent, the
+delimiter (measured: 12.6 a value for the shipped model's vectors of examples/proteins.fasta,
+13.5 for normal values of scale 0.1, whose leading zeros take room)."""
 
 
-def output_bytes(records: int, values: int) -> int:
+def output_bytes(records: int, values: int, *, table: bool = False) -> int:
     """Disk an OUTPUT of `records` float32 vectors holding `values` values in all
     (`pooling.vector_values`) needs at its peak: the parts in OUTPUT.partial/ and the file merged
-    from them lie side by side until the parts are removed."""
-    return 2 * (values * 4 + records * _RECORD_OVERHEAD)
+    from them lie side by side until the parts are removed (`table`: the file is text)."""
+    parts = values * 4 + records * _RECORD_OVERHEAD
+    return parts + (values * _TEXT_VALUE_BYTES + records * _RECORD_OVERHEAD if table else parts)
+
+
+def is_table(path: str | Path) -> bool:
+    """Whether OUTPUT is a TSV/CSV table (one pooled vector per row)."""
+    return Path(path).suffix.lower() in _DELIMITERS
+
+
+def check_pooling(path: str | Path, pooling: str) -> None:
+    """Refuse per-residue vectors for a table output before any work: a row holds one vector."""
+    if pooling == "per-residue" and is_table(path):
+        raise InvalidInputError(
+            f"output {str(path)!r}: a {Path(path).suffix.lower()} table holds one vector per "
+            "record; per-residue vectors go to .h5 or .npz"
+        )
 
 
 def dataset_name(record_id: str) -> str:
@@ -115,6 +144,8 @@ def _check_format(path: Path) -> str:
         raise InvalidInputError(
             f"output {str(path)!r}: unknown format {suffix or '(none)'}; use {', '.join(FORMATS)}"
         )
+    if suffix in _DELIMITERS:
+        return "table"
     return "npz" if suffix == ".npz" else "h5"
 
 
@@ -231,6 +262,11 @@ class VectorWriter:
             self.check_provenance(embedding.provenance)
         name = dataset_name(embedding.id)
         vector = np.ascontiguousarray(embedding.vector, dtype=np.float32)
+        if self.kind == "table" and vector.ndim != 1:
+            raise InvalidInputError(
+                f"output {str(self.path)!r}: record {embedding.id!r} has a {vector.shape} vector; "
+                "a table holds one vector per record (per-residue vectors go to .h5 or .npz)"
+            )
         self._buffer[name] = vector
         self._rows[name] = {
             "id": embedding.id,
@@ -269,6 +305,8 @@ class VectorWriter:
                 try:
                     if self.kind == "h5":
                         self._merge_h5(chunks)
+                    elif self.kind == "table":
+                        self._merge_table(chunks)
                     else:
                         self._merge_npz(chunks)
                 except OutputError as exc:
@@ -326,6 +364,25 @@ class VectorWriter:
         meta_text = json.dumps({"shared": self._shared, "records": rows})
         _write_atomic(self.path, {**arrays, _NPZ_META: meta_text})
 
+    def _merge_table(self, chunks: list[Path]) -> None:
+        new = {
+            name: (vector, attrs) for chunk in chunks for name, vector, attrs in _read_chunk(chunk)
+        }
+        delimiter = _DELIMITERS[self.path.suffix.lower()]
+        with writing_durably(self.path) as tmp, tmp.open("w", newline="") as handle:
+            out = csv.writer(handle, delimiter=delimiter, lineterminator="\n")
+            width = {v.shape[0] for v, _ in new.values()}.pop()
+            out.writerow([*_ROW_FIELDS, *_SHARED, *(f"v{i}" for i in range(width))])
+            shared = [self._shared[k] if self._shared else "" for k in _SHARED]
+            if self.path.exists():
+                for row in _table_rows(self.path):
+                    if dataset_name(row[0]) not in new:
+                        out.writerow(row)
+            for vector, attrs in new.values():
+                windowed = "true" if attrs["windowed"] else "false"
+                fields = (attrs["id"], attrs["length"], attrs["windows"], windowed, attrs["labels"])
+                out.writerow([*fields, *shared, *(f"{x:.9g}" for x in vector.tolist())])
+
     def __enter__(self) -> VectorWriter:
         return self
 
@@ -363,7 +420,13 @@ def read_vectors(path: str | Path) -> Iterator[tuple[str, np.ndarray, Mapping[st
         for part in sorted(path.glob("part-*.h5")):
             yield from read_vectors(part)
         return
-    if _check_format(path) == "h5":
+    kind = _check_format(path)
+    if kind == "table":
+        for row in _table_rows(path):
+            record, attrs = _table_row(row)
+            yield record, np.array(row[len(_ROW_FIELDS) + len(_SHARED) :], dtype=np.float32), attrs
+        return
+    if kind == "h5":
         with h5py.File(path, "r") as handle:
             shared = {k: _plain(v) for k, v in handle.attrs.items()}
             for name in handle:
@@ -379,8 +442,15 @@ def read_vectors(path: str | Path) -> Iterator[tuple[str, np.ndarray, Mapping[st
 
 def _read_index(path: Path, kind: str) -> tuple[dict[str, Any] | None, list[str]]:
     """An existing OUTPUT's shared provenance and dataset names; one clear error if unreadable."""
-    what = "an HDF5" if kind == "h5" else "a .npz"
+    what = {"h5": "an HDF5", "npz": "a .npz", "table": f"a {path.suffix.lower()}"}[kind]
     try:
+        if kind == "table":
+            names, shared = [], None
+            for row in _table_rows(path):
+                record, attrs = _table_row(row)
+                names.append(dataset_name(record))
+                shared = shared or {k: attrs[k] for k in _SHARED}
+            return shared, names
         if kind == "h5":
             with h5py.File(path, "r") as handle:
                 shared = (
@@ -397,6 +467,27 @@ def _read_index(path: Path, kind: str) -> tuple[dict[str, Any] | None, list[str]
             f"output {str(path)!r} is not {what} file protssl can read ({first_line(exc)}): "
             "move it away, or pass --overwrite to replace it"
         ) from None
+
+
+def _table_rows(path: Path) -> Iterator[list[str]]:
+    """A table's data rows as strings, after checking its header is protssl's."""
+    with path.open(newline="") as handle:
+        rows = csv.reader(handle, delimiter=_DELIMITERS[path.suffix.lower()])
+        header = next(rows, None)
+        fixed = [*_ROW_FIELDS, *_SHARED]
+        if header is None or header[: len(fixed)] != fixed:
+            raise ValueError(f"its header is not protssl's ({', '.join(fixed)}, v0, v1, ...)")
+        yield from rows
+
+
+def _table_row(row: list[str]) -> tuple[str, dict[str, Any]]:
+    """A table row's record id and its attributes, typed as HDF5 gives them."""
+    record, length, windows, windowed, labels, *rest = row[: len(_ROW_FIELDS) + len(_SHARED)]
+    attrs: dict[str, Any] = dict(zip(_SHARED, rest, strict=True))
+    attrs["layer"] = int(attrs["layer"])
+    attrs.update(id=record, length=int(length), windows=int(windows), windowed=windowed == "true")
+    attrs["labels"] = labels
+    return record, attrs
 
 
 def _chunks(journal: Path) -> list[Path]:

@@ -1,4 +1,4 @@
-"""`protssl embed`: FASTA to HDF5/.npz, resume, the FASTA policy, the store's cache, one-line errors."""
+"""`protssl embed`: FASTA to HDF5/.npz/tables, resume, the FASTA policy, the store's cache, one-line errors."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def test_embed_h5_then_resume_skips_done_ids(
     assert len(attrs["model_sha256"]) == 64 and attrs["windowed"] in (0, 1, False, True)
 
 
-@pytest.mark.parametrize("suffix", [".h5", ".npz"])
+@pytest.mark.parametrize("suffix", [".h5", ".npz", ".csv"])
 def test_segments_pooling_writes_four_stretch_means_per_record(
     tiny_model_dir: Path,
     sample_fasta: Path,
@@ -77,6 +77,42 @@ def test_segments_pooling_writes_four_stretch_means_per_record(
     assert len(rows) == 6
     for _, vector, attrs in rows:
         assert vector.shape == (SEGMENTS * 64,) and attrs["pooling"] == "segments"
+
+
+def test_a_tsv_holds_the_h5s_vectors_and_resumes(
+    tiny_model_dir: Path, sample_fasta: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    part = _first_records(sample_fasta, 8, tmp_path / "part.fasta")
+    full = _first_records(sample_fasta, 20, tmp_path / "full.fasta")
+    base = [*_tiny_args(tiny_model_dir), "--no-cache"]
+    table, h5 = tmp_path / "v.tsv", tmp_path / "v.h5"
+    assert main(["embed", str(part), "-o", str(table), *base]) == 0
+    assert main(["embed", str(full), "-o", str(table), "--resume", *base]) == 0
+    assert _summary(capsys)["resumed"] == 8
+    assert main(["embed", str(full), "-o", str(h5), *base]) == 0
+    capsys.readouterr()
+    rows = {k: (v.tobytes(), a["length"]) for k, v, a in read_vectors(table)}
+    assert rows == {k: (v.tobytes(), a["length"]) for k, v, a in read_vectors(h5)}
+    assert len(table.read_text().splitlines()) == 21  # the header and one row per record
+    assert (
+        main(
+            [
+                "embed",
+                str(full),
+                "-o",
+                str(tmp_path / "r.tsv"),
+                "--pooling",
+                "per-residue",
+                "--model",
+                "no-such-model",
+            ]
+        )
+        == 2
+    )  # refused before the model is looked for
+    line, _ = _one_line_error(capsys)
+    assert line.endswith(
+        "a .tsv table holds one vector per record; per-residue vectors go to .h5 or .npz"
+    )
 
 
 def test_resume_refuses_other_provenance(

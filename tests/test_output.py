@@ -1,5 +1,5 @@
 """Vector files: dataset names stay flat whatever the record id holds; OUTPUT replaced whole, a
-journal of chunks while a job runs, one writer at a time."""
+journal of chunks while a job runs, one writer at a time; tables hold what HDF5 holds."""
 
 from __future__ import annotations
 
@@ -11,7 +11,14 @@ import pytest
 
 from protssl.embedding import Embedding, Provenance
 from protssl.errors import InvalidInputError
-from protssl.output import check_writable, dataset_name, journal_path, open_writer, read_vectors
+from protssl.output import (
+    check_pooling,
+    check_writable,
+    dataset_name,
+    journal_path,
+    open_writer,
+    read_vectors,
+)
 
 
 def test_ids_with_slashes_stay_flat() -> None:
@@ -26,7 +33,7 @@ def _embedding(index: int) -> Embedding:
     return Embedding(f"sp|P{index}/x", 10 + index, vector, PROVENANCE, ("a", "b"))
 
 
-@pytest.mark.parametrize("suffix", [".h5", ".npz"])
+@pytest.mark.parametrize("suffix", [".h5", ".npz", ".tsv", ".csv"])
 def test_output_is_replaced_whole_and_the_journal_holds_the_flushed_chunks(
     suffix: str, tmp_path: Path
 ) -> None:
@@ -43,7 +50,7 @@ def test_output_is_replaced_whole_and_the_journal_holds_the_flushed_chunks(
     (journal_path(out) / "chunk-000001.npz").rename(journal_path(out) / "chunk-000007.npz")
     del writer  # what SIGKILL leaves: no close(); chunk numbers need not be contiguous
 
-    with pytest.raises(InvalidInputError, match=r"o\.(h5|npz)\.partial'?: pass --resume"):
+    with pytest.raises(InvalidInputError, match=r"o\.(h5|npz|tsv|csv)\.partial'?: pass --resume"):
         open_writer(out)
     with open_writer(out, resume=True) as again:
         assert again.existing_ids() == {"sp|P0/x", "sp|P1/x", "sp|P2/x"}
@@ -62,18 +69,67 @@ def test_output_is_replaced_whole_and_the_journal_holds_the_flushed_chunks(
     assert len(list(read_vectors(out))) == 5
 
 
-def test_h5_and_npz_hold_the_same(tmp_path: Path) -> None:
-    for suffix in (".h5", ".npz"):
+def test_h5_npz_and_tables_hold_the_same(tmp_path: Path) -> None:
+    """Bit for bit, with ids a table must quote (its delimiters, quotes) and values a short
+    decimal would round (float32 needs 9 significant digits to come back whole)."""
+    rng = np.random.default_rng(0)
+    odd = ["sp|P1/x", 'a,b\t"c"', "d;e", "\u00e9", "x" * 300]
+    embeddings = [
+        Embedding(
+            i, 10 + n, rng.standard_normal(7).astype(np.float32) * 10.0 ** (n - 3), PROVENANCE
+        )
+        for n, i in enumerate(odd)
+    ]
+    extremes = np.array([1e-38, -0.0, 3.4e38, 1e-45, -1.0, 0.1, 1 / 3], np.float32)
+    embeddings.append(Embedding("tiny", 3, extremes, PROVENANCE))
+    for suffix in (".h5", ".npz", ".tsv", ".csv"):
         with open_writer(tmp_path / f"o{suffix}") as writer:
-            for index in range(5):
-                writer.write(_embedding(index))
+            for index, embedding in enumerate(embeddings):
+                writer.write(embedding)
                 if index % 2:
                     writer.flush()
-    h5 = list(read_vectors(tmp_path / "o.h5"))
-    npz = list(read_vectors(tmp_path / "o.npz"))
-    assert [(k, v.tolist(), a) for k, v, a in h5] == [
-        (k, v.tolist(), {**a, "protssl_version": h5[0][2]["protssl_version"]}) for k, v, a in npz
-    ]
+
+    def held(suffix: str) -> dict[str, tuple[bytes, dict]]:
+        return {
+            k: (v.tobytes(), {**a, "protssl_version": None})
+            for k, v, a in read_vectors(tmp_path / f"o{suffix}")
+        }
+
+    h5 = held(".h5")
+    assert set(h5) == {e.id for e in embeddings}
+    for suffix in (".npz", ".tsv", ".csv"):
+        assert held(suffix) == h5, suffix
+    header = (tmp_path / "o.tsv").read_text().splitlines()[0].split("\t")
+    assert header[:5] == ["id", "length", "windows", "windowed", "labels"]
+    assert header[-7:] == [f"v{i}" for i in range(7)]
+
+
+@pytest.mark.parametrize("suffix", [".tsv", ".csv"])
+def test_a_table_takes_one_vector_per_record(suffix: str, tmp_path: Path) -> None:
+    out = tmp_path / f"o{suffix}"
+    with pytest.raises(InvalidInputError) as refused:
+        check_pooling(out, "per-residue")
+    assert str(refused.value) == (
+        f"output {str(out)!r}: a {suffix} table holds one vector per record; per-residue "
+        "vectors go to .h5 or .npz"
+    )
+    check_pooling(out, "segments")
+    check_pooling(tmp_path / "o.h5", "per-residue")
+    with open_writer(out) as writer:
+        per_residue = Embedding("r", 2, np.zeros((2, 4), np.float32), PROVENANCE)
+        with pytest.raises(InvalidInputError, match="a table holds one vector per record"):
+            writer.write(per_residue)
+        writer.write(_embedding(0))
+    assert [k for k, _, _ in read_vectors(out)] == ["sp|P0/x"]
+
+
+def test_a_table_protssl_did_not_write_is_left_alone(tmp_path: Path) -> None:
+    out = tmp_path / "mine.csv"
+    out.write_text("gene,score\nabc,1\n")
+    with pytest.raises(InvalidInputError) as refused:
+        open_writer(out, resume=True)
+    assert "is not a .csv file protssl can read (its header is not protssl's" in str(refused.value)
+    assert out.read_text() == "gene,score\nabc,1\n"
 
 
 def test_an_output_being_written_is_refused_to_a_second_writer(tmp_path: Path) -> None:

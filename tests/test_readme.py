@@ -56,6 +56,17 @@ def test_hdf5_example_reads_what_protssl_embed_wrote(scratch: Path, tiny_model_d
     np.testing.assert_array_equal(namespace["same"], vector)
 
 
+def test_table_example_reads_what_protssl_embed_wrote(scratch: Path, tiny_model_dir: Path) -> None:
+    args = ["embed", "examples/proteins.fasta", "-o", "proteins.tsv", "--no-cache"]
+    assert main([*args, "--model", str(tiny_model_dir), "--overlap", "16", "--no-progress"]) == 0
+    namespace, _ = run_example(readme_example('pd.read_csv("proteins.tsv"'))
+    written = {i: v for i, v, _ in read_vectors(scratch / "proteins.tsv")}
+    table = namespace["table"]
+    assert list(table.index) == list(written) and len(written) == 300
+    np.testing.assert_array_equal(namespace["vectors"], np.stack(list(written.values())))
+    assert namespace["vectors"].dtype == np.float32
+
+
 def fasta_head(source: Path, count: int, target: Path) -> Path:
     """The first `count` records of `source`, their lines as written, in `target`."""
     text = source.read_text()

@@ -1,4 +1,4 @@
-"""`protssl embed`: every record of a FASTA file into an HDF5 or .npz file, through the store's cache.
+"""`protssl embed`: a FASTA file into HDF5, .npz or a TSV/CSV table, through the store's cache.
 
 With the store, the run is a job in its `jobs` table: run again with the same arguments after a
 kill, it continues where it stopped. Prints the job's summary as the last line of stdout (JSON),
@@ -41,7 +41,7 @@ def _build(parser: argparse.ArgumentParser) -> None:
         "-o",
         "--output",
         required=True,
-        help="OUT.h5 (or .hdf5, .npz); with --engine ray a folder of part-NNNNN.h5 files",
+        help="OUT.h5 (or .hdf5, .npz; .tsv or .csv: a table, one pooled vector a row); with --engine ray a folder of part-NNNNN.h5 files",
     )
     add_model_args(parser)
     parser.add_argument(
@@ -133,7 +133,7 @@ COMMANDS = (
     Command(
         "embed",
         _build,
-        help="embed a FASTA file into HDF5 (.h5) or .npz",
+        help="embed a FASTA file into HDF5 (.h5), .npz or a TSV/CSV table",
         description="Embed every record of a FASTA file (.gz or - for stdin) into OUTPUT.",
     ),
 )
@@ -145,7 +145,12 @@ def _embed(args: argparse.Namespace) -> int:
     from protssl.embed_file import JobSummary, embed_fasta_file, embed_job_spec
     from protssl.embedding import EmbedConfig
     from protssl.fasta import validate_fasta
-    from protssl.output import check_not_being_written, check_output, check_writable
+    from protssl.output import (
+        check_not_being_written,
+        check_output,
+        check_pooling,
+        check_writable,
+    )
 
     config = EmbedConfig(
         pooling=args.pooling,
@@ -161,6 +166,7 @@ def _embed(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"{args.input}: no such file")
     if args.engine == "local":
         check_writable(args.output)
+        check_pooling(args.output, config.pooling)
     else:
         check_not_being_written(args.output)
     model = load_model(args)
