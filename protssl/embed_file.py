@@ -193,12 +193,17 @@ def embed_fasta_file(
         done = writer.existing_ids() if resume else set()
         writer.check_provenance(expected_provenance(model, config))
 
+        # a table's rows follow the input; only records read and not yet written are held here
+        positions: dict[str, int] | None = {} if is_table(output) else None
+
         def pending() -> Iterator[ProteinRecord]:
-            for record in read_fasta(source, policy=policy, stats=stats):
+            for position, record in enumerate(read_fasta(source, policy=policy, stats=stats)):
                 if record.id in done:
                     summary.resumed += 1
                     bar.update(len(record))
                     continue
+                if positions is not None:
+                    positions[record.id] = position
                 yield record
 
         bar = progress_bar(
@@ -214,7 +219,8 @@ def embed_fasta_file(
             cache_stats = CacheStats()
             records = _until_error(pending(), failure)
             for embedding in embed_records(records, model, config, cache=cache, stats=cache_stats):
-                writer.write(embedding)
+                position = None if positions is None else positions.pop(embedding.id, None)
+                writer.write(embedding, position=position)
                 bar.update(embedding.length)
                 summary.computed, summary.cached = cache_stats.computed, cache_stats.cached
                 summary.records += 1

@@ -254,8 +254,12 @@ class VectorWriter:
                 "write to a new file"
             )
 
-    def write(self, embedding: Embedding) -> None:
-        """Add one record's vector with its provenance (durable at the next `flush()`)."""
+    def write(self, embedding: Embedding, *, position: int | None = None) -> None:
+        """Add one record's vector with its provenance (durable at the next `flush()`).
+
+        `position`, the record's place in the input, orders a table's rows (vectors come in the
+        order they were computed, batches sorted by length); other formats are keyed by id.
+        """
         if self._shared is None:
             self._shared = {k: getattr(embedding.provenance, k) for k in _SHARED}
         else:
@@ -275,6 +279,8 @@ class VectorWriter:
             "windowed": embedding.provenance.windowed,
             "labels": ";".join(embedding.labels),
         }
+        if position is not None and self.kind == "table":
+            self._rows[name]["position"] = position
         self._buffered += vector.nbytes
         if self._buffered > _CHUNK_BYTES:
             self.flush()
@@ -365,20 +371,22 @@ class VectorWriter:
         _write_atomic(self.path, {**arrays, _NPZ_META: meta_text})
 
     def _merge_table(self, chunks: list[Path]) -> None:
-        new = {
-            name: (vector, attrs) for chunk in chunks for name, vector, attrs in _read_chunk(chunk)
-        }
+        """OUTPUT's rows (less those the chunks replace), then the chunks' rows in input order
+        where their writer gave it, else in the order written."""
+        latest = {row[0]: row for chunk in chunks for row in _read_chunk(chunk)}  # as h5 does
+        unplaced = len(latest)  # rows without a position go last, in the order written
+        new = sorted(latest.values(), key=lambda row: row[2].get("position", unplaced))
         delimiter = _DELIMITERS[self.path.suffix.lower()]
+        shared = [self._shared[k] if self._shared else "" for k in _SHARED]
         with writing_durably(self.path) as tmp, tmp.open("w", newline="") as handle:
             out = csv.writer(handle, delimiter=delimiter, lineterminator="\n")
-            width = {v.shape[0] for v, _ in new.values()}.pop()
+            width = new[0][1].shape[0]  # one provenance, one width
             out.writerow([*_ROW_FIELDS, *_SHARED, *(f"v{i}" for i in range(width))])
-            shared = [self._shared[k] if self._shared else "" for k in _SHARED]
             if self.path.exists():
                 for row in _table_rows(self.path):
-                    if dataset_name(row[0]) not in new:
+                    if dataset_name(row[0]) not in latest:
                         out.writerow(row)
-            for vector, attrs in new.values():
+            for _, vector, attrs in new:
                 windowed = "true" if attrs["windowed"] else "false"
                 fields = (attrs["id"], attrs["length"], attrs["windows"], windowed, attrs["labels"])
                 out.writerow([*fields, *shared, *(f"{x:.9g}" for x in vector.tolist())])

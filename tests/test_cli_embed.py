@@ -16,6 +16,7 @@ from file_limits import file_size_limit
 from other_process import another_process_holding
 
 from protssl.cli import main
+from protssl.fasta import read_fasta
 from protssl.output import journal_path, read_vectors
 from protssl.pooling import SEGMENTS
 
@@ -94,6 +95,9 @@ def test_a_tsv_holds_the_h5s_vectors_and_resumes(
     rows = {k: (v.tobytes(), a["length"]) for k, v, a in read_vectors(table)}
     assert rows == {k: (v.tobytes(), a["length"]) for k, v, a in read_vectors(h5)}
     assert len(table.read_text().splitlines()) == 21  # the header and one row per record
+    fasta = list(read_fasta(full))
+    assert [k for k, _, _ in read_vectors(table)] == [r.id for r in fasta]  # the input's order
+    assert sorted(fasta, key=len) != fasta  # which is not the order the batches ran in
     assert (
         main(
             [
