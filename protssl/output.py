@@ -31,7 +31,7 @@ import json
 import logging
 import shutil
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -59,6 +59,7 @@ __all__ = [
     "part_name",
     "read_vectors",
     "record_id",
+    "write_vectors",
     "writer_lock",
 ]
 
@@ -418,6 +419,18 @@ class VectorWriter:
 def open_writer(path: str | Path, *, resume: bool = False, overwrite: bool = False) -> VectorWriter:
     """Open an output file for appending vectors (`.h5`/`.hdf5` or `.npz`)."""
     return VectorWriter(Path(path), resume=resume, overwrite=overwrite)
+
+
+def write_vectors(
+    path: str | Path, embeddings: Iterable[Embedding], *, overwrite: bool = False
+) -> int:
+    """Write `embeddings` to a new OUTPUT (any of `FORMATS`; a table's rows in the order given),
+    as `protssl embed` writes them; returns how many. An existing OUTPUT needs `overwrite`."""
+    count = 0
+    with open_writer(path, overwrite=overwrite) as writer:
+        for count, embedding in enumerate(embeddings, start=1):
+            writer.write(embedding, position=count)
+    return count
 
 
 def read_vectors(path: str | Path) -> Iterator[tuple[str, np.ndarray, Mapping[str, Any]]]:

@@ -29,6 +29,7 @@ from protssl.errors import (
     UnavailableError,
 )
 from protssl.fasta import ProteinRecord, read_fasta
+from protssl.output import read_vectors
 from protssl.pooling import SEGMENTS
 
 pytestmark = pytest.mark.service
@@ -106,6 +107,28 @@ def test_embed_fasta_streams_in_input_order(address, sample_fasta, tmp_path):
         unary = client.embed(chosen[:8])
     assert streamed.ids == [r.id for r in chosen]
     np.testing.assert_allclose(streamed.vectors[:8], unary.vectors, atol=1e-5)
+
+
+def test_a_result_saves_as_protssl_embed_writes(address, sample_fasta, tmp_path):
+    """`.save` writes the formats `protssl embed -o` does; a table's rows in request order."""
+    chosen = real_records(sample_fasta, 8, max_length=400)
+    with protssl.Client(address) as client:
+        result = client.embed(chosen)
+        per_residue = client.embed(chosen[:2], pooling="per-residue")
+    for name in ("r.h5", "r.tsv"):
+        result.save(tmp_path / name)
+        rows = list(read_vectors(tmp_path / name))
+        assert {k: v.tobytes() for k, v, _ in rows} == {e.id: e.vector.tobytes() for e in result}
+        assert rows[0][2]["model_sha256"] == result[0].provenance.model_sha256
+    assert [k for k, _, _ in read_vectors(tmp_path / "r.tsv")] == [r.id for r in chosen]
+    with pytest.raises(InvalidInputError, match=r"exists: save\(..., overwrite=True\) replaces"):
+        result.save(tmp_path / "r.h5")
+    result.save(tmp_path / "r.h5", overwrite=True)
+    with pytest.raises(InvalidInputError, match=r"a \.csv table holds one vector per record"):
+        per_residue.save(tmp_path / "res.csv")
+    per_residue.save(tmp_path / "res.npz")
+    saved = {k: v for k, v, _ in read_vectors(tmp_path / "res.npz")}
+    assert [saved[e.id].shape for e in per_residue] == [e.vector.shape for e in per_residue]
 
 
 def test_embed_fasta_progress_knows_its_total(address, sample_fasta, tmp_path, capsys):

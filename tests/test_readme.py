@@ -119,6 +119,8 @@ def test_sdk_example_against_a_real_server(scratch: Path) -> None:
     assert result.ids == ["seq0", "seq1"] and result.cached == (False, False)
     assert result.vectors.shape == (2, 64) and result.vectors.dtype == np.float32
     assert namespace["big"].ids == [r.id for r in read_fasta(EXAMPLES / "proteins.fasta")]
+    saved = {k: v.tobytes() for k, v, _ in read_vectors(scratch / "proteins.h5")}
+    assert saved == {e.id: e.vector.tobytes() for e in namespace["big"]}
     assert namespace["info"].examples == 72
     queries = [r.id for r in read_fasta(EXAMPLES / "labelled_query.fasta")]
     assert [line.split()[0] for line in printed] == queries
