@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import numpy as np
@@ -32,7 +32,14 @@ from protssl._proto import protssl_pb2_grpc as pb_grpc
 from protssl.auth import TOKEN_ENV
 from protssl.embedding import Embedding
 from protssl.endpoint import DEFAULT_PORT, client_target
-from protssl.errors import InvalidInputError, ProtsslError, error_for_status
+from protssl.errors import (
+    DeadlineExceededError,
+    InvalidInputError,
+    OverloadedError,
+    ProtsslError,
+    UnavailableError,
+    error_for_status,
+)
 from protssl.fasta import (
     FastaPolicy,
     ProteinRecord,
@@ -70,6 +77,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+if TYPE_CHECKING:
+    from protssl.embed_file import JobSummary
 
 
 @dataclass(frozen=True)
@@ -394,6 +404,82 @@ class Client:
         total = None if checked is None else checked.residues  # the bar's % and time left
         return self._stream(fields, options, chunk, progress, desc, timeout, total=total)
 
+    def embed_file(
+        self,
+        path: str | Path,
+        output: str | Path,
+        *,
+        model: str = "",
+        pooling: str = "mean",
+        layer: int | None = None,
+        dtype: str = "float32",
+        chunk: int = 64,
+        progress: bool = True,
+        policy: FastaPolicy | None = None,
+        resume: bool = False,
+        overwrite: bool = False,
+        timeout: float | None = None,
+    ) -> JobSummary:
+        """Embed a FASTA file over one EmbedStream call into OUTPUT, as `protssl embed -o` writes
+        it (`.h5`, `.npz`, or a `.tsv`/`.csv` table whose rows follow the file).
+
+        Each result is written as it arrives, so memory stays flat however big the file, and a run
+        that stops (a dropped connection, Ctrl-C, a kill) keeps what came back: `resume=True`
+        sends only the records OUTPUT lacks. The file is checked whole first, as `embed_fasta` does.
+        """
+        from protssl.embed_file import JobSummary
+        from protssl.fasta import ReadStats
+        from protssl.output import check_pooling, check_writable, open_writer
+
+        check_writable(output)
+        check_pooling(output, pooling)
+        checked = validate_fasta(path, policy=policy, progress=progress)
+        options = self._options(model, pooling, layer, dtype)
+        summary = JobSummary(output=str(output))
+        stats = ReadStats()
+        start = time.perf_counter()
+        bar = progress_bar(
+            desc=f"embed {Path(path).name}",
+            total=None if checked is None else checked.residues,
+            unit="res",
+            unit_scale=True,
+            disable=not progress,
+        )
+        with open_writer(output, resume=resume, overwrite=overwrite) as writer, bar:
+            done = writer.existing_ids() if resume else set()
+            positions: dict[str, int] = {}  # records sent whose results have not come back
+
+            def todo() -> Iterator[ProteinRecord]:
+                for position, record in enumerate(read_fasta(path, policy=policy, stats=stats)):
+                    if record.id in done:
+                        summary.resumed += 1
+                        bar.update(len(record))
+                        continue
+                    positions[record.id] = position
+                    yield record
+
+            fields = _sequence_fields(todo(), None)
+            try:
+                for embedding, cached in self._results(fields, options, chunk, bar, timeout):
+                    writer.write(embedding, position=positions.pop(embedding.id, None))
+                    summary.records += 1
+                    summary.residues += embedding.length
+                    summary.cached += cached
+                    summary.computed += not cached
+                    summary.windowed += embedding.provenance.windowed
+                    if summary.records % 64 == 0:
+                        writer.flush()
+            except (UnavailableError, DeadlineExceededError, OverloadedError) as exc:
+                if not summary.records:
+                    raise
+                raise type(exc)(
+                    f"{exc}; the {summary.records} result(s) that came back before it are kept "
+                    f"in {str(output)!r}: embed_file(..., resume=True) sends the rest"
+                ) from None
+        summary.skipped, summary.skipped_ids = stats.skipped, list(stats.skipped_ids)
+        summary.seconds = time.perf_counter() - start
+        return summary
+
     def _stream(
         self,
         fields: Iterator[dict[str, str]],
@@ -405,13 +491,33 @@ class Client:
         *,
         total: int | None = None,
     ) -> ClientEmbeddings:
-        """One EmbedStream call of `fields` in messages of `chunk`; results in input order. An error
-        raised while reading the input (grpcio would swallow it in its request thread and cancel the
-        call) ends the stream, the results of what was sent are drained, and it is raised here."""
-        if chunk < 1:
-            raise InvalidInputError("chunk must be at least 1")
+        """One EmbedStream call of `fields` in messages of `chunk`; results in input order."""
         order: list[str] = []
         embeddings: dict[str, tuple[Embedding, bool]] = {}
+        bar = progress_bar(
+            desc=desc, total=total, unit="res", unit_scale=True, disable=not progress
+        )
+        with bar:
+            for embedding, cached in self._results(fields, options, chunk, bar, timeout, order):
+                embeddings[embedding.id] = (embedding, cached)
+        return ClientEmbeddings.of([embeddings[i] for i in order if i in embeddings])
+
+    def _results(
+        self,
+        fields: Iterator[dict[str, str]],
+        options: pb.EmbedOptions,
+        chunk: int,
+        bar: Any,
+        timeout: float | None,
+        sent: list[str] | None = None,
+    ) -> Iterator[tuple[Embedding, bool]]:
+        """One EmbedStream call of `fields` in messages of `chunk`: (embedding, cached) as they come,
+        the ids sent appended to `sent`. An error raised while reading the input (grpcio would
+        swallow it in its request thread and cancel the call) ends the stream, the results of what
+        was sent are drained, and it is raised here."""
+        if chunk < 1:
+            raise InvalidInputError("chunk must be at least 1")
+        sent = [] if sent is None else sent
         failed: list[Exception] = []
         decode = EmbeddingDecoder()
 
@@ -420,7 +526,7 @@ class Client:
             first = True
             try:
                 for item in fields:
-                    order.append(item["id"] or f"seq{len(order)}")  # the server's default id
+                    sent.append(item["id"] or f"seq{len(sent)}")  # the server's default id
                     batch.append(item)
                     if len(batch) == chunk:
                         yield pb.EmbedStreamRequest(
@@ -433,27 +539,21 @@ class Client:
                 yield pb.EmbedStreamRequest(sequences=batch, options=options if first else None)
 
         timeout = self.timeout if timeout is None else timeout
-        bar = progress_bar(
-            desc=desc, total=total, unit="res", unit_scale=True, disable=not progress
-        )
         try:
             stream = self._embeddings.EmbedStream(
                 requests(), timeout=timeout, metadata=self._metadata
             )
             for message in stream:
                 if message.HasField("embedding"):
-                    embeddings[message.embedding.id] = decode(message.embedding)
+                    result = decode(message.embedding)
                     bar.update(message.embedding.length)
+                    yield result
         except grpc.RpcError as exc:
             if failed:  # the input's own error says more than the call's
                 raise failed[0] from None
             raise _error(exc, self.target, self.tls, token=self._metadata is not None) from None
-        finally:
-            bar.close()
         if failed:
             raise failed[0]
-        pairs = [embeddings[i] for i in order if i in embeddings]
-        return ClientEmbeddings.of(pairs)
 
     @staticmethod
     def _options(

@@ -29,7 +29,7 @@ from protssl.errors import (
     UnavailableError,
 )
 from protssl.fasta import ProteinRecord, read_fasta
-from protssl.output import read_vectors
+from protssl.output import journal_path, read_vectors
 from protssl.pooling import SEGMENTS
 
 pytestmark = pytest.mark.service
@@ -129,6 +129,61 @@ def test_a_result_saves_as_protssl_embed_writes(address, sample_fasta, tmp_path)
     per_residue.save(tmp_path / "res.npz")
     saved = {k: v for k, v, _ in read_vectors(tmp_path / "res.npz")}
     assert [saved[e.id].shape for e in per_residue] == [e.vector.shape for e in per_residue]
+
+
+def test_embed_file_writes_each_result_as_it_comes_and_resumes(address, sample_fasta, tmp_path):
+    """Into a table in the file's order; a second run with resume=True sends only what is missing
+    (this server has no store: the batches differ, so the vectors agree to float32's 1e-5)."""
+    chosen = real_records(sample_fasta, 30, max_length=400)
+    fasta = tmp_path / "thirty.fasta"
+    fasta.write_text("".join(f">{r.id}\n{r.sequence}\n" for r in chosen))
+    head = tmp_path / "ten.fasta"
+    head.write_text("".join(f">{r.id}\n{r.sequence}\n" for r in chosen[:10]))
+    out = tmp_path / "v.tsv"
+    with protssl.Client(address) as client:
+        first = client.embed_file(head, out, chunk=4, progress=False)
+        with pytest.raises(InvalidInputError, match="exists: pass --resume"):
+            client.embed_file(fasta, out, progress=False)
+        second = client.embed_file(fasta, out, chunk=4, progress=False, resume=True)
+        whole = client.embed_fasta(fasta, chunk=4, progress=False)
+    assert (first.records, first.resumed) == (10, 0)
+    assert (second.records, second.resumed) == (20, 10)
+    assert second.residues == sum(len(r) for r in chosen[10:])
+    rows = list(read_vectors(out))
+    assert [k for k, _, _ in rows] == [r.id for r in chosen]
+    np.testing.assert_allclose(np.stack([v for _, v, _ in rows]), whole.vectors, atol=1e-5)
+
+
+def test_embed_file_keeps_what_came_back_when_the_server_goes(model, sample_fasta, tmp_path):
+    """The server stops mid-stream: the call fails as UNAVAILABLE saying what is kept, OUTPUT holds
+    the results written before it, and resume=True against a new server finishes the file."""
+    chosen = real_records(sample_fasta, 400, max_length=300)
+    fasta = tmp_path / "many.fasta"
+    fasta.write_text("".join(f">{r.id}\n{r.sequence}\n" for r in chosen))
+    out = tmp_path / "v.h5"
+    with running_server(model) as (server, address, _):
+
+        def stop_after_a_chunk() -> None:
+            deadline = time.monotonic() + 60
+            while not list(journal_path(out).glob("chunk-*")) and time.monotonic() < deadline:
+                time.sleep(0.005)
+            server.stop(grace=None)
+
+        stopper = threading.Thread(target=stop_after_a_chunk)
+        stopper.start()
+        with protssl.Client(address, retries=0) as client, pytest.raises(UnavailableError) as gone:
+            client.embed_file(fasta, out, chunk=8, progress=False)
+        stopper.join()
+    said = str(gone.value)
+    assert isinstance(gone.value, UnavailableError), said
+    assert re.search(r"; the \d+ result\(s\) that came back before it are kept in .*v\.h5'", said)
+    assert said.endswith("embed_file(..., resume=True) sends the rest")
+    kept = {k for k, _, _ in read_vectors(out)}
+    assert 64 <= len(kept) < len(chosen) and not journal_path(out).exists()
+    with running_server(model) as (_, address, _), protssl.Client(address) as client:
+        summary = client.embed_file(fasta, out, chunk=8, progress=False, resume=True)
+    assert summary.resumed == len(kept) and summary.records == len(chosen) - len(kept)
+    assert sorted(k for k, _, _ in read_vectors(out)) == sorted(r.id for r in chosen)
 
 
 def test_embed_fasta_progress_knows_its_total(address, sample_fasta, tmp_path, capsys):
