@@ -6,8 +6,9 @@
 
 Every call carries the API token as `authorization: Bearer` metadata; `root_certificates` (and a
 client certificate and key for mutual TLS) make the channel TLS. Calls time out (`timeout`
-seconds), retry with exponential backoff while the server is UNAVAILABLE, and raise the protssl
-error the server raised (the class it names in the call's trailers, else the one
+seconds; a stream, however long it runs, after `timeout` seconds without a message either way),
+retry with exponential backoff while the server is UNAVAILABLE, and raise the protssl error the
+server raised (the class it names in the call's trailers, else the one
 `protssl.errors.ERROR_TABLE` gives its status) with the server's message. This module is the
 only part of `protssl` that imports grpc; `import protssl` loads it on first use of `protssl.Client`.
 Messages are translated by `protssl.wire`, as in the server.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -130,6 +132,42 @@ class ClientEmbeddings:
         if Path(path).exists() and not overwrite:
             raise InvalidInputError(f"{str(path)!r} exists: save(..., overwrite=True) replaces it")
         write_vectors(path, self.embeddings, overwrite=overwrite)
+
+
+class _IdleWatch:
+    """Cancels a stream once nothing has moved either way for `timeout` seconds.
+
+    A stream's `timeout` is how long it may stand still, not how long it may take: a file that
+    takes an hour streams for an hour, while a server that stops answering (or a connection
+    that dies without a reset) ends the call after `timeout` seconds of silence. None: no limit.
+    """
+
+    def __init__(self, timeout: float | None) -> None:
+        self.fired = False
+        self._timeout = timeout
+        self._last = time.monotonic()
+        self._done = threading.Event()
+
+    def start(self, call: Any) -> None:
+        """Watch `call` (a grpcio stream: cancellable) from now on."""
+        if self._timeout is not None:
+            threading.Thread(
+                target=self._watch, args=(call, self._timeout), name="protssl-watch", daemon=True
+            ).start()
+
+    def moved(self) -> None:
+        """A message went out or came in."""
+        self._last = time.monotonic()
+
+    def stop(self) -> None:
+        self._done.set()
+
+    def _watch(self, call: Any, timeout: float) -> None:
+        while not self._done.wait(min(1.0, timeout / 4)):
+            if time.monotonic() - self._last > timeout:
+                self.fired = True
+                call.cancel()
+                return
 
 
 def _error(exc: grpc.RpcError, target: str, tls: bool, *, token: bool) -> ProtsslError:
@@ -512,13 +550,16 @@ class Client:
         sent: list[str] | None = None,
     ) -> Iterator[tuple[Embedding, bool]]:
         """One EmbedStream call of `fields` in messages of `chunk`: (embedding, cached) as they come,
-        the ids sent appended to `sent`. An error raised while reading the input (grpcio would
-        swallow it in its request thread and cancel the call) ends the stream, the results of what
-        was sent are drained, and it is raised here."""
+        the ids sent appended to `sent`. `timeout` (else the client's) is how long the stream may
+        stand still (`_IdleWatch`), not how long it may take. An error raised while reading the
+        input (grpcio would swallow it in its request thread and cancel the call) ends the stream,
+        the results of what was sent are drained, and it is raised here."""
         if chunk < 1:
             raise InvalidInputError("chunk must be at least 1")
         sent = [] if sent is None else sent
         failed: list[Exception] = []
+        timeout = self.timeout if timeout is None else timeout
+        watch = _IdleWatch(timeout)
         decode = EmbeddingDecoder()
 
         def requests() -> Iterator[pb.EmbedStreamRequest]:
@@ -532,18 +573,18 @@ class Client:
                         yield pb.EmbedStreamRequest(
                             sequences=batch, options=options if first else None
                         )
+                        watch.moved()
                         batch, first = [], False
             except Exception as exc:  # raised in the caller's thread, below
                 failed.append(exc)
             if batch or first:
                 yield pb.EmbedStreamRequest(sequences=batch, options=options if first else None)
 
-        timeout = self.timeout if timeout is None else timeout
+        stream = self._embeddings.EmbedStream(requests(), metadata=self._metadata)
+        watch.start(stream)
         try:
-            stream = self._embeddings.EmbedStream(
-                requests(), timeout=timeout, metadata=self._metadata
-            )
             for message in stream:
+                watch.moved()
                 if message.HasField("embedding"):
                     result = decode(message.embedding)
                     bar.update(message.embedding.length)
@@ -551,7 +592,15 @@ class Client:
         except grpc.RpcError as exc:
             if failed:  # the input's own error says more than the call's
                 raise failed[0] from None
+            if watch.fired:
+                raise DeadlineExceededError(
+                    f"no result from {self.target} for {timeout:g} s (the client's timeout, "
+                    "counted from the last message each way): the call was cancelled"
+                ) from None
             raise _error(exc, self.target, self.tls, token=self._metadata is not None) from None
+        finally:
+            watch.stop()
+            stream.cancel()  # a no-op once the call has ended; else (the caller stopped) ends it
         if failed:
             raise failed[0]
 

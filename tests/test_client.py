@@ -9,8 +9,10 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 from ports import free_port
@@ -289,6 +291,53 @@ def test_typed_errors_carry_the_server_message(address, records):
             client.embed(records[:1], model="esm2-650m")
         with pytest.raises(DeadlineExceededError):
             client.embed(["MKV" * 300] * 8, timeout=0.001)
+
+
+def test_a_stream_may_run_longer_than_the_timeout_while_it_moves(address):
+    """`timeout` bounds a stream's silence, not its length: 30 records fed 0.1 s apart take ~3 s
+    against a 1 s timeout (this used to end in DEADLINE_EXCEEDED after 1 s)."""
+
+    def fed_slowly() -> Iterator[str]:
+        for _ in range(30):
+            time.sleep(0.1)
+            yield "MKTAYIAKQRQISFVKSHFSRQ"
+
+    start = time.monotonic()
+    with protssl.Client(address, timeout=1) as client:
+        result = client.embed_stream(fed_slowly(), chunk=1)
+    assert len(result) == 30 and time.monotonic() - start > 2.5
+
+
+def test_a_stream_whose_server_stops_answering_ends_after_the_timeout():
+    """A server that takes the stream and never answers (hung, or behind a dead connection)."""
+    hang = threading.Event()
+
+    def never_answers(requests, context):
+        hang.wait(30)
+        return iter(())
+
+    handler = grpc.method_handlers_generic_handler(
+        "protssl.v1.EmbeddingService",
+        {"EmbedStream": grpc.stream_stream_rpc_method_handler(never_answers)},
+    )
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        start = time.monotonic()
+        client = protssl.Client(f"127.0.0.1:{port}", timeout=1)
+        with client, pytest.raises(DeadlineExceededError) as stalled:
+            client.embed_stream(["MKTAYIAKQR"] * 3)
+        waited = time.monotonic() - start
+    finally:
+        hang.set()
+        server.stop(None)
+    assert 1 <= waited < 5
+    assert str(stalled.value) == (
+        f"no result from 127.0.0.1:{port} for 1 s (the client's timeout, counted from the last "
+        "message each way): the call was cancelled"
+    )
 
 
 def test_retries_until_a_late_server_is_up(model, records):
