@@ -35,6 +35,7 @@ from protssl.auth import TOKEN_ENV
 from protssl.embedding import Embedding
 from protssl.endpoint import DEFAULT_PORT, client_target
 from protssl.errors import (
+    RESUME_ADVICE,
     DeadlineExceededError,
     InvalidInputError,
     OverloadedError,
@@ -457,6 +458,7 @@ class Client:
         resume: bool = False,
         overwrite: bool = False,
         timeout: float | None = None,
+        summary: JobSummary | None = None,
     ) -> JobSummary:
         """Embed a FASTA file over one EmbedStream call into OUTPUT, as `protssl embed -o` writes
         it (`.h5`, `.npz`, or a `.tsv`/`.csv` table whose rows follow the file).
@@ -464,6 +466,7 @@ class Client:
         Each result is written as it arrives, so memory stays flat however big the file, and a run
         that stops (a dropped connection, Ctrl-C, a kill) keeps what came back: `resume=True`
         sends only the records OUTPUT lacks. The file is checked whole first, as `embed_fasta` does.
+        Pass `summary` to keep the counts when an error is raised.
         """
         from protssl.embed_file import JobSummary
         from protssl.fasta import ReadStats
@@ -473,7 +476,8 @@ class Client:
         check_pooling(output, pooling)
         checked = validate_fasta(path, policy=policy, progress=progress)
         options = self._options(model, pooling, layer, dtype)
-        summary = JobSummary(output=str(output))
+        summary = summary if summary is not None else JobSummary()
+        summary.output = str(output)
         stats = ReadStats()
         start = time.perf_counter()
         bar = progress_bar(
@@ -512,7 +516,7 @@ class Client:
                     raise
                 raise type(exc)(
                     f"{exc}; the {summary.records} result(s) that came back before it are kept "
-                    f"in {str(output)!r}: embed_file(..., resume=True) sends the rest"
+                    f"in {str(output)!r}: {RESUME_ADVICE}"
                 ) from None
         summary.skipped, summary.skipped_ids = stats.skipped, list(stats.skipped_ids)
         summary.seconds = time.perf_counter() - start

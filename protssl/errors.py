@@ -37,6 +37,7 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_UNEXPECTED",
     "EXIT_USER_ERROR",
+    "RESUME_ADVICE",
     "AlreadyExistsError",
     "AuthenticationError",
     "CheckpointError",
@@ -77,6 +78,10 @@ def first_line(exc: BaseException) -> str:
     what a one-line error or log line quotes of a library's (often multi-line) exception."""
     lines = [line for line in str(exc).splitlines() if line.strip()]
     return lines[0].strip() if lines else type(exc).__name__
+
+
+RESUME_ADVICE = "embed_file(..., resume=True) sends the rest"
+"""How the SDK's `embed_file` says to go on after a failed call (the CLI words it as --resume)."""
 
 
 class ProtsslError(Exception):

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from protssl.cli.args import add_fasta_policy_args, add_model_args, as_options, fasta_policy
+from protssl.errors import RESUME_ADVICE
 from protssl.fasta import FastaPolicy
 
 
@@ -53,7 +54,11 @@ def test_fasta_policy_from_the_flags_a_command_has() -> None:
          "an aligned sequence? --gaps strip removes the gaps (the sequence as it was before the "
          "alignment); --on-empty skip leaves it out"),
         ("record 'on_invalid' (#1): gaps in it", "record 'on_invalid' (#1): gaps in it"),
+        (f"cannot reach a protssl server at h:1: x; the 64 result(s) that came back before it are "
+         f"kept in 'o.h5': {RESUME_ADVICE}",
+         "cannot reach a protssl server at h:1: x; the 64 result(s) that came back before it are "
+         "kept in 'o.h5': the same command with --resume sends the rest"),
     ],
 )  # fmt: skip
-def test_policy_advice_names_the_options_on_the_command_line(message: str, said: str) -> None:
+def test_advice_names_the_options_on_the_command_line(message: str, said: str) -> None:
     assert as_options(message) == said

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from file_limits import file_size_limit
 from other_process import another_process_holding
+from ports import free_port
+from service_support import load_tiny, running_server
 
 from protssl.cli import main
 from protssl.fasta import read_fasta
@@ -117,6 +119,50 @@ def test_a_tsv_holds_the_h5s_vectors_and_resumes(
     assert line.endswith(
         "a .tsv table holds one vector per record; per-residue vectors go to .h5 or .npz"
     )
+
+
+def test_embed_through_a_server_writes_what_a_local_run_writes(
+    tiny_model_dir: Path,
+    sample_fasta: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`--server`: the server's model and store compute (a second run is all cache hits), OUTPUT
+    is written here; what only a local run decides is refused, as is a server nobody runs."""
+    fasta = _first_records(sample_fasta, 12, tmp_path / "twelve.fasta")
+    local, remote = tmp_path / "local.tsv", tmp_path / "remote.tsv"
+    quiet = ["--no-progress", "--no-cache"]
+    model = ["--model", str(tiny_model_dir), "--dtype", "float32"]  # as the server loads it
+    assert main(["embed", str(fasta), "-o", str(local), *model, *quiet]) == 0
+    capsys.readouterr()
+    monkeypatch.setenv("PROTSSL_MODEL", "/a/path/on/this/machine")  # not the server's business
+    url = f"sqlite:///{tmp_path / 'server.sqlite3'}"
+    with running_server(load_tiny(tiny_model_dir), store=True, database_url=url) as (_, addr, _r):
+        remote_args = ["embed", str(fasta), "--server", addr, "--no-progress"]
+        assert main([*remote_args, "-o", str(remote)]) == 0
+        first = _summary(capsys)
+        assert main([*remote_args, "-o", str(tmp_path / "again.h5")]) == 0
+        second = _summary(capsys)
+        assert main([*remote_args, "-o", str(tmp_path / "x.h5"), "--dtype", "float32"]) == 2
+        line, _ = _one_line_error(capsys)
+        assert line.endswith(
+            "--dtype: with --server the server's settings apply (its model, dtype and store; "
+            "`protssl serve --help`): leave them out"
+        )
+    assert (first["records"], first["computed"], first["cached"]) == (12, 12, 0)
+    assert (second["records"], second["computed"], second["cached"]) == (12, 0, 12)
+    mine = list(read_vectors(local))
+    theirs = list(read_vectors(remote))
+    assert [k for k, _, _ in theirs] == [k for k, _, _ in mine]
+    np.testing.assert_allclose(
+        np.stack([v for _, v, _ in theirs]), np.stack([v for _, v, _ in mine]), atol=1e-5
+    )
+    assert theirs[0][2]["model_sha256"] == mine[0][2]["model_sha256"]
+    gone = ["embed", str(fasta), "-o", str(tmp_path / "y.h5"), "--no-progress"]
+    assert main([*gone, "--server", f"127.0.0.1:{free_port()}"]) == 2
+    line, _ = _one_line_error(capsys)
+    assert "cannot reach a protssl server at 127.0.0.1:" in line
 
 
 def test_resume_refuses_other_provenance(

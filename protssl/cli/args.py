@@ -13,6 +13,7 @@ import re
 from typing import TYPE_CHECKING
 
 from protssl.dtypes import DTYPE_NAMES
+from protssl.errors import RESUME_ADVICE
 
 if TYPE_CHECKING:
     from protssl.checkpoint import LoadedModel
@@ -144,8 +145,10 @@ _POLICY_ADVICE = re.compile(rf"\b({'|'.join(_POLICY_FIELDS)}) (fail|skip|replace
 
 
 def as_options(message: str) -> str:
-    """A library message's FASTA-policy advice in the CLI's spelling: `on_invalid skip` (what the
-    SDK and gRPC call the field) reads `--on-invalid skip`, the option a CLI user types."""
+    """A library message's advice in the CLI's spelling: `on_invalid skip` (what the SDK and gRPC
+    call the field) reads `--on-invalid skip`, the option a CLI user types; `embed_file`'s
+    `resume=True` reads `--resume`."""
+    message = message.replace(RESUME_ADVICE, "the same command with --resume sends the rest")
     return _POLICY_ADVICE.sub(lambda m: f"--{m.group(1).replace('_', '-')} {m.group(2)}", message)
 
 

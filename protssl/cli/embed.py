@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -126,7 +127,40 @@ def _build(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="times a dead actor (node lost, OOM kill) is restarted and its shard retried (default 3)",
     )
+    remote = parser.add_argument_group("remote")
+    remote.add_argument(
+        "--server",
+        metavar="ADDR",
+        default=None,
+        help="embed through a protssl server at host[:port] (its model, dtype and store; the token "
+        "from $PROTSSL_TOKEN) instead of in this process; OUTPUT, --resume and the FASTA policy "
+        "work as here",
+    )
+    remote.add_argument(
+        "--server-ca", metavar="PEM", default=None, help="CA certificate of a TLS server (--server)"
+    )
     parser.set_defaults(func=_embed)
+
+
+_LOCAL_ONLY = (
+    "dtype",
+    "device",
+    "trust_pickle",
+    "allow_sha256",
+    "max_tokens",
+    "window_policy",
+    "overlap",
+    "read_ahead",
+    "db",
+    "no_cache",
+    "engine",
+    "ray_address",
+    "workers",
+    "cpus_per_worker",
+    "gpus_per_worker",
+    "worker_retries",
+)
+"""What a server decides for itself: options that are refused beside --server."""
 
 
 COMMANDS = (
@@ -164,6 +198,10 @@ def _embed(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"{args.input}: is a folder, not a FASTA file")
     if args.input != "-" and not Path(args.input).is_file():
         raise InvalidInputError(f"{args.input}: no such file")
+    if args.server is not None:
+        return _embed_remote(args, policy)
+    if args.server_ca is not None:
+        raise InvalidInputError("--server-ca goes with --server")
     if args.engine == "local":
         check_writable(args.output)
         check_pooling(args.output, config.pooling)
@@ -222,6 +260,49 @@ def _embed(args: argparse.Namespace) -> int:
     finally:
         if store is not None:
             store.close()
+        print(json.dumps(summary.as_dict()), flush=True)
+    return 0
+
+
+def _embed_remote(args: argparse.Namespace, policy: FastaPolicy) -> int:
+    """`--server`: the records go to a protssl server, which runs its model and keeps its store;
+    OUTPUT is written here as it is locally, each result as it comes back."""
+    import protssl
+    from protssl.embed_file import JobSummary
+
+    summary = JobSummary(output=args.output)
+    try:
+        defaults = argparse.ArgumentParser()
+        _build(defaults)
+        given = [d for d in _LOCAL_ONLY if getattr(args, d) != defaults.get_default(d)]
+        if given:
+            options = ", ".join(f"--{d.replace('_', '-')}" for d in given)
+            raise InvalidInputError(
+                f"{options}: with --server the server's settings apply (its model, dtype and "
+                "store; `protssl serve --help`): leave them out"
+            )
+        # --model names one the server serves; $PROTSSL_MODEL is this machine's, not the server's
+        model = "" if args.model in (None, os.environ.get("PROTSSL_MODEL")) else args.model
+        with protssl.Client(args.server, root_certificates=args.server_ca) as client:
+            client.embed_file(
+                args.input,
+                args.output,
+                model=model,
+                pooling=args.pooling,
+                layer=args.layer,
+                policy=policy,
+                resume=args.resume,
+                overwrite=args.overwrite,
+                progress=not args.no_progress,
+                summary=summary,
+            )
+        if summary.done + summary.skipped == 0:
+            source = "<stdin>" if args.input == "-" else args.input
+            raise InvalidInputError(f"{source}: no FASTA records in it; nothing was written")
+    except ProtsslError as exc:
+        summary.errors, summary.error = 1, summary.error or str(exc)
+        raise
+    finally:
         print(json.dumps(summary.as_dict()), flush=True)
     return 0
 
