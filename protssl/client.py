@@ -487,39 +487,41 @@ class Client:
             unit_scale=True,
             disable=not progress,
         )
-        with open_writer(output, resume=resume, overwrite=overwrite) as writer, bar:
-            done = writer.existing_ids() if resume else set()
-            positions: dict[str, int] = {}  # records sent whose results have not come back
+        try:
+            with open_writer(output, resume=resume, overwrite=overwrite) as writer, bar:
+                done = writer.existing_ids() if resume else set()
+                positions: dict[str, int] = {}  # records sent whose results have not come back
 
-            def todo() -> Iterator[ProteinRecord]:
-                for position, record in enumerate(read_fasta(path, policy=policy, stats=stats)):
-                    if record.id in done:
-                        summary.resumed += 1
-                        bar.update(len(record))
-                        continue
-                    positions[record.id] = position
-                    yield record
+                def todo() -> Iterator[ProteinRecord]:
+                    for position, record in enumerate(read_fasta(path, policy=policy, stats=stats)):
+                        if record.id in done:
+                            summary.resumed += 1
+                            bar.update(len(record))
+                            continue
+                        positions[record.id] = position
+                        yield record
 
-            fields = _sequence_fields(todo(), None)
-            try:
-                for embedding, cached in self._results(fields, options, chunk, bar, timeout):
-                    writer.write(embedding, position=positions.pop(embedding.id, None))
-                    summary.records += 1
-                    summary.residues += embedding.length
-                    summary.cached += cached
-                    summary.computed += not cached
-                    summary.windowed += embedding.provenance.windowed
-                    if summary.records % 64 == 0:
-                        writer.flush()
-            except (UnavailableError, DeadlineExceededError, OverloadedError) as exc:
-                if not summary.records:
-                    raise
-                raise type(exc)(
-                    f"{exc}; the {summary.records} result(s) that came back before it are kept "
-                    f"in {str(output)!r}: {RESUME_ADVICE}"
-                ) from None
-        summary.skipped, summary.skipped_ids = stats.skipped, list(stats.skipped_ids)
-        summary.seconds = time.perf_counter() - start
+                fields = _sequence_fields(todo(), None)
+                try:
+                    for embedding, cached in self._results(fields, options, chunk, bar, timeout):
+                        writer.write(embedding, position=positions.pop(embedding.id, None))
+                        summary.records += 1
+                        summary.residues += embedding.length
+                        summary.cached += cached
+                        summary.computed += not cached
+                        summary.windowed += embedding.provenance.windowed
+                        if summary.records % 64 == 0:
+                            writer.flush()
+                except (UnavailableError, DeadlineExceededError, OverloadedError) as exc:
+                    if not summary.records:
+                        raise
+                    raise type(exc)(
+                        f"{exc}; the {summary.records} result(s) that came back before it are kept "
+                        f"in {str(output)!r}: {RESUME_ADVICE}"
+                    ) from None
+        finally:
+            summary.skipped, summary.skipped_ids = stats.skipped, list(stats.skipped_ids)
+            summary.seconds = time.perf_counter() - start
         return summary
 
     def _stream(
