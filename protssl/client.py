@@ -468,7 +468,7 @@ class Client:
         sends only the records OUTPUT lacks. The file is checked whole first, as `embed_fasta` does.
         Pass `summary` to keep the counts when an error is raised.
         """
-        from protssl.embed_file import JobSummary
+        from protssl.embed_file import JobSummary, pending_records
         from protssl.fasta import ReadStats
         from protssl.output import check_pooling, check_writable, open_writer
 
@@ -491,17 +491,9 @@ class Client:
             with open_writer(output, resume=resume, overwrite=overwrite) as writer, bar:
                 done = writer.existing_ids() if resume else set()
                 positions: dict[str, int] = {}  # records sent whose results have not come back
-
-                def todo() -> Iterator[ProteinRecord]:
-                    for position, record in enumerate(read_fasta(path, policy=policy, stats=stats)):
-                        if record.id in done:
-                            summary.resumed += 1
-                            bar.update(len(record))
-                            continue
-                        positions[record.id] = position
-                        yield record
-
-                fields = _sequence_fields(todo(), None)
+                read = read_fasta(path, policy=policy, stats=stats)
+                todo = pending_records(read, done, summary, bar, positions)
+                fields = _sequence_fields(todo, None)
                 try:
                     for embedding, cached in self._results(fields, options, chunk, bar, timeout):
                         writer.write(embedding, position=positions.pop(embedding.id, None))

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from tqdm import tqdm
+
 from protssl.batch_job import JobSpec
 from protssl.checkpoint import LoadedModel
 from protssl.durable import check_room, human_bytes
@@ -141,6 +143,26 @@ def _check_room(
         )
 
 
+def pending_records(
+    records: Iterable[ProteinRecord],
+    done: set[str],
+    summary: JobSummary,
+    bar: tqdm,
+    positions: dict[str, int] | None = None,
+) -> Iterator[ProteinRecord]:
+    """The records OUTPUT still lacks: those whose ids are `done` are counted as resumed and move
+    the progress bar on. With `positions`, each record's place in the input is kept there until
+    its vector is written (a table's rows follow the input)."""
+    for position, record in enumerate(records):
+        if record.id in done:
+            summary.resumed += 1
+            bar.update(len(record))
+            continue
+        if positions is not None:
+            positions[record.id] = position
+        yield record
+
+
 def _until_error(
     records: Iterable[ProteinRecord], failure: list[ProtsslError]
 ) -> Iterator[ProteinRecord]:
@@ -196,16 +218,6 @@ def embed_fasta_file(
         # a table's rows follow the input; only records read and not yet written are held here
         positions: dict[str, int] | None = {} if is_table(output) else None
 
-        def pending() -> Iterator[ProteinRecord]:
-            for position, record in enumerate(read_fasta(source, policy=policy, stats=stats)):
-                if record.id in done:
-                    summary.resumed += 1
-                    bar.update(len(record))
-                    continue
-                if positions is not None:
-                    positions[record.id] = position
-                yield record
-
         bar = progress_bar(
             total=checked.residues if checked else None,
             unit="res",
@@ -217,7 +229,8 @@ def embed_fasta_file(
         release = MemoryReleaser()  # or the heap grows for as long as the job runs
         with bar:
             cache_stats = CacheStats()
-            records = _until_error(pending(), failure)
+            read = read_fasta(source, policy=policy, stats=stats)
+            records = _until_error(pending_records(read, done, summary, bar, positions), failure)
             for embedding in embed_records(records, model, config, cache=cache, stats=cache_stats):
                 position = None if positions is None else positions.pop(embedding.id, None)
                 writer.write(embedding, position=position)
