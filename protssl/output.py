@@ -50,6 +50,7 @@ __all__ = [
     "VectorWriter",
     "check_not_being_written",
     "check_output",
+    "check_parts_folder",
     "check_pooling",
     "check_writable",
     "dataset_name",
@@ -96,6 +97,15 @@ def output_bytes(records: int, values: int, *, table: bool = False) -> int:
 def is_table(path: str | Path) -> bool:
     """Whether OUTPUT is a TSV/CSV table (one pooled vector per row)."""
     return Path(path).suffix.lower() in _DELIMITERS
+
+
+def check_parts_folder(path: str | Path) -> None:
+    """Refuse a table's name for a sharded output, a folder of `part-NNNNN.h5` files."""
+    if is_table(path):
+        raise InvalidInputError(
+            f"output {str(path)!r}: --engine ray writes a folder of part-NNNNN.h5 files, not a "
+            "table: give a folder name (protssl.output.read_vectors reads the folder as one)"
+        )
 
 
 def check_pooling(path: str | Path, pooling: str) -> None:

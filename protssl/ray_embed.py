@@ -49,7 +49,13 @@ from protssl.fasta import (
     read_fasta_range,
 )
 from protssl.memory import MemoryReleaser
-from protssl.output import VectorWriter, output_bytes, part_name, writer_lock
+from protssl.output import (
+    VectorWriter,
+    check_parts_folder,
+    output_bytes,
+    part_name,
+    writer_lock,
+)
 from protssl.pooling import vector_values
 
 __all__ = ["RayOptions", "Shard", "embed_fasta_ray", "plan_shards", "read_shard"]
@@ -337,6 +343,7 @@ def _check_room(
 
 def _prepare_folder(folder: Path, *, resume: bool, overwrite: bool) -> None:
     """Make the output folder; refuse one with parts unless resuming, or clear them to overwrite."""
+    check_parts_folder(folder)
     if folder.exists() and not folder.is_dir():
         raise InvalidInputError(f"output {str(folder)!r}: --engine ray writes a folder of parts")
     parts = sorted(folder.glob("part-*.h5")) if folder.is_dir() else []

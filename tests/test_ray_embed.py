@@ -110,6 +110,20 @@ def test_a_cluster_that_is_not_there_is_one_line_and_exit_2(
     )
 
 
+def test_a_table_name_for_the_parts_folder_is_refused_before_any_work(
+    fasta: Path, tmp_path: Path
+) -> None:
+    """A folder named `out.tsv` full of .h5 parts is not what a user asking for a table wants."""
+    code, lines = _embed_with_ray(fasta, tmp_path / "out.tsv", tmp_path / "no-such-model")
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0] == (
+        f"protssl embed: error: output {str(tmp_path / 'out.tsv')!r}: --engine ray writes a folder "
+        "of part-NNNNN.h5 files, not a table: give a folder name (protssl.output.read_vectors "
+        "reads the folder as one)"
+    )
+    assert not (tmp_path / "out.tsv").exists()
+
+
 def test_a_local_ray_that_does_not_start_ends_with_one_error_line_and_exit_2(
     fasta: Path, tmp_path: Path, service_model_dir: Path
 ) -> None:

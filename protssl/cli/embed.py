@@ -182,6 +182,7 @@ def _embed(args: argparse.Namespace) -> int:
     from protssl.output import (
         check_not_being_written,
         check_output,
+        check_parts_folder,
         check_pooling,
         check_writable,
     )
@@ -206,6 +207,7 @@ def _embed(args: argparse.Namespace) -> int:
         check_writable(args.output)
         check_pooling(args.output, config.pooling)
     else:
+        check_parts_folder(args.output)
         check_not_being_written(args.output)
     model = load_model(args)
     summary = JobSummary(output=args.output)
