@@ -58,6 +58,11 @@ def test_fasta_policy_from_the_flags_a_command_has() -> None:
          f"kept in 'o.h5': {RESUME_ADVICE}",
          "cannot reach a protssl server at h:1: x; the 64 result(s) that came back before it are "
          "kept in 'o.h5': the same command with --resume sends the rest"),
+        ("no API token: send metadata `authorization: Bearer <token>` (this client has none: give "
+         "Client('h:1', token=...) or set $PROTSSL_TOKEN; `protssl token create --role read` on "
+         "the server's store makes one)",
+         "no API token: send metadata `authorization: Bearer <token>` (this client has none: set "
+         "$PROTSSL_TOKEN; `protssl token create --role read` on the server's store makes one)"),
     ],
 )  # fmt: skip
 def test_advice_names_the_options_on_the_command_line(message: str, said: str) -> None:

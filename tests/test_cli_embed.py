@@ -21,6 +21,7 @@ from protssl.cli import main
 from protssl.fasta import read_fasta
 from protssl.output import journal_path, read_vectors
 from protssl.pooling import SEGMENTS
+from protssl.store import Store, StoreConfig
 
 
 def _first_records(src: Path, n: int, dest: Path) -> Path:
@@ -163,6 +164,35 @@ def test_embed_through_a_server_writes_what_a_local_run_writes(
     assert main([*gone, "--server", f"127.0.0.1:{free_port()}"]) == 2
     line, _ = _one_line_error(capsys)
     assert "cannot reach a protssl server at 127.0.0.1:" in line
+
+
+def test_embed_through_a_server_takes_its_token_from_the_environment(
+    tiny_model_dir: Path,
+    sample_fasta: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fasta = _first_records(sample_fasta, 3, tmp_path / "three.fasta")
+    url = f"sqlite:///{tmp_path / 'server.sqlite3'}"
+    with Store(StoreConfig(url=url)) as store:
+        _, token = store.tokens.create("read", name="lab")
+    monkeypatch.delenv("PROTSSL_TOKEN", raising=False)
+    model = load_tiny(tiny_model_dir)
+    with running_server(model, store=True, database_url=url, insecure_no_auth=False) as (
+        _,
+        address,
+        _r,
+    ):
+        args = ["embed", str(fasta), "-o", str(tmp_path / "o.h5"), "--server", address]
+        assert main([*args, "--no-progress"]) == 2
+        line, _ = _one_line_error(capsys)
+        assert (
+            "(this client has none: set $PROTSSL_TOKEN; `protssl token create --role read`" in line
+        )
+        monkeypatch.setenv("PROTSSL_TOKEN", token)
+        assert main([*args, "--no-progress"]) == 0
+    assert _summary(capsys)["records"] == 3
 
 
 def test_resume_refuses_other_provenance(

@@ -142,13 +142,15 @@ def fasta_policy(args: argparse.Namespace) -> FastaPolicy:
 _POLICY_FIELDS = ("on_invalid", "gaps", "on_empty", "on_duplicate")
 """FastaPolicy's fields, each set by the option of the same name (`--on-invalid`...)."""
 _POLICY_ADVICE = re.compile(rf"\b({'|'.join(_POLICY_FIELDS)}) (fail|skip|replace|strip)\b")
+_SDK_TOKEN_ADVICE = re.compile(r"give Client\([^)]*\) or set ")
 
 
 def as_options(message: str) -> str:
     """A library message's advice in the CLI's spelling: `on_invalid skip` (what the SDK and gRPC
     call the field) reads `--on-invalid skip`, the option a CLI user types; `embed_file`'s
-    `resume=True` reads `--resume`."""
+    `resume=True` reads `--resume`, and a token is given by $PROTSSL_TOKEN, not `Client(token=)`."""
     message = message.replace(RESUME_ADVICE, "the same command with --resume sends the rest")
+    message = _SDK_TOKEN_ADVICE.sub("set ", message)
     return _POLICY_ADVICE.sub(lambda m: f"--{m.group(1).replace('_', '-')} {m.group(2)}", message)
 
 
