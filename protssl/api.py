@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from protssl.batching import WindowPolicy
 from protssl.checkpoint import LoadedModel, load_model
-from protssl.embedding import EmbedConfig, Provenance, embed_records
+from protssl.embedding import EmbedConfig, Embedding, Provenance, embed_records
 from protssl.fasta import FastaPolicy, ProteinRecord, records_from_sequences
 
 __all__ = ["EmbedResult", "embed"]
@@ -20,11 +20,25 @@ __all__ = ["EmbedResult", "embed"]
 @dataclass(frozen=True)
 class EmbedResult:
     """Vectors in input order: `vectors` is (N, D) for mean/bos pooling, (N, 4 * D) for segments, a
-    list of (L, D) per residue."""
+    list of (L, D) per residue; `lengths` are the sequences' residues."""
 
     ids: list[str]
     vectors: np.ndarray | list[np.ndarray]
     provenance: list[Provenance]
+    lengths: list[int] = field(default_factory=list)
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> None:
+        """Write these vectors to `path` as `protssl embed -o` does: `.h5`, `.npz`, or a
+        `.tsv`/`.csv` table (rows in input order; pooled vectors only)."""
+        from protssl.output import write_vectors
+
+        embeddings = [
+            Embedding(i, n, v, p)
+            for i, n, v, p in zip(
+                self.ids, self.lengths, self.vectors, self.provenance, strict=True
+            )
+        ]
+        write_vectors(path, embeddings, overwrite=overwrite)
 
 
 @functools.cache
@@ -69,4 +83,9 @@ def embed(
     stacked: np.ndarray | list[np.ndarray] = (
         vectors if pooling == "per-residue" else np.stack(vectors) if vectors else np.zeros((0, 0))
     )
-    return EmbedResult(ids=order, vectors=stacked, provenance=[by_id[i].provenance for i in order])
+    return EmbedResult(
+        ids=order,
+        vectors=stacked,
+        provenance=[by_id[i].provenance for i in order],
+        lengths=[by_id[i].length for i in order],
+    )

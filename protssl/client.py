@@ -123,15 +123,8 @@ class ClientEmbeddings:
     def save(self, path: str | Path, *, overwrite: bool = False) -> None:
         """Write these vectors to `path` as `protssl embed -o` does: `.h5`, `.npz`, or a
         `.tsv`/`.csv` table (rows in request order; pooled vectors only)."""
-        from protssl.output import check_pooling, write_vectors
+        from protssl.output import write_vectors
 
-        if not self.embeddings:
-            raise InvalidInputError(
-                f"nothing to save to {str(path)!r}: this result holds no vectors"
-            )
-        check_pooling(path, self.embeddings[0].provenance.pooling)
-        if Path(path).exists() and not overwrite:
-            raise InvalidInputError(f"{str(path)!r} exists: save(..., overwrite=True) replaces it")
         write_vectors(path, self.embeddings, overwrite=overwrite)
 
 

@@ -31,7 +31,7 @@ import json
 import logging
 import shutil
 import zipfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -432,15 +432,18 @@ def open_writer(path: str | Path, *, resume: bool = False, overwrite: bool = Fal
 
 
 def write_vectors(
-    path: str | Path, embeddings: Iterable[Embedding], *, overwrite: bool = False
-) -> int:
-    """Write `embeddings` to a new OUTPUT (any of `FORMATS`; a table's rows in the order given),
-    as `protssl embed` writes them; returns how many. An existing OUTPUT needs `overwrite`."""
-    count = 0
+    path: str | Path, embeddings: Sequence[Embedding], *, overwrite: bool = False
+) -> None:
+    """Write `embeddings` to a new OUTPUT (any of `FORMATS`; a table's rows in the order given)
+    as `protssl embed` writes them: what the SDK's and `protssl.embed`'s results `.save()` do."""
+    if not embeddings:
+        raise InvalidInputError(f"nothing to save to {str(path)!r}: the result holds no vectors")
+    check_pooling(path, embeddings[0].provenance.pooling)
+    if Path(path).exists() and not overwrite:
+        raise InvalidInputError(f"{str(path)!r} exists: save(..., overwrite=True) replaces it")
     with open_writer(path, overwrite=overwrite) as writer:
-        for count, embedding in enumerate(embeddings, start=1):
-            writer.write(embedding, position=count)
-    return count
+        for position, embedding in enumerate(embeddings):
+            writer.write(embedding, position=position)
 
 
 def read_vectors(path: str | Path) -> Iterator[tuple[str, np.ndarray, Mapping[str, Any]]]:

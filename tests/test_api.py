@@ -9,6 +9,7 @@ import pytest
 
 import protssl
 from protssl.errors import InvalidInputError
+from protssl.output import read_vectors
 
 
 def test_all_is_sorted_and_complete() -> None:
@@ -70,6 +71,29 @@ def test_embed_keeps_input_order_and_matches_records(
         assert rows.shape == (len(record), 64)
         np.testing.assert_allclose(rows.mean(0), mean, atol=1e-5)
     assert result.provenance[0].model_sha256 == model.sha256
+
+
+def test_a_result_saves_as_protssl_embed_writes(
+    tiny_model_dir: Path, sample_fasta: Path, tmp_path: Path
+) -> None:
+    """What `protssl embed -o` would write for the same records: bytes, lengths, input order."""
+    model = protssl.load_model(tiny_model_dir, dtype="float32")
+    records = [r for r in protssl.read_fasta(sample_fasta) if len(r) < 60][:7]
+    result = protssl.embed(records, model=model)
+    assert result.lengths == [len(r) for r in records]
+    result.save(tmp_path / "r.csv")
+    rows = list(read_vectors(tmp_path / "r.csv"))
+    assert [k for k, _, _ in rows] == result.ids
+    assert [a["length"] for _, _, a in rows] == result.lengths
+    assert np.stack([v for _, v, _ in rows]).tobytes() == result.vectors.tobytes()
+    with pytest.raises(InvalidInputError, match=r"exists: save\(\.\.\., overwrite=True\)"):
+        result.save(tmp_path / "r.csv")
+    per_residue = protssl.embed(records[:2], model=model, pooling="per-residue")
+    per_residue.save(tmp_path / "r.h5")
+    saved = {k: v.shape for k, v, _ in read_vectors(tmp_path / "r.h5")}
+    assert saved == {i: v.shape for i, v in zip(per_residue.ids, per_residue.vectors, strict=True)}
+    with pytest.raises(InvalidInputError, match="nothing to save"):
+        protssl.embed([], model=model).save(tmp_path / "empty.h5")
 
 
 def test_one_string_instead_of_a_list_is_refused_not_read_letter_by_letter(

@@ -94,6 +94,9 @@ def test_python_api_and_store_examples_with_the_shipped_model(scratch: Path) -> 
     assert result.vectors.shape == (n, 320) and result.vectors.dtype == np.float32
     per_res = namespace["per_res"]
     assert [v.shape for v in per_res.vectors] == [(10, 320), (4, 320)]
+    saved = list(read_vectors(scratch / "proteins.tsv"))
+    assert [k for k, _, _ in saved] == result.ids
+    assert np.stack([v for _, v, _ in saved]).tobytes() == result.vectors.tobytes()
     store_example = on_subset(readme_example("CacheStats()"))
     assert "# 300 0; run it again: 0 300" in store_example
     assert run_example(store_example)[1] == [f"{n} 0"]
