@@ -299,6 +299,24 @@ class ClientPrediction:
     evidence: str = "embedding"
     """alignment (a significant hit, hybrid classifiers) or embedding."""
 
+    def as_prediction(self) -> Prediction:
+        """The decision as `classify_records` gives it in-process (abstention: labels `unknown`):
+        what `protssl classify --server` writes, in the same table as a local run."""
+        from protssl.fewshot import Prediction
+
+        top_label, top_probability = self.top[0] if self.top else ("", 0.0)
+        return Prediction(
+            id=self.id,
+            labels=tuple(self.label.split(";")) if self.label else ("unknown",),
+            probability=self.probability,
+            status=self.status,  # type: ignore[arg-type]
+            top_label=top_label,
+            top_probability=top_probability,
+            nearest_similarity=self.nearest_similarity,
+            top=self.top,
+            evidence=self.evidence,  # type: ignore[arg-type]
+        )
+
 
 def prediction_to_proto(decision: Prediction) -> pb.Prediction:
     """A classifier's decision as a message; an abstention has an empty label."""

@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import os
 import re
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from protssl.dtypes import DTYPE_NAMES
-from protssl.errors import RESUME_ADVICE
+from protssl.errors import RESUME_ADVICE, InvalidInputError
 
 if TYPE_CHECKING:
     from protssl.checkpoint import LoadedModel
@@ -26,12 +27,15 @@ __all__ = [
     "add_model_arg",
     "add_model_args",
     "add_runtime_args",
+    "add_server_args",
     "add_store_args",
     "add_trust_args",
     "as_options",
     "fasta_policy",
     "load_model",
     "open_store",
+    "refuse_beside_server",
+    "served_model",
     "store_config",
 ]
 
@@ -152,6 +156,47 @@ def as_options(message: str) -> str:
     message = message.replace(RESUME_ADVICE, "the same command with --resume sends the rest")
     message = _SDK_TOKEN_ADVICE.sub("set ", message)
     return _POLICY_ADVICE.sub(lambda m: f"--{m.group(1).replace('_', '-')} {m.group(2)}", message)
+
+
+def add_server_args(parser: argparse.ArgumentParser, what: str) -> None:
+    """`--server ADDR` and `--server-ca PEM`: run the command on a protssl server instead."""
+    remote = parser.add_argument_group("remote")
+    remote.add_argument(
+        "--server",
+        metavar="ADDR",
+        default=None,
+        help=f"{what} on a protssl server at host[:port] (its model, dtype and store; the token "
+        "from $PROTSSL_TOKEN) instead of in this process",
+    )
+    remote.add_argument(
+        "--server-ca", metavar="PEM", default=None, help="CA certificate of a TLS server (--server)"
+    )
+
+
+def refuse_beside_server(
+    args: argparse.Namespace, build: Callable[[argparse.ArgumentParser], None], names: Sequence[str]
+) -> None:
+    """Refuse the options among `names` given other values than their defaults (in the parser
+    `build` makes): with --server, the server decides them."""
+    if args.server is None:
+        if getattr(args, "server_ca", None) is not None:
+            raise InvalidInputError("--server-ca goes with --server")
+        return
+    defaults = argparse.ArgumentParser()
+    build(defaults)
+    given = [n for n in names if getattr(args, n) != defaults.get_default(n)]
+    if given:
+        options = ", ".join(f"--{n.replace('_', '-')}" for n in given)
+        raise InvalidInputError(
+            f"{options}: with --server the server's settings apply (its model, dtype and store; "
+            "`protssl serve --help`): leave them out"
+        )
+
+
+def served_model(args: argparse.Namespace) -> str:
+    """The model to ask a server for: `--model` when given on the command line, else the server's
+    own ($PROTSSL_MODEL names one on this machine, not the server's)."""
+    return "" if args.model in (None, os.environ.get("PROTSSL_MODEL")) else str(args.model)
 
 
 def add_db_arg(parser: argparse.ArgumentParser) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,10 +16,13 @@ from typing import TYPE_CHECKING
 from protssl.cli.args import (
     add_fasta_policy_args,
     add_model_args,
+    add_server_args,
     add_store_args,
     fasta_policy,
     load_model,
     open_store,
+    refuse_beside_server,
+    served_model,
 )
 from protssl.cli.commands import Command
 from protssl.errors import InvalidInputError, ProtsslError
@@ -127,18 +129,7 @@ def _build(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="times a dead actor (node lost, OOM kill) is restarted and its shard retried (default 3)",
     )
-    remote = parser.add_argument_group("remote")
-    remote.add_argument(
-        "--server",
-        metavar="ADDR",
-        default=None,
-        help="embed through a protssl server at host[:port] (its model, dtype and store; the token "
-        "from $PROTSSL_TOKEN) instead of in this process; OUTPUT, --resume and the FASTA policy "
-        "work as here",
-    )
-    remote.add_argument(
-        "--server-ca", metavar="PEM", default=None, help="CA certificate of a TLS server (--server)"
-    )
+    add_server_args(parser, "embed")
     parser.set_defaults(func=_embed)
 
 
@@ -201,8 +192,7 @@ def _embed(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"{args.input}: no such file")
     if args.server is not None:
         return _embed_remote(args, policy)
-    if args.server_ca is not None:
-        raise InvalidInputError("--server-ca goes with --server")
+    refuse_beside_server(args, _build, _LOCAL_ONLY)  # --server-ca alone
     if args.engine == "local":
         check_writable(args.output)
         check_pooling(args.output, config.pooling)
@@ -274,22 +264,12 @@ def _embed_remote(args: argparse.Namespace, policy: FastaPolicy) -> int:
 
     summary = JobSummary(output=args.output)
     try:
-        defaults = argparse.ArgumentParser()
-        _build(defaults)
-        given = [d for d in _LOCAL_ONLY if getattr(args, d) != defaults.get_default(d)]
-        if given:
-            options = ", ".join(f"--{d.replace('_', '-')}" for d in given)
-            raise InvalidInputError(
-                f"{options}: with --server the server's settings apply (its model, dtype and "
-                "store; `protssl serve --help`): leave them out"
-            )
-        # --model names one the server serves; $PROTSSL_MODEL is this machine's, not the server's
-        model = "" if args.model in (None, os.environ.get("PROTSSL_MODEL")) else args.model
+        refuse_beside_server(args, _build, _LOCAL_ONLY)
         with protssl.Client(args.server, root_certificates=args.server_ca) as client:
             client.embed_file(
                 args.input,
                 args.output,
-                model=model,
+                model=served_model(args),
                 pooling=args.pooling,
                 layer=args.layer,
                 policy=policy,

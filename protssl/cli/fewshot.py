@@ -26,9 +26,11 @@ from protssl.cli.args import (
     add_db_arg,
     add_fasta_policy_args,
     add_model_args,
+    add_server_args,
     fasta_policy,
     load_model,
     open_store,
+    refuse_beside_server,
 )
 from protssl.cli.commands import Command, LazySubcommands, add_commands
 from protssl.durable import check_can_create, writing_durably
@@ -41,7 +43,7 @@ if TYPE_CHECKING:
     from protssl.checkpoint import LoadedModel
     from protssl.embedding import CacheStats, EmbedConfig
     from protssl.evaluation import EvalResult
-    from protssl.fasta import ProteinRecord
+    from protssl.fasta import FastaPolicy, ProteinRecord
     from protssl.fewshot import FewShotClassifier, FewShotConfig, Prediction
     from protssl.store import EmbeddingCache
 
@@ -99,7 +101,12 @@ def _build_classify(classify: argparse.ArgumentParser) -> None:
     classify.add_argument("-o", "--output", metavar="FILE", help="default: stdout")
     _add_model_args(classify)
     add_db_arg(classify)
+    add_server_args(classify, "classify")
     classify.set_defaults(func=_classify)
+
+
+_CLASSIFY_LOCAL_ONLY = ("model", "dtype", "device", "db")
+"""What the server decides for `classify --server` (the classifier names its model)."""
 
 
 def _build_fewshot_eval(evaluate: argparse.ArgumentParser) -> None:
@@ -412,9 +419,12 @@ def _classify(args: argparse.Namespace) -> int:
     if args.output is not None:
         check_can_create(Path(args.output))
     policy = fasta_policy(args)
+    refuse_beside_server(args, _build_classify, _CLASSIFY_LOCAL_ONLY)
     checked = validate_fasta(args.input, policy=policy)  # every bad record named, before any work
     if checked is not None and checked.records == 0:
         raise InvalidInputError(f"{args.input}: no records")
+    if args.server is not None:
+        return _classify_remote(args, policy, None if checked is None else checked.residues)
     stats = CacheStats()
     with open_store(args) as store:
         classifier, _ = load_classifier(store, args.name, args.version)
@@ -438,6 +448,32 @@ def _classify(args: argparse.Namespace) -> int:
                 raise InvalidInputError(f"{args.input}: no records")
             table.close()
     _print_stats(stats)
+    return 0
+
+
+def _classify_remote(args: argparse.Namespace, policy: FastaPolicy, residues: int | None) -> int:
+    """`classify --server`: the server's classifier (and model, and store) answers, chunk by chunk,
+    every chunk by the version the command started with; the table is the local one."""
+    import protssl
+    from protssl.fasta import read_fasta
+
+    with protssl.Client(args.server, root_certificates=args.server_ca) as client:
+        info = client.get_classifier(args.name, version=args.version)
+        with _bar(residues) as bar, _output(args.output) as out:
+            table = _PredictionTable(out, args.format)
+            records = read_fasta(args.input, policy=policy)
+            while chunk := list(itertools.islice(records, CLASSIFY_CHUNK)):
+                answers = client.classify(args.name, chunk, version=info.version)
+                table.write([answer.as_prediction() for answer in answers])
+                bar.update(sum(len(r) for r in chunk))
+            if table.rows == 0:
+                raise InvalidInputError(f"{args.input}: no records")
+            table.close()
+    print(
+        f"classified {table.rows} records with {info.name} version {info.version} on "
+        f"{client.target}",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from service_support import running_server
 
 from protssl.checkpoint import LoadedModel
 from protssl.cli import fewshot as fewshot_cli
@@ -271,3 +272,42 @@ def _same_predictions(got: list[dict[str, Any]], expected: list[dict[str, Any]])
             b["top_label"],
         )
         assert a["probability"] == pytest.approx(b["probability"], abs=1e-4)
+
+
+def test_classify_through_a_server_writes_the_local_table(
+    tmp_path: Path,
+    windowed_model: LoadedModel,
+    windowed_model_dir: Path,
+    is_split: tuple[list[ProteinRecord], list[ProteinRecord]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`classify --server`: the server's store holds the classifier, its model embeds; the table is
+    the one a local run writes (probabilities to float32's batch noise)."""
+    support_file = write_fasta(tmp_path / "support.fasta", is_split[0][:24])
+    query_file = write_fasta(tmp_path / "query.fasta", is_split[1][:12])
+    url = f"sqlite:///{tmp_path / 'lab.sqlite3'}"
+    local = ["--db", url, "--model", str(windowed_model_dir), "--dtype", "float32"]
+    assert run_cli(["classifier", "create", "tfam", "--fasta", str(support_file), *local]) == 0
+    here, there = tmp_path / "here.tsv", tmp_path / "there.tsv"
+    assert run_cli(["classify", "tfam", str(query_file), "-o", str(here), *local]) == 0
+    capsys.readouterr()
+    with running_server(windowed_model, store=True, database_url=url) as (_, address, _r):
+        remote = ["classify", "tfam", str(query_file), "--server", address]
+        assert main([*remote, "-o", str(there)]) == 0
+        assert capsys.readouterr().err.splitlines()[-1] == (
+            f"classified 12 records with tfam version 1 on {address}"
+        )
+        assert main([*remote, "--dtype", "float32"]) == 2
+        assert capsys.readouterr().err.strip() == (
+            "protssl classify: error: --dtype: with --server the server's settings apply (its "
+            "model, dtype and store; `protssl serve --help`): leave them out"
+        )
+        assert main([*remote, "--version", "7"]) == 2
+        assert "version 7" in capsys.readouterr().err
+    rows = [line.split("\t") for line in here.read_text().splitlines()]
+    remote_rows = [line.split("\t") for line in there.read_text().splitlines()]
+    assert len(rows) == len(remote_rows) == 13 and rows[0] == remote_rows[0]
+    for row, other in zip(rows[1:], remote_rows[1:], strict=True):
+        assert row[:2] + row[3:5] == other[:2] + other[3:5]  # id, label, status, top label
+        for column in (2, 5, 6):  # probability, top probability, nearest similarity
+            assert float(row[column]) == pytest.approx(float(other[column]), abs=2e-4)
