@@ -41,6 +41,9 @@ def configure_logging(level: int | str, *, timestamps: bool = False, process: st
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         # Alembic's plugin and context lines (16 per start); the store logs the migration itself.
         logging.getLogger("alembic").setLevel(logging.WARNING)
+        # gRPC's C core logs a failed TLS handshake (and more) at INFO, straight to stderr, beside
+        # the one line that says what to do; read when grpc is imported, so only where it is not yet
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 
 def run_main(

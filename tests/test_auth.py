@@ -680,3 +680,29 @@ def test_a_slow_token_lookup_stalls_only_its_own_call() -> None:
     finally:
         release.set()
         server.stop(None)
+
+
+def test_embed_through_a_tls_server_needs_its_ca_and_says_so_in_one_line(
+    service_model, pki_files: dict[str, str], sample_fasta: Path, tmp_path: Path
+) -> None:
+    """`protssl embed --server` in its own process: with `--server-ca` it embeds; without it, one
+    line naming the option (gRPC's C core would add its own handshake log lines to stderr)."""
+    fasta = tmp_path / "two.fasta"
+    fasta.write_text(">a\nMKTAYIAKQRQISFVKSHFSRQ\n>b\nMSEQNNTEMTFQIQRIYTKDISFEAPNAPH\n")
+    with running_server(
+        service_model, tls_cert=pki_files["server_cert"], tls_key=pki_files["server_key"]
+    ) as (_, address, _r):
+        target = address.replace("127.0.0.1", "localhost")
+        command = [sys.executable, "-m", "protssl", "embed", str(fasta), "--server", target]
+        command += ["--no-progress"]
+        env = {k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"}
+        run: dict[str, Any] = {"capture_output": True, "text": True, "env": env, "timeout": 120}
+        trusted = subprocess.run(
+            [*command, "-o", str(tmp_path / "a.h5"), "--server-ca", pki_files["ca"]], **run
+        )
+        untrusted = subprocess.run([*command, "-o", str(tmp_path / "b.h5")], **run)
+    assert trusted.returncode == 0, trusted.stderr
+    assert untrusted.returncode == 2
+    (line,) = untrusted.stderr.splitlines()
+    assert line.startswith(f"protssl embed: error: cannot reach a protssl server at {target} (")
+    assert "give --server-ca, the CA that signed it" in line

@@ -58,6 +58,18 @@ def test_fasta_policy_from_the_flags_a_command_has() -> None:
          f"kept in 'o.h5': {RESUME_ADVICE}",
          "cannot reach a protssl server at h:1: x; the 64 result(s) that came back before it are "
          "kept in 'o.h5': the same command with --resume sends the rest"),
+        ("cannot reach a protssl server at h:1 (if the server speaks TLS, connect with tls=True or "
+         "root_certificates): Socket closed",
+         "cannot reach a protssl server at h:1 (if the server speaks TLS, give --server-ca, the CA "
+         "that signed it): Socket closed"),
+        ("cannot reach a protssl server at h:1 (the server answers without TLS: connect with "
+         "tls=False): x",
+         "cannot reach a protssl server at h:1 (the server answers without TLS: leave out "
+         "--server-ca): x"),
+        ("(the server's certificate is not signed by a CA this client trusts: give "
+         "root_certificates, the CA that signed it)",
+         "(the server's certificate is not signed by a CA this client trusts: give --server-ca, "
+         "the CA that signed it)"),
         ("no API token: send metadata `authorization: Bearer <token>` (this client has none: give "
          "Client('h:1', token=...) or set $PROTSSL_TOKEN; `protssl token create --role read` on "
          "the server's store makes one)",

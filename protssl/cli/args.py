@@ -147,13 +147,21 @@ _POLICY_FIELDS = ("on_invalid", "gaps", "on_empty", "on_duplicate")
 """FastaPolicy's fields, each set by the option of the same name (`--on-invalid`...)."""
 _POLICY_ADVICE = re.compile(rf"\b({'|'.join(_POLICY_FIELDS)}) (fail|skip|replace|strip)\b")
 _SDK_TOKEN_ADVICE = re.compile(r"give Client\([^)]*\) or set ")
+_SDK_ADVICE = (
+    (RESUME_ADVICE, "the same command with --resume sends the rest"),
+    ("connect with tls=False", "leave out --server-ca"),
+    ("connect with tls=True or root_certificates", "give --server-ca, the CA that signed it"),
+    ("give root_certificates, the CA that signed it", "give --server-ca, the CA that signed it"),
+)
+"""The SDK's advice (`protssl.client`) and what a `--server` command says instead."""
 
 
 def as_options(message: str) -> str:
     """A library message's advice in the CLI's spelling: `on_invalid skip` (what the SDK and gRPC
-    call the field) reads `--on-invalid skip`, the option a CLI user types; `embed_file`'s
-    `resume=True` reads `--resume`, and a token is given by $PROTSSL_TOKEN, not `Client(token=)`."""
-    message = message.replace(RESUME_ADVICE, "the same command with --resume sends the rest")
+    call the field) reads `--on-invalid skip`, the option a CLI user types; the SDK's advice to a
+    `--server` command names its options (`--resume`, `--server-ca`, $PROTSSL_TOKEN)."""
+    for sdk, cli in _SDK_ADVICE:
+        message = message.replace(sdk, cli)
     message = _SDK_TOKEN_ADVICE.sub("set ", message)
     return _POLICY_ADVICE.sub(lambda m: f"--{m.group(1).replace('_', '-')} {m.group(2)}", message)
 
