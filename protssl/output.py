@@ -31,6 +31,7 @@ import json
 import logging
 import shutil
 import zipfile
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -383,21 +384,31 @@ class VectorWriter:
 
     def _merge_table(self, chunks: list[Path]) -> None:
         """OUTPUT's rows (less those the chunks replace), then the chunks' rows in input order
-        where their writer gave it, else in the order written."""
-        latest = {row[0]: row for chunk in chunks for row in _read_chunk(chunk)}  # as h5 does
+        where their writer gave it, else in the order written. Only the rows' attributes are held
+        at once: each vector is read from its chunk as its row is written."""
+        latest: dict[str, tuple[int, dict[str, Any]]] = {}  # the last chunk to hold a record wins
+        for index, chunk in enumerate(chunks):
+            meta, names = _read_chunk_index(chunk)
+            latest.update((name, (index, meta["records"][name])) for name in names)
         unplaced = len(latest)  # rows without a position go last, in the order written
-        new = sorted(latest.values(), key=lambda row: row[2].get("position", unplaced))
+        order = sorted(latest.items(), key=lambda item: item[1][1].get("position", unplaced))
         delimiter = _DELIMITERS[self.path.suffix.lower()]
         shared = [self._shared[k] if self._shared else "" for k in _SHARED]
-        with writing_durably(self.path) as tmp, tmp.open("w", newline="") as handle:
+        with (
+            _ChunkVectors(chunks) as vectors,
+            writing_durably(self.path) as tmp,
+            tmp.open("w", newline="") as handle,
+        ):
             out = csv.writer(handle, delimiter=delimiter, lineterminator="\n")
-            width = new[0][1].shape[0]  # one provenance, one width
+            first, (index, _) = order[0]
+            width = vectors.get(index, first).shape[0]  # one provenance, one width
             out.writerow([*_ROW_FIELDS, *_SHARED, *(f"v{i}" for i in range(width))])
             if self.path.exists():
                 for row in _table_rows(self.path):
                     if dataset_name(row[0]) not in latest:
                         out.writerow(row)
-            for _, vector, attrs in new:
+            for name, (index, attrs) in order:
+                vector = vectors.get(index, name)
                 windowed = "true" if attrs["windowed"] else "false"
                 fields = (attrs["id"], attrs["length"], attrs["windows"], windowed, attrs["labels"])
                 out.writerow([*fields, *shared, *(f"{x:.9g}" for x in vector.tolist())])
@@ -531,6 +542,38 @@ def _chunks(journal: Path) -> list[Path]:
 def _read_chunk_index(chunk: Path) -> tuple[dict[str, Any], list[str]]:
     with _load_npz(chunk) as data:
         return _npz_index(data)
+
+
+class _ChunkVectors:
+    """Vectors read one at a time from a journal's chunks, the last `keep` chunks left open: a
+    table's rows come in input order, which visits the chunks nearly in the order written."""
+
+    def __init__(self, chunks: list[Path], keep: int = 32) -> None:
+        self._chunks, self._keep = chunks, keep
+        self._open: OrderedDict[int, tuple[Any, Any]] = OrderedDict()
+
+    def get(self, index: int, name: str) -> np.ndarray:
+        if index in self._open:
+            self._open.move_to_end(index)
+        else:
+            if len(self._open) == self._keep:
+                self._close(*self._open.popitem(last=False)[1])
+            handle = self._chunks[index].open("rb")
+            self._open[index] = (handle, np.load(handle, allow_pickle=False))
+        return np.asarray(self._open[index][1][name])
+
+    @staticmethod
+    def _close(handle: Any, data: Any) -> None:
+        data.close()
+        handle.close()
+
+    def __enter__(self) -> _ChunkVectors:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle, data in self._open.values():
+            self._close(handle, data)
+        self._open.clear()
 
 
 def _read_chunk(chunk: Path) -> Iterator[tuple[str, np.ndarray, dict[str, Any]]]:

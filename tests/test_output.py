@@ -123,6 +123,20 @@ def test_a_table_takes_one_vector_per_record(suffix: str, tmp_path: Path) -> Non
     assert [k for k, _, _ in read_vectors(out)] == ["sp|P0/x"]
 
 
+def test_a_tables_rows_follow_the_input_across_more_chunks_than_stay_open(tmp_path: Path) -> None:
+    """40 chunks, written last record first: the merge reads each vector from its chunk as its row
+    is written (more chunks than it keeps open), and the rows come out in input order."""
+    out = tmp_path / "o.tsv"
+    with open_writer(out) as writer:
+        for position in reversed(range(40)):
+            writer.write(_embedding(position), position=position)
+            writer.flush()
+        assert len(list(journal_path(out).glob("chunk-*.npz"))) == 40
+    rows = list(read_vectors(out))
+    assert [k for k, _, _ in rows] == [f"sp|P{i}/x" for i in range(40)]
+    assert [v[0] for _, v, _ in rows] == list(range(40))
+
+
 def test_a_table_protssl_did_not_write_is_left_alone(tmp_path: Path) -> None:
     out = tmp_path / "mine.csv"
     out.write_text("gene,score\nabc,1\n")
