@@ -70,6 +70,10 @@ def test_fasta_policy_from_the_flags_a_command_has() -> None:
          "root_certificates, the CA that signed it)",
          "(the server's certificate is not signed by a CA this client trusts: give --server-ca, "
          "the CA that signed it)"),
+        ("max_tokens must be at least 8, got 0", "--max-tokens must be at least 8, got 0"),
+        ("workers and cpus per worker must be at least 1",
+         "--workers and --cpus-per-worker must be at least 1"),
+        ("record 'x': max_tokens must stay", "record 'x': max_tokens must stay"),  # not a check
         ("no API token: send metadata `authorization: Bearer <token>` (this client has none: give "
          "Client('h:1', token=...) or set $PROTSSL_TOKEN; `protssl token create --role read` on "
          "the server's store makes one)",

@@ -355,6 +355,9 @@ def test_user_errors_are_one_line_before_any_work(
         ([str(fasta), "-o", str(tmp_path / "not-hdf5.h5"), "--resume"], "not an HDF5 file"),
         ([str(fasta), "-o", str(tmp_path / "not-npz.npz"), "--resume"], "not a .npz file"),
         ([str(fasta), "-o", out, "--overlap", "100000"], "must be smaller than the window"),
+        ([str(fasta), "-o", out, "--max-tokens", "0"], "--max-tokens must be at least 8, got 0"),
+        ([str(fasta), "-o", out, "--read-ahead", "0"], "--read-ahead must be positive"),
+        ([str(fasta), "-o", out, "--overlap", "-3"], "--overlap must be >= 0, got -3"),
     ]  # the overlap: said at once, though no record here is long enough to be windowed
     for args, said in cases:
         assert main(["embed", *args, *base]) == 2, args

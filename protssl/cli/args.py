@@ -154,14 +154,27 @@ _SDK_ADVICE = (
     ("give root_certificates, the CA that signed it", "give --server-ca, the CA that signed it"),
 )
 """The SDK's advice (`protssl.client`) and what a `--server` command says instead."""
+_FIELD_OPTIONS = (
+    ("max_tokens must", "--max-tokens must"),
+    ("read_ahead_residues must", "--read-ahead must"),
+    ("window overlap must", "--overlap must"),
+    ("workers and cpus per worker must", "--workers and --cpus-per-worker must"),
+    ("worker retries must", "--worker-retries must"),
+    ("gpus per worker must", "--gpus-per-worker must"),
+)
+"""Config checks that open a library message with the field, and the option that sets it."""
 
 
 def as_options(message: str) -> str:
     """A library message's advice in the CLI's spelling: `on_invalid skip` (what the SDK and gRPC
-    call the field) reads `--on-invalid skip`, the option a CLI user types; the SDK's advice to a
-    `--server` command names its options (`--resume`, `--server-ca`, $PROTSSL_TOKEN)."""
+    call the field) reads `--on-invalid skip`, the option a CLI user types, as does a config check
+    on a field (`max_tokens must ...`: `--max-tokens must ...`); the SDK's advice to a `--server`
+    command names its options (`--resume`, `--server-ca`, $PROTSSL_TOKEN)."""
     for sdk, cli in _SDK_ADVICE:
         message = message.replace(sdk, cli)
+    for field, option in _FIELD_OPTIONS:
+        if message.startswith(field):
+            message = option + message[len(field) :]
     message = _SDK_TOKEN_ADVICE.sub("set ", message)
     return _POLICY_ADVICE.sub(lambda m: f"--{m.group(1).replace('_', '-')} {m.group(2)}", message)
 
