@@ -82,7 +82,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 if TYPE_CHECKING:
+    from tqdm import tqdm
+
     from protssl.embed_file import JobSummary
+    from protssl.fasta import FastaCheck
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,17 @@ class _IdleWatch:
                 self.fired = True
                 call.cancel()
                 return
+
+
+def _residue_bar(desc: str, total: int | None, progress: bool) -> tqdm[Any]:
+    """A stream's progress bar, in residues."""
+    return progress_bar(desc=desc, total=total, unit="res", unit_scale=True, disable=not progress)
+
+
+def _file_bar(path: str | Path, checked: FastaCheck | None, progress: bool) -> tqdm[Any]:
+    """A FASTA file's bar: its residues, known from the whole-file check, are the total."""
+    total = None if checked is None else checked.residues
+    return _residue_bar(f"embed {Path(path).name}", total, progress)
 
 
 def _error(exc: grpc.RpcError, target: str, tls: bool, *, token: bool) -> ProtsslError:
@@ -410,7 +424,7 @@ class Client:
         server's max_sequences. Records `on_invalid="skip"` drops are left out of the results."""
         options = self._options(model, pooling, layer, dtype, on_invalid)
         fields = _sequence_fields(sequences, ids)
-        return self._stream(fields, options, chunk, progress, "embed", timeout)
+        return self._stream(fields, options, chunk, _residue_bar("embed", None, progress), timeout)
 
     def embed_fasta(
         self,
@@ -432,9 +446,7 @@ class Client:
         checked = validate_fasta(path, policy=policy, progress=progress)
         fields = _sequence_fields(read_fasta(path, policy=policy), None)
         options = self._options(model, pooling, layer, dtype)
-        desc = f"embed {Path(path).name}"
-        total = None if checked is None else checked.residues  # the bar's % and time left
-        return self._stream(fields, options, chunk, progress, desc, timeout, total=total)
+        return self._stream(fields, options, chunk, _file_bar(path, checked, progress), timeout)
 
     def embed_file(
         self,
@@ -473,13 +485,7 @@ class Client:
         summary.output = str(output)
         stats = ReadStats()
         start = time.perf_counter()
-        bar = progress_bar(
-            desc=f"embed {Path(path).name}",
-            total=None if checked is None else checked.residues,
-            unit="res",
-            unit_scale=True,
-            disable=not progress,
-        )
+        bar = _file_bar(path, checked, progress)
         try:
             with open_writer(output, resume=resume, overwrite=overwrite) as writer, bar:
                 done = writer.existing_ids() if resume else set()
@@ -490,12 +496,9 @@ class Client:
                 try:
                     for embedding, cached in self._results(fields, options, chunk, bar, timeout):
                         writer.write(embedding, position=positions.pop(embedding.id, None))
-                        summary.records += 1
-                        summary.residues += embedding.length
                         summary.cached += cached
                         summary.computed += not cached
-                        summary.windowed += embedding.provenance.windowed
-                        if summary.records % 64 == 0:
+                        if summary.written(embedding):
                             writer.flush()
                 except (UnavailableError, DeadlineExceededError, OverloadedError) as exc:
                     if not summary.records:
@@ -514,18 +517,12 @@ class Client:
         fields: Iterator[dict[str, str]],
         options: pb.EmbedOptions,
         chunk: int,
-        progress: bool,
-        desc: str,
+        bar: tqdm[Any],
         timeout: float | None,
-        *,
-        total: int | None = None,
     ) -> ClientEmbeddings:
         """One EmbedStream call of `fields` in messages of `chunk`; results in input order."""
         order: list[str] = []
         embeddings: dict[str, tuple[Embedding, bool]] = {}
-        bar = progress_bar(
-            desc=desc, total=total, unit="res", unit_scale=True, disable=not progress
-        )
         with bar:
             for embedding, cached in self._results(fields, options, chunk, bar, timeout, order):
                 embeddings[embedding.id] = (embedding, cached)
@@ -536,7 +533,7 @@ class Client:
         fields: Iterator[dict[str, str]],
         options: pb.EmbedOptions,
         chunk: int,
-        bar: Any,
+        bar: tqdm[Any],
         timeout: float | None,
         sent: list[str] | None = None,
     ) -> Iterator[tuple[Embedding, bool]]:

@@ -20,7 +20,13 @@ from tqdm import tqdm
 from protssl.batch_job import JobSpec
 from protssl.checkpoint import LoadedModel
 from protssl.durable import check_room, human_bytes
-from protssl.embedding import CacheStats, EmbedConfig, embed_records, expected_provenance
+from protssl.embedding import (
+    CacheStats,
+    EmbedConfig,
+    Embedding,
+    embed_records,
+    expected_provenance,
+)
 from protssl.errors import ProtsslError
 from protssl.fasta import (
     FastaCheck,
@@ -39,6 +45,9 @@ from protssl.store import EmbeddingCache
 __all__ = ["JobSummary", "embed_fasta_file", "embed_job_spec"]
 
 log = logging.getLogger(__name__)
+
+FLUSH_EVERY = 64
+"""Records between two flushes of a job's OUTPUT (local or through a server)."""
 
 
 @dataclass
@@ -73,6 +82,14 @@ class JobSummary:
     def done(self) -> int:
         """Records of the input that have their vector in the output."""
         return self.records + self.resumed
+
+    def written(self, embedding: Embedding) -> bool:
+        """Count one record written to OUTPUT; whether it is time to make OUTPUT durable (every
+        `FLUSH_EVERY` records: what a kill then loses)."""
+        self.records += 1
+        self.residues += embedding.length
+        self.windowed += int(embedding.provenance.windowed)
+        return self.records % FLUSH_EVERY == 0
 
     @property
     def residues_per_second(self) -> float:
@@ -236,10 +253,7 @@ def embed_fasta_file(
                 writer.write(embedding, position=position)
                 bar.update(embedding.length)
                 summary.computed, summary.cached = cache_stats.computed, cache_stats.cached
-                summary.records += 1
-                summary.residues += embedding.length
-                summary.windowed += int(embedding.provenance.windowed)
-                if summary.records % 64 == 0:
+                if summary.written(embedding):
                     writer.flush()
                     summary.skipped = stats.skipped
                     if on_flush is not None:

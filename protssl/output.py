@@ -71,6 +71,8 @@ FORMATS = (".h5", ".hdf5", ".npz", ".tsv", ".csv")
 _DELIMITERS = {".tsv": "\t", ".csv": ","}
 _ROW_FIELDS = ("id", "length", "windows", "windowed", "labels")
 _SHARED = ("model_name", "model_sha256", "layer", "pooling", "dtype", "window_policy")
+_TABLE_FIXED = (*_ROW_FIELDS, *_SHARED)
+"""A table's columns before the vector's `v0`, `v1`, ..."""
 _NPZ_META = "__provenance__"
 _UNREADABLE = (OSError, ValueError, KeyError, RuntimeError, EOFError, zipfile.BadZipFile, csv.Error)
 """What h5py, np.load and the table reader raise for a file that is not theirs or is truncated."""
@@ -402,7 +404,7 @@ class VectorWriter:
             out = csv.writer(handle, delimiter=delimiter, lineterminator="\n")
             first, (index, _) = order[0]
             width = vectors.get(index, first).shape[0]  # one provenance, one width
-            out.writerow([*_ROW_FIELDS, *_SHARED, *(f"v{i}" for i in range(width))])
+            out.writerow([*_TABLE_FIXED, *(f"v{i}" for i in range(width))])
             if self.path.exists():
                 for row in _table_rows(self.path):
                     if dataset_name(row[0]) not in latest:
@@ -469,7 +471,7 @@ def read_vectors(path: str | Path) -> Iterator[tuple[str, np.ndarray, Mapping[st
     if kind == "table":
         for row in _table_rows(path):
             record, attrs = _table_row(row)
-            yield record, np.array(row[len(_ROW_FIELDS) + len(_SHARED) :], dtype=np.float32), attrs
+            yield record, np.array(row[len(_TABLE_FIXED) :], dtype=np.float32), attrs
         return
     if kind == "h5":
         with h5py.File(path, "r") as handle:
@@ -519,15 +521,16 @@ def _table_rows(path: Path) -> Iterator[list[str]]:
     with path.open(newline="") as handle:
         rows = csv.reader(handle, delimiter=_DELIMITERS[path.suffix.lower()])
         header = next(rows, None)
-        fixed = [*_ROW_FIELDS, *_SHARED]
-        if header is None or header[: len(fixed)] != fixed:
-            raise ValueError(f"its header is not protssl's ({', '.join(fixed)}, v0, v1, ...)")
+        if header is None or tuple(header[: len(_TABLE_FIXED)]) != _TABLE_FIXED:
+            raise ValueError(
+                f"its header is not protssl's ({', '.join(_TABLE_FIXED)}, v0, v1, ...)"
+            )
         yield from rows
 
 
 def _table_row(row: list[str]) -> tuple[str, dict[str, Any]]:
     """A table row's record id and its attributes, typed as HDF5 gives them."""
-    record, length, windows, windowed, labels, *rest = row[: len(_ROW_FIELDS) + len(_SHARED)]
+    record, length, windows, windowed, labels, *rest = row[: len(_TABLE_FIXED)]
     attrs: dict[str, Any] = dict(zip(_SHARED, rest, strict=True))
     attrs["layer"] = int(attrs["layer"])
     attrs.update(id=record, length=int(length), windows=int(windows), windowed=windowed == "true")

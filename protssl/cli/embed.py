@@ -236,9 +236,7 @@ def _embed(args: argparse.Namespace) -> int:
                 on_flush=record_progress,
                 checked=checked,
             )
-        if summary.done + summary.skipped == 0:
-            source = "<stdin>" if args.input == "-" else args.input
-            raise InvalidInputError(f"{source}: no FASTA records in it; nothing was written")
+        _refuse_empty_input(args.input, summary)
     except (ProtsslError, KeyboardInterrupt) as exc:
         if isinstance(exc, ProtsslError):
             summary.errors = max(summary.errors, 1)
@@ -254,6 +252,13 @@ def _embed(args: argparse.Namespace) -> int:
             store.close()
         print(json.dumps(summary.as_dict()), flush=True)
     return 0
+
+
+def _refuse_empty_input(source: str, summary: JobSummary) -> None:
+    """An input with no records is an error: almost always an upstream step that failed."""
+    if summary.done + summary.skipped == 0:
+        shown = "<stdin>" if source == "-" else source
+        raise InvalidInputError(f"{shown}: no FASTA records in it; nothing was written")
 
 
 def _embed_remote(args: argparse.Namespace, policy: FastaPolicy) -> int:
@@ -278,9 +283,7 @@ def _embed_remote(args: argparse.Namespace, policy: FastaPolicy) -> int:
                 progress=not args.no_progress,
                 summary=summary,
             )
-        if summary.done + summary.skipped == 0:
-            source = "<stdin>" if args.input == "-" else args.input
-            raise InvalidInputError(f"{source}: no FASTA records in it; nothing was written")
+        _refuse_empty_input(args.input, summary)
     except ProtsslError as exc:
         summary.errors, summary.error = 1, summary.error or str(exc)
         raise

@@ -18,7 +18,7 @@ import contextlib
 import itertools
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -413,7 +413,7 @@ together, and what is done is written as it goes."""
 
 def _classify(args: argparse.Namespace) -> int:
     from protssl.embedding import CacheStats
-    from protssl.fasta import read_fasta, validate_fasta
+    from protssl.fasta import validate_fasta
     from protssl.fewshot import classify_records, load_classifier
 
     if args.output is not None:
@@ -423,30 +423,20 @@ def _classify(args: argparse.Namespace) -> int:
     checked = validate_fasta(args.input, policy=policy)  # every bad record named, before any work
     if checked is not None and checked.records == 0:
         raise InvalidInputError(f"{args.input}: no records")
+    residues = checked.residues if checked is not None else None
     if args.server is not None:
-        return _classify_remote(args, policy, None if checked is None else checked.residues)
+        return _classify_remote(args, policy, residues)
     stats = CacheStats()
     with open_store(args) as store:
         classifier, _ = load_classifier(store, args.name, args.version)
         model = load_model(args)
-        residues = checked.residues if checked is not None else None
-        with _bar(residues) as bar, _output(args.output) as out:
-            table = _PredictionTable(out, args.format)
-            records = read_fasta(args.input, policy=policy)
-            while chunk := list(itertools.islice(records, CLASSIFY_CHUNK)):
-                table.write(
-                    classify_records(
-                        classifier,
-                        chunk,
-                        model,
-                        on_batch=bar.update,
-                        cache=store.embeddings,
-                        stats=stats,
-                    )
-                )
-            if table.rows == 0:
-                raise InvalidInputError(f"{args.input}: no records")
-            table.close()
+
+        def predict(chunk: list[ProteinRecord], bar: tqdm[Any]) -> Sequence[Prediction]:
+            return classify_records(
+                classifier, chunk, model, on_batch=bar.update, cache=store.embeddings, stats=stats
+            )
+
+        _write_predictions(args, policy, residues, predict)
     _print_stats(stats)
     return 0
 
@@ -455,26 +445,42 @@ def _classify_remote(args: argparse.Namespace, policy: FastaPolicy, residues: in
     """`classify --server`: the server's classifier (and model, and store) answers, chunk by chunk,
     every chunk by the version the command started with; the table is the local one."""
     import protssl
-    from protssl.fasta import read_fasta
 
     with protssl.Client(args.server, root_certificates=args.server_ca) as client:
         info = client.get_classifier(args.name, version=args.version)
-        with _bar(residues) as bar, _output(args.output) as out:
-            table = _PredictionTable(out, args.format)
-            records = read_fasta(args.input, policy=policy)
-            while chunk := list(itertools.islice(records, CLASSIFY_CHUNK)):
-                answers = client.classify(args.name, chunk, version=info.version)
-                table.write([answer.as_prediction() for answer in answers])
-                bar.update(sum(len(r) for r in chunk))
-            if table.rows == 0:
-                raise InvalidInputError(f"{args.input}: no records")
-            table.close()
+
+        def predict(chunk: list[ProteinRecord], bar: tqdm[Any]) -> Sequence[Prediction]:
+            answers = client.classify(args.name, chunk, version=info.version)
+            bar.update(sum(len(r) for r in chunk))
+            return [answer.as_prediction() for answer in answers]
+
+        rows = _write_predictions(args, policy, residues, predict)
     print(
-        f"classified {table.rows} records with {info.name} version {info.version} on "
-        f"{client.target}",
+        f"classified {rows} records with {info.name} version {info.version} on {client.target}",
         file=sys.stderr,
     )
     return 0
+
+
+def _write_predictions(
+    args: argparse.Namespace,
+    policy: FastaPolicy,
+    residues: int | None,
+    predict: Callable[[list[ProteinRecord], tqdm[Any]], Sequence[Prediction]],
+) -> int:
+    """`classify`'s table (or JSON) of the input's predictions, `CLASSIFY_CHUNK` records at a time
+    through `predict` (which moves the bar on); returns the rows written."""
+    from protssl.fasta import read_fasta
+
+    with _bar(residues) as bar, _output(args.output) as out:
+        table = _PredictionTable(out, args.format)
+        records = read_fasta(args.input, policy=policy)
+        while chunk := list(itertools.islice(records, CLASSIFY_CHUNK)):
+            table.write(predict(chunk, bar))
+        if table.rows == 0:
+            raise InvalidInputError(f"{args.input}: no records")
+        table.close()
+    return table.rows
 
 
 class _PredictionTable:
