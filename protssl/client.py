@@ -7,7 +7,8 @@
 Every call carries the API token as `authorization: Bearer` metadata; `root_certificates` (and a
 client certificate and key for mutual TLS) make the channel TLS. Calls time out (`timeout`
 seconds; a stream, however long it runs, after `timeout` seconds without a message either way),
-retry with exponential backoff while the server is UNAVAILABLE, and raise the protssl error the
+retry with exponential backoff while the server is UNAVAILABLE (`embed_file`, a long job, keeps
+trying for `reconnect` seconds and carries on where it stopped), and raise the protssl error the
 server raised (the class it names in the call's trailers, else the one
 `protssl.errors.ERROR_TABLE` gives its status) with the server's message. This module is the
 only part of `protssl` that imports grpc; `import protssl` loads it on first use of `protssl.Client`.
@@ -33,7 +34,7 @@ from protssl._proto import protssl_pb2 as pb
 from protssl._proto import protssl_pb2_grpc as pb_grpc
 from protssl.auth import TOKEN_ENV
 from protssl.embedding import Embedding
-from protssl.endpoint import DEFAULT_PORT, client_target
+from protssl.endpoint import DEFAULT_PORT, RECONNECT_S, client_target
 from protssl.errors import (
     RESUME_ADVICE,
     DeadlineExceededError,
@@ -167,6 +168,54 @@ class _IdleWatch:
                 return
 
 
+class _Outage:
+    """How long a long job keeps trying after its server went away, restarted or stopped answering:
+    up to `seconds` from the failure (any result that comes back starts the count again), with the
+    client's exponential backoff between tries; the start and the end of an outage are logged."""
+
+    def __init__(self, target: str, seconds: float, backoff: float, max_backoff: float) -> None:
+        self.target = target
+        self.seconds = seconds
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.since: float | None = None
+        self.delay = backoff
+
+    def wait(self, exc: ProtsslError, kept: str) -> bool:
+        """After a failure (`kept` says what the job has so far): sleep the backoff and True while
+        the `seconds` last, else False."""
+        now = time.monotonic()
+        if self.since is None:
+            self.since = now
+            if self.seconds:
+                log.warning(
+                    "lost the server midway (%s); %s: trying again for up to %s",
+                    exc,
+                    kept,
+                    _duration(self.seconds),
+                )
+        if now + self.delay - self.since > self.seconds:
+            return False
+        time.sleep(self.delay)
+        self.delay = min(self.delay * 2, self.max_backoff)
+        return True
+
+    def over(self) -> None:
+        """A result came back: the server is there (again)."""
+        if self.since is not None:
+            log.warning("%s answers again: going on", self.target)
+            self.since, self.delay = None, self.backoff
+
+    def tried(self) -> str:
+        """What a job that gave up adds to its error: how long it tried."""
+        return f" (tried again for {_duration(self.seconds)})" if self.seconds else ""
+
+
+def _duration(seconds: float) -> str:
+    """`600` → '10 min', `45` → '45 s': a wait as a person reads it."""
+    return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
+
+
 def _residue_bar(desc: str, total: int | None, progress: bool) -> tqdm[Any]:
     """A stream's progress bar, in residues."""
     return progress_bar(desc=desc, total=total, unit="res", unit_scale=True, disable=not progress)
@@ -292,6 +341,10 @@ class Client:
     used when `tls` is true or any certificate is given: `root_certificates` (PEM bytes or a path;
     None = the system's roots) verifies the server, `certificate_chain` and `private_key` are the
     client's own for mutual TLS.
+
+    `reconnect`: seconds `embed_file` keeps trying when the server goes away, restarts, is
+    overloaded or stops answering midway (a result that comes back starts the count again); each
+    try sends only the records OUTPUT lacks. 0: raise at once, keeping what came back.
     """
 
     def __init__(
@@ -308,9 +361,12 @@ class Client:
         backoff: float = 0.1,
         max_backoff: float = 5.0,
         max_message_mb: int = 64,
+        reconnect: float = RECONNECT_S,
     ) -> None:
         if retries < 0 or backoff <= 0:
             raise InvalidInputError("retries must be >= 0 and backoff > 0")
+        if reconnect < 0:
+            raise InvalidInputError(f"reconnect must be >= 0 seconds, got {reconnect:g}")
         if (certificate_chain is None) != (private_key is None):
             raise InvalidInputError("certificate_chain and private_key go together (mutual TLS)")
         self.target = target = client_target(target)
@@ -318,6 +374,8 @@ class Client:
         self.retries = retries
         self.backoff = backoff
         self.max_backoff = max_backoff
+        self.reconnect = reconnect
+        self._reached = False  # a call has been answered: a later UNAVAILABLE is a server lost
         size = max_message_mb * 1024 * 1024
         options = [
             ("grpc.max_send_message_length", size),
@@ -366,7 +424,9 @@ class Client:
         for attempt in range(self.retries + 1):
             remaining = None if deadline is None else deadline - time.monotonic()
             try:
-                return method(request, timeout=remaining, metadata=self._metadata)
+                response = method(request, timeout=remaining, metadata=self._metadata)
+                self._reached = True
+                return response
             except grpc.RpcError as exc:
                 retry = exc.code() == grpc.StatusCode.UNAVAILABLE and attempt < self.retries  # type: ignore[attr-defined]
                 if retry and (deadline is None or time.monotonic() + delay < deadline):
@@ -468,10 +528,12 @@ class Client:
         """Embed a FASTA file over one EmbedStream call into OUTPUT, as `protssl embed -o` writes
         it (`.h5`, `.npz`, or a `.tsv`/`.csv` table whose rows follow the file).
 
-        Each result is written as it arrives, so memory stays flat however big the file, and a run
-        that stops (a dropped connection, Ctrl-C, a kill) keeps what came back: `resume=True`
-        sends only the records OUTPUT lacks. The file is checked whole first, as `embed_fasta` does.
-        Pass `summary` to keep the counts when an error is raised.
+        Each result is written as it arrives, so memory stays flat however big the file. When the
+        server goes away midway (a restart, a dropped connection) the call keeps trying for the
+        client's `reconnect` seconds and then sends only what OUTPUT lacks (a file it can read
+        again; stdin is not). A run that stops (it gave up, Ctrl-C, a kill) keeps what came back:
+        `resume=True` sends only the records OUTPUT lacks. The file is checked whole first, as
+        `embed_fasta` does. Pass `summary` to keep the counts when an error is raised.
         """
         from protssl.embed_file import JobSummary, pending_records
         from protssl.fasta import ReadStats
@@ -483,30 +545,53 @@ class Client:
         options = self._options(model, pooling, layer, dtype)
         summary = summary if summary is not None else JobSummary()
         summary.output = str(output)
+        reconnect = self.reconnect if str(path) != "-" else 0.0  # stdin cannot be read again
+        outage = _Outage(self.target, reconnect, self.backoff, self.max_backoff)
+        if outage.seconds:
+            self.list_models(timeout=timeout)  # a server never reached fails here, at once
         stats = ReadStats()
         start = time.perf_counter()
         bar = _file_bar(path, checked, progress)
         try:
             with open_writer(output, resume=resume, overwrite=overwrite) as writer, bar:
                 done = writer.existing_ids() if resume else set()
-                positions: dict[str, int] = {}  # records sent whose results have not come back
-                read = read_fasta(path, policy=policy, stats=stats)
-                todo = pending_records(read, done, summary, bar, positions)
-                fields = _sequence_fields(todo, None)
-                try:
-                    for embedding, cached in self._results(fields, options, chunk, bar, timeout):
-                        writer.write(embedding, position=positions.pop(embedding.id, None))
-                        summary.cached += cached
-                        summary.computed += not cached
-                        if summary.written(embedding):
-                            writer.flush()
-                except (UnavailableError, DeadlineExceededError, OverloadedError) as exc:
-                    if not summary.records:
-                        raise
-                    raise type(exc)(
-                        f"{exc}; the {summary.records} result(s) that came back before it are kept "
-                        f"in {str(output)!r}: {RESUME_ADVICE}"
-                    ) from None
+                # with reconnecting on: the ids written or counted before the server went away
+                handled: set[str] | None = set() if outage.seconds else None
+                while True:
+                    positions: dict[str, int] = {}  # records sent whose results have not come back
+                    attempt = ReadStats()
+                    read = read_fasta(path, policy=policy, stats=attempt)
+                    todo = pending_records(read, done, summary, bar, positions, handled=handled)
+                    results = self._results(
+                        _sequence_fields(todo, None), options, chunk, bar, timeout
+                    )
+                    try:
+                        for embedding, cached in results:
+                            outage.over()
+                            writer.write(embedding, position=positions.pop(embedding.id, None))
+                            if handled is not None:
+                                handled.add(embedding.id)
+                            summary.cached += cached
+                            summary.computed += not cached
+                            if summary.written(embedding):
+                                writer.flush()
+                        stats = attempt
+                        break
+                    except (UnavailableError, DeadlineExceededError, OverloadedError) as exc:
+                        stats = max(stats, attempt, key=lambda s: s.records)  # the furthest read
+                        writer.flush()
+                        written = f"{summary.records} result(s) written to {str(output)!r} so far"
+                        if outage.wait(exc, written):
+                            continue
+                        kept = (
+                            f"; the {summary.records} result(s) that came back before it are kept "
+                            f"in {str(output)!r}: {RESUME_ADVICE}"
+                            if summary.records
+                            else ""
+                        )
+                        if not (outage.seconds or kept):
+                            raise
+                        raise type(exc)(f"{exc}{outage.tried()}{kept}") from None
         finally:
             summary.skipped, summary.skipped_ids = stats.skipped, list(stats.skipped_ids)
             summary.seconds = time.perf_counter() - start
@@ -573,6 +658,7 @@ class Client:
         try:
             for message in stream:
                 watch.moved()
+                self._reached = True
                 if message.HasField("embedding"):
                     result = decode(message.embedding)
                     bar.update(message.embedding.length)
@@ -690,12 +776,14 @@ class Client:
         Any number of sequences (read lazily): `chunk` go in each request (the server refuses one past
         its max_sequences), and every request after the first names the version the first was
         answered by, so a version added meanwhile never answers part of the list. `timeout` is per
-        request."""
+        request. A server lost midway (after this client reached it) is waited for, as
+        `embed_file` waits (the client's `reconnect`), and asked again."""
         if chunk < 1:
             raise InvalidInputError("chunk must be at least 1")
         fields = _sequence_fields(sequences, ids)
         predictions: list[ClientPrediction] = []
         pinned, sent = version or 0, 0
+        outage = _Outage(self.target, self.reconnect, self.backoff, self.max_backoff)
         while True:
             batch = list(itertools.islice(fields, chunk))
             if not batch and sent:
@@ -703,7 +791,16 @@ class Client:
             for index, item in enumerate(batch, start=sent):
                 item["id"] = item["id"] or f"seq{index}"  # the server numbers within one request
             request = pb.ClassifyRequest(name=name, version=pinned, sequences=batch, top_k=top_k)
-            response = self._call(self._classifiers.Classify, request, timeout)
+            while True:
+                try:
+                    response = self._call(self._classifiers.Classify, request, timeout)
+                    break
+                except (UnavailableError, OverloadedError) as exc:
+                    if not self._reached:  # a server never reached fails at once
+                        raise
+                    if not outage.wait(exc, f"{sent} of the queries answered so far"):
+                        raise type(exc)(f"{exc}{outage.tried()}") from None
+            outage.over()
             pinned = response.classifier.version
             predictions.extend(prediction_from_proto(p) for p in response.predictions)
             sent += len(batch)

@@ -166,14 +166,22 @@ def pending_records(
     summary: JobSummary,
     bar: tqdm,
     positions: dict[str, int] | None = None,
+    *,
+    handled: set[str] | None = None,
 ) -> Iterator[ProteinRecord]:
     """The records OUTPUT still lacks: those whose ids are `done` are counted as resumed and move
     the progress bar on. With `positions`, each record's place in the input is kept there until
-    its vector is written (a table's rows follow the input)."""
+    its vector is written (a table's rows follow the input). Ids in `handled` are passed over, and
+    each resumed one is added there: a second read of the same input (after a lost connection),
+    with the ids written meanwhile added too, counts nothing twice and sends nothing twice."""
     for position, record in enumerate(records):
+        if handled is not None and record.id in handled:
+            continue
         if record.id in done:
             summary.resumed += 1
             bar.update(len(record))
+            if handled is not None:
+                handled.add(record.id)
             continue
         if positions is not None:
             positions[record.id] = position

@@ -12,10 +12,14 @@ import re
 
 from protssl.errors import InvalidInputError
 
-__all__ = ["DEFAULT_PORT", "client_target"]
+__all__ = ["DEFAULT_PORT", "RECONNECT_S", "client_target"]
 
 DEFAULT_PORT = 50051
 """The gRPC port `protssl serve` binds unless `--port` says otherwise."""
+
+RECONNECT_S = 600.0
+"""How long a client's long job (`embed_file`, `protssl embed --server`) keeps trying to reach a
+server that went away midway (a restart, a dropped connection) before it stops."""
 
 _GRPC_SCHEMES = ("dns:", "unix:", "unix-abstract:", "ipv4:", "ipv6:", "vsock:")
 _HOST_PORT = re.compile(r"^(?P<host>\[[^\]]*\]|[^:\[\]]+)(?::(?P<port>[^:]*))?$")

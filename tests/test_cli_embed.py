@@ -167,6 +167,12 @@ def test_embed_through_a_server_writes_what_a_local_run_writes(
     assert main([*gone, "--server-ca", str(fasta)]) == 2  # a CA with no server to trust
     line, _ = _one_line_error(capsys)
     assert line == "protssl embed: error: --server-ca goes with --server"
+    assert main([*gone, "--reconnect", "60"]) == 2
+    line, _ = _one_line_error(capsys)
+    assert line == "protssl embed: error: --reconnect goes with --server"
+    assert main([*gone, "--server", f"127.0.0.1:{free_port()}", "--reconnect", "-1"]) == 2
+    line, _ = _one_line_error(capsys)
+    assert line == "protssl embed: error: --reconnect must be >= 0 seconds, got -1"
 
 
 def test_embed_through_a_server_takes_its_token_from_the_environment(

@@ -156,29 +156,43 @@ def test_embed_file_writes_each_result_as_it_comes_and_resumes(address, sample_f
     np.testing.assert_allclose(np.stack([v for _, v, _ in rows]), whole.vectors, atol=1e-5)
 
 
+def _stop_after_a_chunk(server: object, out: Path) -> threading.Thread:
+    """A thread that stops `server` (a ProtsslServer) once `out`'s first chunk is on disk."""
+
+    def stop() -> None:
+        deadline = time.monotonic() + 60
+        while not list(journal_path(out).glob("chunk-*")) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        server.stop(grace=None)  # type: ignore[attr-defined]
+
+    thread = threading.Thread(target=stop)
+    thread.start()
+    return thread
+
+
 def test_embed_file_keeps_what_came_back_when_the_server_goes(model, sample_fasta, tmp_path):
-    """The server stops mid-stream: the call fails as UNAVAILABLE saying what is kept, OUTPUT holds
-    the results written before it, and resume=True against a new server finishes the file."""
+    """The server stops mid-stream and does not come back within `reconnect`: the call fails as
+    UNAVAILABLE saying how long it tried and what is kept, OUTPUT holds the results written before
+    it, and resume=True against a new server finishes the file."""
     chosen = real_records(sample_fasta, 400, max_length=300)
     fasta = tmp_path / "many.fasta"
     fasta.write_text("".join(f">{r.id}\n{r.sequence}\n" for r in chosen))
     out = tmp_path / "v.h5"
     with running_server(model) as (server, address, _):
-
-        def stop_after_a_chunk() -> None:
-            deadline = time.monotonic() + 60
-            while not list(journal_path(out).glob("chunk-*")) and time.monotonic() < deadline:
-                time.sleep(0.005)
-            server.stop(grace=None)
-
-        stopper = threading.Thread(target=stop_after_a_chunk)
-        stopper.start()
-        with protssl.Client(address, retries=0) as client, pytest.raises(UnavailableError) as gone:
+        stopper = _stop_after_a_chunk(server, out)
+        with (
+            protssl.Client(address, retries=0, reconnect=1.0) as client,
+            pytest.raises(UnavailableError) as gone,
+        ):
             client.embed_file(fasta, out, chunk=8, progress=False)
         stopper.join()
     said = str(gone.value)
     assert isinstance(gone.value, UnavailableError), said
-    assert re.search(r"; the \d+ result\(s\) that came back before it are kept in .*v\.h5'", said)
+    assert re.search(
+        r" \(tried again for 1 s\); the \d+ result\(s\) that came back before it are kept in "
+        r".*v\.h5'",
+        said,
+    ), said
     assert said.endswith("embed_file(..., resume=True) sends the rest")
     kept = {k for k, _, _ in read_vectors(out)}
     assert 64 <= len(kept) < len(chosen) and not journal_path(out).exists()
@@ -186,6 +200,70 @@ def test_embed_file_keeps_what_came_back_when_the_server_goes(model, sample_fast
         summary = client.embed_file(fasta, out, chunk=8, progress=False, resume=True)
     assert summary.resumed == len(kept) and summary.records == len(chosen) - len(kept)
     assert sorted(k for k, _, _ in read_vectors(out)) == sorted(r.id for r in chosen)
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".tsv"])
+def test_embed_file_goes_on_when_the_server_comes_back(
+    model, sample_fasta, tmp_path, caplog, suffix
+):
+    """The server stops mid-stream (a resumed run, a third of the file already in OUTPUT) and a new
+    one starts on the same port a second later: the same call waits, reconnects and sends only
+    what OUTPUT lacks. Every record once, in the file's order for a table, each counted once, the
+    vectors a local run's (no store: the batches differ, so to float32's 1e-5)."""
+    chosen = real_records(sample_fasta, 300, max_length=300)
+    fasta = tmp_path / "many.fasta"
+    fasta.write_text("".join(f">{r.id}\n{r.sequence}\n" for r in chosen))
+    head = tmp_path / "head.fasta"
+    head.write_text("".join(f">{r.id}\n{r.sequence}\n" for r in chosen[:100]))
+    out = tmp_path / f"v{suffix}"
+    port = free_port()
+    with running_server(model, port=port) as (server, address, _):
+        with protssl.Client(address) as client:
+            client.embed_file(head, out, chunk=8, progress=False)
+        stopper = _stop_after_a_chunk(server, out)
+
+        def restart() -> None:
+            stopper.join()
+            time.sleep(1.0)
+            with running_server(model, port=port):
+                done.wait(120)
+
+        done = threading.Event()
+        restarter = threading.Thread(target=restart)
+        restarter.start()
+        try:
+            with (
+                caplog.at_level("WARNING", logger="protssl.client"),
+                protssl.Client(address, reconnect=60) as client,
+            ):
+                summary = client.embed_file(fasta, out, chunk=8, progress=False, resume=True)
+        finally:
+            done.set()
+            restarter.join()
+    said = caplog.text
+    assert "trying again for up to 1 min" in said and "answers again: going on" in said, said
+    assert (summary.resumed, summary.records) == (100, 200)
+    assert summary.computed + summary.cached == 200
+    rows = list(read_vectors(out))
+    assert [k for k, _, _ in rows] == [r.id for r in chosen] or suffix == ".h5"
+    assert sorted(k for k, _, _ in rows) == sorted(r.id for r in chosen)
+    local = {e.id: e.vector for e in embed_records(chosen, model)}
+    for record_id, vector, _ in rows:
+        np.testing.assert_allclose(vector, local[record_id], atol=1e-5)
+
+
+def test_embed_file_fails_at_once_when_no_server_answers(tmp_path, sample_fasta):
+    """Reconnecting is for a server lost midway: a server never reached (a wrong address) fails the
+    call at once, not after `reconnect` seconds."""
+    fasta = tmp_path / "few.fasta"
+    fasta.write_text("".join(f">{r.id}\n{r.sequence}\n" for r in real_records(sample_fasta, 4)))
+    start = time.monotonic()
+    with (
+        protssl.Client(f"127.0.0.1:{free_port()}", reconnect=600) as client,
+        pytest.raises(UnavailableError, match="cannot reach a protssl server"),
+    ):
+        client.embed_file(fasta, tmp_path / "v.h5", progress=False)
+    assert time.monotonic() - start < 30
 
 
 def test_embed_fasta_progress_knows_its_total(address, sample_fasta, tmp_path, capsys):
@@ -428,6 +506,53 @@ def test_classifiers_through_the_sdk(model, by_family, tmp_path):
         client.delete_classifier("two")
         with pytest.raises(NotFoundError, match="'two'"):
             client.classify("two", ["MKV"])
+
+
+def test_classify_waits_for_a_server_that_restarts(model, by_family, tmp_path, caplog):
+    """The server stops between two chunks of one classify call and comes back on the same port
+    (the same store) a second later: the call waits, asks again and answers every query as an
+    uninterrupted call does. A client that never reached a server fails at once."""
+    support = [r for f in ("fn3", "RRM_1") for r in by_family[f][:3]]
+    queries = [r.sequence for f in ("fn3", "RRM_1") for r in by_family[f][3:9]]
+    url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    port = free_port()
+    back = threading.Event()
+    with running_server(model, store=True, database_url=url, port=port) as (server, addr, _):
+        client = protssl.Client(addr, reconnect=60, retries=0)  # the outage, not _call, waits
+        client.create_classifier("two", support, method="knn")
+        whole = client.classify("two", queries, chunk=4)
+
+        def restart() -> None:
+            time.sleep(1.0)
+            with running_server(model, store=True, database_url=url, port=port):
+                back.wait(120)
+
+        restarter = threading.Thread(target=restart)
+
+        def stopping() -> Iterator[str]:  # the server goes after the first chunk was answered
+            for index, sequence in enumerate(queries):
+                if index == 4:
+                    server.stop(grace=None)
+                    restarter.start()
+                yield sequence
+
+        try:
+            with caplog.at_level("WARNING", logger="protssl.client"):
+                again = client.classify("two", stopping(), chunk=4)
+        finally:
+            back.set()
+            restarter.join()
+            client.close()
+    assert "lost the server midway" in caplog.text and "4 of the queries answered" in caplog.text
+    assert "answers again: going on" in caplog.text
+    assert [(p.id, p.label, p.status) for p in again] == [(p.id, p.label, p.status) for p in whole]
+    start = time.monotonic()
+    with (
+        protssl.Client(f"127.0.0.1:{free_port()}", reconnect=600, retries=0) as stranger,
+        pytest.raises(UnavailableError, match="cannot reach a protssl server"),
+    ):
+        stranger.classify("two", queries)
+    assert time.monotonic() - start < 30
 
 
 def test_classify_takes_any_number_in_chunks_pinned_to_the_first_answers_version(

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from protssl.dtypes import DTYPE_NAMES
+from protssl.endpoint import RECONNECT_S
 from protssl.errors import RESUME_ADVICE, InvalidInputError
 
 if TYPE_CHECKING:
@@ -161,6 +162,7 @@ _FIELD_OPTIONS = (
     ("workers and cpus per worker must", "--workers and --cpus-per-worker must"),
     ("worker retries must", "--worker-retries must"),
     ("gpus per worker must", "--gpus-per-worker must"),
+    ("reconnect must", "--reconnect must"),
 )
 """Config checks that open a library message with the field, and the option that sets it."""
 
@@ -179,8 +181,9 @@ def as_options(message: str) -> str:
     return _POLICY_ADVICE.sub(lambda m: f"--{m.group(1).replace('_', '-')} {m.group(2)}", message)
 
 
-def add_server_args(parser: argparse.ArgumentParser, what: str) -> None:
-    """`--server ADDR` and `--server-ca PEM`: run the command on a protssl server instead."""
+def add_server_args(parser: argparse.ArgumentParser, what: str, *, reconnect: bool = False) -> None:
+    """`--server ADDR` and `--server-ca PEM`: run the command on a protssl server instead; with
+    `reconnect`, `--reconnect SECONDS` too (a long job that outlives a server restart)."""
     remote = parser.add_argument_group("remote")
     remote.add_argument(
         "--server",
@@ -192,6 +195,15 @@ def add_server_args(parser: argparse.ArgumentParser, what: str) -> None:
     remote.add_argument(
         "--server-ca", metavar="PEM", default=None, help="CA certificate of a TLS server (--server)"
     )
+    if reconnect:
+        remote.add_argument(
+            "--reconnect",
+            metavar="SECONDS",
+            type=float,
+            default=RECONNECT_S,
+            help="with --server: how long to keep trying when the server goes away midway (a "
+            "restart) before stopping with what came back kept (default %(default)g; 0: stop at once)",
+        )
 
 
 def refuse_beside_server(
@@ -200,8 +212,9 @@ def refuse_beside_server(
     """Refuse the options among `names` given other values than their defaults (in the parser
     `build` makes): with --server, the server decides them."""
     if args.server is None:
-        if getattr(args, "server_ca", None) is not None:
-            raise InvalidInputError("--server-ca goes with --server")
+        for name, default in (("server_ca", None), ("reconnect", RECONNECT_S)):
+            if getattr(args, name, default) != default:
+                raise InvalidInputError(f"--{name.replace('_', '-')} goes with --server")
         return
     defaults = argparse.ArgumentParser()
     build(defaults)

@@ -129,7 +129,7 @@ def _build(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="times a dead actor (node lost, OOM kill) is restarted and its shard retried (default 3)",
     )
-    add_server_args(parser, "embed")
+    add_server_args(parser, "embed", reconnect=True)
     parser.set_defaults(func=_embed)
 
 
@@ -270,7 +270,9 @@ def _embed_remote(args: argparse.Namespace, policy: FastaPolicy) -> int:
     summary = JobSummary(output=args.output)
     try:
         refuse_beside_server(args, _build, _LOCAL_ONLY)
-        with protssl.Client(args.server, root_certificates=args.server_ca) as client:
+        with protssl.Client(
+            args.server, root_certificates=args.server_ca, reconnect=args.reconnect
+        ) as client:
             client.embed_file(
                 args.input,
                 args.output,
