@@ -181,9 +181,9 @@ def as_options(message: str) -> str:
     return _POLICY_ADVICE.sub(lambda m: f"--{m.group(1).replace('_', '-')} {m.group(2)}", message)
 
 
-def add_server_args(parser: argparse.ArgumentParser, what: str, *, reconnect: bool = False) -> None:
-    """`--server ADDR` and `--server-ca PEM`: run the command on a protssl server instead; with
-    `reconnect`, `--reconnect SECONDS` too (a long job that outlives a server restart)."""
+def add_server_args(parser: argparse.ArgumentParser, what: str) -> None:
+    """`--server ADDR`, `--server-ca PEM` and `--reconnect SECONDS`: run the command on a protssl
+    server instead, waiting for it through a restart."""
     remote = parser.add_argument_group("remote")
     remote.add_argument(
         "--server",
@@ -195,15 +195,14 @@ def add_server_args(parser: argparse.ArgumentParser, what: str, *, reconnect: bo
     remote.add_argument(
         "--server-ca", metavar="PEM", default=None, help="CA certificate of a TLS server (--server)"
     )
-    if reconnect:
-        remote.add_argument(
-            "--reconnect",
-            metavar="SECONDS",
-            type=float,
-            default=RECONNECT_S,
-            help="with --server: how long to keep trying when the server goes away midway (a "
-            "restart) before stopping with what came back kept (default %(default)g; 0: stop at once)",
-        )
+    remote.add_argument(
+        "--reconnect",
+        metavar="SECONDS",
+        type=float,
+        default=RECONNECT_S,
+        help="with --server: how long to keep trying when the server goes away midway (a "
+        "restart) before stopping with what came back kept (default %(default)g; 0: stop at once)",
+    )
 
 
 def refuse_beside_server(

@@ -129,7 +129,7 @@ def _build(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="times a dead actor (node lost, OOM kill) is restarted and its shard retried (default 3)",
     )
-    add_server_args(parser, "embed", reconnect=True)
+    add_server_args(parser, "embed")
     parser.set_defaults(func=_embed)
 
 

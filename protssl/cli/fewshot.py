@@ -446,7 +446,9 @@ def _classify_remote(args: argparse.Namespace, policy: FastaPolicy, residues: in
     every chunk by the version the command started with; the table is the local one."""
     import protssl
 
-    with protssl.Client(args.server, root_certificates=args.server_ca) as client:
+    with protssl.Client(
+        args.server, root_certificates=args.server_ca, reconnect=args.reconnect
+    ) as client:
         info = client.get_classifier(args.name, version=args.version)
 
         def predict(chunk: list[ProteinRecord], bar: tqdm[Any]) -> Sequence[Prediction]:

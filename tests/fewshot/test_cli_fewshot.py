@@ -304,6 +304,11 @@ def test_classify_through_a_server_writes_the_local_table(
         )
         assert main([*remote, "--version", "7"]) == 2
         assert "version 7" in capsys.readouterr().err
+    local_only = ["classify", "tfam", str(query_file), "--reconnect", "5"]
+    assert main(local_only) == 2
+    assert capsys.readouterr().err.strip() == (
+        "protssl classify: error: --reconnect goes with --server"
+    )
     rows = [line.split("\t") for line in here.read_text().splitlines()]
     remote_rows = [line.split("\t") for line in there.read_text().splitlines()]
     assert len(rows) == len(remote_rows) == 13 and rows[0] == remote_rows[0]
