@@ -41,11 +41,27 @@ class EmbedResult:
         write_vectors(path, embeddings, overwrite=overwrite)
 
 
-@functools.cache
-def _shipped_model() -> LoadedModel:
-    """The shipped model, loaded on the first `embed` that names none: a notebook calling `embed`
-    in a loop paid ~60 ms a call for loading it again, against ~4 ms for a short sequence's work."""
-    return load_model(None)
+def _loaded(spec: str | Path | None) -> LoadedModel:
+    """The model `spec` names, loaded once while its files stay as they were: a notebook calling
+    `embed` in a loop paid a model load a call (~60 ms for the shipped model, seconds for a big
+    one) against ~4 ms for a short sequence's work. A model folder saved again is read again."""
+    return _load_once(None if spec is None else str(spec), _files_signature(spec))
+
+
+@functools.lru_cache(maxsize=2)
+def _load_once(spec: str | None, signature: tuple[tuple[str, int, int, int], ...]) -> LoadedModel:
+    return load_model(spec)
+
+
+def _files_signature(spec: str | Path | None) -> tuple[tuple[str, int, int, int], ...]:
+    """Name, inode, size and mtime of a model path's files (a folder's own files; a preset or the
+    shipped model: none), so that a model written again gets a new cache key."""
+    if spec is None or not Path(spec).exists():
+        return ()
+    path = Path(spec).resolve()
+    files = [path] if path.is_file() else sorted(f for f in path.iterdir() if f.is_file())
+    stats = [(str(f), f.stat()) for f in files]
+    return tuple((name, st.st_ino, st.st_size, st.st_mtime_ns) for name, st in stats)
 
 
 def embed(
@@ -61,15 +77,11 @@ def embed(
 ) -> EmbedResult:
     """Embed records or plain sequences; returns ids and float32 vectors in input order.
 
-    `model` is a loaded model, a path or preset name (loaded on every call: in a loop, load it once
-    with `protssl.load_model` and pass that), or None for the shipped default (loaded once per
-    process). Plain strings get ids `seq0`, `seq1`, ... unless `ids` is given; they follow the
+    `model` is a loaded model, a path or preset name, or None for the shipped default; what it
+    names is loaded once and kept (the last two), and read again when its files change. Plain strings get ids `seq0`, `seq1`, ... unless `ids` is given; they follow the
     FASTA policy.
     """
-    if isinstance(model, LoadedModel):
-        loaded = model
-    else:
-        loaded = _shipped_model() if model is None else load_model(model)
+    loaded = model if isinstance(model, LoadedModel) else _loaded(model)
     records = records_from_sequences(records_or_sequences, ids=ids, policy=policy)
     config = EmbedConfig(
         pooling=pooling,  # type: ignore[arg-type]

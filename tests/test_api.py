@@ -116,24 +116,44 @@ def test_one_string_instead_of_a_list_is_refused_not_read_letter_by_letter(
         client.embed_stream(sequence)
 
 
-def test_the_shipped_model_is_loaded_once_for_embed_calls_that_name_none(
-    monkeypatch: pytest.MonkeyPatch,
+def test_a_model_is_loaded_once_for_embed_calls_until_its_files_change(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """A loop of `protssl.embed(...)` calls paid a model load each (~60 ms against ~4 ms of work)."""
+    """A loop of `protssl.embed(...)` calls paid a model load each (~60 ms against ~4 ms of work):
+    the shipped model, a preset and a model folder are loaded once; a folder saved again (new
+    weights) is read again, and its vectors are the new model's."""
     from protssl import api
+    from protssl.checkpoint import save_model
+    from protssl.model import ModelConfig, ProteinEncoder, init_weights
 
     loads: list[object] = []
     real_load = api.load_model
     monkeypatch.setattr(
         api, "load_model", lambda spec=None, **kw: loads.append(spec) or real_load(spec, **kw)
     )
-    api._shipped_model.cache_clear()
+    folder = tmp_path / "mine"
+
+    def save(seed: int) -> None:
+        encoder = ProteinEncoder(ModelConfig(num_layers=1, embed_dim=32, attention_heads=2))
+        init_weights(encoder, seed=seed)
+        save_model(encoder, folder, name="mine")
+
+    api._load_once.cache_clear()
     try:
         first = protssl.embed(["MKTAYIAKQRQISFVKSHFSRQ"])
         second = protssl.embed(["MKTAYIAKQRQISFVKSHFSRQ"])
         assert loads == [None]
         np.testing.assert_array_equal(first.vectors[0], second.vectors[0])
-        protssl.embed(["MKTAYIAKQR"], model="esm2-8m")  # one named: loaded as asked, every call
+        protssl.embed(["MKTAYIAKQR"], model="esm2-8m")
+        protssl.embed(["MKTAYIAKQR"], model="esm2-8m")
         assert loads == [None, "esm2-8m"]
+        save(1)
+        old = [protssl.embed(["MKTAYIAKQR"], model=folder).vectors[0] for _ in range(3)]
+        assert loads == [None, "esm2-8m", str(folder)]
+        save(2)
+        new = protssl.embed(["MKTAYIAKQR"], model=str(folder)).vectors[0]
+        assert loads == [None, "esm2-8m", str(folder), str(folder)]
+        np.testing.assert_array_equal(old[0], old[2])
+        assert not np.allclose(old[0], new)
     finally:
-        api._shipped_model.cache_clear()
+        api._load_once.cache_clear()
