@@ -87,6 +87,16 @@ def test_user_errors_exit_2_with_one_line(
         capsys.readouterr().err
         == "python -m protssl.pretrain: error: --stop-after must be >= 1, got 0\n"
     )
+    for given, said in (  # the recipe's checks name the options, not PretrainConfig's fields
+        (["--warmup", "-3"], "--warmup, --grad-clip and --weight-decay must be >= 0"),
+        (
+            ["--max-tokens", "123", "--crop", "200"],
+            "--max-tokens 123 must hold one full crop (202)",
+        ),
+        (["--mask-prob", "1.5"], "--mask-prob must be in (0, 1), got 1.5"),
+    ):
+        assert main([str(sample_fasta), "--run-dir", str(tmp_path), *given]) == 2
+        assert capsys.readouterr().err == f"python -m protssl.pretrain: error: {said}\n"
 
 
 def test_the_rank_gpu_comes_from_torchruns_environment(

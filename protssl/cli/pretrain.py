@@ -10,9 +10,12 @@ import argparse
 import json
 import logging
 import os
+import re
 import shlex
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -150,7 +153,8 @@ def _lease(args: argparse.Namespace) -> int:
             given[dest] = default
     if args.seconds <= 0:
         raise InvalidInputError(f"--seconds must be > 0, got {args.seconds}")
-    config = lease_config(args.corpus, args.run_dir, **given)
+    with _recipe_checks_as_options():
+        config = lease_config(args.corpus, args.run_dir, **given)
     done = run_lease(
         config,
         args.seconds,
@@ -244,9 +248,26 @@ def _config(args: argparse.Namespace) -> PretrainConfig:
         return config
     if args.corpus is None:
         raise InvalidInputError("pretrain needs a training FASTA (or --resume)")
-    return PretrainConfig(
-        corpus=args.corpus, run_dir=args.run_dir, tensorboard=args.tensorboard, **given
-    )
+    with _recipe_checks_as_options():
+        return PretrainConfig(
+            corpus=args.corpus, run_dir=args.run_dir, tensorboard=args.tensorboard, **given
+        )
+
+
+@contextmanager
+def _recipe_checks_as_options() -> Iterator[None]:
+    """A recipe check in the options' spelling: `warmup_steps, grad_clip and weight_decay must be
+    >= 0` (the config's fields, as the Python API reads it) says `--warmup, --grad-clip and
+    --weight-decay must be >= 0`, what the command line takes."""
+    try:
+        yield
+    except InvalidInputError as exc:
+        subject, must, rest = str(exc).partition(" must ")
+        if not must:
+            raise
+        flags = {dest: flag for flag, (dest, _, _) in _RECIPE_FLAGS.items()}
+        subject = re.sub(r"\b[a-z_]+\b", lambda m: flags.get(m[0], m[0]), subject)
+        raise InvalidInputError(subject + must + rest) from None
 
 
 def _pretrain(args: argparse.Namespace) -> int:
