@@ -200,6 +200,11 @@ class _Outage:
         self.delay = min(self.delay * 2, self.max_backoff)
         return True
 
+    @property
+    def ongoing(self) -> bool:
+        """The server has been lost and has not answered since."""
+        return self.since is not None
+
     def over(self) -> None:
         """A result came back: the server is there (again)."""
         if self.since is not None:
@@ -555,13 +560,13 @@ class Client:
         try:
             with open_writer(output, resume=resume, overwrite=overwrite) as writer, bar:
                 done = writer.existing_ids() if resume else set()
-                # with reconnecting on: the ids written or counted before the server went away
-                handled: set[str] | None = set() if outage.seconds else None
                 while True:
+                    # after a lost connection: what OUTPUT has that is not left to count as resumed
+                    written = writer.existing_ids() - done if outage.ongoing else set()
                     positions: dict[str, int] = {}  # records sent whose results have not come back
                     attempt = ReadStats()
                     read = read_fasta(path, policy=policy, stats=attempt)
-                    todo = pending_records(read, done, summary, bar, positions, handled=handled)
+                    todo = pending_records(read, done, summary, bar, positions, written=written)
                     results = self._results(
                         _sequence_fields(todo, None), options, chunk, bar, timeout
                     )
@@ -569,8 +574,6 @@ class Client:
                         for embedding, cached in results:
                             outage.over()
                             writer.write(embedding, position=positions.pop(embedding.id, None))
-                            if handled is not None:
-                                handled.add(embedding.id)
                             summary.cached += cached
                             summary.computed += not cached
                             if summary.written(embedding):
@@ -580,8 +583,8 @@ class Client:
                     except (UnavailableError, DeadlineExceededError, OverloadedError) as exc:
                         stats = max(stats, attempt, key=lambda s: s.records)  # the furthest read
                         writer.flush()
-                        written = f"{summary.records} result(s) written to {str(output)!r} so far"
-                        if outage.wait(exc, written):
+                        so_far = f"{summary.records} result(s) written to {str(output)!r} so far"
+                        if outage.wait(exc, so_far):
                             continue
                         kept = (
                             f"; the {summary.records} result(s) that came back before it are kept "

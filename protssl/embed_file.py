@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -167,21 +167,19 @@ def pending_records(
     bar: tqdm,
     positions: dict[str, int] | None = None,
     *,
-    handled: set[str] | None = None,
+    written: Container[str] = frozenset(),
 ) -> Iterator[ProteinRecord]:
-    """The records OUTPUT still lacks: those whose ids are `done` are counted as resumed and move
-    the progress bar on. With `positions`, each record's place in the input is kept there until
-    its vector is written (a table's rows follow the input). Ids in `handled` are passed over, and
-    each resumed one is added there: a second read of the same input (after a lost connection),
-    with the ids written meanwhile added too, counts nothing twice and sends nothing twice."""
+    """The records OUTPUT still lacks: each one whose id is `done` is counted as resumed, moves the
+    progress bar on and leaves `done`; those in `written` (by this run, when the input is read
+    again after a lost connection) are passed over. With `positions`, each record's place in the
+    input is kept there until its vector is written (a table's rows follow the input)."""
     for position, record in enumerate(records):
-        if handled is not None and record.id in handled:
+        if record.id in written:
             continue
         if record.id in done:
+            done.discard(record.id)
             summary.resumed += 1
             bar.update(len(record))
-            if handled is not None:
-                handled.add(record.id)
             continue
         if positions is not None:
             positions[record.id] = position
