@@ -507,11 +507,32 @@ class Client:
         """Embed a whole FASTA file over one EmbedStream call, with a progress bar; input order kept.
         The file is checked whole first: records that break `policy` raise one FastaFormatError
         naming them (file, record, position) before anything is sent. From stdin (`-`), read as it
-        comes, the first one raises once the records before it are back (the server caches those)."""
+        comes, the first one raises once the records before it are back (the server caches those).
+        A server lost midway is waited for, as `embed_file` waits, and sent what has no result."""
         checked = validate_fasta(path, policy=policy, progress=progress)
-        fields = _sequence_fields(read_fasta(path, policy=policy), None)
         options = self._options(model, pooling, layer, dtype)
-        return self._stream(fields, options, chunk, _file_bar(path, checked, progress), timeout)
+        order: dict[str, None] = {}  # ids in the file's order, as first read
+        embeddings: dict[str, tuple[Embedding, bool]] = {}
+
+        def unanswered(again: bool) -> Iterator[ProteinRecord]:
+            for record in read_fasta(path, policy=policy):
+                order.setdefault(record.id)
+                if record.id not in embeddings:
+                    yield record
+
+        with _file_bar(path, checked, progress) as bar:
+            results = self._file_results(
+                path,
+                unanswered,
+                options,
+                chunk,
+                bar,
+                timeout,
+                on_lost=lambda: f"{len(embeddings)} result(s) so far, kept in memory",
+            )
+            for embedding, cached in results:
+                embeddings[embedding.id] = (embedding, cached)
+        return ClientEmbeddings.of([embeddings[i] for i in order if i in embeddings])
 
     def embed_file(
         self,
@@ -550,55 +571,86 @@ class Client:
         options = self._options(model, pooling, layer, dtype)
         summary = summary if summary is not None else JobSummary()
         summary.output = str(output)
-        reconnect = self.reconnect if str(path) != "-" else 0.0  # stdin cannot be read again
-        outage = _Outage(self.target, reconnect, self.backoff, self.max_backoff)
-        if outage.seconds:
-            self.list_models(timeout=timeout)  # a server never reached fails here, at once
-        stats = ReadStats()
+        reads: list[ReadStats] = [ReadStats()]  # one per read of the file
         start = time.perf_counter()
-        bar = _file_bar(path, checked, progress)
         try:
-            with open_writer(output, resume=resume, overwrite=overwrite) as writer, bar:
+            with (
+                open_writer(output, resume=resume, overwrite=overwrite) as writer,
+                _file_bar(path, checked, progress) as bar,
+            ):
                 done = writer.existing_ids() if resume else set()
-                while True:
-                    # after a lost connection: what OUTPUT has that is not left to count as resumed
-                    written = writer.existing_ids() - done if outage.ongoing else set()
-                    positions: dict[str, int] = {}  # records sent whose results have not come back
-                    attempt = ReadStats()
-                    read = read_fasta(path, policy=policy, stats=attempt)
-                    todo = pending_records(read, done, summary, bar, positions, written=written)
-                    results = self._results(
-                        _sequence_fields(todo, None), options, chunk, bar, timeout
-                    )
-                    try:
-                        for embedding, cached in results:
-                            outage.over()
-                            writer.write(embedding, position=positions.pop(embedding.id, None))
-                            summary.cached += cached
-                            summary.computed += not cached
-                            if summary.written(embedding):
-                                writer.flush()
-                        stats = attempt
-                        break
-                    except (UnavailableError, DeadlineExceededError, OverloadedError) as exc:
-                        stats = max(stats, attempt, key=lambda s: s.records)  # the furthest read
-                        writer.flush()
-                        so_far = f"{summary.records} result(s) written to {str(output)!r} so far"
-                        if outage.wait(exc, so_far):
-                            continue
-                        kept = (
-                            f"; the {summary.records} result(s) that came back before it are kept "
-                            f"in {str(output)!r}: {RESUME_ADVICE}"
-                            if summary.records
-                            else ""
-                        )
-                        if not (outage.seconds or kept):
-                            raise
-                        raise type(exc)(f"{exc}{outage.tried()}{kept}") from None
+                positions: dict[str, int] = {}  # records sent whose results have not come back
+
+                def unwritten(again: bool) -> Iterator[ProteinRecord]:
+                    # again, after a lost connection: what OUTPUT has, less what is yet to count
+                    # as resumed, is passed over
+                    written = writer.existing_ids() - done if again else set()
+                    reads.append(ReadStats())
+                    read = read_fasta(path, policy=policy, stats=reads[-1])
+                    return pending_records(read, done, summary, bar, positions, written=written)
+
+                def lost() -> str:
+                    writer.flush()
+                    return f"{summary.records} result(s) written to {str(output)!r} so far"
+
+                results = self._file_results(
+                    path, unwritten, options, chunk, bar, timeout, on_lost=lost
+                )
+                try:
+                    for embedding, cached in results:
+                        writer.write(embedding, position=positions.pop(embedding.id, None))
+                        summary.cached += cached
+                        summary.computed += not cached
+                        if summary.written(embedding):
+                            writer.flush()
+                except (UnavailableError, DeadlineExceededError, OverloadedError) as exc:
+                    if not summary.records:
+                        raise
+                    raise type(exc)(
+                        f"{exc}; the {summary.records} result(s) that came back before it are kept "
+                        f"in {str(output)!r}: {RESUME_ADVICE}"
+                    ) from None
         finally:
+            stats = max(reads, key=lambda r: r.records)  # the read that got furthest
             summary.skipped, summary.skipped_ids = stats.skipped, list(stats.skipped_ids)
             summary.seconds = time.perf_counter() - start
         return summary
+
+    def _file_results(
+        self,
+        path: str | Path,
+        records: Callable[[bool], Iterable[ProteinRecord]],
+        options: pb.EmbedOptions,
+        chunk: int,
+        bar: tqdm[Any],
+        timeout: float | None,
+        *,
+        on_lost: Callable[[], str],
+    ) -> Iterator[tuple[Embedding, bool]]:
+        """A FASTA file's results over EmbedStream, (embedding, cached) as they come, through a
+        server's restarts: when it is lost midway (`on_lost()` makes what came back safe and says
+        what that is), the file is read again (`records(True)`: what is still to send) once it
+        answers, for up to the client's `reconnect` seconds. A server never reached fails at once,
+        as does stdin (it cannot be read again)."""
+        reconnect = self.reconnect if str(path) != "-" else 0.0
+        outage = _Outage(self.target, reconnect, self.backoff, self.max_backoff)
+        if outage.seconds:
+            self.list_models(timeout=timeout)  # a server never reached fails here, at once
+        again = False
+        while True:
+            fields = _sequence_fields(records(again), None)
+            try:
+                for result in self._results(fields, options, chunk, bar, timeout):
+                    outage.over()
+                    yield result
+                return
+            except (UnavailableError, DeadlineExceededError, OverloadedError) as exc:
+                if outage.wait(exc, on_lost()):
+                    again = True
+                    continue
+                if not outage.seconds:
+                    raise
+                raise type(exc)(f"{exc}{outage.tried()}") from None
 
     def _stream(
         self,

@@ -252,6 +252,51 @@ def test_embed_file_goes_on_when_the_server_comes_back(
         np.testing.assert_allclose(vector, local[record_id], atol=1e-5)
 
 
+def test_embed_fasta_goes_on_when_the_server_comes_back(model, sample_fasta, tmp_path, caplog):
+    """embed_fasta (results in memory) across a restart: once the server has computed 64 vectors
+    it stops, a new one starts on the same port, and the call returns every record once, in the
+    file's order, with a local run's vectors (no store: to float32's 1e-5)."""
+    chosen = real_records(sample_fasta, 300, max_length=300)
+    fasta = tmp_path / "many.fasta"
+    fasta.write_text("".join(f">{r.id}\n{r.sequence}\n" for r in chosen))
+    port = free_port()
+    back = threading.Event()
+    with running_server(model, port=port) as (server, address, registry):
+
+        def stop_then_restart() -> None:
+            deadline = time.monotonic() + 60
+            while (
+                time.monotonic() < deadline
+                and (
+                    registry.get_sample_value("protssl_embeddings_total", {"source": "computed"})
+                    or 0
+                )
+                < 64
+            ):
+                time.sleep(0.005)
+            server.stop(grace=None)
+            time.sleep(1.0)
+            with running_server(model, port=port):
+                back.wait(120)
+
+        restarter = threading.Thread(target=stop_then_restart)
+        restarter.start()
+        try:
+            with (
+                caplog.at_level("WARNING", logger="protssl.client"),
+                protssl.Client(address, reconnect=60) as client,
+            ):
+                result = client.embed_fasta(fasta, chunk=8, progress=False)
+        finally:
+            back.set()
+            restarter.join()
+    assert "result(s) so far, kept in memory" in caplog.text, caplog.text
+    assert "answers again: going on" in caplog.text
+    assert result.ids == [r.id for r in chosen]
+    local = {e.id: e.vector for e in embed_records(chosen, model)}
+    np.testing.assert_allclose(result.vectors, np.stack([local[i] for i in result.ids]), atol=1e-5)
+
+
 def test_embed_file_fails_at_once_when_no_server_answers(tmp_path, sample_fasta):
     """Reconnecting is for a server lost midway: a server never reached (a wrong address) fails the
     call at once, not after `reconnect` seconds."""
