@@ -81,8 +81,10 @@ class ProtsslServer:
         owned_store: Store | None,
         store: Store | None = None,
         config: ServiceConfig | None = None,
+        embedding: EmbeddingServicer | None = None,
     ) -> None:
         self.grpc_server = server
+        self.embedding = embedding
         self.owned_store = owned_store
         self.store = store
         self.config = config or ServiceConfig()
@@ -131,6 +133,8 @@ class ProtsslServer:
         if self._watcher is not None:
             self._watcher.join()
         self.health.enter_graceful_shutdown()
+        if self.embedding is not None:
+            self.embedding.drain()  # open streams hand over to the next server, not a cancel
         self.grpc_server.stop(grace).wait()
         self.batcher.close(timeout=grace)
         self.metrics.close()
@@ -203,9 +207,8 @@ def create_server(
             *KEEPALIVE_OPTIONS,
         ],
     )
-    pb_grpc.add_EmbeddingServiceServicer_to_server(
-        EmbeddingServicer(model, batcher, config), server
-    )
+    embedding_servicer = EmbeddingServicer(model, batcher, config)
+    pb_grpc.add_EmbeddingServiceServicer_to_server(embedding_servicer, server)
     pb_grpc.add_ClassifierServiceServicer_to_server(
         ClassifierServicer(model, batcher, config, store)
         if store is not None
@@ -263,6 +266,7 @@ def create_server(
             owned_store=owned_store,
             store=store,
             config=config,
+            embedding=embedding_servicer,
         ),
         port,
     )

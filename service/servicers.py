@@ -31,6 +31,7 @@ from protssl.errors import (
     ModelNotFoundError,
     OverloadedError,
     StreamIdleError,
+    UnavailableError,
 )
 from protssl.fasta import FastaPolicy, ProteinRecord, records_from_sequences
 from protssl.pooling import pooled_width
@@ -238,6 +239,18 @@ class EmbeddingServicer(_Face, pb_grpc.EmbeddingServiceServicer):
     def __init__(self, model: LoadedModel, batcher: EmbeddingBatcher, config: ServiceConfig):
         super().__init__(model, batcher, config)
         self._stream_slots = threading.BoundedSemaphore(config.stream_slots)
+        self._draining = threading.Event()
+        self._readers: set[_StreamReader] = set()  # of the open streams, to wake them
+        self._readers_lock = threading.Lock()
+
+    def drain(self) -> None:
+        """The server is stopping: each open stream reads no more messages, sends the results of
+        the chunks it has in flight and ends UNAVAILABLE, so that its client, which knows what came
+        back, sends the rest to the server that comes next instead of losing it to a cancel."""
+        self._draining.set()
+        with self._readers_lock:
+            for reader in self._readers:
+                reader.wake.set()
 
     def Embed(self, request: pb.EmbedRequest, context: grpc.ServicerContext) -> pb.EmbedResponse:
         self._check_model(request.options.model)
@@ -267,9 +280,13 @@ class EmbeddingServicer(_Face, pb_grpc.EmbeddingServiceServicer):
                 "serves at once (max_streams): retry later"
             )
         reader = _StreamReader(request_iterator)
+        with self._readers_lock:
+            self._readers.add(reader)
         try:
             yield from self._stream(reader, context)
         finally:
+            with self._readers_lock:
+                self._readers.discard(reader)
             reader.close()
             self._stream_slots.release()
 
@@ -281,7 +298,7 @@ class EmbeddingServicer(_Face, pb_grpc.EmbeddingServiceServicer):
         progress = pb.EmbedProgress()
         seen = _SeenIds(self.config.stream_id_memory)
         pending: collections.deque[Pending] = collections.deque()
-        ended = False
+        ended = handed_over = False
         offset = 0  # sequences received, skipped ones included: what default ids count
         idle = self.config.stream_idle_timeout_s
         active = time.monotonic()  # the last message or result: the idle clock starts there
@@ -290,7 +307,14 @@ class EmbeddingServicer(_Face, pb_grpc.EmbeddingServiceServicer):
             while pending and pending[0].future.done() and options is not None:
                 yield from self._drain(pending.popleft(), options, progress)
                 active = time.monotonic()
+            if self._draining.is_set() and not ended:
+                ended = handed_over = True  # read no more; what is in flight goes back first
             if ended and not pending:
+                if handed_over:
+                    raise UnavailableError(
+                        f"the server is shutting down (a restart?) after sending "
+                        f"{progress.records_done} result(s) of this stream: send the rest again"
+                    )
                 return
             if (ended or len(pending) >= STREAM_IN_FLIGHT) and options is not None:
                 yield from self._drain(pending.popleft(), options, progress)

@@ -252,6 +252,44 @@ def test_embed_file_goes_on_when_the_server_comes_back(
         np.testing.assert_allclose(vector, local[record_id], atol=1e-5)
 
 
+def test_a_stopping_server_hands_its_streams_over(model, sample_fasta, tmp_path):
+    """A server stopped with a grace period (SIGTERM) reads no more of an open stream, sends what it
+    has in flight and ends it UNAVAILABLE, saying so, well before the grace runs out; the client
+    keeps every result sent, and the next server is sent only the rest."""
+    chosen = real_records(sample_fasta, 400, max_length=300)
+    fasta = tmp_path / "many.fasta"
+    fasta.write_text("".join(f">{r.id}\n{r.sequence}\n" for r in chosen))
+    out = tmp_path / "v.h5"
+    stopped: list[float] = []
+    with running_server(model) as (server, address, _):
+
+        def stop_after_a_chunk() -> None:
+            deadline = time.monotonic() + 60
+            while not list(journal_path(out).glob("chunk-*")) and time.monotonic() < deadline:
+                time.sleep(0.005)
+            start = time.monotonic()
+            server.stop(grace=60)
+            stopped.append(time.monotonic() - start)
+
+        stopper = threading.Thread(target=stop_after_a_chunk)
+        stopper.start()
+        with (
+            protssl.Client(address, retries=0, reconnect=0) as client,
+            pytest.raises(UnavailableError) as gone,
+        ):
+            client.embed_file(fasta, out, chunk=8, progress=False)
+        stopper.join()
+    said = str(gone.value)
+    assert "the server is shutting down (a restart?) after sending" in said, said
+    sent = int(re.search(r"after sending (\d+) result", said)[1])  # type: ignore[index]
+    assert stopped[0] < 30  # the stream ended itself; the grace did not run out
+    kept = {k for k, _, _ in read_vectors(out)}
+    assert len(kept) == sent and 64 <= sent < len(chosen)
+    with running_server(model) as (_, address, _), protssl.Client(address) as client:
+        summary = client.embed_file(fasta, out, chunk=8, progress=False, resume=True)
+    assert (summary.resumed, summary.records) == (sent, len(chosen) - sent)
+
+
 def test_embed_fasta_goes_on_when_the_server_comes_back(model, sample_fasta, tmp_path, caplog):
     """embed_fasta (results in memory) across a restart: once the server has computed 64 vectors
     it stops, a new one starts on the same port, and the call returns every record once, in the
