@@ -86,6 +86,7 @@ if TYPE_CHECKING:
     from tqdm import tqdm
 
     from protssl.embed_file import JobSummary
+    from protssl.embedding import CacheStats
     from protssl.fasta import FastaCheck
 
 
@@ -825,6 +826,7 @@ class Client:
         top_k: int = 3,
         chunk: int = 256,
         timeout: float | None = None,
+        stats: CacheStats | None = None,
     ) -> list[ClientPrediction]:
         """Labels (or abstentions) for sequences, in input order, with the top-k probabilities.
 
@@ -832,7 +834,8 @@ class Client:
         its max_sequences), and every request after the first names the version the first was
         answered by, so a version added meanwhile never answers part of the list. `timeout` is per
         request. A server lost midway (after this client reached it) is waited for, as
-        `embed_file` waits (the client's `reconnect`), and asked again."""
+        `embed_file` waits (the client's `reconnect`), and asked again. `stats` adds up how many
+        of the queries' vectors the server computed and how many came from its cache."""
         if chunk < 1:
             raise InvalidInputError("chunk must be at least 1")
         fields = _sequence_fields(sequences, ids)
@@ -856,6 +859,9 @@ class Client:
                     if not outage.wait(exc, f"{sent} of the queries answered so far"):
                         raise type(exc)(f"{exc}{outage.tried()}") from None
             outage.over()
+            if stats is not None:
+                stats.computed += response.vectors_computed
+                stats.cached += response.vectors_cached
             pinned = response.classifier.version
             predictions.extend(prediction_from_proto(p) for p in response.predictions)
             sent += len(batch)

@@ -464,6 +464,7 @@ class ClassifierServicer(_Face, pb_grpc.ClassifierServiceServicer):
     ) -> pb.ClassifyResponse:
         stored, classifier = self.classifiers.get(request.name, request.version or None)
         records = self._records(request.sequences, 0)
+        response = pb.ClassifyResponse(classifier=classifier_info_to_proto(stored))
 
         def through_batcher(
             records: Sequence[ProteinRecord], layer: int, pooling: str
@@ -472,15 +473,17 @@ class ClassifierServicer(_Face, pb_grpc.ClassifierServiceServicer):
                 records, pooling=pooling, layer=layer, deadline=_deadline(context)
             )
             context.add_callback(pending.cancel)
-            return np.stack([r.embedding.vector for r in _wait(pending)])
+            outcomes = _wait(pending)
+            cached = sum(r.cached for r in outcomes)
+            response.vectors_cached += cached
+            response.vectors_computed += len(outcomes) - cached
+            return np.stack([r.embedding.vector for r in outcomes])
 
         decided = fewshot.classify_records(
             classifier, records, self.model, top_k=request.top_k or 3, embed=through_batcher
         )
-        predictions = [prediction_to_proto(d) for d in decided]
-        return pb.ClassifyResponse(
-            predictions=predictions, classifier=classifier_info_to_proto(stored)
-        )
+        response.predictions.extend(prediction_to_proto(d) for d in decided)
+        return response
 
 
 class TokenServicer(pb_grpc.TokenServiceServicer):

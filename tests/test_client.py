@@ -21,7 +21,7 @@ from service_support import load_tiny, real_records, running_server, save_tiny_m
 import protssl
 from protssl import endpoint
 from protssl.checkpoint import LoadedModel, update_card_training
-from protssl.embedding import EmbedConfig, embed_records
+from protssl.embedding import CacheStats, EmbedConfig, embed_records
 from protssl.errors import (
     DeadlineExceededError,
     FastaFormatError,
@@ -580,7 +580,11 @@ def test_classifiers_through_the_sdk(model, by_family, tmp_path):
         assert client.add_examples("two", pairs).version == 2
         assert [c.name for c in client.list_classifiers()] == ["two"]
         assert client.get_classifier("two", version=1).examples == 8
-        predictions = client.classify("two", {r.id: r.sequence for r in by_family["RRM_1"][4:7]})
+        queries = {r.id: r.sequence for r in by_family["RRM_1"][4:7]}
+        first, again = CacheStats(), CacheStats()
+        predictions = client.classify("two", queries, stats=first)
+        assert client.classify("two", queries, stats=again) == predictions
+        assert (first.computed, first.cached, again.computed, again.cached) == (3, 0, 0, 3)
         assert [p.id for p in predictions] == [r.id for r in by_family["RRM_1"][4:7]]
         for p in predictions:
             assert p.status in ("answered", "backed_off", "unknown")

@@ -336,12 +336,16 @@ class Prediction(_message.Message):
     def __init__(self, id: _Optional[str] = ..., top: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., abstained: _Optional[bool] = ..., label: _Optional[str] = ..., probability: _Optional[float] = ..., status: _Optional[str] = ..., nearest_similarity: _Optional[float] = ..., evidence: _Optional[str] = ...) -> None: ...
 
 class ClassifyResponse(_message.Message):
-    __slots__ = ("predictions", "classifier")
+    __slots__ = ("predictions", "classifier", "vectors_computed", "vectors_cached")
     PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
     CLASSIFIER_FIELD_NUMBER: _ClassVar[int]
+    VECTORS_COMPUTED_FIELD_NUMBER: _ClassVar[int]
+    VECTORS_CACHED_FIELD_NUMBER: _ClassVar[int]
     predictions: _containers.RepeatedCompositeFieldContainer[Prediction]
     classifier: ClassifierInfo
-    def __init__(self, predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., classifier: _Optional[_Union[ClassifierInfo, _Mapping]] = ...) -> None: ...
+    vectors_computed: int
+    vectors_cached: int
+    def __init__(self, predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., classifier: _Optional[_Union[ClassifierInfo, _Mapping]] = ..., vectors_computed: _Optional[int] = ..., vectors_cached: _Optional[int] = ...) -> None: ...
 
 class TokenInfo(_message.Message):
     __slots__ = ("id", "name", "role", "created_at", "revoked_at")

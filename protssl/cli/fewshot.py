@@ -445,18 +445,21 @@ def _classify_remote(args: argparse.Namespace, policy: FastaPolicy, residues: in
     """`classify --server`: the server's classifier (and model, and store) answers, chunk by chunk,
     every chunk by the version the command started with; the table is the local one."""
     import protssl
+    from protssl.embedding import CacheStats
 
     with protssl.Client(
         args.server, root_certificates=args.server_ca, reconnect=args.reconnect
     ) as client:
         info = client.get_classifier(args.name, version=args.version)
+        stats = CacheStats()
 
         def predict(chunk: list[ProteinRecord], bar: tqdm[Any]) -> Sequence[Prediction]:
-            answers = client.classify(args.name, chunk, version=info.version)
+            answers = client.classify(args.name, chunk, version=info.version, stats=stats)
             bar.update(sum(len(r) for r in chunk))
             return [answer.as_prediction() for answer in answers]
 
         rows = _write_predictions(args, policy, residues, predict)
+    _print_stats(stats)
     print(
         f"classified {rows} records with {info.name} version {info.version} on {client.target}",
         file=sys.stderr,

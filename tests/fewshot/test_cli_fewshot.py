@@ -294,9 +294,9 @@ def test_classify_through_a_server_writes_the_local_table(
     with running_server(windowed_model, store=True, database_url=url) as (_, address, _r):
         remote = ["classify", "tfam", str(query_file), "--server", address]
         assert main([*remote, "-o", str(there)]) == 0
-        assert capsys.readouterr().err.splitlines()[-1] == (
-            f"classified 12 records with tfam version 1 on {address}"
-        )
+        said = capsys.readouterr().err.splitlines()
+        assert said[-1] == f"classified 12 records with tfam version 1 on {address}"
+        assert said[-2] == "embedding: 0 sequences computed, 12 from the cache"  # the local run's
         assert main([*remote, "--dtype", "float32"]) == 2
         assert capsys.readouterr().err.strip() == (
             "protssl classify: error: --dtype: with --server the server's settings apply (its "
