@@ -156,14 +156,20 @@ def test_embed_file_writes_each_result_as_it_comes_and_resumes(address, sample_f
     np.testing.assert_allclose(np.stack([v for _, v, _ in rows]), whole.vectors, atol=1e-5)
 
 
-def _stop_after_a_chunk(server: object, out: Path) -> threading.Thread:
-    """A thread that stops `server` (a ProtsslServer) once `out`'s first chunk is on disk."""
+def _stop_after_a_chunk(
+    server: object, out: Path, *, grace: float | None = None, took: list[float] | None = None
+) -> threading.Thread:
+    """A thread that stops `server` (a ProtsslServer) with `grace` once `out`'s first chunk is on
+    disk, appending to `took` how long the stop took."""
 
     def stop() -> None:
         deadline = time.monotonic() + 60
         while not list(journal_path(out).glob("chunk-*")) and time.monotonic() < deadline:
             time.sleep(0.005)
-        server.stop(grace=None)  # type: ignore[attr-defined]
+        start = time.monotonic()
+        server.stop(grace=grace)  # type: ignore[attr-defined]
+        if took is not None:
+            took.append(time.monotonic() - start)
 
     thread = threading.Thread(target=stop)
     thread.start()
@@ -262,17 +268,7 @@ def test_a_stopping_server_hands_its_streams_over(model, sample_fasta, tmp_path)
     out = tmp_path / "v.h5"
     stopped: list[float] = []
     with running_server(model) as (server, address, _):
-
-        def stop_after_a_chunk() -> None:
-            deadline = time.monotonic() + 60
-            while not list(journal_path(out).glob("chunk-*")) and time.monotonic() < deadline:
-                time.sleep(0.005)
-            start = time.monotonic()
-            server.stop(grace=60)
-            stopped.append(time.monotonic() - start)
-
-        stopper = threading.Thread(target=stop_after_a_chunk)
-        stopper.start()
+        stopper = _stop_after_a_chunk(server, out, grace=60, took=stopped)
         with (
             protssl.Client(address, retries=0, reconnect=0) as client,
             pytest.raises(UnavailableError) as gone,
