@@ -190,7 +190,8 @@ class _Outage:
             self.since = now
             if self.seconds:
                 log.warning(
-                    "lost the server midway (%s); %s: trying again for up to %s",
+                    "no results from %s (%s); %s: trying again for up to %s",
+                    self.target,
                     exc,
                     kept,
                     _duration(self.seconds),

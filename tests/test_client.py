@@ -331,6 +331,39 @@ def test_embed_fasta_goes_on_when_the_server_comes_back(model, sample_fasta, tmp
     np.testing.assert_allclose(result.vectors, np.stack([local[i] for i in result.ids]), atol=1e-5)
 
 
+def test_embed_file_waits_for_a_stream_slot(model, sample_fasta, tmp_path, caplog):
+    """A server whose one stream slot is taken refuses a second stream (RESOURCE_EXHAUSTED):
+    embed_file waits and starts once the first stream ends, instead of failing an overnight job."""
+    chosen = real_records(sample_fasta, 40, max_length=300)
+    fasta = tmp_path / "few.fasta"
+    fasta.write_text("".join(f">{r.id}\n{r.sequence}\n" for r in chosen))
+    release = threading.Event()
+
+    def slow() -> Iterator[str]:  # holds the slot until told
+        yield chosen[0].sequence
+        release.wait(60)
+
+    with (
+        running_server(model, max_streams=1) as (_, address, registry),
+        protssl.Client(address) as first,
+    ):
+        holder = threading.Thread(target=lambda: first.embed_stream(slow(), chunk=1))
+        holder.start()
+        deadline = time.monotonic() + 60  # the first stream holds the slot once it has a result
+        while not registry.get_sample_value("protssl_embeddings_total", {"source": "computed"}):
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        threading.Timer(1.5, release.set).start()
+        with (
+            caplog.at_level("WARNING", logger="protssl.client"),
+            protssl.Client(address, reconnect=60) as second,
+        ):
+            summary = second.embed_file(fasta, tmp_path / "v.h5", progress=False)
+        holder.join()
+    assert "max_streams" in caplog.text and "answers again: going on" in caplog.text, caplog.text
+    assert summary.records == len(chosen)
+
+
 def test_embed_file_fails_at_once_when_no_server_answers(tmp_path, sample_fasta):
     """Reconnecting is for a server lost midway: a server never reached (a wrong address) fails the
     call at once, not after `reconnect` seconds."""
@@ -626,7 +659,7 @@ def test_classify_waits_for_a_server_that_restarts(model, by_family, tmp_path, c
             back.set()
             restarter.join()
             client.close()
-    assert "lost the server midway" in caplog.text and "4 of the queries answered" in caplog.text
+    assert "4 of the queries answered so far: trying again for up to 1 min" in caplog.text
     assert "answers again: going on" in caplog.text
     assert [(p.id, p.label, p.status) for p in again] == [(p.id, p.label, p.status) for p in whole]
     start = time.monotonic()
