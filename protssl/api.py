@@ -78,8 +78,8 @@ def embed(
     """Embed records or plain sequences; returns ids and float32 vectors in input order.
 
     `model` is a loaded model, a path or preset name, or None for the shipped default; what it
-    names is loaded once and kept (the last two), and read again when its files change. Plain strings get ids `seq0`, `seq1`, ... unless `ids` is given; they follow the
-    FASTA policy.
+    names is loaded once and kept (the last two), and read again when its files change. Plain
+    strings get ids `seq0`, `seq1`, ... unless `ids` is given; they follow the FASTA policy.
     """
     loaded = model if isinstance(model, LoadedModel) else _loaded(model)
     records = records_from_sequences(records_or_sequences, ids=ids, policy=policy)
