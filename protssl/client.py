@@ -443,8 +443,16 @@ class Client:
                     time.sleep(delay)
                     delay = min(delay * 2, self.max_backoff)
                     continue
-                raise _error(exc, self.target, self.tls, token=self._metadata is not None) from None
+                raise self._failed(exc) from None
         raise AssertionError("unreachable")
+
+    def _failed(self, exc: grpc.RpcError) -> ProtsslError:
+        """The protssl error for a failed call; one a protssl server answered (it named the error's
+        class) counts as reaching it, like a call that succeeded."""
+        trailers = exc.trailing_metadata() or ()  # type: ignore[attr-defined]
+        if any(key == ERROR_KIND_KEY for key, _ in trailers):
+            self._reached = True
+        return _error(exc, self.target, self.tls, token=self._metadata is not None)
 
     # --- embeddings ---------------------------------------------------------------------------
 
@@ -638,8 +646,6 @@ class Client:
         as does stdin (it cannot be read again)."""
         reconnect = self.reconnect if str(path) != "-" else 0.0
         outage = _Outage(self.target, reconnect, self.backoff, self.max_backoff)
-        if outage.seconds:
-            self.list_models(timeout=timeout)  # a server never reached fails here, at once
         again = False
         while True:
             fields = _sequence_fields(records(again), None)
@@ -649,10 +655,10 @@ class Client:
                     yield result
                 return
             except (UnavailableError, DeadlineExceededError, OverloadedError) as exc:
-                if outage.wait(exc, on_lost()):
+                if self._reached and outage.wait(exc, on_lost()):  # never reached: fail at once
                     again = True
                     continue
-                if not outage.seconds:
+                if not (self._reached and outage.seconds):
                     raise
                 raise type(exc)(f"{exc}{outage.tried()}") from None
 
@@ -730,7 +736,7 @@ class Client:
                     f"no result from {self.target} for {timeout:g} s (the client's timeout, "
                     "counted from the last message each way): the call was cancelled"
                 ) from None
-            raise _error(exc, self.target, self.tls, token=self._metadata is not None) from None
+            raise self._failed(exc) from None
         finally:
             watch.stop()
             stream.cancel()  # a no-op once the call has ended; else (the caller stopped) ends it
