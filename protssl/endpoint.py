@@ -1,4 +1,5 @@
-"""Where a protssl server listens unless told, and how a client names it: `host:port`.
+"""Where a protssl server listens unless told, how a client names it (`host:port`), and how long
+a client's long job waits for a server it lost.
 
 `protssl serve` binds DEFAULT_PORT; `protssl.Client` takes the address a user types and gives
 grpcio a target it reads the same way: a bare host gets DEFAULT_PORT (grpcio's own default is 443,
