@@ -224,6 +224,19 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
 
 
+def _in_order(
+    results: Iterable[tuple[Embedding, bool]],
+    order: Iterable[str],
+    embeddings: dict[str, tuple[Embedding, bool]] | None = None,
+) -> ClientEmbeddings:
+    """A stream's results, gathered into `embeddings` (kept by id as they come), in `order`: the
+    ids as sent or read, read once the results are all in; ids without a result are left out."""
+    embeddings = {} if embeddings is None else embeddings
+    for embedding, cached in results:
+        embeddings[embedding.id] = (embedding, cached)
+    return ClientEmbeddings.of([embeddings[i] for i in order if i in embeddings])
+
+
 def _residue_bar(desc: str, total: int | None, progress: bool) -> tqdm[Any]:
     """A stream's progress bar, in residues."""
     return progress_bar(desc=desc, total=total, unit="res", unit_scale=True, disable=not progress)
@@ -233,24 +246,6 @@ def _file_bar(path: str | Path, checked: FastaCheck | None, progress: bool) -> t
     """A FASTA file's bar: its residues, known from the whole-file check, are the total."""
     total = None if checked is None else checked.residues
     return _residue_bar(f"embed {Path(path).name}", total, progress)
-
-
-def _error(exc: grpc.RpcError, target: str, tls: bool, *, token: bool) -> ProtsslError:
-    """The protssl error for a failed call: the class the server named, else its status's. A call
-    that never reached a server (nothing named a class) says which address it tried; one refused
-    for want of a token, when this client has none, says how to give it one."""
-    code = exc.code()  # type: ignore[attr-defined]
-    trailers = dict(exc.trailing_metadata() or ())  # type: ignore[attr-defined]
-    kind = trailers.get(ERROR_KIND_KEY)
-    details = exc.details() or code.name  # type: ignore[attr-defined]
-    if code == grpc.StatusCode.UNAVAILABLE and kind is None:
-        details = f"cannot reach a protssl server at {target}{_tls_hint(details, tls)}: {details}"
-    elif code == grpc.StatusCode.UNAUTHENTICATED and not token:
-        details = (
-            f"{details} (this client has none: give Client({target!r}, token=...) or set "
-            f"${TOKEN_ENV}; `protssl token create --role read` on the server's store makes one)"
-        )
-    return error_for_status(code.name, details, kind=kind if isinstance(kind, str) else None)
 
 
 def _tls_hint(details: str, tls: bool) -> str:
@@ -447,12 +442,25 @@ class Client:
         raise AssertionError("unreachable")
 
     def _failed(self, exc: grpc.RpcError) -> ProtsslError:
-        """The protssl error for a failed call; one a protssl server answered (it named the error's
-        class) counts as reaching it, like a call that succeeded."""
-        trailers = exc.trailing_metadata() or ()  # type: ignore[attr-defined]
-        if any(key == ERROR_KIND_KEY for key, _ in trailers):
+        """The protssl error for a failed call: the class the server named, else its status's. A call
+        a protssl server answered (it named the class) counts as reaching it, as a success does;
+        one that never reached a server says which address it tried; one refused for want of a
+        token, when this client has none, says how to give it one."""
+        code = exc.code()  # type: ignore[attr-defined]
+        trailers = dict(exc.trailing_metadata() or ())  # type: ignore[attr-defined]
+        kind = trailers.get(ERROR_KIND_KEY)
+        details = exc.details() or code.name  # type: ignore[attr-defined]
+        if kind is not None:
             self._reached = True
-        return _error(exc, self.target, self.tls, token=self._metadata is not None)
+        elif code == grpc.StatusCode.UNAVAILABLE:
+            hint = _tls_hint(details, self.tls)
+            details = f"cannot reach a protssl server at {self.target}{hint}: {details}"
+        if code == grpc.StatusCode.UNAUTHENTICATED and self._metadata is None:
+            details = (
+                f"{details} (this client has none: give Client({self.target!r}, token=...) or set "
+                f"${TOKEN_ENV}; `protssl token create --role read` on the server's store makes one)"
+            )
+        return error_for_status(code.name, details, kind=kind if isinstance(kind, str) else None)
 
     # --- embeddings ---------------------------------------------------------------------------
 
@@ -501,7 +509,9 @@ class Client:
         server's max_sequences. Records `on_invalid="skip"` drops are left out of the results."""
         options = self._options(model, pooling, layer, dtype, on_invalid)
         fields = _sequence_fields(sequences, ids)
-        return self._stream(fields, options, chunk, _residue_bar("embed", None, progress), timeout)
+        order: list[str] = []  # the ids sent, as `_results` sends them
+        with _residue_bar("embed", None, progress) as bar:
+            return _in_order(self._results(fields, options, chunk, bar, timeout, order), order)
 
     def embed_fasta(
         self,
@@ -542,9 +552,7 @@ class Client:
                 timeout,
                 on_lost=lambda: f"{len(embeddings)} result(s) so far, kept in memory",
             )
-            for embedding, cached in results:
-                embeddings[embedding.id] = (embedding, cached)
-        return ClientEmbeddings.of([embeddings[i] for i in order if i in embeddings])
+            return _in_order(results, order, embeddings)
 
     def embed_file(
         self,
@@ -661,22 +669,6 @@ class Client:
                 if not (self._reached and outage.seconds):
                     raise
                 raise type(exc)(f"{exc}{outage.tried()}") from None
-
-    def _stream(
-        self,
-        fields: Iterator[dict[str, str]],
-        options: pb.EmbedOptions,
-        chunk: int,
-        bar: tqdm[Any],
-        timeout: float | None,
-    ) -> ClientEmbeddings:
-        """One EmbedStream call of `fields` in messages of `chunk`; results in input order."""
-        order: list[str] = []
-        embeddings: dict[str, tuple[Embedding, bool]] = {}
-        with bar:
-            for embedding, cached in self._results(fields, options, chunk, bar, timeout, order):
-                embeddings[embedding.id] = (embedding, cached)
-        return ClientEmbeddings.of([embeddings[i] for i in order if i in embeddings])
 
     def _results(
         self,
