@@ -181,6 +181,10 @@ def as_options(message: str) -> str:
     return _POLICY_ADVICE.sub(lambda m: f"--{m.group(1).replace('_', '-')} {m.group(2)}", message)
 
 
+_SERVER_ONLY: dict[str, object] = {"server_ca": None, "reconnect": RECONNECT_S}
+"""`add_server_args`' options that mean nothing without --server, and their defaults."""
+
+
 def add_server_args(parser: argparse.ArgumentParser, what: str) -> None:
     """`--server ADDR`, `--server-ca PEM` and `--reconnect SECONDS`: run the command on a protssl
     server instead, waiting for it through a restart."""
@@ -193,13 +197,16 @@ def add_server_args(parser: argparse.ArgumentParser, what: str) -> None:
         "from $PROTSSL_TOKEN) instead of in this process",
     )
     remote.add_argument(
-        "--server-ca", metavar="PEM", default=None, help="CA certificate of a TLS server (--server)"
+        "--server-ca",
+        metavar="PEM",
+        default=_SERVER_ONLY["server_ca"],
+        help="CA certificate of a TLS server (--server)",
     )
     remote.add_argument(
         "--reconnect",
         metavar="SECONDS",
         type=float,
-        default=RECONNECT_S,
+        default=_SERVER_ONLY["reconnect"],
         help="with --server: how long to keep trying when the server goes away midway (a "
         "restart) before stopping with what came back kept (default %(default)g; 0: stop at once)",
     )
@@ -211,7 +218,7 @@ def refuse_beside_server(
     """Refuse the options among `names` given other values than their defaults (in the parser
     `build` makes): with --server, the server decides them."""
     if args.server is None:
-        for name, default in (("server_ca", None), ("reconnect", RECONNECT_S)):
+        for name, default in _SERVER_ONLY.items():
             if getattr(args, name, default) != default:
                 raise InvalidInputError(f"--{name.replace('_', '-')} goes with --server")
         return
