@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,8 +60,10 @@ def _files_signature(spec: str | Path | None) -> tuple[tuple[str, int, int, int]
     if spec is None or not Path(spec).exists():
         return ()
     path = Path(spec).resolve()
-    files = [path] if path.is_file() else sorted(f for f in path.iterdir() if f.is_file())
-    stats = [(str(f), f.stat()) for f in files]
+    if path.is_file():
+        stats = [(str(path), path.stat())]
+    else:  # one stat a file: scandir knows which entries are files without one
+        stats = sorted((e.path, e.stat()) for e in os.scandir(path) if e.is_file())
     return tuple((name, st.st_ino, st.st_size, st.st_mtime_ns) for name, st in stats)
 
 
