@@ -54,6 +54,7 @@ from protssl.fasta import (
 )
 from protssl.progress import progress_bar
 from protssl.wire import (
+    ACCEPTED_KEY,
     CLASSIFIER_METHOD,
     ERROR_KIND_KEY,
     ON_INVALID,
@@ -432,6 +433,7 @@ class Client:
                 self._reached = True
                 return response
             except grpc.RpcError as exc:
+                self._answered(exc)
                 retry = exc.code() == grpc.StatusCode.UNAVAILABLE and attempt < self.retries  # type: ignore[attr-defined]
                 if retry and (deadline is None or time.monotonic() + delay < deadline):
                     log.info("%s unavailable; retry %d in %.2f s", self.target, attempt + 1, delay)
@@ -441,20 +443,31 @@ class Client:
                 raise self._failed(exc) from None
         raise AssertionError("unreachable")
 
+    def _answered(self, exc: grpc.RpcError) -> bool:
+        """Whether a protssl server took this failed call: it named its error, or it had accepted
+        the call's work (a stream, a classify) before the call was lost. Either counts as reaching
+        the server, as a success does: a later outage is a server lost, not one never there."""
+        kind = dict(exc.trailing_metadata() or ()).get(ERROR_KIND_KEY)  # type: ignore[attr-defined]
+        accepted = ACCEPTED_KEY in dict(exc.initial_metadata() or ())  # type: ignore[attr-defined]
+        self._reached = self._reached or kind is not None or accepted
+        return kind is not None or accepted
+
     def _failed(self, exc: grpc.RpcError) -> ProtsslError:
-        """The protssl error for a failed call: the class the server named, else its status's. A call
-        a protssl server answered (it named the class) counts as reaching it, as a success does;
-        one that never reached a server says which address it tried; one refused for want of a
-        token, when this client has none, says how to give it one."""
+        """The protssl error for a failed call: the class the server named, else its status's. One
+        lost after a server took it says the server went away; one that never reached a server says
+        which address it tried; one refused for want of a token, when this client has none, says
+        how to give it one."""
         code = exc.code()  # type: ignore[attr-defined]
-        trailers = dict(exc.trailing_metadata() or ())  # type: ignore[attr-defined]
-        kind = trailers.get(ERROR_KIND_KEY)
+        kind = dict(exc.trailing_metadata() or ()).get(ERROR_KIND_KEY)  # type: ignore[attr-defined]
         details = exc.details() or code.name  # type: ignore[attr-defined]
-        if kind is not None:
-            self._reached = True
-        elif code == grpc.StatusCode.UNAVAILABLE:
-            hint = _tls_hint(details, self.tls)
-            details = f"cannot reach a protssl server at {self.target}{hint}: {details}"
+        if kind is None and code == grpc.StatusCode.UNAVAILABLE:
+            if self._answered(exc):
+                details = f"{self.target} went away during the call (stopped or killed?): {details}"
+            else:
+                hint = _tls_hint(details, self.tls)
+                details = f"cannot reach a protssl server at {self.target}{hint}: {details}"
+        else:
+            self._answered(exc)
         if code == grpc.StatusCode.UNAUTHENTICATED and self._metadata is None:
             details = (
                 f"{details} (this client has none: give Client({self.target!r}, token=...) or set "

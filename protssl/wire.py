@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from protssl.store import StoredClassifier
 
 __all__ = [
+    "ACCEPTED_KEY",
     "CLASSIFIER_METHOD",
     "ERROR_KIND_KEY",
     "ON_INVALID",
@@ -55,6 +56,10 @@ __all__ = [
 
 ERROR_KIND_KEY = "protssl-error-kind"
 """Trailing metadata of a failed call: the class name of the protssl error the server raised."""
+
+ACCEPTED_KEY = "protssl-accepted"
+"""Initial metadata a server sends as it starts a long call's work (a stream, a classify): a call
+that then fails without an answer lost a server that was there, not one never reached."""
 
 
 E = TypeVar("E", bound=int)

@@ -38,6 +38,7 @@ from protssl.pooling import pooled_width
 from protssl.store import Store
 from protssl.store.classifiers import check_example, check_name
 from protssl.wire import (
+    ACCEPTED_KEY,
     CLASSIFIER_METHOD,
     ON_INVALID,
     POOLING,
@@ -279,6 +280,7 @@ class EmbeddingServicer(_Face, pb_grpc.EmbeddingServiceServicer):
                 f"{self.config.stream_slots} EmbedStream calls are open, the most this server "
                 "serves at once (max_streams): retry later"
             )
+        context.send_initial_metadata(((ACCEPTED_KEY, "1"),))
         reader = _StreamReader(request_iterator)
         with self._readers_lock:
             self._readers.add(reader)
@@ -464,6 +466,7 @@ class ClassifierServicer(_Face, pb_grpc.ClassifierServiceServicer):
     ) -> pb.ClassifyResponse:
         stored, classifier = self.classifiers.get(request.name, request.version or None)
         records = self._records(request.sequences, 0)
+        context.send_initial_metadata(((ACCEPTED_KEY, "1"),))
         response = pb.ClassifyResponse(classifier=classifier_info_to_proto(stored))
 
         def through_batcher(

@@ -331,6 +331,61 @@ def test_embed_fasta_goes_on_when_the_server_comes_back(model, sample_fasta, tmp
     np.testing.assert_allclose(result.vectors, np.stack([local[i] for i in result.ids]), atol=1e-5)
 
 
+# A server that holds every chunk in its queue for a minute: a call it accepted has no result yet.
+_HOLDS_CHUNKS = {"max_queue_delay_ms": 60_000.0, "min_batch_fill": 1.0, "max_batch_tokens": 60_000}
+
+
+def _killed_once_queued(server: object, registry: object) -> bool:
+    """Wait until `server` (a ProtsslServer) has work queued, then end it as a killed process ends:
+    every call cut off, no hand-over. True when nothing had been computed by then."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not registry.get_sample_value("protssl_queue_depth"):  # type: ignore[attr-defined]
+        time.sleep(0.005)
+    computed = registry.get_sample_value("protssl_embeddings_total", {"source": "computed"})  # type: ignore[attr-defined]
+    server.grpc_server.stop(None)  # type: ignore[attr-defined]
+    return not computed
+
+
+def test_embed_fasta_goes_on_when_the_server_dies_before_its_first_result(
+    model, sample_fasta, tmp_path, caplog
+):
+    """A server that took the stream and was killed before any result (SIGKILL, an OOM kill) was
+    there: the call says it went away and waits for the next one, as after a result, instead of
+    failing at once as for an address where no server ever answered."""
+    chosen = real_records(sample_fasta, 40, max_length=300)
+    fasta = tmp_path / "some.fasta"
+    fasta.write_text("".join(f">{r.id}\n{r.sequence}\n" for r in chosen))
+    port = free_port()
+    back = threading.Event()
+    before: list[bool] = []
+    with running_server(model, port=port, **_HOLDS_CHUNKS) as (server, address, registry):
+
+        def kill_then_restart() -> None:
+            before.append(_killed_once_queued(server, registry))
+            time.sleep(1.0)
+            with running_server(model, port=port):
+                back.wait(120)
+
+        restarter = threading.Thread(target=kill_then_restart)
+        restarter.start()
+        try:
+            with (
+                caplog.at_level("WARNING", logger="protssl.client"),
+                protssl.Client(address, reconnect=60, retries=0) as client,
+            ):
+                result = client.embed_fasta(fasta, chunk=8, progress=False)
+        finally:
+            back.set()
+            restarter.join()
+    assert before == [True]
+    said = caplog.text
+    assert f"{address} went away during the call (stopped or killed?)" in said, said
+    assert "0 result(s) so far, kept in memory" in said and "answers again: going on" in said
+    assert result.ids == [r.id for r in chosen]
+    local = {e.id: e.vector for e in embed_records(chosen, model)}
+    np.testing.assert_allclose(result.vectors, np.stack([local[i] for i in result.ids]), atol=1e-5)
+
+
 def test_embed_file_waits_for_a_stream_slot(model, sample_fasta, tmp_path, caplog):
     """A server whose one stream slot is taken refuses a second stream (RESOURCE_EXHAUSTED):
     embed_file waits and starts once the first stream ends, instead of failing an overnight job."""
@@ -669,6 +724,54 @@ def test_classify_waits_for_a_server_that_restarts(model, by_family, tmp_path, c
     ):
         stranger.classify("two", queries)
     assert time.monotonic() - start < 30
+
+
+def test_classify_waits_when_the_server_dies_on_its_first_chunk(model, by_family, tmp_path, caplog):
+    """Killed while it embeds the first chunk of queries (nothing answered yet), the server was
+    still reached: the call waits for the next one on the same store and answers every query as
+    an uninterrupted call on a store of its own does."""
+    support = [r for f in ("fn3", "RRM_1") for r in by_family[f][:3]]
+    queries = [r.sequence for f in ("fn3", "RRM_1") for r in by_family[f][3:9]]
+    url, elsewhere = (f"sqlite:///{tmp_path / name}" for name in ("store.sqlite3", "other.sqlite3"))
+    port = free_port()
+    back = threading.Event()
+    before: list[bool] = []
+    for store_url in (elsewhere, url):
+        with (
+            running_server(model, store=True, database_url=store_url) as (_, addr, _),
+            protssl.Client(addr) as client,
+        ):
+            client.create_classifier("two", support, method="knn")
+            if store_url == elsewhere:
+                whole = client.classify("two", queries, chunk=4)
+    with running_server(model, store=True, database_url=url, port=port, **_HOLDS_CHUNKS) as (
+        server,
+        address,
+        registry,
+    ):
+
+        def kill_then_restart() -> None:
+            before.append(_killed_once_queued(server, registry))
+            time.sleep(1.0)
+            with running_server(model, store=True, database_url=url, port=port):
+                back.wait(120)
+
+        restarter = threading.Thread(target=kill_then_restart)
+        restarter.start()
+        try:
+            with (
+                caplog.at_level("WARNING", logger="protssl.client"),
+                protssl.Client(address, reconnect=60, retries=0) as client,
+            ):
+                again = client.classify("two", queries, chunk=4)
+        finally:
+            back.set()
+            restarter.join()
+    assert before == [True]
+    assert "went away during the call (stopped or killed?)" in caplog.text, caplog.text
+    assert "0 of the queries answered so far: trying again for up to 1 min" in caplog.text
+    assert "answers again: going on" in caplog.text
+    assert [(p.id, p.label, p.status) for p in again] == [(p.id, p.label, p.status) for p in whole]
 
 
 def test_classify_takes_any_number_in_chunks_pinned_to_the_first_answers_version(

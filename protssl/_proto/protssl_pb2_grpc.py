@@ -65,6 +65,7 @@ class EmbeddingServiceServicer:
 
     def EmbedStream(self, request_iterator, context):
         """Whole FASTA jobs: the client streams chunks, the server streams embeddings and progress.
+        Initial metadata `protssl-accepted: 1` says the server took the stream.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -266,7 +267,8 @@ class ClassifierServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Classify(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Initial metadata `protssl-accepted: 1` says the server took the call and is working on it.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
