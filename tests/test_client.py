@@ -8,8 +8,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -176,6 +178,31 @@ def _stop_after_a_chunk(
     return thread
 
 
+@contextmanager
+def _back_after(
+    stop: Callable[[], object], model: LoadedModel, port: int, **settings: object
+) -> Iterator[list[object]]:
+    """While the block runs, a thread runs `stop` (the first server goes; what it returns goes in
+    the list yielded), then a second later serves `model` on `port` again (with `settings`) until
+    the block ends."""
+    done = threading.Event()
+    stopped: list[object] = []
+
+    def restart() -> None:
+        stopped.append(stop())
+        time.sleep(1.0)
+        with running_server(model, port=port, **settings):
+            done.wait(120)
+
+    restarter = threading.Thread(target=restart)
+    restarter.start()
+    try:
+        yield stopped
+    finally:
+        done.set()
+        restarter.join()
+
+
 def test_embed_file_keeps_what_came_back_when_the_server_goes(model, sample_fasta, tmp_path):
     """The server stops mid-stream and does not come back within `reconnect`: the call fails as
     UNAVAILABLE saying how long it tried and what is kept, OUTPUT holds the results written before
@@ -227,25 +254,12 @@ def test_embed_file_goes_on_when_the_server_comes_back(
         with protssl.Client(address) as client:
             client.embed_file(head, out, chunk=8, progress=False)
         stopper = _stop_after_a_chunk(server, out)
-
-        def restart() -> None:
-            stopper.join()
-            time.sleep(1.0)
-            with running_server(model, port=port):
-                done.wait(120)
-
-        done = threading.Event()
-        restarter = threading.Thread(target=restart)
-        restarter.start()
-        try:
-            with (
-                caplog.at_level("WARNING", logger="protssl.client"),
-                protssl.Client(address, reconnect=60) as client,
-            ):
-                summary = client.embed_file(fasta, out, chunk=8, progress=False, resume=True)
-        finally:
-            done.set()
-            restarter.join()
+        with (
+            _back_after(stopper.join, model, port),
+            caplog.at_level("WARNING", logger="protssl.client"),
+            protssl.Client(address, reconnect=60) as client,
+        ):
+            summary = client.embed_file(fasta, out, chunk=8, progress=False, resume=True)
     said = caplog.text
     assert "trying again for up to 1 min" in said and "answers again: going on" in said, said
     assert (summary.resumed, summary.records) == (100, 200)
@@ -294,10 +308,9 @@ def test_embed_fasta_goes_on_when_the_server_comes_back(model, sample_fasta, tmp
     fasta = tmp_path / "many.fasta"
     fasta.write_text("".join(f">{r.id}\n{r.sequence}\n" for r in chosen))
     port = free_port()
-    back = threading.Event()
     with running_server(model, port=port) as (server, address, registry):
 
-        def stop_then_restart() -> None:
+        def stop() -> None:
             deadline = time.monotonic() + 60
             while (
                 time.monotonic() < deadline
@@ -309,21 +322,13 @@ def test_embed_fasta_goes_on_when_the_server_comes_back(model, sample_fasta, tmp
             ):
                 time.sleep(0.005)
             server.stop(grace=None)
-            time.sleep(1.0)
-            with running_server(model, port=port):
-                back.wait(120)
 
-        restarter = threading.Thread(target=stop_then_restart)
-        restarter.start()
-        try:
-            with (
-                caplog.at_level("WARNING", logger="protssl.client"),
-                protssl.Client(address, reconnect=60) as client,
-            ):
-                result = client.embed_fasta(fasta, chunk=8, progress=False)
-        finally:
-            back.set()
-            restarter.join()
+        with (
+            _back_after(stop, model, port),
+            caplog.at_level("WARNING", logger="protssl.client"),
+            protssl.Client(address, reconnect=60) as client,
+        ):
+            result = client.embed_fasta(fasta, chunk=8, progress=False)
     assert "result(s) so far, kept in memory" in caplog.text, caplog.text
     assert "answers again: going on" in caplog.text
     assert result.ids == [r.id for r in chosen]
@@ -356,27 +361,13 @@ def test_embed_fasta_goes_on_when_the_server_dies_before_its_first_result(
     fasta = tmp_path / "some.fasta"
     fasta.write_text("".join(f">{r.id}\n{r.sequence}\n" for r in chosen))
     port = free_port()
-    back = threading.Event()
-    before: list[bool] = []
-    with running_server(model, port=port, **_HOLDS_CHUNKS) as (server, address, registry):
-
-        def kill_then_restart() -> None:
-            before.append(_killed_once_queued(server, registry))
-            time.sleep(1.0)
-            with running_server(model, port=port):
-                back.wait(120)
-
-        restarter = threading.Thread(target=kill_then_restart)
-        restarter.start()
-        try:
-            with (
-                caplog.at_level("WARNING", logger="protssl.client"),
-                protssl.Client(address, reconnect=60, retries=0) as client,
-            ):
-                result = client.embed_fasta(fasta, chunk=8, progress=False)
-        finally:
-            back.set()
-            restarter.join()
+    with (
+        running_server(model, port=port, **_HOLDS_CHUNKS) as (server, address, registry),
+        _back_after(partial(_killed_once_queued, server, registry), model, port) as before,
+        caplog.at_level("WARNING", logger="protssl.client"),
+        protssl.Client(address, reconnect=60, retries=0) as client,
+    ):
+        result = client.embed_fasta(fasta, chunk=8, progress=False)
     assert before == [True]
     said = caplog.text
     assert f"{address} went away during the call (stopped or killed?)" in said, said
@@ -734,8 +725,6 @@ def test_classify_waits_when_the_server_dies_on_its_first_chunk(model, by_family
     queries = [r.sequence for f in ("fn3", "RRM_1") for r in by_family[f][3:9]]
     url, elsewhere = (f"sqlite:///{tmp_path / name}" for name in ("store.sqlite3", "other.sqlite3"))
     port = free_port()
-    back = threading.Event()
-    before: list[bool] = []
     for store_url in (elsewhere, url):
         with (
             running_server(model, store=True, database_url=store_url) as (_, addr, _),
@@ -744,29 +733,16 @@ def test_classify_waits_when_the_server_dies_on_its_first_chunk(model, by_family
             client.create_classifier("two", support, method="knn")
             if store_url == elsewhere:
                 whole = client.classify("two", queries, chunk=4)
-    with running_server(model, store=True, database_url=url, port=port, **_HOLDS_CHUNKS) as (
-        server,
-        address,
-        registry,
+    stored = {"store": True, "database_url": url}
+    with (
+        running_server(model, port=port, **stored, **_HOLDS_CHUNKS) as (server, address, registry),
+        _back_after(
+            partial(_killed_once_queued, server, registry), model, port, **stored
+        ) as before,
+        caplog.at_level("WARNING", logger="protssl.client"),
+        protssl.Client(address, reconnect=60, retries=0) as client,
     ):
-
-        def kill_then_restart() -> None:
-            before.append(_killed_once_queued(server, registry))
-            time.sleep(1.0)
-            with running_server(model, store=True, database_url=url, port=port):
-                back.wait(120)
-
-        restarter = threading.Thread(target=kill_then_restart)
-        restarter.start()
-        try:
-            with (
-                caplog.at_level("WARNING", logger="protssl.client"),
-                protssl.Client(address, reconnect=60, retries=0) as client,
-            ):
-                again = client.classify("two", queries, chunk=4)
-        finally:
-            back.set()
-            restarter.join()
+        again = client.classify("two", queries, chunk=4)
     assert before == [True]
     assert "went away during the call (stopped or killed?)" in caplog.text, caplog.text
     assert "0 of the queries answered so far: trying again for up to 1 min" in caplog.text
