@@ -15,7 +15,8 @@ request counter and latency histogram. Streaming calls are timed until their las
 Request bytes that do not parse (not protobuf, or a string field that is not UTF-8) reach the
 servicer as `_Undecodable` and end the call as INVALID_ARGUMENT, not gRPC's own INTERNAL
 ("Exception deserializing request!"). A call whose client cancelled or whose deadline passed is
-counted as CANCELLED or DEADLINE_EXCEEDED, quietly: nothing is left to answer.
+counted as CANCELLED or DEADLINE_EXCEEDED (one log line, as any failed call): nothing is left to
+answer.
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ class _Call:
     def fail(self, exc: BaseException) -> None:
         """Abort with the mapped status unless the servicer already aborted (that re-raises).
 
-        When the client is gone (cancelled, deadline passed) the call is counted as such, quietly.
+        When the client is gone (cancelled, deadline passed) the call is counted as such.
         """
         if self.context.code() is not None:
             raise exc

@@ -33,7 +33,7 @@ from service.config import ServiceConfig, store_config
 from service.interceptors import AuthInterceptor, CallInterceptor
 from service.metrics import ServiceMetrics
 from service.reflection import enable_reflection
-from service.servicers import ClassifierServicer, EmbeddingServicer, TokenServicer
+from service.servicers import ClassifierServicer, EmbeddingServicer, TokenServicer, unserved
 from service.shutdown import SIGNAL_POLL_S, stop_on_signals
 from service.supervisor import supervise
 
@@ -158,8 +158,8 @@ def create_server(
     `model` skips loading `config.model` (tests hand in one they built); `store` skips opening
     `config.database_url` (the caller keeps owning it); `registry` receives the Prometheus metrics
     (a fresh one per server by default). With `config.store` false there is no cache and the
-    classifier RPCs answer UNIMPLEMENTED (the store is still opened for its API tokens unless
-    `config.insecure_no_auth`, when the token RPCs answer UNIMPLEMENTED too). `reuse_port` lets
+    classifier RPCs answer UNIMPLEMENTED saying so (the store is still opened for its API tokens
+    unless `config.insecure_no_auth`, when the token RPCs answer UNIMPLEMENTED too). `reuse_port` lets
     sibling processes bind the same port (`service.supervisor`); otherwise a port in use is an
     error.
     """
@@ -209,16 +209,17 @@ def create_server(
     )
     embedding_servicer = EmbeddingServicer(model, batcher, config)
     pb_grpc.add_EmbeddingServiceServicer_to_server(embedding_servicer, server)
-    pb_grpc.add_ClassifierServiceServicer_to_server(
-        ClassifierServicer(model, batcher, config, store)
-        if store is not None
-        else pb_grpc.ClassifierServiceServicer(),  # UNIMPLEMENTED without a store
-        server,
-    )
-    pb_grpc.add_TokenServiceServicer_to_server(
-        TokenServicer(token_store) if token_store is not None else pb_grpc.TokenServiceServicer(),
-        server,
-    )
+    if store is not None:
+        classifiers = ClassifierServicer(model, batcher, config, store)
+        pb_grpc.add_ClassifierServiceServicer_to_server(classifiers, server)
+    else:
+        why = "this server keeps no classifiers: it runs without a store (--store false)"
+        server.add_generic_rpc_handlers((unserved("ClassifierService", why),))
+    if token_store is not None:
+        pb_grpc.add_TokenServiceServicer_to_server(TokenServicer(token_store), server)
+    else:
+        why = "this server keeps no API tokens: it runs without a store and without authentication"
+        server.add_generic_rpc_handlers((unserved("TokenService", why),))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     enable_reflection(

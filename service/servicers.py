@@ -489,6 +489,22 @@ class ClassifierServicer(_Face, pb_grpc.ClassifierServiceServicer):
         return response
 
 
+def unserved(service: str, why: str) -> grpc.GenericRpcHandler:
+    """Every method of `service` (its proto name) answers UNIMPLEMENTED saying `why`: what this
+    server was started without, instead of grpcio's bare "Method not implemented!" and a traceback
+    in the server's log for each call."""
+    descriptor = pb.DESCRIPTOR.services_by_name[service]
+
+    def refuse(request: bytes, context: grpc.ServicerContext) -> None:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, why)
+
+    methods = descriptor.methods
+    assert not any(m.client_streaming or m.server_streaming for m in methods)
+    return grpc.method_handlers_generic_handler(
+        descriptor.full_name, {m.name: grpc.unary_unary_rpc_method_handler(refuse) for m in methods}
+    )
+
+
 class TokenServicer(pb_grpc.TokenServiceServicer):
     """API tokens in the store (the interceptor lets only admin tokens in)."""
 

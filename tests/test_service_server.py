@@ -27,11 +27,12 @@ from service_support import (
     wait_for_line,
 )
 
+import protssl
 from protssl._proto import protssl_pb2 as pb
 from protssl._proto import protssl_pb2_grpc as pb_grpc
 from protssl.checkpoint import LoadedModel
 from protssl.embedding import EmbedConfig, embed_records
-from protssl.errors import InvalidInputError
+from protssl.errors import InvalidInputError, ServiceError
 from service.config import ServiceConfig
 from service.server import SERVICE_NAMES
 
@@ -68,17 +69,34 @@ def test_reflection_lists_both_services(channel):
     assert "grpc.health.v1.Health" in services
 
 
-def test_classifier_rpcs_are_unimplemented_without_a_store(service_model):
+def test_classifier_and_token_rpcs_say_why_they_are_unimplemented_without_a_store(
+    service_model, caplog
+):
+    """Without a store (and without authentication) the classifier and token RPCs answer
+    UNIMPLEMENTED saying what the server lacks, and the server logs one line, no traceback."""
     with (
         running_server(service_model) as (_, address, _registry),
         grpc.insecure_channel(address) as ch,
+        caplog.at_level("INFO"),
     ):
-        error = rpc_error(
+        classifiers = rpc_error(
             pb_grpc.ClassifierServiceStub(ch).ListClassifiers,
             pb.ListClassifiersRequest(),
             timeout=10,
         )
-    assert error.code() == grpc.StatusCode.UNIMPLEMENTED
+        tokens = rpc_error(
+            pb_grpc.TokenServiceStub(ch).CreateToken, pb.CreateTokenRequest(name="ci"), timeout=10
+        )
+        with protssl.Client(address) as client, pytest.raises(ServiceError) as sdk:
+            client.classify("two", ["MKV"])
+    assert classifiers.code() == tokens.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert classifiers.details() == (
+        "this server keeps no classifiers: it runs without a store (--store false)"
+    )
+    assert tokens.details().startswith("this server keeps no API tokens: it runs without a store")
+    assert sdk.value.code == "UNIMPLEMENTED" and "keeps no classifiers" in str(sdk.value)
+    assert "Traceback" not in caplog.text and "Exception calling application" not in caplog.text
+    assert caplog.text.count("code=UNIMPLEMENTED") == 3
 
 
 def test_service_config_is_checked():
