@@ -39,6 +39,7 @@ from protssl.endpoint import DEFAULT_PORT, RECONNECT_S, client_target
 from protssl.errors import (
     RESUME_ADVICE,
     DeadlineExceededError,
+    FastaFormatError,
     InvalidInputError,
     OverloadedError,
     ProtsslError,
@@ -849,12 +850,14 @@ class Client:
         answered by, so a version added meanwhile never answers part of the list. `timeout` is per
         request. A server lost midway (after this client reached it) is waited for, as
         `embed_file` waits (the client's `reconnect`), and asked again. `stats` adds up how many
-        of the queries' vectors the server computed and how many came from its cache."""
+        of the queries' vectors the server computed and how many came from its cache. Ids must
+        differ across the whole input, whatever `chunk` is; errors number queries across it."""
         if chunk < 1:
             raise InvalidInputError("chunk must be at least 1")
         fields = _sequence_fields(sequences, ids)
         predictions: list[ClientPrediction] = []
         pinned, sent = version or 0, 0
+        seen: set[str] = set()
         outage = _Outage(self.target, self.reconnect, self.backoff, self.max_backoff)
         while True:
             batch = list(itertools.islice(fields, chunk))
@@ -862,7 +865,17 @@ class Client:
                 return predictions
             for index, item in enumerate(batch, start=sent):
                 item["id"] = item["id"] or f"seq{index}"  # the server numbers within one request
-            request = pb.ClassifyRequest(name=name, version=pinned, sequences=batch, top_k=top_k)
+                if item["id"] in seen:
+                    raise FastaFormatError(
+                        "duplicate id (seen earlier in this call)",
+                        source="request",
+                        record_id=item["id"],
+                        record_index=index,
+                    )
+                seen.add(item["id"])
+            request = pb.ClassifyRequest(
+                name=name, version=pinned, sequences=batch, top_k=top_k, offset=sent
+            )
             while True:
                 try:
                     response = self._call(self._classifiers.Classify, request, timeout)

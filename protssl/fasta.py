@@ -24,7 +24,7 @@ import logging
 import re
 import sys
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -51,6 +51,7 @@ __all__ = [
     "read_fasta_range",
     "records_from_sequences",
     "refuse_one_string",
+    "settable_advice",
     "validate_fasta",
 ]
 
@@ -72,6 +73,10 @@ _GAP_HINT = (
     "an aligned sequence? gaps strip removes the gaps (the sequence as it was before the "
     "alignment); on_invalid skip drops the record"
 )
+_POLICY_ADVICE = re.compile(
+    r"\b(on_invalid|gaps|on_empty|on_duplicate) (?:fail|skip|replace|strip)\b"
+)
+"""Advice in a FastaFormatError's hint (`on_invalid skip`): the FastaPolicy field it sets."""
 _MEANING = {
     "*": "an internal stop codon",
     "-": "an alignment gap",
@@ -182,6 +187,29 @@ class FastaCheck:
             hint="; ".join(hints) or None,
             source=first.source,
         )
+
+
+def settable_advice(error: FastaFormatError, settable: Collection[str]) -> FastaFormatError:
+    """`error` with only the advice a caller who can set the policy fields `settable` can follow
+    (a gRPC Embed sets on_invalid alone, a Classify none): no `on_empty skip` where there is none."""
+    if error.hint is None:
+        return error
+    kept = [
+        part
+        for part in error.hint.split("; ")
+        if all(field in settable for field in _POLICY_ADVICE.findall(part))
+    ]
+    hint = "; ".join(kept) or None
+    if hint == error.hint:
+        return error
+    return FastaFormatError(
+        error.message,
+        source=error.source,
+        record_id=error.record_id,
+        position=error.position,
+        record_index=error.record_index,
+        hint=hint,
+    )
 
 
 def parse_labels(description: str) -> tuple[str, ...]:
@@ -439,11 +467,13 @@ def records_from_sequences(
     ids: Iterable[str] | None = None,
     policy: FastaPolicy | None = None,
     source: str = "<input>",
+    first_index: int = 0,
 ) -> list[ProteinRecord]:
     """Records from in-memory sequences (or records), with the same policy as files; ids default to seq{n}.
 
     An id is taken as given, spaces included: there is no header to parse (labels come from records).
-    Sequences that break the policy raise one FastaFormatError naming them all (by problem).
+    Sequences that break the policy raise one FastaFormatError naming them all (by problem), each
+    numbered from `first_index` (a chunk of a longer input counts on from the chunks before it).
     """
     refuse_one_string(sequences)
     items = list(sequences)
@@ -466,6 +496,7 @@ def records_from_sequences(
             ReadStats(),
             titles_are_ids=True,
             report=found.note,
+            first_index=first_index,
         )
     )
     if (error := found.error()) is not None:
@@ -481,6 +512,7 @@ def _records(
     *,
     titles_are_ids: bool = False,
     report: Callable[[FastaFormatError], None] | None = None,
+    first_index: int = 0,
 ) -> Iterator[ProteinRecord]:
     """Apply the policy to (title, raw residues, labels or None to parse them from the title).
 
@@ -488,7 +520,7 @@ def _records(
     that breaks the policy raises its FastaFormatError, or with `report` is handed to it and left out.
     """
     seen: set[str] = set()
-    for index, (title, raw, given_labels) in enumerate(entries):
+    for index, (title, raw, given_labels) in enumerate(entries, start=first_index):
         try:
             record = _judge(
                 index, title, raw, given_labels, source, policy, stats, seen, titles_are_ids

@@ -16,15 +16,29 @@ EMBEDDING_OVERHEAD_BYTES = 400
 """Bytes of one Embedding message beyond its vector and id (provenance, shape, framing)."""
 
 
-def check_request(ids: Sequence[str], sequences: Sequence[str], config: ServiceConfig) -> None:
-    """Refuse a request (or stream message) past the configured limits, naming the limit."""
+def check_request(
+    ids: Sequence[str],
+    sequences: Sequence[str],
+    config: ServiceConfig,
+    *,
+    first: int = 0,
+    streamed: bool = False,
+) -> None:
+    """Refuse a request (or stream message) past the configured limits, naming the limit; records
+    are numbered from `first` (a stream's earlier messages), and a stream message's advice is to
+    send less per message."""
+    one, smaller = (
+        ("stream message", "send fewer per message (the SDK: a smaller chunk)")
+        if streamed
+        else ("request", "split the request or use EmbedStream (the SDK: Client.embed_stream)")
+    )
     if len(sequences) > config.max_sequences:
         raise InvalidInputError(
-            f"{len(sequences)} sequences in one request; the limit is {config.max_sequences} "
-            "(max_sequences): split the request or use EmbedStream (the SDK: Client.embed_stream)"
+            f"{len(sequences)} sequences in one {one}; the limit is {config.max_sequences} "
+            f"(max_sequences): {smaller}"
         )
     total = 0
-    for index, (record_id, sequence) in enumerate(zip(ids, sequences, strict=True)):
+    for index, (record_id, sequence) in enumerate(zip(ids, sequences, strict=True), start=first):
         if len(record_id) > config.max_id_length:
             raise InvalidInputError(
                 f"sequences[{index}].id has {len(record_id)} characters; the limit is "
@@ -40,8 +54,8 @@ def check_request(ids: Sequence[str], sequences: Sequence[str], config: ServiceC
         total += len(sequence)
     if total > config.max_residues:
         raise InvalidInputError(
-            f"{total} residues in one request; the limit is {config.max_residues} "
-            "(max_residues): split the request or use EmbedStream"
+            f"{total} residues in one {one}; the limit is {config.max_residues} "
+            f"(max_residues): {smaller}"
         )
 
 
@@ -53,20 +67,33 @@ def response_bytes(ids: Sequence[str], residues: int, dim: int, itemsize: int) -
 
 
 def check_response_size(
-    ids: Sequence[str], residues: int, dim: int, itemsize: int, config: ServiceConfig
+    ids: Sequence[str],
+    residues: int,
+    dim: int,
+    itemsize: int,
+    config: ServiceConfig,
+    *,
+    streamed: bool = False,
 ) -> None:
     """Refuse a call whose vectors would not fit in one gRPC message, before any work is done.
 
-    `residues` is the total of per-residue rows (0 for pooled vectors). For a stream, call it once
-    per embedding: each travels in its own message.
+    `residues` is the total of per-residue rows (0 for pooled vectors). For a stream (`streamed`),
+    call it once per embedding: each travels in its own message.
     """
     size = response_bytes(ids, residues, dim, itemsize)
     limit = config.max_message_mb * 1024 * 1024
     if size > limit:
+        what, advice = (
+            (
+                f"record {ids[0]!r}'s per-residue vectors would take",
+                "dtype float16 or pooled vectors",
+            )
+            if streamed
+            else ("the response would take", "EmbedStream, dtype float16 or fewer per request")
+        )
         raise InvalidInputError(
-            f"the response would take {size / 2**20:.1f} MiB, more than one message may "
-            f"({config.max_message_mb} MiB, max_message_mb): use EmbedStream, dtype float16 or "
-            "fewer sequences per request"
+            f"{what} {size / 2**20:.1f} MiB, more than one message may "
+            f"({config.max_message_mb} MiB, max_message_mb): use {advice}"
         )
 
 

@@ -33,7 +33,7 @@ from protssl.errors import (
     StreamIdleError,
     UnavailableError,
 )
-from protssl.fasta import FastaPolicy, ProteinRecord, records_from_sequences
+from protssl.fasta import FastaPolicy, ProteinRecord, records_from_sequences, settable_advice
 from protssl.pooling import pooled_width
 from protssl.store import Store
 from protssl.store.classifiers import check_example, check_name
@@ -186,23 +186,32 @@ class _Face:
         sequences: Sequence[Any],
         offset: int,
         seen: _SeenIds | None = None,
-        on_invalid: int = 0,
+        on_invalid: int | None = None,
     ) -> list[ProteinRecord]:
         """The request's sequences as records: limits first, then the residue policy.
 
         An id is the wire's id verbatim (no header parsing); labels are checked as the store will.
+        Records are numbered from `offset` (a stream's earlier messages, a chunk's earlier chunks);
+        `seen`, a stream's ids so far. `on_invalid` is the request's policy field, where it has one:
+        an error's advice names only that.
         """
         ids = [s.id or f"seq{offset + i}" for i, s in enumerate(sequences)]
         raw = [s.sequence for s in sequences]
-        check_request(ids, raw, self.config)
+        check_request(ids, raw, self.config, first=offset, streamed=seen is not None)
         items: Sequence[str | ProteinRecord] = raw
         if sequences and hasattr(sequences[0], "labels"):  # LabelledSequence: keep the labels
             labels = [tuple(s.labels) for s in sequences]
             for index, (record_id, example_labels) in enumerate(zip(ids, labels, strict=True)):
                 check_example(record_id, example_labels, index)
             items = [ProteinRecord(i, r, x) for i, r, x in zip(ids, raw, labels, strict=True)]
-        policy = FastaPolicy(on_invalid=ON_INVALID.name(on_invalid))  # type: ignore[arg-type]
-        records = records_from_sequences(items, ids=ids, policy=policy, source="request")
+        policy = FastaPolicy(on_invalid=ON_INVALID.name(on_invalid or 0))  # type: ignore[arg-type]
+        try:
+            records = records_from_sequences(
+                items, ids=ids, policy=policy, source="request", first_index=offset
+            )
+        except FastaFormatError as error:
+            settable = () if on_invalid is None else ("on_invalid",)
+            raise settable_advice(error, settable) from None
         if seen is not None:
             for index, record in enumerate(records):
                 if seen.seen(record.id):
@@ -359,6 +368,7 @@ class EmbeddingServicer(_Face, pb_grpc.EmbeddingServiceServicer):
             self.model.encoder.config.embed_dim,
             np.dtype(VECTOR_DTYPE.name(options.dtype)).itemsize,
             self.config,
+            streamed=True,
         )
 
     def _drain(
@@ -465,7 +475,7 @@ class ClassifierServicer(_Face, pb_grpc.ClassifierServiceServicer):
         self, request: pb.ClassifyRequest, context: grpc.ServicerContext
     ) -> pb.ClassifyResponse:
         stored, classifier = self.classifiers.get(request.name, request.version or None)
-        records = self._records(request.sequences, 0)
+        records = self._records(request.sequences, request.offset)
         context.send_initial_metadata(((ACCEPTED_KEY, "1"),))
         response = pb.ClassifyResponse(classifier=classifier_info_to_proto(stored))
 

@@ -529,6 +529,35 @@ def test_typed_errors_carry_the_server_message(address, records):
             client.embed(["MKV" * 300] * 8, timeout=0.001)
 
 
+def test_chunked_calls_name_a_bad_record_by_its_place_in_the_whole_input(
+    model, by_family, tmp_path
+):
+    """embed_stream and classify send chunks; a bad record is still #7 of the input, whatever the
+    chunk, and an id repeated across classify's chunks is refused as within one (not answered
+    twice), an unnamed query's default id included."""
+    records = [r for f in ("fn3", "RRM_1") for r in by_family[f][:5]]
+    bad = [*records[:6], ProteinRecord("gapped", "MKTA-YIAK"), *records[6:]]
+    url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    with (
+        running_server(model, store=True, database_url=url) as (_, address, _),
+        protssl.Client(address) as client,
+    ):
+        with pytest.raises(InvalidInputError, match=r"record 'gapped' \(#7\) at position 5"):
+            client.embed_stream(bad, chunk=2)
+        client.create_classifier("two", records[:6], method="knn")
+        with pytest.raises(InvalidInputError, match=r"record 'gapped' \(#7\) at position 5"):
+            client.classify("two", bad, chunk=2)
+        for chunk in (1, 256):
+            with pytest.raises(
+                InvalidInputError, match=r"record 'a' \(#2\): duplicate id \(seen earlier"
+            ):
+                client.classify(
+                    "two", [ProteinRecord("a", "MKTA"), ProteinRecord("a", "MKTAA")], chunk=chunk
+                )
+        with pytest.raises(InvalidInputError, match=r"record 'seq2' \(#3\): duplicate id"):
+            client.classify("two", [ProteinRecord("seq2", "MKTA"), "MKTAA", "MKTAAA"], chunk=1)
+
+
 def test_a_stream_may_run_longer_than_the_timeout_while_it_moves(address):
     """`timeout` bounds a stream's silence, not its length: 30 records fed 0.1 s apart take ~3 s
     against a 1 s timeout (this used to end in DEADLINE_EXCEEDED after 1 s)."""

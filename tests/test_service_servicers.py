@@ -131,6 +131,48 @@ def test_stream_rejects_an_id_repeated_across_messages(stub, service_records):
     assert "'x'" in error.details() and "duplicate" in error.details()
 
 
+def test_a_stream_numbers_records_across_its_messages(stub, service_records):
+    """A bad record in a later message is named by its place in the whole stream (#5 here), and a
+    message past the limits is told to send less per message, not to use the stream it is in."""
+    records = [pb.Sequence(id=r.id, sequence=r.sequence) for r in service_records[:4]]
+    bad = [pb.Sequence(id="gapped", sequence="MKT-AYIAK")]
+    messages = [
+        pb.EmbedStreamRequest(sequences=records[:2]),
+        pb.EmbedStreamRequest(sequences=records[2:] + bad),
+    ]
+    error = rpc_error(lambda: list(stub.EmbedStream(iter(messages), timeout=30)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "record 'gapped' (#5) at position 4: invalid residue '-'" in error.details()
+    assert "on_invalid skip drops the record" in error.details()
+    assert "gaps strip" not in error.details()  # EmbedOptions has no gaps field
+    many = pb.EmbedStreamRequest(sequences=[pb.Sequence(sequence="MKV")] * 17)
+    error = rpc_error(lambda: list(stub.EmbedStream(iter([many]), timeout=30)))
+    assert error.details() == (
+        "17 sequences in one stream message; the limit is 16 (max_sequences): send fewer per "
+        "message (the SDK: a smaller chunk)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("sequence", "said", "advice"),
+    [
+        ("", "record 'q' (#2): empty record (no residues)", None),
+        ("MKT*AYIAK", "record 'q' (#2) at position 4: invalid residue '*'", "on_invalid skip"),
+    ],
+)
+def test_embed_advises_only_the_options_a_request_has(
+    stub, service_records, sequence, said, advice
+):
+    """Embed's advice names on_invalid, which EmbedOptions has, and never on_empty, on_duplicate
+    or gaps, which it has not."""
+    request = request_for(service_records[:1])
+    request.sequences.add(id="q", sequence=sequence)
+    error = rpc_error(stub.Embed, request, timeout=10)
+    assert said in error.details(), error.details()
+    assert (advice in error.details()) if advice else ";" not in error.details()
+    assert not any(f in error.details() for f in ("on_empty", "on_duplicate", "gaps strip"))
+
+
 def test_list_models(stub, service_model):
     (info,) = stub.ListModels(pb.ListModelsRequest(), timeout=10).models
     assert (info.name, info.sha256, info.embed_dim) == (
@@ -394,6 +436,29 @@ def test_classifier_errors_are_invalid_argument(channel, pfam):
         timeout=60,
     )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "2 classes" in error.details()
+
+
+def test_classify_numbers_a_chunks_queries_from_its_offset_and_advises_nothing_it_lacks(
+    channel, pfam
+):
+    """A chunk of a longer input (`offset` 40) names its bad query by its place in the whole input,
+    without advice: ClassifyRequest has no policy fields to set."""
+    classifiers = pb_grpc.ClassifierServiceStub(channel)
+    support = [
+        pb.LabelledSequence(id=r.id, sequence=r.sequence, labels=r.labels)
+        for family in ("fn3", "RRM_1")
+        for r in pfam[family][:3]
+    ]
+    classifiers.CreateClassifier(pb.CreateClassifierRequest(name="numbered", examples=support))
+    queries = [pb.Sequence(id="ok", sequence="MKTAYIAK"), pb.Sequence(id="stop", sequence="MK*TA")]
+    error = rpc_error(
+        classifiers.Classify,
+        pb.ClassifyRequest(name="numbered", sequences=queries, offset=40),
+        timeout=60,
+    )
+    assert error.details() == (
+        "request: record 'stop' (#42) at position 3: invalid residue '*' (an internal stop codon)"
+    )
 
 
 def test_hybrid_classifier_returns_the_evidence_it_used(

@@ -296,16 +296,18 @@ class DeleteClassifierResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class ClassifyRequest(_message.Message):
-    __slots__ = ("name", "version", "sequences", "top_k")
+    __slots__ = ("name", "version", "sequences", "top_k", "offset")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SEQUENCES_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     sequences: _containers.RepeatedCompositeFieldContainer[Sequence]
     top_k: int
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., sequences: _Optional[_Iterable[_Union[Sequence, _Mapping]]] = ..., top_k: _Optional[int] = ...) -> None: ...
+    offset: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., sequences: _Optional[_Iterable[_Union[Sequence, _Mapping]]] = ..., top_k: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class LabelScore(_message.Message):
     __slots__ = ("label", "probability")
