@@ -250,8 +250,18 @@ def _file_bar(path: str | Path, checked: FastaCheck | None, progress: bool) -> t
     return _residue_bar(f"embed {Path(path).name}", total, progress)
 
 
-def _tls_hint(details: str, tls: bool) -> str:
+def _tls_hint(details: str, tls: bool, client_certificate: bool) -> str:
     """What a TLS mismatch between client and server looks like from grpcio, said plainly."""
+    if tls and "Socket closed" in details:  # the server ended the handshake: mutual TLS?
+        if client_certificate:
+            return (
+                " (a TLS server that does not trust this client's certificate closes the "
+                "connection so: use one signed by the CA the server names in --tls-client-ca)"
+            )
+        return (
+            " (a TLS server that asks for a client certificate closes the connection so: give "
+            "certificate_chain and private_key, signed by the CA it trusts)"
+        )
     if tls and "WRONG_VERSION_NUMBER" in details:
         return " (the server answers without TLS: connect with tls=False)"
     if tls and "CERTIFICATE_VERIFY_FAILED" in details:
@@ -396,6 +406,7 @@ class Client:
         if tls is None:
             tls = any(v is not None for v in (root_certificates, certificate_chain, private_key))
         self.tls = tls
+        self._client_certificate = certificate_chain is not None
         if tls:
             credentials = grpc.ssl_channel_credentials(
                 root_certificates=_pem(root_certificates, "root_certificates"),
@@ -441,7 +452,7 @@ class Client:
                     time.sleep(delay)
                     delay = min(delay * 2, self.max_backoff)
                     continue
-                raise self._failed(exc) from None
+                raise self._failed(exc, timeout) from None
         raise AssertionError("unreachable")
 
     def _answered(self, exc: grpc.RpcError) -> bool:
@@ -453,19 +464,21 @@ class Client:
         self._reached = self._reached or kind is not None or accepted
         return kind is not None or accepted
 
-    def _failed(self, exc: grpc.RpcError) -> ProtsslError:
+    def _failed(self, exc: grpc.RpcError, timeout: float | None = None) -> ProtsslError:
         """The protssl error for a failed call: the class the server named, else its status's. One
         lost after a server took it says the server went away; one that never reached a server says
-        which address it tried; one refused for want of a token, when this client has none, says
-        how to give it one."""
+        which address it tried; one whose `timeout` ran out says so; one refused for want of a
+        token, when this client has none, says how to give it one."""
         code = exc.code()  # type: ignore[attr-defined]
         kind = dict(exc.trailing_metadata() or ()).get(ERROR_KIND_KEY)  # type: ignore[attr-defined]
         details = exc.details() or code.name  # type: ignore[attr-defined]
-        if kind is None and code == grpc.StatusCode.UNAVAILABLE:
+        if kind is None and code == grpc.StatusCode.DEADLINE_EXCEEDED and timeout is not None:
+            details = f"no answer from {self.target} within the call's timeout of {timeout:g} s"
+        elif kind is None and code == grpc.StatusCode.UNAVAILABLE:
             if self._answered(exc):
                 details = f"{self.target} went away during the call (stopped or killed?): {details}"
             else:
-                hint = _tls_hint(details, self.tls)
+                hint = _tls_hint(details, self.tls, self._client_certificate)
                 details = f"cannot reach a protssl server at {self.target}{hint}: {details}"
         else:
             self._answered(exc)

@@ -504,9 +504,11 @@ def test_mutual_tls_needs_a_client_certificate_from_the_ca(
                     retries=0,
                     timeout=5,
                 ) as refused,
-                pytest.raises(UnavailableError),
+                pytest.raises(UnavailableError) as gone,
             ):
                 refused.list_models()
+            hint = "give certificate_chain and private_key" if chain is None else "not trust this"
+            assert "(a TLS server that " in str(gone.value) and hint in str(gone.value)
 
 
 def test_tls_settings_are_checked(tmp_path: Path, pki_files) -> None:

@@ -573,17 +573,24 @@ def test_a_stream_may_run_longer_than_the_timeout_while_it_moves(address):
     assert len(result) == 30 and time.monotonic() - start > 2.5
 
 
-def test_a_stream_whose_server_stops_answering_ends_after_the_timeout():
-    """A server that takes the stream and never answers (hung, or behind a dead connection)."""
+def test_a_call_whose_server_stops_answering_ends_after_the_timeout():
+    """A server that takes the call and never answers (hung, or behind a dead connection): a
+    stream ends after `timeout` without a message, a unary call at its deadline, each saying so."""
     hang = threading.Event()
 
     def never_answers(requests, context):
         hang.wait(30)
         return iter(())
 
+    def never_returns(request, context):
+        hang.wait(30)
+
     handler = grpc.method_handlers_generic_handler(
         "protssl.v1.EmbeddingService",
-        {"EmbedStream": grpc.stream_stream_rpc_method_handler(never_answers)},
+        {
+            "EmbedStream": grpc.stream_stream_rpc_method_handler(never_answers),
+            "ListModels": grpc.unary_unary_rpc_method_handler(never_returns),
+        },
     )
     server = grpc.server(ThreadPoolExecutor(max_workers=2))
     server.add_generic_rpc_handlers((handler,))
@@ -592,9 +599,11 @@ def test_a_stream_whose_server_stops_answering_ends_after_the_timeout():
     try:
         start = time.monotonic()
         client = protssl.Client(f"127.0.0.1:{port}", timeout=1)
-        with client, pytest.raises(DeadlineExceededError) as stalled:
+        with pytest.raises(DeadlineExceededError) as stalled:
             client.embed_stream(["MKTAYIAKQR"] * 3)
         waited = time.monotonic() - start
+        with client, pytest.raises(DeadlineExceededError) as unary:
+            client.list_models(timeout=0.5)
     finally:
         hang.set()
         server.stop(None)
@@ -603,6 +612,7 @@ def test_a_stream_whose_server_stops_answering_ends_after_the_timeout():
         f"no result from 127.0.0.1:{port} for 1 s (the client's timeout, counted from the last "
         "message each way): the call was cancelled"
     )
+    assert str(unary.value) == f"no answer from 127.0.0.1:{port} within the call's timeout of 0.5 s"
 
 
 def test_retries_until_a_late_server_is_up(model, records):
