@@ -220,7 +220,8 @@ def _embed_cached(
             cached_vector = vector.astype(np.float32)
             outcomes.append((index, BatchOutcome(replace(embedding, vector=cached_vector), False)))
         if pending:
-            cache.put_many(pending)  # before they are yielded: what a caller holds, the store holds
+            # before they are yielded: what a caller holds, the store holds
+            cache.put_many(pending, {model.sha256: model.name})
         yield from outcomes
         if on_batch is not None:
             on_batch(residues)
@@ -347,7 +348,7 @@ def _layers_cached(
             out[layer] = replace(embedding, vector=vector.astype(np.float32))
         stats.computed += 1
         yield out
-    cache.put_many(pending)
+    cache.put_many(pending, {model.sha256: model.name})
 
 
 def _split_layers(

@@ -45,6 +45,7 @@ def save_classifier(
     return store.classifiers.save(
         name,
         model_sha256=str(classifier.info.get("model_sha256", "")),
+        model_name=classifier.info.get("model_name"),
         method=classifier.config.method,
         params=params,
         blob=blob,

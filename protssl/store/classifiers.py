@@ -126,9 +126,12 @@ class ClassifierRepository:
         blob: bytes,
         examples: Seq[Example],
         metrics: dict[str, Any],
+        model_name: str | None = None,
         new_name: bool = False,
     ) -> StoredClassifier:
         """Store a new version of `name` (1 if new) and return it.
+
+        `model_name` is the card name of the model `model_sha256` is (`common.ensure_models`).
 
         `new_name` makes a name that exists an AlreadyExistsError (race-safe: the unique
         (name, version) key lets one of two concurrent creates win).
@@ -146,6 +149,7 @@ class ClassifierRepository:
                 return self._insert_version(
                     name,
                     model_sha256,
+                    model_name,
                     method,
                     params,
                     bytes(blob),
@@ -167,6 +171,7 @@ class ClassifierRepository:
         self,
         name: str,
         model_sha256: str,
+        model_name: str | None,
         method: str,
         params: dict[str, Any],
         blob: bytes,
@@ -177,7 +182,7 @@ class ClassifierRepository:
     ) -> StoredClassifier:
         created = common.now()
         with engines.write_transaction(self._engine) as connection:
-            common.ensure_models(connection, [model_sha256])
+            common.ensure_models(connection, {model_sha256: model_name})
             common.ensure_sequences(connection, (sequence for _, sequence, _ in examples))
             latest = connection.execute(
                 select(func.max(_CLASSIFIERS.c.version)).where(_CLASSIFIERS.c.name == name)

@@ -1,7 +1,8 @@
 """What the store's repositories share: content addresses, UTC times, JSON, conflict-free inserts.
 
-Writes that may race (sequences, models, the cache) are `INSERT … ON CONFLICT DO NOTHING`, in
-key order so that concurrent PostgreSQL writers cannot deadlock.
+Writes that may race (sequences, models, the cache) are `INSERT … ON CONFLICT DO NOTHING` (models:
+`DO UPDATE` of a placeholder name), in key order so that concurrent PostgreSQL writers cannot
+deadlock.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, Table
+from sqlalchemy import Connection, Table, func, literal
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from protssl.errors import InvalidInputError, StoreError, first_line
-from protssl.store.schema import Base
+from protssl.store.schema import MODEL_NAME_LENGTH, Base
 
 __all__ = [
     "DAMAGED_SQLITE",
@@ -165,11 +166,35 @@ def ensure_sequences(connection: Connection, sequences: Iterable[str]) -> None:
         )
 
 
-def ensure_models(connection: Connection, shas: Iterable[str]) -> None:
-    """A `models` row (named `sha256:…`) for each model sha256 not stored yet, so foreign keys hold."""
+def ensure_models(connection: Connection, names: Mapping[str, str | None]) -> None:
+    """A `models` row for each model sha256 in `names` not stored yet, so foreign keys hold.
+
+    The sha256 is the model; its name (the card's, which `db stats` shows and `db prune --model`
+    takes) is `names[sha256]`, or the placeholder `sha256:<12 hex>` where that is None or the column
+    cannot hold it. A row still holding its placeholder (every row written before names were kept)
+    takes the name given.
+    """
     rows = [
-        {"sha256": sha, "name": f"sha256:{sha[:12]}", "created_at": now()}
-        for sha in sorted(set(shas))
+        {"sha256": sha, "name": _storable_name(sha, names[sha]), "created_at": now()}
+        for sha in sorted(names)
     ]
-    if rows:
-        connection.execute(insert(connection, _MODELS).on_conflict_do_nothing(), rows)
+    if not rows:
+        return
+    statement = insert(connection, _MODELS)
+    placeholder = literal("sha256:") + func.substr(_MODELS.c.sha256, 1, 12)  # the row's, in SQL
+    connection.execute(
+        statement.on_conflict_do_update(
+            index_elements=[_MODELS.c.sha256],
+            set_={"name": statement.excluded.name},
+            where=(_MODELS.c.name == placeholder) & (statement.excluded.name != placeholder),
+        ),
+        rows,
+    )
+
+
+def _storable_name(sha256: str, name: str | None) -> str:
+    """`name` if the `models.name` column can hold it, else the placeholder (a card's name is
+    free text: refusing the vectors over it would be worse than an unnamed model)."""
+    if not name or "\x00" in name or len(name) > MODEL_NAME_LENGTH:
+        return f"sha256:{sha256[:12]}"
+    return name

@@ -166,7 +166,8 @@ class EmbeddingCache:
         """How vectors are stored and returned: `float32` or `float16`."""
         self.optional = optional
         """While the database is unreachable, reads miss and writes are dropped (not StoreError)."""
-        self._known_models: set[str] = set()
+        self._known_models: set[tuple[str, str | None]] = set()
+        """(sha256, name) of the models this cache has written: their rows exist, named so."""
         self._memory = _VectorLRU(memory_bytes)
 
     def get_many(self, keys: Iterable[EmbeddingKey]) -> dict[EmbeddingKey, np.ndarray]:
@@ -222,8 +223,15 @@ class EmbeddingCache:
         shape = (rows, dim) if rows is not None else (dim,)
         return flat.astype(self.vector_dtype).reshape(shape)
 
-    def put_many(self, items: Iterable[EmbeddingItem]) -> None:
-        """Store vectors, (D,) or per residue (L, D); keys already present are left as they are."""
+    def put_many(
+        self, items: Iterable[EmbeddingItem], model_names: Mapping[str, str] | None = None
+    ) -> None:
+        """Store vectors, (D,) or per residue (L, D); keys already present are left as they are.
+
+        `model_names` maps a model's sha256 to its card name, which the store records for `db
+        stats` and `db prune --model` (`common.ensure_models`); a model not in it is named by its
+        sha256 until a write names it.
+        """
         rows: dict[EmbeddingKey, dict[str, Any]] = {}
         sequences: dict[str, str] = {}
         now = common.now()
@@ -255,10 +263,12 @@ class EmbeddingCache:
         if not rows:
             return
         ordered = [rows[key] for key in sorted(rows, key=_sort_key)]
-        models = {key.model_sha256 for key in rows} - self._known_models
+        names = model_names or {}
+        models = {(key.model_sha256, names.get(key.model_sha256)) for key in rows}
+        models -= self._known_models
         try:
             with engines.write_transaction(self._engine) as connection:
-                common.ensure_models(connection, models)
+                common.ensure_models(connection, dict(models))
                 common.ensure_sequences(connection, sequences.values())
                 inserted = connection.execute(
                     common.insert(connection, _EMBEDDINGS)

@@ -37,6 +37,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
     "JOB_STATUSES",
+    "MODEL_NAME_LENGTH",
     "ApiToken",
     "Base",
     "Classifier",
@@ -59,6 +60,8 @@ NAMING_CONVENTION = {
 JOB_STATUSES: tuple[str, ...] = ("pending", "running", "succeeded", "failed", "cancelled")
 
 SHA256 = String(64)
+MODEL_NAME_LENGTH = 200
+"""Characters `models.name` holds; a longer card name is stored as the sha256 placeholder."""
 Timestamp = DateTime(timezone=True)
 
 
@@ -74,7 +77,7 @@ class Model(Base):
     __tablename__ = "models"
 
     sha256: Mapped[str] = mapped_column(SHA256, primary_key=True)
-    name: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(String(MODEL_NAME_LENGTH))
     architecture: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     card: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[dt.datetime] = mapped_column(Timestamp)

@@ -66,6 +66,22 @@ def test_classifier_versions(store: Store, sequences: list[str]) -> None:
         assert connection.execute(text("SELECT count(*) FROM classifier_examples")).scalar() == 0
 
 
+def test_a_classifier_names_its_model(store: Store, sequences: list[str]) -> None:
+    """A classifier saved before any vector of its model was cached still gives the model its name."""
+    for model_name in (None, "tiny-test"):
+        store.classifiers.save(
+            "ec",
+            model_sha256=MODEL,
+            model_name=model_name,
+            method="knn",
+            params={},
+            blob=b"",
+            examples=[("P1", sequences[0], ("1.1.1.1",))],
+            metrics={},
+        )
+    assert store.embeddings.models_named("tiny-test") == [(MODEL, "tiny-test")]
+
+
 def test_concurrent_saves_of_one_name_get_distinct_versions(store: Store) -> None:
     """Two threads racing on one name: each version number is taken once (PostgreSQL retries)."""
 

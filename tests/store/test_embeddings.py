@@ -290,6 +290,46 @@ def test_summary_and_prune_by_model_pooling_and_age(store: Store, sequences: lis
     assert store.embeddings.summary() == []
 
 
+def test_writes_record_the_model_name_and_name_a_placeholder_row(
+    store_url: str, sequences: list[str]
+) -> None:
+    """A store written before names were kept holds `sha256:<12 hex>`; the next write that names
+    the model names its row, and a name, once real, stays. On SQLite and PostgreSQL."""
+    with Store(StoreConfig(url=store_url)) as old:
+        old.embeddings.put_many(_items(sequences[:5]))  # no name: what every write used to store
+        assert old.embeddings.models_named(MODEL) == [(MODEL, f"sha256:{MODEL[:12]}")]
+        old.embeddings.put_many(_items(sequences[:10]), {MODEL: "tiny-test"})  # this cache too
+        assert old.embeddings.models_named("tiny-test") == [(MODEL, "tiny-test")]
+    with Store(StoreConfig(url=store_url)) as store:
+        store.embeddings.put_many(_items(sequences[10:15]), {MODEL: "renamed"})
+        store.embeddings.put_many(_items(sequences[15:20]))
+        assert store.embeddings.models_named(MODEL) == [(MODEL, "tiny-test")]
+        assert {g.model_name for g in store.embeddings.summary()} == {"tiny-test"}
+        twin = "cd" * 32  # another model of the same name: the sha256 tells them apart
+        store.embeddings.put_many(
+            [
+                EmbeddingItem(
+                    replace(_key(sequences[0]), model_sha256=twin), sequences[0], np.ones(4)
+                )
+            ],
+            {twin: "tiny-test"},
+        )
+        assert sorted(store.embeddings.models_named("tiny-test")) == [
+            (MODEL, "tiny-test"),
+            (twin, "tiny-test"),
+        ]
+
+
+@pytest.mark.parametrize("name", ["x" * 201, "nul\x00name", ""])
+def test_a_name_the_store_cannot_hold_keeps_the_placeholder(
+    store: Store, sequences: list[str], name: str
+) -> None:
+    """A card's name is free text; its vectors are kept under the sha256 rather than refused."""
+    store.embeddings.put_many(_items(sequences[:3]), {MODEL: name})
+    assert store.embeddings.count() == 3
+    assert store.embeddings.models_named(MODEL) == [(MODEL, f"sha256:{MODEL[:12]}")]
+
+
 def test_prune_empties_the_memory_layer_too(tmp_path: Path, sequences: list[str]) -> None:
     config = StoreConfig(url=f"sqlite:///{tmp_path / 'c.db'}", memory_cache_mb=8)
     with Store(config) as store:
