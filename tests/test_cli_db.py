@@ -3,15 +3,18 @@ comes from."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from protssl.cli import build_parser
+from protssl.checkpoint import load_model
+from protssl.cli import build_parser, main
 from protssl.cli.args import store_config
 from protssl.errors import InvalidInputError, NotFoundError
 from protssl.fasta import read_fasta
@@ -109,8 +112,9 @@ def test_db_stats_and_prune(
     code, out = run("stats")
     assert code == 0
     lines = out.splitlines()
-    assert lines[2].split()[:5] == [model[:12], "per-residue", "6", "bfloat16", "40"]
-    assert lines[3].split()[:5] == [model[:12], "mean", "6", "bfloat16", "40"]
+    named = f"sha256:{model[:12]}"  # written without the model's name
+    assert lines[2].split()[:6] == [named, model[:12], "per-residue", "6", "bfloat16", "40"]
+    assert lines[3].split()[:6] == [named, model[:12], "mean", "6", "bfloat16", "40"]
     code, out = run("stats", "--json")
     groups = json.loads(out)["groups"]
     assert [(g["pooling"], g["bytes"]) for g in groups] == [
@@ -121,7 +125,8 @@ def test_db_stats_and_prune(
     with pytest.raises(InvalidInputError, match="say what to delete"):
         run("prune")
     with pytest.raises(
-        NotFoundError, match=rf"named 'ffff' .*\(models with cached vectors: {model[:12]}\)"
+        NotFoundError,
+        match=rf"named 'ffff' .*\(models with cached vectors: {named} \({model[:12]}\)\)",
     ):
         run("prune", "--model", "ffff")
     assert run("prune", "--model", model[:8], "--pooling", "per-residue", "--dry-run")[1] == (
@@ -141,3 +146,57 @@ def test_db_stats_and_prune(
         assert "PostgreSQL reuses the space" in out
     assert run("prune", "--all")[1].startswith("deleted 40 cached vectors")
     assert run("stats")[1].splitlines()[-1] == "the embedding cache is empty"
+
+
+def test_db_stats_and_prune_know_the_model_by_its_name(
+    store_url: str,
+    tiny_model_dir: Path,
+    sample_fasta: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The audit's `db prune --model protssl-default`: every model was stored as `sha256:<12 hex>`,
+    so no name was ever found. A store holding such a row names it when `protssl embed` next
+    writes that model's vectors; a name two models share is told apart by sha256."""
+    records = list(itertools.islice(read_fasta(sample_fasta), 3))
+    fasta = tmp_path / "three.fasta"
+    fasta.write_text("".join(f">{r.id}\n{r.sequence}\n" for r in records))
+    sha = load_model(tiny_model_dir, dtype="float32").sha256
+    old = records[0]
+    with Store(StoreConfig(url=store_url)) as store:  # what the store held: an unnamed vector
+        key = EmbeddingKey(sha, sequence_sha256(old.sequence), "bos", 2, "x", "float32")
+        store.embeddings.put_many([EmbeddingItem(key, old.sequence, np.ones(64))])
+    embed = ["embed", str(fasta), "-o", str(tmp_path / "three.h5"), "--no-progress"]
+    tiny = ["--model", str(tiny_model_dir), "--dtype", "float32", "--overlap", "16"]
+    assert main([*embed, *tiny, "--db", store_url]) == 0
+    capsys.readouterr()
+
+    def db(*argv: str) -> tuple[int, str, str]:
+        code = main(["db", *argv, "--db", store_url])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    lines = db("stats")[1].splitlines()
+    assert [line.split()[:3] for line in lines[2:4]] == [
+        ["tiny-test", sha[:12], "mean"],
+        ["tiny-test", sha[:12], "bos"],
+    ]
+    groups = json.loads(db("stats", "--json")[1])["groups"]
+    assert {g["model_name"] for g in groups} == {"tiny-test"}
+    assert db("prune", "--model", "tiny-test", "--dry-run")[1].startswith(
+        "would delete 4 cached vectors ("
+    )
+    twin = "ab" * 32
+    with Store(StoreConfig(url=store_url)) as store:
+        store.embeddings.put_many(
+            [EmbeddingItem(replace(key, model_sha256=twin), old.sequence, np.ones(64))],
+            {twin: "tiny-test"},
+        )
+    code, out, err = db("prune", "--model", "tiny-test")
+    assert (code, out) == (2, "")
+    both = ", ".join(sorted(f"tiny-test ({s[:12]})" for s in (sha, twin)))
+    assert err.splitlines() == [
+        f"protssl db: error: 'tiny-test' names 2 models in the store: {both}; give the start of "
+        "the sha256 of the one meant (--model repeats)"
+    ]
+    assert db("prune", "--model", sha[:8])[1].startswith("deleted 4 cached vectors (")

@@ -12,7 +12,7 @@ import contextlib
 import datetime as dt
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
@@ -138,13 +138,15 @@ def _stats(args: argparse.Namespace) -> int:
     if not groups:
         print("the embedding cache is empty")
         return 0
+    width = max(len("model"), *(len(g.model_name) for g in groups)) + 2
     print(
-        f"{'model':<14}{'pooling':<13}{'layer':>5}  {'dtype':<10}{'vectors':>10}{'size':>11}  newest"
+        f"{'model':<{width}}{'sha256':<14}{'pooling':<13}{'layer':>5}  {'dtype':<10}"
+        f"{'vectors':>10}{'size':>11}  newest"
     )
     for g in groups:
         print(
-            f"{g.model_sha256[:12]:<14}{g.pooling:<13}{g.layer:>5}  {g.dtype:<10}"
-            f"{g.vectors:>10,}{_size(g.bytes):>11}  {g.newest:%Y-%m-%d %H:%M}"
+            f"{g.model_name:<{width}}{g.model_sha256[:12]:<14}{g.pooling:<13}{g.layer:>5}  "
+            f"{g.dtype:<10}{g.vectors:>10,}{_size(g.bytes):>11}  {g.newest:%Y-%m-%d %H:%M}"
         )
     total = sum(g.bytes for g in groups)
     print(f"total: {sum(g.vectors for g in groups):,} vectors, {_size(total)} of vectors")
@@ -195,15 +197,26 @@ def _prune(args: argparse.Namespace) -> int:
 
 
 def _models(store: Store, name: str) -> list[str]:
-    """The sha256s a --model names; none is an error listing what the store holds."""
+    """The sha256 a --model names; none, or several (two models may share a name), is an error
+    listing the models to choose from by sha256."""
     found = store.embeddings.models_named(name)
+    if len(found) > 1:
+        raise InvalidInputError(
+            f"{name!r} names {len(found)} models in the store: {_listed(found)}; give the start "
+            "of the sha256 of the one meant (--model repeats)"
+        )
     if not found:
-        known = sorted({g.model_sha256[:12] for g in store.embeddings.summary()})
+        known = {(g.model_sha256, g.model_name) for g in store.embeddings.summary()}
         raise NotFoundError(
             f"no model in the store is named {name!r} or has a sha256 starting with it "
-            f"(models with cached vectors: {', '.join(known) or 'none'})"
+            f"(models with cached vectors: {_listed(known) or 'none'})"
         )
-    return [sha for sha, _ in found]
+    return [found[0][0]]
+
+
+def _listed(models: Iterable[tuple[str, str]]) -> str:
+    """(sha256, name) pairs as `name (sha256 prefix)`, sorted."""
+    return ", ".join(sorted(f"{name} ({sha[:12]})" for sha, name in models))
 
 
 def _file_size(store: Store) -> int | None:
