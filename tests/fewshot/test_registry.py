@@ -89,6 +89,9 @@ def test_add_examples_refits_old_and_new_examples_as_the_next_version(
     config = FewShotConfig(method="knn", k=3)
     with Store(StoreConfig(url=sqlite_url)) as store:
         save_classifier(store, "is", fit_records(first, windowed_model, config), first)
+        # no vector was cached (no cache given): the save named the model
+        named = [(windowed_model.sha256, windowed_model.name)]
+        assert store.embeddings.models_named(windowed_model.name) == named
         stored = add_examples(store, "is", [relabelled, *more], windowed_model)
         latest, examples = load_classifier(store, "is")
         other = replace(windowed_model, card=replace(windowed_model.card, sha256="0" * 64))
