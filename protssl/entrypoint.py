@@ -28,16 +28,42 @@ class Terminated(KeyboardInterrupt):
     KeyboardInterrupt so that it takes the same path: outputs are closed, jobs recorded."""
 
 
-def configure_logging(level: int | str, *, timestamps: bool = False, process: str = "") -> None:
+class _Reworded(logging.Filter):
+    """protssl's own log lines with their advice spelled as the entry point's options (a warning
+    that says `gaps strip` reads `--gaps strip` on the command line)."""
+
+    def __init__(self, wording: Callable[[str], str]) -> None:
+        super().__init__()
+        self.wording = wording
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("protssl"):
+            record.msg, record.args = self.wording(record.getMessage()), None
+        return True
+
+
+def configure_logging(
+    level: int | str,
+    *,
+    timestamps: bool = False,
+    process: str = "",
+    wording: Callable[[str], str] | None = None,
+) -> None:
     """Log to stderr from `level` up (a number or a name such as `info`); servers and training
-    runs add timestamps, processes of a group their name. Like `logging.basicConfig`, a no-op
-    where logging is set up already."""
+    runs add timestamps, processes of a group their name; `wording` spells protssl's advice as
+    the entry point's options. Like `logging.basicConfig`, a no-op where logging is set up
+    already."""
     stamp = "%(asctime)s " if timestamps else ""
     name = f"[{process}] %(name)s" if process else "%(name)s"
+    root = logging.getLogger()
+    configured = bool(root.handlers)
     logging.basicConfig(
         level=level.upper() if isinstance(level, str) else level,
         format=f"{stamp}%(levelname)s {name}: %(message)s",
     )
+    if wording is not None and not configured:
+        for handler in root.handlers:
+            handler.addFilter(_Reworded(wording))
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         # Alembic's plugin and context lines (16 per start); the store logs the migration itself.
         logging.getLogger("alembic").setLevel(logging.WARNING)

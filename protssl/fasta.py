@@ -389,8 +389,8 @@ def validate_fasta(
         raise error
     if check.gapped_replaced:
         log.warning(
-            "%s: %d records have alignment gaps that on_invalid replace makes X, which is not the "
-            "protein; for aligned input, gaps strip removes them instead",
+            "%s: %d record(s) with alignment gaps, which on_invalid replace makes X (not the "
+            "protein); for aligned input, gaps strip removes them instead",
             path,
             check.gapped_replaced,
         )

@@ -71,6 +71,12 @@ def test_fasta_policy_from_the_flags_a_command_has() -> None:
          "(the server's certificate is not signed by a CA this client trusts: give --server-ca, "
          "the CA that signed it)"),
         ("max_tokens must be at least 8, got 0", "--max-tokens must be at least 8, got 0"),
+        ("k must be at least 1, got 0", "--k must be at least 1, got 0"),
+        ("target_precision must be in (0, 1]", "--target-precision must be in (0, 1]"),
+        ("(a TLS server that asks for a client certificate closes the connection so: give "
+         "certificate_chain and private_key, signed by the CA it trusts)",
+         "(a TLS server that asks for a client certificate closes the connection so: protssl's "
+         "commands present none; the SDK's Client(certificate_chain=..., private_key=...) does)"),
         ("workers and cpus per worker must be at least 1",
          "--workers and --cpus-per-worker must be at least 1"),
         ("record 'x': max_tokens must stay", "record 'x': max_tokens must stay"),  # not a check

@@ -252,7 +252,26 @@ def test_bad_records_in_a_file_stop_the_job_before_any_work_all_named(
     summary = json.loads(captured.out.strip().splitlines()[-1])
     assert summary["errors"] == 1 and summary["records"] == summary["computed"] == 0
     assert summary["output"] == str(out) and summary["job"] is None
+    assert "--on-invalid skip" in summary["error"] and "on_invalid" not in summary["error"]
     assert not out.exists() and not journal_path(out).exists()
+
+
+def test_a_warning_names_the_options_a_user_types(
+    tiny_model_dir: Path, edge_cases: Path, tmp_path: Path
+) -> None:
+    """Gaps that --on-invalid replace turns into X: the warning names the command's options."""
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "protssl", "embed", str(edge_cases / "emboss_protgap.fasta")),
+            *("-o", str(tmp_path / "gaps.h5"), "--on-invalid", "replace"),
+            *_tiny_args(tiny_model_dir),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "1 record(s) with alignment gaps, which --on-invalid replace makes X" in done.stderr
+    assert "--gaps strip removes them" in done.stderr and "on_invalid" not in done.stderr
 
 
 def test_a_bad_record_on_stdin_keeps_the_records_before_it(

@@ -126,8 +126,9 @@ def test_gaps_strip_reads_an_alignment_as_its_unaligned_sequences(
     with caplog.at_level("WARNING", logger="protssl.fasta"):
         replaced = validate_fasta(aligned, policy=FastaPolicy(on_invalid="replace"))
         assert replaced is not None and replaced.gapped_replaced == len(expected)
-        assert f"{len(expected)} records have alignment gaps that on_invalid replace makes X" in (
-            caplog.text
+        assert (
+            f"{len(expected)} record(s) with alignment gaps, which on_invalid replace makes X"
+            in (caplog.text)
         )
         caplog.clear()
         validate_fasta(aligned, policy=FastaPolicy(on_invalid="replace", gaps="strip"))

@@ -44,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `protssl` console script (and `python -m protssl`)."""
     args = build_parser().parse_args(argv)
     configure_logging(
-        args.log_level or ("DEBUG" if args.verbose else "WARNING"), timestamps=args.log_timestamps
+        args.log_level or ("DEBUG" if args.verbose else "WARNING"),
+        timestamps=args.log_timestamps,
+        wording=as_options,
     )
     return run_main(lambda: args.func(args), prog=f"protssl {args.command}", wording=as_options)

@@ -153,6 +153,11 @@ _SDK_ADVICE = (
     ("connect with tls=False", "leave out --server-ca"),
     ("connect with tls=True or root_certificates", "give --server-ca, the CA that signed it"),
     ("give root_certificates, the CA that signed it", "give --server-ca, the CA that signed it"),
+    (
+        "give certificate_chain and private_key, signed by the CA it trusts",
+        "protssl's commands present none; the SDK's Client(certificate_chain=..., private_key=...) "
+        "does",
+    ),
 )
 """The SDK's advice (`protssl.client`) and what a `--server` command says instead."""
 _FIELD_OPTIONS = (
@@ -163,6 +168,8 @@ _FIELD_OPTIONS = (
     ("worker retries must", "--worker-retries must"),
     ("gpus per worker must", "--gpus-per-worker must"),
     ("reconnect must", "--reconnect must"),
+    ("k must", "--k must"),
+    ("target_precision must", "--target-precision must"),
 )
 """Config checks that open a library message with the field, and the option that sets it."""
 

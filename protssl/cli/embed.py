@@ -18,6 +18,7 @@ from protssl.cli.args import (
     add_model_args,
     add_server_args,
     add_store_args,
+    as_options,
     fasta_policy,
     load_model,
     open_store,
@@ -250,8 +251,16 @@ def _embed(args: argparse.Namespace) -> int:
     finally:
         if store is not None:
             store.close()
-        print(json.dumps(summary.as_dict()), flush=True)
+        _print_summary(summary)
     return 0
+
+
+def _print_summary(summary: JobSummary) -> None:
+    """The job's one JSON line on stdout, its error's advice spelled as this command's options."""
+    line = summary.as_dict()
+    if line.get("error"):
+        line["error"] = as_options(str(line["error"]))
+    print(json.dumps(line), flush=True)
 
 
 def _refuse_empty_input(source: str, summary: JobSummary) -> None:
@@ -290,7 +299,7 @@ def _embed_remote(args: argparse.Namespace, policy: FastaPolicy) -> int:
         summary.errors, summary.error = 1, summary.error or str(exc)
         raise
     finally:
-        print(json.dumps(summary.as_dict()), flush=True)
+        _print_summary(summary)
     return 0
 
 
