@@ -44,6 +44,7 @@ __all__ = [
     "ProteinRecord",
     "ReadStats",
     "check_fasta",
+    "looks_nucleotide",
     "normalize_sequence",
     "open_fasta_bytes",
     "parse_labels",
@@ -159,6 +160,10 @@ class FastaCheck:
     """Per problem, all the records with it."""
     gapped_replaced: int = 0
     """Records whose alignment gaps `on_invalid replace` makes X (`gaps strip` would remove them)."""
+    nucleotide_ids: tuple[str, ...] = ()
+    """Records that look like DNA or RNA, not protein (`looks_nucleotide`): the first few ids."""
+    nucleotide_like: int = 0
+    """How many records look like DNA or RNA."""
 
     def note(self, problem: FastaFormatError, *, named: int = 3) -> None:
         """Count a record that breaks the policy, and keep it when fewer than `named` of its kind are."""
@@ -365,11 +370,16 @@ def check_fasta(
     bar = progress_bar(
         desc="check", unit="records", unit_scale=True, delay=1.0, disable=not progress
     )
+    nucleotides: list[str] = []
     with bar:
-        for _ in records:
+        for record in records:
             bar.update()
+            if looks_nucleotide(record.sequence):
+                nucleotides.append(record.id)
     return replace(
         check,
+        nucleotide_ids=tuple(nucleotides[:named_per_problem]),
+        nucleotide_like=len(nucleotides),
         headers=stats.records + stats.skipped + sum(check.counts.values()),
         records=stats.records,
         residues=stats.residues,
@@ -394,7 +404,30 @@ def validate_fasta(
             path,
             check.gapped_replaced,
         )
+    if check.nucleotide_like:
+        log.warning(
+            "%s: %d of %d record(s) look like DNA or RNA, not protein (at least 90%% A, C, G, "
+            "T/U, N: %s): their vectors would mean nothing; translate them first",
+            path,
+            check.nucleotide_like,
+            check.records,
+            ", ".join(repr(i) for i in check.nucleotide_ids)
+            + (" ..." if check.nucleotide_like > len(check.nucleotide_ids) else ""),
+        )
     return check
+
+
+_NUCLEOTIDE_LETTERS = b"ACGTUN"
+
+
+def looks_nucleotide(sequence: str, *, min_length: int = 20, share: float = 0.9) -> bool:
+    """Whether a normalised sequence is DNA or RNA read as protein: at least `share` of it A, C,
+    G, T, U or N (about a quarter in real proteins), and `min_length` long (a short peptide such
+    as GAGA is not flagged)."""
+    if len(sequence) < min_length:
+        return False
+    other = len(sequence.encode("ascii", "replace").translate(None, _NUCLEOTIDE_LETTERS))
+    return other <= (1 - share) * len(sequence)
 
 
 def _read_file(

@@ -14,6 +14,7 @@ from protssl.fasta import (
     FastaPolicy,
     ReadStats,
     check_fasta,
+    looks_nucleotide,
     normalize_sequence,
     read_fasta,
     read_fasta_range,
@@ -140,6 +141,28 @@ def test_gaps_strip_reads_an_alignment_as_its_unaligned_sequences(
     assert error is not None and "record 'b' (#2) at position 3: invalid residue '*'" in str(error)
     with pytest.raises(InvalidInputError, match="gaps must be invalid or strip"):
         FastaPolicy(gaps="keep")  # type: ignore[arg-type]
+
+
+def test_dna_read_as_protein_is_named_in_a_warning(
+    shared_file: Callable[..., Path], sample_fasta: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file of DNA and protein mixed (EMBOSS's testseqs): the 9 nucleotide records of 20+
+    residues are counted and the first named; no real protein in the corpus sample is."""
+    mixed = shared_file("edge_cases/emboss_testseqs.ncbi")
+    policy = FastaPolicy(on_duplicate="skip", on_invalid="skip")
+    with caplog.at_level("WARNING", logger="protssl.fasta"):
+        check = validate_fasta(mixed, policy=policy)
+    assert check is not None and (check.nucleotide_like, check.records) == (9, 25)
+    assert check.nucleotide_ids == (
+        "gi|14406|emb|A00021.1|A00021",
+        "lcl|JK5",
+        "gi|39394|emb|X66730.1|BBPLAS",
+    )
+    assert "9 of 25 record(s) look like DNA or RNA, not protein" in caplog.text
+    assert "'lcl|JK5'" in caplog.text and "translate them first" in caplog.text
+    assert check_fasta(sample_fasta).nucleotide_like == 0
+    assert not looks_nucleotide("GAGAGAGAGAGA")  # a short peptide, not flagged
+    assert looks_nucleotide("ACGTTGCA" * 4) and looks_nucleotide("ACGUUGCAN" * 3)
 
 
 @pytest.mark.parametrize(
