@@ -173,6 +173,9 @@ def test_embed_through_a_server_writes_what_a_local_run_writes(
     assert main([*gone, "--server", f"127.0.0.1:{free_port()}", "--reconnect", "-1"]) == 2
     line, _ = _one_line_error(capsys)
     assert line == "protssl embed: error: --reconnect must be >= 0 seconds, got -1"
+    assert main([*gone, "--workers", "3", "--ray-address", "auto"]) == 2  # the local engine
+    line, _ = _one_line_error(capsys)
+    assert line == "protssl embed: error: --ray-address, --workers: go with --engine ray"
 
 
 def test_embed_through_a_server_takes_its_token_from_the_environment(

@@ -229,15 +229,22 @@ def refuse_beside_server(
             if getattr(args, name, default) != default:
                 raise InvalidInputError(f"--{name.replace('_', '-')} goes with --server")
         return
-    defaults = argparse.ArgumentParser()
-    build(defaults)
-    given = [n for n in names if getattr(args, n) != defaults.get_default(n)]
-    if given:
-        options = ", ".join(f"--{n.replace('_', '-')}" for n in given)
+    if options := given_options(args, build, names):
         raise InvalidInputError(
             f"{options}: with --server the server's settings apply (its model, dtype and store; "
             "`protssl serve --help`): leave them out"
         )
+
+
+def given_options(
+    args: argparse.Namespace, build: Callable[[argparse.ArgumentParser], None], names: Sequence[str]
+) -> str:
+    """The options among `names` given other values than their defaults (in the parser `build`
+    makes), as a user typed them (`--workers, --ray-address`); '' when none was."""
+    defaults = argparse.ArgumentParser()
+    build(defaults)
+    given = [n for n in names if getattr(args, n) != defaults.get_default(n)]
+    return ", ".join(f"--{n.replace('_', '-')}" for n in given)
 
 
 def served_model(args: argparse.Namespace) -> str:

@@ -20,6 +20,7 @@ from protssl.cli.args import (
     add_store_args,
     as_options,
     fasta_policy,
+    given_options,
     load_model,
     open_store,
     refuse_beside_server,
@@ -134,6 +135,9 @@ def _build(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=_embed)
 
 
+_RAY_ONLY = ("ray_address", "workers", "cpus_per_worker", "gpus_per_worker", "worker_retries")
+"""The engine group's options that only `--engine ray` reads."""
+
 _LOCAL_ONLY = (
     "dtype",
     "device",
@@ -195,6 +199,8 @@ def _embed(args: argparse.Namespace) -> int:
         return _embed_remote(args, policy)
     refuse_beside_server(args, _build, _LOCAL_ONLY)  # --server-ca alone
     if args.engine == "local":
+        if ray_options := given_options(args, _build, _RAY_ONLY):
+            raise InvalidInputError(f"{ray_options}: go with --engine ray")
         check_writable(args.output)
         check_pooling(args.output, config.pooling)
     else:
