@@ -22,9 +22,17 @@ def test_model_flags_read_protssl_model_and_the_same_names_without_the_trust_fla
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("PROTSSL_MODEL", "models/x")
-    full = _parse(add_model_args, ["--trust-pickle", "--allow-sha256", "ab"])
+    digest = "AB" * 32
+    full = _parse(add_model_args, ["--trust-pickle", "--allow-sha256", digest])
     bare = _parse(lambda p: add_model_args(p, trust=False), ["--dtype", "float32"])
-    assert (full.model, full.trust_pickle, full.allow_sha256) == ("models/x", True, ["ab"])
+    assert (full.model, full.trust_pickle, full.allow_sha256) == (
+        "models/x",
+        True,
+        [digest.lower()],
+    )
+    for not_a_digest in ("zz", "ab" * 31):  # would allow nothing, silently
+        with pytest.raises(SystemExit):
+            _parse(add_model_args, ["--allow-sha256", not_a_digest])
     assert (bare.model, bare.dtype, bare.trust_pickle, bare.allow_sha256) == (
         "models/x",
         "float32",

@@ -124,6 +124,8 @@ def test_db_stats_and_prune(
     size_before = json.loads(out)["file_bytes"]
     with pytest.raises(InvalidInputError, match="say what to delete"):
         run("prune")
+    with pytest.raises(InvalidInputError, match="--all deletes every cached vector: give it alone"):
+        run("prune", "--all", "--pooling", "mean")  # not read as "all mean vectors"
     with pytest.raises(
         NotFoundError,
         match=rf"named 'ffff' .*\(models with cached vectors: {named} \({model[:12]}\)\)",

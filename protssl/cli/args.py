@@ -61,9 +61,19 @@ def add_trust_args(parser: argparse.ArgumentParser) -> None:
         "--allow-sha256",
         action="append",
         default=[],
+        type=_sha256_hex,
         metavar="HEX",
         help="allow a fair-esm .pt with this sha256 (repeatable)",
     )
+
+
+def _sha256_hex(value: str) -> str:
+    """A whole sha256 in hex (what `sha256sum` prints), lowercased; anything else can match no
+    file, so it is refused rather than silently allowing nothing."""
+    digest = value.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a sha256 (64 hex digits)")
+    return digest
 
 
 def add_runtime_args(parser: argparse.ArgumentParser) -> None:

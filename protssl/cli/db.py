@@ -162,6 +162,11 @@ def _prune(args: argparse.Namespace) -> int:
             "say what to delete: --model, --pooling, --older-than DAYS (together: what matches "
             "all), or --all"
         )
+    if args.all and (args.model or args.pooling or args.older_than is not None):
+        raise InvalidInputError(
+            "--all deletes every cached vector: give it alone, or leave it out to delete only "
+            "what --model, --pooling and --older-than match"
+        )
     if args.older_than is not None and args.older_than < 0:
         raise InvalidInputError(f"--older-than must be >= 0 days, not {args.older_than}")
     with Store(store_config(args)) as store:

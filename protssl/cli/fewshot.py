@@ -175,7 +175,9 @@ COMMANDS = (
 def _add_fit_args(parser: argparse.ArgumentParser) -> None:
     from protssl.fewshot import METHODS
 
-    parser.add_argument("--method", choices=METHODS, default="prototype", help="classifier head")
+    parser.add_argument(
+        "--method", choices=METHODS, default="prototype", help="classifier head (default prototype)"
+    )
     parser.add_argument("--k", type=int, default=5, help="neighbours for --method knn")
     parser.add_argument(
         "--pooling",
