@@ -55,6 +55,7 @@ __all__ = [
     "load_model",
     "read_card",
     "refuse_to_replace_a_model",
+    "resolve_model",
     "save_model",
     "update_card_training",
 ]
@@ -373,35 +374,24 @@ def load_model(
             "bfloat16 on a CPU without native bf16 (AVX512-BF16 or AMX) runs on torch's generic "
             "kernels: correct, but about 4x slower than float32, which --dtype auto picks here"
         )
-    if spec is None:
-        if not (DEFAULT_MODEL_DIR / CARD_NAME).is_file():
-            raise ModelNotFoundError(f"the default model is missing from {DEFAULT_MODEL_DIR}")
-        encoder, card = _read_protssl_model(DEFAULT_MODEL_DIR)
-    elif str(spec) in PRESETS:
-        encoder = ProteinEncoder(PRESETS[str(spec)])
+    source = resolve_model(spec)
+    if isinstance(source, str):
+        encoder = ProteinEncoder(PRESETS[source])
         init_weights(encoder)
         card = ModelCard(
-            name=f"{spec}-random",
+            name=f"{source}-random",
             architecture=encoder.config,
             sha256=_state_sha256(encoder),
-            provenance={"source": f"preset {spec}, random weights (seed 0)"},
+            provenance={"source": f"preset {source}, random weights (seed 0)"},
         )
-        log.warning("model %s has random weights; its embeddings carry no biology", spec)
+        log.warning("model %s has random weights; its embeddings carry no biology", source)
+    elif source.suffix == ".pt":
+        encoder, card = import_fair_esm(
+            source, trust_pickle=trust_pickle, allowed_sha256=allowed_sha256
+        )
+        card = ModelCard(card.name, card.architecture, _state_sha256(encoder), card.provenance)
     else:
-        path = Path(spec)
-        if path.suffix == ".pt":
-            encoder, card = import_fair_esm(
-                path, trust_pickle=trust_pickle, allowed_sha256=allowed_sha256
-            )
-            card = ModelCard(card.name, card.architecture, _state_sha256(encoder), card.provenance)
-        elif path.is_dir():
-            encoder, card = _read_protssl_model(path)
-        elif path.name in (CARD_NAME, WEIGHTS_NAME) and path.exists():
-            encoder, card = _read_protssl_model(path.parent)
-        else:
-            raise ModelNotFoundError(
-                f"no model at {spec!r}: give a model folder, a fair-esm .pt, or one of {sorted(PRESETS)}"
-            )
+        encoder, card = _read_protssl_model(source)
     encoder = encoder.to(device=device, dtype=torch_dtype).eval()
     encoder.requires_grad_(False)
     if dtype == "int8":
@@ -413,6 +403,28 @@ def load_model(
             )
     return LoadedModel(
         encoder=encoder, card=card, device=device, dtype=torch_dtype, int8=dtype == "int8"
+    )
+
+
+def resolve_model(spec: str | Path | None) -> str | Path:
+    """What `load_model(spec)` loads, found without reading it: a preset's name (a str), a fair-esm
+    `.pt` or a protssl model folder (a Path; None: the shipped default). A spec that names none of
+    them raises ModelNotFoundError, whichever command was given it (`embed`, `info`...)."""
+    if spec is None:
+        if not (DEFAULT_MODEL_DIR / CARD_NAME).is_file():
+            raise ModelNotFoundError(f"the default model is missing from {DEFAULT_MODEL_DIR}")
+        return DEFAULT_MODEL_DIR
+    if str(spec) in PRESETS:
+        return str(spec)
+    path = Path(spec)
+    if path.suffix == ".pt" and not path.is_file():
+        raise ModelNotFoundError(f"{path}: no such file")
+    if path.suffix == ".pt" or path.is_dir():
+        return path
+    if path.name in (CARD_NAME, WEIGHTS_NAME) and path.exists():
+        return path.parent
+    raise ModelNotFoundError(
+        f"no model at {str(spec)!r}: give a model folder, a fair-esm .pt, or one of {sorted(PRESETS)}"
     )
 
 

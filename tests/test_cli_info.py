@@ -33,5 +33,14 @@ def test_info_names_the_cpu_dtypes_model_and_store(
     assert shipped["recommended_pooling"] == "segments"  # `protssl analyze --update-card` chose it
     assert main(["info"]) == 0
     assert "layer 6 unless named, recommended pooling segments" in capsys.readouterr().out
-    assert main(["info", "--model", str(tmp_path)]) == 0  # no card there: said, not raised
-    assert f"default model: {tmp_path}: " in capsys.readouterr().out
+    assert main(["info", "--model", "esm2-8m"]) == 0  # a preset, found as `embed` finds it
+    assert "default model: preset esm2-8m, random weights, 6 layers" in capsys.readouterr().out
+    for spec, said in [
+        ("nosuch", "no model at 'nosuch': give a model folder, a fair-esm .pt, or one of ["),
+        (str(tmp_path / "x.pt"), f"{tmp_path / 'x.pt'}: no such file"),
+        (str(tmp_path), f"{tmp_path}: expected model.json there"),
+    ]:
+        assert main(["info", "--model", spec]) == 2  # as `embed --model` says it
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.startswith(f"protssl info: error: {said}")
+        assert len(captured.err.splitlines()) == 1

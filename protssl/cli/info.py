@@ -1,7 +1,7 @@
 """`protssl info`: what a bug report needs when figures differ between machines.
 
 Versions, the CPU and its instruction sets, the dtype `auto` picks and the fast paths of each
-dtype (`protssl.info.describe`), the default model (read from its card, no weights loaded)
+dtype (`protssl.info.describe`), the model `--model` names (found as `embed` finds it; read from its card, no weights loaded)
 and the default store.
 """
 
@@ -9,21 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from protssl.cli.args import add_db_arg, add_model_arg, store_config
 from protssl.cli.commands import Command
-from protssl.errors import ProtsslError
 
 __all__ = ["COMMANDS"]
 
 
 def _build(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object instead of text")
-    add_model_arg(
-        parser,
-        help_text="model folder to describe (default: $PROTSSL_MODEL or the shipped model)",
-    )
+    add_model_arg(parser)
     add_db_arg(parser)
     parser.set_defaults(func=_info)
 
@@ -39,24 +34,48 @@ COMMANDS = (
 
 
 def _model_summary(spec: str | None) -> dict[str, object]:
-    """The model a command would load by default, from its card alone (no weights read)."""
-    from protssl.checkpoint import CARD_NAME, DEFAULT_MODEL_DIR, read_card
+    """The model a command would load, found as `embed --model` finds it (a model that is not
+    there is the same error), described from its card alone (no weights read)."""
+    from protssl.checkpoint import read_card, resolve_model
+    from protssl.model import PRESETS
 
-    directory = Path(spec) if spec else DEFAULT_MODEL_DIR
-    summary: dict[str, object] = {"path": str(directory)}
-    try:
-        card = read_card(directory.parent if directory.name == CARD_NAME else directory)
-    except (OSError, ProtsslError) as exc:
-        summary["error"] = str(exc)
-        return summary
-    summary.update(
-        name=card.name,
-        sha256=card.sha256,
-        layers=card.architecture.num_layers,
-        default_layer=card.default_layer,
-        recommended_pooling=card.recommended_pooling,
+    source = resolve_model(spec)
+    if isinstance(source, str):
+        return {"path": None, "preset": source, "layers": PRESETS[source].num_layers}
+    if source.suffix == ".pt":
+        return {"path": str(source), "fair_esm": True}
+    card = read_card(source)
+    return {
+        "path": str(source),
+        "name": card.name,
+        "sha256": card.sha256,
+        "layers": card.architecture.num_layers,
+        "default_layer": card.default_layer,
+        "recommended_pooling": card.recommended_pooling,
+    }
+
+
+def _model_line(model: dict[str, object]) -> str:
+    """`_model_summary` in words."""
+    if "preset" in model:
+        return (
+            f"preset {model['preset']}, random weights, {model['layers']} layers (its sha256 is "
+            "known once they are made)"
+        )
+    if "fair_esm" in model:
+        return (
+            f"fair-esm checkpoint {model['path']} (described once loaded; import-esm makes a card)"
+        )
+    pooling = model["recommended_pooling"]
+    return (
+        f"{model['name']} (sha256 {str(model['sha256'])[:12]}) at {model['path']}; "
+        f"layer {model['default_layer']} unless named"
+        + (
+            f", recommended pooling {pooling} (the default is mean)"
+            if pooling not in (None, "mean")
+            else ""
+        )
     )
-    return summary
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -89,18 +108,7 @@ def _info(args: argparse.Namespace) -> int:
             + (", ".join(name for name, on in flags.items() if on) or "none")
             for dtype, flags in paths.items()
         ),
-        "default model: "
-        + (
-            f"{model['name']} (sha256 {str(model['sha256'])[:12]}) at {model['path']}; "
-            f"layer {model['default_layer']} unless named"
-            + (
-                f", recommended pooling {model['recommended_pooling']} (the default is mean)"
-                if model["recommended_pooling"] not in (None, "mean")
-                else ""
-            )
-            if "name" in model
-            else f"{model['path']}: {model['error']}"
-        ),
+        f"default model: {_model_line(model)}",
         f"default store: {info['default_store']}",
     ]
     print("\n".join(lines))
