@@ -128,9 +128,15 @@ def test_db_stats_and_prune(
         run("prune", "--all", "--pooling", "mean")  # not read as "all mean vectors"
     with pytest.raises(
         NotFoundError,
-        match=rf"named 'ffff' .*\(models with cached vectors: {named} \({model[:12]}\)\)",
+        match=rf"named 'ffffff' .*\(models with cached vectors: {named} \({model[:12]}\)\)",
     ):
-        run("prune", "--model", "ffff")
+        run("prune", "--model", "ffffff")
+    with pytest.raises(InvalidInputError) as short:  # b6 is the start of its sha256: too short
+        run("prune", "--model", "b6", "--dry-run")
+    assert str(short.value) == (
+        "--model 'b6': give at least 6 hex digits of the sha256 (or the model's name); "
+        f"models with cached vectors: {named} ({model[:12]})"
+    )
     assert run("prune", "--model", model[:8], "--pooling", "per-residue", "--dry-run")[1] == (
         f"would delete 40 cached vectors ({residue_bytes / 1e6:.1f} MB)\n"
     )

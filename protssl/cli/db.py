@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import datetime as dt
 import json
+import string
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict
@@ -202,8 +203,10 @@ def _prune(args: argparse.Namespace) -> int:
 
 
 def _models(store: Store, name: str) -> list[str]:
-    """The sha256 a --model names; none, or several (two models may share a name), is an error
-    listing the models to choose from by sha256."""
+    """The sha256 a --model names; none (or too short a start of one), or several (two models may
+    share a name), is an error listing the models to choose from by sha256."""
+    from protssl.store.embeddings import SHA256_PREFIX_MIN
+
     found = store.embeddings.models_named(name)
     if len(found) > 1:
         raise InvalidInputError(
@@ -212,9 +215,14 @@ def _models(store: Store, name: str) -> list[str]:
         )
     if not found:
         known = {(g.model_sha256, g.model_name) for g in store.embeddings.summary()}
+        held = f"models with cached vectors: {_listed(known) or 'none'}"
+        if len(name) < SHA256_PREFIX_MIN and all(c in string.hexdigits for c in name):
+            raise InvalidInputError(
+                f"--model {name!r}: give at least {SHA256_PREFIX_MIN} hex digits of the sha256 "
+                f"(or the model's name); {held}"
+            )
         raise NotFoundError(
-            f"no model in the store is named {name!r} or has a sha256 starting with it "
-            f"(models with cached vectors: {_listed(known) or 'none'})"
+            f"no model in the store is named {name!r} or has a sha256 starting with it ({held})"
         )
     return [found[0][0]]
 

@@ -29,10 +29,19 @@ from protssl.store.schema import Base
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MAX_KEYS_PER_QUERY", "CacheGroup", "EmbeddingCache", "EmbeddingItem", "EmbeddingKey"]
+__all__ = [
+    "MAX_KEYS_PER_QUERY",
+    "SHA256_PREFIX_MIN",
+    "CacheGroup",
+    "EmbeddingCache",
+    "EmbeddingItem",
+    "EmbeddingKey",
+]
 
 MAX_KEYS_PER_QUERY = 5000
 """Cache keys looked up by one SELECT; a batch larger than this takes one query per chunk."""
+SHA256_PREFIX_MIN = 6
+"""The fewest hex digits of a model's sha256 that name it (`models_named`, `db prune --model`)."""
 
 _EMBEDDINGS = Base.metadata.tables["embeddings"]
 _MODELS = Base.metadata.tables["models"]
@@ -357,7 +366,7 @@ class EmbeddingCache:
         """(sha256, name) of the models whose name is `model` or whose sha256 starts with it (six
         characters at least: an empty or short prefix would name every model)."""
         named = _MODELS.c.name == model
-        if len(model) >= 6:
+        if len(model) >= SHA256_PREFIX_MIN:
             named |= _MODELS.c.sha256.startswith(model.lower(), autoescape=True)
         query = select(_MODELS.c.sha256, _MODELS.c.name).where(named)
         with common.store_errors("reading the store's models"), self._engine.connect() as db:
