@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from protssl.alphabet import ALPHABET, tokenize
-from protssl.errors import InvalidInputError, SequenceTooLongError
+from protssl.errors import WINDOW_ADVICE, InvalidInputError, SequenceTooLongError
 from protssl.fasta import ProteinRecord
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "plan_windows",
     "read_ahead",
     "token_batches",
+    "too_long_error",
 ]
 
 
@@ -187,6 +188,15 @@ def pack_around(
     return chosen
 
 
+def too_long_error(where: str, length: int, window_residues: int) -> SequenceTooLongError:
+    """The `refuse` window policy's error for a sequence longer than the model window; `where`
+    names it (a sequence of a call, or a FASTA file's record by `fasta_location`)."""
+    return SequenceTooLongError(
+        f"{where} has {length} residues, more than the model's window of {window_residues}; "
+        + WINDOW_ADVICE
+    )
+
+
 def token_batches(
     sequences: Sequence[str],
     *,
@@ -200,10 +210,7 @@ def token_batches(
     for item, sequence in enumerate(sequences):
         if len(sequence) > window_residues and policy.mode == "refuse":
             name = ids[item] if ids is not None else f"#{item + 1}"
-            raise SequenceTooLongError(
-                f"sequence {name} has {len(sequence)} residues, more than the model's window of "
-                f"{window_residues}; use the window policy to embed it in overlapping windows"
-            )
+            raise too_long_error(f"sequence {name}", len(sequence), window_residues)
         windows.extend(
             Window(item, s, e)
             for s, e in plan_windows(

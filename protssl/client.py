@@ -605,13 +605,20 @@ class Client:
         server goes away midway (a restart, a dropped connection) the call keeps trying for the
         client's `reconnect` seconds and then sends only what OUTPUT lacks (a file it can read
         again; stdin is not). A run that stops (it gave up, Ctrl-C, a kill) keeps what came back:
-        `resume=True` sends only the records OUTPUT lacks. The file is checked whole first, as
-        `embed_fasta` does. Pass `summary` to keep the counts when an error is raised.
+        `resume=True` sends only the records OUTPUT lacks (`overwrite=True` replaces OUTPUT; not
+        both). The file is checked whole first, as `embed_fasta` does. Pass `summary` to keep the
+        counts when an error is raised.
         """
         from protssl.embed_file import JobSummary, pending_records
         from protssl.fasta import ReadStats
-        from protssl.output import check_pooling, check_writable, open_writer
+        from protssl.output import (
+            check_pooling,
+            check_resume_or_overwrite,
+            check_writable,
+            open_writer,
+        )
 
+        check_resume_or_overwrite(resume=resume, overwrite=overwrite)
         check_writable(output)
         check_pooling(output, pooling)
         checked = validate_fasta(path, policy=policy, progress=progress)

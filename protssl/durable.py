@@ -17,12 +17,14 @@ from protssl.errors import InvalidInputError, OutputError, first_line
 __all__ = [
     "ExclusiveLock",
     "check_can_create",
+    "check_not_the_input",
     "check_room",
     "fsync_file",
     "fsync_folder",
     "human_bytes",
     "make_folder",
     "os_error_in",
+    "refuse_existing",
     "replace_durably",
     "writing_durably",
 ]
@@ -78,6 +80,20 @@ def check_can_create(path: Path, *, hint: str = "give a file name") -> None:
         raise InvalidInputError(
             f"output {str(path)!r}: cannot write in folder {str(parent)!r} ({exc.strerror})"
         ) from None
+
+
+def refuse_existing(path: Path, *, advice: str) -> None:
+    """Fail before any work when the output `path` exists: a command replaces a file only when told
+    to; `advice` names the flags that continue or replace it."""
+    if path.exists():
+        raise InvalidInputError(f"output {str(path)!r} exists: {advice}")
+
+
+def check_not_the_input(path: Path, source: str) -> None:
+    """Fail before any work when the output `path` is the input file `source` (the same path, or a
+    link to it): the finished output would replace what is still being read."""
+    if source != "-" and path.exists() and Path(source).exists() and path.samefile(source):
+        raise InvalidInputError(f"output {str(path)!r} is the input file: give another -o")
 
 
 def check_room(needs: Sequence[tuple[Path, int, str]]) -> None:

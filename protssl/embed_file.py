@@ -18,6 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from protssl.batch_job import JobSpec
+from protssl.batching import too_long_error
 from protssl.checkpoint import LoadedModel
 from protssl.durable import check_room, human_bytes
 from protssl.embedding import (
@@ -27,7 +28,7 @@ from protssl.embedding import (
     embed_records,
     expected_provenance,
 )
-from protssl.errors import ProtsslError
+from protssl.errors import ProtsslError, fasta_location
 from protssl.fasta import (
     FastaCheck,
     FastaPolicy,
@@ -196,6 +197,22 @@ def _until_error(
         failure.append(exc)
 
 
+def _refusing_long(
+    records: Iterator[ProteinRecord], source: str | Path, stats: ReadStats, window_residues: int
+) -> Iterator[ProteinRecord]:
+    """`records`, stopped at the first one longer than the model window (the `refuse` window
+    policy) as it is read, named as a FASTA error names a record: file, id and number."""
+    for record in records:
+        if len(record.sequence) > window_residues:
+            where = fasta_location(
+                "<stdin>" if str(source) == "-" else str(source),
+                record_id=record.id,
+                record_index=stats.records + stats.skipped - 1,  # the headers read so far
+            )
+            raise too_long_error(where, len(record.sequence), window_residues)
+        yield record
+
+
 def embed_fasta_file(
     source: str | Path,
     output: str | Path,
@@ -234,41 +251,49 @@ def embed_fasta_file(
     except ProtsslError as exc:
         summary.errors, summary.error = 1, str(exc)
         raise
-    with open_writer(output, resume=resume, overwrite=overwrite) as writer:
-        done = writer.existing_ids() if resume else set()
-        writer.check_provenance(expected_provenance(model, config))
+    try:  # the time and counts of what was done, also when a kill or a full disk stops it
+        with open_writer(output, resume=resume, overwrite=overwrite) as writer:
+            done = writer.existing_ids() if resume else set()
+            writer.check_provenance(expected_provenance(model, config))
 
-        # a table's rows follow the input; only records read and not yet written are held here
-        positions: dict[str, int] | None = {} if is_table(output) else None
+            # a table's rows follow the input; only records read and not yet written are held here
+            positions: dict[str, int] | None = {} if is_table(output) else None
 
-        bar = progress_bar(
-            total=checked.residues if checked else None,
-            unit="res",
-            unit_scale=True,
-            desc="embed",
-            disable=not progress,
-            smoothing=0.1,
-        )
-        release = MemoryReleaser()  # or the heap grows for as long as the job runs
-        with bar:
-            cache_stats = CacheStats()
-            read = read_fasta(source, policy=policy, stats=stats)
-            records = _until_error(pending_records(read, done, summary, bar, positions), failure)
-            for embedding in embed_records(records, model, config, cache=cache, stats=cache_stats):
-                position = None if positions is None else positions.pop(embedding.id, None)
-                writer.write(embedding, position=position)
-                bar.update(embedding.length)
-                summary.computed, summary.cached = cache_stats.computed, cache_stats.cached
-                if summary.written(embedding):
-                    writer.flush()
-                    summary.skipped = stats.skipped
-                    if on_flush is not None:
-                        on_flush(summary)
-                    release()
-        writer.flush()
-    summary.seconds = time.perf_counter() - start
-    summary.skipped = stats.skipped
-    summary.skipped_ids = list(stats.skipped_ids)
+            bar = progress_bar(
+                total=checked.residues if checked else None,
+                unit="res",
+                unit_scale=True,
+                desc="embed",
+                disable=not progress,
+                smoothing=0.1,
+            )
+            release = MemoryReleaser()  # or the heap grows for as long as the job runs
+            with bar:
+                cache_stats = CacheStats()
+                read = read_fasta(source, policy=policy, stats=stats)
+                if config.window.mode == "refuse":
+                    read = _refusing_long(read, source, stats, model.encoder.config.max_residues)
+                records = _until_error(
+                    pending_records(read, done, summary, bar, positions), failure
+                )
+                for embedding in embed_records(
+                    records, model, config, cache=cache, stats=cache_stats
+                ):
+                    position = None if positions is None else positions.pop(embedding.id, None)
+                    writer.write(embedding, position=position)
+                    bar.update(embedding.length)
+                    summary.computed, summary.cached = cache_stats.computed, cache_stats.cached
+                    if summary.written(embedding):
+                        writer.flush()
+                        summary.skipped = stats.skipped
+                        if on_flush is not None:
+                            on_flush(summary)
+                        release()
+            writer.flush()
+    finally:
+        summary.seconds = time.perf_counter() - start
+        summary.skipped = stats.skipped
+        summary.skipped_ids = list(stats.skipped_ids)
     if failure:
         summary.errors = 1
         summary.error = str(failure[0])

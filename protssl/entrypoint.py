@@ -20,7 +20,7 @@ from types import FrameType
 
 from protssl.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, ProtsslError, exit_code_for
 
-__all__ = ["Terminated", "configure_logging", "run_main"]
+__all__ = ["Terminated", "configure_logging", "keeping", "run_main"]
 
 
 class Terminated(KeyboardInterrupt):
@@ -87,11 +87,11 @@ def run_main(
         message = str(exc) if wording is None else wording(str(exc))
         print(f"{prog}: error: {message}", file=sys.stderr)
         return exit_code_for(exc)
-    except Terminated:
-        print(f"{prog}: terminated (SIGTERM); work done so far is kept", file=sys.stderr)
+    except Terminated as exc:
+        print(f"{prog}: terminated (SIGTERM); {_kept(exc)}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted; work done so far is kept", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"{prog}: interrupted; {_kept(exc)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return 0
@@ -101,6 +101,21 @@ def run_main(
         where = f" ({exc.filename})" if exc.filename else ""
         print(f"{prog}: error: {os.strerror(exc.errno)}{where}", file=sys.stderr)
         return EXIT_USER_ERROR
+
+
+def _kept(exc: KeyboardInterrupt) -> str:
+    """What an interrupted command keeps: what `keeping` said, else the usual."""
+    return str(exc) or "work done so far is kept"
+
+
+@contextmanager
+def keeping(what: str) -> Iterator[None]:
+    """Inside, Ctrl-C and SIGTERM end the command saying `what` is kept, for a command that keeps
+    something other than its output's records so far (one written whole at its end)."""
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        raise type(exc)(what) from None
 
 
 _MACHINE_ERRNOS = frozenset(

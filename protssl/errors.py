@@ -38,6 +38,7 @@ __all__ = [
     "EXIT_UNEXPECTED",
     "EXIT_USER_ERROR",
     "RESUME_ADVICE",
+    "WINDOW_ADVICE",
     "AlreadyExistsError",
     "AuthenticationError",
     "CheckpointError",
@@ -61,6 +62,7 @@ __all__ = [
     "UntrustedCheckpointError",
     "error_for_status",
     "exit_code_for",
+    "fasta_location",
     "first_line",
     "status_name_for",
 ]
@@ -84,12 +86,35 @@ RESUME_ADVICE = "embed_file(..., resume=True) sends the rest"
 """How the SDK's `embed_file` says to go on after a failed call (the CLI words it as --resume)."""
 
 
+WINDOW_ADVICE = "window=WindowPolicy(mode='window') embeds it in overlapping windows"
+"""What the `refuse` window policy's error advises in the SDK (the CLI words it as --window-policy)."""
+
+
 class ProtsslError(Exception):
     """Root of every error protssl raises on purpose."""
 
 
 class InvalidInputError(ProtsslError):
     """The caller's input breaks a documented rule; the message says which and where."""
+
+
+def fasta_location(
+    source: str,
+    *,
+    record_id: str | None = None,
+    record_index: int | None = None,
+    position: int | None = None,
+) -> str:
+    """Where in a FASTA input, as every error about one of its records says it:
+    `FILE: record 'ID' (#N) at position P` (N and P 1-based), each part only when known."""
+    where = source
+    if record_id is not None:
+        where += f": record {record_id!r}"
+    if record_index is not None:
+        where += f" (#{record_index + 1})"
+    if position is not None:
+        where += f" at position {position}"
+    return where
 
 
 class FastaFormatError(InvalidInputError):
@@ -105,13 +130,9 @@ class FastaFormatError(InvalidInputError):
         record_index: int | None = None,
         hint: str | None = None,
     ) -> None:
-        where = source
-        if record_id is not None:
-            where += f": record {record_id!r}"
-        if record_index is not None:
-            where += f" (#{record_index + 1})"
-        if position is not None:
-            where += f" at position {position}"
+        where = fasta_location(
+            source, record_id=record_id, record_index=record_index, position=position
+        )
         super().__init__(f"{where}: {message}" + (f"; {hint}" if hint else ""))
         self.source = source
         self.record_id = record_id

@@ -45,6 +45,7 @@ __all__ = [
     "ReadStats",
     "check_fasta",
     "looks_nucleotide",
+    "no_records_error",
     "normalize_sequence",
     "open_fasta_bytes",
     "parse_labels",
@@ -142,6 +143,15 @@ class ReadStats:
     def skipped(self) -> int:
         return self.skipped_invalid + self.skipped_empty + self.skipped_duplicate
 
+    def skipped_by(self) -> dict[str, int]:
+        """Records left out, per policy setting that left them out (`on_invalid skip`: 50)."""
+        counts = {
+            "on_invalid skip": self.skipped_invalid,
+            "on_empty skip": self.skipped_empty,
+            "on_duplicate skip": self.skipped_duplicate,
+        }
+        return {setting: n for setting, n in counts.items() if n}
+
 
 @dataclass(frozen=True)
 class FastaCheck:
@@ -164,6 +174,8 @@ class FastaCheck:
     """Records that look like DNA or RNA, not protein (`looks_nucleotide`): the first few ids."""
     nucleotide_like: int = 0
     """How many records look like DNA or RNA."""
+    skipped: dict[str, int] = field(default_factory=dict)
+    """Records the policy left out, per setting that did (`ReadStats.skipped_by`)."""
 
     def note(self, problem: FastaFormatError, *, named: int = 3) -> None:
         """Count a record that breaks the policy, and keep it when fewer than `named` of its kind are."""
@@ -384,6 +396,21 @@ def check_fasta(
         records=stats.records,
         residues=stats.residues,
         gapped_replaced=stats.gapped_replaced,
+        skipped=stats.skipped_by(),
+    )
+
+
+def no_records_error(path: str | Path, skipped: dict[str, int] | None = None) -> InvalidInputError:
+    """The error of an input that leaves a command nothing to work on: a file without records
+    (almost always an upstream step that failed), or one whose every record the policy left out
+    (`skipped`: `ReadStats.skipped_by`), said with how many and by which setting."""
+    source = "<stdin>" if str(path) == "-" else str(path)
+    if not skipped:
+        return InvalidInputError(f"{source}: no FASTA records in it; nothing was written")
+    by = ", ".join(f"{n} by {setting}" for setting, n in skipped.items())
+    total = sum(skipped.values())
+    return InvalidInputError(
+        f"{source}: all {total} records were skipped ({by}); nothing was written"
     )
 
 

@@ -42,7 +42,13 @@ import h5py
 import numpy as np
 
 from protssl import __version__
-from protssl.durable import ExclusiveLock, check_can_create, os_error_in, writing_durably
+from protssl.durable import (
+    ExclusiveLock,
+    check_can_create,
+    os_error_in,
+    refuse_existing,
+    writing_durably,
+)
 from protssl.embedding import Embedding, Provenance
 from protssl.errors import InvalidInputError, OutputError, first_line
 
@@ -53,6 +59,7 @@ __all__ = [
     "check_output",
     "check_parts_folder",
     "check_pooling",
+    "check_resume_or_overwrite",
     "check_writable",
     "dataset_name",
     "is_table",
@@ -171,9 +178,17 @@ def check_output(path: str | Path, *, resume: bool, overwrite: bool) -> None:
             f"output {str(path)!r} has the vectors of an interrupted run in "
             f"{str(journal_path(path))!r}: pass --resume to continue it or --overwrite to start over"
         )
-    if path.exists() and not (resume or overwrite):
+    if not (resume or overwrite):
+        refuse_existing(path, advice="pass --resume to continue it or --overwrite to replace it")
+
+
+def check_resume_or_overwrite(*, resume: bool, overwrite: bool) -> None:
+    """Refuse being told both to continue OUTPUT and to replace it (one of them used to win
+    silently); the CLI and the SDK's `embed_file` ask this of what their caller passed."""
+    if resume and overwrite:
         raise InvalidInputError(
-            f"output {str(path)!r} exists: pass --resume to continue it or --overwrite to replace it"
+            "--resume and --overwrite contradict each other (--resume continues OUTPUT, "
+            "--overwrite replaces it): pass one"
         )
 
 

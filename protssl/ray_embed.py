@@ -318,9 +318,9 @@ def embed_fasta_ray(
                 if on_shard is not None:
                     on_shard(summary)
     finally:
+        summary.seconds = time.perf_counter() - start
         if lock is not None:
             lock.release()
-    summary.seconds = time.perf_counter() - start
     return summary
 
 

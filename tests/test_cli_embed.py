@@ -53,6 +53,11 @@ def test_embed_h5_then_resume_skips_done_ids(
     assert first["records"] == 10 and first["errors"] == 0
     assert main(["embed", str(full), "-o", str(out), *base]) == 2  # exists, no --resume
     assert "--resume" in capsys.readouterr().err
+    assert main(["embed", str(full), "-o", str(out), "--resume", "--overwrite", *base]) == 2
+    assert capsys.readouterr().err == (
+        "protssl embed: error: --resume and --overwrite contradict each other (--resume "
+        "continues OUTPUT, --overwrite replaces it): pass one\n"
+    )
     assert main(["embed", str(full), "-o", str(out), "--resume", *base]) == 0
     second = _summary(capsys)
     assert second["resumed"] == 10 and second["records"] == 15
@@ -582,3 +587,28 @@ def test_a_store_without_room_for_the_job_is_warned_about_then_says_it_is_full(
     assert len(warned) == 1 and "--no-cache leaves the store out" in warned[0]
     line, _ = _one_line_error(capsys)
     assert "the store is full" in line and "--no-cache" in line
+
+
+def test_window_policy_refuse_names_the_file_the_record_and_the_flag(
+    tiny_model_dir: Path, sample_fasta: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Records before the long one are written and kept; the summary times what was done."""
+    window = load_tiny(tiny_model_dir).encoder.config.max_residues
+    records = list(read_fasta(sample_fasta))
+    short = [r for r in records if len(r) <= window][:3]
+    long = next(r for r in records if len(r) > window)
+    fasta = tmp_path / "some.fasta"
+    fasta.write_text("".join(f">{r.id}\n{r.sequence}\n" for r in [*short, long]))
+    first_long = len(short)
+    out = tmp_path / "out.h5"
+    argv = ["embed", str(fasta), "-o", str(out), "--window-policy", "refuse", "--no-cache"]
+    assert main([*argv, *_tiny_args(tiny_model_dir)]) == 2
+    line, stdout = _one_line_error(capsys)
+    assert line == (
+        f"protssl embed: error: {fasta}: record {long.id!r} (#{first_long + 1}) has {len(long)} "
+        f"residues, more than the model's window of {window}; --window-policy window embeds it "
+        "in overlapping windows"
+    )
+    summary = json.loads(stdout.splitlines()[-1])
+    assert summary["records"] == first_long == len(list(read_vectors(out))) > 0
+    assert summary["seconds"] > 0 and summary["res_per_s"] > 0

@@ -148,6 +148,8 @@ def test_embed_file_writes_each_result_as_it_comes_and_resumes(address, sample_f
         first = client.embed_file(head, out, chunk=4, progress=False)
         with pytest.raises(InvalidInputError, match="exists: pass --resume"):
             client.embed_file(fasta, out, progress=False)
+        with pytest.raises(InvalidInputError, match="--resume and --overwrite contradict"):
+            client.embed_file(fasta, out, progress=False, resume=True, overwrite=True)
         second = client.embed_file(fasta, out, chunk=4, progress=False, resume=True)
         whole = client.embed_fasta(fasta, chunk=4, progress=False)
     assert (first.records, first.resumed) == (10, 0)

@@ -191,6 +191,7 @@ def test_sigterm_closes_the_output_like_ctrl_c(
     lines = [line for line in stderr.splitlines() if "random weights" not in line]
     assert lines == ["protssl embed: terminated (SIGTERM); work done so far is kept"]
     summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary["seconds"] > 0 and summary["res_per_s"] > 0  # the time of what was done
     kept = _vectors(out)  # the output is closed: complete, readable, no journal left
     assert not journal_path(out).exists()
     assert 64 <= len(kept) == summary["records"] < 300

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from protssl.entrypoint import Terminated, run_main
+from protssl.entrypoint import Terminated, keeping, run_main
 from protssl.errors import (
     EXIT_INTERRUPTED,
     EXIT_USER_ERROR,
@@ -52,6 +52,20 @@ def test_errors_leave_as_one_line_and_their_exit_code(
 ) -> None:
     assert run_main(_raises(exc), prog="prog") == code
     assert capsys.readouterr().err == said
+
+
+@pytest.mark.parametrize(
+    ("exc", "said"), [(KeyboardInterrupt(), "interrupted"), (Terminated(), "terminated (SIGTERM)")]
+)
+def test_a_command_that_keeps_something_else_says_what(
+    exc: KeyboardInterrupt, said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def run() -> int:
+        with keeping("the cache keeps the vectors"):
+            raise exc
+
+    assert run_main(run, prog="prog") == EXIT_INTERRUPTED
+    assert capsys.readouterr().err == f"prog: {said}; the cache keeps the vectors\n"
 
 
 def test_the_command_s_own_code_passes_and_unexpected_errors_keep_their_traceback() -> None:

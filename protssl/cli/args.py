@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from protssl.dtypes import DTYPE_NAMES
 from protssl.endpoint import RECONNECT_S
-from protssl.errors import RESUME_ADVICE, InvalidInputError
+from protssl.errors import RESUME_ADVICE, WINDOW_ADVICE, InvalidInputError
 
 if TYPE_CHECKING:
     from protssl.checkpoint import LoadedModel
@@ -160,6 +160,7 @@ _POLICY_ADVICE = re.compile(rf"\b({'|'.join(_POLICY_FIELDS)}) (fail|skip|replace
 _SDK_TOKEN_ADVICE = re.compile(r"give Client\([^)]*\) or set ")
 _SDK_ADVICE = (
     (RESUME_ADVICE, "the same command with --resume sends the rest"),
+    (WINDOW_ADVICE, "--window-policy window embeds it in overlapping windows"),
     ("connect with tls=False", "leave out --server-ca"),
     ("connect with tls=True or root_certificates", "give --server-ca, the CA that signed it"),
     ("give root_certificates, the CA that signed it", "give --server-ca, the CA that signed it"),
@@ -169,7 +170,7 @@ _SDK_ADVICE = (
         "does",
     ),
 )
-"""The SDK's advice (`protssl.client`) and what a `--server` command says instead."""
+"""The SDK's advice (`protssl.client`, the window policy) and what a command says instead."""
 _FIELD_OPTIONS = (
     ("max_tokens must", "--max-tokens must"),
     ("read_ahead_residues must", "--read-ahead must"),
@@ -187,8 +188,8 @@ _FIELD_OPTIONS = (
 def as_options(message: str) -> str:
     """A library message's advice in the CLI's spelling: `on_invalid skip` (what the SDK and gRPC
     call the field) reads `--on-invalid skip`, the option a CLI user types, as does a config check
-    on a field (`max_tokens must ...`: `--max-tokens must ...`); the SDK's advice to a `--server`
-    command names its options (`--resume`, `--server-ca`, $PROTSSL_TOKEN)."""
+    on a field (`max_tokens must ...`: `--max-tokens must ...`); the SDK's advice names the
+    command's options (`--resume`, `--server-ca`, $PROTSSL_TOKEN, `--window-policy window`)."""
     for sdk, cli in _SDK_ADVICE:
         message = message.replace(sdk, cli)
     for field, option in _FIELD_OPTIONS:

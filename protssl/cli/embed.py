@@ -91,7 +91,9 @@ def _build(parser: argparse.ArgumentParser) -> None:
         help="keep OUTPUT's vectors and those a killed run left in OUTPUT.partial/, and skip "
         "their ids (implied when the store holds this job unfinished)",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace OUTPUT if it exists (not with --resume)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_store_args(parser)
     engine = parser.add_argument_group("engine")
@@ -180,6 +182,7 @@ def _embed(args: argparse.Namespace) -> int:
         check_output,
         check_parts_folder,
         check_pooling,
+        check_resume_or_overwrite,
         check_writable,
     )
 
@@ -190,6 +193,7 @@ def _embed(args: argparse.Namespace) -> int:
         window=WindowPolicy(mode=args.window_policy, overlap=args.overlap),
         read_ahead_residues=args.read_ahead,
     )
+    check_resume_or_overwrite(resume=args.resume, overwrite=args.overwrite)
     policy = fasta_policy(args)
     if args.input != "-" and Path(args.input).is_dir():
         raise InvalidInputError(f"{args.input}: is a folder, not a FASTA file")
@@ -271,9 +275,10 @@ def _print_summary(summary: JobSummary) -> None:
 
 def _refuse_empty_input(source: str, summary: JobSummary) -> None:
     """An input with no records is an error: almost always an upstream step that failed."""
+    from protssl.fasta import no_records_error
+
     if summary.done + summary.skipped == 0:
-        shown = "<stdin>" if source == "-" else source
-        raise InvalidInputError(f"{shown}: no FASTA records in it; nothing was written")
+        raise no_records_error(source)
 
 
 def _embed_remote(args: argparse.Namespace, policy: FastaPolicy) -> int:

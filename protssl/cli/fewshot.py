@@ -33,7 +33,13 @@ from protssl.cli.args import (
     refuse_beside_server,
 )
 from protssl.cli.commands import Command, LazySubcommands, add_commands
-from protssl.durable import check_can_create, writing_durably
+from protssl.durable import (
+    check_can_create,
+    check_not_the_input,
+    refuse_existing,
+    writing_durably,
+)
+from protssl.entrypoint import keeping
 from protssl.errors import InvalidInputError
 from protssl.pooling import POOLED
 
@@ -98,7 +104,10 @@ def _build_classify(classify: argparse.ArgumentParser) -> None:
     classify.add_argument("input", help="FASTA file (.gz or - for stdin)")
     classify.add_argument("--version", type=int, default=None, help="default: the latest")
     classify.add_argument("--format", choices=("tsv", "json"), default="tsv", help="default: tsv")
-    classify.add_argument("-o", "--output", metavar="FILE", help="default: stdout")
+    classify.add_argument(
+        "-o", "--output", metavar="FILE", help="default: stdout; never the input file"
+    )
+    classify.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
     _add_model_args(classify)
     add_db_arg(classify)
     add_server_args(classify, "classify")
@@ -226,14 +235,15 @@ def _layers(args: argparse.Namespace, model: LoadedModel) -> tuple[int, ...]:
 
 
 def _read(path: str, args: argparse.Namespace, *, labelled: bool) -> list[ProteinRecord]:
-    from protssl.fasta import read_fasta, validate_fasta
+    from protssl.fasta import ReadStats, no_records_error, read_fasta, validate_fasta
     from protssl.fewshot import require_labels
 
     policy = fasta_policy(args)
     validate_fasta(path, policy=policy)  # every bad record named, not the first
-    records = list(read_fasta(path, policy=policy))
+    stats = ReadStats()
+    records = list(read_fasta(path, policy=policy, stats=stats))
     if not records:
-        raise InvalidInputError(f"{path}: no records")
+        raise no_records_error(path, stats.skipped_by())
     if labelled:
         require_labels([r.labels for r in records], [r.id for r in records], source=path)
     return records
@@ -414,20 +424,46 @@ together, and what is done is written as it goes."""
 
 
 def _classify(args: argparse.Namespace) -> int:
-    from protssl.embedding import CacheStats
-    from protssl.fasta import validate_fasta
-    from protssl.fewshot import classify_records, load_classifier
+    from protssl.fasta import no_records_error, validate_fasta
 
     if args.output is not None:
-        check_can_create(Path(args.output))
+        output = Path(args.output)
+        check_can_create(output)
+        check_not_the_input(output, args.input)
+        if not args.overwrite:
+            refuse_existing(output, advice="pass --overwrite to replace it")
     policy = fasta_policy(args)
     refuse_beside_server(args, _build_classify, _CLASSIFY_LOCAL_ONLY)
     checked = validate_fasta(args.input, policy=policy)  # every bad record named, before any work
     if checked is not None and checked.records == 0:
-        raise InvalidInputError(f"{args.input}: no records")
+        raise no_records_error(args.input, checked.skipped)
     residues = checked.residues if checked is not None else None
-    if args.server is not None:
-        return _classify_remote(args, policy, residues)
+    with keeping(_kept_when_interrupted(args)):
+        if args.server is not None:
+            return _classify_remote(args, policy, residues)
+        return _classify_local(args, policy, residues)
+
+
+def _kept_when_interrupted(args: argparse.Namespace) -> str:
+    """What a `classify` stopped midway keeps: not the table file, written whole at the end; the
+    vectors computed so far, in the store's cache (the server's, with --server)."""
+    table = (
+        "the rows printed so far stand"
+        if args.output is None
+        else f"nothing was written to {args.output!r} (it is written whole at the end)"
+    )
+    store = "the server's" if args.server is not None else "the store's"
+    return (
+        f"{table}; the vectors computed so far are kept in {store} cache, so the same command "
+        "does not compute them again"
+    )
+
+
+def _classify_local(args: argparse.Namespace, policy: FastaPolicy, residues: int | None) -> int:
+    """`classify` in this process: the store's classifier, this machine's model."""
+    from protssl.embedding import CacheStats
+    from protssl.fewshot import classify_records, load_classifier
+
     stats = CacheStats()
     with open_store(args) as store:
         classifier, _ = load_classifier(store, args.name, args.version)
@@ -477,15 +513,16 @@ def _write_predictions(
 ) -> int:
     """`classify`'s table (or JSON) of the input's predictions, `CLASSIFY_CHUNK` records at a time
     through `predict` (which moves the bar on); returns the rows written."""
-    from protssl.fasta import read_fasta
+    from protssl.fasta import ReadStats, no_records_error, read_fasta
 
     with _bar(residues) as bar, _output(args.output) as out:
         table = _PredictionTable(out, args.format)
-        records = read_fasta(args.input, policy=policy)
+        stats = ReadStats()
+        records = read_fasta(args.input, policy=policy, stats=stats)
         while chunk := list(itertools.islice(records, CLASSIFY_CHUNK)):
             table.write(predict(chunk, bar))
         if table.rows == 0:
-            raise InvalidInputError(f"{args.input}: no records")
+            raise no_records_error(args.input, stats.skipped_by())
         table.close()
     return table.rows
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import pytest
 from service_support import running_server
@@ -18,6 +22,7 @@ from protssl.errors import ClassifierNotFoundError, InvalidInputError
 from protssl.evaluation import evaluate_episodes, evaluate_split
 from protssl.fasta import FastaPolicy, ProteinRecord, read_fasta
 from protssl.fewshot import FewShotConfig, embed_for_fewshot, sample_episodes
+from protssl.store import Store, StoreConfig
 
 from .support import run_cli, write_fasta
 
@@ -316,3 +321,125 @@ def test_classify_through_a_server_writes_the_local_table(
         assert row[:2] + row[3:5] == other[:2] + other[3:5]  # id, label, status, top label
         for column in (2, 5, 6):  # probability, top probability, nearest similarity
             assert float(row[column]) == pytest.approx(float(other[column]), abs=2e-4)
+
+
+@pytest.fixture(scope="module")
+def tfam(
+    tmp_path_factory: pytest.TempPathFactory,
+    windowed_model_dir: Path,
+    is_split: tuple[list[ProteinRecord], list[ProteinRecord]],
+) -> tuple[list[str], Path]:
+    """`classify tfam` arguments on a store holding a small classifier, and a query FASTA."""
+    folder = tmp_path_factory.mktemp("tfam")
+    common = ["--db", f"sqlite:///{folder / 'store.sqlite3'}", "--model", str(windowed_model_dir),
+              "--dtype", "float32"]  # fmt: skip
+    support = write_fasta(folder / "support.fasta", is_split[0][:16])
+    assert main(["classifier", "create", "tfam", "--fasta", str(support), "--method", "knn",
+                 *common]) == 0  # fmt: skip
+    return ["classify", "tfam", *common], write_fasta(folder / "query.fasta", is_split[1][:4])
+
+
+def _classify_error(capsys: pytest.CaptureFixture[str]) -> str:
+    """The error line of a `classify` that failed with a user error, without its prefix (after the
+    progress bar's line, from stdin)."""
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    errors = [line for line in lines if not line.startswith("embedding: ")]
+    assert len(errors) == 1 and errors[0].startswith("protssl classify: error: "), lines
+    return errors[0].removeprefix("protssl classify: error: ")
+
+
+def test_classify_never_writes_over_its_input_nor_an_existing_output_unasked(
+    tfam: tuple[list[str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    classify, query = tfam
+    text = query.read_text()
+    link = tmp_path / "link.fasta"
+    link.symlink_to(query)
+    for output, flags in [(query, []), (query, ["--overwrite"]), (link, ["--overwrite"])]:
+        assert main([*classify, str(query), "-o", str(output), *flags]) == 2
+        assert (
+            _classify_error(capsys) == f"output {str(output)!r} is the input file: give another -o"
+        )
+        assert query.read_text() == text
+    out = tmp_path / "out.tsv"
+    out.write_text("kept\n")
+    assert main([*classify, str(query), "-o", str(out)]) == 2
+    assert _classify_error(capsys) == f"output {str(out)!r} exists: pass --overwrite to replace it"
+    assert out.read_text() == "kept\n"
+    assert main([*classify, str(query), "-o", str(out), "--overwrite"]) == 0
+    assert out.read_text().splitlines()[0].startswith("id\tlabel\tprobability")
+
+
+def test_classify_says_why_it_has_no_records_as_embed_does(
+    tfam: tuple[list[str], Path],
+    tmp_path: Path,
+    edge_cases: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    classify, _ = tfam
+    empty = tmp_path / "empty.fasta"
+    empty.write_text("")
+    assert main([*classify, str(empty)]) == 2
+    assert _classify_error(capsys) == f"{empty}: no FASTA records in it; nothing was written"
+    stops = edge_cases / "prokka_IS_internal_stops.fasta"  # each record has an internal stop
+    n = stops.read_text().count(">")  # 50 (examples/ keeps 5)
+    said = f"all {n} records were skipped ({n} by --on-invalid skip); nothing was written"
+    assert main([*classify, str(stops), "--on-invalid", "skip"]) == 2
+    assert _classify_error(capsys) == f"{stops}: {said}"
+    with stops.open() as handle, _stdin(handle):  # read once, as it comes: the same count
+        assert main([*classify, "-", "--on-invalid", "skip"]) == 2
+    assert _classify_error(capsys) == f"<stdin>: {said}"
+
+
+@contextlib.contextmanager
+def _stdin(handle: TextIO) -> Iterator[None]:
+    """`handle` as sys.stdin (text, with its bytes under .buffer, as the FASTA reader reads it)."""
+    saved = sys.stdin
+    sys.stdin = handle
+    try:
+        yield
+    finally:
+        sys.stdin = saved
+
+
+@pytest.mark.slow
+def test_an_interrupted_classify_says_what_it_kept(
+    tfam: tuple[list[str], Path], shared_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    classify, _ = tfam
+    many = shared_file(
+        "ec/clean_split10.fasta"
+    )  # thousands of records: still running at the signal
+    out = tmp_path / "out.tsv"
+    store = classify[classify.index("--db") + 1]
+    before = _cached_vectors(store)  # the classifier's examples'
+    process = subprocess.Popen(
+        [sys.executable, "-c", _MAIN, *classify, str(many), "-o", str(out)],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while process.poll() is None and _cached_vectors(store) == before:
+        assert time.monotonic() < deadline, "classify cached no vector"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == (
+        f"protssl classify: interrupted; nothing was written to {str(out)!r} (it is written whole "
+        "at the end); the vectors computed so far are kept in the store's cache, so the same "
+        "command does not compute them again"
+    )
+    assert not out.exists() and _cached_vectors(store) > before
+
+
+_MAIN = (
+    "import signal, sys\n"
+    "signal.signal(signal.SIGINT, signal.default_int_handler)  # not ignored, whatever started it\n"
+    "from protssl.cli import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
+def _cached_vectors(url: str) -> int:
+    with Store(StoreConfig(url=url)) as store:
+        return sum(group.vectors for group in store.embeddings.summary())
