@@ -83,9 +83,18 @@ class JobSpec:
 class JobRun:
     """One run of a job: continues the unfinished job of the same spec, or records a new one."""
 
-    def __init__(self, jobs: JobRepository, spec: JobSpec, *, total: int | None = None) -> None:
+    def __init__(
+        self, jobs: JobRepository, spec: JobSpec, *, total: int | None = None, restart: bool = False
+    ) -> None:
+        """`restart` (the output is being replaced, `--overwrite`): an unfinished job of the spec
+        is cancelled, not continued, and this run is a new job."""
         self._jobs = jobs
         previous = jobs.unfinished(spec.kind, spec.key) if spec.resumable else None
+        if previous is not None and restart:
+            jobs.update(
+                previous.id, status="cancelled", error="replaced by a run that started over"
+            )
+            previous = None
         self.continued = previous is not None
         """True when this run continues a job a previous run left unfinished."""
         if previous is None:

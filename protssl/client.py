@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -219,6 +220,10 @@ class _Outage:
     def tried(self) -> str:
         """What a job that gave up adds to its error: how long it tried."""
         return f" (tried again for {_duration(self.seconds)})" if self.seconds else ""
+
+
+_CLI_FLAG = re.compile(r"--(resume|overwrite)\b")
+"""The output checks' flags, which an SDK caller passes as `resume=True` and `overwrite=True`."""
 
 
 def _duration(seconds: float) -> str:
@@ -612,13 +617,18 @@ class Client:
         from protssl.embed_file import JobSummary, pending_records
         from protssl.fasta import ReadStats
         from protssl.output import (
+            check_output,
             check_pooling,
             check_resume_or_overwrite,
             check_writable,
             open_writer,
         )
 
-        check_resume_or_overwrite(resume=resume, overwrite=overwrite)
+        try:
+            check_resume_or_overwrite(resume=resume, overwrite=overwrite)
+            check_output(output, resume=resume, overwrite=overwrite)
+        except InvalidInputError as exc:  # checks the CLI shares: they name its flags
+            raise InvalidInputError(_CLI_FLAG.sub(r"\1=True", str(exc))) from None
         check_writable(output)
         check_pooling(output, pooling)
         checked = validate_fasta(path, policy=policy, progress=progress)

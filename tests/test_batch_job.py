@@ -63,6 +63,26 @@ def test_a_run_continues_the_unfinished_job_of_its_spec(sqlite_url: str, tmp_pat
         assert not JobRun(store.jobs, spec, total=1).continued  # a finished job starts anew
 
 
+def test_a_run_that_starts_over_cancels_the_unfinished_job(sqlite_url: str, tmp_path: Path) -> None:
+    """`--overwrite` beside an unfinished job: that job is cancelled, not continued, and no later
+    run continues it either (nor any job older than the newest of the spec)."""
+    fasta = tmp_path / "a.fasta"
+    fasta.write_text(">a\nMKV\n")
+    spec = JobSpec.for_files("embed", fasta, tmp_path / "o.h5", model_sha256="m", options={})
+    with Store(StoreConfig(url=sqlite_url)) as store:
+        first = JobRun(store.jobs, spec, total=1)
+        first.finish(done=0, error="stopped")
+        over = JobRun(store.jobs, spec, total=1, restart=True)
+        assert not over.continued and over.id != first.id
+        cancelled = store.jobs.get(first.id)
+        assert (cancelled.status, cancelled.error) == (
+            "cancelled",
+            "replaced by a run that started over",
+        )
+        over.finish(done=1)
+        assert not JobRun(store.jobs, spec, total=1).continued
+
+
 def _stored_vectors(url: str) -> int:
     with Store(StoreConfig(url=url)) as store:
         return store.embeddings.count()

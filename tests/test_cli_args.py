@@ -80,6 +80,8 @@ def test_fasta_policy_from_the_flags_a_command_has() -> None:
          "the CA that signed it)"),
         ("max_tokens must be at least 8, got 0", "--max-tokens must be at least 8, got 0"),
         ("k must be at least 1, got 0", "--k must be at least 1, got 0"),
+        ("output 'o.h5' exists: pass resume=True to continue it or overwrite=True to replace it",
+         "output 'o.h5' exists: pass --resume to continue it or --overwrite to replace it"),
         ("target_precision must be in (0, 1]", "--target-precision must be in (0, 1]"),
         ("(a TLS server that asks for a client certificate closes the connection so: give "
          "certificate_chain and private_key, signed by the CA it trusts)",

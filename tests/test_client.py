@@ -146,9 +146,12 @@ def test_embed_file_writes_each_result_as_it_comes_and_resumes(address, sample_f
     out = tmp_path / "v.tsv"
     with protssl.Client(address) as client:
         first = client.embed_file(head, out, chunk=4, progress=False)
-        with pytest.raises(InvalidInputError, match="exists: pass --resume"):
+        with pytest.raises(
+            InvalidInputError,
+            match=r"exists: pass resume=True to continue it or overwrite=True to replace it$",
+        ):
             client.embed_file(fasta, out, progress=False)
-        with pytest.raises(InvalidInputError, match="--resume and --overwrite contradict"):
+        with pytest.raises(InvalidInputError, match=r"^resume=True and overwrite=True contradict"):
             client.embed_file(fasta, out, progress=False, resume=True, overwrite=True)
         second = client.embed_file(fasta, out, chunk=4, progress=False, resume=True)
         whole = client.embed_fasta(fasta, chunk=4, progress=False)

@@ -158,6 +158,7 @@ _POLICY_FIELDS = ("on_invalid", "gaps", "on_empty", "on_duplicate")
 """FastaPolicy's fields, each set by the option of the same name (`--on-invalid`...)."""
 _POLICY_ADVICE = re.compile(rf"\b({'|'.join(_POLICY_FIELDS)}) (fail|skip|replace|strip)\b")
 _SDK_TOKEN_ADVICE = re.compile(r"give Client\([^)]*\) or set ")
+_SDK_FLAG = re.compile(r"\b(resume|overwrite)=True\b")
 _SDK_ADVICE = (
     (RESUME_ADVICE, "the same command with --resume sends the rest"),
     (WINDOW_ADVICE, "--window-policy window embeds it in overlapping windows"),
@@ -196,6 +197,7 @@ def as_options(message: str) -> str:
         if message.startswith(field):
             message = option + message[len(field) :]
     message = _SDK_TOKEN_ADVICE.sub("set ", message)
+    message = _SDK_FLAG.sub(r"--\1", message)
     return _POLICY_ADVICE.sub(lambda m: f"--{m.group(1).replace('_', '-')} {m.group(2)}", message)
 
 

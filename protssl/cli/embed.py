@@ -221,9 +221,11 @@ def _embed(args: argparse.Namespace) -> int:
             spec = embed_job_spec(
                 args.input, args.output, model, config, policy, engine=args.engine
             )
-            if store.jobs.unfinished(spec.kind, spec.key) is None or not spec.resumable:
+            unfinished = store.jobs.unfinished(spec.kind, spec.key)
+            if unfinished is None or not spec.resumable or args.overwrite:
                 check_output(args.output, resume=args.resume, overwrite=args.overwrite)
-            run = JobRun(store.jobs, spec, total=checked.headers if checked else None)
+            total = checked.headers if checked else None
+            run = JobRun(store.jobs, spec, total=total, restart=args.overwrite)
             summary.job, summary.continued = run.id, run.continued
 
         def record_progress(progress: JobSummary) -> None:

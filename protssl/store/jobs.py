@@ -119,10 +119,12 @@ class JobRepository:
             return [self._from_row(row) for row in connection.execute(statement)]
 
     def unfinished(self, kind: str, key: str) -> StoredJob | None:
-        """The newest job of `kind` not yet succeeded whose params hold this `key`, or None."""
+        """The newest job of `kind` whose params hold this `key`, when it has not succeeded (nor
+        been cancelled: a later run started over); else None. An older job left unfinished is
+        past continuing once a newer one of the same key ran."""
         for job in self.list():
-            if job.kind == kind and job.status != "succeeded" and job.params.get("key") == key:
-                return job
+            if job.kind == kind and job.params.get("key") == key:
+                return job if job.status in ("pending", "running", "failed") else None
         return None
 
     @staticmethod
