@@ -178,6 +178,12 @@ def test_embed_through_a_server_writes_what_a_local_run_writes(
     assert main([*gone, "--server", f"127.0.0.1:{free_port()}", "--reconnect", "-1"]) == 2
     line, _ = _one_line_error(capsys)
     assert line == "protssl embed: error: --reconnect must be >= 0 seconds, got -1"
+    table = tmp_path / "records.tsv"  # FASTA under a table's name: -o the same would replace it
+    table.write_text(fasta.read_text())
+    assert main(["embed", str(table), "-o", str(table), "--no-progress", "--overwrite"]) == 2
+    line, _ = _one_line_error(capsys)
+    assert line == f"protssl embed: error: output {str(table)!r} is the input file: give another -o"
+    assert table.read_text() == fasta.read_text()
     assert main([*gone, "--workers", "3", "--ray-address", "auto"]) == 2  # the local engine
     line, _ = _one_line_error(capsys)
     assert line == "protssl embed: error: --ray-address, --workers: go with --engine ray"

@@ -174,6 +174,7 @@ COMMANDS = (
 def _embed(args: argparse.Namespace) -> int:
     from protssl.batch_job import JobRun
     from protssl.batching import WindowPolicy
+    from protssl.durable import check_not_the_input
     from protssl.embed_file import JobSummary, embed_fasta_file, embed_job_spec
     from protssl.embedding import EmbedConfig
     from protssl.fasta import validate_fasta
@@ -199,6 +200,7 @@ def _embed(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"{args.input}: is a folder, not a FASTA file")
     if args.input != "-" and not Path(args.input).is_file():
         raise InvalidInputError(f"{args.input}: no such file")
+    check_not_the_input(Path(args.output), args.input)
     if args.server is not None:
         return _embed_remote(args, policy)
     refuse_beside_server(args, _build, _LOCAL_ONLY)  # --server-ca alone
