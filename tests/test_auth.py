@@ -474,8 +474,17 @@ def test_tls_with_a_token(service_model, sqlite_url, tokens_sqlite, pki, pki_fil
 
 
 def test_mutual_tls_needs_a_client_certificate_from_the_ca(
-    service_model, sqlite_url, tokens_sqlite, pki, pki_files
+    service_model,
+    sqlite_url,
+    tokens_sqlite,
+    pki,
+    pki_files,
+    tmp_path,
+    monkeypatch,
+    capsys,
 ) -> None:
+    """The SDK and a `--server` command present the client certificate a server that asks for one
+    checks; without one (or with a stranger's) the refusal hints at what to give."""
     with running_server(
         service_model,
         insecure_no_auth=False,
@@ -509,6 +518,23 @@ def test_mutual_tls_needs_a_client_certificate_from_the_ca(
                 refused.list_models()
             hint = "give certificate_chain and private_key" if chain is None else "not trust this"
             assert "(a TLS server that " in str(gone.value) and hint in str(gone.value)
+        for name in ("client_cert", "client_key"):
+            (tmp_path / f"{name}.pem").write_bytes(getattr(pki, name))
+        fasta = tmp_path / "two.fasta"
+        fasta.write_text(">a\nMKTAYIAKQR\n>b\nMSLQKTWGNI\n")
+        monkeypatch.setenv("PROTSSL_TOKEN", tokens_sqlite)
+        command = ["embed", str(fasta), "--server", address, "--server-ca", pki_files["ca"]]
+        command += ["--no-progress", "--reconnect", "0"]
+        mutual = ["--client-cert", str(tmp_path / "client_cert.pem")]
+        mutual += ["--client-key", str(tmp_path / "client_key.pem")]
+        assert main([*command, "-o", str(tmp_path / "v.tsv"), *mutual]) == 0
+        assert main([*command, "-o", str(tmp_path / "w.tsv")]) == 2
+        said = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "give --client-cert and --client-key, signed by the CA it trusts" in said, said
+    assert len((tmp_path / "v.tsv").read_text().splitlines()) == 3  # a header and two rows
+    assert main(["embed", str(fasta), "-o", str(tmp_path / "x.tsv"), *mutual]) == 2
+    said = capsys.readouterr().err.strip().splitlines()[-1]
+    assert said == "protssl embed: error: --client-cert goes with --server"
 
 
 def test_tls_settings_are_checked(tmp_path: Path, pki_files) -> None:

@@ -85,8 +85,10 @@ def test_fasta_policy_from_the_flags_a_command_has() -> None:
         ("target_precision must be in (0, 1]", "--target-precision must be in (0, 1]"),
         ("(a TLS server that asks for a client certificate closes the connection so: give "
          "certificate_chain and private_key, signed by the CA it trusts)",
-         "(a TLS server that asks for a client certificate closes the connection so: protssl's "
-         "commands present none; the SDK's Client(certificate_chain=..., private_key=...) does)"),
+         "(a TLS server that asks for a client certificate closes the connection so: give "
+         "--client-cert and --client-key, signed by the CA it trusts)"),
+        ("certificate_chain and private_key go together (mutual TLS)",
+         "--client-cert and --client-key go together (mutual TLS)"),
         ("workers and cpus per worker must be at least 1",
          "--workers and --cpus-per-worker must be at least 1"),
         ("record 'x': max_tokens must stay", "record 'x': max_tokens must stay"),  # not a check

@@ -19,6 +19,7 @@ from protssl.errors import RESUME_ADVICE, WINDOW_ADVICE, InvalidInputError
 
 if TYPE_CHECKING:
     from protssl.checkpoint import LoadedModel
+    from protssl.client import Client
     from protssl.fasta import FastaPolicy
     from protssl.store import Store, StoreConfig
 
@@ -33,10 +34,12 @@ __all__ = [
     "add_trust_args",
     "as_options",
     "fasta_policy",
+    "given_options",
     "load_model",
     "open_store",
     "refuse_beside_server",
     "served_model",
+    "server_client",
     "store_config",
 ]
 
@@ -167,9 +170,9 @@ _SDK_ADVICE = (
     ("give root_certificates, the CA that signed it", "give --server-ca, the CA that signed it"),
     (
         "give certificate_chain and private_key, signed by the CA it trusts",
-        "protssl's commands present none; the SDK's Client(certificate_chain=..., private_key=...) "
-        "does",
+        "give --client-cert and --client-key, signed by the CA it trusts",
     ),
+    ("certificate_chain and private_key go together", "--client-cert and --client-key go together"),
 )
 """The SDK's advice (`protssl.client`, the window policy) and what a command says instead."""
 _FIELD_OPTIONS = (
@@ -201,13 +204,18 @@ def as_options(message: str) -> str:
     return _POLICY_ADVICE.sub(lambda m: f"--{m.group(1).replace('_', '-')} {m.group(2)}", message)
 
 
-_SERVER_ONLY: dict[str, object] = {"server_ca": None, "reconnect": RECONNECT_S}
+_SERVER_ONLY: dict[str, object] = {
+    "server_ca": None,
+    "client_cert": None,
+    "client_key": None,
+    "reconnect": RECONNECT_S,
+}
 """`add_server_args`' options that mean nothing without --server, and their defaults."""
 
 
 def add_server_args(parser: argparse.ArgumentParser, what: str) -> None:
-    """`--server ADDR`, `--server-ca PEM` and `--reconnect SECONDS`: run the command on a protssl
-    server instead, waiting for it through a restart."""
+    """`--server ADDR`, `--server-ca PEM`, `--client-cert PEM --client-key PEM` and `--reconnect
+    SECONDS`: run the command on a protssl server instead, waiting for it through a restart."""
     remote = parser.add_argument_group("remote")
     remote.add_argument(
         "--server",
@@ -223,12 +231,38 @@ def add_server_args(parser: argparse.ArgumentParser, what: str) -> None:
         help="CA certificate of a TLS server (--server)",
     )
     remote.add_argument(
+        "--client-cert",
+        metavar="PEM",
+        default=_SERVER_ONLY["client_cert"],
+        help="this client's certificate, for a server that asks for one (mutual TLS; with "
+        "--client-key)",
+    )
+    remote.add_argument(
+        "--client-key",
+        metavar="PEM",
+        default=_SERVER_ONLY["client_key"],
+        help="the private key of --client-cert",
+    )
+    remote.add_argument(
         "--reconnect",
         metavar="SECONDS",
         type=float,
         default=_SERVER_ONLY["reconnect"],
         help="with --server: how long to keep trying when the server goes away midway (a "
         "restart) before stopping with what came back kept (default %(default)g; 0: stop at once)",
+    )
+
+
+def server_client(args: argparse.Namespace) -> Client:
+    """The SDK client a `--server` command talks through, with its TLS and reconnect options."""
+    from protssl.client import Client
+
+    return Client(
+        args.server,
+        root_certificates=args.server_ca,
+        certificate_chain=args.client_cert,
+        private_key=args.client_key,
+        reconnect=args.reconnect,
     )
 
 

@@ -25,6 +25,7 @@ from protssl.cli.args import (
     open_store,
     refuse_beside_server,
     served_model,
+    server_client,
 )
 from protssl.cli.commands import Command
 from protssl.errors import InvalidInputError, ProtsslError
@@ -288,15 +289,12 @@ def _refuse_empty_input(source: str, summary: JobSummary) -> None:
 def _embed_remote(args: argparse.Namespace, policy: FastaPolicy) -> int:
     """`--server`: the records go to a protssl server, which runs its model and keeps its store;
     OUTPUT is written here as it is locally, each result as it comes back."""
-    import protssl
     from protssl.embed_file import JobSummary
 
     summary = JobSummary(output=args.output)
     try:
         refuse_beside_server(args, _build, _LOCAL_ONLY)
-        with protssl.Client(
-            args.server, root_certificates=args.server_ca, reconnect=args.reconnect
-        ) as client:
+        with server_client(args) as client:
             client.embed_file(
                 args.input,
                 args.output,

@@ -31,6 +31,7 @@ from protssl.cli.args import (
     load_model,
     open_store,
     refuse_beside_server,
+    server_client,
 )
 from protssl.cli.commands import Command, LazySubcommands, add_commands
 from protssl.durable import (
@@ -482,12 +483,9 @@ def _classify_local(args: argparse.Namespace, policy: FastaPolicy, residues: int
 def _classify_remote(args: argparse.Namespace, policy: FastaPolicy, residues: int | None) -> int:
     """`classify --server`: the server's classifier (and model, and store) answers, chunk by chunk,
     every chunk by the version the command started with; the table is the local one."""
-    import protssl
     from protssl.embedding import CacheStats
 
-    with protssl.Client(
-        args.server, root_certificates=args.server_ca, reconnect=args.reconnect
-    ) as client:
+    with server_client(args) as client:
         info = client.get_classifier(args.name, version=args.version)
         stats = CacheStats()
 
