@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from protssl.store import Store, StoredClassifier
 
 __all__ = ["ClassifierCache", "add_examples", "load_classifier", "save_classifier"]
+
+log = logging.getLogger(__name__)
 
 
 def save_classifier(
@@ -118,11 +121,32 @@ def add_examples(
 ) -> StoredClassifier:
     """Refit `name` on its latest examples plus `records` (same config) and save the next version.
 
-    A record whose id is already among the examples replaces it. Vectors go through the store's
-    embedding cache, so the old examples are not embedded again; `stats` counts what was computed.
+    A record whose id is already among the examples replaces it (a warning names those whose
+    sequence or labels differ); when every record is among them as it is, nothing is refitted and
+    the latest version is returned, with a warning. Vectors go through the store's embedding cache,
+    so the old examples are not embedded again; `stats` counts what was computed.
     """
     latest, examples = load_classifier(store, name)
     check_model(latest, model)
+    kept = {r.id: (r.sequence, r.labels) for r in examples}
+    changed = [r.id for r in records if r.id in kept and kept[r.id] != (r.sequence, r.labels)]
+    if all(kept.get(r.id) == (r.sequence, r.labels) for r in records):
+        log.warning(
+            "classifier %r: each of the %d example(s) is in version %s as it is: no version added",
+            name,
+            len(records),
+            latest.info.get("version"),
+        )
+        return store.classifiers.get(name)
+    if changed:
+        shown = ", ".join(repr(i) for i in changed[:3]) + (" ..." if len(changed) > 3 else "")
+        log.warning(
+            "classifier %r: %d example(s) replace ones of the same id with another sequence or "
+            "labels: %s",
+            name,
+            len(changed),
+            shown,
+        )
     new_ids = {r.id for r in records}
     merged = [r for r in examples if r.id not in new_ids] + list(records)
     classifier = fit_records(

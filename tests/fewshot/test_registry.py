@@ -82,7 +82,10 @@ def test_add_examples_refits_old_and_new_examples_as_the_next_version(
     sqlite_url: str,
     windowed_model: LoadedModel,
     is_split: tuple[list[ProteinRecord], list[ProteinRecord]],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """Version 2 holds the old examples and the new, a same-id one replacing its old one (with a
+    warning naming it); adding examples it holds as they are adds no version."""
     support = is_split[0]
     first, more = support[:16], support[16:24]
     relabelled = replace(first[0], labels=first[-1].labels)  # same id: replaces the old example
@@ -92,7 +95,18 @@ def test_add_examples_refits_old_and_new_examples_as_the_next_version(
         # no vector was cached (no cache given): the save named the model
         named = [(windowed_model.sha256, windowed_model.name)]
         assert store.embeddings.models_named(windowed_model.name) == named
-        stored = add_examples(store, "is", [relabelled, *more], windowed_model)
+        with caplog.at_level("WARNING", logger="protssl.fewshot.registry"):
+            stored = add_examples(store, "is", [relabelled, *more], windowed_model)
+            assert (
+                f"classifier 'is': 1 example(s) replace ones of the same id with another sequence "
+                f"or labels: {relabelled.id!r}"
+            ) in caplog.text
+            caplog.clear()
+            again = add_examples(store, "is", more, windowed_model)  # all there as they are
+            assert again.version == 2 and store.classifiers.get("is").version == 2
+            assert "each of the 8 example(s) is in version 2 as it is: no version added" in (
+                caplog.text
+            )
         latest, examples = load_classifier(store, "is")
         other = replace(windowed_model, card=replace(windowed_model.card, sha256="0" * 64))
         with pytest.raises(InvalidInputError, match="classifier 'is' v2 was fitted on model"):
