@@ -12,14 +12,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 
 from protssl.alphabet import ALPHABET, tokenize
-from protssl.errors import WINDOW_ADVICE, InvalidInputError, SequenceTooLongError
-from protssl.fasta import ProteinRecord
+from protssl.errors import WINDOW_ADVICE, InvalidInputError, SequenceTooLongError, fasta_location
+from protssl.fasta import ProteinRecord, ReadStats
 
 __all__ = [
     "Footprint",
@@ -195,6 +196,23 @@ def too_long_error(where: str, length: int, window_residues: int) -> SequenceToo
         f"{where} has {length} residues, more than the model's window of {window_residues}; "
         + WINDOW_ADVICE
     )
+
+
+def refusing_long(
+    records: Iterable[ProteinRecord], source: str | Path, stats: ReadStats, window_residues: int
+) -> Iterator[ProteinRecord]:
+    """`records` as a FASTA file's reader gives them (`stats` its counts), stopped at the first
+    longer than the model window (the `refuse` window policy) as it is read, named as a FASTA error
+    names a record: file, id and number."""
+    for record in records:
+        if len(record.sequence) > window_residues:
+            where = fasta_location(
+                "<stdin>" if str(source) == "-" else str(source),
+                record_id=record.id,
+                record_index=stats.records + stats.skipped - 1,  # the headers read so far
+            )
+            raise too_long_error(where, len(record.sequence), window_residues)
+        yield record
 
 
 def token_batches(

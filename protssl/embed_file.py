@@ -18,7 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from protssl.batch_job import JobSpec
-from protssl.batching import too_long_error
+from protssl.batching import refusing_long
 from protssl.checkpoint import LoadedModel
 from protssl.durable import check_room, human_bytes
 from protssl.embedding import (
@@ -28,7 +28,7 @@ from protssl.embedding import (
     embed_records,
     expected_provenance,
 )
-from protssl.errors import ProtsslError, fasta_location
+from protssl.errors import ProtsslError
 from protssl.fasta import (
     FastaCheck,
     FastaPolicy,
@@ -197,22 +197,6 @@ def _until_error(
         failure.append(exc)
 
 
-def _refusing_long(
-    records: Iterator[ProteinRecord], source: str | Path, stats: ReadStats, window_residues: int
-) -> Iterator[ProteinRecord]:
-    """`records`, stopped at the first one longer than the model window (the `refuse` window
-    policy) as it is read, named as a FASTA error names a record: file, id and number."""
-    for record in records:
-        if len(record.sequence) > window_residues:
-            where = fasta_location(
-                "<stdin>" if str(source) == "-" else str(source),
-                record_id=record.id,
-                record_index=stats.records + stats.skipped - 1,  # the headers read so far
-            )
-            raise too_long_error(where, len(record.sequence), window_residues)
-        yield record
-
-
 def embed_fasta_file(
     source: str | Path,
     output: str | Path,
@@ -272,7 +256,7 @@ def embed_fasta_file(
                 cache_stats = CacheStats()
                 read = read_fasta(source, policy=policy, stats=stats)
                 if config.window.mode == "refuse":
-                    read = _refusing_long(read, source, stats, model.encoder.config.max_residues)
+                    read = refusing_long(read, source, stats, model.encoder.config.max_residues)
                 records = _until_error(
                     pending_records(read, done, summary, bar, positions), failure
                 )

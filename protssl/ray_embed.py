@@ -20,7 +20,7 @@ import socket
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from protssl.batching import read_ahead
+from protssl.batching import read_ahead, refusing_long
 from protssl.checkpoint import LoadedModel
 from protssl.durable import check_room, make_folder
 from protssl.embed_file import JobSummary
@@ -110,10 +110,13 @@ def plan_shards(
     policy: FastaPolicy,
     *,
     stats: ReadStats | None = None,
+    window_residues: int | None = None,
 ) -> list[Shard]:
     """Cut a plain FASTA file into shards at the ends of `read_ahead` groups (policy applied).
 
-    `stats`, if given, counts what the policy kept and dropped."""
+    `stats`, if given, counts what the policy kept and dropped. With the `refuse` window policy and
+    the model's `window_residues`, a record longer than the window stops the plan, named by its
+    file and number, before any actor starts."""
     path = Path(source)
     if str(source) == "-" or not path.is_file():
         raise InvalidInputError("--engine ray reads a FASTA file by byte ranges, not stdin")
@@ -127,9 +130,10 @@ def plan_shards(
     stats = stats if stats is not None else ReadStats()
     shards: list[Shard] = []
     start = 0
-    for group in read_ahead(
-        read_fasta(path, policy=policy, stats=stats), config.read_ahead_residues
-    ):
+    records: Iterable[ProteinRecord] = read_fasta(path, policy=policy, stats=stats)
+    if config.window.mode == "refuse" and window_residues is not None:
+        records = refusing_long(records, path, stats, window_residues)
+    for group in read_ahead(records, config.read_ahead_residues):
         # read_ahead yields as soon as its last record arrives: stats has counted just that far
         following = stats.records + stats.skipped
         end = headers[following] if following < len(headers) else size
@@ -286,7 +290,8 @@ def embed_fasta_ray(
     try:
         _prepare_folder(folder, resume=resume, overwrite=overwrite)
         read = ReadStats()
-        shards = plan_shards(source, config, policy, stats=read)
+        window = model.encoder.config.max_residues
+        shards = plan_shards(source, config, policy, stats=read, window_residues=window)
         summary.skipped, summary.skipped_ids = read.skipped, list(read.skipped_ids)
         pending = _unfinished(shards, folder)
         summary.resumed = sum(len(s.ids) for s in shards) - sum(len(s.ids) for s in pending)

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +18,17 @@ from other_process import another_process_holding
 from ports import free_port
 
 from protssl import ray_embed
+from protssl.batching import WindowPolicy
 from protssl.checkpoint import load_model
 from protssl.cli import main
 from protssl.embed_file import embed_fasta_file
 from protssl.embedding import EmbedConfig
-from protssl.errors import FastaFormatError, InvalidInputError
+from protssl.errors import (
+    WINDOW_ADVICE,
+    FastaFormatError,
+    InvalidInputError,
+    SequenceTooLongError,
+)
 from protssl.fasta import UTF8_BOM, FastaPolicy, read_fasta
 from protssl.output import part_name, read_vectors
 from protssl.ray_embed import (
@@ -57,6 +64,22 @@ def fasta(sample_fasta: Path, tmp_path: Path) -> Path:
 
 def _config() -> EmbedConfig:
     return EmbedConfig(max_tokens=4096, read_ahead_residues=SHARD_RESIDUES)
+
+
+def test_the_refuse_window_policy_names_the_record_before_any_actor_starts(fasta: Path) -> None:
+    """A record past the model window stops the plan, named by file, id and number, as the local
+    engine names it."""
+    policy = FastaPolicy(on_invalid="skip", on_duplicate="skip")
+    records = list(read_fasta(fasta, policy=policy))
+    longest = max(range(len(records)), key=lambda i: len(records[i]))
+    window = len(records[longest]) - 1
+    first = next(i for i, r in enumerate(records) if len(r) > window)
+    config = replace(_config(), window=WindowPolicy(mode="refuse"))
+    with pytest.raises(SequenceTooLongError) as refused:
+        plan_shards(fasta, config, policy, window_residues=window)
+    assert str(refused.value).startswith(f"{fasta}: record {records[first].id!r} (#")
+    assert f"more than the model's window of {window}; {WINDOW_ADVICE}" in str(refused.value)
+    assert plan_shards(fasta, config, policy)  # no window given: nothing to refuse here
 
 
 def test_shards_are_the_local_read_ahead_groups(fasta: Path) -> None:
