@@ -25,7 +25,7 @@ from protssl.store import engine as engines
 def test_db_commands(store_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     head = engines.head_revision()
     for argv, shown in (
-        (["db", "current"], "base (empty)"),
+        (["db", "current"], "base"),  # SQLite: no file yet; PostgreSQL: "base (empty)"
         (["db", "upgrade"], f"at {head}"),
         (["db", "current"], f"{head} (head)"),
         (["db", "downgrade", "base"], "at base"),
@@ -34,6 +34,25 @@ def test_db_commands(store_url: str, capsys: pytest.CaptureFixture[str]) -> None
         args = build_parser().parse_args([*argv, "--db", store_url])
         assert args.func(args) == 0
         assert shown in capsys.readouterr().out
+
+
+def test_reading_a_store_that_is_not_there_creates_none(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`db stats` and `db current` on a SQLite path with no file (a typo, a fresh machine) say so
+    and leave no empty store, nor its folder, behind."""
+    url = f"sqlite:///{tmp_path / 'typo' / 'store.sqlite3'}"
+    for argv, said in (
+        (["db", "stats"], "store.sqlite3: no store there yet\nthe embedding cache is empty\n"),
+        (["db", "current"], "store.sqlite3: no store there yet (base)\n"),
+    ):
+        args = build_parser().parse_args([*argv, "--db", url])
+        assert args.func(args) == 0
+        assert capsys.readouterr().out.endswith(said)
+    args = build_parser().parse_args(["db", "stats", "--json", "--db", url])
+    assert args.func(args) == 0
+    assert json.loads(capsys.readouterr().out)["groups"] == []
+    assert not (tmp_path / "typo").exists()
 
 
 def test_db_url_comes_from_the_flag_then_the_environment(

@@ -15,6 +15,7 @@ import string
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from protssl.cli.args import add_db_arg, store_config
@@ -109,9 +110,25 @@ def _downgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def _missing_sqlite_file(args: argparse.Namespace) -> str | None:
+    """The SQLite file `--db` names when it does not exist: a command that only reads the store
+    says so instead of creating an empty store there (a mistyped path would leave one behind)."""
+    from sqlalchemy import make_url
+
+    config = store_config(args)
+    database = make_url(config.url).database or ""
+    if config.dialect != "sqlite" or database in ("", ":memory:") or database.startswith("file:"):
+        return None
+    path = Path(database).expanduser()
+    return None if path.exists() else str(path)
+
+
 def _current(args: argparse.Namespace) -> int:
     from protssl.store import engine as engines
 
+    if (missing := _missing_sqlite_file(args)) is not None:
+        print(f"{missing}: no store there yet (base)")
+        return 0
     with _engine(args) as engine:
         revision = engines.current_revision(engine)
     head = engines.head_revision()
@@ -123,6 +140,12 @@ def _current(args: argparse.Namespace) -> int:
 def _stats(args: argparse.Namespace) -> int:
     from protssl.store import Store
 
+    if (missing := _missing_sqlite_file(args)) is not None:
+        if args.json:
+            print(json.dumps({"store": missing, "file_bytes": None, "groups": []}))
+        else:
+            print(f"{missing}: no store there yet\nthe embedding cache is empty")
+        return 0
     with Store(store_config(args)) as store:
         groups = store.embeddings.summary()
         on_disk = _file_size(store)
