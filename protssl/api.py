@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +14,7 @@ from protssl.batching import WindowPolicy
 from protssl.checkpoint import LoadedModel, load_model
 from protssl.embedding import EmbedConfig, Embedding, Provenance, embed_records
 from protssl.fasta import FastaPolicy, ProteinRecord, records_from_sequences
+from protssl.pooling import pooled_width
 
 __all__ = ["EmbedResult", "embed"]
 
@@ -68,7 +69,7 @@ def _files_signature(spec: str | Path | None) -> tuple[tuple[str, int, int, int]
 
 
 def embed(
-    records_or_sequences: Iterable[ProteinRecord | str],
+    records_or_sequences: Iterable[ProteinRecord | str] | Mapping[str, str],
     *,
     model: LoadedModel | str | Path | None = None,
     ids: Sequence[str] | None = None,
@@ -82,7 +83,8 @@ def embed(
 
     `model` is a loaded model, a path or preset name, or None for the shipped default; what it
     names is loaded once and kept (the last two), and read again when its files change. Plain
-    strings get ids `seq0`, `seq1`, ... unless `ids` is given; they follow the FASTA policy.
+    strings get ids `seq0`, `seq1`, ... unless `ids` is given (a mapping's keys are its ids); they
+    follow the FASTA policy. No records give an empty (0, D) float32 array.
     """
     loaded = model if isinstance(model, LoadedModel) else _loaded(model)
     records = records_from_sequences(records_or_sequences, ids=ids, policy=policy)
@@ -95,8 +97,13 @@ def embed(
     by_id = {e.id: e for e in embed_records(records, loaded, config)}
     order = [r.id for r in records]
     vectors = [by_id[i].vector for i in order]
+    width = pooled_width(pooling, loaded.encoder.config.embed_dim)
     stacked: np.ndarray | list[np.ndarray] = (
-        vectors if pooling == "per-residue" else np.stack(vectors) if vectors else np.zeros((0, 0))
+        vectors
+        if pooling == "per-residue"
+        else np.stack(vectors)
+        if vectors
+        else np.zeros((0, width), np.float32)
     )
     return EmbedResult(
         ids=order,

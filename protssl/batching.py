@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from protssl.alphabet import ALPHABET, tokenize
+from protssl.alphabet import ALPHABET, first_non_residue, tokenize
 from protssl.errors import WINDOW_ADVICE, InvalidInputError, SequenceTooLongError, fasta_location
 from protssl.fasta import ProteinRecord, ReadStats
 
@@ -226,9 +226,15 @@ def token_batches(
     """Windows of all sequences, longest first, packed so rows x padded length <= max_tokens."""
     windows: list[Window] = []
     for item, sequence in enumerate(sequences):
+        name = f"record {ids[item]!r}" if ids is not None else f"sequence #{item + 1}"
+        if (at := first_non_residue(sequence)) is not None:
+            raise InvalidInputError(
+                f"{name}: {sequence[at]!r} at position {at + 1} is not a residue letter: records "
+                "hold normalised residues (uppercase, no gaps); read_fasta and "
+                "records_from_sequences make them from raw text, under the FASTA policy"
+            )
         if len(sequence) > window_residues and policy.mode == "refuse":
-            name = ids[item] if ids is not None else f"#{item + 1}"
-            raise too_long_error(f"sequence {name}", len(sequence), window_residues)
+            raise too_long_error(name, len(sequence), window_residues)
         windows.extend(
             Window(item, s, e)
             for s, e in plan_windows(

@@ -317,26 +317,39 @@ def _sequence_fields(
     items: Iterable[str | ProteinRecord] | Mapping[str, str], ids: Sequence[str] | None
 ) -> Iterator[dict[str, str]]:
     """`_sequences`, item by item: `items` is read lazily (a stream may be longer than memory);
-    one string instead of a list is refused at once."""
+    one string instead of a list, or ids beside a mapping (whose keys are its ids), is refused at
+    once, an item or id of another type as it is read, naming it."""
     refuse_one_string(items)
+    if isinstance(ids, str | bytes):
+        raise InvalidInputError("ids is one string, not a list of them: give one id per sequence")
+    if isinstance(items, Mapping) and ids is not None:
+        raise InvalidInputError("ids given twice: a mapping's keys are its ids; leave out ids")
     return _fields_of(items, ids)
 
 
 def _fields_of(
     items: Iterable[str | ProteinRecord] | Mapping[str, str], ids: Sequence[str] | None
 ) -> Iterator[dict[str, str]]:
-    if isinstance(items, Mapping):
-        yield from ({"id": k, "sequence": v} for k, v in items.items())
-        return
+    pairs = items.items() if isinstance(items, Mapping) else enumerate(items)
     count = 0
-    for index, item in enumerate(items):
+    for index, (key, item) in enumerate(pairs):
         if ids is not None and index >= len(ids):
             raise InvalidInputError(f"{len(ids)} ids given for more than {len(ids)} sequences")
-        given = ids[index] if ids is not None else ""
+        given = ids[index] if ids is not None else key if isinstance(items, Mapping) else ""
+        if not isinstance(given, str):
+            raise InvalidInputError(
+                f"id #{index + 1} is {type(given).__name__} {given!r:.40}: ids are strings "
+                "([str(i) for i in ids] for numbers)"
+            )
         if isinstance(item, ProteinRecord):
             yield {"id": given or item.id, "sequence": item.sequence}
-        else:
+        elif isinstance(item, str):
             yield {"id": given, "sequence": item}
+        else:
+            raise InvalidInputError(
+                f"sequence #{index + 1} is {type(item).__name__} {item!r:.40}, not a sequence "
+                "(a string) or a ProteinRecord"
+            )
         count += 1
     if ids is not None and len(ids) != count:
         raise InvalidInputError(f"{len(ids)} ids given for {count} sequences")
@@ -783,6 +796,8 @@ class Client:
     def _options(
         model: str, pooling: str, layer: int | None, dtype: str, on_invalid: str = "fail"
     ) -> pb.EmbedOptions:
+        if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int)):
+            raise InvalidInputError(f"layer must be a whole number or None, not {layer!r}")
         return pb.EmbedOptions(
             model=model,
             pooling=POOLING.value(pooling),

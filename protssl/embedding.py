@@ -65,6 +65,10 @@ class EmbedConfig:
             raise InvalidInputError(
                 f"pooling must be one of {', '.join(POOLINGS)}, not {self.pooling!r}"
             )
+        if self.layer is not None and (
+            isinstance(self.layer, bool) or not isinstance(self.layer, int)
+        ):
+            raise InvalidInputError(f"layer must be a whole number or None, not {self.layer!r}")
         if self.max_tokens < 8:
             raise InvalidInputError(f"max_tokens must be at least 8, got {self.max_tokens}")
         if self.read_ahead_residues < 1:

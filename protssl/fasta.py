@@ -21,10 +21,11 @@ import codecs
 import gzip
 import io
 import logging
+import os
 import re
 import sys
 import zlib
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -94,6 +95,11 @@ class ProteinRecord:
     sequence: str
     labels: tuple[str, ...] = ()
     description: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.labels, tuple):  # one label given as a string is that label
+            labels = (self.labels,) if isinstance(self.labels, str) else tuple(self.labels)
+            object.__setattr__(self, "labels", labels)
 
     def __len__(self) -> int:
         return len(self.sequence)
@@ -360,9 +366,19 @@ def read_fasta(
     stats: ReadStats | None = None,
 ) -> Iterator[ProteinRecord]:
     """Stream records from a FASTA file (plain or gzip, by content) or stdin (`-`), applying `policy`."""
-    yield from _read_file(
-        path, policy or FastaPolicy(), stats if stats is not None else ReadStats()
-    )
+    yield from _read_file(path, _policy(policy), stats if stats is not None else ReadStats())
+
+
+def _policy(policy: object) -> FastaPolicy:
+    """`policy`, or the default for None; anything but a FastaPolicy is refused, saying so."""
+    if policy is None:
+        return FastaPolicy()
+    if not isinstance(policy, FastaPolicy):
+        raise InvalidInputError(
+            f"policy is {type(policy).__name__} {policy!r:.60}, not a FastaPolicy: give "
+            "FastaPolicy(on_invalid='skip'), say"
+        )
+    return policy
 
 
 def check_fasta(
@@ -500,6 +516,8 @@ def read_fasta_range(
 def refuse_one_string(sequences: object, what: str = "sequences") -> None:
     """A str is iterable, so one sequence (or a file's path) given where a list belongs would be
     taken residue by residue, each letter a protein of its own: refused, saying what to give."""
+    if isinstance(sequences, os.PathLike):
+        sequences = os.fspath(sequences)
     if not isinstance(sequences, str | bytes):
         return
     text = sequences.decode(errors="replace") if isinstance(sequences, bytes) else sequences
@@ -522,24 +540,43 @@ def _is_file(text: str) -> bool:
 
 
 def records_from_sequences(
-    sequences: Iterable[str | ProteinRecord],
+    sequences: Iterable[str | ProteinRecord] | Mapping[str, str],
     *,
     ids: Iterable[str] | None = None,
     policy: FastaPolicy | None = None,
     source: str = "<input>",
     first_index: int = 0,
 ) -> list[ProteinRecord]:
-    """Records from in-memory sequences (or records), with the same policy as files; ids default to seq{n}.
+    """Records from in-memory sequences (or records, or an id -> sequence mapping), with the same
+    policy as files; ids default to seq{n}.
 
     An id is taken as given, spaces included: there is no header to parse (labels come from records).
     Sequences that break the policy raise one FastaFormatError naming them all (by problem), each
     numbered from `first_index` (a chunk of a longer input counts on from the chunks before it).
     """
+    if isinstance(sequences, Mapping):  # id -> sequence, as the client takes it
+        if ids is not None:
+            raise InvalidInputError("ids given twice: a mapping's keys are its ids; leave out ids")
+        ids, sequences = list(sequences.keys()), list(sequences.values())
     refuse_one_string(sequences)
+    if isinstance(ids, str | bytes):
+        raise InvalidInputError("ids is one string, not a list of them: give one id per sequence")
     items = list(sequences)
+    for index, item in enumerate(items):
+        if not isinstance(item, str | ProteinRecord):
+            raise InvalidInputError(
+                f"sequences[{index}] is {type(item).__name__} {item!r:.40}, not a sequence "
+                "(a string) or a ProteinRecord"
+            )
     id_list = list(ids) if ids is not None else None
     if id_list is not None and len(id_list) != len(items):
         raise InvalidInputError(f"{len(id_list)} ids given for {len(items)} sequences")
+    for index, given in enumerate(id_list or ()):
+        if not isinstance(given, str):
+            raise InvalidInputError(
+                f"ids[{index}] is {type(given).__name__} {given!r:.40}: ids are strings "
+                "([str(i) for i in ids] for numbers)"
+            )
     entries: list[tuple[str, str, tuple[str, ...] | None]] = []
     for index, item in enumerate(items):
         record_id = id_list[index] if id_list is not None else None
@@ -552,7 +589,7 @@ def records_from_sequences(
         _records(
             iter(entries),
             source,
-            policy or FastaPolicy(),
+            _policy(policy),
             ReadStats(),
             titles_are_ids=True,
             report=found.note,

@@ -116,6 +116,46 @@ def test_one_string_instead_of_a_list_is_refused_not_read_letter_by_letter(
         client.embed_stream(sequence)
 
 
+def test_inputs_of_the_wrong_shape_are_refused_naming_them_not_embedded(
+    tiny_model_dir: Path, sample_fasta: Path
+) -> None:
+    """A mapping's keys are its ids (they were embedded as sequences); numbers, None, bytes and
+    tuples among the sequences or ids, a path, a layer or policy of the wrong type are refused by
+    name, not with a TypeError from deep inside; no records give a float32 (0, D) array; records
+    built by hand must hold normalised residues (lowercase ones gave other vectors, silently)."""
+    model = protssl.load_model(tiny_model_dir, dtype="float32")
+    records = [r for r in protssl.read_fasta(sample_fasta) if len(r) < 60][:2]
+    mapping = {r.id: r.sequence for r in records}
+    by_key = protssl.embed(mapping, model=model)
+    assert by_key.ids == list(mapping)
+    np.testing.assert_array_equal(by_key.vectors, protssl.embed(records, model=model).vectors)
+    sequences = [r.sequence for r in records]
+    for call, said in (
+        (lambda: protssl.embed(mapping, ids=["x", "y"], model=model), "ids given twice"),
+        (lambda: protssl.embed(sequences, ids=[1, 2], model=model), r"ids\[0\] is int 1"),
+        (lambda: protssl.embed(sequences, ids="ab", model=model), "ids is one string"),
+        (lambda: protssl.embed([sequences[0], None], model=model), r"sequences\[1\] is NoneType"),
+        (lambda: protssl.embed([b"MKV"], model=model), r"sequences\[0\] is bytes"),
+        (lambda: protssl.embed([("p1", "MKV")], model=model), r"sequences\[0\] is tuple"),
+        (lambda: protssl.embed(sample_fasta, model=model), "the name of a file"),
+        (lambda: protssl.embed(sequences, layer="1", model=model), "layer must be a whole"),
+        (
+            lambda: protssl.embed(sequences, policy={"on_invalid": "skip"}, model=model),
+            "policy is dict",
+        ),
+    ):
+        with pytest.raises(InvalidInputError, match=said):
+            call()
+    empty = protssl.embed([], model=model).vectors
+    assert (empty.dtype, empty.shape) == (np.float32, (0, 64))
+    from protssl.embedding import EmbedConfig, embed_records
+
+    lowercase = protssl.ProteinRecord("q", records[0].sequence.lower())
+    with pytest.raises(InvalidInputError, match=r"record 'q': '.' at position 1 is not a residue"):
+        list(embed_records([lowercase], model, EmbedConfig()))
+    assert protssl.ProteinRecord("a", "MKV", "IS3").labels == ("IS3",)  # one label, not three
+
+
 def test_a_model_is_loaded_once_for_embed_calls_until_its_files_change(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -532,6 +532,14 @@ def test_typed_errors_carry_the_server_message(address, records):
             client.embed(records[:1], model="esm2-650m")
         with pytest.raises(DeadlineExceededError):
             client.embed(["MKV" * 300] * 8, timeout=0.001)
+        for call, said in (  # refused here, by name, not a TypeError from protobuf
+            (lambda: client.embed(["MKV", 5]), "sequence #2 is int 5"),
+            (lambda: client.embed(["MKV", "MKT"], ids=[1, 2]), "id #1 is int 1"),
+            (lambda: client.embed({"a": "MKV"}, ids=["x"]), "ids given twice"),
+            (lambda: client.embed(["MKV"], layer="3"), "layer must be a whole number"),
+        ):
+            with pytest.raises(InvalidInputError, match=said):
+                call()
 
 
 def test_chunked_calls_name_a_bad_record_by_its_place_in_the_whole_input(

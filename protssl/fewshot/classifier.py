@@ -145,13 +145,14 @@ class FewShotClassifier:
         info: Mapping[str, Any] | None = None,
         sequences: Sequence[str] | None = None,
     ) -> FewShotClassifier:
-        """Fit on `{layer: (N, D) vectors}` and N label tuples; chooses the layer by held-out accuracy.
+        """Fit on `{layer: (N, D) vectors}` and N label tuples (a string is one label, not its
+        letters); chooses the layer by held-out accuracy.
 
         `sequences` (the N support sequences) are needed by the `hybrid` method only; it chooses
         its layer by its embedding head's held-out accuracy.
         """
         config = config or FewShotConfig()
-        label_sets = [tuple(dict.fromkeys(ls)) for ls in labels]
+        label_sets = [tuple(dict.fromkeys((ls,) if isinstance(ls, str) else ls)) for ls in labels]
         if not features:
             raise InvalidInputError("no vectors given to fit a classifier")
         require_labels(label_sets)

@@ -85,6 +85,15 @@ def test_state_round_trip_gives_identical_predictions(
     assert restored.layer == classifier.layer
 
 
+def test_a_label_given_as_a_string_is_one_label_not_its_letters() -> None:
+    """`["IS3", ...]` (a string per example) fitted classes I, S, 3; a record's `labels="IS3"` too."""
+    rng = np.random.default_rng(0)
+    features = {1: rng.normal(size=(6, 8)).astype(np.float32)}
+    fitted = FewShotClassifier.fit(features, ["IS3", "IS3", "IS3", "IS5", "IS5", "IS5"])
+    assert fitted.classes == ("IS3", "IS5")
+    assert ProteinRecord("a", "MKV", "IS3").labels == ProteinRecord("a", "MKV", ["IS3"]).labels
+
+
 def test_state_is_refused_when_it_is_not_a_classifier(fitted: dict[str, FewShotClassifier]) -> None:
     params, blob = fitted["knn"].to_state()
     with pytest.raises(InvalidInputError, match="not a protssl few-shot classifier"):
