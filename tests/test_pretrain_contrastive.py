@@ -98,6 +98,30 @@ def test_cluster_positives_share_the_anchors_cluster_and_anchors_never_share_one
     assert sorted(visited) == list(range(len(corpus.clusters)))  # an epoch: each cluster once
 
 
+def test_training_records_the_cluster_tsv_lacks_are_clusters_of_their_own(
+    tmp_path: Path, sample_fasta: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A TSV that lists some of the corpus (one cluster of two here) keeps every training record,
+    the rest one per cluster, with a warning (they were dropped from training, silently); a TSV
+    that is not there is one line."""
+    records = list(read_fasta(sample_fasta))[:60]
+    small = tmp_path / "small.fasta"
+    small.write_text("".join(f">{r.id}\n{r.sequence}\n" for r in records))
+    whole = load_corpus(small, val_fraction=0.1)
+    partial = tmp_path / "one.tsv"
+    partial.write_text(
+        f"{whole.train_ids[0]}\t{whole.train_ids[0]}\n{whole.train_ids[0]}\t{whole.train_ids[1]}\n"
+    )
+    with caplog.at_level("WARNING", logger="protssl.pretrain.data"):
+        corpus = load_corpus(small, val_fraction=0.1, cluster_tsv=partial)
+    assert corpus.clusters is not None and corpus.clusters[0] == (0, 1)
+    assert sorted(i for c in corpus.clusters for i in c) == list(range(len(whole.train_ids)))
+    left = len(whole.train_ids) - 2
+    assert f"{left} of {len(whole.train_ids)} training records are in no cluster" in caplog.text
+    with pytest.raises(InvalidInputError, match=r"missing\.tsv: cannot read the cluster TSV"):
+        load_corpus(small, val_fraction=0.1, cluster_tsv=tmp_path / "missing.tsv")
+
+
 def test_cluster_min_members_draws_only_homologue_positives(
     tmp_path: Path, sample_fasta: Path, shared_file: Callable[..., Path]
 ) -> None:

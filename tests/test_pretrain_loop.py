@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -161,6 +162,22 @@ def test_a_full_disk_at_a_checkpoint_stops_the_run_and_keeps_the_last_one(
     assert load_checkpoint(checkpoint)["step"] == 12
     assert [row["step"] for row in log_rows(run_dir)][-1] == "12"
     assert (load_model(run_dir / "model").card.training or {})["steps"] == 12
+
+
+def test_resume_trains_the_folder_it_names_wherever_the_run_began(
+    tmp_path: Path, sample_fasta: Path
+) -> None:
+    """A run folder copied (or named by another path, from another working directory) resumes
+    there: the checkpoint's own run folder is where it was written, not where to go on."""
+    first = tmp_path / "first"
+    pretrain(tiny_config(sample_fasta, first, steps=4), stop_after=2, progress=False)
+    moved = tmp_path / "moved"
+    shutil.copytree(first, moved)
+    command = [sys.executable, "-m", "protssl", "pretrain", "--run-dir", str(moved), "--resume"]
+    done = subprocess.run([*command, "--no-progress"], capture_output=True, text=True, cwd="/")
+    assert done.returncode == 0, done.stderr
+    assert load_checkpoint(moved / CHECKPOINT_NAME)["step"] == 4 and (moved / "model").is_dir()
+    assert load_checkpoint(first / CHECKPOINT_NAME)["step"] == 2 and not (first / "model").exists()
 
 
 def test_a_run_being_trained_is_refused_to_a_second_process(

@@ -140,17 +140,23 @@ def _build_lease(p: argparse.ArgumentParser) -> None:
 
 
 def _lease(args: argparse.Namespace) -> int:
+    from protssl.checkpoint import DEFAULT_MODEL_DIR
+    from protssl.demo import EXAMPLES
     from protssl.hardware import fit_threads_to_cpu_budget
     from protssl.pretrain.lease import lease_config, run_lease
 
     fit_threads_to_cpu_budget()
     given = _recipe_given(args)
-    for dest, default in (
-        ("init_from", Path("models/protssl-default")),
-        ("probe_fasta", Path("examples/labelled.fasta")),
-    ):
-        if dest not in given and default.exists():
+    for dest, default, without in (
+        ("init_from", DEFAULT_MODEL_DIR, "this lease trains from random weights"),
+        ("probe_fasta", EXAMPLES / "labelled.fasta", "the lease runs no quality probe"),
+    ):  # beside the package, wherever the command runs (they were relative to the cwd)
+        if dest in given or (dest == "init_from" and "preset" in given):  # a preset: from scratch
+            continue
+        if default.exists():
             given[dest] = default
+        else:
+            log.warning("no %s given and none at %s: %s", dest.replace("_", "-"), default, without)
     if args.seconds <= 0:
         raise InvalidInputError(f"--seconds must be > 0, got {args.seconds}")
     with _recipe_checks_as_options():
@@ -241,7 +247,8 @@ def _config(args: argparse.Namespace) -> PretrainConfig:
             raise InvalidInputError(
                 "--resume reads the recipe from the checkpoint; give only --run-dir (and --steps)"
             )
-        config = config_from_checkpoint(args.run_dir)
+        # the folder named is the run, wherever the checkpoint was written from
+        config = replace(config_from_checkpoint(args.run_dir), run_dir=args.run_dir)
         if steps is not None and steps != config.steps:
             log.warning("schedule now spans %d steps instead of %d", steps, config.steps)
             config = replace(config, steps=steps)

@@ -7,6 +7,7 @@ so the stream restarted from a checkpoint's `DataPosition` yields what an unbrok
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ __all__ = [
     "packed_tokens",
     "validation_batches",
 ]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -117,10 +120,15 @@ def load_corpus(
 
 
 def _read_clusters(path: Path, train_ids: Sequence[str]) -> tuple[tuple[int, ...], ...]:
-    """Training-record indices grouped by the representative column of a two-column TSV."""
+    """Training-record indices grouped by the representative column of a two-column TSV; a
+    training record the TSV does not list is a cluster of its own (with a warning), not dropped."""
     index = {record_id: i for i, record_id in enumerate(train_ids)}
     groups: dict[str, list[int]] = {}
-    with path.open() as handle:
+    try:
+        handle = path.open()
+    except OSError as exc:
+        raise InvalidInputError(f"{path}: cannot read the cluster TSV ({exc.strerror})") from None
+    with handle:
         for line_no, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -134,7 +142,18 @@ def _read_clusters(path: Path, train_ids: Sequence[str]) -> tuple[tuple[int, ...
                 groups.setdefault(parts[0], []).append(member)
     if not groups:
         raise InvalidInputError(f"{path}: no cluster member is a training record of the corpus")
-    return tuple(tuple(members) for members in groups.values())
+    listed = {member for members in groups.values() for member in members}
+    alone = [i for i in range(len(train_ids)) if i not in listed]
+    if alone:
+        log.warning(
+            "%s: %d of %d training records are in no cluster (first: %r): each is a cluster of "
+            "its own",
+            path,
+            len(alone),
+            len(train_ids),
+            train_ids[alone[0]],
+        )
+    return tuple(tuple(members) for members in groups.values()) + tuple((i,) for i in alone)
 
 
 def crop_sequence(sequence: str, length: int, rng: np.random.Generator) -> str:
