@@ -398,8 +398,17 @@ def test_a_segments_classifier_classifies_with_segments_vectors(
         timeout=120,
     )
     assert created.pooling == pb.POOLING_SEGMENTS
-    added = classifiers.AddExamples(
+    held = classifiers.AddExamples(  # an example it holds as it is: no new version
         pb.AddExamplesRequest(name="by-stretch", examples=support[:1]), timeout=120
+    )
+    assert held.version == 1
+    more = pfam["fn3"][6]
+    added = classifiers.AddExamples(
+        pb.AddExamplesRequest(
+            name="by-stretch",
+            examples=[pb.LabelledSequence(id=more.id, sequence=more.sequence, labels=more.labels)],
+        ),
+        timeout=120,
     )
     assert (added.version, added.pooling) == (2, pb.POOLING_SEGMENTS)
     reply = classifiers.Classify(

@@ -130,7 +130,7 @@ def add_examples(
     check_model(latest, model)
     kept = {r.id: (r.sequence, r.labels) for r in examples}
     changed = [r.id for r in records if r.id in kept and kept[r.id] != (r.sequence, r.labels)]
-    if all(kept.get(r.id) == (r.sequence, r.labels) for r in records):
+    if records and all(kept.get(r.id) == (r.sequence, r.labels) for r in records):
         log.warning(
             "classifier %r: each of the %d example(s) is in version %s as it is: no version added",
             name,
