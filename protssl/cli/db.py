@@ -15,7 +15,6 @@ import string
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from protssl.cli.args import add_db_arg, store_config
@@ -113,14 +112,10 @@ def _downgrade(args: argparse.Namespace) -> int:
 def _missing_sqlite_file(args: argparse.Namespace) -> str | None:
     """The SQLite file `--db` names when it does not exist: a command that only reads the store
     says so instead of creating an empty store there (a mistyped path would leave one behind)."""
-    from sqlalchemy import make_url
+    from protssl.store.engine import sqlite_file
 
-    config = store_config(args)
-    database = make_url(config.url).database or ""
-    if config.dialect != "sqlite" or database in ("", ":memory:") or database.startswith("file:"):
-        return None
-    path = Path(database).expanduser()
-    return None if path.exists() else str(path)
+    path = sqlite_file(store_config(args))
+    return None if path is None or path.exists() else str(path)
 
 
 def _current(args: argparse.Namespace) -> int:

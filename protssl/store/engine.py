@@ -40,6 +40,7 @@ __all__ = [
     "downgrade",
     "head_revision",
     "reclaim_space",
+    "sqlite_file",
     "upgrade",
     "write_transaction",
 ]
@@ -54,14 +55,22 @@ _MIGRATION_LOCK_KEY = 0x70726F7473736C  # "protssl": the PostgreSQL advisory loc
 _BEGIN_OPTION = "protssl_sqlite_begin"
 
 
+def sqlite_file(config: StoreConfig) -> Path | None:
+    """The file a SQLite store's URL names (`~` expanded); None for another database, an in-memory
+    one or a `file:` URI."""
+    database = make_url(config.url).database or ""
+    if config.dialect != "sqlite" or database in ("", ":memory:") or database.startswith("file:"):
+        return None
+    return Path(database).expanduser()
+
+
 def create_store_engine(config: StoreConfig) -> Engine:
     """An engine for `config.url`; creates a SQLite file's folder. Does not migrate."""
     url = make_url(config.url)
     if config.dialect == "sqlite":
-        database = url.database or ""
         journal = "WAL"
-        if database and database != ":memory:" and not database.startswith("file:"):
-            path = Path(database).expanduser()
+        path = sqlite_file(config)
+        if path is not None:
             _prepare_sqlite_file(path)
             url = url.set(database=str(path))  # sqlite3 itself does not expand ~
             network = network_filesystem(path)
