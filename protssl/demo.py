@@ -20,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
+from protssl.analysis.config import EXAMPLES_DIR
 from protssl.client import Client, ClientPrediction
 from protssl.entrypoint import configure_logging
 from protssl.fasta import read_fasta
 from protssl.fewshot import load_classifier
 from protssl.store import Store, StoreConfig
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 METHOD = "linear"
 """The demo's head. With the shipped model (sha256 b6831f41…) at the default 0.9 target precision,
 on these 48 queries: linear answers 26 (24 right), contrastive 23 (18), prototype and kNN 13 each
@@ -36,7 +36,7 @@ on these 48 queries: linear answers 26 (24 right), contrastive 23 (18), prototyp
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--model", default=None, help="model spec (default: the shipped model)")
-    parser.add_argument("--examples", type=Path, default=EXAMPLES)
+    parser.add_argument("--examples", type=Path, default=EXAMPLES_DIR)
     args = parser.parse_args(argv)
     configure_logging("WARNING")
     from service.config import ServiceConfig

@@ -140,8 +140,8 @@ def _build_lease(p: argparse.ArgumentParser) -> None:
 
 
 def _lease(args: argparse.Namespace) -> int:
+    from protssl.analysis.config import EXAMPLES_DIR
     from protssl.checkpoint import DEFAULT_MODEL_DIR
-    from protssl.demo import EXAMPLES
     from protssl.hardware import fit_threads_to_cpu_budget
     from protssl.pretrain.lease import lease_config, run_lease
 
@@ -149,7 +149,7 @@ def _lease(args: argparse.Namespace) -> int:
     given = _recipe_given(args)
     for dest, default, without in (
         ("init_from", DEFAULT_MODEL_DIR, "this lease trains from random weights"),
-        ("probe_fasta", EXAMPLES / "labelled.fasta", "the lease runs no quality probe"),
+        ("probe_fasta", EXAMPLES_DIR / "labelled.fasta", "the lease runs no quality probe"),
     ):  # beside the package, wherever the command runs (they were relative to the cwd)
         if dest in given or (dest == "init_from" and "preset" in given):  # a preset: from scratch
             continue
