@@ -20,7 +20,7 @@ import torch
 
 from protssl.alphabet import ALPHABET, first_non_residue, tokenize
 from protssl.errors import WINDOW_ADVICE, InvalidInputError, SequenceTooLongError, fasta_location
-from protssl.fasta import ProteinRecord, ReadStats
+from protssl.fasta import ProteinRecord, ReadStats, source_name
 
 __all__ = [
     "Footprint",
@@ -207,12 +207,17 @@ def refusing_long(
     for record in records:
         if len(record.sequence) > window_residues:
             where = fasta_location(
-                "<stdin>" if str(source) == "-" else str(source),
+                source_name(source),
                 record_id=record.id,
                 record_index=stats.records + stats.skipped - 1,  # the headers read so far
             )
             raise too_long_error(where, len(record.sequence), window_residues)
         yield record
+
+
+def _named(item: int, ids: Sequence[str] | None) -> str:
+    """How an error names sequence `item` of a batch: by its id where there are ids."""
+    return f"record {ids[item]!r}" if ids is not None else f"sequence #{item + 1}"
 
 
 def token_batches(
@@ -226,15 +231,14 @@ def token_batches(
     """Windows of all sequences, longest first, packed so rows x padded length <= max_tokens."""
     windows: list[Window] = []
     for item, sequence in enumerate(sequences):
-        name = f"record {ids[item]!r}" if ids is not None else f"sequence #{item + 1}"
         if (at := first_non_residue(sequence)) is not None:
             raise InvalidInputError(
-                f"{name}: {sequence[at]!r} at position {at + 1} is not a residue letter: records "
-                "hold normalised residues (uppercase, no gaps); read_fasta and "
+                f"{_named(item, ids)}: {sequence[at]!r} at position {at + 1} is not a residue "
+                "letter: records hold normalised residues (uppercase, no gaps); read_fasta and "
                 "records_from_sequences make them from raw text, under the FASTA policy"
             )
         if len(sequence) > window_residues and policy.mode == "refuse":
-            raise too_long_error(name, len(sequence), window_residues)
+            raise too_long_error(_named(item, ids), len(sequence), window_residues)
         windows.extend(
             Window(item, s, e)
             for s, e in plan_windows(

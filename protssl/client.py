@@ -50,8 +50,10 @@ from protssl.errors import (
 from protssl.fasta import (
     FastaPolicy,
     ProteinRecord,
+    checked_id,
+    checked_item,
     read_fasta,
-    refuse_one_string,
+    refuse_misshapen,
     validate_fasta,
 )
 from protssl.progress import progress_bar
@@ -317,39 +319,27 @@ def _sequence_fields(
     items: Iterable[str | ProteinRecord] | Mapping[str, str], ids: Sequence[str] | None
 ) -> Iterator[dict[str, str]]:
     """`_sequences`, item by item: `items` is read lazily (a stream may be longer than memory);
-    one string instead of a list, or ids beside a mapping (whose keys are its ids), is refused at
-    once, an item or id of another type as it is read, naming it."""
-    refuse_one_string(items)
-    if isinstance(ids, str | bytes):
-        raise InvalidInputError("ids is one string, not a list of them: give one id per sequence")
-    if isinstance(items, Mapping) and ids is not None:
-        raise InvalidInputError("ids given twice: a mapping's keys are its ids; leave out ids")
+    arguments of the wrong shape are refused at once (`refuse_misshapen`), an item or id of another
+    type as it is read, naming it."""
+    refuse_misshapen(items, ids)
     return _fields_of(items, ids)
 
 
 def _fields_of(
     items: Iterable[str | ProteinRecord] | Mapping[str, str], ids: Sequence[str] | None
 ) -> Iterator[dict[str, str]]:
+    keyed = isinstance(items, Mapping)
     pairs = items.items() if isinstance(items, Mapping) else enumerate(items)
     count = 0
-    for index, (key, item) in enumerate(pairs):
+    for index, (key, raw) in enumerate(pairs):
         if ids is not None and index >= len(ids):
             raise InvalidInputError(f"{len(ids)} ids given for more than {len(ids)} sequences")
-        given = ids[index] if ids is not None else key if isinstance(items, Mapping) else ""
-        if not isinstance(given, str):
-            raise InvalidInputError(
-                f"id #{index + 1} is {type(given).__name__} {given!r:.40}: ids are strings "
-                "([str(i) for i in ids] for numbers)"
-            )
+        given = checked_id(index, ids[index] if ids is not None else key if keyed else "")
+        item = checked_item(index, raw)
         if isinstance(item, ProteinRecord):
             yield {"id": given or item.id, "sequence": item.sequence}
-        elif isinstance(item, str):
-            yield {"id": given, "sequence": item}
         else:
-            raise InvalidInputError(
-                f"sequence #{index + 1} is {type(item).__name__} {item!r:.40}, not a sequence "
-                "(a string) or a ProteinRecord"
-            )
+            yield {"id": given, "sequence": item}
         count += 1
     if ids is not None and len(ids) != count:
         raise InvalidInputError(f"{len(ids)} ids given for {count} sequences")
@@ -463,43 +453,35 @@ class Client:
                 self._reached = True
                 return response
             except grpc.RpcError as exc:
-                self._answered(exc)
+                error = self._failed(exc, timeout)  # also notes a server that took the call
                 retry = exc.code() == grpc.StatusCode.UNAVAILABLE and attempt < self.retries  # type: ignore[attr-defined]
                 if retry and (deadline is None or time.monotonic() + delay < deadline):
                     log.info("%s unavailable; retry %d in %.2f s", self.target, attempt + 1, delay)
                     time.sleep(delay)
                     delay = min(delay * 2, self.max_backoff)
                     continue
-                raise self._failed(exc, timeout) from None
+                raise error from None
         raise AssertionError("unreachable")
 
-    def _answered(self, exc: grpc.RpcError) -> bool:
-        """Whether a protssl server took this failed call: it named its error, or it had accepted
-        the call's work (a stream, a classify) before the call was lost. Either counts as reaching
-        the server, as a success does: a later outage is a server lost, not one never there."""
-        kind = dict(exc.trailing_metadata() or ()).get(ERROR_KIND_KEY)  # type: ignore[attr-defined]
-        accepted = ACCEPTED_KEY in dict(exc.initial_metadata() or ())  # type: ignore[attr-defined]
-        self._reached = self._reached or kind is not None or accepted
-        return kind is not None or accepted
-
     def _failed(self, exc: grpc.RpcError, timeout: float | None = None) -> ProtsslError:
-        """The protssl error for a failed call: the class the server named, else its status's. One
-        lost after a server took it says the server went away; one that never reached a server says
-        which address it tried; one whose `timeout` ran out says so; one refused for want of a
-        token, when this client has none, says how to give it one."""
+        """The protssl error for a failed call: the class the server named, else its status's. A
+        call a protssl server took (it named its error, or it had accepted the call's work, a
+        stream or a classify, before the call was lost) counts as reaching it, as a success does:
+        a later outage is a server lost, and its error says the server went away; one that never
+        reached a server says which address it tried; one whose `timeout` ran out says so; one
+        refused for want of a token, when this client has none, says how to give it one."""
         code = exc.code()  # type: ignore[attr-defined]
         kind = dict(exc.trailing_metadata() or ()).get(ERROR_KIND_KEY)  # type: ignore[attr-defined]
+        taken = kind is not None or ACCEPTED_KEY in dict(exc.initial_metadata() or ())  # type: ignore[attr-defined]
+        self._reached = self._reached or taken
         details = exc.details() or code.name  # type: ignore[attr-defined]
         if kind is None and code == grpc.StatusCode.DEADLINE_EXCEEDED and timeout is not None:
             details = f"no answer from {self.target} within the call's timeout of {timeout:g} s"
+        elif taken and kind is None and code == grpc.StatusCode.UNAVAILABLE:
+            details = f"{self.target} went away during the call (stopped or killed?): {details}"
         elif kind is None and code == grpc.StatusCode.UNAVAILABLE:
-            if self._answered(exc):
-                details = f"{self.target} went away during the call (stopped or killed?): {details}"
-            else:
-                hint = _tls_hint(details, self.tls, self._client_certificate)
-                details = f"cannot reach a protssl server at {self.target}{hint}: {details}"
-        else:
-            self._answered(exc)
+            hint = _tls_hint(details, self.tls, self._client_certificate)
+            details = f"cannot reach a protssl server at {self.target}{hint}: {details}"
         if code == grpc.StatusCode.UNAUTHENTICATED and self._metadata is None:
             details = (
                 f"{details} (this client has none: give Client({self.target!r}, token=...) or set "

@@ -34,7 +34,7 @@ from typing import IO, Any, Literal
 
 from Bio.SeqIO.FastaIO import SimpleFastaParser
 
-from protssl.alphabet import RESIDUES
+from protssl.alphabet import RESIDUES, first_non_residue
 from protssl.errors import FastaFormatError, InvalidInputError
 from protssl.progress import progress_bar
 
@@ -45,6 +45,8 @@ __all__ = [
     "ProteinRecord",
     "ReadStats",
     "check_fasta",
+    "checked_id",
+    "checked_item",
     "looks_nucleotide",
     "no_records_error",
     "normalize_sequence",
@@ -53,8 +55,10 @@ __all__ = [
     "read_fasta",
     "read_fasta_range",
     "records_from_sequences",
+    "refuse_misshapen",
     "refuse_one_string",
     "settable_advice",
+    "source_name",
     "validate_fasta",
 ]
 
@@ -67,7 +71,6 @@ Gaps = Literal["invalid", "strip"]
 UTF8_BOM = codecs.BOM_UTF8
 """What Windows editors write first in a UTF-8 file; readers skip it."""
 _INVALID = re.compile(f"[^{RESIDUES}]")
-_RESIDUE_BYTES = RESIDUES.encode("ascii")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _LABEL = re.compile(r"(?:^|\s)label=(\S+)")
 _GAP_CHARACTERS = "-."
@@ -262,16 +265,15 @@ def normalize_sequence(
     if sequence.endswith("*"):
         sequence = sequence[:-1]
     sequence = sequence.replace("J", "X")
-    if sequence.isascii() and not sequence.encode("ascii").translate(None, _RESIDUE_BYTES):
-        return sequence, 0  # one C pass over the bytes; the regex is for finding what and where
-    bad = _INVALID.search(sequence)
-    assert bad is not None  # the check above saw a character outside RESIDUES
+    at = first_non_residue(sequence)
+    if at is None:
+        return sequence, 0
     if on_invalid == "skip":
         return None, 0
     if on_invalid == "replace":
         replaced, count = _INVALID.subn("X", sequence)
         return replaced, count
-    char = bad.group()
+    char = sequence[at]
     meaning = _MEANING.get(char, "not an amino-acid letter" if not char.isdigit() else "a digit")
     hint = (
         _GAP_HINT if char in _GAP_CHARACTERS else "on_invalid skip or replace drops or replaces it"
@@ -281,7 +283,7 @@ def normalize_sequence(
         hint=hint,
         source=source,
         record_id=record_id,
-        position=bad.start() + 1,
+        position=at + 1,
         record_index=record_index,
     )
 
@@ -319,7 +321,7 @@ def open_fasta_bytes(path: str | Path) -> Iterator[IO[bytes]]:
     """A FASTA file's bytes, or stdin's (`-`), gunzipped when they start with gzip's magic bytes,
     without a leading UTF-8 byte order mark; a corrupt or truncated .gz or UTF-16 text is one
     `FastaFormatError` naming the source."""
-    source = "<stdin>" if str(path) == "-" else str(path)
+    source = source_name(path)
     if str(path) == "-":
         raw: IO[bytes] = sys.stdin.buffer
     else:
@@ -420,7 +422,7 @@ def no_records_error(path: str | Path, skipped: dict[str, int] | None = None) ->
     """The error of an input that leaves a command nothing to work on: a file without records
     (almost always an upstream step that failed), or one whose every record the policy left out
     (`skipped`: `ReadStats.skipped_by`), said with how many and by which setting."""
-    source = "<stdin>" if str(path) == "-" else str(path)
+    source = source_name(path)
     if not skipped:
         return InvalidInputError(f"{source}: no FASTA records in it; nothing was written")
     by = ", ".join(f"{n} by {setting}" for setting, n in skipped.items())
@@ -479,7 +481,7 @@ def _read_file(
     stats: ReadStats,
     report: Callable[[FastaFormatError], None] | None = None,
 ) -> Iterator[ProteinRecord]:
-    source = "<stdin>" if str(path) == "-" else str(path)
+    source = source_name(path)
     with open_fasta_bytes(path) as data:
         handle = io.TextIOWrapper(data, encoding="utf-8", errors="replace")
         first = _peek_first_line(handle)
@@ -532,6 +534,44 @@ def refuse_one_string(sequences: object, what: str = "sequences") -> None:
     )
 
 
+def source_name(path: str | Path) -> str:
+    """How errors name an input: its path, or `<stdin>` for `-`."""
+    return "<stdin>" if str(path) == "-" else str(path)
+
+
+def refuse_misshapen(sequences: object, ids: object) -> None:
+    """Arguments of the wrong shape for sequences (and their ids), refused before any is read:
+    one string where a list belongs (`refuse_one_string`), ids as one string, ids beside a mapping
+    (whose keys are its ids)."""
+    refuse_one_string(sequences)
+    if isinstance(ids, str | bytes):
+        raise InvalidInputError("ids is one string, not a list of them: give one id per sequence")
+    if isinstance(sequences, Mapping) and ids is not None:
+        raise InvalidInputError("ids given twice: a mapping's keys are its ids; leave out ids")
+
+
+def checked_item(index: int, item: object) -> str | ProteinRecord:
+    """Item `index` of a sequences argument when it is a sequence (a string) or a record; anything
+    else is refused naming it (not a TypeError from deep inside)."""
+    if not isinstance(item, str | ProteinRecord):
+        raise InvalidInputError(
+            f"sequences[{index}] is {type(item).__name__} {item!r:.40}, not a sequence (a string) "
+            "or a ProteinRecord"
+        )
+    return item
+
+
+def checked_id(index: int, given: object) -> str:
+    """Id `index` of an ids argument when it is a string; a number (a pandas index) or anything
+    else is refused naming it."""
+    if not isinstance(given, str):
+        raise InvalidInputError(
+            f"ids[{index}] is {type(given).__name__} {given!r:.40}: ids are strings "
+            "([str(i) for i in ids] for numbers)"
+        )
+    return given
+
+
 def _is_file(text: str) -> bool:
     try:
         return Path(text).is_file()
@@ -554,29 +594,15 @@ def records_from_sequences(
     Sequences that break the policy raise one FastaFormatError naming them all (by problem), each
     numbered from `first_index` (a chunk of a longer input counts on from the chunks before it).
     """
+    refuse_misshapen(sequences, ids)
     if isinstance(sequences, Mapping):  # id -> sequence, as the client takes it
-        if ids is not None:
-            raise InvalidInputError("ids given twice: a mapping's keys are its ids; leave out ids")
         ids, sequences = list(sequences.keys()), list(sequences.values())
-    refuse_one_string(sequences)
-    if isinstance(ids, str | bytes):
-        raise InvalidInputError("ids is one string, not a list of them: give one id per sequence")
-    items = list(sequences)
-    for index, item in enumerate(items):
-        if not isinstance(item, str | ProteinRecord):
-            raise InvalidInputError(
-                f"sequences[{index}] is {type(item).__name__} {item!r:.40}, not a sequence "
-                "(a string) or a ProteinRecord"
-            )
-    id_list = list(ids) if ids is not None else None
+    items = [checked_item(index, item) for index, item in enumerate(sequences)]
+    id_list = (
+        [checked_id(index, given) for index, given in enumerate(ids)] if ids is not None else None
+    )
     if id_list is not None and len(id_list) != len(items):
         raise InvalidInputError(f"{len(id_list)} ids given for {len(items)} sequences")
-    for index, given in enumerate(id_list or ()):
-        if not isinstance(given, str):
-            raise InvalidInputError(
-                f"ids[{index}] is {type(given).__name__} {given!r:.40}: ids are strings "
-                "([str(i) for i in ids] for numbers)"
-            )
     entries: list[tuple[str, str, tuple[str, ...] | None]] = []
     for index, item in enumerate(items):
         record_id = id_list[index] if id_list is not None else None
