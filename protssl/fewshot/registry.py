@@ -63,8 +63,12 @@ def load_classifier(
 ) -> tuple[FewShotClassifier, list[ProteinRecord]]:
     """A stored classifier (latest version unless given) and the support records it was fitted on."""
     stored = store.classifiers.get(name, version)
-    examples = [ProteinRecord(i, s, tuple(labels)) for i, s, labels in stored.examples]
-    return _from_stored(stored), examples
+    return _from_stored(stored), _examples_of(stored)
+
+
+def _examples_of(stored: StoredClassifier) -> list[ProteinRecord]:
+    """The support records a store row was fitted on."""
+    return [ProteinRecord(i, s, tuple(labels)) for i, s, labels in stored.examples]
 
 
 def _from_stored(stored: StoredClassifier) -> FewShotClassifier:
@@ -126,7 +130,8 @@ def add_examples(
     the latest version is returned, with a warning. Vectors go through the store's embedding cache,
     so the old examples are not embedded again; `stats` counts what was computed.
     """
-    latest, examples = load_classifier(store, name)
+    stored = store.classifiers.get(name)
+    latest, examples = _from_stored(stored), _examples_of(stored)
     check_model(latest, model)
     kept = {r.id: (r.sequence, r.labels) for r in examples}
     changed = [r.id for r in records if r.id in kept and kept[r.id] != (r.sequence, r.labels)]
@@ -135,9 +140,9 @@ def add_examples(
             "classifier %r: each of the %d example(s) is in version %s as it is: no version added",
             name,
             len(records),
-            latest.info.get("version"),
+            stored.version,
         )
-        return store.classifiers.get(name)
+        return stored
     if changed:
         shown = ", ".join(repr(i) for i in changed[:3]) + (" ..." if len(changed) > 3 else "")
         log.warning(
