@@ -20,12 +20,18 @@ from types import FrameType
 
 from protssl.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, ProtsslError, exit_code_for
 
-__all__ = ["Terminated", "configure_logging", "keeping", "run_main"]
+__all__ = ["Terminated", "configure_logging", "interruption", "keeping", "run_main"]
 
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM (what SLURM, Kubernetes and `kill` send), raised where Ctrl-C would raise
     KeyboardInterrupt so that it takes the same path: outputs are closed, jobs recorded."""
+
+
+def interruption(signum: int, kept: str) -> KeyboardInterrupt:
+    """What to raise for a command that caught `signum` (SIGTERM or SIGINT) itself and stopped:
+    `run_main` says `kept` and exits 130 as it does for one it did not catch."""
+    return Terminated(kept) if signum == signal.SIGTERM else KeyboardInterrupt(kept)
 
 
 class _Reworded(logging.Filter):

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from pretrain_support import log_rows, tiny_config
+from pretrain_support import log_rows, sigterm_once_training, tiny_config
 
 from protssl.checkpoint import load_model
+from protssl.entrypoint import Terminated
 from protssl.errors import InvalidInputError
 from protssl.pretrain import pretrain
 from protssl.pretrain.lease import LEASE_RECIPE, lease_config, plan_steps, run_lease
@@ -82,6 +84,31 @@ def test_lease_calibrates_plans_trains_and_exports_with_the_plan_in_the_card(
     assert done.val_perplexity == card["training"]["val_perplexity"] > 1
     with pytest.raises(InvalidInputError, match="already holds a finished run"):
         run_lease(config, 25.0, calibration_steps=4, progress=False)
+
+
+def test_sigterm_while_calibrating_stops_the_lease_before_it_trains(
+    tmp_path: Path, sample_fasta: Path
+) -> None:
+    """The calibration run took the signal and the lease went on to train as if none came."""
+    sigterm_once_training(0.0)
+    with pytest.raises(Terminated, match=r"^stopped while calibrating: nothing trained yet$"):
+        run_lease(tiny_config(sample_fasta, tmp_path / "run"), 60.0, calibration_steps=4)
+    assert not (tmp_path / "run").exists()
+
+
+def test_sigterm_during_the_lease_exports_what_it_trained_and_says_so(
+    tmp_path: Path, sample_fasta: Path
+) -> None:
+    sigterm_once_training(1.0, call=2)
+    done = run_lease(
+        tiny_config(sample_fasta, tmp_path / "run", steps=100_000),
+        600.0,
+        calibration_steps=4,
+        progress=False,
+    )
+    assert done.result.signal == signal.SIGTERM and not done.result.deadline_reached
+    card = json.loads((done.model_dir / "model.json").read_text())
+    assert card["training"]["lease"]["steps_done"] == done.result.step > 0
 
 
 def test_a_budget_too_small_for_one_step_is_one_line_and_exit_2(

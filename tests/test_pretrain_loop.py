@@ -4,12 +4,11 @@ a full disk at a checkpoint, one process per run."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
-import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,11 +18,18 @@ import torch.multiprocessing as mp
 from file_limits import file_size_limit
 from other_process import another_process_holding
 from ports import free_port
-from pretrain_support import ddp_worker, log_rows, tiny_config
+from pretrain_support import ddp_worker, log_rows, sigterm_once_training, tiny_config
 
 from protssl.checkpoint import load_model
 from protssl.errors import InvalidInputError
-from protssl.pretrain import CHECKPOINT_NAME, PLOT_NAME, FunctionProbe, PretrainConfig, pretrain
+from protssl.pretrain import (
+    CHECKPOINT_NAME,
+    LOG_NAME,
+    PLOT_NAME,
+    FunctionProbe,
+    PretrainConfig,
+    pretrain,
+)
 from protssl.pretrain import loop as loop_module
 from protssl.pretrain.state import RUN_LOCK_NAME, load_checkpoint
 
@@ -101,16 +107,14 @@ def test_sigterm_checkpoints_and_stops_and_the_handlers_found_come_back(
 
     previous = signal.signal(signal.SIGINT, mine)
     config = tiny_config(sample_fasta, tmp_path, steps=100_000, checkpoint_every=100_000)
-    timer = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGTERM))
-    timer.start()
+    sigterm_once_training()
     try:
         result = pretrain(config, progress=False)
         assert signal.getsignal(signal.SIGINT) is mine
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     finally:
-        timer.cancel()
         signal.signal(signal.SIGINT, previous)
-    assert result.interrupted and 0 < result.step < config.steps
+    assert result.interrupted and result.signal == signal.SIGTERM and 0 < result.step < config.steps
     assert load_checkpoint(tmp_path / CHECKPOINT_NAME)["step"] == result.step
 
 
@@ -129,6 +133,23 @@ def test_two_process_ddp_ends_with_identical_weights(tmp_path: Path, sample_fast
     # both ranks contributed: twice the tokens of one rank's micro-batches per step
     card = json.loads((tmp_path / "run" / "model" / "model.json").read_text())["training"]
     assert card["tokens_seen"] > 4 * 2048 * 0.7
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_ddp_rank_stops_every_rank_at_the_same_step(
+    tmp_path: Path, sample_fasta: Path
+) -> None:
+    """SIGTERM that reaches rank 1 only (or the ranks between different steps): both stop at one
+    step and the checkpoint is of that step; one rank leaving alone left the other waiting."""
+    changes = {"steps": 100_000, "checkpoint_every": 100_000}
+    mp.spawn(ddp_worker, args=(free_port(), str(sample_fasta), str(tmp_path), changes, 1), nprocs=2)
+    stopped = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert stopped[0] == stopped[1] == {"step": stopped[0]["step"], "signal": signal.SIGTERM}
+    assert 0 < stopped[0]["step"] < changes["steps"]
+    assert load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME)["step"] == stopped[0]["step"]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    for key, value in ranks[0].items():
+        assert torch.equal(value, ranks[1][key]), key
 
 
 def test_a_full_disk_at_a_checkpoint_stops_the_run_and_keeps_the_last_one(
@@ -162,6 +183,76 @@ def test_a_full_disk_at_a_checkpoint_stops_the_run_and_keeps_the_last_one(
     assert load_checkpoint(checkpoint)["step"] == 12
     assert [row["step"] for row in log_rows(run_dir)][-1] == "12"
     assert (load_model(run_dir / "model").card.training or {})["steps"] == 12
+
+
+def _sigterm_once_logged(command: list[str], run_dir: Path, step: int) -> tuple[int, str]:
+    """Run a pretrain command, SIGTERM it once its log has a row past `step`; exit code, stderr."""
+    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True) as proc:
+        deadline = time.monotonic() + 180
+        try:
+            while not _logged_past(run_dir, step):
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.2)
+        finally:  # also when it failed: a run left training would keep the test waiting
+            proc.send_signal(signal.SIGTERM)
+            _, stderr = proc.communicate(timeout=180)
+    return proc.returncode, stderr
+
+
+def _logged_past(run_dir: Path, step: int) -> bool:
+    rows = log_rows(run_dir) if (run_dir / LOG_NAME).is_file() else []
+    return bool(rows) and int(rows[-1]["step"]) > step
+
+
+def test_sigterm_to_the_pretrain_command_exits_130_naming_the_checkpoint(
+    tmp_path: Path, sample_fasta: Path
+) -> None:
+    """What SLURM and Kubernetes send: exit 130 as every command (it was 0, as if done), one line
+    with the step kept and how to go on."""
+    run_dir = tmp_path / "run"
+    pretrain(tiny_config(sample_fasta, run_dir), stop_after=2, progress=False)
+    command = [sys.executable, "-m", "protssl", "pretrain", "--run-dir", str(run_dir), "--resume"]
+    code, stderr = _sigterm_once_logged(
+        [*command, "--steps", "100000", "--no-progress"], run_dir, 2
+    )
+    assert code == 130, stderr
+    step = load_checkpoint(run_dir / CHECKPOINT_NAME)["step"]
+    assert step > 2 and "Traceback" not in stderr
+    assert stderr.splitlines()[-1] == (
+        f"protssl pretrain: terminated (SIGTERM); the checkpoint of step {step} is kept: continue "
+        f"with protssl pretrain --resume --run-dir {run_dir}"
+    )
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_two_process_run_checkpoints_and_stops_its_workers(
+    tmp_path: Path, sample_fasta: Path
+) -> None:
+    """`--nproc 2` under a scheduler: the launcher passes SIGTERM to the torchrun workers, which
+    checkpoint and stop, and exits 130 after them (it exited at once, the workers training on
+    without it and nothing checkpointed)."""
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "protssl", "pretrain", str(sample_fasta), "--run-dir"]
+    command += [str(run_dir), "--preset", "protssl-tiny", "--steps", "100000", "--crop", "126"]
+    command += ["--max-tokens", "1024", "--tokens-per-step", "2048", "--log-every", "2"]
+    command += ["--checkpoint-every", "100000", "--no-progress", "--nproc", "2"]
+    code, stderr = _sigterm_once_logged(command, run_dir, 0)
+    assert code == 130, stderr
+    step = load_checkpoint(run_dir / CHECKPOINT_NAME)["step"]
+    assert f"stopped at step {step}; continue with" in stderr and "Traceback" not in stderr
+    assert stderr.splitlines()[-1] == (
+        "protssl pretrain: terminated (SIGTERM); the workers checkpointed and stopped: continue "
+        f"with protssl pretrain --resume --run-dir {run_dir}"
+    )
+    left = [c for c in Path("/proc").glob("[0-9]*/cmdline") if str(run_dir).encode() in _read(c)]
+    assert not left  # no worker trains on
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:  # a process that ended meanwhile
+        return b""
 
 
 def test_resume_trains_the_folder_it_names_wherever_the_run_began(

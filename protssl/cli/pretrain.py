@@ -12,16 +12,17 @@ import logging
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from protssl.cli.commands import Command, add_commands
-from protssl.entrypoint import configure_logging, run_main
+from protssl.entrypoint import configure_logging, interruption, run_main
 from protssl.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -181,6 +182,10 @@ def _lease(args: argparse.Namespace) -> int:
             }
         )
     )
+    if done.result.signal is not None:
+        raise interruption(
+            done.result.signal, f"model exported to {done.model_dir} from step {done.result.step}"
+        )
     return 0
 
 
@@ -282,32 +287,39 @@ def _pretrain(args: argparse.Namespace) -> int:
     from protssl.pretrain import pretrain
 
     if args.nproc > 1:
-        return _launch_torchrun(args.nproc)
+        return _launch_torchrun(args.nproc, args.run_dir)
     fit_threads_to_cpu_budget()  # torchrun's processes: it sets OMP_NUM_THREADS, which is kept
     if args.nproc < 1:
         raise InvalidInputError(f"--nproc must be >= 1, got {args.nproc}")
     config = _config(args)
     if args.stop_after is not None and args.stop_after < 1:
         raise InvalidInputError(f"--stop-after must be >= 1, got {args.stop_after}")
+    under_torchrun = "LOCAL_RANK" in os.environ
     result = pretrain(
         config,
         resume=args.resume,
         command=args.command_line or _command_line(),
         stop_after=args.stop_after,
         progress=not args.no_progress,
-        local_rank=int(os.environ["LOCAL_RANK"]) if "LOCAL_RANK" in os.environ else None,
+        local_rank=int(os.environ["LOCAL_RANK"]) if under_torchrun else None,
     )
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # rank 0 says how the run ended
+    go_on = f"protssl pretrain --resume --run-dir {config.run_dir}"
     if result.model_dir is not None:
         log.info("model written to %s", result.model_dir)
-    elif result.interrupted:
-        log.info(
-            "stopped at step %d; continue with --resume --run-dir %s", result.step, config.run_dir
+    elif result.signal is not None and not under_torchrun:
+        raise interruption(
+            result.signal, f"the checkpoint of step {result.step} is kept: continue with {go_on}"
         )
+    elif result.interrupted:  # under torchrun a signal stop exits 0: the launcher says 130
+        log.info("stopped at step %d; continue with %s", result.step, go_on)
     return 0
 
 
-def _launch_torchrun(nproc: int) -> int:
-    """Re-run this command under torchrun with --nproc removed."""
+def _launch_torchrun(nproc: int, run_dir: Path) -> int:
+    """Re-run this command under torchrun with --nproc removed; Ctrl-C or SIGTERM here makes the
+    workers checkpoint and stop (exit 130), a second one kills them."""
     argv = sys.argv[1:]
     if argv and argv[0] == "pretrain":
         argv = argv[1:]
@@ -334,7 +346,57 @@ def _launch_torchrun(nproc: int) -> int:
         *cleaned,
     ]
     log.info("launching %s", shlex.join(command))
-    return subprocess.run(command, check=False).returncode
+    # Its own session: a terminal's Ctrl-C reaches this process only, which stops the workers as
+    # below (torchrun, signalled itself, stops them too but ends in a traceback of its own).
+    torchrun = subprocess.Popen(command, start_new_session=True)
+    hangup = signal.signal(signal.SIGHUP, _hung_up)  # a closed terminal stops them as Ctrl-C does
+    try:
+        return torchrun.wait()
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as Terminated
+        kept = _stop_workers(torchrun, run_dir)
+        raise type(exc)(kept) from None
+    finally:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL if hangup is None else hangup)
+
+
+def _hung_up(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_workers(torchrun: subprocess.Popen[bytes], run_dir: Path) -> str:
+    """SIGTERM torchrun's workers, which checkpoint at their next step and exit (torchrun then
+    ends as they did), and wait for them; what is kept. Where the workers cannot be found (no
+    /proc), torchrun is signalled and passes it on. A second Ctrl-C or SIGTERM kills them all."""
+    workers = _children(torchrun.pid)
+    for pid in workers or [torchrun.pid]:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    log.warning("stopping %d training process(es) after their current step", len(workers) or 1)
+    try:
+        code = torchrun.wait()
+    except KeyboardInterrupt:
+        for pid in [*_children(torchrun.pid), torchrun.pid]:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        torchrun.wait()
+        return f"training killed; its last checkpoint in {run_dir} is kept"
+    if code != 0:
+        return f"training ended with exit code {code}; its last checkpoint in {run_dir} is kept"
+    return (
+        f"the workers checkpointed and stopped: continue with protssl pretrain --resume --run-dir "
+        f"{run_dir}"
+    )
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid`, from Linux's /proc (none where there is no /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with suppress(OSError, ValueError, IndexError):
+            # pid (comm) state ppid ...: comm may hold spaces and parentheses
+            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
 
 
 def _export(args: argparse.Namespace) -> int:

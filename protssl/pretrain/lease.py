@@ -20,6 +20,7 @@ from types import MappingProxyType
 from typing import Any
 
 from protssl.checkpoint import read_card, update_card_training
+from protssl.entrypoint import interruption
 from protssl.errors import InvalidInputError
 from protssl.pretrain.config import PretrainConfig
 from protssl.pretrain.export import MODEL_SUBDIR, export_checkpoint
@@ -132,6 +133,8 @@ def calibrate(config: PretrainConfig, steps: int = 10) -> tuple[float, float, fl
         started = time.monotonic()
         result = pretrain(trial, stop_after=steps, progress=False)
         total = time.monotonic() - started
+    if result.signal is not None:  # the lease's run would start as if none came
+        raise interruption(result.signal, "stopped while calibrating: nothing trained yet")
     step_s = statistics.fmean(result.step_seconds[2:])
     setup_s = max(0.0, total - sum(result.step_seconds) - result.eval_seconds)
     return step_s, result.eval_seconds, setup_s
@@ -149,7 +152,8 @@ def run_lease(
     """Calibrate, size `config`'s schedule to what is left of `budget_s`, train, and export.
 
     The run stops at the deadline if the plan was too hopeful, keeping a margin for the export;
-    the model is exported either way and its card's `training.lease` records the plan.
+    the model is exported either way (also after SIGTERM or SIGINT, `signal` in the result) and
+    its card's `training.lease` records the plan; a signal while calibrating raises.
     """
     started = time.monotonic()
     if (config.run_dir / MODEL_SUBDIR).exists():

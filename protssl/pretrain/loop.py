@@ -78,6 +78,8 @@ class PretrainResult:
     """Wall time this call spent in validation and the probe."""
     deadline_reached: bool = False
     """Whether this call stopped because its `deadline` came."""
+    signal: int | None = None
+    """The signal (SIGINT, SIGTERM) that stopped this call, on this or, over DDP, another rank."""
 
 
 def pretrain(
@@ -96,8 +98,9 @@ def pretrain(
     written, no export): the schedule still spans `config.steps`. Under torch.distributed (already
     initialised by the caller, e.g. `torchrun`), gradients are averaged across ranks; on CUDA each
     rank trains on GPU `local_rank` (torchrun's LOCAL_RANK, which the caller reads; default the
-    global rank). SIGINT and SIGTERM checkpoint and stop the run at the next step boundary, and
-    so does `deadline` (a `time.monotonic()` value) once it has passed.
+    global rank). SIGINT and SIGTERM checkpoint and stop the run at the next step boundary (the
+    same step on every rank, `signal` in the result), and so does `deadline` (a
+    `time.monotonic()` value) once it has passed.
 
     Denormal floats are flushed to zero while it runs: a trained model's backward pass and
     optimizer produce some, and x86 CPUs compute them in slow microcode (continuing the shipped
@@ -180,7 +183,9 @@ def _pretrain(
         finally:
             if run.log is not None:
                 run.log.close()
-        return replace(run.finish(losses), deadline_reached=stop.deadline_reached)
+        return replace(
+            run.finish(losses), deadline_reached=stop.deadline_reached, signal=stop.signum
+        )
     finally:
         if lock is not None:
             lock.release()
@@ -274,7 +279,7 @@ class _Run:
         losses: list[float] = []
         window_tokens, window_start = 0, time.perf_counter()  # tok_per_s: training time only
         try:
-            while progress.step < end and not stop.requested:
+            while progress.step < end and not stop.agreed(self.place):
                 started = time.perf_counter()
                 lr = learning_rate(config, progress.step)
                 loss, tokens = self._optimizer_step(stream, lr)
@@ -587,13 +592,14 @@ class _Stop:
     returns at the next step boundary."""
 
     def __init__(self) -> None:
-        self.signalled = False
+        self.signum: int | None = None
+        """The signal that asked this process to stop (on several ranks: any rank's, once agreed)."""
         self.deadline: float | None = None
         self.deadline_reached = False
 
     def __call__(self, signum: int, frame: object) -> None:
         log.warning("signal %d: checkpointing and stopping after this step", signum)
-        self.signalled = True
+        self.signum = signum
 
     @property
     def requested(self) -> bool:
@@ -602,7 +608,21 @@ class _Stop:
         if due and not self.deadline_reached:
             log.warning("deadline reached: checkpointing and stopping")
             self.deadline_reached = True
-        return self.signalled or self.deadline_reached
+        return self.signum is not None or self.deadline_reached
+
+    def agreed(self, place: _Placement) -> bool:
+        """Whether every rank stops now: a signal that reached one rank (or reached them between
+        different steps) stops all of them at the same step, where one rank leaving the loop alone
+        would leave the others waiting in their next gradient all-reduce."""
+        if place.world == 1:
+            return self.requested
+        signum = torch.tensor([self.signum or 0], dtype=torch.int64, device=place.device)
+        dist.all_reduce(signum, op=dist.ReduceOp.MAX)
+        # The reduced value decides: a signal handled during the all-reduce stops the next step.
+        agreed = int(signum)
+        if agreed and self.signum is None:
+            self.signum = agreed
+        return agreed != 0
 
 
 @contextlib.contextmanager
