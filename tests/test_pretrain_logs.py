@@ -62,3 +62,39 @@ def test_contrastive_runs_plot_each_term_not_their_sum() -> None:
     assert curves["train NT-Xent ppl (2N-1 choices)"] == [(2.0, pytest.approx(math.exp(2.0)))]
     only = [{"step": "1", "tokens": "1000", "loss": "2.0", "contrastive_loss": "2.0"}]
     assert list(train_curves(only)) == ["train NT-Xent ppl (2N-1 choices)"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "",
+            "not a pretraining log: no tokens or loss column (columns found: none, the file is empty)",
+        ),
+        (
+            "step,loss\n1,2.0\n",
+            "not a pretraining log: no tokens column (columns found: step, loss)",
+        ),
+        (
+            "step,tokens,loss\n1,100,2.0\n2,abc,1.9\n",
+            "line 3: column tokens holds 'abc', not a number",
+        ),
+        ("step,tokens,loss\n1\n", "line 2: column tokens holds nothing, not a number"),
+        (
+            "step,tokens,loss,val_ppl\n1,100,2.0,high\n",
+            "line 2: column val_ppl holds 'high', not a number",
+        ),
+    ],
+)
+def test_plot_run_refuses_a_log_it_cannot_plot_in_one_line(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    (tmp_path / "log.csv").write_text(text)
+    with pytest.raises(InvalidInputError, match=re.escape(f"{tmp_path / 'log.csv'}: {message}")):
+        plot_run(tmp_path)
+    assert not (tmp_path / PLOT_NAME).exists()
+
+
+def test_plot_run_draws_a_log_without_validation_columns(tmp_path: Path) -> None:
+    (tmp_path / "log.csv").write_text("step,tokens,loss\n1,1000,3.0\n2,2000,2.9\n")
+    assert plot_run(tmp_path) == tmp_path / PLOT_NAME

@@ -93,6 +93,51 @@ def train_curves(rows: list[dict[str, str]]) -> dict[str, list[tuple[float, floa
     return {label: points for label, points in curves.items() if points}
 
 
+_PLOTTED_COLUMNS = ("tokens", "loss")
+"""Columns every log.csv protssl has written holds, and the plot cannot do without."""
+
+
+def _read_log(path: Path) -> list[dict[str, str]]:
+    """The rows of a run's log.csv, checked so that plotting them cannot fail: the columns the plot
+    needs are there, `tokens` is a whole number and the other known columns are numbers or empty.
+    A log from another version or another program is refused in one line naming the file."""
+    try:
+        with path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            columns = reader.fieldnames or []
+            missing = [c for c in _PLOTTED_COLUMNS if c not in columns]
+            if missing:
+                found = ", ".join(columns) if columns else "none, the file is empty"
+                raise InvalidInputError(
+                    f"{path}: not a pretraining log: no {' or '.join(missing)} column "
+                    f"(columns found: {found})"
+                )
+            rows = []
+            for row in reader:
+                _check_row(path, reader.line_num, row)
+                rows.append(row)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise InvalidInputError(f"{path}: not a pretraining log: {exc}") from None
+    return rows
+
+
+def _check_row(path: Path, line: int, row: dict[str, str]) -> None:
+    """Refuse a log row whose `tokens` is not a whole number or whose known columns hold
+    something other than a number, naming the file, line and column."""
+    for column in LOG_FIELDS:
+        value = row.get(column) or ""
+        if column != "tokens" and not value:
+            continue
+        parse = int if column in ("step", "tokens") else float
+        try:
+            parse(value)
+        except ValueError:
+            held = repr(value) if value else "nothing"
+            raise InvalidInputError(
+                f"{path}: line {line}: column {column} holds {held}, not a number"
+            ) from None
+
+
 def plot_run(run_dir: str | Path) -> Path:
     """Draw the training curves, validation perplexity and any probe 1-NN against tokens seen into
     run_dir/loss_curve.png."""
@@ -105,9 +150,8 @@ def plot_run(run_dir: str | Path) -> Path:
     path = run_dir / LOG_NAME
     if not path.is_file():
         raise InvalidInputError(f"{run_dir}: no {LOG_NAME} there; is it a pretraining run folder?")
-    with path.open() as handle:
-        rows = list(csv.DictReader(handle))
-    val = [(int(r["tokens"]) / 1e6, float(r["val_ppl"])) for r in rows if r["val_ppl"]]
+    rows = _read_log(path)
+    val = [(int(r["tokens"]) / 1e6, float(r["val_ppl"])) for r in rows if r.get("val_ppl")]
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
     for (label, points), color in zip(train_curves(rows).items(), ("0.6", "C1"), strict=False):
         ax.plot(*zip(*points, strict=True), color=color, lw=0.8, label=label)
