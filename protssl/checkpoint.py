@@ -12,6 +12,8 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import pickle
+import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +31,7 @@ from protssl.errors import (
     InvalidInputError,
     ModelNotFoundError,
     UntrustedCheckpointError,
+    first_line,
 )
 from protssl.hardware import cpu_has_bf16, usable_device
 from protssl.kernels import int8_linear_works
@@ -55,8 +58,10 @@ __all__ = [
     "load_model",
     "read_card",
     "refuse_to_replace_a_model",
+    "refused_global",
     "resolve_model",
     "save_model",
+    "torch_load_reason",
     "update_card_training",
 ]
 
@@ -330,11 +335,40 @@ def _unpickle_fair_esm(path: Path) -> dict[str, Any]:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError or RuntimeError here
-        log.info("weights_only load of %s failed (%s); unpickling fully (trusted)", path, exc)
+        log.info(
+            "%s: loading without unpickling code failed (%s); unpickling it (trusted)",
+            path,
+            torch_load_reason(exc),
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
-        raise CheckpointError(f"{path}: cannot be read as a torch checkpoint ({exc})") from None
+        raise CheckpointError(
+            f"{path}: cannot be read as a torch checkpoint ({first_line(exc)})"
+        ) from None
+
+
+_REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+) was not an allowed global")
+
+
+def refused_global(exc: BaseException) -> str | None:
+    """The class or function a `torch.load(weights_only=True)` refused to unpickle (`print`,
+    `argparse.Namespace`), or None when it failed for another reason (a corrupt or non-torch file)."""
+    found = _REFUSED_GLOBAL.search(str(exc))
+    return found.group(1) if found and isinstance(exc, pickle.UnpicklingError) else None
+
+
+def torch_load_reason(exc: BaseException) -> str:
+    """Why a torch.load failed, in one line: torch wraps a weights_only failure in a page of advice
+    on allow-listing globals (`torch.serialization.add_safe_globals`), which protssl leaves out for
+    its own (--trust-pickle, --allow-sha256)."""
+    name = refused_global(exc)
+    if name is not None:
+        return f"it pickles {name}"
+    inner = exc.__context__  # torch raises its advice `from None`: the unpickler's error is here
+    if str(exc).startswith("Weights only load failed") and inner is not None:
+        return first_line(inner)
+    return first_line(exc)
 
 
 def export_fair_esm(encoder: ProteinEncoder, path: str | Path) -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from pathlib import Path
 
@@ -12,7 +13,9 @@ from protssl.checkpoint import (
     file_sha256,
     import_fair_esm,
     load_model,
+    refused_global,
     save_model,
+    torch_load_reason,
     update_card_training,
 )
 from protssl.cli import main
@@ -78,6 +81,45 @@ def test_fair_esm_pickle_needs_trust_or_allowed_hash(tiny_model_dir: Path, tmp_p
         atol=1e-6,
     )
     assert imported.config.num_layers == 2
+
+
+class _Pickled:
+    """An object a weights_only load refuses: unpickling it calls a function."""
+
+    def __reduce__(self) -> tuple[object, tuple[int]]:
+        return (abs, (-1,))
+
+
+def test_a_refused_torch_load_is_named_in_one_line_without_torch_advice(tmp_path: Path) -> None:
+    """torch words a weights_only failure as a page of advice on `add_safe_globals`."""
+    pickled, garbage = tmp_path / "pickled.pt", tmp_path / "garbage.pt"
+    torch.save({"x": _Pickled()}, pickled)
+    garbage.write_bytes(b"not a checkpoint")
+    for path, name, reason in (
+        (pickled, "abs", "it pickles abs"),
+        (garbage, None, "Unsupported operand 110"),
+    ):
+        with pytest.raises(pickle.UnpicklingError) as caught:
+            torch.load(path, weights_only=True)
+        assert "weights_only" in str(caught.value)
+        assert refused_global(caught.value) == name
+        assert torch_load_reason(caught.value) == reason
+    assert torch_load_reason(RuntimeError("zip archive\nmore")) == "zip archive"
+
+
+def test_a_trusted_pickle_logs_one_line_and_no_torch_advice(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "other.pt"
+    torch.save({"x": _Pickled()}, path)
+    with (
+        caplog.at_level("INFO", logger="protssl.checkpoint"),
+        pytest.raises(CheckpointError, match="not an ESM-2 checkpoint"),
+    ):
+        import_fair_esm(path, trust_pickle=True)
+    assert caplog.messages == [
+        f"{path}: loading without unpickling code failed (it pickles abs); unpickling it (trusted)"
+    ]
 
 
 def test_import_esm_into_a_folder_holding_a_model_is_refused_without_overwrite(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import random
 import re
@@ -50,6 +51,21 @@ def test_a_checkpoint_that_is_not_one_is_refused(tmp_path: Path) -> None:
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="cannot read the training checkpoint"):
         load_checkpoint(path)
+
+
+def test_a_pickle_checkpoint_is_refused_in_one_line_of_protssl_advice(tmp_path: Path) -> None:
+    """A .pt that pickles more than tensors (a fair-esm file, say) was refused with torch's page of
+    advice on allow-listing globals (`torch.serialization.add_safe_globals`)."""
+    path = tmp_path / CHECKPOINT_NAME
+    torch.save({"cfg": argparse.Namespace(encoder_layers=2), "step": 1}, path)
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(path)
+    message = str(caught.value)
+    assert message == (
+        f"{path}: not a training checkpoint protssl wrote: it pickles argparse.Namespace, and "
+        "protssl unpickles no code from one; to train on from a fair-esm .pt, import it with "
+        "`protssl import-esm FILE DIR --trust-pickle` and start a new run with --init-from DIR"
+    )
 
 
 def test_init_from_continues_from_an_exported_model(tmp_path: Path, sample_fasta: Path) -> None:

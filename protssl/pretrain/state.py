@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from protssl.checkpoint import load_model
+from protssl.checkpoint import load_model, refused_global, torch_load_reason
 from protssl.durable import writing_durably
 from protssl.errors import CheckpointError, InvalidInputError
 from protssl.model import ProteinEncoder, init_weights
@@ -102,7 +102,16 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for a bad file
-        raise CheckpointError(f"{path}: cannot read the training checkpoint ({exc})") from None
+        refused = refused_global(exc)
+        if refused is None:
+            raise CheckpointError(
+                f"{path}: cannot read the training checkpoint ({torch_load_reason(exc)})"
+            ) from None
+        raise CheckpointError(
+            f"{path}: not a training checkpoint protssl wrote: it pickles {refused}, and protssl "
+            "unpickles no code from one; to train on from a fair-esm .pt, import it with "
+            "`protssl import-esm FILE DIR --trust-pickle` and start a new run with --init-from DIR"
+        ) from None
 
 
 def config_from_state(state: Mapping[str, Any]) -> PretrainConfig:
