@@ -22,22 +22,25 @@ __all__ = ["EmbedResult", "embed"]
 @dataclass(frozen=True)
 class EmbedResult:
     """Vectors in input order: `vectors` is (N, D) for mean/bos pooling, (N, 4 * D) for segments, a
-    list of (L, D) per residue; `lengths` are the sequences' residues."""
+    list of (L, D) per residue; `lengths` are the sequences' residues, `labels` the records'
+    (`label=` in a FASTA header; none for plain sequences)."""
 
     ids: list[str]
     vectors: np.ndarray | list[np.ndarray]
     provenance: list[Provenance]
     lengths: list[int] = field(default_factory=list)
+    labels: list[tuple[str, ...]] = field(default_factory=list)
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> None:
-        """Write these vectors to `path` as `protssl embed -o` does: `.h5`, `.npz`, or a
-        `.tsv`/`.csv` table (rows in input order; pooled vectors only)."""
+        """Write these vectors to `path` as `protssl embed -o` does, labels included: `.h5`,
+        `.npz`, or a `.tsv`/`.csv` table (rows in input order; pooled vectors only)."""
         from protssl.output import write_vectors
 
+        labels = self.labels or [()] * len(self.ids)
         embeddings = [
-            Embedding(i, n, v, p)
-            for i, n, v, p in zip(
-                self.ids, self.lengths, self.vectors, self.provenance, strict=True
+            Embedding(i, n, v, p, tuple(ls))
+            for i, n, v, p, ls in zip(
+                self.ids, self.lengths, self.vectors, self.provenance, labels, strict=True
             )
         ]
         write_vectors(path, embeddings, overwrite=overwrite)
@@ -110,4 +113,5 @@ def embed(
         vectors=stacked,
         provenance=[by_id[i].provenance for i in order],
         lengths=[by_id[i].length for i in order],
+        labels=[by_id[i].labels for i in order],
     )

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import protssl
+from protssl.cli import main
 from protssl.errors import InvalidInputError
 from protssl.output import read_vectors
 
@@ -94,6 +95,23 @@ def test_a_result_saves_as_protssl_embed_writes(
     assert saved == {i: v.shape for i, v in zip(per_residue.ids, per_residue.vectors, strict=True)}
     with pytest.raises(InvalidInputError, match="nothing to save"):
         protssl.embed([], model=model).save(tmp_path / "empty.h5")
+
+
+def test_a_saved_result_keeps_the_records_labels(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """`save` wrote every record's labels empty, where `protssl embed -o` writes them."""
+    fasta = tmp_path / "labelled.fasta"
+    fasta.write_text(">b label=X;Y\nMKVLA\n>a label=Z\nMKTT\n>c\nMKVLA\n")
+    model = protssl.load_model(tiny_model_dir, dtype="float32")
+    result = protssl.embed(protssl.read_fasta(fasta), model=model)
+    assert result.labels == [("X", "Y"), ("Z",), ()]
+    result.save(tmp_path / "api.tsv")
+    cli = ["embed", str(fasta), "-o", str(tmp_path / "cli.tsv"), "--model", str(tiny_model_dir)]
+    assert main([*cli, "--no-progress", "--no-cache"]) == 0
+    for name in ("api.tsv", "cli.tsv"):
+        saved = [(k, a["labels"]) for k, _, a in read_vectors(tmp_path / name)]
+        assert saved == [("b", "X;Y"), ("a", "Z"), ("c", "")]
+    protssl.embed(["MKVLA"], model=model).save(tmp_path / "plain.tsv")
+    assert [a["labels"] for _, _, a in read_vectors(tmp_path / "plain.tsv")] == [""]
 
 
 def test_one_string_instead_of_a_list_is_refused_not_read_letter_by_letter(
