@@ -173,7 +173,7 @@ def pending_records(
     """The records OUTPUT still lacks: each one whose id is `done` is counted as resumed, moves the
     progress bar on and leaves `done`; those in `written` (by this run, when the input is read
     again after a lost connection) are passed over. With `positions`, each record's place in the
-    input is kept there until its vector is written (a table's rows follow the input)."""
+    input is kept there until its vector is written (so that OUTPUT follows the input)."""
     for position, record in enumerate(records):
         if record.id in written:
             continue
@@ -240,8 +240,9 @@ def embed_fasta_file(
             done = writer.existing_ids() if resume else set()
             writer.check_provenance(expected_provenance(model, config))
 
-            # a table's rows follow the input; only records read and not yet written are held here
-            positions: dict[str, int] | None = {} if is_table(output) else None
+            # a table's rows and an HDF5 file's datasets follow the input; only records read and
+            # not yet written are held here
+            positions: dict[str, int] = {}
 
             bar = progress_bar(
                 total=checked.residues if checked else None,
@@ -263,8 +264,7 @@ def embed_fasta_file(
                 for embedding in embed_records(
                     records, model, config, cache=cache, stats=cache_stats
                 ):
-                    position = None if positions is None else positions.pop(embedding.id, None)
-                    writer.write(embedding, position=position)
+                    writer.write(embedding, position=positions.pop(embedding.id, None))
                     bar.update(embedding.length)
                     summary.computed, summary.cached = cache_stats.computed, cache_stats.cached
                     if summary.written(embedding):

@@ -4,7 +4,8 @@ TSV/CSV table of pooled vectors (one row per record).
 HDF5 layout (`h5py`): file attributes hold the shared provenance (model name and sha256, layer,
 pooling, dtype, window policy, protssl version); each record is a root dataset named by its id,
 with `/` and `%` percent-escaped (`sp|P1/2` → `sp|P1%2F2`), holding float32 `(D,)` or `(L, D)`,
-and attributes `id`, `length`, `windows`, `windowed` and `labels`. `.npz` keeps the same names as
+and attributes `id`, `length`, `windows`, `windowed` and `labels`; the file tracks creation order,
+which lists the datasets in input order. `.npz` keeps the same names as
 keys and the provenance as JSON under `__provenance__`. A table (`.tsv`, `.csv`) has a header
 row and one row per record: `id`, `length`, `windows`, `windowed`, `labels`, the provenance
 (`model_name` … `window_policy`, the same in every row, so a row taken out of the file still says
@@ -286,8 +287,9 @@ class VectorWriter:
     def write(self, embedding: Embedding, *, position: int | None = None) -> None:
         """Add one record's vector with its provenance (durable at the next `flush()`).
 
-        `position`, the record's place in the input, orders a table's rows (vectors come in the
-        order they were computed, batches sorted by length); other formats are keyed by id.
+        `position`, the record's place in the input, orders a table's rows and an HDF5 file's
+        datasets (vectors come in the order they were computed, batches sorted by length); a
+        `.npz` keeps the order written.
         """
         if self._shared is None:
             self._shared = {k: getattr(embedding.provenance, k) for k in _SHARED}
@@ -308,7 +310,7 @@ class VectorWriter:
             "windowed": embedding.provenance.windowed,
             "labels": ";".join(embedding.labels),
         }
-        if position is not None and self.kind == "table":
+        if position is not None and self.kind != "npz":
             self._rows[name]["position"] = position
         self._buffered += vector.nbytes
         if self._buffered > _CHUNK_BYTES:
@@ -370,20 +372,27 @@ class VectorWriter:
         )
 
     def _merge_h5(self, chunks: list[Path]) -> None:
-        with writing_durably(self.path) as tmp:
+        """OUTPUT's datasets (less those the chunks replace), then the chunks' in input order where
+        their writer gave it, else in the order written. A new file tracks its datasets' creation
+        order, which h5py lists them in (a file without it lists them by name)."""
+        with _ChunkVectors(chunks) as vectors, writing_durably(self.path) as tmp:
             if self.path.exists():
                 shutil.copyfile(self.path, tmp)
+            new = not tmp.exists()
             # through a Python file: HDF5's own writer, failing (a full disk), leaves objects it
             # cannot close and the process dies at exit; Python's raises an OSError and is done
-            with tmp.open("r+b" if tmp.exists() else "w+b") as raw, h5py.File(raw, "a") as handle:
+            with (
+                tmp.open("w+b" if new else "r+b") as raw,
+                h5py.File(raw, "w" if new else "a", track_order=True) as handle,
+            ):
                 if "model_sha256" not in handle.attrs and self._shared is not None:
                     handle.attrs.update(self._shared)
                     handle.attrs["protssl_version"] = __version__
-                for chunk in chunks:
-                    for name, vector, attrs in _read_chunk(chunk):
-                        if name in handle:
-                            del handle[name]
-                        handle.create_dataset(name, data=vector).attrs.update(attrs)
+                for name, (index, attrs) in _in_input_order(chunks):
+                    if name in handle:
+                        del handle[name]
+                    dataset = handle.create_dataset(name, data=vectors.get(index, name))
+                    dataset.attrs.update(_stored(attrs))
 
     def _merge_npz(self, chunks: list[Path]) -> None:
         arrays: dict[str, np.ndarray] = {}
@@ -403,12 +412,8 @@ class VectorWriter:
         """OUTPUT's rows (less those the chunks replace), then the chunks' rows in input order
         where their writer gave it, else in the order written. Only the rows' attributes are held
         at once: each vector is read from its chunk as its row is written."""
-        latest: dict[str, tuple[int, dict[str, Any]]] = {}  # the last chunk to hold a record wins
-        for index, chunk in enumerate(chunks):
-            meta, names = _read_chunk_index(chunk)
-            latest.update((name, (index, meta["records"][name])) for name in names)
-        unplaced = len(latest)  # rows without a position go last, in the order written
-        order = sorted(latest.items(), key=lambda item: item[1][1].get("position", unplaced))
+        order = _in_input_order(chunks)
+        latest = dict(order)
         delimiter = _DELIMITERS[self.path.suffix.lower()]
         shared = [self._shared[k] if self._shared else "" for k in _SHARED]
         with (
@@ -551,6 +556,29 @@ def _table_row(row: list[str]) -> tuple[str, dict[str, Any]]:
     attrs.update(id=record, length=int(length), windows=int(windows), windowed=windowed == "true")
     attrs["labels"] = labels
     return record, attrs
+
+
+def _in_input_order(chunks: list[Path]) -> list[tuple[str, tuple[int, dict[str, Any]]]]:
+    """The chunks' records as (name, (chunk index, attributes)), the last chunk to hold a record
+    winning: by input position where the writer gave one, the rest after them in the order
+    written."""
+    latest: dict[str, tuple[int, dict[str, Any]]] = {}
+    for index, chunk in enumerate(chunks):
+        meta, names = _read_chunk_index(chunk)
+        latest.update((name, (index, meta["records"][name])) for name in names)
+    return sorted(latest.items(), key=lambda item: _position_key(item[1][1]))
+
+
+def _position_key(attrs: dict[str, Any]) -> tuple[bool, int]:
+    """Sorts records by input position, those without one after them (a stable sort keeps their
+    order)."""
+    position = attrs.get("position")
+    return (position is None, position or 0)
+
+
+def _stored(attrs: dict[str, Any]) -> dict[str, Any]:
+    """A record's attributes as OUTPUT keeps them: its input position only orders it."""
+    return {k: v for k, v in attrs.items() if k != "position"}
 
 
 def _chunks(journal: Path) -> list[Path]:

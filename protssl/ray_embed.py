@@ -212,11 +212,12 @@ class ShardEmbedder:
         stats = CacheStats()
         windowed = 0
         cache = self.store.embeddings if self.store is not None else None
+        positions = {record.id: index for index, record in enumerate(records)}
         with VectorWriter(partial, resume=False, overwrite=True) as writer:
             for embedding in embed_records(
                 records, self.model, self.config, cache=cache, stats=stats
             ):
-                writer.write(embedding)
+                writer.write(embedding, position=positions[embedding.id])
                 windowed += int(embedding.provenance.windowed)
         os.replace(partial, final)
         self.release()

@@ -104,8 +104,11 @@ def test_a_tsv_holds_the_h5s_vectors_and_resumes(
     assert rows == {k: (v.tobytes(), a["length"]) for k, v, a in read_vectors(h5)}
     assert len(table.read_text().splitlines()) == 21  # the header and one row per record
     fasta = list(read_fasta(full))
-    assert [k for k, _, _ in read_vectors(table)] == [r.id for r in fasta]  # the input's order
+    ids = [r.id for r in fasta]
+    assert [k for k, _, _ in read_vectors(table)] == ids  # the input's order
+    assert [k for k, _, _ in read_vectors(h5)] == ids  # so is an .h5's (it was sorted by id)
     assert sorted(fasta, key=len) != fasta  # which is not the order the batches ran in
+    assert sorted(ids) != ids  # nor the ids' order
     assert (
         main(
             [

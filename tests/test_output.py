@@ -4,8 +4,10 @@ journal of chunks while a job runs, one writer at a time; tables hold what HDF5 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
@@ -135,6 +137,40 @@ def test_a_tables_rows_follow_the_input_across_more_chunks_than_stay_open(tmp_pa
     rows = list(read_vectors(out))
     assert [k for k, _, _ in rows] == [f"sp|P{i}/x" for i in range(40)]
     assert [v[0] for _, v, _ in rows] == list(range(40))
+
+
+def test_h5_records_read_back_in_input_order_not_by_id(tmp_path: Path) -> None:
+    """HDF5 listed datasets by name, so read_vectors gave an .h5's records sorted by id where a
+    table gave them in input order. Written out of input order (as length-sorted batches come),
+    over several chunks; then resumed, the new records after those in the file."""
+    ids = ["zeta", "alpha", "Mid", "beta/2", "10", "9"]
+    out = tmp_path / "o.h5"
+    with open_writer(out) as writer:
+        for position in (3, 0, 5, 1, 4, 2):
+            embedding = _embedding(position)
+            writer.write(replace(embedding, id=ids[position]), position=position)
+            if position % 2:
+                writer.flush()
+    assert [k for k, _, _ in read_vectors(out)] == ids
+    assert [int(v[0]) for _, v, _ in read_vectors(out)] == list(range(6))
+    assert all("position" not in a for _, _, a in read_vectors(out))
+    with open_writer(out, resume=True) as more:
+        more.write(replace(_embedding(7), id="b"), position=7)
+        more.write(replace(_embedding(6), id="c"), position=6)
+    assert [k for k, _, _ in read_vectors(out)] == [*ids, "c", "b"]
+
+
+def test_an_h5_without_creation_order_reads_by_name_and_takes_more(tmp_path: Path) -> None:
+    """A file written before creation order was tracked: listed by name, as HDF5 lists it."""
+    out = tmp_path / "old.h5"
+    with h5py.File(out, "w") as handle:
+        shared = ("model_name", "model_sha256", "layer", "pooling", "dtype", "window_policy")
+        handle.attrs.update({k: getattr(PROVENANCE, k) for k in shared})
+        for name in ("b", "a"):
+            handle.create_dataset(name, data=np.zeros(4, np.float32))
+    with open_writer(out, resume=True) as more:
+        more.write(replace(_embedding(0), id="0"), position=0)
+    assert [k for k, _, _ in read_vectors(out)] == ["0", "a", "b"]
 
 
 def test_a_table_protssl_did_not_write_is_left_alone(tmp_path: Path) -> None:
