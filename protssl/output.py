@@ -287,9 +287,8 @@ class VectorWriter:
     def write(self, embedding: Embedding, *, position: int | None = None) -> None:
         """Add one record's vector with its provenance (durable at the next `flush()`).
 
-        `position`, the record's place in the input, orders a table's rows and an HDF5 file's
-        datasets (vectors come in the order they were computed, batches sorted by length); a
-        `.npz` keeps the order written.
+        `position`, the record's place in the input, orders OUTPUT's records (vectors come in
+        the order they were computed, batches sorted by length).
         """
         if self._shared is None:
             self._shared = {k: getattr(embedding.provenance, k) for k in _SHARED}
@@ -310,7 +309,7 @@ class VectorWriter:
             "windowed": embedding.provenance.windowed,
             "labels": ";".join(embedding.labels),
         }
-        if position is not None and self.kind != "npz":
+        if position is not None:
             self._rows[name]["position"] = position
         self._buffered += vector.nbytes
         if self._buffered > _CHUNK_BYTES:
@@ -395,6 +394,8 @@ class VectorWriter:
                     dataset.attrs.update(_stored(attrs))
 
     def _merge_npz(self, chunks: list[Path]) -> None:
+        """OUTPUT's records (less those the chunks replace), then the chunks' in input order where
+        their writer gave it, else in the order written: the order np.load lists them in."""
         arrays: dict[str, np.ndarray] = {}
         rows: dict[str, dict[str, Any]] = {}
         if self.path.exists():
@@ -402,9 +403,10 @@ class VectorWriter:
                 meta, names = _npz_index(data, required=False)
                 arrays = {k: data[k] for k in names}
             rows = meta.get("records", {})
-        for chunk in chunks:
-            for name, vector, attrs in _read_chunk(chunk):
-                arrays[name], rows[name] = vector, attrs
+        with _ChunkVectors(chunks) as vectors:
+            for name, (index, attrs) in _in_input_order(chunks):
+                arrays.pop(name, None)
+                arrays[name], rows[name] = vectors.get(index, name), _stored(attrs)
         meta_text = json.dumps({"shared": self._shared, "records": rows})
         _write_atomic(self.path, {**arrays, _NPZ_META: meta_text})
 
@@ -620,13 +622,6 @@ class _ChunkVectors:
         for handle, data in self._open.values():
             self._close(handle, data)
         self._open.clear()
-
-
-def _read_chunk(chunk: Path) -> Iterator[tuple[str, np.ndarray, dict[str, Any]]]:
-    with _load_npz(chunk) as data:
-        meta, names = _npz_index(data)
-        for name in names:
-            yield name, data[name], meta["records"][name]
 
 
 def _npz_index(data: Any, *, required: bool = True) -> tuple[dict[str, Any], list[str]]:

@@ -139,12 +139,14 @@ def test_a_tables_rows_follow_the_input_across_more_chunks_than_stay_open(tmp_pa
     assert [v[0] for _, v, _ in rows] == list(range(40))
 
 
-def test_h5_records_read_back_in_input_order_not_by_id(tmp_path: Path) -> None:
-    """HDF5 listed datasets by name, so read_vectors gave an .h5's records sorted by id where a
-    table gave them in input order. Written out of input order (as length-sorted batches come),
-    over several chunks; then resumed, the new records after those in the file."""
+@pytest.mark.parametrize("suffix", [".h5", ".npz", ".tsv"])
+def test_records_read_back_in_input_order_not_by_id(suffix: str, tmp_path: Path) -> None:
+    """HDF5 listed datasets by name, so read_vectors gave an .h5's records sorted by id, and an
+    .npz kept the order computed, where a table gave them in input order. Written out of input
+    order (as length-sorted batches come), over several chunks; then resumed, the new records
+    after those in the file."""
     ids = ["zeta", "alpha", "Mid", "beta/2", "10", "9"]
-    out = tmp_path / "o.h5"
+    out = tmp_path / f"o{suffix}"
     with open_writer(out) as writer:
         for position in (3, 0, 5, 1, 4, 2):
             embedding = _embedding(position)
