@@ -95,6 +95,13 @@ def test_plot_run_refuses_a_log_it_cannot_plot_in_one_line(
     assert not (tmp_path / PLOT_NAME).exists()
 
 
+def test_a_diverged_runs_log_is_plotted(tmp_path: Path) -> None:
+    """A loss past exp's range (a run that diverged) crashed the plot, and with it the run's end."""
+    (tmp_path / "log.csv").write_text("step,tokens,loss\n1,1000,3.0\n2,2000,750.5\n")
+    assert plot_run(tmp_path) == tmp_path / PLOT_NAME
+    assert train_curves(log_rows(tmp_path))["train ppl (masked)"][1] == (0.002, math.inf)
+
+
 def test_plot_run_draws_a_log_without_validation_columns(tmp_path: Path) -> None:
     (tmp_path / "log.csv").write_text("step,tokens,loss\n1,1000,3.0\n2,2000,2.9\n")
     assert plot_run(tmp_path) == tmp_path / PLOT_NAME

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -87,10 +88,18 @@ def train_curves(rows: list[dict[str, str]]) -> dict[str, list[tuple[float, floa
     if not any(r.get("mlm_loss") or r.get("contrastive_loss") for r in rows):
         columns = {"train ppl (masked)": "loss"}  # an MLM run: its loss is the masked-LM term
     curves = {
-        label: [(int(r["tokens"]) / 1e6, math.exp(float(r[key]))) for r in rows if r.get(key)]
+        label: [(int(r["tokens"]) / 1e6, _perplexity(float(r[key]))) for r in rows if r.get(key)]
         for label, key in columns.items()
     }
     return {label: points for label, points in curves.items() if points}
+
+
+def _perplexity(loss: float) -> float:
+    """exp(loss); infinite past a float's range (a diverged run's loss), where math.exp raises."""
+    return math.exp(loss) if loss < _LARGEST_EXP else math.inf
+
+
+_LARGEST_EXP = math.log(sys.float_info.max)
 
 
 _PLOTTED_COLUMNS = ("tokens", "loss")
