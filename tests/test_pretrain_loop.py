@@ -255,6 +255,33 @@ def _read(path: Path) -> bytes:
         return b""
 
 
+def test_resume_refuses_a_corpus_whose_records_changed_and_takes_one_rewrapped(
+    tmp_path: Path, sample_fasta: Path
+) -> None:
+    """A corpus edited between the stop and --resume: the data position went on through other
+    records without a word. The same records wrapped at another width resume as before."""
+    corpus = tmp_path / "corpus.fasta"
+    shutil.copyfile(sample_fasta, corpus)
+    run_dir = tmp_path / "run"
+    pretrain(tiny_config(corpus, run_dir), stop_after=2, progress=False)
+    assert load_checkpoint(run_dir / CHECKPOINT_NAME)["corpus_sha256"]
+    records = corpus.read_text().split(">")[1:]
+    corpus.write_text("".join(">" + r for r in records[:-1]))  # the last record removed
+    command = [sys.executable, "-m", "protssl", "pretrain", "--run-dir", str(run_dir), "--resume"]
+    refused = subprocess.run([*command, "--no-progress"], capture_output=True, text=True)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.splitlines()[-1].startswith(
+        f"protssl pretrain: error: --resume: {corpus} no longer holds the records this run trains "
+        "on ("
+    )
+    assert load_checkpoint(run_dir / CHECKPOINT_NAME)["step"] == 2
+    unwrapped = [r.split("\n", 1) for r in records]  # header, then the wrapped sequence
+    corpus.write_text(
+        "".join(f">{head}\n{body.replace(chr(10), '')}\n" for head, body in unwrapped)
+    )
+    assert pretrain(tiny_config(corpus, run_dir), resume=True, progress=False).step == 12
+
+
 def test_resume_trains_the_folder_it_names_wherever_the_run_began(
     tmp_path: Path, sample_fasta: Path
 ) -> None:

@@ -60,6 +60,17 @@ class TrainingCorpus:
     skipped_ids: tuple[str, ...] = ()
     """The first few of them, for the log."""
 
+    def fingerprint(self) -> str:
+        """sha256 of what training reads: ids and sequences of both splits, in order, and the
+        clusters; the same for the same records however the FASTA is wrapped or annotated."""
+        digest = hashlib.sha256()
+        for part in (self.train_ids, self.train, self.val_ids, self.val):
+            digest.update("\n".join(part).encode())
+            digest.update(b"\0")
+        for cluster in self.clusters or ():
+            digest.update(b",".join(str(i).encode() for i in cluster) + b";")
+        return digest.hexdigest()
+
     def skipped_note(self, source: Path) -> str | None:
         """One line on what was left out of training, or None when nothing was."""
         total = sum(self.skipped.values())

@@ -221,6 +221,7 @@ class _Run:
         self.encoder, self.head, self.optimizer, self.progress = _start(
             config, place, self.checkpoint_path, resume=resume, command=command
         )
+        self._check_corpus(resume)
         self.saved_step: int | None = self.progress.step if resume else None
         """The step of the last checkpoint on disk (what a failed write leaves)."""
         self.model = _distributed(
@@ -263,6 +264,24 @@ class _Run:
                 place.world,
                 self.unigram,
             )
+
+    def _check_corpus(self, resume: bool) -> None:
+        """Record what the run trains on; a resumed run refuses records that changed since it
+        began, where the checkpoint's data position would go on through other data (and another
+        validation split) without a word."""
+        fingerprint = self.corpus.fingerprint()
+        recorded = self.progress.corpus_sha256
+        if resume and recorded is not None and recorded != fingerprint:
+            config, corpus = self.config, self.corpus
+            raise InvalidInputError(
+                f"--resume: {config.corpus} no longer holds the records this run trains on "
+                f"({len(corpus.train):,} training and {len(corpus.val):,} validation records "
+                "now; the checkpoint's data position and validation split are of the file as the "
+                "run began): put that file back, or train on from this run's weights in a new "
+                f"run: protssl pretrain-export {config.run_dir} OUT, then protssl pretrain "
+                f"{config.corpus} --init-from OUT --run-dir NEW"
+            )
+        self.progress.corpus_sha256 = fingerprint
 
     def train(self, end: int, stop: _Stop, *, show_progress: bool) -> list[float]:
         """Optimizer steps until step `end` or a stop request; the loss of each."""

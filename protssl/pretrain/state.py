@@ -60,6 +60,9 @@ class RunProgress:
     """The commands that resumed it, in order."""
     init_from: dict[str, Any] | None = None
     """The parent model's record when the run started from one (see `initial_encoder`)."""
+    corpus_sha256: str | None = None
+    """`TrainingCorpus.fingerprint()` of the records the run trains on (None in checkpoints
+    written before it was recorded)."""
 
 
 def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
@@ -137,6 +140,7 @@ def progress_from_state(state: Mapping[str, Any]) -> RunProgress:
         command=state.get("command"),
         resume_commands=list(state.get("resume_commands", [])),
         init_from=state.get("init_from"),
+        corpus_sha256=state.get("corpus_sha256"),
     )
 
 
@@ -168,6 +172,7 @@ def checkpoint_state(
         "hardware": hardware,
         "dtype": dtype,
         "init_from": progress.init_from,
+        "corpus_sha256": progress.corpus_sha256,
     }
 
 
