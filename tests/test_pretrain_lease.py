@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -123,3 +124,20 @@ def test_a_budget_too_small_for_one_step_is_one_line_and_exit_2(
     )  # fmt: skip
     assert done.returncode == 2, done.stderr
     assert "leaves no step" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_lease_takes_none_of_what_it_plans_and_refuses_an_occupied_folder_at_once(
+    tmp_path: Path, sample_fasta: Path
+) -> None:
+    """--warmup, --val-every and --checkpoint-every were offered and overwritten by the plan; a run
+    folder holding an unfinished run was found only after calibrating."""
+    lease = [sys.executable, "-m", "protssl", "pretrain-lease", str(sample_fasta), "--seconds"]
+    for flag in ("--warmup", "--val-every", "--checkpoint-every", "--steps"):
+        done = subprocess.run([*lease, "60", flag, "5"], capture_output=True, text=True)
+        assert done.returncode == 2 and f"unrecognized arguments: {flag} 5" in done.stderr
+    run_dir = tmp_path / "run"
+    pretrain(tiny_config(sample_fasta, run_dir), stop_after=1, progress=False)
+    started = time.monotonic()
+    with pytest.raises(InvalidInputError, match="holds a run already"):
+        run_lease(tiny_config(sample_fasta, run_dir), 600.0, calibration_steps=50)
+    assert time.monotonic() - started < 5  # no calibration ran

@@ -114,6 +114,10 @@ def _build_pretrain(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_pretrain, command_line=None)
 
 
+_PLANNED = frozenset({"steps", "warmup_steps", "val_every", "checkpoint_every"})
+"""The recipe fields a lease plans from its budget (`run_lease`), so it takes none of them."""
+
+
 def _build_lease(p: argparse.ArgumentParser) -> None:
     from protssl.pretrain.lease import LEASE_RECIPE
 
@@ -129,9 +133,12 @@ def _build_lease(p: argparse.ArgumentParser) -> None:
         "--evaluations", type=int, default=4, help="validations (and checkpoints) during the run"
     )
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
-    recipe = p.add_argument_group("recipe (the lease recipe unless given)")
+    recipe = p.add_argument_group(
+        "recipe (the lease recipe unless given; the plan sets the steps, a 4% warmup, and "
+        "validations and checkpoints --evaluations times)"
+    )
     for flag, (dest, kind, text) in _RECIPE_FLAGS.items():
-        if dest == "steps":
+        if dest in _PLANNED:  # offered, they were overwritten by the plan without a word
             continue
         shown = LEASE_RECIPE.get(dest, "as pretrain")
         recipe.add_argument(

@@ -24,7 +24,7 @@ from protssl.entrypoint import interruption
 from protssl.errors import InvalidInputError
 from protssl.pretrain.config import PretrainConfig
 from protssl.pretrain.export import MODEL_SUBDIR, export_checkpoint
-from protssl.pretrain.loop import PretrainResult, pretrain
+from protssl.pretrain.loop import PretrainResult, pretrain, refuse_occupied
 
 __all__ = [
     "LEASE_RECIPE",
@@ -160,6 +160,7 @@ def run_lease(
         raise InvalidInputError(
             f"{config.run_dir}: already holds a finished run; choose a new --run-dir"
         )
+    refuse_occupied(config.run_dir)  # before calibrating, not minutes of the lease later
     step_s, eval_s, setup_s = calibrate(config, calibration_steps)
     calibration_s = time.monotonic() - started
     steps = plan_steps(

@@ -165,12 +165,8 @@ def _pretrain(
         raise InvalidInputError(
             "a deadline is for one process (ranks could stop at different steps)"
         )
-    if not resume and (config.run_dir / CHECKPOINT_NAME).exists():
-        raise InvalidInputError(
-            f"run folder {str(config.run_dir)!r} holds a run already ({CHECKPOINT_NAME}): continue "
-            f"it with protssl pretrain --resume --run-dir {config.run_dir}, or give another "
-            "--run-dir (or remove that folder) to start a new one"
-        )  # starting over here would overwrite its checkpoint and log
+    if not resume:
+        refuse_occupied(config.run_dir)
     lock = _run_lock(config.run_dir) if place.leader else None
     try:
         run = _Run(config, place, resume=resume, command=command)
@@ -189,6 +185,17 @@ def _pretrain(
     finally:
         if lock is not None:
             lock.release()
+
+
+def refuse_occupied(run_dir: Path) -> None:
+    """Refuse to start a new run in a folder that holds one: starting over there would overwrite
+    its checkpoint and log."""
+    if (run_dir / CHECKPOINT_NAME).exists():
+        raise InvalidInputError(
+            f"run folder {str(run_dir)!r} holds a run already ({CHECKPOINT_NAME}): continue "
+            f"it with protssl pretrain --resume --run-dir {run_dir}, or give another "
+            "--run-dir (or remove that folder) to start a new one"
+        )
 
 
 def _run_lock(run_dir: Path) -> ExclusiveLock | None:
