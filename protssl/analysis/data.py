@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from protssl.analysis.config import EXAMPLES_DIR
+from protssl.analysis.config import DEFAULT_DATA_DIR, EXAMPLES_DIR
+from protssl.errors import InvalidInputError
 from protssl.fasta import FastaPolicy, ProteinRecord, read_fasta
 
 __all__ = [
@@ -63,8 +64,14 @@ class LabelledSet:
         return len(set(self.labels))
 
 
-def find_data(directory: Path) -> DataSource:
-    """The shared data in `directory` when its corpus is there, else examples/ (and a warning)."""
+def find_data(directory: Path | str | None = None) -> DataSource:
+    """The shared data in `directory`; with none given, in DEFAULT_DATA_DIR where its corpus is
+    there, else examples/ (and a warning); `"examples"` asks for examples/. A folder given without
+    the corpus is refused: falling back would write rough figures, into a card too, for a typo."""
+    if directory == "examples":
+        return _examples(f"examples/ as asked ({_EXAMPLES_HOLD}), so the figures are rough")
+    given = directory is not None
+    directory = DEFAULT_DATA_DIR if directory is None else Path(directory)
     corpus = directory / "pretrain" / "pretrain_corpus.fasta"
     if corpus.is_file():
         return DataSource(
@@ -81,11 +88,24 @@ def find_data(directory: Path) -> DataSource:
             ),
             note=f"shared data at {directory}",
         )
+    if given:
+        raise InvalidInputError(
+            f"--data {directory}: no pretrain/pretrain_corpus.fasta there; give the shared data "
+            "folder, or --data examples for rough figures from examples/"
+        )
     note = (
         f"no shared data at {directory} (pretrain/pretrain_corpus.fasta): using examples/ "
-        "(300 corpus records, 6 IS families of 20; no EC or Pfam set), so the figures are rough"
+        f"({_EXAMPLES_HOLD}), so the figures are rough"
     )
     log.warning(note)
+    return _examples(note)
+
+
+_EXAMPLES_HOLD = "300 corpus records, 6 IS families of 20; no EC or Pfam set"
+
+
+def _examples(note: str) -> DataSource:
+    """examples/: the records and IS families the repository ships."""
     return DataSource(
         name="examples",
         corpus=EXAMPLES_DIR / "proteins.fasta",

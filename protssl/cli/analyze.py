@@ -47,10 +47,9 @@ def _build(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--data",
-        type=Path,
-        default=DEFAULT_DATA_DIR,
-        help="the shared data folder (default ../shared/data beside the clone; "
-        "without it, examples/ and rough figures)",
+        default=None,
+        help=f"the shared data folder (default {DEFAULT_DATA_DIR}, and examples/ with rough "
+        "figures where it is missing), or `examples` for those",
     )
     for flag, (field, kind, text) in _CONFIG_FLAGS.items():
         default = getattr(defaults, field)
