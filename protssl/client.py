@@ -8,8 +8,8 @@ Every call carries the API token as `authorization: Bearer` metadata; `root_cert
 client certificate and key for mutual TLS) make the channel TLS. Calls time out (`timeout`
 seconds; a stream, however long it runs, after `timeout` seconds without a message either way),
 retry with exponential backoff while the server is UNAVAILABLE (the long jobs, `embed_file`,
-`embed_fasta` and `classify`, keep trying for `reconnect` seconds and carry on where they
-stopped), and raise the protssl error the server raised (the class it names in the call's
+`embed_fasta`, `embed_stream` and `classify`, keep trying for `reconnect` seconds and carry on
+where they stopped), and raise the protssl error the server raised (the class it names in the call's
 trailers, else the one `protssl.errors.ERROR_TABLE` gives its status) with the server's
 message. This module is the
 only part of `protssl` that imports grpc; `import protssl` loads it on first use of `protssl.Client`.
@@ -246,6 +246,59 @@ def _in_order(
     return ClientEmbeddings.of([embeddings[i] for i in order if i in embeddings])
 
 
+def _rereadable(path: str | Path, reconnect: float) -> float:
+    """How long a call over `path` may wait for a lost server: stdin cannot be read again."""
+    return reconnect if str(path) != "-" else 0.0
+
+
+class _Resendable:
+    """An input read once, lazily, whose items can go to a second stream: those sent and not yet
+    answered are held and sent again first. An item without an id is given the server's default
+    (`seqN`, N its place in the whole input), so a second stream names it as the first did."""
+
+    def __init__(self, fields: Iterator[dict[str, str]]) -> None:
+        self._fields = fields
+        self._lock = threading.Lock()  # one reader of the input: a lost stream's own may be in it
+        self._stream = 0
+        self._pending: dict[str, dict[str, str]] = {}
+        self.order: list[str] = []
+        """The ids read, in input order."""
+
+    @property
+    def answered(self) -> int:
+        """How many items read have a result."""
+        return len(self.order) - len(self._pending)
+
+    def unanswered(self, again: bool) -> Iterator[dict[str, str]]:
+        """What the next stream sends: again, the items sent and not answered, then the rest of the
+        input; a stream that a newer one replaced reads no more of it."""
+        with self._lock:
+            self._stream += 1
+            mine = self._stream
+            resent = list(self._pending.values()) if again else []
+        yield from resent
+        while True:
+            with self._lock:
+                if self._stream != mine:
+                    return
+                item = next(self._fields, None)
+                if item is None:
+                    return
+                item["id"] = item["id"] or f"seq{len(self.order)}"
+                self.order.append(item["id"])
+                self._pending[item["id"]] = item
+            yield item
+
+    def answering(
+        self, results: Iterable[tuple[Embedding, bool]]
+    ) -> Iterator[tuple[Embedding, bool]]:
+        """`results`, each one's item no longer held."""
+        for embedding, cached in results:
+            with self._lock:
+                self._pending.pop(embedding.id, None)
+            yield embedding, cached
+
+
 def _residue_bar(desc: str, total: int | None, progress: bool) -> tqdm[Any]:
     """A stream's progress bar, in residues."""
     return progress_bar(desc=desc, total=total, unit="res", unit_scale=True, disable=not progress)
@@ -365,9 +418,9 @@ class Client:
     None = the system's roots) verifies the server, `certificate_chain` and `private_key` are the
     client's own for mutual TLS.
 
-    `reconnect`: seconds `embed_file`, `embed_fasta` and `classify` keep trying when the server
-    goes away, restarts, is overloaded or stops answering midway (a result that comes back starts
-    the count again); each try sends only what has no result yet. 0: raise at once (`embed_file`
+    `reconnect`: seconds `embed_file`, `embed_fasta`, `embed_stream` and `classify` keep trying
+    when the server goes away, restarts, is overloaded or stops answering midway (a result that
+    comes back starts the count again); each try sends only what has no result yet. 0: raise at once (`embed_file`
     keeps what came back).
     """
 
@@ -533,12 +586,22 @@ class Client:
     ) -> ClientEmbeddings:
         """Embed any number of sequences (as `embed` takes them) over one EmbedStream call, in input
         order: read lazily and sent `chunk` at a time, where one `embed` request is refused past the
-        server's max_sequences. Records `on_invalid="skip"` drops are left out of the results."""
+        server's max_sequences. Records `on_invalid="skip"` drops are left out of the results. A
+        server lost midway is waited for, as `embed_fasta` waits, and sent again what it had not
+        answered (held until answered), then the rest of the input."""
         options = self._options(model, pooling, layer, dtype, on_invalid)
-        fields = _sequence_fields(sequences, ids)
-        order: list[str] = []  # the ids sent, as `_results` sends them
+        items = _Resendable(_sequence_fields(sequences, ids))
         with _residue_bar("embed", None, progress) as bar:
-            return _in_order(self._results(fields, options, chunk, bar, timeout, order), order)
+            results = self._lasting_results(
+                items.unanswered,
+                options,
+                chunk,
+                bar,
+                timeout,
+                reconnect=self.reconnect,
+                on_lost=lambda: f"{items.answered} result(s) so far, kept in memory",
+            )
+            return _in_order(items.answering(results), items.order)
 
     def embed_fasta(
         self,
@@ -570,13 +633,13 @@ class Client:
                     yield record
 
         with _file_bar(path, checked, progress) as bar:
-            results = self._file_results(
-                path,
-                unanswered,
+            results = self._lasting_results(
+                lambda again: _sequence_fields(unanswered(again), None),
                 options,
                 chunk,
                 bar,
                 timeout,
+                reconnect=_rereadable(path, self.reconnect),
                 on_lost=lambda: f"{len(embeddings)} result(s) so far, kept in memory",
             )
             return _in_order(results, order, embeddings)
@@ -652,8 +715,14 @@ class Client:
                     writer.flush()
                     return f"{summary.records} result(s) written to {str(output)!r} so far"
 
-                results = self._file_results(
-                    path, unwritten, options, chunk, bar, timeout, on_lost=lost
+                results = self._lasting_results(
+                    lambda again: _sequence_fields(unwritten(again), None),
+                    options,
+                    chunk,
+                    bar,
+                    timeout,
+                    reconnect=_rereadable(path, self.reconnect),
+                    on_lost=lost,
                 )
                 try:
                     for embedding, cached in results:
@@ -675,29 +744,26 @@ class Client:
             summary.seconds = time.perf_counter() - start
         return summary
 
-    def _file_results(
+    def _lasting_results(
         self,
-        path: str | Path,
-        records: Callable[[bool], Iterable[ProteinRecord]],
+        fields: Callable[[bool], Iterator[dict[str, str]]],
         options: pb.EmbedOptions,
         chunk: int,
         bar: tqdm[Any],
         timeout: float | None,
         *,
+        reconnect: float,
         on_lost: Callable[[], str],
     ) -> Iterator[tuple[Embedding, bool]]:
-        """A FASTA file's results over EmbedStream, (embedding, cached) as they come, through a
-        server's restarts: when it is lost midway (`on_lost()` makes what came back safe and says
-        what that is), the file is read again (`records(True)`: what is still to send) once it
-        answers, for up to the client's `reconnect` seconds. A server never reached fails at once,
-        as does stdin (it cannot be read again)."""
-        reconnect = self.reconnect if str(path) != "-" else 0.0
+        """Results over EmbedStream, (embedding, cached) as they come, through a server's
+        restarts: when it is lost midway (`on_lost()` makes what came back safe and says what that
+        is), `fields(True)` (what is still to send) goes to it once it answers, for up to
+        `reconnect` seconds. A server never reached fails at once."""
         outage = _Outage(self.target, reconnect, self.backoff, self.max_backoff)
         again = False
         while True:
-            fields = _sequence_fields(records(again), None)
             try:
-                for result in self._results(fields, options, chunk, bar, timeout):
+                for result in self._results(fields(again), options, chunk, bar, timeout):
                     outage.over()
                     yield result
                 return
@@ -716,16 +782,14 @@ class Client:
         chunk: int,
         bar: tqdm[Any],
         timeout: float | None,
-        sent: list[str] | None = None,
     ) -> Iterator[tuple[Embedding, bool]]:
-        """One EmbedStream call of `fields` in messages of `chunk`: (embedding, cached) as they come,
-        the ids sent appended to `sent`. `timeout` (else the client's) is how long the stream may
-        stand still (`_IdleWatch`), not how long it may take. An error raised while reading the
-        input (grpcio would swallow it in its request thread and cancel the call) ends the stream,
-        the results of what was sent are drained, and it is raised here."""
+        """One EmbedStream call of `fields` in messages of `chunk`: (embedding, cached) as they
+        come. `timeout` (else the client's) is how long the stream may stand still (`_IdleWatch`),
+        not how long it may take. An error raised while reading the input (grpcio would swallow it
+        in its request thread and cancel the call) ends the stream, the results of what was sent
+        are drained, and it is raised here."""
         if chunk < 1:
             raise InvalidInputError("chunk must be at least 1")
-        sent = [] if sent is None else sent
         failed: list[Exception] = []
         timeout = self.timeout if timeout is None else timeout
         watch = _IdleWatch(timeout)
@@ -736,7 +800,6 @@ class Client:
             first = True
             try:
                 for item in fields:
-                    sent.append(item["id"] or f"seq{len(sent)}")  # the server's default id
                     batch.append(item)
                     if len(batch) == chunk:
                         yield pb.EmbedStreamRequest(

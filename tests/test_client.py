@@ -341,6 +341,50 @@ def test_embed_fasta_goes_on_when_the_server_comes_back(model, sample_fasta, tmp
     np.testing.assert_allclose(result.vectors, np.stack([local[i] for i in result.ids]), atol=1e-5)
 
 
+def test_embed_stream_of_a_generator_goes_on_when_the_server_comes_back(
+    model, sample_fasta, caplog
+):
+    """embed_stream over a generator (read once) across a restart: what the lost server had taken
+    and not answered is held and sent again, then the rest; plain sequences keep the ids the first
+    server would have given them. It failed UNAVAILABLE, every result lost."""
+    chosen = real_records(sample_fasta, 300, max_length=300)
+    read: list[int] = []
+
+    def sequences() -> Iterator[str]:
+        for index, record in enumerate(chosen):
+            read.append(index)
+            yield record.sequence
+
+    port = free_port()
+    with running_server(model, port=port) as (server, address, registry):
+
+        def stop() -> None:
+            deadline = time.monotonic() + 60
+            while (
+                time.monotonic() < deadline
+                and (
+                    registry.get_sample_value("protssl_embeddings_total", {"source": "computed"})
+                    or 0
+                )
+                < 64
+            ):
+                time.sleep(0.005)
+            server.stop(grace=None)
+
+        with (
+            _back_after(stop, model, port),
+            caplog.at_level("WARNING", logger="protssl.client"),
+            protssl.Client(address, reconnect=60) as client,
+        ):
+            result = client.embed_stream(sequences(), chunk=8)
+    assert "result(s) so far, kept in memory" in caplog.text, caplog.text
+    assert "answers again: going on" in caplog.text
+    assert read == list(range(len(chosen)))  # the generator was read once
+    assert result.ids == [f"seq{i}" for i in range(len(chosen))]
+    local = {e.id: e.vector for e in embed_records(chosen, model)}
+    np.testing.assert_allclose(result.vectors, np.stack([local[r.id] for r in chosen]), atol=1e-5)
+
+
 # A server that holds every chunk in its queue for a minute: a call it accepted has no result yet.
 _HOLDS_CHUNKS = {"max_queue_delay_ms": 60_000.0, "min_batch_fill": 1.0, "max_batch_tokens": 60_000}
 
