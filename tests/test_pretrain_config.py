@@ -22,6 +22,12 @@ def test_config_rejects_bad_values(tmp_path: Path, sample_fasta: Path) -> None:
         tiny_config(sample_fasta, tmp_path, steps=0)
     with pytest.raises(InvalidInputError, match="dtype int8 is for inference"):
         tiny_config(sample_fasta, tmp_path, dtype="int8")
+    for field, value in (("weight_decay", "nan"), ("grad_clip", "inf"), ("mlm_weight", "nan")):
+        # NaN passed every `< 0` check, and the run trained NaN weights to the end
+        with pytest.raises(
+            InvalidInputError, match=f"^{field} must be a finite number, got {value}$"
+        ):
+            tiny_config(sample_fasta, tmp_path, **{field: float(value)})
 
 
 def test_config_checks_the_objective(tmp_path: Path, sample_fasta: Path) -> None:

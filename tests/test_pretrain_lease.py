@@ -141,3 +141,18 @@ def test_the_lease_takes_none_of_what_it_plans_and_refuses_an_occupied_folder_at
     with pytest.raises(InvalidInputError, match="holds a run already"):
         run_lease(tiny_config(sample_fasta, run_dir), 600.0, calibration_steps=50)
     assert time.monotonic() - started < 5  # no calibration ran
+
+
+@pytest.mark.parametrize("seconds", ["nan", "inf", "0"])
+def test_a_budget_that_is_not_a_positive_number_is_refused_before_calibrating(
+    tmp_path: Path, sample_fasta: Path, seconds: str
+) -> None:
+    """--seconds nan passed the `<= 0` check, calibrated for a minute, then ended in a traceback."""
+    lease = [sys.executable, "-m", "protssl", "pretrain-lease", str(sample_fasta), "--seconds"]
+    done = subprocess.run(
+        [*lease, seconds, "--run-dir", str(tmp_path / "run")], capture_output=True, text=True
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        f"protssl pretrain-lease: error: --seconds must be a number > 0, got {float(seconds)}"
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import re
 import shlex
@@ -165,8 +166,8 @@ def _lease(args: argparse.Namespace) -> int:
             given[dest] = default
         else:
             log.warning("no %s given and none at %s: %s", dest.replace("_", "-"), default, without)
-    if args.seconds <= 0:
-        raise InvalidInputError(f"--seconds must be > 0, got {args.seconds}")
+    if not 0 < args.seconds < math.inf:  # NaN too: it calibrated, then failed to plan
+        raise InvalidInputError(f"--seconds must be a number > 0, got {args.seconds}")
     with _recipe_checks_as_options():
         config = lease_config(args.corpus, args.run_dir, **given)
     done = run_lease(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -109,6 +110,9 @@ class PretrainConfig:
             raise InvalidInputError(
                 f"unknown preset {self.preset!r}; choose one of {', '.join(sorted(PRESETS))}"
             )
+        for name, value in vars(self).items():  # NaN passed every `< 0` check and trained NaNs
+            if isinstance(value, float) and not math.isfinite(value):
+                raise InvalidInputError(f"{name} must be a finite number, got {value}")
         positive = {
             "steps": self.steps,
             "crop_residues": self.crop_residues,
