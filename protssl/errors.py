@@ -29,6 +29,7 @@ error's class name, so the SDK raises the same class the server raised, not just
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +65,7 @@ __all__ = [
     "exit_code_for",
     "fasta_location",
     "first_line",
+    "refuse_non_finite",
     "status_name_for",
 ]
 
@@ -96,6 +98,14 @@ class ProtsslError(Exception):
 
 class InvalidInputError(ProtsslError):
     """The caller's input breaks a documented rule; the message says which and where."""
+
+
+def refuse_non_finite(config: object) -> None:
+    """InvalidInputError naming a config's first float field that is NaN or infinite: NaN passes
+    every `< 0` and `<= 0` check a config makes of its numbers."""
+    for name, value in vars(config).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidInputError(f"{name} must be a finite number, got {value}")
 
 
 def fasta_location(

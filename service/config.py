@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from protssl.dtypes import DTypeName, check_dtype_name
 from protssl.endpoint import DEFAULT_PORT
-from protssl.errors import InvalidInputError
+from protssl.errors import InvalidInputError, refuse_non_finite
 
 if TYPE_CHECKING:
     from protssl.store import StoreConfig
@@ -110,6 +110,7 @@ class ServiceConfig:
     def __post_init__(self) -> None:
         if not self.host:
             raise InvalidInputError("host must not be empty")
+        refuse_non_finite(self)  # a NaN timeout or grace passed every check below
         for name in ("port", "metrics_port"):
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 65535:

@@ -106,6 +106,10 @@ def test_service_config_is_checked():
         ServiceConfig(port=70000)
     with pytest.raises(InvalidInputError, match=r"^memory_cache_mb must not be negative, got -1$"):
         ServiceConfig(memory_cache_mb=-1)  # the one that is, not a list of four
+    for name in ("grace_s", "stream_idle_timeout_s", "max_queue_delay_ms", "min_batch_fill"):
+        # NaN passed every `< 0` and `<= 0` check: a server that never timed out or drained
+        with pytest.raises(InvalidInputError, match=rf"^{name} must be a finite number, got nan$"):
+            ServiceConfig(**{name: float("nan")})
 
 
 @pytest.mark.slow

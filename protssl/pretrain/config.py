@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from protssl.dtypes import DTypeName, check_dtype_name
-from protssl.errors import InvalidInputError
+from protssl.errors import InvalidInputError, refuse_non_finite
 from protssl.model import PRESETS, ModelConfig
 
 __all__ = ["PretrainConfig"]
@@ -110,9 +109,7 @@ class PretrainConfig:
             raise InvalidInputError(
                 f"unknown preset {self.preset!r}; choose one of {', '.join(sorted(PRESETS))}"
             )
-        for name, value in vars(self).items():  # NaN passed every `< 0` check and trained NaNs
-            if isinstance(value, float) and not math.isfinite(value):
-                raise InvalidInputError(f"{name} must be a finite number, got {value}")
+        refuse_non_finite(self)  # --weight-decay nan passed the checks below, training NaNs
         positive = {
             "steps": self.steps,
             "crop_residues": self.crop_residues,
