@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import pickle
 
 import pytest
@@ -98,3 +99,21 @@ def test_service_errors_survive_pickling_with_their_status() -> None:
     ):
         again = pickle.loads(pickle.dumps(error))
         assert (type(again), str(again), again.code) == (type(error), str(error), error.code)
+
+
+@pytest.mark.parametrize(
+    ("make", "field", "value"),
+    [
+        ("protssl.fewshot.config:FewShotConfig", "target_precision", "nan"),
+        ("protssl.store.config:StoreConfig", "busy_timeout_s", "inf"),
+        ("protssl.analysis.config:AnalysisConfig", "crop_fraction", "nan"),
+    ],
+)
+def test_configs_refuse_nan_and_infinite_numbers(make: str, field: str, value: str) -> None:
+    """NaN passed the configs' `< 0` and range checks (a NaN target precision calibrated nothing)."""
+    module, name = make.split(":")
+    config = getattr(importlib.import_module(module), name)
+    with pytest.raises(
+        errors.InvalidInputError, match=rf"^{field} must be a finite number, got {value}$"
+    ):
+        config(**{field: float(value)})

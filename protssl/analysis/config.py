@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from protssl.errors import InvalidInputError
+from protssl.errors import InvalidInputError, refuse_non_finite
 from protssl.pooling import POOLED
 
 __all__ = [
@@ -60,6 +60,7 @@ class AnalysisConfig:
     """Token budget of one forward batch."""
 
     def __post_init__(self) -> None:
+        refuse_non_finite(self)
         if min(self.val_records, self.view_records) < 2:
             raise InvalidInputError("val_records and view_records must be at least 2")
         if not self.shots or min(self.shots) < 1 or list(self.shots) != sorted(set(self.shots)):

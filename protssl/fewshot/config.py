@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from protssl.errors import InvalidInputError
+from protssl.errors import InvalidInputError, refuse_non_finite
 
 __all__ = ["EMBEDDING_HEADS", "METHODS", "FewShotConfig", "Method"]
 
@@ -59,6 +59,7 @@ class FewShotConfig:
     fitting refuses more up front instead of running out of memory."""
 
     def __post_init__(self) -> None:
+        refuse_non_finite(self)
         if self.method not in METHODS:
             raise InvalidInputError(
                 f"method must be one of {', '.join(METHODS)}, not {self.method!r}"

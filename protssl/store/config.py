@@ -13,7 +13,7 @@ from typing import Literal
 
 import platformdirs
 
-from protssl.errors import InvalidInputError
+from protssl.errors import InvalidInputError, refuse_non_finite
 
 __all__ = ["URL_ENV", "VECTOR_DTYPES", "StoreConfig", "default_url"]
 
@@ -54,6 +54,7 @@ class StoreConfig:
     computed without it) instead of failing the call."""
 
     def __post_init__(self) -> None:
+        refuse_non_finite(self)
         if self.dialect not in _DIALECTS:
             raise InvalidInputError(
                 f"database URL must start with sqlite:// or postgresql+psycopg://, not {self.url!r}"
