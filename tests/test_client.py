@@ -305,6 +305,19 @@ def test_a_stopping_server_hands_its_streams_over(model, sample_fasta, tmp_path)
     assert (summary.resumed, summary.records) == (sent, len(chosen) - sent)
 
 
+def _stopped_once_computed(server: object, registry: object, vectors: int) -> None:
+    """Wait until `server` (a ProtsslServer) has computed `vectors` vectors, then stop it without
+    a grace period."""
+    deadline = time.monotonic() + 60
+    computed = {"source": "computed"}
+    while (
+        time.monotonic() < deadline
+        and (registry.get_sample_value("protssl_embeddings_total", computed) or 0) < vectors  # type: ignore[attr-defined]
+    ):
+        time.sleep(0.005)
+    server.stop(grace=None)  # type: ignore[attr-defined]
+
+
 def test_embed_fasta_goes_on_when_the_server_comes_back(model, sample_fasta, tmp_path, caplog):
     """embed_fasta (results in memory) across a restart: once the server has computed 64 vectors
     it stops, a new one starts on the same port, and the call returns every record once, in the
@@ -313,27 +326,13 @@ def test_embed_fasta_goes_on_when_the_server_comes_back(model, sample_fasta, tmp
     fasta = tmp_path / "many.fasta"
     fasta.write_text("".join(f">{r.id}\n{r.sequence}\n" for r in chosen))
     port = free_port()
-    with running_server(model, port=port) as (server, address, registry):
-
-        def stop() -> None:
-            deadline = time.monotonic() + 60
-            while (
-                time.monotonic() < deadline
-                and (
-                    registry.get_sample_value("protssl_embeddings_total", {"source": "computed"})
-                    or 0
-                )
-                < 64
-            ):
-                time.sleep(0.005)
-            server.stop(grace=None)
-
-        with (
-            _back_after(stop, model, port),
-            caplog.at_level("WARNING", logger="protssl.client"),
-            protssl.Client(address, reconnect=60) as client,
-        ):
-            result = client.embed_fasta(fasta, chunk=8, progress=False)
+    with (
+        running_server(model, port=port) as (server, address, registry),
+        _back_after(partial(_stopped_once_computed, server, registry, 64), model, port),
+        caplog.at_level("WARNING", logger="protssl.client"),
+        protssl.Client(address, reconnect=60) as client,
+    ):
+        result = client.embed_fasta(fasta, chunk=8, progress=False)
     assert "result(s) so far, kept in memory" in caplog.text, caplog.text
     assert "answers again: going on" in caplog.text
     assert result.ids == [r.id for r in chosen]
@@ -356,27 +355,13 @@ def test_embed_stream_of_a_generator_goes_on_when_the_server_comes_back(
             yield record.sequence
 
     port = free_port()
-    with running_server(model, port=port) as (server, address, registry):
-
-        def stop() -> None:
-            deadline = time.monotonic() + 60
-            while (
-                time.monotonic() < deadline
-                and (
-                    registry.get_sample_value("protssl_embeddings_total", {"source": "computed"})
-                    or 0
-                )
-                < 64
-            ):
-                time.sleep(0.005)
-            server.stop(grace=None)
-
-        with (
-            _back_after(stop, model, port),
-            caplog.at_level("WARNING", logger="protssl.client"),
-            protssl.Client(address, reconnect=60) as client,
-        ):
-            result = client.embed_stream(sequences(), chunk=8)
+    with (
+        running_server(model, port=port) as (server, address, registry),
+        _back_after(partial(_stopped_once_computed, server, registry, 64), model, port),
+        caplog.at_level("WARNING", logger="protssl.client"),
+        protssl.Client(address, reconnect=60) as client,
+    ):
+        result = client.embed_stream(sequences(), chunk=8)
     assert "result(s) so far, kept in memory" in caplog.text, caplog.text
     assert "answers again: going on" in caplog.text
     assert read == list(range(len(chosen)))  # the generator was read once
