@@ -311,7 +311,7 @@ def _pretrain(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         local_rank=int(os.environ["LOCAL_RANK"]) if under_torchrun else None,
     )
-    if int(os.environ.get("RANK", "0")) != 0:
+    if under_torchrun and int(os.environ.get("RANK", "0")) != 0:
         return 0  # rank 0 says how the run ended
     go_on = f"protssl pretrain --resume --run-dir {config.run_dir}"
     if result.model_dir is not None:
