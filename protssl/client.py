@@ -35,7 +35,7 @@ import numpy as np
 from protssl._proto import protssl_pb2 as pb
 from protssl._proto import protssl_pb2_grpc as pb_grpc
 from protssl.auth import TOKEN_ENV
-from protssl.embedding import Embedding
+from protssl.embedding import Embedding, check_layer
 from protssl.endpoint import DEFAULT_PORT, RECONNECT_S, client_target
 from protssl.errors import (
     RESUME_ADVICE,
@@ -841,8 +841,7 @@ class Client:
     def _options(
         model: str, pooling: str, layer: int | None, dtype: str, on_invalid: str = "fail"
     ) -> pb.EmbedOptions:
-        if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int)):
-            raise InvalidInputError(f"layer must be a whole number or None, not {layer!r}")
+        check_layer(layer)
         return pb.EmbedOptions(
             model=model,
             pooling=POOLING.value(pooling),

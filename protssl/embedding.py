@@ -33,6 +33,7 @@ __all__ = [
     "Embedding",
     "Provenance",
     "cached_embeddings",
+    "check_layer",
     "embed_batch",
     "embed_records",
     "embed_records_layers",
@@ -40,6 +41,13 @@ __all__ = [
     "mean_over_residues",
     "pool_rows",
 ]
+
+
+def check_layer(layer: object) -> None:
+    """A layer is a whole number or None (the model's recommended one): True, 2.0 or "2" would
+    otherwise reach the model, or the wire, as something else."""
+    if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int)):
+        raise InvalidInputError(f"layer must be a whole number or None, not {layer!r}")
 
 
 @dataclass(frozen=True)
@@ -65,10 +73,7 @@ class EmbedConfig:
             raise InvalidInputError(
                 f"pooling must be one of {', '.join(POOLINGS)}, not {self.pooling!r}"
             )
-        if self.layer is not None and (
-            isinstance(self.layer, bool) or not isinstance(self.layer, int)
-        ):
-            raise InvalidInputError(f"layer must be a whole number or None, not {self.layer!r}")
+        check_layer(self.layer)
         if self.max_tokens < 8:
             raise InvalidInputError(f"max_tokens must be at least 8, got {self.max_tokens}")
         if self.read_ahead_residues < 1:
