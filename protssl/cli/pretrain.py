@@ -357,7 +357,9 @@ def _launch_torchrun(nproc: int, run_dir: Path) -> int:
     # Its own session: a terminal's Ctrl-C reaches this process only, which stops the workers as
     # below (torchrun, signalled itself, stops them too but ends in a traceback of its own).
     torchrun = subprocess.Popen(command, start_new_session=True)
-    hangup = signal.signal(signal.SIGHUP, _hung_up)  # a closed terminal stops them as Ctrl-C does
+    hangup = signal.getsignal(signal.SIGHUP)
+    if hangup is not signal.SIG_IGN:  # under nohup the run outlives the terminal, as asked
+        signal.signal(signal.SIGHUP, _hung_up)  # else a closed terminal stops it as Ctrl-C does
     try:
         return torchrun.wait()
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as Terminated
