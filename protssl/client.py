@@ -670,9 +670,10 @@ class Client:
         again; stdin is not). A run that stops (it gave up, Ctrl-C, a kill) keeps what came back:
         `resume=True` sends only the records OUTPUT lacks (`overwrite=True` replaces OUTPUT; not
         both). The file is checked whole first, as `embed_fasta` does. Pass `summary` to keep the
-        counts when an error is raised.
+        counts when an error is raised. An input that leaves OUTPUT no record (none in it, or the
+        policy skipped them all) raises InvalidInputError: nothing is written.
         """
-        from protssl.embed_file import JobSummary, pending_records
+        from protssl.embed_file import JobSummary, pending_records, refuse_no_records
         from protssl.fasta import ReadStats
         from protssl.output import (
             check_output,
@@ -693,6 +694,8 @@ class Client:
         options = self._options(model, pooling, layer, dtype)
         summary = summary if summary is not None else JobSummary()
         summary.output = str(output)
+        if checked is not None:
+            refuse_no_records(path, checked.records, checked.skipped, summary)
         reads: list[ReadStats] = [ReadStats()]  # one per read of the file
         start = time.perf_counter()
         try:
@@ -739,9 +742,10 @@ class Client:
                         f"in {str(output)!r}: {RESUME_ADVICE}"
                     ) from None
         finally:
-            stats = max(reads, key=lambda r: r.records)  # the read that got furthest
+            stats = max(reads, key=lambda r: r.records + r.skipped)  # the read that got furthest
             summary.skipped, summary.skipped_ids = stats.skipped, list(stats.skipped_ids)
             summary.seconds = time.perf_counter() - start
+        refuse_no_records(path, summary.done, stats.skipped_by(), summary)  # stdin, read as it came
         return summary
 
     def _lasting_results(

@@ -34,6 +34,7 @@ from protssl.fasta import (
     FastaPolicy,
     ProteinRecord,
     ReadStats,
+    no_records_error,
     read_fasta,
     validate_fasta,
 )
@@ -43,7 +44,7 @@ from protssl.pooling import vector_values
 from protssl.progress import progress_bar
 from protssl.store import EmbeddingCache
 
-__all__ = ["JobSummary", "embed_fasta_file", "embed_job_spec"]
+__all__ = ["JobSummary", "embed_fasta_file", "embed_job_spec", "refuse_no_records"]
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,21 @@ def embed_job_spec(
         "engine": engine,
     }
     return JobSpec.for_files("embed", source, output, model_sha256=model.sha256, options=options)
+
+
+def refuse_no_records(
+    source: str | Path, records: int, skipped: dict[str, int], summary: JobSummary
+) -> None:
+    """Raise `no_records_error` (kept in `summary`) when `records`, the input's records that OUTPUT
+    holds or this run can embed, is 0: OUTPUT is not written then, and a caller that went on as if
+    it were (a pipeline's next step) would fail later on a missing file. `skipped` is
+    `ReadStats.skipped_by`: which policy settings left the records out."""
+    if records:
+        return
+    error = no_records_error(source, skipped)
+    summary.skipped = max(summary.skipped, sum(skipped.values()))
+    summary.errors, summary.error = 1, str(error)
+    raise error
 
 
 def _check_room(
@@ -230,6 +246,8 @@ def embed_fasta_file(
     try:
         check_pooling(output, config.pooling)
         checked = checked or validate_fasta(source, policy=policy)
+        if checked is not None:
+            refuse_no_records(source, checked.records, checked.skipped, summary)
         if checked is not None and not resume:
             _check_room(Path(output), checked, model, config, cache, overwrite=overwrite)
     except ProtsslError as exc:
@@ -282,4 +300,5 @@ def embed_fasta_file(
         summary.errors = 1
         summary.error = str(failure[0])
         raise failure[0]
+    refuse_no_records(source, summary.done, stats.skipped_by(), summary)  # stdin, read as it came
     return summary

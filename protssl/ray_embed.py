@@ -31,7 +31,7 @@ import numpy as np
 from protssl.batching import read_ahead, refusing_long
 from protssl.checkpoint import LoadedModel
 from protssl.durable import check_room, make_folder
-from protssl.embed_file import JobSummary
+from protssl.embed_file import JobSummary, refuse_no_records
 from protssl.embedding import CacheStats, EmbedConfig, embed_records
 from protssl.errors import (
     CheckpointError,
@@ -294,6 +294,7 @@ def embed_fasta_ray(
         window = model.encoder.config.max_residues
         shards = plan_shards(source, config, policy, stats=read, window_residues=window)
         summary.skipped, summary.skipped_ids = read.skipped, list(read.skipped_ids)
+        refuse_no_records(source, sum(len(s.ids) for s in shards), read.skipped_by(), summary)
         pending = _unfinished(shards, folder)
         summary.resumed = sum(len(s.ids) for s in shards) - sum(len(s.ids) for s in pending)
         _check_room(folder, pending, model, config)

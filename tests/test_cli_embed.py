@@ -313,20 +313,65 @@ def test_a_bad_record_on_stdin_keeps_the_records_before_it(
     assert len(list(read_vectors(out))) == 5
 
 
-def test_skip_policy_counts_and_names(
-    tiny_model_dir: Path, edge_cases: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_an_input_the_policy_skips_whole_is_refused_and_writes_nothing(
+    tiny_model_dir: Path,
+    edge_cases: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    args = [
-        "embed",
-        str(edge_cases / "prokka_IS_internal_stops.fasta"),
-        "-o",
-        str(tmp_path / "s.h5"),
-    ]
-    args += ["--model", str(tiny_model_dir), "--no-progress", "--on-invalid", "skip"]
-    args += ["--overlap", "16"]
-    assert main(args) == 0
+    """Every record skipped leaves no OUTPUT: exit 2 saying so (it said 0 and wrote nothing, so a
+    pipeline failed later on a missing file), as classify does, from a file, stdin or a server;
+    an OUTPUT that --overwrite would replace is left as it was."""
+    stops = edge_cases / "prokka_IS_internal_stops.fasta"  # each record has an internal stop
+    n = stops.read_text().count(">")
+    said = f"all {n} records were skipped ({n} by --on-invalid skip); nothing was written"
+    out = tmp_path / "stops.h5"
+    skip = ["--on-invalid", "skip", *_tiny_args(tiny_model_dir)]
+    assert main(["embed", str(stops), "-o", str(out), *skip, "--no-cache"]) == 2
+    line, stdout = _one_line_error(capsys)
+    assert line == f"protssl embed: error: {stops}: {said}"
+    summary = json.loads(stdout.splitlines()[-1])
+    assert (summary["records"], summary["skipped"], summary["errors"]) == (0, n, 1)
+    assert not out.exists() and not journal_path(out).exists()
+    db = ["--db", f"sqlite:///{tmp_path / 'store.sqlite3'}"]
+    ray = tmp_path / "parts"
+    assert main(["embed", str(stops), "-o", str(ray), "--engine", "ray", *skip, *db]) == 2
+    assert _one_line_error(capsys)[0] == f"protssl embed: error: {stops}: {said}"
+    out.write_text("kept\n")
+    assert main(["embed", str(stops), "-o", str(out), "--overwrite", *skip, *db]) == 2
+    assert _one_line_error(capsys)[0] == f"protssl embed: error: {stops}: {said}"
+    assert out.read_text() == "kept\n"
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stops.read_bytes())))
+    assert main(["embed", "-", "-o", str(tmp_path / "piped.h5"), *skip, "--no-cache"]) == 2
+    line, stdout = _one_line_error(capsys)
+    assert line == f"protssl embed: error: <stdin>: {said}"
+    assert json.loads(stdout.splitlines()[-1])["skipped"] == n
+    assert not (tmp_path / "piped.h5").exists()
+    with running_server(load_tiny(tiny_model_dir)) as (_, address, _r):
+        remote = ["--on-invalid", "skip", "--no-progress", "--server", address]
+        assert main(["embed", str(stops), "-o", str(tmp_path / "r.h5"), *remote]) == 2
+    line, stdout = _one_line_error(capsys)
+    assert line == f"protssl embed: error: {stops}: {said}"
+    assert json.loads(stdout.splitlines()[-1])["skipped"] == n
+    assert not (tmp_path / "r.h5").exists()
+
+
+def test_skip_policy_counts_and_names(
+    tiny_model_dir: Path,
+    sample_fasta: Path,
+    edge_cases: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    stops = (edge_cases / "prokka_IS_internal_stops.fasta").read_text()
+    mixed = _first_records(sample_fasta, 3, tmp_path / "mixed.fasta")
+    mixed.write_text(mixed.read_text() + stops)
+    args = ["embed", str(mixed), "-o", str(tmp_path / "s.h5"), "--on-invalid", "skip"]
+    assert main([*args, *_tiny_args(tiny_model_dir)]) == 0
     summary = _summary(capsys)
-    assert summary["skipped"] > 0 and summary["skipped_ids"]
+    assert summary["records"] == 3 and summary["skipped"] == stops.count(">")
+    assert summary["skipped_ids"][0] == stops.split()[0].lstrip(">")
 
 
 def test_console_script_user_errors_are_one_line(tmp_path: Path, edge_cases: Path) -> None:

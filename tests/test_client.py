@@ -23,6 +23,7 @@ from service_support import load_tiny, real_records, running_server, save_tiny_m
 import protssl
 from protssl import endpoint
 from protssl.checkpoint import LoadedModel, update_card_training
+from protssl.embed_file import JobSummary
 from protssl.embedding import CacheStats, EmbedConfig, embed_records
 from protssl.errors import (
     DeadlineExceededError,
@@ -206,6 +207,28 @@ def _back_after(
     finally:
         done.set()
         restarter.join()
+
+
+def test_embed_file_of_an_input_the_policy_skips_whole_raises_and_writes_nothing(
+    address, edge_cases, tmp_path
+):
+    """No record left to send: InvalidInputError saying so (it returned a summary of 0 records,
+    with its skipped count 0, and no OUTPUT, which a caller found missing later); the summary
+    passed in keeps the count; an OUTPUT that overwrite=True would replace is left as it was."""
+    stops = edge_cases / "prokka_IS_internal_stops.fasta"  # each record has an internal stop
+    n = stops.read_text().count(">")
+    said = re.escape(f"all {n} records were skipped ({n} by on_invalid skip); nothing was written")
+    out = tmp_path / "v.h5"
+    summary = JobSummary()
+    skip = protssl.FastaPolicy(on_invalid="skip")
+    with protssl.Client(address) as client, pytest.raises(InvalidInputError, match=said):
+        client.embed_file(stops, out, policy=skip, progress=False, summary=summary)
+    assert (summary.records, summary.skipped, summary.errors) == (0, n, 1)
+    assert not out.exists()
+    out.write_text("kept\n")
+    with protssl.Client(address) as client, pytest.raises(InvalidInputError, match=said):
+        client.embed_file(stops, out, policy=skip, progress=False, overwrite=True)
+    assert out.read_text() == "kept\n"
 
 
 def test_embed_file_keeps_what_came_back_when_the_server_goes(model, sample_fasta, tmp_path):

@@ -2,7 +2,8 @@
 
 With the store, the run is a job in its `jobs` table: run again with the same arguments after a
 kill, it continues where it stopped. Prints the job's summary as the last line of stdout (JSON),
-also when a FASTA error stops it. An input without records is a user error (exit 2).
+also when a FASTA error stops it. An input without records, or whose every record the FASTA
+policy skipped, is a user error (exit 2): nothing is written.
 """
 
 from __future__ import annotations
@@ -252,7 +253,6 @@ def _embed(args: argparse.Namespace) -> int:
                 on_flush=record_progress,
                 checked=checked,
             )
-        _refuse_empty_input(args.input, summary)
     except (ProtsslError, KeyboardInterrupt) as exc:
         if isinstance(exc, ProtsslError):
             summary.errors = max(summary.errors, 1)
@@ -278,14 +278,6 @@ def _print_summary(summary: JobSummary) -> None:
     print(json.dumps(line), flush=True)
 
 
-def _refuse_empty_input(source: str, summary: JobSummary) -> None:
-    """An input with no records is an error: almost always an upstream step that failed."""
-    from protssl.fasta import no_records_error
-
-    if summary.done + summary.skipped == 0:
-        raise no_records_error(source)
-
-
 def _embed_remote(args: argparse.Namespace, policy: FastaPolicy) -> int:
     """`--server`: the records go to a protssl server, which runs its model and keeps its store;
     OUTPUT is written here as it is locally, each result as it comes back."""
@@ -307,7 +299,6 @@ def _embed_remote(args: argparse.Namespace, policy: FastaPolicy) -> int:
                 progress=not args.no_progress,
                 summary=summary,
             )
-        _refuse_empty_input(args.input, summary)
     except ProtsslError as exc:
         summary.errors, summary.error = 1, summary.error or str(exc)
         raise
