@@ -59,6 +59,7 @@ __all__ = [
     "check_not_being_written",
     "check_output",
     "check_parts_folder",
+    "check_parts_output",
     "check_pooling",
     "check_resume_or_overwrite",
     "check_writable",
@@ -116,6 +117,22 @@ def check_parts_folder(path: str | Path) -> None:
         raise InvalidInputError(
             f"output {str(path)!r}: --engine ray writes a folder of part-NNNNN.h5 files, not a "
             "table: give a folder name (protssl.output.read_vectors reads the folder as one)"
+        )
+
+
+def check_parts_output(path: str | Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse a sharded OUTPUT that is a file, or a folder that holds parts unless told to continue
+    them (`resume`) or replace them. A folder without parts is no output yet (one a run killed
+    before its first part left, or made by hand): refusing it would block the command that fills
+    it, however the run that made it ended."""
+    folder = Path(path)
+    check_parts_folder(folder)
+    if folder.exists() and not folder.is_dir():
+        raise InvalidInputError(f"output {str(folder)!r}: --engine ray writes a folder of parts")
+    if not (resume or overwrite) and folder.is_dir() and any(folder.glob("part-*.h5")):
+        raise InvalidInputError(
+            f"output {str(folder)!r} holds parts: pass --resume to continue it or "
+            "--overwrite to replace it"
         )
 
 

@@ -21,7 +21,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,7 @@ from protssl.fasta import (
 from protssl.memory import MemoryReleaser
 from protssl.output import (
     VectorWriter,
-    check_parts_folder,
+    check_parts_output,
     output_bytes,
     part_name,
     writer_lock,
@@ -288,13 +288,15 @@ def embed_fasta_ray(
     summary.output = str(folder)
     start = time.perf_counter()
     lock = writer_lock(folder)  # one run per output folder
+    created = not folder.exists()
     try:
-        _prepare_folder(folder, resume=resume, overwrite=overwrite)
+        check_parts_output(folder, resume=resume, overwrite=overwrite)
         read = ReadStats()
         window = model.encoder.config.max_residues
         shards = plan_shards(source, config, policy, stats=read, window_residues=window)
         summary.skipped, summary.skipped_ids = read.skipped, list(read.skipped_ids)
         refuse_no_records(source, sum(len(s.ids) for s in shards), read.skipped_by(), summary)
+        _prepare_folder(folder, resume=resume, overwrite=overwrite)
         pending = _unfinished(shards, folder)
         summary.resumed = sum(len(s.ids) for s in shards) - sum(len(s.ids) for s in pending)
         _check_room(folder, pending, model, config)
@@ -324,6 +326,10 @@ def embed_fasta_ray(
                 summary.windowed += counts["windowed"]
                 if on_shard is not None:
                     on_shard(summary)
+    except BaseException:
+        if created:
+            _remove_if_empty(folder)
+        raise
     finally:
         summary.seconds = time.perf_counter() - start
         if lock is not None:
@@ -349,22 +355,21 @@ def _check_room(
 
 
 def _prepare_folder(folder: Path, *, resume: bool, overwrite: bool) -> None:
-    """Make the output folder; refuse one with parts unless resuming, or clear them to overwrite."""
-    check_parts_folder(folder)
-    if folder.exists() and not folder.is_dir():
-        raise InvalidInputError(f"output {str(folder)!r}: --engine ray writes a folder of parts")
-    parts = sorted(folder.glob("part-*.h5")) if folder.is_dir() else []
-    if parts and not resume:
-        if not overwrite:
-            raise InvalidInputError(
-                f"output {str(folder)!r} holds parts: pass --resume to continue it or "
-                "--overwrite to replace it"
-            )
-        for part in parts:
+    """Make the output folder (`check_parts_output` has passed it); clear its parts to overwrite."""
+    if overwrite and not resume:
+        for part in folder.glob("part-*.h5"):
             part.unlink()
     make_folder(folder, what="output")
     for partial in folder.glob(".part-*.h5"):  # left by an actor that was stopped mid-shard
         partial.unlink()
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove the output folder a run made when it stopped before writing anything in it: left
+    behind, it would look like a started output to the command that follows (only an empty folder
+    is removed, so nothing written is ever lost)."""
+    with suppress(OSError):
+        folder.rmdir()
 
 
 def _run(

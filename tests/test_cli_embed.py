@@ -338,6 +338,7 @@ def test_an_input_the_policy_skips_whole_is_refused_and_writes_nothing(
     ray = tmp_path / "parts"
     assert main(["embed", str(stops), "-o", str(ray), "--engine", "ray", *skip, *db]) == 2
     assert _one_line_error(capsys)[0] == f"protssl embed: error: {stops}: {said}"
+    assert not ray.exists()
     out.write_text("kept\n")
     assert main(["embed", str(stops), "-o", str(out), "--overwrite", *skip, *db]) == 2
     assert _one_line_error(capsys)[0] == f"protssl embed: error: {stops}: {said}"

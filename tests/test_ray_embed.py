@@ -28,6 +28,7 @@ from protssl.errors import (
     FastaFormatError,
     InvalidInputError,
     SequenceTooLongError,
+    UnavailableError,
 )
 from protssl.fasta import UTF8_BOM, FastaPolicy, read_fasta
 from protssl.output import part_name, read_vectors
@@ -131,6 +132,42 @@ def test_a_cluster_that_is_not_there_is_one_line_and_exit_2(
         f"protssl embed: error: --engine ray could not reach the Ray cluster at {address}: "
         "Connection refused"
     )
+    assert not (tmp_path / "parts").exists()  # made for the parts, none written: removed
+
+
+def test_a_run_stopped_before_its_first_part_leaves_no_folder_and_an_empty_one_is_no_output(
+    fasta: Path,
+    tmp_path: Path,
+    service_model_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run refused (a .gz input) or failed (Ray not reached) before its first part removes the
+    folder it made (it was left, and the corrected command was refused: exists, pass --resume);
+    a folder without parts (a killed run's, or made by hand) is no output, and not removed."""
+    out = tmp_path / "parts"
+    common = ["--model", str(service_model_dir), "--no-progress", "--engine", "ray"]
+    common += ["--on-invalid", "skip", "--on-duplicate", "skip"]
+    common += ["--db", f"sqlite:///{tmp_path / 'store.sqlite3'}"]
+    packed = fasta.with_suffix(".fasta.gz")
+    packed.write_bytes(gzip.compress(fasta.read_bytes()))
+    assert main(["embed", str(packed), "-o", str(out), *common]) == 2
+    assert "decompress it first" in capsys.readouterr().err
+    assert not out.exists()
+    unreachable = "--engine ray could not reach the Ray cluster at 127.0.0.1:1: Connection refused"
+
+    def no_cluster(*args: object, **kwargs: object) -> None:
+        raise UnavailableError(unreachable)
+
+    monkeypatch.setattr(ray_embed, "_run", no_cluster)  # what an unreachable --ray-address says
+    out.mkdir()
+    assert main(["embed", str(fasta), "-o", str(out), *common]) == 2
+    assert capsys.readouterr().err == f"protssl embed: error: {unreachable}\n"
+    assert out.is_dir() and list(out.iterdir()) == []  # the user's folder: kept
+    out.rmdir()
+    assert main(["embed", str(fasta), "-o", str(out), *common]) == 2
+    assert capsys.readouterr().err == f"protssl embed: error: {unreachable}\n"
+    assert not out.exists()
 
 
 def test_a_table_name_for_the_parts_folder_is_refused_before_any_work(
@@ -337,4 +374,4 @@ def test_parts_that_cannot_fit_are_refused_before_ray_starts(
     assert code == 2 and len(lines) == 1, lines
     assert lines[0].startswith("protssl embed: error: not enough disk space for this job: ")
     assert "36 per-residue vectors in parts" in lines[0]
-    assert list(out.iterdir()) == []  # the folder made for the parts, and nothing in it
+    assert not out.exists()  # the folder made for the parts, none written: removed

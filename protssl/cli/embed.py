@@ -184,6 +184,7 @@ def _embed(args: argparse.Namespace) -> int:
         check_not_being_written,
         check_output,
         check_parts_folder,
+        check_parts_output,
         check_pooling,
         check_resume_or_overwrite,
         check_writable,
@@ -227,7 +228,8 @@ def _embed(args: argparse.Namespace) -> int:
             )
             unfinished = store.jobs.unfinished(spec.kind, spec.key)
             if unfinished is None or not spec.resumable or args.overwrite:
-                check_output(args.output, resume=args.resume, overwrite=args.overwrite)
+                check = check_output if args.engine == "local" else check_parts_output
+                check(args.output, resume=args.resume, overwrite=args.overwrite)
             total = checked.headers if checked else None
             run = JobRun(store.jobs, spec, total=total, restart=args.overwrite)
             summary.job, summary.continued = run.id, run.continued
