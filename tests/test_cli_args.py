@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
+from protssl.cli import analyze, db, embed, fewshot, import_esm, info, main, token
 from protssl.cli.args import add_fasta_policy_args, add_model_args, as_options, fasta_policy
 from protssl.errors import RESUME_ADVICE
 from protssl.fasta import FastaPolicy
@@ -101,3 +102,53 @@ def test_fasta_policy_from_the_flags_a_command_has() -> None:
 )  # fmt: skip
 def test_advice_names_the_options_on_the_command_line(message: str, said: str) -> None:
     assert as_options(message) == said
+
+
+def _number_options(parser: argparse.ArgumentParser) -> Iterator[argparse.Action]:
+    """The options of `parser` and its subcommands' that take a number with a fraction."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _number_options(sub)
+        elif action.type is not None and _takes(action.type, "0.5"):
+            yield action
+
+
+def _takes(kind: Callable[[str], object], value: str) -> bool:
+    """Whether an argparse type reads `value` as the float it spells."""
+    try:
+        return bool(kind(value) == float(value))
+    except (ValueError, argparse.ArgumentTypeError):
+        return False
+
+
+def test_every_float_option_refuses_nan_and_inf() -> None:
+    """An amount of seconds, days, GPUs or precision that is nan or inf is refused as argparse
+    refuses a word (`--reconnect nan` was taken silently; `db prune --older-than inf` was a
+    traceback). `pretrain`'s options are its own."""
+    options: dict[str, argparse.Action] = {}
+    for group in (embed, import_esm, info, db, fewshot, analyze, token):
+        for command in group.COMMANDS:
+            parser = argparse.ArgumentParser()
+            command.build(parser)
+            options.update((a.option_strings[-1], a) for a in _number_options(parser))
+    assert {"--reconnect", "--older-than", "--gpus-per-worker", "--target-precision"} <= set(
+        options
+    )
+    for name, action in options.items():
+        assert action.type is not None
+        assert action.type("1e-3") == 0.001 and action.type("-2") == -2.0, name
+        for word in ("nan", "NaN", "inf", "-inf", "1e400"):
+            with pytest.raises(argparse.ArgumentTypeError, match="is not a finite number"):
+                action.type(word)
+        with pytest.raises(argparse.ArgumentTypeError, match="'ten' is not a number"):
+            action.type("ten")
+
+
+def test_a_nan_reconnect_is_refused_before_any_work(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as refused:
+        main(["embed", "in.fasta", "-o", "x.h5", "--server", "h:1", "--reconnect", "nan"])
+    assert refused.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "protssl embed: error: argument --reconnect: 'nan' is not a finite number"
+    )

@@ -175,6 +175,31 @@ def test_db_stats_and_prune(
     assert run("stats")[1].splitlines()[-1] == "the embedding cache is empty"
 
 
+def test_prune_refuses_an_age_that_is_no_number_of_days_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--older-than` 1e9, 1e6, inf or nan: exit 2 and one line saying what to give (each was an
+    OverflowError or ValueError traceback), before the store is opened."""
+    prune = ["db", "prune", "--dry-run", "--db", f"sqlite:///{tmp_path / 'store.sqlite3'}"]
+    for days in ("inf", "nan"):
+        with pytest.raises(SystemExit) as refused:
+            main([*prune, "--older-than", days])
+        assert refused.value.code == 2
+        assert capsys.readouterr().err.splitlines()[-1] == (
+            f"protssl db prune: error: argument --older-than: {days!r} is not a finite number"
+        )
+    for days in ("1e9", "1e6"):
+        assert main([*prune, "--older-than", days]) == 2
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line.startswith(
+            f"protssl db: error: --older-than {float(days):g} days reaches back before the year 1: "
+            "give at most "
+        ), line
+    assert not (tmp_path / "store.sqlite3").exists()
+    assert main([*prune, "--older-than", "700000"]) == 0
+    assert capsys.readouterr().out == "would delete 0 cached vectors (0 B)\n"
+
+
 def test_db_stats_and_prune_know_the_model_by_its_name(
     store_url: str,
     tiny_model_dir: Path,

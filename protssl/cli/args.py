@@ -8,6 +8,7 @@ a store) is imported when a command runs, so building a parser stays fast.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -34,6 +35,7 @@ __all__ = [
     "add_trust_args",
     "as_options",
     "fasta_policy",
+    "finite_number",
     "given_options",
     "load_model",
     "open_store",
@@ -77,6 +79,19 @@ def _sha256_hex(value: str) -> str:
     if not re.fullmatch(r"[0-9a-f]{64}", digest):
         raise argparse.ArgumentTypeError(f"{value!r} is not a sha256 (64 hex digits)")
     return digest
+
+
+def finite_number(value: str) -> float:
+    """The argparse type of an option that takes an amount (seconds, days, GPUs, a precision): a
+    float, and a finite one. `nan` and `inf` parse as floats, but NaN passes every bound check
+    (`< 0` is false) and means no amount, and either overflows what is computed from it."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a finite number")
+    return number
 
 
 def add_runtime_args(parser: argparse.ArgumentParser) -> None:
@@ -246,7 +261,7 @@ def add_server_args(parser: argparse.ArgumentParser, what: str) -> None:
     remote.add_argument(
         "--reconnect",
         metavar="SECONDS",
-        type=float,
+        type=finite_number,
         default=_SERVER_ONLY["reconnect"],
         help="with --server: how long to keep trying when the server goes away midway (a "
         "restart) before stopping with what came back kept (default %(default)g; 0: stop at once)",

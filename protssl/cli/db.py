@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
-from protssl.cli.args import add_db_arg, store_config
+from protssl.cli.args import add_db_arg, finite_number, store_config
 from protssl.cli.commands import Command
 from protssl.durable import human_bytes
 from protssl.errors import InvalidInputError, NotFoundError
@@ -67,7 +67,10 @@ def _build(parser: argparse.ArgumentParser) -> None:
     )
     prune.add_argument("--pooling", choices=POOLINGS, help="only vectors of this pooling")
     prune.add_argument(
-        "--older-than", type=float, metavar="DAYS", help="only vectors cached more than DAYS ago"
+        "--older-than",
+        type=finite_number,
+        metavar="DAYS",
+        help="only vectors cached more than DAYS ago",
     )
     prune.add_argument("--all", action="store_true", help="every cached vector")
     prune.add_argument("--dry-run", action="store_true", help="say what would go; delete nothing")
@@ -172,6 +175,20 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cutoff(days: float) -> dt.datetime:
+    """The moment `--older-than DAYS` means (now less DAYS); an age that is negative or reaches back
+    before the year 1, which a datetime cannot hold, is refused saying what to give."""
+    if days < 0:
+        raise InvalidInputError(f"--older-than must be >= 0 days, not {days:g}")
+    now = dt.datetime.now(dt.timezone.utc)
+    most = (now - dt.datetime.min.replace(tzinfo=dt.timezone.utc)).days
+    if days > most:
+        raise InvalidInputError(
+            f"--older-than {days:g} days reaches back before the year 1: give at most {most:,}"
+        )
+    return now - dt.timedelta(days=days)
+
+
 def _prune(args: argparse.Namespace) -> int:
     from protssl.store import Store
     from protssl.store import engine as engines
@@ -186,15 +203,11 @@ def _prune(args: argparse.Namespace) -> int:
             "--all deletes every cached vector: give it alone, or leave it out to delete only "
             "what --model, --pooling and --older-than match"
         )
-    if args.older_than is not None and args.older_than < 0:
-        raise InvalidInputError(f"--older-than must be >= 0 days, not {args.older_than}")
+    older = None if args.older_than is None else _cutoff(args.older_than)
     with Store(store_config(args)) as store:
         models = None
         if args.model:
             models = [sha for name in args.model for sha in _models(store, name)]
-        older = None
-        if args.older_than is not None:
-            older = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=args.older_than)
         before = _file_size(store)
         count, nbytes = store.embeddings.prune(
             models=models, pooling=args.pooling, older_than=older, dry_run=args.dry_run

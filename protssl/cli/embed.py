@@ -21,6 +21,7 @@ from protssl.cli.args import (
     add_store_args,
     as_options,
     fasta_policy,
+    finite_number,
     given_options,
     load_model,
     open_store,
@@ -123,7 +124,7 @@ def _build(parser: argparse.ArgumentParser) -> None:
     )
     engine.add_argument(
         "--gpus-per-worker",
-        type=float,
+        type=finite_number,
         default=0.0,
         metavar="N",
         help="GPUs per actor (default 0: CPU)",

@@ -28,6 +28,7 @@ from protssl.cli.args import (
     add_model_args,
     add_server_args,
     fasta_policy,
+    finite_number,
     load_model,
     open_store,
     refuse_beside_server,
@@ -198,7 +199,7 @@ def _add_fit_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--target-precision",
-        type=float,
+        type=finite_number,
         default=0.9,
         help="held-out precision the abstention threshold aims for (default 0.9)",
     )
