@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -93,6 +94,20 @@ def test_fasta_policy_from_the_flags_a_command_has() -> None:
         ("workers and cpus per worker must be at least 1",
          "--workers and --cpus-per-worker must be at least 1"),
         ("record 'x': max_tokens must stay", "record 'x': max_tokens must stay"),  # not a check
+        ("target 'https://h:1' is a URL: give host:port (h:1) with tls=True",
+         "--server 'https://h:1' is a URL: give host:port (h:1) with --server-ca, the CA that "
+         "signed its certificate"),
+        ("target 'http://h:1' is a URL: give host:port (h:1)",
+         "--server 'http://h:1' is a URL: give host:port (h:1)"),
+        ("target 'h:99999': port '99999' is not a port number (1 to 65535)",
+         "--server 'h:99999': port '99999' is not a port number (1 to 65535)"),
+        ("root_certificates: cannot read ca.pem (No such file or directory)",
+         "--server-ca: cannot read ca.pem (No such file or directory)"),
+        ("certificate_chain: cannot read me.pem (Permission denied)",
+         "--client-cert: cannot read me.pem (Permission denied)"),
+        ("private_key: cannot read me.key (Is a directory)",
+         "--client-key: cannot read me.key (Is a directory)"),
+        ("record 'target x': gaps in it", "record 'target x': gaps in it"),  # not an address
         ("no API token: send metadata `authorization: Bearer <token>` (this client has none: give "
          "Client('h:1', token=...) or set $PROTSSL_TOKEN; `protssl token create --role read` on "
          "the server's store makes one)",
@@ -152,3 +167,26 @@ def test_a_nan_reconnect_is_refused_before_any_work(capsys: pytest.CaptureFixtur
     assert capsys.readouterr().err.splitlines()[-1] == (
         "protssl embed: error: argument --reconnect: 'nan' is not a finite number"
     )
+
+
+def test_server_advice_names_the_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A URL for --server and an unreadable --server-ca are told in the options' names (they said
+    `with tls=True` and `root_certificates: cannot read`, the SDK's words)."""
+    fasta = tmp_path / "in.fasta"
+    fasta.write_text(">a\nMKV\n")
+    embed = ["embed", str(fasta), "-o", str(tmp_path / "x.h5"), "--no-progress"]
+    for extra, said in [
+        (
+            ["--server", "https://127.0.0.1:50051"],
+            "--server 'https://127.0.0.1:50051' is a URL: give host:port (127.0.0.1:50051) with "
+            "--server-ca, the CA that signed its certificate",
+        ),
+        (
+            ["--server", "127.0.0.1:50051", "--server-ca", str(tmp_path / "nothere.pem")],
+            f"--server-ca: cannot read {tmp_path / 'nothere.pem'} (No such file or directory)",
+        ),
+    ]:
+        assert main([*embed, *extra]) == 2
+        assert capsys.readouterr().err == f"protssl embed: error: {said}\n"

@@ -188,8 +188,10 @@ _SDK_ADVICE = (
         "give --client-cert and --client-key, signed by the CA it trusts",
     ),
     ("certificate_chain and private_key go together", "--client-cert and --client-key go together"),
+    (") with tls=True", ") with --server-ca, the CA that signed its certificate"),
 )
-"""The SDK's advice (`protssl.client`, the window policy) and what a command says instead."""
+"""The SDK's advice (`protssl.client`, `protssl.endpoint`, the window policy) and what a command
+says instead."""
 _FIELD_OPTIONS = (
     ("max_tokens must", "--max-tokens must"),
     ("read_ahead_residues must", "--read-ahead must"),
@@ -200,15 +202,21 @@ _FIELD_OPTIONS = (
     ("reconnect must", "--reconnect must"),
     ("k must", "--k must"),
     ("target_precision must", "--target-precision must"),
+    ("target '", "--server '"),
+    ("root_certificates: ", "--server-ca: "),
+    ("certificate_chain: ", "--client-cert: "),
+    ("private_key: ", "--client-key: "),
 )
-"""Config checks that open a library message with the field, and the option that sets it."""
+"""Checks that open a library message with the field (a config's, the SDK Client's arguments),
+and the option that sets it."""
 
 
 def as_options(message: str) -> str:
     """A library message's advice in the CLI's spelling: `on_invalid skip` (what the SDK and gRPC
     call the field) reads `--on-invalid skip`, the option a CLI user types, as does a config check
-    on a field (`max_tokens must ...`: `--max-tokens must ...`); the SDK's advice names the
-    command's options (`--resume`, `--server-ca`, $PROTSSL_TOKEN, `--window-policy window`)."""
+    on a field (`max_tokens must ...`: `--max-tokens must ...`; `root_certificates: cannot read`:
+    `--server-ca: cannot read`); the SDK's advice names the command's options (`--resume`,
+    `--server-ca`, $PROTSSL_TOKEN, `--window-policy window`)."""
     for sdk, cli in _SDK_ADVICE:
         message = message.replace(sdk, cli)
     for field, option in _FIELD_OPTIONS:
