@@ -578,6 +578,23 @@ def test_token_commands(
         main(["token", "create", "--role", "root", "--db", store_url])
 
 
+def test_token_list_help_names_the_columns_in_the_order_printed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`token --help` said "id, role, name, created, revoked" and `token list --help` nothing; the
+    table's columns are id, role, created, revoked, name."""
+    assert main(["token", "list", "--db", f"sqlite:///{tmp_path / 'store.sqlite3'}"]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    columns = ", ".join(word for word in header.split() if word != "(UTC)")
+    assert columns == "id, role, created, revoked, name"
+    for argv in (["token", "--help"], ["token", "list", "--help"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        shown = " ".join(capsys.readouterr().out.split())
+        assert columns in shown, argv
+        assert "name, created" not in shown, argv
+
+
 def _serve_config(argv: list[str], env: dict[str, str]) -> ServiceConfig:
     parser = argparse.ArgumentParser()
     add_arguments(parser)

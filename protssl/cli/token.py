@@ -17,6 +17,8 @@ from protssl.cli.commands import Command
 __all__ = ["COMMANDS"]
 
 _ROLES = ("read", "write", "admin")  # protssl.auth.ROLES, without importing it for --help
+_COLUMNS = "id, role, created, revoked, name"
+"""`token list`'s columns, in the order `_list` prints them: what its help says."""
 
 
 def _build(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +36,12 @@ def _build(parser: argparse.ArgumentParser) -> None:
     create.add_argument("--name", default="", help="who or what the token is for")
     add_db_arg(create)
     create.set_defaults(func=_create)
-    listing = actions.add_parser("list", help="list tokens: id, role, name, created, revoked")
+    listing = actions.add_parser(
+        "list",
+        help=f"list tokens: {_COLUMNS}",
+        description=f"List the store's API tokens, one a row: {_COLUMNS} (times in UTC; a "
+        "token not revoked shows -).",
+    )
     add_db_arg(listing)
     listing.set_defaults(func=_list)
     revoke = actions.add_parser("revoke", help="revoke a token by its id (see `token list`)")
