@@ -341,35 +341,19 @@ def _stopped_once_computed(server: object, registry: object, vectors: int) -> No
     server.stop(grace=None)  # type: ignore[attr-defined]
 
 
-def test_embed_fasta_goes_on_when_the_server_comes_back(model, sample_fasta, tmp_path, caplog):
-    """embed_fasta (results in memory) across a restart: once the server has computed 64 vectors
-    it stops, a new one starts on the same port, and the call returns every record once, in the
-    file's order, with a local run's vectors (no store: to float32's 1e-5)."""
+@pytest.mark.parametrize("call", ["embed_fasta", "embed_stream"])
+def test_in_memory_calls_go_on_when_the_server_comes_back(
+    model, sample_fasta, tmp_path, caplog, call
+):
+    """embed_fasta and embed_stream (results in memory) across a restart: once the server has
+    computed 64 vectors it stops, a new one starts on the same port, and the call returns every
+    record once, in input order, with a local run's vectors (no store: to float32's 1e-5).
+    embed_stream's input, a generator, is read once: what the lost server had taken and not
+    answered is held and sent again, then the rest, and plain sequences keep the ids the first
+    server gave them (it failed UNAVAILABLE, every result lost)."""
     chosen = real_records(sample_fasta, 300, max_length=300)
     fasta = tmp_path / "many.fasta"
     fasta.write_text("".join(f">{r.id}\n{r.sequence}\n" for r in chosen))
-    port = free_port()
-    with (
-        running_server(model, port=port) as (server, address, registry),
-        _back_after(partial(_stopped_once_computed, server, registry, 64), model, port),
-        caplog.at_level("WARNING", logger="protssl.client"),
-        protssl.Client(address, reconnect=60) as client,
-    ):
-        result = client.embed_fasta(fasta, chunk=8, progress=False)
-    assert "result(s) so far, kept in memory" in caplog.text, caplog.text
-    assert "answers again: going on" in caplog.text
-    assert result.ids == [r.id for r in chosen]
-    local = {e.id: e.vector for e in embed_records(chosen, model)}
-    np.testing.assert_allclose(result.vectors, np.stack([local[i] for i in result.ids]), atol=1e-5)
-
-
-def test_embed_stream_of_a_generator_goes_on_when_the_server_comes_back(
-    model, sample_fasta, caplog
-):
-    """embed_stream over a generator (read once) across a restart: what the lost server had taken
-    and not answered is held and sent again, then the rest; plain sequences keep the ids the first
-    server would have given them. It failed UNAVAILABLE, every result lost."""
-    chosen = real_records(sample_fasta, 300, max_length=300)
     read: list[int] = []
 
     def sequences() -> Iterator[str]:
@@ -384,11 +368,17 @@ def test_embed_stream_of_a_generator_goes_on_when_the_server_comes_back(
         caplog.at_level("WARNING", logger="protssl.client"),
         protssl.Client(address, reconnect=60) as client,
     ):
-        result = client.embed_stream(sequences(), chunk=8)
+        if call == "embed_fasta":
+            result = client.embed_fasta(fasta, chunk=8, progress=False)
+        else:
+            result = client.embed_stream(sequences(), chunk=8)
     assert "result(s) so far, kept in memory" in caplog.text, caplog.text
     assert "answers again: going on" in caplog.text
-    assert read == list(range(len(chosen)))  # the generator was read once
-    assert result.ids == [f"seq{i}" for i in range(len(chosen))]
+    if call == "embed_fasta":
+        assert result.ids == [r.id for r in chosen]
+    else:
+        assert read == list(range(len(chosen)))  # the generator was read once
+        assert result.ids == [f"seq{i}" for i in range(len(chosen))]
     local = {e.id: e.vector for e in embed_records(chosen, model)}
     np.testing.assert_allclose(result.vectors, np.stack([local[r.id] for r in chosen]), atol=1e-5)
 
