@@ -46,6 +46,7 @@ from protssl.errors import (
     ProtsslError,
     UnavailableError,
     error_for_status,
+    refuse_non_finite,
 )
 from protssl.fasta import (
     FastaPolicy,
@@ -440,6 +441,15 @@ class Client:
         max_message_mb: int = 64,
         reconnect: float = RECONNECT_S,
     ) -> None:
+        # NaN passed the checks below (reconnect=nan never waited, timeout=nan cancelled at once)
+        refuse_non_finite(
+            {
+                "timeout": timeout,
+                "backoff": backoff,
+                "max_backoff": max_backoff,
+                "reconnect": reconnect,
+            }
+        )
         if retries < 0 or backoff <= 0:
             raise InvalidInputError("retries must be >= 0 and backoff > 0")
         if reconnect < 0:

@@ -30,6 +30,7 @@ error's class name, so the SDK raises the same class the server raised, not just
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,9 +102,10 @@ class InvalidInputError(ProtsslError):
 
 
 def refuse_non_finite(config: object) -> None:
-    """InvalidInputError naming a config's first float field that is NaN or infinite: NaN passes
-    every `< 0` and `<= 0` check a config makes of its numbers."""
-    for name, value in vars(config).items():
+    """InvalidInputError naming a config's (a dataclass's, or a mapping's) first float that is NaN
+    or infinite: NaN passes every `< 0` and `<= 0` check a config makes of its numbers."""
+    values = config if isinstance(config, Mapping) else vars(config)
+    for name, value in values.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise InvalidInputError(f"{name} must be a finite number, got {value}")
 

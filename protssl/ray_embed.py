@@ -39,6 +39,7 @@ from protssl.errors import (
     ProtsslError,
     UnavailableError,
     first_line,
+    refuse_non_finite,
 )
 from protssl.fasta import (
     UTF8_BOM,
@@ -84,6 +85,7 @@ class RayOptions:
     shard that kills its actor every time would hang the run."""
 
     def __post_init__(self) -> None:
+        refuse_non_finite(self)
         if self.workers < 1 or self.cpus_per_worker < 1:
             raise InvalidInputError("workers and cpus per worker must be at least 1")
         if self.retries < 0:

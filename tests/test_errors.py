@@ -107,10 +107,13 @@ def test_service_errors_survive_pickling_with_their_status() -> None:
         ("protssl.fewshot.config:FewShotConfig", "target_precision", "nan"),
         ("protssl.store.config:StoreConfig", "busy_timeout_s", "inf"),
         ("protssl.analysis.config:AnalysisConfig", "crop_fraction", "nan"),
+        ("protssl.ray_embed:RayOptions", "gpus_per_worker", "nan"),
+        ("protssl.client:Client", "reconnect", "nan"),
+        ("protssl.client:Client", "timeout", "inf"),
     ],
 )
 def test_configs_refuse_nan_and_infinite_numbers(make: str, field: str, value: str) -> None:
-    """NaN passed the configs' `< 0` and range checks (a NaN target precision calibrated nothing)."""
+    """NaN passed the configs' `< 0` and range checks (a client's reconnect=nan never waited)."""
     module, name = make.split(":")
     config = getattr(importlib.import_module(module), name)
     with pytest.raises(
