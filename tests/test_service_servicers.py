@@ -447,6 +447,29 @@ def test_classifier_errors_are_invalid_argument(channel, pfam):
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "2 classes" in error.details()
 
 
+def test_an_example_without_a_label_or_with_a_tab_in_one_is_named_without_fasta_advice(
+    channel, pfam
+):
+    """A wire example has no FASTA header: one without labels is named as the example it is, and
+    a label with a control character (a tab splits a TSV row) is refused before any fit."""
+    classifiers = pb_grpc.ClassifierServiceStub(channel)
+    support = [
+        pb.LabelledSequence(id=r.id, sequence=r.sequence, labels=r.labels)
+        for family in ("fn3", "RRM_1")
+        for r in pfam[family][:3]
+    ]
+    unlabelled = pb.LabelledSequence(id="bare", sequence=pfam["fn3"][3].sequence)
+    tabbed = pb.LabelledSequence(id="tabbed", sequence=pfam["fn3"][3].sequence, labels=["a\tb"])
+    for extra, words in ((unlabelled, "example 'bare' (#7) has no label"), (tabbed, "'\\t'")):
+        error = rpc_error(
+            classifiers.CreateClassifier,
+            pb.CreateClassifierRequest(name="unlabelled", examples=[*support, extra]),
+            timeout=60,
+        )
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+        assert words in error.details() and "FASTA" not in error.details(), error.details()
+
+
 def test_classify_numbers_a_chunks_queries_from_its_offset_and_advises_nothing_it_lacks(
     channel, pfam
 ):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import unicodedata
 from collections import defaultdict
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
@@ -51,11 +52,21 @@ LABEL_SEPARATOR = ";"
 
 
 def check_example(record_id: str, labels: Seq[str], index: int) -> None:
-    """Refuse an example the store cannot hold or a prediction could not tell apart."""
+    """Refuse an example the store cannot hold, one without a label (nothing to fit), or a label a
+    prediction could not tell apart or a TSV row could not hold (a control character such as a tab
+    or newline would split its columns or rows)."""
     where = f"example {record_id[:50]!r} (#{index + 1})"
     common.check_text(record_id, f"{where}: id", max_length=MAX_RECORD_ID_LENGTH)
+    if not labels:
+        raise InvalidInputError(f"{where} has no label: give it one or more labels")
     for label in labels:
         common.check_text(label, f"{where}: label {label[:50]!r}", max_length=MAX_LABEL_LENGTH)
+        control = next((c for c in label if unicodedata.category(c) == "Cc"), None)
+        if control is not None:
+            raise InvalidInputError(
+                f"{where}: label {label[:50]!r} contains the control character {control!r} "
+                f"(at {label.index(control) + 1}), which would break a TSV row: remove it"
+            )
         if LABEL_SEPARATOR in label:
             raise InvalidInputError(
                 f"{where}: label {label[:50]!r} contains {LABEL_SEPARATOR!r}, which joins the "

@@ -1,5 +1,6 @@
 """What the store refuses and guarantees for classifiers, on SQLite and PostgreSQL alike: no NUL,
-no label holding the multi-label separator, race-safe creation of a new name, ids never reused."""
+no label holding the multi-label separator or a control character, no example without a label,
+race-safe creation of a new name, ids never reused."""
 
 from __future__ import annotations
 
@@ -36,6 +37,9 @@ def _save(store: Store, name: str, examples: list, *, new_name: bool = False):
         ("ok", "P\x001", ("A",), "id contains a NUL"),
         ("ok", "P1", ("A;B",), "';'"),
         ("ok", "P1", ("",), "must not be empty"),
+        ("ok", "P1", (), r"^example 'P1' \(#1\) has no label: give it one or more labels$"),
+        ("ok", "P1", ("tab\there",), r"control character '\\t' \(at 4\), which would break"),
+        ("ok", "P1", ("new\nline",), r"control character '\\n' \(at 4\)"),
         ("ok", "P1", ("A\x00",), "contains a NUL"),
         ("x" * 201, "P1", ("A",), "the limit is 200"),
         ("ok", "P" * 501, ("A",), "the limit is 500"),
