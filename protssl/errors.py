@@ -8,7 +8,8 @@ ProtsslError
 │   ├── ModelNotFoundError
 │   └── ClassifierNotFoundError
 ├── AlreadyExistsError           a create named something that exists (gRPC ALREADY_EXISTS)
-├── CheckpointError              a model file that is corrupt, mismatched or unsupported
+├── CheckpointError              a model file that is corrupt, mismatched or unsupported, or
+│                                not the model a classifier was fitted on (FAILED_PRECONDITION)
 │   └── UntrustedCheckpointError a pickle checkpoint loaded without trust
 ├── OverloadedError              bounded capacity is full (gRPC RESOURCE_EXHAUSTED)
 ├── MessageTooLargeError         a message past gRPC's size limit (RESOURCE_EXHAUSTED; not retried)
@@ -200,7 +201,8 @@ class ClassifierNotFoundError(NotFoundError):
 
 
 class CheckpointError(ProtsslError):
-    """A model file is corrupt, does not match its card, or has an unsupported layout."""
+    """A model file is corrupt, does not match its card, or has an unsupported layout; or a model
+    is not the one a classifier was fitted on."""
 
 
 class UntrustedCheckpointError(CheckpointError):

@@ -470,6 +470,42 @@ def test_an_example_without_a_label_or_with_a_tab_in_one_is_named_without_fasta_
         assert words in error.details() and "FASTA" not in error.details(), error.details()
 
 
+def test_a_classifier_fitted_on_another_model_is_failed_precondition(
+    channel, pfam, service_model, service_db_url
+):
+    """The request is sound; the served model is not the classifier's: FAILED_PRECONDITION (the
+    SDK's CheckpointError), naming both models, for Classify and AddExamples alike."""
+    support = [r for family in ("fn3", "RRM_1") for r in pfam[family][:3]]
+    fitted = fewshot.fit_records(support, service_model, fewshot.FewShotConfig(method="knn"))
+    fitted.info.update(model_sha256="0" * 64, model_name="elsewhere")
+    with Store(StoreConfig(url=service_db_url)) as store:
+        fewshot.save_classifier(store, "other-model", fitted, support)
+    classifiers = pb_grpc.ClassifierServiceStub(channel)
+    query = pfam["fn3"][3]
+    calls = (
+        (
+            classifiers.Classify,
+            pb.ClassifyRequest(
+                name="other-model", sequences=[pb.Sequence(id=query.id, sequence=query.sequence)]
+            ),
+        ),
+        (
+            classifiers.AddExamples,
+            pb.AddExamplesRequest(
+                name="other-model",
+                examples=[
+                    pb.LabelledSequence(id=query.id, sequence=query.sequence, labels=query.labels)
+                ],
+            ),
+        ),
+    )
+    for method, request in calls:
+        error = rpc_error(method, request, timeout=60)
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, error.details()
+        assert "was fitted on model elsewhere (000000000000…)" in error.details()
+    classifiers.DeleteClassifier(pb.DeleteClassifierRequest(name="other-model"), timeout=10)
+
+
 def test_classify_numbers_a_chunks_queries_from_its_offset_and_advises_nothing_it_lacks(
     channel, pfam
 ):

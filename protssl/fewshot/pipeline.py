@@ -14,7 +14,7 @@ import numpy as np
 
 from protssl.checkpoint import LoadedModel
 from protssl.embedding import CacheStats, EmbedConfig, embed_records_layers
-from protssl.errors import InvalidInputError
+from protssl.errors import CheckpointError, InvalidInputError
 from protssl.fasta import ProteinRecord
 from protssl.fewshot.classifier import FewShotClassifier, Prediction, require_labels
 from protssl.fewshot.config import FewShotConfig
@@ -90,7 +90,11 @@ def _model_info(model: LoadedModel, config: EmbedConfig) -> dict[str, Any]:
 
 
 def check_model(classifier: FewShotClassifier, model: LoadedModel) -> None:
-    """Refuse a model other than the one the classifier was fitted on: its vectors mean nothing to it."""
+    """Refuse a model other than the one the classifier was fitted on: its vectors mean nothing to it.
+
+    A `CheckpointError` (gRPC FAILED_PRECONDITION): the request is sound, the model at hand is not
+    the classifier's (a server serving another model answers every call on it so).
+    """
     expected = classifier.info.get("model_sha256")
     if not expected or expected == model.sha256:
         return
@@ -98,7 +102,7 @@ def check_model(classifier: FewShotClassifier, model: LoadedModel) -> None:
     which = (
         f"classifier {info['name']!r} v{info['version']}" if "name" in info else "this classifier"
     )
-    raise InvalidInputError(
+    raise CheckpointError(
         f"{which} was fitted on model {info.get('model_name', '?')} ({expected[:12]}…), not on "
         f"{model.name} ({model.sha256[:12]}…); use the model it was fitted on"
     )

@@ -10,7 +10,7 @@ import pytest
 
 from protssl.checkpoint import LoadedModel
 from protssl.embedding import EmbedConfig, embed_records, embed_records_layers
-from protssl.errors import InvalidInputError
+from protssl.errors import CheckpointError, InvalidInputError
 from protssl.fasta import ProteinRecord
 from protssl.fewshot import (
     FewShotConfig,
@@ -105,11 +105,11 @@ def test_classify_records_checks_the_model_before_any_embedding(
         return embed_for_fewshot(records, windowed_model, (layer,))[layer]
 
     other = replace(windowed_model, card=replace(windowed_model.card, sha256="0" * 64))
-    with pytest.raises(InvalidInputError, match=r"fitted on model tiny \(.*\), not on tiny \(000"):
+    with pytest.raises(CheckpointError, match=r"fitted on model tiny \(.*\), not on tiny \(000"):
         classify_records(classifier, query, other, embed=embed)
     assert asked == []
     classifier.info.update(name="families", version=2)
-    with pytest.raises(InvalidInputError, match="classifier 'families' v2 was fitted on model"):
+    with pytest.raises(CheckpointError, match="classifier 'families' v2 was fitted on model"):
         classify_records(classifier, query, other, embed=embed)
     through = classify_records(classifier, query, windowed_model, embed=embed)
     assert asked == [(classifier.layer, "mean")]

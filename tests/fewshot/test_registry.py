@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import event
 
 from protssl.checkpoint import LoadedModel
-from protssl.errors import ClassifierNotFoundError, InvalidInputError
+from protssl.errors import CheckpointError, ClassifierNotFoundError
 from protssl.fasta import ProteinRecord
 from protssl.fewshot import (
     ClassifierCache,
@@ -109,7 +109,7 @@ def test_add_examples_refits_old_and_new_examples_as_the_next_version(
             )
         latest, examples = load_classifier(store, "is")
         other = replace(windowed_model, card=replace(windowed_model.card, sha256="0" * 64))
-        with pytest.raises(InvalidInputError, match="classifier 'is' v2 was fitted on model"):
+        with pytest.raises(CheckpointError, match="classifier 'is' v2 was fitted on model"):
             add_examples(store, "is", more, other)
         assert store.classifiers.get("is").version == 2
     assert stored.version == 2
