@@ -215,6 +215,7 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
         parser, trust=False, note="classifying needs the model the classifier was fitted with"
     )
     add_fasta_policy_args(parser)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _fit_config(args: argparse.Namespace) -> FewShotConfig:
@@ -251,11 +252,14 @@ def _read(path: str, args: argparse.Namespace, *, labelled: bool) -> list[Protei
     return records
 
 
-def _bar(residues: int | None) -> tqdm[Any]:
-    """The embedding progress bar over that many residues (None: not known ahead, stdin)."""
+def _bar(residues: int | None, args: argparse.Namespace) -> tqdm[Any]:
+    """The embedding progress bar over that many residues (None: not known ahead, stdin); none
+    with --no-progress."""
     from protssl.progress import progress_bar
 
-    return progress_bar(total=residues, unit="res", unit_scale=True, desc="embedding")
+    return progress_bar(
+        total=residues, unit="res", unit_scale=True, desc="embedding", disable=args.no_progress
+    )
 
 
 def _embed(
@@ -264,12 +268,13 @@ def _embed(
     layers: tuple[int, ...],
     embed_config: EmbedConfig,
     cache: EmbeddingCache,
+    args: argparse.Namespace,
 ) -> dict[int, Any]:
     from protssl.embedding import CacheStats
     from protssl.fewshot import embed_for_fewshot
 
     stats = CacheStats()
-    with _bar(sum(map(len, records))) as bar:
+    with _bar(sum(map(len, records)), args) as bar:
         vectors = embed_for_fewshot(
             records,
             model,
@@ -330,7 +335,7 @@ def _classifier_create(args: argparse.Namespace) -> int:
     model = load_model(args)
     stats = CacheStats()
     with open_store(args) as store:
-        with _bar(sum(map(len, records))) as bar:
+        with _bar(sum(map(len, records)), args) as bar:
             classifier = fit_records(
                 records,
                 model,
@@ -354,7 +359,7 @@ def _classifier_add(args: argparse.Namespace) -> int:
     records = _read(args.fasta, args, labelled=True)
     model = load_model(args)
     stats = CacheStats()
-    with open_store(args) as store, _bar(sum(map(len, records))) as bar:
+    with open_store(args) as store, _bar(sum(map(len, records)), args) as bar:
         stored = add_examples(store, args.name, records, model, on_batch=bar.update, stats=stats)
     _print_stats(stats)
     _print_saved(stored, FewShotClassifier.from_state(stored.params, stored.blob))
@@ -514,7 +519,7 @@ def _write_predictions(
     through `predict` (which moves the bar on); returns the rows written."""
     from protssl.fasta import ReadStats, no_records_error, read_fasta
 
-    with _bar(residues) as bar, _output(args.output) as out:
+    with _bar(residues, args) as bar, _output(args.output) as out:
         table = _PredictionTable(out, args.format)
         stats = ReadStats()
         records = read_fasta(args.input, policy=policy, stats=stats)
@@ -620,7 +625,7 @@ def _evaluate(
             seed=args.seed,
         )
         used, remapped = subset_episodes(support, episodes)
-        features = _embed(used, model, layers, embed_config, cache)
+        features = _embed(used, model, layers, embed_config, cache, args)
         result = evaluate_episodes(
             features,
             [r.labels for r in used],
@@ -631,7 +636,7 @@ def _evaluate(
         title = f"{args.ways}-way {args.shots}-shot, {args.episodes} episodes, {args.method}"
     else:
         query = _read(args.query, args, labelled=True)
-        features = _embed([*support, *query], model, layers, embed_config, cache)
+        features = _embed([*support, *query], model, layers, embed_config, cache, args)
         n = len(support)
         result = evaluate_split(
             {k: v[:n] for k, v in features.items()},

@@ -134,11 +134,16 @@ def test_classifier_saved_in_the_store_predicts_the_same_in_a_new_process(
     common = ["--db", store_url, "--model", str(windowed_model_dir), "--dtype", "float32"]
     assert run_cli(["classifier", "create", "tfam", "--fasta", str(support_file), "--method",
                      "linear", "--pooling", "segments", *common]) == 0  # fmt: skip
-    created = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    said = capsys.readouterr()
+    created = json.loads(said.out.strip().splitlines()[-1])
     assert created["version"] == 1 and created["examples"] == 24
     assert created["pooling"] == "segments"  # classify and add below embed the same way
-    assert run_cli(["classify", "tfam", str(query_file), "--format", "json", *common]) == 0
-    here = json.loads(capsys.readouterr().out)
+    assert "res/s" in said.err  # the embedding bar
+    quiet = ["classify", "tfam", str(query_file), "--format", "json", "--no-progress", *common]
+    assert run_cli(quiet) == 0  # the few-shot commands took no --no-progress
+    said = capsys.readouterr()
+    here = json.loads(said.out)
+    assert "res/s" not in said.err
 
     done = subprocess.run(
         [sys.executable, "-c", _CLI, "classify", "tfam", str(query_file), "--format", "json",
