@@ -34,6 +34,19 @@ def _boolean(text: str) -> bool:
     raise ValueError(f"not a boolean: {text!r}")
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+"""What --log-level takes, in any case."""
+
+
+def _log_level(text: str) -> str:
+    """A logging level name, checked here: logging itself refused an unknown one with a traceback."""
+    if text.upper() not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a level: give one of {', '.join(LOG_LEVELS)}"
+        )
+    return text
+
+
 OPTIONS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     ("host", str, "address to bind (default 127.0.0.1)"),
     ("port", int, "gRPC port; 0 = any free port (default 50051)"),
@@ -98,7 +111,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             help=f"{text} [env PROTSSL_{name.upper()}]",
             **switch,  # type: ignore[arg-type]
         )
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser.add_argument(
+        "--log-level", default="INFO", type=_log_level, help="logging level (default INFO)"
+    )
 
 
 def config_kwargs(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, Any]:

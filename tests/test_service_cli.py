@@ -58,3 +58,13 @@ def test_serve_takes_the_store_url_as_db_like_every_other_command() -> None:
         assert config.database_url == url
     embed = build_parser().parse_args(["embed", "in.fasta", "-o", "out.h5", "--db", url])
     assert embed.db == url
+
+
+@pytest.mark.parametrize("command", [["-m", "protssl", "serve"], ["-m", "service"]])
+def test_an_unknown_log_level_is_one_line_and_exit_2(command: list[str]) -> None:
+    """`--log-level LOUD` was a ValueError traceback out of logging.basicConfig (exit 1)."""
+    done = subprocess.run(
+        [sys.executable, *command, "--log-level", "LOUD"], capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "argument --log-level: 'LOUD' is not a level: give one of DEBUG, INFO" in done.stderr
