@@ -171,3 +171,30 @@ def test_an_unexpected_error_is_internal_without_its_message(failing, caplog) ->
     assert "internal error (incident" in str(raised.value)
     assert "secret detail" not in str(raised.value)
     assert "secret detail" in caplog.text  # logged on the server, with its traceback
+
+
+def test_a_long_message_keeps_its_status(failing) -> None:
+    """A message echoing what the client sent (a 100 kB model name; long non-ASCII ids, each byte
+    %-encoded as 3) overflowed the client's metadata limit: the call ended RESOURCE_EXHAUSTED,
+    "received metadata size exceeds hard limit", which the SDK raises as OverloadedError. The
+    message is cut, the record-id trailer left out, and the status and class stay."""
+    servicer, address = failing
+    servicer.error = ModelNotFoundError(f"model {'x' * 100_000!r} is not served here")
+    failed = _raw_failure(address)
+    assert failed.code() == grpc.StatusCode.NOT_FOUND
+    assert failed.details().startswith("model 'xxx") and "characters more)" in failed.details()
+    record_id = "\N{GRINNING FACE}" * 490
+    servicer.error = FastaFormatError(
+        "invalid residue '-' " + f"record {record_id!r} " * 5,
+        source="request",
+        record_id=record_id,
+        record_index=1,
+        position=3,
+    )
+    failed = _raw_failure(address)
+    assert failed.code() == grpc.StatusCode.INVALID_ARGUMENT
+    trailers = dict(failed.trailing_metadata())
+    assert trailers[ERROR_KIND_KEY] == "FastaFormatError" and "protssl-record-id" not in trailers
+    assert trailers["protssl-position"] == "3"
+    with protssl.Client(address, retries=0) as client, pytest.raises(InvalidInputError):
+        client.list_models()
