@@ -173,7 +173,11 @@ def supervise(config: ServiceConfig, serve_process: ServeProcess) -> int:
                     child.join()
     codes = [child.exitcode for child in children]
     log.info("stopped (exit codes %s)", codes)
-    failed = [code for code in codes if code]
+    # A child ended by the signal that stopped the group did not fail: Ctrl-C reaches the whole
+    # process group (a child still loading dies of it), and the parent's own SIGTERM can land while
+    # a child that already stopped is exiting (Python has put the default handlers back by then).
+    by_stop = {-signal.SIGTERM, -signal.SIGINT} if stopped() else set()
+    failed = [code for code in codes if code and code not in by_stop]
     if not failed:
         return 0
     return EXIT_USER_ERROR if EXIT_USER_ERROR in failed else EXIT_UNEXPECTED

@@ -221,3 +221,34 @@ def test_children_stop_when_the_parent_is_killed(sample_fasta, tmp_path):
                 os.kill(pid, signal.SIGKILL)
         process.communicate(timeout=30)
     assert rest.count("is gone; stopping") == 2 and rest.count("stopped") >= 2, rest
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["starting", "serving"])
+def test_ctrl_c_to_the_process_group_stops_it_with_exit_0(tmp_path, when: str):
+    """Ctrl-C (or systemd's SIGTERM to the whole cgroup) reaches every process: a child still
+    loading died of it, and the parent's SIGTERM landed on a stopped child while its interpreter
+    exited: the group exited 1, exit codes like [-2, -15], as if a child had failed."""
+    model_dir = save_tiny_model(tmp_path / "tiny")
+    process = subprocess.Popen(
+        [*TWO_PROCESSES, "--metrics-port", "off", "--store", "false", "--model", str(model_dir)],
+        env=dict(os.environ, OMP_WAIT_POLICY="PASSIVE"),
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    try:
+        if when == "serving":
+            wait_for_line(process, r"serving protssl.v1 on 127.0.0.1:\d+")
+        else:  # the two servers (and multiprocessing's resource tracker) started, not serving
+            deadline = time.monotonic() + 60
+            while len(_children(process.pid)) < 3 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGINT)
+        _, rest = process.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert process.returncode == 0, rest
+    assert "exited (code" not in rest and "Traceback" not in rest
