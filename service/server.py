@@ -28,7 +28,7 @@ from protssl.errors import InvalidInputError
 from protssl.memory import release_freed_memory
 from protssl.store import Store
 from service.batcher import EmbeddingBatcher
-from service.binding import bind_error
+from service.binding import bind_error, probe_bind
 from service.config import ServiceConfig, store_config
 from service.interceptors import AuthInterceptor, CallInterceptor
 from service.metrics import ServiceMetrics
@@ -235,6 +235,8 @@ def create_server(
         batcher.close()
         if owned_store is not None:
             owned_store.close()
+        if credentials is not None and probe_bind(config.host, config.port) is None:
+            raise _refused_tls(config) from None  # the port is free: the PEMs were refused
         raise bind_error("the gRPC port", config.host, config.port, exc, "--port") from None
     if config.insecure_no_auth:
         _warn_no_auth(config, port)
@@ -278,11 +280,11 @@ def _server_credentials(config: ServiceConfig) -> grpc.ServerCredentials | None:
     if config.tls_cert is None or config.tls_key is None:
         return None
     pem = {
-        name: _read_pem(path, name)
-        for name, path in (
-            ("tls_cert", config.tls_cert),
-            ("tls_key", config.tls_key),
-            ("tls_client_ca", config.tls_client_ca),
+        name: _read_pem(path, name, holds)
+        for name, path, holds in (
+            ("tls_cert", config.tls_cert, "CERTIFICATE"),
+            ("tls_key", config.tls_key, "PRIVATE KEY"),
+            ("tls_client_ca", config.tls_client_ca, "CERTIFICATE"),
         )
         if path is not None
     }
@@ -293,14 +295,30 @@ def _server_credentials(config: ServiceConfig) -> grpc.ServerCredentials | None:
     )
 
 
-def _read_pem(path: str, what: str) -> bytes:
+def _read_pem(path: str, what: str, holds: str) -> bytes:
+    """The PEM file's bytes, refused in one line when it is not a PEM `holds` (a swapped cert and
+    key was grpc's 'cannot bind the gRPC port ... Failed to bind')."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise InvalidInputError(f"{what}: cannot read {path} ({exc.strerror})") from None
     if b"-----BEGIN " not in data:
         raise InvalidInputError(f"{what}: {path} is not a PEM file (no -----BEGIN line)")
+    if f"{holds}-----".encode() not in data:
+        raise InvalidInputError(
+            f"{what}: {path} holds no {holds.lower()} (no -----BEGIN ...{holds} line)"
+        )
     return data
+
+
+def _refused_tls(config: ServiceConfig) -> InvalidInputError:
+    """What to say when grpc refuses TLS files that read as PEM (it said 'Failed to bind')."""
+    files = f"tls_cert {config.tls_cert}, tls_key {config.tls_key}"
+    check = "tls_key is the unencrypted private key of tls_cert's first certificate"
+    if config.tls_client_ca is not None:
+        files += f", tls_client_ca {config.tls_client_ca}"
+        check += " and tls_client_ca holds CA certificates"
+    return InvalidInputError(f"TLS: grpc refused the files ({files}): check that {check}")
 
 
 def _warn_no_auth(config: ServiceConfig, port: int) -> None:

@@ -751,3 +751,27 @@ def test_embed_through_a_tls_server_needs_its_ca_and_says_so_in_one_line(
     (line,) = untrusted.stderr.splitlines()
     assert line.startswith(f"protssl embed: error: cannot reach a protssl server at {target} (")
     assert "give --server-ca, the CA that signed it" in line
+
+
+def test_tls_files_grpc_refuses_are_named_not_a_bind_error(
+    tmp_path: Path, pki: Pki, pki_files
+) -> None:
+    """A key that is not the certificate's, a swapped certificate and key, or a key given as the
+    client CA was 'cannot bind the gRPC port 127.0.0.1:N (Failed to bind ...; set
+    GRPC_VERBOSITY=debug ...)' with the port free."""
+    from service.server import create_server
+
+    other_key = tmp_path / "other_key.pem"
+    other_key.write_bytes(pki.client_key)
+    cert, key = pki_files["server_cert"], pki_files["server_key"]
+    base: dict[str, Any] = {"port": 0, "metrics_port": None, "store": False}
+    base["insecure_no_auth"] = True
+    wrong_key = ServiceConfig(**base, tls_cert=cert, tls_key=str(other_key))
+    with pytest.raises(InvalidInputError, match=r"^TLS: grpc refused the files \(tls_cert .*"):
+        create_server(wrong_key)
+    swapped = ServiceConfig(**base, tls_cert=key, tls_key=cert)
+    with pytest.raises(InvalidInputError, match=r"^tls_cert: .* holds no certificate"):
+        create_server(swapped)
+    key_as_ca = ServiceConfig(**base, tls_cert=cert, tls_key=key, tls_client_ca=key)
+    with pytest.raises(InvalidInputError, match=r"^tls_client_ca: .* holds no certificate"):
+        create_server(key_as_ca)
