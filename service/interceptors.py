@@ -139,6 +139,7 @@ class _Call:
         self.context = context
         self.metrics = metrics
         self.start = time.perf_counter()
+        self.peer = context.peer()  # gRPC forgets it once the call is over (a deadline passed)
 
     def fail(self, exc: BaseException) -> None:
         """Abort with the mapped status unless the servicer already aborted (that re-raises).
@@ -200,7 +201,7 @@ class _Call:
             self.method,
             name,
             seconds * 1000,
-            self.context.peer(),
+            self.peer,
             message,
         )
 

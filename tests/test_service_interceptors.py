@@ -152,3 +152,19 @@ def test_a_cancel_while_the_handler_awaits_a_message_counts_cancelled(echo):
         assert _eventually(lambda n=round_: _counted(metrics, "CANCELLED") == n)
         assert interceptors._client_cancelled(reader.contexts[-1])
     assert _counted(metrics, "OK") == 0
+
+
+def test_a_stream_whose_deadline_passed_logs_its_peer(echo, caplog):
+    """The line of a stream ended by its deadline said `peer=` with nothing after it: gRPC forgets
+    the peer once the call is over, and the line is written then."""
+    channel, _reader, metrics = echo
+    held = queue.Queue[bytes | None]()
+    held.put(b"x")
+    call = channel.stream_stream(_STREAM)(iter(held.get, None), timeout=0.5)
+    with caplog.at_level(logging.INFO, logger="service.calls"):
+        with pytest.raises(grpc.RpcError):
+            list(call)
+        held.put(None)
+        assert _eventually(lambda: _counted(metrics, "DEADLINE_EXCEEDED") == 1)
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "service.calls"]
+    assert re.search(r"code=DEADLINE_EXCEEDED latency_ms=[\d.]+ peer=ipv4:127\.0\.0\.1:\d+", line)
