@@ -26,12 +26,14 @@ def _optional_port(text: str) -> int | None:
 
 
 def _boolean(text: str) -> bool:
+    """true/false, yes/no, on/off, 1/0 in any case."""
     lowered = text.lower()
     if lowered in ("1", "true", "yes", "on"):
         return True
     if lowered in ("0", "false", "no", "off"):
         return False
-    raise ValueError(f"not a boolean: {text!r}")
+    # argparse shows this one's message; a ValueError's it replaces with "invalid _boolean value"
+    raise argparse.ArgumentTypeError(f"not a boolean: {text!r} (give true or false)")
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -128,7 +130,7 @@ def config_kwargs(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[
         elif env_name in environ:
             try:
                 kwargs[name] = kind(environ[env_name])
-            except ValueError as exc:
+            except (ValueError, argparse.ArgumentTypeError) as exc:
                 raise InvalidInputError(f"{env_name}={environ[env_name]!r}: {exc}") from None
     if kwargs.get("insecure_no_auth") and not hasattr(args, "host") and "host" in kwargs:
         log.warning(

@@ -68,3 +68,18 @@ def test_an_unknown_log_level_is_one_line_and_exit_2(command: list[str]) -> None
     )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "argument --log-level: 'LOUD' is not a level: give one of DEBUG, INFO" in done.stderr
+
+
+def test_a_switch_that_is_not_a_boolean_says_so_by_flag_and_by_variable() -> None:
+    """`--store maybe` said "invalid _boolean value" (the parser's function name)."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    with pytest.raises(argparse.ArgumentTypeError, match=r"^not a boolean: 'maybe' \(give true"):
+        next(kind for name, kind, _ in OPTIONS if name == "store")("maybe")
+    with pytest.raises(InvalidInputError, match=r"^PROTSSL_STORE='maybe': not a boolean: 'maybe'"):
+        config_kwargs(parser.parse_args([]), {"PROTSSL_STORE": "maybe"})
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "--store", "maybe"], capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert "argument --store: not a boolean: 'maybe' (give true or false)" in done.stderr
