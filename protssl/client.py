@@ -247,6 +247,18 @@ def _in_order(
     return ClientEmbeddings.of([embeddings[i] for i in order if i in embeddings])
 
 
+def _wire_version(version: int | None) -> int:
+    """A classifier version as the wire takes it, where 0 is the latest: None is the latest, a
+    version is >= 1 (0 or -1 named the latest without a word, where the CLI refuses them)."""
+    if version is None:
+        return 0
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise InvalidInputError(
+            f"version must be a whole number >= 1 (None: the latest), not {version!r}"
+        )
+    return version
+
+
 def _rereadable(path: str | Path, reconnect: float) -> float:
     """How long a call over `path` may wait for a lost server: stdin cannot be read again."""
     return reconnect if str(path) != "-" else 0.0
@@ -917,7 +929,7 @@ class Client:
     def get_classifier(
         self, name: str, *, version: int | None = None, timeout: float | None = None
     ) -> ClassifierInfo:
-        request = pb.GetClassifierRequest(name=name, version=version or 0)
+        request = pb.GetClassifierRequest(name=name, version=_wire_version(version))
         return classifier_info_from_proto(
             self._call(self._classifiers.GetClassifier, request, timeout)
         )
@@ -959,7 +971,7 @@ class Client:
             raise InvalidInputError("chunk must be at least 1")
         fields = _sequence_fields(sequences, ids)
         predictions: list[ClientPrediction] = []
-        pinned, sent = version or 0, 0
+        pinned, sent = _wire_version(version), 0
         seen: set[str] = set()
         outage = _Outage(self.target, self.reconnect, self.backoff, self.max_backoff)
         while True:

@@ -977,3 +977,15 @@ def test_examples_of_the_wrong_shape_are_refused_naming_the_example(examples, sa
         pytest.raises(InvalidInputError, match=said),
     ):
         client.create_classifier("c", examples)
+
+
+@pytest.mark.parametrize("version", [0, -1, True, 1.0])
+def test_a_classifier_version_below_1_is_refused_not_read_as_the_latest(version) -> None:
+    """version=0 went on the wire as 0, the latest, where the CLI's --version 0 is refused."""
+    with protssl.Client("127.0.0.1:1", retries=0) as client:  # refused before any call
+        for call in (
+            lambda: client.get_classifier("is-fam", version=version),
+            lambda: client.classify("is-fam", ["MKTAYIAKQR"], version=version),
+        ):
+            with pytest.raises(InvalidInputError, match=r"^version must be a whole number >= 1"):
+                call()
