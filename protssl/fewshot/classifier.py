@@ -83,11 +83,20 @@ def require_labels(
     labels: Sequence[Sequence[str]], ids: Sequence[str] | None = None, *, source: str = ""
 ) -> None:
     """Refuse rows without a label, naming the first three and counting the rest: support and
-    evaluation truth need one each.
+    evaluation truth need one each; and the first row labelled `unknown`, the abstention's label.
 
     A row is named by its id when `ids` are given, else by its position; `source` (a file) is
     prefixed to the message.
     """
+    reserved = next((row for row, names in enumerate(labels) if UNKNOWN in names), None)
+    if reserved is not None:
+        named = (
+            f"record {ids[reserved]!r}" if ids is not None else f"support example #{reserved + 1}"
+        )
+        raise InvalidInputError(
+            f"{source + ': ' if source else ''}{named} has the label {UNKNOWN!r}, which a "
+            "classifier answers when it abstains: name that class otherwise"
+        )
     missing = [row for row, names in enumerate(labels) if not names]
     if not missing:
         return
@@ -156,11 +165,11 @@ class FewShotClassifier:
         if not features:
             raise InvalidInputError("no vectors given to fit a classifier")
         require_labels(label_sets)
-        if any(UNKNOWN in ls for ls in label_sets):
-            raise InvalidInputError(f"{UNKNOWN!r} is reserved and cannot be a class label")
         classes = tuple(sorted({c for ls in label_sets for c in ls}))
         if len(classes) < 2:
-            raise InvalidInputError(f"need at least 2 classes, got {len(classes)}: {classes}")
+            raise InvalidInputError(
+                f"need at least 2 classes, got {len(classes)}: {', '.join(map(repr, classes))}"
+            )
         if len(label_sets) < 3:
             raise InvalidInputError("need at least 3 labelled examples")
         if len(label_sets) * len(classes) > config.max_cells:

@@ -161,11 +161,11 @@ def test_the_ood_gate_uses_plain_cosine_and_old_states_keep_the_centred_one(
 
 def test_fit_rejects_bad_support() -> None:
     x = {1: np.eye(4)}
-    with pytest.raises(InvalidInputError, match="at least 2 classes"):
-        FewShotClassifier.fit(x, [("a",)] * 4)
+    with pytest.raises(InvalidInputError, match=r"^need at least 2 classes, got 1: 'a'$"):
+        FewShotClassifier.fit(x, [("a",)] * 4)  # it printed a tuple: ('a',)
     with pytest.raises(InvalidInputError, match="support example #3 has no label"):
         FewShotClassifier.fit(x, [("a",), ("b",), (), ("a",)])
-    with pytest.raises(InvalidInputError, match="reserved"):
+    with pytest.raises(InvalidInputError, match=r"^support example #3 has the label 'unknown'"):
         FewShotClassifier.fit(x, [("a",), ("b",), (UNKNOWN,), ("a",)])
     with pytest.raises(InvalidInputError, match="at least 3 labelled"):
         FewShotClassifier.fit({1: np.eye(2)}, [("a",), ("b",)])
@@ -188,6 +188,10 @@ def test_require_labels_names_the_unlabelled_records_and_their_file() -> None:
         )
     with pytest.raises(InvalidInputError, match=r"^support example #1 has no label"):
         require_labels([()])
+    # the abstention's label, named by file and record (it named neither)
+    reserved = r"^x\.fasta: record 'P2' has the label 'unknown', which a classifier answers when"
+    with pytest.raises(InvalidInputError, match=reserved):
+        require_labels([("a",), ("b", "unknown")], ["P1", "P2"], source="x.fasta")
     with pytest.raises(
         InvalidInputError,
         match=r"^2 support examples have no label: support example #1, support example #2 \(",
