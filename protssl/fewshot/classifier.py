@@ -90,11 +90,9 @@ def require_labels(
     """
     reserved = next((row for row, names in enumerate(labels) if UNKNOWN in names), None)
     if reserved is not None:
-        named = (
-            f"record {ids[reserved]!r}" if ids is not None else f"support example #{reserved + 1}"
-        )
+        who = f"record {ids[reserved]!r}" if ids is not None else f"support example #{reserved + 1}"
         raise InvalidInputError(
-            f"{source + ': ' if source else ''}{named} has the label {UNKNOWN!r}, which a "
+            f"{source + ': ' if source else ''}{who} has the label {UNKNOWN!r}, which a "
             "classifier answers when it abstains: name that class otherwise"
         )
     missing = [row for row, names in enumerate(labels) if not names]
