@@ -142,8 +142,15 @@ def supervise(config: ServiceConfig, serve_process: ServeProcess) -> int:
             for i in range(n)
         ]
         stopped = stop_on_signals()
-        for child in children:
-            child.start()
+        # Started with SIGINT ignored, which a new interpreter keeps until its server installs its
+        # own handler: Ctrl-C reaches the whole process group, and a child still starting up died
+        # of it with a traceback (in its imports); this process stops them with SIGTERM.
+        handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            for child in children:
+                child.start()
+        finally:
+            signal.signal(signal.SIGINT, handler)
         try:
             metrics_ports = _wait_ready(children, ready, stopped)
             if metrics_ports is not None:
