@@ -88,25 +88,25 @@ def require_labels(
     A row is named by its id when `ids` are given, else by its position; `source` (a file) is
     prefixed to the message.
     """
+    where = f"{source}: " if source else ""
+
+    def name(row: int) -> str:
+        return f"record {ids[row]!r}" if ids is not None else f"support example #{row + 1}"
+
     reserved = next((row for row, names in enumerate(labels) if UNKNOWN in names), None)
     if reserved is not None:
-        who = f"record {ids[reserved]!r}" if ids is not None else f"support example #{reserved + 1}"
         raise InvalidInputError(
-            f"{source + ': ' if source else ''}{who} has the label {UNKNOWN!r}, which a "
-            "classifier answers when it abstains: name that class otherwise"
+            f"{where}{name(reserved)} has the label {UNKNOWN!r}, which a classifier answers when "
+            "it abstains: name that class otherwise"
         )
     missing = [row for row, names in enumerate(labels) if not names]
     if not missing:
         return
-    named = [
-        f"record {ids[row]!r}" if ids is not None else f"support example #{row + 1}"
-        for row in missing[:3]
-    ]
+    named = [name(row) for row in missing[:3]]
     more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
     rows = "records" if ids is not None else "support examples"
     what = f"{named[0]} has" if len(missing) == 1 else f"{len(missing)} {rows} have"
     listed = "" if len(missing) == 1 else f": {', '.join(named)}{more}"
-    where = f"{source}: " if source else ""
     raise InvalidInputError(
         f"{where}{what} no label{listed} (write >ID label=A or label=A;B in the FASTA header)"
     )
