@@ -293,6 +293,7 @@ def _recipe_checks_as_options() -> Iterator[None]:
 def _pretrain(args: argparse.Namespace) -> int:
     from protssl.hardware import fit_threads_to_cpu_budget
     from protssl.pretrain import pretrain
+    from protssl.pretrain.loop import resume_command
 
     if args.nproc > 1:
         return _launch_torchrun(args.nproc, args.run_dir)
@@ -313,7 +314,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     )
     if under_torchrun and int(os.environ.get("RANK", "0")) != 0:
         return 0  # rank 0 says how the run ended
-    go_on = f"protssl pretrain --resume --run-dir {config.run_dir}"
+    go_on = resume_command(config.run_dir)
     if result.model_dir is not None:
         log.info("model written to %s", result.model_dir)
     elif result.signal is not None and not under_torchrun:
@@ -377,6 +378,8 @@ def _stop_workers(torchrun: subprocess.Popen[bytes], run_dir: Path) -> str:
     """SIGTERM torchrun's workers, which checkpoint at their next step and exit (torchrun then
     ends as they did), and wait for them; what is kept. Where the workers cannot be found (no
     /proc), torchrun is signalled and passes it on. A second Ctrl-C or SIGTERM kills them all."""
+    from protssl.pretrain.loop import resume_command
+
     workers = _children(torchrun.pid)
     for pid in workers or [torchrun.pid]:
         with suppress(ProcessLookupError):
@@ -392,10 +395,7 @@ def _stop_workers(torchrun: subprocess.Popen[bytes], run_dir: Path) -> str:
         return f"training killed; its last checkpoint in {run_dir} is kept"
     if code != 0:
         return f"training ended with exit code {code}; its last checkpoint in {run_dir} is kept"
-    return (
-        f"the workers checkpointed and stopped: continue with protssl pretrain --resume --run-dir "
-        f"{run_dir}"
-    )
+    return f"the workers checkpointed and stopped: continue with {resume_command(run_dir)}"
 
 
 def _children(pid: int) -> list[int]:

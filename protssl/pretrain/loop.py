@@ -187,13 +187,18 @@ def _pretrain(
             lock.release()
 
 
+def resume_command(run_dir: Path) -> str:
+    """The command that continues the run in `run_dir`, as messages give it."""
+    return f"protssl pretrain --resume --run-dir {run_dir}"
+
+
 def refuse_occupied(run_dir: Path) -> None:
     """Refuse to start a new run in a folder that holds one: starting over there would overwrite
     its checkpoint and log."""
     if (run_dir / CHECKPOINT_NAME).exists():
         raise InvalidInputError(
             f"run folder {str(run_dir)!r} holds a run already ({CHECKPOINT_NAME}): continue "
-            f"it with protssl pretrain --resume --run-dir {run_dir}, or give another "
+            f"it with {resume_command(run_dir)}, or give another "
             "--run-dir (or remove that folder) to start a new one"
         )
 
