@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -201,15 +202,21 @@ def _alive(pid: int) -> bool:
     return fields is not None and fields[0] != "Z"
 
 
-@pytest.mark.slow
-def test_children_stop_when_the_parent_is_killed(sample_fasta, tmp_path):
+def _two_tiny_servers(tmp_path: Path, **popen: Any) -> subprocess.Popen[str]:
+    """`--processes 2` serving a tiny model without a store or metrics, stderr piped."""
     model_dir = save_tiny_model(tmp_path / "tiny")
-    process = subprocess.Popen(
+    return subprocess.Popen(
         [*TWO_PROCESSES, "--metrics-port", "off", "--store", "false", "--model", str(model_dir)],
         env=dict(os.environ, OMP_WAIT_POLICY="PASSIVE"),
         stderr=subprocess.PIPE,
         text=True,
+        **popen,
     )
+
+
+@pytest.mark.slow
+def test_children_stop_when_the_parent_is_killed(sample_fasta, tmp_path):
+    process = _two_tiny_servers(tmp_path)
     servers: list[int] = []
     try:
         wait_for_line(process, r"serving protssl.v1 on 127.0.0.1:\d+")
@@ -237,14 +244,8 @@ def test_ctrl_c_to_the_process_group_stops_it_with_exit_0(tmp_path, when: str):
     """Ctrl-C (or systemd's SIGTERM to the whole cgroup) reaches every process: a child still
     loading died of it, and the parent's SIGTERM landed on a stopped child while its interpreter
     exited: the group exited 1, exit codes like [-2, -15], as if a child had failed."""
-    model_dir = save_tiny_model(tmp_path / "tiny")
-    process = subprocess.Popen(
-        [*TWO_PROCESSES, "--metrics-port", "off", "--store", "false", "--model", str(model_dir)],
-        env=dict(os.environ, OMP_WAIT_POLICY="PASSIVE"),
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own process group, as a terminal's foreground job
-    )
+    # its own process group, as a terminal's foreground job
+    process = _two_tiny_servers(tmp_path, start_new_session=True)
     try:
         if when == "serving":
             wait_for_line(process, r"serving protssl.v1 on 127.0.0.1:\d+")
