@@ -9,8 +9,8 @@ client certificate and key for mutual TLS) make the channel TLS. Calls time out 
 seconds; a stream, however long it runs, after `timeout` seconds without a message either way),
 retry with exponential backoff while the server is UNAVAILABLE (the long jobs, `embed_file`,
 `embed_fasta`, `embed_stream` and `classify`, keep trying for `reconnect` seconds and carry on
-where they stopped), and raise the protssl error the server raised (the class it names in the call's
-trailers, else the one `protssl.errors.ERROR_TABLE` gives its status) with the server's
+where they stopped), and raise the protssl error the server raised (the class it names in the
+call's trailers, else the one `protssl.errors.ERROR_TABLE` gives its status) with the server's
 message. This module is the
 only part of `protssl` that imports grpc; `import protssl` loads it on first use of `protssl.Client`.
 Messages are translated by `protssl.wire`, as in the server.
@@ -433,8 +433,8 @@ class Client:
 
     `reconnect`: seconds `embed_file`, `embed_fasta`, `embed_stream` and `classify` keep trying
     when the server goes away, restarts, is overloaded or stops answering midway (a result that
-    comes back starts the count again); each try sends only what has no result yet. 0: raise at once (`embed_file`
-    keeps what came back).
+    comes back starts the count again); each try sends only what has no result yet. 0: raise at
+    once (`embed_file` keeps what came back).
     """
 
     def __init__(
