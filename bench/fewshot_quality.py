@@ -64,6 +64,7 @@ from protssl.fewshot import (
     candidate_layers,
     embed_for_fewshot,
 )
+from protssl.fewshot.config import Method
 from protssl.info import describe
 from protssl.pooling import POOLED
 
@@ -76,6 +77,8 @@ COMPOSITION_ANCHORS = (
 """(anchor name, features of sequences, z-score them with the support set's statistics); the
 last is composition split as `segments` pooling splits a protein."""
 ANCHORS = (*(name for name, _, _ in COMPOSITION_ANCHORS), "mmseqs2_best_hit")
+SWEPT: Method = "knn"
+"""The head run at each target precision of `--sweep` (the cheapest to fit: leave-one-out)."""
 log = logging.getLogger("fewshot_quality")
 
 
@@ -287,6 +290,19 @@ def main() -> None:
         help="how the classifiers' vectors are pooled (default mean)",
     )
     parser.add_argument(
+        "--target-precision",
+        type=float,
+        default=FewShotConfig().target_precision,
+        help="the heads' target precision (default the classifiers' own)",
+    )
+    parser.add_argument(
+        "--sweep",
+        type=lambda text: [float(t) for t in text.split(",")],
+        default=[0.5, 0.7, 0.8, 0.9, 0.99],
+        metavar="T,T,...",
+        help=f"target precisions the {SWEPT} head is also run at (answered rate, accuracy)",
+    )
+    parser.add_argument(
         "--vectors-cache",
         metavar="NPZ",
         help="reuse (or write) the embedded vectors here; keyed by the model's sha256",
@@ -322,6 +338,21 @@ def main() -> None:
         rows = [row_of[r.id] for r in subset]
         return {k: v[rows] for k, v in vectors.items()}
 
+    def evaluate(name: str, config: FewShotConfig) -> dict[str, Any]:
+        """One head's metrics on one task (episodes: over every episode)."""
+        support, query = tasks[name]
+        if name == "ec_episodes":
+            return evaluate_episodes(
+                features(support), [r.labels for r in support], query, config,
+                sequences=[r.sequence for r in support],
+            ).metrics  # fmt: skip
+        return evaluate_split(
+            features(support), [r.labels for r in support],
+            features(query), [r.labels for r in query], config,
+            support_sequences=[r.sequence for r in support],
+            query_sequences=[r.sequence for r in query],
+        ).metrics  # fmt: skip
+
     have_mmseqs = shutil.which("mmseqs") is not None
     if not have_mmseqs:
         print(
@@ -331,7 +362,9 @@ def main() -> None:
         )
     results: dict[str, dict[str, Any]] = {}
     ood: dict[str, float] = {}
-    progress = tqdm(total=len(tasks) * len(METHODS), desc="fit+predict", unit="head")
+    target, sweep = args.target_precision, args.sweep
+    swept: dict[str, dict[str, Any]] = defaultdict(dict)
+    progress = tqdm(total=len(tasks) * (len(METHODS) + len(sweep)), desc="fit+predict", unit="head")
     work = Path(tempfile.mkdtemp(prefix="fewshot_quality_"))
     try:
         for name, (support, query) in tasks.items():
@@ -339,19 +372,12 @@ def main() -> None:
             sizes = f"{len(support)} support"
             if name == "ec_episodes":
                 episodes: list[Episode] = query
-                labels = [r.labels for r in support]
                 sizes = f"{len(episodes)} episodes of {args.ways}-way {args.shots}-shot"
                 for method in METHODS:
                     t0 = time.perf_counter()
-                    result = evaluate_episodes(
-                        features(support),
-                        labels,
-                        episodes,
-                        FewShotConfig(method=method),
-                        sequences=[r.sequence for r in support],
-                    )
+                    metrics = evaluate(name, FewShotConfig(method, target_precision=target))
                     results[name][method] = _row(
-                        result.metrics, time.perf_counter() - t0, result.metrics["layer"]
+                        metrics, time.perf_counter() - t0, metrics["layer"]
                     )
                     progress.update()
                 truth = [support[i].labels for e in episodes for i in e.query]
@@ -384,15 +410,10 @@ def main() -> None:
                 truth = [r.labels for r in query]
                 for method in METHODS:
                     t0 = time.perf_counter()
-                    config = FewShotConfig(method=method)
-                    result = evaluate_split(
-                        features(support), [r.labels for r in support],
-                        features(query), truth, config,
-                        support_sequences=[r.sequence for r in support],
-                        query_sequences=[r.sequence for r in query],
-                    )  # fmt: skip
+                    config = FewShotConfig(method, target_precision=target)
+                    metrics = evaluate(name, config)
                     results[name][method] = _row(
-                        result.metrics, time.perf_counter() - t0, result.metrics["layer"]
+                        metrics, time.perf_counter() - t0, metrics["layer"]
                     )
                     if name == "is_families":
                         classifier = FewShotClassifier.fit(
@@ -426,6 +447,15 @@ def main() -> None:
                         label_metrics(truth, preds), time.perf_counter() - t0
                     )
             results[name]["_sizes"] = sizes
+        for name in tasks:
+            for t in sweep:
+                metrics = evaluate(name, FewShotConfig(SWEPT, target_precision=t))
+                swept[name][str(t)] = {
+                    "answered_rate": round(metrics["answered_rate"], 4),
+                    "accuracy_on_answered": round(metrics["accuracy_on_answered"], 4),
+                    "f1": round(metrics["f1"], 4),
+                }
+                progress.update()
     finally:
         progress.close()
         shutil.rmtree(work, ignore_errors=True)
@@ -449,6 +479,13 @@ def main() -> None:
                 f"{row.get('layer', ''):>5} {row['seconds']:>6.1f}"
             )
     print(f"\nOOD: fraction of Pfam domains the IS-family classifiers call unknown: {ood}")
+    print(f"\n{SWEPT} by --target-precision: answered / accuracy on answered")
+    for name, by_target in swept.items():
+        cells = (
+            f"{t}: {m['answered_rate']:.2f} / {m['accuracy_on_answered']:.2f}"
+            for t, m in by_target.items()
+        )
+        print(f"{name:<12} " + "   ".join(cells))
     best_vs_anchor = {}
     hybrid_vs_anchors = {}
     embedding_heads = [m for m in METHODS if m != "hybrid"]
@@ -486,6 +523,8 @@ def main() -> None:
         "mmseqs": have_mmseqs,
         "results": results,
         "ood_unknown_rate": ood,
+        "target_precision": target,
+        "target_sweep": {"method": SWEPT, **swept},
         "summary": best_vs_anchor,
         "hybrid_vs_anchors": hybrid_vs_anchors,
     }

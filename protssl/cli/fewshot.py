@@ -323,6 +323,14 @@ def _print_saved(stored: Any, classifier: FewShotClassifier) -> None:
         f"({held_out['held_out']}) top-1 accuracy {held_out['top1_accuracy']:.3f}, "
         f"answers {held_out['answered_rate']:.0%} at accuracy {held_out['accuracy_on_answered']:.3f}"
     )
+    target, reached = classifier.config.target_precision, held_out.get("best_precision")
+    if reached is not None and reached < target:
+        print(
+            f"note: no confidence cut reaches --target-precision {target:g} on held-out support "
+            f"(the best reaches {reached:.3f}), so it answers only where it is most sure; a lower "
+            "--target-precision answers more",
+            file=sys.stderr,
+        )
     print(json.dumps(_summary(stored, classifier), sort_keys=True))
 
 

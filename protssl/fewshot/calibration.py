@@ -1,9 +1,9 @@
 """Calibration and abstention: temperature, confidence thresholds, extra labels, EC back-off.
 
 Everything here works on held-out support scores: `calibrate` picks the temperature,
-`precision_threshold` the confidence cut that reaches a target precision, `best_ratio` the
-extra-label ratio of multi-label support, and `back_off_levels` the parents (1.1.1.-) that dotted
-labels back off to.
+`precision_threshold` the confidence cut that reaches a target precision (or comes closest),
+`best_ratio` the extra-label ratio of multi-label support, and `back_off_levels` the parents
+(1.1.1.-) that dotted labels back off to.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ __all__ = [
     "Level",
     "TemperatureFit",
     "back_off_levels",
+    "best_precision",
     "best_ratio",
     "calibrate",
     "fit_temperature",
@@ -93,32 +94,40 @@ def calibrate(scores: np.ndarray, y: np.ndarray, evidence: np.ndarray | None = N
     return fit_temperature(scores, y, evidence).temperature
 
 
+def _cuts(confidence: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each confidence cut between distinct values, highest first, and the held-out precision of
+    answering every row at or above it."""
+    order = np.argsort(-confidence, kind="stable")
+    conf, hits = confidence[order], correct[order].astype(np.float64)
+    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    last_of_value = np.append(conf[1:] < conf[:-1], True)[: len(conf)]
+    return conf[last_of_value], precision[last_of_value]
+
+
+def best_precision(confidence: np.ndarray, correct: np.ndarray) -> float:
+    """The highest held-out precision any confidence cut reaches (0 without rows)."""
+    _, precision = _cuts(confidence, correct)
+    return float(precision.max()) if len(precision) else 0.0
+
+
 def precision_threshold(
     confidence: np.ndarray, correct: np.ndarray, target: float, *, strict: bool = False
 ) -> float:
     """Lowest confidence cut whose answered held-out set reaches `target` precision.
 
-    When no cut reaches it, the cut with the best held-out micro-F1 (abstaining costs recall), or
-    with `strict` a cut above every probability; with no correct answer at all (or no rows),
-    that cut too: never answer.
+    When no cut reaches it, the lowest cut with the highest held-out precision, so that a higher
+    target never answers more; with `strict`, or with no correct answer at all (or no rows), a
+    cut above every probability: never answer.
     """
     if not correct.any():
         return NEVER
-    order = np.argsort(-confidence, kind="stable")
-    conf, hits = confidence[order], correct[order].astype(np.float64)
-    answered = np.arange(1, len(hits) + 1)
-    right = np.cumsum(hits)
-    precision = right / answered
-    # only cut between distinct confidence values
-    last_of_value = np.append(conf[1:] < conf[:-1], True)
-    ok = np.flatnonzero(last_of_value & (precision >= target))
+    cuts, precision = _cuts(confidence, correct)
+    ok = np.flatnonzero(precision >= target)
     if len(ok):
-        return float(conf[ok[-1]])
+        return float(cuts[ok[-1]])
     if strict:
         return NEVER
-    candidates = np.flatnonzero(last_of_value)
-    f1 = 2 * right[candidates] / (answered[candidates] + len(hits))
-    return float(conf[candidates[np.argmax(f1)]])
+    return float(cuts[np.flatnonzero(precision == precision.max())[-1]])
 
 
 _RATIOS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)

@@ -11,7 +11,7 @@ scores, so that `predict` says `unknown` instead of a confident wrong label:
   is what sets them apart from unrelated proteins (IS-family classifiers on the shipped model:
   AUROC 0.93 against Pfam domains, against 0.79 centred);
 - a query whose calibrated top probability is under the threshold that gave `target_precision` on
-  held-out support (or, when none does, the best held-out micro-F1) is `unknown`, or, for dotted
+  held-out support (or, when none does, the most precise one) is `unknown`, or, for dotted
   hierarchical labels (EC 1.1.1.1), the deepest parent (1.1.1.-) whose summed probability clears
   that level's own threshold;
 - multi-label support (`label=A;B`): the extra labels whose probability is within a ratio of the
@@ -238,7 +238,8 @@ class FewShotClassifier:
         # hybrid: a cut for answers resting on alignment and one for the embedding fallback, so
         # that precise alignments do not carry imprecise embedding answers past a shared cut; the
         # fallback answers only where its held-out answers reach the target precision
-        threshold = cut(evidence & aligned if (evidence & aligned).any() else evidence)
+        cut_rows = evidence & aligned if (evidence & aligned).any() else evidence
+        threshold = cut(cut_rows)
         fallback_threshold = None
         if config.method == "hybrid":
             fallback_threshold = cut(evidence & ~aligned, strict=True)
@@ -268,6 +269,7 @@ class FewShotClassifier:
             "held_out_examples": len(y_held),
             "answered_rate": float(answered.mean()),
             "accuracy_on_answered": float(correct[answered].mean()) if answered.any() else 0.0,
+            "best_precision": calibration.best_precision(top_p[cut_rows], correct[cut_rows]),
             "examples": len(y),
             "classes": len(classes),
         }

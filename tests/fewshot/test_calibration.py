@@ -14,20 +14,38 @@ from protssl.fasta import ProteinRecord
 from protssl.fewshot import UNKNOWN, FewShotClassifier, FewShotConfig, Prediction
 from protssl.fewshot.calibration import (
     back_off_levels,
+    best_precision,
     calibrate,
     precision_threshold,
     softmax,
 )
 
-from .support import two_layers
+from .support import enzyme_slice, two_layers
 
 
-def test_abstention_threshold_reaches_the_target_or_maximises_f1() -> None:
+def test_abstention_threshold_reaches_the_target_or_comes_closest() -> None:
     confidence = np.array([0.9, 0.8, 0.7, 0.6])
     # answering the top two is 100% precise; the third would drop precision to 2/3
     assert precision_threshold(confidence, np.array([1, 1, 0, 1]), 0.9) == 0.8
-    # no cut reaches 0.9: answered-F1 = 2·right/(answered + 4) is best when answering all four
+    # no cut reaches 0.9; the most precise cuts (1/2) are 0.8 and 0.6: the lower answers more
     assert precision_threshold(confidence, np.array([0, 1, 0, 1]), 0.9) == 0.6
+    # here the best micro-F1 cut (answer all 8 at precision 3/8) is not the most precise one
+    confidence = np.linspace(0.9, 0.2, 8)
+    correct = np.array([0, 1, 1, 0, 0, 0, 0, 1], dtype=bool)
+    assert precision_threshold(confidence, correct, 0.9) == pytest.approx(0.7)  # 2 of 3
+    assert best_precision(confidence, correct) == pytest.approx(2 / 3)
+    assert best_precision(confidence[:0], correct[:0]) == 0.0
+
+
+def test_a_higher_target_never_answers_more() -> None:
+    rng = np.random.default_rng(0)
+    targets = np.linspace(0.05, 1.0, 40)
+    for _ in range(200):
+        n = int(rng.integers(1, 40))
+        confidence = rng.choice(np.linspace(0.1, 1.0, 10), n)  # ties included
+        correct = rng.random(n) < rng.random()
+        cuts = [precision_threshold(confidence, correct, float(t)) for t in targets]
+        assert cuts == sorted(cuts), (confidence, correct)
 
 
 def test_calibration_makes_the_top_probability_match_held_out_accuracy() -> None:
@@ -126,8 +144,26 @@ def test_multi_label_support_predicts_both_labels(phosphatases: list[ProteinReco
 def test_a_strict_cut_never_answers_when_no_cut_reaches_the_target() -> None:
     confidence = np.array([0.9, 0.8, 0.7, 0.6])
     correct = np.array([False, True, True, False])
-    loose = precision_threshold(confidence, correct, 0.95)
-    assert loose <= 0.9  # the best-F1 cut still answers
+    assert precision_threshold(confidence, correct, 0.95) == 0.7  # the most precise cut answers
     assert precision_threshold(confidence, correct, 0.95, strict=True) > 1.0
     assert precision_threshold(confidence, correct, 0.5, strict=True) == 0.6
     assert precision_threshold(confidence[:0], correct[:0], 0.5) > 1.0
+
+
+def test_an_unreachable_target_answers_only_the_most_precise_cut_on_real_enzymes(
+    shared_file: Callable[..., Path],
+) -> None:
+    support = enzyme_slice(shared_file("ec/clean_split10.fasta"))
+    answered, precise = [], []
+    for target in (0.5, 0.7, 0.8, 0.9, 0.99):
+        config = FewShotConfig(method="knn", target_precision=target)
+        metrics = FewShotClassifier.fit(
+            two_layers(support), [r.labels for r in support], config
+        ).support_metrics
+        answered.append(metrics["answered_rate"])
+        precise.append(metrics["accuracy_on_answered"])
+    assert metrics["best_precision"] < 0.9
+    assert answered == sorted(answered, reverse=True) and answered[-1] < answered[0] / 3
+    assert answered[-1] == answered[-2]  # both out of reach: the same, most precise cut
+    assert precise[-1] == pytest.approx(metrics["best_precision"])
+    assert precise == sorted(precise)

@@ -24,7 +24,7 @@ from protssl.fasta import FastaPolicy, ProteinRecord, read_fasta
 from protssl.fewshot import FewShotConfig, embed_for_fewshot, sample_episodes
 from protssl.store import Store, StoreConfig
 
-from .support import run_cli, write_fasta
+from .support import enzyme_slice, run_cli, write_fasta
 
 
 def test_fewshot_eval_cli_split_episodes_and_report(
@@ -448,3 +448,40 @@ _MAIN = (
 def _cached_vectors(url: str) -> int:
     with Store(StoreConfig(url=url)) as store:
         return sum(group.vectors for group in store.embeddings.summary())
+
+
+def test_classifier_create_says_when_no_cut_reaches_the_target_precision(
+    tmp_path: Path,
+    windowed_model_dir: Path,
+    shared_file: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    enzymes = enzyme_slice(shared_file("ec/clean_split10.fasta"))
+    support = write_fasta(tmp_path / "support.fasta", enzymes)
+    create = [
+        "--fasta",
+        str(support),
+        "--method",
+        "knn",
+        "--db",
+        f"sqlite:///{tmp_path / 'store.sqlite3'}",
+        "--no-progress",
+    ]
+    create += ["--model", str(windowed_model_dir), "--dtype", "float32"]
+    said = {}
+    for target in ("0.5", "0.99"):
+        name = f"tfam{target}"
+        assert run_cli(["classifier", "create", name, *create, "--target-precision", target]) == 0
+        captured = capsys.readouterr()
+        said[target] = (json.loads(captured.out.strip().splitlines()[-1]), captured.err)
+    (reachable, quiet), (unreachable, note) = said["0.5"], said["0.99"]
+    best = unreachable["support_metrics"]["best_precision"]
+    assert reachable["support_metrics"]["best_precision"] == best < 0.99  # the random model
+    assert "target-precision" not in quiet
+    assert note.strip().splitlines()[-1] == (
+        "note: no confidence cut reaches --target-precision 0.99 on held-out support (the best "
+        f"reaches {best:.3f}), so it answers only where it is most sure; a lower "
+        "--target-precision answers more"
+    )
+    answered = [s["support_metrics"]["answered_rate"] for s, _ in said.values()]
+    assert answered[1] < answered[0]
