@@ -248,11 +248,24 @@ class ClassifierInfo:
     """ISO 8601."""
     pooling: str = "mean"
     """Of the vectors it was fitted on, and classifies."""
+    threshold: float | None = None
+    """The confidence cut of an answer (hybrid: of answers an alignment hit decided); None from a
+    server from before the cuts were sent, as are the cuts below."""
+    fallback_threshold: float | None = None
+    """Hybrid: the cut of answers without alignment evidence; None for the other methods."""
+    ood_threshold: float | None = None
+    """The out-of-distribution gate: a query whose nearest support example's cosine is under it
+    is unknown."""
+    multi_label_ratio: float | None = None
+    """Extra labels at >= this fraction of the top probability; None: the top label only."""
+    back_off_levels: tuple[dict[str, Any], ...] = ()
+    """The parents dotted labels back off to, deepest first: `depth` (label parts kept),
+    `parents` (labels at it), `threshold` (the cut on a parent's summed probability)."""
 
 
 def classifier_info_to_proto(stored: StoredClassifier) -> pb.ClassifierInfo:
     """A stored classifier version as its protobuf summary."""
-    metrics = stored.metrics
+    metrics, cuts = stored.metrics, stored.cuts
     return pb.ClassifierInfo(
         id=str(stored.id),
         name=stored.name,
@@ -272,7 +285,16 @@ def classifier_info_to_proto(stored: StoredClassifier) -> pb.ClassifierInfo:
         ),
         created_at=stored.created_at.isoformat(),
         pooling=POOLING.value(stored.pooling),
+        threshold=cuts["threshold"],
+        fallback_threshold=cuts["fallback_threshold"],
+        ood_threshold=cuts["ood_threshold"],
+        multi_label_ratio=cuts["multi_label_ratio"],
+        back_off_levels=[pb.BackOffLevel(**level) for level in cuts["back_off_levels"]],
     )
+
+
+_CUTS = ("threshold", "fallback_threshold", "ood_threshold", "multi_label_ratio")
+"""ClassifierInfo's optional cuts: None when unset."""
 
 
 def classifier_info_from_proto(message: pb.ClassifierInfo) -> ClassifierInfo:
@@ -284,6 +306,11 @@ def classifier_info_from_proto(message: pb.ClassifierInfo) -> ClassifierInfo:
         pooling=POOLING.name(message.pooling),
         labels=tuple(message.labels),
         metrics={f.name: getattr(metrics, f.name) for f in metrics.DESCRIPTOR.fields},
+        **{name: getattr(message, name) if message.HasField(name) else None for name in _CUTS},
+        back_off_levels=tuple(
+            {"depth": level.depth, "parents": level.parents, "threshold": level.threshold}
+            for level in message.back_off_levels
+        ),
     )
 
 

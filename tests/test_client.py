@@ -36,6 +36,7 @@ from protssl.errors import (
 from protssl.fasta import ProteinRecord, read_fasta
 from protssl.output import journal_path, read_vectors
 from protssl.pooling import SEGMENTS
+from protssl.store import Store, StoreConfig
 
 pytestmark = pytest.mark.service
 
@@ -748,7 +749,17 @@ def test_classifiers_through_the_sdk(model, by_family, tmp_path):
         pairs = [(r.sequence, r.labels[0]) for r in by_family["fn3"][4:6]]
         assert client.add_examples("two", pairs).version == 2
         assert [c.name for c in client.list_classifiers()] == ["two"]
-        assert client.get_classifier("two", version=1).examples == 8
+        first_version = client.get_classifier("two", version=1)
+        assert first_version.examples == 8
+        with Store(
+            StoreConfig(url=url, migrate=False)
+        ) as store:  # the cuts `classifier show` gives
+            cuts = store.classifiers.get("two", 1).cuts
+        assert cuts["threshold"] is not None and cuts["back_off_levels"] == []
+        assert {name: getattr(first_version, name) for name in cuts} == {
+            **cuts,
+            "back_off_levels": (),
+        }
         queries = {r.id: r.sequence for r in by_family["RRM_1"][4:7]}
         first, again = CacheStats(), CacheStats()
         predictions = client.classify("two", queries, stats=first)

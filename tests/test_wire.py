@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from pathlib import Path
 
@@ -145,6 +146,29 @@ def test_model_classifier_and_prediction_messages_round_trip(tiny_model_dir: Pat
             "layer": 1,
         },
         created_at=created.isoformat(),
+    )
+    # the cuts a decision is held to travel too (unset above: read as a server without them)
+    cuts = {
+        "threshold": 0.4,
+        "fallback_threshold": None,
+        "ood_threshold": 0.85,
+        "multi_label_ratio": 0.5,
+        "levels": [
+            {"depth": 3, "parents": ["1.1.1.-", "2.1.1.-"], "threshold": 0.6},
+            {"depth": 2, "parents": ["1.1.-.-", "2.1.-.-"], "threshold": 0.7},
+        ],
+    }
+    with_cuts = dataclasses.replace(stored, params={**stored.params, **cuts})
+    got = wire.classifier_info_from_proto(wire.classifier_info_to_proto(with_cuts))
+    assert (got.threshold, got.fallback_threshold, got.ood_threshold, got.multi_label_ratio) == (
+        0.4,
+        None,
+        0.85,
+        0.5,
+    )
+    assert got.back_off_levels == (
+        {"depth": 3, "parents": 2, "threshold": 0.6},
+        {"depth": 2, "parents": 2, "threshold": 0.7},
     )
     answered = Prediction(
         "q1", ("fn3",), 0.75, "answered", "fn3", 0.75, 0.9, (("fn3", 0.75),), "alignment"

@@ -220,7 +220,7 @@ class ClassifierMetrics(_message.Message):
     def __init__(self, held_out: _Optional[str] = ..., top1_accuracy: _Optional[float] = ..., answered_rate: _Optional[float] = ..., accuracy_on_answered: _Optional[float] = ..., examples: _Optional[int] = ..., classes: _Optional[int] = ..., layer: _Optional[int] = ...) -> None: ...
 
 class ClassifierInfo(_message.Message):
-    __slots__ = ("id", "name", "version", "method", "model_sha256", "labels", "examples", "metrics", "created_at", "pooling")
+    __slots__ = ("id", "name", "version", "method", "model_sha256", "labels", "examples", "metrics", "created_at", "pooling", "threshold", "fallback_threshold", "ood_threshold", "multi_label_ratio", "back_off_levels")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -231,6 +231,11 @@ class ClassifierInfo(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     POOLING_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    OOD_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MULTI_LABEL_RATIO_FIELD_NUMBER: _ClassVar[int]
+    BACK_OFF_LEVELS_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     version: int
@@ -241,7 +246,22 @@ class ClassifierInfo(_message.Message):
     metrics: ClassifierMetrics
     created_at: str
     pooling: Pooling
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[int] = ..., method: _Optional[_Union[ClassifierMethod, str]] = ..., model_sha256: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., examples: _Optional[int] = ..., metrics: _Optional[_Union[ClassifierMetrics, _Mapping]] = ..., created_at: _Optional[str] = ..., pooling: _Optional[_Union[Pooling, str]] = ...) -> None: ...
+    threshold: float
+    fallback_threshold: float
+    ood_threshold: float
+    multi_label_ratio: float
+    back_off_levels: _containers.RepeatedCompositeFieldContainer[BackOffLevel]
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[int] = ..., method: _Optional[_Union[ClassifierMethod, str]] = ..., model_sha256: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., examples: _Optional[int] = ..., metrics: _Optional[_Union[ClassifierMetrics, _Mapping]] = ..., created_at: _Optional[str] = ..., pooling: _Optional[_Union[Pooling, str]] = ..., threshold: _Optional[float] = ..., fallback_threshold: _Optional[float] = ..., ood_threshold: _Optional[float] = ..., multi_label_ratio: _Optional[float] = ..., back_off_levels: _Optional[_Iterable[_Union[BackOffLevel, _Mapping]]] = ...) -> None: ...
+
+class BackOffLevel(_message.Message):
+    __slots__ = ("depth", "parents", "threshold")
+    DEPTH_FIELD_NUMBER: _ClassVar[int]
+    PARENTS_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    depth: int
+    parents: int
+    threshold: float
+    def __init__(self, depth: _Optional[int] = ..., parents: _Optional[int] = ..., threshold: _Optional[float] = ...) -> None: ...
 
 class CreateClassifierRequest(_message.Message):
     __slots__ = ("name", "method", "model", "examples", "new_version", "pooling")

@@ -306,9 +306,7 @@ def _summary(stored: Any, classifier: FewShotClassifier) -> dict[str, Any]:
         "examples": len(stored.examples),
         "layer": classifier.layer,
         "layer_scores": {str(k): v for k, v in classifier.layer_scores.items()},
-        "threshold": classifier.threshold,
-        "fallback_threshold": classifier.fallback_threshold,
-        "ood_threshold": classifier.ood_threshold,
+        **stored.cuts,
         "support_metrics": classifier.support_metrics,
         "created_at": stored.created_at.isoformat(),
     }

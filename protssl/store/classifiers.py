@@ -105,6 +105,31 @@ class StoredClassifier:
         """The pooling of the vectors it was fitted on (`mean` for versions saved before any other)."""
         return str(self.params.get("info", {}).get("pooling", "mean"))
 
+    @property
+    def cuts(self) -> dict[str, Any]:
+        """Its decision cuts, read from its parameters: `threshold` (the confidence cut; hybrid:
+        of answers an alignment hit decided), `fallback_threshold` (hybrid: of the others; else
+        None), `ood_threshold` (the out-of-distribution gate's cosine), `multi_label_ratio` (extra
+        labels at >= this fraction of the top probability; None: the top label only) and
+        `back_off_levels`, deepest parent first (`depth`: label parts kept, `parents`: labels at
+        it, `threshold`: the cut on a parent's summed probability; none unless labels are dotted).
+        """
+        params = self.params
+        return {
+            "threshold": params.get("threshold"),
+            "fallback_threshold": params.get("fallback_threshold"),
+            "ood_threshold": params.get("ood_threshold"),
+            "multi_label_ratio": params.get("multi_label_ratio"),
+            "back_off_levels": [
+                {
+                    "depth": int(level["depth"]),
+                    "parents": len(level["parents"]),
+                    "threshold": float(level["threshold"]),
+                }
+                for level in params.get("levels", ())
+            ],
+        }
+
 
 def _one_version(name: str, version: int | None, *columns: Any) -> Any:
     """SELECT `columns` of version `version` of classifier `name` (the latest if None)."""

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
 import pytest
 from service_support import running_server
 
@@ -21,10 +22,16 @@ from protssl.cli import main
 from protssl.errors import ClassifierNotFoundError, InvalidInputError
 from protssl.evaluation import evaluate_episodes, evaluate_split
 from protssl.fasta import FastaPolicy, ProteinRecord, read_fasta
-from protssl.fewshot import FewShotConfig, embed_for_fewshot, sample_episodes
+from protssl.fewshot import (
+    FewShotClassifier,
+    FewShotConfig,
+    embed_for_fewshot,
+    sample_episodes,
+    save_classifier,
+)
 from protssl.store import Store, StoreConfig
 
-from .support import enzyme_slice, run_cli, write_fasta
+from .support import enzyme_slice, run_cli, two_layers, write_fasta
 
 
 def test_fewshot_eval_cli_split_episodes_and_report(
@@ -485,3 +492,45 @@ def test_classifier_create_says_when_no_cut_reaches_the_target_precision(
     )
     answered = [s["support_metrics"]["answered_rate"] for s, _ in said.values()]
     assert answered[1] < answered[0]
+
+
+def _dotted_multi_label(tmp_path: Path) -> tuple[FewShotClassifier, str]:
+    """A hierarchical, multi-label classifier (EC-style labels on composition 'layers', one record
+    labelled twice) saved as `ec` in a fresh SQLite store; returns it and the store's URL."""
+    rng = np.random.default_rng(0)
+    alphabet = np.array(list("ACDEFGHIKLMNPQRSTVWY"))
+    labels = [("1.1.1.1",), ("1.1.1.2",), ("2.1.1.1",), ("1.1.1.1", "1.1.1.2")] * 4
+    records = [
+        ProteinRecord(f"r{i}", "".join(rng.choice(alphabet, 60)), labels=label)
+        for i, label in enumerate(labels)
+    ]
+    classifier = FewShotClassifier.fit(
+        two_layers(records), labels, FewShotConfig(method="knn", multi_label_ratio=0.5)
+    )
+    assert [level.depth for level in classifier.levels] == [3, 2, 1]
+    url = f"sqlite:///{tmp_path / 'ec.sqlite3'}"
+    with Store(StoreConfig(url=url)) as store:
+        save_classifier(store, "ec", classifier, records)
+    return classifier, url
+
+
+def test_classifier_show_gives_the_back_off_levels_and_the_multi_label_ratio(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`classifier show` left out two of the cuts a decision is held to: each back-off level's
+    threshold (a parent such as 1.1.1.- is answered when its summed probability clears it) and the
+    multi-label ratio; the SDK's `get_classifier` gives the same (tests/test_wire.py)."""
+    classifier, url = _dotted_multi_label(tmp_path)
+    assert run_cli(["classifier", "show", "ec", "--db", url]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["multi_label_ratio"] == 0.5
+    assert shown["back_off_levels"] == [
+        {"depth": 3, "parents": 2, "threshold": classifier.levels[0].threshold},
+        {"depth": 2, "parents": 2, "threshold": classifier.levels[1].threshold},
+        {"depth": 1, "parents": 2, "threshold": classifier.levels[2].threshold},
+    ]
+    assert (shown["threshold"], shown["ood_threshold"], shown["fallback_threshold"]) == (
+        classifier.threshold,
+        classifier.ood_threshold,
+        None,
+    )
