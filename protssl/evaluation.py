@@ -3,7 +3,8 @@
 Metrics follow EC-prediction papers (CLEAN): micro precision / recall / F1 over (query, label)
 pairs, where an abstention predicts no label. A backed-off parent label (1.1.1.-) is not a leaf
 answer: it counts as no label in the micro figures and is reported apart (`backoff_rate`,
-`backoff_precision` = parent matches a true label's parent). Also top-1 accuracy (forced choice:
+`backoff_precision` = parent matches a true label's parent; None when nothing backed off, for
+want of a back-off level or of a query that needed one). Also top-1 accuracy (forced choice:
 the most probable leaf label, whatever the decision), abstention rate, and accuracy on answered.
 """
 
@@ -40,6 +41,7 @@ __all__ = [
     "residue_codes",
     "sample_episodes",
     "segment_composition_features",
+    "shown_metric",
     "standardise",
     "write_report",
 ]
@@ -119,8 +121,9 @@ def _parent_matches(parent: str, truth: Sequence[str]) -> bool:
 
 def label_metrics(
     truth: Sequence[Sequence[str]], predictions: Sequence[Prediction]
-) -> dict[str, float]:
-    """Micro P/R/F1 over labels, top-1 accuracy, abstention and back-off rates, accuracy on answered."""
+) -> dict[str, float | None]:
+    """Micro P/R/F1 over labels, top-1 accuracy, abstention and back-off rates, accuracy on answered;
+    `backoff_precision` is None (not applicable) when no prediction backed off."""
     if len(truth) != len(predictions):
         raise InvalidInputError(f"{len(truth)} true label sets for {len(predictions)} predictions")
     tp = fp = fn = 0
@@ -152,7 +155,7 @@ def label_metrics(
         "top1_accuracy": top1 / n if n else 0.0,
         "abstention_rate": abstained / n if n else 0.0,
         "backoff_rate": backed / n if n else 0.0,
-        "backoff_precision": backed_right / backed if backed else 0.0,
+        "backoff_precision": backed_right / backed if backed else None,
         "answered_rate": answered / n if n else 0.0,
         "accuracy_on_answered": answered_right / answered if answered else 0.0,
     }
@@ -200,6 +203,13 @@ def reliability(
         table[-1]["count"] = int(mask.sum())
         ece += mask.mean() * abs(conf - acc)
     return table, float(ece)
+
+
+def shown_metric(value: object) -> str:
+    """A metric as tables show it: floats to 3 decimals, None (not applicable) as `n/a`."""
+    if value is None:
+        return "n/a"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
 def _pca_2d(x: np.ndarray) -> np.ndarray:
@@ -274,7 +284,7 @@ def write_report(
     figure.savefig(directory / "reliability.png", dpi=110, bbox_inches="tight")
 
     classes = per_class_metrics(result.truth, predictions)
-    metric_rows = [(k, f"{v:.3f}" if isinstance(v, float) else str(v)) for k, v in metrics.items()]
+    metric_rows = [(k, shown_metric(v)) for k, v in metrics.items()]
     md = [f"# {title}", "", "| metric | value |", "|---|---|"]
     md += [f"| {k} | {v} |" for k, v in metric_rows]
     md += [f"| expected calibration error | {ece:.3f} |", ""]

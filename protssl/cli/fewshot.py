@@ -571,9 +571,10 @@ class _PredictionTable:
 
 
 def _print_metrics(metrics: dict[str, Any]) -> None:
+    from protssl.evaluation import shown_metric
+
     for key, value in metrics.items():
-        shown = f"{value:.3f}" if isinstance(value, float) else str(value)
-        print(f"{key:>22}  {shown}")
+        print(f"{key:>22}  {shown_metric(value)}")
 
 
 def _fewshot_eval(args: argparse.Namespace) -> int:

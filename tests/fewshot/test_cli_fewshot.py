@@ -83,9 +83,13 @@ def test_fewshot_eval_cli_split_episodes_and_report(
     }
     table = [line.strip() for line in out[:-1]]
     for key, value in expected.items():  # the table above the JSON line shows the same figures
-        shown = f"{value:.3f}" if isinstance(value, float) else str(value)
+        shown = "n/a" if value is None else f"{value:.3f}" if isinstance(value, float) else value
         assert f"{key}  {shown}" in table
     assert (tmp_path / "report" / "index.html").is_file()
+    # flat labels never back off: the precision of their back-offs is not applicable, not 0.0
+    assert metrics["backoff_rate"] == 0.0 and metrics["backoff_precision"] is None
+    assert "backoff_precision  n/a" in table
+    assert "| backoff_precision | n/a |" in (tmp_path / "report" / "report.md").read_text()
 
     code = run_cli(
         [

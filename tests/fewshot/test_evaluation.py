@@ -55,6 +55,20 @@ def test_label_metrics_match_hand_computed_values() -> None:
     assert per_class["D"] == {"precision": 0.0, "recall": 0.0, "support": 1}
 
 
+def test_backoff_precision_is_not_applicable_without_back_offs_and_zero_when_all_are_wrong() -> (
+    None
+):
+    """It read 0.0 when nothing backed off (flat labels, or no query that needed a parent): as if
+    every back-off had been wrong."""
+    truth = [("1.1.1.1",), ("2.1.1.1",)]
+    answered = [_p(("1.1.1.1",), "answered", "1.1.1.1"), _p((UNKNOWN,), "unknown", "1.1.1.1")]
+    assert label_metrics(truth, answered)["backoff_precision"] is None
+    assert label_metrics(truth, answered)["backoff_rate"] == 0.0
+    wrong = [answered[0], _p(("1.1.1.-",), "backed_off", "1.1.1.1", 0.4)]
+    assert label_metrics(truth, wrong)["backoff_precision"] == 0.0
+    assert label_metrics([], [])["backoff_precision"] is None
+
+
 def test_reliability_bins_and_calibration_error() -> None:
     table, ece = reliability(np.array([0.95, 0.95, 0.15, 0.15]), np.array([1, 0, 0, 0]))
     assert [row["count"] for row in table] == [2, 2]
