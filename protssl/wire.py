@@ -322,6 +322,8 @@ class ClientPrediction:
     label: str
     """Labels joined by ';', a parent like 1.1.1.- when backed off; empty when abstained."""
     probability: float
+    """Calibrated: of the decision's label (a parent's summed over its leaves); when abstained, of
+    the top label, the one declined."""
     status: str
     """answered, backed_off or unknown."""
     abstained: bool
@@ -330,6 +332,9 @@ class ClientPrediction:
     nearest_similarity: float
     evidence: str = "embedding"
     """alignment (a significant hit, hybrid classifiers) or embedding."""
+    reason: str = ""
+    """Why it abstained: out_of_distribution or below_threshold; empty when it did not (and from
+    a server from before reasons were sent)."""
 
     def as_prediction(self) -> Prediction:
         """The decision as `classify_records` gives it in-process (abstention: labels `unknown`):
@@ -347,6 +352,7 @@ class ClientPrediction:
             nearest_similarity=self.nearest_similarity,
             top=self.top,
             evidence=self.evidence,  # type: ignore[arg-type]
+            reason=self.reason or None,  # type: ignore[arg-type]
         )
 
 
@@ -362,6 +368,7 @@ def prediction_to_proto(decision: Prediction) -> pb.Prediction:
         status=decision.status,
         nearest_similarity=decision.nearest_similarity,
         evidence=decision.evidence,
+        reason=decision.reason or "",
     )
 
 

@@ -173,12 +173,27 @@ def test_model_classifier_and_prediction_messages_round_trip(tiny_model_dir: Pat
     answered = Prediction(
         "q1", ("fn3",), 0.75, "answered", "fn3", 0.75, 0.9, (("fn3", 0.75),), "alignment"
     )
-    abstained = Prediction("q2", ("unknown",), 0.0, "unknown", "RRM_1", 0.5, 0.1, ())
+    abstained = Prediction(
+        "q2", ("unknown",), 0.5, "unknown", "RRM_1", 0.5, 0.1, (), reason="out_of_distribution"
+    )
     assert [
         wire.prediction_from_proto(wire.prediction_to_proto(p)) for p in (answered, abstained)
     ] == [
         wire.ClientPrediction(
             "q1", "fn3", 0.75, "answered", False, (("fn3", 0.75),), 0.9, "alignment"
         ),
-        wire.ClientPrediction("q2", "", 0.0, "unknown", True, (), 0.1, "embedding"),
+        wire.ClientPrediction(
+            "q2", "", 0.5, "unknown", True, (), 0.1, "embedding", "out_of_distribution"
+        ),
     ]
+    # back as `classify_records` gives it (what `protssl classify --server` writes)
+    back = wire.prediction_from_proto(wire.prediction_to_proto(abstained)).as_prediction()
+    assert (back.labels, back.probability, back.reason) == (
+        ("unknown",),
+        0.5,
+        "out_of_distribution",
+    )
+    assert (
+        wire.prediction_from_proto(wire.prediction_to_proto(answered)).as_prediction().reason
+        is None
+    )

@@ -338,7 +338,7 @@ class LabelScore(_message.Message):
     def __init__(self, label: _Optional[str] = ..., probability: _Optional[float] = ...) -> None: ...
 
 class Prediction(_message.Message):
-    __slots__ = ("id", "top", "abstained", "label", "probability", "status", "nearest_similarity", "evidence")
+    __slots__ = ("id", "top", "abstained", "label", "probability", "status", "nearest_similarity", "evidence", "reason")
     ID_FIELD_NUMBER: _ClassVar[int]
     TOP_FIELD_NUMBER: _ClassVar[int]
     ABSTAINED_FIELD_NUMBER: _ClassVar[int]
@@ -347,6 +347,7 @@ class Prediction(_message.Message):
     STATUS_FIELD_NUMBER: _ClassVar[int]
     NEAREST_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
     EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     id: str
     top: _containers.RepeatedCompositeFieldContainer[LabelScore]
     abstained: bool
@@ -355,7 +356,8 @@ class Prediction(_message.Message):
     status: str
     nearest_similarity: float
     evidence: str
-    def __init__(self, id: _Optional[str] = ..., top: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., abstained: _Optional[bool] = ..., label: _Optional[str] = ..., probability: _Optional[float] = ..., status: _Optional[str] = ..., nearest_similarity: _Optional[float] = ..., evidence: _Optional[str] = ...) -> None: ...
+    reason: str
+    def __init__(self, id: _Optional[str] = ..., top: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., abstained: _Optional[bool] = ..., label: _Optional[str] = ..., probability: _Optional[float] = ..., status: _Optional[str] = ..., nearest_similarity: _Optional[float] = ..., evidence: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ClassifyResponse(_message.Message):
     __slots__ = ("predictions", "classifier", "vectors_computed", "vectors_cached")

@@ -558,10 +558,10 @@ class _PredictionTable:
                         "top_label",
                         "top_probability",
                     )
-                    self.out.write("\t".join(columns) + "\tnearest_similarity\n")
+                    self.out.write("\t".join(columns) + "\tnearest_similarity\treason\n")
                 self.out.write(
                     f"{p.id}\t{p.label}\t{p.probability:.4f}\t{p.status}\t{p.top_label}\t"
-                    f"{p.top_probability:.4f}\t{p.nearest_similarity:.4f}\n"
+                    f"{p.top_probability:.4f}\t{p.nearest_similarity:.4f}\t{p.reason or ''}\n"
                 )
             self.rows += 1
 

@@ -36,12 +36,21 @@ from protssl.errors import InvalidInputError
 from protssl.fewshot.config import FewShotConfig
 from protssl.fewshot.heads import HEADS, Head, HybridHead, multi_hot, normalise
 
-__all__ = ["UNKNOWN", "Evidence", "FewShotClassifier", "Prediction", "Status", "require_labels"]
+__all__ = [
+    "UNKNOWN",
+    "Evidence",
+    "FewShotClassifier",
+    "Prediction",
+    "Reason",
+    "Status",
+    "require_labels",
+]
 
 log = logging.getLogger(__name__)
 
 Status = Literal["answered", "backed_off", "unknown"]
 Evidence = Literal["alignment", "embedding"]
+Reason = Literal["out_of_distribution", "below_threshold"]
 UNKNOWN = "unknown"
 STATE_FORMAT = "protssl.fewshot"
 STATE_VERSION = 1
@@ -55,7 +64,9 @@ class Prediction:
     labels: tuple[str, ...]
     """Predicted labels; (`unknown`,) when the classifier abstains; a parent like 1.1.1.- on back-off."""
     probability: float
-    """Calibrated probability of the first label (summed over children for a parent label)."""
+    """Calibrated probability of the decision: of the first label when answered, of the parent
+    (summed over its leaves) when backed off, and of the top leaf label, the one declined, when
+    `unknown` (whatever the `reason`; then it equals `top_probability`)."""
     status: Status
     top_label: str
     """The most probable leaf label, whatever the decision (for forced-choice accuracy)."""
@@ -66,6 +77,11 @@ class Prediction:
     """The most probable leaf labels with their calibrated probabilities, best first."""
     evidence: Evidence = "embedding"
     """What the top label rests on: `alignment` (a significant hit, hybrid method) or `embedding`."""
+    reason: Reason | None = None
+    """Why a query is `unknown`: `out_of_distribution` (its nearest support example is under the
+    gate's cosine, `nearest_similarity`) or `below_threshold` (in distribution, but its top label's
+    probability is under the confidence cut and no back-off level's parent clears its own);
+    None when answered or backed off."""
 
     @property
     def label(self) -> str:
@@ -365,7 +381,7 @@ class FewShotClassifier:
         ranked = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
         for row, query_id in enumerate(ids):
             top = int(ranked[row, 0])
-            labels, probability, status = self._decide(
+            labels, probability, status, reason = self._decide(
                 probs[row], float(nearest[row]), bool(aligned[row])
             )
             out.append(
@@ -379,21 +395,23 @@ class FewShotClassifier:
                     nearest_similarity=float(nearest[row]),
                     top=tuple((self.classes[i], float(probs[row, i])) for i in ranked[row]),
                     evidence="alignment" if aligned[row] else "embedding",
+                    reason=reason,
                 )
             )
         return out
 
     def _decide(
         self, p: np.ndarray, nearest: float, aligned: bool = False
-    ) -> tuple[tuple[str, ...], float, Status]:
-        """Labels, probability and status for one query's calibrated probabilities.
+    ) -> tuple[tuple[str, ...], float, Status, Reason | None]:
+        """Labels, probability, status and, when unknown, why, for one query's calibrated
+        probabilities; an unknown's probability is its top label's, whatever the reason.
 
         A significant alignment hit (`aligned`) puts the query in distribution whatever its cosine.
         """
         top = int(p.argmax())
         top_p = float(p[top])
         if nearest < self.ood_threshold and not aligned:
-            return (UNKNOWN,), 0.0, "unknown"
+            return (UNKNOWN,), top_p, "unknown", "out_of_distribution"
         cut = self.threshold
         if not aligned and self.fallback_threshold is not None:
             cut = self.fallback_threshold
@@ -402,13 +420,13 @@ class FewShotClassifier:
             if self.multi_label_ratio is not None:
                 extra = np.flatnonzero(p >= self.multi_label_ratio * top_p)
                 labels += [self.classes[i] for i in extra if i != top]
-            return tuple(labels), top_p, "answered"
+            return tuple(labels), top_p, "answered", None
         for level in self.levels:
             parent_p = p @ level.member
             best = int(parent_p.argmax())
             if parent_p[best] >= level.threshold:
-                return (level.parents[best],), float(parent_p[best]), "backed_off"
-        return (UNKNOWN,), top_p, "unknown"
+                return (level.parents[best],), float(parent_p[best]), "backed_off", None
+        return (UNKNOWN,), top_p, "unknown", "below_threshold"
 
     # --- state -----------------------------------------------------------------------------
 

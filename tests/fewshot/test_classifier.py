@@ -123,6 +123,29 @@ def test_out_of_distribution_sequences_are_unknown(
     )
 
 
+def test_an_unknown_gives_its_top_labels_probability_and_why_it_is_unknown(
+    fitted: dict[str, FewShotClassifier],
+    is_split: tuple[list[ProteinRecord], list[ProteinRecord]],
+    pfam_records: list[ProteinRecord],
+) -> None:
+    """An unknown's probability was 0 when the gate turned it away and its top label's when it
+    fell under the cut: now always its top label's, with the reason apart."""
+    _, query = is_split
+    classifier = fitted["knn"]
+    records = [*pfam_records, *query]
+    predictions = classifier.predict(two_layers(records), sequences=sequences(records))
+    unknown = [p for p in predictions if p.status == "unknown"]
+    reasons = {p.reason for p in unknown}
+    assert reasons == {"out_of_distribution", "below_threshold"}, reasons
+    for p in unknown:
+        assert p.probability == p.top_probability > 0.0
+        gated = p.nearest_similarity < classifier.ood_threshold
+        assert p.reason == ("out_of_distribution" if gated else "below_threshold")
+        if not gated:
+            assert p.probability < classifier.threshold
+    assert all(p.reason is None for p in predictions if p.status != "unknown")
+
+
 def test_the_ood_gate_uses_plain_cosine_and_old_states_keep_the_centred_one(
     fitted: dict[str, FewShotClassifier],
     is_split: tuple[list[ProteinRecord], list[ProteinRecord]],

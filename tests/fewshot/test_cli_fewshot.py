@@ -333,8 +333,11 @@ def test_classify_through_a_server_writes_the_local_table(
     rows = [line.split("\t") for line in here.read_text().splitlines()]
     remote_rows = [line.split("\t") for line in there.read_text().splitlines()]
     assert len(rows) == len(remote_rows) == 13 and rows[0] == remote_rows[0]
+    assert rows[0][-1] == "reason"
     for row, other in zip(rows[1:], remote_rows[1:], strict=True):
         assert row[:2] + row[3:5] == other[:2] + other[3:5]  # id, label, status, top label
+        assert row[7] == other[7]  # why it is unknown: the same reason on both faces
+        assert (row[7] in ("out_of_distribution", "below_threshold")) == (row[3] == "unknown")
         for column in (2, 5, 6):  # probability, top probability, nearest similarity
             assert float(row[column]) == pytest.approx(float(other[column]), abs=2e-4)
 
