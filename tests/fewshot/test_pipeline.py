@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from protssl.checkpoint import LoadedModel
+from protssl.checkpoint import LoadedModel, load_model
 from protssl.embedding import EmbedConfig, embed_records, embed_records_layers
 from protssl.errors import CheckpointError, InvalidInputError
 from protssl.fasta import ProteinRecord
@@ -20,6 +21,7 @@ from protssl.fewshot import (
     embed_for_fewshot,
     fit_records,
 )
+from protssl.hardware import cpu_has_bf16
 from protssl.pooling import SEGMENTS
 
 
@@ -114,3 +116,25 @@ def test_classify_records_checks_the_model_before_any_embedding(
     through = classify_records(classifier, query, windowed_model, embed=embed)
     assert asked == [(classifier.layer, "mean")]
     assert through == classify_records(classifier, query, windowed_model)
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="bfloat16 without native CPU support is slow")
+def test_bf16_vectors_move_with_the_batch_a_record_shares_float32_ones_hardly(
+    windowed_model_dir: Path, is_split: tuple[list[ProteinRecord], list[ProteinRecord]]
+) -> None:
+    """Why `classify --server` and a local `classify` can differ in the 4th decimal on vectors
+    neither cache holds (README, few-shot classifiers): a record's vector depends on the batch
+    it is padded into, by float32 rounding (~1e-7) or, in bfloat16 (`--dtype auto` on a CPU with
+    native bf16, and on CUDA), by ~1e-3 of a component; the server's batcher groups records
+    otherwise than the local length-sorted batches."""
+    records = is_split[1][:12]
+    for dtype, tolerance in (("float32", 1e-5), ("bfloat16", 2e-2)):
+        model = load_model(windowed_model_dir, dtype=dtype)
+        together = embed_for_fewshot(records, model, (3,))[3]
+        alone = np.concatenate([embed_for_fewshot([r], model, (3,))[3] for r in records])
+        scale = np.abs(together).max()
+        assert np.abs(alone - together).max() <= tolerance * scale, dtype
+        cosine = (alone * together).sum(1) / np.linalg.norm(alone, axis=1)
+        assert (cosine / np.linalg.norm(together, axis=1)).min() > 1 - 1e-4, dtype
+        if dtype == "bfloat16":
+            assert not np.array_equal(alone, together)  # not identical: padding moves them
