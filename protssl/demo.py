@@ -21,10 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from protssl.analysis.config import EXAMPLES_DIR
-from protssl.client import Client, ClientPrediction
+from protssl.client import ClassifierInfo, Client, ClientPrediction
 from protssl.entrypoint import configure_logging
 from protssl.fasta import read_fasta
-from protssl.fewshot import load_classifier
 from protssl.store import Store, StoreConfig
 
 METHOD = "linear"
@@ -112,31 +111,28 @@ def run(client: Client, examples: Path, database_url: str) -> None:
         f"classified {len(queries)} held-out transposases: {len(answered)} answered, "
         f"{correct} correct, {len(queries) - len(answered)} abstained"
     )
-    # Predictions carry the scores, not the cuts they were held to: read those from the store.
-    with Store(StoreConfig(url=database_url, migrate=False)) as store:
-        fitted, _ = load_classifier(store, "is-families")
     shown: dict[str, int] = {}
     for prediction, query in zip(predictions, queries, strict=True):
         family = query.labels[0]
         shown[family] = shown.get(family, 0) + 1
         if shown[family] <= 2:
-            said = _reason(prediction, fitted.threshold, fitted.ood_threshold)
+            said = _reason(prediction, info)
             print(f"  {query.id:<14} true {family:<12} {said}")
 
 
-def _reason(prediction: ClientPrediction, threshold: float, ood_threshold: float) -> str:
+def _reason(prediction: ClientPrediction, info: ClassifierInfo) -> str:
     """What the classifier said, or why it abstained: too far from all support, or unsure."""
     top = ", ".join(f"{label} {p:.2f}" for label, p in prediction.top)
     if not prediction.abstained:
         return f"said {prediction.label:<12} top: {top}"
-    if prediction.nearest_similarity < ood_threshold:
+    if prediction.reason == "out_of_distribution":
         return (
             f"abstains: nearest support example at cosine {prediction.nearest_similarity:.3f} "
-            f"< out-of-distribution gate {ood_threshold:.3f}"
+            f"< out-of-distribution gate {info.ood_threshold:.3f}"
         )
     label, probability = prediction.top[0]
     return (
-        f"abstains: best {label} {probability:.2f} < confidence cut {threshold:.2f} "
+        f"abstains: best {label} {probability:.2f} < confidence cut {info.threshold:.2f} "
         f"(set on held-out support; top: {top})"
     )
 
