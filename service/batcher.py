@@ -186,6 +186,7 @@ class EmbeddingBatcher:
         with self._cond:
             while len(self._queue) + len(self._tasks) >= self.max_queue and not self._closed:
                 if not wait:
+                    self.metrics.refused.labels(limit="max_queue").inc()
                     raise OverloadedError(
                         f"the embedding queue is full ({self.max_queue} requests waiting); retry later"
                     )

@@ -17,6 +17,11 @@ servicer as `_Undecodable` and end the call as INVALID_ARGUMENT, not gRPC's own 
 ("Exception deserializing request!"). A call whose client cancelled or whose deadline passed is
 counted as CANCELLED or DEADLINE_EXCEEDED (one log line, as any failed call): nothing is left to
 answer.
+
+With a `service.admission.CallGate` (the server's thread pool), a call arriving while `max_calls`
+calls are in progress or waiting gets the gate's refusal (RESOURCE_EXHAUSTED, OverloadedError,
+naming the limit) instead of its handler; the gate counts it and logs refusals at most every few
+seconds, not one line a call.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import grpc
 from protssl._proto import protssl_pb2 as pb
 from protssl.auth import Role, TokenVerifier, role_allows
 from protssl.errors import AuthenticationError, InvalidInputError, PermissionDeniedError
+from service.admission import CallGate
 from service.errors import abort_with
 from service.metrics import ServiceMetrics
 
@@ -207,10 +213,12 @@ class _Call:
 
 
 class CallInterceptor(grpc.ServerInterceptor):
-    """Error mapping, structured logging and Prometheus metrics around every RPC."""
+    """Error mapping, structured logging and Prometheus metrics around every RPC; with a `gate`,
+    a call past its `max_calls` gets the gate's refusal instead of its handler."""
 
-    def __init__(self, metrics: ServiceMetrics) -> None:
+    def __init__(self, metrics: ServiceMetrics, *, gate: CallGate | None = None) -> None:
         self.metrics = metrics
+        self.gate = gate
 
     def intercept_service(
         self,
@@ -221,6 +229,8 @@ class CallInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
+        if self.gate is not None and self.gate.full():
+            return self.gate.refusal(method)  # counted and logged by the gate, not per call
         return _rewrapped(
             handler,
             lambda behavior, streamed: self._unary(behavior, method, streamed=streamed),

@@ -72,6 +72,13 @@ class ServiceMetrics:
             ["reason"],
             registry=r,
         )
+        self.refused = Counter(
+            "protssl_refused_calls",
+            "Calls refused RESOURCE_EXHAUSTED because a capacity limit was full, by limit "
+            "(max_calls, max_streams, max_queue)",
+            ["limit"],
+            registry=r,
+        )
         self.memory_releases = Counter(
             "protssl_memory_releases",
             "Times the idle model worker handed memory its forwards freed back to the kernel",

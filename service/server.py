@@ -13,7 +13,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -27,6 +26,7 @@ from protssl.checkpoint import LoadedModel, load_model
 from protssl.errors import InvalidInputError
 from protssl.memory import release_freed_memory
 from protssl.store import Store
+from service.admission import CallGate
 from service.batcher import EmbeddingBatcher
 from service.binding import bind_error, probe_bind
 from service.config import ServiceConfig, store_config
@@ -82,8 +82,10 @@ class ProtsslServer:
         store: Store | None = None,
         config: ServiceConfig | None = None,
         embedding: EmbeddingServicer | None = None,
+        gate: CallGate | None = None,
     ) -> None:
         self.grpc_server = server
+        self.gate = gate
         self.embedding = embedding
         self.owned_store = owned_store
         self.store = store
@@ -136,6 +138,8 @@ class ProtsslServer:
         if self.embedding is not None:
             self.embedding.drain()  # open streams hand over to the next server, not a cancel
         self.grpc_server.stop(grace).wait()
+        if self.gate is not None:
+            self.gate.shutdown(wait=False)
         self.batcher.close(timeout=grace)
         self.metrics.close()
         if self.owned_store is not None:
@@ -195,10 +199,12 @@ def create_server(
         cache=store.embeddings if store is not None else None,
     )
     message_bytes = config.max_message_mb * 1024 * 1024
+    # max_calls is kept by the gate, not grpcio's maximum_concurrent_rpcs, whose refusals were
+    # grpcio's words, uncounted and unlogged (service.admission)
+    gate = CallGate(max_calls=config.max_calls, workers=config.workers, metrics=metrics)
     server = grpc.server(
-        ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="protssl-rpc"),
-        interceptors=[CallInterceptor(metrics), *interceptors],
-        maximum_concurrent_rpcs=config.max_calls,
+        gate,
+        interceptors=[CallInterceptor(metrics, gate=gate), *interceptors],
         options=[
             ("grpc.max_send_message_length", message_bytes),
             ("grpc.max_receive_message_length", message_bytes),
@@ -233,6 +239,7 @@ def create_server(
             port = server.add_secure_port(address, credentials)
     except RuntimeError as exc:
         batcher.close()
+        gate.shutdown(wait=False)
         if owned_store is not None:
             owned_store.close()
         if credentials is not None and probe_bind(config.host, config.port) is None:
@@ -253,6 +260,7 @@ def create_server(
             metrics_port = metrics.serve(config.host, config.metrics_port)
         except OSError as exc:
             batcher.close()
+            gate.shutdown(wait=False)
             if owned_store is not None:
                 owned_store.close()
             raise bind_error(
@@ -270,6 +278,7 @@ def create_server(
             store=store,
             config=config,
             embedding=embedding_servicer,
+            gate=gate,
         ),
         port,
     )

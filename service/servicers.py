@@ -285,6 +285,7 @@ class EmbeddingServicer(_Face, pb_grpc.EmbeddingServiceServicer):
         self, request_iterator: Iterable[pb.EmbedStreamRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.EmbedStreamResponse]:
         if not self._stream_slots.acquire(blocking=False):
+            self.batcher.metrics.refused.labels(limit="max_streams").inc()
             raise OverloadedError(
                 f"{self.config.stream_slots} EmbedStream calls are open, the most this server "
                 "serves at once (max_streams): retry later"

@@ -71,6 +71,8 @@ def test_full_queue_is_resource_exhausted(service_model):
         assert busy.result().embeddings
     assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes, codes
     assert grpc.StatusCode.OK in codes, codes
+    refused = registry.get_sample_value("protssl_refused_calls_total", {"limit": "max_queue"})
+    assert refused == codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED)
     assert all(c in (grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED) for c in codes)
 
 

@@ -26,7 +26,7 @@ import protssl
 from protssl._proto import protssl_pb2 as pb
 from protssl._proto import protssl_pb2_grpc as pb_grpc
 from protssl.checkpoint import LoadedModel
-from protssl.errors import AlreadyExistsError, MessageTooLargeError
+from protssl.errors import AlreadyExistsError, MessageTooLargeError, OverloadedError
 from protssl.fasta import ProteinRecord, read_fasta
 from service.servicers import _SeenIds
 
@@ -301,11 +301,14 @@ def test_idle_streams_cannot_starve_health_or_embed(server, channel, stub, recor
         except grpc.RpcError as exc:
             outcomes.put(exc.code())
 
+    counted = {"limit": "max_streams"}
+    before = server[1].get_sample_value("protssl_refused_calls_total", counted) or 0.0
     threads = [threading.Thread(target=hold) for _ in range(8)]
     for thread in threads:
         thread.start()
     refused = [outcomes.get(timeout=10) for _ in range(4)]
     assert refused == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 4
+    assert server[1].get_sample_value("protssl_refused_calls_total", counted) == before + 4
     health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
     assert health.status == health_pb2.HealthCheckResponse.SERVING
     assert len(stub.Embed(request_for(records[:1]), timeout=5).embeddings) == 1
@@ -445,6 +448,68 @@ def test_calls_past_max_calls_are_refused_at_once(service_model):
         for call in calls:
             assert list(call) == []
         assert len(stub.ListModels(pb.ListModelsRequest(), timeout=10).models) == 1
+
+
+def test_max_calls_counts_waiting_calls_and_refuses_in_protssl_words(
+    service_model, caplog, monkeypatch
+):
+    """With one handler thread and max_calls 2, an open stream (in progress) and a call queued for
+    the thread (waiting) fill the limit: the next calls get RESOURCE_EXHAUSTED at once, in protssl's
+    words (not grpcio's "Concurrent RPC limit exceeded!"), counted in the metrics and logged at
+    most once per interval with how many there were; the SDK raises OverloadedError."""
+    import service.admission
+
+    monkeypatch.setattr(service.admission, "LOG_EVERY_S", 1.0)
+    models = "/protssl.v1.EmbeddingService/ListModels"
+    with (
+        caplog.at_level(logging.WARNING, logger="service.admission"),
+        running_server(service_model, max_calls=2, workers=1, stream_idle_timeout_s=30) as (
+            _,
+            address,
+            registry,
+        ),
+        grpc.insecure_channel(address) as channel,
+        protssl.Client(address, retries=0) as client,
+    ):
+        stub = pb_grpc.EmbeddingServiceStub(channel)
+        paced = _Paced()
+        stream = stub.EmbedStream(iter(paced), timeout=30)
+        next(iter(stream.initial_metadata()))  # the stream holds the only handler thread
+        queued = stub.ListModels.future(pb.ListModelsRequest(), timeout=30)
+        time.sleep(0.3)  # the call waits for the thread
+        assert not queued.done()
+        started = time.monotonic()
+        errors = [rpc_error(stub.ListModels, pb.ListModelsRequest(), timeout=10) for _ in range(4)]
+        with pytest.raises(OverloadedError) as overloaded:
+            client.list_models()
+        assert time.monotonic() - started < 5
+        message = (
+            "2 calls are in progress or waiting, the most this server takes at once "
+            "(max_calls: --max-calls 2, PROTSSL_MAX_CALLS): back off and retry"
+        )
+        assert [(e.code(), e.details()) for e in errors] == [
+            (grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+        ] * 4
+        assert str(overloaded.value) == message
+        refused = {"limit": "max_calls"}
+        assert registry.get_sample_value("protssl_refused_calls_total", refused) == 5
+        assert _count(registry, models, "RESOURCE_EXHAUSTED") == 5
+        lines = [r.getMessage() for r in caplog.records if r.name == "service.admission"]
+        assert len(lines) == 1, lines  # the first refusal; the next four fall in its interval
+        assert lines[0].startswith(
+            "refused 1 call (RESOURCE_EXHAUSTED) since the last such line: 2 calls in progress or "
+            "waiting is the limit (--max-calls 2, PROTSSL_MAX_CALLS); raise it or add --processes"
+        )
+        time.sleep(1.1)
+        error = rpc_error(stub.ListModels, pb.ListModelsRequest(), timeout=10)
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        lines = [r.getMessage() for r in caplog.records if r.name == "service.admission"]
+        assert len(lines) == 2 and lines[1].startswith("refused 5 calls"), lines
+        paced.messages.put(None)  # the stream ends, the queued call gets the thread
+        assert list(stream) == []
+        assert len(queued.result().models) == 1
+        assert len(stub.ListModels(pb.ListModelsRequest(), timeout=10).models) == 1
+        assert registry.get_sample_value("protssl_refused_calls_total", refused) == 6
 
 
 @pytest.mark.slow
