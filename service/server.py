@@ -28,7 +28,7 @@ from protssl.memory import release_freed_memory
 from protssl.store import Store
 from service.admission import CallGate
 from service.batcher import EmbeddingBatcher
-from service.binding import bind_error, probe_bind
+from service.binding import bind_error, core_lines_held, probe_bind
 from service.config import ServiceConfig, store_config
 from service.interceptors import AuthInterceptor, CallInterceptor
 from service.metrics import ServiceMetrics
@@ -233,10 +233,11 @@ def create_server(
     )
     address = f"{config.host}:{config.port}"
     try:
-        if credentials is None:
-            port = server.add_insecure_port(address)
-        else:
-            port = server.add_secure_port(address, credentials)
+        with core_lines_held():  # grpc's C core says in its words what the line below says in ours
+            if credentials is None:
+                port = server.add_insecure_port(address)
+            else:
+                port = server.add_secure_port(address, credentials)
     except RuntimeError as exc:
         batcher.close()
         gate.shutdown(wait=False)

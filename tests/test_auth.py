@@ -754,12 +754,16 @@ def test_embed_through_a_tls_server_needs_its_ca_and_says_so_in_one_line(
 
 
 def test_tls_files_grpc_refuses_are_named_not_a_bind_error(
-    tmp_path: Path, pki: Pki, pki_files
+    tmp_path: Path, pki: Pki, pki_files, capfd, monkeypatch
 ) -> None:
     """A key that is not the certificate's, a swapped certificate and key, or a key given as the
     client CA was 'cannot bind the gRPC port 127.0.0.1:N (Failed to bind ...; set
-    GRPC_VERBOSITY=debug ...)' with the port free."""
+    GRPC_VERBOSITY=debug ...)' with the port free; gRPC's C core wrote its own lines to stderr
+    first (`E... ssl_transport_security.cc:1569] Invalid private key.` and two more)."""
     from service.server import create_server
+
+    monkeypatch.delenv("GRPC_VERBOSITY", raising=False)
+    capfd.readouterr()
 
     other_key = tmp_path / "other_key.pem"
     other_key.write_bytes(pki.client_key)
@@ -769,6 +773,7 @@ def test_tls_files_grpc_refuses_are_named_not_a_bind_error(
     wrong_key = ServiceConfig(**base, tls_cert=cert, tls_key=str(other_key))
     with pytest.raises(InvalidInputError, match=r"^TLS: grpc refused the files \(tls_cert .*"):
         create_server(wrong_key)
+    assert "Invalid private key" not in capfd.readouterr().err
     swapped = ServiceConfig(**base, tls_cert=key, tls_key=cert)
     with pytest.raises(InvalidInputError, match=r"^tls_cert: .* holds no certificate"):
         create_server(swapped)

@@ -136,6 +136,36 @@ def test_a_busy_port_is_one_line_with_the_os_reason_and_what_to_do(
             pass
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("verbosity", [None, "debug"])
+def test_protssl_serve_on_a_busy_port_says_one_line_unless_grpc_logs_are_asked_for(
+    service_model_dir, verbosity: str | None
+) -> None:
+    """gRPC's C core wrote `E1207 ... add_port.cc:83] Failed to add port to server: ...` to stderr
+    before protssl's own line; with GRPC_VERBOSITY=debug (someone debugging gRPC) it still does."""
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"}
+    env.update(PROTSSL_MODEL=str(service_model_dir), PROTSSL_DTYPE="float32")
+    if verbosity is not None:
+        env["GRPC_VERBOSITY"] = verbosity
+    with socket.socket() as taken:  # another server on that port
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        command = [*SERVE_COMMANDS["protssl serve"], "--port", str(busy), "--metrics-port", "off"]
+        command += ["--store", "false", "--insecure-no-auth"]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    line = (
+        f"protssl serve: error: cannot bind the gRPC port 127.0.0.1:{busy} (Address already in "
+        "use): another process listens there: stop it, or give another --port\n"
+    )
+    assert done.returncode == 2
+    if verbosity is None:
+        assert done.stderr == line
+    else:
+        assert done.stderr.endswith(line)
+        assert "add_port.cc" in done.stderr and "Failed to add port" in done.stderr
+
+
 @pytest.mark.parametrize(("entry", "signals"), [("python -m service", 1), ("protssl serve", 2)])
 def test_the_server_stops_gracefully_on_sigterm(
     service_model_dir, service_records, tmp_path, entry, signals
