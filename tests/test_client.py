@@ -918,19 +918,25 @@ def test_service_demo_runs_end_to_end(tmp_path, capsys):
 
 
 def test_demo_says_why_each_query_abstained():
-    from protssl.client import ClientPrediction
+    from protssl.client import ClassifierInfo, ClientPrediction
     from protssl.demo import _reason
 
-    def prediction(label: str, probability: float, nearest: float) -> ClientPrediction:
+    def prediction(label: str, probability: float, nearest: float, why: str) -> ClientPrediction:
         top = (("IS5", 0.74), ("IS4", 0.14))
         status = "answered" if label else "unknown"
-        return ClientPrediction("q", label, probability, status, not label, top, nearest)
+        return ClientPrediction(
+            "q", label, probability, status, not label, top, nearest, reason=why
+        )
 
-    assert _reason(prediction("IS5", 0.74, 0.99), 0.7, 0.9).startswith("said IS5 ")
-    assert _reason(prediction("", 0.0, 0.85), 0.7, 0.9) == (
+    def fitted(threshold: float) -> ClassifierInfo:
+        return ClassifierInfo("is", 1, "linear", "", ("IS5", "IS4"), 8, {}, "", "mean",
+                              threshold=threshold, ood_threshold=0.9)  # fmt: skip
+
+    assert _reason(prediction("IS5", 0.74, 0.99, ""), fitted(0.7)).startswith("said IS5 ")
+    assert _reason(prediction("", 0.74, 0.85, "out_of_distribution"), fitted(0.7)) == (
         "abstains: nearest support example at cosine 0.850 < out-of-distribution gate 0.900"
     )
-    assert _reason(prediction("", 0.74, 0.99), 0.79, 0.9) == (
+    assert _reason(prediction("", 0.74, 0.99, "below_threshold"), fitted(0.79)) == (
         "abstains: best IS5 0.74 < confidence cut 0.79 (set on held-out support; "
         "top: IS5 0.74, IS4 0.14)"
     )
