@@ -4,6 +4,7 @@ a full disk at a checkpoint, one process per run."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -253,6 +254,67 @@ def _read(path: Path) -> bytes:
         return path.read_bytes()
     except OSError:  # a process that ended meanwhile
         return b""
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_worker_of_a_two_process_run_makes_the_launcher_exit_130(
+    tmp_path: Path, sample_fasta: Path
+) -> None:
+    """A scheduler (or `kill PID`) that SIGTERMs one torchrun worker, not the launcher: the ranks
+    stop at one step and every worker exits 0, so the launcher exited 0 as if the run were done.
+    It exits 130 with the step kept and how to go on; --stop-after and a finished run exit 0."""
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "protssl", "pretrain", "--run-dir", str(run_dir)]
+    command += ["--nproc", "2", "--no-progress"]
+    recipe = [str(sample_fasta), "--preset", "protssl-tiny", "--steps", "100000", "--crop", "126"]
+    recipe += ["--max-tokens", "1024", "--tokens-per-step", "2048", "--log-every", "2"]
+    recipe += ["--checkpoint-every", "100000", "--val-max-records", "32"]
+    by_design = subprocess.run(
+        [*command, *recipe, "--stop-after", "2"], capture_output=True, text=True
+    )
+    assert by_design.returncode == 0, by_design.stderr
+    assert load_checkpoint(run_dir / CHECKPOINT_NAME)["step"] == 2
+
+    with subprocess.Popen([*command, "--resume"], stderr=subprocess.PIPE, text=True) as launcher:
+        deadline = time.monotonic() + 180
+        try:
+            while not _logged_past(run_dir, 2):
+                assert launcher.poll() is None and time.monotonic() < deadline
+                time.sleep(0.2)
+            (worker,) = _workers(run_dir, rank=1)  # not rank 0, which says how the run ended
+            os.kill(worker, signal.SIGTERM)
+            _, stderr = launcher.communicate(timeout=180)
+        finally:  # also when it failed: the launcher stops the workers it started
+            if launcher.poll() is None:
+                launcher.send_signal(signal.SIGTERM)
+                launcher.communicate(timeout=180)
+    assert launcher.returncode == 130, stderr
+    step = load_checkpoint(run_dir / CHECKPOINT_NAME)["step"]
+    assert step > 2 and "Traceback" not in stderr
+    assert stderr.splitlines()[-1] == (
+        f"protssl pretrain: terminated (SIGTERM); the checkpoint of step {step} is kept: continue "
+        f"with protssl pretrain --resume --run-dir {run_dir}"
+    )
+    left = [c for c in Path("/proc").glob("[0-9]*/cmdline") if str(run_dir).encode() in _read(c)]
+    assert not left  # no worker trains on
+
+    resumed = [*command, "--resume", "--steps", str(step + 2)]
+    done = subprocess.run(resumed, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr  # the signal of the call before is not this one's
+    assert load_checkpoint(run_dir / CHECKPOINT_NAME)["step"] == step + 2
+    assert (run_dir / "model" / "model.json").is_file()
+
+
+def _workers(run_dir: Path, *, rank: int) -> list[int]:
+    """The pids of the torchrun workers of rank `rank` training `run_dir` (not the launcher, not
+    torchrun: `python -u -m protssl.pretrain ...` with RANK in its environment)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        argv = _read(cmdline).split(b"\0")
+        worker = str(run_dir).encode() in argv and b"protssl.pretrain" in argv[:4]
+        if worker and f"RANK={rank}".encode() in _read(cmdline.with_name("environ")).split(b"\0"):
+            found.append(int(cmdline.parent.name))
+    return found
 
 
 def test_resume_refuses_a_corpus_whose_records_changed_and_takes_one_rewrapped(

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import math
 import shlex
+import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from pretrain_support import log_rows
 
 import protssl.pretrain
 from protssl.checkpoint import load_model
+from protssl.cli.pretrain import _OUTCOME_ENV, _read_outcome
 from protssl.model import PRESETS, ProteinEncoder, init_weights
 from protssl.pretrain import CHECKPOINT_NAME, PLOT_NAME, PretrainConfig, PretrainResult
 from protssl.pretrain.__main__ import main
@@ -115,6 +118,40 @@ def test_the_rank_gpu_comes_from_torchruns_environment(
     monkeypatch.delenv("LOCAL_RANK")
     assert main(argv) == 0
     assert [call["local_rank"] for call in calls] == [3, None]
+
+
+@pytest.mark.parametrize(
+    ("rank", "ended", "told"),
+    [
+        ("0", {"signal": signal.SIGTERM}, (7, signal.SIGTERM)),
+        ("0", {"signal": signal.SIGINT}, (7, signal.SIGINT)),
+        ("0", {}, None),  # --stop-after: stopped by design
+        ("0", {"signal": signal.SIGTERM, "model_dir": Path("m")}, None),  # after the last step
+        ("1", {"signal": signal.SIGTERM}, None),  # rank 0 says how the run ended
+    ],
+)
+def test_under_the_launcher_rank_0_tells_it_the_signal_that_stopped_the_workers(
+    rank: str,
+    ended: dict[str, object],
+    told: tuple[int, int] | None,
+    tmp_path: Path,
+    sample_fasta: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every worker exits 0 however it stopped; `--nproc`'s launcher learns of a signal (and
+    exits 130) from the file it named, which a finished run or --stop-after leaves without one."""
+
+    def stopped(config: PretrainConfig, **options: object) -> PretrainResult:
+        return replace(PretrainResult(None, 7, 0, None, True, None), **ended)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(protssl.pretrain, "pretrain", stopped)
+    outcome = tmp_path / "outcome.json"
+    monkeypatch.setenv(_OUTCOME_ENV, str(outcome))
+    monkeypatch.setenv("LOCAL_RANK", rank)
+    monkeypatch.setenv("RANK", rank)
+    assert main([str(sample_fasta), "--run-dir", str(tmp_path / "run")]) == 0
+    assert outcome.exists() is (rank == "0")
+    assert _read_outcome(outcome) == told
 
 
 def test_python_dash_m_protssl_pretrain_shows_the_pretrain_command() -> None:

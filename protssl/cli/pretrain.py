@@ -16,6 +16,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import replace
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
 __all__ = ["COMMANDS", "main"]
 
 log = logging.getLogger(__name__)
+
+_OUTCOME_ENV = "PROTSSL_PRETRAIN_OUTCOME"
+"""Where `--nproc`'s launcher has rank 0 write how the workers' run ended (`_report_outcome`)."""
 
 # flag -> PretrainConfig field, for the recipe options ({presets}: the model shapes by name).
 _RECIPE_FLAGS: dict[str, tuple[str, type, str]] = {
@@ -323,12 +327,41 @@ def _pretrain(args: argparse.Namespace) -> int:
         )
     elif result.interrupted:  # under torchrun a signal stop exits 0: the launcher says 130
         log.info("stopped at step %d; continue with %s", result.step, go_on)
+    if under_torchrun:
+        _report_outcome(result.step, None if result.model_dir is not None else result.signal)
     return 0
+
+
+def _report_outcome(step: int, signum: int | None) -> None:
+    """Rank 0 under `--nproc`'s launcher: write where the run ended and the signal that stopped
+    it (None: finished, or stopped by design) to the file the launcher named, which exits 130 for
+    a signal. Each worker exits 0 however it stopped: a nonzero exit makes torchrun report a
+    failure, traceback-like, for what is a clean stop."""
+    path = os.environ.get(_OUTCOME_ENV)
+    if not path:  # torchrun launched by hand: its exit code is the workers'
+        return
+    try:
+        Path(path).write_text(json.dumps({"step": step, "signal": signum}))
+    except OSError as exc:
+        log.warning("cannot tell the launcher how the run ended (%s)", exc)
+
+
+def _read_outcome(path: Path) -> tuple[int, int] | None:
+    """The step and signal `_report_outcome` wrote to `path`, if the workers were stopped by one."""
+    try:
+        outcome = json.loads(path.read_text())
+        step, signum = int(outcome["step"]), outcome["signal"]
+    except (OSError, ValueError, KeyError, TypeError):  # not written: rank 0 did not get there
+        return None
+    return None if signum is None else (step, int(signum))
 
 
 def _launch_torchrun(nproc: int, run_dir: Path) -> int:
     """Re-run this command under torchrun with --nproc removed; Ctrl-C or SIGTERM here makes the
-    workers checkpoint and stop (exit 130), a second one kills them."""
+    workers checkpoint and stop (exit 130), a second one kills them. A signal that reached the
+    workers from elsewhere (a scheduler's, `kill PID`) stops them too, and exits 130 as well."""
+    from protssl.pretrain.loop import resume_command
+
     argv = sys.argv[1:]
     if argv and argv[0] == "pretrain":
         argv = argv[1:]
@@ -355,19 +388,30 @@ def _launch_torchrun(nproc: int, run_dir: Path) -> int:
         *cleaned,
     ]
     log.info("launching %s", shlex.join(command))
-    # Its own session: a terminal's Ctrl-C reaches this process only, which stops the workers as
-    # below (torchrun, signalled itself, stops them too but ends in a traceback of its own).
-    torchrun = subprocess.Popen(command, start_new_session=True)
-    hangup = signal.getsignal(signal.SIGHUP)
-    if hangup is not signal.SIG_IGN:  # under nohup the run outlives the terminal, as asked
-        signal.signal(signal.SIGHUP, _hung_up)  # else a closed terminal stops it as Ctrl-C does
-    try:
-        return torchrun.wait()
-    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as Terminated
-        kept = _stop_workers(torchrun, run_dir)
-        raise type(exc)(kept) from None
-    finally:
-        signal.signal(signal.SIGHUP, signal.SIG_DFL if hangup is None else hangup)
+    with tempfile.TemporaryDirectory(prefix="protssl-pretrain-") as scratch:
+        outcome = Path(scratch) / "outcome.json"  # this launch's, so never an earlier call's
+        # Its own session: a terminal's Ctrl-C reaches this process only, which stops the workers
+        # as below (torchrun, signalled itself, stops them too but ends in a traceback of its own).
+        torchrun = subprocess.Popen(
+            command, start_new_session=True, env={**os.environ, _OUTCOME_ENV: str(outcome)}
+        )
+        hangup = signal.getsignal(signal.SIGHUP)
+        if hangup is not signal.SIG_IGN:  # under nohup the run outlives the terminal, as asked
+            signal.signal(signal.SIGHUP, _hung_up)  # else a closed terminal stops it as Ctrl-C
+        try:
+            code = torchrun.wait()
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as Terminated
+            kept = _stop_workers(torchrun, run_dir)
+            raise type(exc)(kept) from None
+        finally:
+            signal.signal(signal.SIGHUP, signal.SIG_DFL if hangup is None else hangup)
+        stopped = _read_outcome(outcome) if code == 0 else None
+    if stopped is None:  # finished, stopped by design (--stop-after), or failed: as torchrun ended
+        return code
+    step, signum = stopped  # every worker exits 0 after a signal stop: this is the one to say it
+    raise interruption(
+        signum, f"the checkpoint of step {step} is kept: continue with {resume_command(run_dir)}"
+    )
 
 
 def _hung_up(signum: int, frame: object) -> None:
