@@ -10,6 +10,9 @@ Tasks (all from ../shared/data, seeded, held-out whole sequences unless said):
 - `pfam`: the 9 Pfam seed families (domains); half of each family (<= 5) support, the rest
   (<= 10) queries.
 - `ood`: the `is_families` classifiers asked about every Pfam domain; the rate of `unknown`.
+  `strangers_answered_rate`: how often they answer a family for what is no transposase at all:
+  the Pfam domains, the `ec_seq` query enzymes, each query transposase shuffled (`shuffled`) and
+  random sequences of the support's residues (`random`).
 
 Anchors, computed here on the same splits: amino-acid + dipeptide composition 1-nearest-neighbour
 (cosine; always answers), the same on features z-scored with the support set's statistics
@@ -142,6 +145,24 @@ def make_tasks(args: argparse.Namespace) -> dict[str, Any]:
         "is_families": (is_support, is_query),
         "pfam": (pfam_support, pfam_query),
     }
+
+
+def make_decoys(
+    support: Sequence[ProteinRecord], query: Sequence[ProteinRecord], seed: int
+) -> dict[str, list[ProteinRecord]]:
+    """Sequences no transposase-family classifier should answer: each query transposase shuffled
+    (its composition kept, its order gone) and random sequences as long as the queries, residues
+    drawn from the support's (the composition of the family set, no protein at all)."""
+    rng = np.random.default_rng(seed + 1)
+    residues = np.array(list("".join(r.sequence for r in support)))
+    shuffled = [
+        ProteinRecord(f"shuffled_{r.id}", "".join(rng.permutation(list(r.sequence)))) for r in query
+    ]
+    random = [
+        ProteinRecord(f"random_{i}", "".join(rng.choice(residues, len(r.sequence))))
+        for i, r in enumerate(query[:50])
+    ]
+    return {"shuffled": shuffled, "random": random}
 
 
 # --- anchors ----------------------------------------------------------------------------------
@@ -316,6 +337,9 @@ def main() -> None:
     layers = candidate_layers(model.encoder.config.num_layers)
     every = {r.id: r for records in tasks.values() for r in records[0]}
     every.update({r.id: r for name, (_, q) in tasks.items() if name != "ec_episodes" for r in q})
+    is_support, is_query = tasks["is_families"]
+    decoys = make_decoys(is_support, is_query, args.seed)
+    every.update({r.id: r for rows in decoys.values() for r in rows})
     records = list(every.values())
     t0 = time.perf_counter()
     embed_config = EmbedConfig(pooling=args.pooling)
@@ -362,6 +386,7 @@ def main() -> None:
         )
     results: dict[str, dict[str, Any]] = {}
     ood: dict[str, float] = {}
+    claimed: dict[str, dict[str, float]] = defaultdict(dict)
     target, sweep = args.target_precision, args.sweep
     swept: dict[str, dict[str, Any]] = defaultdict(dict)
     progress = tqdm(total=len(tasks) * (len(METHODS) + len(sweep)), desc="fit+predict", unit="head")
@@ -423,12 +448,18 @@ def main() -> None:
                             sequences=[r.sequence for r in support],
                         )
                         pfam = tasks["pfam"][0] + tasks["pfam"][1]
-                        answers = classifier.predict(
-                            features(pfam), sequences=[r.sequence for r in pfam]
-                        )
-                        ood[method] = round(
-                            float(np.mean([p.status == "unknown" for p in answers])), 4
-                        )
+                        strangers = {"pfam": pfam, **decoys, "ec": tasks["ec_seq"][1]}
+                        for kind, rows in strangers.items():
+                            answers = classifier.predict(
+                                features(rows), sequences=[r.sequence for r in rows]
+                            )
+                            claimed[kind][method] = round(
+                                float(np.mean([p.status == "answered" for p in answers])), 4
+                            )
+                            if kind == "pfam":
+                                ood[method] = round(
+                                    float(np.mean([p.status == "unknown" for p in answers])), 4
+                                )
                     progress.update()
                 for anchor, anchor_features, standardise in COMPOSITION_ANCHORS:
                     t0 = time.perf_counter()
@@ -479,6 +510,9 @@ def main() -> None:
                 f"{row.get('layer', ''):>5} {row['seconds']:>6.1f}"
             )
     print(f"\nOOD: fraction of Pfam domains the IS-family classifiers call unknown: {ood}")
+    print("fraction the IS-family classifiers answer with a family, by what they are asked:")
+    for kind, by_method in claimed.items():
+        print(f"  {kind:<9} " + "  ".join(f"{m} {rate:.2f}" for m, rate in by_method.items()))
     print(f"\n{SWEPT} by --target-precision: answered / accuracy on answered")
     for name, by_target in swept.items():
         cells = (
@@ -523,6 +557,7 @@ def main() -> None:
         "mmseqs": have_mmseqs,
         "results": results,
         "ood_unknown_rate": ood,
+        "strangers_answered_rate": claimed,
         "target_precision": target,
         "target_sweep": {"method": SWEPT, **swept},
         "summary": best_vs_anchor,
