@@ -73,6 +73,7 @@ def ddp_worker(
         torch.save(result.encoder.state_dict(), Path(out) / f"rank{rank}.pt")
         stopped = {"step": result.step, "signal": result.signal}
         (Path(out) / f"rank{rank}.json").write_text(json.dumps(stopped))
+        dist.barrier()  # as protssl.cli.pretrain leaves a group: together, after rank 0's checkpoint
     finally:
         dist.destroy_process_group()
 

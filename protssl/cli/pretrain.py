@@ -489,7 +489,10 @@ def _in_process_group(args: argparse.Namespace) -> int:
         backend = "nccl" if torch.cuda.is_available() and args.device != "cpu" else "gloo"
         dist.init_process_group(backend=backend)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        if distributed:  # a rank that tore its group down while rank 0 still wrote the last
+            dist.barrier()  # checkpoint aborted in gloo now and then (SIGABRT, torchrun failed)
+        return code
     finally:
         if distributed:
             dist.destroy_process_group()
