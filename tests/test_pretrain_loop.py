@@ -242,7 +242,7 @@ def test_sigterm_to_a_two_process_run_checkpoints_and_stops_its_workers(
     step = load_checkpoint(run_dir / CHECKPOINT_NAME)["step"]
     assert f"stopped at step {step}; continue with" in stderr and "Traceback" not in stderr
     assert stderr.splitlines()[-1] == (
-        "protssl pretrain: terminated (SIGTERM); the workers checkpointed and stopped: continue "
+        f"protssl pretrain: terminated (SIGTERM); the checkpoint of step {step} is kept: continue "
         f"with protssl pretrain --resume --run-dir {run_dir}"
     )
     left = [c for c in Path("/proc").glob("[0-9]*/cmdline") if str(run_dir).encode() in _read(c)]

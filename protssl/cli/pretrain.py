@@ -322,9 +322,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     if result.model_dir is not None:
         log.info("model written to %s", result.model_dir)
     elif result.signal is not None and not under_torchrun:
-        raise interruption(
-            result.signal, f"the checkpoint of step {result.step} is kept: continue with {go_on}"
-        )
+        raise interruption(result.signal, _kept(result.step, config.run_dir))
     elif result.interrupted:  # under torchrun a signal stop exits 0: the launcher says 130
         log.info("stopped at step %d; continue with %s", result.step, go_on)
     if under_torchrun:
@@ -360,7 +358,6 @@ def _launch_torchrun(nproc: int, run_dir: Path) -> int:
     """Re-run this command under torchrun with --nproc removed; Ctrl-C or SIGTERM here makes the
     workers checkpoint and stop (exit 130), a second one kills them. A signal that reached the
     workers from elsewhere (a scheduler's, `kill PID`) stops them too, and exits 130 as well."""
-    from protssl.pretrain.loop import resume_command
 
     argv = sys.argv[1:]
     if argv and argv[0] == "pretrain":
@@ -401,7 +398,7 @@ def _launch_torchrun(nproc: int, run_dir: Path) -> int:
         try:
             code = torchrun.wait()
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as Terminated
-            kept = _stop_workers(torchrun, run_dir)
+            kept = _stop_workers(torchrun, run_dir, outcome)
             raise type(exc)(kept) from None
         finally:
             signal.signal(signal.SIGHUP, signal.SIG_DFL if hangup is None else hangup)
@@ -409,19 +406,25 @@ def _launch_torchrun(nproc: int, run_dir: Path) -> int:
     if stopped is None:  # finished, stopped by design (--stop-after), or failed: as torchrun ended
         return code
     step, signum = stopped  # every worker exits 0 after a signal stop: this is the one to say it
-    raise interruption(
-        signum, f"the checkpoint of step {step} is kept: continue with {resume_command(run_dir)}"
-    )
+    raise interruption(signum, _kept(step, run_dir))
+
+
+def _kept(step: int, run_dir: Path) -> str:
+    """What a signal-stopped run keeps, and the command that continues it."""
+    from protssl.pretrain.loop import resume_command
+
+    return f"the checkpoint of step {step} is kept: continue with {resume_command(run_dir)}"
 
 
 def _hung_up(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _stop_workers(torchrun: subprocess.Popen[bytes], run_dir: Path) -> str:
+def _stop_workers(torchrun: subprocess.Popen[bytes], run_dir: Path, outcome: Path) -> str:
     """SIGTERM torchrun's workers, which checkpoint at their next step and exit (torchrun then
-    ends as they did), and wait for them; what is kept. Where the workers cannot be found (no
-    /proc), torchrun is signalled and passes it on. A second Ctrl-C or SIGTERM kills them all."""
+    ends as they did), and wait for them; what is kept (the step from rank 0's `outcome`). Where
+    the workers cannot be found (no /proc), torchrun is signalled and passes it on. A second
+    Ctrl-C or SIGTERM kills them all."""
     from protssl.pretrain.loop import resume_command
 
     workers = _children(torchrun.pid)
@@ -439,6 +442,9 @@ def _stop_workers(torchrun: subprocess.Popen[bytes], run_dir: Path) -> str:
         return f"training killed; its last checkpoint in {run_dir} is kept"
     if code != 0:
         return f"training ended with exit code {code}; its last checkpoint in {run_dir} is kept"
+    stopped = _read_outcome(outcome)
+    if stopped is not None:
+        return _kept(stopped[0], run_dir)
     return f"the workers checkpointed and stopped: continue with {resume_command(run_dir)}"
 
 
