@@ -163,5 +163,5 @@ def test_python_dash_m_protssl_pretrain_shows_the_pretrain_command() -> None:
         cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("usage: python -m protssl.pretrain pretrain [-h]")
+    assert done.stdout.startswith("usage: python -m protssl.pretrain [-h]")  # as it is typed
     assert "--resume" in done.stdout and "--nproc" in done.stdout

@@ -478,7 +478,9 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m protssl.pretrain ...`: the `pretrain` command, joining torchrun's process group."""
     configure_logging("INFO", timestamps=True)
     parser = argparse.ArgumentParser(prog="python -m protssl.pretrain")
-    add_commands(parser.add_subparsers(dest="command"), COMMANDS)
+    commands = parser.add_subparsers(dest="command")
+    add_commands(commands, COMMANDS)
+    commands.choices["pretrain"].prog = parser.prog  # the `pretrain` this adds is not typed
     given = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(["pretrain", *given])
     args.command_line = shlex.join(["python", "-m", "protssl.pretrain", *given])
