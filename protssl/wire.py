@@ -243,7 +243,8 @@ class ClassifierInfo:
     examples: int
     """Support records it was fitted on."""
     metrics: dict[str, Any]
-    """Held-out support metrics: held_out, top1_accuracy, answered_rate, accuracy_on_answered, ..."""
+    """Held-out support metrics: held_out, top1_accuracy, answered_rate, accuracy_on_answered,
+    layer_scores (layer: top-1), best_precision (None from older classifiers or servers), ..."""
     created_at: str
     """ISO 8601."""
     pooling: str = "mean"
@@ -282,6 +283,8 @@ def classifier_info_to_proto(stored: StoredClassifier) -> pb.ClassifierInfo:
             examples=int(metrics.get("examples", len(stored.examples))),
             classes=int(metrics.get("classes", 0)),
             layer=int(metrics.get("layer", 0)),
+            layer_scores={int(k): float(v) for k, v in metrics.get("layer_scores", {}).items()},
+            best_precision=metrics.get("best_precision"),
         ),
         created_at=stored.created_at.isoformat(),
         pooling=POOLING.value(stored.pooling),
@@ -297,15 +300,27 @@ _CUTS = ("threshold", "fallback_threshold", "ood_threshold", "multi_label_ratio"
 """ClassifierInfo's optional cuts: None when unset."""
 
 
+def _metrics_from_proto(metrics: pb.ClassifierMetrics) -> dict[str, Any]:
+    """Every field of `metrics`: a map as a dict, an unset optional as None."""
+    out: dict[str, Any] = {}
+    for f in metrics.DESCRIPTOR.fields:
+        value = getattr(metrics, f.name)
+        if f.message_type is not None and f.message_type.GetOptions().map_entry:
+            value = dict(value)
+        elif f.has_presence and not metrics.HasField(f.name):
+            value = None
+        out[f.name] = value
+    return out
+
+
 def classifier_info_from_proto(message: pb.ClassifierInfo) -> ClassifierInfo:
-    metrics = message.metrics
     return _from_message(
         ClassifierInfo,
         message,
         method=CLASSIFIER_METHOD.names.get(message.method, "unspecified"),
         pooling=POOLING.name(message.pooling),
         labels=tuple(message.labels),
-        metrics={f.name: getattr(metrics, f.name) for f in metrics.DESCRIPTOR.fields},
+        metrics=_metrics_from_proto(message.metrics),
         **{name: getattr(message, name) if message.HasField(name) else None for name in _CUTS},
         back_off_levels=tuple(
             {"depth": level.depth, "parents": level.parents, "threshold": level.threshold}

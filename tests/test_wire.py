@@ -144,9 +144,17 @@ def test_model_classifier_and_prediction_messages_round_trip(tiny_model_dir: Pat
             "examples": 2,
             "classes": 2,
             "layer": 1,
+            "layer_scores": {},
+            "best_precision": None,  # a classifier fitted before it was kept, not a 0.0
         },
         created_at=created.isoformat(),
     )
+    scored = dataclasses.replace(
+        stored,
+        metrics={**stored.metrics, "layer_scores": {"1": 0.5, "2": 0.25}, "best_precision": 0.8},
+    )
+    got = wire.classifier_info_from_proto(wire.classifier_info_to_proto(scored)).metrics
+    assert (got["layer_scores"], got["best_precision"]) == ({1: 0.5, 2: 0.25}, 0.8)
     # the cuts a decision is held to travel too (unset above: read as a server without them)
     cuts = {
         "threshold": 0.4,

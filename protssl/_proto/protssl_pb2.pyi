@@ -202,7 +202,14 @@ class LabelledSequence(_message.Message):
     def __init__(self, id: _Optional[str] = ..., sequence: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ClassifierMetrics(_message.Message):
-    __slots__ = ("held_out", "top1_accuracy", "answered_rate", "accuracy_on_answered", "examples", "classes", "layer")
+    __slots__ = ("held_out", "top1_accuracy", "answered_rate", "accuracy_on_answered", "examples", "classes", "layer", "layer_scores", "best_precision")
+    class LayerScoresEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: float
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[float] = ...) -> None: ...
     HELD_OUT_FIELD_NUMBER: _ClassVar[int]
     TOP1_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     ANSWERED_RATE_FIELD_NUMBER: _ClassVar[int]
@@ -210,6 +217,8 @@ class ClassifierMetrics(_message.Message):
     EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     CLASSES_FIELD_NUMBER: _ClassVar[int]
     LAYER_FIELD_NUMBER: _ClassVar[int]
+    LAYER_SCORES_FIELD_NUMBER: _ClassVar[int]
+    BEST_PRECISION_FIELD_NUMBER: _ClassVar[int]
     held_out: str
     top1_accuracy: float
     answered_rate: float
@@ -217,7 +226,9 @@ class ClassifierMetrics(_message.Message):
     examples: int
     classes: int
     layer: int
-    def __init__(self, held_out: _Optional[str] = ..., top1_accuracy: _Optional[float] = ..., answered_rate: _Optional[float] = ..., accuracy_on_answered: _Optional[float] = ..., examples: _Optional[int] = ..., classes: _Optional[int] = ..., layer: _Optional[int] = ...) -> None: ...
+    layer_scores: _containers.ScalarMap[int, float]
+    best_precision: float
+    def __init__(self, held_out: _Optional[str] = ..., top1_accuracy: _Optional[float] = ..., answered_rate: _Optional[float] = ..., accuracy_on_answered: _Optional[float] = ..., examples: _Optional[int] = ..., classes: _Optional[int] = ..., layer: _Optional[int] = ..., layer_scores: _Optional[_Mapping[int, float]] = ..., best_precision: _Optional[float] = ...) -> None: ...
 
 class ClassifierInfo(_message.Message):
     __slots__ = ("id", "name", "version", "method", "model_sha256", "labels", "examples", "metrics", "created_at", "pooling", "threshold", "fallback_threshold", "ood_threshold", "multi_label_ratio", "back_off_levels")
