@@ -57,6 +57,7 @@ from protssl.evaluation import (
     label_metrics,
     sample_episodes,
     segment_composition_features,
+    shown_metric,
 )
 from protssl.fasta import FastaPolicy, ProteinRecord, read_fasta
 from protssl.fewshot import (
@@ -285,9 +286,14 @@ def cached_vectors(
         return {k: data[f"layer{k}"] for k in layers}
 
 
+def _rounded(value: float | None) -> float | None:
+    """A metric to 4 decimals; None (not applicable: nothing answered) stays None."""
+    return None if value is None else round(float(value), 4)
+
+
 def _row(metrics: dict[str, Any], seconds: float, layer: Any = None) -> dict[str, Any]:
     keys = ("f1", "top1_accuracy", "abstention_rate", "backoff_rate", "accuracy_on_answered", "n")
-    row = {k: round(float(metrics[k]), 4) if k != "n" else int(metrics[k]) for k in keys}
+    row = {k: _rounded(metrics[k]) if k != "n" else int(metrics[k]) for k in keys}
     row["seconds"] = round(seconds, 2)
     if layer is not None:
         row["layer"] = layer
@@ -482,9 +488,9 @@ def main() -> None:
             for t in sweep:
                 metrics = evaluate(name, FewShotConfig(SWEPT, target_precision=t))
                 swept[name][str(t)] = {
-                    "answered_rate": round(metrics["answered_rate"], 4),
-                    "accuracy_on_answered": round(metrics["accuracy_on_answered"], 4),
-                    "f1": round(metrics["f1"], 4),
+                    "answered_rate": _rounded(metrics["answered_rate"]),
+                    "accuracy_on_answered": _rounded(metrics["accuracy_on_answered"]),
+                    "f1": _rounded(metrics["f1"]),
                 }
                 progress.update()
     finally:
@@ -506,7 +512,7 @@ def main() -> None:
             print(
                 f"{'':<12} {head:<18} {row['f1']:>6.3f} {row['top1_accuracy']:>6.3f} "
                 f"{row['abstention_rate']:>6.3f} {row['backoff_rate']:>7.3f} "
-                f"{row['accuracy_on_answered']:>8.3f} "
+                f"{shown_metric(row['accuracy_on_answered']):>8} "
                 f"{row.get('layer', ''):>5} {row['seconds']:>6.1f}"
             )
     print(f"\nOOD: fraction of Pfam domains the IS-family classifiers call unknown: {ood}")
@@ -516,7 +522,7 @@ def main() -> None:
     print(f"\n{SWEPT} by --target-precision: answered / accuracy on answered")
     for name, by_target in swept.items():
         cells = (
-            f"{t}: {m['answered_rate']:.2f} / {m['accuracy_on_answered']:.2f}"
+            f"{t}: {m['answered_rate']:.2f} / {shown_metric(m['accuracy_on_answered'])}"
             for t, m in by_target.items()
         )
         print(f"{name:<12} " + "   ".join(cells))

@@ -123,7 +123,8 @@ def label_metrics(
     truth: Sequence[Sequence[str]], predictions: Sequence[Prediction]
 ) -> dict[str, float | None]:
     """Micro P/R/F1 over labels, top-1 accuracy, abstention and back-off rates, accuracy on answered;
-    `backoff_precision` is None (not applicable) when no prediction backed off."""
+    `backoff_precision` and `accuracy_on_answered` are None (not applicable) when no prediction
+    backed off, or none was answered."""
     if len(truth) != len(predictions):
         raise InvalidInputError(f"{len(truth)} true label sets for {len(predictions)} predictions")
     tp = fp = fn = 0
@@ -157,7 +158,7 @@ def label_metrics(
         "backoff_rate": backed / n if n else 0.0,
         "backoff_precision": backed_right / backed if backed else None,
         "answered_rate": answered / n if n else 0.0,
-        "accuracy_on_answered": answered_right / answered if answered else 0.0,
+        "accuracy_on_answered": answered_right / answered if answered else None,
     }
 
 

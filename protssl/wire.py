@@ -279,7 +279,7 @@ def classifier_info_to_proto(stored: StoredClassifier) -> pb.ClassifierInfo:
             held_out=str(metrics.get("held_out", "")),
             top1_accuracy=float(metrics.get("top1_accuracy", 0.0)),
             answered_rate=float(metrics.get("answered_rate", 0.0)),
-            accuracy_on_answered=float(metrics.get("accuracy_on_answered", 0.0)),
+            accuracy_on_answered=metrics.get("accuracy_on_answered"),
             examples=int(metrics.get("examples", len(stored.examples))),
             classes=int(metrics.get("classes", 0)),
             layer=int(metrics.get("layer", 0)),

@@ -312,6 +312,15 @@ def _summary(stored: Any, classifier: FewShotClassifier) -> dict[str, Any]:
     }
 
 
+def _answers(held_out: dict[str, Any]) -> str:
+    """How much of held-out support it answers, and how well ("answers none" when it abstains on
+    every example: an accuracy of nothing is not 0)."""
+    accuracy = held_out.get("accuracy_on_answered")
+    if accuracy is None or not held_out["answered_rate"]:
+        return "answers none"
+    return f"answers {held_out['answered_rate']:.0%} at accuracy {accuracy:.3f}"
+
+
 def _print_saved(stored: Any, classifier: FewShotClassifier) -> None:
     held_out = classifier.support_metrics
     print(
@@ -319,7 +328,7 @@ def _print_saved(stored: Any, classifier: FewShotClassifier) -> None:
         f"{len(stored.examples)} examples, {classifier.info.get('pooling', 'mean')} pooling, "
         f"layer {classifier.layer}; held-out "
         f"({held_out['held_out']}) top-1 accuracy {held_out['top1_accuracy']:.3f}, "
-        f"answers {held_out['answered_rate']:.0%} at accuracy {held_out['accuracy_on_answered']:.3f}"
+        f"{_answers(held_out)}"
     )
     target, reached = classifier.config.target_precision, held_out.get("best_precision")
     if reached is not None and reached < target:

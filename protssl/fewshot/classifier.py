@@ -284,7 +284,7 @@ class FewShotClassifier:
             "informative_examples": int(evidence.sum()),
             "held_out_examples": len(y_held),
             "answered_rate": float(answered.mean()),
-            "accuracy_on_answered": float(correct[answered].mean()) if answered.any() else 0.0,
+            "accuracy_on_answered": float(correct[answered].mean()) if answered.any() else None,
             "best_precision": calibration.best_precision(top_p[cut_rows], correct[cut_rows]),
             "examples": len(y),
             "classes": len(classes),

@@ -541,3 +541,15 @@ def test_classifier_show_gives_the_back_off_levels_and_the_multi_label_ratio(
         classifier.ood_threshold,
         None,
     )
+
+
+def test_a_classifier_that_answers_no_held_out_example_says_so_not_accuracy_zero() -> None:
+    assert fewshot_cli._answers({"answered_rate": 0.0, "accuracy_on_answered": None}) == (
+        "answers none"
+    )
+    assert fewshot_cli._answers({"answered_rate": 0.0, "accuracy_on_answered": 0.0}) == (
+        "answers none"  # as classifiers saved before recorded it
+    )
+    assert fewshot_cli._answers({"answered_rate": 0.25, "accuracy_on_answered": 0.0}) == (
+        "answers 25% at accuracy 0.000"
+    )

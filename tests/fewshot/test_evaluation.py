@@ -69,6 +69,16 @@ def test_backoff_precision_is_not_applicable_without_back_offs_and_zero_when_all
     assert label_metrics([], [])["backoff_precision"] is None
 
 
+def test_accuracy_on_answered_is_not_applicable_when_nothing_was_answered() -> None:
+    """It read 0.0 when every query abstained or backed off: as if every answer had been wrong."""
+    truth = [("1.1.1.1",), ("2.1.1.1",)]
+    none = [_p((UNKNOWN,), "unknown", "1.1.1.1"), _p(("2.1.1.-",), "backed_off", "2.1.1.1", 0.4)]
+    assert label_metrics(truth, none)["accuracy_on_answered"] is None
+    assert label_metrics(truth, none)["answered_rate"] == 0.0
+    wrong = [_p(("2.1.1.1",), "answered", "2.1.1.1"), none[1]]
+    assert label_metrics(truth, wrong)["accuracy_on_answered"] == 0.0
+
+
 def test_reliability_bins_and_calibration_error() -> None:
     table, ece = reliability(np.array([0.95, 0.95, 0.15, 0.15]), np.array([1, 0, 0, 0]))
     assert [row["count"] for row in table] == [2, 2]
