@@ -232,6 +232,14 @@ def create_server(
         (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server
     )
     address = f"{config.host}:{config.port}"
+
+    def release() -> None:
+        """What a server that cannot bind its ports holds: the model worker, threads, the store."""
+        batcher.close()
+        gate.shutdown(wait=False)
+        if owned_store is not None:
+            owned_store.close()
+
     try:
         with core_lines_held():  # grpc's C core says in its words what the line below says in ours
             if credentials is None:
@@ -239,10 +247,7 @@ def create_server(
             else:
                 port = server.add_secure_port(address, credentials)
     except RuntimeError as exc:
-        batcher.close()
-        gate.shutdown(wait=False)
-        if owned_store is not None:
-            owned_store.close()
+        release()
         if credentials is not None and probe_bind(config.host, config.port) is None:
             raise _refused_tls(config) from None  # the port is free: the PEMs were refused
         raise bind_error("the gRPC port", config.host, config.port, exc, "--port") from None
@@ -260,10 +265,7 @@ def create_server(
         try:
             metrics_port = metrics.serve(config.host, config.metrics_port)
         except OSError as exc:
-            batcher.close()
-            gate.shutdown(wait=False)
-            if owned_store is not None:
-                owned_store.close()
+            release()
             raise bind_error(
                 "the metrics port", config.host, config.metrics_port, exc, "--metrics-port (or off)"
             ) from None

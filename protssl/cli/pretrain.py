@@ -358,7 +358,6 @@ def _launch_torchrun(nproc: int, run_dir: Path) -> int:
     """Re-run this command under torchrun with --nproc removed; Ctrl-C or SIGTERM here makes the
     workers checkpoint and stop (exit 130), a second one kills them. A signal that reached the
     workers from elsewhere (a scheduler's, `kill PID`) stops them too, and exits 130 as well."""
-
     argv = sys.argv[1:]
     if argv and argv[0] == "pretrain":
         argv = argv[1:]
