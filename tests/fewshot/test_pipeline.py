@@ -21,7 +21,6 @@ from protssl.fewshot import (
     embed_for_fewshot,
     fit_records,
 )
-from protssl.hardware import cpu_has_bf16
 from protssl.pooling import SEGMENTS
 
 
@@ -118,7 +117,7 @@ def test_classify_records_checks_the_model_before_any_embedding(
     assert through == classify_records(classifier, query, windowed_model)
 
 
-@pytest.mark.skipif(not cpu_has_bf16(), reason="bfloat16 without native CPU support is slow")
+@pytest.mark.bf16_cpu  # bfloat16 without native CPU support is slow
 def test_bf16_vectors_move_with_the_batch_a_record_shares_float32_ones_hardly(
     windowed_model_dir: Path, is_split: tuple[list[ProteinRecord], list[ProteinRecord]]
 ) -> None:
