@@ -245,8 +245,12 @@ def test_sigterm_to_a_two_process_run_checkpoints_and_stops_its_workers(
         f"protssl pretrain: terminated (SIGTERM); the checkpoint of step {step} is kept: continue "
         f"with protssl pretrain --resume --run-dir {run_dir}"
     )
-    left = [c for c in Path("/proc").glob("[0-9]*/cmdline") if str(run_dir).encode() in _read(c)]
-    assert not left  # no worker trains on
+    assert not _training(run_dir)  # no worker trains on
+
+
+def _training(run_dir: Path) -> list[Path]:
+    """The /proc cmdline files of processes whose command line names `run_dir`."""
+    return [c for c in Path("/proc").glob("[0-9]*/cmdline") if str(run_dir).encode() in _read(c)]
 
 
 def _read(path: Path) -> bytes:
@@ -295,8 +299,7 @@ def test_a_signal_to_one_worker_of_a_two_process_run_makes_the_launcher_exit_130
         f"protssl pretrain: terminated (SIGTERM); the checkpoint of step {step} is kept: continue "
         f"with protssl pretrain --resume --run-dir {run_dir}"
     )
-    left = [c for c in Path("/proc").glob("[0-9]*/cmdline") if str(run_dir).encode() in _read(c)]
-    assert not left  # no worker trains on
+    assert not _training(run_dir)  # no worker trains on
 
     resumed = [*command, "--resume", "--steps", str(step + 2)]
     done = subprocess.run(resumed, capture_output=True, text=True)
