@@ -296,21 +296,9 @@ def classifier_info_to_proto(stored: StoredClassifier) -> pb.ClassifierInfo:
     )
 
 
-_CUTS = ("threshold", "fallback_threshold", "ood_threshold", "multi_label_ratio")
-"""ClassifierInfo's optional cuts: None when unset."""
-
-
 def _metrics_from_proto(metrics: pb.ClassifierMetrics) -> dict[str, Any]:
-    """Every field of `metrics`: a map as a dict, an unset optional as None."""
-    out: dict[str, Any] = {}
-    for f in metrics.DESCRIPTOR.fields:
-        value = getattr(metrics, f.name)
-        if f.message_type is not None and f.message_type.GetOptions().map_entry:
-            value = dict(value)
-        elif f.has_presence and not metrics.HasField(f.name):
-            value = None
-        out[f.name] = value
-    return out
+    """Every field of `metrics`, as `_field_value` reads it."""
+    return {f.name: _field_value(metrics, f.name) for f in metrics.DESCRIPTOR.fields}
 
 
 def classifier_info_from_proto(message: pb.ClassifierInfo) -> ClassifierInfo:
@@ -321,7 +309,6 @@ def classifier_info_from_proto(message: pb.ClassifierInfo) -> ClassifierInfo:
         pooling=POOLING.name(message.pooling),
         labels=tuple(message.labels),
         metrics=_metrics_from_proto(message.metrics),
-        **{name: getattr(message, name) if message.HasField(name) else None for name in _CUTS},
         back_off_levels=tuple(
             {"depth": level.depth, "parents": level.parents, "threshold": level.threshold}
             for level in message.back_off_levels
@@ -425,9 +412,20 @@ def token_info_from_proto(message: pb.TokenInfo) -> TokenInfo:
 
 
 def _from_message(kind: type[D], message: Any, **converted: Any) -> D:
-    """A dataclass whose fields are the message's fields of the same names, but for `converted`."""
-    same = {f.name: getattr(message, f.name) for f in fields(kind) if f.name not in converted}
+    """A dataclass whose fields are the message's fields of the same names (`_field_value`), but
+    for `converted`."""
+    same = {f.name: _field_value(message, f.name) for f in fields(kind) if f.name not in converted}
     return kind(**same, **converted)
+
+
+def _field_value(message: Any, name: str) -> Any:
+    """A field as Python reads it: a map as a dict, an `optional` scalar left unset as None (a
+    peer from before the field, or nothing to say), anything else as protobuf gives it."""
+    field = message.DESCRIPTOR.fields_by_name[name]
+    value = getattr(message, name)
+    if field.message_type is not None:
+        return dict(value) if field.message_type.GetOptions().map_entry else value
+    return value if not field.has_presence or message.HasField(name) else None
 
 
 def _to_message(kind: type[M], value: Any, **converted: Any) -> M:
