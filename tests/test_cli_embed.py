@@ -470,6 +470,27 @@ def test_user_errors_are_one_line_before_any_work(
         assert said in line, line
 
 
+def test_a_layer_the_model_lacks_is_refused_before_a_job_is_recorded(
+    tiny_model_dir: Path,
+    sample_fasta: Path,
+    tmp_path: Path,
+    sqlite_url: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fasta = _first_records(sample_fasta, 3, tmp_path / "three.fasta")
+    out = tmp_path / "o.h5"
+    base = [str(fasta), "-o", str(out), *_tiny_args(tiny_model_dir), "--db", sqlite_url]
+    assert main(["embed", *base, "--layer", "99"]) == 2
+    line, _ = _one_line_error(capsys)
+    assert line == "protssl embed: error: layer 99 is out of range for a 2-layer model"
+    assert not out.exists()
+    with Store(StoreConfig(url=sqlite_url)) as store:
+        assert store.jobs.list() == []  # no failed job left for a typo
+    assert main(["embed", *base, "--layer", "-1"]) == 0  # the same run with a layer it has
+    with Store(StoreConfig(url=sqlite_url)) as store:
+        assert [job.status for job in store.jobs.list()] == ["succeeded"]
+
+
 def test_a_corrupt_h5_to_resume_says_what_to_do(
     tiny_model_dir: Path, sample_fasta: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

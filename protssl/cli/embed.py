@@ -217,6 +217,7 @@ def _embed(args: argparse.Namespace) -> int:
         check_parts_folder(args.output)
         check_not_being_written(args.output)
     model = load_model(args)
+    model.resolve_layer(config.layer)  # a layer the model lacks: refused before a job is recorded
     summary = JobSummary(output=args.output)
     store = None if args.no_cache else open_store(args)
     run = None
