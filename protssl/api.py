@@ -13,7 +13,7 @@ import numpy as np
 from protssl.batching import WindowPolicy
 from protssl.checkpoint import LoadedModel, load_model
 from protssl.embedding import EmbedConfig, Embedding, Provenance, embed_records
-from protssl.fasta import FastaPolicy, ProteinRecord, records_from_sequences
+from protssl.fasta import FastaPolicy, SequenceItem, records_from_sequences
 from protssl.pooling import pooled_width
 
 __all__ = ["EmbedResult", "embed"]
@@ -72,7 +72,7 @@ def _files_signature(spec: str | Path | None) -> tuple[tuple[str, int, int, int]
 
 
 def embed(
-    records_or_sequences: Iterable[ProteinRecord | str] | Mapping[str, str],
+    records_or_sequences: Iterable[SequenceItem] | Mapping[str, str],
     *,
     model: LoadedModel | str | Path | None = None,
     ids: Sequence[str] | None = None,
@@ -82,7 +82,8 @@ def embed(
     window: WindowPolicy | None = None,
     policy: FastaPolicy | None = None,
 ) -> EmbedResult:
-    """Embed records or plain sequences; returns ids and float32 vectors in input order.
+    """Embed records (protssl's or Biopython's) or plain sequences; returns ids and float32
+    vectors in input order.
 
     `model` is a loaded model, a path or preset name, or None for the shipped default; what it
     names is loaded once and kept (the last two), and read again when its files change. Plain

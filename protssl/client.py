@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import numpy as np
+from Bio.SeqRecord import SeqRecord
 
 from protssl._proto import protssl_pb2 as pb
 from protssl._proto import protssl_pb2_grpc as pb_grpc
@@ -51,6 +52,7 @@ from protssl.errors import (
 from protssl.fasta import (
     FastaPolicy,
     ProteinRecord,
+    SequenceItem,
     checked_id,
     checked_item,
     read_fasta,
@@ -348,10 +350,11 @@ def _tls_hint(details: str, tls: bool, client_certificate: bool) -> str:
 
 
 def _examples(
-    items: Iterable[ProteinRecord | tuple[str, str | Sequence[str]]],
+    items: Iterable[ProteinRecord | SeqRecord | tuple[str, str | Sequence[str]]],
 ) -> list[pb.LabelledSequence]:
-    """Labelled records, or (sequence, label or labels) pairs, as protobuf examples; anything else
-    (one string, a mapping, a bare sequence) is refused naming the example."""
+    """Labelled records (protssl's, or Biopython's with `label=` in the description), or
+    (sequence, label or labels) pairs, as protobuf examples; anything else (one string, a mapping,
+    a bare sequence) is refused naming the example."""
     if isinstance(items, str | bytes | Mapping):
         what = "a mapping" if isinstance(items, Mapping) else "one string"
         raise InvalidInputError(
@@ -360,8 +363,11 @@ def _examples(
         )
     out = []
     for index, item in enumerate(items):
-        if isinstance(item, ProteinRecord):
-            out.append(pb.LabelledSequence(id=item.id, sequence=item.sequence, labels=item.labels))
+        record = checked_item(index, item) if isinstance(item, SeqRecord) else item
+        if isinstance(record, ProteinRecord):
+            out.append(
+                pb.LabelledSequence(id=record.id, sequence=record.sequence, labels=record.labels)
+            )
             continue
         if isinstance(item, str | bytes) or not isinstance(item, Sequence) or len(item) != 2:
             raise InvalidInputError(
@@ -375,14 +381,14 @@ def _examples(
 
 
 def _sequences(
-    items: Iterable[str | ProteinRecord] | Mapping[str, str], ids: Sequence[str] | None
+    items: Iterable[SequenceItem] | Mapping[str, str], ids: Sequence[str] | None
 ) -> list[dict[str, str]]:
     """`pb.Sequence` fields per item (dicts: a third of the cost of building messages one by one)."""
     return list(_sequence_fields(items, ids))
 
 
 def _sequence_fields(
-    items: Iterable[str | ProteinRecord] | Mapping[str, str], ids: Sequence[str] | None
+    items: Iterable[SequenceItem] | Mapping[str, str], ids: Sequence[str] | None
 ) -> Iterator[dict[str, str]]:
     """`_sequences`, item by item: `items` is read lazily (a stream may be longer than memory);
     arguments of the wrong shape are refused at once (`refuse_misshapen`), an item or id of another
@@ -392,7 +398,7 @@ def _sequence_fields(
 
 
 def _fields_of(
-    items: Iterable[str | ProteinRecord] | Mapping[str, str], ids: Sequence[str] | None
+    items: Iterable[SequenceItem] | Mapping[str, str], ids: Sequence[str] | None
 ) -> Iterator[dict[str, str]]:
     keyed = isinstance(items, Mapping)
     pairs = items.items() if isinstance(items, Mapping) else enumerate(items)
@@ -568,7 +574,7 @@ class Client:
 
     def embed(
         self,
-        sequences: Iterable[str | ProteinRecord] | Mapping[str, str],
+        sequences: Iterable[SequenceItem] | Mapping[str, str],
         *,
         ids: Sequence[str] | None = None,
         model: str = "",
@@ -594,7 +600,7 @@ class Client:
 
     def embed_stream(
         self,
-        sequences: Iterable[str | ProteinRecord] | Mapping[str, str],
+        sequences: Iterable[SequenceItem] | Mapping[str, str],
         *,
         ids: Sequence[str] | None = None,
         model: str = "",
@@ -886,7 +892,7 @@ class Client:
     def create_classifier(
         self,
         name: str,
-        examples: Iterable[ProteinRecord | tuple[str, str | Sequence[str]]],
+        examples: Iterable[ProteinRecord | SeqRecord | tuple[str, str | Sequence[str]]],
         *,
         method: str = "prototype",
         model: str = "",
@@ -894,7 +900,8 @@ class Client:
         pooling: str | None = None,
         timeout: float | None = None,
     ) -> ClassifierInfo:
-        """Fit a classifier on labelled records (or (sequence, label) pairs) and store it as `name`.
+        """Fit a classifier on labelled records (or (sequence, label) pairs) and store it as `name`;
+        Biopython `SeqRecord`s carry their labels as `label=A;B` in the description.
 
         A name that exists is AlreadyExistsError, unless `new_version`: then it gets the next
         version. Methods: prototype, knn, linear, contrastive, hybrid. `pooling` (mean, bos or
@@ -916,7 +923,7 @@ class Client:
     def add_examples(
         self,
         name: str,
-        examples: Iterable[ProteinRecord | tuple[str, str | Sequence[str]]],
+        examples: Iterable[ProteinRecord | SeqRecord | tuple[str, str | Sequence[str]]],
         *,
         timeout: float | None = None,
     ) -> ClassifierInfo:
@@ -949,7 +956,7 @@ class Client:
     def classify(
         self,
         name: str,
-        sequences: Iterable[str | ProteinRecord] | Mapping[str, str],
+        sequences: Iterable[SequenceItem] | Mapping[str, str],
         *,
         ids: Sequence[str] | None = None,
         version: int | None = None,

@@ -32,7 +32,9 @@ from functools import partial
 from pathlib import Path
 from typing import IO, Any, Literal
 
+from Bio.Seq import UndefinedSequenceError
 from Bio.SeqIO.FastaIO import SimpleFastaParser
+from Bio.SeqRecord import SeqRecord
 
 from protssl.alphabet import RESIDUES, first_non_residue
 from protssl.errors import FastaFormatError, InvalidInputError
@@ -44,6 +46,7 @@ __all__ = [
     "FastaPolicy",
     "ProteinRecord",
     "ReadStats",
+    "SequenceItem",
     "check_fasta",
     "checked_id",
     "checked_item",
@@ -106,6 +109,10 @@ class ProteinRecord:
 
     def __len__(self) -> int:
         return len(self.sequence)
+
+
+SequenceItem = str | ProteinRecord | SeqRecord
+"""What a list of sequences may hold: residues, protssl's records, or Biopython's (`SeqIO.parse`)."""
 
 
 @dataclass(frozen=True)
@@ -551,14 +558,29 @@ def refuse_misshapen(sequences: object, ids: object) -> None:
 
 
 def checked_item(index: int, item: object) -> str | ProteinRecord:
-    """Item `index` of a sequences argument when it is a sequence (a string) or a record; anything
-    else is refused naming it (not a TypeError from deep inside)."""
+    """Item `index` of a sequences argument when it is a sequence (a string) or a record (a
+    Biopython `SeqRecord`, as `SeqIO.parse` gives them, becomes one: its id, its residues, labels
+    from `label=` in its description); anything else is refused naming it (not a TypeError from
+    deep inside)."""
+    if isinstance(item, SeqRecord):
+        return _from_seqrecord(index, item)
     if not isinstance(item, str | ProteinRecord):
         raise InvalidInputError(
-            f"sequences[{index}] is {type(item).__name__} {item!r:.40}, not a sequence (a string) "
-            "or a ProteinRecord"
+            f"sequences[{index}] is {type(item).__name__} {item!r:.40}, not a sequence (a string), "
+            "a ProteinRecord or a Biopython SeqRecord"
         )
     return item
+
+
+def _from_seqrecord(index: int, item: SeqRecord) -> ProteinRecord:
+    try:
+        residues = str(item.seq)
+    except UndefinedSequenceError as exc:  # a length without residues
+        raise InvalidInputError(
+            f"sequences[{index}]: SeqRecord {item.id!r} has no residues ({exc})"
+        ) from None
+    description = str(item.description or "")
+    return ProteinRecord(str(item.id), residues, parse_labels(description), description)
 
 
 def checked_id(index: int, given: object) -> str:
@@ -580,7 +602,7 @@ def _is_file(text: str) -> bool:
 
 
 def records_from_sequences(
-    sequences: Iterable[str | ProteinRecord] | Mapping[str, str],
+    sequences: Iterable[SequenceItem] | Mapping[str, str],
     *,
     ids: Iterable[str] | None = None,
     policy: FastaPolicy | None = None,

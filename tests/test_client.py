@@ -17,6 +17,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from Bio.Seq import Seq
+from Bio.SeqRecord import SeqRecord
 from ports import free_port
 from service_support import load_tiny, real_records, running_server, save_tiny_model
 
@@ -773,6 +775,28 @@ def test_classifiers_through_the_sdk(model, by_family, tmp_path):
         client.delete_classifier("two")
         with pytest.raises(NotFoundError, match="'two'"):
             client.classify("two", ["MKV"])
+
+
+def test_biopython_records_go_through_the_sdk_as_protssl_records(model, by_family, tmp_path):
+    """What `SeqIO.parse` gives: embedded under their ids, and as classifier examples with their
+    labels from `label=` in the description."""
+    chosen = [r for f in ("fn3", "RRM_1") for r in by_family[f][:3]]
+    theirs = [
+        SeqRecord(Seq(r.sequence.lower()), id=r.id, description=f"{r.id} label={r.labels[0]}")
+        for r in chosen
+    ]
+    url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    with (
+        running_server(model, store=True, database_url=url) as (_, addr, _registry),
+        protssl.Client(addr) as client,
+    ):
+        embedded = client.embed(theirs)
+        assert embedded.ids == [r.id for r in chosen]
+        np.testing.assert_allclose(embedded.vectors, client.embed(chosen).vectors, atol=1e-6)
+        info = client.create_classifier("two", theirs, method="knn")
+        assert (info.examples, sorted(info.labels)) == (6, ["RRM_1", "fn3"])
+        (prediction,) = client.classify("two", [theirs[0]])
+        assert prediction.id == chosen[0].id
 
 
 def test_classify_waits_for_a_server_that_restarts(model, by_family, tmp_path, caplog):

@@ -7,6 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from Bio import SeqIO
+from Bio.Seq import Seq
+from Bio.SeqRecord import SeqRecord
 
 from protssl.errors import FastaFormatError, InvalidInputError
 from protssl.fasta import (
@@ -289,6 +292,26 @@ def test_examples_are_the_shared_records_they_stand_in_for(
     for path in sorted((examples / "edge_cases").iterdir()):
         full = shared_file(f"edge_cases/{path.name}", why).read_bytes()
         assert full.startswith(path.read_bytes()) and path.read_bytes().endswith(b"\n"), path.name
+
+
+def test_biopython_records_are_taken_as_protssl_records(sample_fasta: Path) -> None:
+    """`SeqIO.parse` gives what a FASTA file read by protssl gives: ids, residues (through the
+    same policy: lowercase uppercased, a stop refused by name), labels from `label=`."""
+    ours = list(read_fasta(sample_fasta))[:5]
+    with sample_fasta.open() as handle:  # given a path, SeqIO.parse leaves the file open
+        theirs = list(SeqIO.parse(handle, "fasta"))[:5]
+    assert records_from_sequences(theirs) == records_from_sequences(ours)
+    labelled = SeqRecord(Seq("mkvl"), id="q1", description="q1 label=1.1.1.1;2.7.1.1 len=4")
+    (record,) = records_from_sequences([labelled])
+    assert (record.id, record.sequence, record.labels) == ("q1", "MKVL", ("1.1.1.1", "2.7.1.1"))
+    with pytest.raises(
+        FastaFormatError, match=r"record 'q2' \(#2\) at position 3: invalid residue"
+    ):
+        records_from_sequences([labelled, SeqRecord(Seq("MK*V"), id="q2")])
+    with pytest.raises(InvalidInputError, match=r"sequences\[1\]: SeqRecord 'q3' has no residues"):
+        records_from_sequences([labelled, SeqRecord(Seq(None, 40), id="q3")])
+    with pytest.raises(InvalidInputError, match=r"not a sequence .* or a Biopython SeqRecord"):
+        records_from_sequences([labelled, Seq("MKV")])
 
 
 def test_in_memory_sequences_that_break_the_policy_are_named_together() -> None:
