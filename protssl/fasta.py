@@ -25,7 +25,7 @@ import os
 import re
 import sys
 import zlib
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -47,6 +47,7 @@ __all__ = [
     "ProteinRecord",
     "ReadStats",
     "SequenceItem",
+    "as_records",
     "check_fasta",
     "checked_id",
     "checked_item",
@@ -599,6 +600,14 @@ def _is_file(text: str) -> bool:
         return Path(text).is_file()
     except (OSError, ValueError):  # a name too long for a path, a NUL in it
         return False
+
+
+def as_records(items: Sequence[SequenceItem]) -> Sequence[ProteinRecord]:
+    """protssl records as they are; a list holding anything else (strings, Biopython records)
+    goes whole through `records_from_sequences`, so it meets the FASTA policy or is refused by name."""
+    if all(isinstance(item, ProteinRecord) for item in items):
+        return items  # type: ignore[return-value]
+    return records_from_sequences(items)
 
 
 def records_from_sequences(

@@ -15,7 +15,7 @@ import numpy as np
 from protssl.checkpoint import LoadedModel
 from protssl.embedding import CacheStats, EmbedConfig, embed_records_layers
 from protssl.errors import CheckpointError, InvalidInputError
-from protssl.fasta import ProteinRecord
+from protssl.fasta import ProteinRecord, SequenceItem, as_records
 from protssl.fewshot.classifier import FewShotClassifier, Prediction, require_labels
 from protssl.fewshot.config import FewShotConfig
 
@@ -109,7 +109,7 @@ def check_model(classifier: FewShotClassifier, model: LoadedModel) -> None:
 
 
 def fit_records(
-    records: Sequence[ProteinRecord],
+    records: Sequence[SequenceItem],
     model: LoadedModel,
     config: FewShotConfig | None = None,
     *,
@@ -119,28 +119,30 @@ def fit_records(
     cache: EmbeddingCache | None = None,
     stats: CacheStats | None = None,
 ) -> FewShotClassifier:
-    """Embed labelled records at the candidate layers (through `cache` when given) and fit;
-    without `embed_config`, on the pooling `classifier_embed_config` picks for the model."""
+    """Embed labelled records (protssl's, or Biopython's with `label=` in the description) at the
+    candidate layers (through `cache` when given) and fit; without `embed_config`, on the pooling
+    `classifier_embed_config` picks for the model."""
+    labelled = as_records(records)
     embed_config = embed_config or classifier_embed_config(None, model)
-    require_labels([r.labels for r in records], [r.id for r in records])
+    require_labels([r.labels for r in labelled], [r.id for r in labelled])
     chosen = (
         tuple(layers) if layers is not None else candidate_layers(model.encoder.config.num_layers)
     )
     features = embed_for_fewshot(
-        records, model, chosen, embed_config, on_batch=on_batch, cache=cache, stats=stats
+        labelled, model, chosen, embed_config, on_batch=on_batch, cache=cache, stats=stats
     )
     return FewShotClassifier.fit(
         features,
-        [r.labels for r in records],
+        [r.labels for r in labelled],
         config,
         info=_model_info(model, embed_config),
-        sequences=[r.sequence for r in records],
+        sequences=[r.sequence for r in labelled],
     )
 
 
 def classify_records(
     classifier: FewShotClassifier,
-    records: Sequence[ProteinRecord],
+    records: Sequence[SequenceItem],
     model: LoadedModel,
     *,
     embed_config: EmbedConfig | None = None,
@@ -150,23 +152,25 @@ def classify_records(
     cache: EmbeddingCache | None = None,
     stats: CacheStats | None = None,
 ) -> list[Prediction]:
-    """Embed records at the classifier's layer with the model it was fitted on, and predict.
+    """Embed records (or sequences, or Biopython records) at the classifier's layer with the model
+    it was fitted on, and predict.
 
     `embed` replaces embedding here with `model` (the service passes its batcher's), else
     vectors go through `cache` when given; each prediction lists its `top_k` most probable labels.
     """
     check_model(classifier, model)
+    queries = as_records(records)
     pooling = classifier.info.get("pooling", "mean")
     embed_config = embed_config or EmbedConfig(pooling=pooling)
     if embed_config.pooling != pooling:
         raise InvalidInputError(f"this classifier needs {pooling} pooling")
-    if not records:
+    if not queries:
         return []
     if embed is not None:
-        vectors = embed(records, classifier.layer, pooling)
+        vectors = embed(queries, classifier.layer, pooling)
     else:
         features = embed_for_fewshot(
-            records,
+            queries,
             model,
             (classifier.layer,),
             embed_config,
@@ -176,5 +180,5 @@ def classify_records(
         )
         vectors = features[classifier.layer]
     return classifier.predict(
-        vectors, [r.id for r in records], top_k=top_k, sequences=[r.sequence for r in records]
+        vectors, [r.id for r in queries], top_k=top_k, sequences=[r.sequence for r in queries]
     )

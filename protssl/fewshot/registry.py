@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from protssl.checkpoint import LoadedModel
 from protssl.embedding import CacheStats, EmbedConfig
-from protssl.fasta import ProteinRecord
+from protssl.fasta import ProteinRecord, SequenceItem, as_records
 from protssl.fewshot.classifier import FewShotClassifier
 from protssl.fewshot.pipeline import check_model, fit_records
 
@@ -32,11 +32,12 @@ def save_classifier(
     store: Store,
     name: str,
     classifier: FewShotClassifier,
-    examples: Sequence[ProteinRecord],
+    examples: Sequence[SequenceItem],
     *,
     new_name: bool = False,
 ) -> StoredClassifier:
-    """Save a fitted classifier and its support records as the next version of `name`.
+    """Save a fitted classifier and its support records (as `fit_records` took them) as the next
+    version of `name`.
 
     Returns the store's `StoredClassifier` (version 1 for a new name). With `new_name`, a name that
     exists is AlreadyExistsError instead (race-safe).
@@ -52,7 +53,7 @@ def save_classifier(
         method=classifier.config.method,
         params=params,
         blob=blob,
-        examples=[(r.id, r.sequence, tuple(r.labels)) for r in examples],
+        examples=[(r.id, r.sequence, tuple(r.labels)) for r in as_records(examples)],
         metrics=metrics,
         new_name=new_name,
     )

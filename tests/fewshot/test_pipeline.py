@@ -8,10 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from Bio.Seq import Seq
+from Bio.SeqRecord import SeqRecord
 
 from protssl.checkpoint import LoadedModel, load_model
 from protssl.embedding import EmbedConfig, embed_records, embed_records_layers
-from protssl.errors import CheckpointError, InvalidInputError
+from protssl.errors import CheckpointError, FastaFormatError, InvalidInputError
 from protssl.fasta import ProteinRecord
 from protssl.fewshot import (
     FewShotConfig,
@@ -20,8 +22,10 @@ from protssl.fewshot import (
     classify_records,
     embed_for_fewshot,
     fit_records,
+    save_classifier,
 )
 from protssl.pooling import SEGMENTS
+from protssl.store import Store, StoreConfig
 
 
 def test_embedding_several_layers_matches_one_layer_at_a_time(
@@ -67,6 +71,36 @@ def test_fit_and_classify_records_with_a_model(
         classify_records(classifier, query, windowed_model, embed_config=EmbedConfig(pooling="bos"))
     with pytest.raises(InvalidInputError, match="'P0' has no label"):
         fit_records([ProteinRecord("P0", "MKVL"), *support], windowed_model)
+
+
+def test_biopython_records_and_plain_sequences_fit_classify_and_save_as_records(
+    windowed_model: LoadedModel,
+    is_split: tuple[list[ProteinRecord], list[ProteinRecord]],
+    tmp_path: Path,
+) -> None:
+    support, query = is_split[0][:24], is_split[1][:4]
+    theirs = [
+        SeqRecord(
+            Seq(r.sequence.lower()), id=r.id, description=f"{r.id} label={';'.join(r.labels)}"
+        )
+        for r in support
+    ]
+    config = FewShotConfig(method="knn")
+    ours = fit_records(support, windowed_model, config)
+    biopython = fit_records(theirs, windowed_model, config)
+    assert (biopython.classes, biopython.layer_scores) == (ours.classes, ours.layer_scores)
+    expected = classify_records(ours, query, windowed_model)
+    assert classify_records(biopython, query, windowed_model) == expected
+    as_strings = classify_records(ours, [r.sequence for r in query], windowed_model)
+    assert [p.id for p in as_strings] == ["seq0", "seq1", "seq2", "seq3"]
+    assert [p.labels for p in as_strings] == [p.labels for p in expected]
+    with pytest.raises(FastaFormatError, match=r"record 'seq1' \(#2\) at position 2"):
+        classify_records(ours, ["MKV", "M1KV"], windowed_model)
+    with pytest.raises(InvalidInputError, match="not a sequence"):
+        classify_records(ours, [query[0], 42], windowed_model)  # type: ignore[list-item]
+    with Store(StoreConfig(url=f"sqlite:///{tmp_path / 'store.sqlite3'}")) as store:
+        stored = save_classifier(store, "is", biopython, theirs)
+    assert stored.examples == tuple((r.id, r.sequence, r.labels) for r in support)
 
 
 def test_a_classifier_pools_as_the_models_card_recommends_unless_told(
