@@ -344,7 +344,8 @@ def _tls_hint(details: str, tls: bool, client_certificate: bool) -> str:
             " (the server's certificate is not signed by a CA this client trusts: give "
             "root_certificates, the CA that signed it)"
         )
-    if not tls and "Socket closed" in details:
+    if not tls and ("Socket closed" in details or "before receiving SETTINGS frame" in details):
+        # a TLS server closes a plaintext connection, or waits for a handshake that never comes
         return " (if the server speaks TLS, connect with tls=True or root_certificates)"
     return ""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -473,6 +474,27 @@ def test_embed_file_fails_at_once_when_no_server_answers(tmp_path, sample_fasta)
     ):
         client.embed_file(fasta, tmp_path / "v.h5", progress=False)
     assert time.monotonic() - start < 30
+
+
+def test_a_port_that_never_speaks_grpc_is_said_plainly_with_the_tls_hint() -> None:
+    """What a plaintext client sees of a TLS server that has not answered its bytes yet (a busy
+    host): the connection opens and no HTTP/2 settings come. The hint names TLS as the likely
+    cause, as it does when a TLS server closes the connection."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        with (
+            protssl.Client(address, retries=0, timeout=10) as client,
+            pytest.raises(UnavailableError) as raised,
+        ):
+            client.embed(["MKV"])
+    message = str(raised.value)
+    assert message.startswith(
+        f"cannot reach a protssl server at {address} (if the server speaks TLS, connect with "
+        "tls=True or root_certificates): "
+    )
+    assert message.endswith("before receiving SETTINGS frame")
 
 
 def test_embed_fasta_progress_knows_its_total(address, sample_fasta, tmp_path, capsys):
