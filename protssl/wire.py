@@ -10,7 +10,7 @@ protobuf. A wire value this side does not know is the caller's error (InvalidInp
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -297,8 +297,8 @@ def classifier_info_to_proto(stored: StoredClassifier) -> pb.ClassifierInfo:
 
 
 def _metrics_from_proto(metrics: pb.ClassifierMetrics) -> dict[str, Any]:
-    """Every field of `metrics`, as `_field_value` reads it."""
-    return {f.name: _field_value(metrics, f.name) for f in metrics.DESCRIPTOR.fields}
+    """Every field of `metrics`, as `_field_values` reads them."""
+    return _field_values(metrics, (f.name for f in metrics.DESCRIPTOR.fields))
 
 
 def classifier_info_from_proto(message: pb.ClassifierInfo) -> ClassifierInfo:
@@ -412,20 +412,38 @@ def token_info_from_proto(message: pb.TokenInfo) -> TokenInfo:
 
 
 def _from_message(kind: type[D], message: Any, **converted: Any) -> D:
-    """A dataclass whose fields are the message's fields of the same names (`_field_value`), but
+    """A dataclass whose fields are the message's fields of the same names (`_field_values`), but
     for `converted`."""
-    same = {f.name: _field_value(message, f.name) for f in fields(kind) if f.name not in converted}
+    same = _field_values(message, (f.name for f in fields(kind) if f.name not in converted))
     return kind(**same, **converted)
 
 
-def _field_value(message: Any, name: str) -> Any:
-    """A field as Python reads it: a map as a dict, an `optional` scalar left unset as None (a
+def _field_values(message: Any, names: Iterable[str]) -> dict[str, Any]:
+    """Fields as Python reads them: a map as a dict, an `optional` scalar left unset as None (a
     peer from before the field, or nothing to say), anything else as protobuf gives it."""
-    field = message.DESCRIPTOR.fields_by_name[name]
-    value = getattr(message, name)
-    if field.message_type is not None:
-        return dict(value) if field.message_type.GetOptions().map_entry else value
-    return value if not field.has_presence or message.HasField(name) else None
+    optional, maps = _read_as(message.DESCRIPTOR)
+    out = {}
+    for name in names:
+        value = getattr(message, name)
+        if name in optional and not message.HasField(name):
+            value = None
+        elif name in maps:
+            value = dict(value)
+        out[name] = value
+    return out
+
+
+@functools.cache
+def _read_as(descriptor: Any) -> tuple[frozenset[str], frozenset[str]]:
+    """A message type's `optional` scalar fields and its map fields, by name (once per type: the
+    SDK decodes every prediction through `_field_values`)."""
+    optional = {f.name for f in descriptor.fields if f.message_type is None and f.has_presence}
+    maps = {
+        f.name
+        for f in descriptor.fields
+        if f.message_type is not None and f.message_type.GetOptions().map_entry
+    }
+    return frozenset(optional), frozenset(maps)
 
 
 def _to_message(kind: type[M], value: Any, **converted: Any) -> M:
