@@ -386,6 +386,7 @@ class HybridHead(Head):
         """(M, C) -log10 E-value of each class's best significant hit among the candidates (0: none).
 
         `leave_out`: the support row each query is (held-out scoring), kept out of its candidates.
+        Queries are searched on torch's threads at once (the thread budget embedding has).
         """
         out = np.zeros((len(queries), self.n_classes))
         aligner = self._align()
@@ -398,10 +399,14 @@ class HybridHead(Head):
                 rows = np.arange(len(sims))
                 sims[rows, leave_out[start : start + len(sims)]] = -np.inf
             top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-            for offset, candidates in enumerate(top):
-                row = start + offset
-                order = candidates[np.argsort(-sims[offset, candidates], kind="stable")]
-                for index, evalue, _ in aligner.search(queries[row], order.tolist()):
+            orders = [
+                candidates[np.argsort(-sims[offset, candidates], kind="stable")].tolist()
+                for offset, candidates in enumerate(top)
+            ]
+            block = queries[start : start + len(orders)]
+            searched = aligner.search_many(block, orders, torch.get_num_threads())
+            for row, hits in enumerate(searched, start):
+                for index, evalue, _ in hits:
                     if evalue > self.evalue:
                         break
                     value = min(-math.log10(max(evalue, 1e-300)), _MAX_SIGNIFICANCE)

@@ -61,6 +61,20 @@ def test_aligner_finds_the_homologue_with_an_e_value_over_the_whole_support(
     assert unpack(pack(sequences(support))) == sequences(support)
 
 
+def test_searches_on_threads_give_the_hits_of_one_after_the_other(
+    is_split: tuple[list[ProteinRecord], list[ProteinRecord]],
+) -> None:
+    support, query = is_split
+    aligner = Aligner(sequences(support))
+    queries = [homologue(r.sequence) for r in support[:12]] + sequences(query[:12])
+    candidates = [list(range(i % 7, len(support), 2)) for i in range(len(queries))]
+    one = Aligner(sequences(support))  # one after the other, on this thread
+    alone = [one.search(q, c) for q, c in zip(queries, candidates, strict=True)]
+    assert sum(len(h) for h in alone) > len(queries)  # hits to compare, not empty lists
+    assert list(aligner.search_many(queries, candidates, threads=3)) == alone
+    assert list(aligner.search_many(queries, candidates, threads=1)) == alone
+
+
 def test_alignment_evidence_beats_misleading_embedding_evidence_for_a_close_homologue(
     is_split: tuple[list[ProteinRecord], list[ProteinRecord]],
 ) -> None:
@@ -221,3 +235,4 @@ def test_a_big_support_is_calibrated_on_a_seeded_sample_of_held_out_rows(
     assert (again.temperature, again.threshold) == (sampled.temperature, sampled.threshold)
     answers = sampled.predict(two_layers(query), sequences=sequences(query))
     assert label_metrics([r.labels for r in query], answers)["top1_accuracy"] > 0.8
+
