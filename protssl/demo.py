@@ -26,12 +26,6 @@ from protssl.entrypoint import configure_logging
 from protssl.fasta import read_fasta
 from protssl.store import Store, StoreConfig
 
-METHOD = "linear"
-"""The demo's head. With the shipped model (sha256 b6831f41…), its recommended `segments` pooling
-and the default 0.9 target precision, on these 48 queries: prototype, kNN and linear each answer
-all 48 (47 right), hybrid all 48 (48 right, ~40 ms a query for its alignments); with `mean`
-pooling (before the card recommended `segments`) linear answered 26 (24 right), prototype 13."""
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
@@ -96,8 +90,9 @@ def run(client: Client, examples: Path, database_url: str) -> None:
     )
 
     support = list(read_fasta(examples / "labelled.fasta"))
-    # no pooling named: the server fits on the one the model's card recommends, else mean
-    info = client.create_classifier("is-families", support, method=METHOD, new_version=True)
+    # no method or pooling named: auto (hybrid: the examples' sequences are at hand) and the
+    # pooling the model's card recommends, else mean
+    info = client.create_classifier("is-families", support, new_version=True)
     m = info.metrics
     print(
         f"classifier {info.name} v{info.version}: {len(info.labels)} families from "

@@ -111,13 +111,14 @@ VECTOR_DTYPE = WireEnum(
 CLASSIFIER_METHOD = WireEnum(
     "classifier method",
     {
+        "auto": pb.CLASSIFIER_METHOD_UNSPECIFIED,
         "prototype": pb.CLASSIFIER_METHOD_PROTOTYPE,
         "knn": pb.CLASSIFIER_METHOD_KNN,
         "linear": pb.CLASSIFIER_METHOD_LINEAR,
         "contrastive": pb.CLASSIFIER_METHOD_CONTRASTIVE,
         "hybrid": pb.CLASSIFIER_METHOD_HYBRID,
     },
-    default="prototype",
+    default="auto",
 )
 ON_INVALID = WireEnum(
     "on_invalid",
@@ -305,7 +306,10 @@ def classifier_info_from_proto(message: pb.ClassifierInfo) -> ClassifierInfo:
     return _from_message(
         ClassifierInfo,
         message,
-        method=CLASSIFIER_METHOD.names.get(message.method, "unspecified"),
+        # a fitted classifier has a head; zero (auto when asking) means the server did not say
+        method=CLASSIFIER_METHOD.names.get(message.method, "unspecified")
+        if message.method
+        else "unspecified",
         pooling=POOLING.name(message.pooling),
         labels=tuple(message.labels),
         metrics=_metrics_from_proto(message.metrics),

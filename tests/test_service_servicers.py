@@ -321,6 +321,9 @@ def test_classifier_lifecycle_and_classify_equals_in_process(
     )
     assert (created.name, created.version, created.examples) == ("families", 1, 9)
     assert created.pooling == pb.POOLING_MEAN  # unset, and the tiny card recommends none
+    assert (
+        created.method == pb.CLASSIFIER_METHOD_HYBRID
+    )  # unset: auto, with the support's sequences
     assert sorted(created.labels) == sorted(families)
     assert created.model_sha256 == service_model.sha256
     assert created.metrics.held_out == "leave-one-out" and created.metrics.examples == 9

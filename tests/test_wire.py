@@ -14,7 +14,7 @@ from protssl._proto import protssl_pb2 as pb
 from protssl.checkpoint import load_model
 from protssl.embedding import POOLINGS, Embedding, Provenance
 from protssl.errors import InvalidInputError
-from protssl.fewshot import METHODS, Prediction
+from protssl.fewshot import CHOICES, Prediction
 from protssl.store import StoredClassifier
 from protssl.store.config import VECTOR_DTYPES
 
@@ -34,17 +34,21 @@ def test_every_enum_value_has_one_name_and_an_unset_field_means_the_default() ->
     for enum, proto, names in (
         (wire.POOLING, pb.Pooling, POOLINGS),
         (wire.VECTOR_DTYPE, pb.VectorDType, VECTOR_DTYPES),
-        (wire.CLASSIFIER_METHOD, pb.ClassifierMethod, METHODS),
+        (wire.CLASSIFIER_METHOD, pb.ClassifierMethod, CHOICES),
     ):
         assert tuple(enum.values) == names  # the wire names are the library's
-        assert sorted(enum.values.values()) == sorted(v for v in proto.values() if v != 0)
+        named_zero = enum.default not in POOLINGS + VECTOR_DTYPES  # `auto` is the unset value
+        assert sorted(enum.values.values()) == sorted(
+            v for v in proto.values() if v != 0 or named_zero
+        )
         for name, value in enum.values.items():
             assert (enum.name(value), enum.value(name)) == (name, value)
     assert (wire.POOLING.name(0), wire.VECTOR_DTYPE.name(0), wire.CLASSIFIER_METHOD.name(0)) == (
         "mean",
         "float32",
-        "prototype",
+        "auto",
     )
+    assert wire.CLASSIFIER_METHOD.value("auto") == pb.CLASSIFIER_METHOD_UNSPECIFIED
 
 
 def test_unknown_enum_names_and_values_are_the_callers_error() -> None:
@@ -56,7 +60,7 @@ def test_unknown_enum_names_and_values_are_the_callers_error() -> None:
         InvalidInputError, match="pooling must be one of mean, bos, segments, per-residue"
     ):
         wire.POOLING.value("max")
-    with pytest.raises(InvalidInputError, match="classifier method must be one of prototype"):
+    with pytest.raises(InvalidInputError, match="classifier method must be one of auto, prototype"):
         wire.CLASSIFIER_METHOD.value("svm")
 
 
@@ -155,6 +159,10 @@ def test_model_classifier_and_prediction_messages_round_trip(tiny_model_dir: Pat
     )
     got = wire.classifier_info_from_proto(wire.classifier_info_to_proto(scored)).metrics
     assert (got["layer_scores"], got["best_precision"]) == ({1: 0.5, 2: 0.25}, 0.8)
+    # a fitted classifier has a head: an unset method is a server that did not say, not `auto`
+    unsaid = wire.classifier_info_to_proto(stored)
+    unsaid.ClearField("method")
+    assert wire.classifier_info_from_proto(unsaid).method == "unspecified"
     # the cuts a decision is held to travel too (unset above: read as a server without them)
     cuts = {
         "threshold": 0.4,

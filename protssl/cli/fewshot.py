@@ -184,15 +184,16 @@ COMMANDS = (
 
 
 def _add_fit_args(parser: argparse.ArgumentParser) -> None:
-    from protssl.fewshot import METHODS
+    from protssl.fewshot import CHOICES
 
     parser.add_argument(
         "--method",
-        choices=METHODS,
-        default="prototype",
-        help="classifier head (default prototype); hybrid answers from alignments where the "
-        "support holds a homologue, the most accurate head on the README's few-shot benchmark, "
-        "at tens of ms a query",
+        choices=CHOICES,
+        default="auto",
+        help="classifier head (default auto: hybrid, which answers from alignments where the "
+        "support holds a homologue and from the embedding elsewhere, the most accurate head on "
+        "the README's few-shot benchmark, at tens of ms a query; prototype or knn answer from "
+        "the embedding alone in well under a millisecond)",
     )
     parser.add_argument("--k", type=int, default=5, help="neighbours for --method knn")
     parser.add_argument(
@@ -226,7 +227,8 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
 def _fit_config(args: argparse.Namespace) -> FewShotConfig:
     from protssl.fewshot import FewShotConfig
 
-    return FewShotConfig(method=args.method, k=args.k, target_precision=args.target_precision)
+    config = FewShotConfig(method=args.method, k=args.k, target_precision=args.target_precision)
+    return config.resolved(with_sequences=True)  # every command here fits on FASTA records
 
 
 def _layers(args: argparse.Namespace, model: LoadedModel) -> tuple[int, ...]:
@@ -608,7 +610,7 @@ def _fewshot_eval(args: argparse.Namespace) -> int:
         )
     metrics: dict[str, Any] = {
         **result.metrics,
-        "method": args.method,
+        "method": config.method,
         "pooling": embed_config.pooling,
         "model": model.name,
         "model_sha256": model.sha256,
@@ -654,7 +656,7 @@ def _evaluate(
             config,
             sequences=[r.sequence for r in used],
         )
-        title = f"{args.ways}-way {args.shots}-shot, {args.episodes} episodes, {args.method}"
+        title = f"{args.ways}-way {args.shots}-shot, {args.episodes} episodes, {config.method}"
     else:
         query = _read(args.query, args, labelled=True)
         features = _embed([*support, *query], model, layers, embed_config, cache, args)
@@ -669,5 +671,5 @@ def _evaluate(
             support_sequences=[r.sequence for r in support],
             query_sequences=[r.sequence for r in query],
         )
-        title = f"{args.method} on {len(support)} support, {len(query)} queries"
+        title = f"{config.method} on {len(support)} support, {len(query)} queries"
     return result, title

@@ -8,7 +8,7 @@ wrong label. One module per concept:
 
 | module | what lives there |
 |---|---|
-| `config` | `FewShotConfig` and the heads on offer (`METHODS`) |
+| `config` | `FewShotConfig`, the heads on offer (`METHODS`) and what a fit may ask for (`CHOICES`) |
 | `heads` | the scoring heads, their held-out scores and the trainer of the torch ones |
 | `alignment` | `Aligner`: pyhmmer's phmmer of a query against chosen support sequences |
 | `calibration` | temperature, abstention thresholds, extra labels, EC back-off levels |
@@ -22,7 +22,7 @@ The core (`heads` … `episodes`) knows nothing of models or SQL; `pipeline` tie
 """
 
 from protssl.fewshot.classifier import UNKNOWN, FewShotClassifier, Prediction, require_labels
-from protssl.fewshot.config import METHODS, FewShotConfig
+from protssl.fewshot.config import CHOICES, METHODS, FewShotConfig
 from protssl.fewshot.episodes import Episode, sample_episodes, subset_episodes
 from protssl.fewshot.pipeline import (
     candidate_layers,
@@ -40,6 +40,7 @@ from protssl.fewshot.registry import (
 )
 
 __all__ = [
+    "CHOICES",
     "METHODS",
     "UNKNOWN",
     "ClassifierCache",

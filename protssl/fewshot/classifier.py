@@ -171,10 +171,10 @@ class FewShotClassifier:
         """Fit on `{layer: (N, D) vectors}` and N label tuples (a string is one label, not its
         letters); chooses the layer by held-out accuracy.
 
-        `sequences` (the N support sequences) are needed by the `hybrid` method only; it chooses
-        its layer by its embedding head's held-out accuracy.
+        `sequences` (the N support sequences) are needed by the `hybrid` method, which `auto` (the
+        default) then is; it chooses its layer by its embedding head's held-out accuracy.
         """
-        config = config or FewShotConfig()
+        config = (config or FewShotConfig()).resolved(with_sequences=sequences is not None)
         label_sets = [tuple(dict.fromkeys((ls,) if isinstance(ls, str) else ls)) for ls in labels]
         if not features:
             raise InvalidInputError("no vectors given to fit a classifier")

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from protssl.errors import InvalidInputError, refuse_non_finite
 
-__all__ = ["EMBEDDING_HEADS", "METHODS", "FewShotConfig", "Method"]
+__all__ = ["CHOICES", "EMBEDDING_HEADS", "METHODS", "FewShotConfig", "Method"]
 
-Method = Literal["prototype", "knn", "linear", "contrastive", "hybrid"]
+Method = Literal["auto", "prototype", "knn", "linear", "contrastive", "hybrid"]
 METHODS: tuple[Method, ...] = ("prototype", "knn", "linear", "contrastive", "hybrid")
+"""The heads a fitted classifier can have."""
+CHOICES: tuple[Method, ...] = ("auto", *METHODS)
+"""What a fit may be asked for: a head, or `auto` (resolved when fitting, see `FewShotConfig`)."""
 EMBEDDING_HEADS: tuple[str, ...] = ("prototype", "knn")
 """The embedding heads `hybrid` can fall back to (their held-out scores are exact leave-one-out)."""
 
@@ -19,9 +22,11 @@ EMBEDDING_HEADS: tuple[str, ...] = ("prototype", "knn")
 class FewShotConfig:
     """How a few-shot classifier is fitted."""
 
-    method: Method = "prototype"
-    """prototype (cosine to class centroids), knn, linear (logistic head), contrastive, or hybrid
-    (alignment of embedding-retrieved candidates where a significant hit exists, else `fallback`)."""
+    method: Method = "auto"
+    """prototype (cosine to class centroids), knn, linear (logistic head), contrastive, hybrid
+    (alignment of embedding-retrieved candidates where a significant hit exists, else `fallback`),
+    or auto: hybrid when the support sequences are given (every face gives them; the most accurate
+    head on every task of the README's few-shot benchmark), prototype for vectors alone."""
     k: int = 5
     """Neighbours that vote in `knn`."""
     target_precision: float = 0.9
@@ -60,9 +65,9 @@ class FewShotConfig:
 
     def __post_init__(self) -> None:
         refuse_non_finite(self)
-        if self.method not in METHODS:
+        if self.method not in CHOICES:
             raise InvalidInputError(
-                f"method must be one of {', '.join(METHODS)}, not {self.method!r}"
+                f"method must be one of {', '.join(CHOICES)}, not {self.method!r}"
             )
         if self.k < 1:
             raise InvalidInputError(f"k must be at least 1, got {self.k}")
@@ -88,3 +93,9 @@ class FewShotConfig:
             )
         if self.contrastive_temperature <= 0 or self.weight_decay < 0:
             raise InvalidInputError("contrastive_temperature must be > 0, weight_decay >= 0")
+
+    def resolved(self, with_sequences: bool) -> FewShotConfig:
+        """This config with `auto` made the head a fit runs (and a classifier keeps)."""
+        if self.method != "auto":
+            return self
+        return replace(self, method="hybrid" if with_sequences else "prototype")

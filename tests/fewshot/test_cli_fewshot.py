@@ -114,9 +114,14 @@ def test_fewshot_eval_cli_split_episodes_and_report(
     labels = [r.labels for r in support_records]
     episodes = sample_episodes(labels, episodes=3, ways=3, shots=2, queries=2, seed=0)
     whole_pool = evaluate_episodes(
-        {k: v[:32] for k, v in features.items()}, labels, episodes, FewShotConfig()
+        {k: v[:32] for k, v in features.items()},
+        labels,
+        episodes,
+        FewShotConfig(),
+        sequences=[r.sequence for r in support_records],
     ).metrics
     assert {k: metrics[k] for k in whole_pool} == pytest.approx(whole_pool)
+    assert metrics["method"] == "hybrid"  # auto, the default, with the sequences at hand
 
     with pytest.raises(InvalidInputError, match="either --query"):
         run_cli(["fewshot-eval", "--support", str(support), "--model", model_dir])
@@ -309,6 +314,8 @@ def test_classify_through_a_server_writes_the_local_table(
     url = f"sqlite:///{tmp_path / 'lab.sqlite3'}"
     local = ["--db", url, "--model", str(windowed_model_dir), "--dtype", "float32"]
     assert run_cli(["classifier", "create", "tfam", "--fasta", str(support_file), *local]) == 0
+    created = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert created["method"] == "hybrid"  # auto, the default: the support's sequences are at hand
     here, there = tmp_path / "here.tsv", tmp_path / "there.tsv"
     assert run_cli(["classify", "tfam", str(query_file), "-o", str(here), *local]) == 0
     capsys.readouterr()

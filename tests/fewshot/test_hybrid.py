@@ -236,3 +236,20 @@ def test_a_big_support_is_calibrated_on_a_seeded_sample_of_held_out_rows(
     answers = sampled.predict(two_layers(query), sequences=sequences(query))
     assert label_metrics([r.labels for r in query], answers)["top1_accuracy"] > 0.8
 
+
+def test_auto_the_default_is_hybrid_with_the_support_sequences_and_prototype_without(
+    is_split: tuple[list[ProteinRecord], list[ProteinRecord]],
+) -> None:
+    support, query = is_split
+    assert FewShotConfig().method == "auto"
+    auto = fit(support)  # the default config, the sequences given (as every face gives them)
+    hybrid = fit(support, method="hybrid")
+    assert auto.config == hybrid.config and auto.config.method == "hybrid"  # kept resolved
+    ask = {"sequences": sequences(query)}
+    assert auto.predict(two_layers(query), **ask) == hybrid.predict(two_layers(query), **ask)
+    vectors_only = FewShotClassifier.fit(two_layers(support), [r.labels for r in support])
+    assert vectors_only.config.method == "prototype"
+    params, blob = auto.to_state()
+    assert FewShotClassifier.from_state(params, blob).config.method == "hybrid"
+    with pytest.raises(InvalidInputError, match="method must be one of auto, prototype, knn"):
+        FewShotConfig(method="svm")  # type: ignore[arg-type]
