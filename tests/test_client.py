@@ -951,7 +951,7 @@ def test_service_demo_runs_end_to_end(tmp_path, capsys):
     assert "embedded 300 proteins" in out
     assert "the first 8 again: 8/8 from the cache" in out and "bit-identical: True" in out
     assert (
-        "classifier is-families v1: 6 families from 72 examples, linear head, segments pooling"
+        "classifier is-families v1: 6 families from 72 examples, hybrid head, segments pooling"
         in out
     )
     assert "classified 48 held-out transposases" in out and "server stopped" in out
