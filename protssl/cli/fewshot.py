@@ -259,13 +259,13 @@ def _read(path: str, args: argparse.Namespace, *, labelled: bool) -> list[Protei
     return records
 
 
-def _bar(residues: int | None, args: argparse.Namespace) -> tqdm[Any]:
-    """The embedding progress bar over that many residues (None: not known ahead, stdin); none
-    with --no-progress."""
+def _bar(residues: int | None, args: argparse.Namespace, desc: str = "embedding") -> tqdm[Any]:
+    """The progress bar over that many residues (None: not known ahead, stdin); none with
+    --no-progress."""
     from protssl.progress import progress_bar
 
     return progress_bar(
-        total=residues, unit="res", unit_scale=True, desc="embedding", disable=args.no_progress
+        total=residues, unit="res", unit_scale=True, desc=desc, disable=args.no_progress
     )
 
 
@@ -332,7 +332,8 @@ def _print_saved(stored: Any, classifier: FewShotClassifier) -> None:
     held_out = classifier.support_metrics
     print(
         f"classifier {stored.name!r} version {stored.version}: {len(classifier.classes)} classes, "
-        f"{len(stored.examples)} examples, {classifier.info.get('pooling', 'mean')} pooling, "
+        f"{len(stored.examples)} examples, {classifier.config.method} head, "
+        f"{classifier.info.get('pooling', 'mean')} pooling, "
         f"layer {classifier.layer}; held-out "
         f"({held_out['held_out']}) top-1 accuracy {held_out['top1_accuracy']:.3f}, "
         f"{_answers(held_out)}"
@@ -491,7 +492,7 @@ def _kept_when_interrupted(args: argparse.Namespace) -> str:
 def _classify_local(args: argparse.Namespace, policy: FastaPolicy, residues: int | None) -> int:
     """`classify` in this process: the store's classifier, this machine's model."""
     from protssl.embedding import CacheStats
-    from protssl.fewshot import classify_records, load_classifier
+    from protssl.fewshot import classify_records, load_classifier, progress_residues
 
     stats = CacheStats()
     with open_store(args) as store:
@@ -503,7 +504,10 @@ def _classify_local(args: argparse.Namespace, policy: FastaPolicy, residues: int
                 classifier, chunk, model, on_batch=bar.update, cache=store.embeddings, stats=stats
             )
 
-        _write_predictions(args, policy, residues, predict)
+        # a hybrid classifier aligns each query after embedding it: one bar over both
+        total = None if residues is None else progress_residues(classifier, residues)
+        desc = "embedding" if total == residues else "embedding, aligning"
+        _write_predictions(args, policy, total, predict, desc)
     _print_stats(stats)
     return 0
 
@@ -536,12 +540,13 @@ def _write_predictions(
     policy: FastaPolicy,
     residues: int | None,
     predict: Callable[[list[ProteinRecord], tqdm[Any]], Sequence[Prediction]],
+    desc: str = "embedding",
 ) -> int:
     """`classify`'s table (or JSON) of the input's predictions, `CLASSIFY_CHUNK` records at a time
-    through `predict` (which moves the bar on); returns the rows written."""
+    through `predict` (which moves the bar on, to `residues`); returns the rows written."""
     from protssl.fasta import ReadStats, no_records_error, read_fasta
 
-    with _bar(residues, args) as bar, _output(args.output) as out:
+    with _bar(residues, args, desc) as bar, _output(args.output) as out:
         table = _PredictionTable(out, args.format)
         stats = ReadStats()
         records = read_fasta(args.input, policy=policy, stats=stats)

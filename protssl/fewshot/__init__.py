@@ -31,6 +31,7 @@ from protssl.fewshot.pipeline import (
     classify_records,
     embed_for_fewshot,
     fit_records,
+    progress_residues,
 )
 from protssl.fewshot.registry import (
     ClassifierCache,
@@ -56,6 +57,7 @@ __all__ = [
     "embed_for_fewshot",
     "fit_records",
     "load_classifier",
+    "progress_residues",
     "require_labels",
     "sample_episodes",
     "save_classifier",

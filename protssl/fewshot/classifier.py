@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -340,14 +340,17 @@ class FewShotClassifier:
         return self._scored(features, sequences)[0]
 
     def _scored(
-        self, features: np.ndarray | Mapping[int, np.ndarray], sequences: Sequence[str] | None
+        self,
+        features: np.ndarray | Mapping[int, np.ndarray],
+        sequences: Sequence[str] | None,
+        on_search: Callable[[int], None] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Calibrated probabilities and, per query, whether alignment evidence decided its top."""
         x = self._vectors(features)
         if isinstance(self.head, HybridHead):
             if sequences is None:
                 raise InvalidInputError("a hybrid classifier needs the query sequences")
-            scores, aligned = self.head.score_queries(x, sequences)
+            scores, aligned = self.head.score_queries(x, sequences, on_search)
         else:
             scores, aligned = self.head.scores(x), np.zeros(len(x), dtype=bool)
         return calibration.softmax(scores, self.temperature), aligned
@@ -364,15 +367,17 @@ class FewShotClassifier:
         *,
         top_k: int = 3,
         sequences: Sequence[str] | None = None,
+        on_search: Callable[[int], None] | None = None,
     ) -> list[Prediction]:
         """Labels with abstention and back-off for M query vectors (from the chosen layer).
 
         Each prediction also lists its `top_k` most probable leaf labels, whatever the decision,
-        and the evidence it rests on; `sequences` (the queries') are needed by hybrid classifiers.
+        and the evidence it rests on; `sequences` (the queries') are needed by hybrid classifiers,
+        which call `on_search` with each query's residues once its alignment search is done.
         """
         if top_k < 1:
             raise InvalidInputError(f"top_k must be at least 1, got {top_k}")
-        probs, aligned = self._scored(features, sequences)
+        probs, aligned = self._scored(features, sequences, on_search)
         nearest = self.nearest_similarity(features)
         ids = list(ids) if ids is not None else [f"query{i}" for i in range(len(probs))]
         if len(ids) != len(probs):

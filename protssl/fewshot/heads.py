@@ -381,12 +381,18 @@ class HybridHead(Head):
         return self._aligner
 
     def significance(
-        self, x: np.ndarray, queries: Sequence[str], *, leave_out: np.ndarray | None = None
+        self,
+        x: np.ndarray,
+        queries: Sequence[str],
+        *,
+        leave_out: np.ndarray | None = None,
+        on_search: Callable[[int], None] | None = None,
     ) -> np.ndarray:
         """(M, C) -log10 E-value of each class's best significant hit among the candidates (0: none).
 
         `leave_out`: the support row each query is (held-out scoring), kept out of its candidates.
-        Queries are searched on torch's threads at once (the thread budget embedding has).
+        Queries are searched on torch's threads at once (the thread budget embedding has);
+        `on_search` gets each query's residues as its search ends (progress).
         """
         out = np.zeros((len(queries), self.n_classes))
         aligner = self._align()
@@ -406,6 +412,8 @@ class HybridHead(Head):
             block = queries[start : start + len(orders)]
             searched = aligner.search_many(block, orders, torch.get_num_threads())
             for row, hits in enumerate(searched, start):
+                if on_search is not None:
+                    on_search(len(queries[row]))
                 for index, evalue, _ in hits:
                     if evalue > self.evalue:
                         break
@@ -463,12 +471,15 @@ class HybridHead(Head):
         raise InvalidInputError("the hybrid head scores queries with their sequences")
 
     def score_queries(
-        self, x: np.ndarray, sequences: Sequence[str]
+        self,
+        x: np.ndarray,
+        sequences: Sequence[str],
+        on_search: Callable[[int], None] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(M, C) scores and, per query, whether a significant hit (alignment evidence) scored it."""
         if len(sequences) != len(x):
             raise InvalidInputError(f"{len(sequences)} query sequences for {len(x)} query vectors")
-        align = self.significance(x, sequences)
+        align = self.significance(x, sequences, on_search=on_search)
         hits = align.max(1) > 0
         return self._combine(self.embedding.scores(x), align, hits), hits
 

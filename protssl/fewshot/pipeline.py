@@ -29,6 +29,7 @@ __all__ = [
     "classify_records",
     "embed_for_fewshot",
     "fit_records",
+    "progress_residues",
 ]
 
 EmbedFn = Callable[[Sequence[ProteinRecord], int, str], np.ndarray]
@@ -56,15 +57,18 @@ def embed_for_fewshot(
     layer, from one forward per batch.
 
     With `cache` (a store's embedding cache) vectors already there are read, not computed, and
-    computed ones are written back; `stats` counts both.
+    computed ones are written back; `stats` counts both. `on_batch` gets the residues of each
+    batch computed and of each record read from the cache, so a bar over them all completes.
     """
     config = config or EmbedConfig()
     classifier_embed_config(config.pooling, model)
+    stats = stats if stats is not None else CacheStats()
     wanted = tuple(layers)
     position = {r.id: i for i, r in enumerate(records)}
     if len(position) != len(records):
         raise InvalidInputError("record ids must be unique to embed for a classifier")
     out: dict[int, np.ndarray] = {}
+    read = stats.cached
     for by_layer in embed_records_layers(
         records, model, wanted, config, on_batch=on_batch, cache=cache, stats=stats
     ):
@@ -72,6 +76,10 @@ def embed_for_fewshot(
             if layer not in out:
                 out[layer] = np.zeros((len(records), embedding.vector.shape[0]), dtype=np.float32)
             out[layer][position[embedding.id]] = embedding.vector
+        if stats.cached > read:  # this one came from the cache: no forward reported it
+            read = stats.cached
+            if on_batch is not None:
+                on_batch(embedding.length)
     return out
 
 
@@ -157,6 +165,8 @@ def classify_records(
 
     `embed` replaces embedding here with `model` (the service passes its batcher's), else
     vectors go through `cache` when given; each prediction lists its `top_k` most probable labels.
+    `on_batch` gets the residues of each batch embedded and, for a hybrid classifier, of each query
+    aligned (`progress_residues`: what a bar over both counts to).
     """
     check_model(classifier, model)
     queries = as_records(records)
@@ -180,5 +190,15 @@ def classify_records(
         )
         vectors = features[classifier.layer]
     return classifier.predict(
-        vectors, [r.id for r in queries], top_k=top_k, sequences=[r.sequence for r in queries]
+        vectors,
+        [r.id for r in queries],
+        top_k=top_k,
+        sequences=[r.sequence for r in queries],
+        on_search=on_batch,
     )
+
+
+def progress_residues(classifier: FewShotClassifier, residues: int) -> int:
+    """What `classify_records`' `on_batch` adds up to over queries of `residues` residues: a
+    hybrid classifier aligns each query after embedding it, so its residues count twice."""
+    return residues * (2 if classifier.config.method == "hybrid" else 1)

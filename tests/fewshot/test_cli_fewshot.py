@@ -314,8 +314,9 @@ def test_classify_through_a_server_writes_the_local_table(
     url = f"sqlite:///{tmp_path / 'lab.sqlite3'}"
     local = ["--db", url, "--model", str(windowed_model_dir), "--dtype", "float32"]
     assert run_cli(["classifier", "create", "tfam", "--fasta", str(support_file), *local]) == 0
-    created = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert created["method"] == "hybrid"  # auto, the default: the support's sequences are at hand
+    said, line = capsys.readouterr().out.strip().splitlines()[-2:]
+    assert json.loads(line)["method"] == "hybrid"  # auto, the default: the sequences are at hand
+    assert "24 examples, hybrid head, mean pooling, layer" in said
     here, there = tmp_path / "here.tsv", tmp_path / "there.tsv"
     assert run_cli(["classify", "tfam", str(query_file), "-o", str(here), *local]) == 0
     capsys.readouterr()

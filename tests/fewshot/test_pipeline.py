@@ -22,6 +22,7 @@ from protssl.fewshot import (
     classify_records,
     embed_for_fewshot,
     fit_records,
+    progress_residues,
     save_classifier,
 )
 from protssl.pooling import SEGMENTS
@@ -71,6 +72,34 @@ def test_fit_and_classify_records_with_a_model(
         classify_records(classifier, query, windowed_model, embed_config=EmbedConfig(pooling="bos"))
     with pytest.raises(InvalidInputError, match="'P0' has no label"):
         fit_records([ProteinRecord("P0", "MKVL"), *support], windowed_model)
+
+
+@pytest.mark.parametrize("method", ["knn", "hybrid"])
+def test_progress_counts_every_residue_embedded_read_from_the_cache_and_aligned(
+    method: str,
+    tmp_path: Path,
+    windowed_model: LoadedModel,
+    is_split: tuple[list[ProteinRecord], list[ProteinRecord]],
+) -> None:
+    """A bar over `progress_residues` completes: cached vectors count (they stayed at 0%), and a
+    hybrid classifier's alignment searches count too (the bar stood still while they ran)."""
+    support, query = is_split[0][:24], is_split[1][:8]
+    residues = sum(len(r) for r in query)
+    with Store(StoreConfig(url=f"sqlite:///{tmp_path / 'store.db'}")) as store:
+        classifier = fit_records(support, windowed_model, FewShotConfig(method=method))  # type: ignore[arg-type]
+        total = progress_residues(classifier, residues)
+        assert total == residues * (2 if method == "hybrid" else 1)
+        for _ in ("computed", "from the cache"):
+            counted: list[int] = []
+            classify_records(
+                classifier, query, windowed_model, on_batch=counted.append, cache=store.embeddings
+            )
+            assert sum(counted) == total
+        counted = []
+        embed_for_fewshot(
+            query, windowed_model, (1, 2), on_batch=counted.append, cache=store.embeddings
+        )
+        assert sum(counted) == residues  # a layer not cached yet: all computed, each counted once
 
 
 def test_biopython_records_and_plain_sequences_fit_classify_and_save_as_records(
