@@ -493,8 +493,21 @@ class ClassifierServicer(_Face, pb_grpc.ClassifierServiceServicer):
             response.vectors_computed += len(outcomes) - cached
             return np.stack([r.embedding.vector for r in outcomes])
 
+        deadline = _deadline(context)
+
+        def still_wanted(_: int) -> None:
+            """Between a hybrid classifier's alignment searches: a caller gone or out of time ends
+            the call, instead of the server aligning the rest for nobody."""
+            if not context.is_active() or (deadline is not None and time.monotonic() > deadline):
+                raise DeadlineExceededError("the deadline passed while the queries were aligned")
+
         decided = fewshot.classify_records(
-            classifier, records, self.model, top_k=request.top_k or 3, embed=through_batcher
+            classifier,
+            records,
+            self.model,
+            top_k=request.top_k or 3,
+            embed=through_batcher,
+            on_batch=still_wanted,
         )
         response.predictions.extend(prediction_to_proto(d) for d in decided)
         return response

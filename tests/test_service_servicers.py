@@ -3,6 +3,9 @@ classifiers; each answer equals the library's in-process one."""
 
 from __future__ import annotations
 
+import logging
+import re
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -570,3 +573,55 @@ def test_hybrid_classifier_returns_the_evidence_it_used(
     want = fewshot.classify_records(classifier, queries, service_model)
     assert [p.evidence for p in reply.predictions] == [p.evidence for p in want]
     classifiers.DeleteClassifier(pb.DeleteClassifierRequest(name="hybrid"), timeout=10)
+
+
+def test_a_hybrid_classify_stops_aligning_once_its_deadline_passes(
+    channel, pfam, sample_fasta, caplog
+):
+    """A hybrid classifier aligns each query after its vector comes back; a call whose deadline
+    passed went on aligning every query for nobody (the Embed path drops such work). Now it stops
+    at the next search: its log line says the handler ended early, and when."""
+    classifiers = pb_grpc.ClassifierServiceStub(channel)
+    support = [r for f in ("fn3", "RRM_1", "Pkinase") for r in pfam[f][:4]]
+    created = classifiers.CreateClassifier(
+        pb.CreateClassifierRequest(
+            name="patient",
+            method=pb.CLASSIFIER_METHOD_HYBRID,
+            examples=[
+                pb.LabelledSequence(id=r.id, sequence=r.sequence, labels=r.labels) for r in support
+            ],
+        ),
+        timeout=120,
+    )
+    assert created.method == pb.CLASSIFIER_METHOD_HYBRID
+    long = [r for r in real_records(sample_fasta, 400) if 800 <= len(r) <= 1200][:16]
+    assert len(long) == 16  # a search's cost grows with the query: ~16 x 50 ms of alignment
+    request = pb.ClassifyRequest(
+        name="patient", sequences=[pb.Sequence(id=r.id, sequence=r.sequence) for r in long]
+    )
+    whole = []
+    for _ in range(2):  # the first also puts the queries' vectors in the cache
+        start = time.perf_counter()
+        classifiers.Classify(request, timeout=120)
+        whole.append(time.perf_counter() - start)
+    full = min(whole)
+    with caplog.at_level(logging.INFO, logger="service.calls"):
+        error = rpc_error(classifiers.Classify, request, timeout=full / 5)
+        assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+        def logged() -> list[str]:
+            return [
+                r.getMessage()
+                for r in caplog.records
+                if r.name == "service.calls"
+                and "/Classify code=DEADLINE_EXCEEDED" in r.getMessage()
+            ]
+
+        deadline = time.monotonic() + 30
+        while not logged() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    (line,) = logged()
+    assert "message='the call ended first (DEADLINE_EXCEEDED)'" in line  # the handler raised
+    handler_s = float(re.search(r"latency_ms=([\d.]+)", line).group(1)) / 1000
+    assert handler_s < 0.6 * full, (handler_s, whole)
+    classifiers.DeleteClassifier(pb.DeleteClassifierRequest(name="patient"), timeout=10)

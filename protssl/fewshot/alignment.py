@@ -15,7 +15,7 @@ builder and pipeline) with the same hits as one after the other.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -65,8 +65,9 @@ class Aligner:
 
     def search_many(
         self, queries: Sequence[str], candidates: Sequence[Sequence[int]], threads: int
-    ) -> Iterator[list[Hit]]:
-        """`search` of each query among its candidates, in order, `threads` searches at once."""
+    ) -> Generator[list[Hit], None, None]:
+        """`search` of each query among its candidates, in order, `threads` searches at once;
+        closing it early drops the searches not yet started (and waits for those running)."""
         if threads <= 1 or len(queries) < 2:
             yield from map(self.search, queries, candidates)
             return

@@ -410,16 +410,18 @@ class HybridHead(Head):
                 for offset, candidates in enumerate(top)
             ]
             block = queries[start : start + len(orders)]
-            searched = aligner.search_many(block, orders, torch.get_num_threads())
-            for row, hits in enumerate(searched, start):
-                if on_search is not None:
-                    on_search(len(queries[row]))
-                for index, evalue, _ in hits:
-                    if evalue > self.evalue:
-                        break
-                    value = min(-math.log10(max(evalue, 1e-300)), _MAX_SIGNIFICANCE)
-                    cols = self.members[index]
-                    out[row, cols] = np.maximum(out[row, cols], value)
+            searches = aligner.search_many(block, orders, torch.get_num_threads())
+            # closed at once if `on_search` raises: the searches not started are dropped
+            with contextlib.closing(searches) as searched:
+                for row, hits in enumerate(searched, start):
+                    if on_search is not None:
+                        on_search(len(queries[row]))
+                    for index, evalue, _ in hits:
+                        if evalue > self.evalue:
+                            break
+                        value = min(-math.log10(max(evalue, 1e-300)), _MAX_SIGNIFICANCE)
+                        cols = self.members[index]
+                        out[row, cols] = np.maximum(out[row, cols], value)
         return out
 
     def held_out(self, x: np.ndarray, y: np.ndarray, config: FewShotConfig) -> np.ndarray:

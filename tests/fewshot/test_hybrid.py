@@ -4,7 +4,9 @@ calibrated on held-out support; honest calibration without held-out evidence; bo
 from __future__ import annotations
 
 import json
+import time
 import tracemalloc
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -23,7 +25,7 @@ from protssl.fewshot import (
     load_classifier,
     save_classifier,
 )
-from protssl.fewshot.alignment import Aligner, pack, unpack
+from protssl.fewshot.alignment import Aligner, Hit, pack, unpack
 from protssl.fewshot.calibration import NEVER
 from protssl.store import Store, StoreConfig
 
@@ -253,3 +255,33 @@ def test_auto_the_default_is_hybrid_with_the_support_sequences_and_prototype_wit
     assert FewShotClassifier.from_state(params, blob).config.method == "hybrid"
     with pytest.raises(InvalidInputError, match="method must be one of auto, prototype, knn"):
         FewShotConfig(method="svm")  # type: ignore[arg-type]
+
+
+def test_a_progress_callback_that_raises_drops_the_searches_not_started(
+    is_split: tuple[list[ProteinRecord], list[ProteinRecord]],
+) -> None:
+    """The service stops a call's alignments this way when its deadline passes: the searches
+    already queued on the threads must not run on for nobody."""
+    support, query = is_split
+    classifier = fit(support, method="hybrid")
+    searched = []
+
+    class Counting(Aligner):
+        def search(self, query: str, candidates: Sequence[int]) -> list[Hit]:
+            searched.append(query)
+            return super().search(query, candidates)
+
+    classifier.head._aligner = Counting(sequences(support))  # type: ignore[attr-defined]
+    queries = (query * 4)[:40]
+
+    def enough(residues: int) -> None:
+        if len(searched) >= 2:
+            raise TimeoutError("the caller is gone")
+
+    try:
+        classifier.predict(two_layers(queries), sequences=sequences(queries), on_search=enough)
+    except TimeoutError as raised:  # held while handled (its traceback keeps the frames alive)
+        stopped = len(searched)
+        time.sleep(0.5)  # ~10 searches' time: none may start now
+        assert str(raised) == "the caller is gone"
+    assert len(searched) == stopped < len(queries) // 2
