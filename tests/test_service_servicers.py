@@ -535,6 +535,23 @@ def test_classify_numbers_a_chunks_queries_from_its_offset_and_advises_nothing_i
     )
 
 
+def _create_hybrid(
+    classifiers: pb_grpc.ClassifierServiceStub, name: str, support: list[ProteinRecord]
+) -> None:
+    """A hybrid classifier fitted over the wire on `support`."""
+    created = classifiers.CreateClassifier(
+        pb.CreateClassifierRequest(
+            name=name,
+            method=pb.CLASSIFIER_METHOD_HYBRID,
+            examples=[
+                pb.LabelledSequence(id=r.id, sequence=r.sequence, labels=r.labels) for r in support
+            ],
+        ),
+        timeout=120,
+    )
+    assert created.method == pb.CLASSIFIER_METHOD_HYBRID
+
+
 def test_hybrid_classifier_returns_the_evidence_it_used(
     channel, service_model, pfam, service_db_url
 ):
@@ -547,17 +564,7 @@ def test_hybrid_classifier_returns_the_evidence_it_used(
     source = support[5].sequence
     close = "".join("A" if i % 9 == 0 and c != "A" else c for i, c in enumerate(source))
     queries = [ProteinRecord("close", close), ProteinRecord("other", pfam[other][0].sequence)]
-    created = classifiers.CreateClassifier(
-        pb.CreateClassifierRequest(
-            name="hybrid",
-            method=pb.CLASSIFIER_METHOD_HYBRID,
-            examples=[
-                pb.LabelledSequence(id=r.id, sequence=r.sequence, labels=r.labels) for r in support
-            ],
-        ),
-        timeout=120,
-    )
-    assert created.method == pb.CLASSIFIER_METHOD_HYBRID
+    _create_hybrid(classifiers, "hybrid", support)
     reply = classifiers.Classify(
         pb.ClassifyRequest(
             name="hybrid", sequences=[pb.Sequence(id=r.id, sequence=r.sequence) for r in queries]
@@ -583,17 +590,7 @@ def test_a_hybrid_classify_stops_aligning_once_its_deadline_passes(
     at the next search: its log line says the handler ended early, and when."""
     classifiers = pb_grpc.ClassifierServiceStub(channel)
     support = [r for f in ("fn3", "RRM_1", "Pkinase") for r in pfam[f][:4]]
-    created = classifiers.CreateClassifier(
-        pb.CreateClassifierRequest(
-            name="patient",
-            method=pb.CLASSIFIER_METHOD_HYBRID,
-            examples=[
-                pb.LabelledSequence(id=r.id, sequence=r.sequence, labels=r.labels) for r in support
-            ],
-        ),
-        timeout=120,
-    )
-    assert created.method == pb.CLASSIFIER_METHOD_HYBRID
+    _create_hybrid(classifiers, "patient", support)
     long = [r for r in real_records(sample_fasta, 400) if 800 <= len(r) <= 1200][:16]
     assert len(long) == 16  # a search's cost grows with the query: ~16 x 50 ms of alignment
     request = pb.ClassifyRequest(

@@ -57,29 +57,24 @@ def embed_for_fewshot(
     layer, from one forward per batch.
 
     With `cache` (a store's embedding cache) vectors already there are read, not computed, and
-    computed ones are written back; `stats` counts both. `on_batch` gets the residues of each
-    batch computed and of each record read from the cache, so a bar over them all completes.
+    computed ones are written back; `stats` counts both. `on_batch` gets each record's residues
+    once its vectors are at hand, computed or read from the cache (a long record's overlapping
+    windows counted once), so a bar over the records' residues ends at its total.
     """
     config = config or EmbedConfig()
     classifier_embed_config(config.pooling, model)
-    stats = stats if stats is not None else CacheStats()
     wanted = tuple(layers)
     position = {r.id: i for i, r in enumerate(records)}
     if len(position) != len(records):
         raise InvalidInputError("record ids must be unique to embed for a classifier")
     out: dict[int, np.ndarray] = {}
-    read = stats.cached
-    for by_layer in embed_records_layers(
-        records, model, wanted, config, on_batch=on_batch, cache=cache, stats=stats
-    ):
+    for by_layer in embed_records_layers(records, model, wanted, config, cache=cache, stats=stats):
         for layer, embedding in by_layer.items():
             if layer not in out:
                 out[layer] = np.zeros((len(records), embedding.vector.shape[0]), dtype=np.float32)
             out[layer][position[embedding.id]] = embedding.vector
-        if stats.cached > read:  # this one came from the cache: no forward reported it
-            read = stats.cached
-            if on_batch is not None:
-                on_batch(embedding.length)
+        if on_batch is not None:
+            on_batch(embedding.length)
     return out
 
 
