@@ -364,7 +364,8 @@ def _examples(
         )
     out = []
     for index, item in enumerate(items):
-        record = checked_item(index, item) if isinstance(item, SeqRecord) else item
+        where = f"example #{index + 1}"
+        record = checked_item(index, item, where) if isinstance(item, SeqRecord) else item
         if isinstance(record, ProteinRecord):
             out.append(
                 pb.LabelledSequence(id=record.id, sequence=record.sequence, labels=record.labels)
@@ -372,7 +373,7 @@ def _examples(
             continue
         if isinstance(item, str | bytes) or not isinstance(item, Sequence) or len(item) != 2:
             raise InvalidInputError(
-                f"example #{index + 1}: expected a ProteinRecord or a (sequence, label or labels) "
+                f"{where}: expected a ProteinRecord or a (sequence, label or labels) "
                 f"pair, got {type(item).__name__} {str(item)[:40]!r}"
             )
         sequence, given = item

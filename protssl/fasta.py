@@ -558,13 +558,13 @@ def refuse_misshapen(sequences: object, ids: object) -> None:
         raise InvalidInputError("ids given twice: a mapping's keys are its ids; leave out ids")
 
 
-def checked_item(index: int, item: object) -> str | ProteinRecord:
+def checked_item(index: int, item: object, where: str | None = None) -> str | ProteinRecord:
     """Item `index` of a sequences argument when it is a sequence (a string) or a record (a
     Biopython `SeqRecord`, as `SeqIO.parse` gives them, becomes one: its id, its residues, labels
     from `label=` in its description); anything else is refused naming it (not a TypeError from
-    deep inside)."""
+    deep inside), as `where` (default `sequences[index]`)."""
     if isinstance(item, SeqRecord):
-        return _from_seqrecord(index, item)
+        return _from_seqrecord(where or f"sequences[{index}]", item)
     if not isinstance(item, str | ProteinRecord):
         raise InvalidInputError(
             f"sequences[{index}] is {type(item).__name__} {item!r:.40}, not a sequence (a string), "
@@ -573,13 +573,11 @@ def checked_item(index: int, item: object) -> str | ProteinRecord:
     return item
 
 
-def _from_seqrecord(index: int, item: SeqRecord) -> ProteinRecord:
+def _from_seqrecord(where: str, item: SeqRecord) -> ProteinRecord:
     try:
         residues = str(item.seq)
     except UndefinedSequenceError as exc:  # a length without residues
-        raise InvalidInputError(
-            f"sequences[{index}]: SeqRecord {item.id!r} has no residues ({exc})"
-        ) from None
+        raise InvalidInputError(f"{where}: SeqRecord {item.id!r} has no residues ({exc})") from None
     description = str(item.description or "")
     return ProteinRecord(str(item.id), residues, parse_labels(description), description)
 

@@ -1032,6 +1032,7 @@ def test_a_url_for_a_target_is_refused_saying_what_to_give(url: str, expected: s
         ({"MKTAYIAKQR": "kinase"}, r"not a mapping \(.*list\(mapping.items\(\)\)\)"),
         ([("MKV", "a"), ("MKT",)], r"^example #2: expected a ProteinRecord or a \(sequence, label"),
         (["MKTAYIAKQR"], r"^example #1: .* got str 'MKTAYIAKQR'"),
+        ([("MKV", "a"), SeqRecord(Seq(None, 40), id="q2")], r"^example #2: SeqRecord 'q2' has no"),
     ],
 )
 def test_examples_of_the_wrong_shape_are_refused_naming_the_example(examples, said) -> None:
