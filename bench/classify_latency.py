@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from service_load import server_env, wait_for_port
+from service_load import server_env, together, wait_for_port
 
 import protssl
 from protssl.analysis.config import EXAMPLES_DIR
@@ -89,13 +89,7 @@ def concurrent(
         with lock:
             seconds.extend(mine)
 
-    threads = [threading.Thread(target=loop, args=(i, c)) for i, c in enumerate(sdk)]
-    start = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - start
+    wall = together(sdk, loop)
     for client in sdk:
         client.close()
     return seconds, wall

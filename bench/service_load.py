@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -174,6 +175,17 @@ class Latencies(list[tuple[int, float]]):
         return {str(n): self.percentile(99, n) for n in sorted({n for n, _ in self})}
 
 
+def together(clients: list[protssl.Client], loop: Callable[[int, protssl.Client], None]) -> float:
+    """`loop(index, client)` on a thread per client, all started at once; wall seconds to the last."""
+    threads = [threading.Thread(target=loop, args=(i, c)) for i, c in enumerate(clients)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - start
+
+
 def run_clients(
     address: str, requests: list[list[ProteinRecord]], clients: int, desc: str
 ) -> tuple[float, Latencies, dict[str, np.ndarray], int]:
@@ -195,7 +207,7 @@ def run_clients(
     for client in sdk:
         client.list_models()  # connect before the clock starts
 
-    def loop(client: protssl.Client) -> None:
+    def loop(_: int, client: protssl.Client) -> None:
         nonlocal cached
         while True:
             try:
@@ -211,13 +223,7 @@ def run_clients(
                 cached += sum(result.cached)
                 bar.update(sum(len(r) for r in request))
 
-    threads = [threading.Thread(target=loop, args=(c,)) for c in sdk]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - start
+    wall = together(sdk, loop)
     bar.close()
     for client in sdk:
         client.close()

@@ -563,11 +563,12 @@ def checked_item(index: int, item: object, where: str | None = None) -> str | Pr
     Biopython `SeqRecord`, as `SeqIO.parse` gives them, becomes one: its id, its residues, labels
     from `label=` in its description); anything else is refused naming it (not a TypeError from
     deep inside), as `where` (default `sequences[index]`)."""
+    where = where or f"sequences[{index}]"
     if isinstance(item, SeqRecord):
-        return _from_seqrecord(where or f"sequences[{index}]", item)
+        return _from_seqrecord(where, item)
     if not isinstance(item, str | ProteinRecord):
         raise InvalidInputError(
-            f"sequences[{index}] is {type(item).__name__} {item!r:.40}, not a sequence (a string), "
+            f"{where} is {type(item).__name__} {item!r:.40}, not a sequence (a string), "
             "a ProteinRecord or a Biopython SeqRecord"
         )
     return item

@@ -479,21 +479,18 @@ class ClassifierServicer(_Face, pb_grpc.ClassifierServiceServicer):
         records = self._records(request.sequences, request.offset)
         context.send_initial_metadata(((ACCEPTED_KEY, "1"),))
         response = pb.ClassifyResponse(classifier=classifier_info_to_proto(stored))
+        deadline = _deadline(context)
 
         def through_batcher(
             records: Sequence[ProteinRecord], layer: int, pooling: str
         ) -> np.ndarray:
-            pending = self.batcher.submit(
-                records, pooling=pooling, layer=layer, deadline=_deadline(context)
-            )
+            pending = self.batcher.submit(records, pooling=pooling, layer=layer, deadline=deadline)
             context.add_callback(pending.cancel)
             outcomes = _wait(pending)
             cached = sum(r.cached for r in outcomes)
             response.vectors_cached += cached
             response.vectors_computed += len(outcomes) - cached
             return np.stack([r.embedding.vector for r in outcomes])
-
-        deadline = _deadline(context)
 
         def still_wanted(_: int) -> None:
             """Between a hybrid classifier's alignment searches: a caller gone or out of time ends

@@ -160,8 +160,8 @@ def classify_records(
 
     `embed` replaces embedding here with `model` (the service passes its batcher's), else
     vectors go through `cache` when given; each prediction lists its `top_k` most probable labels.
-    `on_batch` gets the residues of each batch embedded and, for a hybrid classifier, of each query
-    aligned (`progress_residues`: what a bar over both counts to).
+    `on_batch` gets each query's residues once its vector is at hand and, for a hybrid classifier,
+    again once it is aligned (`progress_residues`: what a bar over both counts to).
     """
     check_model(classifier, model)
     queries = as_records(records)
