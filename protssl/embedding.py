@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 
@@ -301,7 +301,7 @@ def embed_records_layers(
     on_batch: Callable[[int], None] | None = None,
     cache: EmbeddingCache | None = None,
     stats: CacheStats | None = None,
-) -> Iterator[dict[int, Embedding]]:
+) -> Generator[dict[int, Embedding], None, None]:
     """Like `embed_records` with one forward for several layers: yields {layer: Embedding} per record.
 
     `config.layer` is ignored; `layers` are resolved (negative counts back) and deduplicated.

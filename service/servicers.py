@@ -161,6 +161,19 @@ def _result(future: Future[T], deadline: float | None) -> T:
         raise DeadlineExceededError("the deadline passed before the work was done") from None
 
 
+def _while_wanted(
+    context: grpc.ServicerContext, deadline: float | None, doing: str
+) -> Callable[[int], None]:
+    """A progress callback that ends the call once its caller is gone or out of time, between the
+    steps of long work (a fit, a hybrid classifier's searches) instead of working on for nobody."""
+
+    def still_wanted(_: int) -> None:
+        if not context.is_active() or (deadline is not None and time.monotonic() > deadline):
+            raise DeadlineExceededError(f"the deadline passed while {doing}")
+
+    return still_wanted
+
+
 class _Face:
     """What both servicers share: the model check and request → records with the limits."""
 
@@ -180,6 +193,11 @@ class _Face:
         """`fn()` run on the model worker (it uses the model), by the call's deadline."""
         deadline = _deadline(context)
         return _result(self.batcher.run_task(fn, deadline=deadline), deadline)
+
+    def _worker(self, context: grpc.ServicerContext) -> fewshot.Runner:
+        """Runs a fit's embedding steps on the model worker one by one, taking turns with other
+        calls' batches (the fit's own work, a hybrid fit's alignments, stays on the call's thread)."""
+        return lambda step: self._on_worker(step, context)
 
     def _records(
         self,
@@ -391,7 +409,8 @@ class EmbeddingServicer(_Face, pb_grpc.EmbeddingServiceServicer):
 
 
 class ClassifierServicer(_Face, pb_grpc.ClassifierServiceServicer):
-    """Few-shot classifiers in the store; fitting runs on the model worker, queries through the batcher."""
+    """Few-shot classifiers in the store: a fit embeds through the model worker and the cache,
+    queries through the batcher."""
 
     def __init__(
         self, model: LoadedModel, batcher: EmbeddingBatcher, config: ServiceConfig, store: Store
@@ -414,9 +433,14 @@ class ClassifierServicer(_Face, pb_grpc.ClassifierServiceServicer):
         embed_config = fewshot.classifier_embed_config(
             POOLING.name(request.pooling) if request.pooling else None, self.model
         )
-        fitted = self._on_worker(
-            lambda: fewshot.fit_records(records, self.model, settings, embed_config=embed_config),
-            context,
+        fitted = fewshot.fit_records(
+            records,
+            self.model,
+            settings,
+            embed_config=embed_config,
+            cache=self.store.embeddings,
+            run=self._worker(context),
+            on_batch=_while_wanted(context, _deadline(context), "the classifier was fitted"),
         )
         stored = fewshot.save_classifier(
             self.store, request.name, fitted, records, new_name=not request.new_version
@@ -440,8 +464,13 @@ class ClassifierServicer(_Face, pb_grpc.ClassifierServiceServicer):
         kept = self.store.classifiers.get(request.name)  # NOT_FOUND before any work is queued
         records = self._records(request.examples, 0)
         check_classifier([r.labels for r in records], [x for _, _, x in kept.examples], self.config)
-        stored = self._on_worker(
-            lambda: fewshot.add_examples(self.store, request.name, records, self.model), context
+        stored = fewshot.add_examples(
+            self.store,
+            request.name,
+            records,
+            self.model,
+            run=self._worker(context),
+            on_batch=_while_wanted(context, _deadline(context), "the classifier was fitted"),
         )
         return classifier_info_to_proto(stored)
 
@@ -492,19 +521,13 @@ class ClassifierServicer(_Face, pb_grpc.ClassifierServiceServicer):
             response.vectors_computed += len(outcomes) - cached
             return np.stack([r.embedding.vector for r in outcomes])
 
-        def still_wanted(_: int) -> None:
-            """Between a hybrid classifier's alignment searches: a caller gone or out of time ends
-            the call, instead of the server aligning the rest for nobody."""
-            if not context.is_active() or (deadline is not None and time.monotonic() > deadline):
-                raise DeadlineExceededError("the deadline passed while the queries were aligned")
-
         decided = fewshot.classify_records(
             classifier,
             records,
             self.model,
             top_k=request.top_k or 3,
             embed=through_batcher,
-            on_batch=still_wanted,
+            on_batch=_while_wanted(context, deadline, "the queries were aligned"),
         )
         response.predictions.extend(prediction_to_proto(d) for d in decided)
         return response

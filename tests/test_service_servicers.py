@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from conftest import EXAMPLES
 from service_support import (
     big_request,
     real_records,
@@ -25,7 +27,7 @@ from protssl import fewshot
 from protssl._proto import protssl_pb2 as pb
 from protssl._proto import protssl_pb2_grpc as pb_grpc
 from protssl.checkpoint import LoadedModel, load_model
-from protssl.embedding import EmbedConfig, embed_records
+from protssl.embedding import EmbedConfig, cached_embeddings, embed_records
 from protssl.fasta import ProteinRecord, read_fasta
 from protssl.pooling import pooled_width
 from protssl.store import Store, StoreConfig
@@ -605,20 +607,114 @@ def test_a_hybrid_classify_stops_aligning_once_its_deadline_passes(
     with caplog.at_level(logging.INFO, logger="service.calls"):
         error = rpc_error(classifiers.Classify, request, timeout=full / 5)
         assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-
-        def logged() -> list[str]:
-            return [
-                r.getMessage()
-                for r in caplog.records
-                if r.name == "service.calls"
-                and "/Classify code=DEADLINE_EXCEEDED" in r.getMessage()
-            ]
-
-        deadline = time.monotonic() + 30
-        while not logged() and time.monotonic() < deadline:
-            time.sleep(0.05)
-    (line,) = logged()
+        line, handler_s = _expired(caplog, "Classify")
     assert "message='the call ended first (DEADLINE_EXCEEDED)'" in line  # the handler raised
-    handler_s = float(re.search(r"latency_ms=([\d.]+)", line).group(1)) / 1000
     assert handler_s < 0.6 * full, (handler_s, whole)
     classifiers.DeleteClassifier(pb.DeleteClassifierRequest(name="patient"), timeout=10)
+
+
+def _expired(caplog: pytest.LogCaptureFixture, method: str) -> tuple[str, float]:
+    """The server's log line for the `method` call that ended DEADLINE_EXCEEDED (waited for: the
+    handler may run on past the deadline) and the seconds its handler ran."""
+
+    def logged() -> list[str]:
+        return [
+            r.getMessage()
+            for r in caplog.records
+            if r.name == "service.calls" and f"/{method} code=DEADLINE_EXCEEDED" in r.getMessage()
+        ]
+
+    deadline = time.monotonic() + 60
+    while not logged() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (line,) = logged()
+    return line, float(re.search(r"latency_ms=([\d.]+)", line).group(1)) / 1000
+
+
+@pytest.fixture(scope="module")
+def fitting_server(
+    service_model: LoadedModel, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, str]]:
+    """A server with the default request limits (a support of 72 fits in one request) and its
+    store's URL."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('fitting') / 'store.sqlite3'}"
+    with running_server(service_model, store=True, database_url=url) as (_, address, _):
+        yield address, url
+
+
+def _create_request(name: str, support: list[ProteinRecord]) -> pb.CreateClassifierRequest:
+    """The default head (auto: hybrid, the sequences being at hand) on `support`."""
+    return pb.CreateClassifierRequest(
+        name=name,
+        new_version=True,
+        examples=[
+            pb.LabelledSequence(id=r.id, sequence=r.sequence, labels=r.labels) for r in support
+        ],
+    )
+
+
+def test_embed_calls_are_answered_while_a_classifier_fits_and_its_vectors_are_cached(
+    fitting_server, service_model, sample_fasta
+):
+    """A fit ran on the model worker whole, its hybrid alignments included (seconds to minutes):
+    every Embed call waited for it. Now only its embedding steps go there, taking turns with other
+    calls' batches, and its vectors go through the store's cache like every other face's."""
+    address, url = fitting_server
+    support = list(read_fasta(EXAMPLES / "labelled.fasta"))  # 72 transposases, 6 families
+    request = _create_request("busy", support)
+    with grpc.insecure_channel(address) as channel:
+        classifiers = pb_grpc.ClassifierServiceStub(channel)
+        embedder = pb_grpc.EmbeddingServiceStub(channel)
+        first = classifiers.CreateClassifier(request, timeout=300)
+        layers = fewshot.candidate_layers(service_model.encoder.config.num_layers)
+        with Store(StoreConfig(url=url)) as store:
+            for layer in layers:  # a new version embeds nothing again
+                config = EmbedConfig(layer=layer, pooling=POOLING.name(first.pooling))
+                cached = cached_embeddings(support, service_model, config, store.embeddings)
+                assert all(hit is not None for hit in cached), layer
+
+        queries = iter(real_records(sample_fasta, 400, max_length=600))
+        fitted: list[float] = []
+
+        def fit() -> None:
+            start = time.perf_counter()
+            classifiers.CreateClassifier(request, timeout=300)
+            fitted.append(time.perf_counter() - start)
+
+        fitting = threading.Thread(target=fit)
+        fitting.start()
+        waits = []
+        while fitting.is_alive():
+            record = next(queries)  # not cached: a forward on the model worker
+            start = time.perf_counter()
+            embedder.Embed(request_for([record]), timeout=300)
+            waits.append(time.perf_counter() - start)
+        fitting.join()
+    assert len(waits) >= 5, (waits, fitted)
+    assert max(waits) < 0.3 * fitted[0], (max(waits), fitted)
+
+
+def test_a_fit_stops_once_its_deadline_passes(fitting_server, caplog):
+    """An expired CreateClassifier went on fitting on the model worker for nobody (the handler
+    answered at the deadline); now the fit ends at its next step and its CPU use with it."""
+    address, _ = fitting_server
+    support = list(read_fasta(EXAMPLES / "labelled.fasta"))
+    request = _create_request("late", support)
+    with grpc.insecure_channel(address) as channel:
+        classifiers = pb_grpc.ClassifierServiceStub(channel)
+        classifiers.CreateClassifier(request, timeout=300)  # the vectors cached: fits align
+        start = time.perf_counter()
+        classifiers.CreateClassifier(request, timeout=300)
+        full = time.perf_counter() - start
+        with caplog.at_level(logging.INFO, logger="service.calls"):
+            error = rpc_error(classifiers.CreateClassifier, request, timeout=full / 5)
+            assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            cpu, start = time.process_time(), time.perf_counter()
+            time.sleep(full / 2)  # the server is in this process: what it burns for nobody
+            cpu, wall = time.process_time() - cpu, time.perf_counter() - start
+            line, handler_s = _expired(caplog, "CreateClassifier")
+        assert "message='the call ended first (DEADLINE_EXCEEDED)'" in line  # the handler raised
+        assert handler_s < 0.6 * full, (handler_s, full)
+        assert cpu < 0.25 * wall, (cpu, wall, full)
+        latest = classifiers.GetClassifier(pb.GetClassifierRequest(name="late"), timeout=10)
+        assert latest.version == 2  # the expired fit saved nothing

@@ -269,6 +269,12 @@ def _bar(residues: int | None, args: argparse.Namespace, desc: str = "embedding"
     )
 
 
+def _desc(total: int | None, residues: int | None) -> str:
+    """A bar's name: a hybrid classifier's also counts its alignment searches (`total` above the
+    `residues` embedded)."""
+    return "embedding" if total == residues else "embedding, aligning"
+
+
 def _embed(
     records: Sequence[ProteinRecord],
     model: LoadedModel,
@@ -351,14 +357,15 @@ def _print_saved(stored: Any, classifier: FewShotClassifier) -> None:
 
 def _classifier_create(args: argparse.Namespace) -> int:
     from protssl.embedding import CacheStats
-    from protssl.fewshot import classifier_embed_config, fit_records, save_classifier
+    from protssl.fewshot import classifier_embed_config, fit_records, fit_residues, save_classifier
 
     config = _fit_config(args)
     records = _read(args.fasta, args, labelled=True)
     model = load_model(args)
     stats = CacheStats()
     with open_store(args) as store:
-        with _bar(sum(map(len, records)), args) as bar:
+        total, residues = fit_residues(records, config), sum(map(len, records))
+        with _bar(total, args, _desc(total, residues)) as bar:
             classifier = fit_records(
                 records,
                 model,
@@ -382,8 +389,15 @@ def _classifier_add(args: argparse.Namespace) -> int:
     records = _read(args.fasta, args, labelled=True)
     model = load_model(args)
     stats = CacheStats()
-    with open_store(args) as store, _bar(sum(map(len, records)), args) as bar:
-        stored = add_examples(store, args.name, records, model, on_batch=bar.update, stats=stats)
+    with open_store(args) as store, _bar(None, args) as bar:
+
+        def on_total(total: int, residues: int) -> None:
+            bar.set_description(_desc(total, residues), refresh=False)
+            bar.reset(total=total)
+
+        stored = add_examples(
+            store, args.name, records, model, on_batch=bar.update, on_total=on_total, stats=stats
+        )
     _print_stats(stats)
     _print_saved(stored, FewShotClassifier.from_state(stored.params, stored.blob))
     return 0
@@ -506,8 +520,7 @@ def _classify_local(args: argparse.Namespace, policy: FastaPolicy, residues: int
 
         # a hybrid classifier aligns each query after embedding it: one bar over both
         total = None if residues is None else progress_residues(classifier, residues)
-        desc = "embedding" if total == residues else "embedding, aligning"
-        _write_predictions(args, policy, total, predict, desc)
+        _write_predictions(args, policy, total, predict, _desc(total, residues))
     _print_stats(stats)
     return 0
 

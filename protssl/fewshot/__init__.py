@@ -25,12 +25,14 @@ from protssl.fewshot.classifier import UNKNOWN, FewShotClassifier, Prediction, r
 from protssl.fewshot.config import CHOICES, METHODS, FewShotConfig
 from protssl.fewshot.episodes import Episode, sample_episodes, subset_episodes
 from protssl.fewshot.pipeline import (
+    Runner,
     candidate_layers,
     check_model,
     classifier_embed_config,
     classify_records,
     embed_for_fewshot,
     fit_records,
+    fit_residues,
     progress_residues,
 )
 from protssl.fewshot.registry import (
@@ -49,6 +51,7 @@ __all__ = [
     "FewShotClassifier",
     "FewShotConfig",
     "Prediction",
+    "Runner",
     "add_examples",
     "candidate_layers",
     "check_model",
@@ -56,6 +59,7 @@ __all__ = [
     "classify_records",
     "embed_for_fewshot",
     "fit_records",
+    "fit_residues",
     "load_classifier",
     "progress_residues",
     "require_labels",

@@ -167,12 +167,15 @@ class FewShotClassifier:
         *,
         info: Mapping[str, Any] | None = None,
         sequences: Sequence[str] | None = None,
+        on_search: Callable[[int], None] | None = None,
     ) -> FewShotClassifier:
         """Fit on `{layer: (N, D) vectors}` and N label tuples (a string is one label, not its
         letters); chooses the layer by held-out accuracy.
 
         `sequences` (the N support sequences) are needed by the `hybrid` method, which `auto` (the
-        default) then is; it chooses its layer by its embedding head's held-out accuracy.
+        default) then is; it chooses its layer by its embedding head's held-out accuracy. Its
+        held-out alignments report each search's residues to `on_search` (progress; raising
+        stops the fit).
         """
         config = (config or FewShotConfig()).resolved(with_sequences=sequences is not None)
         label_sets = [tuple(dict.fromkeys((ls,) if isinstance(ls, str) else ls)) for ls in labels]
@@ -229,7 +232,7 @@ class FewShotClassifier:
         evidence = calibration.informative(y)
         if config.method == "hybrid":
             hybrid = HybridHead(list(sequences or ()))
-            scores = hybrid.held_out(x, y, config)
+            scores = hybrid.held_out(x, y, config, on_search=on_search)
             rows = hybrid.held_rows  # the support rows it aligned held out (a sample of a big one)
             scores, y_held, evidence = scores[rows], y[rows], evidence[rows]
             aligned = hybrid.held_hits[rows]

@@ -424,28 +424,42 @@ class HybridHead(Head):
                         out[row, cols] = np.maximum(out[row, cols], value)
         return out
 
-    def held_out(self, x: np.ndarray, y: np.ndarray, config: FewShotConfig) -> np.ndarray:
-        """Leave-one-out scores; only the rows of `held_rows` are aligned (and valid).
-
-        Those are the informative rows (the others say nothing), at most
-        `config.calibration_rows` of them, drawn with `config.seed`: each costs one search.
-        """
+    @staticmethod
+    def aligned_rows(y: np.ndarray, config: FewShotConfig) -> np.ndarray:
+        """The support rows a fit aligns held out: the informative rows (the others say nothing),
+        at most `config.calibration_rows` of them, drawn with `config.seed`; each costs one search."""
         from protssl.fewshot import calibration
 
-        self._setup(x, y, config)
-        evidence = calibration.informative(y)
-        useful = np.flatnonzero(evidence)
+        useful = np.flatnonzero(calibration.informative(y))
         pool = useful if len(useful) else np.arange(len(y))
         if len(pool) > config.calibration_rows:
             rng = np.random.default_rng(config.seed)
             pool = np.sort(rng.choice(pool, size=config.calibration_rows, replace=False))
-        self.held_rows = pool
+        return pool
+
+    def held_out(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        config: FewShotConfig,
+        *,
+        on_search: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
+        """Leave-one-out scores; only the rows of `held_rows` (`aligned_rows`) are aligned (and
+        valid). `on_search` gets each one's residues as its search ends; raising stops the fit."""
+        from protssl.fewshot import calibration
+
+        self._setup(x, y, config)
+        evidence = calibration.informative(y)
+        pool = self.held_rows = self.aligned_rows(y, config)
         embedding = HEADS[config.fallback]().held_out(x, y, config)
         # the embedding head's own temperature, from every informative row: a query without a
         # significant hit gets the probabilities the embedding head alone would give it
         self.miss_scale = 1.0 / calibration.fit_temperature(embedding, y, evidence).temperature
         align = np.zeros_like(embedding)
-        align[pool] = self.significance(x[pool], [self.sequences[i] for i in pool], leave_out=pool)
+        align[pool] = self.significance(
+            x[pool], [self.sequences[i] for i in pool], leave_out=pool, on_search=on_search
+        )
         self.held_hits = align.max(1) > 0
         hits = pool[self.held_hits[pool]]
         best = -math.inf

@@ -7,33 +7,41 @@ pooling (here, or through a caller's `embed`, such as the service's batcher) and
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from protssl.checkpoint import LoadedModel
-from protssl.embedding import CacheStats, EmbedConfig, embed_records_layers
+from protssl.embedding import CacheStats, EmbedConfig, Embedding, embed_records_layers
 from protssl.errors import CheckpointError, InvalidInputError
 from protssl.fasta import ProteinRecord, SequenceItem, as_records
 from protssl.fewshot.classifier import FewShotClassifier, Prediction, require_labels
 from protssl.fewshot.config import FewShotConfig
+from protssl.fewshot.heads import HybridHead, multi_hot
 
 if TYPE_CHECKING:
     from protssl.store import EmbeddingCache
 
 __all__ = [
     "EmbedFn",
+    "Runner",
     "candidate_layers",
     "check_model",
     "classify_records",
     "embed_for_fewshot",
     "fit_records",
+    "fit_residues",
     "progress_residues",
 ]
 
 EmbedFn = Callable[[Sequence[ProteinRecord], int, str], np.ndarray]
 """(records, layer, pooling) → their (N, D) vectors in record order, from the checked model."""
+
+Runner = Callable[[Callable[[], Any]], Any]
+"""`run(step)` returns `step()`, run where the model may be used: the service passes its model
+worker's, so that a classifier's embedding takes turns with other calls' batches."""
 
 
 def candidate_layers(num_layers: int) -> tuple[int, ...]:
@@ -52,6 +60,7 @@ def embed_for_fewshot(
     on_batch: Callable[[int], None] | None = None,
     cache: EmbeddingCache | None = None,
     stats: CacheStats | None = None,
+    run: Runner | None = None,
 ) -> dict[int, np.ndarray]:
     """Pooled vectors (`config.pooling`, mean by default) of `records` (in input order) at each
     layer, from one forward per batch.
@@ -59,7 +68,8 @@ def embed_for_fewshot(
     With `cache` (a store's embedding cache) vectors already there are read, not computed, and
     computed ones are written back; `stats` counts both. `on_batch` gets each record's residues
     once its vectors are at hand, computed or read from the cache (a long record's overlapping
-    windows counted once), so a bar over the records' residues ends at its total.
+    windows counted once), so a bar over the records' residues ends at its total. `run` runs each
+    step that may use the model (default: here).
     """
     config = config or EmbedConfig()
     classifier_embed_config(config.pooling, model)
@@ -68,13 +78,19 @@ def embed_for_fewshot(
     if len(position) != len(records):
         raise InvalidInputError("record ids must be unique to embed for a classifier")
     out: dict[int, np.ndarray] = {}
-    for by_layer in embed_records_layers(records, model, wanted, config, cache=cache, stats=stats):
-        for layer, embedding in by_layer.items():
-            if layer not in out:
-                out[layer] = np.zeros((len(records), embedding.vector.shape[0]), dtype=np.float32)
-            out[layer][position[embedding.id]] = embedding.vector
-        if on_batch is not None:
-            on_batch(embedding.length)
+    steps = embed_records_layers(records, model, wanted, config, cache=cache, stats=stats)
+
+    def step() -> dict[int, Embedding] | None:
+        return next(steps, None)
+
+    with contextlib.closing(steps):
+        while (by_layer := step() if run is None else run(step)) is not None:
+            for layer, embedding in by_layer.items():
+                if layer not in out:
+                    out[layer] = np.zeros((len(records), embedding.vector.shape[0]), np.float32)
+                out[layer][position[embedding.id]] = embedding.vector
+            if on_batch is not None:
+                on_batch(embedding.length)
     return out
 
 
@@ -121,10 +137,15 @@ def fit_records(
     on_batch: Callable[[int], None] | None = None,
     cache: EmbeddingCache | None = None,
     stats: CacheStats | None = None,
+    run: Runner | None = None,
 ) -> FewShotClassifier:
     """Embed labelled records (protssl's, or Biopython's with `label=` in the description) at the
-    candidate layers (through `cache` when given) and fit; without `embed_config`, on the pooling
-    `classifier_embed_config` picks for the model."""
+    candidate layers (through `cache` when given; each model step through `run`) and fit here;
+    without `embed_config`, on the pooling `classifier_embed_config` picks for the model.
+
+    `on_batch` gets each record's residues once its vectors are at hand and, for a hybrid fit,
+    each held-out alignment's: `fit_residues` is what it adds up to. Raising in it stops the fit.
+    """
     labelled = as_records(records)
     embed_config = embed_config or classifier_embed_config(None, model)
     require_labels([r.labels for r in labelled], [r.id for r in labelled])
@@ -132,7 +153,7 @@ def fit_records(
         tuple(layers) if layers is not None else candidate_layers(model.encoder.config.num_layers)
     )
     features = embed_for_fewshot(
-        labelled, model, chosen, embed_config, on_batch=on_batch, cache=cache, stats=stats
+        labelled, model, chosen, embed_config, on_batch=on_batch, cache=cache, stats=stats, run=run
     )
     return FewShotClassifier.fit(
         features,
@@ -140,7 +161,21 @@ def fit_records(
         config,
         info=_model_info(model, embed_config),
         sequences=[r.sequence for r in labelled],
+        on_search=on_batch,
     )
+
+
+def fit_residues(records: Sequence[ProteinRecord], config: FewShotConfig | None = None) -> int:
+    """What `fit_records`' `on_batch` adds up to: each record's residues once, and a hybrid fit's
+    (the default's) held-out alignments, each support row it aligns counted again."""
+    total = sum(len(r.sequence) for r in records)
+    config = (config or FewShotConfig()).resolved(with_sequences=True)
+    if config.method != "hybrid":
+        return total
+    label_sets = [tuple(dict.fromkeys(r.labels)) for r in records]
+    y = multi_hot(label_sets, sorted({c for ls in label_sets for c in ls}))
+    rows = HybridHead.aligned_rows(y, config)
+    return total + sum(len(records[i].sequence) for i in rows)
 
 
 def classify_records(

@@ -18,7 +18,7 @@ from protssl.checkpoint import LoadedModel
 from protssl.embedding import CacheStats, EmbedConfig
 from protssl.fasta import ProteinRecord, SequenceItem, as_records
 from protssl.fewshot.classifier import FewShotClassifier
-from protssl.fewshot.pipeline import check_model, fit_records
+from protssl.fewshot.pipeline import Runner, check_model, fit_records, fit_residues
 
 if TYPE_CHECKING:
     from protssl.store import Store, StoredClassifier
@@ -122,14 +122,18 @@ def add_examples(
     model: LoadedModel,
     *,
     on_batch: Callable[[int], None] | None = None,
+    on_total: Callable[[int, int], None] | None = None,
     stats: CacheStats | None = None,
+    run: Runner | None = None,
 ) -> StoredClassifier:
     """Refit `name` on its latest examples plus `records` (same config) and save the next version.
 
     A record whose id is already among the examples replaces it (a warning names those whose
     sequence or labels differ); when every record is among them as it is, nothing is refitted and
     the latest version is returned, with a warning. Vectors go through the store's embedding cache,
-    so the old examples are not embedded again; `stats` counts what was computed.
+    so the old examples are not embedded again; `stats` counts what was computed. `on_batch`,
+    `run`: as `fit_records` takes them, over all the examples; `on_total` is first told what
+    `on_batch` will add up to (`fit_residues`) and how many residues of it are embedding.
     """
     stored = store.classifiers.get(name)
     latest, examples = _from_stored(stored), _examples_of(stored)
@@ -155,6 +159,8 @@ def add_examples(
         )
     new_ids = {r.id for r in records}
     merged = [r for r in examples if r.id not in new_ids] + list(records)
+    if on_total is not None:
+        on_total(fit_residues(merged, latest.config), sum(len(r.sequence) for r in merged))
     classifier = fit_records(
         merged,
         model,
@@ -163,5 +169,6 @@ def add_examples(
         on_batch=on_batch,
         cache=store.embeddings,
         stats=stats,
+        run=run,
     )
     return save_classifier(store, name, classifier, merged)

@@ -259,13 +259,26 @@ def test_fewshot_eval_hybrid_and_classifier_create_reuse_the_store_vectors(
     assert "embedding: 0 sequences computed, 36 from the cache" in second_err
     create = ["classifier", "create", "tfam", "--fasta", str(support), "--method", "hybrid"]
     assert run_cli([*create, *common]) == 0
-    assert "embedding: 0 sequences computed, 24 from the cache" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert "embedding: 0 sequences computed, 24 from the cache" in said
+    assert _last_bar(said).startswith("embedding, aligning: 100%")  # the held-out alignments
     assert run_cli(["classify", "tfam", str(query), "--format", "json", *common]) == 0
     captured = capsys.readouterr()
     assert "embedding: 0 sequences computed, 12 from the cache" in captured.err
     answers = json.loads(captured.out)
     assert {a["evidence"] for a in answers} <= {"alignment", "embedding"}
     assert sum(a["evidence"] == "alignment" for a in answers) >= 6
+    more = write_fasta(tmp_path / "more.fasta", is_split[0][24:30])
+    assert run_cli(["classifier", "add", "tfam", "--fasta", str(more), *common]) == 0
+    said = capsys.readouterr().err
+    assert "embedding: 6 sequences computed, 24 from the cache" in said
+    # over all 30 examples (it passed its total: it counted the new ones' residues only)
+    assert _last_bar(said).startswith("embedding, aligning: 100%")
+
+
+def _last_bar(err: str) -> str:
+    """The last line a progress bar wrote to a log (stderr is not a terminal here)."""
+    return [line for line in err.splitlines() if "res/s" in line][-1]
 
 
 def test_classifier_create_names_every_bad_record_of_its_fasta_before_any_work(

@@ -22,6 +22,7 @@ from protssl.fewshot import (
     classify_records,
     embed_for_fewshot,
     fit_records,
+    fit_residues,
     progress_residues,
     save_classifier,
 )
@@ -102,6 +103,37 @@ def test_progress_counts_every_residue_embedded_read_from_the_cache_and_aligned(
             query, windowed_model, (1, 2), on_batch=counted.append, cache=store.embeddings
         )
         assert sum(counted) == residues  # a layer not cached yet: all computed, each counted once
+
+
+@pytest.mark.parametrize(
+    ("config", "aligned"),
+    [
+        (FewShotConfig(method="knn"), 0),
+        (FewShotConfig(), 24),  # auto: hybrid, each support row aligned held out
+        (FewShotConfig(method="hybrid", calibration_rows=5), 5),  # a sample of them
+    ],
+    ids=["knn", "auto", "hybrid-sampled"],
+)
+def test_a_fits_progress_ends_at_fit_residues(
+    config: FewShotConfig,
+    aligned: int,
+    tmp_path: Path,
+    windowed_model: LoadedModel,
+    is_split: tuple[list[ProteinRecord], list[ProteinRecord]],
+) -> None:
+    """A bar over `fit_residues` ends at its total: a hybrid fit's held-out alignments (the bar
+    stood at 100% while they ran) count as they end, vectors from the cache count too."""
+    support = is_split[0][:24]
+    total = fit_residues(support, config)
+    assert (total > sum(len(r) for r in support)) == (aligned > 0)
+    with Store(StoreConfig(url=f"sqlite:///{tmp_path / 'store.db'}")) as store:
+        for _ in ("computed", "from the cache"):
+            counted: list[int] = []
+            fit_records(
+                support, windowed_model, config, on_batch=counted.append, cache=store.embeddings
+            )
+            assert sum(counted) == total
+            assert len(counted) == len(support) + aligned
 
 
 def test_biopython_records_and_plain_sequences_fit_classify_and_save_as_records(
