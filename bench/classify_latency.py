@@ -4,7 +4,9 @@ One run: `python -m service` in a subprocess (SQLite store, API tokens on, as de
 classifier per head fitted over `CreateClassifier` on the same labelled support (default
 examples/labelled.fasta: 72 real IS transposases of 6 families), its queries (default
 examples/labelled_query.fasta, 48) classified once by each so that every timed call reads cached
-vectors (checked: the server computes none). Then per head: each query alone from one client
+vectors (checked: the server computes none). While each head fits, another client embeds real
+proteins one at a time (examples/proteins.fasta, none cached: each a forward), against the same
+calls on the idle server: what a fit costs everyone else's `Embed`. Then per head: each query alone from one client
 (`--rounds` passes; the latency a pipeline asking one at a time sees), the same single-query calls
 from `--clients` clients at once (closed loop; p99 and queries/s when the server is busy), and all
 queries in one call. The anchor is the prototype head in the same run, the default before `auto`.
@@ -23,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +70,23 @@ def one_at_a_time(
     return seconds
 
 
+def embed_one_at_a_time(
+    address: str, records: Iterator[ProteinRecord], until: threading.Event | None = None
+) -> list[float]:
+    """Seconds per single-record Embed call (each record new to the server: a forward), from a
+    client of its own: 16 calls, or until `until` is set (at least one), or the records end."""
+    seconds: list[float] = []
+    with protssl.Client(address, timeout=600) as client:
+        client.list_models()
+        for record in records:
+            start = time.perf_counter()
+            client.embed([record])
+            seconds.append(time.perf_counter() - start)
+            if len(seconds) == 16 if until is None else until.is_set():
+                break
+    return seconds
+
+
 def concurrent(
     address: str, name: str, queries: list[ProteinRecord], clients: int, rounds: int
 ) -> tuple[list[float], float]:
@@ -102,7 +122,9 @@ def main() -> None:
     parser.add_argument("--queries", type=Path, default=EXAMPLES_DIR / "labelled_query.fasta")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3, help="passes over the queries per phase")
+    parser.add_argument("--proteins", type=Path, default=EXAMPLES_DIR / "proteins.fasta")
     args = parser.parse_args()
+    proteins = iter(read_fasta(args.proteins))
 
     support = list(read_fasta(args.support))
     queries = list(read_fasta(args.queries))
@@ -128,9 +150,10 @@ def main() -> None:
             address = f"127.0.0.1:{port}"
             with protssl.Client(address, timeout=600) as client:
                 result["model"] = client.list_models()[0].name
+                result["embed_idle"] = percentiles(embed_one_at_a_time(address, proteins))
                 for head in HEADS:
                     result["heads"][head] = run_head(
-                        client, address, head, support, queries, truth, args
+                        client, address, head, support, queries, truth, args, proteins
                     )
         finally:
             process.terminate()
@@ -141,6 +164,9 @@ def main() -> None:
             figures["one_client"]["p50_ms"] / anchor["one_client"]["p50_ms"], 2
         )
         figures["busy_qps_over_prototype"] = round(figures["busy_qps"] / anchor["busy_qps"], 3)
+        figures["embed_during_fit"]["p50_over_idle"] = round(
+            figures["embed_during_fit"]["p50_ms"] / result["embed_idle"]["p50_ms"], 2
+        )
     result["machine"] = describe()
     print(json.dumps(result))
 
@@ -153,12 +179,24 @@ def run_head(
     queries: list[ProteinRecord],
     truth: dict[str, set[str]],
     args: argparse.Namespace,
+    proteins: Iterator[ProteinRecord],
 ) -> dict[str, Any]:
-    """Fit `head` over gRPC, warm the queries' vectors, time the three phases."""
+    """Fit `head` over gRPC (Embed calls from another client meanwhile), warm the queries'
+    vectors, time the three phases."""
     name = f"bench-{head}"
+    fitted = threading.Event()
+    during: list[float] = []
+    probe = threading.Thread(
+        target=lambda: during.extend(embed_one_at_a_time(address, proteins, fitted))
+    )
+    probe.start()
     start = time.perf_counter()
-    info = client.create_classifier(name, support, method=head)
-    fit_s = time.perf_counter() - start
+    try:
+        info = client.create_classifier(name, support, method=head)
+    finally:
+        fit_s = time.perf_counter() - start
+        fitted.set()
+        probe.join()
     answers = client.classify(name, queries)  # the queries' vectors now in the cache
     stats = CacheStats()
     whole = []
@@ -174,6 +212,11 @@ def run_head(
     figures = {
         "method": info.method,
         "fit_s": round(fit_s, 2),
+        "embed_during_fit": {
+            "calls": len(during),
+            **percentiles(during),
+            "max_ms": round(max(during) * 1000, 1),
+        },
         "answered": len(answered),
         "right": sum(p.label in truth[p.id] for p in answered),
         "one_client": percentiles(alone),
