@@ -232,16 +232,20 @@ def _fit_config(args: argparse.Namespace) -> FewShotConfig:
 
 
 def _layers(args: argparse.Namespace, model: LoadedModel) -> tuple[int, ...]:
+    """--layers, each checked against the model before any work (default: `candidate_layers`)."""
     from protssl.fewshot import candidate_layers
 
     if not args.layers:
         return candidate_layers(model.encoder.config.num_layers)
     try:
-        return tuple(int(part) for part in args.layers.split(","))
+        layers = tuple(int(part) for part in args.layers.split(","))
     except ValueError:
         raise InvalidInputError(
             f"--layers must be integers like 3,4,6, not {args.layers!r}"
         ) from None
+    for layer in layers:
+        model.encoder.resolve_layer(layer)
+    return layers
 
 
 def _read(path: str, args: argparse.Namespace, *, labelled: bool) -> list[ProteinRecord]:
@@ -362,6 +366,7 @@ def _classifier_create(args: argparse.Namespace) -> int:
     config = _fit_config(args)
     records = _read(args.fasta, args, labelled=True)
     model = load_model(args)
+    layers = _layers(args, model)
     stats = CacheStats()
     with open_store(args) as store:
         total, residues = fit_residues(records, config), sum(map(len, records))
@@ -370,7 +375,7 @@ def _classifier_create(args: argparse.Namespace) -> int:
                 records,
                 model,
                 config,
-                layers=_layers(args, model),
+                layers=layers,
                 embed_config=classifier_embed_config(args.pooling, model),
                 on_batch=bar.update,
                 cache=store.embeddings,

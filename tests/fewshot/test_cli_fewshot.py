@@ -301,6 +301,24 @@ def test_classifier_create_names_every_bad_record_of_its_fasta_before_any_work(
     assert not store.exists()
 
 
+def test_classifier_create_refuses_a_layer_the_model_lacks_before_any_work(
+    tmp_path: Path,
+    windowed_model_dir: Path,
+    is_split: tuple[list[ProteinRecord], list[ProteinRecord]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """One line, exit 2, no store made; a progress bar at 0% came first."""
+    support = write_fasta(tmp_path / "support.fasta", is_split[0][:24])
+    store = tmp_path / "store.db"
+    argv = ["classifier", "create", "tfam", "--fasta", str(support), "--layers", "2,9"]
+    argv += ["--db", f"sqlite:///{store}", "--model", str(windowed_model_dir)]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "protssl classifier: error: layer 9 is out of range for a 3-layer model"
+    ]
+    assert not store.exists()
+
+
 def _same_predictions(got: list[dict[str, Any]], expected: list[dict[str, Any]]) -> None:
     """The same decisions in the same order, probabilities to float32 batch noise."""
     assert [p["id"] for p in got] == [p["id"] for p in expected]
