@@ -38,8 +38,11 @@ def _digitise(name: str, sequence: str) -> easel.DigitalSequence:
 class Aligner:
     """phmmer of one query against chosen support sequences, E-values scaled to the whole support."""
 
-    def __init__(self, sequences: Sequence[str]) -> None:
+    def __init__(self, sequences: Sequence[str], *, profile_samples: int = 200) -> None:
+        """`profile_samples`: random sequences HMMER scores to calibrate each query profile's
+        E-values, per score distribution (its `EmN`, `EvN`, `EfN`; 200 is HMMER's default)."""
         self.sequences = list(sequences)
+        self.profile_samples = profile_samples
         self._targets = [_digitise(str(i), s) for i, s in enumerate(self.sequences)]
         self._local = threading.local()  # a builder and a pipeline per thread: neither is shared
 
@@ -48,7 +51,8 @@ class Aligner:
         if not candidates or not query:
             return []
         if not hasattr(self._local, "pipeline"):
-            self._local.builder = plan7.Builder(_ALPHABET)
+            n = self.profile_samples
+            self._local.builder = plan7.Builder(_ALPHABET, EmN=n, EvN=n, EfN=n)
             self._local.pipeline = plan7.Pipeline(_ALPHABET, Z=max(len(self.sequences), 1))
         block = easel.DigitalSequenceBlock(_ALPHABET)
         for position, index in enumerate(candidates):

@@ -33,7 +33,7 @@ import numpy as np
 
 import protssl.fewshot.calibration as calibration
 from protssl.errors import InvalidInputError
-from protssl.fewshot.config import FewShotConfig
+from protssl.fewshot.config import HMMER_PROFILE_SAMPLES, FewShotConfig
 from protssl.fewshot.heads import HEADS, Head, HybridHead, multi_hot, normalise
 
 __all__ = [
@@ -479,7 +479,8 @@ class FewShotClassifier:
             )
         with np.load(io.BytesIO(blob), allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
-        config = FewShotConfig(**params["config"])
+        # saved before profile_samples existed: fitted with HMMER's own
+        config = FewShotConfig(**{"profile_samples": HMMER_PROFILE_SAMPLES, **params["config"]})
         head = HEADS[config.method]()
         head.load({k[5:]: v for k, v in arrays.items() if k.startswith("head.")})
         levels = [

@@ -7,7 +7,15 @@ from typing import Literal
 
 from protssl.errors import InvalidInputError, refuse_non_finite
 
-__all__ = ["CHOICES", "EMBEDDING_HEADS", "METHODS", "FewShotConfig", "Method"]
+__all__ = [
+    "CHOICES",
+    "EMBEDDING_HEADS",
+    "HMMER_PROFILE_SAMPLES",
+    "METHODS",
+    "MIN_PROFILE_SAMPLES",
+    "FewShotConfig",
+    "Method",
+]
 
 Method = Literal["auto", "prototype", "knn", "linear", "contrastive", "hybrid"]
 METHODS: tuple[Method, ...] = ("prototype", "knn", "linear", "contrastive", "hybrid")
@@ -16,6 +24,12 @@ CHOICES: tuple[Method, ...] = ("auto", *METHODS)
 """What a fit may be asked for: a head, or `auto` (resolved when fitting, see `FewShotConfig`)."""
 EMBEDDING_HEADS: tuple[str, ...] = ("prototype", "knn")
 """The embedding heads `hybrid` can fall back to (their held-out scores are exact leave-one-out)."""
+
+HMMER_PROFILE_SAMPLES = 200
+"""HMMER's own profile calibration sample (`EmN`, `EvN`, `EfN`): what classifiers saved before
+`profile_samples` existed were fitted with, and keep."""
+MIN_PROFILE_SAMPLES = 20
+"""Fewer simulated sequences than this leave HMMER's fits of its score distributions too loose."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +70,12 @@ class FewShotConfig:
     """`hybrid`: support sequences retrieved by embedding cosine and aligned to each query."""
     evalue: float = 1e-3
     """`hybrid`: the E-value (over the whole support) at which an alignment hit counts as evidence."""
+    profile_samples: int = 50
+    """`hybrid`: random sequences HMMER scores to calibrate the E-values of each query's profile,
+    for each of its three score distributions. HMMER's own default, 200, takes 4x as long to build
+    a profile (~22 against ~6 ms, the larger part of a search) for E-values within ~0.4 log10
+    units of these (one shift per query) and the same few-shot results on every task of
+    `bench/fewshot_quality.py`; classifiers saved before this setting keep 200."""
     calibration_rows: int = 1000
     """`hybrid`: support rows aligned held out to fit its weight, temperature and thresholds (a
     seeded sample of larger supports; each costs one alignment search)."""
@@ -90,6 +110,10 @@ class FewShotConfig:
         if min(self.candidates, self.calibration_rows, self.max_cells) < 1 or self.evalue <= 0:
             raise InvalidInputError(
                 "candidates, calibration_rows, evalue and max_cells must be positive"
+            )
+        if self.profile_samples < MIN_PROFILE_SAMPLES:
+            raise InvalidInputError(
+                f"profile_samples must be at least {MIN_PROFILE_SAMPLES}, got {self.profile_samples}"
             )
         if self.contrastive_temperature <= 0 or self.weight_decay < 0:
             raise InvalidInputError("contrastive_temperature must be > 0, weight_decay >= 0")

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from protssl.errors import InvalidInputError
-from protssl.fewshot.config import FewShotConfig
+from protssl.fewshot.config import HMMER_PROFILE_SAMPLES, FewShotConfig
 
 if TYPE_CHECKING:
     from protssl.fewshot.alignment import Aligner
@@ -357,6 +357,7 @@ class HybridHead(Head):
         self.fallback: str = "knn"
         self.held_rows = np.zeros(0, dtype=np.int64)
         self.held_hits = np.zeros(0, dtype=bool)
+        self.profile_samples = HMMER_PROFILE_SAMPLES
         self._aligner: Aligner | None = None
 
     def _setup(self, x: np.ndarray, y: np.ndarray, config: FewShotConfig) -> None:
@@ -370,6 +371,8 @@ class HybridHead(Head):
             config.candidates,
             config.evalue,
         )
+        if self.profile_samples != config.profile_samples:
+            self.profile_samples, self._aligner = config.profile_samples, None
         self.support, self.n_classes = x, y.shape[1]
         self.members = [np.flatnonzero(row) for row in y]
 
@@ -377,7 +380,7 @@ class HybridHead(Head):
         if self._aligner is None:
             from protssl.fewshot.alignment import Aligner
 
-            self._aligner = Aligner(self.sequences)
+            self._aligner = Aligner(self.sequences, profile_samples=self.profile_samples)
         return self._aligner
 
     def significance(
@@ -516,6 +519,7 @@ class HybridHead(Head):
                 "candidates": np.array(self.candidates),
                 "evalue": np.array(self.evalue),
                 "fallback": np.array(self.fallback),
+                "profile_samples": np.array(self.profile_samples),
             }
         )
         return out
@@ -537,6 +541,7 @@ class HybridHead(Head):
         self.weight, self.candidates = float(arrays["weight"]), int(arrays["candidates"])
         self.hit_scale, self.miss_scale = (float(v) for v in arrays["scales"])
         self.evalue = float(arrays["evalue"])
+        self.profile_samples = int(arrays.get("profile_samples", HMMER_PROFILE_SAMPLES))
         self._aligner = None
 
 
