@@ -13,7 +13,7 @@ from __future__ import annotations
 import html
 import itertools
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
@@ -346,13 +346,19 @@ def evaluate_split(
     query_ids: Sequence[str] | None = None,
     support_sequences: Sequence[str] | None = None,
     query_sequences: Sequence[str] | None = None,
+    on_search: Callable[[int], None] | None = None,
 ) -> EvalResult:
     """Fit on the support vectors (per layer), predict the queries, and score them.
 
-    The sequences are needed by the hybrid method only.
+    The sequences are needed by the hybrid method only; its held-out and query searches report
+    each one's residues to `on_search` (progress: `aligned_residues` + the queries' residues).
     """
-    classifier = FewShotClassifier.fit(support, support_labels, config, sequences=support_sequences)
-    predictions = classifier.predict(query, query_ids, sequences=query_sequences)
+    classifier = FewShotClassifier.fit(
+        support, support_labels, config, sequences=support_sequences, on_search=on_search
+    )
+    predictions = classifier.predict(
+        query, query_ids, sequences=query_sequences, on_search=on_search
+    )
     truth = [tuple(t) for t in query_labels]
     metrics: dict[str, Any] = dict(label_metrics(truth, predictions))
     metrics["layer"] = classifier.layer
@@ -375,10 +381,12 @@ def evaluate_episodes(
     config: FewShotConfig,
     *,
     sequences: Sequence[str] | None = None,
+    on_search: Callable[[int], None] | None = None,
 ) -> EvalResult:
     """Run each episode (fit on its support rows, predict its query rows); pool the predictions.
 
-    `sequences` (one per row of `features`) are needed by the hybrid method only.
+    `sequences` (one per row of `features`) are needed by the hybrid method only; `on_search` as
+    `evaluate_split` takes it, over every episode.
 
     Metrics are micro over all episodes' queries, plus the mean and 95% interval of per-episode
     top-1 accuracy. The report vectors are those of the layer chosen most often.
@@ -397,6 +405,7 @@ def evaluate_episodes(
             config,
             support_sequences=None if sequences is None else [sequences[i] for i in support_rows],
             query_sequences=None if sequences is None else [sequences[i] for i in query_rows],
+            on_search=on_search,
         )
         truth += result.truth
         predictions += result.predictions

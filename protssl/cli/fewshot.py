@@ -263,14 +263,36 @@ def _read(path: str, args: argparse.Namespace, *, labelled: bool) -> list[Protei
     return records
 
 
-def _bar(residues: int | None, args: argparse.Namespace, desc: str = "embedding") -> tqdm[Any]:
+def _bar(
+    residues: int | None, args: argparse.Namespace, desc: str = "embedding", *, shown: bool = True
+) -> tqdm[Any]:
     """The progress bar over that many residues (None: not known ahead, stdin); none with
-    --no-progress."""
+    --no-progress or where not `shown` (its updates then do nothing)."""
     from protssl.progress import progress_bar
 
     return progress_bar(
-        total=residues, unit="res", unit_scale=True, desc=desc, disable=args.no_progress
+        total=residues,
+        unit="res",
+        unit_scale=True,
+        desc=desc,
+        disable=args.no_progress or not shown,
     )
+
+
+def _alignment_bar(
+    splits: Sequence[tuple[Sequence[ProteinRecord], Sequence[ProteinRecord]]],
+    config: FewShotConfig,
+    args: argparse.Namespace,
+) -> tqdm[Any]:
+    """The bar over a hybrid evaluation's searches once the vectors are at hand: each fit's
+    held-out alignments and its queries' (minutes on a big support); none for the other heads."""
+    from protssl.fewshot import aligned_residues
+
+    total = sum(
+        aligned_residues(support, config) + sum(len(r) for r in query) for support, query in splits
+    )
+    hybrid = config.resolved(with_sequences=True).method == "hybrid"
+    return _bar(total, args, "aligning", shown=hybrid)
 
 
 def _desc(total: int | None, residues: int | None) -> str:
@@ -672,27 +694,32 @@ def _evaluate(
         )
         used, remapped = subset_episodes(support, episodes)
         features = _embed(used, model, layers, embed_config, cache, args)
-        result = evaluate_episodes(
-            features,
-            [r.labels for r in used],
-            remapped,
-            config,
-            sequences=[r.sequence for r in used],
-        )
+        splits = [([used[i] for i in e.support], [used[i] for i in e.query]) for e in remapped]
+        with _alignment_bar(splits, config, args) as bar:
+            result = evaluate_episodes(
+                features,
+                [r.labels for r in used],
+                remapped,
+                config,
+                sequences=[r.sequence for r in used],
+                on_search=bar.update,
+            )
         title = f"{args.ways}-way {args.shots}-shot, {args.episodes} episodes, {config.method}"
     else:
         query = _read(args.query, args, labelled=True)
         features = _embed([*support, *query], model, layers, embed_config, cache, args)
         n = len(support)
-        result = evaluate_split(
-            {k: v[:n] for k, v in features.items()},
-            [r.labels for r in support],
-            {k: v[n:] for k, v in features.items()},
-            [r.labels for r in query],
-            config,
-            query_ids=[r.id for r in query],
-            support_sequences=[r.sequence for r in support],
-            query_sequences=[r.sequence for r in query],
-        )
+        with _alignment_bar([(support, query)], config, args) as bar:
+            result = evaluate_split(
+                {k: v[:n] for k, v in features.items()},
+                [r.labels for r in support],
+                {k: v[n:] for k, v in features.items()},
+                [r.labels for r in query],
+                config,
+                query_ids=[r.id for r in query],
+                support_sequences=[r.sequence for r in support],
+                query_sequences=[r.sequence for r in query],
+                on_search=bar.update,
+            )
         title = f"{config.method} on {len(support)} support, {len(query)} queries"
     return result, title

@@ -26,6 +26,7 @@ from protssl.fewshot.config import CHOICES, METHODS, FewShotConfig
 from protssl.fewshot.episodes import Episode, sample_episodes, subset_episodes
 from protssl.fewshot.pipeline import (
     Runner,
+    aligned_residues,
     candidate_layers,
     check_model,
     classifier_embed_config,
@@ -53,6 +54,7 @@ __all__ = [
     "Prediction",
     "Runner",
     "add_examples",
+    "aligned_residues",
     "candidate_layers",
     "check_model",
     "classifier_embed_config",

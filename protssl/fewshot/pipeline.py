@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EmbedFn",
     "Runner",
+    "aligned_residues",
     "candidate_layers",
     "check_model",
     "classify_records",
@@ -168,14 +169,18 @@ def fit_records(
 def fit_residues(records: Sequence[ProteinRecord], config: FewShotConfig | None = None) -> int:
     """What `fit_records`' `on_batch` adds up to: each record's residues once, and a hybrid fit's
     (the default's) held-out alignments, each support row it aligns counted again."""
-    total = sum(len(r.sequence) for r in records)
+    return sum(len(r.sequence) for r in records) + aligned_residues(records, config)
+
+
+def aligned_residues(records: Sequence[ProteinRecord], config: FewShotConfig | None = None) -> int:
+    """What a fit on `records` reports to `FewShotClassifier.fit`'s `on_search`: the residues of
+    the support rows a hybrid fit (the default's) aligns held out; 0 for the other heads."""
     config = (config or FewShotConfig()).resolved(with_sequences=True)
     if config.method != "hybrid":
-        return total
+        return 0
     label_sets = [tuple(dict.fromkeys(r.labels)) for r in records]
     y = multi_hot(label_sets, sorted({c for ls in label_sets for c in ls}))
-    rows = HybridHead.aligned_rows(y, config)
-    return total + sum(len(records[i].sequence) for i in rows)
+    return sum(len(records[i].sequence) for i in HybridHead.aligned_rows(y, config))
 
 
 def classify_records(

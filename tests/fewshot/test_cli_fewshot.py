@@ -62,8 +62,10 @@ def test_fewshot_eval_cli_split_episodes_and_report(
         ]
     )
     assert code == 0
-    out = capsys.readouterr().out.strip().splitlines()
+    said = capsys.readouterr()
+    out = said.out.strip().splitlines()
     metrics = json.loads(out[-1])
+    assert "aligning" not in said.err  # knn aligns nothing
     support_records, query_records = is_split[0][:32], is_split[1][:24]
     features = embed_for_fewshot([*support_records, *query_records], windowed_model, (1, 2, 3))
     expected = evaluate_split(
@@ -108,8 +110,11 @@ def test_fewshot_eval_cli_split_episodes_and_report(
             "float32",
         ]
     )
-    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    said = capsys.readouterr()
+    metrics = json.loads(said.out.strip().splitlines()[-1])
     assert code == 0 and metrics["episodes"] == 3 and metrics["n"] == 3 * 3 * 2
+    # each episode's held-out and query searches, one bar that ends at its total
+    assert _last_bar(said.err).startswith("aligning: 100%")
     # only the records the episodes use were embedded; the whole pool gives the same figures
     labels = [r.labels for r in support_records]
     episodes = sample_episodes(labels, episodes=3, ways=3, shots=2, queries=2, seed=0)
@@ -253,6 +258,7 @@ def test_fewshot_eval_hybrid_and_classifier_create_reuse_the_store_vectors(
         captured = capsys.readouterr()
         runs.append((json.loads(captured.out.strip().splitlines()[-1]), captured.err))
     (first, first_err), (second, second_err) = runs
+    assert _last_bar(first_err).startswith("aligning: 100%")
     assert first["method"] == "hybrid" and first == second
     assert first["top1_accuracy"] > 0.8  # the transposases' alignments carry the random model
     assert "embedding: 36 sequences computed, 0 from the cache" in first_err
