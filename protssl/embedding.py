@@ -344,20 +344,26 @@ def _layers_cached(
         yield {layer: hit for layer, hit in hits.items() if hit is not None}
     if not misses:
         return
-    pending: list[EmbeddingItem] = []
-    for position, stacked in _embed_group(
-        [group[i] for i in misses], model, config, on_batch, layers
-    ):
-        index = misses[position]
-        out = {}
-        for layer, embedding in next(_split_layers([stacked], layers)).items():
-            # stored as float16 when asked: yield what a cache hit would give, bit for bit
-            vector = np.asarray(embedding.vector, dtype=cache.vector_dtype)
-            pending.append(EmbeddingItem(found[layer][1][index], group[index].sequence, vector))
-            out[layer] = replace(embedding, vector=vector.astype(np.float32))
-        stats.computed += 1
-        yield out
-    cache.put_many(pending, {model.sha256: model.name})
+    for finished, residues in _embed_batches([group[i] for i in misses], model, config, layers):
+        pending: list[EmbeddingItem] = []
+        outs = []
+        for position, stacked in finished:
+            index = misses[position]
+            out = {}
+            for layer, embedding in next(_split_layers([stacked], layers)).items():
+                # stored as float16 when asked: yield what a cache hit would give, bit for bit
+                vector = np.asarray(embedding.vector, dtype=cache.vector_dtype)
+                pending.append(EmbeddingItem(found[layer][1][index], group[index].sequence, vector))
+                out[layer] = replace(embedding, vector=vector.astype(np.float32))
+            outs.append(out)
+        if pending:
+            # each forward's, before they are yielded: a run stopped part way keeps what it did
+            cache.put_many(pending, {model.sha256: model.name})
+        for out in outs:
+            stats.computed += 1
+            yield out
+        if on_batch is not None:
+            on_batch(residues)
 
 
 def _split_layers(

@@ -12,7 +12,7 @@ from Bio.Seq import Seq
 from Bio.SeqRecord import SeqRecord
 
 from protssl.checkpoint import LoadedModel, load_model
-from protssl.embedding import EmbedConfig, embed_records, embed_records_layers
+from protssl.embedding import CacheStats, EmbedConfig, embed_records, embed_records_layers
 from protssl.errors import CheckpointError, FastaFormatError, InvalidInputError
 from protssl.fasta import ProteinRecord
 from protssl.fewshot import (
@@ -134,6 +134,33 @@ def test_a_fits_progress_ends_at_fit_residues(
             )
             assert sum(counted) == total
             assert len(counted) == len(support) + aligned
+
+
+def test_a_fit_stopped_part_way_keeps_the_vectors_it_computed(
+    tmp_path: Path,
+    windowed_model: LoadedModel,
+    is_split: tuple[list[ProteinRecord], list[ProteinRecord]],
+) -> None:
+    """A fit's vectors (every candidate layer) are written to the cache per forward, not once per
+    read-ahead group: a fit stopped part way (Ctrl-C, a gRPC deadline) lost them all, and its
+    retry embedded everything again."""
+    support = is_split[0][:24]
+    config = FewShotConfig(method="knn")
+    seen: list[int] = []
+
+    def stop_after_half(residues: int) -> None:
+        seen.append(residues)
+        if len(seen) == 12:
+            raise KeyboardInterrupt
+
+    with Store(StoreConfig(url=f"sqlite:///{tmp_path / 'store.db'}")) as store:
+        with pytest.raises(KeyboardInterrupt):
+            fit_records(
+                support, windowed_model, config, on_batch=stop_after_half, cache=store.embeddings
+            )
+        stats = CacheStats()
+        fit_records(support, windowed_model, config, cache=store.embeddings, stats=stats)
+    assert stats.cached >= 12 and stats.cached + stats.computed == 24, stats
 
 
 def test_biopython_records_and_plain_sequences_fit_classify_and_save_as_records(
