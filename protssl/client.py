@@ -909,7 +909,10 @@ class Client:
         version. Methods: auto (the default: hybrid, the most accurate, ~tens of ms a query),
         prototype, knn, linear, contrastive, hybrid. `pooling` (mean, bos or
         segments) is what its vectors are pooled by, when fitting and when classifying; None is
-        the pooling the model's card recommends (`ListModels`), else mean.
+        the pooling the model's card recommends (`ListModels`), else mean. The server embeds the
+        examples through its cache and stops the fit once `timeout` (the client's unless given)
+        runs out; the vectors it computed by then stay cached, so a retry with a longer timeout
+        embeds only the rest.
         """
         request = pb.CreateClassifierRequest(
             name=name,
@@ -930,7 +933,8 @@ class Client:
         *,
         timeout: float | None = None,
     ) -> ClassifierInfo:
-        """Refit `name` with these examples added (same id replaces); returns the new version."""
+        """Refit `name` with these examples added (same id replaces); returns the new version.
+        The old examples' vectors come from the server's cache; a timeout as `create_classifier`."""
         request = pb.AddExamplesRequest(name=name, examples=_examples(examples))
         return classifier_info_from_proto(
             self._call(self._classifiers.AddExamples, request, timeout)

@@ -247,6 +247,8 @@ class EmbeddingBatcher:
                             pending.future.set_exception(exc)
 
     def _run_task(self, task: _Task) -> None:
+        if not task.future.set_running_or_notify_cancel():  # its caller gave up on it
+            return
         if task.deadline is not None and time.monotonic() >= task.deadline:
             self.metrics.dropped.labels(reason="deadline").inc()
             task.future.set_exception(DeadlineExceededError("the deadline passed before it ran"))

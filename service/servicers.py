@@ -11,7 +11,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import CancelledError, Future, TimeoutError
+from concurrent.futures import CancelledError, Future, TimeoutError, wait
 from typing import Any, TypeVar
 
 import grpc
@@ -189,15 +189,24 @@ class _Face:
                 "(see ListModels)"
             )
 
-    def _on_worker(self, fn: Callable[[], T], context: grpc.ServicerContext) -> T:
-        """`fn()` run on the model worker (it uses the model), by the call's deadline."""
-        deadline = _deadline(context)
-        return _result(self.batcher.run_task(fn, deadline=deadline), deadline)
-
     def _worker(self, context: grpc.ServicerContext) -> fewshot.Runner:
         """Runs a fit's embedding steps on the model worker one by one, taking turns with other
-        calls' batches (the fit's own work, a hybrid fit's alignments, stays on the call's thread)."""
-        return lambda step: self._on_worker(step, context)
+        calls' batches (the fit's own work, a hybrid fit's alignments, stays on the call's thread).
+
+        A step still waiting when the deadline passes is dropped; one already running (a forward)
+        is waited for, so that the caller never touches the fit's embedding while it runs."""
+        deadline = _deadline(context)
+
+        def run(step: Callable[[], T]) -> T:
+            future = self.batcher.run_task(step, deadline=deadline)
+            try:
+                return _result(future, deadline)
+            except DeadlineExceededError:
+                if not future.cancel():
+                    wait([future])
+                raise
+
+        return run
 
     def _records(
         self,

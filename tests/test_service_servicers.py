@@ -718,3 +718,39 @@ def test_a_fit_stops_once_its_deadline_passes(fitting_server, caplog):
         assert cpu < 0.25 * wall, (cpu, wall, full)
         latest = classifiers.GetClassifier(pb.GetClassifierRequest(name="late"), timeout=10)
         assert latest.version == 2  # the expired fit saved nothing
+
+
+def test_a_fit_that_expires_while_embedding_ends_cleanly_and_keeps_its_vectors(
+    fitting_server, service_model, sample_fasta, caplog
+):
+    """A deadline that passes while one of the fit's forwards runs on the model worker: the
+    handler closed the embedding while the worker was still running it (ValueError: generator
+    already executing, logged with its traceback). Now it waits for that forward, ends
+    DEADLINE_EXCEEDED, and the vectors of the forwards done stay in the cache for a retry."""
+    address, url = fitting_server
+    examples = [
+        ProteinRecord(r.id, r.sequence, (f"L{i % 2}",))
+        for i, r in enumerate(real_records(sample_fasta, 160, max_length=1000)[96:160])
+    ]
+    layers = fewshot.candidate_layers(service_model.encoder.config.num_layers)
+    start = time.perf_counter()
+    fewshot.embed_for_fewshot(examples, service_model, layers)  # the same work, timed here
+    embedding_s = time.perf_counter() - start
+    request = _create_request("expired", examples)
+    with grpc.insecure_channel(address) as channel:
+        classifiers = pb_grpc.ClassifierServiceStub(channel)
+        with caplog.at_level(logging.INFO):
+            error = rpc_error(classifiers.CreateClassifier, request, timeout=embedding_s / 2)
+            assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            line, _ = _expired(caplog, "CreateClassifier")
+    assert "message='the call ended first (DEADLINE_EXCEEDED)'" in line
+    assert not [
+        r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.exc_info
+    ]
+    with Store(StoreConfig(url=url)) as store:
+        config = EmbedConfig(layer=layers[-1], pooling="mean")
+        kept = sum(
+            hit is not None
+            for hit in cached_embeddings(examples, service_model, config, store.embeddings)
+        )
+    assert 0 < kept < len(examples), (kept, embedding_s)
