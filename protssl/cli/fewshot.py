@@ -416,14 +416,20 @@ def _classifier_add(args: argparse.Namespace) -> int:
     records = _read(args.fasta, args, labelled=True)
     model = load_model(args)
     stats = CacheStats()
-    with open_store(args) as store, _bar(None, args) as bar:
+    bars: list[tqdm[Any]] = []  # drawn once its total is known: the examples are in the store
+    with open_store(args) as store, contextlib.ExitStack() as stack:
 
         def on_total(total: int, residues: int) -> None:
-            bar.set_description(_desc(total, residues), refresh=False)
-            bar.reset(total=total)
+            bars.append(stack.enter_context(_bar(total, args, _desc(total, residues))))
 
         stored = add_examples(
-            store, args.name, records, model, on_batch=bar.update, on_total=on_total, stats=stats
+            store,
+            args.name,
+            records,
+            model,
+            on_batch=lambda residues: bars[0].update(residues),
+            on_total=on_total,
+            stats=stats,
         )
     _print_stats(stats)
     _print_saved(stored, FewShotClassifier.from_state(stored.params, stored.blob))
