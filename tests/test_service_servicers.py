@@ -710,13 +710,14 @@ def test_a_fit_stops_once_its_deadline_passes(fitting_server, caplog):
         with caplog.at_level(logging.INFO, logger="service.calls"):
             error = rpc_error(classifiers.CreateClassifier, request, timeout=full / 5)
             assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            time.sleep(full / 5)  # the searches under way when it expired end
             cpu, start = time.process_time(), time.perf_counter()
             time.sleep(full / 2)  # the server is in this process: what it burns for nobody
             cpu, wall = time.process_time() - cpu, time.perf_counter() - start
             line, handler_s = _expired(caplog, "CreateClassifier")
         assert "message='the call ended first (DEADLINE_EXCEEDED)'" in line  # the handler raised
         assert handler_s < 0.6 * full, (handler_s, full)
-        assert cpu < 0.25 * wall, (cpu, wall, full)
+        assert cpu < 0.5 * wall, (cpu, wall, full)  # before: 2 x wall, both cores aligning
         latest = classifiers.GetClassifier(pb.GetClassifierRequest(name="late"), timeout=10)
         assert latest.version == 2  # the expired fit saved nothing
 
