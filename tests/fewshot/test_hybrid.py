@@ -293,15 +293,20 @@ def test_fewer_profile_samples_keep_the_e_values_within_a_fraction_of_a_log_unit
     is_split: tuple[list[ProteinRecord], list[ProteinRecord]],
 ) -> None:
     """The default calibrates each query profile on 50 simulated sequences, HMMER's own 200 four
-    times as long: the same best hits, every significant E-value within half a log10 unit (0.38 at
-    most here: one shift per query profile), in less time (the two timed in turns, in this run)."""
+    times as long: the same best hits, significant E-values within half a log10 unit (0.38 at most
+    here: one shift per query profile), in less time (the two timed in turns, in this run).
+
+    HMMER's filters, calibrated with the profile, can drop a borderline target either way (one of
+    the 100 significant hits of the examples' split; unfiltered, both find it, E 2.7e-6 and
+    1.9e-6): on 80 CLEAN EC queries they dropped 7 of 376 significant hits with 200 samples and 6
+    with 50."""
     support, query = is_split
     queries = [homologue(r.sequence) for r in support[:6]] + sequences(query[:10])
     candidates = [list(range(len(support)))] * len(queries)
     hmmer = Aligner(sequences(support), profile_samples=HMMER_PROFILE_SAMPLES)
     quick = Aligner(sequences(support), profile_samples=FewShotConfig().profile_samples)
     seconds = {"hmmer": 0.0, "quick": 0.0}
-    compared = 0
+    compared, dropped = 0, 0
     for text, rows in zip(queries, candidates, strict=True):
         found = {}
         for name, aligner in (("hmmer", hmmer), ("quick", quick)):
@@ -313,9 +318,12 @@ def test_fewer_profile_samples_keep_the_e_values_within_a_fraction_of_a_log_unit
         assert found["quick"][0][0] == found["hmmer"][0][0]
         quick_evalues = {index: evalue for index, evalue, _ in found["quick"]}
         for index, evalue in significant:
+            if index not in quick_evalues:
+                dropped += 1
+                continue
             assert abs(np.log10(quick_evalues[index] / evalue)) < 0.5, (index, evalue)
             compared += 1
-    assert compared > len(queries)
+    assert compared > len(queries) and dropped <= 0.03 * (compared + dropped), (compared, dropped)
     assert seconds["quick"] < 0.8 * seconds["hmmer"], seconds
 
 
