@@ -727,32 +727,45 @@ def test_a_fit_that_expires_while_embedding_ends_cleanly_and_keeps_its_vectors(
 ):
     """A deadline that passes while one of the fit's forwards runs on the model worker: the
     handler closed the embedding while the worker was still running it (ValueError: generator
-    already executing, logged with its traceback). Now it waits for that forward, ends
-    DEADLINE_EXCEEDED, and the vectors of the forwards done stay in the cache for a retry."""
+    already executing, logged with its traceback, or INTERNAL to the client). Now it waits for
+    that forward, ends DEADLINE_EXCEEDED, and the vectors of the forwards done stay in the cache.
+
+    The deadline is half the time the same embedding takes here; a call that finished first (the
+    server quicker than that timing) or had cached nothing yet is tried again on new records with
+    half or twice the deadline, until one expired part way."""
     address, url = fitting_server
-    examples = [
-        ProteinRecord(r.id, r.sequence, (f"L{i % 2}",))
-        for i, r in enumerate(real_records(sample_fasta, 160, max_length=1000)[96:160])
-    ]
+    pool = real_records(sample_fasta, 300, max_length=1000)[60:252]
     layers = fewshot.candidate_layers(service_model.encoder.config.num_layers)
-    start = time.perf_counter()
-    fewshot.embed_for_fewshot(examples, service_model, layers)  # the same work, timed here
-    embedding_s = time.perf_counter() - start
-    request = _create_request("expired", examples)
+    config = EmbedConfig(layer=layers[-1], pooling="mean")
+    part_way = []
     with grpc.insecure_channel(address) as channel:
         classifiers = pb_grpc.ClassifierServiceStub(channel)
-        with caplog.at_level(logging.INFO):
-            error = rpc_error(classifiers.CreateClassifier, request, timeout=embedding_s / 2)
-            assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            line, _ = _expired(caplog, "CreateClassifier")
-    assert "message='the call ended first (DEADLINE_EXCEEDED)'" in line
-    assert not [
-        r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.exc_info
-    ]
-    with Store(StoreConfig(url=url)) as store:
-        config = EmbedConfig(layer=layers[-1], pooling="mean")
-        kept = sum(
-            hit is not None
-            for hit in cached_embeddings(examples, service_model, config, store.embeddings)
-        )
-    assert 0 < kept < len(examples), (kept, embedding_s)
+        for attempt in range(4):
+            examples = [
+                ProteinRecord(r.id, r.sequence, (f"L{i % 2}",))
+                for i, r in enumerate(pool[attempt * 48 : (attempt + 1) * 48])
+            ]
+            if attempt == 0:
+                start = time.perf_counter()
+                fewshot.embed_for_fewshot(examples, service_model, layers)  # the same work
+                deadline = (time.perf_counter() - start) / 2
+            caplog.clear()
+            request = _create_request(f"expired-{attempt}", examples)
+            with caplog.at_level(logging.INFO):
+                try:
+                    classifiers.CreateClassifier(request, timeout=deadline)
+                    finished = True
+                except grpc.RpcError as error:
+                    assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED, error.details()
+                    _expired(caplog, "CreateClassifier")  # logged DEADLINE_EXCEEDED
+                    finished = False
+            raised = [r.getMessage() for r in caplog.records if r.exc_info]
+            assert not raised, raised
+            with Store(StoreConfig(url=url)) as store:
+                hits = cached_embeddings(examples, service_model, config, store.embeddings)
+            kept = sum(hit is not None for hit in hits)
+            if not finished and 0 < kept < len(examples):
+                part_way.append(kept)
+                break
+            deadline = deadline / 2 if finished or kept == len(examples) else deadline * 2
+    assert part_way, "no call expired part way through its embedding"
