@@ -82,7 +82,7 @@ def embed_one_at_a_time(
             start = time.perf_counter()
             client.embed([record])
             seconds.append(time.perf_counter() - start)
-            if len(seconds) == 16 if until is None else until.is_set():
+            if (len(seconds) == 16) if until is None else until.is_set():
                 break
     return seconds
 

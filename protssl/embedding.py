@@ -223,17 +223,25 @@ def _embed_cached(
         outcomes: list[tuple[int, BatchOutcome]] = []
         for position, embedding in finished:
             index = misses[position]
-            # stored as float16 when asked: yield what a cache hit would give, bit for bit
-            vector = np.asarray(embedding.vector, dtype=cache.vector_dtype)
-            pending.append(EmbeddingItem(keys[index], records[index].sequence, vector))
-            cached_vector = vector.astype(np.float32)
-            outcomes.append((index, BatchOutcome(replace(embedding, vector=cached_vector), False)))
+            item, stored = _as_stored(embedding, keys[index], records[index].sequence, cache)
+            pending.append(item)
+            outcomes.append((index, BatchOutcome(stored, cached=False)))
         if pending:
             # before they are yielded: what a caller holds, the store holds
             cache.put_many(pending, {model.sha256: model.name})
         yield from outcomes
         if on_batch is not None:
             on_batch(residues)
+
+
+def _as_stored(
+    embedding: Embedding, key: EmbeddingKey, sequence: str, cache: EmbeddingCache
+) -> tuple[EmbeddingItem, Embedding]:
+    """A computed embedding as the cache stores it (float16 when asked) and as the caller gets it
+    back: what a cache hit would give, bit for bit."""
+    vector = np.asarray(embedding.vector, dtype=cache.vector_dtype)
+    stored = replace(embedding, vector=vector.astype(np.float32))
+    return EmbeddingItem(key, sequence, vector), stored
 
 
 def cached_embeddings(
@@ -351,10 +359,9 @@ def _layers_cached(
             index = misses[position]
             out = {}
             for layer, embedding in next(_split_layers([stacked], layers)).items():
-                # stored as float16 when asked: yield what a cache hit would give, bit for bit
-                vector = np.asarray(embedding.vector, dtype=cache.vector_dtype)
-                pending.append(EmbeddingItem(found[layer][1][index], group[index].sequence, vector))
-                out[layer] = replace(embedding, vector=vector.astype(np.float32))
+                key = found[layer][1][index]
+                item, out[layer] = _as_stored(embedding, key, group[index].sequence, cache)
+                pending.append(item)
             outs.append(out)
         if pending:
             # each forward's, before they are yielded: a run stopped part way keeps what it did

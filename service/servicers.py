@@ -189,13 +189,12 @@ class _Face:
                 "(see ListModels)"
             )
 
-    def _worker(self, context: grpc.ServicerContext) -> fewshot.Runner:
+    def _worker(self, deadline: float | None) -> fewshot.Runner:
         """Runs a fit's embedding steps on the model worker one by one, taking turns with other
         calls' batches (the fit's own work, a hybrid fit's alignments, stays on the call's thread).
 
-        A step still waiting when the deadline passes is dropped; one already running (a forward)
+        A step still waiting when `deadline` passes is dropped; one already running (a forward)
         is waited for, so that the caller never touches the fit's embedding while it runs."""
-        deadline = _deadline(context)
 
         def run(step: Callable[[], T]) -> T:
             future = self.batcher.run_task(step, deadline=deadline)
@@ -442,14 +441,15 @@ class ClassifierServicer(_Face, pb_grpc.ClassifierServiceServicer):
         embed_config = fewshot.classifier_embed_config(
             POOLING.name(request.pooling) if request.pooling else None, self.model
         )
+        deadline = _deadline(context)
         fitted = fewshot.fit_records(
             records,
             self.model,
             settings,
             embed_config=embed_config,
             cache=self.store.embeddings,
-            run=self._worker(context),
-            on_batch=_while_wanted(context, _deadline(context), "the classifier was fitted"),
+            run=self._worker(deadline),
+            on_batch=_while_wanted(context, deadline, "the classifier was fitted"),
         )
         stored = fewshot.save_classifier(
             self.store, request.name, fitted, records, new_name=not request.new_version
@@ -473,13 +473,14 @@ class ClassifierServicer(_Face, pb_grpc.ClassifierServiceServicer):
         kept = self.store.classifiers.get(request.name)  # NOT_FOUND before any work is queued
         records = self._records(request.examples, 0)
         check_classifier([r.labels for r in records], [x for _, _, x in kept.examples], self.config)
+        deadline = _deadline(context)
         stored = fewshot.add_examples(
             self.store,
             request.name,
             records,
             self.model,
-            run=self._worker(context),
-            on_batch=_while_wanted(context, _deadline(context), "the classifier was fitted"),
+            run=self._worker(deadline),
+            on_batch=_while_wanted(context, deadline, "the classifier was fitted"),
         )
         return classifier_info_to_proto(stored)
 
