@@ -34,7 +34,15 @@ import numpy as np
 import protssl.fewshot.calibration as calibration
 from protssl.errors import InvalidInputError
 from protssl.fewshot.config import HMMER_PROFILE_SAMPLES, FewShotConfig
-from protssl.fewshot.heads import HEADS, Head, HybridHead, multi_hot, normalise
+from protssl.fewshot.heads import (
+    HEADS,
+    Head,
+    HybridHead,
+    label_classes,
+    label_sets,
+    multi_hot,
+    normalise,
+)
 
 __all__ = [
     "UNKNOWN",
@@ -178,33 +186,33 @@ class FewShotClassifier:
         stops the fit).
         """
         config = (config or FewShotConfig()).resolved(with_sequences=sequences is not None)
-        label_sets = [tuple(dict.fromkeys((ls,) if isinstance(ls, str) else ls)) for ls in labels]
+        examples = label_sets(labels)
         if not features:
             raise InvalidInputError("no vectors given to fit a classifier")
-        require_labels(label_sets)
-        classes = tuple(sorted({c for ls in label_sets for c in ls}))
+        require_labels(examples)
+        classes = label_classes(examples)
         if len(classes) < 2:
             raise InvalidInputError(
                 f"need at least 2 classes, got {len(classes)}: {', '.join(map(repr, classes))}"
             )
-        if len(label_sets) < 3:
+        if len(examples) < 3:
             raise InvalidInputError("need at least 3 labelled examples")
-        if len(label_sets) * len(classes) > config.max_cells:
+        if len(examples) * len(classes) > config.max_cells:
             raise InvalidInputError(
-                f"{len(label_sets)} examples x {len(classes)} classes = "
-                f"{len(label_sets) * len(classes):,} held-out scores, over the limit of "
+                f"{len(examples)} examples x {len(classes)} classes = "
+                f"{len(examples) * len(classes):,} held-out scores, over the limit of "
                 f"{config.max_cells:,} (max_cells; 8 bytes each): fit fewer classes or examples"
             )
-        if config.method == "hybrid" and (sequences is None or len(sequences) != len(label_sets)):
+        if config.method == "hybrid" and (sequences is None or len(sequences) != len(examples)):
             raise InvalidInputError(
                 "the hybrid method needs the support sequences, one per example"
             )
         for layer, x in features.items():
-            if x.ndim != 2 or len(x) != len(label_sets):
+            if x.ndim != 2 or len(x) != len(examples):
                 raise InvalidInputError(
-                    f"layer {layer}: expected ({len(label_sets)}, D) vectors, got {x.shape}"
+                    f"layer {layer}: expected ({len(examples)}, D) vectors, got {x.shape}"
                 )
-        y = multi_hot(label_sets, classes)
+        y = multi_hot(examples, classes)
         hierarchical = config.hierarchical == "yes" or (
             config.hierarchical == "auto" and calibration.is_hierarchical(classes)
         )
@@ -277,7 +285,7 @@ class FewShotClassifier:
         fallback_cut = threshold if fallback_threshold is None else fallback_threshold
         answered = top_p >= np.where(aligned, threshold, fallback_cut)
         multi_label_ratio = None
-        if any(len(ls) > 1 for ls in label_sets):
+        if any(len(ls) > 1 for ls in examples):
             multi_label_ratio = config.multi_label_ratio or calibration.best_ratio(probs, y_held)
         support_metrics = {
             "held_out": "leave-one-out"

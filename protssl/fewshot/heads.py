@@ -26,7 +26,15 @@ from protssl.fewshot.config import HMMER_PROFILE_SAMPLES, FewShotConfig
 if TYPE_CHECKING:
     from protssl.fewshot.alignment import Aligner
 
-__all__ = ["HEADS", "Head", "HybridHead", "multi_hot", "normalise"]
+__all__ = [
+    "HEADS",
+    "Head",
+    "HybridHead",
+    "label_classes",
+    "label_sets",
+    "multi_hot",
+    "normalise",
+]
 
 _MASKED = -1.0e4  # score of a class that has no support left in a held-out fold
 _QUERY_BLOCK = 512
@@ -40,6 +48,16 @@ def normalise(x: np.ndarray, mean: np.ndarray | None = None) -> np.ndarray:
         centred = centred - mean
     norms = np.linalg.norm(centred, axis=1, keepdims=True)
     return centred / np.maximum(norms, 1e-12)
+
+
+def label_sets(labels: Sequence[str | Sequence[str]]) -> list[tuple[str, ...]]:
+    """Each example's labels once each, in their order; a string is one label, not its letters."""
+    return [tuple(dict.fromkeys((ls,) if isinstance(ls, str) else ls)) for ls in labels]
+
+
+def label_classes(labels: Sequence[tuple[str, ...]]) -> tuple[str, ...]:
+    """The classes a fit on `labels` (from `label_sets`) has: every label, sorted."""
+    return tuple(sorted({c for ls in labels for c in ls}))
 
 
 def multi_hot(labels: Sequence[tuple[str, ...]], classes: Sequence[str]) -> np.ndarray:

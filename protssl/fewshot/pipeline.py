@@ -19,7 +19,7 @@ from protssl.errors import CheckpointError, InvalidInputError
 from protssl.fasta import ProteinRecord, SequenceItem, as_records
 from protssl.fewshot.classifier import FewShotClassifier, Prediction, require_labels
 from protssl.fewshot.config import FewShotConfig
-from protssl.fewshot.heads import HybridHead, multi_hot
+from protssl.fewshot.heads import HybridHead, label_classes, label_sets, multi_hot
 
 if TYPE_CHECKING:
     from protssl.store import EmbeddingCache
@@ -178,8 +178,8 @@ def aligned_residues(records: Sequence[ProteinRecord], config: FewShotConfig | N
     config = (config or FewShotConfig()).resolved(with_sequences=True)
     if config.method != "hybrid":
         return 0
-    label_sets = [tuple(dict.fromkeys(r.labels)) for r in records]
-    y = multi_hot(label_sets, sorted({c for ls in label_sets for c in ls}))
+    examples = label_sets([r.labels for r in records])
+    y = multi_hot(examples, label_classes(examples))
     return sum(len(records[i].sequence) for i in HybridHead.aligned_rows(y, config))
 
 
