@@ -616,8 +616,9 @@ class Client:
     ) -> ClientEmbeddings:
         """Embed any number of sequences (as `embed` takes them) over one EmbedStream call, in input
         order: read lazily and sent `chunk` at a time, where one `embed` request is refused past the
-        server's max_sequences. Records `on_invalid="skip"` drops are left out of the results. A
-        server lost midway is waited for, as `embed_fasta` waits, and sent again what it had not
+        server's max_sequences. Records `on_invalid="skip"` drops are left out of the results; a
+        record the server refuses raises once the results of the messages before it are back (a
+        server with a store caches those, so a retry gets them from the cache). A server lost midway is waited for, as `embed_fasta` waits, and sent again what it had not
         answered (held until answered), then the rest of the input."""
         options = self._options(model, pooling, layer, dtype, on_invalid)
         items = _Resendable(_sequence_fields(sequences, ids))

@@ -30,6 +30,7 @@ from protssl.errors import (
     MessageTooLargeError,
     ModelNotFoundError,
     OverloadedError,
+    ProtsslError,
     StreamIdleError,
     UnavailableError,
 )
@@ -337,6 +338,7 @@ class EmbeddingServicer(_Face, pb_grpc.EmbeddingServiceServicer):
         seen = _SeenIds(self.config.stream_id_memory)
         pending: collections.deque[Pending] = collections.deque()
         ended = handed_over = False
+        refused: ProtsslError | None = None  # raised once the earlier messages' results are back
         offset = 0  # sequences received, skipped ones included: what default ids count
         idle = self.config.stream_idle_timeout_s
         active = time.monotonic()  # the last message or result: the idle clock starts there
@@ -348,6 +350,8 @@ class EmbeddingServicer(_Face, pb_grpc.EmbeddingServiceServicer):
             if self._draining.is_set() and not ended:
                 ended = handed_over = True  # read no more; what is in flight goes back first
             if ended and not pending:
+                if refused is not None:
+                    raise refused
                 if handed_over:
                     raise UnavailableError(
                         f"the server is shutting down (a restart?) after sending "
@@ -376,8 +380,12 @@ class EmbeddingServicer(_Face, pb_grpc.EmbeddingServiceServicer):
             if options is None:
                 options = message.options
                 self._check_model(options.model)
-            records = self._records(message.sequences, offset, seen, options.on_invalid)
-            self._check_stream_sizes(records, options)
+            try:
+                records = self._records(message.sequences, offset, seen, options.on_invalid)
+                self._check_stream_sizes(records, options)
+            except ProtsslError as exc:
+                refused, ended = exc, True
+                continue
             offset += len(message.sequences)
             progress.records_received += len(records)
             chunk = self._submit(records, options, context, wait=True)

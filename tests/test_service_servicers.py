@@ -136,6 +136,35 @@ def test_stream_rejects_an_id_repeated_across_messages(stub, service_records):
     assert "'x'" in error.details() and "duplicate" in error.details()
 
 
+@pytest.mark.parametrize("fault", ["invalid residue", "duplicate id"])
+def test_a_refused_message_ends_the_stream_after_the_earlier_messages_results(
+    stub, sample_fasta, fault
+):
+    """A bad record in a later message is refused only once the results of the messages before
+    it are back: the stream had cancelled the chunks still in flight, and a pipeline sending a
+    generator lost them (16 of 32 came back, then the error)."""
+    fresh = real_records(sample_fasta, 240, max_length=600)[120 + 60 * (fault == "duplicate id") :]
+    good = [pb.Sequence(id=f"{fault[:3]}-{r.id}", sequence=r.sequence) for r in fresh[:48]]
+    bad = (
+        pb.Sequence(id="bad", sequence="MKT1AA")
+        if fault == "invalid residue"
+        else pb.Sequence(id=good[0].id, sequence="MKTAA")
+    )
+    messages = [pb.EmbedStreamRequest(sequences=good[i : i + 8]) for i in range(0, 48, 8)]
+    messages.append(pb.EmbedStreamRequest(sequences=[bad]))
+    got: list[str] = []
+
+    def read() -> None:
+        for reply in stub.EmbedStream(iter(messages), timeout=60):
+            if reply.HasField("embedding"):
+                got.append(reply.embedding.id)
+
+    error = rpc_error(read)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert ("#49" in error.details()) and (fault.split()[0] in error.details())
+    assert sorted(got) == sorted(s.id for s in good)
+
+
 def test_a_stream_numbers_records_across_its_messages(stub, service_records):
     """A bad record in a later message is named by its place in the whole stream (#5 here), and a
     message past the limits is told to send less per message, not to use the stream it is in."""
