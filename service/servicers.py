@@ -232,9 +232,10 @@ class _Face:
                 check_example(record_id, example_labels, index)
             items = [ProteinRecord(i, r, x) for i, r, x in zip(ids, raw, labels, strict=True)]
         policy = FastaPolicy(on_invalid=ON_INVALID.name(on_invalid or 0))  # type: ignore[arg-type]
+        source = "request" if seen is None else "request stream"
         try:
             records = records_from_sequences(
-                items, ids=ids, policy=policy, source="request", first_index=offset
+                items, ids=ids, policy=policy, source=source, first_index=offset
             )
         except FastaFormatError as error:
             settable = () if on_invalid is None else ("on_invalid",)
@@ -244,7 +245,7 @@ class _Face:
                 if seen.seen(record.id):
                     raise FastaFormatError(
                         "duplicate id (seen earlier in this stream)",
-                        source="request stream",
+                        source=source,
                         record_id=record.id,
                         record_index=offset + index,
                     )

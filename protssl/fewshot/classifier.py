@@ -52,6 +52,7 @@ __all__ = [
     "Reason",
     "Status",
     "require_labels",
+    "support_classes",
 ]
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,26 @@ class Prediction:
         data = asdict(self)
         data["labels"] = list(self.labels)
         return data
+
+
+def support_classes(examples: Sequence[tuple[str, ...]], config: FewShotConfig) -> tuple[str, ...]:
+    """The classes of labelled `examples` (from `label_sets`), once they are a support a classifier
+    can be fitted on: 2 classes or more, 3 examples or more, within `config.max_cells`. Checked
+    before any vector is computed, and again by the fit."""
+    classes = label_classes(examples)
+    if len(classes) < 2:
+        raise InvalidInputError(
+            f"need at least 2 classes, got {len(classes)}: {', '.join(map(repr, classes))}"
+        )
+    if len(examples) < 3:
+        raise InvalidInputError("need at least 3 labelled examples")
+    if len(examples) * len(classes) > config.max_cells:
+        raise InvalidInputError(
+            f"{len(examples)} examples x {len(classes)} classes = "
+            f"{len(examples) * len(classes):,} held-out scores, over the limit of "
+            f"{config.max_cells:,} (max_cells; 8 bytes each): fit fewer classes or examples"
+        )
+    return classes
 
 
 def require_labels(
@@ -190,19 +211,7 @@ class FewShotClassifier:
         if not features:
             raise InvalidInputError("no vectors given to fit a classifier")
         require_labels(examples)
-        classes = label_classes(examples)
-        if len(classes) < 2:
-            raise InvalidInputError(
-                f"need at least 2 classes, got {len(classes)}: {', '.join(map(repr, classes))}"
-            )
-        if len(examples) < 3:
-            raise InvalidInputError("need at least 3 labelled examples")
-        if len(examples) * len(classes) > config.max_cells:
-            raise InvalidInputError(
-                f"{len(examples)} examples x {len(classes)} classes = "
-                f"{len(examples) * len(classes):,} held-out scores, over the limit of "
-                f"{config.max_cells:,} (max_cells; 8 bytes each): fit fewer classes or examples"
-            )
+        classes = support_classes(examples, config)
         if config.method == "hybrid" and (sequences is None or len(sequences) != len(examples)):
             raise InvalidInputError(
                 "the hybrid method needs the support sequences, one per example"

@@ -17,7 +17,12 @@ from protssl.checkpoint import LoadedModel
 from protssl.embedding import CacheStats, EmbedConfig, Embedding, embed_records_layers
 from protssl.errors import CheckpointError, InvalidInputError
 from protssl.fasta import ProteinRecord, SequenceItem, as_records
-from protssl.fewshot.classifier import FewShotClassifier, Prediction, require_labels
+from protssl.fewshot.classifier import (
+    FewShotClassifier,
+    Prediction,
+    require_labels,
+    support_classes,
+)
 from protssl.fewshot.config import FewShotConfig
 from protssl.fewshot.heads import HybridHead, label_classes, label_sets, multi_hot
 
@@ -150,6 +155,7 @@ def fit_records(
     labelled = as_records(records)
     embed_config = embed_config or classifier_embed_config(None, model)
     require_labels([r.labels for r in labelled], [r.id for r in labelled])
+    support_classes(label_sets([r.labels for r in labelled]), config or FewShotConfig())
     chosen = (
         tuple(layers) if layers is not None else candidate_layers(model.encoder.config.num_layers)
     )

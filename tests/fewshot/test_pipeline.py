@@ -241,6 +241,27 @@ def test_classify_records_checks_the_model_before_any_embedding(
     assert through == classify_records(classifier, query, windowed_model)
 
 
+@pytest.mark.parametrize(
+    ("keep", "message"),
+    [("one class", "need at least 2 classes"), ("two examples", "at least 3 labelled")],
+)
+def test_a_support_no_classifier_can_come_of_is_refused_before_any_vector_is_computed(
+    windowed_model: LoadedModel,
+    is_split: tuple[list[ProteinRecord], list[ProteinRecord]],
+    keep: str,
+    message: str,
+) -> None:
+    """One class, or two examples, was refused only by the fit, after every example's forward."""
+    first = {r.labels[0]: r for r in reversed(is_split[0])}  # each class's first example
+    one_class = [r for r in is_split[0] if r.labels == is_split[0][0].labels]
+    support = one_class if keep == "one class" else list(first.values())[:2]
+    assert len(support) >= 2
+    batches: list[int] = []
+    with pytest.raises(InvalidInputError, match=message):
+        fit_records(support, windowed_model, on_batch=batches.append)
+    assert batches == []
+
+
 @pytest.mark.bf16_cpu  # bfloat16 without native CPU support is slow
 def test_bf16_vectors_move_with_the_batch_a_record_shares_float32_ones_hardly(
     windowed_model_dir: Path, is_split: tuple[list[ProteinRecord], list[ProteinRecord]]
