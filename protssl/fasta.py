@@ -23,6 +23,7 @@ import io
 import logging
 import os
 import re
+import string
 import sys
 import zlib
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
@@ -79,6 +80,8 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _LABEL = re.compile(r"(?:^|\s)label=(\S+)")
 _GAP_CHARACTERS = "-."
 _NO_GAPS = str.maketrans("", "", _GAP_CHARACTERS)
+_ASCII_UPPER = str.maketrans(string.ascii_lowercase, string.ascii_uppercase)
+"""Only a-z: str.upper() turns some other letters into residues ('ı' into I, 'ß' into SS)."""
 _GAP_HINT = (
     "an aligned sequence? gaps strip removes the gaps (the sequence as it was before the "
     "alignment); on_invalid skip drops the record"
@@ -267,7 +270,8 @@ def normalize_sequence(
 
     Returns the normalised sequence (None when `skip` drops it) and how many characters were replaced.
     """
-    sequence = "".join(raw.split()).upper()
+    sequence = "".join(raw.split())
+    sequence = sequence.upper() if sequence.isascii() else sequence.translate(_ASCII_UPPER)
     if gaps == "strip":
         sequence = sequence.translate(_NO_GAPS)
     if sequence.endswith("*"):

@@ -237,16 +237,33 @@ def test_policy_rules() -> None:
         ("\u00b5K", 1),
         ("MK V?", 4),
         ("ACDEFGHIKLMNPQRSTVWY" * 40 + "#", 801),
+        ("mkıaa", 3),  # str.upper() makes it I, a residue
+        ("MKßAA", 3),  # and this SS, moving what follows
+        ("MKéAA", 3),
     ],
 )
 def test_invalid_characters_are_found_and_placed(raw: str, position: int) -> None:
     """Non-ASCII letters, digits and symbols anywhere fail with their position (after whitespace
-    is dropped), are dropped by skip, and become X with replace."""
-    with pytest.raises(InvalidInputError, match=rf"position {position}\b"):
+    is dropped), named as sent, are dropped by skip, and become X with replace."""
+    sent = "".join(raw.split())[position - 1]
+    with pytest.raises(InvalidInputError, match=rf"position {position}: invalid residue '{sent}'"):
         normalize_sequence(raw, record_id="r1")
     assert normalize_sequence(raw, on_invalid="skip") == (None, 0)
     replaced, count = normalize_sequence(raw, on_invalid="replace")
     assert count == 1 and replaced is not None and replaced[position - 1] == "X"
+
+
+def test_a_file_with_a_letter_upper_casing_would_turn_into_residues_is_refused(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "dotless.fasta"
+    path.write_text(">a\nmktaıak\n>b\nmkta\n", encoding="utf-8")
+    with pytest.raises(
+        FastaFormatError, match=r"record 'a' \(#1\) at position 5: invalid residue 'ı'"
+    ):
+        list(read_fasta(path))
+    kept = list(read_fasta(path, policy=FastaPolicy(on_invalid="replace")))
+    assert [r.sequence for r in kept] == ["MKTAXAK", "MKTA"]
 
 
 def test_internal_stop_names_record_and_position(edge_cases: Path) -> None:
