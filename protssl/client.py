@@ -18,7 +18,6 @@ Messages are translated by `protssl.wire`, as in the server.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import re
@@ -247,6 +246,35 @@ def _in_order(
     for embedding, cached in results:
         embeddings[embedding.id] = (embedding, cached)
     return ClientEmbeddings.of([embeddings[i] for i in order if i in embeddings])
+
+
+def _messages(
+    fields: Iterator[dict[str, str]], limits: pb.RequestLimits, chunk: int
+) -> Iterator[list[dict[str, str]]]:
+    """`fields` in lists of up to `chunk` sequences, within what the server takes in one message
+    (`limits`, 0: not said): a server started with a lower --max-sequences or --max-residues
+    refused the SDK's messages, and `protssl embed --server` had no way to send smaller ones. A
+    sequence over the residue limit on its own goes alone (the server names it)."""
+    count = min(chunk, limits.max_sequences or chunk)
+    budget = limits.max_residues or None
+    batch: list[dict[str, str]] = []
+    residues = 0
+    try:
+        for item in fields:
+            if batch and budget is not None and residues + len(item["sequence"]) > budget:
+                yield batch
+                batch, residues = [], 0
+            batch.append(item)
+            residues += len(item["sequence"])
+            if len(batch) >= count:
+                yield batch
+                batch, residues = [], 0
+    except Exception:  # what was read before a bad record still goes, then its error
+        if batch:
+            yield batch
+        raise
+    if batch:
+        yield batch
 
 
 def _wire_version(version: int | None) -> int:
@@ -524,8 +552,11 @@ class Client:
     def close(self) -> None:
         self._channel.close()
 
-    def _call(self, method: Callable[..., T], request: Any, timeout: float | None) -> T:
-        """One unary call with retries on UNAVAILABLE (exponential backoff), errors made typed."""
+    def _call(
+        self, method: Callable[..., T], request: Any, timeout: float | None, *, reaches: bool = True
+    ) -> T:
+        """One unary call with retries on UNAVAILABLE (exponential backoff), errors made typed.
+        `reaches=False`: its answer does not count as the server reached (`_lasting_results`)."""
         timeout = self.timeout if timeout is None else timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = self.backoff
@@ -533,7 +564,7 @@ class Client:
             remaining = None if deadline is None else deadline - time.monotonic()
             try:
                 response = method(request, timeout=remaining, metadata=self._metadata)
-                self._reached = True
+                self._reached = self._reached or reaches
                 return response
             except grpc.RpcError as exc:
                 error = self._failed(exc, timeout)  # also notes a server that took the call
@@ -830,22 +861,19 @@ class Client:
         watch = _IdleWatch(timeout)
         decode = EmbeddingDecoder()
 
+        limits = self._limits(timeout)
+
         def requests() -> Iterator[pb.EmbedStreamRequest]:
-            batch: list[dict[str, str]] = []
             first = True
             try:
-                for item in fields:
-                    batch.append(item)
-                    if len(batch) == chunk:
-                        yield pb.EmbedStreamRequest(
-                            sequences=batch, options=options if first else None
-                        )
-                        watch.moved()
-                        batch, first = [], False
+                for batch in _messages(fields, limits, chunk):
+                    yield pb.EmbedStreamRequest(sequences=batch, options=options if first else None)
+                    watch.moved()
+                    first = False
             except Exception as exc:  # raised in the caller's thread, below
                 failed.append(exc)
-            if batch or first:
-                yield pb.EmbedStreamRequest(sequences=batch, options=options if first else None)
+            if first:
+                yield pb.EmbedStreamRequest(options=options)
 
         stream = self._embeddings.EmbedStream(requests(), metadata=self._metadata)
         watch.start(stream)
@@ -884,6 +912,13 @@ class Client:
             dtype=VECTOR_DTYPE.value(dtype),
             on_invalid=ON_INVALID.value(on_invalid),
         )
+
+    def _limits(self, timeout: float | None) -> pb.RequestLimits:
+        """What the server takes in one request or message, asked for each call that sends many
+        (a server restarted midway may have other limits). Only the call's own results count as
+        the server reached: a stream that never got one still fails at once."""
+        request = pb.ListModelsRequest()
+        return self._call(self._embeddings.ListModels, request, timeout, reaches=False).limits
 
     def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """The models the server serves (the default one flagged)."""
@@ -989,10 +1024,12 @@ class Client:
         pinned, sent = _wire_version(version), 0
         seen: set[str] = set()
         outage = _Outage(self.target, self.reconnect, self.backoff, self.max_backoff)
+        batches = _messages(fields, self._limits(timeout), chunk)
         while True:
-            batch = list(itertools.islice(fields, chunk))
-            if not batch and sent:
+            batch = next(batches, None)
+            if batch is None and sent:
                 return predictions
+            batch = batch or []  # no queries at all: one request, which names the classifier
             for index, item in enumerate(batch, start=sent):
                 item["id"] = item["id"] or f"seq{index}"  # the server numbers within one request
                 if item["id"] in seen:
@@ -1022,7 +1059,7 @@ class Client:
             pinned = response.classifier.version
             predictions.extend(prediction_from_proto(p) for p in response.predictions)
             sent += len(batch)
-            if len(batch) < chunk:
+            if not batch:
                 return predictions
 
     # --- API tokens (an admin token's calls) --------------------------------------------------

@@ -422,7 +422,14 @@ class EmbeddingServicer(_Face, pb_grpc.EmbeddingServiceServicer):
     def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.ServicerContext
     ) -> pb.ListModelsResponse:
-        return pb.ListModelsResponse(models=[model_info_to_proto(self.model, is_default=True)])
+        limits = pb.RequestLimits(
+            max_sequences=self.config.max_sequences,
+            max_residues=self.config.max_residues,
+            max_sequence_length=self.config.max_sequence_length,
+        )
+        return pb.ListModelsResponse(
+            models=[model_info_to_proto(self.model, is_default=True)], limits=limits
+        )
 
 
 class ClassifierServicer(_Face, pb_grpc.ClassifierServiceServicer):

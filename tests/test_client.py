@@ -25,6 +25,7 @@ from service_support import load_tiny, real_records, running_server, save_tiny_m
 
 import protssl
 from protssl import endpoint
+from protssl._proto import protssl_pb2 as pb
 from protssl.checkpoint import LoadedModel, update_card_training
 from protssl.embed_file import JobSummary
 from protssl.embedding import CacheStats, EmbedConfig, embed_records
@@ -530,6 +531,36 @@ def test_embed_stream_takes_more_than_max_sequences_lazily_in_input_order(addres
     np.testing.assert_allclose(plain.vectors, streamed.vectors[:2], atol=1e-5)
 
 
+def test_calls_of_many_sequences_fit_a_servers_lower_limits(
+    model, sample_fasta, tmp_path, by_family
+):
+    """A server started with --max-sequences under the SDK's chunk (64 a stream message, 256 a
+    Classify request) or a low --max-residues refused every message: `protssl embed --server`
+    failed with '64 sequences in one stream message; the limit is 5', and no flag could help.
+    The server now says its limits (ListModels) and the SDK sizes its messages by them."""
+    chosen = real_records(sample_fasta, 23, max_length=400)
+    fasta = tmp_path / "in.fasta"
+    fasta.write_text("".join(f">{r.id}\n{r.sequence}\n" for r in chosen))
+    url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    support = [r for family in ("fn3", "RRM_1") for r in by_family[family][:4]]
+    with (
+        running_server(model, store=True, database_url=url, max_sequences=5, max_residues=900) as (
+            _,
+            addr,
+            _registry,
+        ),
+        protssl.Client(addr) as client,
+    ):
+        streamed = client.embed_stream(chosen)
+        summary = client.embed_file(fasta, tmp_path / "out.npz", progress=False)
+        client.create_classifier("small", support[:5], method="prototype")
+        labels = client.classify("small", chosen)
+    assert streamed.ids == [r.id for r in chosen]
+    assert summary.records == len(chosen)
+    assert [k for k, _, _ in read_vectors(tmp_path / "out.npz")] == [r.id for r in chosen]
+    assert [p.id for p in labels] == [r.id for r in chosen]
+
+
 def test_embed_fasta_names_a_files_bad_records_before_sending_any(model, sample_fasta, tmp_path):
     chosen = real_records(sample_fasta, 5, max_length=400)
     fasta = tmp_path / "bad.fasta"
@@ -663,14 +694,23 @@ def test_a_call_whose_server_stops_answering_ends_after_the_timeout():
         hang.wait(30)
         return iter(())
 
-    def never_returns(request, context):
-        hang.wait(30)
+    asked: list[object] = []
+
+    def never_returns(request, context):  # but once, as a server without limits to tell
+        asked.append(request)
+        if len(asked) > 1:
+            hang.wait(30)
+        return pb.ListModelsResponse()
 
     handler = grpc.method_handlers_generic_handler(
         "protssl.v1.EmbeddingService",
         {
             "EmbedStream": grpc.stream_stream_rpc_method_handler(never_answers),
-            "ListModels": grpc.unary_unary_rpc_method_handler(never_returns),
+            "ListModels": grpc.unary_unary_rpc_method_handler(
+                never_returns,
+                request_deserializer=pb.ListModelsRequest.FromString,
+                response_serializer=pb.ListModelsResponse.SerializeToString,
+            ),
         },
     )
     server = grpc.server(ThreadPoolExecutor(max_workers=2))
@@ -916,8 +956,8 @@ def test_classify_takes_any_number_in_chunks_pinned_to_the_first_answers_version
         protssl.Client(addr) as client,
     ):
         assert client.create_classifier("two", support, method="knn").version == 1
-        with pytest.raises(InvalidInputError, match="max_sequences"):
-            client.classify("two", queries, chunk=10)
+        # a chunk past the server's max_sequences is cut to it (it was refused)
+        assert len(client.classify("two", queries, chunk=10)) == len(queries)
 
         def meanwhile() -> Iterator[str]:  # version 2, with a third label, lands after chunk one
             for index, sequence in enumerate(queries):

@@ -185,11 +185,23 @@ class ModelInfo(_message.Message):
     recommended_pooling: str
     def __init__(self, name: _Optional[str] = ..., sha256: _Optional[str] = ..., num_layers: _Optional[int] = ..., embed_dim: _Optional[int] = ..., max_residues: _Optional[int] = ..., compute_dtype: _Optional[str] = ..., parameters: _Optional[int] = ..., is_default: _Optional[bool] = ..., default_layer: _Optional[int] = ..., recommended_pooling: _Optional[str] = ...) -> None: ...
 
+class RequestLimits(_message.Message):
+    __slots__ = ("max_sequences", "max_residues", "max_sequence_length")
+    MAX_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    MAX_RESIDUES_FIELD_NUMBER: _ClassVar[int]
+    MAX_SEQUENCE_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    max_sequences: int
+    max_residues: int
+    max_sequence_length: int
+    def __init__(self, max_sequences: _Optional[int] = ..., max_residues: _Optional[int] = ..., max_sequence_length: _Optional[int] = ...) -> None: ...
+
 class ListModelsResponse(_message.Message):
-    __slots__ = ("models",)
+    __slots__ = ("models", "limits")
     MODELS_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
-    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
+    limits: RequestLimits
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., limits: _Optional[_Union[RequestLimits, _Mapping]] = ...) -> None: ...
 
 class LabelledSequence(_message.Message):
     __slots__ = ("id", "sequence", "labels")
