@@ -128,6 +128,13 @@ def test_fewshot_eval_cli_split_episodes_and_report(
     assert {k: metrics[k] for k in whole_pool} == pytest.approx(whole_pool)
     assert metrics["method"] == "hybrid"  # auto, the default, with the sequences at hand
 
+    # one episode: no interval (it claimed 0.0, no uncertainty at all)
+    one = ["--episodes", "1", "--ways", "3", "--shots", "2", "--model", model_dir]
+    assert run_cli(["fewshot-eval", "--support", str(support), *one, "--method", "knn"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert json.loads(out[-1])["episode_top1_ci95"] is None
+    assert "episode_top1_ci95  n/a" in [line.strip() for line in out[:-1]]
+
     with pytest.raises(InvalidInputError, match="either --query"):
         run_cli(["fewshot-eval", "--support", str(support), "--model", model_dir])
 
