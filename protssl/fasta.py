@@ -63,6 +63,7 @@ __all__ = [
     "refuse_misshapen",
     "refuse_one_string",
     "settable_advice",
+    "skipped_note",
     "source_name",
     "validate_fasta",
 ]
@@ -437,11 +438,27 @@ def no_records_error(path: str | Path, skipped: dict[str, int] | None = None) ->
     source = source_name(path)
     if not skipped:
         return InvalidInputError(f"{source}: no FASTA records in it; nothing was written")
-    by = ", ".join(f"{n} by {setting}" for setting, n in skipped.items())
     total = sum(skipped.values())
     return InvalidInputError(
-        f"{source}: all {total} records were skipped ({by}); nothing was written"
+        f"{source}: all {total} records were skipped ({_skipped_by(skipped)}); nothing was written"
     )
+
+
+def skipped_note(path: str | Path, kept: int, skipped: dict[str, int]) -> str | None:
+    """One line on the records of `path` the policy left out beside the `kept` ones (`skipped`:
+    `ReadStats.skipped_by`), worded as `no_records_error` words them; None when none were. A
+    command that goes on with the rest says it, or a skip would drop records unsaid."""
+    if not skipped:
+        return None
+    total = sum(skipped.values())
+    return (
+        f"{source_name(path)}: {total} of {total + kept} records skipped ({_skipped_by(skipped)})"
+    )
+
+
+def _skipped_by(skipped: dict[str, int]) -> str:
+    """`{"on_invalid skip": 2}` as `2 by on_invalid skip`, each setting that left records out."""
+    return ", ".join(f"{n} by {setting}" for setting, n in skipped.items())
 
 
 def validate_fasta(

@@ -27,6 +27,7 @@ from protssl.cli.args import (
     add_fasta_policy_args,
     add_model_args,
     add_server_args,
+    as_options,
     fasta_policy,
     finite_number,
     load_model,
@@ -51,7 +52,7 @@ if TYPE_CHECKING:
     from protssl.checkpoint import LoadedModel
     from protssl.embedding import CacheStats, EmbedConfig
     from protssl.evaluation import EvalResult
-    from protssl.fasta import FastaPolicy, ProteinRecord
+    from protssl.fasta import FastaPolicy, ProteinRecord, ReadStats
     from protssl.fewshot import FewShotClassifier, FewShotConfig, Prediction
     from protssl.store import EmbeddingCache
 
@@ -258,9 +259,19 @@ def _read(path: str, args: argparse.Namespace, *, labelled: bool) -> list[Protei
     records = list(read_fasta(path, policy=policy, stats=stats))
     if not records:
         raise no_records_error(path, stats.skipped_by())
+    _say_skipped(path, stats)
     if labelled:
         require_labels([r.labels for r in records], [r.id for r in records], source=path)
     return records
+
+
+def _say_skipped(path: str, stats: ReadStats) -> None:
+    """On stderr, the records of `path` its --on-invalid/--on-empty/--on-duplicate skip left out
+    (`skipped_note`), so that a command going on with the rest never drops them unsaid."""
+    from protssl.fasta import skipped_note
+
+    if (note := skipped_note(path, stats.records, stats.skipped_by())) is not None:
+        print(as_options(note), file=sys.stderr)
 
 
 def _bar(
@@ -601,6 +612,7 @@ def _write_predictions(
         if table.rows == 0:
             raise no_records_error(args.input, stats.skipped_by())
         table.close()
+    _say_skipped(args.input, stats)
     return table.rows
 
 

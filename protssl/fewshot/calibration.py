@@ -3,7 +3,7 @@
 Everything here works on held-out support scores: `calibrate` picks the temperature,
 `precision_threshold` the confidence cut that reaches a target precision (or comes closest),
 `best_ratio` the extra-label ratio of multi-label support, and `back_off_levels` the parents
-(1.1.1.-) that dotted labels back off to.
+(1.1.1.-) that dotted labels back off to (`tells_apart`: only levels of two or more).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ __all__ = [
     "is_hierarchical",
     "precision_threshold",
     "softmax",
+    "tells_apart",
 ]
 
 _TEMPERATURES = np.logspace(-3, 2, 101)
@@ -171,6 +172,14 @@ def _parent(label: str, depth: int, full_depth: int) -> str:
     return ".".join(parts + ["-"] * (full_depth - depth))
 
 
+def tells_apart(parents: Sequence[str]) -> bool:
+    """Whether a back-off level whose parents are `parents` says anything about a query: one
+    parent that every class shares (8 EC classes all under `2.`: `2.-.-.-`) is true of whatever
+    the classifier is asked, and its summed probability is always 1, so backing off to it would
+    be a sure "correct" answer that tells nothing. Such a level is not offered."""
+    return len(parents) > 1
+
+
 @dataclass
 class Level:
     """One back-off level: each leaf class's parent index at this depth, and the level's threshold."""
@@ -182,13 +191,16 @@ class Level:
 
 
 def back_off_levels(classes: Sequence[str], hierarchical: bool) -> list[Level]:
-    """Back-off levels from the deepest parent (1.1.1.-) up; thresholds are set by the caller."""
+    """Back-off levels from the deepest parent (1.1.1.-) up, those that `tells_apart` only;
+    thresholds are set by the caller."""
     if not hierarchical:
         return []
     full = len(classes[0].split("."))
     out = []
     for depth in range(full - 1, 0, -1):
         parents = sorted({_parent(c, depth, full) for c in classes})
+        if not tells_apart(parents):
+            continue
         index = {p: i for i, p in enumerate(parents)}
         member = np.zeros((len(classes), len(parents)))
         for row, c in enumerate(classes):

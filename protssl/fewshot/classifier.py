@@ -500,11 +500,14 @@ class FewShotClassifier:
         config = FewShotConfig(**{"profile_samples": HMMER_PROFILE_SAMPLES, **params["config"]})
         head = HEADS[config.method]()
         head.load({k[5:]: v for k, v in arrays.items() if k.startswith("head.")})
+        # saved before single-parent levels were left out: such a level is dropped, as a refit
+        # would, so a query that only it caught is unknown (below_threshold)
         levels = [
             calibration.Level(
                 int(lv["depth"]), list(lv["parents"]), arrays[f"level{i}.member"], lv["threshold"]
             )
             for i, lv in enumerate(params["levels"])
+            if calibration.tells_apart(lv["parents"])
         ]
         return cls(
             config=config,

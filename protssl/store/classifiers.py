@@ -112,8 +112,12 @@ class StoredClassifier:
         None), `ood_threshold` (the out-of-distribution gate's cosine), `multi_label_ratio` (extra
         labels at >= this fraction of the top probability; None: the top label only) and
         `back_off_levels`, deepest parent first (`depth`: label parts kept, `parents`: labels at
-        it, `threshold`: the cut on a parent's summed probability; none unless labels are dotted).
+        it, `threshold`: the cut on a parent's summed probability; none unless labels are dotted),
+        those its classifier decides with: not the single-parent level a version saved before they
+        were left out may hold (`calibration.tells_apart`).
         """
+        from protssl.fewshot.calibration import tells_apart
+
         params = self.params
         return {
             "threshold": params.get("threshold"),
@@ -127,6 +131,7 @@ class StoredClassifier:
                     "threshold": float(level["threshold"]),
                 }
                 for level in params.get("levels", ())
+                if tells_apart(level["parents"])
             ],
         }
 

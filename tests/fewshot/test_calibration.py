@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
+from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +13,8 @@ import pytest
 
 from protssl.errors import InvalidInputError
 from protssl.evaluation import label_metrics
-from protssl.fasta import ProteinRecord
-from protssl.fewshot import UNKNOWN, FewShotClassifier, FewShotConfig, Prediction
+from protssl.fasta import FastaPolicy, ProteinRecord, read_fasta
+from protssl.fewshot import UNKNOWN, FewShotClassifier, FewShotConfig, Prediction, save_classifier
 from protssl.fewshot.calibration import (
     back_off_levels,
     best_precision,
@@ -19,6 +22,7 @@ from protssl.fewshot.calibration import (
     precision_threshold,
     softmax,
 )
+from protssl.store import Store, StoreConfig
 
 from .support import enzyme_slice, two_layers
 
@@ -167,3 +171,83 @@ def test_an_unreachable_target_answers_only_the_most_precise_cut_on_real_enzymes
     assert answered[-1] == answered[-2]  # both out of reach: the same, most precise cut
     assert precise[-1] == pytest.approx(metrics["best_precision"])
     assert precise == sorted(precise)
+
+
+def _transferases(
+    clean_split10: Path, pick: slice
+) -> tuple[list[ProteinRecord], list[ProteinRecord]]:
+    """5 support and 3 query sequences of each of 8 single-label EC-4 classes of CLEAN split10,
+    all transferases (EC 2.): `pick` of the 48 with 8 or more sequences, in label order."""
+    by_label: dict[str, list[ProteinRecord]] = defaultdict(list)
+    for record in read_fasta(clean_split10, policy=FastaPolicy(on_invalid="skip")):
+        if len(record.labels) == 1 and record.labels[0].startswith("2."):
+            by_label[record.labels[0]].append(record)
+    classes = sorted(label for label, rows in by_label.items() if len(rows) >= 8)[pick]
+    assert len(classes) == 8
+    return (
+        [r for label in classes for r in by_label[label][:5]],
+        [r for label in classes for r in by_label[label][5:8]],
+    )
+
+
+def test_back_off_never_offers_the_one_parent_every_class_shares(
+    shared_file: Callable[..., Path],
+) -> None:
+    """8 EC classes all under 2. had a depth-1 level with the one parent 2.-.-.- (its held-out cut
+    ~1.0, its summed probability always 1): 12 of 24 queries backed off to it, each a sure 'right'
+    back-off that says nothing (2 of 4 in one fewshot-eval's backoff_precision). Only levels of
+    two or more parents are offered; a query that reaches none is unknown (below_threshold)."""
+    assert back_off_levels(["2.1.1.113", "2.7.7.6"], True)[-1].depth == 2  # no 2.-.-.- level
+    assert back_off_levels(["2.1.1.113", "2.1.1.72"], True) == []  # all one 2.1.1.-
+    clean_split10 = shared_file("ec/clean_split10.fasta")
+    support, query = _transferases(clean_split10, slice(None, None, 6))  # 2.1, 2.3, 2.4, 2.7
+    labels = [r.labels for r in support]
+    classifier = FewShotClassifier.fit(two_layers(support), labels, FewShotConfig(method="knn"))
+    assert [(level.depth, len(level.parents)) for level in classifier.levels] == [(3, 6), (2, 4)]
+    predictions = classifier.predict(two_layers(query))
+    backed = [p.labels[0] for p in predictions if p.status == "backed_off"]
+    assert backed and "2.-.-.-" not in backed
+    unsure = [p for p in predictions if p.status == "unknown"]
+    assert any(p.reason == "below_threshold" for p in unsure)
+    metrics = label_metrics([r.labels for r in query], predictions)
+    assert metrics["backoff_rate"] == len(backed) / len(query)
+
+    # eight methyltransferases, all 2.1.1: no level tells them apart, so none backs off
+    support, query = _transferases(clean_split10, slice(0, 8))
+    classifier = FewShotClassifier.fit(
+        two_layers(support), [r.labels for r in support], FewShotConfig(method="knn")
+    )
+    assert classifier.levels == []
+    predictions = classifier.predict(two_layers(query))
+    assert {p.status for p in predictions} <= {"answered", "unknown"}
+    assert label_metrics([r.labels for r in query], predictions)["backoff_precision"] is None
+
+
+def test_a_classifier_saved_with_a_single_parent_level_loads_without_it(
+    shared_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A version saved before holds the 2.-.-.- level: loading drops it, as a refit would (the
+    stored parameters stay as they are), so it decides as the refit does and `classifier show`
+    (`StoredClassifier.cuts`) lists the levels it decides with."""
+    support, query = _transferases(shared_file("ec/clean_split10.fasta"), slice(None, None, 6))
+    classifier = FewShotClassifier.fit(
+        two_layers(support), [r.labels for r in support], FewShotConfig(method="knn")
+    )
+    params, blob = classifier.to_state()
+    with np.load(io.BytesIO(blob)) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays[f"level{len(classifier.levels)}.member"] = np.ones((len(classifier.classes), 1))
+    old_level = {"depth": 1, "parents": ["2.-.-.-"], "threshold": 0.5}  # catches every query
+    old_params = {**params, "levels": [*params["levels"], old_level]}
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    old = FewShotClassifier.from_state(old_params, buffer.getvalue())
+    assert [lv.parents for lv in old.levels] == [lv.parents for lv in classifier.levels]
+    refit = classifier.predict(two_layers(query))
+    assert old.predict(two_layers(query)) == refit
+    assert any(p.reason == "below_threshold" for p in refit)  # what the 2.-.-.- level caught
+    with Store(StoreConfig(url=f"sqlite:///{tmp_path / 'store.sqlite3'}")) as store:
+        stored = save_classifier(store, "ec", classifier, support)
+    shown = replace(stored, params=old_params).cuts["back_off_levels"]
+    assert shown == stored.cuts["back_off_levels"]
+    assert [level["parents"] for level in shown] == [6, 4]

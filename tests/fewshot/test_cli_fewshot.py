@@ -128,6 +128,13 @@ def test_fewshot_eval_cli_split_episodes_and_report(
     assert {k: metrics[k] for k in whole_pool} == pytest.approx(whole_pool)
     assert metrics["method"] == "hybrid"  # auto, the default, with the sequences at hand
 
+    # one episode: no interval (it claimed 0.0, no uncertainty at all)
+    one = ["--episodes", "1", "--ways", "3", "--shots", "2", "--model", model_dir]
+    assert run_cli(["fewshot-eval", "--support", str(support), *one, "--method", "knn"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert json.loads(out[-1])["episode_top1_ci95"] is None
+    assert "episode_top1_ci95  n/a" in [line.strip() for line in out[:-1]]
+
     with pytest.raises(InvalidInputError, match="either --query"):
         run_cli(["fewshot-eval", "--support", str(support), "--model", model_dir])
 
@@ -453,6 +460,84 @@ def test_classify_says_why_it_has_no_records_as_embed_does(
     with stops.open() as handle, _stdin(handle):  # read once, as it comes: the same count
         assert main([*classify, "-", "--on-invalid", "skip"]) == 2
     assert _classify_error(capsys) == f"<stdin>: {said}"
+
+
+def _with_skipped(path: Path, records: list[ProteinRecord]) -> Path:
+    """`records` as labelled FASTA followed by three records the skip policies leave out: one with
+    an internal stop, one empty, one repeating the first record's id."""
+    first = records[0]
+    bad = [
+        f">stop label={first.labels[0]}\n{first.sequence[:40]}*{first.sequence[41:]}\n",
+        f">empty label={first.labels[0]}\n",
+        f">{first.id} label={first.labels[0]}\n{records[1].sequence}\n",
+    ]
+    write_fasta(path, records)
+    with path.open("a") as handle:
+        handle.writelines(bad)
+    return path
+
+
+_SKIPS = ["--on-invalid", "skip", "--on-empty", "skip", "--on-duplicate", "skip"]
+
+
+def _skipped_said(path: str | Path, kept: int) -> str:
+    return (
+        f"{path}: 3 of {kept + 3} records skipped (1 by --on-invalid skip, 1 by --on-empty skip, "
+        "1 by --on-duplicate skip)"
+    )
+
+
+def test_classify_says_how_many_records_it_skipped(
+    tfam: tuple[list[str], Path],
+    is_split: tuple[list[ProteinRecord], list[ProteinRecord]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`--on-invalid/--on-empty/--on-duplicate skip` left records out of the table unsaid (2 rows
+    for 5 records, exit 0, nothing on stderr): one line now counts them by the setting that did, as
+    the error of an input they leave empty words it; from stdin too, counted as it is read."""
+    classify, _ = tfam
+    query = _with_skipped(tmp_path / "query.fasta", is_split[1][:2])
+    assert main([*classify, str(query), *_SKIPS]) == 0
+    said = capsys.readouterr()
+    assert len(said.out.splitlines()) == 1 + 2  # the header and the 2 records kept
+    notes = [line for line in said.err.splitlines() if "skipped" in line]
+    assert notes == [_skipped_said(query, 2)]
+    with query.open() as handle, _stdin(handle):
+        assert main([*classify, "-", "--format", "json", *_SKIPS]) == 0
+    said = capsys.readouterr()
+    assert len(json.loads(said.out)) == 2
+    assert [line for line in said.err.splitlines() if "skipped" in line] == [
+        _skipped_said("<stdin>", 2)
+    ]
+    assert main([*classify, str(write_fasta(tmp_path / "clean.fasta", is_split[1][:2]))]) == 0
+    assert "skipped" not in capsys.readouterr().err  # nothing left out, nothing said
+
+
+def test_classifier_create_add_and_fewshot_eval_say_how_many_records_they_skipped(
+    tmp_path: Path,
+    windowed_model_dir: Path,
+    is_split: tuple[list[ProteinRecord], list[ProteinRecord]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The labelled files of a fit or an evaluation, each on its own line (support and query)."""
+    support = _with_skipped(tmp_path / "support.fasta", is_split[0][:16])
+    more = _with_skipped(tmp_path / "more.fasta", is_split[0][16:20])
+    query = _with_skipped(tmp_path / "query.fasta", is_split[1][:6])
+    common = ["--db", f"sqlite:///{tmp_path / 'store.sqlite3'}", "--model",
+              str(windowed_model_dir), "--dtype", "float32", "--method", "knn", *_SKIPS]  # fmt: skip
+    for argv, files in [
+        (["classifier", "create", "tfam", "--fasta", str(support)], [(support, 16)]),
+        (["fewshot-eval", "--support", str(support), "--query", str(query)],
+         [(support, 16), (query, 6)]),
+    ]:  # fmt: skip
+        assert main([*argv, *common]) == 0
+        notes = [line for line in capsys.readouterr().err.splitlines() if "skipped" in line]
+        assert notes == [_skipped_said(path, kept) for path, kept in files]
+    add = ["classifier", "add", "tfam", "--fasta", str(more), *common[:6], *_SKIPS]
+    assert main(add) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "skipped" in line]
+    assert notes == [_skipped_said(more, 4)]
 
 
 @contextlib.contextmanager

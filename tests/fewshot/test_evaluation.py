@@ -18,6 +18,7 @@ from protssl.evaluation import (
     reliability,
     sample_episodes,
     segment_composition_features,
+    t_quantile_975,
     write_report,
 )
 from protssl.fasta import ProteinRecord
@@ -160,3 +161,38 @@ def test_episodic_evaluation_pools_episodes(phosphatases: list[ProteinRecord]) -
     assert result.metrics["episode_top1_mean"] == pytest.approx(np.mean(top1))
     # every episode has as many queries, so the pooled accuracy is the mean of the episodes'
     assert result.metrics["top1_accuracy"] == pytest.approx(result.metrics["episode_top1_mean"])
+    # a Student-t interval at 3 degrees of freedom (3.182 standard errors), not 1.96's
+    half = 3.182446 * np.std(top1, ddof=1) / np.sqrt(4)
+    assert result.metrics["episode_top1_ci95"] == pytest.approx(half)
+
+
+def test_one_episode_gives_no_interval_and_a_few_give_the_student_t_one(
+    phosphatases: list[ProteinRecord],
+) -> None:
+    """`--episodes 1` reported an interval of 0.0, as if one episode had no uncertainty: it has
+    no estimate of it (None: JSON null, `n/a` in tables). 3 episodes took 1.96 standard errors
+    where Student's t at 2 degrees of freedom takes 4.303 (0.065 against 0.143 in one run)."""
+    labels = [r.labels for r in phosphatases]
+    features = two_layers(phosphatases)
+    one = sample_episodes(labels, episodes=1, ways=3, shots=3, queries=2, seed=0)
+    assert (
+        evaluate_episodes(features, labels, one, FewShotConfig()).metrics["episode_top1_ci95"]
+        is None
+    )
+    three = sample_episodes(labels, episodes=3, ways=3, shots=3, queries=2, seed=1)
+    metrics = evaluate_episodes(features, labels, three, FewShotConfig()).metrics
+    top1 = [
+        evaluate_episodes(features, labels, [e], FewShotConfig()).metrics["top1_accuracy"]
+        for e in three
+    ]
+    assert np.std(top1, ddof=1) > 0  # an interval with a width to compare
+    assert metrics["episode_top1_ci95"] == pytest.approx(
+        4.302653 * np.std(top1, ddof=1) / np.sqrt(3)
+    )
+
+
+def test_t_quantile_matches_the_published_table() -> None:
+    table = {1: 12.7062, 2: 4.3027, 3: 3.1824, 4: 2.7764, 5: 2.5706, 9: 2.2622, 10: 2.2281,
+             20: 2.0860, 29: 2.0452, 30: 2.0423, 60: 2.0003, 120: 1.9799, 1000: 1.9623}  # fmt: skip
+    for df, quantile in table.items():
+        assert t_quantile_975(df) == pytest.approx(quantile, abs=1e-4), df
