@@ -125,4 +125,9 @@ def test_the_default_overlap_fits_the_window_and_a_given_one_is_checked_up_front
     assert WindowPolicy(mode="refuse").describe(1022) == "refuse:1022:256"
     with pytest.raises(InvalidInputError, match="overlap 1022 must be smaller than the window"):
         WindowPolicy(overlap=1022).describe(1022)  # before any record needs a window
+    with pytest.raises(
+        InvalidInputError, match=r"over half .* up to 1022 windows; give at most 511"
+    ):
+        WindowPolicy(overlap=1021).describe(1022)
+    assert WindowPolicy(overlap=511).describe(1022) == "window:1022:511"
     assert WindowPolicy(mode="refuse", overlap=5000).describe(1022) == "refuse:1022:5000"
