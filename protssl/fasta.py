@@ -571,8 +571,13 @@ def source_name(path: str | Path) -> str:
 def refuse_misshapen(sequences: object, ids: object) -> None:
     """Arguments of the wrong shape for sequences (and their ids), refused before any is read:
     one string where a list belongs (`refuse_one_string`), ids as one string, ids beside a mapping
-    (whose keys are its ids)."""
+    (whose keys are its ids), and what is no collection at all (None, a number)."""
     refuse_one_string(sequences)
+    if not isinstance(sequences, Iterable):
+        raise InvalidInputError(
+            f"sequences must be a list (or any iterable) of sequences or records, or a mapping of "
+            f"id to sequence, not {type(sequences).__name__}"
+        )
     if isinstance(ids, str | bytes):
         raise InvalidInputError("ids is one string, not a list of them: give one id per sequence")
     if isinstance(sequences, Mapping) and ids is not None:

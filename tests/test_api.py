@@ -132,6 +132,9 @@ def test_one_string_instead_of_a_list_is_refused_not_read_letter_by_letter(
         pytest.raises(InvalidInputError, match="one string, not a list"),
     ):
         client.embed_stream(sequence)
+    for nothing in (None, 5):  # a TypeError ('NoneType' object is not iterable) before
+        with pytest.raises(InvalidInputError, match=r"must be a list .* not (NoneType|int)$"):
+            protssl.embed(nothing, model=model)  # type: ignore[arg-type]
 
 
 def test_inputs_of_the_wrong_shape_are_refused_naming_them_not_embedded(
