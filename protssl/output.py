@@ -3,7 +3,8 @@ TSV/CSV table of pooled vectors (one row per record).
 
 HDF5 layout (`h5py`): file attributes hold the shared provenance (model name and sha256, layer,
 pooling, dtype, window policy, protssl version); each record is a root dataset named by its id,
-with `/` and `%` percent-escaped (`sp|P1/2` → `sp|P1%2F2`), holding float32 `(D,)` or `(L, D)`,
+with `/` and `%` percent-escaped (`sp|P1/2` → `sp|P1%2F2`) and the ids `.` and `__provenance__`
+escaped whole (`%2E`, `%5F_provenance__`), holding float32 `(D,)` or `(L, D)`,
 and attributes `id`, `length`, `windows`, `windowed` and `labels`; the file tracks creation order,
 which lists the datasets in input order. `.npz` keeps the same names as
 keys and the provenance as JSON under `__provenance__`. A table (`.tsv`, `.csv`) has a header
@@ -30,6 +31,7 @@ import csv
 import errno
 import json
 import logging
+import re
 import shutil
 import zipfile
 from collections import OrderedDict
@@ -145,14 +147,22 @@ def check_pooling(path: str | Path, pooling: str) -> None:
         )
 
 
+_RESERVED_NAMES = {".": "%2E", _NPZ_META: "%5F_provenance__"}
+"""Ids that cannot be names as they are: HDF5's name for the group a name is in, and the key of
+a .npz's (and every chunk's) provenance. Escaped whole, as `%` and `/` are."""
+_ESCAPED = re.compile("%(25|2F|2E|5F)")
+
+
 def dataset_name(record_id: str) -> str:
-    """The dataset/key name for a record id: `%` and `/` escaped so ids never make groups."""
-    return record_id.replace("%", "%25").replace("/", "%2F")
+    """The dataset/key name for a record id: `%` and `/` escaped so ids never make groups, and
+    the reserved names (`.`, `__provenance__`) escaped so a record never clashes with them."""
+    name = record_id.replace("%", "%25").replace("/", "%2F")
+    return _RESERVED_NAMES.get(name, name)
 
 
 def record_id(name: str) -> str:
-    """Inverse of `dataset_name`."""
-    return name.replace("%2F", "/").replace("%25", "%")
+    """Inverse of `dataset_name` (in one pass: an escaped `%` never starts another escape)."""
+    return _ESCAPED.sub(lambda match: chr(int(match.group(1), 16)), name)
 
 
 def part_name(index: int) -> str:
@@ -656,10 +666,17 @@ def _load_npz(path: Path) -> Iterator[Any]:
 
 
 def _write_atomic(path: Path, arrays: Mapping[str, Any]) -> None:
-    """`np.savez` to `path` whole or not at all (`writing_durably`)."""
-    plain: dict[str, Any] = {k: np.asarray(v) for k, v in arrays.items()}
-    with writing_durably(path) as tmp, tmp.open("wb") as handle:
-        np.savez(handle, **plain)
+    """A .npz of `arrays` at `path`, whole or not at all (`writing_durably`). Written entry by
+    entry as `np.savez` writes it, not through it: its keyword parameters (`file`,
+    `allow_pickle`) are record ids too."""
+    with (
+        writing_durably(path) as tmp,
+        tmp.open("wb") as handle,
+        zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED, allowZip64=True) as archive,
+    ):
+        for key, value in arrays.items():
+            with archive.open(f"{key}.npy", "w", force_zip64=True) as entry:
+                np.lib.format.write_array(entry, np.asarray(value), allow_pickle=False)
 
 
 def _plain(value: Any) -> Any:

@@ -20,6 +20,7 @@ from protssl.output import (
     journal_path,
     open_writer,
     read_vectors,
+    record_id,
 )
 
 
@@ -104,6 +105,40 @@ def test_h5_npz_and_tables_hold_the_same(tmp_path: Path) -> None:
     header = (tmp_path / "o.tsv").read_text().splitlines()[0].split("\t")
     assert header[:5] == ["id", "length", "windows", "windowed", "labels"]
     assert header[-7:] == [f"v{i}" for i in range(7)]
+
+
+RESERVED_IDS = ["__provenance__", ".", "file", "allow_pickle", "%5F_provenance__", "%2E", ".."]
+"""Ids that were lost or crashed a writer: the .npz provenance key (every format writes through
+.npz chunks), HDF5's name for the root group, `np.savez`'s own keyword parameters; then ids that
+look like their escaped names."""
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".npz", ".tsv", ".csv"])
+def test_every_id_comes_back_reserved_names_included(suffix: str, tmp_path: Path) -> None:
+    """`__provenance__` vanished from every format (the chunk's provenance key overwrote it), `.`
+    crashed the HDF5 merge (`"." in handle` is the root group), `file` crashed np.savez and
+    `allow_pickle` vanished (its keyword parameters); each id now comes back as it was given."""
+    out = tmp_path / f"o{suffix}"
+    ids = ["x", *RESERVED_IDS, "y"]
+    with open_writer(out) as writer:
+        for position, record in enumerate(ids):
+            writer.write(replace(_embedding(position), id=record), position=position)
+            if position == 3:
+                writer.flush()
+    rows = list(read_vectors(out))
+    assert [k for k, _, _ in rows] == ids
+    assert [int(v[0]) for _, v, _ in rows] == list(range(len(ids)))
+    assert [a["id"] for _, _, a in rows if "id" in a] in ([], ids)
+    with open_writer(out, resume=True) as more:
+        assert more.existing_ids() == set(ids)
+
+
+def test_escaped_names_read_back_as_before() -> None:
+    """Names that files written before the reserved ids were escaped hold read back the same."""
+    for name, record in [("sp|P1%2F2%25x", "sp|P1/2%x"), ("%252E", "%2E"), ("..", "..")]:
+        assert record_id(name) == record and dataset_name(record) == name
+    for record in RESERVED_IDS:
+        assert record_id(dataset_name(record)) == record
 
 
 @pytest.mark.parametrize("suffix", [".tsv", ".csv"])
