@@ -583,6 +583,48 @@ def test_a_full_disk_at_the_merge_keeps_the_chunks_and_resume_finishes(
         np.testing.assert_array_equal(got[key], vector)
 
 
+def test_ctrl_c_during_overwrite_keeps_output_and_resume_finishes(
+    tiny_model_dir: Path,
+    sample_fasta: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ctrl-C after the first flush of an --overwrite run (130 records, 2 flushes) left OUTPUT
+    with the 64 new records and the old 30 gone; now OUTPUT is as it was, the stop says how to
+    go on, and --resume (the store's job continued) finishes with the new input's records only."""
+    old = _first_records(sample_fasta, 30, tmp_path / "old.fasta")
+    after_old = tmp_path / "after-old.fasta"
+    after_old.write_text(">" + sample_fasta.read_text().split(">", 31)[-1])  # record 31 on
+    new = _first_records(after_old, 130, tmp_path / "new.fasta")
+    out = tmp_path / "o.h5"
+    db = ["--db", f"sqlite:///{tmp_path / 's.sqlite3'}"]
+    base = [*_tiny_args(tiny_model_dir), *db]
+    assert main(["embed", str(old), "-o", str(out), *base]) == 0
+    before = out.read_bytes()
+    capsys.readouterr()
+
+    class StopAfterFirstFlush:
+        def __call__(self) -> None:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr("protssl.embed_file.MemoryReleaser", StopAfterFirstFlush)
+    assert main(["embed", str(new), "-o", str(out), "--overwrite", *base]) == 130
+    err = capsys.readouterr().err
+    assert out.read_bytes() == before
+    assert err == (
+        f"protssl embed: interrupted; output {str(out)!r} is as it was; the 64 new record(s) are "
+        f"in {str(journal_path(out))!r}: run the command with --resume in place of --overwrite "
+        "to finish replacing it\n"
+    )
+    monkeypatch.undo()
+    assert main(["embed", str(new), "-o", str(out), "--resume", *base]) == 0
+    summary = _summary(capsys)
+    assert summary["resumed"] == 64 and summary["records"] == 66 and summary["continued"]
+    ids = [key for key, _, _ in read_vectors(out)]
+    assert ids == [record.id for record in read_fasta(new)]
+
+
 def test_a_full_disk_before_any_chunk_leaves_nothing_to_resume(
     tiny_model_dir: Path, sample_fasta: Path, tmp_path: Path
 ) -> None:

@@ -252,3 +252,41 @@ def test_a_killed_writers_lock_file_does_not_block(tmp_path: Path) -> None:
     with open_writer(out, resume=True) as again:
         assert again.existing_ids() == {"sp|P0/x"}
     assert not list(tmp_path.glob(".*"))
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".npz", ".tsv"])
+def test_an_interrupted_overwrite_keeps_output_and_resume_finishes_replacing_it(
+    suffix: str, tmp_path: Path
+) -> None:
+    """Ctrl-C during an overwrite merged the new run's few records over a complete OUTPUT (its
+    records were gone). Now OUTPUT stays as it was, the new records (the buffered ones too) wait
+    in the journal, and --resume finishes the replacement: the old records are not kept."""
+    out = tmp_path / f"o{suffix}"
+    with open_writer(out) as writer:
+        for index in range(3):
+            writer.write(_embedding(index), position=index)
+    before = out.read_bytes()
+    with pytest.raises(KeyboardInterrupt) as stopped, open_writer(out, overwrite=True) as writer:
+        writer.write(replace(_embedding(10), id="new0"), position=0)
+        writer.flush()
+        writer.write(replace(_embedding(11), id="new1"), position=1)
+        raise KeyboardInterrupt
+    assert out.read_bytes() == before
+    assert str(stopped.value) == (
+        f"output {str(out)!r} is as it was; the 2 new record(s) are in "
+        f"{str(journal_path(out))!r}: run the command with --resume in place of --overwrite to "
+        "finish replacing it"
+    )
+    with pytest.raises(InvalidInputError, match="pass --resume to continue it"):
+        open_writer(out)
+    with open_writer(out, resume=True) as again:
+        assert again.existing_ids() == {"new0", "new1"}
+        again.write(replace(_embedding(12), id="new2"), position=2)
+    assert [k for k, _, _ in read_vectors(out)] == ["new0", "new1", "new2"]
+    assert not journal_path(out).exists()
+
+    before = out.read_bytes()
+    with pytest.raises(KeyboardInterrupt) as stopped, open_writer(out, overwrite=True):
+        raise KeyboardInterrupt  # before any record: nothing to keep, nothing to resume
+    assert out.read_bytes() == before and not journal_path(out).exists()
+    assert str(stopped.value) == f"output {str(out)!r} is as it was (nothing was replaced)"
