@@ -57,6 +57,7 @@ from protssl.durable import (
 )
 from protssl.embedding import Embedding, Provenance
 from protssl.errors import InvalidInputError, OutputError, first_line
+from protssl.fasta import long_id_problem, shortened_id
 
 __all__ = [
     "FORMATS",
@@ -331,8 +332,13 @@ class VectorWriter:
         """Add one record's vector with its provenance (durable at the next `flush()`).
 
         `position`, the record's place in the input, orders OUTPUT's records (vectors come in
-        the order they were computed, batches sorted by length).
+        the order they were computed, batches sorted by length). An id too long for the .npz
+        chunks is refused by name (records made in code skip the FASTA check that refuses it).
         """
+        if problem := long_id_problem(embedding.id):
+            raise InvalidInputError(
+                f"output {str(self.path)!r}: record {shortened_id(embedding.id)!r}: {problem}"
+            )
         if self._shared is None:
             self._shared = {k: getattr(embedding.provenance, k) for k in _SHARED}
         else:

@@ -625,6 +625,26 @@ def test_ctrl_c_during_overwrite_keeps_output_and_resume_finishes(
     assert ids == [record.id for record in read_fasta(new)]
 
 
+@pytest.mark.parametrize("suffix", [".h5", ".npz", ".tsv"])
+def test_an_id_too_long_for_the_output_is_refused_by_name_before_any_work(
+    suffix: str, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 70,000-character id crashed every format at the first flush (struct.error: a .npz
+    entry's name holds 65,535 bytes) after its forward; now the FASTA check refuses it."""
+    fasta = tmp_path / "long.fa"
+    fasta.write_text(f">x\nMKTAYIAKQR\n>{'L' * 70_000}\nMSEQLK\n")
+    out = tmp_path / f"o{suffix}"
+    args = ["embed", str(fasta), "-o", str(out), "--no-cache", *_tiny_args(tiny_model_dir)]
+    assert main(args) == 2
+    line, stdout = _one_line_error(capsys)
+    assert line == (
+        f"protssl embed: error: {fasta}: record 'LLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLL…' (#2): "
+        "the id is 70,000 bytes long; ids up to 16,384 bytes (UTF-8) fit every output format"
+    )
+    assert json.loads(stdout.splitlines()[-1])["computed"] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["long.fa"]
+
+
 def test_a_full_disk_before_any_chunk_leaves_nothing_to_resume(
     tiny_model_dir: Path, sample_fasta: Path, tmp_path: Path
 ) -> None:

@@ -290,3 +290,18 @@ def test_an_interrupted_overwrite_keeps_output_and_resume_finishes_replacing_it(
         raise KeyboardInterrupt  # before any record: nothing to keep, nothing to resume
     assert out.read_bytes() == before and not journal_path(out).exists()
     assert str(stopped.value) == f"output {str(out)!r} is as it was (nothing was replaced)"
+
+
+def test_an_id_past_the_output_limit_is_refused_by_name_not_a_traceback(tmp_path: Path) -> None:
+    """Records made in code skip the FASTA check: the writer refuses such an id by name (it
+    crashed np.savez with a struct.error at the flush), and keeps the records before it."""
+    out = tmp_path / "o.npz"
+    with open_writer(out) as writer:
+        writer.write(_embedding(0))
+        with pytest.raises(InvalidInputError) as refused:
+            writer.write(replace(_embedding(1), id="é" * 9_000))
+    assert str(refused.value) == (
+        f"output {str(out)!r}: record {'é' * 40 + '…'!r}: the id is 18,000 bytes long; ids up to "
+        "16,384 bytes (UTF-8) fit every output format"
+    )
+    assert [k for k, _, _ in read_vectors(out)] == ["sp|P0/x"]
