@@ -645,6 +645,32 @@ def test_an_id_too_long_for_the_output_is_refused_by_name_before_any_work(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["long.fa"]
 
 
+def test_a_job_that_crashes_is_recorded_failed_not_left_running(
+    tiny_model_dir: Path,
+    sample_fasta: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An unexpected error (exit 1, traceback) skipped the job's finish: it stayed `running` in
+    the store for ever. Now any exception marks it failed, and is raised as it came."""
+    fasta = _first_records(sample_fasta, 70, tmp_path / "seventy.fasta")
+    url = f"sqlite:///{tmp_path / 's.sqlite3'}"
+
+    class BrokenAfterFirstFlush:
+        def __call__(self) -> None:
+            raise RuntimeError("a bug")
+
+    monkeypatch.setattr("protssl.embed_file.MemoryReleaser", BrokenAfterFirstFlush)
+    args = ["embed", str(fasta), "-o", str(tmp_path / "o.h5"), "--db", url]
+    with pytest.raises(RuntimeError, match="a bug"):
+        main([*args, *_tiny_args(tiny_model_dir)])
+    with Store(StoreConfig(url=url)) as store:
+        (job,) = store.jobs.list()
+    assert (job.status, job.done, job.error) == ("failed", 64, "unexpected RuntimeError: a bug")
+    assert _summary(capsys)["error"] == "unexpected RuntimeError: a bug"
+
+
 def test_a_full_disk_before_any_chunk_leaves_nothing_to_resume(
     tiny_model_dir: Path, sample_fasta: Path, tmp_path: Path
 ) -> None:

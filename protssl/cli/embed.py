@@ -30,7 +30,7 @@ from protssl.cli.args import (
     server_client,
 )
 from protssl.cli.commands import Command
-from protssl.errors import InvalidInputError, ProtsslError
+from protssl.errors import InvalidInputError, ProtsslError, first_line
 from protssl.pooling import POOLINGS, SEGMENTS
 
 if TYPE_CHECKING:
@@ -257,10 +257,10 @@ def _embed(args: argparse.Namespace) -> int:
                 on_flush=record_progress,
                 checked=checked,
             )
-    except (ProtsslError, KeyboardInterrupt) as exc:
-        if isinstance(exc, ProtsslError):
+    except BaseException as exc:  # whatever stops it, the job is not left `running`
+        if not isinstance(exc, KeyboardInterrupt):
             summary.errors = max(summary.errors, 1)
-            summary.error = summary.error or str(exc)
+            summary.error = summary.error or _error_text(exc)
         if run is not None:
             run.finish(done=summary.done, failed=summary.skipped, error=summary.error or "stopped")
         raise
@@ -272,6 +272,14 @@ def _embed(args: argparse.Namespace) -> int:
             store.close()
         _print_summary(summary)
     return 0
+
+
+def _error_text(exc: BaseException) -> str:
+    """An error that stopped the job as its summary and job record say it: a protssl error's
+    message, else the unexpected exception's type and first line (its traceback follows)."""
+    if isinstance(exc, ProtsslError):
+        return str(exc)
+    return f"unexpected {type(exc).__name__}: {first_line(exc)}"
 
 
 def _print_summary(summary: JobSummary) -> None:
