@@ -417,6 +417,14 @@ def _one_line_error(capsys: pytest.CaptureFixture[str]) -> tuple[str, str]:
     return lines[0], captured.out
 
 
+def _summary_of_error(line: str, stdout: str) -> dict:
+    """The JSON summary, the last line on stdout, which names the error of the one stderr line."""
+    summary = json.loads(stdout.splitlines()[-1])
+    assert summary["errors"] == 1 and summary["records"] == 0
+    assert summary["error"] == line.removeprefix("protssl embed: error: ")
+    return summary
+
+
 def test_user_errors_are_one_line_before_any_work(
     tiny_model_dir: Path, sample_fasta: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -446,11 +454,20 @@ def test_user_errors_are_one_line_before_any_work(
         ([str(fasta), "-o", out, "--max-tokens", "0"], "--max-tokens must be at least 8, got 0"),
         ([str(fasta), "-o", out, "--read-ahead", "0"], "--read-ahead must be positive"),
         ([str(fasta), "-o", out, "--overlap", "-3"], "--overlap must be >= 0, got -3"),
+        ([str(tmp_path / "nothing.fa"), "-o", out], "nothing.fa: no such file"),
+        ([str(fasta), "-o", str(tmp_path / "o.txt")], "unknown format .txt"),
+        ([str(fasta), "-o", str(tmp_path / "o.tsv"), "--pooling", "per-residue"], "one vector"),
+        ([str(fasta), "-o", out, "--layer", "7"], "layer 7 is out of range for a 2-layer model"),
+        ([str(fasta), "-o", out, "--resume", "--overwrite"], "contradict each other"),
     ]  # the overlap: said at once, though no record here is long enough to be windowed
     for args, said in cases:
         assert main(["embed", *args, *base]) == 2, args
-        line, _ = _one_line_error(capsys)
+        line, stdout = _one_line_error(capsys)
         assert said in line, (args, line)
+        assert _summary_of_error(line, stdout)["output"] == args[2]
+    assert main(["embed", str(fasta), "-o", out, "--model", "no-such-model", *base[2:]]) == 2
+    line, stdout = _one_line_error(capsys)
+    assert "no-such-model" in line and _summary_of_error(line, stdout)
     assert (tmp_path / "not-hdf5.h5").read_text() == "hello\n"  # left as it was
     assert main(["embed", str(tmp_path / "empty.fasta"), "-o", out, *base]) == 2
     line, stdout = _one_line_error(capsys)
@@ -466,8 +483,9 @@ def test_user_errors_are_one_line_before_any_work(
     ]:
         args = ["embed", str(fasta), "-o", out, "--model", str(tiny_model_dir), "--db", url]
         assert main([*args, "--no-progress"]) == 2
-        line, _ = _one_line_error(capsys)
+        line, stdout = _one_line_error(capsys)
         assert said in line, line
+        _summary_of_error(line, stdout)
 
 
 def test_a_layer_the_model_lacks_is_refused_before_a_job_is_recorded(
