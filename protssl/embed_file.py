@@ -146,19 +146,16 @@ def _check_room(
     model: LoadedModel,
     config: EmbedConfig,
     cache: EmbeddingCache | None,
-    *,
-    overwrite: bool,
 ) -> None:
     """Refuse a job whose OUTPUT cannot fit on its disk (per-residue vectors of a proteome take
-    tens of GB), before any work; a file `overwrite` replaces gives its space back. A SQLite store
-    whose disk cannot take the job's vectors is warned about: some may be cached already."""
+    tens of GB), before any work; a file `--overwrite` replaces gives no space back, as it is kept
+    until the new one is whole. A SQLite store whose disk cannot take the job's vectors is warned
+    about: some may be cached already."""
     if not output.parent.is_dir():
         return  # the writer says so
     dim = model.encoder.config.embed_dim
     values = vector_values(config.pooling, dim, checked.records, checked.residues)
     need = output_bytes(checked.records, values, table=is_table(output))
-    if overwrite and output.is_file():
-        need -= output.stat().st_size
     what = f"{str(output)!r} ({checked.records:,} {config.pooling} vectors, and its parts"
     check_room([(output.parent, need, f"{what} while they are merged)")])
     store = None if cache is None else cache.local_file
@@ -249,7 +246,7 @@ def embed_fasta_file(
         if checked is not None:
             refuse_no_records(source, checked.records, checked.skipped, summary)
         if checked is not None and not resume:
-            _check_room(Path(output), checked, model, config, cache, overwrite=overwrite)
+            _check_room(Path(output), checked, model, config, cache)
     except ProtsslError as exc:
         summary.errors, summary.error = 1, str(exc)
         raise

@@ -42,6 +42,7 @@ from protssl.errors import FastaFormatError, InvalidInputError
 from protssl.progress import progress_bar
 
 __all__ = [
+    "MAX_ID_BYTES",
     "UTF8_BOM",
     "FastaCheck",
     "FastaPolicy",
@@ -52,6 +53,7 @@ __all__ = [
     "check_fasta",
     "checked_id",
     "checked_item",
+    "long_id_problem",
     "looks_nucleotide",
     "no_records_error",
     "normalize_sequence",
@@ -63,6 +65,7 @@ __all__ = [
     "refuse_misshapen",
     "refuse_one_string",
     "settable_advice",
+    "shortened_id",
     "skipped_note",
     "source_name",
     "validate_fasta",
@@ -80,6 +83,10 @@ _INVALID = re.compile(f"[^{RESIDUES}]")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _LABEL = re.compile(r"(?:^|\s)label=(\S+)")
 _GAP_CHARACTERS = "-."
+MAX_ID_BYTES = 16_384
+"""The longest record id (UTF-8 bytes) protssl takes: every output format is written through .npz
+chunks, whose entry names hold 65,535 bytes, and escaping an id (`output.dataset_name`) can triple
+it. Checked with the FASTA policy, so such an id is refused before any model work."""
 _NO_GAPS = str.maketrans("", "", _GAP_CHARACTERS)
 _ASCII_UPPER = str.maketrans(string.ascii_lowercase, string.ascii_uppercase)
 """Only a-z: str.upper() turns some other letters into residues ('ı' into I, 'ß' into SS)."""
@@ -737,6 +744,10 @@ def _judge(
             source=source,
             record_index=index,
         )
+    if problem := long_id_problem(record_id):
+        raise FastaFormatError(
+            problem, source=source, record_id=shortened_id(record_id), record_index=index
+        )
     if record_id in seen:
         if policy.on_duplicate == "skip":
             stats.skipped_duplicate += 1
@@ -781,6 +792,22 @@ def _judge(
         stats.gapped_replaced += 1
     labels = parse_labels(description) if given_labels is None else given_labels
     return ProteinRecord(record_id, sequence, labels, description)
+
+
+def long_id_problem(record_id: str) -> str | None:
+    """What is wrong with an id longer than `MAX_ID_BYTES`; None for one that fits."""
+    size = len(record_id.encode("utf-8", "surrogatepass"))
+    if size <= MAX_ID_BYTES:
+        return None
+    return (
+        f"the id is {size:,} bytes long; ids up to {MAX_ID_BYTES:,} bytes (UTF-8) fit every "
+        "output format"
+    )
+
+
+def shortened_id(record_id: str, keep: int = 40) -> str:
+    """An id to name a record by in a one-line error: its first `keep` characters, then `…`."""
+    return record_id if len(record_id) <= keep else record_id[:keep] + "…"
 
 
 def _split_title(title: str) -> tuple[str, str]:

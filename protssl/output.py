@@ -3,7 +3,8 @@ TSV/CSV table of pooled vectors (one row per record).
 
 HDF5 layout (`h5py`): file attributes hold the shared provenance (model name and sha256, layer,
 pooling, dtype, window policy, protssl version); each record is a root dataset named by its id,
-with `/` and `%` percent-escaped (`sp|P1/2` → `sp|P1%2F2`), holding float32 `(D,)` or `(L, D)`,
+with `/` and `%` percent-escaped (`sp|P1/2` → `sp|P1%2F2`) and the ids `.` and `__provenance__`
+escaped whole (`%2E`, `%5F_provenance__`), holding float32 `(D,)` or `(L, D)`,
 and attributes `id`, `length`, `windows`, `windowed` and `labels`; the file tracks creation order,
 which lists the datasets in input order. `.npz` keeps the same names as
 keys and the provenance as JSON under `__provenance__`. A table (`.tsv`, `.csv`) has a header
@@ -17,7 +18,10 @@ fsync, rename). While a job runs, each `flush()` writes the vectors since the la
 file in the journal folder `OUTPUT.partial/` (temp, fsync, rename), so a process killed at any
 moment (SIGKILL included) leaves OUTPUT as it was plus complete chunks; `close()` (also on Ctrl-C
 or SIGTERM) merges the chunks into OUTPUT and removes the journal. `--resume` merges a journal a
-killed run left and skips every id in OUTPUT or its journal.
+killed run left and skips every id in OUTPUT or its journal. An `--overwrite` of an existing
+OUTPUT marks its journal as replacing it: OUTPUT is kept as it was until the run completes, a run
+stopped midway (Ctrl-C, SIGTERM, an error) leaves it so with the new chunks in the journal, and
+`--resume` finishes the replacement from them (OUTPUT's old records are not kept).
 
 A sharded output (the Ray engine's) is a folder of such HDF5 files, `part-00000.h5`, one per
 shard of the input, each renamed into place only when complete; `read_vectors` reads the folder
@@ -30,6 +34,7 @@ import csv
 import errno
 import json
 import logging
+import re
 import shutil
 import zipfile
 from collections import OrderedDict
@@ -52,6 +57,7 @@ from protssl.durable import (
 )
 from protssl.embedding import Embedding, Provenance
 from protssl.errors import InvalidInputError, OutputError, first_line
+from protssl.fasta import long_id_problem, shortened_id
 
 __all__ = [
     "FORMATS",
@@ -85,6 +91,9 @@ _TABLE_FIXED = (*_ROW_FIELDS, *_SHARED)
 _NPZ_META = "__provenance__"
 _UNREADABLE = (OSError, ValueError, KeyError, RuntimeError, EOFError, zipfile.BadZipFile, csv.Error)
 """What h5py, np.load and the table reader raise for a file that is not theirs or is truncated."""
+_REPLACES = "replaces-output"
+"""The journal's mark that its chunks replace OUTPUT (`--overwrite`) rather than add to it: OUTPUT
+stays as it was until they are merged, so a run stopped midway loses nothing."""
 _CHUNK_BYTES = 64 << 20
 """Buffered vectors past this size are written as a chunk without waiting for `flush()`."""
 
@@ -145,14 +154,22 @@ def check_pooling(path: str | Path, pooling: str) -> None:
         )
 
 
+_RESERVED_NAMES = {".": "%2E", _NPZ_META: "%5F_provenance__"}
+"""Ids that cannot be names as they are: HDF5's name for the group a name is in, and the key of
+a .npz's (and every chunk's) provenance. Escaped whole, as `%` and `/` are."""
+_ESCAPED = re.compile("%(25|2F|2E|5F)")
+
+
 def dataset_name(record_id: str) -> str:
-    """The dataset/key name for a record id: `%` and `/` escaped so ids never make groups."""
-    return record_id.replace("%", "%25").replace("/", "%2F")
+    """The dataset/key name for a record id: `%` and `/` escaped so ids never make groups, and
+    the reserved names (`.`, `__provenance__`) escaped so a record never clashes with them."""
+    name = record_id.replace("%", "%25").replace("/", "%2F")
+    return _RESERVED_NAMES.get(name, name)
 
 
 def record_id(name: str) -> str:
-    """Inverse of `dataset_name`."""
-    return name.replace("%2F", "/").replace("%25", "%")
+    """Inverse of `dataset_name` (in one pass: an escaped `%` never starts another escape)."""
+    return _ESCAPED.sub(lambda match: chr(int(match.group(1), 16)), name)
 
 
 def part_name(index: int) -> str:
@@ -244,18 +261,24 @@ class VectorWriter:
         try:
             check_output(path, resume=resume, overwrite=overwrite)
             if overwrite and not resume:
-                path.unlink(missing_ok=True)
                 shutil.rmtree(self.journal, ignore_errors=True)
+            self._replacing = (overwrite and not resume and path.exists()) or (
+                self.journal / _REPLACES
+            ).is_file()
+            """The chunks replace OUTPUT, which is kept as it was until they are merged."""
             self._shared: dict[str, Any] | None = None
             self._ids: set[str] = set()
             self._buffer: dict[str, np.ndarray] = {}
             self._rows: dict[str, dict[str, Any]] = {}
             self._buffered = 0
             self._chunks = 0
-            if path.exists():
+            if self._keeps_output():
                 self._shared, names = _read_index(path, self.kind)
                 self._ids.update(names)
             self._open_journal()
+            if self._replacing:
+                with writing_durably(self.journal / _REPLACES) as mark:
+                    mark.write_text(f"these chunks replace {path.name}, which is kept until then\n")
         except BaseException:
             self._unlock()
             raise
@@ -284,6 +307,10 @@ class VectorWriter:
             self._ids.update(names)
             self._chunks = max(self._chunks, int(chunk.stem.removeprefix("chunk-")))
 
+    def _keeps_output(self) -> bool:
+        """Whether OUTPUT's records stay in it (it exists, and the journal does not replace it)."""
+        return self.path.exists() and not self._replacing
+
     def existing_ids(self) -> set[str]:
         """Record ids already in the file or its journal (for `--resume`)."""
         return {record_id(n) for n in self._ids | set(self._buffer)}
@@ -305,8 +332,13 @@ class VectorWriter:
         """Add one record's vector with its provenance (durable at the next `flush()`).
 
         `position`, the record's place in the input, orders OUTPUT's records (vectors come in
-        the order they were computed, batches sorted by length).
+        the order they were computed, batches sorted by length). An id too long for the .npz
+        chunks is refused by name (records made in code skip the FASTA check that refuses it).
         """
+        if problem := long_id_problem(embedding.id):
+            raise InvalidInputError(
+                f"output {str(self.path)!r}: record {shortened_id(embedding.id)!r}: {problem}"
+            )
         if self._shared is None:
             self._shared = {k: getattr(embedding.provenance, k) for k in _SHARED}
         else:
@@ -374,7 +406,7 @@ class VectorWriter:
 
     def _failed(self, exc: OutputError) -> OutputError:
         """A write failure told with what survives it and how to go on from there."""
-        kept = [str(self.path)] if self.path.exists() else []
+        kept = [str(self.path)] if self._keeps_output() else []
         kept += [str(self.journal)] if _chunks(self.journal) else []
         if not self._ids or not kept:
             return OutputError(f"output {str(self.path)!r}: {exc}; no record was written before it")
@@ -392,7 +424,7 @@ class VectorWriter:
         their writer gave it, else in the order written. A new file tracks its datasets' creation
         order, which h5py lists them in (a file without it lists them by name)."""
         with _ChunkVectors(chunks) as vectors, writing_durably(self.path) as tmp:
-            if self.path.exists():
+            if self._keeps_output():
                 shutil.copyfile(self.path, tmp)
             new = not tmp.exists()
             # through a Python file: HDF5's own writer, failing (a full disk), leaves objects it
@@ -415,7 +447,7 @@ class VectorWriter:
         their writer gave it, else in the order written: the order np.load lists them in."""
         arrays: dict[str, np.ndarray] = {}
         rows: dict[str, dict[str, Any]] = {}
-        if self.path.exists():
+        if self._keeps_output():
             with _load_npz(self.path) as data:
                 meta, names = _npz_index(data, required=False)
                 arrays = {k: data[k] for k in names}
@@ -444,7 +476,7 @@ class VectorWriter:
             first, (index, _) = order[0]
             width = vectors.get(index, first).shape[0]  # one provenance, one width
             out.writerow([*_TABLE_FIXED, *(f"v{i}" for i in range(width))])
-            if self.path.exists():
+            if self._keeps_output():
                 for row in _table_rows(self.path):
                     if dataset_name(row[0]) not in latest:
                         out.writerow(row)
@@ -470,12 +502,37 @@ class VectorWriter:
             self._closed = True
             self._unlock()
             return
+        if exc is not None and self._replacing:
+            self._keep_output(exc)
+            return
         try:
             self.close()
         except OutputError as closing:
             if exc is None:
                 raise
             log.warning("%s", closing)  # the error in flight is the one to raise
+
+    def _keep_output(self, exc: BaseException) -> None:
+        """A replacing run stopped midway: OUTPUT stays as it was, the new records stay in the
+        journal for `--resume` (none: the journal goes); an interruption says so."""
+        self._closed = True
+        try:
+            self.flush()
+        except OutputError as failed:
+            log.warning("%s", failed)
+        finally:
+            self._unlock()
+        new = len(self._ids)
+        if not new:
+            shutil.rmtree(self.journal, ignore_errors=True)
+        if isinstance(exc, KeyboardInterrupt):
+            raise type(exc)(
+                f"output {str(self.path)!r} is as it was; the {new} new record(s) are in "
+                f"{str(self.journal)!r}: run the command with --resume in place of --overwrite to "
+                "finish replacing it"
+                if new
+                else f"output {str(self.path)!r} is as it was (nothing was replaced)"
+            ) from exc
 
 
 def open_writer(path: str | Path, *, resume: bool = False, overwrite: bool = False) -> VectorWriter:
@@ -656,10 +713,17 @@ def _load_npz(path: Path) -> Iterator[Any]:
 
 
 def _write_atomic(path: Path, arrays: Mapping[str, Any]) -> None:
-    """`np.savez` to `path` whole or not at all (`writing_durably`)."""
-    plain: dict[str, Any] = {k: np.asarray(v) for k, v in arrays.items()}
-    with writing_durably(path) as tmp, tmp.open("wb") as handle:
-        np.savez(handle, **plain)
+    """A .npz of `arrays` at `path`, whole or not at all (`writing_durably`). Written entry by
+    entry as `np.savez` writes it, not through it: its keyword parameters (`file`,
+    `allow_pickle`) are record ids too."""
+    with (
+        writing_durably(path) as tmp,
+        tmp.open("wb") as handle,
+        zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED, allowZip64=True) as archive,
+    ):
+        for key, value in arrays.items():
+            with archive.open(f"{key}.npy", "w", force_zip64=True) as entry:
+                np.lib.format.write_array(entry, np.asarray(value), allow_pickle=False)
 
 
 def _plain(value: Any) -> Any:

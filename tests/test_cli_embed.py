@@ -417,6 +417,14 @@ def _one_line_error(capsys: pytest.CaptureFixture[str]) -> tuple[str, str]:
     return lines[0], captured.out
 
 
+def _summary_of_error(line: str, stdout: str) -> dict:
+    """The JSON summary, the last line on stdout, which names the error of the one stderr line."""
+    summary = json.loads(stdout.splitlines()[-1])
+    assert summary["errors"] == 1 and summary["records"] == 0
+    assert summary["error"] == line.removeprefix("protssl embed: error: ")
+    return summary
+
+
 def test_user_errors_are_one_line_before_any_work(
     tiny_model_dir: Path, sample_fasta: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -446,11 +454,20 @@ def test_user_errors_are_one_line_before_any_work(
         ([str(fasta), "-o", out, "--max-tokens", "0"], "--max-tokens must be at least 8, got 0"),
         ([str(fasta), "-o", out, "--read-ahead", "0"], "--read-ahead must be positive"),
         ([str(fasta), "-o", out, "--overlap", "-3"], "--overlap must be >= 0, got -3"),
+        ([str(tmp_path / "nothing.fa"), "-o", out], "nothing.fa: no such file"),
+        ([str(fasta), "-o", str(tmp_path / "o.txt")], "unknown format .txt"),
+        ([str(fasta), "-o", str(tmp_path / "o.tsv"), "--pooling", "per-residue"], "one vector"),
+        ([str(fasta), "-o", out, "--layer", "7"], "layer 7 is out of range for a 2-layer model"),
+        ([str(fasta), "-o", out, "--resume", "--overwrite"], "contradict each other"),
     ]  # the overlap: said at once, though no record here is long enough to be windowed
     for args, said in cases:
         assert main(["embed", *args, *base]) == 2, args
-        line, _ = _one_line_error(capsys)
+        line, stdout = _one_line_error(capsys)
         assert said in line, (args, line)
+        assert _summary_of_error(line, stdout)["output"] == args[2]
+    assert main(["embed", str(fasta), "-o", out, "--model", "no-such-model", *base[2:]]) == 2
+    line, stdout = _one_line_error(capsys)
+    assert "no-such-model" in line and _summary_of_error(line, stdout)
     assert (tmp_path / "not-hdf5.h5").read_text() == "hello\n"  # left as it was
     assert main(["embed", str(tmp_path / "empty.fasta"), "-o", out, *base]) == 2
     line, stdout = _one_line_error(capsys)
@@ -466,8 +483,9 @@ def test_user_errors_are_one_line_before_any_work(
     ]:
         args = ["embed", str(fasta), "-o", out, "--model", str(tiny_model_dir), "--db", url]
         assert main([*args, "--no-progress"]) == 2
-        line, _ = _one_line_error(capsys)
+        line, stdout = _one_line_error(capsys)
         assert said in line, line
+        _summary_of_error(line, stdout)
 
 
 def test_a_layer_the_model_lacks_is_refused_before_a_job_is_recorded(
@@ -581,6 +599,94 @@ def test_a_full_disk_at_the_merge_keeps_the_chunks_and_resume_finishes(
     assert sorted(got) == sorted(want) and len(got) == 100
     for key, vector in want.items():
         np.testing.assert_array_equal(got[key], vector)
+
+
+def test_ctrl_c_during_overwrite_keeps_output_and_resume_finishes(
+    tiny_model_dir: Path,
+    sample_fasta: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ctrl-C after the first flush of an --overwrite run (130 records, 2 flushes) left OUTPUT
+    with the 64 new records and the old 30 gone; now OUTPUT is as it was, the stop says how to
+    go on, and --resume (the store's job continued) finishes with the new input's records only."""
+    old = _first_records(sample_fasta, 30, tmp_path / "old.fasta")
+    after_old = tmp_path / "after-old.fasta"
+    after_old.write_text(">" + sample_fasta.read_text().split(">", 31)[-1])  # record 31 on
+    new = _first_records(after_old, 130, tmp_path / "new.fasta")
+    out = tmp_path / "o.h5"
+    db = ["--db", f"sqlite:///{tmp_path / 's.sqlite3'}"]
+    base = [*_tiny_args(tiny_model_dir), *db]
+    assert main(["embed", str(old), "-o", str(out), *base]) == 0
+    before = out.read_bytes()
+    capsys.readouterr()
+
+    class StopAfterFirstFlush:
+        def __call__(self) -> None:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr("protssl.embed_file.MemoryReleaser", StopAfterFirstFlush)
+    assert main(["embed", str(new), "-o", str(out), "--overwrite", *base]) == 130
+    err = capsys.readouterr().err
+    assert out.read_bytes() == before
+    assert err == (
+        f"protssl embed: interrupted; output {str(out)!r} is as it was; the 64 new record(s) are "
+        f"in {str(journal_path(out))!r}: run the command with --resume in place of --overwrite "
+        "to finish replacing it\n"
+    )
+    monkeypatch.undo()
+    assert main(["embed", str(new), "-o", str(out), "--resume", *base]) == 0
+    summary = _summary(capsys)
+    assert summary["resumed"] == 64 and summary["records"] == 66 and summary["continued"]
+    ids = [key for key, _, _ in read_vectors(out)]
+    assert ids == [record.id for record in read_fasta(new)]
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".npz", ".tsv"])
+def test_an_id_too_long_for_the_output_is_refused_by_name_before_any_work(
+    suffix: str, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 70,000-character id crashed every format at the first flush (struct.error: a .npz
+    entry's name holds 65,535 bytes) after its forward; now the FASTA check refuses it."""
+    fasta = tmp_path / "long.fa"
+    fasta.write_text(f">x\nMKTAYIAKQR\n>{'L' * 70_000}\nMSEQLK\n")
+    out = tmp_path / f"o{suffix}"
+    args = ["embed", str(fasta), "-o", str(out), "--no-cache", *_tiny_args(tiny_model_dir)]
+    assert main(args) == 2
+    line, stdout = _one_line_error(capsys)
+    assert line == (
+        f"protssl embed: error: {fasta}: record 'LLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLL…' (#2): "
+        "the id is 70,000 bytes long; ids up to 16,384 bytes (UTF-8) fit every output format"
+    )
+    assert json.loads(stdout.splitlines()[-1])["computed"] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["long.fa"]
+
+
+def test_a_job_that_crashes_is_recorded_failed_not_left_running(
+    tiny_model_dir: Path,
+    sample_fasta: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An unexpected error (exit 1, traceback) skipped the job's finish: it stayed `running` in
+    the store for ever. Now any exception marks it failed, and is raised as it came."""
+    fasta = _first_records(sample_fasta, 70, tmp_path / "seventy.fasta")
+    url = f"sqlite:///{tmp_path / 's.sqlite3'}"
+
+    class BrokenAfterFirstFlush:
+        def __call__(self) -> None:
+            raise RuntimeError("a bug")
+
+    monkeypatch.setattr("protssl.embed_file.MemoryReleaser", BrokenAfterFirstFlush)
+    args = ["embed", str(fasta), "-o", str(tmp_path / "o.h5"), "--db", url]
+    with pytest.raises(RuntimeError, match="a bug"):
+        main([*args, *_tiny_args(tiny_model_dir)])
+    with Store(StoreConfig(url=url)) as store:
+        (job,) = store.jobs.list()
+    assert (job.status, job.done, job.error) == ("failed", 64, "unexpected RuntimeError: a bug")
+    assert _summary(capsys)["error"] == "unexpected RuntimeError: a bug"
 
 
 def test_a_full_disk_before_any_chunk_leaves_nothing_to_resume(

@@ -347,3 +347,14 @@ def test_in_memory_sequences_that_break_the_policy_are_named_together() -> None:
     assert str(one.value).startswith("request: record 'seq1' (#2) at position 3: invalid residue")
     kept = records_from_sequences(sequences, policy=FastaPolicy("skip", on_empty="skip"))
     assert [r.sequence for r in kept] == ["MKV", "MKXV"]
+
+
+def test_an_id_too_long_for_an_output_is_refused_in_memory_too() -> None:
+    """protssl.embed's and the SDK's records: the same check as a file's, before any work."""
+    with pytest.raises(FastaFormatError) as refused:
+        records_from_sequences({"ok": "MKT", "x" * 16_385: "MKT"})
+    assert str(refused.value) == (
+        f"<input>: record {'x' * 40 + '…'!r} (#2): the id is 16,385 bytes long; ids up to "
+        "16,384 bytes (UTF-8) fit every output format"
+    )
+    assert [r.id for r in records_from_sequences({"x" * 16_384: "MKT"})] == ["x" * 16_384]

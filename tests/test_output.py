@@ -20,6 +20,7 @@ from protssl.output import (
     journal_path,
     open_writer,
     read_vectors,
+    record_id,
 )
 
 
@@ -104,6 +105,40 @@ def test_h5_npz_and_tables_hold_the_same(tmp_path: Path) -> None:
     header = (tmp_path / "o.tsv").read_text().splitlines()[0].split("\t")
     assert header[:5] == ["id", "length", "windows", "windowed", "labels"]
     assert header[-7:] == [f"v{i}" for i in range(7)]
+
+
+RESERVED_IDS = ["__provenance__", ".", "file", "allow_pickle", "%5F_provenance__", "%2E", ".."]
+"""Ids that were lost or crashed a writer: the .npz provenance key (every format writes through
+.npz chunks), HDF5's name for the root group, `np.savez`'s own keyword parameters; then ids that
+look like their escaped names."""
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".npz", ".tsv", ".csv"])
+def test_every_id_comes_back_reserved_names_included(suffix: str, tmp_path: Path) -> None:
+    """`__provenance__` vanished from every format (the chunk's provenance key overwrote it), `.`
+    crashed the HDF5 merge (`"." in handle` is the root group), `file` crashed np.savez and
+    `allow_pickle` vanished (its keyword parameters); each id now comes back as it was given."""
+    out = tmp_path / f"o{suffix}"
+    ids = ["x", *RESERVED_IDS, "y"]
+    with open_writer(out) as writer:
+        for position, record in enumerate(ids):
+            writer.write(replace(_embedding(position), id=record), position=position)
+            if position == 3:
+                writer.flush()
+    rows = list(read_vectors(out))
+    assert [k for k, _, _ in rows] == ids
+    assert [int(v[0]) for _, v, _ in rows] == list(range(len(ids)))
+    assert [a["id"] for _, _, a in rows if "id" in a] in ([], ids)
+    with open_writer(out, resume=True) as more:
+        assert more.existing_ids() == set(ids)
+
+
+def test_escaped_names_read_back_as_before() -> None:
+    """Names that files written before the reserved ids were escaped hold read back the same."""
+    for name, record in [("sp|P1%2F2%25x", "sp|P1/2%x"), ("%252E", "%2E"), ("..", "..")]:
+        assert record_id(name) == record and dataset_name(record) == name
+    for record in RESERVED_IDS:
+        assert record_id(dataset_name(record)) == record
 
 
 @pytest.mark.parametrize("suffix", [".tsv", ".csv"])
@@ -217,3 +252,56 @@ def test_a_killed_writers_lock_file_does_not_block(tmp_path: Path) -> None:
     with open_writer(out, resume=True) as again:
         assert again.existing_ids() == {"sp|P0/x"}
     assert not list(tmp_path.glob(".*"))
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".npz", ".tsv"])
+def test_an_interrupted_overwrite_keeps_output_and_resume_finishes_replacing_it(
+    suffix: str, tmp_path: Path
+) -> None:
+    """Ctrl-C during an overwrite merged the new run's few records over a complete OUTPUT (its
+    records were gone). Now OUTPUT stays as it was, the new records (the buffered ones too) wait
+    in the journal, and --resume finishes the replacement: the old records are not kept."""
+    out = tmp_path / f"o{suffix}"
+    with open_writer(out) as writer:
+        for index in range(3):
+            writer.write(_embedding(index), position=index)
+    before = out.read_bytes()
+    with pytest.raises(KeyboardInterrupt) as stopped, open_writer(out, overwrite=True) as writer:
+        writer.write(replace(_embedding(10), id="new0"), position=0)
+        writer.flush()
+        writer.write(replace(_embedding(11), id="new1"), position=1)
+        raise KeyboardInterrupt
+    assert out.read_bytes() == before
+    assert str(stopped.value) == (
+        f"output {str(out)!r} is as it was; the 2 new record(s) are in "
+        f"{str(journal_path(out))!r}: run the command with --resume in place of --overwrite to "
+        "finish replacing it"
+    )
+    with pytest.raises(InvalidInputError, match="pass --resume to continue it"):
+        open_writer(out)
+    with open_writer(out, resume=True) as again:
+        assert again.existing_ids() == {"new0", "new1"}
+        again.write(replace(_embedding(12), id="new2"), position=2)
+    assert [k for k, _, _ in read_vectors(out)] == ["new0", "new1", "new2"]
+    assert not journal_path(out).exists()
+
+    before = out.read_bytes()
+    with pytest.raises(KeyboardInterrupt) as stopped, open_writer(out, overwrite=True):
+        raise KeyboardInterrupt  # before any record: nothing to keep, nothing to resume
+    assert out.read_bytes() == before and not journal_path(out).exists()
+    assert str(stopped.value) == f"output {str(out)!r} is as it was (nothing was replaced)"
+
+
+def test_an_id_past_the_output_limit_is_refused_by_name_not_a_traceback(tmp_path: Path) -> None:
+    """Records made in code skip the FASTA check: the writer refuses such an id by name (it
+    crashed np.savez with a struct.error at the flush), and keeps the records before it."""
+    out = tmp_path / "o.npz"
+    with open_writer(out) as writer:
+        writer.write(_embedding(0))
+        with pytest.raises(InvalidInputError) as refused:
+            writer.write(replace(_embedding(1), id="é" * 9_000))
+    assert str(refused.value) == (
+        f"output {str(out)!r}: record {'é' * 40 + '…'!r}: the id is 18,000 bytes long; ids up to "
+        "16,384 bytes (UTF-8) fit every output format"
+    )
+    assert [k for k, _, _ in read_vectors(out)] == ["sp|P0/x"]

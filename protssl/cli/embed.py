@@ -1,8 +1,9 @@
 """`protssl embed`: a FASTA file into HDF5, .npz or a TSV/CSV table, through the store's cache.
 
 With the store, the run is a job in its `jobs` table: run again with the same arguments after a
-kill, it continues where it stopped. Prints the job's summary as the last line of stdout (JSON),
-also when a FASTA error stops it. An input without records, or whose every record the FASTA
+kill, it continues where it stopped. Prints the job's summary as the last line of stdout (JSON)
+however it ends: also when a FASTA error stops it, or an option, the input or OUTPUT is refused
+before any work. An input without records, or whose every record the FASTA
 policy skipped, is a user error (exit 2): nothing is written.
 """
 
@@ -30,7 +31,7 @@ from protssl.cli.args import (
     server_client,
 )
 from protssl.cli.commands import Command
-from protssl.errors import InvalidInputError, ProtsslError
+from protssl.errors import InvalidInputError, ProtsslError, first_line
 from protssl.pooling import POOLINGS, SEGMENTS
 
 if TYPE_CHECKING:
@@ -175,10 +176,27 @@ COMMANDS = (
 
 
 def _embed(args: argparse.Namespace) -> int:
+    """The command, its JSON summary printed last on stdout however it ends: also when an
+    option, the input or OUTPUT is refused before any work."""
+    from protssl.embed_file import JobSummary
+
+    summary = JobSummary(output=args.output)
+    try:
+        return _embed_into(args, summary)
+    except BaseException as exc:
+        _note_error(summary, exc)
+        raise
+    finally:
+        _print_summary(summary)
+
+
+def _embed_into(args: argparse.Namespace, summary: JobSummary) -> int:
+    """Check the options, the input and OUTPUT, then run the job (here, on Ray or on a server),
+    its counts kept in `summary`."""
     from protssl.batch_job import JobRun
     from protssl.batching import WindowPolicy
     from protssl.durable import check_not_the_input
-    from protssl.embed_file import JobSummary, embed_fasta_file, embed_job_spec
+    from protssl.embed_file import embed_fasta_file, embed_job_spec
     from protssl.embedding import EmbedConfig
     from protssl.fasta import validate_fasta
     from protssl.output import (
@@ -206,7 +224,7 @@ def _embed(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"{args.input}: no such file")
     check_not_the_input(Path(args.output), args.input)
     if args.server is not None:
-        return _embed_remote(args, policy)
+        return _embed_remote(args, policy, summary)
     refuse_beside_server(args, _build, _LOCAL_ONLY)  # --server-ca alone
     if args.engine == "local":
         if ray_options := given_options(args, _build, _RAY_ONLY):
@@ -218,7 +236,6 @@ def _embed(args: argparse.Namespace) -> int:
         check_not_being_written(args.output)
     model = load_model(args)
     model.resolve_layer(config.layer)  # a layer the model lacks: refused before a job is recorded
-    summary = JobSummary(output=args.output)
     store = None if args.no_cache else open_store(args)
     run = None
     try:
@@ -257,10 +274,8 @@ def _embed(args: argparse.Namespace) -> int:
                 on_flush=record_progress,
                 checked=checked,
             )
-    except (ProtsslError, KeyboardInterrupt) as exc:
-        if isinstance(exc, ProtsslError):
-            summary.errors = max(summary.errors, 1)
-            summary.error = summary.error or str(exc)
+    except BaseException as exc:  # whatever stops it, the job is not left `running`
+        _note_error(summary, exc)
         if run is not None:
             run.finish(done=summary.done, failed=summary.skipped, error=summary.error or "stopped")
         raise
@@ -270,8 +285,22 @@ def _embed(args: argparse.Namespace) -> int:
     finally:
         if store is not None:
             store.close()
-        _print_summary(summary)
     return 0
+
+
+def _note_error(summary: JobSummary, exc: BaseException) -> None:
+    """Keep in `summary` the error that stopped the job (the first one noted), as its summary and
+    job record say it: a protssl error's message, else the unexpected exception's type and first
+    line (its traceback follows). Ctrl-C and SIGTERM are no error."""
+    if isinstance(exc, KeyboardInterrupt):
+        return
+    summary.errors = max(summary.errors, 1)
+    if summary.error is None:
+        summary.error = (
+            str(exc)
+            if isinstance(exc, ProtsslError)
+            else f"unexpected {type(exc).__name__}: {first_line(exc)}"
+        )
 
 
 def _print_summary(summary: JobSummary) -> None:
@@ -282,32 +311,23 @@ def _print_summary(summary: JobSummary) -> None:
     print(json.dumps(line), flush=True)
 
 
-def _embed_remote(args: argparse.Namespace, policy: FastaPolicy) -> int:
+def _embed_remote(args: argparse.Namespace, policy: FastaPolicy, summary: JobSummary) -> int:
     """`--server`: the records go to a protssl server, which runs its model and keeps its store;
     OUTPUT is written here as it is locally, each result as it comes back."""
-    from protssl.embed_file import JobSummary
-
-    summary = JobSummary(output=args.output)
-    try:
-        refuse_beside_server(args, _build, _LOCAL_ONLY)
-        with server_client(args) as client:
-            client.embed_file(
-                args.input,
-                args.output,
-                model=served_model(args),
-                pooling=args.pooling,
-                layer=args.layer,
-                policy=policy,
-                resume=args.resume,
-                overwrite=args.overwrite,
-                progress=not args.no_progress,
-                summary=summary,
-            )
-    except ProtsslError as exc:
-        summary.errors, summary.error = 1, summary.error or str(exc)
-        raise
-    finally:
-        _print_summary(summary)
+    refuse_beside_server(args, _build, _LOCAL_ONLY)
+    with server_client(args) as client:
+        client.embed_file(
+            args.input,
+            args.output,
+            model=served_model(args),
+            pooling=args.pooling,
+            layer=args.layer,
+            policy=policy,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+            summary=summary,
+        )
     return 0
 
 
