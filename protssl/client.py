@@ -277,6 +277,15 @@ def _messages(
         yield batch
 
 
+def _cut_off(exc: grpc.RpcError) -> bool:
+    """Whether a call failed UNAVAILABLE after it reached a server (a shutdown's 'Cancelling all
+    calls', a connection reset midway), not for want of one to connect to."""
+    if exc.code() != grpc.StatusCode.UNAVAILABLE:  # type: ignore[attr-defined]
+        return False
+    details = (exc.details() or "").lower()  # type: ignore[attr-defined]
+    return "connect" not in details and "dns resolution" not in details
+
+
 def _wire_version(version: int | None) -> int:
     """A classifier version as the wire takes it, where 0 is the latest: None is the latest, a
     version is >= 1 (0 or -1 named the latest without a word, where the CLI refuses them)."""
@@ -552,22 +561,21 @@ class Client:
     def close(self) -> None:
         self._channel.close()
 
-    def _call(
-        self, method: Callable[..., T], request: Any, timeout: float | None, *, reaches: bool = True
-    ) -> T:
-        """One unary call with retries on UNAVAILABLE (exponential backoff), errors made typed.
-        `reaches=False`: its answer does not count as the server reached (`_lasting_results`)."""
+    def _call(self, method: Callable[..., T], request: Any, timeout: float | None) -> T:
+        """One unary call with retries on UNAVAILABLE (exponential backoff), errors made typed."""
         timeout = self.timeout if timeout is None else timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = self.backoff
+        lost = False  # an attempt was cut off by the server going away, not refused a connection
         for attempt in range(self.retries + 1):
             remaining = None if deadline is None else deadline - time.monotonic()
             try:
                 response = method(request, timeout=remaining, metadata=self._metadata)
-                self._reached = self._reached or reaches
+                self._reached = True
                 return response
             except grpc.RpcError as exc:
-                error = self._failed(exc, timeout)  # also notes a server that took the call
+                lost = lost or _cut_off(exc)
+                error = self._failed(exc, timeout, lost=lost)  # notes a server that took the call
                 retry = exc.code() == grpc.StatusCode.UNAVAILABLE and attempt < self.retries  # type: ignore[attr-defined]
                 if retry and (deadline is None or time.monotonic() + delay < deadline):
                     log.info("%s unavailable; retry %d in %.2f s", self.target, attempt + 1, delay)
@@ -577,13 +585,17 @@ class Client:
                 raise error from None
         raise AssertionError("unreachable")
 
-    def _failed(self, exc: grpc.RpcError, timeout: float | None = None) -> ProtsslError:
+    def _failed(
+        self, exc: grpc.RpcError, timeout: float | None = None, *, lost: bool = False
+    ) -> ProtsslError:
         """The protssl error for a failed call: the class the server named, else its status's. A
         call a protssl server took (it named its error, or it had accepted the call's work, a
         stream or a classify, before the call was lost) counts as reaching it, as a success does:
-        a later outage is a server lost, and its error says the server went away; one that never
-        reached a server says which address it tried; one whose `timeout` ran out says so; one
-        refused for want of a token, when this client has none, says how to give it one."""
+        a later outage is a server lost, and its error says the server went away, as does one
+        whose earlier try was cut off midway (`lost`: a server stopped during it, whose retries
+        then found nobody); one that never reached a server says which address it tried; one
+        whose `timeout` ran out says so; one refused for want of a token, when this client has
+        none, says how to give it one."""
         code = exc.code()  # type: ignore[attr-defined]
         kind = dict(exc.trailing_metadata() or ()).get(ERROR_KIND_KEY)  # type: ignore[attr-defined]
         taken = kind is not None or ACCEPTED_KEY in dict(exc.initial_metadata() or ())  # type: ignore[attr-defined]
@@ -591,7 +603,7 @@ class Client:
         details = exc.details() or code.name  # type: ignore[attr-defined]
         if kind is None and code == grpc.StatusCode.DEADLINE_EXCEEDED and timeout is not None:
             details = f"no answer from {self.target} within the call's timeout of {timeout:g} s"
-        elif taken and kind is None and code == grpc.StatusCode.UNAVAILABLE:
+        elif (taken or lost) and kind is None and code == grpc.StatusCode.UNAVAILABLE:
             details = f"{self.target} went away during the call (stopped or killed?): {details}"
         elif kind is None and code == grpc.StatusCode.UNAVAILABLE:
             hint = _tls_hint(details, self.tls, self._client_certificate)
@@ -915,10 +927,16 @@ class Client:
 
     def _limits(self, timeout: float | None) -> pb.RequestLimits:
         """What the server takes in one request or message, asked for each call that sends many
-        (a server restarted midway may have other limits). Only the call's own results count as
-        the server reached: a stream that never got one still fails at once."""
-        request = pb.ListModelsRequest()
-        return self._call(self._embeddings.ListModels, request, timeout, reaches=False).limits
+        (a server restarted midway may have other limits). Asked once, without retries, and not
+        counted as the server reached: when no answer comes, none are said, and the call itself
+        meets and names whatever is wrong (no server, TLS, a token) as it did before."""
+        try:
+            request = pb.ListModelsRequest()
+            return self._embeddings.ListModels(
+                request, timeout=timeout, metadata=self._metadata
+            ).limits
+        except grpc.RpcError:
+            return pb.RequestLimits()
 
     def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """The models the server serves (the default one flagged)."""

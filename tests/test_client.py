@@ -561,6 +561,35 @@ def test_calls_of_many_sequences_fit_a_servers_lower_limits(
     assert [p.id for p in labels] == [r.id for r in chosen]
 
 
+def test_a_call_cut_off_by_a_server_stopping_says_so_not_that_none_was_reached(model, sample_fasta):
+    """A unary call a server was working on when its grace ran out (a restart) ended, after its
+    retries found nobody, as 'cannot reach a protssl server at ...', as if the address were
+    wrong."""
+    chosen = real_records(sample_fasta, 8, max_length=400)
+    with running_server(model, **_HOLDS_CHUNKS) as (server, address, registry):
+        client = protssl.Client(address, retries=2, backoff=0.05)
+        failed: list[Exception] = []
+
+        def call() -> None:
+            try:
+                client.embed(chosen)
+            except UnavailableError as exc:
+                failed.append(exc)
+
+        thread = threading.Thread(target=call)
+        thread.start()
+        deadline = time.monotonic() + 60  # the call is held in the queue (_HOLDS_CHUNKS) ...
+        while time.monotonic() < deadline and not registry.get_sample_value("protssl_queue_depth"):
+            time.sleep(0.005)
+        server.stop(0.1)  # ... when the server's grace runs out
+        thread.join(60)
+    client.close()
+    assert len(failed) == 1
+    message = str(failed[0])
+    assert message.startswith(f"{address} went away during the call"), message
+    assert "cannot reach" not in message
+
+
 def test_embed_fasta_names_a_files_bad_records_before_sending_any(model, sample_fasta, tmp_path):
     chosen = real_records(sample_fasta, 5, max_length=400)
     fasta = tmp_path / "bad.fasta"
