@@ -930,6 +930,7 @@ class Client:
         (a server restarted midway may have other limits). Asked once, without retries, and not
         counted as the server reached: when no answer comes, none are said, and the call itself
         meets and names whatever is wrong (no server, TLS, a token) as it did before."""
+        timeout = self.timeout if timeout is None else timeout
         try:
             request = pb.ListModelsRequest()
             return self._embeddings.ListModels(
