@@ -106,8 +106,11 @@ def pretrain(
     optimizer produce some, and x86 CPUs compute them in slow microcode (continuing the shipped
     model ran at half the speed of a fresh one). Threads started earlier keep their own setting.
     The signal handlers, the denormal flush and the current CUDA device it sets are put back as
-    found on return; a resumed run takes torch's RNG state from its checkpoint.
+    found on return; a resumed run takes torch's RNG state from its checkpoint. The files the run
+    reads are recorded as absolute paths (`PretrainConfig.with_absolute_inputs`), so it resumes
+    from any working directory.
     """
+    config = config.with_absolute_inputs()
     place = _placement(config, local_rank)
     with _denormals_flushed(), _current_cuda_device(place.device):
         return _pretrain(
