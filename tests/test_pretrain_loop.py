@@ -500,3 +500,29 @@ def test_a_run_recorded_with_relative_paths_resumes_from_the_folder_it_was_launc
         "back there"
     ]
     assert load_checkpoint(moved / CHECKPOINT_NAME)["step"] == 2
+
+
+def test_a_refused_corpus_leaves_no_run_folder_and_keeps_those_that_were_there(
+    tmp_path: Path,
+) -> None:
+    """A corpus refused before training left an empty run folder behind (and its parents)."""
+    bad = tmp_path / "bad.fasta"
+    bad.write_text(">a\nMKV*LL\n>b\nAC1D\n")
+    command = [sys.executable, "-m", "protssl", "pretrain", "bad.fasta", "--run-dir", "runs/bad"]
+    refused = subprocess.run([*command, *_TINY_FLAGS], capture_output=True, text=True, cwd=tmp_path)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.splitlines() == [
+        f"protssl pretrain: error: {bad}: 0 training and 0 validation records; need both: 2 of 2 "
+        "records left out of training (2 with invalid residues; e.g. 'a', 'b'): the reader's "
+        "policy for a corpus is skip; fix those records or give another corpus"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.fasta"]
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "notes.txt").write_text("kept")
+    (tmp_path / "empty").mkdir()
+    for run_dir in (runs / "bad" / "deeper", tmp_path / "empty"):
+        with pytest.raises(InvalidInputError, match="need both"):
+            pretrain(tiny_config(bad, run_dir), progress=False)
+    assert [p.name for p in runs.iterdir()] == ["notes.txt"]
+    assert (tmp_path / "empty").is_dir() and not any((tmp_path / "empty").iterdir())
