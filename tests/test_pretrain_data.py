@@ -6,9 +6,11 @@ import itertools
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from pretrain_support import tiny_config
 
+from protssl.errors import InvalidInputError
 from protssl.fasta import FastaPolicy, read_fasta
 from protssl.pretrain.data import (
     DataPosition,
@@ -88,3 +90,42 @@ def test_the_stream_restarted_at_a_position_continues_it(
     again = list(itertools.islice(micro_batches(corpus, config, position), 7))
     assert [p for _, p in again] == [p for _, p in whole[5:]]
     assert all(torch.equal(a, b) for (a, _), (b, _) in zip(again, whole[5:], strict=True))
+
+
+def test_a_corpus_the_reader_empties_is_refused_saying_what_it_left_out(tmp_path: Path) -> None:
+    """Every record left out by the reader's skip policy: the refusal said "0 training and 0
+    validation records ... (a bigger corpus or another val_fraction)", before the warning on what
+    was left out was ever printed, so its advice pointed the wrong way."""
+    bad = tmp_path / "bad.fasta"
+    bad.write_text(">a\nMKV*LL\n>b\nAC1D\n")
+    with pytest.raises(InvalidInputError) as refused:
+        load_corpus(bad, val_fraction=0.02)
+    assert str(refused.value) == (
+        f"{bad}: 0 training and 0 validation records; need both: 2 of 2 records left out of "
+        "training (2 with invalid residues; e.g. 'a', 'b'): the reader's policy for a corpus is "
+        "skip; fix those records or give another corpus"
+    )
+
+
+def test_a_corpus_too_small_to_split_names_the_flag_and_what_was_left_out(
+    tmp_path: Path, sample_fasta: Path
+) -> None:
+    """Five real records hold no validation record at 2%: the line names `--val-fraction` (the
+    command's flag, not the Python field) and still says what the reader left out."""
+    records = [r for r in read_fasta(sample_fasta) if not is_validation_id(r.id, 0.02)][:5]
+    small = tmp_path / "small.fasta"
+    small.write_text("".join(f">{r.id}\n{r.sequence}\n" for r in records) + ">z\nMK1\n")
+    with pytest.raises(InvalidInputError) as refused:
+        load_corpus(small, val_fraction=0.02)
+    assert str(refused.value) == (
+        f"{small}: 5 training and 0 validation records; need both: a bigger corpus, or another "
+        "--val-fraction (now 0.02); 1 of 6 records left out of training (1 with invalid "
+        "residues; e.g. 'z'): the reader's policy for a corpus is skip"
+    )
+    small.write_text("".join(f">{r.id}\n{r.sequence}\n" for r in records))
+    with pytest.raises(InvalidInputError) as refused:
+        load_corpus(small, val_fraction=0.02)
+    assert str(refused.value) == (
+        f"{small}: 5 training and 0 validation records; need both: a bigger corpus, or another "
+        "--val-fraction (now 0.02)"
+    )

@@ -24,7 +24,7 @@ def test_a_stopped_run_exports_its_checkpoint(tmp_path: Path, sample_fasta: Path
     assert card["steps"] == 5 and card["scheduled_steps"] == 12 and card["note"] == "x"
     assert card["tokens_seen"] == stopped.tokens_seen and card["val_perplexity"] > 1
     assert card["command"] == "protssl pretrain x" and card["resume_commands"] == []
-    assert card["recipe"] == config.to_dict()
+    assert card["recipe"] == config.with_absolute_inputs().to_dict()  # the corpus resolved
     corpus = load_corpus(sample_fasta, val_fraction=config.val_fraction)
     assert card["corpus_records"] == {"train": len(corpus.train), "val": len(corpus.val)}
     for key, value in stopped.encoder.state_dict().items():

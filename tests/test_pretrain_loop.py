@@ -32,7 +32,12 @@ from protssl.pretrain import (
     pretrain,
 )
 from protssl.pretrain import loop as loop_module
-from protssl.pretrain.state import RUN_LOCK_NAME, load_checkpoint
+from protssl.pretrain.state import (
+    RUN_LOCK_NAME,
+    config_from_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 LABELLED = Path(__file__).resolve().parents[1] / "examples" / "labelled.fasta"
 
@@ -417,3 +422,107 @@ def test_a_new_run_into_a_folder_that_holds_one_is_refused_and_it_is_kept(
     assert (tmp_path / "run" / "log.csv").read_text() == log
     resumed = pretrain(config, resume=True, stop_after=1, progress=False)
     assert resumed.step == 3
+
+
+_TINY_FLAGS = [  # tiny_config's recipe, as the command takes it
+    *("--preset", "protssl-tiny", "--steps", "12", "--crop", "126", "--max-tokens", "1024"),
+    *("--tokens-per-step", "2048", "--lr", "3e-3", "--warmup", "3", "--val-every", "6"),
+    *("--val-max-records", "32", "--log-every", "2", "--checkpoint-every", "4"),
+    *("--pool-sequences", "256", "--no-progress"),
+]
+
+
+def test_a_run_resumes_from_another_working_directory(tmp_path: Path, sample_fasta: Path) -> None:
+    """Launched as `pretrain corpus.fasta --run-dir runs/c` in one folder, resumed from another
+    (a scheduler's resubmission, a reboot): the checkpoint kept the files as typed, and `--resume`
+    (which takes no corpus) stopped at `corpus.fasta: no such file`. They are recorded absolute."""
+    launch, elsewhere = tmp_path / "launch", tmp_path / "elsewhere"
+    launch.mkdir()
+    elsewhere.mkdir()
+    shutil.copy(sample_fasta, launch / "corpus.fasta")
+    shutil.copy(LABELLED, launch / "probe.fasta")
+    pretrain_command = [sys.executable, "-m", "protssl", "pretrain"]
+    inputs = ["corpus.fasta", "--probe-fasta", "probe.fasta", *_TINY_FLAGS]
+    started = subprocess.run(
+        [*pretrain_command, *inputs, "--run-dir", "runs/c", "--stop-after", "2"],
+        capture_output=True,
+        text=True,
+        cwd=launch,
+    )
+    assert started.returncode == 0, started.stderr
+    run_dir = launch / "runs" / "c"
+    recipe = load_checkpoint(run_dir / CHECKPOINT_NAME)["config"]
+    assert recipe["corpus"] == str((launch / "corpus.fasta").resolve())
+    assert recipe["probe_fasta"] == str((launch / "probe.fasta").resolve())
+    resume = [*pretrain_command, "--resume", "--run-dir", str(run_dir), "--no-progress"]
+    resumed = subprocess.run(
+        [*resume, "--stop-after", "1"], capture_output=True, text=True, cwd=elsewhere
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    state = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    assert state["step"] == 3 and len(state["resume_commands"]) == 1
+
+
+def test_a_run_recorded_with_relative_paths_resumes_from_the_folder_it_was_launched_from(
+    tmp_path: Path, sample_fasta: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint written before paths were recorded absolute holds them as typed: they are found
+    from the launch folder, which the run folder's path gives (`runs/c` named as
+    `/x/launch/runs/c`); where they are not found, one line says which and where it looked."""
+    launch = tmp_path / "launch"
+    launch.mkdir()
+    shutil.copy(sample_fasta, launch / "corpus.fasta")
+    shutil.copy(LABELLED, launch / "probe.fasta")
+    monkeypatch.chdir(launch)
+    config = tiny_config(Path("corpus.fasta"), Path("runs/c"), probe_fasta=Path("probe.fasta"))
+    pretrain(config, stop_after=2, progress=False)
+    checkpoint = launch / "runs" / "c" / CHECKPOINT_NAME
+    state = load_checkpoint(checkpoint)  # as one written before this fix
+    state["config"] |= {"corpus": "corpus.fasta", "probe_fasta": "probe.fasta", "run_dir": "runs/c"}
+    save_checkpoint(checkpoint, state)
+    moved = tmp_path / "moved" / "runs" / "c"
+    shutil.copytree(launch / "runs" / "c", moved)
+    monkeypatch.chdir(tmp_path)
+
+    resumed = pretrain(config_from_checkpoint(launch / "runs" / "c"), resume=True, stop_after=1)
+    assert resumed.step == 3
+    recipe = load_checkpoint(checkpoint)["config"]
+    assert recipe["corpus"] == str((launch / "corpus.fasta").resolve())  # from now on
+
+    command = [sys.executable, "-m", "protssl", "pretrain", "--resume", "--run-dir", str(moved)]
+    refused = subprocess.run([*command, "--no-progress"], capture_output=True, text=True)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.splitlines() == [
+        f"protssl pretrain: error: run {str(moved)!r}: its corpus 'corpus.fasta' is relative to "
+        f"the folder the run was launched from, and it is neither in {tmp_path / 'moved'} (where "
+        f"the run folder's path says the run was launched) nor in {tmp_path} (the working "
+        "directory): run this command from the folder the run was launched from, or put the file "
+        "back there"
+    ]
+    assert load_checkpoint(moved / CHECKPOINT_NAME)["step"] == 2
+
+
+def test_a_refused_corpus_leaves_no_run_folder_and_keeps_those_that_were_there(
+    tmp_path: Path,
+) -> None:
+    """A corpus refused before training left an empty run folder behind (and its parents)."""
+    bad = tmp_path / "bad.fasta"
+    bad.write_text(">a\nMKV*LL\n>b\nAC1D\n")
+    command = [sys.executable, "-m", "protssl", "pretrain", "bad.fasta", "--run-dir", "runs/bad"]
+    refused = subprocess.run([*command, *_TINY_FLAGS], capture_output=True, text=True, cwd=tmp_path)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.splitlines() == [
+        f"protssl pretrain: error: {bad}: 0 training and 0 validation records; need both: 2 of 2 "
+        "records left out of training (2 with invalid residues; e.g. 'a', 'b'): the reader's "
+        "policy for a corpus is skip; fix those records or give another corpus"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.fasta"]
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "notes.txt").write_text("kept")
+    (tmp_path / "empty").mkdir()
+    for run_dir in (runs / "bad" / "deeper", tmp_path / "empty"):
+        with pytest.raises(InvalidInputError, match="need both"):
+            pretrain(tiny_config(bad, run_dir), progress=False)
+    assert [p.name for p in runs.iterdir()] == ["notes.txt"]
+    assert (tmp_path / "empty").is_dir() and not any((tmp_path / "empty").iterdir())

@@ -20,11 +20,12 @@ from pretrain_support import tiny_config
 
 from protssl.checkpoint import load_model
 from protssl.errors import CheckpointError, InvalidInputError, OutputError
-from protssl.pretrain import pretrain
+from protssl.pretrain import PretrainConfig, pretrain
 from protssl.pretrain.state import (
     CHECKPOINT_NAME,
     initial_encoder,
     load_checkpoint,
+    locate_inputs,
     save_checkpoint,
 )
 
@@ -139,3 +140,46 @@ def test_a_checkpoint_write_killed_midway_leaves_the_previous_one_loadable(tmp_p
     assert mid_write >= 1, "no kill fell inside a write"
     save_checkpoint(path, {"step": last + 1})  # the next save removes what killed writers left
     assert [p.name for p in tmp_path.iterdir()] == [CHECKPOINT_NAME]
+
+
+def test_relative_inputs_of_an_older_run_are_found_from_the_launch_folder_then_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run recorded before its paths were absolute: a relative path is looked for in the folder
+    the run folder's path says it was launched from, then in the working directory; a file the
+    run needs found in neither is refused naming it, one it does not need (`init_from`, whose
+    weights the checkpoint holds) is not; absolute paths are kept."""
+    launch, here = tmp_path / "launch", tmp_path / "here"
+    for folder in (launch, here):
+        folder.mkdir()
+    (launch / "corpus.fasta").write_text(">a\nMKV\n")
+    (here / "probe.fasta").write_text(">p label=A\nMKV\n")
+    clusters = tmp_path / "clusters.tsv"
+    clusters.write_text("a\ta\n")
+    recorded = PretrainConfig(
+        corpus=Path("corpus.fasta"),
+        run_dir=Path("runs/c"),
+        preset="protssl-tiny",
+        crop_residues=126,
+        probe_fasta=Path("probe.fasta"),
+        init_from=Path("models/parent"),
+        cluster_tsv=clusters,
+    )
+    monkeypatch.chdir(here)
+    located = locate_inputs(recorded, launch / "runs" / "c")
+    assert located.run_dir == launch / "runs" / "c"
+    assert located.corpus == (launch / "corpus.fasta").resolve()
+    assert located.probe_fasta == (here / "probe.fasta").resolve()
+    assert located.init_from == (launch / "models" / "parent").resolve()
+    assert located.cluster_tsv == clusters
+    elsewhere = tmp_path / "elsewhere" / "c"  # named by another path: no launch folder to infer
+    with pytest.raises(InvalidInputError) as refused:
+        locate_inputs(recorded, elsewhere)
+    assert str(refused.value) == (
+        f"run {str(elsewhere)!r}: its corpus 'corpus.fasta' is relative to the folder the run was "
+        f"launched from, and it is not in {here} (the working directory): run this command from "
+        "the folder the run was launched from, or put the file back there"
+    )
+    monkeypatch.chdir(launch)
+    without_probe = replace(recorded, probe_fasta=None)
+    assert locate_inputs(without_probe, elsewhere).corpus == (launch / "corpus.fasta").resolve()

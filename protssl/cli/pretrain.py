@@ -264,8 +264,8 @@ def _config(args: argparse.Namespace) -> PretrainConfig:
             raise InvalidInputError(
                 "--resume reads the recipe from the checkpoint; give only --run-dir (and --steps)"
             )
-        # the folder named is the run, wherever the checkpoint was written from
-        config = replace(config_from_checkpoint(args.run_dir), run_dir=args.run_dir)
+        # the folder named is the run, wherever the checkpoint was written (or launched) from
+        config = config_from_checkpoint(args.run_dir)
         if steps is not None and steps != config.steps:
             log.warning("schedule now spans %d steps instead of %d", steps, config.steps)
             config = replace(config, steps=steps)

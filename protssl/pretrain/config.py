@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -10,7 +10,10 @@ from protssl.dtypes import DTypeName, check_dtype_name
 from protssl.errors import InvalidInputError, refuse_non_finite
 from protssl.model import PRESETS, ModelConfig
 
-__all__ = ["PretrainConfig"]
+__all__ = ["INPUT_FIELDS", "PretrainConfig"]
+
+INPUT_FIELDS = ("corpus", "cluster_tsv", "init_from", "probe_fasta")
+"""The recipe's fields that name files a run reads (the run folder aside)."""
 
 
 @dataclass(frozen=True)
@@ -192,10 +195,17 @@ class PretrainConfig:
         """The model shape `preset` names."""
         return PRESETS[self.preset]
 
+    def with_absolute_inputs(self) -> PretrainConfig:
+        """This recipe with the files it reads as absolute paths (resolved from the working
+        directory): what a run records, so that `--resume` and `pretrain-export` find them from
+        any folder (paths as typed were relative to the folder the run was launched from)."""
+        inputs = {key: getattr(self, key) for key in INPUT_FIELDS}
+        return replace(self, **{k: v.resolve() for k, v in inputs.items() if v is not None})
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly recipe (paths as strings)."""
         out = asdict(self)
-        for key in ("corpus", "run_dir", "cluster_tsv", "init_from", "probe_fasta"):
+        for key in ("run_dir", *INPUT_FIELDS):
             out[key] = None if out[key] is None else str(out[key])
         out["betas"] = list(self.betas)
         return out

@@ -10,7 +10,7 @@ import hashlib
 import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +73,11 @@ class TrainingCorpus:
 
     def skipped_note(self, source: Path) -> str | None:
         """One line on what was left out of training, or None when nothing was."""
+        left_out = self._left_out()
+        return None if left_out is None else f"{source}: {left_out}"
+
+    def _left_out(self) -> str | None:
+        """How many records the reader's policy left out and why, or None when it left none."""
         total = sum(self.skipped.values())
         if total == 0:
             return None
@@ -80,8 +85,26 @@ class TrainingCorpus:
         reasons = ", ".join(f"{n:,} {why}" for why, n in self.skipped.items() if n)
         examples = ", ".join(repr(i) for i in self.skipped_ids)
         return (
-            f"{source}: {total:,} of {total + kept:,} records left out of training ({reasons}; "
+            f"{total:,} of {total + kept:,} records left out of training ({reasons}; "
             f"e.g. {examples}): the reader's policy for a corpus is skip"
+        )
+
+    def refuse_an_empty_split(self, source: Path, val_fraction: float) -> None:
+        """Refuse a corpus that leaves a split empty, in one line saying why: every record left
+        out by the reader's policy (the line says how many and why, where a bigger corpus would
+        not help), or too few records for `val_fraction` (the line names `--val-fraction`)."""
+        if self.train and self.val:
+            return
+        counts = f"{source}: {len(self.train)} training and {len(self.val)} validation records"
+        left_out = self._left_out()
+        if left_out is not None and not self.train and not self.val:
+            raise InvalidInputError(
+                f"{counts}; need both: {left_out}; fix those records or give another corpus"
+            )
+        besides = "" if left_out is None else f"; {left_out}"
+        raise InvalidInputError(
+            f"{counts}; need both: a bigger corpus, or another --val-fraction "
+            f"(now {val_fraction:g}){besides}"
         )
 
 
@@ -94,7 +117,9 @@ def is_validation_id(record_id: str, fraction: float) -> bool:
 def load_corpus(
     path: Path, *, val_fraction: float, cluster_tsv: Path | None = None
 ) -> TrainingCorpus:
-    """Read the FASTA (records with invalid characters or duplicate ids skipped) and split it."""
+    """Read the FASTA (records with invalid characters or duplicate ids skipped) and split it;
+    a split left empty is refused in one line that says what the reader left out (see
+    `TrainingCorpus.refuse_an_empty_split`)."""
     policy = FastaPolicy(on_invalid="skip", on_empty="skip", on_duplicate="skip")
     train_ids: list[str] = []
     train: list[str] = []
@@ -108,26 +133,23 @@ def load_corpus(
         else:
             train_ids.append(record.id)
             train.append(record.sequence)
-    if not train or not val:
-        raise InvalidInputError(
-            f"{path}: {len(train)} training and {len(val)} validation records; need both "
-            "(a bigger corpus or another val_fraction)"
-        )
-    clusters = _read_clusters(cluster_tsv, train_ids) if cluster_tsv is not None else None
     skipped = {
         "with invalid residues": stats.skipped_invalid,
         "empty": stats.skipped_empty,
         "with a repeated id": stats.skipped_duplicate,
     }
-    return TrainingCorpus(
+    corpus = TrainingCorpus(
         tuple(train_ids),
         tuple(train),
         tuple(val_ids),
         tuple(val),
-        clusters,
         skipped={why: n for why, n in skipped.items() if n},
         skipped_ids=tuple(stats.skipped_ids[:3]),
     )
+    corpus.refuse_an_empty_split(path, val_fraction)
+    if cluster_tsv is None:
+        return corpus
+    return replace(corpus, clusters=_read_clusters(cluster_tsv, train_ids))
 
 
 def _read_clusters(path: Path, train_ids: Sequence[str]) -> tuple[tuple[int, ...], ...]:

@@ -20,6 +20,7 @@ from protssl.pretrain.state import (
     RunProgress,
     config_from_state,
     load_checkpoint,
+    locate_inputs,
     progress_from_state,
 )
 
@@ -113,7 +114,7 @@ def export_checkpoint(
     if not overwrite:
         refuse_to_replace_a_model(directory)
     state = load_checkpoint(run_dir / CHECKPOINT_NAME)
-    config = config_from_state(state)
+    config = locate_inputs(config_from_state(state), run_dir, needed=("corpus", "cluster_tsv"))
     encoder = ProteinEncoder(config.model_config)
     encoder.load_state_dict(state["model"])
     corpus = load_corpus(

@@ -106,8 +106,11 @@ def pretrain(
     optimizer produce some, and x86 CPUs compute them in slow microcode (continuing the shipped
     model ran at half the speed of a fresh one). Threads started earlier keep their own setting.
     The signal handlers, the denormal flush and the current CUDA device it sets are put back as
-    found on return; a resumed run takes torch's RNG state from its checkpoint.
+    found on return; a resumed run takes torch's RNG state from its checkpoint. The files the run
+    reads are recorded as absolute paths (`PretrainConfig.with_absolute_inputs`), so it resumes
+    from any working directory.
     """
+    config = config.with_absolute_inputs()
     place = _placement(config, local_rank)
     with _denormals_flushed(), _current_cuda_device(place.device):
         return _pretrain(
@@ -167,6 +170,7 @@ def _pretrain(
         )
     if not resume:
         refuse_occupied(config.run_dir)
+    made = _missing_folders(config.run_dir) if place.leader else []
     lock = _run_lock(config.run_dir) if place.leader else None
     try:
         run = _Run(config, place, resume=resume, command=command)
@@ -185,6 +189,29 @@ def _pretrain(
     finally:
         if lock is not None:
             lock.release()
+        _remove_if_empty(made)
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """`path` and those of its parents that do not exist yet, deepest first: what making the run
+    folder creates."""
+    missing = []
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    return missing
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Remove the folders this call made (deepest first) that it left empty, e.g. when the corpus
+    was refused: a refusal left an empty run folder behind. `rmdir` removes only an empty folder,
+    so a folder that holds anything (a checkpoint, a log, a file put there meanwhile) is kept."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or gone): kept, and so are its parents
+            return
 
 
 def resume_command(run_dir: Path) -> str:

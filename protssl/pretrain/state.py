@@ -7,8 +7,8 @@ they carry is all `--resume` needs besides the run folder.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from protssl.checkpoint import load_model, refused_global, torch_load_reason
 from protssl.durable import writing_durably
 from protssl.errors import CheckpointError, InvalidInputError
 from protssl.model import ProteinEncoder, init_weights
-from protssl.pretrain.config import PretrainConfig
+from protssl.pretrain.config import INPUT_FIELDS, PretrainConfig
 from protssl.pretrain.data import DataPosition
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "config_from_state",
     "initial_encoder",
     "load_checkpoint",
+    "locate_inputs",
     "progress_from_state",
     "resume_from",
     "save_checkpoint",
@@ -125,8 +126,78 @@ def config_from_state(state: Mapping[str, Any]) -> PretrainConfig:
 
 
 def config_from_checkpoint(run_dir: str | Path) -> PretrainConfig:
-    """The config stored in a run's checkpoint (so `--resume` needs only the run folder)."""
-    return config_from_state(load_checkpoint(Path(run_dir) / CHECKPOINT_NAME))
+    """The config stored in a run's checkpoint (so `--resume` needs only the run folder), as the
+    run goes on in `run_dir`, from whatever working directory: see `locate_inputs`."""
+    run_dir = Path(run_dir)
+    return locate_inputs(config_from_state(load_checkpoint(run_dir / CHECKPOINT_NAME)), run_dir)
+
+
+_NAMED = {
+    "corpus": "corpus",
+    "cluster_tsv": "--cluster-tsv",
+    "init_from": "--init-from",
+    "probe_fasta": "--probe-fasta",
+}
+"""How a refusal names each of `INPUT_FIELDS`: as the command line gives it."""
+
+
+def locate_inputs(
+    config: PretrainConfig,
+    run_dir: Path,
+    *,
+    needed: Collection[str] = ("corpus", "cluster_tsv", "probe_fasta"),
+) -> PretrainConfig:
+    """A checkpoint's `config` with `run_dir` (the folder named, wherever the run was written
+    from) as its run folder and the files it reads as absolute paths.
+
+    A run records absolute paths; one recorded before they were has them as typed, relative to
+    the folder it was launched from. That folder is `run_dir` less the run folder it recorded,
+    when that was relative too (`runs/c`, named now as `/x/runs/c`: launched from `/x`); a relative
+    path is looked for there, then in the working directory. One of the `needed` fields found in
+    neither is refused in one line naming the path, where it was looked for and what to do: a
+    resumed run read nothing but "no such file" for a corpus typed relative to another folder.
+    """
+    launched_from = _launch_folder(config.run_dir, run_dir)
+    here = Path.cwd()
+    found: dict[str, Any] = {}
+    for key in INPUT_FIELDS:
+        path = getattr(config, key)
+        if path is None or path.is_absolute():
+            continue
+        places = list(dict.fromkeys(p for p in (launched_from, here) if p is not None))
+        hit = next((p / path for p in places if (p / path).exists()), None)
+        if hit is None and key in needed:
+            raise InvalidInputError(_not_found(run_dir, key, path, launched_from, here))
+        found[key] = (hit or places[0] / path).resolve()
+    return replace(config, run_dir=run_dir, **found)
+
+
+def _not_found(run_dir: Path, key: str, path: Path, launched_from: Path | None, here: Path) -> str:
+    """The refusal of a run's input file `path` (relative, as recorded) found in no folder tried."""
+    launch = "where the run folder's path says the run was launched"
+    if launched_from is None:
+        where = f"not in {here} (the working directory)"
+    elif launched_from == here:
+        where = f"not in {here} (the working directory, {launch})"
+    else:
+        where = f"neither in {launched_from} ({launch}) nor in {here} (the working directory)"
+    return (
+        f"run {str(run_dir)!r}: its {_NAMED[key]} {str(path)!r} is relative to the folder the run "
+        f"was launched from, and it is {where}: run this command from the folder the run was "
+        "launched from, or put the file back there"
+    )
+
+
+def _launch_folder(recorded: Path, run_dir: Path) -> Path | None:
+    """The folder a run was launched from, from its run folder as recorded (relative) and as
+    named now; None where the recorded one was absolute or does not end the named one."""
+    if recorded.is_absolute() or ".." in recorded.parts:
+        return None
+    named = Path(os.path.abspath(run_dir))
+    depth = len(recorded.parts)
+    if depth and named.parts[-depth:] != recorded.parts:
+        return None
+    return Path(*named.parts[: len(named.parts) - depth])
 
 
 def progress_from_state(state: Mapping[str, Any]) -> RunProgress:
