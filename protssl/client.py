@@ -119,7 +119,10 @@ class ClientEmbeddings:
     def vectors(self) -> np.ndarray:
         """(N, dim) float32; per-residue results differ in length, so use `.embeddings` for those."""
         if any(e.vector.ndim != 1 for e in self.embeddings):
-            raise InvalidInputError("per-residue vectors differ in length; use .embeddings")
+            raise InvalidInputError(
+                "per-residue vectors are one (length, dim) array per sequence, not rows of one "
+                "(N, dim) array: use .embeddings (each one's .vector)"
+            )
         if not self.embeddings:
             return np.zeros((0, 0), dtype=np.float32)
         return np.stack([e.vector for e in self.embeddings])

@@ -104,8 +104,8 @@ def test_embed_strings_mapping_and_per_residue(address, records):
     np.testing.assert_allclose(plain.vectors[0], mapped.vectors[0], atol=1e-6)
     assert residues.embeddings[1].vector.shape == (len(records[1]), 64)
     assert residues[1] is residues.embeddings[1] and list(residues) == list(residues.embeddings)
-    with pytest.raises(InvalidInputError, match="per-residue"):
-        residues.vectors  # noqa: B018
+    with pytest.raises(InvalidInputError, match=r"one \(length, dim\) array per sequence"):
+        residues.vectors  # noqa: B018 (one sequence had been told 'they differ in length')
 
 
 def test_embed_fasta_streams_in_input_order(address, sample_fasta, tmp_path):
