@@ -454,6 +454,8 @@ def test_user_errors_are_one_line_before_any_work(
         ([str(fasta), "-o", out, "--max-tokens", "0"], "--max-tokens must be at least 8, got 0"),
         ([str(fasta), "-o", out, "--read-ahead", "0"], "--read-ahead must be positive"),
         ([str(fasta), "-o", out, "--overlap", "-3"], "--overlap must be >= 0, got -3"),
+        ([str(fasta), "-o", out, "--overlap", "40"], "--overlap 40 is over half the window"),
+        ([str(fasta), "-o", out, "--max-tokens", "20"], "--max-tokens 20 is below one full window"),
         ([str(tmp_path / "nothing.fa"), "-o", out], "nothing.fa: no such file"),
         ([str(fasta), "-o", str(tmp_path / "o.txt")], "unknown format .txt"),
         ([str(fasta), "-o", str(tmp_path / "o.tsv"), "--pooling", "per-residue"], "one vector"),

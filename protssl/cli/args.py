@@ -193,7 +193,8 @@ _SDK_ADVICE = (
 """The SDK's advice (`protssl.client`, `protssl.endpoint`, the window policy) and what a command
 says instead."""
 _FIELD_OPTIONS = (
-    ("max_tokens must", "--max-tokens must"),
+    ("max_tokens ", "--max-tokens "),
+    ("overlap ", "--overlap "),
     ("read_ahead_residues must", "--read-ahead must"),
     ("window overlap must", "--overlap must"),
     ("workers and cpus per worker must", "--workers and --cpus-per-worker must"),
