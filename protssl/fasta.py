@@ -81,7 +81,8 @@ UTF8_BOM = codecs.BOM_UTF8
 """What Windows editors write first in a UTF-8 file; readers skip it."""
 _INVALID = re.compile(f"[^{RESIDUES}]")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_LABEL = re.compile(r"(?:^|\s)label=(\S+)")
+_LABEL = re.compile(r"""(?:^|\s)label=(?:"([^"]*)"|'([^']*)'|(\S+))""")
+"""`label=A;B`, or quoted to hold spaces: `label="IS200 family"` (the quotes are not the label's)."""
 _GAP_CHARACTERS = "-."
 MAX_ID_BYTES = 16_384
 """The longest record id (UTF-8 bytes) protssl takes: every output format is written through .npz
@@ -258,11 +259,13 @@ def settable_advice(error: FastaFormatError, settable: Collection[str]) -> Fasta
 
 
 def parse_labels(description: str) -> tuple[str, ...]:
-    """Labels from a `label=A;B` token in a FASTA header, in order, without empties."""
+    """Labels from a `label=A;B` token in a FASTA header (or `label="A b;C"`, quoted), in order,
+    without empties."""
     match = _LABEL.search(description)
     if not match:
         return ()
-    return tuple(label for label in match.group(1).split(";") if label)
+    value = next(group for group in match.groups() if group is not None)
+    return tuple(label for label in value.split(";") if label)
 
 
 def normalize_sequence(

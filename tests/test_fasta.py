@@ -219,6 +219,15 @@ def test_labels_from_header(tmp_path: Path) -> None:
     (record,) = read_fasta(path)
     assert record.labels == ("1.1.1.1", "2.7.11.1")
     assert record.sequence == "MKV"
+    path.write_text(  # quoted, as Prokka-style key="value" headers write them
+        '>a label="IS5" product="x y"\nMKV\n>b label="IS200 family;IS3" x\nMKV\n'
+        ">c label='two words'\nMKV\n"
+    )
+    assert [r.labels for r in read_fasta(path)] == [
+        ("IS5",),  # was '"IS5"', quotes and all
+        ("IS200 family", "IS3"),  # was '"IS200'
+        ("two words",),
+    ]
 
 
 def test_policy_rules() -> None:
