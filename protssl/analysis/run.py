@@ -216,7 +216,11 @@ def analyze(
             spec, per_class=per_class, min_class=per_class if spec.fewshot else 2
         )
         if labelled.classes < 2:
-            skipped[spec.name] = f"fewer than two classes with {per_class} records"
+            skipped[spec.name] = (
+                f"fewer than two classes with {per_class} records (the most shots and queries "
+                "per class): fewer --shots or --queries measure it"
+            )
+            log.warning("skipping %s: %s", spec.name, skipped[spec.name])
             continue
         sets[spec.name] = _labelled(model, labelled, config, progress)
         timings[spec.name] = time.perf_counter() - mark

@@ -82,3 +82,23 @@ def test_a_report_folder_that_cannot_be_made_is_refused_before_the_analysis(
         f"protssl analyze: error: report folder {str(blocker / 'r')!r}: cannot create it "
         "(Not a directory)\n"
     )
+
+
+def test_a_labelled_set_too_small_for_the_shots_is_said_when_skipped(
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A set with too few records a class for `--shots` was left out without a word (only a
+    missing file was warned of), and the recommendation rested on the sets that were left."""
+    args = ["analyze", str(tiny_model_dir), "-o", str(tmp_path / "r"), "--data", "examples"]
+    args += ["--shots", "1,200", "--draws", "1", "--val-records", "4", "--view-records", "4"]
+    with caplog.at_level("WARNING", logger="protssl.analysis.run"):
+        assert main([*args, "--no-progress"]) == 2
+    warned = [r.getMessage() for r in caplog.records if r.name == "protssl.analysis.run"]
+    assert warned == [
+        "skipping is_families: fewer than two classes with 202 records (the most shots and "
+        "queries per class): fewer --shots or --queries measure it"
+    ]
+    assert "no labelled set could be measured" in capsys.readouterr().err
