@@ -461,6 +461,15 @@ def test_a_run_resumes_from_another_working_directory(tmp_path: Path, sample_fas
     assert resumed.returncode == 0, resumed.stderr
     state = load_checkpoint(run_dir / CHECKPOINT_NAME)
     assert state["step"] == 3 and len(state["resume_commands"]) == 1
+    # a schedule that would end behind the run (it exported a card saying steps 3, scheduled 2)
+    behind = subprocess.run([*resume, "--steps", "2"], capture_output=True, text=True)
+    assert behind.returncode == 2, behind.stderr
+    assert behind.stderr.strip().splitlines()[-1] == (
+        f"protssl pretrain: error: --steps 2: the run is at step 3 already; give more to go on, "
+        f"or export it as it is (protssl pretrain-export {run_dir} OUT)"
+    )
+    assert load_checkpoint(run_dir / CHECKPOINT_NAME)["step"] == 3
+    assert not (run_dir / "model").exists()
 
 
 def test_a_run_recorded_with_relative_paths_resumes_from_the_folder_it_was_launched_from(

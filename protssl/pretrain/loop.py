@@ -261,6 +261,12 @@ class _Run:
             config, place, self.checkpoint_path, resume=resume, command=command
         )
         self._check_corpus(resume)
+        if resume and self.progress.step > config.steps:  # the schedule would end behind it
+            raise InvalidInputError(
+                f"--steps {config.steps}: the run is at step {self.progress.step} already; give "
+                f"more to go on, or export it as it is (protssl pretrain-export {config.run_dir} "
+                "OUT)"
+            )
         self.saved_step: int | None = self.progress.step if resume else None
         """The step of the last checkpoint on disk (what a failed write leaves)."""
         self.model = _distributed(
