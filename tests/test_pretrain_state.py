@@ -183,3 +183,10 @@ def test_relative_inputs_of_an_older_run_are_found_from_the_launch_folder_then_h
     monkeypatch.chdir(launch)
     without_probe = replace(recorded, probe_fasta=None)
     assert locate_inputs(without_probe, elsewhere).corpus == (launch / "corpus.fasta").resolve()
+    clusters.unlink()  # an absolute path recorded at launch, gone since: said so, not a bare
+    with pytest.raises(InvalidInputError) as gone:  # "no such file" from deep in the reader
+        locate_inputs(recorded, launch / "runs" / "c")
+    assert str(gone.value) == (
+        f"run {str(launch / 'runs' / 'c')!r}: its --cluster-tsv {str(clusters)!r}, recorded when "
+        "the run was launched, is not there any more: put the file back there"
+    )

@@ -162,7 +162,14 @@ def locate_inputs(
     found: dict[str, Any] = {}
     for key in INPUT_FIELDS:
         path = getattr(config, key)
-        if path is None or path.is_absolute():
+        if path is None:
+            continue
+        if path.is_absolute():
+            if key in needed and not path.exists():
+                raise InvalidInputError(
+                    f"run {str(run_dir)!r}: its {_NAMED[key]} {str(path)!r}, recorded when the "
+                    "run was launched, is not there any more: put the file back there"
+                )
             continue
         places = list(dict.fromkeys(p for p in (launched_from, here) if p is not None))
         hit = next((p / path for p in places if (p / path).exists()), None)
