@@ -603,6 +603,29 @@ def test_a_full_disk_at_the_merge_keeps_the_chunks_and_resume_finishes(
         np.testing.assert_array_equal(got[key], vector)
 
 
+def test_a_store_that_refuses_writes_is_one_line_not_a_traceback(
+    tiny_model_dir: Path, sample_fasta: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A read-only SQLite store (here opened read-only; a file the user may not write, or a
+    PostgreSQL role without INSERT, alike) failed recording the job: a traceback, exit 1."""
+    fasta = _first_records(sample_fasta, 3, tmp_path / "three.fasta")
+    store = tmp_path / "s.sqlite3"
+    assert main(["db", "upgrade", "--db", f"sqlite:///{store}"]) == 0
+    read_only = f"sqlite:///file:{store}?mode=ro&uri=true"
+    out = tmp_path / "o.h5"
+    assert (
+        main(["embed", str(fasta), "-o", str(out), *_tiny_args(tiny_model_dir), "--db", read_only])
+        == 2
+    )
+    line, stdout = _one_line_error(capsys)
+    assert line == (
+        "protssl embed: error: the store refuses this user's writes (a read-only file, or no "
+        "permission on its tables): recording the job failed; give a store it may write (--db) "
+        "or none (--no-cache)"
+    )
+    assert _summary_of_error(line, stdout)["records"] == 0 and not out.exists()
+
+
 def test_ctrl_c_during_overwrite_keeps_output_and_resume_finishes(
     tiny_model_dir: Path,
     sample_fasta: Path,

@@ -70,6 +70,11 @@ def unavailable(what: str, exc: SQLAlchemyError) -> StoreError:
         )
     if damaged_sqlite(exc):
         return StoreError(f"{DAMAGED_SQLITE}: {what} failed; {DAMAGED_SQLITE_ADVICE}")
+    if _refused_write(getattr(exc, "orig", None)):
+        return StoreError(
+            f"the store refuses this user's writes (a read-only file, or no permission on its "
+            f"tables): {what} failed; give a store it may write (--db) or none (--no-cache)"
+        )
     return StoreError(f"the store is unavailable: {what} failed")
 
 
@@ -94,6 +99,14 @@ def _disk_full(error: object) -> bool:
     if isinstance(error, sqlite3.Error):
         return _sqlite_code(error) == sqlite3.SQLITE_FULL
     return getattr(error, "sqlstate", None) == "53100"
+
+
+def _refused_write(error: object) -> bool:
+    """SQLite's SQLITE_READONLY (a read-only file or folder), PostgreSQL's insufficient_privilege
+    (SQLSTATE 42501): retrying, which "unavailable" suggests, would not help."""
+    if isinstance(error, sqlite3.Error):  # the primary code: READONLY_DIRECTORY etc. extend it
+        return (_sqlite_code(error) or 0) & 0xFF == sqlite3.SQLITE_READONLY
+    return getattr(error, "sqlstate", None) == "42501"
 
 
 def _sqlite_code(error: object) -> int | None:

@@ -66,7 +66,10 @@ class JobRepository:
             "updated_at": now,
             "finished_at": None,
         }
-        with engines.write_transaction(self._engine) as connection:
+        with (
+            common.store_errors("recording the job"),
+            engines.write_transaction(self._engine) as connection,
+        ):
             connection.execute(_JOBS.insert(), values)
         return StoredJob(**values)  # type: ignore[arg-type]
 
@@ -96,7 +99,10 @@ class JobRepository:
                 changes[field_name] = value
         if status in _FINISHED:
             changes["finished_at"] = now
-        with engines.write_transaction(self._engine) as connection:
+        with (
+            common.store_errors("updating the job"),
+            engines.write_transaction(self._engine) as connection,
+        ):
             result = connection.execute(_JOBS.update().where(_JOBS.c.id == job_id).values(changes))
         if result.rowcount == 0:
             raise NotFoundError(f"no job {job_id!r} in the store")
@@ -104,7 +110,7 @@ class JobRepository:
 
     def get(self, job_id: str) -> StoredJob:
         """The job with this id, or NotFoundError."""
-        with self._engine.connect() as connection:
+        with common.store_errors("reading the job"), self._engine.connect() as connection:
             row = connection.execute(select(_JOBS).where(_JOBS.c.id == job_id)).first()
         if row is None:
             raise NotFoundError(f"no job {job_id!r} in the store")
@@ -115,7 +121,7 @@ class JobRepository:
         statement = select(_JOBS).order_by(_JOBS.c.created_at.desc())
         if status is not None:
             statement = statement.where(_JOBS.c.status == status)
-        with self._engine.connect() as connection:
+        with common.store_errors("reading the jobs"), self._engine.connect() as connection:
             return [self._from_row(row) for row in connection.execute(statement)]
 
     def unfinished(self, kind: str, key: str) -> StoredJob | None:
