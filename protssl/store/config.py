@@ -23,6 +23,9 @@ URL_ENV = "PROTSSL_DATABASE_URL"
 VectorDType = Literal["float32", "float16"]
 VECTOR_DTYPES: tuple[str, ...] = ("float32", "float16")
 _DIALECTS = ("sqlite", "postgresql")
+_SQLITE_URLS = ("sqlite:///", "sqlite://?")
+"""A file's path after three slashes (`sqlite://` alone, or with options, is in memory): after two,
+SQLAlchemy takes a host, refused deep inside (`sqlite://tmp/x.sqlite3`) or read as another path."""
 
 
 def default_url() -> str:
@@ -58,6 +61,13 @@ class StoreConfig:
         if self.dialect not in _DIALECTS:
             raise InvalidInputError(
                 f"database URL must start with sqlite:// or postgresql+psycopg://, not {self.url!r}"
+            )
+        sqlite = self.dialect == "sqlite"
+        if sqlite and self.url != "sqlite://" and not self.url.startswith(_SQLITE_URLS):
+            raise InvalidInputError(
+                f"a SQLite URL has three slashes and then the file's path, "
+                f"sqlite:///relative/path.sqlite3 or sqlite:////absolute/path.sqlite3, not "
+                f"{self.url!r}"
             )
         if self.dialect == "postgresql" and not self.url.startswith("postgresql+psycopg://"):
             raise InvalidInputError(

@@ -26,6 +26,11 @@ def test_config_checks_and_defaults(tmp_path: Path) -> None:
         StoreConfig(url="mysql://x")
     with pytest.raises(InvalidInputError, match="psycopg"):
         StoreConfig(url="postgresql://x/db")
+    with pytest.raises(  # two slashes: a host, which SQLAlchemy refused in a traceback, or a
+        InvalidInputError,  # path without its first part ('tmp/' dropped)
+        match=r"three slashes .* not 'sqlite://tmp/x.sqlite3'$",
+    ):
+        StoreConfig(url="sqlite://tmp/x.sqlite3")
     with pytest.raises(InvalidInputError, match="float16"):
         StoreConfig(url="sqlite://", vector_dtype="int8")  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError, match="memory_cache_mb"):
