@@ -317,9 +317,16 @@ def import_fair_esm(
             k.removeprefix("encoder.sentence_encoder.").removeprefix("encoder."): v
             for k, v in data["model"].items()
         }
-    except (KeyError, AttributeError, TypeError) as exc:
+    except (KeyError, AttributeError, TypeError, IndexError, ValueError) as exc:
         raise CheckpointError(f"{path}: not an ESM-2 checkpoint ({exc!r})") from None
-    encoder = encoder_from_fair_esm(state, config)
+    try:
+        encoder = encoder_from_fair_esm(state, config)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    except RuntimeError as exc:  # load_state_dict: a tensor shaped unlike its config says
+        raise CheckpointError(
+            f"{path}: its weights do not fit the ESM-2 its config describes ({first_line(exc)})"
+        ) from None
     card = ModelCard(
         name=path.stem,
         architecture=config,
@@ -506,6 +513,13 @@ def fair_esm_state_dict(encoder: ProteinEncoder) -> dict[str, torch.Tensor]:
     return out
 
 
+def _needed(state: dict[str, torch.Tensor], key: str, *, pop: bool = True) -> torch.Tensor:
+    """`state[key]` (taken out of it with `pop`), or CheckpointError naming the missing tensor."""
+    if key not in state:
+        raise CheckpointError(f"fair-esm state dict lacks {key}")
+    return state.pop(key) if pop else state[key]
+
+
 def _from_fair_esm_keys(
     state_dict: Mapping[str, torch.Tensor], num_layers: int
 ) -> dict[str, torch.Tensor]:
@@ -528,10 +542,10 @@ def _from_fair_esm_keys(
                 raise CheckpointError(f"fair-esm state dict lacks {exc.args[0]}") from None
             out[f"{prefix}.self_attn.qkv_proj.{kind}"] = torch.cat(parts, dim=0)
             for name in ("fc1", "fc2"):
-                out[f"{prefix}.mlp.{name}.{kind}"] = source.pop(f"{prefix}.{name}.{kind}")
+                out[f"{prefix}.mlp.{name}.{kind}"] = _needed(source, f"{prefix}.{name}.{kind}")
     lm_weight = source.pop("lm_head.weight", None)
     out.update(source)
-    out["lm_head.embedding.weight"] = out["embed_tokens.weight"]
+    out["lm_head.embedding.weight"] = _needed(out, "embed_tokens.weight", pop=False)
     if lm_weight is not None and not torch.equal(lm_weight, out["embed_tokens.weight"]):
         raise CheckpointError("fair-esm lm_head.weight is not tied to embed_tokens.weight")
     return out

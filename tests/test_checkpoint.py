@@ -83,6 +83,47 @@ def test_fair_esm_pickle_needs_trust_or_allowed_hash(tiny_model_dir: Path, tmp_p
     assert imported.config.num_layers == 2
 
 
+def test_a_broken_fair_esm_checkpoint_is_refused_in_one_line(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A .pt missing a tensor, with weights unlike its config, or no checkpoint at all raised a
+    KeyError, RuntimeError, ValueError or IndexError traceback from `protssl import-esm`."""
+    encoder = load_model(tiny_model_dir, dtype="float32").encoder
+    good = tmp_path / "good.pt"
+    export_fair_esm(encoder, good)
+
+    def broken(name: str, change) -> Path:
+        copy = torch.load(good, weights_only=False)
+        change(copy)
+        path = tmp_path / f"{name}.pt"
+        torch.save(copy, path)
+        return path
+
+    cases = {
+        broken(
+            "no-fc1", lambda d: d["model"].pop(next(k for k in d["model"] if ".fc1.weight" in k))
+        ): "lacks layers.0.fc1.weight",
+        broken(
+            "no-embeddings",
+            lambda d: d["model"].pop(next(k for k in d["model"] if "embed_tokens" in k)),
+        ): "lacks embed_tokens.weight",
+        broken(
+            "wider", lambda d: setattr(d["cfg"]["model"], "encoder_embed_dim", 128)
+        ): "do not fit the ESM-2 its config describes",
+        broken(
+            "heads", lambda d: setattr(d["cfg"]["model"], "encoder_attention_heads", 5)
+        ): "not an ESM-2 checkpoint",
+    }
+    zeros = tmp_path / "zeros.pt"
+    torch.save(torch.zeros(3), zeros)
+    cases[zeros] = "not an ESM-2 checkpoint"
+    assert import_fair_esm(good, trust_pickle=True)[0].config.num_layers == 2  # the good one
+    for path, said in cases.items():
+        with pytest.raises(CheckpointError, match=f"^{path}: .*") as refused:
+            import_fair_esm(path, trust_pickle=True)
+        assert said in str(refused.value), (path, str(refused.value))
+
+
 class _Pickled:
     """An object a weights_only load refuses: unpickling it calls a function."""
 
