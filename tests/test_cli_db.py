@@ -36,6 +36,34 @@ def test_db_commands(store_url: str, capsys: pytest.CaptureFixture[str]) -> None
         assert shown in capsys.readouterr().out
 
 
+def test_a_store_a_newer_protssl_migrated_says_to_upgrade_protssl(
+    store_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every command read alembic's "Can't locate revision identified by '0099'", and `db
+    current` "0099 (head is 0003)", as if the store were behind, not this protssl."""
+    args = build_parser().parse_args(["db", "upgrade", "--db", store_url])
+    assert args.func(args) == 0
+    with Store(StoreConfig(url=store_url)) as store, store.engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE alembic_version SET version_num = '0099'")
+    capsys.readouterr()
+    head = engines.head_revision()
+    args = build_parser().parse_args(["db", "current", "--db", store_url])
+    assert args.func(args) == 0
+    assert capsys.readouterr().out.endswith(
+        f": 0099 (newer than this protssl, whose head is {head}: upgrade protssl)\n"
+    )
+    for argv in (["db", "upgrade"], ["db", "downgrade", "base"], ["db", "stats"]):
+        assert main([*argv, "--db", store_url]) == 2
+        said = capsys.readouterr().err.strip()
+        assert said.endswith(
+            f"is at schema 0099, newer than this protssl's (its newest is {head}): upgrade "
+            "protssl to the version that migrated it"
+        ), said
+    back = Store(StoreConfig(url=store_url, migrate=False))  # so its schema can be dropped
+    with back, back.engine.begin() as connection:
+        connection.exec_driver_sql(f"UPDATE alembic_version SET version_num = '{head}'")
+
+
 def test_reading_a_store_that_is_not_there_creates_none(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

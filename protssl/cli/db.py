@@ -131,6 +131,8 @@ def _current(args: argparse.Namespace) -> int:
         revision = engines.current_revision(engine)
     head = engines.head_revision()
     state = "head" if revision == head else f"head is {head}"
+    if engines.is_newer(revision):
+        state = f"newer than this protssl, whose head is {head}: upgrade protssl"
     print(f"{engine.url!r}: {revision or 'base (empty)'} ({state})")
     return 0
 

@@ -247,16 +247,40 @@ def current_revision(engine: Engine) -> str | None:
         ) from exc
 
 
+def is_newer(revision: str | None) -> bool:
+    """Whether a store's `revision` is one this protssl's migrations do not know: a newer
+    protssl migrated it (a rolling upgrade, a node left on an older install)."""
+    if revision is None:
+        return False
+    try:
+        return ScriptDirectory.from_config(alembic_config()).get_revision(revision) is None
+    except CommandError:
+        return True
+
+
+def _refuse_newer(engine: Engine) -> str | None:
+    """The store's revision, once it is one this protssl knows; alembic's own refusal read
+    "Can't locate revision identified by '0004'", as if the store were the one at fault."""
+    revision = current_revision(engine)
+    if is_newer(revision):
+        raise InvalidInputError(
+            f"the store at {engine.url!r} is at schema {revision}, newer than this protssl's "
+            f"(its newest is {head_revision()}): upgrade protssl to the version that migrated it"
+        )
+    return revision
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Run migrations up to `revision` under the migration lock; a no-op when already there."""
     target = head_revision() if revision == "head" else revision
-    if current_revision(engine) == target:
+    if _refuse_newer(engine) == target:
         return
     _run_locked(engine, lambda config: command.upgrade(config, revision))
 
 
 def downgrade(engine: Engine, revision: str) -> None:
     """Run migrations down to `revision` (`base` empties the database) under the migration lock."""
+    _refuse_newer(engine)
     _run_locked(engine, lambda config: command.downgrade(config, revision))
 
 
