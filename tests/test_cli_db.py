@@ -67,13 +67,15 @@ def test_a_store_a_newer_protssl_migrated_says_to_upgrade_protssl(
 def test_reading_a_store_that_is_not_there_creates_none(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`db stats` and `db current` on a SQLite path with no file (a typo, a fresh machine) say so
-    and leave no empty store, nor its folder, behind."""
+    """`db stats`, `db current`, `db prune` and `db downgrade` on a SQLite path with no file (a
+    typo, a fresh machine) say so and leave no empty store, nor its folder, behind."""
     url = f"sqlite:///{tmp_path / 'typo' / 'store.sqlite3'}"
     for argv, said in (
         (["db", "stats"], "store.sqlite3: no store there yet\nthe embedding cache is empty\n"),
         (["db", "current"], "store.sqlite3: no store there yet (base)\n"),
-    ):
+        (["db", "prune", "--all"], "store.sqlite3: no store there yet; nothing to delete\n"),
+        (["db", "downgrade", "base"], "store.sqlite3: no store there yet (base)\n"),
+    ):  # prune and downgrade had made a migrated, empty store there
         args = build_parser().parse_args([*argv, "--db", url])
         assert args.func(args) == 0
         assert capsys.readouterr().out.endswith(said)

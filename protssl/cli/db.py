@@ -106,6 +106,9 @@ def _upgrade(args: argparse.Namespace) -> int:
 def _downgrade(args: argparse.Namespace) -> int:
     from protssl.store import engine as engines
 
+    if (missing := _missing_sqlite_file(args)) is not None:
+        print(f"{missing}: no store there yet (base)")
+        return 0
     with _engine(args) as engine:
         engines.downgrade(engine, args.revision)
         print(f"{engine.url!r}: at {engines.current_revision(engine) or 'base'}")
@@ -113,8 +116,9 @@ def _downgrade(args: argparse.Namespace) -> int:
 
 
 def _missing_sqlite_file(args: argparse.Namespace) -> str | None:
-    """The SQLite file `--db` names when it does not exist: a command that only reads the store
-    says so instead of creating an empty store there (a mistyped path would leave one behind)."""
+    """The SQLite file `--db` names when it does not exist: a command that only reads the store,
+    deletes from it or takes it back says so instead of creating an empty store there (a mistyped
+    path would leave one behind)."""
     from protssl.store.engine import sqlite_file
 
     path = sqlite_file(store_config(args))
@@ -206,6 +210,9 @@ def _prune(args: argparse.Namespace) -> int:
             "what --model, --pooling and --older-than match"
         )
     older = None if args.older_than is None else _cutoff(args.older_than)
+    if (missing := _missing_sqlite_file(args)) is not None:
+        print(f"{missing}: no store there yet; nothing to delete")
+        return 0
     with Store(store_config(args)) as store:
         models = None
         if args.model:
