@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from protssl.checkpoint import LoadedModel, load_model
 from protssl.embedding import CacheStats, EmbedConfig, Embedding, embed_records
-from protssl.errors import ModelNotFoundError
+from protssl.errors import ModelNotFoundError, ProtsslError
 from protssl.fasta import ProteinRecord, read_fasta
 from protssl.info import describe
 from protssl.store import EmbeddingItem, EmbeddingKey, Store, StoreConfig, sequence_sha256
@@ -146,12 +146,22 @@ def measure_backend(
     }
 
 
+def _positive(text: str) -> int:
+    """A count of 1 or more (`--limit -5` read all records but the last 5; 0 crashed)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fasta", type=Path, default=DEFAULT_FASTA)
     parser.add_argument("--model", default=None, help="model folder or preset (default: shipped)")
-    parser.add_argument("--limit", type=int, default=None, help="first N records only")
-    parser.add_argument("--batch", type=int, default=256, help="vectors per put_many/get_many")
+    parser.add_argument("--limit", type=_positive, default=None, help="first N records only")
+    parser.add_argument(
+        "--batch", type=_positive, default=256, help="vectors per put_many/get_many"
+    )
     parser.add_argument(
         "--postgres-url",
         default=os.environ.get("PROTSSL_TEST_POSTGRES_URL"),
@@ -160,7 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    records = list(read_fasta(args.fasta))[: args.limit]
+    try:
+        records = list(read_fasta(args.fasta))[: args.limit]
+    except ProtsslError as exc:
+        parser.error(str(exc))
     model = pick_model(args.model)
     embeddings, compute_s = compute(records, model)
     items = cache_items(records, embeddings)
