@@ -33,6 +33,7 @@ __all__ = [
     "check_role",
     "new_token",
     "role_allows",
+    "token_id_of",
     "token_sha256",
 ]
 
@@ -79,6 +80,13 @@ def new_token() -> tuple[str, str]:
     """A fresh (token id, token): 64 bits of id, 256 bits of secret."""
     token_id = secrets.token_hex(8)
     return token_id, f"{_PREFIX}{token_id}_{secrets.token_urlsafe(32)}"
+
+
+def token_id_of(given: str) -> str:
+    """The token id `given` names: itself (hex, either case), or the id inside a whole token
+    (`protssl_<id>_<secret>`, what a user holding one is likely to paste)."""
+    whole = _TOKEN.fullmatch(given.strip())
+    return whole.group(1) if whole else given.strip().lower()
 
 
 def token_sha256(token: str) -> str:

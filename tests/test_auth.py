@@ -572,10 +572,27 @@ def test_token_commands(
     assert token not in listing and tokens["read"] not in listing
     assert main(["token", "revoke", row.id, "--db", store_url]) == 0
     assert f"token {row.id} (write) revoked" in capsys.readouterr().out
+    # the whole token, or the id in capitals, name it too ('token id has 68 characters; the
+    # limit is 64', and 'no API token with id' before)
+    for given in (tokens["read"], tokens["read"].split("_")[1].upper()):
+        assert main(["token", "revoke", given, "--db", store_url]) == 0
+        assert "(read) revoked" in capsys.readouterr().out
     assert main(["token", "revoke", "0000000000000000", "--db", store_url]) == 2
     assert "no API token with id '0000000000000000'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["token", "create", "--role", "root", "--db", store_url])
+
+
+def test_token_list_and_revoke_on_a_mistyped_sqlite_path_make_no_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """They made a migrated, empty store there and listed no tokens, as if all were gone."""
+    url = f"sqlite:///{tmp_path / 'typo' / 's.sqlite3'}"
+    assert main(["token", "list", "--db", url]) == 0
+    assert capsys.readouterr().err.endswith("s.sqlite3: no store there yet, so no tokens\n")
+    assert main(["token", "revoke", "0123456789abcdef", "--db", url]) == 2
+    assert "no store there" in capsys.readouterr().err
+    assert not (tmp_path / "typo").exists()
 
 
 def test_token_list_help_names_the_columns_in_the_order_printed(
@@ -583,7 +600,10 @@ def test_token_list_help_names_the_columns_in_the_order_printed(
 ) -> None:
     """`token --help` said "id, role, name, created, revoked" and `token list --help` nothing; the
     table's columns are id, role, created, revoked, name."""
-    assert main(["token", "list", "--db", f"sqlite:///{tmp_path / 'store.sqlite3'}"]) == 0
+    url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    assert main(["db", "upgrade", "--db", url]) == 0
+    capsys.readouterr()
+    assert main(["token", "list", "--db", url]) == 0
     header = capsys.readouterr().out.splitlines()[0]
     columns = ", ".join(word for word in header.split() if word != "(UTC)")
     assert columns == "id, role, created, revoked, name"

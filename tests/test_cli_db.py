@@ -226,6 +226,8 @@ def test_prune_refuses_an_age_that_is_no_number_of_days_in_one_line(
             "give at most "
         ), line
     assert not (tmp_path / "store.sqlite3").exists()
+    assert main(["db", "upgrade", "--db", prune[-1]]) == 0
+    capsys.readouterr()
     assert main([*prune, "--older-than", "700000"]) == 0
     assert capsys.readouterr().out == "would delete 0 cached vectors (0 B)\n"
 

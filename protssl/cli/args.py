@@ -352,6 +352,16 @@ def store_config(args: argparse.Namespace) -> StoreConfig:
     return StoreConfig.from_environ(os.environ, url=args.db)
 
 
+def missing_sqlite_file(args: argparse.Namespace) -> str | None:
+    """The SQLite file `--db` names when it does not exist: a command that only reads the store,
+    deletes from it or takes it back says so instead of creating an empty store there (a mistyped
+    path would leave one behind)."""
+    from protssl.store.engine import sqlite_file
+
+    path = sqlite_file(store_config(args))
+    return None if path is None or path.exists() else str(path)
+
+
 def open_store(args: argparse.Namespace) -> Store:
     """The store `--db` names, migrated and ready; the caller closes it (or uses `with`)."""
     from protssl.store import Store

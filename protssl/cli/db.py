@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
-from protssl.cli.args import add_db_arg, finite_number, store_config
+from protssl.cli.args import add_db_arg, finite_number, missing_sqlite_file, store_config
 from protssl.cli.commands import Command
 from protssl.durable import human_bytes
 from protssl.errors import InvalidInputError, NotFoundError
@@ -106,7 +106,7 @@ def _upgrade(args: argparse.Namespace) -> int:
 def _downgrade(args: argparse.Namespace) -> int:
     from protssl.store import engine as engines
 
-    if (missing := _missing_sqlite_file(args)) is not None:
+    if (missing := missing_sqlite_file(args)) is not None:
         print(f"{missing}: no store there yet (base)")
         return 0
     with _engine(args) as engine:
@@ -115,20 +115,10 @@ def _downgrade(args: argparse.Namespace) -> int:
     return 0
 
 
-def _missing_sqlite_file(args: argparse.Namespace) -> str | None:
-    """The SQLite file `--db` names when it does not exist: a command that only reads the store,
-    deletes from it or takes it back says so instead of creating an empty store there (a mistyped
-    path would leave one behind)."""
-    from protssl.store.engine import sqlite_file
-
-    path = sqlite_file(store_config(args))
-    return None if path is None or path.exists() else str(path)
-
-
 def _current(args: argparse.Namespace) -> int:
     from protssl.store import engine as engines
 
-    if (missing := _missing_sqlite_file(args)) is not None:
+    if (missing := missing_sqlite_file(args)) is not None:
         print(f"{missing}: no store there yet (base)")
         return 0
     with _engine(args) as engine:
@@ -144,7 +134,7 @@ def _current(args: argparse.Namespace) -> int:
 def _stats(args: argparse.Namespace) -> int:
     from protssl.store import Store
 
-    if (missing := _missing_sqlite_file(args)) is not None:
+    if (missing := missing_sqlite_file(args)) is not None:
         if args.json:
             print(json.dumps({"store": missing, "file_bytes": None, "groups": []}))
         else:
@@ -210,7 +200,7 @@ def _prune(args: argparse.Namespace) -> int:
             "what --model, --pooling and --older-than match"
         )
     older = None if args.older_than is None else _cutoff(args.older_than)
-    if (missing := _missing_sqlite_file(args)) is not None:
+    if (missing := missing_sqlite_file(args)) is not None:
         print(f"{missing}: no store there yet; nothing to delete")
         return 0
     with Store(store_config(args)) as store:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from protssl.cli.args import add_db_arg, open_store
+from protssl.cli.args import add_db_arg, missing_sqlite_file, open_store
 from protssl.cli.commands import Command
+from protssl.errors import NotFoundError
 
 __all__ = ["COMMANDS"]
 
@@ -45,7 +46,7 @@ def _build(parser: argparse.ArgumentParser) -> None:
     add_db_arg(listing)
     listing.set_defaults(func=_list)
     revoke = actions.add_parser("revoke", help="revoke a token by its id (see `token list`)")
-    revoke.add_argument("token_id", metavar="ID", help="the token's 16-hex id")
+    revoke.add_argument("token_id", metavar="ID", help="the token's 16-hex id, or the token")
     add_db_arg(revoke)
     revoke.set_defaults(func=_revoke)
 
@@ -66,6 +67,9 @@ def _create(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
+    if (missing := missing_sqlite_file(args)) is not None:  # a typo: made an empty store there
+        print(f"{missing}: no store there yet, so no tokens", file=sys.stderr)
+        return 0
     with open_store(args) as store:
         tokens = store.tokens.list()
     print(f"{'id':<16}  {'role':<5}  {'created (UTC)':<19}  {'revoked (UTC)':<19}  name")
@@ -77,6 +81,8 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _revoke(args: argparse.Namespace) -> int:
+    if (missing := missing_sqlite_file(args)) is not None:
+        raise NotFoundError(f"no API token with id {args.token_id!r}: {missing}: no store there")
     with open_store(args) as store:
         row = store.tokens.revoke(args.token_id)
     print(f"token {row.id} ({row.role}) revoked at {row.revoked_at:%Y-%m-%d %H:%M:%S} UTC")

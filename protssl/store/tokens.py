@@ -14,7 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 import protssl.store.common as common
 import protssl.store.engine as engines
-from protssl.auth import StoredToken, check_role, new_token, token_sha256
+from protssl.auth import StoredToken, check_role, new_token, token_id_of, token_sha256
 from protssl.errors import InvalidInputError, NotFoundError, StoreError
 from protssl.store.schema import Base
 
@@ -74,7 +74,9 @@ class TokenRepository:
         return self._from_row(row) if row is not None else None
 
     def revoke(self, token_id: str) -> StoredToken:
-        """Stamp `token_id` revoked (a no-op if it already is); NotFoundError if there is none."""
+        """Stamp `token_id` revoked (a no-op if it already is); NotFoundError if there is none.
+        A whole token names its id (`token_id_of`)."""
+        token_id = token_id_of(token_id)
         common.check_text(token_id, "token id", max_length=64)
         with (
             common.store_errors("revoking an API token"),
