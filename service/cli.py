@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -105,7 +106,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for name, kind, text in OPTIONS:
         switch = {"nargs": "?", "const": True} if kind is _boolean else {}  # `--flag` = true
         parser.add_argument(
-            "--" + name.replace("_", "-"),
+            _flag(name),
             *_ALIASES.get(name, ()),
             dest=name,
             type=kind,
@@ -142,13 +143,35 @@ def config_kwargs(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[
     return kwargs
 
 
+def named_as_given(message: str, args: argparse.Namespace, environ: Mapping[str, str]) -> str:
+    """A ServiceConfig check's message with each setting it names as the operator gave it: the
+    flag (`--max-queue`), else the variable (`PROTSSL_MAX_QUEUE`), else the flag. It named the
+    field (`max_queue must be at least 1, got 0`), which a manifest of PROTSSL_* never spells."""
+
+    def given(name: str) -> str:
+        env_name = f"PROTSSL_{name.upper()}"
+        return env_name if not hasattr(args, name) and env_name in environ else _flag(name)
+
+    for name, _, _ in OPTIONS:  # a one-word field (port, host) only where a message starts
+        pattern = rf"\b{name}\b" if "_" in name else rf"^{name}\b"
+        message = re.sub(pattern, given(name), message)
+    return message
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 def run(args: argparse.Namespace) -> int:
     """Serve with the config the parsed flags and PROTSSL_* variables give, until SIGTERM or SIGINT;
     one process's torch threads fitted to a container's CPU limit (`--processes` shares it out)."""
     from protssl.hardware import fit_threads_to_cpu_budget
     from service.server import serve
 
-    config = ServiceConfig(**config_kwargs(args, os.environ))
+    try:
+        config = ServiceConfig(**config_kwargs(args, os.environ))
+    except InvalidInputError as exc:
+        raise InvalidInputError(named_as_given(str(exc), args, os.environ)) from None
     if config.processes == 1:
         fit_threads_to_cpu_budget()
     return serve(config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 
@@ -83,3 +84,34 @@ def test_a_switch_that_is_not_a_boolean_says_so_by_flag_and_by_variable() -> Non
     )
     assert done.returncode == 2
     assert "argument --store: not a boolean: 'maybe' (give true or false)" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "said"),
+    [
+        ([], {"PROTSSL_MAX_QUEUE": "0"}, "PROTSSL_MAX_QUEUE must be at least 1, got 0"),
+        (["--max-queue", "0"], {"PROTSSL_MAX_QUEUE": "5"}, "--max-queue must be at least 1, got 0"),
+        ([], {"PROTSSL_PORT": "70000"}, "PROTSSL_PORT must be in 0..65535, got 70000"),
+        (
+            [],
+            {"PROTSSL_TLS_CERT": "/x"},
+            "PROTSSL_TLS_CERT and --tls-key go together: give both or neither",
+        ),
+    ],
+)
+def test_a_bad_setting_is_named_as_it_was_given(
+    argv: list[str], environ: dict[str, str], said: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ServiceConfig's checks named its fields (`max_queue must be at least 1`), which a
+    deployment's PROTSSL_* variables never spell."""
+    from protssl.cli import build_parser
+    from service.cli import run
+
+    for name in [n for n in os.environ if n.startswith("PROTSSL_")]:
+        monkeypatch.delenv(name)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    args = build_parser().parse_args(["serve", *argv])
+    with pytest.raises(InvalidInputError) as refused:
+        run(args)
+    assert str(refused.value) == said
