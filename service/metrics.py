@@ -84,6 +84,12 @@ class ServiceMetrics:
             "Times the idle model worker handed memory its forwards freed back to the kernel",
             registry=r,
         )
+        # every series at 0 from the start: an alert on one that appeared only at its first
+        # refusal or drop read "no data" until then
+        for limit in ("max_calls", "max_streams", "max_queue"):
+            self.refused.labels(limit=limit)
+        for reason in ("cancelled", "deadline"):
+            self.dropped.labels(reason=reason)
         self._computed_vectors = self.embeddings.labels(source="computed")
         self._cached_vectors = self.embeddings.labels(source="cached")
         self._calls: dict[tuple[str, str], tuple[Counter, Histogram]] = {}

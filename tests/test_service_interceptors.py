@@ -73,6 +73,14 @@ def test_metrics_side_port(served, service_records):
     ):
         assert name in text
     assert 'code="OK",method="/protssl.v1.EmbeddingService/Embed"' in text
+    for series in (  # each at 0 before anything was refused or dropped (max_calls alone was)
+        'protssl_refused_calls_total{limit="max_calls"} 0.0',
+        'protssl_refused_calls_total{limit="max_streams"} 0.0',
+        'protssl_refused_calls_total{limit="max_queue"} 0.0',
+        'protssl_dropped_jobs_total{reason="cancelled"} 0.0',
+        'protssl_dropped_jobs_total{reason="deadline"} 0.0',
+    ):
+        assert series in text, series
 
 
 # --- a request stream's end: half-close or the client gone ----------------------------------------
