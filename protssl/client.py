@@ -523,6 +523,8 @@ class Client:
         self.max_backoff = max_backoff
         self.reconnect = reconnect
         self._reached = False  # a call has been answered: a later UNAVAILABLE is a server lost
+        self._server_limits: pb.RequestLimits | None = None
+        """What the server takes in one message (`_limits`): asked once, again once it was lost."""
         size = max_message_mb * 1024 * 1024
         options = [
             ("grpc.max_send_message_length", size),
@@ -664,8 +666,9 @@ class Client:
         order: read lazily and sent `chunk` at a time, where one `embed` request is refused past the
         server's max_sequences. Records `on_invalid="skip"` drops are left out of the results; a
         record the server refuses raises once the results of the messages before it are back (a
-        server with a store caches those, so a retry gets them from the cache). A server lost midway is waited for, as `embed_fasta` waits, and sent again what it had not
-        answered (held until answered), then the rest of the input."""
+        server with a store caches those, so a retry gets them from the cache). A server lost
+        midway is waited for, as `embed_fasta` waits, and sent again what it had not answered
+        (held until answered), then the rest of the input."""
         options = self._options(model, pooling, layer, dtype, on_invalid)
         items = _Resendable(_sequence_fields(sequences, ids))
         with _residue_bar("embed", None, progress) as bar:
@@ -851,6 +854,7 @@ class Client:
             except (UnavailableError, DeadlineExceededError, OverloadedError) as exc:
                 if self._reached and outage.wait(exc, on_lost()):  # never reached: fail at once
                     again = True
+                    self._server_limits = None  # the server back may be another, other limits
                     continue
                 if not (self._reached and outage.seconds):
                     raise
@@ -929,18 +933,21 @@ class Client:
         )
 
     def _limits(self, timeout: float | None) -> pb.RequestLimits:
-        """What the server takes in one request or message, asked for each call that sends many
-        (a server restarted midway may have other limits). Asked once, without retries, and not
-        counted as the server reached: when no answer comes, none are said, and the call itself
-        meets and names whatever is wrong (no server, TLS, a token) as it did before."""
-        timeout = self.timeout if timeout is None else timeout
-        try:
-            request = pb.ListModelsRequest()
-            return self._embeddings.ListModels(
-                request, timeout=timeout, metadata=self._metadata
-            ).limits
-        except grpc.RpcError:
-            return pb.RequestLimits()
+        """What the server takes in one request or message: asked by the first call that sends
+        many and kept, asked again after a stream found the server lost (the one back may have
+        other limits), not by every call (a one-query `classify` paid a round trip more). Asked
+        without retries, and not counted as the server reached: when no answer comes, none are
+        said, and the call itself meets and names whatever is wrong (no server, TLS, a token)."""
+        if self._server_limits is None:
+            try:
+                self._server_limits = self._embeddings.ListModels(
+                    pb.ListModelsRequest(),
+                    timeout=self.timeout if timeout is None else timeout,
+                    metadata=self._metadata,
+                ).limits
+            except grpc.RpcError:
+                return pb.RequestLimits()
+        return self._server_limits
 
     def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """The models the server serves (the default one flagged)."""
