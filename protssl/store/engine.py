@@ -258,29 +258,30 @@ def is_newer(revision: str | None) -> bool:
         return True
 
 
-def _refuse_newer(engine: Engine) -> str | None:
-    """The store's revision, once it is one this protssl knows; alembic's own refusal read
+def _refuse_newer(engine: Engine, revision: str | None) -> None:
+    """Refuse a store at a `revision` this protssl does not know; alembic's own refusal read
     "Can't locate revision identified by '0004'", as if the store were the one at fault."""
-    revision = current_revision(engine)
     if is_newer(revision):
         raise InvalidInputError(
             f"the store at {engine.url!r} is at schema {revision}, newer than this protssl's "
             f"(its newest is {head_revision()}): upgrade protssl to the version that migrated it"
         )
-    return revision
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Run migrations up to `revision` under the migration lock; a no-op when already there."""
+    """Run migrations up to `revision` under the migration lock; a no-op when already there (the
+    store every open finds: no more than that revision is read)."""
     target = head_revision() if revision == "head" else revision
-    if _refuse_newer(engine) == target:
+    current = current_revision(engine)
+    if current == target:
         return
+    _refuse_newer(engine, current)
     _run_locked(engine, lambda config: command.upgrade(config, revision))
 
 
 def downgrade(engine: Engine, revision: str) -> None:
     """Run migrations down to `revision` (`base` empties the database) under the migration lock."""
-    _refuse_newer(engine)
+    _refuse_newer(engine, current_revision(engine))
     _run_locked(engine, lambda config: command.downgrade(config, revision))
 
 
