@@ -513,13 +513,6 @@ def fair_esm_state_dict(encoder: ProteinEncoder) -> dict[str, torch.Tensor]:
     return out
 
 
-def _needed(state: dict[str, torch.Tensor], key: str, *, pop: bool = True) -> torch.Tensor:
-    """`state[key]` (taken out of it with `pop`), or CheckpointError naming the missing tensor."""
-    if key not in state:
-        raise CheckpointError(f"fair-esm state dict lacks {key}")
-    return state.pop(key) if pop else state[key]
-
-
 def _from_fair_esm_keys(
     state_dict: Mapping[str, torch.Tensor], num_layers: int
 ) -> dict[str, torch.Tensor]:
@@ -530,22 +523,23 @@ def _from_fair_esm_keys(
         if not k.startswith("contact_head.") and not k.endswith("rot_emb.inv_freq")
     }
     out: dict[str, torch.Tensor] = {}
-    for index in range(num_layers):
-        prefix = f"layers.{index}"
-        for kind in ("weight", "bias"):
-            try:
+    try:  # a tensor the state dict lacks is named
+        for index in range(num_layers):
+            prefix = f"layers.{index}"
+            for kind in ("weight", "bias"):
                 parts = [
                     source.pop(f"{prefix}.self_attn.{n}.{kind}")
                     for n in ("q_proj", "k_proj", "v_proj")
                 ]
-            except KeyError as exc:
-                raise CheckpointError(f"fair-esm state dict lacks {exc.args[0]}") from None
-            out[f"{prefix}.self_attn.qkv_proj.{kind}"] = torch.cat(parts, dim=0)
-            for name in ("fc1", "fc2"):
-                out[f"{prefix}.mlp.{name}.{kind}"] = _needed(source, f"{prefix}.{name}.{kind}")
+                out[f"{prefix}.self_attn.qkv_proj.{kind}"] = torch.cat(parts, dim=0)
+                for name in ("fc1", "fc2"):
+                    out[f"{prefix}.mlp.{name}.{kind}"] = source.pop(f"{prefix}.{name}.{kind}")
+        embed_tokens = source["embed_tokens.weight"]
+    except KeyError as exc:
+        raise CheckpointError(f"fair-esm state dict lacks {exc.args[0]}") from None
     lm_weight = source.pop("lm_head.weight", None)
     out.update(source)
-    out["lm_head.embedding.weight"] = _needed(out, "embed_tokens.weight", pop=False)
-    if lm_weight is not None and not torch.equal(lm_weight, out["embed_tokens.weight"]):
+    out["lm_head.embedding.weight"] = embed_tokens
+    if lm_weight is not None and not torch.equal(lm_weight, embed_tokens):
         raise CheckpointError("fair-esm lm_head.weight is not tied to embed_tokens.weight")
     return out
