@@ -8,7 +8,7 @@ import fcntl
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,8 +23,10 @@ __all__ = [
     "fsync_folder",
     "human_bytes",
     "make_folder",
+    "missing_folders",
     "os_error_in",
     "refuse_existing",
+    "remove_empty",
     "replace_durably",
     "writing_durably",
 ]
@@ -61,6 +63,28 @@ def make_folder(path: Path, *, what: str) -> None:
         raise InvalidInputError(
             f"{what} {str(path)!r}: cannot create it ({exc.strerror or first_line(exc)})"
         ) from None
+
+
+def missing_folders(path: Path) -> list[Path]:
+    """`path` and those of its parents that do not exist yet, deepest first: what `make_folder`
+    will create, for `remove_empty` to take back."""
+    missing = []
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    return missing
+
+
+def remove_empty(folders: Iterable[Path]) -> None:
+    """Remove `folders` (deepest first) while they are empty: a command stopped before it wrote
+    anything leaves no folder it made, which would look like a started output or run. `rmdir`
+    removes only an empty folder, so one that holds anything is kept, and so are its parents."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or gone)
+            return
 
 
 def check_can_create(path: Path, *, hint: str = "give a file name") -> None:

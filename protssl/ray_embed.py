@@ -21,7 +21,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ import numpy as np
 
 from protssl.batching import read_ahead, refusing_long
 from protssl.checkpoint import LoadedModel
-from protssl.durable import check_room, make_folder
+from protssl.durable import check_room, make_folder, remove_empty
 from protssl.embed_file import JobSummary, refuse_no_records
 from protssl.embedding import CacheStats, EmbedConfig, embed_records
 from protssl.errors import (
@@ -329,8 +329,8 @@ def embed_fasta_ray(
                 if on_shard is not None:
                     on_shard(summary)
     except BaseException:
-        if created:
-            _remove_if_empty(folder)
+        if created:  # stopped before writing anything: no folder left to look like an output
+            remove_empty([folder])
         raise
     finally:
         summary.seconds = time.perf_counter() - start
@@ -364,14 +364,6 @@ def _prepare_folder(folder: Path, *, resume: bool, overwrite: bool) -> None:
     make_folder(folder, what="output")
     for partial in folder.glob(".part-*.h5"):  # left by an actor that was stopped mid-shard
         partial.unlink()
-
-
-def _remove_if_empty(folder: Path) -> None:
-    """Remove the output folder a run made when it stopped before writing anything in it: left
-    behind, it would look like a started output to the command that follows (only an empty folder
-    is removed, so nothing written is ever lost)."""
-    with suppress(OSError):
-        folder.rmdir()
 
 
 def _run(

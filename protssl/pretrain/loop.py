@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from protssl.alphabet import ALPHABET
-from protssl.durable import ExclusiveLock, make_folder
+from protssl.durable import ExclusiveLock, make_folder, missing_folders, remove_empty
 from protssl.errors import InvalidInputError, OutputError
 from protssl.hardware import usable_device
 from protssl.model import ProteinEncoder, resolve_dtype
@@ -170,7 +170,7 @@ def _pretrain(
         )
     if not resume:
         refuse_occupied(config.run_dir)
-    made = _missing_folders(config.run_dir) if place.leader else []
+    made = missing_folders(config.run_dir) if place.leader else []
     lock = _run_lock(config.run_dir) if place.leader else None
     try:
         run = _Run(config, place, resume=resume, command=command)
@@ -189,29 +189,7 @@ def _pretrain(
     finally:
         if lock is not None:
             lock.release()
-        _remove_if_empty(made)
-
-
-def _missing_folders(path: Path) -> list[Path]:
-    """`path` and those of its parents that do not exist yet, deepest first: what making the run
-    folder creates."""
-    missing = []
-    for folder in (path, *path.parents):
-        if folder.exists():
-            break
-        missing.append(folder)
-    return missing
-
-
-def _remove_if_empty(folders: list[Path]) -> None:
-    """Remove the folders this call made (deepest first) that it left empty, e.g. when the corpus
-    was refused: a refusal left an empty run folder behind. `rmdir` removes only an empty folder,
-    so a folder that holds anything (a checkpoint, a log, a file put there meanwhile) is kept."""
-    for folder in folders:
-        try:
-            folder.rmdir()
-        except OSError:  # not empty (or gone): kept, and so are its parents
-            return
+        remove_empty(made)  # a refused call (a corpus it cannot train on) leaves no run folder
 
 
 def resume_command(run_dir: Path) -> str:
