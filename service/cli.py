@@ -111,7 +111,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             dest=name,
             type=kind,
             default=argparse.SUPPRESS,
-            help=f"{text} [env PROTSSL_{name.upper()}]",
+            help=f"{text} [env {_env(name)}]",
             **switch,  # type: ignore[arg-type]
         )
     parser.add_argument(
@@ -125,7 +125,7 @@ def config_kwargs(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[
     Without authentication only an explicit `--host` moves the server off loopback."""
     kwargs: dict[str, Any] = {}
     for name, kind, _ in OPTIONS:
-        env_name = f"PROTSSL_{name.upper()}"
+        env_name = _env(name)
         if hasattr(args, name):
             kwargs[name] = getattr(args, name)
         elif env_name in environ:
@@ -149,7 +149,7 @@ def named_as_given(message: str, args: argparse.Namespace, environ: Mapping[str,
     field (`max_queue must be at least 1, got 0`), which a manifest of PROTSSL_* never spells."""
 
     def given(name: str) -> str:
-        env_name = f"PROTSSL_{name.upper()}"
+        env_name = _env(name)
         return env_name if not hasattr(args, name) and env_name in environ else _flag(name)
 
     for name, _, _ in OPTIONS:  # a one-word field (port, host) only where a message starts
@@ -159,7 +159,13 @@ def named_as_given(message: str, args: argparse.Namespace, environ: Mapping[str,
 
 
 def _flag(name: str) -> str:
+    """A ServiceConfig field's flag: `--max-queue`."""
     return "--" + name.replace("_", "-")
+
+
+def _env(name: str) -> str:
+    """A ServiceConfig field's environment variable: `PROTSSL_MAX_QUEUE`."""
+    return f"PROTSSL_{name.upper()}"
 
 
 def run(args: argparse.Namespace) -> int:

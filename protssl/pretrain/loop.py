@@ -197,6 +197,11 @@ def resume_command(run_dir: Path) -> str:
     return f"protssl pretrain --resume --run-dir {run_dir}"
 
 
+def export_command(run_dir: Path, out: str | Path = "OUT") -> str:
+    """The command that exports the run in `run_dir` as it is into `out`, as messages give it."""
+    return f"protssl pretrain-export {run_dir} {out}"
+
+
 def refuse_occupied(run_dir: Path) -> None:
     """Refuse to start a new run in a folder that holds one: starting over there would overwrite
     its checkpoint and log."""
@@ -242,8 +247,7 @@ class _Run:
         if resume and self.progress.step > config.steps:  # the schedule would end behind it
             raise InvalidInputError(
                 f"--steps {config.steps}: the run is at step {self.progress.step} already; give "
-                f"more to go on, or export it as it is (protssl pretrain-export {config.run_dir} "
-                "OUT)"
+                f"more to go on, or export it as it is ({export_command(config.run_dir)})"
             )
         self.saved_step: int | None = self.progress.step if resume else None
         """The step of the last checkpoint on disk (what a failed write leaves)."""
@@ -301,7 +305,7 @@ class _Run:
                 f"({len(corpus.train):,} training and {len(corpus.val):,} validation records "
                 "now; the checkpoint's data position and validation split are of the file as the "
                 "run began): put that file back, or train on from this run's weights in a new "
-                f"run: protssl pretrain-export {config.run_dir} OUT, then protssl pretrain "
+                f"run: {export_command(config.run_dir)}, then protssl pretrain "
                 f"{config.corpus} --init-from OUT --run-dir NEW"
             )
         self.progress.corpus_sha256 = fingerprint
@@ -531,8 +535,8 @@ class _Run:
             except OutputError as exc:
                 raise OutputError(
                     f"exporting the model failed: {exc}; the run's checkpoint (step "
-                    f"{progress.step}) is complete: free space, then `protssl pretrain-export "
-                    f"{config.run_dir} {model_dir}`"
+                    f"{progress.step}) is complete: free space, then "
+                    f"`{export_command(config.run_dir, model_dir)}`"
                 ) from exc
         return PretrainResult(
             encoder=self.encoder,
